@@ -1,0 +1,28 @@
+# Source me:  . scripts/env.sh
+# Exports the locations produced by scripts/build-llama.sh and scripts/fetch-models.sh
+# (does not build or download anything).
+#   DCGGUF_CACHE         cache root            (default $HOME/.cache/dcgguf)
+#   DCGGUF_LLAMA_PREFIX  llama.cpp install     ($DCGGUF_CACHE/llama.cpp-<ver>: bin/ lib/ include/)
+#   DCGGUF_LLAMA_BIN     $DCGGUF_LLAMA_PREFIX/bin
+#   DCGGUF_MODELS        fetched models dir    ($DCGGUF_CACHE/models)
+#   DCGGUF_SHARED_MODELS committed test models (<repo>/../shared/models or /work/shared/models)
+#   DCGGUF_SMOLLM2       path of SmolLM2-135M-Instruct.Q4_1.gguf
+# Also prepends the llama.cpp bin/ to PATH and lib/pkgconfig to PKG_CONFIG_PATH.
+_dcgguf_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
+_dcgguf_ver="$(sed -n 's/^LLAMA_PY_VERSION=//p' "$_dcgguf_root/vendor/llama.cpp.lock" 2>/dev/null)"
+export DCGGUF_CACHE="${DCGGUF_CACHE:-$HOME/.cache/dcgguf}"
+export DCGGUF_LLAMA_PREFIX="${DCGGUF_LLAMA_PREFIX:-$DCGGUF_CACHE/llama.cpp-${_dcgguf_ver:-0.3.36}}"
+export DCGGUF_LLAMA_BIN="$DCGGUF_LLAMA_PREFIX/bin"
+export DCGGUF_MODELS="${DCGGUF_MODELS:-$DCGGUF_CACHE/models}"
+if [ -z "${DCGGUF_SHARED_MODELS:-}" ]; then
+  for _d in "$_dcgguf_root/shared/models" "$_dcgguf_root/../shared/models" /work/shared/models; do
+    if [ -d "$_d" ]; then DCGGUF_SHARED_MODELS="$(cd "$_d" && pwd)"; break; fi
+  done
+fi
+export DCGGUF_SHARED_MODELS="${DCGGUF_SHARED_MODELS:-}"
+export DCGGUF_SMOLLM2="$DCGGUF_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+case ":$PATH:" in *":$DCGGUF_LLAMA_BIN:"*) ;; *) export PATH="$DCGGUF_LLAMA_BIN:$PATH" ;; esac
+export PKG_CONFIG_PATH="$DCGGUF_LLAMA_PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+[ -x "$DCGGUF_LLAMA_BIN/llama-completion" ] || echo "env.sh: note: llama.cpp not built yet (run scripts/build-llama.sh)" >&2
+[ -f "$DCGGUF_SMOLLM2" ] || echo "env.sh: note: SmolLM2 not fetched yet (run scripts/fetch-models.sh)" >&2
+unset _dcgguf_root _dcgguf_ver _d

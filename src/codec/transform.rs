@@ -1,0 +1,275 @@
+//! Byte transforms that separate statistically different bytes of a ggml tensor into planes.
+//!
+//! Each transform is a fixed, reversible permutation of a chunk's bytes (plus, for floats, a
+//! one-bit rotation of each element). Decoding merges the planes back, writing straight into
+//! the caller's buffer.
+
+use crate::gguf::{Field, GgmlType};
+
+/// The transform applied to a tensor's chunks before entropy coding. The numbers are the
+/// on-disk ids (docs/FORMAT.md); they are never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    /// Bytes as they are: one plane.
+    Identity,
+    /// Element byte `k` goes to plane `k` (little-endian elements of `width` bytes).
+    ByteSplit { width: u8 },
+    /// Each little-endian float element is rotated left by one bit, moving the sign below
+    /// the mantissa so that the exponent fills the top byte, then byte-split.
+    FloatRotate { width: u8 },
+    /// Quantization blocks are split field by field (ggml's block layout): fp16 scales into a
+    /// low-byte and a high-byte plane, byte arrays (quants, packed scales) into one plane each.
+    BlockFields,
+}
+
+impl Transform {
+    pub fn id(self) -> u8 {
+        match self {
+            Transform::Identity => 0,
+            Transform::ByteSplit { .. } => 1,
+            Transform::FloatRotate { .. } => 2,
+            Transform::BlockFields => 3,
+        }
+    }
+
+    /// Rebuilds a transform from its id for a tensor of type `ty`; `None` if the pairing is
+    /// not one the encoder could have written.
+    pub fn from_id(id: u8, ty: GgmlType) -> Option<Transform> {
+        let width = ty.block_bytes();
+        let t = match id {
+            0 => Transform::Identity,
+            1 if ty.block_elems() == 1 && matches!(width, 2 | 4 | 8) => {
+                Transform::ByteSplit { width: width as u8 }
+            }
+            2 if [GgmlType::F16, GgmlType::BF16, GgmlType::F32].contains(&ty) => {
+                Transform::FloatRotate { width: width as u8 }
+            }
+            3 if !ty.fields().is_empty() => Transform::BlockFields,
+            _ => return None,
+        };
+        Some(t)
+    }
+
+    /// The transform the encoder uses for a type by default.
+    pub fn default_for(ty: GgmlType) -> Transform {
+        if [GgmlType::F16, GgmlType::BF16, GgmlType::F32].contains(&ty) {
+            Transform::FloatRotate {
+                width: ty.block_bytes() as u8,
+            }
+        } else if ty.block_elems() == 1 && matches!(ty.block_bytes(), 2 | 4 | 8) {
+            Transform::ByteSplit {
+                width: ty.block_bytes() as u8,
+            }
+        } else if !ty.fields().is_empty() {
+            Transform::BlockFields
+        } else {
+            Transform::Identity
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transform::Identity => "identity",
+            Transform::ByteSplit { .. } => "byte-split",
+            Transform::FloatRotate { .. } => "float-rotate",
+            Transform::BlockFields => "block-fields",
+        }
+    }
+}
+
+/// How one chunk's bytes map onto planes: a chunk is a run of units (elements or blocks) of
+/// `unit` bytes; plane `p` takes `planes[p].1` bytes at offset `planes[p].0` of every unit.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    transform: Transform,
+    unit: usize,
+    planes: Vec<(usize, usize)>,
+}
+
+impl Layout {
+    pub fn new(transform: Transform, ty: GgmlType) -> Layout {
+        let unit = ty.block_bytes() as usize;
+        let bytes_of = |width: usize| (0..width).map(|k| (k, 1)).collect();
+        let (unit, planes) = match transform {
+            Transform::Identity => (1, vec![(0, 1)]),
+            Transform::ByteSplit { width } | Transform::FloatRotate { width } => {
+                (width as usize, bytes_of(width as usize))
+            }
+            Transform::BlockFields => {
+                let mut planes = Vec::new();
+                let mut off = 0;
+                for f in ty.fields() {
+                    match f {
+                        Field::Bytes(n) => planes.push((off, *n as usize)),
+                        Field::Half | Field::Float => {
+                            planes.extend((0..f.len()).map(|k| (off + k, 1)));
+                        }
+                    }
+                    off += f.len();
+                }
+                (unit, planes)
+            }
+        };
+        Layout {
+            transform,
+            unit,
+            planes,
+        }
+    }
+
+    /// Bytes per unit; chunk sizes are multiples of it.
+    pub fn unit(&self) -> usize {
+        self.unit
+    }
+
+    pub fn plane_count(&self) -> usize {
+        self.planes.len()
+    }
+
+    /// Length of each plane for a chunk of `raw_len` bytes (a multiple of `unit`).
+    pub fn plane_lens(&self, raw_len: usize) -> impl Iterator<Item = usize> + '_ {
+        let units = raw_len / self.unit;
+        self.planes.iter().map(move |&(_, w)| w * units)
+    }
+
+    /// Splits `src` into planes, appending them one after another to `out`.
+    pub fn split(&self, src: &[u8], out: &mut Vec<u8>) {
+        debug_assert_eq!(src.len() % self.unit, 0);
+        out.clear();
+        out.reserve(src.len());
+        match self.transform {
+            Transform::Identity => out.extend_from_slice(src),
+            Transform::FloatRotate { width: 2 } => split_u16(src, out, 1),
+            Transform::ByteSplit { width: 2 } => split_u16(src, out, 0),
+            Transform::FloatRotate { width: 4 } => split_u32(src, out, 1),
+            Transform::ByteSplit { width: 4 } => split_u32(src, out, 0),
+            _ => {
+                for &(off, w) in &self.planes {
+                    for unit in src.chunks_exact(self.unit) {
+                        out.extend_from_slice(&unit[off..off + w]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Merges `planes` (as produced by [`Layout::split`]) back into `dst`.
+    /// `planes[p]` must have length `plane_lens(dst.len())[p]`.
+    pub fn merge(&self, planes: &[&[u8]], dst: &mut [u8]) {
+        debug_assert_eq!(planes.len(), self.planes.len());
+        match self.transform {
+            Transform::Identity => dst.copy_from_slice(planes[0]),
+            Transform::FloatRotate { width: 2 } => merge_u16(planes, dst, 1),
+            Transform::ByteSplit { width: 2 } => merge_u16(planes, dst, 0),
+            Transform::FloatRotate { width: 4 } => merge_u32(planes, dst, 1),
+            Transform::ByteSplit { width: 4 } => merge_u32(planes, dst, 0),
+            _ => {
+                let unit = self.unit;
+                for (&(off, w), plane) in self.planes.iter().zip(planes) {
+                    if w == 1 {
+                        for (d, &b) in dst.chunks_exact_mut(unit).zip(plane.iter()) {
+                            d[off] = b;
+                        }
+                    } else {
+                        for (d, s) in dst.chunks_exact_mut(unit).zip(plane.chunks_exact(w)) {
+                            d[off..off + w].copy_from_slice(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn split_u16(src: &[u8], out: &mut Vec<u8>, rot: u32) {
+    let n = src.len() / 2;
+    out.resize(src.len(), 0);
+    let (lo, hi) = out.split_at_mut(n);
+    for ((e, l), h) in src.chunks_exact(2).zip(lo).zip(hi) {
+        let v = u16::from_le_bytes([e[0], e[1]]).rotate_left(rot);
+        *l = v as u8;
+        *h = (v >> 8) as u8;
+    }
+}
+
+fn merge_u16(planes: &[&[u8]], dst: &mut [u8], rot: u32) {
+    for ((d, &l), &h) in dst.chunks_exact_mut(2).zip(planes[0]).zip(planes[1]) {
+        let v = u16::from_le_bytes([l, h]).rotate_right(rot);
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn split_u32(src: &[u8], out: &mut Vec<u8>, rot: u32) {
+    let n = src.len() / 4;
+    out.resize(src.len(), 0);
+    let (p0, rest) = out.split_at_mut(n);
+    let (p1, rest) = rest.split_at_mut(n);
+    let (p2, p3) = rest.split_at_mut(n);
+    for (i, e) in src.chunks_exact(4).enumerate() {
+        let v = u32::from_le_bytes([e[0], e[1], e[2], e[3]]).rotate_left(rot);
+        let b = v.to_le_bytes();
+        p0[i] = b[0];
+        p1[i] = b[1];
+        p2[i] = b[2];
+        p3[i] = b[3];
+    }
+}
+
+fn merge_u32(planes: &[&[u8]], dst: &mut [u8], rot: u32) {
+    let (p0, p1, p2, p3) = (planes[0], planes[1], planes[2], planes[3]);
+    let n = dst.len() / 4;
+    let (p0, p1, p2, p3) = (&p0[..n], &p1[..n], &p2[..n], &p3[..n]);
+    for (i, d) in dst.chunks_exact_mut(4).enumerate() {
+        let v = u32::from_le_bytes([p0[i], p1[i], p2[i], p3[i]]).rotate_right(rot);
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(ty: GgmlType, t: Transform, n_units: usize) {
+        let l = Layout::new(t, ty);
+        let src: Vec<u8> = (0..n_units * l.unit())
+            .map(|i| (i * 2654435761usize >> 7) as u8)
+            .collect();
+        let mut planes = Vec::new();
+        l.split(&src, &mut planes);
+        assert_eq!(planes.len(), src.len());
+        let mut parts = Vec::new();
+        let mut rest = &planes[..];
+        for len in l.plane_lens(src.len()) {
+            let (a, b) = rest.split_at(len);
+            parts.push(a);
+            rest = b;
+        }
+        let mut dst = vec![0u8; src.len()];
+        l.merge(&parts, &mut dst);
+        assert_eq!(dst, src, "{ty} {t:?}");
+    }
+
+    #[test]
+    fn every_transform_round_trips() {
+        for id in 0..64 {
+            let Some(ty) = GgmlType::from_id(id) else {
+                continue;
+            };
+            for tid in 0..4 {
+                if let Some(t) = Transform::from_id(tid, ty) {
+                    roundtrip(ty, t, 37);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_rotate_puts_the_exponent_in_the_top_plane() {
+        let l = Layout::new(Transform::FloatRotate { width: 2 }, GgmlType::BF16);
+        let v: u16 = 0b1_0111_1110_101_0101; // sign 1, exponent 0x7E...
+        let mut out = Vec::new();
+        l.split(&v.to_le_bytes(), &mut out);
+        assert_eq!(out[1], ((v >> 7) & 0xFF) as u8);
+        assert_eq!(out[0] & 1, 1, "sign bit moved to the bottom");
+    }
+}

@@ -1,0 +1,5 @@
+//! Measurements of this machine: decode throughput of DC-GGUF files versus memcpy.
+
+mod decode_bench;
+
+pub use decode_bench::{DecodeBench, measure_decode};

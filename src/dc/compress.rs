@@ -1,0 +1,325 @@
+//! GGUF -> DC-GGUF. Streams chunks through a bounded window, so memory does not grow with
+//! the model; the input is only ever mapped read-only.
+
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
+use super::index::{BlobRef, ChunkEntry, Index, TensorEntry};
+use super::layout::{Piece, segments};
+use super::{
+    DATA_TENSOR, DC_ARCHITECTURE, DcError, FORMAT_VERSION, INDEX_TENSOR, KEY_FORMAT_VERSION,
+    KEY_MOVED_KEYS, KEY_ORIGINAL_ARCH, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3, KEY_WRITER,
+    MAX_BLOB_RAW, MAX_CLEAR_VALUE, Result,
+};
+use crate::codec::{EncodeOptions, Layout, PlaneStats, Transform, encode_chunk};
+use crate::gguf::{ArrayValue, GgmlType, GgufHeader, HeaderWriter, KeyValue, Value, align_up};
+use crate::io::{AtomicOutput, map_readonly};
+
+/// Level for the small side blobs (original header, gaps): they are tiny, so spend effort.
+const BLOB_LEVEL: i32 = 19;
+
+#[derive(Clone, Debug)]
+pub struct CompressOptions {
+    pub encode: EncodeOptions,
+    /// Target raw bytes per chunk (rounded down to whole blocks).
+    pub chunk_size: usize,
+    /// Overwrite an existing output.
+    pub force: bool,
+    /// Transform override per tensor type; `None` uses [`Transform::default_for`].
+    pub transform: Option<fn(GgmlType) -> Transform>,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions {
+            encode: EncodeOptions::default(),
+            chunk_size: 1 << 20,
+            force: false,
+            transform: None,
+        }
+    }
+}
+
+/// What a compression run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CompressReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub original_bytes: u64,
+    pub output_bytes: u64,
+    pub tensors: usize,
+    pub chunks: usize,
+    pub ratio: f64,
+    pub seconds: f64,
+}
+
+struct Plan {
+    layout: Layout,
+    transform: Transform,
+    chunk_raw: usize,
+    n_chunks: usize,
+    start: usize,
+    nbytes: usize,
+}
+
+/// Compresses one GGUF file into a DC-GGUF file. `progress` receives the count of input
+/// bytes finished since its last call.
+pub fn compress_file(
+    input: &Path,
+    output: &Path,
+    opts: &CompressOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<CompressReport> {
+    let started = Instant::now();
+    let (_file, map) = map_readonly(input).map_err(DcError::io(input))?;
+    let src: &[u8] = &map;
+    let gguf_err = |source| DcError::Gguf {
+        path: input.to_path_buf(),
+        source,
+    };
+    let header = GgufHeader::parse(src).map_err(gguf_err)?;
+    header.check_data_fits(src.len() as u64).map_err(gguf_err)?;
+    if header.get(KEY_FORMAT_VERSION).is_some() {
+        return Err(DcError::AlreadyDc(input.to_path_buf()));
+    }
+    if let Some(kv) = header.kvs.iter().find(|kv| kv.key.starts_with(b"dc.")) {
+        return Err(DcError::ReservedKey(kv.key_str().into_owned()));
+    }
+    let mut out = AtomicOutput::create(output, Some(input), opts.force)?;
+
+    let plans: Vec<Plan> = header
+        .tensors
+        .iter()
+        .map(|t| {
+            let transform = opts
+                .transform
+                .map_or_else(|| Transform::default_for(t.ty), |choose| choose(t.ty));
+            let layout = Layout::new(transform, t.ty);
+            let unit = layout.unit();
+            let chunk_raw = (opts.chunk_size / unit).max(1) * unit;
+            let nbytes = t.nbytes as usize;
+            Plan {
+                layout,
+                transform,
+                chunk_raw,
+                n_chunks: nbytes.div_ceil(chunk_raw),
+                start: header.tensor_range(t).start as usize,
+                nbytes,
+            }
+        })
+        .collect();
+
+    let original_xxh3 = {
+        let mut h = Xxh3::new();
+        h.update(src);
+        h.digest()
+    };
+    let index_len = Index::encoded_len(plans.iter().map(|p| p.n_chunks)) as u64;
+    let dc_header = |data_len: u64| {
+        dc_header(
+            &header,
+            src.len() as u64,
+            original_xxh3,
+            index_len,
+            data_len,
+        )
+    };
+    let header_len = dc_header(0).len() as u64;
+    let data_start = header_len + align_up(index_len, header.alignment).expect("index fits");
+
+    let path = out.path().to_path_buf();
+    let file = out.file();
+    file.seek(SeekFrom::Start(data_start))
+        .map_err(DcError::io(&path))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut pos: u64 = 0;
+    let mut put_blob = |w: &mut BufWriter<_>, raw: &[u8]| -> Result<BlobRef> {
+        let stored = zstd::bulk::compress(raw, BLOB_LEVEL).map_err(DcError::io(&path))?;
+        w.write_all(&stored).map_err(DcError::io(&path))?;
+        let blob = BlobRef {
+            offset: pos,
+            stored_len: stored.len() as u64,
+            raw_len: raw.len() as u64,
+        };
+        pos += blob.stored_len;
+        Ok(blob)
+    };
+
+    let segs = segments(&header, src.len() as u64);
+    let gap_total: u64 = segs
+        .iter()
+        .filter(|s| matches!(s.piece, Piece::Gap { .. }))
+        .map(|s| s.len)
+        .sum();
+    if gap_total > MAX_BLOB_RAW || segs[0].len > MAX_BLOB_RAW {
+        return Err(DcError::Usage(format!(
+            "{}: {} bytes outside tensors (header {}); at most {MAX_BLOB_RAW} are supported",
+            input.display(),
+            gap_total,
+            segs[0].len
+        )));
+    }
+    let header_blob = put_blob(&mut w, &src[..segs[0].len as usize])?;
+    let gap_bytes: Vec<u8> = segs
+        .iter()
+        .filter(|s| matches!(s.piece, Piece::Gap { .. }))
+        .flat_map(|s| &src[s.start as usize..s.end() as usize])
+        .copied()
+        .collect();
+    let gaps_blob = put_blob(&mut w, &gap_bytes)?;
+    progress((segs[0].len + gap_bytes.len() as u64).min(src.len() as u64));
+
+    let mut tensors: Vec<TensorEntry> = plans
+        .iter()
+        .map(|p| TensorEntry {
+            transform: p.transform.id(),
+            chunk_raw: p.chunk_raw as u32,
+            data_offset: 0,
+            entropy_bound: 0,
+            chunks: Vec::with_capacity(p.n_chunks),
+        })
+        .collect();
+    let mut stats: Vec<PlaneStats> = plans
+        .iter()
+        .map(|p| PlaneStats::new(p.layout.plane_count()))
+        .collect();
+    let jobs: Vec<(usize, usize)> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(t, p)| (0..p.n_chunks).map(move |c| (t, c)))
+        .collect();
+    // A few chunks per thread in flight keeps every core busy while bounding memory.
+    let window = (rayon::current_num_threads() * 4).max(8);
+    let mut next_chunk_of = vec![0usize; plans.len()];
+    for batch in jobs.chunks(window) {
+        let encoded: Vec<_> = batch
+            .par_iter()
+            .map(|&(t, c)| {
+                let p = &plans[t];
+                let from = p.start + c * p.chunk_raw;
+                let raw = &src[from..from + p.chunk_raw.min(p.nbytes - c * p.chunk_raw)];
+                let mut st = PlaneStats::new(p.layout.plane_count());
+                let (mode, payload) = encode_chunk(&p.layout, raw, opts.encode, Some(&mut st));
+                (mode, payload, xxh3_64(raw), st, raw.len())
+            })
+            .collect();
+        for (&(t, c), (mode, payload, hash, st, raw_len)) in batch.iter().zip(encoded) {
+            debug_assert_eq!(next_chunk_of[t], c);
+            next_chunk_of[t] += 1;
+            if c == 0 {
+                tensors[t].data_offset = pos;
+            }
+            w.write_all(&payload).map_err(DcError::io(&path))?;
+            pos += payload.len() as u64;
+            tensors[t].chunks.push(ChunkEntry {
+                stored_len: payload.len() as u32,
+                mode: mode as u8,
+                hash,
+            });
+            stats[t].merge(&st);
+            progress(raw_len as u64);
+        }
+    }
+    for (t, s) in tensors.iter_mut().zip(&stats) {
+        t.entropy_bound = s.bound_bytes().ceil() as u64;
+        if t.chunks.is_empty() {
+            t.data_offset = pos;
+        }
+    }
+    let index = Index {
+        original_size: src.len() as u64,
+        header: header_blob,
+        gaps: gaps_blob,
+        tensors,
+    };
+    let file = w.into_inner().map_err(|e| DcError::Io {
+        path: output.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    let head = dc_header(pos);
+    debug_assert_eq!(head.len() as u64, header_len);
+    let index_bytes = index.encode();
+    debug_assert_eq!(index_bytes.len() as u64, index_len);
+    let write_head = |file: &mut std::fs::File| -> std::io::Result<()> {
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&head)?;
+        file.write_all(&index_bytes)?;
+        // The padding up to dc.data was skipped by the seek; make it explicit zeros.
+        let pad = data_start - header_len - index_len;
+        file.write_all(&vec![0u8; pad as usize])
+    };
+    write_head(file).map_err(DcError::io(output))?;
+    let output_bytes = data_start + pos;
+    out.commit()?;
+    Ok(CompressReport {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        original_bytes: src.len() as u64,
+        output_bytes,
+        tensors: plans.len(),
+        chunks: jobs.len(),
+        ratio: src.len() as f64 / output_bytes as f64,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The DC-GGUF header: original metadata (architecture replaced, large values moved into the
+/// compressed original-header blob and listed in `dc.moved_keys`), `dc.*` keys and the two
+/// tensor infos. Every value that changes between the placeholder and the final header has a
+/// fixed width, so both have the same length.
+fn dc_header(
+    original: &GgufHeader,
+    original_size: u64,
+    original_xxh3: u64,
+    index_len: u64,
+    data_len: u64,
+) -> Vec<u8> {
+    let mut w = HeaderWriter::new(3);
+    let arch = original.get("general.architecture");
+    if arch.is_none() {
+        w.kv(&KeyValue::new(
+            "general.architecture",
+            Value::string(DC_ARCHITECTURE),
+        ));
+    }
+    let mut moved = Vec::new();
+    for kv in &original.kvs {
+        if kv.key == b"general.architecture" {
+            w.kv(&KeyValue::new(
+                "general.architecture",
+                Value::string(DC_ARCHITECTURE),
+            ));
+        } else if kv.value.encoded_len() > MAX_CLEAR_VALUE {
+            moved.push(kv.key.clone());
+        } else {
+            w.kv(kv);
+        }
+    }
+    w.kv(&KeyValue::new(
+        KEY_FORMAT_VERSION,
+        Value::u32(FORMAT_VERSION),
+    ));
+    if let Some(arch) = arch {
+        w.kv(&KeyValue::new(KEY_ORIGINAL_ARCH, arch.clone()));
+    }
+    if !moved.is_empty() {
+        w.kv(&KeyValue::new(
+            KEY_MOVED_KEYS,
+            Value::Array(ArrayValue::Strings(moved)),
+        ));
+    }
+    w.kv(&KeyValue::new(KEY_ORIGINAL_SIZE, Value::u64(original_size)));
+    w.kv(&KeyValue::new(KEY_ORIGINAL_XXH3, Value::u64(original_xxh3)));
+    w.kv(&KeyValue::new(
+        KEY_WRITER,
+        Value::string(concat!("dcgguf ", env!("CARGO_PKG_VERSION"))),
+    ));
+    w.tensor(INDEX_TENSOR, &[index_len], GgmlType::I8, 0);
+    let data_off = align_up(index_len, original.alignment).expect("index fits");
+    w.tensor(DATA_TENSOR, &[data_len], GgmlType::I8, data_off);
+    w.finish(original.alignment)
+}

@@ -1,0 +1,496 @@
+//! Opens a DC-GGUF file, checks it, and serves the original file's bytes at any offset:
+//! the primitive behind `decompress`, `verify`, the C API and the llama.cpp hook.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
+use super::index::{BlobRef, Index};
+use super::layout::{Piece, Segment, segments};
+use super::{
+    DATA_TENSOR, DcError, FORMAT_VERSION, INDEX_TENSOR, KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE,
+    KEY_ORIGINAL_XXH3, MAX_BLOB_RAW, Result,
+};
+use crate::codec::{ChunkMode, Layout, Transform, decode_chunk};
+use crate::gguf::{GgmlType, GgufHeader, TensorInfo};
+use crate::io::{AtomicOutput, map_readonly};
+
+/// An open DC-GGUF file.
+pub struct DcFile {
+    path: PathBuf,
+    _file: File,
+    map: Mmap,
+    /// The DC file's own GGUF header.
+    pub dc_header: GgufHeader,
+    /// The original file's header, rebuilt from the stored copy.
+    pub original: GgufHeader,
+    pub index: Index,
+    original_header: Vec<u8>,
+    gaps: Vec<u8>,
+    segments: Vec<Segment>,
+    tensors: Vec<TensorState>,
+    original_xxh3: u64,
+}
+
+struct TensorState {
+    layout: Layout,
+    transform: Transform,
+    /// Absolute offset in the map of each chunk's payload, plus one past the last.
+    chunk_starts: Vec<usize>,
+}
+
+/// A summary of one original tensor as stored.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TensorView {
+    pub name: String,
+    pub ggml_type: &'static str,
+    pub shape: Vec<u64>,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub ratio: f64,
+    pub transform: &'static str,
+    pub chunks: usize,
+    pub raw_chunks: usize,
+    /// Order-0 entropy bound of the tensor's planes, in bytes.
+    pub entropy_bound_bytes: u64,
+}
+
+impl DcFile {
+    pub fn open(path: &Path) -> Result<DcFile> {
+        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
+        let gguf_err = |source| DcError::Gguf {
+            path: path.to_path_buf(),
+            source,
+        };
+        let not_dc = |reason: &str| DcError::NotDc {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let dc_header = GgufHeader::parse(&map).map_err(gguf_err)?;
+        dc_header
+            .check_data_fits(map.len() as u64)
+            .map_err(gguf_err)?;
+        let version = dc_header
+            .get(KEY_FORMAT_VERSION)
+            .ok_or_else(|| not_dc("no dc.format_version key"))?
+            .as_u64()
+            .ok_or_else(|| not_dc("dc.format_version is not an integer"))?;
+        if version != u64::from(FORMAT_VERSION) {
+            return Err(DcError::UnsupportedVersion(version as u32));
+        }
+        let blob_tensor = |name: &str| -> Result<std::ops::Range<usize>> {
+            let t = dc_header
+                .tensors
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| not_dc(&format!("no {name} tensor")))?;
+            if t.ty != GgmlType::I8 || t.dims.len() != 1 {
+                return Err(not_dc(&format!("{name} is not a 1-D I8 tensor")));
+            }
+            let r = dc_header.tensor_range(t);
+            Ok(r.start as usize..r.end as usize)
+        };
+        let index_range = blob_tensor(INDEX_TENSOR)?;
+        let data = blob_tensor(DATA_TENSOR)?;
+        let index = Index::decode(&map[index_range])?;
+        let key_u64 = |key: &str| {
+            dc_header
+                .get(key)
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| not_dc(&format!("missing {key}")))
+        };
+        if key_u64(KEY_ORIGINAL_SIZE)? != index.original_size {
+            return Err(not_dc("dc.original_size disagrees with dc.index"));
+        }
+        let original_xxh3 = key_u64(KEY_ORIGINAL_XXH3)?;
+
+        let blob = |b: &BlobRef, name: &'static str| -> Result<Vec<u8>> {
+            let corrupt = |what: String| DcError::CorruptBlob { blob: name, what };
+            let start = (b.offset as usize).checked_add(data.start);
+            let end = start.and_then(|s| s.checked_add(b.stored_len as usize));
+            let stored = match (start, end) {
+                (Some(s), Some(e)) if e <= data.end && b.offset <= data.len() as u64 => &map[s..e],
+                _ => return Err(corrupt("points past the end of dc.data".into())),
+            };
+            if b.raw_len > MAX_BLOB_RAW {
+                return Err(corrupt(format!("claims {} bytes", b.raw_len)));
+            }
+            let mut raw = vec![0u8; b.raw_len as usize];
+            let n = zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(stored, &mut raw[..]))
+                .map_err(|e| corrupt(e.to_string()))?;
+            if n != raw.len() {
+                return Err(corrupt(format!(
+                    "decoded {n} bytes, expected {}",
+                    raw.len()
+                )));
+            }
+            Ok(raw)
+        };
+        let original_header = blob(&index.header, "original header")?;
+        let gaps = blob(&index.gaps, "gap")?;
+        let original = GgufHeader::parse(&original_header).map_err(DcError::OriginalHeader)?;
+        original
+            .check_data_fits(index.original_size)
+            .map_err(DcError::OriginalHeader)?;
+        if original_header.len() as u64 != original.data_offset.min(index.original_size) {
+            return Err(DcError::CorruptBlob {
+                blob: "original header",
+                what: "its length disagrees with the header it holds".into(),
+            });
+        }
+        if original.tensors.len() != index.tensors.len() {
+            return Err(DcError::BadIndex {
+                offset: 8,
+                what: format!(
+                    "{} tensor entries for {} tensors",
+                    index.tensors.len(),
+                    original.tensors.len()
+                ),
+            });
+        }
+        let segments = segments(&original, index.original_size);
+        let gap_total: u64 = segments
+            .iter()
+            .filter(|s| matches!(s.piece, Piece::Gap { .. }))
+            .map(|s| s.len)
+            .sum();
+        if gap_total != gaps.len() as u64 {
+            return Err(DcError::CorruptBlob {
+                blob: "gap",
+                what: format!("holds {} bytes, the layout has {gap_total}", gaps.len()),
+            });
+        }
+        let tensors = original
+            .tensors
+            .iter()
+            .zip(&index.tensors)
+            .map(|(t, e)| check_tensor(t, e, &data))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DcFile {
+            path: path.to_path_buf(),
+            _file: file,
+            map,
+            dc_header,
+            original,
+            index,
+            original_header,
+            gaps,
+            segments,
+            tensors,
+            original_xxh3,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the original GGUF file.
+    pub fn original_size(&self) -> u64 {
+        self.index.original_size
+    }
+
+    /// Size of this DC-GGUF file.
+    pub fn stored_size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// xxh3-64 of the whole original file, as recorded at compression.
+    pub fn original_xxh3(&self) -> u64 {
+        self.original_xxh3
+    }
+
+    pub fn tensor_count(&self) -> usize {
+        self.original.tensors.len()
+    }
+
+    pub fn tensor_info(&self, i: usize) -> &TensorInfo {
+        &self.original.tensors[i]
+    }
+
+    pub fn find_tensor(&self, name: &str) -> Option<usize> {
+        self.original.tensors.iter().position(|t| t.name == name)
+    }
+
+    pub fn tensor_view(&self, i: usize) -> TensorView {
+        let t = &self.original.tensors[i];
+        let e = &self.index.tensors[i];
+        let stored = e.stored_bytes();
+        TensorView {
+            name: t.name.clone(),
+            ggml_type: t.ty.name(),
+            shape: t.dims.clone(),
+            raw_bytes: t.nbytes,
+            stored_bytes: stored,
+            ratio: if stored == 0 {
+                1.0
+            } else {
+                t.nbytes as f64 / stored as f64
+            },
+            transform: self.tensors[i].transform.name(),
+            chunks: e.chunks.len(),
+            raw_chunks: e
+                .chunks
+                .iter()
+                .filter(|c| c.mode == ChunkMode::Raw as u8)
+                .count(),
+            entropy_bound_bytes: e.entropy_bound,
+        }
+    }
+
+    /// Raw bytes of a chunk of tensor `i`.
+    fn chunk_len(&self, i: usize, c: usize) -> usize {
+        let raw = self.index.tensors[i].chunk_raw as usize;
+        let n = self.original.tensors[i].nbytes as usize;
+        raw.min(n - c * raw)
+    }
+
+    /// Decodes chunk `c` of tensor `i` into `dst` (exactly the chunk's length) and checks it.
+    pub fn decode_chunk(&self, i: usize, c: usize, dst: &mut [u8]) -> Result<()> {
+        let st = &self.tensors[i];
+        let e = &self.index.tensors[i].chunks[c];
+        let name = &self.original.tensors[i].name;
+        let payload = &self.map[st.chunk_starts[c]..st.chunk_starts[c + 1]];
+        let mode = ChunkMode::from_id(e.mode).expect("mode checked at open");
+        decode_chunk(&st.layout, mode, payload, dst).map_err(DcError::chunk(name, c))?;
+        if xxh3_64(dst) != e.hash {
+            return Err(DcError::Corrupt {
+                tensor: name.clone(),
+                chunk: c as u64,
+                what: "checksum mismatch: decoded bytes differ from the original".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes bytes `[offset, offset + dst.len())` of tensor `i` into `dst`, chunks in
+    /// parallel. Whole chunks decode straight into `dst`.
+    pub fn read_tensor(&self, i: usize, offset: u64, dst: &mut [u8]) -> Result<()> {
+        let t = &self.original.tensors[i];
+        let end = offset.checked_add(dst.len() as u64);
+        if end.is_none_or(|e| e > t.nbytes) {
+            return Err(DcError::OutOfRange {
+                tensor: t.name.clone(),
+                start: offset,
+                end: end.unwrap_or(u64::MAX),
+                len: t.nbytes,
+            });
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let chunk_raw = self.index.tensors[i].chunk_raw as u64;
+        let first = (offset / chunk_raw) as usize;
+        let mut pieces = Vec::new();
+        let mut rest = dst;
+        let mut pos = offset;
+        let mut c = first;
+        while !rest.is_empty() {
+            let chunk_start = c as u64 * chunk_raw;
+            let within = (pos - chunk_start) as usize;
+            let take = (self.chunk_len(i, c) - within).min(rest.len());
+            let (piece, tail) = rest.split_at_mut(take);
+            pieces.push((c, within, piece));
+            rest = tail;
+            pos += take as u64;
+            c += 1;
+        }
+        let decode = |(c, within, piece): (usize, usize, &mut [u8])| -> Result<()> {
+            if within == 0 && piece.len() == self.chunk_len(i, c) {
+                self.decode_chunk(i, c, piece)
+            } else {
+                let mut whole = vec![0u8; self.chunk_len(i, c)];
+                self.decode_chunk(i, c, &mut whole)?;
+                piece.copy_from_slice(&whole[within..within + piece.len()]);
+                Ok(())
+            }
+        };
+        if pieces.len() == 1 {
+            pieces.into_iter().try_for_each(decode)
+        } else {
+            pieces.into_par_iter().try_for_each(decode)
+        }
+    }
+
+    /// Fills `dst` with the original file's bytes from `offset`; returns how many were
+    /// available (fewer only at the end of the file).
+    pub fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<usize> {
+        let size = self.index.original_size;
+        if offset >= size {
+            return Ok(0);
+        }
+        let n = (dst.len() as u64).min(size - offset) as usize;
+        let mut first = self.segments.partition_point(|s| s.end() <= offset);
+        let mut pos = offset;
+        let mut rest = &mut dst[..n];
+        while !rest.is_empty() {
+            let s = self.segments[first];
+            let within = pos - s.start;
+            let take = ((s.len - within) as usize).min(rest.len());
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(take);
+            match s.piece {
+                Piece::Header => piece.copy_from_slice(
+                    &self.original_header[within as usize..within as usize + take],
+                ),
+                Piece::Gap { at } => {
+                    let at = (at + within) as usize;
+                    piece.copy_from_slice(&self.gaps[at..at + take]);
+                }
+                Piece::Tensor(i) => self.read_tensor(i, within, piece)?,
+            }
+            rest = tail;
+            pos += take as u64;
+            first += 1;
+        }
+        Ok(n)
+    }
+
+    /// Streams the whole original file through `sink`, checking every chunk and the
+    /// whole-file checksum. `progress` gets byte counts as they are done.
+    pub fn for_each_block(
+        &self,
+        block: usize,
+        progress: &dyn Fn(u64),
+        mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut buf = vec![0u8; block.max(1 << 16)];
+        let mut hasher = Xxh3::new();
+        let mut pos = 0u64;
+        loop {
+            let n = self.read_at(pos, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            sink(pos, &buf[..n])?;
+            pos += n as u64;
+            progress(n as u64);
+        }
+        if hasher.digest() != self.original_xxh3 {
+            return Err(DcError::Mismatch {
+                what: "whole-file checksum differs from the one recorded at compression".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_tensor(
+    t: &TensorInfo,
+    e: &super::TensorEntry,
+    data: &std::ops::Range<usize>,
+) -> Result<TensorState> {
+    let bad = |what: String| DcError::Corrupt {
+        tensor: t.name.clone(),
+        chunk: 0,
+        what: format!("index entry: {what}"),
+    };
+    let transform = Transform::from_id(e.transform, t.ty).ok_or_else(|| {
+        bad(format!(
+            "transform {} is not valid for {}",
+            e.transform, t.ty
+        ))
+    })?;
+    let layout = Layout::new(transform, t.ty);
+    let chunk_raw = e.chunk_raw as u64;
+    let want_chunks = if t.nbytes == 0 {
+        0
+    } else if chunk_raw == 0 || chunk_raw % layout.unit() as u64 != 0 {
+        return Err(bad(format!(
+            "chunk size {chunk_raw} is not a positive multiple of {}",
+            layout.unit()
+        )));
+    } else {
+        t.nbytes.div_ceil(chunk_raw)
+    };
+    if e.chunks.len() as u64 != want_chunks {
+        return Err(bad(format!(
+            "{} chunks, {want_chunks} expected for {} bytes",
+            e.chunks.len(),
+            t.nbytes
+        )));
+    }
+    let mut starts = Vec::with_capacity(e.chunks.len() + 1);
+    let mut pos = e.data_offset;
+    for (c, ch) in e.chunks.iter().enumerate() {
+        let raw_len = chunk_raw.min(t.nbytes - c as u64 * chunk_raw);
+        let mode = ChunkMode::from_id(ch.mode).ok_or_else(|| DcError::Corrupt {
+            tensor: t.name.clone(),
+            chunk: c as u64,
+            what: format!("unknown chunk mode {}", ch.mode),
+        })?;
+        if mode == ChunkMode::Raw && u64::from(ch.stored_len) != raw_len {
+            return Err(DcError::Corrupt {
+                tensor: t.name.clone(),
+                chunk: c as u64,
+                what: format!("raw chunk stores {} of {raw_len} bytes", ch.stored_len),
+            });
+        }
+        starts.push(pos);
+        pos = pos.saturating_add(u64::from(ch.stored_len));
+    }
+    starts.push(pos);
+    let data_len = (data.end - data.start) as u64;
+    if pos > data_len {
+        let c = starts.iter().position(|&s| s > data_len).unwrap_or(1);
+        return Err(DcError::Corrupt {
+            tensor: t.name.clone(),
+            chunk: c.saturating_sub(1) as u64,
+            what: format!("chunk table points past the end of dc.data ({pos} > {data_len})"),
+        });
+    }
+    Ok(TensorState {
+        layout,
+        transform,
+        chunk_starts: starts.iter().map(|&s| data.start + s as usize).collect(),
+    })
+}
+
+/// Rebuilds the original GGUF file from a DC-GGUF file, bit for bit.
+pub fn decompress_file(
+    input: &Path,
+    output: &Path,
+    force: bool,
+    progress: &dyn Fn(u64),
+) -> Result<u64> {
+    let dc = DcFile::open(input)?;
+    let mut out = AtomicOutput::create(output, Some(input), force)?;
+    let path = out.path().to_path_buf();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
+    dc.for_each_block(64 << 20, progress, |_, bytes| {
+        w.write_all(bytes).map_err(DcError::io(&path))
+    })?;
+    w.flush().map_err(DcError::io(&path))?;
+    drop(w);
+    out.commit()?;
+    Ok(dc.original_size())
+}
+
+/// Checks that `dc` decodes to exactly the bytes of `original`.
+pub fn verify_against(dc: &DcFile, original: &Path, progress: &dyn Fn(u64)) -> Result<()> {
+    let (_f, map) = map_readonly(original).map_err(DcError::io(original))?;
+    if map.len() as u64 != dc.original_size() {
+        return Err(DcError::Mismatch {
+            what: format!(
+                "{} has {} bytes, the DC file decodes to {}",
+                original.display(),
+                map.len(),
+                dc.original_size()
+            ),
+        });
+    }
+    dc.for_each_block(64 << 20, progress, |pos, bytes| {
+        let want = &map[pos as usize..pos as usize + bytes.len()];
+        match bytes.iter().zip(want).position(|(a, b)| a != b) {
+            None => Ok(()),
+            Some(k) => Err(DcError::Mismatch {
+                what: format!("first difference at byte {}", pos + k as u64),
+            }),
+        }
+    })
+}

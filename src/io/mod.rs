@@ -1,0 +1,20 @@
+//! File plumbing shared by every writer: atomic outputs and read-only memory maps.
+
+mod atomic;
+
+pub use atomic::AtomicOutput;
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+/// Maps `path` read-only. The input is never written through this map.
+pub fn map_readonly(path: &Path) -> std::io::Result<(File, Mmap)> {
+    let file = File::open(path)?;
+    // SAFETY: the map is read-only and private to this process. Another process truncating
+    // the file while we read is outside what any mmap-based reader (llama.cpp included) can
+    // defend against; we document that inputs must not change during a run.
+    let map = unsafe { Mmap::map(&file)? };
+    Ok((file, map))
+}
