@@ -43,6 +43,20 @@ struct TensorState {
     chunk_starts: Vec<usize>,
 }
 
+/// One piece of a read: bytes already in memory, or (part of) a chunk to decode.
+enum ReadJob<'a> {
+    Copy {
+        src: &'a [u8],
+        dst: &'a mut [u8],
+    },
+    Chunk {
+        tensor: usize,
+        chunk: usize,
+        within: usize,
+        dst: &'a mut [u8],
+    },
+}
+
 /// A summary of one original tensor as stored.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TensorView {
@@ -281,72 +295,127 @@ impl DcFile {
                 len: t.nbytes,
             });
         }
-        if dst.is_empty() {
-            return Ok(());
-        }
-        let chunk_raw = self.index.tensors[i].chunk_raw as u64;
-        let first = (offset / chunk_raw) as usize;
-        let mut pieces = Vec::new();
+        let mut jobs = Vec::new();
+        self.plan_tensor_read(i, offset, dst, &mut jobs);
+        self.run_jobs(jobs)
+    }
+
+    /// Splits a read of tensor `i` into per-chunk pieces.
+    fn plan_tensor_read<'a>(
+        &self,
+        i: usize,
+        offset: u64,
+        dst: &'a mut [u8],
+        jobs: &mut Vec<ReadJob<'a>>,
+    ) {
+        let chunk_raw = u64::from(self.index.tensors[i].chunk_raw);
         let mut rest = dst;
         let mut pos = offset;
-        let mut c = first;
         while !rest.is_empty() {
-            let chunk_start = c as u64 * chunk_raw;
-            let within = (pos - chunk_start) as usize;
+            let c = (pos / chunk_raw) as usize;
+            let within = (pos - c as u64 * chunk_raw) as usize;
             let take = (self.chunk_len(i, c) - within).min(rest.len());
-            let (piece, tail) = rest.split_at_mut(take);
-            pieces.push((c, within, piece));
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(take);
+            jobs.push(ReadJob::Chunk {
+                tensor: i,
+                chunk: c,
+                within,
+                dst: piece,
+            });
             rest = tail;
             pos += take as u64;
-            c += 1;
-        }
-        let decode = |(c, within, piece): (usize, usize, &mut [u8])| -> Result<()> {
-            if within == 0 && piece.len() == self.chunk_len(i, c) {
-                self.decode_chunk(i, c, piece)
-            } else {
-                let mut whole = vec![0u8; self.chunk_len(i, c)];
-                self.decode_chunk(i, c, &mut whole)?;
-                piece.copy_from_slice(&whole[within..within + piece.len()]);
-                Ok(())
-            }
-        };
-        if pieces.len() == 1 {
-            pieces.into_iter().try_for_each(decode)
-        } else {
-            pieces.into_par_iter().try_for_each(decode)
         }
     }
 
+    /// Runs read pieces, in parallel when there are several chunks.
+    fn run_jobs(&self, jobs: Vec<ReadJob<'_>>) -> Result<()> {
+        let run = |job: ReadJob<'_>| -> Result<()> {
+            match job {
+                ReadJob::Copy { src, dst } => {
+                    dst.copy_from_slice(src);
+                    Ok(())
+                }
+                ReadJob::Chunk {
+                    tensor,
+                    chunk,
+                    within,
+                    dst,
+                } => {
+                    let len = self.chunk_len(tensor, chunk);
+                    if within == 0 && dst.len() == len {
+                        self.decode_chunk(tensor, chunk, dst)
+                    } else {
+                        let mut whole = vec![0u8; len];
+                        self.decode_chunk(tensor, chunk, &mut whole)?;
+                        dst.copy_from_slice(&whole[within..within + dst.len()]);
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let chunks = jobs
+            .iter()
+            .filter(|j| matches!(j, ReadJob::Chunk { .. }))
+            .count();
+        if chunks <= 1 {
+            jobs.into_iter().try_for_each(run)
+        } else {
+            jobs.into_par_iter().try_for_each(run)
+        }
+    }
+
+    /// Original-file byte range of the tensor chunk holding byte `offset`; `None` in the
+    /// header, a gap or past the end. Lets callers (the llama.cpp FILE* hook) cache chunks
+    /// that are read piecewise instead of decoding them once per piece.
+    pub fn chunk_range_at(&self, offset: u64) -> Option<std::ops::Range<u64>> {
+        let s = self.segments[self.segments.partition_point(|s| s.end() <= offset)..].first()?;
+        let Piece::Tensor(i) = s.piece else {
+            return None;
+        };
+        if offset < s.start {
+            return None;
+        }
+        let chunk_raw = self.index.tensors[i].chunk_raw as u64;
+        let c = (offset - s.start) / chunk_raw;
+        let start = s.start + c * chunk_raw;
+        Some(start..start + self.chunk_len(i, c as usize) as u64)
+    }
+
     /// Fills `dst` with the original file's bytes from `offset`; returns how many were
-    /// available (fewer only at the end of the file).
+    /// available (fewer only at the end of the file). All chunks the range touches, across
+    /// tensors, are decoded in one parallel pass.
     pub fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<usize> {
         let size = self.index.original_size;
         if offset >= size {
             return Ok(0);
         }
         let n = (dst.len() as u64).min(size - offset) as usize;
-        let mut first = self.segments.partition_point(|s| s.end() <= offset);
+        let mut seg = self.segments.partition_point(|s| s.end() <= offset);
         let mut pos = offset;
         let mut rest = &mut dst[..n];
+        let mut jobs = Vec::new();
         while !rest.is_empty() {
-            let s = self.segments[first];
+            let s = self.segments[seg];
             let within = pos - s.start;
             let take = ((s.len - within) as usize).min(rest.len());
             let (piece, tail) = std::mem::take(&mut rest).split_at_mut(take);
+            let w = within as usize;
             match s.piece {
-                Piece::Header => piece.copy_from_slice(
-                    &self.original_header[within as usize..within as usize + take],
-                ),
-                Piece::Gap { at } => {
-                    let at = (at + within) as usize;
-                    piece.copy_from_slice(&self.gaps[at..at + take]);
-                }
-                Piece::Tensor(i) => self.read_tensor(i, within, piece)?,
+                Piece::Header => jobs.push(ReadJob::Copy {
+                    src: &self.original_header[w..w + take],
+                    dst: piece,
+                }),
+                Piece::Gap { at } => jobs.push(ReadJob::Copy {
+                    src: &self.gaps[at as usize + w..at as usize + w + take],
+                    dst: piece,
+                }),
+                Piece::Tensor(i) => self.plan_tensor_read(i, within, piece, &mut jobs),
             }
             rest = tail;
             pos += take as u64;
-            first += 1;
+            seg += 1;
         }
+        self.run_jobs(jobs)?;
         Ok(n)
     }
 

@@ -11,13 +11,16 @@ pub struct GgmlType(u32);
 
 /// How the bytes of one quantization block are laid out, field by field.
 ///
-/// `Half` fields are IEEE fp16 scales; `Bytes` fields are opaque byte arrays (quants, packed
-/// scales, high bits). The codec uses this to separate statistically different bytes.
+/// `Half` fields are IEEE fp16 scales; `Nibbles` are packed 4-bit quants (two per byte),
+/// `Int8` are signed 8-bit quants, `Bytes` are other byte arrays (packed scales, high bits,
+/// sums). The codec uses this to separate statistically different bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
     Half,
     Float,
     Bytes(u16),
+    Nibbles(u16),
+    Int8(u16),
 }
 
 struct TypeInfo {
@@ -27,7 +30,7 @@ struct TypeInfo {
     fields: &'static [Field],
 }
 
-use Field::{Bytes, Float, Half};
+use Field::{Bytes, Float, Half, Int8, Nibbles};
 
 const fn info(
     name: &'static str,
@@ -47,33 +50,43 @@ const fn info(
 static TYPES: [Option<TypeInfo>; 40] = [
     info("F32", 1, 4, &[]),
     info("F16", 1, 2, &[]),
-    info("Q4_0", 32, 18, &[Half, Bytes(16)]),
-    info("Q4_1", 32, 20, &[Half, Half, Bytes(16)]),
+    info("Q4_0", 32, 18, &[Half, Nibbles(16)]),
+    info("Q4_1", 32, 20, &[Half, Half, Nibbles(16)]),
     None,
     None,
-    info("Q5_0", 32, 22, &[Half, Bytes(4), Bytes(16)]),
-    info("Q5_1", 32, 24, &[Half, Half, Bytes(4), Bytes(16)]),
-    info("Q8_0", 32, 34, &[Half, Bytes(32)]),
-    info("Q8_1", 32, 36, &[Half, Half, Bytes(32)]),
+    info("Q5_0", 32, 22, &[Half, Bytes(4), Nibbles(16)]),
+    info("Q5_1", 32, 24, &[Half, Half, Bytes(4), Nibbles(16)]),
+    info("Q8_0", 32, 34, &[Half, Int8(32)]),
+    info("Q8_1", 32, 36, &[Half, Half, Int8(32)]),
     info("Q2_K", 256, 84, &[Bytes(16), Bytes(64), Half, Half]),
     info("Q3_K", 256, 110, &[Bytes(32), Bytes(64), Bytes(12), Half]),
-    info("Q4_K", 256, 144, &[Half, Half, Bytes(12), Bytes(128)]),
+    info("Q4_K", 256, 144, &[Half, Half, Bytes(12), Nibbles(128)]),
     info(
         "Q5_K",
         256,
         176,
-        &[Half, Half, Bytes(12), Bytes(32), Bytes(128)],
+        &[Half, Half, Bytes(12), Bytes(32), Nibbles(128)],
     ),
-    info("Q6_K", 256, 210, &[Bytes(128), Bytes(64), Bytes(16), Half]),
-    info("Q8_K", 256, 292, &[Float, Bytes(256), Bytes(32)]),
+    info(
+        "Q6_K",
+        256,
+        210,
+        &[Nibbles(128), Bytes(64), Bytes(16), Half],
+    ),
+    info("Q8_K", 256, 292, &[Float, Int8(256), Bytes(32)]),
     info("IQ2_XXS", 256, 66, &[]),
     info("IQ2_XS", 256, 74, &[]),
     info("IQ3_XXS", 256, 98, &[]),
     info("IQ1_S", 256, 50, &[]),
-    info("IQ4_NL", 32, 18, &[Half, Bytes(16)]),
+    info("IQ4_NL", 32, 18, &[Half, Nibbles(16)]),
     info("IQ3_S", 256, 110, &[]),
     info("IQ2_S", 256, 82, &[]),
-    info("IQ4_XS", 256, 136, &[Half, Bytes(2), Bytes(4), Bytes(128)]),
+    info(
+        "IQ4_XS",
+        256,
+        136,
+        &[Half, Bytes(2), Bytes(4), Nibbles(128)],
+    ),
     info("I8", 1, 1, &[]),
     info("I16", 1, 2, &[]),
     info("I32", 1, 4, &[]),
@@ -179,7 +192,7 @@ impl Field {
         match self {
             Field::Half => 2,
             Field::Float => 4,
-            Field::Bytes(n) => n as usize,
+            Field::Bytes(n) | Field::Nibbles(n) | Field::Int8(n) => n as usize,
         }
     }
 }

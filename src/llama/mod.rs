@@ -1,0 +1,194 @@
+//! llama.cpp integration: load a DC-GGUF through llama.cpp's own loader.
+//!
+//! The DC file is opened with [`DcFile`] and wrapped in a read-only `FILE *` (glibc
+//! `fopencookie`, see [`stream`]) that serves the ORIGINAL GGUF bytes, decoding chunks as
+//! llama.cpp reads them. That `FILE *` goes to the host's `llama_model_load_from_file_ptr`
+//! with a non-mmap load mode; llama.cpp does the rest. Plain GGUF files go straight to the
+//! host's `llama_model_load_from_file`.
+//!
+//! The host's llama.cpp is found at run time ([`host`]); nothing of llama.cpp or ggml is
+//! linked into this crate. [`sys`] holds bindgen output for the few llama.h items used.
+
+pub mod host;
+pub mod stream;
+#[rustfmt::skip]
+pub mod sys;
+
+use std::ffi::CStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::dc::{DcError, DcFile};
+use crate::gguf::split::SplitName;
+use stream::{CookieFile, Source, Stream, throttle_from_env};
+
+/// Why a model did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LlamaError {
+    /// The host process has no (compatible) llama.cpp.
+    #[error("{0}")]
+    Host(String),
+    #[error(transparent)]
+    Dc(#[from] DcError),
+    #[error(
+        "{path}: is part {index} of a {count}-part split DC-GGUF model, which llama.cpp cannot \
+         load through a FILE*. Merge it first: `dcgguf decompress` each part, \
+         `llama-gguf-split --merge <first-part>.gguf merged.gguf`, then \
+         `dcgguf compress merged.gguf merged.dc.gguf` (or load the decompressed parts directly)"
+    )]
+    Split {
+        path: String,
+        index: u64,
+        count: u64,
+    },
+    #[error("{path}: llama.cpp failed to load the model{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    LoadFailed {
+        path: String,
+        detail: Option<String>,
+    },
+    /// A plain (non-DC) file that the host's llama.cpp refused; it has said why.
+    #[error("{0}: llama.cpp failed to load the model")]
+    PlainFailed(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What is at a model path.
+pub enum ModelKind {
+    /// Not a DC-GGUF file (a plain GGUF, or something llama.cpp will judge itself).
+    Plain,
+    Dc(Box<DcFile>),
+}
+
+/// Opens `path` if it is a DC-GGUF file. Files that are not DC-GGUF (including unreadable or
+/// non-GGUF ones) are [`ModelKind::Plain`], so llama.cpp reports on them as usual.
+pub fn classify(path: &Path) -> Result<ModelKind, LlamaError> {
+    match DcFile::open(path) {
+        Ok(dc) => Ok(ModelKind::Dc(Box::new(dc))),
+        Err(DcError::NotDc { .. } | DcError::Gguf { .. } | DcError::Io { .. }) => {
+            Ok(ModelKind::Plain)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Parameters for loading through the cookie stream: non-mmap (a cookie `FILE *` has no file
+/// descriptor to map), mlock kept if asked for, lazy reading (which needs mmap) off.
+pub fn stream_params(mut p: sys::llama_model_params) -> sys::llama_model_params {
+    p.load_mode = match p.load_mode {
+        sys::llama_load_mode_LLAMA_LOAD_MODE_MLOCK | sys::llama_load_mode_LLAMA_LOAD_MODE_MMAP_MLOCK => {
+            sys::llama_load_mode_LLAMA_LOAD_MODE_MLOCK
+        }
+        _ => sys::llama_load_mode_LLAMA_LOAD_MODE_NONE,
+    };
+    p.lazy_mode = sys::llama_lazy_mode_LLAMA_LAZY_MODE_OFF;
+    p
+}
+
+fn split_info(dc: &DcFile, path: &Path) -> Option<(u64, u64)> {
+    let count = dc.original.get("split.count").and_then(|v| v.as_u64());
+    let index = dc.original.get("split.no").and_then(|v| v.as_u64());
+    match (count, index) {
+        (Some(c), i) if c > 1 => Some((i.unwrap_or(0) + 1, c)),
+        _ => {
+            let name = SplitName::parse(path.file_name()?.to_str()?)?;
+            (name.count > 1).then_some((u64::from(name.index), u64::from(name.count)))
+        }
+    }
+}
+
+/// Loads a DC-GGUF that is already open through `load_from_file_ptr`.
+pub fn load_dc(
+    host: &host::Host,
+    dc: DcFile,
+    path: &Path,
+    params: sys::llama_model_params,
+    pool: Option<Arc<rayon::ThreadPool>>,
+) -> Result<*mut sys::llama_model, LlamaError> {
+    if let Some((index, count)) = split_info(&dc, path) {
+        return Err(LlamaError::Split {
+            path: path.display().to_string(),
+            index,
+            count,
+        });
+    }
+    let stream = Stream::new(path, Source::Dc(dc), throttle_from_env())
+        .map_err(|e| LlamaError::Io(format!("{}: {e}", path.display())))?
+        .with_pool(pool);
+    load_stream(host, stream, path, params)
+}
+
+fn load_stream(
+    host: &host::Host,
+    stream: Stream,
+    path: &Path,
+    params: sys::llama_model_params,
+) -> Result<*mut sys::llama_model, LlamaError> {
+    let file = CookieFile::open(stream)
+        .map_err(|e| LlamaError::Io(format!("{}: fopencookie: {e}", path.display())))?;
+    // SAFETY: `file` is a valid readable FILE* for the whole call; llama.cpp does not take
+    // ownership (llama_file(FILE*) never closes it) nor keep it after returning (lazy mode,
+    // the only way to read later, is off and needs mmap).
+    let model = unsafe { (host.load_from_file_ptr)(file.as_ptr(), stream_params(params)) };
+    let err = file.error();
+    drop(file);
+    if model.is_null() {
+        return Err(LlamaError::LoadFailed {
+            path: path.display().to_string(),
+            detail: err,
+        });
+    }
+    Ok(model)
+}
+
+/// Loads `path` with the host's llama.cpp: DC-GGUF through the cookie stream, anything else
+/// through the real `llama_model_load_from_file`. `not_this` is the address of our own
+/// exported `llama_model_load_from_file` (so the real one is found, not ours).
+pub fn load_model(
+    path: &CStr,
+    params: sys::llama_model_params,
+    not_this: usize,
+    pool: Option<Arc<rayon::ThreadPool>>,
+) -> Result<*mut sys::llama_model, LlamaError> {
+    let host = host::host(not_this).map_err(LlamaError::Host)?;
+    let p = Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    match classify(p)? {
+        ModelKind::Dc(dc) => load_dc(host, *dc, p, params, pool),
+        ModelKind::Plain => {
+            if throttle_from_env().is_some() && !params.vocab_only {
+                // Bench mode: plain GGUF through the same (throttled) FILE* path.
+                if let Ok(f) = std::fs::File::open(p) {
+                    let stream = Stream::new(p, Source::Plain(f), throttle_from_env())
+                        .map_err(|e| LlamaError::Io(format!("{}: {e}", p.display())))?;
+                    return load_stream(host, stream, p, params);
+                }
+            }
+            // SAFETY: the real llama_model_load_from_file with the caller's arguments.
+            let model = unsafe { (host.load_from_file)(path.as_ptr(), params) };
+            if model.is_null() {
+                return Err(LlamaError::PlainFailed(p.display().to_string()));
+            }
+            Ok(model)
+        }
+    }
+}
+
+/// Loads a GGUF or DC-GGUF model with the llama.cpp already loaded in this process (link
+/// libllama, or dlopen it with RTLD_GLOBAL, before calling). Free the model with the host's
+/// `llama_model_free`.
+pub fn load(
+    path: &Path,
+    params: sys::llama_model_params,
+) -> Result<*mut sys::llama_model, LlamaError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| LlamaError::Io(format!("{}: path contains a NUL byte", path.display())))?;
+    load_model(&c, params, crate::ffi::interposer_address(), None)
+}
+
+/// The host's `llama_model_default_params()` (checked against our bindings).
+pub fn default_params() -> Result<sys::llama_model_params, LlamaError> {
+    host::host(crate::ffi::interposer_address())
+        .map(|h| h.default_params)
+        .map_err(LlamaError::Host)
+}

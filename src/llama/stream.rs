@@ -1,0 +1,352 @@
+//! A `FILE *` (glibc `fopencookie`) that serves the ORIGINAL GGUF byte stream of a DC-GGUF
+//! file, so llama.cpp's own loader (`llama_model_load_from_file_ptr`) can read it unchanged.
+//!
+//! glibc's `fread` on a cookie stream reads large requests straight into the caller's buffer
+//! (rounded down to the 8 KiB stream buffer) and the rest through that buffer, so a tensor
+//! read is one big read (whole chunks, decoded in parallel straight into llama.cpp's tensor
+//! memory) plus small reads at the edges. Chunks read piecewise are decoded once into a small
+//! cache, so the extra memory is a few chunks.
+//!
+//! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` limits the simulated storage bandwidth. For a
+//! DC file it is charged on stored (compressed) bytes, at the file's average ratio; a plain
+//! GGUF read through the same stream is charged on its own bytes. `0` means unlimited.
+
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_int, c_void};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::dc::DcFile;
+
+/// How many decoded chunks the stream keeps for piecewise reads.
+const CACHE_CHUNKS: usize = 4;
+
+/// Environment variable that turns on the bench-mode bandwidth limit.
+pub const THROTTLE_ENV: &str = "DCGGUF_THROTTLE_BPS";
+
+/// Where the bytes come from.
+pub enum Source {
+    Dc(DcFile),
+    /// A plain GGUF read through the same stream (bench mode only).
+    Plain(File),
+}
+
+/// Simulated storage bandwidth.
+struct Throttle {
+    bytes_per_s: f64,
+    /// Stored bytes per original byte (1 for plain files).
+    cost: f64,
+    start: Option<Instant>,
+    charged: f64,
+}
+
+impl Throttle {
+    fn charge(&mut self, original_bytes: usize) {
+        let start = *self.start.get_or_insert_with(Instant::now);
+        self.charged += original_bytes as f64 * self.cost;
+        let due = Duration::from_secs_f64(self.charged / self.bytes_per_s);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Reads `DCGGUF_THROTTLE_BPS`: `Some(0.0)` = set but unlimited.
+pub fn throttle_from_env() -> Option<f64> {
+    let v = std::env::var(THROTTLE_ENV).ok()?;
+    match v.trim().parse::<f64>() {
+        Ok(bps) if bps >= 0.0 && bps.is_finite() => Some(bps),
+        _ => {
+            eprintln!("dcgguf: ignoring {THROTTLE_ENV}={v:?} (expected bytes per second)");
+            None
+        }
+    }
+}
+
+/// The state behind one cookie `FILE *`.
+pub struct Stream {
+    path: PathBuf,
+    src: Source,
+    size: u64,
+    pos: u64,
+    cache: VecDeque<(u64, Vec<u8>)>,
+    throttle: Option<Throttle>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    /// First read error, kept for the caller after llama.cpp gives up.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Stream {
+    pub fn new(path: &Path, src: Source, throttle_bps: Option<f64>) -> std::io::Result<Stream> {
+        let size = match &src {
+            Source::Dc(dc) => dc.original_size(),
+            Source::Plain(f) => f.metadata()?.len(),
+        };
+        let cost = match &src {
+            Source::Dc(dc) if dc.original_size() > 0 => {
+                dc.stored_size() as f64 / dc.original_size() as f64
+            }
+            _ => 1.0,
+        };
+        let throttle = throttle_bps.filter(|&b| b > 0.0).map(|bytes_per_s| Throttle {
+            bytes_per_s,
+            cost,
+            start: None,
+            charged: 0.0,
+        });
+        Ok(Stream {
+            path: path.to_path_buf(),
+            src,
+            size,
+            pos: 0,
+            cache: VecDeque::with_capacity(CACHE_CHUNKS),
+            throttle,
+            pool: None,
+            error: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Decode on this pool instead of rayon's global one.
+    pub fn with_pool(mut self, pool: Option<Arc<rayon::ThreadPool>>) -> Stream {
+        self.pool = pool;
+        self
+    }
+
+    /// A handle on the stream's first error, readable after the `FILE *` is closed.
+    pub fn error_slot(&self) -> Arc<Mutex<Option<String>>> {
+        self.error.clone()
+    }
+
+    /// Reads at the current position; returns 0 only at the end of the file.
+    pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+        if self.pos >= self.size || dst.is_empty() {
+            return Ok(0);
+        }
+        let n = match &self.src {
+            Source::Plain(f) => {
+                let want = (dst.len() as u64).min(self.size - self.pos) as usize;
+                f.read_at(&mut dst[..want], self.pos)
+                    .map_err(|e| format!("{}: {e}", self.path.display()))?
+            }
+            Source::Dc(_) => self.read_dc(dst)?,
+        };
+        if let Some(t) = &mut self.throttle {
+            t.charge(n);
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn read_dc(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+        let Source::Dc(dc) = &self.src else {
+            unreachable!()
+        };
+        let pos = self.pos;
+        let end = pos + (dst.len() as u64).min(self.size - pos);
+        // A chunk we hold, or one only partly wanted: serve it from the cache.
+        if let Some(c) = dc.chunk_range_at(pos) {
+            let cached = self.cache.iter().position(|(s, _)| *s == c.start);
+            if cached.is_some() || c.start < pos || c.end > end {
+                let k = match cached {
+                    Some(k) => k,
+                    None => {
+                        let mut buf = vec![0u8; (c.end - c.start) as usize];
+                        let pool = self.pool.clone();
+                        run_on(pool.as_deref(), || dc.read_at(c.start, &mut buf))
+                            .map_err(|e| e.to_string())?;
+                        if self.cache.len() == CACHE_CHUNKS {
+                            self.cache.pop_front();
+                        }
+                        self.cache.push_back((c.start, buf));
+                        self.cache.len() - 1
+                    }
+                };
+                let take = (c.end.min(end) - pos) as usize;
+                let from = (pos - c.start) as usize;
+                dst[..take].copy_from_slice(&self.cache[k].1[from..from + take]);
+                return Ok(take);
+            }
+        }
+        // Whole chunks (and header/gap bytes) straight into `dst`; stop before a chunk that
+        // is only partly wanted, which the next call serves from the cache.
+        let direct_end = match dc.chunk_range_at(end - 1) {
+            Some(c) if c.end > end && c.start > pos => c.start,
+            _ => end,
+        };
+        let want = (direct_end - pos) as usize;
+        let pool = self.pool.clone();
+        run_on(pool.as_deref(), || dc.read_at(pos, &mut dst[..want])).map_err(|e| e.to_string())
+    }
+
+    fn seek(&mut self, offset: i64, whence: c_int) -> Option<u64> {
+        let base = match whence {
+            libc::SEEK_SET => 0,
+            libc::SEEK_CUR => self.pos as i64,
+            libc::SEEK_END => self.size as i64,
+            _ => return None,
+        };
+        let new = base.checked_add(offset).filter(|&p| p >= 0)?;
+        self.pos = new as u64;
+        Some(self.pos)
+    }
+
+    fn record(&self, msg: &str) {
+        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            eprintln!("dcgguf: error: {}: {msg}", self.path.display());
+            *slot = Some(msg.to_string());
+        }
+    }
+}
+
+fn run_on<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
+/// glibc's `cookie_io_functions_t`.
+#[repr(C)]
+struct CookieIoFunctions {
+    read: Option<unsafe extern "C" fn(*mut c_void, *mut c_char, usize) -> isize>,
+    write: Option<unsafe extern "C" fn(*mut c_void, *const c_char, usize) -> isize>,
+    seek: Option<unsafe extern "C" fn(*mut c_void, *mut i64, c_int) -> c_int>,
+    close: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+}
+
+unsafe extern "C" {
+    fn fopencookie(cookie: *mut c_void, mode: *const c_char, funcs: CookieIoFunctions)
+    -> *mut libc::FILE;
+}
+
+unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: usize) -> isize {
+    // SAFETY: glibc passes back the cookie given to fopencookie: a live `Box<Stream>` that only
+    // this stream's callbacks touch, one at a time (the FILE lock serializes them).
+    let stream = unsafe { &mut *(cookie as *mut Stream) };
+    if size == 0 {
+        return 0;
+    }
+    // SAFETY: glibc hands us a writable buffer of `size` bytes.
+    let dst = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, size) };
+    match catch_unwind(AssertUnwindSafe(|| stream.read(dst))) {
+        Ok(Ok(n)) => n as isize,
+        Ok(Err(msg)) => {
+            stream.record(&msg);
+            set_errno(libc::EIO);
+            -1
+        }
+        Err(_) => {
+            stream.record("internal error (panic) while decoding");
+            set_errno(libc::EIO);
+            -1
+        }
+    }
+}
+
+unsafe extern "C" fn cookie_seek(cookie: *mut c_void, offset: *mut i64, whence: c_int) -> c_int {
+    // SAFETY: as in cookie_read; `offset` points to glibc's in/out position.
+    let (stream, off) = unsafe { (&mut *(cookie as *mut Stream), &mut *offset) };
+    match catch_unwind(AssertUnwindSafe(|| stream.seek(*off, whence))) {
+        Ok(Some(p)) => {
+            *off = p as i64;
+            0
+        }
+        _ => {
+            set_errno(libc::EINVAL);
+            -1
+        }
+    }
+}
+
+unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
+    // SAFETY: glibc calls close exactly once, after which it never uses the cookie again, so we
+    // take back ownership of the Box made in CookieFile::open.
+    let stream = unsafe { Box::from_raw(cookie as *mut Stream) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(stream)));
+    0
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// An open cookie `FILE *`, closed on drop.
+pub struct CookieFile {
+    fp: *mut libc::FILE,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl CookieFile {
+    pub fn open(stream: Stream) -> std::io::Result<CookieFile> {
+        let error = stream.error_slot();
+        let cookie = Box::into_raw(Box::new(stream)) as *mut c_void;
+        let funcs = CookieIoFunctions {
+            read: Some(cookie_read),
+            write: None,
+            seek: Some(cookie_seek),
+            close: Some(cookie_close),
+        };
+        // SAFETY: the cookie is a valid Box<Stream> and the callbacks match glibc's signatures;
+        // the mode string is NUL-terminated.
+        let fp = unsafe { fopencookie(cookie, c"rb".as_ptr(), funcs) };
+        if fp.is_null() {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: fopencookie failed, so glibc did not take the cookie; we still own it.
+            drop(unsafe { Box::from_raw(cookie as *mut Stream) });
+            return Err(err);
+        }
+        Ok(CookieFile { fp, error })
+    }
+
+    pub fn as_ptr(&self) -> *mut libc::FILE {
+        self.fp
+    }
+
+    /// The first read error the stream hit, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for CookieFile {
+    fn drop(&mut self) {
+        // SAFETY: `fp` came from fopencookie and is closed only here.
+        unsafe { libc::fclose(self.fp) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seek_rules() {
+        let f = tempfile_with(b"hello world");
+        let mut s = Stream::new(
+            Path::new("x"),
+            Source::Plain(File::open(&f).unwrap()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.seek(0, libc::SEEK_END), Some(11));
+        assert_eq!(s.seek(-5, libc::SEEK_CUR), Some(6));
+        assert_eq!(s.seek(-7, libc::SEEK_CUR), None);
+        let mut b = [0u8; 16];
+        assert_eq!(s.read(&mut b).unwrap(), 5);
+        assert_eq!(&b[..5], b"world");
+        assert_eq!(s.read(&mut b).unwrap(), 0);
+        std::fs::remove_file(f).unwrap();
+    }
+
+    fn tempfile_with(bytes: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("dcgguf-stream-{}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
