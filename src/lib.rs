@@ -6,5 +6,7 @@
 pub mod codec;
 pub mod cost;
 pub mod dc;
+pub mod ffi;
 pub mod gguf;
 pub mod io;
+pub mod llama;

@@ -89,8 +89,11 @@ fn parse_size(s: &str) -> Result<usize, String> {
     };
     let n: usize = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
     let v = n.checked_mul(mult).ok_or("size overflows")?;
-    if v == 0 || v > u32::MAX as usize {
-        return Err(format!("{s:?}: must be between 1 and 4G"));
+    if v == 0 || v as u64 > dc::MAX_CHUNK_RAW {
+        return Err(format!(
+            "{s:?}: must be between 1 and {} bytes",
+            dc::MAX_CHUNK_RAW
+        ));
     }
     Ok(v)
 }

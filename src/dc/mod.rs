@@ -33,6 +33,10 @@ pub const MAX_CLEAR_VALUE: usize = 1024;
 pub const DC_ARCHITECTURE: &str = "dcgguf";
 pub const INDEX_TENSOR: &str = "dc.index";
 pub const DATA_TENSOR: &str = "dc.data";
+/// Largest chunk (decoded bytes) readers accept, so that a hostile index cannot make a
+/// reader allocate or decode gigabytes for one chunk. The encoder's `--chunk-size` is capped
+/// to it as well.
+pub const MAX_CHUNK_RAW: u64 = 64 << 20;
 /// Side blobs (original header, gap bytes) are small: refuse hostile sizes up front.
 pub const MAX_BLOB_RAW: u64 = 1 << 30;
 

@@ -1,7 +1,6 @@
 //! Opens a DC-GGUF file, checks it, and serves the original file's bytes at any offset:
 //! the primitive behind `decompress`, `verify`, the C API and the llama.cpp hook.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +12,7 @@ use super::index::{BlobRef, Index};
 use super::layout::{Piece, Segment, segments};
 use super::{
     DATA_TENSOR, DcError, FORMAT_VERSION, INDEX_TENSOR, KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE,
-    KEY_ORIGINAL_XXH3, MAX_BLOB_RAW, Result,
+    KEY_ORIGINAL_XXH3, MAX_BLOB_RAW, MAX_CHUNK_RAW, Result,
 };
 use crate::codec::{ChunkMode, Layout, Transform, decode_chunk};
 use crate::gguf::{GgmlType, GgufHeader, TensorInfo};
@@ -22,8 +21,7 @@ use crate::io::{AtomicOutput, map_readonly};
 /// An open DC-GGUF file.
 pub struct DcFile {
     path: PathBuf,
-    _file: File,
-    map: Mmap,
+    map: Storage,
     /// The DC file's own GGUF header.
     pub dc_header: GgufHeader,
     /// The original file's header, rebuilt from the stored copy.
@@ -41,6 +39,23 @@ struct TensorState {
     transform: Transform,
     /// Absolute offset in the map of each chunk's payload, plus one past the last.
     chunk_starts: Vec<usize>,
+}
+
+/// The DC file's bytes: a read-only map of the file, or bytes handed over in memory.
+enum Storage {
+    /// The map stays valid after the file handle is closed.
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
 }
 
 /// One piece of a read: bytes already in memory, or (part of) a chunk to decode.
@@ -74,8 +89,18 @@ pub struct TensorView {
 }
 
 impl DcFile {
+    /// Opens and checks a DC-GGUF file (memory-mapped, read-only).
     pub fn open(path: &Path) -> Result<DcFile> {
-        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
+        let (_file, map) = map_readonly(path).map_err(DcError::io(path))?;
+        Self::from_storage(path, Storage::Mapped(map))
+    }
+
+    /// Opens DC-GGUF bytes held in memory (`name` is used in messages).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<DcFile> {
+        Self::from_storage(Path::new(name), Storage::Owned(bytes))
+    }
+
+    fn from_storage(path: &Path, map: Storage) -> Result<DcFile> {
         let gguf_err = |source| DcError::Gguf {
             path: path.to_path_buf(),
             source,
@@ -187,7 +212,6 @@ impl DcFile {
             .collect::<Result<Vec<_>>>()?;
         Ok(DcFile {
             path: path.to_path_buf(),
-            _file: file,
             map,
             dc_header,
             original,
@@ -469,9 +493,12 @@ fn check_tensor(
     let chunk_raw = e.chunk_raw as u64;
     let want_chunks = if t.nbytes == 0 {
         0
-    } else if chunk_raw == 0 || chunk_raw % layout.unit() as u64 != 0 {
+    } else if chunk_raw == 0
+        || chunk_raw % layout.unit() as u64 != 0
+        || chunk_raw > MAX_CHUNK_RAW.max(layout.unit() as u64)
+    {
         return Err(bad(format!(
-            "chunk size {chunk_raw} is not a positive multiple of {}",
+            "chunk size {chunk_raw} is not a positive multiple of {} up to {MAX_CHUNK_RAW}",
             layout.unit()
         )));
     } else {

@@ -92,9 +92,8 @@ fn resolve(not_this: usize) -> Result<Host, String> {
     let load_from_file_ptr = need(c"llama_model_load_from_file_ptr")?;
     let default_params = need(c"llama_model_default_params")?;
     // Only llama.cpp with the `load_mode` field in llama_model_params has this.
-    let load_mode_name = need(c"llama_load_mode_name").map_err(|e| {
-        format!("{e} (this llama.cpp predates enum llama_load_mode: ABI mismatch)")
-    })?;
+    let load_mode_name = need(c"llama_load_mode_name")
+        .map_err(|e| format!("{e} (this llama.cpp predates enum llama_load_mode: ABI mismatch)"))?;
 
     // SAFETY: each address is the named llama.cpp function; the types follow llama.h at the
     // pinned commit (src/llama/sys.rs). llama_load_mode_name takes an enum and returns a

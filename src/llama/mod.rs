@@ -77,7 +77,8 @@ pub fn classify(path: &Path) -> Result<ModelKind, LlamaError> {
 /// descriptor to map), mlock kept if asked for, lazy reading (which needs mmap) off.
 pub fn stream_params(mut p: sys::llama_model_params) -> sys::llama_model_params {
     p.load_mode = match p.load_mode {
-        sys::llama_load_mode_LLAMA_LOAD_MODE_MLOCK | sys::llama_load_mode_LLAMA_LOAD_MODE_MMAP_MLOCK => {
+        sys::llama_load_mode_LLAMA_LOAD_MODE_MLOCK
+        | sys::llama_load_mode_LLAMA_LOAD_MODE_MMAP_MLOCK => {
             sys::llama_load_mode_LLAMA_LOAD_MODE_MLOCK
         }
         _ => sys::llama_load_mode_LLAMA_LOAD_MODE_NONE,
@@ -112,6 +113,14 @@ pub fn load_dc(
             index,
             count,
         });
+    }
+    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+        eprintln!(
+            "dcgguf: loading {} (DC-GGUF, {} -> {} bytes) through llama.cpp's FILE* loader",
+            path.display(),
+            dc.stored_size(),
+            dc.original_size()
+        );
     }
     let stream = Stream::new(path, Source::Dc(dc), throttle_from_env())
         .map_err(|e| LlamaError::Io(format!("{}: {e}", path.display())))?

@@ -92,12 +92,14 @@ impl Stream {
             }
             _ => 1.0,
         };
-        let throttle = throttle_bps.filter(|&b| b > 0.0).map(|bytes_per_s| Throttle {
-            bytes_per_s,
-            cost,
-            start: None,
-            charged: 0.0,
-        });
+        let throttle = throttle_bps
+            .filter(|&b| b > 0.0)
+            .map(|bytes_per_s| Throttle {
+                bytes_per_s,
+                cost,
+                start: None,
+                charged: 0.0,
+            });
         Ok(Stream {
             path: path.to_path_buf(),
             src,
@@ -220,8 +222,11 @@ struct CookieIoFunctions {
 }
 
 unsafe extern "C" {
-    fn fopencookie(cookie: *mut c_void, mode: *const c_char, funcs: CookieIoFunctions)
-    -> *mut libc::FILE;
+    fn fopencookie(
+        cookie: *mut c_void,
+        mode: *const c_char,
+        funcs: CookieIoFunctions,
+    ) -> *mut libc::FILE;
 }
 
 unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: usize) -> isize {
@@ -328,12 +333,8 @@ mod tests {
     #[test]
     fn seek_rules() {
         let f = tempfile_with(b"hello world");
-        let mut s = Stream::new(
-            Path::new("x"),
-            Source::Plain(File::open(&f).unwrap()),
-            None,
-        )
-        .unwrap();
+        let mut s =
+            Stream::new(Path::new("x"), Source::Plain(File::open(&f).unwrap()), None).unwrap();
         assert_eq!(s.seek(0, libc::SEEK_END), Some(11));
         assert_eq!(s.seek(-5, libc::SEEK_CUR), Some(6));
         assert_eq!(s.seek(-7, libc::SEEK_CUR), None);
