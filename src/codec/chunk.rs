@@ -168,7 +168,7 @@ pub fn decode_chunk(
         dst.copy_from_slice(payload);
         return Ok(());
     }
-    if dst.len() % layout.unit() != 0 {
+    if !dst.len().is_multiple_of(layout.unit()) {
         return Err(CodecError::Corrupt(format!(
             "chunk length {} is not a multiple of the {}-byte unit",
             dst.len(),

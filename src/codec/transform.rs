@@ -161,24 +161,24 @@ impl Layout {
                     };
                     match (f, pair) {
                         (Field::Half | Field::Float, _) => {
-                            parts.extend((0..f.len()).map(|k| Part::Copy {
+                            parts.extend((0..f.byte_len()).map(|k| Part::Copy {
                                 off: off + k,
                                 width: 1,
                             }));
                         }
                         (_, Some((shift, hi_mask, xor))) => parts.push(Part::PairSplit {
                             off,
-                            width: f.len(),
+                            width: f.byte_len(),
                             shift,
                             hi_mask,
                             xor,
                         }),
                         (_, None) => parts.push(Part::Copy {
                             off,
-                            width: f.len(),
+                            width: f.byte_len(),
                         }),
                     }
-                    off += f.len();
+                    off += f.byte_len();
                 }
                 (unit, parts)
             }
@@ -378,7 +378,7 @@ mod tests {
     fn roundtrip(ty: GgmlType, t: Transform, n_units: usize) {
         let l = Layout::new(t, ty);
         let src: Vec<u8> = (0..n_units * l.unit())
-            .map(|i| (i * 2654435761usize >> 7) as u8)
+            .map(|i| ((i * 2654435761usize) >> 7) as u8)
             .collect();
         let mut planes = Vec::new();
         l.split(&src, &mut planes);
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn float_rotate_puts_the_exponent_in_the_top_plane() {
         let l = Layout::new(Transform::FloatRotate { width: 2 }, GgmlType::BF16);
-        let v: u16 = 0b1_0111_1110_101_0101; // sign 1, exponent 0x7E...
+        let v: u16 = 0b1011_1111_0101_0101; // sign 1, exponent 0x7E, mantissa 0x55
         let mut out = Vec::new();
         l.split(&v.to_le_bytes(), &mut out);
         assert_eq!(out[1], ((v >> 7) & 0xFF) as u8);

@@ -494,7 +494,7 @@ fn check_tensor(
     let want_chunks = if t.nbytes == 0 {
         0
     } else if chunk_raw == 0
-        || chunk_raw % layout.unit() as u64 != 0
+        || !chunk_raw.is_multiple_of(layout.unit() as u64)
         || chunk_raw > MAX_CHUNK_RAW.max(layout.unit() as u64)
     {
         return Err(bad(format!(

@@ -174,7 +174,7 @@ impl GgmlType {
     /// number of blocks or the size overflows.
     pub fn nbytes(self, n_elems: u64) -> Option<u64> {
         let be = self.block_elems();
-        if n_elems % be != 0 {
+        if !n_elems.is_multiple_of(be) {
             return None;
         }
         (n_elems / be).checked_mul(self.block_bytes())
@@ -188,7 +188,8 @@ impl fmt::Display for GgmlType {
 }
 
 impl Field {
-    pub fn len(self) -> usize {
+    /// Bytes this field takes in a block.
+    pub fn byte_len(self) -> usize {
         match self {
             Field::Half => 2,
             Field::Float => 4,
@@ -205,7 +206,7 @@ mod tests {
     fn field_layouts_add_up_to_block_size() {
         for id in 0..64 {
             if let Some(t) = GgmlType::from_id(id) {
-                let sum: usize = t.fields().iter().map(|f| f.len()).sum();
+                let sum: usize = t.fields().iter().map(|f| f.byte_len()).sum();
                 assert!(
                     t.fields().is_empty() || sum as u64 == t.block_bytes(),
                     "{t}: fields sum {sum} != block {}",

@@ -17,10 +17,10 @@ impl AtomicOutput {
     /// Starts writing `target`. Refuses an existing target unless `force`, and refuses a
     /// target that is the same file as `input`.
     pub fn create(target: &Path, input: Option<&Path>, force: bool) -> Result<AtomicOutput> {
-        if let (Some(input), Ok(t)) = (input, fs::canonicalize(target)) {
-            if fs::canonicalize(input).is_ok_and(|i| i == t) {
-                return Err(DcError::OutputIsInput(target.to_path_buf()));
-            }
+        if let (Some(input), Ok(t)) = (input, fs::canonicalize(target))
+            && fs::canonicalize(input).is_ok_and(|i| i == t)
+        {
+            return Err(DcError::OutputIsInput(target.to_path_buf()));
         }
         if !force && target.exists() {
             return Err(DcError::OutputExists(target.to_path_buf()));
