@@ -71,7 +71,7 @@ else
   CMAKE_FLAGS+=(-DGGML_NATIVE=OFF)
 fi
 
-STAMP_KEY="sdist=$LLAMA_PY_SDIST_SHA256 native=$NATIVE server=$SERVER tools=${TOOLS[*]}"
+STAMP_KEY="sdist=$LLAMA_PY_SDIST_SHA256 commit=$LLAMA_CPP_COMMIT build=$LLAMA_CPP_BUILD_NUMBER native=$NATIVE server=$SERVER tools=${TOOLS[*]}"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_KEY" ] && [ -x "$PREFIX/bin/llama-completion" ]; then
   log "up to date: $PREFIX"

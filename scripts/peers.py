@@ -4,12 +4,14 @@
 For each GGUF file prints
   * zstd:  whole file, `zstd -19 --long -T2` (the zstd CLI), ratio + CLI decode speed
   * ZipNN: whole file as one byte buffer, dtype chosen from the file's dominant tensor
-           type (F32 -> float32, F16 -> float16, BF16 -> bfloat16, quantized -> float8_e4m3fn,
-           which in ZipNN is the single-stream "plain bytes" Huffman mode: ZipNN has no
-           generic byte mode), round-trip check, decode speed (GB/s of output, best of N)
-  * ZipNN per tensor: every tensor's data with its own dtype (quantized tensors in
-           float8 byte mode), GGUF header + alignment padding with zstd -19 (python
-           zstandard); the way ZipNN is meant to be used (one dtype per buffer)
+           type (F32 -> float32, F16 -> float16, BF16 -> bfloat16). ZipNN has no generic
+           byte mode, so for quantized files all its byte-buffer modes are tried (float16 =
+           2 byte groups w/o bit reordering, float8_e4m3fn = one byte stream, bfloat16,
+           float32) and the best is reported (float16 wins: quant blocks hold fp16 scales).
+           Round-trip check, decode speed (GB/s of output, best of N).
+  * ZipNN per tensor: every tensor's data with its own dtype (quantized tensors: best of
+           float16 / float8 modes per tensor), GGUF header + alignment padding with
+           zstd -19 (python zstandard); the way ZipNN is meant to be used (one dtype per buffer)
 Ratios are original_size / compressed_size.
 
 Usage: scripts/peers.py [--json] [--threads N] [--repeat N] [--no-zstd] [--no-per-tensor] FILE.gguf...
@@ -31,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -99,6 +102,8 @@ import zstandard  # noqa: E402
 DTYPE_FOR = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 BYTE_MODE = "float8_e4m3fn"  # ZipNN's single byte-stream (Huffman) mode
 ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, BYTE_MODE: 1}
+QUANT_MODES = ["float16", BYTE_MODE, "bfloat16", "float32"]  # whole-file modes tried for quantized files
+QUANT_TENSOR_MODES = ["float16", BYTE_MODE]  # per-tensor modes tried for quantized tensors
 
 
 def sha(b) -> str:
@@ -126,7 +131,8 @@ def run_zstd(path: str, threads: int, level: int) -> dict:
     exe = shutil.which("zstd")
     if not exe:
         return {"error": "zstd CLI not found"}
-    out = path + f".peers.{os.getpid()}.zst"
+    fd, out = tempfile.mkstemp(suffix=".zst", prefix="peers-")
+    os.close(fd)
     try:
         t = time.perf_counter()
         subprocess.run([exe, "-q", "-f", f"-{level}", "--long", f"-T{threads}", path, "-o", out], check=True)
@@ -171,8 +177,8 @@ def analyse(path: str, args) -> dict:
     h0 = sha(data)
 
     # whole file, dtype from the dominant tensor type
-    dtype = DTYPE_FOR.get(dominant, BYTE_MODE)
-    modes = [dtype] if dtype != BYTE_MODE else [BYTE_MODE, "bfloat16"]
+    dtype = DTYPE_FOR.get(dominant)
+    modes = [dtype] if dtype else QUANT_MODES
     whole = {}
     for m in modes:
         t = time.perf_counter()
@@ -190,7 +196,7 @@ def analyse(path: str, args) -> dict:
         del blob, out
     best_mode = max(whole, key=lambda m: whole[m]["ratio"])
     res["zipnn"] = {"version": ZIPNN_VERSION, "torch_shim": TORCH_SHIM, "threads": args.threads,
-                    "dtype": dtype, "modes": whole, "best_mode": best_mode, **whole[dtype]}
+                    "dtype": best_mode, "modes": whole, **whole[best_mode]}
 
     # per tensor: each tensor with its own dtype; header + padding with zstd -19
     if not args.no_per_tensor:
@@ -202,8 +208,10 @@ def analyse(path: str, args) -> dict:
         for off, n, tname in tensors:
             rest += data[pos:off]
             buf = data[off:off + n]
-            m = DTYPE_FOR.get(tname, BYTE_MODE)
-            clen, blob, tail = zipnn_pack(buf, m, args.threads)
+            cands = [DTYPE_FOR[tname]] if tname in DTYPE_FOR else QUANT_TENSOR_MODES
+            packed = [(zipnn_pack(buf, m, args.threads), m) for m in cands]
+            (clen, blob, tail), m = min(packed, key=lambda x: x[0][0])
+            del packed
             t = time.perf_counter()
             out = zipnn_unpack(blob, m, args.threads)
             t_dec += time.perf_counter() - t
