@@ -388,6 +388,16 @@ impl DcFile {
         }
     }
 
+    /// Drops this process's page mappings of the DC file; the page cache keeps the data and
+    /// later reads fault it back in. Keeps RSS flat while a long read streams the file.
+    pub fn release_mapped_pages(&self) {
+        if let Storage::Mapped(m) = &self.map {
+            // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping we never write only
+            // drops page-table entries; the next access re-reads the same bytes from the file.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// Original-file byte range of the tensor chunk holding byte `offset`; `None` in the
     /// header, a gap or past the end. Lets callers (the llama.cpp FILE* hook) cache chunks
     /// that are read piecewise instead of decoding them once per piece.

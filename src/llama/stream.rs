@@ -24,13 +24,15 @@ use crate::dc::DcFile;
 
 /// How many decoded chunks the stream keeps for piecewise reads.
 const CACHE_CHUNKS: usize = 4;
+/// Drop the DC file's mapped pages from our RSS after this many bytes are served.
+const RELEASE_EVERY: u64 = 8 << 20;
 
 /// Environment variable that turns on the bench-mode bandwidth limit.
 pub const THROTTLE_ENV: &str = "DCGGUF_THROTTLE_BPS";
 
 /// Where the bytes come from.
 pub enum Source {
-    Dc(DcFile),
+    Dc(Box<DcFile>),
     /// A plain GGUF read through the same stream (bench mode only).
     Plain(File),
 }
@@ -76,6 +78,7 @@ pub struct Stream {
     cache: VecDeque<(u64, Vec<u8>)>,
     throttle: Option<Throttle>,
     pool: Option<Arc<rayon::ThreadPool>>,
+    since_release: u64,
     /// First read error, kept for the caller after llama.cpp gives up.
     error: Arc<Mutex<Option<String>>>,
 }
@@ -108,6 +111,7 @@ impl Stream {
             cache: VecDeque::with_capacity(CACHE_CHUNKS),
             throttle,
             pool: None,
+            since_release: 0,
             error: Arc::new(Mutex::new(None)),
         })
     }
@@ -136,6 +140,13 @@ impl Stream {
             }
             Source::Dc(_) => self.read_dc(dst)?,
         };
+        self.since_release += n as u64;
+        if self.since_release >= RELEASE_EVERY {
+            self.since_release = 0;
+            if let Source::Dc(dc) = &self.src {
+                dc.release_mapped_pages();
+            }
+        }
         if let Some(t) = &mut self.throttle {
             t.charge(n);
         }

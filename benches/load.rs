@@ -1,0 +1,231 @@
+//! Model load time and peak RSS through llama.cpp: plain GGUF (mmap, no-mmap) vs DC-GGUF,
+//! page cache warm, plus simulated slow storage (`DCGGUF_THROTTLE_BPS`, charged on stored
+//! bytes for DC and on file bytes for a plain GGUF read through the same FILE* stream).
+//!
+//!   cargo bench --bench load                  # SmolLM2 Q4_1 from $DCGGUF_CACHE/models
+//!   DCGGUF_BENCH_MODEL=x.gguf DCGGUF_BENCH_REPS=5 cargo bench --bench load
+//!
+//! Each measurement is a fresh child process (this binary with DCGGUF_BENCH_CHILD set) that
+//! dlopens the built llama.cpp ($DCGGUF_LLAMA_PREFIX/lib/libllama.so), loads the model once
+//! through `dcgguf::llama::load` and reports wall time and ru_maxrss. The table shows the
+//! median over DCGGUF_BENCH_REPS runs (default 3) after one warm-up run per model.
+
+use std::ffi::{CString, c_char, c_void};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("DCGGUF_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
+        })
+}
+
+fn llama_prefix() -> PathBuf {
+    std::env::var_os("DCGGUF_LLAMA_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("llama.cpp-0.3.36"))
+}
+
+fn max_rss_kb() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru.ru_maxrss
+    }
+}
+
+unsafe extern "C" fn quiet(_level: i32, _text: *const c_char, _ud: *mut c_void) {}
+
+/// Child: load once, print "RESULT <seconds> <baseline_kb> <peak_kb>".
+fn child(mode: &str, model: &Path) {
+    let lib = CString::new(llama_prefix().join("lib/libllama.so").to_str().unwrap()).unwrap();
+    // SAFETY: loading the built libllama (and its ggml deps via rpath) into this process.
+    let h = unsafe { libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    assert!(!h.is_null(), "cannot dlopen {lib:?}");
+    let sym = |n: &std::ffi::CStr| {
+        // SAFETY: looking up a named symbol in the handle we own.
+        let p = unsafe { libc::dlsym(h, n.as_ptr()) };
+        assert!(!p.is_null(), "{n:?} missing");
+        p
+    };
+    type LogSet =
+        unsafe extern "C" fn(unsafe extern "C" fn(i32, *const c_char, *mut c_void), *mut c_void);
+    type Init = unsafe extern "C" fn();
+    type Free = unsafe extern "C" fn(*mut dcgguf::llama::sys::llama_model);
+    // SAFETY: these are llama.h's llama_log_set, llama_backend_init and llama_model_free.
+    let (log_set, init, free) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, LogSet>(sym(c"llama_log_set")),
+            std::mem::transmute::<*mut c_void, Init>(sym(c"llama_backend_init")),
+            std::mem::transmute::<*mut c_void, Free>(sym(c"llama_model_free")),
+        )
+    };
+    // SAFETY: valid callback / no-argument init.
+    unsafe {
+        log_set(quiet, std::ptr::null_mut());
+        init();
+    }
+    let mut p = dcgguf::llama::default_params().expect("host llama.cpp");
+    p.load_mode = if mode == "mmap" {
+        dcgguf::llama::sys::llama_load_mode_LLAMA_LOAD_MODE_MMAP
+    } else {
+        dcgguf::llama::sys::llama_load_mode_LLAMA_LOAD_MODE_NONE
+    };
+    let base = max_rss_kb();
+    let t = Instant::now();
+    let m = dcgguf::llama::load(model, p).unwrap_or_else(|e| panic!("load: {e}"));
+    let secs = t.elapsed().as_secs_f64();
+    let peak = max_rss_kb();
+    // SAFETY: freeing the model we loaded.
+    unsafe { free(m) };
+    println!("RESULT {secs} {base} {peak}");
+}
+
+struct Row {
+    label: String,
+    secs: f64,
+    extra_mb: f64,
+    peak_mb: f64,
+}
+
+fn measure(label: &str, mode: &str, model: &Path, throttle: Option<u64>, reps: usize) -> Row {
+    let mut runs = Vec::new();
+    for _ in 0..reps {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.env("DCGGUF_BENCH_CHILD", mode)
+            .env("DCGGUF_BENCH_PATH", model);
+        match throttle {
+            Some(b) => c.env("DCGGUF_THROTTLE_BPS", b.to_string()),
+            None => c.env_remove("DCGGUF_THROTTLE_BPS"),
+        };
+        let o = c.output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("RESULT "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{label}: child failed:\n{out}\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            });
+        let v: Vec<f64> = line[7..].split(' ').map(|x| x.parse().unwrap()).collect();
+        runs.push((v[0], (v[2] - v[1]) / 1024.0, v[2] / 1024.0));
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (secs, extra_mb, peak_mb) = runs[runs.len() / 2];
+    Row {
+        label: label.to_string(),
+        secs,
+        extra_mb,
+        peak_mb,
+    }
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var("DCGGUF_BENCH_CHILD") {
+        child(
+            &mode,
+            Path::new(&std::env::var_os("DCGGUF_BENCH_PATH").unwrap()),
+        );
+        return;
+    }
+    let model = std::env::var_os("DCGGUF_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if !model.exists() || !llama_prefix().join("lib/libllama.so").exists() {
+        eprintln!(
+            "SKIPPED: load bench needs {} and llama.cpp at {} (scripts/fetch-models.sh, scripts/build-llama.sh)",
+            model.display(),
+            llama_prefix().display()
+        );
+        return;
+    }
+    let reps: usize = std::env::var("DCGGUF_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dc = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-load.dc.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+        .args(["-q", "compress", "--force"])
+        .arg(&model)
+        .arg(&dc)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "compress: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (plain_len, dc_len) = (
+        std::fs::metadata(&model).unwrap().len(),
+        std::fs::metadata(&dc).unwrap().len(),
+    );
+    // Warm the page cache (and the dynamic loader) once per file.
+    measure("warm-up", "nommap", &model, None, 1);
+    measure("warm-up", "nommap", &dc, None, 1);
+
+    let mut rows = vec![
+        measure("plain .gguf, mmap", "mmap", &model, None, reps),
+        measure("plain .gguf, no-mmap", "nommap", &model, None, reps),
+        measure(".dc.gguf (FILE* stream)", "nommap", &dc, None, reps),
+    ];
+    for (bps, name) in [(1_000_000_000u64, "1 GB/s"), (200_000_000, "200 MB/s")] {
+        rows.push(measure(
+            &format!("plain .gguf via FILE* @ {name}"),
+            "nommap",
+            &model,
+            Some(bps),
+            reps,
+        ));
+        rows.push(measure(
+            &format!(".dc.gguf @ {name}"),
+            "nommap",
+            &dc,
+            Some(bps),
+            reps,
+        ));
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "\nload bench: {} ({plain_len} bytes) vs DC ({dc_len} bytes, ratio {:.3}); {} threads, {cpu}; median of {reps}",
+        model.file_name().unwrap().to_string_lossy(),
+        plain_len as f64 / dc_len as f64,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    );
+    println!(
+        "{:<34} {:>9} {:>13} {:>11}",
+        "configuration", "load (s)", "load RSS (MB)", "peak (MB)"
+    );
+    for r in &rows {
+        println!(
+            "{:<34} {:>9.3} {:>13.1} {:>11.1}",
+            r.label, r.secs, r.extra_mb, r.peak_mb
+        );
+    }
+    let nommap = rows[1].secs;
+    println!(
+        "\nDC warm load / plain no-mmap load = {:.2}x (target <= 1.3x)",
+        rows[2].secs / nommap
+    );
+    for k in [3, 5] {
+        println!(
+            "{}: DC/plain = {:.2}x (target < 1)",
+            &rows[k + 1].label[11..],
+            rows[k + 1].secs / rows[k].secs
+        );
+    }
+}

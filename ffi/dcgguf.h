@@ -1,0 +1,138 @@
+/*
+ * dcgguf.h - C API of libdcgguf: read DC-GGUF files (losslessly compressed GGUF) and load
+ * them with llama.cpp.
+ *
+ * Hand-written to match src/ffi (mod.rs, api.rs, hook.rs); tests/ffi_c_api.rs compiles a C program against it with
+ * -Wall -Wextra -Werror and checks each declaration by calling it.
+ *
+ * Conventions
+ *   - Handles are opaque. dcgguf_free accepts NULL.
+ *   - Functions that can fail return dcgguf_result (DCGGUF_OK == 0) and write their
+ *     out-parameters only on success. NULL for a required pointer gives
+ *     DCGGUF_ERR_NULL_POINTER.
+ *   - On failure, dcgguf_last_error() returns a message for the calling thread; for corrupt
+ *     data it names the tensor and chunk.
+ *   - A const handle may be used from several threads at once; dcgguf_set_threads and
+ *     dcgguf_free need exclusive use.
+ *   - No Rust panic crosses this boundary (it becomes DCGGUF_ERR_PANIC).
+ *
+ * Link: pkg-config --cflags --libs dcgguf   (libdcgguf.so, or libdcgguf.a plus
+ *       -lpthread -ldl -lm for the static library)
+ */
+#ifndef DCGGUF_H
+#define DCGGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Result codes. The numbers are ABI: they are never renumbered or reused. */
+typedef enum dcgguf_result {
+    DCGGUF_OK                      = 0,
+    DCGGUF_ERR_NULL_POINTER        = 1,
+    DCGGUF_ERR_INVALID_ARGUMENT    = 2,
+    DCGGUF_ERR_IO                  = 3,
+    DCGGUF_ERR_BAD_GGUF            = 4,
+    DCGGUF_ERR_NOT_DC              = 5,
+    DCGGUF_ERR_UNSUPPORTED_VERSION = 6,
+    DCGGUF_ERR_CORRUPT             = 7,
+    DCGGUF_ERR_OUT_OF_RANGE        = 8,
+    DCGGUF_ERR_BUFFER_TOO_SMALL    = 9,
+    DCGGUF_ERR_NO_SUCH_TENSOR      = 10,
+    DCGGUF_ERR_THREADS             = 11,
+    DCGGUF_ERR_LLAMA_UNAVAILABLE   = 12,
+    DCGGUF_ERR_LLAMA_LOAD_FAILED   = 13,
+    DCGGUF_ERR_SPLIT_MODEL         = 14,
+    DCGGUF_ERR_PANIC               = 15,
+    DCGGUF_ERR_OTHER               = 16
+} dcgguf_result;
+
+/* An open DC-GGUF file. */
+typedef struct dcgguf_file dcgguf_file;
+
+/* Library version, e.g. "0.1.0" (static string). */
+const char *dcgguf_version(void);
+
+/* Copies the calling thread's last error message into buf (len bytes, truncated, always
+ * NUL-terminated when len > 0) and returns the message's full length; call with len == 0
+ * to size the buffer. Empty if nothing failed yet on this thread. */
+size_t dcgguf_last_error(char *buf, size_t len);
+
+/* Generic description of a result code, copied like dcgguf_last_error; its full length goes
+ * to *out_n when out_n is not NULL. DCGGUF_ERR_INVALID_ARGUMENT for an unknown code. */
+dcgguf_result dcgguf_error_message(int code, char *buf, size_t len, size_t *out_n);
+
+/* Opens a DC-GGUF file; on success *out is a new handle (free with dcgguf_free). */
+dcgguf_result dcgguf_open(const char *path, dcgguf_file **out);
+
+/* Closes a handle and frees everything it owns. NULL is ignored. */
+void dcgguf_free(dcgguf_file *file);
+
+/* Decode with n threads for this handle (0: the process-wide pool, one thread per core). */
+dcgguf_result dcgguf_set_threads(dcgguf_file *file, uint32_t n);
+
+/* Size of the original GGUF file / of the DC-GGUF file, in bytes. */
+dcgguf_result dcgguf_original_size(const dcgguf_file *file, uint64_t *out);
+dcgguf_result dcgguf_stored_size(const dcgguf_file *file, uint64_t *out);
+
+/* Tensors of the original model, by index 0 .. count-1 (DCGGUF_ERR_NO_SUCH_TENSOR past it). */
+dcgguf_result dcgguf_tensor_count(const dcgguf_file *file, size_t *out);
+dcgguf_result dcgguf_find_tensor(const dcgguf_file *file, const char *name, size_t *out);
+/* *out points to a string owned by the handle, valid until dcgguf_free. */
+dcgguf_result dcgguf_tensor_name(const dcgguf_file *file, size_t i, const char **out);
+/* ggml type id (enum ggml_type value). */
+dcgguf_result dcgguf_tensor_type(const dcgguf_file *file, size_t i, uint32_t *out);
+/* Shape in ggml order (dims[0] varies fastest): *n_dims dimensions into dims[0 .. *n_dims).
+ * DCGGUF_ERR_BUFFER_TOO_SMALL (nothing written) if cap < the number of dimensions. */
+dcgguf_result dcgguf_tensor_shape(const dcgguf_file *file, size_t i, uint64_t *dims,
+                                  size_t cap, size_t *n_dims);
+/* Bytes of the tensor in the original file / compressed in the DC file. */
+dcgguf_result dcgguf_tensor_raw_size(const dcgguf_file *file, size_t i, uint64_t *out);
+dcgguf_result dcgguf_tensor_stored_size(const dcgguf_file *file, size_t i, uint64_t *out);
+
+/* Absolute offset of the tensor's data in the original GGUF file. */
+dcgguf_result dcgguf_tensor_offset(const dcgguf_file *file, size_t i, uint64_t *out);
+
+/* Decompresses the whole tensor into buf (len >= its raw size; exactly the raw size is
+ * written). Chunks are decoded in parallel and their checksums checked. On failure the
+ * contents of buf are unspecified. */
+dcgguf_result dcgguf_read_tensor(const dcgguf_file *file, size_t i, void *buf, size_t len);
+
+/* Decompresses bytes [offset, offset + len) of tensor i into buf
+ * (DCGGUF_ERR_OUT_OF_RANGE if the range is not inside the tensor). */
+dcgguf_result dcgguf_read_tensor_range(const dcgguf_file *file, size_t i, uint64_t offset,
+                                       void *buf, size_t len);
+
+/* Reads up to len bytes of the ORIGINAL GGUF file at offset; *out_n = bytes read (fewer
+ * only at the end of the file). */
+dcgguf_result dcgguf_read_at(const dcgguf_file *file, uint64_t offset, void *buf, size_t len,
+                             size_t *out_n);
+
+/* DCGGUF_OK if this process has a llama.cpp with the ABI libdcgguf was built for
+ * (llama.cpp 0c1e57098, as in llama-cpp-python 0.3.36); else DCGGUF_ERR_LLAMA_UNAVAILABLE
+ * with the reason in dcgguf_last_error. */
+dcgguf_result dcgguf_llama_check(void);
+
+#ifdef LLAMA_H
+/* Include llama.h before this header to get these.
+ *
+ * Loads a GGUF or DC-GGUF model with the llama.cpp in this process (which libdcgguf finds at
+ * run time; it contains no copy of llama.cpp). A DC-GGUF is decompressed as llama.cpp reads
+ * it (non-mmap load; a few chunks of extra memory); a plain GGUF goes to
+ * llama_model_load_from_file unchanged. Returns NULL on failure, with the reason on stderr
+ * and in dcgguf_last_error. Free the model with llama_model_free. Split DC-GGUF models are
+ * refused with instructions to merge them. */
+struct llama_model *dcgguf_llama_model_load(const char *path, struct llama_model_params params);
+
+/* libdcgguf also exports llama_model_load_from_file with the same behaviour, so that
+ * LD_PRELOAD=libdcgguf.so makes unmodified llama.cpp tools accept .dc.gguf files. */
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DCGGUF_H */

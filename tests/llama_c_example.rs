@@ -1,0 +1,56 @@
+//! ffi/examples/generate.c (links libdcgguf and libllama) generates the same greedy text
+//! from a `.dc.gguf` as from the original; ffi/tests/multi_load.c loads two DC models at
+//! once and four concurrently from threads.
+
+mod llama_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use llama_support::*;
+
+fn build(l: &Llama, src: &str, exe: &str) -> std::path::PathBuf {
+    let out = tmp_dir().join(exe);
+    let mut flags = dcgguf_flags();
+    flags.extend(llama_flags(l));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
+    cc(&out, &[&src], &flags);
+    out
+}
+
+#[test]
+fn c_example_generates_same_text_from_dc() {
+    let t = "c_example_generates_same_text_from_dc";
+    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
+        return;
+    };
+    let dc = dc_of(&m);
+    let exe = build(&l, "ffi/examples/generate.c", "generate");
+    let generate = |model: &Path| {
+        let o = run(Command::new(&exe)
+            .arg(model)
+            .args(["64", "The capital of France is"]));
+        assert_exit(&o, true, "generate");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (a, b) = (generate(&m), generate(&dc));
+    assert!(a.len() > 40, "too little output: {a:?}");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn two_dc_models_and_concurrent_loads() {
+    let t = "two_dc_models_and_concurrent_loads";
+    let (Some(l), Some(a), Some(b)) = (
+        llama(t),
+        smollm2(t),
+        shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    ) else {
+        return;
+    };
+    let (da, db) = (dc_of(&a), dc_of(&b));
+    let exe = build(&l, "ffi/tests/multi_load.c", "multi_load");
+    let o = run(Command::new(&exe).arg(&da).arg(&a).arg(&db).arg(&b));
+    assert_exit(&o, true, "multi_load");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("multi_load: ok"));
+}

@@ -1,0 +1,267 @@
+//! Shared helpers for the llama.cpp / C API integration tests (tests/llama_*.rs, tests/ffi_*.rs).
+//!
+//! Real llama.cpp only: `DCGGUF_LLAMA_PREFIX` (default `$DCGGUF_CACHE/llama.cpp-0.3.36`,
+//! `DCGGUF_CACHE` default `~/.cache/dcgguf`) must hold bin/, lib/ and include/ from
+//! scripts/build-llama.sh; SmolLM2 comes from `$DCGGUF_CACHE/models` (scripts/fetch-models.sh),
+//! MiniLM from `DCGGUF_SHARED_MODELS` (default ../shared/models or /work/shared/models). When
+//! something is missing the test prints "SKIPPED: ..." to stderr, or fails if
+//! `DCGGUF_REQUIRE_LLAMA=1`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+pub fn require() -> bool {
+    std::env::var("DCGGUF_REQUIRE_LLAMA").is_ok_and(|v| v == "1")
+}
+
+/// Reports a missing prerequisite: panics under DCGGUF_REQUIRE_LLAMA=1, else a loud skip.
+pub fn skip(test: &str, why: &str) {
+    if require() {
+        panic!("{test}: {why} (DCGGUF_REQUIRE_LLAMA=1)");
+    }
+    eprintln!("\n!!!!! SKIPPED: {test}: {why} (set DCGGUF_REQUIRE_LLAMA=1 to make this fail)\n");
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("DCGGUF_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
+        })
+}
+
+pub struct Llama {
+    pub prefix: PathBuf,
+}
+
+impl Llama {
+    pub fn bin(&self, tool: &str) -> PathBuf {
+        self.prefix.join("bin").join(tool)
+    }
+    pub fn lib_dir(&self) -> PathBuf {
+        self.prefix.join("lib")
+    }
+    pub fn include_dir(&self) -> PathBuf {
+        self.prefix.join("include")
+    }
+}
+
+/// The built llama.cpp, or None (after reporting the skip).
+pub fn llama(test: &str) -> Option<Llama> {
+    let prefix = std::env::var_os("DCGGUF_LLAMA_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("llama.cpp-0.3.36"));
+    let l = Llama { prefix };
+    for need in [
+        l.bin("llama-completion"),
+        l.lib_dir().join("libllama.so"),
+        l.include_dir().join("llama.h"),
+    ] {
+        if !need.exists() {
+            skip(
+                test,
+                &format!(
+                    "llama.cpp not built: {} missing (run scripts/build-llama.sh)",
+                    need.display()
+                ),
+            );
+            return None;
+        }
+    }
+    Some(l)
+}
+
+pub fn smollm2(test: &str) -> Option<PathBuf> {
+    let p = std::env::var_os("DCGGUF_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models"))
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip(
+            test,
+            &format!("{} missing (run scripts/fetch-models.sh)", p.display()),
+        );
+        None
+    }
+}
+
+pub fn shared_model(test: &str, name: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dirs: Vec<PathBuf> = std::env::var_os("DCGGUF_SHARED_MODELS")
+        .map(|d| vec![PathBuf::from(d)])
+        .unwrap_or_else(|| {
+            vec![
+                root.join("shared/models"),
+                root.join("../shared/models"),
+                PathBuf::from("/work/shared/models"),
+            ]
+        });
+    match dirs.iter().map(|d| d.join(name)).find(|p| p.exists()) {
+        Some(p) => Some(p),
+        None => {
+            skip(test, &format!("{name} not found in {dirs:?}"));
+            None
+        }
+    }
+}
+
+/// The profile directory of this test build (target/debug or target/release).
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_dcgguf"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// This build's `libdcgguf.so` / `libdcgguf.a`: `cargo test` leaves fresh ones in deps/,
+/// `cargo build` in the profile directory; take the newer.
+pub fn built_lib(file: &str) -> PathBuf {
+    let t = target_dir();
+    let found = [t.join("deps").join(file), t.join(file)]
+        .into_iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| mtime(p));
+    found.unwrap_or_else(|| panic!("{file} not built under {} (cargo build --lib)", t.display()))
+}
+
+pub fn libdcgguf() -> PathBuf {
+    built_lib("libdcgguf.so")
+}
+
+/// A directory holding only this build's libdcgguf.so (to link with -L without picking up
+/// anything else).
+pub fn libdcgguf_dir() -> PathBuf {
+    let d = tmp_dir().join(format!("lib-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let link = d.join("libdcgguf.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(libdcgguf(), &link).unwrap();
+    d
+}
+
+pub fn tmp_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dcgguf-llama-tests");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).and_then(|m| m.modified()).unwrap()
+}
+
+static COMPRESS: Mutex<()> = Mutex::new(());
+
+/// A DC-GGUF of `src`, cached under CARGO_TARGET_TMPDIR and rebuilt when the dcgguf binary or
+/// the source is newer. `--level 1` keeps debug builds quick; loading does not care.
+pub fn dc_of(src: &Path) -> PathBuf {
+    let _g = COMPRESS.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = Path::new(env!("CARGO_BIN_EXE_dcgguf"));
+    let stem = src
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".gguf");
+    let out = tmp_dir().join(format!("{stem}.dc.gguf"));
+    if out.exists() && mtime(&out) > mtime(bin) && mtime(&out) > mtime(src) {
+        return out;
+    }
+    let o = Command::new(bin)
+        .args(["-q", "compress", "--level", "1", "--force"])
+        .arg(src)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "compress {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// A copy of `dc` with one byte flipped in the middle of the file (inside some tensor's
+/// compressed chunk: dc.data is nearly all of the file).
+pub fn corrupted_copy(dc: &Path, name: &str) -> PathBuf {
+    let mut bytes = std::fs::read(dc).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    let out = tmp_dir().join(name);
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+/// Runs a command, returning its output. Drops cargo's LD_LIBRARY_PATH (which would beat
+/// the rpath and may name a stale libdcgguf.so).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Asserts a normal (non-signal) exit with the given success.
+pub fn assert_exit(o: &Output, success: bool, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        o.status.signal().is_none(),
+        "{what}: killed by signal {:?}\nstderr:\n{}",
+        o.status.signal(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        o.status.success(),
+        success,
+        "{what}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Compiles a C program with -Wall -Wextra -Werror.
+pub fn cc(out: &Path, sources: &[&Path], args: &[String]) {
+    let o = run(
+        Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args([
+                "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pthread",
+            ])
+            .args(sources)
+            .arg("-o")
+            .arg(out)
+            .args(args),
+    );
+    assert!(
+        o.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Flags to compile against ffi/dcgguf.h and link this build's libdcgguf.so.
+pub fn dcgguf_flags() -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let t = libdcgguf_dir();
+    vec![
+        format!("-I{root}/ffi"),
+        format!("-L{}", t.display()),
+        "-ldcgguf".into(),
+        format!("-Wl,-rpath,{}", t.display()),
+    ]
+}
+
+/// Flags to compile against and link the built llama.cpp.
+pub fn llama_flags(l: &Llama) -> Vec<String> {
+    vec![
+        format!("-I{}", l.include_dir().display()),
+        format!("-L{}", l.lib_dir().display()),
+        "-lllama".into(),
+        "-lggml".into(),
+        "-lggml-base".into(),
+        format!("-Wl,-rpath,{}", l.lib_dir().display()),
+    ]
+}
