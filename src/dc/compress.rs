@@ -13,7 +13,7 @@ use super::layout::{Piece, segments};
 use super::{
     DATA_TENSOR, DC_ARCHITECTURE, DcError, FORMAT_VERSION, INDEX_TENSOR, KEY_FORMAT_VERSION,
     KEY_MOVED_KEYS, KEY_ORIGINAL_ARCH, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3, KEY_WRITER,
-    MAX_BLOB_RAW, MAX_CLEAR_VALUE, Result,
+    MAX_BLOB_RAW, MAX_CHUNK_RAW, MAX_CLEAR_VALUE, Result,
 };
 use crate::codec::{EncodeOptions, Layout, PlaneStats, Transform, encode_chunk};
 use crate::gguf::{ArrayValue, GgmlType, GgufHeader, HeaderWriter, KeyValue, Value, align_up};
@@ -100,7 +100,8 @@ pub fn compress_file(
                 .map_or_else(|| Transform::default_for(t.ty), |choose| choose(t.ty));
             let layout = Layout::new(transform, t.ty);
             let unit = layout.unit();
-            let chunk_raw = (opts.chunk_size / unit).max(1) * unit;
+            let cap = (MAX_CHUNK_RAW as usize).max(unit);
+            let chunk_raw = (opts.chunk_size.min(cap) / unit).max(1) * unit;
             let nbytes = t.nbytes as usize;
             Plan {
                 layout,
@@ -236,6 +237,11 @@ pub fn compress_file(
         gaps: gaps_blob,
         tensors,
     };
+    // llama.cpp reads the data section as tensors each padded to the alignment, the last one
+    // included, so the file ends on an aligned boundary.
+    let padded_end = align_up(pos, header.alignment).expect("data fits");
+    w.write_all(&vec![0u8; (padded_end - pos) as usize])
+        .map_err(DcError::io(&path))?;
     let file = w.into_inner().map_err(|e| DcError::Io {
         path: output.to_path_buf(),
         source: e.into_error(),
@@ -253,7 +259,7 @@ pub fn compress_file(
         file.write_all(&vec![0u8; pad as usize])
     };
     write_head(file).map_err(DcError::io(output))?;
-    let output_bytes = data_start + pos;
+    let output_bytes = data_start + padded_end;
     out.commit()?;
     Ok(CompressReport {
         input: input.to_path_buf(),

@@ -213,10 +213,11 @@ impl GgufHeader {
             .map(|kv| &kv.value)
     }
 
-    /// Absolute file range of a tensor's data.
+    /// Absolute file range of a tensor's data (saturating: call `check_data_fits` first for
+    /// a range known to be inside the file).
     pub fn tensor_range(&self, t: &TensorInfo) -> std::ops::Range<u64> {
-        let start = self.data_offset + t.offset;
-        start..start + t.nbytes
+        let start = self.data_offset.saturating_add(t.offset);
+        start..start.saturating_add(t.nbytes)
     }
 }
 

@@ -1,0 +1,163 @@
+//! The real test models: compress -> decompress is bit-identical and the compression ratio
+//! meets the project's floor for each. An absent model fails under DCGGUF_REQUIRE_MODELS=1
+//! (CI) and is reported as SKIPPED otherwise (`scripts/fetch-models.sh` fetches SmolLM2).
+//! Debug builds skip them (loudly) unless asked: see `run_in_this_build`.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use dcgguf::codec::Transform;
+use dcgguf::dc::{CompressOptions, DcFile, decompress_file};
+use dcgguf::gguf::{ArrayValue, GgufHeader, Value};
+use dcgguf::io::map_readonly;
+
+/// Byte-for-byte comparison of two files, streamed.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 22], vec![0u8; 1 << 22]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return true;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
+/// Unoptimized builds compress about 10x slower (zstd itself is built at -O0), which would
+/// take the real-model tests to minutes: they run in release builds, or in any build when
+/// DCGGUF_REQUIRE_MODELS=1 (CI) or DCGGUF_REAL_MODELS=1 asks for them.
+fn run_in_this_build(path: &Path) -> bool {
+    if !cfg!(debug_assertions)
+        || env_flag("DCGGUF_REQUIRE_MODELS")
+        || env_flag("DCGGUF_REAL_MODELS")
+    {
+        return true;
+    }
+    loud(&format!(
+        "SKIPPED: {}: real-model tests run in release builds (cargo test --release), \
+         or set DCGGUF_REAL_MODELS=1",
+        path.display()
+    ));
+    false
+}
+
+fn check_model(path: PathBuf, floor: f64) {
+    if !model_present(&path) || !run_in_this_build(&path) {
+        return;
+    }
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let dir = TempDir::new("real");
+    let dc_path = dir.join("model.dc.gguf");
+    let back = dir.join("model.gguf");
+
+    let report = compress(&path, &dc_path, &CompressOptions::default());
+    let original_len = std::fs::metadata(&path).unwrap().len();
+    let dc_len = std::fs::metadata(&dc_path).unwrap().len();
+    assert_eq!(report.original_bytes, original_len);
+    assert_eq!(report.output_bytes, dc_len);
+    let ratio = original_len as f64 / dc_len as f64;
+    eprintln!("{name}: {original_len} -> {dc_len} bytes, ratio {ratio:.4} (floor {floor})");
+    assert!((report.ratio - ratio).abs() < 1e-9);
+    assert!(
+        ratio >= floor,
+        "{name}: ratio {ratio:.4} is below the floor {floor}"
+    );
+
+    decompress_file(&dc_path, &back, false, &|_| {}).unwrap();
+    assert!(same_file(&path, &back), "{name}: decompressed file differs");
+    std::fs::remove_file(&back).unwrap();
+
+    let (_f, original) = map_readonly(&path).unwrap();
+    let header = GgufHeader::parse(&original).unwrap();
+    let dc = DcFile::open(&dc_path).unwrap();
+    assert_eq!(dc.original, header, "{name}: stored header");
+    assert_eq!(
+        dc.dc_header
+            .get("general.architecture")
+            .and_then(Value::as_str),
+        Some("dcgguf")
+    );
+    assert_eq!(
+        dc.dc_header.get("dc.original.general.architecture"),
+        header.get("general.architecture")
+    );
+    // The vocabulary is moved out of the clear metadata.
+    match dc.dc_header.get("dc.moved_keys") {
+        Some(Value::Array(ArrayValue::Strings(keys))) => assert!(
+            keys.iter().any(|k| k == b"tokenizer.ggml.tokens"),
+            "{name}: {keys:?}"
+        ),
+        other => panic!("{name}: dc.moved_keys is {other:?}"),
+    }
+    for i in 0..dc.tensor_count() {
+        let v = dc.tensor_view(i);
+        assert_eq!(
+            v.transform,
+            Transform::default_for(dc.tensor_info(i).ty).name()
+        );
+    }
+
+    // Random access serves the original bytes.
+    let mut rng = Rng::new(original_len);
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..40 {
+        let off = rng.below(original_len);
+        let len = rng.below(buf.len() as u64) as usize;
+        let n = dc.read_at(off, &mut buf[..len]).unwrap();
+        assert_eq!(n as u64, len.min((original_len - off) as usize) as u64);
+        assert!(
+            buf[..n] == original[off as usize..off as usize + n],
+            "{name}: read_at({off}, {len})"
+        );
+    }
+}
+
+#[test]
+fn minilm_f32() {
+    check_model(shared_model("all-MiniLM-L6-v2-f32.gguf"), 1.20);
+}
+
+#[test]
+fn minilm_f16() {
+    check_model(shared_model("all-MiniLM-L6-v2-f16.gguf"), 1.19);
+}
+
+#[test]
+fn minilm_bf16() {
+    check_model(shared_model("all-MiniLM-L6-v2-bf16.gguf"), 1.50);
+}
+
+#[test]
+fn minilm_q8_0() {
+    check_model(shared_model("all-MiniLM-L6-v2-q8_0.gguf"), 1.075);
+}
+
+#[test]
+fn smollm2_q4_1() {
+    check_model(fetched_model("SmolLM2-135M-Instruct.Q4_1.gguf"), 1.11);
+}
+
+#[test]
+fn absent_model_policy() {
+    // Under DCGGUF_REQUIRE_MODELS=1 an absent model is a failure; otherwise a skip.
+    let missing = PathBuf::from("/nonexistent/dcgguf-test-model.gguf");
+    let res = std::panic::catch_unwind(|| model_present(&missing));
+    if env_flag("DCGGUF_REQUIRE_MODELS") {
+        assert!(res.is_err(), "absent model must fail when required");
+    } else {
+        assert_eq!(res.ok(), Some(false));
+    }
+}
