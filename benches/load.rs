@@ -150,8 +150,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let dc = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-load.dc.gguf");
+    let chunk = std::env::var("DCGGUF_BENCH_CHUNK").unwrap_or_else(|_| "1M".into());
     let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
-        .args(["-q", "compress", "--force"])
+        .args(["-q", "compress", "--force", "--chunk-size", &chunk])
         .arg(&model)
         .arg(&dc)
         .output()

@@ -415,6 +415,16 @@ impl DcFile {
         Some(start..start + self.chunk_len(i, c as usize) as u64)
     }
 
+    /// The first tensor chunk that ends after `offset` (the one holding it, or the next one
+    /// in file order); `None` past the last tensor.
+    pub fn next_chunk_range(&self, offset: u64) -> Option<std::ops::Range<u64>> {
+        let first = self.segments.partition_point(|s| s.end() <= offset);
+        self.segments[first..].iter().find_map(|s| match s.piece {
+            Piece::Tensor(_) => self.chunk_range_at(offset.max(s.start)),
+            _ => None,
+        })
+    }
+
     /// Fills `dst` with the original file's bytes from `offset`; returns how many were
     /// available (fewer only at the end of the file). All chunks the range touches, across
     /// tensors, are decoded in one parallel pass.

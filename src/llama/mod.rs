@@ -122,7 +122,7 @@ pub fn load_dc(
             dc.original_size()
         );
     }
-    let stream = Stream::new(path, Source::Dc(Box::new(dc)), throttle_from_env())
+    let stream = Stream::new(path, Source::Dc(Arc::new(dc)), throttle_from_env())
         .map_err(|e| LlamaError::Io(format!("{}: {e}", path.display())))?
         .with_pool(pool);
     load_stream(host, stream, path, params)

@@ -17,13 +17,18 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::dc::DcFile;
 
+/// The `FILE *` buffer: the window of original bytes decoded ahead of llama.cpp's reads.
+const STREAM_BUFFER: usize = 256 << 10;
 /// How many decoded chunks the stream keeps for piecewise reads.
-const CACHE_CHUNKS: usize = 4;
+const CACHE_CHUNKS: usize = 24;
+/// At most this many chunks, or bytes, are decoded together when a read misses the cache.
+const PREFETCH_CHUNKS: usize = 8;
+const PREFETCH_BYTES: u64 = 8 << 20;
 /// Drop the DC file's mapped pages from our RSS after this many bytes are served.
 const RELEASE_EVERY: u64 = 8 << 20;
 
@@ -32,7 +37,7 @@ pub const THROTTLE_ENV: &str = "DCGGUF_THROTTLE_BPS";
 
 /// Where the bytes come from.
 pub enum Source {
-    Dc(Box<DcFile>),
+    Dc(Arc<DcFile>),
     /// A plain GGUF read through the same stream (bench mode only).
     Plain(File),
 }
@@ -57,6 +62,143 @@ impl Throttle {
     }
 }
 
+/// Environment variable: bytes the background decoder may hold ahead of llama.cpp's reads
+/// (default 32 MiB; 0 turns read-ahead off).
+pub const READ_AHEAD_ENV: &str = "DCGGUF_READ_AHEAD";
+const DEFAULT_READ_AHEAD: u64 = 32 << 20;
+
+fn read_ahead_from_env() -> u64 {
+    match std::env::var(READ_AHEAD_ENV) {
+        Err(_) => DEFAULT_READ_AHEAD,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("dcgguf: ignoring {READ_AHEAD_ENV}={v:?} (expected bytes)");
+            DEFAULT_READ_AHEAD
+        }),
+    }
+}
+
+/// Decodes chunks in file order on a background thread while llama.cpp parses metadata and
+/// copies tensors, holding at most `budget` decoded bytes. llama.cpp reads tensors roughly
+/// in file order, so most chunk reads find their bytes already decoded; chunks it passed by
+/// are dropped, and the decoder skips forward to where llama.cpp reads.
+struct ReadAhead {
+    shared: Arc<(Mutex<AheadState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct AheadState {
+    ready: std::collections::BTreeMap<u64, Vec<u8>>,
+    held: u64,
+    /// Where llama.cpp last read; the decoder never works behind it.
+    reader_at: u64,
+    stop: bool,
+}
+
+/// Chunks this far behind the reader are considered skipped and dropped.
+const BEHIND_SLACK: u64 = 16 << 20;
+
+impl ReadAhead {
+    fn start(dc: Arc<DcFile>, budget: u64) -> Option<ReadAhead> {
+        if budget == 0 {
+            return None;
+        }
+        let shared = Arc::new((Mutex::new(AheadState::default()), Condvar::new()));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("dcgguf-readahead".into())
+            .spawn(move || Self::run(&dc, &s, budget))
+            .ok()?;
+        Some(ReadAhead {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(dc: &DcFile, shared: &(Mutex<AheadState>, Condvar), budget: u64) {
+        let (lock, cv) = shared;
+        let mut next = 0u64;
+        loop {
+            let chunk = {
+                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    next = next.max(st.reader_at);
+                    let Some(c) = dc.next_chunk_range(next) else {
+                        return;
+                    };
+                    if st.ready.contains_key(&c.start) {
+                        next = c.end;
+                        continue;
+                    }
+                    if st.held + (c.end - c.start) <= budget || st.ready.is_empty() {
+                        break c;
+                    }
+                    st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            next = chunk.end;
+            let mut buf = vec![0u8; (chunk.end - chunk.start) as usize];
+            // A chunk that fails to decode is left to the reader, which reports the error.
+            if dc.read_at(chunk.start, &mut buf).is_ok() {
+                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if chunk.start + BEHIND_SLACK >= st.reader_at {
+                    st.held += buf.len() as u64;
+                    st.ready.insert(chunk.start, buf);
+                }
+            }
+        }
+    }
+
+    /// Records that llama.cpp now reads at `pos`; drops chunks it has passed.
+    fn consumed_up_to(&self, pos: u64) {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        st.reader_at = pos;
+        let behind: Vec<u64> = st
+            .ready
+            .range(..pos.saturating_sub(BEHIND_SLACK))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in behind {
+            if let Some(b) = st.ready.remove(&k) {
+                st.held -= b.len() as u64;
+            }
+        }
+        cv.notify_all();
+    }
+
+    fn take(&self, start: u64) -> Option<Vec<u8>> {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = st.ready.remove(&start)?;
+        st.held -= buf.len() as u64;
+        cv.notify_all();
+        Some(buf)
+    }
+
+    fn holds(&self, start: u64) -> bool {
+        let (lock, _) = &*self.shared;
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ready
+            .contains_key(&start)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Reads `DCGGUF_THROTTLE_BPS`: `Some(0.0)` = set but unlimited.
 pub fn throttle_from_env() -> Option<f64> {
     let v = std::env::var(THROTTLE_ENV).ok()?;
@@ -76,6 +218,10 @@ pub struct Stream {
     size: u64,
     pos: u64,
     cache: VecDeque<(u64, Vec<u8>)>,
+    /// Buffers of evicted chunks, reused so that steady-state reads allocate nothing.
+    spare: Vec<Vec<u8>>,
+    /// Background decoder running ahead of llama.cpp's reads (DC sources only).
+    ahead: Option<ReadAhead>,
     throttle: Option<Throttle>,
     pool: Option<Arc<rayon::ThreadPool>>,
     since_release: u64,
@@ -103,12 +249,18 @@ impl Stream {
                 start: None,
                 charged: 0.0,
             });
+        let ahead = match &src {
+            Source::Dc(dc) => ReadAhead::start(dc.clone(), read_ahead_from_env()),
+            Source::Plain(_) => None,
+        };
         Ok(Stream {
             path: path.to_path_buf(),
             src,
             size,
             pos: 0,
             cache: VecDeque::with_capacity(CACHE_CHUNKS),
+            spare: Vec::new(),
+            ahead,
             throttle,
             pool: None,
             since_release: 0,
@@ -166,33 +318,106 @@ impl Stream {
             if cached.is_some() || c.start < pos || c.end > end {
                 let k = match cached {
                     Some(k) => k,
-                    None => {
-                        let mut buf = vec![0u8; (c.end - c.start) as usize];
-                        let pool = self.pool.clone();
-                        run_on(pool.as_deref(), || dc.read_at(c.start, &mut buf))
-                            .map_err(|e| e.to_string())?;
-                        if self.cache.len() == CACHE_CHUNKS {
-                            self.cache.pop_front();
-                        }
-                        self.cache.push_back((c.start, buf));
-                        self.cache.len() - 1
-                    }
+                    None => self.fill_cache(c.start)?,
                 };
-                let take = (c.end.min(end) - pos) as usize;
-                let from = (pos - c.start) as usize;
-                dst[..take].copy_from_slice(&self.cache[k].1[from..from + take]);
+                let (start, buf) = &self.cache[k];
+                let take = ((start + buf.len() as u64).min(end) - pos) as usize;
+                let from = (pos - start) as usize;
+                dst[..take].copy_from_slice(&buf[from..from + take]);
                 return Ok(take);
             }
         }
         // Whole chunks (and header/gap bytes) straight into `dst`; stop before a chunk that
-        // is only partly wanted, which the next call serves from the cache.
-        let direct_end = match dc.chunk_range_at(end - 1) {
+        // is only partly wanted or already cached, which the next call serves from the cache.
+        let mut direct_end = match dc.chunk_range_at(end - 1) {
             Some(c) if c.end > end && c.start > pos => c.start,
             _ => end,
         };
+        if let Some(&(s, _)) = self
+            .cache
+            .iter()
+            .filter(|(s, _)| *s > pos && *s < direct_end)
+            .min_by_key(|(s, _)| *s)
+        {
+            direct_end = s;
+        }
         let want = (direct_end - pos) as usize;
         let pool = self.pool.clone();
         run_on(pool.as_deref(), || dc.read_at(pos, &mut dst[..want])).map_err(|e| e.to_string())
+    }
+
+    /// Decodes the chunk starting at `start` and the next few chunks in file order that are
+    /// not cached yet, in parallel, into the cache; returns the cache slot of the first.
+    /// llama.cpp reads a layer's tensors in its own order, close to the file's, and glibc
+    /// splits each tensor read at its buffer size, so most reads then hit the cache, and the
+    /// decoding of several chunks keeps every core busy.
+    fn fill_cache(&mut self, start: u64) -> Result<usize, String> {
+        let Source::Dc(dc) = &self.src else {
+            unreachable!()
+        };
+        let dc = dc.clone();
+        let mut batch: Vec<std::ops::Range<u64>> = Vec::with_capacity(PREFETCH_CHUNKS);
+        let mut next = Some(start);
+        let mut bytes = 0u64;
+        while let Some(at) = next {
+            let Some(c) = dc.next_chunk_range(at) else {
+                break;
+            };
+            next = Some(c.end);
+            if self.cache.iter().any(|(s, _)| *s == c.start) {
+                continue;
+            }
+            bytes += c.end - c.start;
+            batch.push(c);
+            if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES {
+                break;
+            }
+        }
+        if let Some(ahead) = &self.ahead {
+            ahead.consumed_up_to(start);
+            if let Some(buf) = ahead.take(start) {
+                if batch.first().is_some_and(|c| c.start == start) {
+                    batch.remove(0);
+                }
+                self.make_room(1);
+                self.cache.push_back((start, buf));
+                return Ok(self.cache.len() - 1);
+            }
+            // Chunks the background decoder already holds need no decoding here.
+            batch.retain(|c| !ahead.holds(c.start));
+            if batch.is_empty() {
+                batch.push(dc.next_chunk_range(start).expect("start is a chunk"));
+            }
+        }
+        self.make_room(batch.len());
+        let mut jobs: Vec<(u64, Vec<u8>)> = batch
+            .iter()
+            .map(|c| {
+                let mut buf = self.spare.pop().unwrap_or_default();
+                buf.resize((c.end - c.start) as usize, 0);
+                (c.start, buf)
+            })
+            .collect();
+        let pool = self.pool.clone();
+        run_on(pool.as_deref(), || {
+            use rayon::prelude::*;
+            jobs.par_iter_mut()
+                .try_for_each(|(s, buf)| dc.read_at(*s, buf).map(|_| ()))
+        })
+        .map_err(|e| e.to_string())?;
+        let first = self.cache.len();
+        self.cache.extend(jobs);
+        Ok(first)
+    }
+
+    /// Evicts the oldest cached chunks so that `n` more fit.
+    fn make_room(&mut self, n: usize) {
+        while self.cache.len() + n > CACHE_CHUNKS {
+            match self.cache.pop_front() {
+                Some((_, buf)) => self.spare.push(buf),
+                None => break,
+            }
+        }
     }
 
     fn seek(&mut self, offset: i64, whence: c_int) -> Option<u64> {
@@ -296,6 +521,8 @@ fn set_errno(e: c_int) {
 pub struct CookieFile {
     fp: *mut libc::FILE,
     error: Arc<Mutex<Option<String>>>,
+    /// The stream's buffer; must outlive `fp`.
+    _buffer: Box<[u8]>,
 }
 
 impl CookieFile {
@@ -317,7 +544,27 @@ impl CookieFile {
             drop(unsafe { Box::from_raw(cookie as *mut Stream) });
             return Err(err);
         }
-        Ok(CookieFile { fp, error })
+        // glibc's fread on a cookie stream always goes through the stream buffer (its generic
+        // xsgetn has no direct-read path), so a large buffer turns llama.cpp's per-tensor reads
+        // into few big reads that decode many chunks in parallel straight into the buffer;
+        // layers are read close together, so most reads after a seek hit the buffer.
+        // glibc ignores the size when it allocates the buffer itself, so we supply it.
+        let mut buffer = vec![0u8; STREAM_BUFFER].into_boxed_slice();
+        // SAFETY: `fp` is a fresh stream with no I/O done yet, as setvbuf requires; `buffer`
+        // is owned by the CookieFile and freed only after fclose (Drop closes first).
+        unsafe {
+            libc::setvbuf(
+                fp,
+                buffer.as_mut_ptr() as *mut c_char,
+                libc::_IOFBF,
+                STREAM_BUFFER,
+            )
+        };
+        Ok(CookieFile {
+            fp,
+            error,
+            _buffer: buffer,
+        })
     }
 
     pub fn as_ptr(&self) -> *mut libc::FILE {
