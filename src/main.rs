@@ -41,8 +41,9 @@ enum Cmd {
     Compress {
         input: PathBuf,
         output: PathBuf,
-        /// Zstd level (1-22).
-        #[arg(long, default_value_t = EncodeOptions::default().level)]
+        /// Zstd level (1-22; -7..-1 are Zstd's fast levels).
+        #[arg(long, default_value_t = EncodeOptions::default().level,
+              value_parser = clap::value_parser!(i32).range(-7..=22))]
         level: i32,
         /// Raw bytes per independently decodable chunk (suffixes k, M accepted).
         #[arg(long, default_value = "1M", value_parser = parse_size)]
@@ -74,10 +75,38 @@ enum Cmd {
     /// Decode throughput on this machine: 1 thread, all threads, memcpy.
     Bench {
         input: PathBuf,
-        /// Minimum seconds per measurement.
-        #[arg(long, default_value_t = 1.0)]
-        seconds: f64,
+        /// Minimum seconds per measurement (0 to 3600).
+        #[arg(long, default_value = "1", value_parser = parse_seconds)]
+        seconds: Duration,
     },
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.0..=3600.0).contains(&v) {
+        return Err(format!("{s:?}: must be between 0 and 3600"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Checks every part of a (split) job before any output is written, so a refused run leaves
+/// nothing behind.
+fn precheck(jobs: &[(PathBuf, PathBuf)], force: bool) -> Result<(), DcError> {
+    for (i, o) in jobs {
+        std::fs::metadata(i).map_err(|source| DcError::Io {
+            path: i.clone(),
+            source,
+        })?;
+        if !force && o.exists() {
+            return Err(DcError::OutputExists(o.clone()));
+        }
+        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(i), std::fs::canonicalize(o))
+            && a == b
+        {
+            return Err(DcError::OutputIsInput(o.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -119,14 +148,13 @@ fn exit_code(e: &DcError) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
+    if let Some(n) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
-        {
-            eprintln!("dcgguf: cannot set {n} threads: {e}");
-            return ExitCode::from(2);
-        }
+    {
+        eprintln!("dcgguf: cannot set {n} threads: {e}");
+        return ExitCode::from(2);
     }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,6 +221,7 @@ fn run(cli: &Cli) -> Result<(), DcError> {
                 ..CompressOptions::default()
             };
             let jobs = parts(input, output);
+            precheck(&jobs, *force)?;
             let total = jobs.iter().map(|(i, _)| file_len(i)).sum();
             let bar = progress_bar(cli, total, "compress");
             let mut reports = Vec::new();
@@ -222,6 +251,7 @@ fn run(cli: &Cli) -> Result<(), DcError> {
             force,
         } => {
             let jobs = parts(input, output);
+            precheck(&jobs, *force)?;
             let mut sizes = Vec::new();
             for (i, o) in &jobs {
                 let total = DcFile::open(i)?.original_size();
@@ -276,7 +306,7 @@ fn run(cli: &Cli) -> Result<(), DcError> {
         Cmd::Bench { input, seconds } => {
             let dc = DcFile::open(input)?;
             let threads = rayon::current_num_threads();
-            let b = measure_decode(&dc, threads, Duration::from_secs_f64(*seconds))?;
+            let b = measure_decode(&dc, threads, *seconds)?;
             if cli.json {
                 println!(
                     "{}",
