@@ -17,12 +17,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::dc::DcFile;
 
-/// The `FILE *` buffer: the window of original bytes decoded ahead of llama.cpp's reads.
+/// The `FILE *` buffer. glibc refills it after every seek, and llama.cpp seeks before each
+/// tensor, so it stays modest: 256 KiB cut read calls 15x against the 8 KiB default.
 const STREAM_BUFFER: usize = 256 << 10;
 /// How many decoded chunks the stream keeps for piecewise reads.
 const CACHE_CHUNKS: usize = 24;
@@ -62,143 +63,6 @@ impl Throttle {
     }
 }
 
-/// Environment variable: bytes the background decoder may hold ahead of llama.cpp's reads
-/// (default 32 MiB; 0 turns read-ahead off).
-pub const READ_AHEAD_ENV: &str = "DCGGUF_READ_AHEAD";
-const DEFAULT_READ_AHEAD: u64 = 32 << 20;
-
-fn read_ahead_from_env() -> u64 {
-    match std::env::var(READ_AHEAD_ENV) {
-        Err(_) => DEFAULT_READ_AHEAD,
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("dcgguf: ignoring {READ_AHEAD_ENV}={v:?} (expected bytes)");
-            DEFAULT_READ_AHEAD
-        }),
-    }
-}
-
-/// Decodes chunks in file order on a background thread while llama.cpp parses metadata and
-/// copies tensors, holding at most `budget` decoded bytes. llama.cpp reads tensors roughly
-/// in file order, so most chunk reads find their bytes already decoded; chunks it passed by
-/// are dropped, and the decoder skips forward to where llama.cpp reads.
-struct ReadAhead {
-    shared: Arc<(Mutex<AheadState>, Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct AheadState {
-    ready: std::collections::BTreeMap<u64, Vec<u8>>,
-    held: u64,
-    /// Where llama.cpp last read; the decoder never works behind it.
-    reader_at: u64,
-    stop: bool,
-}
-
-/// Chunks this far behind the reader are considered skipped and dropped.
-const BEHIND_SLACK: u64 = 16 << 20;
-
-impl ReadAhead {
-    fn start(dc: Arc<DcFile>, budget: u64) -> Option<ReadAhead> {
-        if budget == 0 {
-            return None;
-        }
-        let shared = Arc::new((Mutex::new(AheadState::default()), Condvar::new()));
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("dcgguf-readahead".into())
-            .spawn(move || Self::run(&dc, &s, budget))
-            .ok()?;
-        Some(ReadAhead {
-            shared,
-            thread: Some(thread),
-        })
-    }
-
-    fn run(dc: &DcFile, shared: &(Mutex<AheadState>, Condvar), budget: u64) {
-        let (lock, cv) = shared;
-        let mut next = 0u64;
-        loop {
-            let chunk = {
-                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    if st.stop {
-                        return;
-                    }
-                    next = next.max(st.reader_at);
-                    let Some(c) = dc.next_chunk_range(next) else {
-                        return;
-                    };
-                    if st.ready.contains_key(&c.start) {
-                        next = c.end;
-                        continue;
-                    }
-                    if st.held + (c.end - c.start) <= budget || st.ready.is_empty() {
-                        break c;
-                    }
-                    st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
-                }
-            };
-            next = chunk.end;
-            let mut buf = vec![0u8; (chunk.end - chunk.start) as usize];
-            // A chunk that fails to decode is left to the reader, which reports the error.
-            if dc.read_at(chunk.start, &mut buf).is_ok() {
-                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-                if chunk.start + BEHIND_SLACK >= st.reader_at {
-                    st.held += buf.len() as u64;
-                    st.ready.insert(chunk.start, buf);
-                }
-            }
-        }
-    }
-
-    /// Records that llama.cpp now reads at `pos`; drops chunks it has passed.
-    fn consumed_up_to(&self, pos: u64) {
-        let (lock, cv) = &*self.shared;
-        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-        st.reader_at = pos;
-        let behind: Vec<u64> = st
-            .ready
-            .range(..pos.saturating_sub(BEHIND_SLACK))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in behind {
-            if let Some(b) = st.ready.remove(&k) {
-                st.held -= b.len() as u64;
-            }
-        }
-        cv.notify_all();
-    }
-
-    fn take(&self, start: u64) -> Option<Vec<u8>> {
-        let (lock, cv) = &*self.shared;
-        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let buf = st.ready.remove(&start)?;
-        st.held -= buf.len() as u64;
-        cv.notify_all();
-        Some(buf)
-    }
-
-    fn holds(&self, start: u64) -> bool {
-        let (lock, _) = &*self.shared;
-        lock.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ready
-            .contains_key(&start)
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        let (lock, cv) = &*self.shared;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
-        cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Reads `DCGGUF_THROTTLE_BPS`: `Some(0.0)` = set but unlimited.
 pub fn throttle_from_env() -> Option<f64> {
     let v = std::env::var(THROTTLE_ENV).ok()?;
@@ -220,8 +84,6 @@ pub struct Stream {
     cache: VecDeque<(u64, Vec<u8>)>,
     /// Buffers of evicted chunks, reused so that steady-state reads allocate nothing.
     spare: Vec<Vec<u8>>,
-    /// Background decoder running ahead of llama.cpp's reads (DC sources only).
-    ahead: Option<ReadAhead>,
     throttle: Option<Throttle>,
     pool: Option<Arc<rayon::ThreadPool>>,
     since_release: u64,
@@ -249,10 +111,6 @@ impl Stream {
                 start: None,
                 charged: 0.0,
             });
-        let ahead = match &src {
-            Source::Dc(dc) => ReadAhead::start(dc.clone(), read_ahead_from_env()),
-            Source::Plain(_) => None,
-        };
         Ok(Stream {
             path: path.to_path_buf(),
             src,
@@ -260,7 +118,6 @@ impl Stream {
             pos: 0,
             cache: VecDeque::with_capacity(CACHE_CHUNKS),
             spare: Vec::new(),
-            ahead,
             throttle,
             pool: None,
             since_release: 0,
@@ -371,22 +228,6 @@ impl Stream {
             batch.push(c);
             if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES {
                 break;
-            }
-        }
-        if let Some(ahead) = &self.ahead {
-            ahead.consumed_up_to(start);
-            if let Some(buf) = ahead.take(start) {
-                if batch.first().is_some_and(|c| c.start == start) {
-                    batch.remove(0);
-                }
-                self.make_room(1);
-                self.cache.push_back((start, buf));
-                return Ok(self.cache.len() - 1);
-            }
-            // Chunks the background decoder already holds need no decoding here.
-            batch.retain(|c| !ahead.holds(c.start));
-            if batch.is_empty() {
-                batch.push(dc.next_chunk_range(start).expect("start is a chunk"));
             }
         }
         self.make_room(batch.len());
