@@ -10,3 +10,4 @@ pub mod ffi;
 pub mod gguf;
 pub mod io;
 pub mod llama;
+pub mod quant;

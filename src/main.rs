@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dcgguf::codec::EncodeOptions;
-use dcgguf::cost::measure_decode;
+use dcgguf::cost::{
+    LoadModel, ProbeOptions, Stale, default_profile_path, load_or_probe, measure_decode,
+};
 use dcgguf::dc::{self, CompressOptions, DcError, DcFile};
 use dcgguf::gguf::split::{output_part, split_parts};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,6 +37,19 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where the machine profile for the cost model comes from.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct ProfileArgs {
+    /// Use a machine profile (`auto` = the saved one, measured first if missing or stale;
+    /// or a path to a profile JSON) for the load-time cost model.
+    #[arg(long, value_name = "auto|PATH")]
+    profile: Option<String>,
+    /// Plan for storage of this bandwidth (bytes/s) instead of the measured one; implies
+    /// `--profile auto` when no profile is given.
+    #[arg(long, value_name = "BYTES_PER_S")]
+    storage_bps: Option<f64>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// GGUF -> DC-GGUF. A split model (`*-00001-of-0000N.gguf`) gives a split output.
@@ -51,8 +66,14 @@ enum Cmd {
         /// Overwrite existing outputs.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        quant: dcgguf::quant::QuantArgs,
+        #[command(flatten)]
+        cost: ProfileArgs,
     },
-    /// DC-GGUF -> the original GGUF, bit for bit.
+    /// Activation statistics for `compress --quantize`: runs llama-imatrix on a text file.
+    Calibrate(dcgguf::quant::CalibrateArgs),
+    /// DC-GGUF -> the original GGUF, bit for bit (lossy DC files: the quantized GGUF).
     Decompress {
         input: PathBuf,
         output: PathBuf,
@@ -65,6 +86,20 @@ enum Cmd {
         /// Also list the original metadata.
         #[arg(long)]
         metadata: bool,
+        #[command(flatten)]
+        cost: ProfileArgs,
+    },
+    /// Measure this machine (storage, memcpy, decode speed per type) and save the profile.
+    Probe {
+        /// Directory on the storage to measure (default: the profile's cache directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Where to save the profile (default: ~/.cache/dcgguf/profile.json).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Re-measure even if a valid profile exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Decode everything and check every checksum (and optionally compare to the original).
     Verify {
@@ -78,7 +113,85 @@ enum Cmd {
         /// Minimum seconds per measurement (0 to 3600).
         #[arg(long, default_value = "1", value_parser = parse_seconds)]
         seconds: Duration,
+        /// Also compare the cost model's predicted decode time with the measured one.
+        #[command(flatten)]
+        cost: ProfileArgs,
     },
+}
+
+/// `compress --quantize`: the library does the work (src/quant).
+fn compress_lossy(
+    cli: &Cli,
+    input: &Path,
+    output: &Path,
+    quant: &dcgguf::quant::QuantArgs,
+    opts: &CompressOptions,
+) -> Result<(), DcError> {
+    if split_parts(input).is_some() {
+        return Err(DcError::Usage(
+            "--quantize does not support split models; merge them first".into(),
+        ));
+    }
+    let qopts = quant.options(input, output)?;
+    let bar = progress_bar(cli, file_len(input), "compress");
+    let (q, r) = dcgguf::quant::compress_lossy(input, output, &qopts, opts, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"command": "compress", "quantize": q, "files": [r]})
+        );
+    } else {
+        println!(
+            "{} -> {}: {} -> {} bytes (quantized {} tensors to Q8_0, relative MSE {:.3e}; \
+             decompresses to the {}-byte quantized GGUF, not the input), {:.2} s",
+            input.display(),
+            output.display(),
+            file_len(input),
+            r.output_bytes,
+            q.quantized_tensors,
+            q.rel_mse,
+            r.original_bytes,
+            r.seconds
+        );
+    }
+    Ok(())
+}
+
+/// The cost model the user asked for, if any (re-measuring a missing or stale profile).
+fn load_model(cli: &Cli, a: &ProfileArgs) -> Result<Option<LoadModel>, DcError> {
+    let path = match (&a.profile, a.storage_bps) {
+        (None, None) => return Ok(None),
+        (Some(p), _) if p != "auto" => PathBuf::from(p),
+        _ => default_profile_path(),
+    };
+    if let Some(b) = a.storage_bps
+        && !(b.is_finite() && b > 0.0)
+    {
+        return Err(DcError::Usage(format!(
+            "--storage-bps {b}: must be positive"
+        )));
+    }
+    let opts = ProbeOptions {
+        storage_dir: path
+            .parent()
+            .map_or_else(std::env::temp_dir, Path::to_path_buf),
+        ..ProbeOptions::default()
+    };
+    std::fs::create_dir_all(&opts.storage_dir).map_err(|source| DcError::Io {
+        path: opts.storage_dir.clone(),
+        source,
+    })?;
+    let (profile, stale) = load_or_probe(&path, &opts)?;
+    if let Some(why) = stale
+        && !cli.quiet
+    {
+        eprintln!(
+            "dcgguf: measured this machine ({why:?} profile), saved {}",
+            path.display()
+        );
+    }
+    Ok(Some(LoadModel::new(profile, a.storage_bps)))
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -210,8 +323,11 @@ fn run(cli: &Cli) -> Result<(), DcError> {
             level,
             chunk_size,
             force,
+            quant,
+            cost,
         } => {
             let opts = CompressOptions {
+                load_model: load_model(cli, cost)?,
                 encode: EncodeOptions {
                     level: *level,
                     ..EncodeOptions::default()
@@ -220,6 +336,9 @@ fn run(cli: &Cli) -> Result<(), DcError> {
                 force: *force,
                 ..CompressOptions::default()
             };
+            if quant.quantize.is_some() {
+                return compress_lossy(cli, input, output, quant, &opts);
+            }
             let jobs = parts(input, output);
             precheck(&jobs, *force)?;
             let total = jobs.iter().map(|(i, _)| file_len(i)).sum();
@@ -276,7 +395,86 @@ fn run(cli: &Cli) -> Result<(), DcError> {
                 }
             }
         }
-        Cmd::Inspect { input, metadata } => inspect(cli, input, *metadata)?,
+        Cmd::Calibrate(a) => {
+            let r = dcgguf::quant::calibrate(a)?;
+            if cli.json {
+                println!("{}", json!({"command": "calibrate", "report": r}));
+            } else {
+                println!(
+                    "{}: statistics for {} tensors",
+                    r.output.display(),
+                    r.tensors
+                );
+            }
+        }
+        Cmd::Inspect {
+            input,
+            metadata,
+            cost,
+        } => inspect(cli, input, *metadata, load_model(cli, cost)?.as_ref())?,
+        Cmd::Probe { dir, output, force } => {
+            let path = output.clone().unwrap_or_else(default_profile_path);
+            let opts = ProbeOptions {
+                storage_dir: dir.clone().unwrap_or_else(|| {
+                    path.parent()
+                        .map_or_else(std::env::temp_dir, Path::to_path_buf)
+                }),
+                ..ProbeOptions::default()
+            };
+            std::fs::create_dir_all(&opts.storage_dir).map_err(|source| DcError::Io {
+                path: opts.storage_dir.clone(),
+                source,
+            })?;
+            let (profile, stale) = if *force {
+                let p = dcgguf::cost::probe::probe(&opts)?;
+                dcgguf::cost::probe::save_profile(&p, &path)?;
+                (p, Some(Stale::Missing))
+            } else {
+                load_or_probe(&path, &opts)?
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"command": "probe", "path": path, "measured_now": stale.is_some(), "profile": profile})
+                );
+            } else {
+                let gb = |v: f64| v / 1e9;
+                println!(
+                    "profile {} ({})",
+                    path.display(),
+                    if stale.is_some() {
+                        "measured now"
+                    } else {
+                        "saved"
+                    }
+                );
+                println!(
+                    "cpu: {} x{}",
+                    profile.fingerprint.cpu_model, profile.fingerprint.cpus
+                );
+                match profile.read_cold_bps {
+                    Some(b) => println!("storage read cold: {:>7.2} GB/s", gb(b)),
+                    None => println!("storage read cold: n/a (page cache could not be dropped)"),
+                }
+                println!("storage read warm: {:>7.2} GB/s", gb(profile.read_warm_bps));
+                println!("mmap warm:         {:>7.2} GB/s", gb(profile.mmap_warm_bps));
+                println!("memcpy:            {:>7.2} GB/s", gb(profile.memcpy_bps));
+                println!(
+                    "decode (GB/s)     1 thread  {} threads  sample ratio",
+                    profile.threads
+                );
+                for d in &profile.decode {
+                    println!(
+                        "  {:<6} {:<13} {:>7.2} {:>9.2} {:>12.3}",
+                        d.ggml_type,
+                        d.transform,
+                        gb(d.bps_1_thread),
+                        gb(d.bps_all_threads),
+                        1.0 / d.sample_ratio
+                    );
+                }
+            }
+        }
         Cmd::Verify { input, against } => {
             let dc = DcFile::open(input)?;
             let bar = progress_bar(cli, dc.original_size(), "verify");
@@ -303,10 +501,37 @@ fn run(cli: &Cli) -> Result<(), DcError> {
                 );
             }
         }
-        Cmd::Bench { input, seconds } => {
+        Cmd::Bench {
+            input,
+            seconds,
+            cost,
+        } => {
             let dc = DcFile::open(input)?;
             let threads = rayon::current_num_threads();
             let b = measure_decode(&dc, threads, *seconds)?;
+            if let Some(model) = load_model(cli, cost)? {
+                // Page cache is warm in this measurement: plan with memcpy-speed storage.
+                let warm =
+                    LoadModel::new(model.profile().clone(), Some(model.profile().read_warm_bps));
+                let predicted = predicted_load_seconds(&dc, &warm);
+                let measured = dc.original_size() as f64 / (b.decode_gbps_n_threads * 1e9);
+                let err = (predicted - measured) / measured * 100.0;
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({"command": "bench", "file": input, "result": b,
+                               "predicted_seconds": predicted, "measured_seconds": measured,
+                               "prediction_error_percent": err})
+                    );
+                } else {
+                    println!(
+                        "cost model: predicted {:.1} ms, measured {:.1} ms (error {err:+.1}%)",
+                        predicted * 1e3,
+                        measured * 1e3
+                    );
+                }
+                return Ok(());
+            }
             if cli.json {
                 println!(
                     "{}",
@@ -327,9 +552,43 @@ fn run(cli: &Cli) -> Result<(), DcError> {
     Ok(())
 }
 
-fn inspect(cli: &Cli, input: &Path, metadata: bool) -> Result<(), DcError> {
+/// Cost-model load time of every tensor of `dc`.
+fn predicted_load_seconds(dc: &DcFile, model: &LoadModel) -> f64 {
+    (0..dc.tensor_count())
+        .map(|i| tensor_load_seconds(dc, model, i))
+        .sum()
+}
+
+fn tensor_load_seconds(dc: &DcFile, model: &LoadModel, i: usize) -> f64 {
+    let v = dc.tensor_view(i);
+    let e = &dc.index.tensors[i];
+    let raw_stored: u64 = e
+        .chunks
+        .iter()
+        .filter(|c| c.mode == dcgguf::codec::ChunkMode::Raw as u8)
+        .map(|c| u64::from(c.stored_len))
+        .sum();
+    model.load_seconds(
+        dc.tensor_info(i).ty,
+        v.raw_bytes,
+        v.stored_bytes,
+        raw_stored,
+    )
+}
+
+fn inspect(
+    cli: &Cli,
+    input: &Path,
+    metadata: bool,
+    model: Option<&LoadModel>,
+) -> Result<(), DcError> {
     let dc = DcFile::open(input)?;
     let views: Vec<_> = (0..dc.tensor_count()).map(|i| dc.tensor_view(i)).collect();
+    let predicted: Option<Vec<f64>> = model.map(|m| {
+        (0..dc.tensor_count())
+            .map(|i| tensor_load_seconds(&dc, m, i))
+            .collect()
+    });
     let raw: u64 = views.iter().map(|v| v.raw_bytes).sum();
     let stored: u64 = views.iter().map(|v| v.stored_bytes).sum();
     let bound: u64 = views.iter().map(|v| v.entropy_bound_bytes).sum();
@@ -354,6 +613,11 @@ fn inspect(cli: &Cli, input: &Path, metadata: bool) -> Result<(), DcError> {
         if metadata {
             out["metadata"] = json!(meta);
         }
+        if let (Some(p), Some(m)) = (&predicted, model) {
+            out["predicted_load_seconds"] = json!(p);
+            out["predicted_total_load_seconds"] = json!(p.iter().sum::<f64>());
+            out["storage_bps"] = json!(m.storage_bps);
+        }
         println!("{out}");
         return Ok(());
     }
@@ -367,7 +631,7 @@ fn inspect(cli: &Cli, input: &Path, metadata: bool) -> Result<(), DcError> {
         "{:<40} {:>7} {:>18} {:>12} {:>12} {:>7} {:>12} {:>7}  transform",
         "tensor", "type", "shape", "raw", "stored", "ratio", "H0 bound", "vs H0"
     );
-    for v in &views {
+    for (i, v) in views.iter().enumerate() {
         let shape = v
             .shape
             .iter()
@@ -385,6 +649,17 @@ fn inspect(cli: &Cli, input: &Path, metadata: bool) -> Result<(), DcError> {
             v.entropy_bound_bytes,
             v.entropy_bound_bytes as f64 / v.stored_bytes.max(1) as f64,
             v.transform
+        );
+        if let Some(p) = &predicted {
+            println!("{:<40} predicted load {:.3} ms", "", p[i] * 1e3);
+        }
+    }
+    if let (Some(p), Some(m)) = (&predicted, model) {
+        println!(
+            "predicted load time at {:.2} GB/s storage: {:.1} ms (raw file would take {:.1} ms)",
+            m.storage_bps / 1e9,
+            p.iter().sum::<f64>() * 1e3,
+            dc.original_size() as f64 / m.storage_bps * 1e3
         );
     }
     println!(

@@ -44,6 +44,9 @@ pub struct EncodeOptions {
     /// A plane or chunk is stored compressed only if that saves at least this fraction of
     /// its bytes; smaller savings are not worth the decode time.
     pub min_saving: f64,
+    /// Store chunks raw without trying to compress (the cost model found that decoding
+    /// this type is slower than reading it raw from the target storage).
+    pub store_raw: bool,
 }
 
 impl Default for EncodeOptions {
@@ -52,6 +55,7 @@ impl Default for EncodeOptions {
             level: 19,
             shallow_search: true,
             min_saving: 0.005,
+            store_raw: false,
         }
     }
 }
@@ -74,6 +78,19 @@ pub fn encode_chunk(
     opts: EncodeOptions,
     stats: Option<&mut PlaneStats>,
 ) -> (ChunkMode, Vec<u8>) {
+    if opts.store_raw {
+        if let Some(s) = stats {
+            SCRATCH.with_borrow_mut(|(planes, _)| {
+                layout.split(raw, planes);
+                let mut start = 0;
+                for (p, len) in layout.plane_lens(raw.len()).enumerate() {
+                    s.add(p, &planes[start..start + len]);
+                    start += len;
+                }
+            });
+        }
+        return (ChunkMode::Raw, raw.to_vec());
+    }
     SCRATCH.with_borrow_mut(|(planes, body)| {
         layout.split(raw, planes);
         let n_planes = layout.plane_count();

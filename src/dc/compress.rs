@@ -16,6 +16,7 @@ use super::{
     MAX_BLOB_RAW, MAX_CHUNK_RAW, MAX_CLEAR_VALUE, Result,
 };
 use crate::codec::{EncodeOptions, Layout, PlaneStats, Transform, encode_chunk};
+use crate::cost::LoadModel;
 use crate::gguf::{ArrayValue, GgmlType, GgufHeader, HeaderWriter, KeyValue, Value, align_up};
 use crate::io::{AtomicOutput, map_readonly};
 
@@ -31,6 +32,9 @@ pub struct CompressOptions {
     pub force: bool,
     /// Transform override per tensor type; `None` uses [`Transform::default_for`].
     pub transform: Option<fn(GgmlType) -> Transform>,
+    /// With a cost model, types that decode slower than the target storage reads are
+    /// stored raw (see [`crate::cost::model`]).
+    pub load_model: Option<LoadModel>,
 }
 
 impl Default for CompressOptions {
@@ -40,6 +44,7 @@ impl Default for CompressOptions {
             chunk_size: 1 << 20,
             force: false,
             transform: None,
+            load_model: None,
         }
     }
 }
@@ -59,6 +64,7 @@ pub struct CompressReport {
 
 struct Plan {
     layout: Layout,
+    encode: EncodeOptions,
     transform: Transform,
     chunk_raw: usize,
     n_chunks: usize,
@@ -103,8 +109,16 @@ pub fn compress_file(
             let cap = (MAX_CHUNK_RAW as usize).max(unit);
             let chunk_raw = (opts.chunk_size.min(cap) / unit).max(1) * unit;
             let nbytes = t.nbytes as usize;
+            let store_raw = opts
+                .load_model
+                .as_ref()
+                .is_some_and(|m| !m.compress_pays(t.ty));
             Plan {
                 layout,
+                encode: EncodeOptions {
+                    store_raw,
+                    ..opts.encode
+                },
                 transform,
                 chunk_raw,
                 n_chunks: nbytes.div_ceil(chunk_raw),
@@ -204,7 +218,7 @@ pub fn compress_file(
                 let from = p.start + c * p.chunk_raw;
                 let raw = &src[from..from + p.chunk_raw.min(p.nbytes - c * p.chunk_raw)];
                 let mut st = PlaneStats::new(p.layout.plane_count());
-                let (mode, payload) = encode_chunk(&p.layout, raw, opts.encode, Some(&mut st));
+                let (mode, payload) = encode_chunk(&p.layout, raw, p.encode, Some(&mut st));
                 (mode, payload, xxh3_64(raw), st, raw.len())
             })
             .collect();

@@ -1,0 +1,533 @@
+//! Lossy mode: compression-aware INT8 ("DC-INT8"). F32/F16/BF16/Q8_0 GGUF -> a GGUF whose 2-D
+//! weights are standard Q8_0 blocks chosen to compress well (see [`q8`]), optionally with
+//! per-channel scales folded into preceding operations ([`fold`]) and guided by activation
+//! statistics ([`stats`]); that GGUF is then compressed losslessly by [`crate::dc`]. The DC
+//! file decompresses to the quantized GGUF (not to the input), which llama.cpp runs natively.
+//! docs/QUANT.md has the design and measurements.
+
+pub mod calibrate;
+pub mod fold;
+pub mod half;
+pub mod q8;
+pub mod stats;
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::codec::Transform;
+use crate::dc::{self, CompressOptions, CompressReport, DcError};
+use crate::gguf::{GgmlType, GgufHeader, HeaderWriter, KeyValue, TensorInfo, Value, align_up};
+use crate::io::map_readonly;
+
+pub use calibrate::{CalibrateArgs, calibrate};
+pub use q8::GridOptions;
+pub use stats::{ActStats, ChannelStats, StatsError};
+
+/// `--fold-alpha` when statistics are given and the flag is not: 0.5 for the llama family
+/// (measured on SmolLM2: KLD 0.0038 -> 0.0017 at llama.cpp's rounding), 0 elsewhere (BERT's
+/// only exact fold, `attn_v` -> `attn_output`, cost 1e-5 mean cosine on MiniLM).
+pub fn default_fold_alpha(arch: &str) -> f32 {
+    if matches!(arch, "llama" | "qwen2" | "qwen3") {
+        0.5
+    } else {
+        0.0
+    }
+}
+
+/// llama.cpp's `LLAMA_FTYPE_MOSTLY_Q8_0`.
+pub const FTYPE_MOSTLY_Q8_0: u32 = 7;
+
+/// How to quantize a model.
+#[derive(Clone, Debug)]
+pub struct QuantOptions {
+    pub grid: GridOptions,
+    /// Step for `token_embd.weight`, relative to its mean llama.cpp Q8_0 step (a row lookup
+    /// followed by LayerNorm tolerates more noise than a matmul weight); 0 = llama.cpp's
+    /// rounding.
+    pub embd_step: f32,
+    /// Fold exponent: `s_j = rms_j^fold_alpha` (0 = no folding; needs `stats`). `None`: the
+    /// architecture's default ([`default_fold_alpha`]).
+    pub fold_alpha: Option<f32>,
+    pub stats: Option<ActStats>,
+    /// Quantize (false: only fold, keeping every tensor's type; for checking folds).
+    pub quantize: bool,
+    /// Sort feed-forward intermediate channels by activation RMS (exact; needs stats).
+    pub permute: bool,
+    /// Activation-aware step per tensor: `delta_t ~ mean_j(a_j)^-tensor_alpha` (needs stats).
+    pub tensor_alpha: f32,
+    /// Store Q8_0 quants as one byte plane instead of split nibbles (see docs/QUANT.md).
+    pub whole_byte_quants: bool,
+}
+
+impl Default for QuantOptions {
+    fn default() -> Self {
+        QuantOptions {
+            grid: GridOptions::default(),
+            embd_step: 3.0,
+            fold_alpha: None,
+            stats: None,
+            quantize: true,
+            tensor_alpha: 0.0,
+            permute: false,
+            whole_byte_quants: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error(transparent)]
+    Dc(#[from] DcError),
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    #[error("tensor {tensor:?}: source type {ty} is not supported (use F32, F16, BF16 or Q8_0)")]
+    UnsupportedType { tensor: String, ty: GgmlType },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<QuantError> for DcError {
+    fn from(e: QuantError) -> DcError {
+        match e {
+            QuantError::Dc(e) => e,
+            other => DcError::Usage(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, QuantError>;
+
+/// What quantization did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct QuantReport {
+    pub quantized_tensors: usize,
+    pub kept_tensors: usize,
+    pub folded_tensors: usize,
+    /// Sum of squared error over quantized weights / sum of squares (unfolded units).
+    pub rel_mse: f64,
+    pub output_bytes: u64,
+}
+
+/// Whether llama-quantize would quantize this tensor (llama-quant.cpp
+/// `tensor_allows_quantization`, plus the 32-element row requirement of Q8_0).
+pub fn quantizable(t: &TensorInfo) -> bool {
+    let n = &t.name;
+    let n_dims = t.dims.iter().rposition(|&d| d > 1).map_or(1, |i| i + 1);
+    n_dims >= 2
+        && n.ends_with("weight")
+        && !n.contains("_norm.weight")
+        && n != "position_embd.weight"
+        && n != "token_types.weight"
+        && !n.contains("ffn_gate_inp.weight")
+        && !n.contains("ssm_conv1d")
+        && !n.contains("altup")
+        && !n.contains("laurel")
+        && !n.contains("per_layer_model_proj")
+        && t.dims[0].is_multiple_of(q8::QK8_0 as u64)
+}
+
+fn decode(t: &TensorInfo, raw: &[u8]) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(t.n_elems() as usize);
+    let u16s = || {
+        raw.chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    };
+    match t.ty {
+        GgmlType::F32 => out.extend(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        GgmlType::F16 => out.extend(u16s().map(half::f16_to_f32)),
+        GgmlType::BF16 => out.extend(u16s().map(half::bf16_to_f32)),
+        GgmlType::Q8_0 => q8::dequantize(raw, &mut out),
+        ty => {
+            return Err(QuantError::UnsupportedType {
+                tensor: t.name.clone(),
+                ty,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn encode(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    match ty {
+        GgmlType::F16 => x
+            .iter()
+            .flat_map(|&v| half::f32_to_f16(v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => x
+            .iter()
+            .flat_map(|&v| half::f32_to_bf16(v).to_le_bytes())
+            .collect(),
+        GgmlType::Q8_0 => {
+            let mut o = Vec::new();
+            q8::quantize_reference(x, &mut o);
+            o
+        }
+        _ => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn meta_str(h: &GgufHeader, key: &str) -> Option<String> {
+    h.kvs
+        .iter()
+        .find(|kv| kv.key == key.as_bytes())
+        .and_then(|kv| match &kv.value {
+            Value::String(s) => Some(String::from_utf8_lossy(s).into_owned()),
+            _ => None,
+        })
+}
+
+fn meta_u64(h: &GgufHeader, key: &str) -> Option<u64> {
+    h.kvs
+        .iter()
+        .find(|kv| kv.key == key.as_bytes())
+        .and_then(|kv| kv.value.as_u64())
+}
+
+/// Writes the quantized (or only folded) GGUF for `input` to `output`.
+pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<QuantReport> {
+    let (_f, map) = map_readonly(input).map_err(DcError::io(input))?;
+    let src: &[u8] = &map;
+    let gerr = |source| DcError::Gguf {
+        path: input.to_path_buf(),
+        source,
+    };
+    let h = GgufHeader::parse(src).map_err(gerr)?;
+    h.check_data_fits(src.len() as u64).map_err(gerr)?;
+    let arch = meta_str(&h, "general.architecture").unwrap_or_default();
+    if arch == dc::DC_ARCHITECTURE {
+        return Err(DcError::AlreadyDc(input.to_path_buf()).into());
+    }
+    if let Some(st) = &o.stats {
+        st.check_against(&h)
+            .map_err(|what| QuantError::Other(format!("activation statistics: {what}")))?;
+    }
+    let fold_alpha = o.fold_alpha.unwrap_or_else(|| default_fold_alpha(&arch));
+    let scales = match (&o.stats, fold_alpha != 0.0) {
+        (Some(st), true) => {
+            let folds = fold::plan(
+                &arch,
+                &h,
+                meta_u64(&h, &format!("{arch}.attention.head_count")),
+                meta_u64(&h, &format!("{arch}.attention.head_count_kv")),
+            );
+            fold::scales(&folds, st, fold_alpha)
+        }
+        _ => fold::Scales::default(),
+    };
+
+    let perms = match &o.stats {
+        Some(st) if o.permute => fold::ffn_permutations(&h, st),
+        _ => fold::Perms::default(),
+    };
+    let abs_steps = match &o.stats {
+        Some(st) if o.tensor_alpha != 0.0 && o.quantize => {
+            tensor_steps(&h, src, st, &scales, &perms, o.tensor_alpha)?
+        }
+        _ => Default::default(),
+    };
+    // token_embd gets its own (coarser) step only when it is just a lookup table: with tied
+    // embeddings (no output.weight) it is also the LM head, a matmul weight.
+    let embd_is_lookup_only = h.tensors.iter().any(|t| t.name == "output.weight")
+        || meta_u64(&h, &format!("{arch}.pooling_type")).is_some();
+    // New tensor table: same order, quantized ones re-typed, offsets recomputed.
+    let mut report = QuantReport::default();
+    let mut infos = Vec::with_capacity(h.tensors.len());
+    let mut off = 0u64;
+    for t in &h.tensors {
+        let ty = if o.quantize && quantizable(t) {
+            GgmlType::Q8_0
+        } else {
+            t.ty
+        };
+        let nbytes = ty.nbytes(t.n_elems()).expect("Q8_0 rows are whole blocks");
+        infos.push((t, ty, off, nbytes));
+        off = align_up(off + nbytes, h.alignment).expect("fits");
+    }
+    let mut w = HeaderWriter::new(h.version);
+    for kv in &h.kvs {
+        if o.quantize && kv.key == b"general.file_type" {
+            let v = match kv.value {
+                Value::Scalar { ty, .. } => Value::Scalar {
+                    ty,
+                    le: u64::from(FTYPE_MOSTLY_Q8_0).to_le_bytes(),
+                },
+                _ => Value::u32(FTYPE_MOSTLY_Q8_0),
+            };
+            w.kv(&KeyValue {
+                key: kv.key.clone(),
+                value: v,
+            });
+        } else {
+            w.kv(kv);
+        }
+    }
+    for (t, ty, off, _) in &infos {
+        w.tensor(&t.name, &t.dims, *ty, *off);
+    }
+    let head = w.finish(h.alignment);
+
+    let file = std::fs::File::create(output).map_err(DcError::io(output))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let werr = DcError::io(output);
+    let mut written = 0u64;
+    let mut err2 = 0f64;
+    let mut sig2 = 0f64;
+    let mut body = || -> std::io::Result<()> {
+        out.write_all(&head)?;
+        for (t, _, off, nbytes) in &infos {
+            let pad = *off - written;
+            out.write_all(&vec![0u8; pad as usize])?;
+            let start = (h.data_offset + t.offset) as usize;
+            let raw = &src[start..start + t.nbytes as usize];
+            let ne0 = t.dims[0] as usize;
+            let touched = scales.columns.contains_key(&t.name)
+                || scales.rows.contains_key(&t.name)
+                || perms.touches(&t.name);
+            let bytes = if o.quantize && quantizable(t) {
+                // Quantize (folded first). Q8_0 sources are dequantized and re-quantized.
+                let mut x = decode(t, raw).map_err(std::io::Error::other)?;
+                fold::apply(&t.name, &mut x, ne0, &scales);
+                perms.apply(&t.name, &mut x, ne0);
+                if touched {
+                    report.folded_tensors += 1;
+                }
+                let imp: Option<Vec<f32>> =
+                    o.stats.as_ref().and_then(|s| s.get(&t.name)).map(|st| {
+                        let mut a = st.mean_sq.clone();
+                        if let Some(c) = scales.columns.get(&t.name) {
+                            a.iter_mut().zip(c).for_each(|(a, s)| *a /= s * s);
+                        }
+                        a
+                    });
+                let mut g = o.grid.clone();
+                if t.name == "token_embd.weight" && embd_is_lookup_only {
+                    g.step = (o.embd_step > 0.0).then_some(o.embd_step);
+                }
+                if let (Some(s), Some(d)) = (g.step, abs_steps.get(&t.name)) {
+                    g.abs_step = Some(s * d);
+                }
+                let q = q8::quantize(&x, ne0, imp.as_deref(), &g);
+                let mut y = Vec::with_capacity(x.len());
+                q8::dequantize(&q, &mut y);
+                for (a, b) in x.iter().zip(&y) {
+                    err2 += f64::from(a - b).powi(2);
+                    sig2 += f64::from(*a).powi(2);
+                }
+                report.quantized_tensors += 1;
+                q
+            } else if touched {
+                let mut x = decode(t, raw).map_err(std::io::Error::other)?;
+                fold::apply(&t.name, &mut x, ne0, &scales);
+                perms.apply(&t.name, &mut x, ne0);
+                report.folded_tensors += 1;
+                report.kept_tensors += 1;
+                encode(t.ty, &x)
+            } else {
+                report.kept_tensors += 1;
+                raw.to_vec()
+            };
+            debug_assert_eq!(bytes.len() as u64, *nbytes);
+            out.write_all(&bytes)?;
+            written = *off + nbytes;
+        }
+        out.flush()
+    };
+    body().map_err(|e| match e.downcast::<QuantError>() {
+        Ok(q) => q,
+        Err(e) => QuantError::Dc(werr(e)),
+    })?;
+    report.rel_mse = if sig2 > 0.0 { err2 / sig2 } else { 0.0 };
+    report.output_bytes = written;
+    Ok(report)
+}
+
+/// Activation-aware per-tensor steps (before the global `step` factor): for tensors with
+/// statistics, `D_t = mean_j(a_j)^-alpha`, rescaled by one constant so that the geometric mean
+/// (weighted by element count) equals that of llama.cpp's mean Q8_0 steps of those tensors.
+fn tensor_steps(
+    h: &GgufHeader,
+    src: &[u8],
+    st: &ActStats,
+    scales: &fold::Scales,
+    perms: &fold::Perms,
+    alpha: f32,
+) -> Result<std::collections::HashMap<String, f32>> {
+    let mut raw = Vec::new();
+    let (mut log_ratio, mut n) = (0f64, 0f64);
+    for t in h.tensors.iter().filter(|t| quantizable(t)) {
+        let Some(cs) = st.get(&t.name) else { continue };
+        let start = (h.data_offset + t.offset) as usize;
+        let mut x = decode(t, &src[start..start + t.nbytes as usize])?;
+        fold::apply(&t.name, &mut x, t.dims[0] as usize, scales);
+        perms.apply(&t.name, &mut x, t.dims[0] as usize);
+        let b = q8::q8_mean_step(&x);
+        let mut a = cs.mean_sq.clone();
+        if let Some(c) = scales.columns.get(&t.name) {
+            a.iter_mut().zip(c).for_each(|(a, s)| *a /= s * s);
+        }
+        let mean = a.iter().map(|&v| f64::from(v)).sum::<f64>() / a.len() as f64;
+        let d = mean.max(1e-30).powf(-f64::from(alpha));
+        let w = x.len() as f64;
+        log_ratio += w * (f64::from(b) / d).ln();
+        n += w;
+        raw.push((t.name.clone(), d));
+    }
+    let k = if n > 0.0 { (log_ratio / n).exp() } else { 1.0 };
+    Ok(raw
+        .into_iter()
+        .map(|(name, d)| (name, (d * k) as f32))
+        .collect())
+}
+
+/// Q8_0 quants as one plane (Zstd's Huffman sees whole bytes) instead of split nibbles.
+fn whole_byte_transform(ty: GgmlType) -> Transform {
+    if ty == GgmlType::Q8_0 {
+        Transform::BlockFields
+    } else {
+        Transform::default_for(ty)
+    }
+}
+
+/// Quantizes `input` into a temporary GGUF next to `output`, compresses that into `output`
+/// and removes the temporary file.
+pub fn compress_lossy(
+    input: &Path,
+    output: &Path,
+    o: &QuantOptions,
+    copts: &CompressOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(QuantReport, CompressReport)> {
+    if output.exists() && !copts.force {
+        return Err(DcError::OutputExists(output.to_path_buf()).into());
+    }
+    let tmp = temp_next_to(output, "q8_0.tmp.gguf");
+    let _guard = RemoveOnDrop(tmp.clone());
+    let qr = quantize_file(input, &tmp, o)?;
+    let mut copts = copts.clone();
+    if o.whole_byte_quants {
+        copts.transform = Some(whole_byte_transform);
+    }
+    let cr = dc::compress_file(&tmp, output, &copts, progress)?;
+    Ok((qr, cr))
+}
+
+pub(crate) fn temp_next_to(output: &Path, suffix: &str) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()))
+}
+
+pub(crate) struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `dcgguf compress --quantize ...` options.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct QuantArgs {
+    /// Lossy mode: quantize 2-D weights to compression-aware Q8_0 first. The DC file then
+    /// decompresses to that Q8_0 GGUF, not to the input.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantKind>,
+    /// Step relative to llama.cpp's mean Q8_0 step; larger = smaller file, less fidelity.
+    /// 0 = llama.cpp's own Q8_0 rounding (with --embd-step 0: identical to llama-quantize).
+    #[arg(long, requires = "quantize")]
+    pub step: Option<f32>,
+    /// Step for token_embd.weight relative to its llama.cpp Q8_0 step (0 = llama.cpp's).
+    #[arg(long, requires = "quantize")]
+    pub embd_step: Option<f32>,
+    /// Activation-aware block steps (needs --imatrix or --calib): step ~ mean(x^2)^-alpha
+    /// per 32-channel block column. Default 0 (measured: no gain).
+    #[arg(long, requires = "quantize")]
+    pub alpha: Option<f32>,
+    /// Fold per-channel scales s_j = rms_j^A into preceding operations where exact
+    /// (with statistics; default 0.5 for llama/qwen2/qwen3, 0 = off elsewhere).
+    #[arg(long, requires = "quantize")]
+    pub fold_alpha: Option<f32>,
+    /// Activation-aware step per tensor (needs statistics): step ~ mean(x^2)^-A.
+    #[arg(long, requires = "quantize")]
+    pub tensor_alpha: Option<f32>,
+    /// How far each block's step follows its own amax (0 = one shared step, 1 = per block,
+    /// snapped to a 2^(1/4) grid).
+    #[arg(long, requires = "quantize")]
+    pub block_adapt: Option<f32>,
+    /// Reorder feed-forward channels by activation RMS (exact; needs statistics).
+    #[arg(long, requires = "quantize")]
+    pub permute: bool,
+    /// One step per row (from the row's weights) instead of one per tensor.
+    #[arg(long, requires = "quantize")]
+    pub per_row: bool,
+    /// Fraction of weights (by activation-weighted magnitude) pruned to 0.
+    #[arg(long, requires = "quantize")]
+    pub prune: Option<f32>,
+    /// Rate-distortion rounding strength (step^2 per bit; 0 = nearest).
+    #[arg(long, requires = "quantize")]
+    pub rdo: Option<f32>,
+    /// llama.cpp imatrix file (GGUF or legacy .dat) with activation statistics.
+    #[arg(long, requires = "quantize", conflicts_with = "calib")]
+    pub imatrix: Option<PathBuf>,
+    /// Calibration text: run llama-imatrix on it first (see `dcgguf calibrate`).
+    #[arg(long, requires = "quantize")]
+    pub calib: Option<PathBuf>,
+    /// Only fold/permute, keep every tensor's type (for checking that folds are exact).
+    #[arg(long, requires = "quantize", hide = true)]
+    pub fold_only: bool,
+    /// Keep Q8_0 quants in split nibble planes (the lossless codec's default) instead of one
+    /// byte plane.
+    #[arg(long, requires = "quantize", hide = true)]
+    pub split_quants: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKind {
+    Int8,
+}
+
+impl QuantArgs {
+    /// Options for a run; `input` is the model (for `--calib`).
+    pub fn options(&self, input: &Path, output: &Path) -> Result<QuantOptions> {
+        let d = QuantOptions::default();
+        let mut o = QuantOptions {
+            grid: GridOptions {
+                step: match self.step {
+                    Some(s) if s <= 0.0 => None,
+                    Some(s) => Some(s),
+                    None => d.grid.step,
+                },
+                alpha: self.alpha.unwrap_or(d.grid.alpha),
+                prune: self.prune.unwrap_or(0.0),
+                rdo: self.rdo.unwrap_or(0.0),
+                abs_step: None,
+                per_row: self.per_row,
+                block_adapt: self.block_adapt.unwrap_or(d.grid.block_adapt),
+            },
+            tensor_alpha: self.tensor_alpha.unwrap_or(d.tensor_alpha),
+            permute: self.permute,
+            embd_step: self.embd_step.unwrap_or(d.embd_step),
+            fold_alpha: self.fold_alpha,
+            stats: None,
+            quantize: !self.fold_only,
+            whole_byte_quants: !self.split_quants,
+        };
+        if !(0.0..1.0).contains(&o.grid.prune) {
+            return Err(QuantError::Other("--prune must be in [0, 1)".into()));
+        }
+        if let Some(p) = &self.imatrix {
+            o.stats = Some(ActStats::load(p)?);
+        } else if let Some(text) = &self.calib {
+            let tmp = temp_next_to(output, "imatrix.gguf");
+            let _g = RemoveOnDrop(tmp.clone());
+            calibrate::run_imatrix(input, text, &tmp, None, 128)?;
+            o.stats = Some(ActStats::load(&tmp)?);
+        }
+        Ok(o)
+    }
+}

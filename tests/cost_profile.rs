@@ -1,0 +1,129 @@
+//! The machine profile behind the cost model: measured, saved, and re-measured when it is
+//! missing, corrupt, from another machine or from another version.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{GgufBuilder, Rng, Tensor};
+use dcgguf::dc::{CompressOptions, DcFile, compress_file};
+
+use dcgguf::cost::probe::{PROFILE_VERSION, save_profile};
+use dcgguf::cost::{LoadModel, ProbeOptions, Stale, load_or_probe, load_profile};
+use dcgguf::gguf::GgmlType;
+
+fn tmp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dcgguf-profile-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn small(dir: &std::path::Path) -> ProbeOptions {
+    ProbeOptions {
+        storage_dir: dir.to_path_buf(),
+        file_bytes: 8 << 20,
+        sample_bytes: 1 << 20,
+    }
+}
+
+#[test]
+fn missing_corrupt_foreign_and_old_profiles_are_remeasured() {
+    let dir = tmp_dir("stale");
+    let path = dir.join("profile.json");
+    let opts = small(&dir);
+
+    let (p, why) = load_or_probe(&path, &opts).unwrap();
+    assert_eq!(why, Some(Stale::Missing));
+    assert!(p.read_warm_bps > 0.0 && p.memcpy_bps > 0.0);
+    assert!(p.decode.iter().all(|d| d.bps_1_thread > 0.0));
+    let (_, why) = load_or_probe(&path, &opts).unwrap();
+    assert_eq!(why, None, "a fresh profile is reused");
+
+    std::fs::write(&path, b"{ not json").unwrap();
+    assert!(matches!(load_profile(&path), Err(Stale::Corrupt(_))));
+    let (_, why) = load_or_probe(&path, &opts).unwrap();
+    assert!(matches!(why, Some(Stale::Corrupt(_))));
+    assert!(load_profile(&path).is_ok(), "re-measured profile was saved");
+
+    let mut foreign = load_profile(&path).unwrap();
+    foreign.fingerprint.cpu_model = "Some Other CPU 9000".into();
+    save_profile(&foreign, &path).unwrap();
+    assert_eq!(load_profile(&path).unwrap_err(), Stale::OtherMachine);
+    let (_, why) = load_or_probe(&path, &opts).unwrap();
+    assert_eq!(why, Some(Stale::OtherMachine));
+
+    let mut old = load_profile(&path).unwrap();
+    old.version = PROFILE_VERSION + 1;
+    save_profile(&old, &path).unwrap();
+    assert_eq!(load_profile(&path).unwrap_err(), Stale::OldVersion);
+
+    let mut insane = load_profile(&path)
+        .ok()
+        .unwrap_or_else(|| load_or_probe(&path, &opts).unwrap().0);
+    insane.version = PROFILE_VERSION;
+    insane.memcpy_bps = f64::NAN;
+    save_profile(&insane, &path).unwrap();
+    assert!(matches!(load_profile(&path), Err(Stale::Corrupt(_))));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_model_stores_raw_what_decodes_slower_than_storage_reads() {
+    let dir = tmp_dir("model");
+    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(&dir)).unwrap();
+    let slowest = p
+        .decode
+        .iter()
+        .map(|d| d.bps_all_threads)
+        .fold(f64::INFINITY, f64::min);
+    let fastest = p
+        .decode
+        .iter()
+        .map(|d| d.bps_all_threads)
+        .fold(0.0, f64::max);
+    let slow_storage = LoadModel::new(p.clone(), Some(slowest / 2.0));
+    let fast_storage = LoadModel::new(p, Some(fastest * 2.0));
+    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1] {
+        assert!(slow_storage.compress_pays(ty), "{ty} on slow storage");
+        assert!(!fast_storage.compress_pays(ty), "{ty} on fast storage");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn convert_time_choice_follows_the_storage_bandwidth() {
+    let dir = tmp_dir("convert");
+    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(&dir)).unwrap();
+    let mut rng = Rng::new(7);
+    let gguf = GgufBuilder::new()
+        .tensor(Tensor::random("a", &[4096, 64], GgmlType::BF16, &mut rng))
+        .tensor(Tensor::random("b", &[4096, 64], GgmlType::Q8_0, &mut rng))
+        .build();
+    let input = dir.join("in.gguf");
+    std::fs::write(&input, &gguf).unwrap();
+    let compress = |bps: f64, name: &str| {
+        let out = dir.join(name);
+        let opts = CompressOptions {
+            load_model: Some(LoadModel::new(p.clone(), Some(bps))),
+            ..CompressOptions::default()
+        };
+        compress_file(&input, &out, &opts, &|_| {}).unwrap();
+        let dc = DcFile::open(&out).unwrap();
+        let raw_chunks: usize = (0..dc.tensor_count())
+            .map(|i| dc.tensor_view(i).raw_chunks)
+            .sum();
+        let chunks: usize = (0..dc.tensor_count())
+            .map(|i| dc.tensor_view(i).chunks)
+            .sum();
+        (raw_chunks, chunks, dc.stored_size())
+    };
+    let (raw_fast, chunks, size_fast) = compress(1e15, "fast.dc.gguf");
+    assert_eq!(
+        raw_fast, chunks,
+        "infinitely fast storage: nothing is worth decoding"
+    );
+    let (raw_slow, _, size_slow) = compress(1e3, "slow.dc.gguf");
+    assert!(raw_slow < chunks, "very slow storage: compress what pays");
+    assert!(size_slow < size_fast);
+    std::fs::remove_dir_all(&dir).ok();
+}
