@@ -26,7 +26,7 @@ fn cache_dir() -> PathBuf {
 fn llama_prefix() -> PathBuf {
     std::env::var_os("DCGGUF_LLAMA_PREFIX")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("llama.cpp-0.3.36"))
+        .unwrap_or_else(|| cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION"))))
 }
 
 fn max_rss_kb() -> i64 {

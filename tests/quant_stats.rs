@@ -182,8 +182,11 @@ fn llama_bin() -> Option<PathBuf> {
     let d = std::env::var_os("DCGGUF_LLAMA_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/dcgguf/llama.cpp-0.3.36/bin")
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(concat!(
+                ".cache/dcgguf/llama.cpp-",
+                env!("DCGGUF_LLAMA_PY_VERSION"),
+                "/bin"
+            ))
         });
     if d.join("llama-imatrix").is_file() && d.join("llama-embedding").is_file() {
         return Some(d);

@@ -245,6 +245,23 @@ pub extern "C" fn dcgguf_tensor_shape(
     })
 }
 
+/// Shared body of the per-tensor u64 getters: check the handle and index, write `get`'s
+/// value to `out` on success only.
+fn tensor_u64(
+    f: *const dcgguf_file,
+    i: usize,
+    out: *mut u64,
+    get: impl FnOnce(&DcFile, usize) -> u64,
+) -> dcgguf_result {
+    guard(|| {
+        // SAFETY: `f` follows the documented pointer contract.
+        let f = unsafe { file(f)? };
+        let i = f.tensor(i)?;
+        // SAFETY: `out` follows the documented pointer contract.
+        unsafe { put(out, get(&f.dc, i)) }
+    })
+}
+
 /// Size in bytes of tensor `i` in the original file.
 #[unsafe(no_mangle)]
 pub extern "C" fn dcgguf_tensor_raw_size(
@@ -252,13 +269,7 @@ pub extern "C" fn dcgguf_tensor_raw_size(
     i: usize,
     out: *mut u64,
 ) -> dcgguf_result {
-    guard(|| {
-        // SAFETY: `f` follows the documented pointer contract.
-        let f = unsafe { file(f)? };
-        let i = f.tensor(i)?;
-        // SAFETY: `out` follows the documented pointer contract.
-        unsafe { put(out, f.dc.tensor_info(i).nbytes) }
-    })
+    tensor_u64(f, i, out, |dc, i| dc.tensor_info(i).nbytes)
 }
 
 /// Absolute offset of tensor `i`'s data in the original GGUF file.
@@ -268,13 +279,8 @@ pub extern "C" fn dcgguf_tensor_offset(
     i: usize,
     out: *mut u64,
 ) -> dcgguf_result {
-    guard(|| {
-        // SAFETY: `f` follows the documented pointer contract.
-        let f = unsafe { file(f)? };
-        let i = f.tensor(i)?;
-        let off = f.dc.original.data_offset + f.dc.tensor_info(i).offset;
-        // SAFETY: `out` follows the documented pointer contract.
-        unsafe { put(out, off) }
+    tensor_u64(f, i, out, |dc, i| {
+        dc.original.data_offset + dc.tensor_info(i).offset
     })
 }
 
@@ -285,13 +291,7 @@ pub extern "C" fn dcgguf_tensor_stored_size(
     i: usize,
     out: *mut u64,
 ) -> dcgguf_result {
-    guard(|| {
-        // SAFETY: `f` follows the documented pointer contract.
-        let f = unsafe { file(f)? };
-        let i = f.tensor(i)?;
-        // SAFETY: `out` follows the documented pointer contract.
-        unsafe { put(out, f.dc.index.tensors[i].stored_bytes()) }
-    })
+    tensor_u64(f, i, out, |dc, i| dc.index.tensors[i].stored_bytes())
 }
 
 /// Borrows a caller buffer.

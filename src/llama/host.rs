@@ -75,9 +75,14 @@ fn find(name: &CStr, not_this: usize) -> Option<usize> {
     None
 }
 
-const HINT: &str = "dcgguf needs the llama.cpp it was built against (commit 0c1e57098, \
-                    llama-cpp-python 0.3.36): load libllama in the process (link it, or run a \
-                    llama.cpp tool with LD_PRELOAD=libdcgguf.so)";
+const HINT: &str = concat!(
+    "dcgguf needs the llama.cpp it was built against (commit ",
+    env!("DCGGUF_LLAMA_COMMIT"),
+    ", llama-cpp-python ",
+    env!("DCGGUF_LLAMA_PY_VERSION"),
+    "): load libllama in the process (link it, or run a llama.cpp tool with \
+     LD_PRELOAD=libdcgguf.so)"
+);
 
 fn resolve(not_this: usize) -> Result<Host, String> {
     let need = |name: &CStr| {

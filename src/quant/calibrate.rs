@@ -24,7 +24,7 @@ pub struct CalibrateArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Directory with llama-imatrix (default: $DCGGUF_LLAMA_BIN, then
-    /// ~/.cache/dcgguf/llama.cpp-0.3.36/bin, then PATH).
+    /// ~/.cache/dcgguf/llama.cpp-<pinned version>/bin, then PATH).
     #[arg(long)]
     pub llama_bin: Option<PathBuf>,
     /// Tokens per chunk (llama-imatrix -c).
@@ -58,7 +58,13 @@ fn find_tool(dir: Option<&Path>, tool: &str) -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
-    let cached = home.join(".cache/dcgguf/llama.cpp-0.3.36/bin").join(tool);
+    let cached = home
+        .join(concat!(
+            ".cache/dcgguf/llama.cpp-",
+            env!("DCGGUF_LLAMA_PY_VERSION")
+        ))
+        .join("bin")
+        .join(tool);
     if cached.exists() {
         return cached;
     }

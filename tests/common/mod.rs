@@ -70,47 +70,7 @@ impl Rng {
     }
 }
 
-/// IEEE binary16 bits of `x`, round to nearest even (subnormals, inf and NaN handled).
-pub fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xFF) as i32;
-    let mant = b & 0x7F_FFFF;
-    if exp == 0xFF {
-        return sign | 0x7C00 | if mant != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 31 {
-        return sign | 0x7C00;
-    }
-    let round = |v: u32, shift: u32| -> u32 {
-        let kept = v >> shift;
-        let rem = v & ((1 << shift) - 1);
-        let half = 1 << (shift - 1);
-        if rem > half || (rem == half && kept & 1 == 1) {
-            kept + 1
-        } else {
-            kept
-        }
-    };
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        return sign | round(mant | 0x80_0000, (14 - e) as u32) as u16;
-    }
-    // A mantissa carry rolls into the exponent, which is what IEEE rounding wants.
-    sign | round(((e as u32) << 23) | mant, 13) as u16
-}
-
-/// bfloat16 bits of `x` (round to nearest even).
-pub fn f32_to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
-}
+pub use dcgguf::quant::half::{f32_to_bf16, f32_to_f16};
 
 // ---------------------------------------------------------------------------------------------
 // Tensor data

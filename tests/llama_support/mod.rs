@@ -52,7 +52,9 @@ impl Llama {
 pub fn llama(test: &str) -> Option<Llama> {
     let prefix = std::env::var_os("DCGGUF_LLAMA_PREFIX")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("llama.cpp-0.3.36"));
+        .unwrap_or_else(|| {
+            cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION")))
+        });
     let l = Llama { prefix };
     for need in [
         l.bin("llama-completion"),
