@@ -2,6 +2,8 @@
 //! bad files give clear errors, and `dcgguf calibrate` (real llama-imatrix) produces a file
 //! that validates against the model.
 
+mod llama_support;
+
 use std::path::{Path, PathBuf};
 
 use dcgguf::gguf::{GgmlType, HeaderWriter, KeyValue, Value};
@@ -159,49 +161,12 @@ fn bad_files_give_clear_errors() {
 }
 
 fn models_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("DCGGUF_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/models"));
-    if d.join("all-MiniLM-L6-v2-f32.gguf").is_file() {
-        return Some(d);
-    }
-    if std::env::var("DCGGUF_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
-        panic!(
-            "MiniLM models absent from {} and DCGGUF_REQUIRE_MODELS=1",
-            d.display()
-        );
-    }
-    eprintln!(
-        "\n!!!!! SKIPPED: MiniLM models absent from {}\n",
-        d.display()
-    );
-    None
+    llama_support::shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf")
+        .and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
 fn llama_bin() -> Option<PathBuf> {
-    let d = std::env::var_os("DCGGUF_LLAMA_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(concat!(
-                ".cache/dcgguf/llama.cpp-",
-                env!("DCGGUF_LLAMA_PY_VERSION"),
-                "/bin"
-            ))
-        });
-    if d.join("llama-imatrix").is_file() && d.join("llama-embedding").is_file() {
-        return Some(d);
-    }
-    if std::env::var("DCGGUF_REQUIRE_LLAMA").is_ok_and(|v| v == "1") {
-        panic!(
-            "llama.cpp tools absent from {} and DCGGUF_REQUIRE_LLAMA=1",
-            d.display()
-        );
-    }
-    eprintln!(
-        "\n!!!!! SKIPPED: llama.cpp tools absent from {}\n",
-        d.display()
-    );
-    None
+    llama_support::llama(module_path!()).map(|l| l.prefix.join("bin"))
 }
 
 #[test]
