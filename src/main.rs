@@ -260,6 +260,10 @@ fn exit_code(e: &DcError) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`dcgguf inspect f | head`), like other Unix tools, instead
+    // of panicking in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
