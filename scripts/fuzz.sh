@@ -8,13 +8,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
 log() { echo "[fuzz] $*" >&2; }
+# A toolchain that cannot be installed (no network to the Rust dist server) skips fuzzing
+# loudly instead of failing; a crash found by the fuzzers always fails.
+unavailable() {
+  echo "!!!!! FUZZING SKIPPED: $* (set DCGGUF_REQUIRE_FUZZ=1 to make this fail)" >&2
+  [ "${DCGGUF_REQUIRE_FUZZ:-0}" = 1 ] && exit 1
+  exit 0
+}
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   log "installing nightly toolchain (minimal)"
-  rustup toolchain install nightly --profile minimal >/dev/null
+  rustup toolchain install nightly --profile minimal >/dev/null || unavailable "no nightly toolchain"
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked --version 0.13.2 >/dev/null
+  cargo install cargo-fuzz --locked --version 0.13.2 >/dev/null || unavailable "cargo-fuzz did not install"
 fi
 cargo run --release --quiet --example fuzz_seeds fuzz/seeds >/dev/null
 for target in gguf_parse dc_open; do
