@@ -26,12 +26,6 @@ impl TensorInfo {
     pub fn n_elems(&self) -> u64 {
         self.dims.iter().product()
     }
-
-    /// Bytes in one row (`dims[0]` elements).
-    pub fn row_bytes(&self) -> u64 {
-        let row_elems = self.dims.first().copied().unwrap_or(1);
-        self.ty.nbytes(row_elems).unwrap_or(self.nbytes)
-    }
 }
 
 /// A parsed GGUF header. `data_offset` is where the data section starts in the file.
