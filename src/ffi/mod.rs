@@ -268,4 +268,26 @@ mod tests {
         assert!(code_from_int(17).is_none());
         assert!(code_from_int(-1).is_none());
     }
+
+    /// The hand-written header and this enum must agree name for name, number for number.
+    #[test]
+    fn header_result_codes_match_the_rust_enum() {
+        let header = include_str!("../../ffi/dcgguf.h");
+        let mut in_header: Vec<(String, c_int)> = header
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.trim().trim_end_matches(',').split_once('=')?;
+                let name = name.trim();
+                (name.starts_with("DCGGUF_OK") || name.starts_with("DCGGUF_ERR_"))
+                    .then(|| (name.to_string(), value.trim().parse().ok()))
+                    .and_then(|(n, v)| Some((n, v?)))
+            })
+            .collect();
+        in_header.sort_by_key(|e| e.1);
+        let in_rust: Vec<(String, c_int)> = (0..)
+            .map_while(code_from_int)
+            .map(|c| (format!("{c:?}"), c as c_int))
+            .collect();
+        assert_eq!(in_header, in_rust);
+    }
 }
