@@ -70,6 +70,11 @@ enum Cmd {
         quant: dcgguf::quant::QuantArgs,
         #[command(flatten)]
         cost: ProfileArgs,
+        /// Largest output allowed (suffixes k, M, G): with the cost model, tensors are
+        /// compressed by least load-time cost per byte saved until it fits. Implies
+        /// `--profile auto` when no profile is given.
+        #[arg(long, value_parser = parse_bytes)]
+        target_size: Option<u64>,
     },
     /// Activation statistics for `compress --quantize`: runs llama-imatrix on a text file.
     Calibrate(dcgguf::quant::CalibrateArgs),
@@ -222,22 +227,28 @@ fn precheck(jobs: &[(PathBuf, PathBuf)], force: bool) -> Result<(), DcError> {
     Ok(())
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+/// A byte count with an optional k/M/G suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
     let (num, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1 << 10),
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
         Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
         Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
-    let n: usize = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    let v = n.checked_mul(mult).ok_or("size overflows")?;
-    if v == 0 || v as u64 > dc::MAX_CHUNK_RAW {
+    let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let v = parse_bytes(s)?;
+    if v == 0 || v > dc::MAX_CHUNK_RAW {
         return Err(format!(
             "{s:?}: must be between 1 and {} bytes",
             dc::MAX_CHUNK_RAW
         ));
     }
-    Ok(v)
+    Ok(v as usize)
 }
 
 fn exit_code(e: &DcError) -> u8 {
@@ -329,9 +340,15 @@ fn run(cli: &Cli) -> Result<(), DcError> {
             force,
             quant,
             cost,
+            target_size,
         } => {
+            let mut cost = cost.clone();
+            if target_size.is_some() && cost.profile.is_none() {
+                cost.profile = Some("auto".into());
+            }
             let opts = CompressOptions {
-                load_model: load_model(cli, cost)?,
+                load_model: load_model(cli, &cost)?,
+                target_size: *target_size,
                 encode: EncodeOptions {
                     level: *level,
                     ..EncodeOptions::default()

@@ -127,3 +127,46 @@ fn convert_time_choice_follows_the_storage_bandwidth() {
     assert!(size_slow < size_fast);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn target_size_compresses_just_enough() {
+    let dir = tmp_dir("target");
+    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(&dir)).unwrap();
+    let mut rng = Rng::new(11);
+    let gguf = GgufBuilder::new()
+        .tensor(Tensor::random("a", &[4096, 64], GgmlType::BF16, &mut rng))
+        .tensor(Tensor::random("b", &[4096, 64], GgmlType::F16, &mut rng))
+        .tensor(Tensor::random("c", &[4096, 64], GgmlType::Q8_0, &mut rng))
+        .build();
+    let input = dir.join("in.gguf");
+    std::fs::write(&input, &gguf).unwrap();
+    let run = |target: Option<u64>, name: &str| {
+        let out = dir.join(name);
+        let opts = CompressOptions {
+            // Storage so fast that the model alone would store everything raw.
+            load_model: Some(LoadModel::new(p.clone(), Some(1e15))),
+            target_size: target,
+            force: true,
+            ..CompressOptions::default()
+        };
+        compress_file(&input, &out, &opts, &|_| {}).map(|r| r.output_bytes)
+    };
+    let all_raw = run(None, "raw.dc.gguf").unwrap();
+    let smallest = compress_file(
+        &input,
+        &dir.join("min.dc.gguf"),
+        &CompressOptions::default(),
+        &|_| {},
+    )
+    .unwrap()
+    .output_bytes;
+    assert!(smallest < all_raw);
+    let target = (smallest + all_raw) / 2;
+    let fitted = run(Some(target), "fit.dc.gguf").unwrap();
+    assert!(fitted <= target, "{fitted} > {target}");
+    assert!(fitted > smallest, "compressed more than needed");
+    let err = run(Some(smallest / 2), "no.dc.gguf").unwrap_err();
+    assert!(err.to_string().contains("--target-size"), "{err}");
+    assert!(!dir.join("no.dc.gguf").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

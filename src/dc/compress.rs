@@ -35,6 +35,9 @@ pub struct CompressOptions {
     /// With a cost model, types that decode slower than the target storage reads are
     /// stored raw (see [`crate::cost::model`]).
     pub load_model: Option<LoadModel>,
+    /// With a cost model: the output must not exceed this many bytes; tensors the model
+    /// would store raw are compressed, cheapest load time per byte saved first, until it fits.
+    pub target_size: Option<u64>,
 }
 
 impl Default for CompressOptions {
@@ -45,6 +48,7 @@ impl Default for CompressOptions {
             force: false,
             transform: None,
             load_model: None,
+            target_size: None,
         }
     }
 }
@@ -62,6 +66,7 @@ pub struct CompressReport {
     pub seconds: f64,
 }
 
+#[derive(Clone)]
 struct Plan {
     layout: Layout,
     encode: EncodeOptions,
@@ -97,7 +102,7 @@ pub fn compress_file(
     }
     let mut out = AtomicOutput::create(output, Some(input), opts.force)?;
 
-    let plans: Vec<Plan> = header
+    let mut plans: Vec<Plan> = header
         .tensors
         .iter()
         .map(|t| {
@@ -187,6 +192,11 @@ pub fn compress_file(
         .collect();
     let gaps_blob = put_blob(&mut w, &gap_bytes)?;
     progress((segs[0].len + gap_bytes.len() as u64).min(src.len() as u64));
+    if let (Some(target), Some(model)) = (opts.target_size, &opts.load_model) {
+        let fixed = data_start + header_blob.stored_len + gaps_blob.stored_len + header.alignment;
+        let tys: Vec<GgmlType> = header.tensors.iter().map(|t| t.ty).collect();
+        fit_target(&mut plans, &tys, src, model, target, fixed)?;
+    }
 
     let mut tensors: Vec<TensorEntry> = plans
         .iter()
@@ -202,43 +212,23 @@ pub fn compress_file(
         .iter()
         .map(|p| PlaneStats::new(p.layout.plane_count()))
         .collect();
-    let jobs: Vec<(usize, usize)> = plans
-        .iter()
-        .enumerate()
-        .flat_map(|(t, p)| (0..p.n_chunks).map(move |c| (t, c)))
-        .collect();
-    // A few chunks per thread in flight keeps every core busy while bounding memory.
-    let window = (rayon::current_num_threads() * 4).max(8);
-    let mut next_chunk_of = vec![0usize; plans.len()];
-    for batch in jobs.chunks(window) {
-        let encoded: Vec<_> = batch
-            .par_iter()
-            .map(|&(t, c)| {
-                let p = &plans[t];
-                let from = p.start + c * p.chunk_raw;
-                let raw = &src[from..from + p.chunk_raw.min(p.nbytes - c * p.chunk_raw)];
-                let mut st = PlaneStats::new(p.layout.plane_count());
-                let (mode, payload) = encode_chunk(&p.layout, raw, p.encode, Some(&mut st));
-                (mode, payload, xxh3_64(raw), st, raw.len())
-            })
-            .collect();
-        for (&(t, c), (mode, payload, hash, st, raw_len)) in batch.iter().zip(encoded) {
-            debug_assert_eq!(next_chunk_of[t], c);
-            next_chunk_of[t] += 1;
-            if c == 0 {
-                tensors[t].data_offset = pos;
-            }
-            w.write_all(&payload).map_err(DcError::io(&path))?;
-            pos += payload.len() as u64;
-            tensors[t].chunks.push(ChunkEntry {
-                stored_len: payload.len() as u32,
-                mode: mode as u8,
-                hash,
-            });
-            stats[t].merge(&st);
-            progress(raw_len as u64);
+    let mut n_chunks = 0;
+    encode_chunks(&plans, src, |t, c, e| {
+        if c == 0 {
+            tensors[t].data_offset = pos;
         }
-    }
+        w.write_all(&e.payload).map_err(DcError::io(&path))?;
+        pos += e.payload.len() as u64;
+        tensors[t].chunks.push(ChunkEntry {
+            stored_len: e.payload.len() as u32,
+            mode: e.mode as u8,
+            hash: e.hash,
+        });
+        stats[t].merge(&e.stats);
+        progress(e.raw_len as u64);
+        n_chunks += 1;
+        Ok(())
+    })?;
     for (t, s) in tensors.iter_mut().zip(&stats) {
         t.entropy_bound = s.bound_bytes().ceil() as u64;
         if t.chunks.is_empty() {
@@ -274,6 +264,11 @@ pub fn compress_file(
     };
     write_head(file).map_err(DcError::io(output))?;
     let output_bytes = data_start + padded_end;
+    if let Some(target) = opts.target_size.filter(|&t| output_bytes > t) {
+        return Err(DcError::Usage(format!(
+            "--target-size {target}: the output would be {output_bytes} bytes"
+        )));
+    }
     out.commit()?;
     Ok(CompressReport {
         input: input.to_path_buf(),
@@ -281,7 +276,7 @@ pub fn compress_file(
         original_bytes: src.len() as u64,
         output_bytes,
         tensors: plans.len(),
-        chunks: jobs.len(),
+        chunks: n_chunks,
         ratio: src.len() as f64 / output_bytes as f64,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -342,4 +337,107 @@ fn dc_header(
     let data_off = align_up(index_len, original.alignment).expect("index fits");
     w.tensor(DATA_TENSOR, &[data_len], GgmlType::I8, data_off);
     w.finish(original.alignment)
+}
+
+/// One encoded chunk on its way to the file.
+struct EncodedChunk {
+    mode: crate::codec::ChunkMode,
+    payload: Vec<u8>,
+    hash: u64,
+    stats: PlaneStats,
+    raw_len: usize,
+}
+
+/// Encodes every chunk of every planned tensor, a bounded window at a time and in parallel
+/// within the window, handing each to `sink` in file order (`sink(tensor, chunk, encoded)`).
+fn encode_chunks(
+    plans: &[Plan],
+    src: &[u8],
+    mut sink: impl FnMut(usize, usize, EncodedChunk) -> Result<()>,
+) -> Result<()> {
+    let jobs: Vec<(usize, usize)> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(t, p)| (0..p.n_chunks).map(move |c| (t, c)))
+        .collect();
+    // A few chunks per thread in flight keeps every core busy while bounding memory.
+    let window = (rayon::current_num_threads() * 4).max(8);
+    for batch in jobs.chunks(window) {
+        let encoded: Vec<EncodedChunk> = batch
+            .par_iter()
+            .map(|&(t, c)| {
+                let p = &plans[t];
+                let from = p.start + c * p.chunk_raw;
+                let raw = &src[from..from + p.chunk_raw.min(p.nbytes - c * p.chunk_raw)];
+                let mut stats = PlaneStats::new(p.layout.plane_count());
+                let (mode, payload) = encode_chunk(&p.layout, raw, p.encode, Some(&mut stats));
+                EncodedChunk {
+                    mode,
+                    payload,
+                    hash: xxh3_64(raw),
+                    stats,
+                    raw_len: raw.len(),
+                }
+            })
+            .collect();
+        for (&(t, c), e) in batch.iter().zip(encoded) {
+            sink(t, c, e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Chooses which tensors to store raw so that the file fits `target` bytes with the least
+/// predicted load time: starts from the cost model's per-type choice, then compresses raw
+/// tensors, the least extra load time per byte saved first. `fixed` is every byte that is not
+/// tensor data. Compressed sizes come from a full encoding pass.
+fn fit_target(
+    plans: &mut [Plan],
+    tys: &[GgmlType],
+    src: &[u8],
+    model: &LoadModel,
+    target: u64,
+    fixed: u64,
+) -> Result<()> {
+    let mut compressed = vec![0u64; plans.len()];
+    let mut trial: Vec<Plan> = plans.to_vec();
+    for p in &mut trial {
+        p.encode.store_raw = false;
+    }
+    encode_chunks(&trial, src, |t, _, e| {
+        compressed[t] += e.payload.len() as u64;
+        Ok(())
+    })?;
+    let size_of = |p: &Plan, t: usize| {
+        if p.encode.store_raw {
+            p.nbytes as u64
+        } else {
+            compressed[t]
+        }
+    };
+    let mut total = fixed
+        + plans
+            .iter()
+            .enumerate()
+            .map(|(t, p)| size_of(p, t))
+            .sum::<u64>();
+    while total > target {
+        let cost_per_byte = |t: usize| {
+            let raw = plans[t].nbytes as u64;
+            let extra =
+                model.load_seconds(tys[t], raw, compressed[t], 0) - raw as f64 / model.storage_bps;
+            extra / (raw - compressed[t]) as f64
+        };
+        let next = (0..plans.len())
+            .filter(|&t| plans[t].encode.store_raw && compressed[t] < plans[t].nbytes as u64)
+            .min_by(|&a, &b| cost_per_byte(a).total_cmp(&cost_per_byte(b)));
+        let Some(t) = next else {
+            return Err(DcError::Usage(format!(
+                "--target-size {target}: the smallest this file compresses to is {total} bytes"
+            )));
+        };
+        total -= plans[t].nbytes as u64 - compressed[t];
+        plans[t].encode.store_raw = false;
+    }
+    Ok(())
 }
