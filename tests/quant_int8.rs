@@ -48,6 +48,21 @@ fn embed(bin: &Path, model: &Path, sentences: &Path) -> Vec<Vec<f64>> {
 }
 
 fn embed_fa(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<Vec<f64>> {
+    // llama.cpp's asynchronous logger can lose the end of the output at exit: retry output
+    // that is not complete JSON.
+    for _ in 0..3 {
+        if let Ok(v) = serde_json::from_slice(&embed_once(bin, model, sentences, fa)) {
+            return v;
+        }
+        eprintln!("llama-embedding output incomplete, retrying");
+    }
+    panic!(
+        "llama-embedding never printed complete output for {}",
+        model.display()
+    );
+}
+
+fn embed_once(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<u8> {
     let out = Command::new(bin.join("llama-embedding"))
         .args(["-fa", fa])
         .arg("-m")
@@ -69,7 +84,7 @@ fn embed_fa(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<Vec<f64
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
 }
 
 fn cosines(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<f64> {
