@@ -203,13 +203,7 @@ pub extern "C" fn dcgguf_tensor_type(
     i: usize,
     out: *mut u32,
 ) -> dcgguf_result {
-    guard(|| {
-        // SAFETY: `f` follows the documented pointer contract.
-        let f = unsafe { file(f)? };
-        let i = f.tensor(i)?;
-        // SAFETY: `out` follows the documented pointer contract.
-        unsafe { put(out, f.dc.tensor_info(i).ty.id()) }
-    })
+    tensor_value(f, i, out, |dc, i| dc.tensor_info(i).ty.id())
 }
 
 /// Shape of tensor `i` in ggml order (`dims[0]` varies fastest). Writes the number of
@@ -245,13 +239,13 @@ pub extern "C" fn dcgguf_tensor_shape(
     })
 }
 
-/// Shared body of the per-tensor u64 getters: check the handle and index, write `get`'s
+/// Shared body of the per-tensor scalar getters: check the handle and index, write `get`'s
 /// value to `out` on success only.
-fn tensor_u64(
+fn tensor_value<T>(
     f: *const dcgguf_file,
     i: usize,
-    out: *mut u64,
-    get: impl FnOnce(&DcFile, usize) -> u64,
+    out: *mut T,
+    get: impl FnOnce(&DcFile, usize) -> T,
 ) -> dcgguf_result {
     guard(|| {
         // SAFETY: `f` follows the documented pointer contract.
@@ -269,7 +263,7 @@ pub extern "C" fn dcgguf_tensor_raw_size(
     i: usize,
     out: *mut u64,
 ) -> dcgguf_result {
-    tensor_u64(f, i, out, |dc, i| dc.tensor_info(i).nbytes)
+    tensor_value(f, i, out, |dc, i| dc.tensor_info(i).nbytes)
 }
 
 /// Absolute offset of tensor `i`'s data in the original GGUF file.
@@ -279,7 +273,7 @@ pub extern "C" fn dcgguf_tensor_offset(
     i: usize,
     out: *mut u64,
 ) -> dcgguf_result {
-    tensor_u64(f, i, out, |dc, i| {
+    tensor_value(f, i, out, |dc, i| {
         dc.original.data_offset + dc.tensor_info(i).offset
     })
 }
@@ -291,7 +285,7 @@ pub extern "C" fn dcgguf_tensor_stored_size(
     i: usize,
     out: *mut u64,
 ) -> dcgguf_result {
-    tensor_u64(f, i, out, |dc, i| dc.index.tensors[i].stored_bytes())
+    tensor_value(f, i, out, |dc, i| dc.index.tensors[i].stored_bytes())
 }
 
 /// Borrows a caller buffer.
