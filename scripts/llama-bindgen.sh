@@ -33,7 +33,10 @@ trap 'rm -f "$out" "$out.body"' EXIT
 bindgen "$header" \
   --allowlist-type 'llama_model_params' \
   --allowlist-type 'llama_(load|lazy|split)_mode' \
+  --allowlist-type 'llama_context_params' --allowlist-type 'ggml_tensor' \
+  --opaque-type 'llama_sampler' --opaque-type 'ggml_backend_buffer' \
   --allowlist-function 'llama_model_(load_from_file|load_from_file_ptr|default_params|free)' \
+  --allowlist-function 'llama_(init_from_model|new_context_with_model|free|context_default_params)' \
   --allowlist-function 'llama_load_mode_name' \
   --blocklist-type 'FILE|_IO_.*|__off(64)?_t' --raw-line 'pub use libc::FILE;' \
   --no-doc-comments --use-core --rust-edition 2024 --rust-target 1.85 \

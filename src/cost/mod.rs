@@ -4,6 +4,7 @@
 mod decode_bench;
 pub mod model;
 pub mod probe;
+pub mod residency;
 
 pub use decode_bench::{DecodeBench, measure_decode};
 pub use model::LoadModel;

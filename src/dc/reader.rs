@@ -31,6 +31,7 @@ pub struct DcFile {
     gaps: Vec<u8>,
     segments: Vec<Segment>,
     tensors: Vec<TensorState>,
+    release_after_decode: std::sync::atomic::AtomicBool,
     original_xxh3: u64,
 }
 
@@ -221,7 +222,16 @@ impl DcFile {
             segments,
             tensors,
             original_xxh3,
+            release_after_decode: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// After each chunk is decoded, drop this process's mapping of its compressed bytes
+    /// (the page cache keeps them). For long streaming reads (model loads, budgeted runs):
+    /// the resident set then never holds more than the chunks being decoded.
+    pub fn set_release_after_decode(&self, on: bool) {
+        self.release_after_decode
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -295,7 +305,14 @@ impl DcFile {
         let name = &self.original.tensors[i].name;
         let payload = &self.map[st.chunk_starts[c]..st.chunk_starts[c + 1]];
         let mode = ChunkMode::from_id(e.mode).expect("mode checked at open");
-        decode_chunk(&st.layout, mode, payload, dst).map_err(DcError::chunk(name, c))?;
+        let decoded = decode_chunk(&st.layout, mode, payload, dst);
+        if self
+            .release_after_decode
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.release_range(st.chunk_starts[c], st.chunk_starts[c + 1]);
+        }
+        decoded.map_err(DcError::chunk(name, c))?;
         if xxh3_64(dst) != e.hash {
             return Err(DcError::Corrupt {
                 tensor: name.clone(),
@@ -395,6 +412,34 @@ impl DcFile {
             // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping we never write only
             // drops page-table entries; the next access re-reads the same bytes from the file.
             let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
+    /// Drops this process's page mappings of map bytes `[from, to)` (whole pages around
+    /// them; see [`DcFile::release_mapped_pages`]).
+    fn release_range(&self, from: usize, to: usize) {
+        let Storage::Mapped(m) = &self.map else {
+            return;
+        };
+        let page = crate::io::page_size();
+        let start = from / page * page;
+        if to > start {
+            // SAFETY: as in release_mapped_pages; the range lies inside the mapping (chunk
+            // offsets were checked at open) and starts on a page boundary.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, to - start)
+            };
+        }
+    }
+
+    /// The tensor whose data starts at byte `offset` of the original file.
+    pub fn tensor_starting_at(&self, offset: u64) -> Option<usize> {
+        let s = self
+            .segments
+            .get(self.segments.partition_point(|s| s.end() <= offset))?;
+        match s.piece {
+            Piece::Tensor(i) if s.start == offset => Some(i),
+            _ => None,
         }
     }
 

@@ -126,6 +126,7 @@ impl From<LlamaError> for Error {
                 DCGGUF_ERR_LLAMA_LOAD_FAILED
             }
             LlamaError::Io(_) => DCGGUF_ERR_IO,
+            LlamaError::Budget(_) => DCGGUF_ERR_INVALID_ARGUMENT,
         };
         Error::new(code, e.to_string())
     }
@@ -254,6 +255,13 @@ pub extern "C" fn dcgguf_version() -> *const c_char {
 /// Address of our exported `llama_model_load_from_file`, which the host lookup must skip.
 pub fn interposer_address() -> usize {
     hook::llama_model_load_from_file as *const () as usize
+}
+
+/// Whether this process calls our `llama_init_from_model` (so budgeted contexts get our
+/// graph callback) and our `fread` (so loads can skip deferred tensors): true under
+/// `LD_PRELOAD`, or when libdcgguf comes before libllama and libc in the link order.
+pub fn budget_hooks_active() -> Result<(), String> {
+    hook::interposers_active()
 }
 
 #[cfg(test)]

@@ -18,3 +18,10 @@ pub fn map_readonly(path: &Path) -> std::io::Result<(File, Mmap)> {
     let map = unsafe { Mmap::map(&file)? };
     Ok((file, map))
 }
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as usize } else { 4096 }
+}

@@ -53,6 +53,12 @@ fn sym(handle: *mut c_void, name: &CStr) -> Option<usize> {
     (!p.is_null()).then_some(p as usize)
 }
 
+/// The real C function `name` (skipping our own export at `ours`), looked up like the
+/// llama.cpp entry points.
+pub fn real_function(name: &CStr, ours: usize) -> Option<usize> {
+    find(name, ours)
+}
+
 /// Looks `name` up: next object after us, then the global scope, then an already loaded
 /// libllama (RTLD_NOLOAD never loads anything). Skips `not_this`.
 fn find(name: &CStr, not_this: usize) -> Option<usize> {

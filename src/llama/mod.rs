@@ -9,7 +9,9 @@
 //! The host's llama.cpp is found at run time ([`host`]); nothing of llama.cpp or ggml is
 //! linked into this crate. [`sys`] holds bindgen output for the few llama.h items used.
 
+pub mod fread;
 pub mod host;
+pub mod residency;
 pub mod stream;
 #[rustfmt::skip]
 pub mod sys;
@@ -19,8 +21,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::cost::residency::CompressedHome;
 use crate::dc::{DcError, DcFile};
 use crate::gguf::split::SplitName;
+use residency::Residency;
 use stream::{CookieFile, Source, Stream, throttle_from_env};
 
 /// Why a model did not load.
@@ -52,6 +56,9 @@ pub enum LlamaError {
     PlainFailed(String),
     #[error("{0}")]
     Io(String),
+    /// A memory budget that cannot be used as given.
+    #[error("{0}")]
+    Budget(String),
 }
 
 /// What is at a model path.
@@ -122,10 +129,62 @@ pub fn load_dc(
             dc.original_size()
         );
     }
-    let stream = Stream::new(path, Source::Dc(Arc::new(dc)), throttle_from_env())
+    let dc = Arc::new(dc);
+    let mut params = params;
+    let res = match residency::settings().map_err(LlamaError::Budget)? {
+        None => None,
+        Some(settings) => match crate::ffi::budget_hooks_active() {
+            Ok(()) => {
+                // Budgeted tensors are decoded in place in CPU memory: no GPU copies, no
+                // repacked copies.
+                params.n_gpu_layers = 0;
+                params.use_extra_bufts = false;
+                Residency::new(dc.clone(), settings)
+            }
+            Err(why) => {
+                eprintln!("dcgguf: warning: {why}; loading without a memory budget");
+                None
+            }
+        },
+    };
+    if let Some(r) = &res {
+        eprintln!("{}", r.summary());
+    }
+    // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
+    // compressed bytes "in RAM" they are kept mapped after the load instead.
+    dc.set_release_after_decode(true);
+    let stream = Stream::new(path, Source::Dc(dc.clone()), throttle_from_env())
         .map_err(|e| LlamaError::Io(format!("{}: {e}", path.display())))?
-        .with_pool(pool);
-    load_stream(host, stream, path, params)
+        .with_pool(pool)
+        .with_residency(res.clone());
+    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+        eprintln!(
+            "dcgguf: loading; process {}",
+            crate::cost::residency::rss_report()
+        );
+    }
+    let model = load_stream(host, stream, path, params);
+    dc.release_mapped_pages();
+    let model = model?;
+    if res.as_ref().is_some_and(|r| r.home == CompressedHome::Ram) {
+        dc.set_release_after_decode(false);
+    }
+    if res.is_some() {
+        // The stream's chunk buffers are freed but glibc keeps freed heap memory resident;
+        // a budgeted run wants it back.
+        // SAFETY: malloc_trim only returns free heap memory to the system.
+        unsafe { libc::malloc_trim(0) };
+    }
+    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+        eprintln!(
+            "dcgguf: loaded; process {}",
+            crate::cost::residency::rss_report()
+        );
+    }
+    if let Some(r) = res {
+        residency::register_model(model, r);
+    }
+    Ok(model)
 }
 
 fn load_stream(

@@ -1,11 +1,12 @@
 //! A `FILE *` (glibc `fopencookie`) that serves the ORIGINAL GGUF byte stream of a DC-GGUF
 //! file, so llama.cpp's own loader (`llama_model_load_from_file_ptr`) can read it unchanged.
 //!
-//! glibc's `fread` on a cookie stream reads large requests straight into the caller's buffer
-//! (rounded down to the 8 KiB stream buffer) and the rest through that buffer, so a tensor
-//! read is one big read (whole chunks, decoded in parallel straight into llama.cpp's tensor
-//! memory) plus small reads at the edges. Chunks read piecewise are decoded once into a small
-//! cache, so the extra memory is a few chunks.
+//! `fread` calls on the stream are served by [`super::fread`] straight into the caller's
+//! memory (a tensor read is one parallel decode of whole chunks into llama.cpp's tensor);
+//! anything glibc reads through its own buffer comes through the cookie callbacks. Chunks read
+//! piecewise are decoded once into a small cache, so the extra memory is a few chunks.
+//! With a memory budget ([`super::residency`]), tensors chosen for on-demand decoding are not
+//! read at load at all: the stream records where llama.cpp put them and skips them.
 //!
 //! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` limits the simulated storage bandwidth. For a
 //! DC file it is charged on stored (compressed) bytes, at the file's average ratio; a plain
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::residency::Residency;
 use crate::dc::DcFile;
 
 /// The `FILE *` buffer. glibc refills it after every seek, and llama.cpp seeks before each
@@ -87,6 +89,10 @@ pub struct Stream {
     throttle: Option<Throttle>,
     pool: Option<Arc<rayon::ThreadPool>>,
     since_release: u64,
+    residency: Option<Arc<Residency>>,
+    /// Reads come straight into the caller's memory (our `fread`): the cache only serves
+    /// the odd partial chunk, so it stays one chunk deep instead of holding batches.
+    direct: bool,
     /// First read error, kept for the caller after llama.cpp gives up.
     error: Arc<Mutex<Option<String>>>,
 }
@@ -121,6 +127,8 @@ impl Stream {
             throttle,
             pool: None,
             since_release: 0,
+            residency: None,
+            direct: false,
             error: Arc::new(Mutex::new(None)),
         })
     }
@@ -129,6 +137,36 @@ impl Stream {
     pub fn with_pool(mut self, pool: Option<Arc<rayon::ThreadPool>>) -> Stream {
         self.pool = pool;
         self
+    }
+
+    /// Defer the tensors `residency` streams instead of reading them at load.
+    pub fn with_residency(mut self, residency: Option<Arc<Residency>>) -> Stream {
+        self.residency = residency;
+        self
+    }
+
+    /// Fills `dst` (the caller's own memory, not a stream buffer) from the current position;
+    /// returns fewer bytes only at the end of the file. A read that is exactly a deferred
+    /// tensor is skipped: its bytes are decoded later, when llama.cpp computes with them.
+    pub fn read_into_caller(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+        self.direct = true;
+        let mut done = 0;
+        while done < dst.len() {
+            let rest = &mut dst[done..];
+            if let Some(res) = &self.residency
+                && res.defer_load(self.pos, rest.as_mut_ptr() as usize, rest.len())
+            {
+                self.pos += rest.len() as u64;
+                done = dst.len();
+                break;
+            }
+            let n = self.read(rest)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
     }
 
     /// A handle on the stream's first error, readable after the `FILE *` is closed.
@@ -226,7 +264,7 @@ impl Stream {
             }
             bytes += c.end - c.start;
             batch.push(c);
-            if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES {
+            if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES || self.direct {
                 break;
             }
         }
@@ -253,12 +291,14 @@ impl Stream {
 
     /// Evicts the oldest cached chunks so that `n` more fit.
     fn make_room(&mut self, n: usize) {
-        while self.cache.len() + n > CACHE_CHUNKS {
-            match self.cache.pop_front() {
-                Some((_, buf)) => self.spare.push(buf),
-                None => break,
+        let cap = if self.direct { 1 } else { CACHE_CHUNKS };
+        while !self.cache.is_empty() && self.cache.len() + n > cap {
+            if let Some((_, buf)) = self.cache.pop_front() {
+                self.spare.push(buf);
             }
         }
+        self.spare
+            .truncate(if self.direct { 1 } else { CACHE_CHUNKS });
     }
 
     fn seek(&mut self, offset: i64, whence: c_int) -> Option<u64> {
@@ -273,7 +313,7 @@ impl Stream {
         Some(self.pos)
     }
 
-    fn record(&self, msg: &str) {
+    pub(super) fn record(&self, msg: &str) {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             eprintln!("dcgguf: error: {}: {msg}", self.path.display());
@@ -385,10 +425,10 @@ impl CookieFile {
             drop(unsafe { Box::from_raw(cookie as *mut Stream) });
             return Err(err);
         }
-        // glibc's fread on a cookie stream always goes through the stream buffer (its generic
-        // xsgetn has no direct-read path), so a large buffer turns llama.cpp's per-tensor reads
-        // into few big reads that decode many chunks in parallel straight into the buffer;
-        // layers are read close together, so most reads after a seek hit the buffer.
+        super::fread::register(fp, cookie);
+        // Reads our `fread` does not serve (another libc read function, or a host where our
+        // `fread` is not the one called) go through glibc's stream buffer (its cookie xsgetn
+        // has no direct-read path); a large buffer turns them into few big reads.
         // glibc ignores the size when it allocates the buffer itself, so we supply it.
         let mut buffer = vec![0u8; STREAM_BUFFER].into_boxed_slice();
         // SAFETY: `fp` is a fresh stream with no I/O done yet, as setvbuf requires; `buffer`
@@ -420,6 +460,7 @@ impl CookieFile {
 
 impl Drop for CookieFile {
     fn drop(&mut self) {
+        super::fread::unregister(self.fp);
         // SAFETY: `fp` came from fopencookie and is closed only here.
         unsafe { libc::fclose(self.fp) };
     }

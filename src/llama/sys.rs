@@ -8,6 +8,197 @@
 
 pub use libc::FILE;
 
+#[derive(PartialEq, Eq, Copy, Clone, Debug, Hash)]
+#[repr(C, align(8))]
+pub struct __BindgenOpaqueArray8<T>(pub T);
+impl<T: Copy + Default, const N: usize> Default for __BindgenOpaqueArray8<[T; N]> {
+    fn default() -> Self {
+        Self([<T as Default>::default(); N])
+    }
+}
+pub const ggml_type_GGML_TYPE_F32: ggml_type = 0;
+pub const ggml_type_GGML_TYPE_F16: ggml_type = 1;
+pub const ggml_type_GGML_TYPE_Q4_0: ggml_type = 2;
+pub const ggml_type_GGML_TYPE_Q4_1: ggml_type = 3;
+pub const ggml_type_GGML_TYPE_Q5_0: ggml_type = 6;
+pub const ggml_type_GGML_TYPE_Q5_1: ggml_type = 7;
+pub const ggml_type_GGML_TYPE_Q8_0: ggml_type = 8;
+pub const ggml_type_GGML_TYPE_Q8_1: ggml_type = 9;
+pub const ggml_type_GGML_TYPE_Q2_K: ggml_type = 10;
+pub const ggml_type_GGML_TYPE_Q3_K: ggml_type = 11;
+pub const ggml_type_GGML_TYPE_Q4_K: ggml_type = 12;
+pub const ggml_type_GGML_TYPE_Q5_K: ggml_type = 13;
+pub const ggml_type_GGML_TYPE_Q6_K: ggml_type = 14;
+pub const ggml_type_GGML_TYPE_Q8_K: ggml_type = 15;
+pub const ggml_type_GGML_TYPE_IQ2_XXS: ggml_type = 16;
+pub const ggml_type_GGML_TYPE_IQ2_XS: ggml_type = 17;
+pub const ggml_type_GGML_TYPE_IQ3_XXS: ggml_type = 18;
+pub const ggml_type_GGML_TYPE_IQ1_S: ggml_type = 19;
+pub const ggml_type_GGML_TYPE_IQ4_NL: ggml_type = 20;
+pub const ggml_type_GGML_TYPE_IQ3_S: ggml_type = 21;
+pub const ggml_type_GGML_TYPE_IQ2_S: ggml_type = 22;
+pub const ggml_type_GGML_TYPE_IQ4_XS: ggml_type = 23;
+pub const ggml_type_GGML_TYPE_I8: ggml_type = 24;
+pub const ggml_type_GGML_TYPE_I16: ggml_type = 25;
+pub const ggml_type_GGML_TYPE_I32: ggml_type = 26;
+pub const ggml_type_GGML_TYPE_I64: ggml_type = 27;
+pub const ggml_type_GGML_TYPE_F64: ggml_type = 28;
+pub const ggml_type_GGML_TYPE_IQ1_M: ggml_type = 29;
+pub const ggml_type_GGML_TYPE_BF16: ggml_type = 30;
+pub const ggml_type_GGML_TYPE_TQ1_0: ggml_type = 34;
+pub const ggml_type_GGML_TYPE_TQ2_0: ggml_type = 35;
+pub const ggml_type_GGML_TYPE_MXFP4: ggml_type = 39;
+pub const ggml_type_GGML_TYPE_NVFP4: ggml_type = 40;
+pub const ggml_type_GGML_TYPE_Q1_0: ggml_type = 41;
+pub const ggml_type_GGML_TYPE_Q2_0: ggml_type = 42;
+pub const ggml_type_GGML_TYPE_COUNT: ggml_type = 43;
+pub type ggml_type = ::core::ffi::c_uint;
+pub const ggml_op_GGML_OP_NONE: ggml_op = 0;
+pub const ggml_op_GGML_OP_DUP: ggml_op = 1;
+pub const ggml_op_GGML_OP_ADD: ggml_op = 2;
+pub const ggml_op_GGML_OP_ADD_ID: ggml_op = 3;
+pub const ggml_op_GGML_OP_ADD1: ggml_op = 4;
+pub const ggml_op_GGML_OP_ACC: ggml_op = 5;
+pub const ggml_op_GGML_OP_SUB: ggml_op = 6;
+pub const ggml_op_GGML_OP_MUL: ggml_op = 7;
+pub const ggml_op_GGML_OP_DIV: ggml_op = 8;
+pub const ggml_op_GGML_OP_SQR: ggml_op = 9;
+pub const ggml_op_GGML_OP_SQRT: ggml_op = 10;
+pub const ggml_op_GGML_OP_LOG: ggml_op = 11;
+pub const ggml_op_GGML_OP_SIN: ggml_op = 12;
+pub const ggml_op_GGML_OP_COS: ggml_op = 13;
+pub const ggml_op_GGML_OP_SUM: ggml_op = 14;
+pub const ggml_op_GGML_OP_SUM_ROWS: ggml_op = 15;
+pub const ggml_op_GGML_OP_CUMSUM: ggml_op = 16;
+pub const ggml_op_GGML_OP_MEAN: ggml_op = 17;
+pub const ggml_op_GGML_OP_ARGMAX: ggml_op = 18;
+pub const ggml_op_GGML_OP_COUNT_EQUAL: ggml_op = 19;
+pub const ggml_op_GGML_OP_REPEAT: ggml_op = 20;
+pub const ggml_op_GGML_OP_REPEAT_BACK: ggml_op = 21;
+pub const ggml_op_GGML_OP_CONCAT: ggml_op = 22;
+pub const ggml_op_GGML_OP_SILU_BACK: ggml_op = 23;
+pub const ggml_op_GGML_OP_NORM: ggml_op = 24;
+pub const ggml_op_GGML_OP_RMS_NORM: ggml_op = 25;
+pub const ggml_op_GGML_OP_RMS_NORM_BACK: ggml_op = 26;
+pub const ggml_op_GGML_OP_GROUP_NORM: ggml_op = 27;
+pub const ggml_op_GGML_OP_L2_NORM: ggml_op = 28;
+pub const ggml_op_GGML_OP_MUL_MAT: ggml_op = 29;
+pub const ggml_op_GGML_OP_MUL_MAT_ID: ggml_op = 30;
+pub const ggml_op_GGML_OP_OUT_PROD: ggml_op = 31;
+pub const ggml_op_GGML_OP_SCALE: ggml_op = 32;
+pub const ggml_op_GGML_OP_SET: ggml_op = 33;
+pub const ggml_op_GGML_OP_CPY: ggml_op = 34;
+pub const ggml_op_GGML_OP_CONT: ggml_op = 35;
+pub const ggml_op_GGML_OP_RESHAPE: ggml_op = 36;
+pub const ggml_op_GGML_OP_VIEW: ggml_op = 37;
+pub const ggml_op_GGML_OP_PERMUTE: ggml_op = 38;
+pub const ggml_op_GGML_OP_TRANSPOSE: ggml_op = 39;
+pub const ggml_op_GGML_OP_GET_ROWS: ggml_op = 40;
+pub const ggml_op_GGML_OP_GET_ROWS_BACK: ggml_op = 41;
+pub const ggml_op_GGML_OP_SET_ROWS: ggml_op = 42;
+pub const ggml_op_GGML_OP_DIAG: ggml_op = 43;
+pub const ggml_op_GGML_OP_DIAG_MASK_INF: ggml_op = 44;
+pub const ggml_op_GGML_OP_DIAG_MASK_ZERO: ggml_op = 45;
+pub const ggml_op_GGML_OP_SOFT_MAX: ggml_op = 46;
+pub const ggml_op_GGML_OP_SOFT_MAX_BACK: ggml_op = 47;
+pub const ggml_op_GGML_OP_ROPE: ggml_op = 48;
+pub const ggml_op_GGML_OP_ROPE_BACK: ggml_op = 49;
+pub const ggml_op_GGML_OP_CLAMP: ggml_op = 50;
+pub const ggml_op_GGML_OP_CONV_TRANSPOSE_1D: ggml_op = 51;
+pub const ggml_op_GGML_OP_IM2COL: ggml_op = 52;
+pub const ggml_op_GGML_OP_IM2COL_BACK: ggml_op = 53;
+pub const ggml_op_GGML_OP_IM2COL_3D: ggml_op = 54;
+pub const ggml_op_GGML_OP_COL2IM_1D: ggml_op = 55;
+pub const ggml_op_GGML_OP_CONV_2D: ggml_op = 56;
+pub const ggml_op_GGML_OP_CONV_3D: ggml_op = 57;
+pub const ggml_op_GGML_OP_CONV_2D_DW: ggml_op = 58;
+pub const ggml_op_GGML_OP_CONV_TRANSPOSE_2D: ggml_op = 59;
+pub const ggml_op_GGML_OP_POOL_1D: ggml_op = 60;
+pub const ggml_op_GGML_OP_POOL_2D: ggml_op = 61;
+pub const ggml_op_GGML_OP_POOL_2D_BACK: ggml_op = 62;
+pub const ggml_op_GGML_OP_UPSCALE: ggml_op = 63;
+pub const ggml_op_GGML_OP_PAD: ggml_op = 64;
+pub const ggml_op_GGML_OP_PAD_REFLECT_1D: ggml_op = 65;
+pub const ggml_op_GGML_OP_ROLL: ggml_op = 66;
+pub const ggml_op_GGML_OP_ARANGE: ggml_op = 67;
+pub const ggml_op_GGML_OP_TIMESTEP_EMBEDDING: ggml_op = 68;
+pub const ggml_op_GGML_OP_ARGSORT: ggml_op = 69;
+pub const ggml_op_GGML_OP_TOP_K: ggml_op = 70;
+pub const ggml_op_GGML_OP_LEAKY_RELU: ggml_op = 71;
+pub const ggml_op_GGML_OP_TRI: ggml_op = 72;
+pub const ggml_op_GGML_OP_FILL: ggml_op = 73;
+pub const ggml_op_GGML_OP_FLASH_ATTN_EXT: ggml_op = 74;
+pub const ggml_op_GGML_OP_FLASH_ATTN_BACK: ggml_op = 75;
+pub const ggml_op_GGML_OP_SSM_CONV: ggml_op = 76;
+pub const ggml_op_GGML_OP_SSM_SCAN: ggml_op = 77;
+pub const ggml_op_GGML_OP_WIN_PART: ggml_op = 78;
+pub const ggml_op_GGML_OP_WIN_UNPART: ggml_op = 79;
+pub const ggml_op_GGML_OP_GET_REL_POS: ggml_op = 80;
+pub const ggml_op_GGML_OP_ADD_REL_POS: ggml_op = 81;
+pub const ggml_op_GGML_OP_RWKV_WKV6: ggml_op = 82;
+pub const ggml_op_GGML_OP_GATED_LINEAR_ATTN: ggml_op = 83;
+pub const ggml_op_GGML_OP_RWKV_WKV7: ggml_op = 84;
+pub const ggml_op_GGML_OP_SOLVE_TRI: ggml_op = 85;
+pub const ggml_op_GGML_OP_GATED_DELTA_NET: ggml_op = 86;
+pub const ggml_op_GGML_OP_LIGHTNING_INDEXER: ggml_op = 87;
+pub const ggml_op_GGML_OP_DSV4_HC_COMB: ggml_op = 88;
+pub const ggml_op_GGML_OP_DSV4_HC_PRE: ggml_op = 89;
+pub const ggml_op_GGML_OP_DSV4_HC_POST: ggml_op = 90;
+pub const ggml_op_GGML_OP_UNARY: ggml_op = 91;
+pub const ggml_op_GGML_OP_MAP_CUSTOM1: ggml_op = 92;
+pub const ggml_op_GGML_OP_MAP_CUSTOM2: ggml_op = 93;
+pub const ggml_op_GGML_OP_MAP_CUSTOM3: ggml_op = 94;
+pub const ggml_op_GGML_OP_CUSTOM: ggml_op = 95;
+pub const ggml_op_GGML_OP_CROSS_ENTROPY_LOSS: ggml_op = 96;
+pub const ggml_op_GGML_OP_CROSS_ENTROPY_LOSS_BACK: ggml_op = 97;
+pub const ggml_op_GGML_OP_OPT_STEP_ADAMW: ggml_op = 98;
+pub const ggml_op_GGML_OP_OPT_STEP_SGD: ggml_op = 99;
+pub const ggml_op_GGML_OP_GLU: ggml_op = 100;
+pub const ggml_op_GGML_OP_COUNT: ggml_op = 101;
+pub type ggml_op = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct ggml_tensor {
+    pub type_: ggml_type,
+    pub buffer: *mut ggml_backend_buffer,
+    pub ne: [i64; 4usize],
+    pub nb: [usize; 4usize],
+    pub op: ggml_op,
+    pub op_params: [i32; 16usize],
+    pub flags: i32,
+    pub src: [*mut ggml_tensor; 10usize],
+    pub view_src: *mut ggml_tensor,
+    pub view_offs: usize,
+    pub data: *mut ::core::ffi::c_void,
+    pub name: [::core::ffi::c_char; 64usize],
+    pub extra: *mut ::core::ffi::c_void,
+    pub padding: [::core::ffi::c_char; 8usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of ggml_tensor"][::core::mem::size_of::<ggml_tensor>() - 336usize];
+    ["Alignment of ggml_tensor"][::core::mem::align_of::<ggml_tensor>() - 8usize];
+    ["Offset of field: ggml_tensor::type_"][::core::mem::offset_of!(ggml_tensor, type_) - 0usize];
+    ["Offset of field: ggml_tensor::buffer"][::core::mem::offset_of!(ggml_tensor, buffer) - 8usize];
+    ["Offset of field: ggml_tensor::ne"][::core::mem::offset_of!(ggml_tensor, ne) - 16usize];
+    ["Offset of field: ggml_tensor::nb"][::core::mem::offset_of!(ggml_tensor, nb) - 48usize];
+    ["Offset of field: ggml_tensor::op"][::core::mem::offset_of!(ggml_tensor, op) - 80usize];
+    ["Offset of field: ggml_tensor::op_params"]
+        [::core::mem::offset_of!(ggml_tensor, op_params) - 84usize];
+    ["Offset of field: ggml_tensor::flags"][::core::mem::offset_of!(ggml_tensor, flags) - 148usize];
+    ["Offset of field: ggml_tensor::src"][::core::mem::offset_of!(ggml_tensor, src) - 152usize];
+    ["Offset of field: ggml_tensor::view_src"]
+        [::core::mem::offset_of!(ggml_tensor, view_src) - 232usize];
+    ["Offset of field: ggml_tensor::view_offs"]
+        [::core::mem::offset_of!(ggml_tensor, view_offs) - 240usize];
+    ["Offset of field: ggml_tensor::data"][::core::mem::offset_of!(ggml_tensor, data) - 248usize];
+    ["Offset of field: ggml_tensor::name"][::core::mem::offset_of!(ggml_tensor, name) - 256usize];
+    ["Offset of field: ggml_tensor::extra"][::core::mem::offset_of!(ggml_tensor, extra) - 320usize];
+    ["Offset of field: ggml_tensor::padding"]
+        [::core::mem::offset_of!(ggml_tensor, padding) - 328usize];
+};
+pub type ggml_abort_callback =
+    ::core::option::Option<unsafe extern "C" fn(data: *mut ::core::ffi::c_void) -> bool>;
 #[repr(C)]
 #[derive(Debug)]
 pub struct ggml_backend_buffer_type {
@@ -20,11 +211,46 @@ pub struct ggml_backend_device {
     _unused: [u8; 0],
 }
 pub type ggml_backend_dev_t = *mut ggml_backend_device;
+pub type ggml_backend_sched_eval_callback = ::core::option::Option<
+    unsafe extern "C" fn(
+        t: *mut ggml_tensor,
+        ask: bool,
+        user_data: *mut ::core::ffi::c_void,
+    ) -> bool,
+>;
 #[repr(C)]
 #[derive(Debug)]
 pub struct llama_model {
     _unused: [u8; 0],
 }
+#[repr(C)]
+#[derive(Debug)]
+pub struct llama_context {
+    _unused: [u8; 0],
+}
+pub type llama_seq_id = i32;
+pub const llama_rope_scaling_type_LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED: llama_rope_scaling_type = -1;
+pub const llama_rope_scaling_type_LLAMA_ROPE_SCALING_TYPE_NONE: llama_rope_scaling_type = 0;
+pub const llama_rope_scaling_type_LLAMA_ROPE_SCALING_TYPE_LINEAR: llama_rope_scaling_type = 1;
+pub const llama_rope_scaling_type_LLAMA_ROPE_SCALING_TYPE_YARN: llama_rope_scaling_type = 2;
+pub const llama_rope_scaling_type_LLAMA_ROPE_SCALING_TYPE_LONGROPE: llama_rope_scaling_type = 3;
+pub const llama_rope_scaling_type_LLAMA_ROPE_SCALING_TYPE_MAX_VALUE: llama_rope_scaling_type = 3;
+pub type llama_rope_scaling_type = ::core::ffi::c_int;
+pub const llama_pooling_type_LLAMA_POOLING_TYPE_UNSPECIFIED: llama_pooling_type = -1;
+pub const llama_pooling_type_LLAMA_POOLING_TYPE_NONE: llama_pooling_type = 0;
+pub const llama_pooling_type_LLAMA_POOLING_TYPE_MEAN: llama_pooling_type = 1;
+pub const llama_pooling_type_LLAMA_POOLING_TYPE_CLS: llama_pooling_type = 2;
+pub const llama_pooling_type_LLAMA_POOLING_TYPE_LAST: llama_pooling_type = 3;
+pub const llama_pooling_type_LLAMA_POOLING_TYPE_RANK: llama_pooling_type = 4;
+pub type llama_pooling_type = ::core::ffi::c_int;
+pub const llama_attention_type_LLAMA_ATTENTION_TYPE_UNSPECIFIED: llama_attention_type = -1;
+pub const llama_attention_type_LLAMA_ATTENTION_TYPE_CAUSAL: llama_attention_type = 0;
+pub const llama_attention_type_LLAMA_ATTENTION_TYPE_NON_CAUSAL: llama_attention_type = 1;
+pub type llama_attention_type = ::core::ffi::c_int;
+pub const llama_flash_attn_type_LLAMA_FLASH_ATTN_TYPE_AUTO: llama_flash_attn_type = -1;
+pub const llama_flash_attn_type_LLAMA_FLASH_ATTN_TYPE_DISABLED: llama_flash_attn_type = 0;
+pub const llama_flash_attn_type_LLAMA_FLASH_ATTN_TYPE_ENABLED: llama_flash_attn_type = 1;
+pub type llama_flash_attn_type = ::core::ffi::c_int;
 pub const llama_split_mode_LLAMA_SPLIT_MODE_NONE: llama_split_mode = 0;
 pub const llama_split_mode_LLAMA_SPLIT_MODE_LAYER: llama_split_mode = 1;
 pub const llama_split_mode_LLAMA_SPLIT_MODE_ROW: llama_split_mode = 2;
@@ -44,6 +270,9 @@ pub const llama_lazy_mode_LLAMA_LAZY_MODE_OFF: llama_lazy_mode = 0;
 pub const llama_lazy_mode_LLAMA_LAZY_MODE_AUTO: llama_lazy_mode = 1;
 pub const llama_lazy_mode_LLAMA_LAZY_MODE_ON: llama_lazy_mode = 2;
 pub type llama_lazy_mode = ::core::ffi::c_uint;
+pub const llama_context_type_LLAMA_CONTEXT_TYPE_DEFAULT: llama_context_type = 0;
+pub const llama_context_type_LLAMA_CONTEXT_TYPE_MTP: llama_context_type = 1;
+pub type llama_context_type = ::core::ffi::c_uint;
 pub type llama_progress_callback = ::core::option::Option<
     unsafe extern "C" fn(progress: f32, user_data: *mut ::core::ffi::c_void) -> bool,
 >;
@@ -172,8 +401,148 @@ const _: () = {
     ["Offset of field: llama_model_params::load_mtp"]
         [::core::mem::offset_of!(llama_model_params, load_mtp) - 77usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct llama_sampler_seq_config {
+    pub seq_id: llama_seq_id,
+    pub sampler: *mut llama_sampler,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of llama_sampler_seq_config"]
+        [::core::mem::size_of::<llama_sampler_seq_config>() - 16usize];
+    ["Alignment of llama_sampler_seq_config"]
+        [::core::mem::align_of::<llama_sampler_seq_config>() - 8usize];
+    ["Offset of field: llama_sampler_seq_config::seq_id"]
+        [::core::mem::offset_of!(llama_sampler_seq_config, seq_id) - 0usize];
+    ["Offset of field: llama_sampler_seq_config::sampler"]
+        [::core::mem::offset_of!(llama_sampler_seq_config, sampler) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct llama_context_params {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    pub n_seq_max: u32,
+    pub n_rs_seq: u32,
+    pub n_outputs_max: u32,
+    pub n_outputs_max_per_seq: u32,
+    pub n_threads: i32,
+    pub n_threads_batch: i32,
+    pub ctx_type: llama_context_type,
+    pub rope_scaling_type: llama_rope_scaling_type,
+    pub pooling_type: llama_pooling_type,
+    pub attention_type: llama_attention_type,
+    pub flash_attn_type: llama_flash_attn_type,
+    pub rope_freq_base: f32,
+    pub rope_freq_scale: f32,
+    pub yarn_ext_factor: f32,
+    pub yarn_attn_factor: f32,
+    pub yarn_beta_fast: f32,
+    pub yarn_beta_slow: f32,
+    pub yarn_orig_ctx: u32,
+    pub defrag_thold: f32,
+    pub cb_eval: ggml_backend_sched_eval_callback,
+    pub cb_eval_user_data: *mut ::core::ffi::c_void,
+    pub type_k: ggml_type,
+    pub type_v: ggml_type,
+    pub abort_callback: ggml_abort_callback,
+    pub abort_callback_data: *mut ::core::ffi::c_void,
+    pub embeddings: bool,
+    pub offload_kqv: bool,
+    pub no_perf: bool,
+    pub op_offload: bool,
+    pub swa_full: bool,
+    pub kv_unified: bool,
+    pub samplers: *mut llama_sampler_seq_config,
+    pub n_samplers: usize,
+    pub ctx_other: *mut llama_context,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of llama_context_params"][::core::mem::size_of::<llama_context_params>() - 160usize];
+    ["Alignment of llama_context_params"][::core::mem::align_of::<llama_context_params>() - 8usize];
+    ["Offset of field: llama_context_params::n_ctx"]
+        [::core::mem::offset_of!(llama_context_params, n_ctx) - 0usize];
+    ["Offset of field: llama_context_params::n_batch"]
+        [::core::mem::offset_of!(llama_context_params, n_batch) - 4usize];
+    ["Offset of field: llama_context_params::n_ubatch"]
+        [::core::mem::offset_of!(llama_context_params, n_ubatch) - 8usize];
+    ["Offset of field: llama_context_params::n_seq_max"]
+        [::core::mem::offset_of!(llama_context_params, n_seq_max) - 12usize];
+    ["Offset of field: llama_context_params::n_rs_seq"]
+        [::core::mem::offset_of!(llama_context_params, n_rs_seq) - 16usize];
+    ["Offset of field: llama_context_params::n_outputs_max"]
+        [::core::mem::offset_of!(llama_context_params, n_outputs_max) - 20usize];
+    ["Offset of field: llama_context_params::n_outputs_max_per_seq"]
+        [::core::mem::offset_of!(llama_context_params, n_outputs_max_per_seq) - 24usize];
+    ["Offset of field: llama_context_params::n_threads"]
+        [::core::mem::offset_of!(llama_context_params, n_threads) - 28usize];
+    ["Offset of field: llama_context_params::n_threads_batch"]
+        [::core::mem::offset_of!(llama_context_params, n_threads_batch) - 32usize];
+    ["Offset of field: llama_context_params::ctx_type"]
+        [::core::mem::offset_of!(llama_context_params, ctx_type) - 36usize];
+    ["Offset of field: llama_context_params::rope_scaling_type"]
+        [::core::mem::offset_of!(llama_context_params, rope_scaling_type) - 40usize];
+    ["Offset of field: llama_context_params::pooling_type"]
+        [::core::mem::offset_of!(llama_context_params, pooling_type) - 44usize];
+    ["Offset of field: llama_context_params::attention_type"]
+        [::core::mem::offset_of!(llama_context_params, attention_type) - 48usize];
+    ["Offset of field: llama_context_params::flash_attn_type"]
+        [::core::mem::offset_of!(llama_context_params, flash_attn_type) - 52usize];
+    ["Offset of field: llama_context_params::rope_freq_base"]
+        [::core::mem::offset_of!(llama_context_params, rope_freq_base) - 56usize];
+    ["Offset of field: llama_context_params::rope_freq_scale"]
+        [::core::mem::offset_of!(llama_context_params, rope_freq_scale) - 60usize];
+    ["Offset of field: llama_context_params::yarn_ext_factor"]
+        [::core::mem::offset_of!(llama_context_params, yarn_ext_factor) - 64usize];
+    ["Offset of field: llama_context_params::yarn_attn_factor"]
+        [::core::mem::offset_of!(llama_context_params, yarn_attn_factor) - 68usize];
+    ["Offset of field: llama_context_params::yarn_beta_fast"]
+        [::core::mem::offset_of!(llama_context_params, yarn_beta_fast) - 72usize];
+    ["Offset of field: llama_context_params::yarn_beta_slow"]
+        [::core::mem::offset_of!(llama_context_params, yarn_beta_slow) - 76usize];
+    ["Offset of field: llama_context_params::yarn_orig_ctx"]
+        [::core::mem::offset_of!(llama_context_params, yarn_orig_ctx) - 80usize];
+    ["Offset of field: llama_context_params::defrag_thold"]
+        [::core::mem::offset_of!(llama_context_params, defrag_thold) - 84usize];
+    ["Offset of field: llama_context_params::cb_eval"]
+        [::core::mem::offset_of!(llama_context_params, cb_eval) - 88usize];
+    ["Offset of field: llama_context_params::cb_eval_user_data"]
+        [::core::mem::offset_of!(llama_context_params, cb_eval_user_data) - 96usize];
+    ["Offset of field: llama_context_params::type_k"]
+        [::core::mem::offset_of!(llama_context_params, type_k) - 104usize];
+    ["Offset of field: llama_context_params::type_v"]
+        [::core::mem::offset_of!(llama_context_params, type_v) - 108usize];
+    ["Offset of field: llama_context_params::abort_callback"]
+        [::core::mem::offset_of!(llama_context_params, abort_callback) - 112usize];
+    ["Offset of field: llama_context_params::abort_callback_data"]
+        [::core::mem::offset_of!(llama_context_params, abort_callback_data) - 120usize];
+    ["Offset of field: llama_context_params::embeddings"]
+        [::core::mem::offset_of!(llama_context_params, embeddings) - 128usize];
+    ["Offset of field: llama_context_params::offload_kqv"]
+        [::core::mem::offset_of!(llama_context_params, offload_kqv) - 129usize];
+    ["Offset of field: llama_context_params::no_perf"]
+        [::core::mem::offset_of!(llama_context_params, no_perf) - 130usize];
+    ["Offset of field: llama_context_params::op_offload"]
+        [::core::mem::offset_of!(llama_context_params, op_offload) - 131usize];
+    ["Offset of field: llama_context_params::swa_full"]
+        [::core::mem::offset_of!(llama_context_params, swa_full) - 132usize];
+    ["Offset of field: llama_context_params::kv_unified"]
+        [::core::mem::offset_of!(llama_context_params, kv_unified) - 133usize];
+    ["Offset of field: llama_context_params::samplers"]
+        [::core::mem::offset_of!(llama_context_params, samplers) - 136usize];
+    ["Offset of field: llama_context_params::n_samplers"]
+        [::core::mem::offset_of!(llama_context_params, n_samplers) - 144usize];
+    ["Offset of field: llama_context_params::ctx_other"]
+        [::core::mem::offset_of!(llama_context_params, ctx_other) - 152usize];
+};
 unsafe extern "C" {
     pub fn llama_model_default_params() -> llama_model_params;
+}
+unsafe extern "C" {
+    pub fn llama_context_default_params() -> llama_context_params;
 }
 unsafe extern "C" {
     pub fn llama_model_load_from_file(
@@ -189,4 +558,35 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn llama_model_free(model: *mut llama_model);
+}
+unsafe extern "C" {
+    pub fn llama_init_from_model(
+        model: *mut llama_model,
+        params: llama_context_params,
+    ) -> *mut llama_context;
+}
+unsafe extern "C" {
+    pub fn llama_new_context_with_model(
+        model: *mut llama_model,
+        params: llama_context_params,
+    ) -> *mut llama_context;
+}
+unsafe extern "C" {
+    pub fn llama_free(ctx: *mut llama_context);
+}
+#[repr(C)]
+#[repr(align(8))]
+#[derive(Debug, Copy, Clone)]
+pub struct llama_sampler {
+    pub _bindgen_opaque_blob: __BindgenOpaqueArray8<[u8; 16usize]>,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of llama_sampler"][::core::mem::size_of::<llama_sampler>() - 16usize];
+    ["Alignment of llama_sampler"][::core::mem::align_of::<llama_sampler>() - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct ggml_backend_buffer {
+    pub _address: u8,
 }

@@ -1,0 +1,531 @@
+//! The run-time residency plan: under a memory budget, which weight tensors stay decoded in
+//! memory for the whole run and which are decoded just before each use and released after.
+//!
+//! Streaming a tensor saves its decoded bytes (less its compressed bytes when those are held
+//! in RAM) and costs one decode per use. The plan keeps resident the tensors whose decode
+//! costs most per byte saved, as many as the budget allows after reserving room for the
+//! streamed working set: the largest run of consecutive layers decoded at once (the layer
+//! being computed and the next one; one more when the next layer is prefetched).
+
+use std::str::FromStr;
+
+/// A memory budget for weights: a fraction of their decoded size or a byte count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Fraction(f64),
+    Bytes(u64),
+}
+
+impl Budget {
+    pub fn bytes(self, decoded_weight_bytes: u64) -> u64 {
+        match self {
+            Budget::Fraction(f) => (decoded_weight_bytes as f64 * f).round() as u64,
+            Budget::Bytes(b) => b,
+        }
+    }
+}
+
+impl FromStr for Budget {
+    type Err = String;
+
+    /// `60%`, `512M`, `2G`, `123456` (bytes; K/M/G/T are powers of 1024).
+    fn from_str(s: &str) -> Result<Budget, String> {
+        let t = s.trim();
+        let bad = || format!("memory budget {s:?}: expected a percentage (60%) or bytes (512M)");
+        if let Some(p) = t.strip_suffix('%') {
+            let f: f64 = p.trim().parse().map_err(|_| bad())?;
+            return if f > 0.0 && f.is_finite() {
+                Ok(Budget::Fraction(f / 100.0))
+            } else {
+                Err(bad())
+            };
+        }
+        let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => t.split_at(i),
+            None => (t, ""),
+        };
+        let shift = match unit
+            .trim()
+            .to_ascii_uppercase()
+            .trim_end_matches(['B', 'I'])
+        {
+            "" => 0,
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(1 << shift)
+            .filter(|&b| b > 0)
+            .map(Budget::Bytes)
+            .ok_or_else(bad)
+    }
+}
+
+/// Where streamed tensors' compressed bytes live between uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressedHome {
+    /// Mapped from the DC file and kept in this process (counted in its RSS and the budget).
+    Ram,
+    /// Re-read from the file (page cache) on each use and dropped from the process after.
+    File,
+}
+
+impl FromStr for CompressedHome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CompressedHome, String> {
+        match s.trim() {
+            "ram" => Ok(CompressedHome::Ram),
+            "file" => Ok(CompressedHome::File),
+            _ => Err(format!("{s:?}: expected ram or file")),
+        }
+    }
+}
+
+/// What the plan needs to know of one tensor.
+#[derive(Clone, Debug)]
+pub struct TensorCost {
+    pub name: String,
+    pub raw: u64,
+    pub stored: u64,
+    /// Decode speed of this tensor's type (bytes of output per second).
+    pub decode_bps: f64,
+    /// Only ever read by row lookups (an untied token embedding): each use decodes just the
+    /// chunks holding the rows asked for.
+    pub lookup_only: bool,
+    /// Decoded bytes per chunk (the unit a row lookup decodes).
+    pub chunk_bytes: u64,
+}
+
+/// Tensors smaller than this always stay resident: streaming them saves little and costs a
+/// page-granular release and a callback per use.
+pub const MIN_STREAMED: u64 = 256 << 10;
+
+/// The plan for one model.
+#[derive(Clone, Debug)]
+pub struct ResidencyPlan {
+    /// Per tensor: decoded on demand (`true`) or resident.
+    pub streamed: Vec<bool>,
+    /// Per tensor: the group decoded together (a layer `blk.N`, or the tensor alone).
+    pub group: Vec<u32>,
+    /// The budget asked for, in bytes.
+    pub budget_bytes: u64,
+    /// Weight memory with everything streamable streamed.
+    pub min_bytes: u64,
+    pub resident_bytes: u64,
+    /// Room kept for streamed tensors decoded at the same time.
+    pub reserve_bytes: u64,
+    /// Compressed bytes of streamed tensors (held in RAM in [`CompressedHome::Ram`]).
+    pub streamed_stored_bytes: u64,
+    pub decoded_weight_bytes: u64,
+}
+
+impl ResidencyPlan {
+    /// Compressed bytes held in the process.
+    pub fn held_bytes(&self, home: CompressedHome) -> u64 {
+        match home {
+            CompressedHome::Ram => self.streamed_stored_bytes,
+            CompressedHome::File => 0,
+        }
+    }
+
+    /// Weight memory the plan needs at least: resident, held and the working-set reserve.
+    pub fn needed_bytes(&self, home: CompressedHome) -> u64 {
+        self.resident_bytes + self.held_bytes(home) + self.reserve_bytes
+    }
+
+    /// Bytes the streamed tensors may occupy decoded at once.
+    pub fn streaming_room(&self, home: CompressedHome) -> u64 {
+        self.budget_bytes
+            .max(self.needed_bytes(home))
+            .saturating_sub(self.resident_bytes + self.held_bytes(home))
+    }
+
+    pub fn streamed_count(&self) -> usize {
+        self.streamed.iter().filter(|&&s| s).count()
+    }
+}
+
+/// This process's current and peak resident set (VmRSS, VmHWM from /proc/self/status).
+pub fn rss_report() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("RSS {}, peak {}", field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `blk.N.` -> N; other tensors get ids past every layer, one each.
+pub fn groups(names: &[&str]) -> Vec<u32> {
+    let layer =
+        |n: &str| -> Option<u32> { n.strip_prefix("blk.")?.split('.').next()?.parse().ok() };
+    let mut next_other = names
+        .iter()
+        .filter_map(|n| layer(n))
+        .max()
+        .map_or(0, |m| m + 1);
+    names
+        .iter()
+        .map(|n| {
+            layer(n).unwrap_or_else(|| {
+                next_other += 1;
+                next_other - 1
+            })
+        })
+        .collect()
+}
+
+/// Working-set reserve: the `window` largest streamed groups together (an upper bound on any
+/// `window` consecutive ones).
+fn reserve(group_bytes: &[u64], window: usize) -> u64 {
+    let mut v = group_bytes.to_vec();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.iter().take(window).sum()
+}
+
+fn group_bytes_with(g: &[u64], at: usize, plus: u64) -> Vec<u64> {
+    let mut v = g.to_vec();
+    v[at] += plus;
+    v
+}
+
+/// Chunks of a lookup-only tensor the working set allows for (a prompt's rows).
+const LOOKUP_CHUNKS: u64 = 4;
+
+/// Plans residency for `budget_bytes` of weight memory.
+pub fn plan(
+    tensors: &[TensorCost],
+    budget_bytes: u64,
+    home: CompressedHome,
+    prefetch: bool,
+) -> ResidencyPlan {
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let group = groups(&names);
+    let decoded: u64 = tensors.iter().map(|t| t.raw).sum();
+    if budget_bytes >= decoded {
+        return ResidencyPlan {
+            streamed: vec![false; tensors.len()],
+            group,
+            budget_bytes,
+            min_bytes: 0,
+            resident_bytes: decoded,
+            reserve_bytes: 0,
+            streamed_stored_bytes: 0,
+            decoded_weight_bytes: decoded,
+        };
+    }
+    let n_groups = group.iter().map(|&g| g as usize + 1).max().unwrap_or(0);
+    let window = if prefetch { 3 } else { 2 };
+    let ctx = Planner {
+        tensors,
+        group: &group,
+        n_groups,
+        window,
+        home,
+    };
+    let streamable: Vec<bool> = tensors
+        .iter()
+        .map(|t| t.raw >= MIN_STREAMED && ctx.saving(t) > 0)
+        .collect();
+    // Greedy by decode cost per byte saved, optionally first making the k largest groups
+    // resident (one big tensor, e.g. a tied embedding that is also the output head, can
+    // dominate the working set); the variant that decodes least per token wins.
+    let mut by_size: Vec<usize> = (0..n_groups).collect();
+    let mut group_raw = vec![0u64; n_groups];
+    for (i, t) in tensors.iter().enumerate() {
+        if streamable[i] {
+            group_raw[group[i] as usize] += ctx.working(t);
+        }
+    }
+    by_size.sort_by(|&a, &b| group_raw[b].cmp(&group_raw[a]));
+    let mut best: Option<(f64, ResidencyPlan)> = None;
+    for k in 0..=window.min(n_groups) {
+        let p = ctx.greedy(&streamable, budget_bytes, &by_size[..k]);
+        let cost = ctx.decode_seconds_per_pass(&p.streamed);
+        if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+            best = Some((cost, p));
+        }
+    }
+    best.map(|(_, p)| p).expect("k = 0 always runs")
+}
+
+struct Planner<'a> {
+    tensors: &'a [TensorCost],
+    group: &'a [u32],
+    n_groups: usize,
+    window: usize,
+    home: CompressedHome,
+}
+
+impl Planner<'_> {
+    fn saving(&self, t: &TensorCost) -> u64 {
+        match self.home {
+            CompressedHome::Ram => t.raw.saturating_sub(t.stored),
+            CompressedHome::File => t.raw,
+        }
+    }
+
+    fn held(&self, t: &TensorCost) -> u64 {
+        match self.home {
+            CompressedHome::Ram => t.stored,
+            CompressedHome::File => 0,
+        }
+    }
+
+    /// Decoded bytes one use of a streamed tensor needs in memory.
+    fn working(&self, t: &TensorCost) -> u64 {
+        if t.lookup_only {
+            t.raw.min(LOOKUP_CHUNKS * t.chunk_bytes.max(1))
+        } else {
+            t.raw
+        }
+    }
+
+    /// Seconds of decoding one pass over the model costs (per generated token).
+    fn decode_seconds_per_pass(&self, streamed: &[bool]) -> f64 {
+        self.tensors
+            .iter()
+            .zip(streamed)
+            .filter(|(_, s)| **s)
+            .map(|(t, _)| {
+                let per_use = if t.lookup_only {
+                    t.chunk_bytes.min(t.raw)
+                } else {
+                    t.raw
+                };
+                per_use as f64 / t.decode_bps.max(1.0)
+            })
+            .sum()
+    }
+
+    fn greedy(
+        &self,
+        streamable: &[bool],
+        budget_bytes: u64,
+        resident_groups: &[usize],
+    ) -> ResidencyPlan {
+        let tensors = self.tensors;
+        let mut streamed = streamable.to_vec();
+        let mut group_bytes = vec![0u64; self.n_groups];
+        for (i, t) in tensors.iter().enumerate() {
+            if streamed[i] {
+                group_bytes[self.group[i] as usize] += self.working(t);
+            }
+        }
+        let sum = |f: &dyn Fn(&TensorCost) -> u64, want: bool, streamed: &[bool]| -> u64 {
+            tensors
+                .iter()
+                .zip(streamed)
+                .filter(|(_, s)| **s == want)
+                .map(|(t, _)| f(t))
+                .sum()
+        };
+        let mut resident = sum(&|t| t.raw, false, &streamed);
+        let mut stored_held = sum(&|t| self.held(t), true, &streamed);
+        let need = |resident: u64, stored_held: u64, group_bytes: &[u64]| {
+            resident + stored_held + reserve(group_bytes, self.window)
+        };
+        let min_bytes = need(resident, stored_held, &group_bytes);
+
+        // The forced groups first, then the tensors whose decode costs most per byte saved.
+        let cost_per_saved = |i: usize| {
+            let t = &tensors[i];
+            let per_use = if t.lookup_only {
+                t.chunk_bytes.min(t.raw)
+            } else {
+                t.raw
+            };
+            (per_use as f64 / t.decode_bps.max(1.0)) / self.saving(t) as f64
+        };
+        let forced = |i: usize| resident_groups.contains(&(self.group[i] as usize));
+        let mut order: Vec<usize> = (0..tensors.len()).filter(|&i| streamable[i]).collect();
+        order.sort_by(|&a, &b| {
+            forced(b)
+                .cmp(&forced(a))
+                .then(cost_per_saved(b).total_cmp(&cost_per_saved(a)))
+        });
+        for i in order {
+            let t = &tensors[i];
+            let g = self.group[i] as usize;
+            group_bytes[g] -= self.working(t);
+            let before = need(
+                resident,
+                stored_held,
+                &group_bytes_with(&group_bytes, g, self.working(t)),
+            );
+            let after = need(resident + t.raw, stored_held - self.held(t), &group_bytes);
+            // Also take steps that do not grow the need: from a start above the budget (the
+            // compressed bytes plus the reserve), they lead back under it.
+            if after <= budget_bytes || after <= before {
+                streamed[i] = false;
+                resident += t.raw;
+                stored_held -= self.held(t);
+            } else {
+                group_bytes[g] += self.working(t);
+            }
+        }
+        ResidencyPlan {
+            reserve_bytes: reserve(&group_bytes, self.window),
+            streamed_stored_bytes: sum(&|t| t.stored, true, &streamed),
+            streamed,
+            group: self.group.to_vec(),
+            budget_bytes,
+            min_bytes,
+            resident_bytes: resident,
+            decoded_weight_bytes: tensors.iter().map(|t| t.raw).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, raw: u64, stored: u64, bps: f64) -> TensorCost {
+        TensorCost {
+            name: name.into(),
+            raw,
+            stored,
+            decode_bps: bps,
+            lookup_only: false,
+            chunk_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn lookup_tables_stream_first_and_reserve_a_few_chunks() {
+        let mut m = model();
+        m[0].lookup_only = true;
+        let total: u64 = m.iter().map(|t| t.raw).sum();
+        let p = plan(&m, total * 80 / 100, CompressedHome::File, true);
+        assert!(
+            p.streamed[0],
+            "the 40 MiB lookup table is the cheapest to stream"
+        );
+        assert!(p.reserve_bytes < 40 << 20);
+    }
+
+    #[test]
+    fn a_big_output_head_stays_resident_when_that_decodes_less() {
+        // Tied embedding (also the output head): streaming it means decoding 40 MiB a token
+        // and reserving 40 MiB; keeping it resident streams the layers instead.
+        let m = model();
+        let total: u64 = m.iter().map(|t| t.raw).sum();
+        let p = plan(&m, total * 65 / 100, CompressedHome::File, true);
+        assert!(!p.streamed[0]);
+        assert!(p.streamed_count() > 0);
+    }
+
+    #[test]
+    fn budget_parses() {
+        assert_eq!("60%".parse(), Ok(Budget::Fraction(0.6)));
+        assert_eq!("512M".parse(), Ok(Budget::Bytes(512 << 20)));
+        assert_eq!("2GiB".parse(), Ok(Budget::Bytes(2 << 30)));
+        assert_eq!("1000".parse(), Ok(Budget::Bytes(1000)));
+        for bad in ["", "0", "-5%", "x", "5Q", "0%", "99999999999999999999G"] {
+            assert!(bad.parse::<Budget>().is_err(), "{bad}");
+        }
+        assert_eq!(Budget::Fraction(0.5).bytes(1000), 500);
+    }
+
+    #[test]
+    fn layers_group_and_others_stand_alone() {
+        let g = groups(&[
+            "token_embd.weight",
+            "blk.0.a",
+            "blk.1.a",
+            "blk.0.b",
+            "output.weight",
+        ]);
+        assert_eq!(g, vec![2, 0, 1, 0, 3]);
+    }
+
+    fn model() -> Vec<TensorCost> {
+        let mut v = vec![t("token_embd.weight", 40 << 20, 36 << 20, 2e9)];
+        for l in 0..8 {
+            v.push(t(&format!("blk.{l}.attn_q.weight"), 4 << 20, 3 << 20, 3e9));
+            v.push(t(&format!("blk.{l}.ffn_up.weight"), 8 << 20, 7 << 20, 1e9));
+            v.push(t(
+                &format!("blk.{l}.attn_norm.weight"),
+                4 << 10,
+                4 << 10,
+                1e9,
+            ));
+        }
+        v
+    }
+
+    #[test]
+    fn full_budget_keeps_everything_resident() {
+        let m = model();
+        let total: u64 = m.iter().map(|t| t.raw).sum();
+        let p = plan(&m, total, CompressedHome::Ram, true);
+        assert_eq!(p.streamed_count(), 0);
+        assert_eq!(p.resident_bytes, total);
+    }
+
+    #[test]
+    fn smaller_budgets_stream_more_and_fit() {
+        let m = model();
+        let total: u64 = m.iter().map(|t| t.raw).sum();
+        let mut last = 0;
+        for home in [CompressedHome::Ram, CompressedHome::File] {
+            for pct in [90u64, 70, 50, 30] {
+                let b = total * pct / 100;
+                let p = plan(&m, b, home, true);
+                let held = if home == CompressedHome::Ram {
+                    p.streamed_stored_bytes
+                } else {
+                    0
+                };
+                let used = p.resident_bytes + held + p.reserve_bytes;
+                assert!(used <= b.max(p.min_bytes), "{home:?} {pct}%: {used} > {b}");
+                assert!(p.streamed_count() >= last || pct == 90);
+                last = p.streamed_count();
+                // Norms never stream.
+                for (i, t) in m.iter().enumerate() {
+                    if t.raw < MIN_STREAMED {
+                        assert!(!p.streamed[i]);
+                    }
+                }
+            }
+            last = 0;
+        }
+    }
+
+    #[test]
+    fn slow_decoders_stay_resident_first() {
+        let m = model();
+        let total: u64 = m.iter().map(|t| t.raw).sum();
+        let p = plan(&m, total * 85 / 100, CompressedHome::File, false);
+        // ffn_up decodes 3x slower per byte than attn_q: streaming starts with attn_q.
+        let streamed_up = (0..m.len())
+            .filter(|&i| p.streamed[i] && m[i].name.contains("ffn_up"))
+            .count();
+        let streamed_q = (0..m.len())
+            .filter(|&i| p.streamed[i] && m[i].name.contains("attn_q"))
+            .count();
+        assert!(streamed_q > 0);
+        assert!(streamed_up <= streamed_q, "{streamed_up} {streamed_q}");
+    }
+
+    #[test]
+    fn budget_below_minimum_uses_the_least_memory() {
+        let m = model();
+        let p = plan(&m, 1, CompressedHome::Ram, true);
+        // As little memory as the model allows: no more than with everything streamed.
+        let used = p.resident_bytes + p.streamed_stored_bytes + p.reserve_bytes;
+        assert!(
+            p.min_bytes > 1 && used <= p.min_bytes,
+            "{used} {}",
+            p.min_bytes
+        );
+        assert!(p.streamed_count() >= m.iter().filter(|t| t.raw >= MIN_STREAMED).count() - 1);
+    }
+}

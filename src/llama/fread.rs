@@ -1,0 +1,113 @@
+//! Direct reads for our cookie `FILE *`s.
+//!
+//! glibc's `fread` on a `fopencookie` stream always goes through the stream buffer: every
+//! byte is decoded into that buffer, then copied to the caller, in buffer-sized pieces.
+//! libdcgguf exports `fread` (see `ffi::hook`); for a stream registered here it serves the
+//! request itself, decoding whole chunks straight into the caller's memory (for llama.cpp:
+//! the tensor's final place) in one parallel pass, and it learns where each tensor lives,
+//! which the memory-budget mode needs. Every other stream goes to the C library's `fread`.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::stream::Stream;
+
+/// Open cookie streams: (`FILE *`, its `Box<Stream>` cookie).
+static STREAMS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// `STREAMS.len()`, read without the lock so that other streams pay one atomic load.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+pub(super) fn register(fp: *mut libc::FILE, cookie: *mut c_void) {
+    let mut s = STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+    s.push((fp as usize, cookie as usize));
+    LIVE.store(s.len(), Ordering::Release);
+}
+
+pub(super) fn unregister(fp: *mut libc::FILE) {
+    let mut s = STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+    s.retain(|&(f, _)| f != fp as usize);
+    LIVE.store(s.len(), Ordering::Release);
+}
+
+fn cookie_of(fp: *mut libc::FILE) -> Option<usize> {
+    if LIVE.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let s = STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+    s.iter().find(|&&(f, _)| f == fp as usize).map(|&(_, c)| c)
+}
+
+/// The start of glibc's `struct _IO_FILE` (stable since glibc 2.1 on LP64 targets): the
+/// flags word and the read-buffer pointers.
+#[repr(C)]
+struct GlibcFileHead {
+    flags: c_int,
+    read_ptr: *mut c_char,
+    read_end: *mut c_char,
+}
+const IO_EOF_SEEN: c_int = 0x10;
+const IO_ERR_SEEN: c_int = 0x20;
+
+unsafe extern "C" {
+    fn flockfile(fp: *mut libc::FILE);
+    fn funlockfile(fp: *mut libc::FILE);
+}
+
+/// Serves `fread(ptr, size, n, fp)` when `fp` is one of our streams and glibc holds no
+/// buffered bytes for it; `None` hands the call to the C library's `fread`.
+///
+/// # Safety
+/// The arguments of a valid `fread` call: `ptr` has `size * n` writable bytes and `fp` is
+/// an open stream.
+pub unsafe fn fread_ours(
+    ptr: *mut c_void,
+    size: usize,
+    n: usize,
+    fp: *mut libc::FILE,
+) -> Option<usize> {
+    let cookie = cookie_of(fp)?;
+    let total = size.checked_mul(n)?;
+    if total == 0 || ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `fp` is one of our open streams (registered until just before fclose), so it
+    // is a glibc FILE; its lock serializes us with glibc's own calls and the cookie callbacks.
+    unsafe { flockfile(fp) };
+    let head = fp as *mut GlibcFileHead;
+    // SAFETY: `head` points to the start of a live glibc FILE, whose first fields have this
+    // layout; we hold the FILE lock.
+    let buffered = unsafe { (*head).read_ptr != (*head).read_end };
+    let result = if buffered {
+        None
+    } else {
+        // SAFETY: the cookie is the live `Box<Stream>` of this FILE, touched only under the
+        // FILE lock, which we hold. `ptr` has `total` writable bytes (fread's contract).
+        let stream = unsafe { &mut *(cookie as *mut Stream) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, total) };
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stream.read_into_caller(dst)
+        }))
+        .unwrap_or_else(|_| Err("internal error (panic) while decoding".into()));
+        Some(match read {
+            Ok(got) => {
+                if got < total {
+                    // SAFETY: as above; glibc's feof reads this flag.
+                    unsafe { (*head).flags |= IO_EOF_SEEN };
+                }
+                got / size
+            }
+            Err(msg) => {
+                stream.record(&msg);
+                // SAFETY: as above; glibc's ferror reads this flag.
+                unsafe { (*head).flags |= IO_ERR_SEEN };
+                // SAFETY: this thread's errno slot.
+                unsafe { *libc::__errno_location() = libc::EIO };
+                0
+            }
+        })
+    };
+    // SAFETY: balances flockfile above.
+    unsafe { funlockfile(fp) };
+    result
+}

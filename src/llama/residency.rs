@@ -1,0 +1,831 @@
+//! On-demand decoding under a memory budget (`DCGGUF_MEM_BUDGET=60%` or bytes, or
+//! `dcgguf_set_memory_budget`).
+//!
+//! At load, the tensors the plan ([`crate::cost::residency`]) streams are not read: llama.cpp
+//! allocates their memory but its pages are never touched, so they cost no RSS. While
+//! llama.cpp computes, its graph evaluation callback (`cb_eval`, chained with the caller's)
+//! sees every node before it runs; a node whose source is a streamed weight gets that weight
+//! decoded into its own memory first, and the range of nodes is cut at the first node of
+//! each new layer so that layers already computed can be released (`MADV_DONTNEED`: the pages
+//! go back to the system and read as zeros until decoded again). A prefetch thread decodes
+//! the next layer while the current one computes. Pointers never change, so llama.cpp, views
+//! of weights and every backend op work unchanged.
+//!
+//! Limits: CPU weights only (GPU offload and weight repacking are turned off for budgeted
+//! loads); the model's weights must only be read by graph computations (llama.cpp reads them
+//! nowhere else); contexts of one model should not compute concurrently.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use super::sys;
+use crate::cost::residency::{Budget, CompressedHome, ResidencyPlan, TensorCost, plan};
+use crate::dc::DcFile;
+use crate::gguf::GgmlType;
+
+pub const BUDGET_ENV: &str = "DCGGUF_MEM_BUDGET";
+/// `ram` (default): compressed bytes stay mapped in the process; `file`: re-read from the
+/// page cache on each use and dropped from the process after.
+pub const HOME_ENV: &str = "DCGGUF_MEM_SOURCE";
+/// `0` turns the prefetch thread off.
+pub const PREFETCH_ENV: &str = "DCGGUF_PREFETCH";
+
+/// What a budgeted load asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub budget: Budget,
+    pub home: CompressedHome,
+    pub prefetch: bool,
+}
+
+/// Set through the C API; takes precedence over the environment.
+static API_SETTINGS: Mutex<Option<Option<Settings>>> = Mutex::new(None);
+
+/// Sets (or with `None` clears) the budget for later loads, overriding the environment.
+pub fn set_settings(s: Option<Settings>) {
+    *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+}
+
+/// The budget for the next load: the C API's, else the environment's, else none.
+pub fn settings() -> Result<Option<Settings>, String> {
+    if let Some(s) = *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) {
+        return Ok(s);
+    }
+    let Some(b) = std::env::var_os(BUDGET_ENV) else {
+        return Ok(None);
+    };
+    let b = b.to_string_lossy();
+    if b.trim().is_empty() || b.trim() == "0" || b.trim() == "100%" {
+        return Ok(None);
+    }
+    let budget = b
+        .parse::<Budget>()
+        .map_err(|e| format!("{BUDGET_ENV}: {e}"))?;
+    let home = match std::env::var(HOME_ENV) {
+        Ok(h) => h.parse().map_err(|e| format!("{HOME_ENV}: {e}"))?,
+        Err(_) => CompressedHome::Ram,
+    };
+    let prefetch = std::env::var(PREFETCH_ENV).map_or(true, |v| v.trim() != "0");
+    Ok(Some(Settings {
+        budget,
+        home,
+        prefetch,
+    }))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Absent,
+    Loading,
+    /// Only the chunks a row lookup (`GET_ROWS`) needed are decoded.
+    Partial,
+    Present,
+}
+
+struct Slot {
+    tensor: usize,
+    group: u32,
+    /// Address of the tensor's memory in llama.cpp's buffer (0 until the load records it).
+    addr: usize,
+    len: usize,
+    status: Status,
+    last_use: u64,
+    /// Epoch of the range that needs it; pinned while that range is pending.
+    pin_epoch: u64,
+    /// For `Partial`: which chunks are decoded, and their bytes.
+    chunks: Vec<bool>,
+    partial: u64,
+}
+
+/// Counters for reports and benches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub decodes: u64,
+    pub decoded_bytes: u64,
+    pub decode_seconds: f64,
+    pub prefetched: u64,
+    pub evictions: u64,
+    /// Most streamed bytes decoded at once.
+    pub peak_present: u64,
+    /// Most bytes the sync path had to go over its room by (every other tensor was in use).
+    pub overshoot: u64,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    by_addr: HashMap<usize, usize>,
+    present: u64,
+    clock: u64,
+    /// Ranges of graph nodes computed so far.
+    epoch: u64,
+    /// Group of the nodes asked about most recently.
+    current: Option<u32>,
+    /// Group the prefetch thread works on.
+    prefetching: Option<u32>,
+    /// Group order seen in earlier graphs.
+    next_group: HashMap<u32, u32>,
+    /// The model is being freed: no more decoding.
+    closed: bool,
+    stats: Stats,
+}
+
+/// The budget state of one loaded model.
+pub struct Residency {
+    dc: Arc<DcFile>,
+    pub plan: ResidencyPlan,
+    pub home: CompressedHome,
+    /// Bytes streamed tensors may occupy decoded at once.
+    room: u64,
+    slot_of_tensor: Vec<Option<usize>>,
+    state: Mutex<State>,
+    ready: Condvar,
+    failed: AtomicBool,
+    error: Mutex<Option<String>>,
+    prefetch: Mutex<Option<Sender<u32>>>,
+}
+
+fn decode_bps_for(ty: GgmlType) -> f64 {
+    use crate::cost::{Stale, default_profile_path, load_profile};
+    static PROFILE: std::sync::OnceLock<Option<crate::cost::Profile>> = std::sync::OnceLock::new();
+    let p = PROFILE.get_or_init(|| {
+        load_profile(&default_profile_path())
+            .map_err(|_: Stale| ())
+            .ok()
+    });
+    // Without a profile every type counts as equally fast: the plan then ranks by bytes saved.
+    p.as_ref().map_or(1e9, |p| p.decode_bps(ty, true))
+}
+
+impl Residency {
+    /// The plan for `dc` under `s`; `None` when it streams nothing (the budget covers the
+    /// whole model).
+    pub fn new(dc: Arc<DcFile>, s: Settings) -> Option<Arc<Residency>> {
+        // The token embedding is only a row lookup unless it doubles as the output head: it
+        // does not with a separate `output.weight`, nor in embedding models (pooling type).
+        let arch = dc
+            .original
+            .get("general.architecture")
+            .and_then(|v| v.as_str().map(str::to_owned));
+        let pooled = arch.is_some_and(|a| dc.original.get(&format!("{a}.pooling_type")).is_some());
+        let untied = pooled || dc.find_tensor("output.weight").is_some();
+        let costs: Vec<TensorCost> = (0..dc.tensor_count())
+            .map(|i| {
+                let v = dc.tensor_view(i);
+                TensorCost {
+                    lookup_only: untied && v.name == "token_embd.weight",
+                    chunk_bytes: u64::from(dc.index.tensors[i].chunk_raw),
+                    name: v.name,
+                    raw: v.raw_bytes,
+                    stored: v.stored_bytes,
+                    decode_bps: decode_bps_for(dc.tensor_info(i).ty),
+                }
+            })
+            .collect();
+        let decoded: u64 = costs.iter().map(|t| t.raw).sum();
+        let budget = s.budget.bytes(decoded);
+        if budget >= decoded {
+            return None;
+        }
+        let plan = plan(&costs, budget, s.home, s.prefetch);
+        if plan.streamed_count() == 0 {
+            return None;
+        }
+        let mut slot_of_tensor = vec![None; costs.len()];
+        let mut slots = Vec::new();
+        for (i, t) in costs.iter().enumerate() {
+            if plan.streamed[i] {
+                slot_of_tensor[i] = Some(slots.len());
+                slots.push(Slot {
+                    tensor: i,
+                    group: plan.group[i],
+                    addr: 0,
+                    len: t.raw as usize,
+                    status: Status::Absent,
+                    last_use: 0,
+                    pin_epoch: u64::MAX,
+                    chunks: Vec::new(),
+                    partial: 0,
+                });
+            }
+        }
+        let res = Arc::new(Residency {
+            room: plan.streaming_room(s.home),
+            plan,
+            home: s.home,
+            dc,
+            slot_of_tensor,
+            state: Mutex::new(State {
+                slots,
+                by_addr: HashMap::new(),
+                present: 0,
+                clock: 0,
+                epoch: 0,
+                current: None,
+                prefetching: None,
+                next_group: HashMap::new(),
+                closed: false,
+                stats: Stats::default(),
+            }),
+            ready: Condvar::new(),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            prefetch: Mutex::new(None),
+        });
+        if s.prefetch {
+            let (tx, rx) = channel::<u32>();
+            let weak: Weak<Residency> = Arc::downgrade(&res);
+            let spawned = std::thread::Builder::new()
+                .name("dcgguf-prefetch".into())
+                .spawn(move || {
+                    while let Ok(g) = rx.recv() {
+                        match weak.upgrade() {
+                            Some(r) => r.prefetch_group(g),
+                            None => break,
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                *res.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+            }
+        }
+        Some(res)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One line for stderr: what the plan does.
+    pub fn summary(&self) -> String {
+        let p = &self.plan;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let mut s = format!(
+            "dcgguf: memory budget {:.1} MiB of {:.1} MiB decoded weights: {} tensors decoded on \
+             demand ({:.1} MiB, {:.1} MiB compressed, held in {}), {:.1} MiB resident, \
+             {:.1} MiB working set",
+            mib(p.budget_bytes),
+            mib(p.decoded_weight_bytes),
+            p.streamed_count(),
+            mib(p.decoded_weight_bytes - p.resident_bytes),
+            mib(p.streamed_stored_bytes),
+            match self.home {
+                CompressedHome::Ram => "RAM",
+                CompressedHome::File => "the page cache",
+            },
+            mib(p.resident_bytes),
+            mib(self.room),
+        );
+        let needed = p.needed_bytes(self.home);
+        if p.budget_bytes < needed {
+            s.push_str(&format!(
+                " (the budget is below the {:.1} MiB this model needs at least: using that)",
+                mib(needed)
+            ));
+        }
+        s.push_str(&format!(
+            " [limit={} weights={}]",
+            p.budget_bytes.max(needed),
+            p.decoded_weight_bytes
+        ));
+        s
+    }
+
+    /// Load time: if `[offset, offset + len)` of the original file is exactly a streamed
+    /// tensor, remember that llama.cpp keeps it at `addr` and tell the stream to skip it.
+    pub fn defer_load(&self, offset: u64, addr: usize, len: usize) -> bool {
+        let Some(i) = self.dc.tensor_starting_at(offset) else {
+            return false;
+        };
+        let Some(slot) = self.slot_of_tensor[i] else {
+            return false;
+        };
+        let mut st = self.lock();
+        if st.slots[slot].len != len || st.slots[slot].addr != 0 || addr == 0 {
+            return false;
+        }
+        st.slots[slot].addr = addr;
+        st.by_addr.insert(addr, slot);
+        true
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, msg: String) {
+        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if e.is_none() {
+            eprintln!("dcgguf: error: {}: {msg}", self.dc.path().display());
+            *e = Some(msg);
+        }
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// The first decode error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops prefetching and waits for decodes in flight: the model's memory is about to be
+    /// freed.
+    fn shut_down(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.prefetching = None;
+        while st.slots.iter().any(|s| s.status == Status::Loading) {
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(st);
+        *self.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Graph callback, ask phase: node `t` is about to be computed. Decodes the streamed
+    /// weights it reads; returns whether the range of nodes must end at `t` (it starts a
+    /// new layer, so the previous one is released once this range is computed).
+    ///
+    /// # Safety
+    /// `t` is a live ggml tensor whose `src`/`view_src` are NULL or live tensors.
+    pub unsafe fn ask(&self, t: *const sys::ggml_tensor) -> bool {
+        let mut boundary = false;
+        // SAFETY: the caller guarantees `t` is live.
+        let (srcs, op) = unsafe { ((*t).src, (*t).op) };
+        for (k, src) in srcs.into_iter().enumerate() {
+            if src.is_null() {
+                continue;
+            }
+            // SAFETY: non-NULL sources of a live node are live tensors.
+            let base = unsafe {
+                let v = (*src).view_src;
+                if v.is_null() { src } else { v }
+            };
+            // SAFETY: as above.
+            let addr = unsafe { (*base).data } as usize;
+            let mut st = self.lock();
+            let Some(&slot) = st.by_addr.get(&addr) else {
+                continue;
+            };
+            let g = st.slots[slot].group;
+            if st.current != Some(g) {
+                if let Some(prev) = st.current {
+                    st.next_group.insert(prev, g);
+                }
+                st.current = Some(g);
+                boundary = true;
+            }
+            if k == 0
+                && op == sys::ggml_op_GGML_OP_GET_ROWS
+                && st.slots[slot].status != Status::Present
+            {
+                // SAFETY: a GET_ROWS node's src[1] is its (live) index tensor.
+                let rows = unsafe { row_ids(srcs[1], src) };
+                if let Some(chunks) = rows.and_then(|r| self.chunks_of_rows(slot, &st, &r)) {
+                    self.ensure_chunks(st, slot, chunks);
+                    continue;
+                }
+            }
+            self.ensure(st, slot);
+        }
+        boundary
+    }
+
+    /// The chunks of `slot`'s tensor holding byte ranges `rows`.
+    fn chunks_of_rows(&self, slot: usize, st: &State, rows: &[(u64, u64)]) -> Option<Vec<usize>> {
+        let s = &st.slots[slot];
+        let chunk = u64::from(self.dc.index.tensors[s.tensor].chunk_raw);
+        let mut out: Vec<usize> = Vec::new();
+        for &(start, len) in rows {
+            if len == 0 || start.checked_add(len)? > s.len as u64 {
+                return None;
+            }
+            out.extend((start / chunk) as usize..=((start + len - 1) / chunk) as usize);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
+
+    /// Decodes the listed chunks of `slot` (a row lookup needs only those) and pins it.
+    fn ensure_chunks(&self, mut st: MutexGuard<'_, State>, slot: usize, chunks: Vec<usize>) {
+        while st.slots[slot].status == Status::Loading {
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.slots[slot].status == Status::Present {
+            return self.ensure(st, slot);
+        }
+        let tensor = st.slots[slot].tensor;
+        let chunk = self.dc.index.tensors[tensor].chunk_raw as usize;
+        let n_chunks = st.slots[slot].len.div_ceil(chunk);
+        st.slots[slot].pin_epoch = st.epoch;
+        if st.slots[slot].chunks.len() != n_chunks {
+            st.slots[slot].chunks = vec![false; n_chunks];
+        }
+        let todo: Vec<usize> = chunks
+            .into_iter()
+            .filter(|&c| !st.slots[slot].chunks[c])
+            .collect();
+        let (addr, len) = (st.slots[slot].addr, st.slots[slot].len);
+        let bytes = |c: usize| (len - c * chunk).min(chunk);
+        let need: u64 = todo.iter().map(|&c| bytes(c) as u64).sum();
+        if !self.make_room(&mut st, need, false) {
+            let over = st.present + need - self.room;
+            st.stats.overshoot = st.stats.overshoot.max(over);
+        }
+        st.slots[slot].status = Status::Loading;
+        st.present += need;
+        st.stats.peak_present = st.stats.peak_present.max(st.present);
+        drop(st);
+        let started = Instant::now();
+        let r = todo.iter().try_for_each(|&c| {
+            // SAFETY: a chunk-sized piece of the tensor's own memory (see `load`); the
+            // tensor is Loading, so nothing else reads or writes it meanwhile.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut((addr + c * chunk) as *mut u8, bytes(c)) };
+            self.dc.read_tensor(tensor, (c * chunk) as u64, dst)
+        });
+        let mut st = self.lock();
+        st.clock += 1;
+        let clock = st.clock;
+        let s = &mut st.slots[slot];
+        s.last_use = clock;
+        for &c in &todo {
+            s.chunks[c] = true;
+        }
+        s.partial += need;
+        s.status = Status::Partial;
+        st.stats.decodes += todo.len() as u64;
+        st.stats.decoded_bytes += need;
+        st.stats.decode_seconds += started.elapsed().as_secs_f64();
+        drop(st);
+        self.ready.notify_all();
+        if let Err(e) = r {
+            self.fail(e.to_string());
+        }
+    }
+
+    /// Graph callback: the range of nodes ending at the last asked node was computed.
+    pub fn computed(&self) {
+        if self.home == CompressedHome::File {
+            // Per-chunk releases after decoding leave some pages mapped (measured: ~17 MiB
+            // for SmolLM2); dropping the whole map once per range of nodes catches them.
+            self.dc.release_mapped_pages();
+        }
+        let mut st = self.lock();
+        st.epoch += 1;
+        let Some(cur) = st.current else {
+            return;
+        };
+        let Some(&next) = st.next_group.get(&cur) else {
+            return;
+        };
+        if st.prefetching == Some(next) {
+            return;
+        }
+        st.prefetching = Some(next);
+        drop(st);
+        if let Some(tx) = &*self.prefetch.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(next);
+        }
+    }
+
+    /// Makes `slot` present and pins it for the pending range.
+    fn ensure(&self, mut st: MutexGuard<'_, State>, slot: usize) {
+        loop {
+            match st.slots[slot].status {
+                Status::Present => {
+                    st.clock += 1;
+                    let (clock, epoch) = (st.clock, st.epoch);
+                    let s = &mut st.slots[slot];
+                    s.last_use = clock;
+                    s.pin_epoch = epoch;
+                    return;
+                }
+                Status::Loading => {
+                    st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                Status::Absent | Status::Partial => break,
+            }
+        }
+        st.slots[slot].pin_epoch = st.epoch;
+        let len = st.slots[slot].len as u64;
+        if !self.make_room(&mut st, len, false) {
+            let over = st.present + len - self.room;
+            st.stats.overshoot = st.stats.overshoot.max(over);
+        }
+        self.load(st, slot);
+    }
+
+    /// Decodes `slot` (Absent, room already made) into its memory; returns with the lock
+    /// released.
+    fn load(&self, mut st: MutexGuard<'_, State>, slot: usize) {
+        let partial = std::mem::take(&mut st.slots[slot].partial);
+        st.present -= partial;
+        st.slots[slot].chunks.clear();
+        st.slots[slot].status = Status::Loading;
+        let (tensor, addr, len) = {
+            let s = &st.slots[slot];
+            (s.tensor, s.addr, s.len)
+        };
+        st.present += len as u64;
+        st.stats.peak_present = st.stats.peak_present.max(st.present);
+        drop(st);
+        let started = Instant::now();
+        // SAFETY: `addr..addr + len` is the tensor's memory inside llama.cpp's weight buffer
+        // (recorded at load from the fread destination of exactly this tensor). Nobody reads
+        // it while it is Loading: graph nodes that use it wait in `ensure`, and nodes are
+        // computed only after their ask returns.
+        let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+        let r = self.dc.read_tensor(tensor, 0, dst);
+        let secs = started.elapsed().as_secs_f64();
+        let mut st = self.lock();
+        st.clock += 1;
+        st.slots[slot].last_use = st.clock;
+        match r {
+            Ok(()) => {
+                st.slots[slot].status = Status::Present;
+                st.stats.decodes += 1;
+                st.stats.decoded_bytes += len as u64;
+                st.stats.decode_seconds += secs;
+            }
+            Err(e) => {
+                st.slots[slot].status = Status::Absent;
+                st.present -= len as u64;
+                drop(st);
+                self.fail(e.to_string());
+                self.ready.notify_all();
+                return;
+            }
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+
+    /// Evicts least recently used streamed tensors until `need` more bytes fit. Never
+    /// evicts a tensor the pending range needs; the prefetcher also spares the current and
+    /// the prefetched layer. Returns false if not enough could be freed.
+    fn make_room(&self, st: &mut State, need: u64, for_prefetch: bool) -> bool {
+        while st.present + need > self.room {
+            let (epoch, current, prefetching) = (st.epoch, st.current, st.prefetching);
+            let protected = |g: u32| Some(g) == current || Some(g) == prefetching;
+            let victim = st
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches!(s.status, Status::Present | Status::Partial))
+                .filter(|(_, s)| s.pin_epoch != epoch)
+                .filter(|(_, s)| !(for_prefetch && protected(s.group)))
+                .min_by_key(|(_, s)| (protected(s.group), s.last_use))
+                .map(|(i, _)| i);
+            let Some(v) = victim else {
+                return false;
+            };
+            self.evict(st, v);
+        }
+        true
+    }
+
+    fn evict(&self, st: &mut State, slot: usize) {
+        let s = &mut st.slots[slot];
+        let held = if s.status == Status::Partial {
+            s.partial
+        } else {
+            s.len as u64
+        };
+        s.status = Status::Absent;
+        s.partial = 0;
+        s.chunks.clear();
+        st.present -= held;
+        st.stats.evictions += 1;
+        release_pages(s.addr, s.len);
+    }
+
+    /// Prefetch thread: decodes group `g`'s absent tensors while room allows.
+    fn prefetch_group(&self, g: u32) {
+        let slots: Vec<usize> = {
+            let st = self.lock();
+            (0..st.slots.len())
+                .filter(|&i| st.slots[i].group == g)
+                .collect()
+        };
+        for slot in slots {
+            let mut st = self.lock();
+            if st.prefetching != Some(g) || st.closed || self.failed() {
+                return;
+            }
+            if st.slots[slot].status != Status::Absent || st.slots[slot].addr == 0 {
+                continue;
+            }
+            let len = st.slots[slot].len as u64;
+            if !self.make_room(&mut st, len, true) {
+                return;
+            }
+            st.stats.prefetched += 1;
+            self.load(st, slot);
+        }
+    }
+}
+
+/// The byte ranges of `table` that a GET_ROWS node with index tensor `ids` reads: one row
+/// per index. `None` when the index tensor is not a plain contiguous I32 host tensor.
+///
+/// # Safety
+/// `ids` and `table` are NULL or live ggml tensors.
+unsafe fn row_ids(
+    ids: *const sys::ggml_tensor,
+    table: *const sys::ggml_tensor,
+) -> Option<Vec<(u64, u64)>> {
+    if ids.is_null() || table.is_null() {
+        return None;
+    }
+    // SAFETY: both are live tensors (caller).
+    let (ids, table) = unsafe { (&*ids, &*table) };
+    if ids.type_ != sys::ggml_type_GGML_TYPE_I32 || ids.data.is_null() || ids.nb[0] != 4 {
+        return None;
+    }
+    let n: i64 = ids.ne.iter().product();
+    let contiguous = (1..4).all(|d| ids.nb[d] as i64 == ids.nb[d - 1] as i64 * ids.ne[d - 1]);
+    if !contiguous || n <= 0 || n > (1 << 24) {
+        return None;
+    }
+    let row = table.nb[1] as u64;
+    let rows = table.ne[1];
+    // SAFETY: a contiguous I32 tensor of `n` elements in host memory (CPU backend).
+    let v = unsafe { std::slice::from_raw_parts(ids.data as *const i32, n as usize) };
+    v.iter()
+        .map(|&r| {
+            (0..rows)
+                .contains(&i64::from(r))
+                .then(|| (r as u64 * row, row))
+        })
+        .collect()
+}
+
+/// Returns the whole pages inside `[addr, addr + len)` to the system; they read as zeros
+/// until written again. Pages shared with neighbouring tensors are kept.
+fn release_pages(addr: usize, len: usize) {
+    let page = crate::io::page_size();
+    let start = addr.div_ceil(page) * page;
+    let end = (addr + len) / page * page;
+    if end > start {
+        // SAFETY: the range lies inside one tensor's memory in llama.cpp's anonymous,
+        // private weight buffer (whole pages only, so no neighbour's bytes are touched), and
+        // that tensor is Absent: nothing reads it until `load` writes it again.
+        unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+/// Models loaded with a budget, by `llama_model *`.
+static MODELS: Mutex<Vec<(usize, Arc<Residency>)>> = Mutex::new(Vec::new());
+
+pub fn register_model(model: *mut sys::llama_model, res: Arc<Residency>) {
+    MODELS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((model as usize, res));
+}
+
+pub fn model_residency(model: *const sys::llama_model) -> Option<Arc<Residency>> {
+    let m = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    m.iter()
+        .find(|(p, _)| *p == model as usize)
+        .map(|(_, r)| r.clone())
+}
+
+/// Forgets a model about to be freed (at `llama_model_free`), after any decode into its
+/// memory has finished; prints its counters when `DCGGUF_VERBOSE` is set.
+pub fn unregister_model(model: *mut sys::llama_model) {
+    let gone = {
+        let mut m = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+        let at = m.iter().position(|(p, _)| *p == model as usize);
+        at.map(|i| m.swap_remove(i).1)
+    };
+    if let Some(r) = gone {
+        r.shut_down();
+        if let Ok(to) = std::env::var("DCGGUF_DEBUG_SMAPS") {
+            let _ = std::fs::copy("/proc/self/smaps", to);
+        }
+        if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+            eprintln!(
+                "dcgguf: memory budget stats: {:?}; process {}",
+                r.stats(),
+                crate::cost::residency::rss_report()
+            );
+        }
+    }
+}
+
+/// The callbacks a budgeted context runs with, and the caller's own.
+pub struct EvalHook {
+    res: Arc<Residency>,
+    user_eval: sys::ggml_backend_sched_eval_callback,
+    user_eval_data: *mut c_void,
+    user_abort: sys::ggml_abort_callback,
+    user_abort_data: *mut c_void,
+    /// Whether the caller's callback asked for the last node (then it gets the result).
+    user_asked: AtomicBool,
+}
+
+/// Contexts with our callbacks, by `llama_context *`.
+static CONTEXTS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// Puts our callbacks into `params` for a budgeted model; returns the hook to pass to
+/// [`context_created`] (or `None` for an ordinary model).
+pub fn hook_context_params(
+    model: *const sys::llama_model,
+    params: &mut sys::llama_context_params,
+) -> Option<*mut EvalHook> {
+    let res = model_residency(model)?;
+    let hook = Box::into_raw(Box::new(EvalHook {
+        res,
+        user_eval: params.cb_eval,
+        user_eval_data: params.cb_eval_user_data,
+        user_abort: params.abort_callback,
+        user_abort_data: params.abort_callback_data,
+        user_asked: AtomicBool::new(false),
+    }));
+    params.cb_eval = Some(eval_callback);
+    params.cb_eval_user_data = hook as *mut c_void;
+    params.abort_callback = Some(abort_callback);
+    params.abort_callback_data = hook as *mut c_void;
+    Some(hook)
+}
+
+/// Records the hook of a created context, or frees it if creation failed.
+///
+/// # Safety
+/// `hook` comes from [`hook_context_params`] and is passed here exactly once.
+pub unsafe fn context_created(ctx: *mut sys::llama_context, hook: *mut EvalHook) {
+    if ctx.is_null() {
+        // SAFETY: `hook` came from Box::into_raw in hook_context_params and no context
+        // holds it.
+        drop(unsafe { Box::from_raw(hook) });
+        return;
+    }
+    CONTEXTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((ctx as usize, hook as usize));
+}
+
+/// Frees the hook of a context llama.cpp has just freed.
+pub fn context_freed(ctx: *mut sys::llama_context) {
+    let hook = {
+        let mut c = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+        let at = c.iter().position(|(p, _)| *p == ctx as usize);
+        at.map(|i| c.swap_remove(i).1)
+    };
+    if let Some(h) = hook {
+        // SAFETY: made by Box::into_raw in hook_context_params; the context that called it
+        // is gone, so nothing else refers to it.
+        drop(unsafe { Box::from_raw(h as *mut EvalHook) });
+    }
+}
+
+unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *mut c_void) -> bool {
+    // SAFETY: `data` is the EvalHook we registered with this context; it lives until the
+    // context is freed, after which llama.cpp calls no callbacks.
+    let hook = unsafe { &*(data as *const EvalHook) };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if ask {
+            // SAFETY: ggml passes a live node of the graph being computed.
+            let ours = unsafe { hook.res.ask(t) };
+            // SAFETY: the caller's callback with its own data, as llama.cpp would call it.
+            let theirs = hook
+                .user_eval
+                .is_some_and(|cb| unsafe { cb(t, true, hook.user_eval_data) });
+            hook.user_asked.store(theirs, Ordering::Relaxed);
+            ours || theirs
+        } else {
+            hook.res.computed();
+            match hook.user_eval {
+                // SAFETY: as above; the caller asked for this node, so it gets the result.
+                Some(cb) if hook.user_asked.load(Ordering::Relaxed) => unsafe {
+                    cb(t, false, hook.user_eval_data)
+                },
+                _ => true,
+            }
+        }
+    }));
+    r.unwrap_or_else(|_| {
+        hook.res
+            .fail("internal error (panic) in the graph callback".into());
+        true
+    })
+}
+
+unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
+    // SAFETY: as in eval_callback.
+    let hook = unsafe { &*(data as *const EvalHook) };
+    // SAFETY: the caller's abort callback with its own data.
+    hook.res.failed()
+        || hook
+            .user_abort
+            .is_some_and(|cb| unsafe { cb(hook.user_abort_data) })
+}
