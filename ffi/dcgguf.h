@@ -116,6 +116,15 @@ dcgguf_result dcgguf_read_at(const dcgguf_file *file, uint64_t offset, void *buf
  * with the reason in dcgguf_last_error. */
 dcgguf_result dcgguf_llama_check(void);
 
+/* Memory budget for DC-GGUF models loaded after this call (overrides DCGGUF_MEM_BUDGET):
+ * "60%" of the decoded weight bytes or a byte count ("512M"), optionally followed by ",file"
+ * (compressed bytes re-read from the page cache) or ",ram" (kept mapped, the default) and
+ * ",noprefetch". Streamed weights are decoded just before llama.cpp computes with them and
+ * released after; needs libdcgguf's llama_init_from_model and fread to be the ones the
+ * process calls (LD_PRELOAD, or link libdcgguf first). NULL or "0" turns the budget off.
+ * DCGGUF_ERR_INVALID_ARGUMENT for a malformed spec. */
+dcgguf_result dcgguf_set_memory_budget(const char *spec);
+
 #ifdef LLAMA_H
 /* Include llama.h before this header to get these.
  *
@@ -128,7 +137,10 @@ dcgguf_result dcgguf_llama_check(void);
 struct llama_model *dcgguf_llama_model_load(const char *path, struct llama_model_params params);
 
 /* libdcgguf also exports llama_model_load_from_file with the same behaviour, so that
- * LD_PRELOAD=libdcgguf.so makes unmodified llama.cpp tools accept .dc.gguf files. */
+ * LD_PRELOAD=libdcgguf.so makes unmodified llama.cpp tools accept .dc.gguf files, and
+ * llama_init_from_model, llama_new_context_with_model, llama_free and llama_model_free (pass
+ * through, adding the memory-budget graph callback) and fread (reads of libdcgguf's own
+ * streams go straight into the caller's memory; every other stream is untouched). */
 #endif
 
 #ifdef __cplusplus

@@ -258,3 +258,26 @@ pub unsafe extern "C" fn fread(
         None => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::residency::{Budget, CompressedHome};
+
+    #[test]
+    fn budget_specs_parse() {
+        let s = parse_budget_spec("60%,file,noprefetch").unwrap().unwrap();
+        assert_eq!(s.budget, Budget::Fraction(0.6));
+        assert_eq!(s.home, CompressedHome::File);
+        assert!(!s.prefetch);
+        let s = parse_budget_spec("512M").unwrap().unwrap();
+        assert_eq!(
+            (s.budget, s.home, s.prefetch),
+            (Budget::Bytes(512 << 20), CompressedHome::Ram, true)
+        );
+        assert!(parse_budget_spec("0").unwrap().is_none());
+        assert!(parse_budget_spec("").unwrap().is_none());
+        assert!(parse_budget_spec("60%,disk").is_err());
+        assert!(parse_budget_spec("lots").is_err());
+    }
+}
