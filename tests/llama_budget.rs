@@ -72,46 +72,17 @@ fn tool(l: &Llama, name: &str, budget: Option<(&str, &str)>) -> Command {
 }
 
 fn completion(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) -> Run {
-    let mut c = tool(l, "llama-completion", budget);
-    c.arg("-m").arg(model).args([
-        "--temp",
-        "0",
-        "--seed",
-        "1",
-        "-no-cnv",
-        "-t",
-        "2",
-        "-c",
-        "256",
-        "-n",
-        "48",
-        "--load-mode",
-        "none",
-        "-p",
-        PROMPT,
-    ]);
+    let once = || {
+        let mut c = tool(l, "llama-completion", budget);
+        c.arg("-m")
+            .arg(model)
+            .args(["--temp", "0", "--seed", "1", "-no-cnv", "-t", "2"]);
+        c.args(["-c", "256", "-n", "48", "--load-mode", "none", "-p", PROMPT]);
+        run_measured(c, tag)
+    };
     // llama.cpp's asynchronous logger can lose the end of the output at exit: keep the
     // longest of two runs (the comparison stays exact).
-    let a = run_measured(c, tag);
-    let mut c = tool(l, "llama-completion", budget);
-    c.arg("-m").arg(model).args([
-        "--temp",
-        "0",
-        "--seed",
-        "1",
-        "-no-cnv",
-        "-t",
-        "2",
-        "-c",
-        "256",
-        "-n",
-        "48",
-        "--load-mode",
-        "none",
-        "-p",
-        PROMPT,
-    ]);
-    let b = run_measured(c, tag);
+    let (a, b) = (once(), once());
     let (mut keep, other) = if a.stdout.len() >= b.stdout.len() {
         (a, b)
     } else {
