@@ -150,11 +150,16 @@ fn budgeted_generation_is_identical_and_stays_within_the_budget() {
             limit / MIB
         );
         if home == "file" && budget == "50%" {
+            // Page-cache mode: at least half of the weight bytes the budget keeps out of
+            // memory must show up as a smaller peak (the rest is dcgguf's own state and the
+            // largest layer decoded at once).
             assert!(
-                r.peak_rss + 30 * MIB < plain.peak_rss,
-                "{tag}: peak RSS {} MiB is not well below plain {} MiB",
+                r.peak_rss + (weights - limit) / 2 < plain.peak_rss,
+                "{tag}: peak RSS {} MiB is not well below plain {} MiB (limit {} MiB of {} MiB)",
                 r.peak_rss / MIB,
-                plain.peak_rss / MIB
+                plain.peak_rss / MIB,
+                limit / MIB,
+                weights / MIB
             );
         }
         eprintln!(

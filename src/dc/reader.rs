@@ -226,6 +226,17 @@ impl DcFile {
         })
     }
 
+    /// Frees the parsed array values (tokenizer vocabularies, merges) of both headers: a
+    /// reader that only serves bytes keeps them in `original_header` anyway, and the parsed
+    /// copies cost megabytes for the life of a loaded model.
+    pub fn forget_array_metadata(&mut self) {
+        let scalar = |kv: &crate::gguf::KeyValue| !matches!(kv.value, crate::gguf::Value::Array(_));
+        self.original.kvs.retain(scalar);
+        self.original.kvs.shrink_to_fit();
+        self.dc_header.kvs.retain(scalar);
+        self.dc_header.kvs.shrink_to_fit();
+    }
+
     /// After each chunk is decoded, drop this process's mapping of its compressed bytes
     /// (the page cache keeps them). For long streaming reads (model loads, budgeted runs):
     /// the resident set then never holds more than the chunks being decoded.

@@ -129,6 +129,8 @@ pub fn load_dc(
             dc.original_size()
         );
     }
+    let mut dc = dc;
+    dc.forget_array_metadata();
     let dc = Arc::new(dc);
     let mut params = params;
     let res = match residency::settings().map_err(LlamaError::Budget)? {

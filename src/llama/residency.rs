@@ -708,9 +708,6 @@ pub fn unregister_model(model: *mut sys::llama_model) {
     };
     if let Some(r) = gone {
         r.shut_down();
-        if let Ok(to) = std::env::var("DCGGUF_DEBUG_SMAPS") {
-            let _ = std::fs::copy("/proc/self/smaps", to);
-        }
         if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
             eprintln!(
                 "dcgguf: memory budget stats: {:?}; process {}",

@@ -1,0 +1,435 @@
+//! Memory-budget mode with stock llama.cpp tools (LD_PRELOAD=libdcgguf.so): peak RSS and
+//! speed of the plain GGUF against the DC-GGUF at budgets 100% (no budget), 80%, 60%, 50%
+//! (compressed bytes re-read from the page cache) and 60% with them held in RAM, plus whether
+//! the outputs are identical to the plain model's, and the first run after dropping the DC
+//! file from the page cache (cold).
+//!
+//!   cargo bench --bench budget          # SmolLM2 Q4_1, MiniLM BF16/F16, MiniLM DC-INT8
+//!
+//! SmolLM2: llama-bench prompt processing (pp64) and generation (tg32) tokens/s; peak RSS,
+//! wall time ("run s", load included) and output identity from a 32-token greedy
+//! llama-completion (`-c 256`, no mmap; the cold row runs it right after dropping the DC file
+//! from the page cache). MiniLM:
+//! embeddings/s and peak RSS of llama-embedding over 100 sentences, outputs compared exactly.
+//! Peak RSS is the child's ru_maxrss (wait4).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("DCGGUF_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
+        })
+}
+
+fn llama_bin(tool: &str) -> PathBuf {
+    std::env::var_os("DCGGUF_LLAMA_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION"))))
+        .join("bin")
+        .join(tool)
+}
+
+fn work_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-budget");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn libdcgguf() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/release/deps/budget-xxxx -> target/release/libdcgguf.so
+    exe.parent().unwrap().parent().unwrap().join("libdcgguf.so")
+}
+
+/// How a run is set up: `None` = plain file without the preload.
+#[derive(Clone, Copy)]
+struct Setup {
+    label: &'static str,
+    dc: bool,
+    budget: Option<&'static str>,
+    home: &'static str,
+    cold: bool,
+}
+
+const SETUPS: [Setup; 7] = [
+    Setup {
+        label: "plain .gguf",
+        dc: false,
+        budget: None,
+        home: "file",
+        cold: false,
+    },
+    Setup {
+        label: "DC, no budget",
+        dc: true,
+        budget: None,
+        home: "file",
+        cold: false,
+    },
+    Setup {
+        label: "DC 80% (file)",
+        dc: true,
+        budget: Some("80%"),
+        home: "file",
+        cold: false,
+    },
+    Setup {
+        label: "DC 60% (file)",
+        dc: true,
+        budget: Some("60%"),
+        home: "file",
+        cold: false,
+    },
+    Setup {
+        label: "DC 50% (file)",
+        dc: true,
+        budget: Some("50%"),
+        home: "file",
+        cold: false,
+    },
+    Setup {
+        label: "DC 50% (file), cold",
+        dc: true,
+        budget: Some("50%"),
+        home: "file",
+        cold: true,
+    },
+    Setup {
+        label: "DC 60% (ram)",
+        dc: true,
+        budget: Some("60%"),
+        home: "ram",
+        cold: false,
+    },
+];
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    peak_rss: u64,
+    seconds: f64,
+}
+
+fn tool(name: &str, s: &Setup) -> Command {
+    let mut c = Command::new(llama_bin(name));
+    c.env_remove("LD_LIBRARY_PATH")
+        .env_remove("DCGGUF_THROTTLE_BPS");
+    if s.dc {
+        c.env("LD_PRELOAD", libdcgguf());
+    } else {
+        c.env_remove("LD_PRELOAD");
+    }
+    match s.budget {
+        Some(b) => c
+            .env("DCGGUF_MEM_BUDGET", b)
+            .env("DCGGUF_MEM_SOURCE", s.home),
+        None => c.env_remove("DCGGUF_MEM_BUDGET"),
+    };
+    c
+}
+
+#[allow(clippy::zombie_processes)] // reaped by wait4 below
+fn run(mut c: Command) -> Output {
+    let out = work_dir().join("stdout.txt");
+    let started = Instant::now();
+    let child = c
+        .stdout(Stdio::from(File::create(&out).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid for wait4 to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child with valid out-pointers.
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    Output {
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        peak_rss: ru.ru_maxrss as u64 * 1024,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Drops `path` from the page cache (works when no process maps it).
+fn drop_from_page_cache(path: &Path) {
+    let f = File::open(path).unwrap();
+    let _ = f.read_at(&mut [0u8; 1], 0);
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise on an open descriptor; advisory only.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Runs `once` until its output looks complete (llama.cpp's async logger can cut it short).
+fn complete(once: impl Fn() -> Output, done: impl Fn(&str) -> bool) -> Output {
+    let mut best = once();
+    for _ in 0..3 {
+        if !best.ok || done(&best.stdout) {
+            break;
+        }
+        let again = once();
+        if again.stdout.len() > best.stdout.len() {
+            best = again;
+        }
+    }
+    best
+}
+
+fn llama_bench_speeds(model: &Path, s: &Setup) -> (f64, f64) {
+    let mut c = tool("llama-bench", s);
+    c.arg("-m")
+        .arg(model)
+        .args(["-p", "64", "-n", "32", "-r", "2", "-t", "2", "-o", "csv"]);
+    if !s.dc {
+        c.args(["--load-mode", "none"]);
+    }
+    let o = run(c);
+    let mut pp = f64::NAN;
+    let mut tg = f64::NAN;
+    let mut header: Vec<String> = Vec::new();
+    for line in o.stdout.lines() {
+        let cells: Vec<String> = line
+            .split(',')
+            .map(|c| c.trim_matches('"').to_string())
+            .collect();
+        if header.is_empty() {
+            header = cells;
+            continue;
+        }
+        let get = |k: &str| {
+            header
+                .iter()
+                .position(|h| h == k)
+                .and_then(|i| cells.get(i))
+        };
+        let ts = get("avg_ts")
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        match (
+            get("n_prompt").map(String::as_str),
+            get("n_gen").map(String::as_str),
+        ) {
+            (Some("64"), Some("0")) => pp = ts,
+            (Some("0"), Some("32")) => tg = ts,
+            _ => {}
+        }
+    }
+    (pp, tg)
+}
+
+fn completion(model: &Path, s: &Setup) -> Output {
+    complete(
+        || {
+            let mut c = tool("llama-completion", s);
+            c.arg("-m")
+                .arg(model)
+                .args(["--temp", "0", "-no-cnv", "-t", "2", "-c", "256"]);
+            c.args([
+                "-n",
+                "32",
+                "--load-mode",
+                "none",
+                "-p",
+                "The capital of France is",
+            ]);
+            run(c)
+        },
+        |out| out.len() > 60,
+    )
+}
+
+fn sentences() -> PathBuf {
+    let p = work_dir().join("sentences.txt");
+    let topics = [
+        "rivers",
+        "compilers",
+        "bread",
+        "orbits",
+        "violins",
+        "tides",
+        "markets",
+        "moss",
+    ];
+    let verbs = ["explains", "changes", "measures", "hides", "shapes"];
+    let mut s = String::new();
+    for i in 0..100 {
+        s.push_str(&format!(
+            "Sentence {i}: the study of {} {} how {} behave over {} years.\n",
+            topics[i % topics.len()],
+            verbs[i % verbs.len()],
+            topics[(i * 3 + 1) % topics.len()],
+            i * 7 % 50 + 2
+        ));
+    }
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn embedding(model: &Path, s: &Setup) -> Output {
+    let f = sentences();
+    complete(
+        || {
+            let mut c = tool("llama-embedding", s);
+            c.arg("-m").arg(model).arg("-f").arg(&f);
+            c.args([
+                "--embd-output-format",
+                "array",
+                "-t",
+                "2",
+                "--no-warmup",
+                "-c",
+                "512",
+            ]);
+            run(c)
+        },
+        |out| out.trim_end().ends_with("]]"),
+    )
+}
+
+fn dc_file(src: &Path, extra: &[&str], name: &str) -> PathBuf {
+    let out = work_dir().join(name);
+    if !out.exists() {
+        let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+            .args(["-q", "compress", "--force"])
+            .args(extra)
+            .arg(src)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    out
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    assert!(
+        libdcgguf().exists(),
+        "build libdcgguf.so first (cargo build --release)"
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let models_dir = std::env::var_os("DCGGUF_SHARED_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            [root.join("shared/models"), root.join("../shared/models")]
+                .into_iter()
+                .find(|d| d.join("all-MiniLM-L6-v2-f32.gguf").exists())
+        })
+        .unwrap_or_else(|| root.join("../shared/models"));
+    let smol = cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    println!("budget bench: stock llama.cpp tools, 2 threads, LD_PRELOAD=libdcgguf.so\n");
+
+    if smol.exists() {
+        let dc = dc_file(&smol, &[], "smollm2.dc.gguf");
+        println!(
+            "SmolLM2-135M Q4_1 (llama-bench pp64/tg32; RSS and identity from llama-completion -n 32)"
+        );
+        println!(
+            "{:<22} {:>10} {:>9} {:>9} {:>10} {:>10}",
+            "setup", "peak MiB", "pp t/s", "tg t/s", "run s", "identical"
+        );
+        let mut reference = String::new();
+        for s in SETUPS {
+            let model = if s.dc { &dc } else { &smol };
+            if s.cold {
+                drop_from_page_cache(model);
+            }
+            let o = completion(model, &s);
+            let (pp, tg) = if s.cold {
+                (f64::NAN, f64::NAN)
+            } else {
+                llama_bench_speeds(model, &s)
+            };
+            if !s.dc {
+                reference = o.stdout.clone();
+            }
+            println!(
+                "{:<22} {:>10.1} {:>9.1} {:>9.1} {:>10.2} {:>10}",
+                s.label,
+                mib(o.peak_rss),
+                pp,
+                tg,
+                o.seconds,
+                if o.ok && o.stdout == reference {
+                    "yes"
+                } else {
+                    "NO"
+                }
+            );
+        }
+        println!();
+    } else {
+        println!(
+            "SmolLM2: SKIPPED ({} missing; scripts/fetch-models.sh)\n",
+            smol.display()
+        );
+    }
+
+    let mut minilms: Vec<(String, PathBuf, PathBuf)> = Vec::new();
+    for t in ["bf16", "f16"] {
+        let src = models_dir.join(format!("all-MiniLM-L6-v2-{t}.gguf"));
+        if src.exists() {
+            let dc = dc_file(&src, &[], &format!("minilm-{t}.dc.gguf"));
+            minilms.push((format!("MiniLM {t}"), src, dc));
+        }
+    }
+    let f32 = models_dir.join("all-MiniLM-L6-v2-f32.gguf");
+    if f32.exists() {
+        let dc = dc_file(&f32, &["--quantize", "int8"], "minilm-int8.dc.gguf");
+        let q8 = work_dir().join("minilm-int8.q8_0.gguf");
+        if !q8.exists() {
+            let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+                .args(["-q", "decompress", "--force"])
+                .arg(&dc)
+                .arg(&q8)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        minilms.push(("MiniLM DC-INT8 (Q8_0)".into(), q8, dc));
+    }
+    if minilms.is_empty() {
+        println!("MiniLM: SKIPPED (no models in {})", models_dir.display());
+    }
+    for (name, plain, dc) in minilms {
+        println!("{name} (llama-embedding, 100 sentences)");
+        println!(
+            "{:<22} {:>10} {:>9} {:>10}",
+            "setup", "peak MiB", "emb/s", "identical"
+        );
+        let mut reference = String::new();
+        for s in SETUPS {
+            let model = if s.dc { &dc } else { &plain };
+            if s.cold {
+                drop_from_page_cache(model);
+            }
+            let o = embedding(model, &s);
+            if !s.dc {
+                reference = o.stdout.clone();
+            }
+            println!(
+                "{:<22} {:>10.1} {:>9.1} {:>10}",
+                s.label,
+                mib(o.peak_rss),
+                100.0 / o.seconds,
+                if o.ok && o.stdout == reference {
+                    "yes"
+                } else {
+                    "NO"
+                }
+            );
+        }
+        println!();
+    }
+}
