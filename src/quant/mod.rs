@@ -7,6 +7,7 @@
 
 pub mod calibrate;
 pub mod fold;
+pub mod gptq;
 pub mod half;
 pub mod q8;
 pub mod stats;
@@ -20,6 +21,7 @@ use crate::gguf::{GgmlType, GgufHeader, HeaderWriter, KeyValue, TensorInfo, Valu
 use crate::io::map_readonly;
 
 pub use calibrate::{CalibrateArgs, calibrate};
+pub use gptq::{CovError, Covariances};
 pub use q8::GridOptions;
 pub use stats::{ActStats, ChannelStats, StatsError};
 
@@ -57,6 +59,11 @@ pub struct QuantOptions {
     pub tensor_alpha: f32,
     /// Store Q8_0 quants as one byte plane instead of split nibbles (see docs/QUANT.md).
     pub whole_byte_quants: bool,
+    /// GPTQ rounding of the matmul weights on llama.cpp's Q8_0 scales, with these input
+    /// covariances (`--gptq`; the step options then apply only to a lookup-only token_embd).
+    pub gptq: Option<Covariances>,
+    /// GPTQ damping relative to the mean diagonal of `H`.
+    pub gptq_damp: f64,
 }
 
 impl Default for QuantOptions {
@@ -70,6 +77,8 @@ impl Default for QuantOptions {
             tensor_alpha: 0.0,
             permute: false,
             whole_byte_quants: true,
+            gptq: None,
+            gptq_damp: gptq::DEFAULT_DAMP,
         }
     }
 }
@@ -80,6 +89,8 @@ pub enum QuantError {
     Dc(#[from] DcError),
     #[error(transparent)]
     Stats(#[from] StatsError),
+    #[error(transparent)]
+    Cov(#[from] CovError),
     #[error("tensor {tensor:?}: source type {ty} is not supported (use F32, F16, BF16 or Q8_0)")]
     UnsupportedType { tensor: String, ty: GgmlType },
     #[error("{0}")]
@@ -232,6 +243,36 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     // embeddings (no output.weight) it is also the LM head, a matmul weight.
     let embd_is_lookup_only = h.tensors.iter().any(|t| t.name == "output.weight")
         || meta_u64(&h, &format!("{arch}.pooling_type")).is_some();
+    // GPTQ: every quantized matmul weight (not a lookup-only token_embd) needs its H.
+    let gptq_target = |t: &TensorInfo| {
+        o.gptq.is_some()
+            && o.quantize
+            && quantizable(t)
+            && !(t.name == "token_embd.weight" && embd_is_lookup_only)
+    };
+    if let Some(cov) = &o.gptq {
+        if !o.quantize {
+            return Err(QuantError::Other("--gptq needs quantization".into()));
+        }
+        if !scales.columns.is_empty()
+            || !scales.rows.is_empty()
+            || !perms.rows.is_empty()
+            || !perms.columns.is_empty()
+        {
+            return Err(QuantError::Other(
+                "--gptq cannot be combined with folding or --permute (use --fold-alpha 0)".into(),
+            ));
+        }
+        let needed: Vec<(String, usize)> = h
+            .tensors
+            .iter()
+            .filter(|t| gptq_target(t))
+            .map(|t| (t.name.clone(), t.dims[0] as usize))
+            .collect();
+        cov.check_against(&needed).map_err(|what| {
+            QuantError::Other(format!("{}: covariance file: {what}", cov.source))
+        })?;
+    }
     // New tensor table: same order, quantized ones re-typed, offsets recomputed.
     let mut report = QuantReport::default();
     let mut infos = Vec::with_capacity(h.tensors.len());
@@ -309,7 +350,18 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                 if let (Some(s), Some(d)) = (g.step, abs_steps.get(&t.name)) {
                     g.abs_step = Some(s * d);
                 }
-                let q = q8::quantize(&x, ne0, imp.as_deref(), &g);
+                let q = match o.gptq.as_ref().filter(|_| gptq_target(t)) {
+                    Some(cov) => {
+                        let (_, hm) = cov.get(&t.name).expect("checked above");
+                        gptq::quantize(&x, ne0, hm, o.gptq_damp).map_err(|e| {
+                            std::io::Error::other(QuantError::Other(format!(
+                                "{}: GPTQ of {:?}: covariance {e}",
+                                cov.source, t.name
+                            )))
+                        })?
+                    }
+                    None => q8::quantize(&x, ne0, imp.as_deref(), &g),
+                };
                 let mut y = Vec::with_capacity(x.len());
                 q8::dequantize(&q, &mut y);
                 for (a, b) in x.iter().zip(&y) {
@@ -477,6 +529,14 @@ pub struct QuantArgs {
     /// Calibration text: run llama-imatrix on it first (see `dcgguf calibrate`).
     #[arg(long, requires = "quantize")]
     pub calib: Option<PathBuf>,
+    /// GPTQ rounding of the matmul weights on llama.cpp's Q8_0 scales, using this covariance
+    /// GGUF (per-weight E[x x^T], from scripts/covariance.py). --step and the other grid
+    /// options then apply only to token_embd (through --embd-step).
+    #[arg(long, requires = "quantize", value_name = "COVFILE")]
+    pub gptq: Option<PathBuf>,
+    /// GPTQ damping: H += D * mean(diag H) * I (default 0.1).
+    #[arg(long, requires = "gptq")]
+    pub gptq_damp: Option<f64>,
     /// Only fold/permute, keep every tensor's type (for checking that folds are exact).
     #[arg(long, requires = "quantize", hide = true)]
     pub fold_only: bool,
@@ -516,7 +576,15 @@ impl QuantArgs {
             stats: None,
             quantize: !self.fold_only,
             whole_byte_quants: !self.split_quants,
+            gptq: None,
+            gptq_damp: self.gptq_damp.unwrap_or(gptq::DEFAULT_DAMP),
         };
+        if !(o.gptq_damp >= 0.0 && o.gptq_damp.is_finite()) {
+            return Err(QuantError::Other("--gptq-damp must be >= 0".into()));
+        }
+        if let Some(p) = &self.gptq {
+            o.gptq = Some(Covariances::load(p)?);
+        }
         if !(0.0..1.0).contains(&o.grid.prune) {
             return Err(QuantError::Other("--prune must be in [0, 1)".into()));
         }

@@ -1,0 +1,413 @@
+//! GPTQ rounding (Frantar et al. 2022) on llama.cpp's Q8_0 grid.
+//!
+//! The block scales are llama.cpp's (`d = fp16(amax/127)` per 32-weight block, from the
+//! original weights), so the output is a standard Q8_0 tensor with the same scale plane as
+//! `llama-quantize`; only the rounding direction of each weight changes. Input columns are
+//! quantized in order and each column's rounding error is pushed onto the not-yet-quantized
+//! columns of the same row through the upper Cholesky factor `U` of `H^-1` (`U^T U = H^-1`),
+//! where `H = E[x x^T]` is the input second moment of the matmul. This minimizes (greedily)
+//! the output error `sum_rows e H e^T` instead of the weight error. Same algorithm as
+//! `scripts/gptq-minilm.py` (dead channels get `H_jj = 1`, damping `damp * mean(diag H)`,
+//! quants clamped to +-127, round half to even as numpy).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::half::{f16_to_f32, f32_to_f16};
+use super::q8::{BLOCK_BYTES, QK8_0};
+use crate::gguf::{GgmlType, GgufHeader, Value};
+
+/// Input second-moment matrices `H = E[x x^T]` keyed by weight name (`blk.0.attn_q.weight`),
+/// from a covariance GGUF (`scripts/covariance.py`): `general.type = "covariance"`, one F32
+/// tensor `[n_in, n_in]` per weight, named like the weight.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Covariances {
+    /// Where it was read from (for error messages).
+    pub source: String,
+    /// name -> (n_in, row-major n_in x n_in).
+    pub tensors: BTreeMap<String, (usize, Vec<f32>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: invalid covariance file: {what}")]
+pub struct CovError {
+    pub path: String,
+    pub what: String,
+}
+
+impl Covariances {
+    pub fn load(path: &Path) -> Result<Covariances, CovError> {
+        let err = |what: String| CovError {
+            path: path.display().to_string(),
+            what,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let mut c = Self::parse(&bytes).map_err(err)?;
+        c.source = path.display().to_string();
+        Ok(c)
+    }
+
+    pub fn get(&self, weight: &str) -> Option<&(usize, Vec<f32>)> {
+        self.tensors.get(weight)
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Covariances, String> {
+        let h = GgufHeader::parse(bytes).map_err(|e| format!("not a valid GGUF: {e}"))?;
+        h.check_data_fits(bytes.len() as u64)
+            .map_err(|e| format!("not a valid GGUF: {e}"))?;
+        match h.kvs.iter().find(|kv| kv.key == b"general.type") {
+            Some(kv) if matches!(&kv.value, Value::String(s) if s == b"covariance") => {}
+            Some(kv) => {
+                return Err(format!(
+                    "general.type is {}, not \"covariance\" (is this a model or imatrix file?)",
+                    kv.value
+                ));
+            }
+            None => {
+                return Err(
+                    "no general.type = \"covariance\" key (not a covariance file; make one \
+                     with scripts/covariance.py)"
+                        .into(),
+                );
+            }
+        }
+        let mut out = Covariances::default();
+        for t in &h.tensors {
+            if t.ty != GgmlType::F32 {
+                return Err(format!("tensor {:?} is {}, expected F32", t.name, t.ty));
+            }
+            if t.dims.len() != 2 || t.dims[1] != t.dims[0] {
+                return Err(format!(
+                    "tensor {:?} has shape {:?}, expected a square [n_in, n_in] matrix",
+                    t.name, t.dims
+                ));
+            }
+            let n = t.dims[0] as usize;
+            let start = (h.data_offset + t.offset) as usize;
+            let m: Vec<f32> = bytes[start..start + t.nbytes as usize]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if let Some(v) = m.iter().find(|v| !v.is_finite()) {
+                return Err(format!("tensor {:?} holds {v}", t.name));
+            }
+            for i in 0..n {
+                if m[i * n + i] < 0.0 {
+                    return Err(format!(
+                        "tensor {:?}: negative diagonal entry {} (not a second moment)",
+                        t.name,
+                        m[i * n + i]
+                    ));
+                }
+            }
+            out.tensors.insert(t.name.clone(), (n, m));
+        }
+        if out.tensors.is_empty() {
+            return Err("no tensors".into());
+        }
+        Ok(out)
+    }
+
+    /// Every name in `needed` (weight name, input channels) must have a matrix of that size,
+    /// and every matrix must belong to one of them.
+    pub fn check_against(&self, needed: &[(String, usize)]) -> Result<(), String> {
+        for (name, n_in) in needed {
+            match self.tensors.get(name) {
+                None => return Err(format!("missing tensor {name:?} (wrong model?)")),
+                Some((n, _)) if n != n_in => {
+                    return Err(format!(
+                        "tensor {name:?} is {n} x {n}, but the weight has {n_in} input \
+                         channels (wrong model?)"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(extra) = self
+            .tensors
+            .keys()
+            .find(|k| !needed.iter().any(|(n, _)| n == *k))
+        {
+            return Err(format!(
+                "tensor {extra:?} is not a quantized matmul weight of the model (wrong model?)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Default relative damping (`H += damp * mean(diag H) * I`), as the prototype.
+pub const DEFAULT_DAMP: f64 = 0.1;
+
+/// In-place Cholesky `A = L L^T` of a symmetric positive definite `n x n` row-major matrix;
+/// on return the lower triangle holds `L` (the upper triangle is zeroed). `Err(j)`: the
+/// leading minor of order `j + 1` is not positive definite.
+fn cholesky(a: &mut [f64], n: usize) -> Result<(), usize> {
+    for j in 0..n {
+        let (head, rest) = a.split_at_mut(j * n);
+        let row_j = &mut rest[..n];
+        // Off-diagonal entries of row j: L_jk = (A_jk - sum_{m<k} L_jm L_km) / L_kk.
+        for k in 0..j {
+            let row_k = &head[k * n..k * n + n];
+            let s: f64 = row_j[..k].iter().zip(&row_k[..k]).map(|(x, y)| x * y).sum();
+            row_j[k] = (row_j[k] - s) / row_k[k];
+        }
+        let s: f64 = row_j[..j].iter().map(|x| x * x).sum();
+        let d = row_j[j] - s;
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(j);
+        }
+        row_j[j] = d.sqrt();
+        row_j[j + 1..].iter_mut().for_each(|v| *v = 0.0);
+    }
+    Ok(())
+}
+
+/// Inverse `M = L^-1` of a lower triangular matrix (row-major, lower triangle used),
+/// returned transposed (row `c` holds column `c` of `M`).
+fn invert_lower_transposed(l: &[f64], n: usize) -> Vec<f64> {
+    let mut inv_t = vec![0f64; n * n];
+    // Column c of L^-1 solves L y = e_c (forward substitution); y_i = 0 for i < c.
+    inv_t.par_chunks_mut(n).enumerate().for_each(|(c, y)| {
+        y[c] = 1.0 / l[c * n + c];
+        for i in c + 1..n {
+            let s: f64 = l[i * n + c..i * n + i]
+                .iter()
+                .zip(&y[c..i])
+                .map(|(a, b)| a * b)
+                .sum();
+            y[i] = -s / l[i * n + i];
+        }
+    });
+    inv_t
+}
+
+/// Upper Cholesky factor `U` of `H^-1` (`U^T U = H^-1`), with GPTQ's conditioning of `H`
+/// (zero-diagonal channels set to 1, then `damp * mean(diag)` added to the diagonal).
+/// `h` is row-major `n x n` and must be symmetric.
+pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>, String> {
+    assert_eq!(h.len(), n * n);
+    let mut a: Vec<f64> = h.iter().map(|&v| f64::from(v)).collect();
+    for j in 0..n {
+        if a[j * n + j] == 0.0 {
+            a[j * n + j] = 1.0;
+        }
+    }
+    let mean_diag = (0..n).map(|j| a[j * n + j]).sum::<f64>() / n as f64;
+    for j in 0..n {
+        a[j * n + j] += damp * mean_diag;
+    }
+    cholesky(&mut a, n).map_err(|j| {
+        format!("not positive definite after damping (pivot {j}); is it a covariance?")
+    })?;
+    // H^-1 = L^-T L^-1 = M^T M with M = L^-1 (lower).
+    let mt = invert_lower_transposed(&a, n);
+    let mut hinv = vec![0f64; n * n];
+    hinv.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        for (j, out) in row.iter_mut().enumerate() {
+            // (M^T M)_ij = sum_k M_ki M_kj; M_ki = 0 for k < i.
+            let k0 = i.max(j);
+            *out = mt[i * n + k0..(i + 1) * n]
+                .iter()
+                .zip(&mt[j * n + k0..(j + 1) * n])
+                .map(|(a, b)| a * b)
+                .sum();
+        }
+    });
+    cholesky(&mut hinv, n).map_err(|j| format!("H^-1 is not positive definite (pivot {j})"))?;
+    // U = L2^T.
+    let mut u = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            u[j * n + i] = hinv[i * n + j];
+        }
+    }
+    Ok(u)
+}
+
+/// GPTQ-rounds a row-major tensor `x` (`ne0` = input channels, a multiple of 32) to Q8_0
+/// blocks on llama.cpp's scales. `h`: `ne0 x ne0` input second moment (row-major,
+/// symmetric). Returns the Q8_0 bytes.
+pub fn quantize(x: &[f32], ne0: usize, h: &[f32], damp: f64) -> Result<Vec<u8>, String> {
+    assert!(ne0.is_multiple_of(QK8_0) && x.len().is_multiple_of(ne0));
+    if h.len() != ne0 * ne0 {
+        return Err(format!(
+            "covariance has {} elements, expected {ne0} x {ne0}",
+            h.len()
+        ));
+    }
+    let u = inverse_cholesky_upper(h, ne0, damp)?;
+    let nbr = ne0 / QK8_0;
+    let mut out = vec![0u8; x.len() / QK8_0 * BLOCK_BYTES];
+    out.par_chunks_mut(nbr * BLOCK_BYTES)
+        .zip(x.par_chunks(ne0))
+        .for_each(|(dst, row)| {
+            // llama.cpp's scales, from the original weights.
+            let d: Vec<f64> = row
+                .chunks_exact(QK8_0)
+                .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+                .map(|(b, blk)| {
+                    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let bits = f32_to_f16(amax / 127.0);
+                    blk[..2].copy_from_slice(&bits.to_le_bytes());
+                    f64::from(f16_to_f32(bits))
+                })
+                .collect();
+            let mut w: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            for j in 0..ne0 {
+                let dj = d[j / QK8_0];
+                let q = if dj > 0.0 {
+                    (w[j] / dj).round_ties_even().clamp(-127.0, 127.0)
+                } else {
+                    0.0
+                };
+                dst[(j / QK8_0) * BLOCK_BYTES + 2 + j % QK8_0] = q as i8 as u8;
+                let err = (w[j] - q * dj) / u[j * ne0 + j];
+                if err != 0.0 {
+                    let urow = &u[j * ne0 + j + 1..(j + 1) * ne0];
+                    w[j + 1..]
+                        .iter_mut()
+                        .zip(urow)
+                        .for_each(|(wv, &uv)| *wv -= err * uv);
+                }
+            }
+        });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::q8::{dequantize, quantize_reference};
+
+    /// Small deterministic PRNG (xorshift), uniform in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        }
+    }
+
+    /// H = X^T X / m for correlated random inputs X (m x n).
+    fn covariance(n: usize, m: usize, rng: &mut Rng) -> Vec<f32> {
+        let mix: Vec<f64> = (0..n * n).map(|_| rng.next()).collect();
+        let mut h = vec![0f64; n * n];
+        for _ in 0..m {
+            let z: Vec<f64> = (0..n).map(|_| rng.next()).collect();
+            // Correlated x = z + 0.5 * mix z, plus an outlier channel.
+            let mut x: Vec<f64> = (0..n)
+                .map(|i| z[i] + 0.5 * (0..n).map(|k| mix[i * n + k] * z[k]).sum::<f64>())
+                .collect();
+            x[3] *= 10.0;
+            for i in 0..n {
+                for j in 0..n {
+                    h[i * n + j] += x[i] * x[j];
+                }
+            }
+        }
+        h.iter().map(|v| (v / m as f64) as f32).collect()
+    }
+
+    /// sum over rows of e H e^T, e = dequantized - original.
+    fn weighted_err(x: &[f32], q: &[u8], h: &[f32], n: usize) -> f64 {
+        let mut y = Vec::new();
+        dequantize(q, &mut y);
+        let mut tot = 0.0;
+        for (xr, yr) in x.chunks(n).zip(y.chunks(n)) {
+            let e: Vec<f64> = xr.iter().zip(yr).map(|(a, b)| f64::from(b - a)).collect();
+            for i in 0..n {
+                for j in 0..n {
+                    tot += e[i] * f64::from(h[i * n + j]) * e[j];
+                }
+            }
+        }
+        tot
+    }
+
+    #[test]
+    fn cholesky_factor_of_inverse() {
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let n = 8;
+        let h = covariance(n, 50, &mut rng);
+        let u = inverse_cholesky_upper(&h, n, 0.0).unwrap();
+        // U^T U H = I.
+        for i in 0..n {
+            for j in 0..n {
+                let mut s = 0.0;
+                for k in 0..n {
+                    let hinv_ik: f64 = (0..n).map(|m| u[m * n + i] * u[m * n + k]).sum();
+                    s += hinv_ik * f64::from(h[k * n + j]);
+                }
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((s - want).abs() < 1e-6, "({i},{j}) = {s}");
+            }
+            // Upper triangular.
+            for j in 0..i {
+                assert_eq!(u[i * n + j], 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn beats_nearest_rounding_on_weighted_error_with_same_scales() {
+        let mut rng = Rng(12345);
+        let (n, rows) = (64, 24);
+        let h = covariance(n, 400, &mut rng);
+        let x: Vec<f32> = (0..n * rows).map(|_| (rng.next() * 0.05) as f32).collect();
+        let q = quantize(&x, n, &h, 0.01).unwrap();
+        let mut r = Vec::new();
+        quantize_reference(&x, &mut r);
+        assert_eq!(q.len(), r.len());
+        // Same scale plane as llama.cpp; quants within +-127 (i8 -128 never used).
+        for (a, b) in q.chunks(BLOCK_BYTES).zip(r.chunks(BLOCK_BYTES)) {
+            assert_eq!(a[..2], b[..2]);
+            assert!(a[2..].iter().all(|&v| v as i8 != -128));
+        }
+        assert_ne!(q, r, "GPTQ should change some roundings");
+        let (eg, en) = (weighted_err(&x, &q, &h, n), weighted_err(&x, &r, &h, n));
+        assert!(eg < en, "GPTQ {eg} vs nearest {en}");
+    }
+
+    #[test]
+    fn identity_covariance_is_nearest_rounding() {
+        // With H = I the error feedback is zero: plain rounding on llama.cpp's scales.
+        let mut rng = Rng(7);
+        let n = 32;
+        let mut h = vec![0f32; n * n];
+        (0..n).for_each(|i| h[i * n + i] = 1.0);
+        let x: Vec<f32> = (0..n * 4).map(|_| rng.next() as f32).collect();
+        let q = quantize(&x, n, &h, 0.1).unwrap();
+        let mut y = Vec::new();
+        dequantize(&q, &mut y);
+        for (b, blk) in x.chunks(QK8_0).zip(q.chunks(BLOCK_BYTES)) {
+            let d = f64::from(f16_to_f32(u16::from_le_bytes([blk[0], blk[1]])));
+            for (v, &qq) in b.iter().zip(&blk[2..]) {
+                let want = (f64::from(*v) / d).round_ties_even().clamp(-127.0, 127.0);
+                assert_eq!(f64::from(qq as i8), want);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_channels_and_rows_are_handled() {
+        let n = 32;
+        let mut h = vec![0f32; n * n];
+        (1..n).for_each(|i| h[i * n + i] = 2.0); // channel 0 never active
+        let mut x = vec![0f32; n * 2]; // row 0 all zero
+        x[n..]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32 - 10.0);
+        let q = quantize(&x, n, &h, 0.1).unwrap();
+        assert_eq!(&q[..BLOCK_BYTES], &[0u8; BLOCK_BYTES][..]);
+        assert!(quantize(&x, n, &h[..10], 0.1).is_err());
+        let mut bad = h.clone();
+        bad[5 * n + 5] = -100.0;
+        assert!(quantize(&x, n, &bad, 0.0).is_err());
+    }
+}

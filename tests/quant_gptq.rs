@@ -1,0 +1,373 @@
+//! `compress --quantize int8 --gptq COV`: GPTQ rounding of the matmul weights on llama.cpp's
+//! Q8_0 scales, on a tiny synthetic BERT-like model with a tiny covariance file. The DC file
+//! decodes to valid Q8_0 with llama.cpp's scale plane and exactly the GPTQ quants, and
+//! malformed covariance files give clear errors naming the tensor.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dcgguf::dc::{CompressOptions, decompress_file};
+use dcgguf::gguf::{GgmlType, GgufHeader, HeaderWriter, KeyValue, Value};
+use dcgguf::quant::{self, Covariances, QuantOptions, gptq, q8};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dcgguf-quant-gptq-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 / (1u64 << 52) as f64 - 1.0) as f32
+    }
+}
+
+/// A GGUF of F32 tensors `(name, dims, values)` with string/u32 metadata.
+fn gguf(kvs: &[(&str, Value)], tensors: &[(String, Vec<u64>, GgmlType, Vec<u8>)]) -> Vec<u8> {
+    let mut w = HeaderWriter::new(3);
+    for (k, v) in kvs {
+        w.kv(&KeyValue {
+            key: k.as_bytes().to_vec(),
+            value: v.clone(),
+        });
+    }
+    let mut data = Vec::new();
+    for (name, dims, ty, bytes) in tensors {
+        w.tensor(name, dims, *ty, data.len() as u64);
+        data.extend(bytes);
+        data.resize(data.len().div_ceil(32) * 32, 0);
+    }
+    let mut out = w.finish(32);
+    out.extend(data);
+    out
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// (name, ne0, rows) of the synthetic model's quantizable weights; token_embd is a lookup.
+const WEIGHTS: &[(&str, usize, usize)] = &[
+    ("token_embd.weight", 64, 10),
+    ("blk.0.attn_q.weight", 64, 32),
+    ("blk.0.ffn_down.weight", 32, 64),
+];
+
+fn weights() -> Vec<(String, usize, Vec<f32>)> {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    WEIGHTS
+        .iter()
+        .map(|&(n, ne0, rows)| {
+            let v = (0..ne0 * rows).map(|_| rng.next() * 0.1).collect();
+            (n.to_string(), ne0, v)
+        })
+        .collect()
+}
+
+fn model() -> Vec<u8> {
+    let mut t: Vec<_> = weights()
+        .into_iter()
+        .map(|(n, ne0, v)| {
+            let rows = (v.len() / ne0) as u64;
+            (n, vec![ne0 as u64, rows], GgmlType::F32, f32_bytes(&v))
+        })
+        .collect();
+    t.push((
+        "blk.0.attn_norm.weight".into(),
+        vec![64],
+        GgmlType::F32,
+        f32_bytes(&[1.0; 64]),
+    ));
+    gguf(
+        &[
+            ("general.architecture", Value::string("bert")),
+            ("bert.pooling_type", Value::u32(1)),
+        ],
+        &t,
+    )
+}
+
+/// Correlated second moment, n x n.
+fn cov_matrix(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed);
+    let mut h = vec![0f64; n * n];
+    for _ in 0..200 {
+        let z: Vec<f32> = (0..n).map(|_| rng.next()).collect();
+        let x: Vec<f64> = (0..n)
+            .map(|i| f64::from(z[i] + 0.7 * z[(i + 1) % n] + if i == 2 { 3.0 } else { 0.0 }))
+            .collect();
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] += x[i] * x[j] / 200.0;
+            }
+        }
+    }
+    h.iter().map(|&v| v as f32).collect()
+}
+
+fn cov_file(kind: &str, tensors: &[(&str, usize, GgmlType)]) -> Vec<u8> {
+    let t: Vec<_> = tensors
+        .iter()
+        .map(|&(n, size, ty)| {
+            let bytes = if ty == GgmlType::F32 {
+                f32_bytes(&cov_matrix(size, 99 + size as u64))
+            } else {
+                vec![0u8; size * size * 2]
+            };
+            (n.to_string(), vec![size as u64, size as u64], ty, bytes)
+        })
+        .collect();
+    gguf(&[("general.type", Value::string(kind))], &t)
+}
+
+fn good_cov() -> Vec<u8> {
+    cov_file(
+        "covariance",
+        &[
+            ("blk.0.attn_q.weight", 64, GgmlType::F32),
+            ("blk.0.ffn_down.weight", 32, GgmlType::F32),
+        ],
+    )
+}
+
+fn write(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = tmp(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn tensor_bytes(path: &Path) -> Vec<(String, GgmlType, Vec<u8>)> {
+    let b = std::fs::read(path).unwrap();
+    let h = GgufHeader::parse(&b).unwrap();
+    h.tensors
+        .iter()
+        .map(|t| {
+            let s = (h.data_offset + t.offset) as usize;
+            (t.name.clone(), t.ty, b[s..s + t.nbytes as usize].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn gptq_compresses_and_decodes_to_valid_q8_0_on_llama_scales() {
+    let m = write("model.gguf", &model());
+    let cov_path = write("good.cov.gguf", &good_cov());
+    let cov = Covariances::load(&cov_path).unwrap();
+    let o = QuantOptions {
+        gptq: Some(cov.clone()),
+        embd_step: 0.0,
+        ..QuantOptions::default()
+    };
+    let dc = tmp("model.dc.gguf");
+    let (qr, _) = quant::compress_lossy(&m, &dc, &o, &CompressOptions::default(), &|_| {}).unwrap();
+    assert_eq!(qr.quantized_tensors, 3);
+    let back = tmp("model.back.gguf");
+    decompress_file(&dc, &back, true, &|_| {}).unwrap();
+    let out = tensor_bytes(&back);
+    let mut changed = 0;
+    for (name, ne0, x) in weights() {
+        let (_, ty, bytes) = out.iter().find(|(n, _, _)| *n == name).unwrap();
+        assert_eq!(*ty, GgmlType::Q8_0, "{name}");
+        let mut reference = Vec::new();
+        q8::quantize_reference(&x, &mut reference);
+        assert_eq!(bytes.len(), reference.len());
+        // llama.cpp's scale plane, quants in +-127.
+        for (a, b) in bytes
+            .chunks(q8::BLOCK_BYTES)
+            .zip(reference.chunks(q8::BLOCK_BYTES))
+        {
+            assert_eq!(a[..2], b[..2], "{name}: scale differs from llama.cpp's");
+            assert!(a[2..].iter().all(|&q| q as i8 != -128));
+        }
+        if name == "token_embd.weight" {
+            // Lookup-only token_embd keeps --embd-step rounding (0 = llama.cpp's).
+            assert_eq!(*bytes, reference);
+        } else {
+            let (_, h) = cov.get(&name).unwrap();
+            let want = gptq::quantize(&x, ne0, h, gptq::DEFAULT_DAMP).unwrap();
+            assert_eq!(*bytes, want, "{name}: not the GPTQ quants");
+            changed += usize::from(*bytes != reference);
+        }
+    }
+    assert_eq!(changed, 2, "GPTQ changed no rounding");
+    let (_, ty, norm) = out
+        .iter()
+        .find(|(n, _, _)| n == "blk.0.attn_norm.weight")
+        .unwrap();
+    assert_eq!(
+        (*ty, norm.as_slice()),
+        (GgmlType::F32, &f32_bytes(&[1.0; 64])[..])
+    );
+}
+
+fn cli_error(cov: &[u8], name: &str, extra: &[&str]) -> String {
+    let m = write("cli-model.gguf", &model());
+    let c = write(name, cov);
+    let out = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+        .args(["compress", "--force", "--quantize", "int8", "--gptq"])
+        .arg(&c)
+        .args(extra)
+        .arg(&m)
+        .arg(tmp(&format!("{name}.dc.gguf")))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{name}: accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cli_accepts_a_good_covariance_file() {
+    let m = write("cli-ok-model.gguf", &model());
+    let c = write("cli-ok.cov.gguf", &good_cov());
+    let out = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+        .args([
+            "compress",
+            "--force",
+            "--quantize",
+            "int8",
+            "--embd-step",
+            "2",
+        ])
+        .arg("--gptq")
+        .arg(&c)
+        .arg(&m)
+        .arg(tmp("cli-ok.dc.gguf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn malformed_covariance_files_give_clear_errors() {
+    let f32t = GgmlType::F32;
+    // Wrong shape for a weight.
+    let e = cli_error(
+        &cov_file(
+            "covariance",
+            &[
+                ("blk.0.attn_q.weight", 32, f32t),
+                ("blk.0.ffn_down.weight", 32, f32t),
+            ],
+        ),
+        "shape.cov.gguf",
+        &[],
+    );
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("64 input channels"),
+        "{e}"
+    );
+    // Missing tensor.
+    let e = cli_error(
+        &cov_file("covariance", &[("blk.0.attn_q.weight", 64, f32t)]),
+        "missing.cov.gguf",
+        &[],
+    );
+    assert!(
+        e.contains("missing tensor") && e.contains("blk.0.ffn_down.weight"),
+        "{e}"
+    );
+    // Extra tensor (another model's).
+    let e = cli_error(
+        &cov_file(
+            "covariance",
+            &[
+                ("blk.0.attn_q.weight", 64, f32t),
+                ("blk.0.ffn_down.weight", 32, f32t),
+                ("blk.1.ffn_down.weight", 32, f32t),
+            ],
+        ),
+        "extra.cov.gguf",
+        &[],
+    );
+    assert!(
+        e.contains("blk.1.ffn_down.weight") && e.contains("wrong model"),
+        "{e}"
+    );
+    // Wrong tensor type.
+    let e = cli_error(
+        &cov_file(
+            "covariance",
+            &[
+                ("blk.0.attn_q.weight", 64, GgmlType::F16),
+                ("blk.0.ffn_down.weight", 32, f32t),
+            ],
+        ),
+        "type.cov.gguf",
+        &[],
+    );
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("expected F32"),
+        "{e}"
+    );
+    // Not a square matrix.
+    let e = cli_error(
+        &gguf(
+            &[("general.type", Value::string("covariance"))],
+            &[(
+                "blk.0.attn_q.weight".into(),
+                vec![64, 2],
+                f32t,
+                f32_bytes(&[1.0; 128]),
+            )],
+        ),
+        "nonsquare.cov.gguf",
+        &[],
+    );
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("square"),
+        "{e}"
+    );
+    // An imatrix (or model) passed by mistake.
+    let e = cli_error(
+        &cov_file("imatrix", &[("blk.0.attn_q.weight", 64, f32t)]),
+        "imatrix.cov.gguf",
+        &[],
+    );
+    assert!(e.contains("not \"covariance\""), "{e}");
+    let e = cli_error(&model(), "model.cov.gguf", &[]);
+    assert!(e.contains("general.type = \"covariance\""), "{e}");
+    // Not a GGUF.
+    let e = cli_error(b"not a gguf at all", "garbage.cov.gguf", &[]);
+    assert!(
+        e.contains("invalid covariance file") && e.contains("GGUF"),
+        "{e}"
+    );
+    // Not positive definite even after damping.
+    let mut h = vec![0f32; 64 * 64];
+    (0..64).for_each(|i| h[i * 64 + i] = 1.0);
+    h[1] = 50.0;
+    h[64] = 50.0;
+    let e = cli_error(
+        &gguf(
+            &[("general.type", Value::string("covariance"))],
+            &[
+                (
+                    "blk.0.attn_q.weight".into(),
+                    vec![64, 64],
+                    f32t,
+                    f32_bytes(&h),
+                ),
+                (
+                    "blk.0.ffn_down.weight".into(),
+                    vec![32, 32],
+                    f32t,
+                    f32_bytes(&cov_matrix(32, 5)),
+                ),
+            ],
+        ),
+        "indefinite.cov.gguf",
+        &[],
+    );
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("positive definite"),
+        "{e}"
+    );
+}
