@@ -73,13 +73,13 @@ fi
 
 STAMP_KEY="sdist=$LLAMA_PY_SDIST_SHA256 commit=$LLAMA_CPP_COMMIT build=$LLAMA_CPP_BUILD_NUMBER native=$NATIVE server=$SERVER tools=${TOOLS[*]}"
 
+UP_TO_DATE=0
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_KEY" ] && [ -x "$PREFIX/bin/llama-completion" ]; then
-  log "up to date: $PREFIX"
-  echo "$PREFIX"
-  exit 0
+  UP_TO_DATE=1
 fi
 
 # ---------------------------------------------------------------- toolchain
+if [ "$UP_TO_DATE" = 0 ]; then
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 { command -v c++ >/dev/null 2>&1 && command -v make >/dev/null 2>&1; } || need_apt+=(build-essential)
@@ -92,6 +92,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   else
     die "missing ${need_apt[*]}; install them (e.g. apt-get install -y cmake build-essential)"
   fi
+fi
 fi
 PY="$(command -v python3 || command -v python || true)"
 [ -n "$PY" ] || die "python3 is required (to run 'pip download')"
@@ -130,6 +131,14 @@ else
   rm -f "$SRC.tmp/.git"   # dangling submodule gitdir pointer
   echo "$LLAMA_PY_SDIST_SHA256" > "$SRC.tmp/.dcgguf-source"
   mv "$SRC.tmp" "$SRC"
+fi
+
+# The extracted tree is needed even when the build is cached: vendor/llama.cpp/include
+# (bindgen check) and texts the quality tests calibrate on (README.md).
+if [ "$UP_TO_DATE" = 1 ]; then
+  log "up to date: $PREFIX"
+  echo "$PREFIX"
+  exit 0
 fi
 
 # ---------------------------------------------------------------- build

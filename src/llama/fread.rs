@@ -47,6 +47,10 @@ struct GlibcFileHead {
     read_end: *mut c_char,
 }
 const IO_EOF_SEEN: c_int = 0x10;
+/// Reads smaller than this go through glibc's buffer. Below the smallest tensor a memory
+/// budget streams (`cost::residency::MIN_STREAMED`), so deferral always sees those reads.
+const DIRECT_MIN: usize = 64 << 10;
+const _: () = assert!(DIRECT_MIN as u64 <= crate::cost::residency::MIN_STREAMED);
 const IO_ERR_SEEN: c_int = 0x20;
 
 unsafe extern "C" {
@@ -66,11 +70,13 @@ pub unsafe fn fread_ours(
     n: usize,
     fp: *mut libc::FILE,
 ) -> Option<usize> {
-    let cookie = cookie_of(fp)?;
     let total = size.checked_mul(n)?;
-    if total == 0 || ptr.is_null() {
+    // Small reads (GGUF metadata: hundreds of thousands of strings) are cheapest as copies
+    // out of glibc's stream buffer; only tensor-sized reads gain from decoding in place.
+    if total < DIRECT_MIN || ptr.is_null() {
         return None;
     }
+    let cookie = cookie_of(fp)?;
     // SAFETY: `fp` is one of our open streams (registered until just before fclose), so it
     // is a glibc FILE; its lock serializes us with glibc's own calls and the cookie callbacks.
     unsafe { flockfile(fp) };

@@ -90,8 +90,7 @@ pub struct Stream {
     pool: Option<Arc<rayon::ThreadPool>>,
     since_release: u64,
     residency: Option<Arc<Residency>>,
-    /// Reads come straight into the caller's memory (our `fread`): the cache only serves
-    /// the odd partial chunk, so it stays one chunk deep instead of holding batches.
+    /// Reads come straight into the caller's memory (our `fread`).
     direct: bool,
     /// First read error, kept for the caller after llama.cpp gives up.
     error: Arc<Mutex<Option<String>>>,
@@ -210,7 +209,10 @@ impl Stream {
         // A chunk we hold, or one only partly wanted: serve it from the cache.
         if let Some(c) = dc.chunk_range_at(pos) {
             let cached = self.cache.iter().position(|(s, _)| *s == c.start);
-            if cached.is_some() || c.start < pos || c.end > end {
+            // A read of one whole chunk (a small tensor) alone would decode on one core: go
+            // through the cache, which decodes the next chunks (the next tensors) with it.
+            let single = self.direct && !self.lean() && c.start == pos && c.end == end;
+            if cached.is_some() || c.start < pos || c.end > end || single {
                 let k = match cached {
                     Some(k) => k,
                     None => self.fill_cache(c.start)?,
@@ -264,7 +266,7 @@ impl Stream {
             }
             bytes += c.end - c.start;
             batch.push(c);
-            if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES || self.direct {
+            if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES || self.lean() {
                 break;
             }
         }
@@ -289,16 +291,22 @@ impl Stream {
         Ok(first)
     }
 
+    /// Under a memory budget the cache stays one chunk deep (it only serves the odd partial
+    /// chunk) instead of holding batches of decoded chunks.
+    fn lean(&self) -> bool {
+        self.residency.is_some()
+    }
+
     /// Evicts the oldest cached chunks so that `n` more fit.
     fn make_room(&mut self, n: usize) {
-        let cap = if self.direct { 1 } else { CACHE_CHUNKS };
+        let cap = if self.lean() { 1 } else { CACHE_CHUNKS };
         while !self.cache.is_empty() && self.cache.len() + n > cap {
             if let Some((_, buf)) = self.cache.pop_front() {
                 self.spare.push(buf);
             }
         }
         self.spare
-            .truncate(if self.direct { 1 } else { CACHE_CHUNKS });
+            .truncate(if self.lean() { 1 } else { CACHE_CHUNKS });
     }
 
     fn seek(&mut self, offset: i64, whence: c_int) -> Option<u64> {
