@@ -137,7 +137,11 @@ pub fn libdcgguf() -> PathBuf {
 /// A directory holding only this build's libdcgguf.so (to link with -L without picking up
 /// anything else).
 pub fn libdcgguf_dir() -> PathBuf {
-    let d = tmp_dir().join(format!("lib-{}", std::process::id()));
+    // One directory per call: tests of one binary run in parallel and would race on a
+    // shared link.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = tmp_dir().join(format!("lib-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     let link = d.join("libdcgguf.so");
     let _ = std::fs::remove_file(&link);
