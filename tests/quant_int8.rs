@@ -216,8 +216,13 @@ fn wild_stats(h: &GgufHeader) -> ActStats {
                     10f32.powf((seed % 6000) as f32 / 1000.0 - 3.0)
                 })
                 .collect();
-            s.tensors
-                .insert(t.name.clone(), ChannelStats { mean_sq: v });
+            s.tensors.insert(
+                t.name.clone(),
+                ChannelStats {
+                    mean_sq: v,
+                    max_abs: None,
+                },
+            );
         }
     }
     s

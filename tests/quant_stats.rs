@@ -160,6 +160,72 @@ fn bad_files_give_clear_errors() {
     assert!(ActStats::load(Path::new("/nonexistent/imatrix.gguf")).is_err());
 }
 
+/// `gguf_imatrix` plus `W.in_max` tensors.
+fn with_max(entries: &[(&str, Vec<f32>, Vec<f32>)], maxes: &[(&str, Vec<f32>)]) -> Vec<u8> {
+    let base = gguf_imatrix("imatrix", entries);
+    let h = dcgguf::gguf::GgufHeader::parse(&base).unwrap();
+    let mut tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> = h
+        .tensors
+        .iter()
+        .map(|t| {
+            let r = h.tensor_range(t);
+            (
+                t.name.clone(),
+                t.dims.clone(),
+                t.ty,
+                base[r.start as usize..r.end as usize].to_vec(),
+            )
+        })
+        .collect();
+    for (name, m) in maxes {
+        let data = m.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((
+            format!("{name}.in_max"),
+            vec![m.len() as u64],
+            GgmlType::F32,
+            data,
+        ));
+    }
+    dcgguf::gguf::build_file(&h.kvs, &tensors)
+}
+
+#[test]
+fn recorded_maxima_are_read_and_checked() {
+    let e = [("blk.0.attn_q.weight", vec![4.0, 16.0], vec![4.0])];
+    let s =
+        ActStats::parse_gguf(&with_max(&e, &[("blk.0.attn_q.weight", vec![3.0, 5.0])])).unwrap();
+    let st = s.get("blk.0.attn_q.weight").unwrap();
+    assert_eq!(st.max_abs.as_deref(), Some(&[3.0, 5.0][..]));
+    assert_eq!(st.magnitude(), [3.0, 5.0]);
+    // Without maxima the RMS stands in.
+    let s = ActStats::parse_gguf(&gguf_imatrix("imatrix", &e)).unwrap();
+    assert_eq!(
+        s.get("blk.0.attn_q.weight").unwrap().magnitude(),
+        [1.0, 2.0]
+    );
+    for (maxes, want) in [
+        (
+            vec![("blk.0.attn_q.weight", vec![3.0])],
+            "1 values for 2 channels",
+        ),
+        (
+            vec![("blk.0.attn_q.weight", vec![3.0, -1.0])],
+            "channel 1 has max|x| = -1",
+        ),
+        (
+            vec![("blk.0.attn_q.weight", vec![3.0, f32::NAN])],
+            "channel 1 has max|x| = NaN",
+        ),
+        (
+            vec![("blk.9.attn_q.weight", vec![3.0, 1.0])],
+            "in_max without blk.9.attn_q.weight.in_sum2",
+        ),
+    ] {
+        let err = ActStats::parse_gguf(&with_max(&e, &maxes)).unwrap_err();
+        assert!(err.contains(want), "{err} (want {want})");
+    }
+}
+
 fn models_dir() -> Option<PathBuf> {
     llama_support::shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf")
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -197,6 +263,24 @@ fn calibrate_runs_real_llama_imatrix_and_validates_against_the_model() {
     let q = &s.get("blk.0.attn_q.weight").unwrap().mean_sq;
     assert_eq!(q.len(), 384);
     assert!(q.iter().all(|v| v.is_finite() && *v > 0.0));
+    // The paper's statistic, recorded by libdcgguf's graph callback inside llama-imatrix:
+    // every weight has max|x| per channel, and a maximum is never below the RMS.
+    for (name, st) in &s.tensors {
+        let max = st
+            .max_abs
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no max|x| recorded"));
+        for (j, (m, r)) in max.iter().zip(st.rms()).enumerate() {
+            assert!(
+                *m >= r * 0.999 && m.is_finite(),
+                "{name} channel {j}: max {m} < rms {r}"
+            );
+        }
+        assert!(
+            max.iter().zip(st.rms()).any(|(m, r)| *m > r * 1.5),
+            "{name}: max == rms?"
+        );
+    }
     // Statistics of another model's shape are refused.
     let mut wrong = s.clone();
     wrong

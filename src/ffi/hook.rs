@@ -164,7 +164,7 @@ fn init_context(
         return std::ptr::null_mut();
     };
     let hook = catch_unwind(AssertUnwindSafe(|| {
-        llama::residency::hook_context_params(model, &mut params)
+        llama::graph_hook::hook_context_params(model, &mut params)
     }))
     .ok()
     .flatten();
@@ -173,7 +173,7 @@ fn init_context(
     if let Some(h) = hook {
         // SAFETY: `h` came from hook_context_params just above and is handed over once.
         let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
-            llama::residency::context_created(ctx, h)
+            llama::graph_hook::context_created(ctx, h)
         }));
     }
     ctx
@@ -221,7 +221,7 @@ pub extern "C" fn llama_free(ctx: *mut sys::llama_context) {
         // SAFETY: the real function with the caller's argument.
         unsafe { real(ctx) };
     }
-    let _ = catch_unwind(AssertUnwindSafe(|| llama::residency::context_freed(ctx)));
+    let _ = catch_unwind(AssertUnwindSafe(|| llama::graph_hook::context_freed(ctx)));
 }
 
 /// Interposes `llama_model_free`: stops and forgets the model's budget state, then frees.

@@ -70,6 +70,29 @@ impl HeaderWriter {
     }
 }
 
+/// A whole GGUF v3 file: `kvs`, then `tensors` (name, ggml dims, type, data) laid out in order
+/// at `alignment` (32, GGUF's default, when `general.alignment` is not among `kvs`).
+pub fn build_file(kvs: &[KeyValue], tensors: &[(String, Vec<u64>, GgmlType, Vec<u8>)]) -> Vec<u8> {
+    const ALIGNMENT: u64 = 32;
+    let mut w = HeaderWriter::new(3);
+    for kv in kvs {
+        w.kv(kv);
+    }
+    let mut offset = 0u64;
+    for (name, dims, ty, data) in tensors {
+        w.tensor(name, dims, *ty, offset);
+        offset =
+            align_up(offset + data.len() as u64, ALIGNMENT).expect("tensor data fits in memory");
+    }
+    let mut out = w.finish(ALIGNMENT);
+    for (_, _, _, data) in tensors {
+        out.extend_from_slice(data);
+        let padded = align_up(out.len() as u64, ALIGNMENT).expect("fits in memory");
+        out.resize(padded as usize, 0);
+    }
+    out
+}
+
 impl GgufHeader {
     /// Serializes this header (metadata, tensor infos, zero padding up to `data_offset`).
     pub fn to_bytes(&self) -> Vec<u8> {

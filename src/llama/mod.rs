@@ -9,7 +9,9 @@
 //! The host's llama.cpp is found at run time ([`host`]); nothing of llama.cpp or ggml is
 //! linked into this crate. [`sys`] holds bindgen output for the few llama.h items used.
 
+pub mod actmax;
 pub mod fread;
+pub mod graph_hook;
 pub mod host;
 pub mod residency;
 pub mod stream;

@@ -320,7 +320,7 @@ impl Residency {
         self.failed.load(Ordering::Relaxed)
     }
 
-    fn fail(&self, msg: String) {
+    pub(super) fn fail(&self, msg: String) {
         let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if e.is_none() {
             eprintln!("dcgguf: error: {}: {msg}", self.dc.path().display());
@@ -716,113 +716,4 @@ pub fn unregister_model(model: *mut sys::llama_model) {
             );
         }
     }
-}
-
-/// The callbacks a budgeted context runs with, and the caller's own.
-pub struct EvalHook {
-    res: Arc<Residency>,
-    user_eval: sys::ggml_backend_sched_eval_callback,
-    user_eval_data: *mut c_void,
-    user_abort: sys::ggml_abort_callback,
-    user_abort_data: *mut c_void,
-    /// Whether the caller's callback asked for the last node (then it gets the result).
-    user_asked: AtomicBool,
-}
-
-/// Contexts with our callbacks, by `llama_context *`.
-static CONTEXTS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
-
-/// Puts our callbacks into `params` for a budgeted model; returns the hook to pass to
-/// [`context_created`] (or `None` for an ordinary model).
-pub fn hook_context_params(
-    model: *const sys::llama_model,
-    params: &mut sys::llama_context_params,
-) -> Option<*mut EvalHook> {
-    let res = model_residency(model)?;
-    let hook = Box::into_raw(Box::new(EvalHook {
-        res,
-        user_eval: params.cb_eval,
-        user_eval_data: params.cb_eval_user_data,
-        user_abort: params.abort_callback,
-        user_abort_data: params.abort_callback_data,
-        user_asked: AtomicBool::new(false),
-    }));
-    params.cb_eval = Some(eval_callback);
-    params.cb_eval_user_data = hook as *mut c_void;
-    params.abort_callback = Some(abort_callback);
-    params.abort_callback_data = hook as *mut c_void;
-    Some(hook)
-}
-
-/// Records the hook of a created context, or frees it if creation failed.
-///
-/// # Safety
-/// `hook` comes from [`hook_context_params`] and is passed here exactly once.
-pub unsafe fn context_created(ctx: *mut sys::llama_context, hook: *mut EvalHook) {
-    if ctx.is_null() {
-        // SAFETY: `hook` came from Box::into_raw in hook_context_params and no context
-        // holds it.
-        drop(unsafe { Box::from_raw(hook) });
-        return;
-    }
-    CONTEXTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((ctx as usize, hook as usize));
-}
-
-/// Frees the hook of a context llama.cpp has just freed.
-pub fn context_freed(ctx: *mut sys::llama_context) {
-    let hook = {
-        let mut c = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
-        let at = c.iter().position(|(p, _)| *p == ctx as usize);
-        at.map(|i| c.swap_remove(i).1)
-    };
-    if let Some(h) = hook {
-        // SAFETY: made by Box::into_raw in hook_context_params; the context that called it
-        // is gone, so nothing else refers to it.
-        drop(unsafe { Box::from_raw(h as *mut EvalHook) });
-    }
-}
-
-unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *mut c_void) -> bool {
-    // SAFETY: `data` is the EvalHook we registered with this context; it lives until the
-    // context is freed, after which llama.cpp calls no callbacks.
-    let hook = unsafe { &*(data as *const EvalHook) };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if ask {
-            // SAFETY: ggml passes a live node of the graph being computed.
-            let ours = unsafe { hook.res.ask(t) };
-            // SAFETY: the caller's callback with its own data, as llama.cpp would call it.
-            let theirs = hook
-                .user_eval
-                .is_some_and(|cb| unsafe { cb(t, true, hook.user_eval_data) });
-            hook.user_asked.store(theirs, Ordering::Relaxed);
-            ours || theirs
-        } else {
-            hook.res.computed();
-            match hook.user_eval {
-                // SAFETY: as above; the caller asked for this node, so it gets the result.
-                Some(cb) if hook.user_asked.load(Ordering::Relaxed) => unsafe {
-                    cb(t, false, hook.user_eval_data)
-                },
-                _ => true,
-            }
-        }
-    }));
-    r.unwrap_or_else(|_| {
-        hook.res
-            .fail("internal error (panic) in the graph callback".into());
-        true
-    })
-}
-
-unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
-    // SAFETY: as in eval_callback.
-    let hook = unsafe { &*(data as *const EvalHook) };
-    // SAFETY: the caller's abort callback with its own data.
-    hook.res.failed()
-        || hook
-            .user_abort
-            .is_some_and(|cb| unsafe { cb(hook.user_abort_data) })
 }

@@ -3,15 +3,17 @@
 //! Runs `llama-imatrix` (per-channel mean x^2 of every matmul input) on a text file and checks
 //! the result. llama-imatrix refuses vocabularies that append EOS (BERT appends [SEP]), so such
 //! models are run through a temporary copy with `tokenizer.ggml.add_eos_token = false`
-//! (statistics then miss one [SEP] token per chunk). max|x| is not recorded by llama-imatrix;
-//! scaling uses the RMS instead (docs/QUANT.md).
+//! (statistics then miss one [SEP] token per chunk). llama-imatrix keeps only sums of x^2,
+//! so it runs with libdcgguf preloaded, whose graph callback records per-channel max|x|
+//! (`llama::actmax`); those maxima are added to the output as `W.in_max` tensors. Without
+//! libdcgguf.so next to the dcgguf binary (or `$DCGGUF_LIB`) only the RMS is available.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{QuantError, RemoveOnDrop, Result, stats::ActStats, temp_next_to};
 use crate::dc::DcError;
-use crate::gguf::{GgufHeader, Value, ValueType};
+use crate::gguf::{GgmlType, GgufHeader, Value, ValueType, build_file};
 use crate::io::map_readonly;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -94,7 +96,20 @@ pub fn run_imatrix(
         model
     };
     let tool = find_tool(llama_bin, "llama-imatrix");
-    let out = Command::new(&tool)
+    let act_max = temp_next_to(output, "act-max.gguf");
+    let _g2 = RemoveOnDrop(act_max.clone());
+    let mut cmd = Command::new(&tool);
+    match libdcgguf() {
+        Some(lib) => {
+            cmd.env("LD_PRELOAD", lib)
+                .env(crate::llama::actmax::ACT_MAX_ENV, &act_max);
+        }
+        None => eprintln!(
+            "dcgguf: warning: libdcgguf.so not found next to dcgguf (set DCGGUF_LIB): \
+             recording sums of x^2 only, no max|x|"
+        ),
+    }
+    let out = cmd
         .arg("-m")
         .arg(model_used)
         .arg("-f")
@@ -122,6 +137,73 @@ pub fn run_imatrix(
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )));
     }
+    if act_max.exists() {
+        add_act_max(output, &act_max)?;
+    }
+    Ok(())
+}
+
+/// libdcgguf.so for preloading: `$DCGGUF_LIB`, else next to this executable (cargo's
+/// target/<profile>/ and deps/, or an installed ../lib/).
+fn libdcgguf() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DCGGUF_LIB") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("libdcgguf.so"),
+        dir.join("deps/libdcgguf.so"),
+        dir.join("../lib/libdcgguf.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+/// Rewrites the imatrix GGUF at `imatrix` with the `W.in_max` tensors of `act_max` added.
+fn add_act_max(imatrix: &Path, act_max: &Path) -> Result<()> {
+    let read = |p: &Path| -> Result<(GgufHeader, Vec<u8>)> {
+        let bytes = std::fs::read(p).map_err(DcError::io(p))?;
+        let h = GgufHeader::parse(&bytes).map_err(|source| DcError::Gguf {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        h.check_data_fits(bytes.len() as u64)
+            .map_err(|source| DcError::Gguf {
+                path: p.to_path_buf(),
+                source,
+            })?;
+        Ok((h, bytes))
+    };
+    let (ih, ibytes) = read(imatrix)?;
+    let (mh, mbytes) = read(act_max)?;
+    let tensors_of = |h: &GgufHeader, bytes: &[u8]| -> Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> {
+        h.tensors
+            .iter()
+            .map(|t| {
+                let r = h.tensor_range(t);
+                (
+                    t.name.clone(),
+                    t.dims.clone(),
+                    t.ty,
+                    bytes[r.start as usize..r.end as usize].to_vec(),
+                )
+            })
+            .collect()
+    };
+    let mut tensors = tensors_of(&ih, &ibytes);
+    let have: std::collections::BTreeSet<String> = tensors
+        .iter()
+        .filter_map(|t| t.0.strip_suffix(".in_sum2").map(str::to_owned))
+        .collect();
+    // Only weights llama-imatrix also saw (it skips some, e.g. with too few tokens).
+    tensors.extend(tensors_of(&mh, &mbytes).into_iter().filter(|t| {
+        t.0.strip_suffix(".in_max")
+            .is_some_and(|w| have.contains(w))
+    }));
+    let tmp = temp_next_to(imatrix, "with-max.gguf");
+    std::fs::write(&tmp, build_file(&ih.kvs, &tensors)).map_err(DcError::io(&tmp))?;
+    std::fs::rename(&tmp, imatrix).map_err(DcError::io(imatrix))?;
     Ok(())
 }
 

@@ -123,7 +123,7 @@ pub fn scales(folds: &[Fold], stats: &ActStats, alpha: f32) -> Scales {
         let Some(st) = stats.get(&f.stats_from) else {
             continue;
         };
-        let v = channel_scales(&st.rms(), alpha);
+        let v = channel_scales(&st.magnitude(), alpha);
         for c in &f.consumers {
             merge(&mut s.columns, c, &v);
         }

@@ -19,13 +19,20 @@ use crate::gguf::{GgmlType, GgufHeader, Value};
 pub struct ChannelStats {
     /// Mean of x_j^2 over the calibration tokens.
     pub mean_sq: Vec<f32>,
+    /// max |x_j| over the calibration tokens, when recorded (`dcgguf calibrate` adds it as
+    /// `W.in_max` tensors; plain llama-imatrix files do not have it).
+    pub max_abs: Option<Vec<f32>>,
 }
 
 impl ChannelStats {
-    /// Per-channel magnitude used for scaling: sqrt(mean x^2) (RMS). llama-imatrix does not
-    /// record max|x|, so the paper's max|X_j| is approximated by the RMS (docs/QUANT.md).
     pub fn rms(&self) -> Vec<f32> {
         self.mean_sq.iter().map(|v| v.sqrt()).collect()
+    }
+
+    /// Per-channel magnitude used for scaling: the paper's max|X_j| where recorded, else the
+    /// RMS sqrt(mean x^2) standing in for it (docs/QUANT.md).
+    pub fn magnitude(&self) -> Vec<f32> {
+        self.max_abs.clone().unwrap_or_else(|| self.rms())
     }
 }
 
@@ -96,7 +103,7 @@ impl ActStats {
         let mut out = ActStats::default();
         for t in &h.tensors {
             let Some(weight) = t.name.strip_suffix(".in_sum2") else {
-                if !t.name.ends_with(".counts") {
+                if !t.name.ends_with(".counts") && !t.name.ends_with(".in_max") {
                     return Err(format!("unexpected tensor {:?}", t.name));
                 }
                 continue;
@@ -133,6 +140,27 @@ impl ActStats {
         }
         if out.tensors.is_empty() {
             return Err("no *.in_sum2 tensors".into());
+        }
+        for t in &h.tensors {
+            let Some(weight) = t.name.strip_suffix(".in_max") else {
+                continue;
+            };
+            let (_, max) = data(&t.name)?;
+            let st = out
+                .tensors
+                .get_mut(weight)
+                .ok_or_else(|| format!("{weight}.in_max without {weight}.in_sum2"))?;
+            if max.len() != st.mean_sq.len() {
+                return Err(format!(
+                    "{weight}.in_max has {} values for {} channels",
+                    max.len(),
+                    st.mean_sq.len()
+                ));
+            }
+            if let Some(j) = max.iter().position(|v| !v.is_finite() || *v < 0.0) {
+                return Err(format!("{weight}: channel {j} has max|x| = {}", max[j]));
+            }
+            st.max_abs = Some(max);
         }
         Ok(out)
     }
@@ -200,7 +228,13 @@ impl ActStats {
         }
         if self
             .tensors
-            .insert(weight.to_string(), ChannelStats { mean_sq })
+            .insert(
+                weight.to_string(),
+                ChannelStats {
+                    mean_sq,
+                    max_abs: None,
+                },
+            )
             .is_some()
         {
             return Err(format!("duplicate entry {weight:?}"));
