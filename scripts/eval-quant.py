@@ -107,14 +107,17 @@ def main():
     settings = args.settings if args.settings is not None else DEFAULT_SETTINGS
     if any("{imatrix}" in s for s in settings) and not os.path.exists(imatrix):
         run([args.dcgguf, "-q", "calibrate", f32, args.calib, "-o", imatrix])
+    cov = os.path.join(args.work, "minilm.cov.gguf")
+    if any("{cov}" in s for s in settings) and not os.path.exists(cov):
+        run([sys.executable, os.path.join(HERE, "covariance.py"), f32, cov, "--calib", args.calib])
     for s in settings:
-        s = s.replace("{imatrix}", imatrix)
+        s = s.replace("{imatrix}", imatrix).replace("{cov}", cov)
         name, _, flags = s.partition(":")
         p = os.path.join(args.work, f"dc-{name}.dc.gguf")
         back = os.path.join(args.work, f"dc-{name}.q8.gguf")
         run([args.dcgguf, "-q", "compress", "--force", "--quantize", "int8", *flags.split(), f32, p])
         run([args.dcgguf, "-q", "decompress", "--force", p, back])
-        add(f"DC-INT8 {name}", p, back, "dc", data_path=p)
+        add(f"DC-INT8 {name}", p, back, "dc-gptq" if "--gptq" in flags else "dc", data_path=p)
 
     q8row = next((r for r in rows if r["name"] == "Q8_0"), None)
     q8b = q8row["bytes"] if q8row else os.path.getsize(q8)
@@ -148,6 +151,9 @@ DEFAULT_SETTINGS = [
     "s1.25:--step 1.25 --embd-step 5",
     "s1.5:--step 1.5 --embd-step 6",
     "s2:--step 2 --embd-step 8",
+    "gptq:--gptq {cov} --embd-step 0",
+    "gptq+embd2:--gptq {cov} --embd-step 2",
+    "gptq+embd3:--gptq {cov} --embd-step 3",
 ]
 
 
@@ -158,6 +164,7 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(8, 5))
     for kind, style, label in [("llama", "o-", "llama.cpp types (llama-quantize)"),
                                ("dc", "s-", "DC-INT8 (dcgguf --quantize int8)"),
+                               ("dc-gptq", "D-", "DC-INT8 --gptq (GPTQ rounding)"),
                                ("dc-lossless", "^", "dcgguf lossless of llama.cpp Q8_0")]:
         pts = sorted((r["vs_q8"], 1 - r["mean_cos"], r["name"]) for r in rows
                      if r["kind"] == kind and r["name"] not in ("F32", "F16"))
@@ -168,7 +175,7 @@ def plot(rows, path):
         for k, (x, y, n) in enumerate(pts):
             if kind == "dc-lossless":
                 continue
-            dy = -11 if (kind == "dc" and k % 2) else 4
+            dy = -11 if (kind.startswith("dc") and k % 2) else 4
             ax.annotate(n.replace("DC-INT8 ", ""), (x, y), fontsize=7, xytext=(3, dy),
                         textcoords="offset points")
     ax.set_yscale("log")
