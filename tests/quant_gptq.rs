@@ -253,128 +253,112 @@ fn cli_accepts_a_good_covariance_file() {
 #[test]
 fn malformed_covariance_files_give_clear_errors() {
     let f32t = GgmlType::F32;
-    // Wrong shape for a weight.
-    let e = cli_error(
-        &cov_file(
-            "covariance",
-            &[
-                ("blk.0.attn_q.weight", 32, f32t),
-                ("blk.0.ffn_down.weight", 32, f32t),
-            ],
+    let cov_type = [("general.type", Value::string("covariance"))];
+    let mut indefinite = vec![0f32; 64 * 64];
+    (0..64).for_each(|i| indefinite[i * 64 + i] = 1.0);
+    indefinite[1] = 50.0;
+    indefinite[64] = 50.0;
+    // (file, name, every piece the error must contain)
+    let cases: Vec<(Vec<u8>, &str, Vec<&str>)> = vec![
+        (
+            cov_file(
+                "covariance",
+                &[
+                    ("blk.0.attn_q.weight", 32, f32t),
+                    ("blk.0.ffn_down.weight", 32, f32t),
+                ],
+            ),
+            "shape.cov.gguf",
+            vec!["blk.0.attn_q.weight", "64 input channels"],
         ),
-        "shape.cov.gguf",
-        &[],
-    );
-    assert!(
-        e.contains("blk.0.attn_q.weight") && e.contains("64 input channels"),
-        "{e}"
-    );
-    // Missing tensor.
-    let e = cli_error(
-        &cov_file("covariance", &[("blk.0.attn_q.weight", 64, f32t)]),
-        "missing.cov.gguf",
-        &[],
-    );
-    assert!(
-        e.contains("missing tensor") && e.contains("blk.0.ffn_down.weight"),
-        "{e}"
-    );
-    // Extra tensor (another model's).
-    let e = cli_error(
-        &cov_file(
-            "covariance",
-            &[
-                ("blk.0.attn_q.weight", 64, f32t),
-                ("blk.0.ffn_down.weight", 32, f32t),
-                ("blk.1.ffn_down.weight", 32, f32t),
-            ],
+        (
+            cov_file("covariance", &[("blk.0.attn_q.weight", 64, f32t)]),
+            "missing.cov.gguf",
+            vec!["missing tensor", "blk.0.ffn_down.weight"],
         ),
-        "extra.cov.gguf",
-        &[],
-    );
-    assert!(
-        e.contains("blk.1.ffn_down.weight") && e.contains("wrong model"),
-        "{e}"
-    );
-    // Wrong tensor type.
-    let e = cli_error(
-        &cov_file(
-            "covariance",
-            &[
-                ("blk.0.attn_q.weight", 64, GgmlType::F16),
-                ("blk.0.ffn_down.weight", 32, f32t),
-            ],
+        (
+            // Another model's extra tensor.
+            cov_file(
+                "covariance",
+                &[
+                    ("blk.0.attn_q.weight", 64, f32t),
+                    ("blk.0.ffn_down.weight", 32, f32t),
+                    ("blk.1.ffn_down.weight", 32, f32t),
+                ],
+            ),
+            "extra.cov.gguf",
+            vec!["blk.1.ffn_down.weight", "wrong model"],
         ),
-        "type.cov.gguf",
-        &[],
-    );
-    assert!(
-        e.contains("blk.0.attn_q.weight") && e.contains("expected F32"),
-        "{e}"
-    );
-    // Not a square matrix.
-    let e = cli_error(
-        &gguf(
-            &[("general.type", Value::string("covariance"))],
-            &[(
-                "blk.0.attn_q.weight".into(),
-                vec![64, 2],
-                f32t,
-                f32_bytes(&[1.0; 128]),
-            )],
+        (
+            cov_file(
+                "covariance",
+                &[
+                    ("blk.0.attn_q.weight", 64, GgmlType::F16),
+                    ("blk.0.ffn_down.weight", 32, f32t),
+                ],
+            ),
+            "type.cov.gguf",
+            vec!["blk.0.attn_q.weight", "expected F32"],
         ),
-        "nonsquare.cov.gguf",
-        &[],
-    );
-    assert!(
-        e.contains("blk.0.attn_q.weight") && e.contains("square"),
-        "{e}"
-    );
-    // An imatrix (or model) passed by mistake.
-    let e = cli_error(
-        &cov_file("imatrix", &[("blk.0.attn_q.weight", 64, f32t)]),
-        "imatrix.cov.gguf",
-        &[],
-    );
-    assert!(e.contains("not \"covariance\""), "{e}");
-    let e = cli_error(&model(), "model.cov.gguf", &[]);
-    assert!(e.contains("general.type = \"covariance\""), "{e}");
-    // Not a GGUF.
-    let e = cli_error(b"not a gguf at all", "garbage.cov.gguf", &[]);
-    assert!(
-        e.contains("invalid covariance file") && e.contains("GGUF"),
-        "{e}"
-    );
-    // Not positive definite even after damping.
-    let mut h = vec![0f32; 64 * 64];
-    (0..64).for_each(|i| h[i * 64 + i] = 1.0);
-    h[1] = 50.0;
-    h[64] = 50.0;
-    let e = cli_error(
-        &gguf(
-            &[("general.type", Value::string("covariance"))],
-            &[
-                (
+        (
+            gguf(
+                &cov_type,
+                &[(
                     "blk.0.attn_q.weight".into(),
-                    vec![64, 64],
+                    vec![64, 2],
                     f32t,
-                    f32_bytes(&h),
-                ),
-                (
-                    "blk.0.ffn_down.weight".into(),
-                    vec![32, 32],
-                    f32t,
-                    f32_bytes(&cov_matrix(32, 5)),
-                ),
-            ],
+                    f32_bytes(&[1.0; 128]),
+                )],
+            ),
+            "nonsquare.cov.gguf",
+            vec!["blk.0.attn_q.weight", "square"],
         ),
-        "indefinite.cov.gguf",
-        &[],
-    );
-    assert!(
-        e.contains("blk.0.attn_q.weight") && e.contains("positive definite"),
-        "{e}"
-    );
+        // An imatrix or a model passed by mistake.
+        (
+            cov_file("imatrix", &[("blk.0.attn_q.weight", 64, f32t)]),
+            "imatrix.cov.gguf",
+            vec!["not \"covariance\""],
+        ),
+        (
+            model(),
+            "model.cov.gguf",
+            vec!["general.type = \"covariance\""],
+        ),
+        (
+            b"not a gguf at all".to_vec(),
+            "garbage.cov.gguf",
+            vec!["invalid covariance file", "GGUF"],
+        ),
+        (
+            // Not positive definite even after damping.
+            gguf(
+                &cov_type,
+                &[
+                    (
+                        "blk.0.attn_q.weight".into(),
+                        vec![64, 64],
+                        f32t,
+                        f32_bytes(&indefinite),
+                    ),
+                    (
+                        "blk.0.ffn_down.weight".into(),
+                        vec![32, 32],
+                        f32t,
+                        f32_bytes(&cov_matrix(32, 5)),
+                    ),
+                ],
+            ),
+            "indefinite.cov.gguf",
+            vec!["blk.0.attn_q.weight", "positive definite"],
+        ),
+    ];
+    for (file, name, want) in cases {
+        let e = cli_error(&file, name, &[]);
+        assert!(
+            want.iter().all(|w| e.contains(w)),
+            "{name}: {e} (want {want:?})"
+        );
+    }
 }
 
 /// The evaluation sentences of scripts/eval-quant.py.
@@ -393,39 +377,8 @@ fn sentences_file() -> PathBuf {
     p
 }
 
-/// L2-normalized mean-pooled embeddings from real llama-embedding (as scripts/eval-quant.py).
 fn embed(bin: &Path, model: &Path, sentences: &Path) -> Vec<Vec<f64>> {
-    // llama.cpp's asynchronous logger can lose the end of the output at exit: retry.
-    for _ in 0..3 {
-        let out = Command::new(bin.join("llama-embedding"))
-            .arg("-m")
-            .arg(model)
-            .arg("-f")
-            .arg(sentences)
-            .args([
-                "--embd-output-format",
-                "array",
-                "--embd-normalize",
-                "2",
-                "--no-warmup",
-            ])
-            .args(["-c", "512", "-b", "8192", "-ub", "8192", "-t", "2"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if let Ok(v) = serde_json::from_slice(&out.stdout) {
-            return v;
-        }
-        eprintln!("llama-embedding output incomplete, retrying");
-    }
-    panic!(
-        "llama-embedding never printed complete output for {}",
-        model.display()
-    );
+    llama_support::embeddings(bin, model, sentences, "auto")
 }
 
 fn mean_cosine(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {

@@ -5,7 +5,6 @@
 mod llama_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dcgguf::dc::{CompressOptions, decompress_file};
 use dcgguf::gguf::GgufHeader;
@@ -42,49 +41,12 @@ fn sentences_file() -> PathBuf {
     p
 }
 
-/// L2-normalized mean-pooled embeddings from real llama-embedding.
 fn embed(bin: &Path, model: &Path, sentences: &Path) -> Vec<Vec<f64>> {
-    embed_fa(bin, model, sentences, "auto")
+    llama_support::embeddings(bin, model, sentences, "auto")
 }
 
 fn embed_fa(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<Vec<f64>> {
-    // llama.cpp's asynchronous logger can lose the end of the output at exit: retry output
-    // that is not complete JSON.
-    for _ in 0..3 {
-        if let Ok(v) = serde_json::from_slice(&embed_once(bin, model, sentences, fa)) {
-            return v;
-        }
-        eprintln!("llama-embedding output incomplete, retrying");
-    }
-    panic!(
-        "llama-embedding never printed complete output for {}",
-        model.display()
-    );
-}
-
-fn embed_once(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<u8> {
-    let out = Command::new(bin.join("llama-embedding"))
-        .args(["-fa", fa])
-        .arg("-m")
-        .arg(model)
-        .arg("-f")
-        .arg(sentences)
-        .args([
-            "--embd-output-format",
-            "array",
-            "--embd-normalize",
-            "2",
-            "--no-warmup",
-        ])
-        .args(["-c", "512", "-b", "8192", "-ub", "8192", "-t", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    llama_support::embeddings(bin, model, sentences, fa)
 }
 
 fn cosines(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<f64> {

@@ -164,19 +164,7 @@ fn bad_files_give_clear_errors() {
 fn with_max(entries: &[(&str, Vec<f32>, Vec<f32>)], maxes: &[(&str, Vec<f32>)]) -> Vec<u8> {
     let base = gguf_imatrix("imatrix", entries);
     let h = dcgguf::gguf::GgufHeader::parse(&base).unwrap();
-    let mut tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> = h
-        .tensors
-        .iter()
-        .map(|t| {
-            let r = h.tensor_range(t);
-            (
-                t.name.clone(),
-                t.dims.clone(),
-                t.ty,
-                base[r.start as usize..r.end as usize].to_vec(),
-            )
-        })
-        .collect();
+    let mut tensors = dcgguf::gguf::tensor_entries(&h, &base);
     for (name, m) in maxes {
         let data = m.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((

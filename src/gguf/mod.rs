@@ -14,7 +14,7 @@ mod write;
 pub use ggml_type::{Field, GgmlType};
 pub use parse::{GgufHeader, TensorInfo};
 pub use value::{ArrayValue, KeyValue, Value, ValueType};
-pub use write::{HeaderWriter, align_up, build_file};
+pub use write::{HeaderWriter, TensorEntry, align_up, build_file, tensor_entries};
 
 /// "GGUF" read as a little-endian u32.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";

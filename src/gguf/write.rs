@@ -70,9 +70,29 @@ impl HeaderWriter {
     }
 }
 
+/// One tensor for [`build_file`]: name, ggml dims, type, data.
+pub type TensorEntry = (String, Vec<u64>, GgmlType, Vec<u8>);
+
+/// The tensors of a parsed file as [`build_file`] entries (data copied out of `bytes`, the
+/// file `h` was parsed from and checked against with `check_data_fits`).
+pub fn tensor_entries(h: &GgufHeader, bytes: &[u8]) -> Vec<TensorEntry> {
+    h.tensors
+        .iter()
+        .map(|t| {
+            let r = h.tensor_range(t);
+            (
+                t.name.clone(),
+                t.dims.clone(),
+                t.ty,
+                bytes[r.start as usize..r.end as usize].to_vec(),
+            )
+        })
+        .collect()
+}
+
 /// A whole GGUF v3 file: `kvs`, then `tensors` (name, ggml dims, type, data) laid out in order
 /// at `alignment` (32, GGUF's default, when `general.alignment` is not among `kvs`).
-pub fn build_file(kvs: &[KeyValue], tensors: &[(String, Vec<u64>, GgmlType, Vec<u8>)]) -> Vec<u8> {
+pub fn build_file(kvs: &[KeyValue], tensors: &[TensorEntry]) -> Vec<u8> {
     const ALIGNMENT: u64 = 32;
     let mut w = HeaderWriter::new(3);
     for kv in kvs {

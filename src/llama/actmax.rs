@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::sys;
-use crate::gguf::{GgmlType, KeyValue, Value, build_file};
+use crate::gguf::{GgmlType, KeyValue, TensorEntry, Value, build_file};
 
 pub const ACT_MAX_ENV: &str = "DCGGUF_ACT_MAX_OUT";
 /// `general.type` of the files written here.
@@ -110,7 +110,7 @@ pub fn flush() {
         key: b"general.type".to_vec(),
         value: Value::String(FILE_TYPE.as_bytes().to_vec()),
     }];
-    let tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> = maxes
+    let tensors: Vec<TensorEntry> = maxes
         .iter()
         .map(|(w, m)| {
             let data = m.iter().flat_map(|v| v.to_le_bytes()).collect();

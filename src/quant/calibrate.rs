@@ -13,7 +13,7 @@ use std::process::Command;
 
 use super::{QuantError, RemoveOnDrop, Result, stats::ActStats, temp_next_to};
 use crate::dc::DcError;
-use crate::gguf::{GgmlType, GgufHeader, Value, ValueType, build_file};
+use crate::gguf::{GgufHeader, Value, ValueType, build_file, tensor_entries};
 use crate::io::map_readonly;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -177,27 +177,13 @@ fn add_act_max(imatrix: &Path, act_max: &Path) -> Result<()> {
     };
     let (ih, ibytes) = read(imatrix)?;
     let (mh, mbytes) = read(act_max)?;
-    let tensors_of = |h: &GgufHeader, bytes: &[u8]| -> Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> {
-        h.tensors
-            .iter()
-            .map(|t| {
-                let r = h.tensor_range(t);
-                (
-                    t.name.clone(),
-                    t.dims.clone(),
-                    t.ty,
-                    bytes[r.start as usize..r.end as usize].to_vec(),
-                )
-            })
-            .collect()
-    };
-    let mut tensors = tensors_of(&ih, &ibytes);
+    let mut tensors = tensor_entries(&ih, &ibytes);
     let have: std::collections::BTreeSet<String> = tensors
         .iter()
         .filter_map(|t| t.0.strip_suffix(".in_sum2").map(str::to_owned))
         .collect();
     // Only weights llama-imatrix also saw (it skips some, e.g. with too few tokens).
-    tensors.extend(tensors_of(&mh, &mbytes).into_iter().filter(|t| {
+    tensors.extend(tensor_entries(&mh, &mbytes).into_iter().filter(|t| {
         t.0.strip_suffix(".in_max")
             .is_some_and(|w| have.contains(w))
     }));

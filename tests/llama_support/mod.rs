@@ -271,3 +271,36 @@ pub fn llama_flags(l: &Llama) -> Vec<String> {
         format!("-Wl,-rpath,{}", l.lib_dir().display()),
     ]
 }
+
+/// L2-normalized mean-pooled embeddings of each line of `sentences` from real llama-embedding
+/// in `bin` (as scripts/eval-quant.py runs it), with flash attention `fa` (on/off/auto).
+/// llama.cpp's asynchronous logger can lose the end of the output at exit: output that is not
+/// complete JSON is retried.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn embeddings(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<Vec<f64>> {
+    for _ in 0..3 {
+        let out = run(Command::new(bin.join("llama-embedding"))
+            .args(["-fa", fa])
+            .arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(sentences)
+            .args([
+                "--embd-output-format",
+                "array",
+                "--embd-normalize",
+                "2",
+                "--no-warmup",
+            ])
+            .args(["-c", "512", "-b", "8192", "-ub", "8192", "-t", "2"]));
+        assert_exit(&out, true, "llama-embedding");
+        if let Ok(v) = serde_json::from_slice(&out.stdout) {
+            return v;
+        }
+        eprintln!("llama-embedding output incomplete, retrying");
+    }
+    panic!(
+        "llama-embedding never printed complete output for {}",
+        model.display()
+    );
+}
