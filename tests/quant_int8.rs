@@ -25,20 +25,8 @@ fn llama_bin() -> Option<PathBuf> {
     llama_support::llama(module_path!()).map(|l| l.prefix.join("bin"))
 }
 
-/// The evaluation sentences of scripts/eval-quant.py.
 fn sentences_file() -> PathBuf {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/eval-sentences.py"),
-    )
-    .unwrap();
-    let lines: Vec<&str> = src
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
-        .collect();
-    assert!(lines.len() > 150, "{}", lines.len());
-    let p = tmp("sentences.txt");
-    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
-    p
+    llama_support::eval_sentences_file()
 }
 
 fn embed(bin: &Path, model: &Path, sentences: &Path) -> Vec<Vec<f64>> {

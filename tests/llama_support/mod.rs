@@ -304,3 +304,23 @@ pub fn embeddings(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<V
         model.display()
     );
 }
+
+/// The evaluation sentences of scripts/eval-quant.py, one per line, in a temporary file.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn eval_sentences_file() -> PathBuf {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/eval-sentences.py"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = src
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
+        .collect();
+    assert!(lines.len() > 150, "{}", lines.len());
+    // One file per call: tests of one binary run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = tmp_dir().join(format!("eval-sentences-{}-{n}.txt", std::process::id()));
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
