@@ -329,11 +329,6 @@ impl Residency {
         self.failed.store(true, Ordering::Relaxed);
     }
 
-    /// The first decode error, if any.
-    pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     /// Stops prefetching and waits for decodes in flight: the model's memory is about to be
     /// freed.
     fn shut_down(&self) {
