@@ -63,6 +63,13 @@ int main(int argc, char **argv) {
     char tiny[4];
     CHECK(dcgguf_error_message(DCGGUF_ERR_CORRUPT, tiny, sizeof tiny, NULL) == DCGGUF_OK);
     CHECK(strlen(tiny) == 3);
+    /* Memory budget: malformed specs are refused with a message; NULL and "0" turn it off. */
+    CHECK(dcgguf_set_memory_budget("lots") == DCGGUF_ERR_INVALID_ARGUMENT);
+    dcgguf_last_error(msg, sizeof msg);
+    CHECK(strstr(msg, "memory budget") != NULL);
+    CHECK(dcgguf_set_memory_budget("60%,file,noprefetch") == DCGGUF_OK);
+    CHECK(dcgguf_set_memory_budget("60%,disk") == DCGGUF_ERR_INVALID_ARGUMENT);
+    CHECK(dcgguf_set_memory_budget(NULL) == DCGGUF_OK);
     CHECK(dcgguf_llama_check() == DCGGUF_ERR_LLAMA_UNAVAILABLE); /* not linked to llama here */
     size_t need = dcgguf_last_error(NULL, 0);
     CHECK(need > 0);
