@@ -148,12 +148,9 @@ fn write(name: &str, bytes: &[u8]) -> PathBuf {
 fn tensor_bytes(path: &Path) -> Vec<(String, GgmlType, Vec<u8>)> {
     let b = std::fs::read(path).unwrap();
     let h = GgufHeader::parse(&b).unwrap();
-    h.tensors
-        .iter()
-        .map(|t| {
-            let s = (h.data_offset + t.offset) as usize;
-            (t.name.clone(), t.ty, b[s..s + t.nbytes as usize].to_vec())
-        })
+    dcgguf::gguf::tensor_entries(&h, &b)
+        .into_iter()
+        .map(|(name, _, ty, data)| (name, ty, data))
         .collect()
 }
 

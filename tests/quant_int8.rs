@@ -53,15 +53,9 @@ fn cosines(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<f64> {
 fn tensors(path: &Path) -> std::collections::HashMap<String, (u32, Vec<u8>)> {
     let b = std::fs::read(path).unwrap();
     let h = GgufHeader::parse(&b).unwrap();
-    h.tensors
-        .iter()
-        .map(|t| {
-            let s = (h.data_offset + t.offset) as usize;
-            (
-                t.name.clone(),
-                (t.ty.id(), b[s..s + t.nbytes as usize].to_vec()),
-            )
-        })
+    dcgguf::gguf::tensor_entries(&h, &b)
+        .into_iter()
+        .map(|(name, _, ty, data)| (name, (ty.id(), data)))
         .collect()
 }
 
