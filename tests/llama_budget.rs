@@ -58,39 +58,25 @@ fn tool(l: &Llama, name: &str, budget: Option<(&str, &str)>) -> Command {
     let mut c = Command::new(l.bin(name));
     c.env_remove("DCGGUF_THROTTLE_BPS")
         .env("DCGGUF_VERBOSE", "1");
+    c.env("LD_PRELOAD", preload(l, budget.is_some()));
     match budget {
         Some((b, home)) => {
-            c.env("LD_PRELOAD", libdcgguf())
-                .env("DCGGUF_MEM_BUDGET", b)
-                .env("DCGGUF_MEM_SOURCE", home);
+            c.env("DCGGUF_MEM_BUDGET", b).env("DCGGUF_MEM_SOURCE", home);
         }
         None => {
-            c.env_remove("LD_PRELOAD").env_remove("DCGGUF_MEM_BUDGET");
+            c.env_remove("DCGGUF_MEM_BUDGET");
         }
     }
     c
 }
 
 fn completion(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) -> Run {
-    let once = || {
-        let mut c = tool(l, "llama-completion", budget);
-        c.arg("-m")
-            .arg(model)
-            .args(["--temp", "0", "--seed", "1", "-no-cnv", "-t", "2"]);
-        c.args(["-c", "256", "-n", "48", "--load-mode", "none", "-p", PROMPT]);
-        run_measured(c, tag)
-    };
-    // llama.cpp's asynchronous logger can lose the end of the output at exit: keep the
-    // longest of two runs (the comparison stays exact).
-    let (a, b) = (once(), once());
-    let (mut keep, other) = if a.stdout.len() >= b.stdout.len() {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    keep.peak_rss = keep.peak_rss.max(other.peak_rss);
-    keep.ok &= other.ok;
-    keep
+    let mut c = tool(l, "llama-completion", budget);
+    c.arg("-m")
+        .arg(model)
+        .args(["--temp", "0", "--seed", "1", "-no-cnv", "-t", "2"]);
+    c.args(["-c", "256", "-n", "48", "--load-mode", "none", "-p", PROMPT]);
+    run_measured(c, tag)
 }
 
 /// `[limit=L weights=W]` from dcgguf's budget line.
@@ -179,27 +165,17 @@ fn embeddings(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) 
          Compressed weights are decoded just before use.\nZstandard is a fast codec.\n",
     )
     .unwrap();
-    // llama.cpp's asynchronous logger can cut the output short at exit: retry until the
-    // JSON array is complete.
-    let mut last = None;
-    for _ in 0..4 {
-        let mut c = tool(l, "llama-embedding", budget);
-        c.arg("-m").arg(model).arg("-f").arg(&sentences).args([
-            "--embd-output-format",
-            "array",
-            "-t",
-            "2",
-            "--no-warmup",
-            "-c",
-            "512",
-        ]);
-        let r = run_measured(c, tag);
-        if !r.ok || r.stdout.trim_end().ends_with("]]") {
-            return r;
-        }
-        last = Some(r);
-    }
-    last.expect("at least one run")
+    let mut c = tool(l, "llama-embedding", budget);
+    c.arg("-m").arg(model).arg("-f").arg(&sentences).args([
+        "--embd-output-format",
+        "array",
+        "-t",
+        "2",
+        "--no-warmup",
+        "-c",
+        "512",
+    ]);
+    run_measured(c, tag)
 }
 
 #[test]
@@ -215,7 +191,9 @@ fn budgeted_embeddings_are_identical() {
         let dc = dc_of(&m);
         let plain = embeddings(&l, &m, None, "emb-plain");
         assert!(
-            plain.ok && plain.stdout.trim_start().starts_with('['),
+            plain.ok
+                && plain.stdout.trim_start().starts_with('[')
+                && plain.stdout.trim_end().ends_with("]]"),
             "{}",
             plain.stderr
         );

@@ -13,10 +13,9 @@ const PROMPT: &str = "The capital of France is";
 
 fn tool(l: &Llama, name: &str, preload: bool) -> Command {
     let mut c = Command::new(l.bin(name));
+    c.env("LD_PRELOAD", llama_support::preload(l, preload));
     if preload {
-        c.env("LD_PRELOAD", libdcgguf()).env("DCGGUF_VERBOSE", "1");
-    } else {
-        c.env_remove("LD_PRELOAD");
+        c.env("DCGGUF_VERBOSE", "1");
     }
     c.env_remove("DCGGUF_THROTTLE_BPS");
     c
@@ -39,19 +38,14 @@ fn completion_dc_matches_original_64_tokens() {
         return;
     };
     let dc = dc_of(&m);
-    // llama.cpp's asynchronous logger can lose the end of a tool's output at exit, so each
-    // side runs twice and the longer (complete) text is compared.
-    let longest = |model: &Path, preload: bool, what: &str| {
-        let runs: Vec<Output> = (0..2).map(|_| completion(&l, model, preload, 64)).collect();
-        for o in &runs {
-            assert_exit(o, true, what);
-        }
-        runs.into_iter()
-            .max_by_key(|o| o.stdout.len())
-            .expect("two runs")
-    };
-    let plain = longest(&m, false, "llama-completion on the original");
-    let via_dc = longest(&dc, true, "llama-completion on the DC-GGUF with LD_PRELOAD");
+    let plain = completion(&l, &m, false, 64);
+    assert_exit(&plain, true, "llama-completion on the original");
+    let via_dc = completion(&l, &dc, true, 64);
+    assert_exit(
+        &via_dc,
+        true,
+        "llama-completion on the DC-GGUF with LD_PRELOAD",
+    );
     let (a, b) = (
         String::from_utf8_lossy(&plain.stdout),
         String::from_utf8_lossy(&via_dc.stdout),
@@ -156,15 +150,18 @@ fn perplexity_text() -> String {
     s
 }
 
-/// The "Final estimate" line, or None when llama.cpp's asynchronous logger lost it at exit.
-fn ppl_line(o: &Output) -> Option<String> {
+/// The "Final estimate" line.
+fn ppl_line(o: &Output) -> String {
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    let line = all.lines().find(|l| l.contains("Final estimate: PPL = "))?;
-    Some(line[line.find("Final estimate").unwrap()..].to_string())
+    let line = all
+        .lines()
+        .find(|l| l.contains("Final estimate: PPL = "))
+        .unwrap_or_else(|| panic!("llama-perplexity printed no final estimate:\n{all}"));
+    line[line.find("Final estimate").unwrap()..].to_string()
 }
 
 #[test]
@@ -177,63 +174,52 @@ fn perplexity_dc_matches_original() {
     let text = tmp_dir().join("ppl.txt");
     std::fs::write(&text, perplexity_text()).unwrap();
     let ppl = |model: &Path, preload: bool| {
-        for _ in 0..3 {
-            let o = run(tool(&l, "llama-perplexity", preload)
-                .arg("-m")
-                .arg(model)
-                .arg("-f")
-                .arg(&text)
-                .args(["-c", "128", "--chunks", "3", "-t", "2", "-b", "128"]));
-            assert_exit(&o, true, "llama-perplexity");
-            if let Some(line) = ppl_line(&o) {
-                return line;
-            }
-        }
-        panic!("llama-perplexity never printed its final estimate");
+        let o = run(tool(&l, "llama-perplexity", preload)
+            .arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(&text)
+            .args(["-c", "128", "--chunks", "3", "-t", "2", "-b", "128"]));
+        assert_exit(&o, true, "llama-perplexity");
+        ppl_line(&o)
     };
     let (a, b) = (ppl(&m, false), ppl(&dc, true));
     eprintln!("original: {a}\nDC-GGUF:  {b}");
     assert_eq!(a, b);
 }
 
-/// The embedding vector llama-embedding prints for a fixed sentence. llama.cpp's tools print
-/// through an asynchronous logger that now and then loses the end of its output at exit (seen
-/// here with and without LD_PRELOAD), so output that is not complete JSON is retried.
+/// The embedding vector llama-embedding prints for a fixed sentence.
 fn embedding(l: &Llama, model: &Path, preload: bool) -> Vec<f64> {
-    for _ in 0..3 {
-        let o = run(tool(l, "llama-embedding", preload)
-            .arg("-m")
-            .arg(model)
-            .args([
-                "-t",
-                "2",
-                "--embd-output-format",
-                "json",
-                "-p",
-                "A quick brown fox jumps over the lazy dog.",
-            ]));
-        assert_exit(&o, true, "llama-embedding");
-        let out = String::from_utf8_lossy(&o.stdout);
-        let Some(json) = out
-            .find('{')
-            .and_then(|i| serde_json::from_str::<serde_json::Value>(out[i..].trim()).ok())
-        else {
-            eprintln!("llama-embedding output incomplete, retrying:\n{out}");
-            continue;
-        };
-        let v: Vec<f64> = json["data"][0]["embedding"]
-            .as_array()
-            .expect("an embedding array")
-            .iter()
-            .map(|x| x.as_f64().expect("numbers"))
-            .collect();
-        assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
-        return v;
-    }
-    panic!(
-        "llama-embedding never printed complete output for {}",
-        model.display()
-    );
+    let o = run(tool(l, "llama-embedding", preload)
+        .arg("-m")
+        .arg(model)
+        .args([
+            "-t",
+            "2",
+            "--embd-output-format",
+            "json",
+            "-p",
+            "A quick brown fox jumps over the lazy dog.",
+        ]));
+    assert_exit(&o, true, "llama-embedding");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let json: serde_json::Value = out
+        .find('{')
+        .and_then(|i| serde_json::from_str(out[i..].trim()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "llama-embedding printed no complete JSON for {}:\n{out}",
+                model.display()
+            )
+        });
+    let v: Vec<f64> = json["data"][0]["embedding"]
+        .as_array()
+        .expect("an embedding array")
+        .iter()
+        .map(|x| x.as_f64().expect("numbers"))
+        .collect();
+    assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
+    v
 }
 
 fn check_embedding(t: &str, name: &str) {

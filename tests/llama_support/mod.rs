@@ -149,6 +149,41 @@ pub fn libdcgguf_dir() -> PathBuf {
     d
 }
 
+/// The test-only shim of drain_log.c, built once per test process: preloaded into every
+/// llama.cpp tool the tests run, it makes the tool write out all of its output before exiting.
+pub fn drain_log_shim(l: &Llama) -> PathBuf {
+    static SHIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        let out = tmp_dir().join(format!("drain-log-{}.so", std::process::id()));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llama_support/drain_log.c");
+        cc(
+            &out,
+            &[&src],
+            &[
+                "-shared".into(),
+                "-fPIC".into(),
+                format!("-L{}", l.lib_dir().display()),
+                "-lllama-common".into(),
+                format!("-Wl,-rpath,{}", l.lib_dir().display()),
+            ],
+        );
+        out
+    })
+    .clone()
+}
+
+/// `LD_PRELOAD` for a stock llama.cpp tool: libdcgguf.so when `dcgguf`, then the
+/// [`drain_log_shim`].
+pub fn preload(l: &Llama, dcgguf: bool) -> std::ffi::OsString {
+    let mut v = std::ffi::OsString::new();
+    if dcgguf {
+        v.push(libdcgguf());
+        v.push(":");
+    }
+    v.push(drain_log_shim(l));
+    v
+}
+
 pub fn tmp_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dcgguf-llama-tests");
     std::fs::create_dir_all(&d).unwrap();
@@ -274,35 +309,33 @@ pub fn llama_flags(l: &Llama) -> Vec<String> {
 
 /// L2-normalized mean-pooled embeddings of each line of `sentences` from real llama-embedding
 /// in `bin` (as scripts/eval-quant.py runs it), with flash attention `fa` (on/off/auto).
-/// llama.cpp's asynchronous logger can lose the end of the output at exit: output that is not
-/// complete JSON is retried.
-#[allow(dead_code)] // not every test binary that includes this module uses it
 pub fn embeddings(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<Vec<f64>> {
-    for _ in 0..3 {
-        let out = run(Command::new(bin.join("llama-embedding"))
-            .args(["-fa", fa])
-            .arg("-m")
-            .arg(model)
-            .arg("-f")
-            .arg(sentences)
-            .args([
-                "--embd-output-format",
-                "array",
-                "--embd-normalize",
-                "2",
-                "--no-warmup",
-            ])
-            .args(["-c", "512", "-b", "8192", "-ub", "8192", "-t", "2"]));
-        assert_exit(&out, true, "llama-embedding");
-        if let Ok(v) = serde_json::from_slice(&out.stdout) {
-            return v;
-        }
-        eprintln!("llama-embedding output incomplete, retrying");
-    }
-    panic!(
-        "llama-embedding never printed complete output for {}",
-        model.display()
-    );
+    let l = Llama {
+        prefix: bin.parent().expect("bin/ has a parent").to_path_buf(),
+    };
+    let out = run(Command::new(bin.join("llama-embedding"))
+        .env("LD_PRELOAD", preload(&l, false))
+        .args(["-fa", fa])
+        .arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(sentences)
+        .args([
+            "--embd-output-format",
+            "array",
+            "--embd-normalize",
+            "2",
+            "--no-warmup",
+        ])
+        .args(["-c", "512", "-b", "8192", "-ub", "8192", "-t", "2"]));
+    assert_exit(&out, true, "llama-embedding");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "llama-embedding printed no JSON array for {} ({e}):\n{}",
+            model.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The evaluation sentences of scripts/eval-quant.py, one per line, in a temporary file.
