@@ -61,6 +61,8 @@ fn completion_dc_matches_original_64_tokens() {
         err.contains("dcgguf: loading") && err.contains("DC-GGUF"),
         "{err}"
     );
+    // And decoded ahead of llama.cpp while it parsed the metadata (src/llama/early.rs).
+    assert!(err.contains("dcgguf: early decode: "), "{err}");
 }
 
 #[test]

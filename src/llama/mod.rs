@@ -10,11 +10,14 @@
 //! linked into this crate. [`sys`] holds bindgen output for the few llama.h items used.
 
 pub mod actmax;
+pub mod early;
 pub mod fread;
 pub mod graph_hook;
 pub mod host;
+pub mod prefault;
 pub mod residency;
 pub mod stream;
+pub mod throttle;
 #[rustfmt::skip]
 pub mod sys;
 
@@ -27,7 +30,8 @@ use crate::cost::residency::CompressedHome;
 use crate::dc::{DcError, DcFile};
 use crate::gguf::split::SplitName;
 use residency::Residency;
-use stream::{CookieFile, Source, Stream, throttle_from_env};
+use stream::{CookieFile, Source, Stream};
+use throttle::throttle_from_env;
 
 /// Why a model did not load.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +164,7 @@ pub fn load_dc(
     let stream = Stream::new(path, Source::Dc(dc.clone()), throttle_from_env())
         .map_err(|e| LlamaError::Io(format!("{}: {e}", path.display())))?
         .with_pool(pool)
+        .with_early_decode(res.is_none() && early_decode_enabled())
         .with_residency(res.clone());
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
         eprintln!(
@@ -189,6 +194,12 @@ pub fn load_dc(
         residency::register_model(model, r);
     }
     Ok(model)
+}
+
+/// `DCGGUF_EARLY_DECODE=0` turns off decoding during llama.cpp's metadata phase
+/// ([`early`]), for comparisons.
+fn early_decode_enabled() -> bool {
+    std::env::var_os("DCGGUF_EARLY_DECODE").is_none_or(|v| v != "0")
 }
 
 fn load_stream(

@@ -8,9 +8,11 @@
 //! With a memory budget ([`super::residency`]), tensors chosen for on-demand decoding are not
 //! read at load at all: the stream records where llama.cpp put them and skips them.
 //!
-//! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` limits the simulated storage bandwidth. For a
-//! DC file it is charged on stored (compressed) bytes, at the file's average ratio; a plain
-//! GGUF read through the same stream is charged on its own bytes. `0` means unlimited.
+//! While llama.cpp still parses metadata, [`super::early`] decodes the first chunks on a spare
+//! core; the stream serves them when llama.cpp gets there, while [`super::prefault`] faults in
+//! llama.cpp's memory just ahead of the reads.
+//!
+//! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` simulates slow storage ([`super::throttle`]).
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void};
@@ -19,24 +21,24 @@ use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::early::{EarlyDecode, Limits};
+use super::prefault::Prefault;
 use super::residency::Residency;
+use super::throttle::Throttle;
 use crate::dc::DcFile;
 
 /// The `FILE *` buffer. glibc refills it after every seek, and llama.cpp seeks before each
 /// tensor, so it stays modest: 256 KiB cut read calls 15x against the 8 KiB default.
 const STREAM_BUFFER: usize = 256 << 10;
 /// How many decoded chunks the stream keeps for piecewise reads.
-const CACHE_CHUNKS: usize = 24;
+const CACHE_CHUNKS: usize = 12;
 /// At most this many chunks, or bytes, are decoded together when a read misses the cache.
 const PREFETCH_CHUNKS: usize = 8;
 const PREFETCH_BYTES: u64 = 8 << 20;
 /// Drop the DC file's mapped pages from our RSS after this many bytes are served.
 const RELEASE_EVERY: u64 = 8 << 20;
-
-/// Environment variable that turns on the bench-mode bandwidth limit.
-pub const THROTTLE_ENV: &str = "DCGGUF_THROTTLE_BPS";
 
 /// Where the bytes come from.
 pub enum Source {
@@ -45,34 +47,21 @@ pub enum Source {
     Plain(File),
 }
 
-/// Simulated storage bandwidth.
-struct Throttle {
-    bytes_per_s: f64,
-    /// Stored bytes per original byte (1 for plain files).
-    cost: f64,
-    start: Option<Instant>,
-    charged: f64,
+/// A decoded chunk in the cache.
+enum ChunkBuf {
+    /// A buffer the stream reuses for later chunks.
+    Heap(Vec<u8>),
+    /// An early chunk's own pages, returned to the system as soon as it is dropped (a freed
+    /// heap buffer of another thread's arena would stay resident).
+    Pages(memmap2::MmapMut),
 }
 
-impl Throttle {
-    fn charge(&mut self, original_bytes: usize) {
-        let start = *self.start.get_or_insert_with(Instant::now);
-        self.charged += original_bytes as f64 * self.cost;
-        let due = Duration::from_secs_f64(self.charged / self.bytes_per_s);
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
-    }
-}
-
-/// Reads `DCGGUF_THROTTLE_BPS`: `Some(0.0)` = set but unlimited.
-pub fn throttle_from_env() -> Option<f64> {
-    let v = std::env::var(THROTTLE_ENV).ok()?;
-    match v.trim().parse::<f64>() {
-        Ok(bps) if bps >= 0.0 && bps.is_finite() => Some(bps),
-        _ => {
-            eprintln!("dcgguf: ignoring {THROTTLE_ENV}={v:?} (expected bytes per second)");
-            None
+impl std::ops::Deref for ChunkBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBuf::Heap(v) => v,
+            ChunkBuf::Pages(m) => m,
         }
     }
 }
@@ -83,10 +72,14 @@ pub struct Stream {
     src: Source,
     size: u64,
     pos: u64,
-    cache: VecDeque<(u64, Vec<u8>)>,
+    cache: VecDeque<(u64, ChunkBuf)>,
     /// Buffers of evicted chunks, reused so that steady-state reads allocate nothing.
     spare: Vec<Vec<u8>>,
-    throttle: Option<Throttle>,
+    throttle: Option<Arc<Throttle>>,
+    /// Chunks decoded while llama.cpp was busy with metadata.
+    early: Option<EarlyDecode>,
+    /// Faults in llama.cpp's memory ahead of reads (with `early`).
+    prefault: Option<Prefault>,
     pool: Option<Arc<rayon::ThreadPool>>,
     since_release: u64,
     residency: Option<Arc<Residency>>,
@@ -108,14 +101,7 @@ impl Stream {
             }
             _ => 1.0,
         };
-        let throttle = throttle_bps
-            .filter(|&b| b > 0.0)
-            .map(|bytes_per_s| Throttle {
-                bytes_per_s,
-                cost,
-                start: None,
-                charged: 0.0,
-            });
+        let throttle = Throttle::new(throttle_bps, cost).map(Arc::new);
         Ok(Stream {
             path: path.to_path_buf(),
             src,
@@ -124,6 +110,8 @@ impl Stream {
             cache: VecDeque::with_capacity(CACHE_CHUNKS),
             spare: Vec::new(),
             throttle,
+            early: None,
+            prefault: None,
             pool: None,
             since_release: 0,
             residency: None,
@@ -135,6 +123,20 @@ impl Stream {
     /// Decode on this pool instead of rayon's global one.
     pub fn with_pool(mut self, pool: Option<Arc<rayon::ThreadPool>>) -> Stream {
         self.pool = pool;
+        self
+    }
+
+    /// Decode the first chunks on a spare thread while llama.cpp parses metadata (a DC file
+    /// loaded without a memory budget).
+    pub fn with_early_decode(mut self, on: bool) -> Stream {
+        if let (true, Source::Dc(dc)) = (on, &self.src) {
+            self.early = Some(EarlyDecode::start(
+                dc.clone(),
+                self.throttle.clone(),
+                Limits::default(),
+            ));
+            self.prefault = Some(Prefault::default());
+        }
         self
     }
 
@@ -159,6 +161,9 @@ impl Stream {
                 done = dst.len();
                 break;
             }
+            if let Some(p) = &mut self.prefault {
+                p.ahead_of(rest.as_ptr() as usize, self.pool.as_ref());
+            }
             let n = self.read(rest)?;
             if n == 0 {
                 break;
@@ -178,6 +183,7 @@ impl Stream {
         if self.pos >= self.size || dst.is_empty() {
             return Ok(0);
         }
+        let issued = Instant::now();
         let n = match &self.src {
             Source::Plain(f) => {
                 let want = (dst.len() as u64).min(self.size - self.pos) as usize;
@@ -193,8 +199,8 @@ impl Stream {
                 dc.release_mapped_pages();
             }
         }
-        if let Some(t) = &mut self.throttle {
-            t.charge(n);
+        if let Some(t) = &self.throttle {
+            t.charge(self.pos..self.pos + n as u64, issued);
         }
         self.pos += n as u64;
         Ok(n)
@@ -206,8 +212,19 @@ impl Stream {
         };
         let pos = self.pos;
         let end = pos + (dst.len() as u64).min(self.size - pos);
+        let here = dc.chunk_range_at(pos);
+        if let (Some(early), Some(c)) = (&self.early, &here)
+            && !self.cache.iter().any(|(s, _)| *s == c.start)
+            && let Some(buf) = early.take(c.clone())
+        {
+            self.make_room(1);
+            self.cache.push_back((c.start, ChunkBuf::Pages(buf)));
+        }
+        let Source::Dc(dc) = &self.src else {
+            unreachable!()
+        };
         // A chunk we hold, or one only partly wanted: serve it from the cache.
-        if let Some(c) = dc.chunk_range_at(pos) {
+        if let Some(c) = here {
             let cached = self.cache.iter().position(|(s, _)| *s == c.start);
             // A read of one whole chunk (a small tensor) alone would decode on one core: go
             // through the cache, which decodes the next chunks (the next tensors) with it.
@@ -238,6 +255,9 @@ impl Stream {
         {
             direct_end = s;
         }
+        if let Some(e) = &self.early {
+            direct_end = e.claim(pos, direct_end);
+        }
         let want = (direct_end - pos) as usize;
         let pool = self.pool.clone();
         run_on(pool.as_deref(), || dc.read_at(pos, &mut dst[..want])).map_err(|e| e.to_string())
@@ -264,6 +284,11 @@ impl Stream {
             if self.cache.iter().any(|(s, _)| *s == c.start) {
                 continue;
             }
+            if let Some(e) = &self.early
+                && !e.claim_chunk(c.clone())
+            {
+                break;
+            }
             bytes += c.end - c.start;
             batch.push(c);
             if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES || self.lean() {
@@ -287,7 +312,8 @@ impl Stream {
         })
         .map_err(|e| e.to_string())?;
         let first = self.cache.len();
-        self.cache.extend(jobs);
+        self.cache
+            .extend(jobs.into_iter().map(|(s, b)| (s, ChunkBuf::Heap(b))));
         Ok(first)
     }
 
@@ -301,7 +327,7 @@ impl Stream {
     fn make_room(&mut self, n: usize) {
         let cap = if self.lean() { 1 } else { CACHE_CHUNKS };
         while !self.cache.is_empty() && self.cache.len() + n > cap {
-            if let Some((_, buf)) = self.cache.pop_front() {
+            if let Some((_, ChunkBuf::Heap(buf))) = self.cache.pop_front() {
                 self.spare.push(buf);
             }
         }
