@@ -6,7 +6,7 @@
 //!
 //!   cargo bench --bench budget          # SmolLM2 Q4_1, MiniLM BF16/F16, MiniLM DC-INT8
 //!
-//! SmolLM2: llama-bench prompt processing (pp64) and generation (tg32) tokens/s; peak RSS,
+//! SmolLM2: llama-bench prompt processing (pp64, pp512) and generation (tg32) tokens/s; peak RSS,
 //! wall time ("run s", load included) and output identity from a 32-token greedy
 //! llama-completion (`-c 256`, no mmap; the cold row runs it right after dropping the DC file
 //! from the page cache). MiniLM:
@@ -180,16 +180,19 @@ fn complete(once: impl Fn() -> Output, done: impl Fn(&str) -> bool) -> Output {
     best
 }
 
-fn llama_bench_speeds(model: &Path, s: &Setup) -> (f64, f64) {
+/// llama-bench tokens/s: prompt processing of 64 and of 512 tokens (llama-bench's default),
+/// and generation of 32.
+fn llama_bench_speeds(model: &Path, s: &Setup) -> (f64, f64, f64) {
     let mut c = tool("llama-bench", s);
-    c.arg("-m")
-        .arg(model)
-        .args(["-p", "64", "-n", "32", "-r", "2", "-t", "2", "-o", "csv"]);
+    c.arg("-m").arg(model).args([
+        "-p", "64,512", "-n", "32", "-r", "2", "-t", "2", "-o", "csv",
+    ]);
     if !s.dc {
         c.args(["--load-mode", "none"]);
     }
     let o = run(c);
     let mut pp = f64::NAN;
+    let mut pp512 = f64::NAN;
     let mut tg = f64::NAN;
     let mut header: Vec<String> = Vec::new();
     for line in o.stdout.lines() {
@@ -215,11 +218,12 @@ fn llama_bench_speeds(model: &Path, s: &Setup) -> (f64, f64) {
             get("n_gen").map(String::as_str),
         ) {
             (Some("64"), Some("0")) => pp = ts,
+            (Some("512"), Some("0")) => pp512 = ts,
             (Some("0"), Some("32")) => tg = ts,
             _ => {}
         }
     }
-    (pp, tg)
+    (pp, pp512, tg)
 }
 
 fn completion(model: &Path, s: &Setup) -> Output {
@@ -333,11 +337,11 @@ fn main() {
     if smol.exists() {
         let dc = dc_file(&smol, &[], "smollm2.dc.gguf");
         println!(
-            "SmolLM2-135M Q4_1 (llama-bench pp64/tg32; RSS and identity from llama-completion -n 32)"
+            "SmolLM2-135M Q4_1 (llama-bench pp64/pp512/tg32; RSS and identity from llama-completion -n 32)"
         );
         println!(
-            "{:<22} {:>10} {:>9} {:>9} {:>10} {:>10}",
-            "setup", "peak MiB", "pp t/s", "tg t/s", "run s", "identical"
+            "{:<22} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "setup", "peak MiB", "pp64 t/s", "pp512 t/s", "tg t/s", "run s", "identical"
         );
         let mut reference = String::new();
         for s in SETUPS {
@@ -346,8 +350,8 @@ fn main() {
                 drop_from_page_cache(model);
             }
             let o = completion(model, &s);
-            let (pp, tg) = if s.cold {
-                (f64::NAN, f64::NAN)
+            let (pp, pp512, tg) = if s.cold {
+                (f64::NAN, f64::NAN, f64::NAN)
             } else {
                 llama_bench_speeds(model, &s)
             };
@@ -355,10 +359,11 @@ fn main() {
                 reference = o.stdout.clone();
             }
             println!(
-                "{:<22} {:>10.1} {:>9.1} {:>9.1} {:>10.2} {:>10}",
+                "{:<22} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>10}",
                 s.label,
                 mib(o.peak_rss),
                 pp,
+                pp512,
                 tg,
                 o.seconds,
                 if o.ok && o.stdout == reference {

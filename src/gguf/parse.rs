@@ -343,10 +343,12 @@ impl<'a> Reader<'a> {
         if bytes > self.left() {
             return Err(too_large(self.left() / min_elem));
         }
+        // One message for every element: vocabularies hold 10^5 strings.
+        let element = format!("element of {key:?}");
         Ok(match elem {
             ValueType::String => ArrayValue::Strings(
                 (0..count)
-                    .map(|_| self.string(&format!("element of {key:?}")))
+                    .map(|_| self.string(&element))
                     .collect::<Result<_>>()?,
             ),
             ValueType::Array => ArrayValue::Arrays(

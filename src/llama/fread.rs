@@ -58,8 +58,9 @@ unsafe extern "C" {
     fn funlockfile(fp: *mut libc::FILE);
 }
 
-/// Serves `fread(ptr, size, n, fp)` when `fp` is one of our streams and glibc holds no
-/// buffered bytes for it; `None` hands the call to the C library's `fread`.
+/// Serves `fread(ptr, size, n, fp)` when `fp` is one of our streams: first the bytes glibc
+/// still holds in its buffer, then the rest straight from the stream; `None` hands the call
+/// to the C library's `fread`.
 ///
 /// # Safety
 /// The arguments of a valid `fread` call: `ptr` has `size * n` writable bytes and `fp` is
@@ -83,25 +84,42 @@ pub unsafe fn fread_ours(
     let head = fp as *mut GlibcFileHead;
     // SAFETY: `head` points to the start of a live glibc FILE, whose first fields have this
     // layout; we hold the FILE lock.
-    let buffered = unsafe { (*head).read_ptr != (*head).read_end };
-    let result = if buffered {
-        None
+    let (read_ptr, read_end) = unsafe { ((*head).read_ptr, (*head).read_end) };
+    // Bytes glibc still holds in its buffer (after a seek that landed inside it) come first;
+    // the stream's position is where that buffer ends.
+    let buffered = if read_ptr.is_null() || read_end <= read_ptr {
+        0
+    } else {
+        // SAFETY: both pointers lie in glibc's buffer of this FILE, read_ptr <= read_end.
+        unsafe { read_end.offset_from(read_ptr) as usize }
+    };
+    let from_buffer = buffered.min(total);
+    // SAFETY: `ptr` has `total` writable bytes (fread's contract); the buffer holds
+    // `buffered` readable bytes at read_ptr; they do not overlap (ours vs glibc's memory).
+    unsafe {
+        std::ptr::copy_nonoverlapping(read_ptr as *const u8, ptr as *mut u8, from_buffer);
+        (*head).read_ptr = read_ptr.add(from_buffer);
+    }
+    let result = if from_buffer == total {
+        Some(n)
     } else {
         // SAFETY: the cookie is the live `Box<Stream>` of this FILE, touched only under the
         // FILE lock, which we hold. `ptr` has `total` writable bytes (fread's contract).
         let stream = unsafe { &mut *(cookie as *mut Stream) };
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, total) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut((ptr as *mut u8).add(from_buffer), total - from_buffer)
+        };
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             stream.read_into_caller(dst)
         }))
         .unwrap_or_else(|_| Err("internal error (panic) while decoding".into()));
         Some(match read {
             Ok(got) => {
-                if got < total {
+                if from_buffer + got < total {
                     // SAFETY: as above; glibc's feof reads this flag.
                     unsafe { (*head).flags |= IO_EOF_SEEN };
                 }
-                got / size
+                (from_buffer + got) / size
             }
             Err(msg) => {
                 stream.record(&msg);
@@ -109,11 +127,72 @@ pub unsafe fn fread_ours(
                 unsafe { (*head).flags |= IO_ERR_SEEN };
                 // SAFETY: this thread's errno slot.
                 unsafe { *libc::__errno_location() = libc::EIO };
-                0
+                from_buffer / size
             }
         })
     };
     // SAFETY: balances flockfile above.
     unsafe { funlockfile(fp) };
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llama::stream::{CookieFile, Source};
+    use std::path::Path;
+
+    /// A small read fills glibc's buffer; a tensor-sized read after a seek back into that
+    /// buffer must return the buffered bytes, then the rest straight from the stream.
+    #[test]
+    fn buffered_bytes_come_first_then_the_stream() {
+        let bytes: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("dcgguf-fread-{}", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let stream = Stream::new(
+            Path::new("t"),
+            Source::Plain(std::fs::File::open(&path).unwrap()),
+            None,
+        )
+        .unwrap();
+        let file = CookieFile::open(stream).unwrap();
+        let fp = file.as_ptr();
+        let mut small = [0u8; 16];
+        // SAFETY: `fp` is the open cookie FILE; the buffers have the sizes passed.
+        unsafe {
+            assert_eq!(libc::fseek(fp, 1000, libc::SEEK_SET), 0);
+            assert_eq!(libc::fread(small.as_mut_ptr().cast(), 1, 16, fp), 16);
+            // Back into what glibc buffered.
+            assert_eq!(libc::fseek(fp, 5000, libc::SEEK_SET), 0);
+        }
+        assert_eq!(small, bytes[1000..1016]);
+        let head = fp as *mut GlibcFileHead;
+        // SAFETY: the start of the live glibc FILE, read without other users.
+        let held = unsafe { (*head).read_end.offset_from((*head).read_ptr) };
+        assert!(
+            held > 0,
+            "glibc kept no buffered bytes: this test needs some"
+        );
+        let mut big = vec![0u8; 1_000_000];
+        // SAFETY: as above.
+        let got = unsafe { fread_ours(big.as_mut_ptr().cast(), 1000, 1000, fp) };
+        assert_eq!(got, Some(1000));
+        assert!(big == bytes[5000..1_005_000]);
+        // The FILE's position follows: the next bytes are the ones after.
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(libc::ftell(fp), 1_005_000);
+            assert_eq!(libc::fread(small.as_mut_ptr().cast(), 1, 16, fp), 16);
+        }
+        assert_eq!(small, bytes[1_005_000..1_005_016]);
+        // Past the end: a short count and EOF.
+        let mut rest = vec![0u8; 1_500_000];
+        // SAFETY: as above.
+        let got = unsafe { fread_ours(rest.as_mut_ptr().cast(), 1, rest.len(), fp) };
+        assert_eq!(got, Some(2_000_000 - 1_005_016));
+        // SAFETY: as above.
+        assert_ne!(unsafe { libc::feof(fp) }, 0);
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -164,7 +164,9 @@ pub fn load_dc(
     let stream = Stream::new(path, Source::Dc(dc.clone()), throttle_from_env())
         .map_err(|e| LlamaError::Io(format!("{}: {e}", path.display())))?
         .with_pool(pool)
-        .with_early_decode(res.is_none() && early_decode_enabled())
+        .with_early_decode(
+            res.is_none() && !params.vocab_only && !params.no_alloc && early_decode_enabled(),
+        )
         .with_residency(res.clone());
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
         eprintln!(
