@@ -110,6 +110,23 @@ fn check_model(path: PathBuf, floor: f64) {
         );
     }
 
+    // The llama.cpp hook's open keeps the same tensors and scalars, and no arrays.
+    let lean = DcFile::open_without_arrays(&dc_path).unwrap();
+    assert_eq!(lean.original.tensors, header.tensors, "{name}");
+    let scalars = |h: &GgufHeader| {
+        h.kvs
+            .iter()
+            .filter(|kv| !matches!(kv.value, Value::Array(_)))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lean.original.kvs, scalars(&header), "{name}");
+    assert!(
+        header.kvs.len() > lean.original.kvs.len(),
+        "{name}: no arrays?"
+    );
+    assert_eq!(lean.original_size(), dc.original_size());
+
     // Random access serves the original bytes.
     let mut rng = Rng::new(original_len);
     let mut buf = vec![0u8; 1 << 20];

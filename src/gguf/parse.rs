@@ -48,7 +48,22 @@ impl GgufHeader {
     /// Tensor layout is checked (alignment, overlaps, sizes); whether the data fits in the file
     /// is checked by [`GgufHeader::check_data_fits`].
     pub fn parse(bytes: &[u8]) -> Result<GgufHeader> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        Self::parse_with(bytes, true)
+    }
+
+    /// [`GgufHeader::parse`] that checks array values (tokenizer vocabularies, merges) but
+    /// leaves them out of `kvs`: for readers that only need the tensors and scalar metadata,
+    /// without 10^5 string allocations.
+    pub fn parse_without_arrays(bytes: &[u8]) -> Result<GgufHeader> {
+        Self::parse_with(bytes, false)
+    }
+
+    fn parse_with(bytes: &[u8], keep_arrays: bool) -> Result<GgufHeader> {
+        let mut r = Reader {
+            buf: bytes,
+            pos: 0,
+            keep_arrays,
+        };
         let magic = r.array::<4>("magic")?;
         if magic != GGUF_MAGIC {
             return Err(GgufError::BadMagic { found: magic });
@@ -81,7 +96,9 @@ impl GgufHeader {
             if !keys.insert(key.clone()) {
                 return Err(GgufError::DuplicateKey(key_name));
             }
-            kvs.push(KeyValue { key, value });
+            if keep_arrays || !matches!(value, Value::Array(_)) {
+                kvs.push(KeyValue { key, value });
+            }
         }
         let alignment = match kvs.iter().find(|kv| kv.key == b"general.alignment") {
             None => DEFAULT_ALIGNMENT,
@@ -233,6 +250,8 @@ fn check_no_overlap(tensors: &[TensorInfo]) -> Result<()> {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// When false, array elements are checked and skipped, not copied.
+    keep_arrays: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -284,6 +303,11 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<Vec<u8>> {
+        Ok(self.skip_string(what)?.to_vec())
+    }
+
+    /// A string's bytes, borrowed from the buffer.
+    fn skip_string(&mut self, what: &str) -> Result<&'a [u8]> {
         let at = self.pos as u64;
         let len = self.u64(what)?;
         if len > MAX_STRING_OR_ARRAY_BYTES {
@@ -294,7 +318,7 @@ impl<'a> Reader<'a> {
                 limit: MAX_STRING_OR_ARRAY_BYTES,
             });
         }
-        Ok(self.take(len, what)?.to_vec())
+        self.take(len, what)
     }
 
     fn value(&mut self, ty: ValueType, key: &str, depth: usize) -> Result<Value> {
@@ -345,6 +369,26 @@ impl<'a> Reader<'a> {
         }
         // One message for every element: vocabularies hold 10^5 strings.
         let element = format!("element of {key:?}");
+        if !self.keep_arrays {
+            for _ in 0..count {
+                match elem {
+                    ValueType::String => {
+                        self.skip_string(&element)?;
+                    }
+                    ValueType::Array => {
+                        self.array_value(key, depth + 1)?;
+                    }
+                    _ => {}
+                }
+            }
+            if elem.scalar_width().is_some() {
+                self.take(bytes, &format!("value of {key:?}"))?;
+            }
+            return Ok(ArrayValue::Scalars {
+                ty: elem,
+                le: Vec::new(),
+            });
+        }
         Ok(match elem {
             ValueType::String => ArrayValue::Strings(
                 (0..count)

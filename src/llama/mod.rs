@@ -77,7 +77,7 @@ pub enum ModelKind {
 /// Opens `path` if it is a DC-GGUF file. Files that are not DC-GGUF (including unreadable or
 /// non-GGUF ones) are [`ModelKind::Plain`], so llama.cpp reports on them as usual.
 pub fn classify(path: &Path) -> Result<ModelKind, LlamaError> {
-    match DcFile::open(path) {
+    match DcFile::open_without_arrays(path) {
         Ok(dc) => Ok(ModelKind::Dc(Box::new(dc))),
         Err(DcError::NotDc { .. } | DcError::Gguf { .. } | DcError::Io { .. }) => {
             Ok(ModelKind::Plain)
@@ -135,8 +135,6 @@ pub fn load_dc(
             dc.original_size()
         );
     }
-    let mut dc = dc;
-    dc.forget_array_metadata();
     let dc = Arc::new(dc);
     let mut params = params;
     let res = match residency::settings().map_err(LlamaError::Budget)? {
