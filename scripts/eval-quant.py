@@ -30,12 +30,21 @@ MODELS = os.environ.get("DCGGUF_MODELS", "/work/shared/models")
 
 
 def embed(model, sent_file, threads):
-    out = subprocess.run(
-        [f"{LLAMA_BIN}/llama-embedding", "-m", model, "-f", sent_file,
-         "--embd-output-format", "array", "--embd-normalize", "2", "-t", str(threads),
-         "--no-warmup", "-c", "512", "-b", "8192", "-ub", "8192"],
-        check=True, capture_output=True, text=True)
-    return np.array(json.loads(out.stdout), dtype=np.float64)
+    # llama.cpp's asynchronous logger can lose the end of a tool's output at exit (upstream
+    # issue #22142; the Rust tests preload tests/llama_support/drain_log.c instead): output
+    # that is not complete JSON is run again.
+    for _ in range(5):
+        out = subprocess.run(
+            [f"{LLAMA_BIN}/llama-embedding", "-m", model, "-f", sent_file,
+             "--embd-output-format", "array", "--embd-normalize", "2", "-t", str(threads),
+             "--no-warmup", "-c", "512", "-b", "8192", "-ub", "8192"],
+            check=True, capture_output=True, text=True)
+        try:
+            return np.array(json.loads(out.stdout), dtype=np.float64)
+        except json.JSONDecodeError:
+            print(f"llama-embedding output for {model} incomplete, running again",
+                  file=sys.stderr)
+    raise SystemExit(f"llama-embedding never printed complete output for {model}")
 
 
 DCGGUF = "dcgguf"
