@@ -104,8 +104,10 @@ pub unsafe fn fread_ours(
         Some(n)
     } else {
         // SAFETY: the cookie is the live `Box<Stream>` of this FILE, touched only under the
-        // FILE lock, which we hold. `ptr` has `total` writable bytes (fread's contract).
+        // FILE lock, which we hold.
         let stream = unsafe { &mut *(cookie as *mut Stream) };
+        // SAFETY: `ptr` has `total` writable bytes (fread's contract), of which the first
+        // `from_buffer` are filled; the rest is this slice.
         let dst = unsafe {
             std::slice::from_raw_parts_mut((ptr as *mut u8).add(from_buffer), total - from_buffer)
         };
