@@ -303,61 +303,40 @@ impl Layout {
             }
         }
     }
-}
 
-impl Layout {
     /// One pass over the chunk for the common quant-split layouts (Q8_0, Q4_0, Q4_1: one
     /// single-byte plane per scale byte, then one pair-split field) instead of one pass per
     /// plane; fixed sizes let the compiler vectorize each block. 8% faster decoding of a
     /// Q4_1/Q8_0 model. Returns false, leaving `dst` alone, for any other layout.
     fn merge_quant_blocks(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
-        match self.parts.as_slice() {
-            [
-                Part::Copy { off: 0, width: 1 },
-                Part::Copy { off: 1, width: 1 },
-                Part::PairSplit {
-                    off: 2,
-                    width: 32,
-                    shift,
-                    hi_mask,
-                    xor,
-                },
-            ] if self.unit == 34 => {
-                merge_blocks::<2, 16>(dst, planes, (*shift, *hi_mask, *xor));
-                true
-            }
-            [
-                Part::Copy { off: 0, width: 1 },
-                Part::Copy { off: 1, width: 1 },
-                Part::PairSplit {
-                    off: 2,
-                    width: 16,
-                    shift,
-                    hi_mask,
-                    xor,
-                },
-            ] if self.unit == 18 => {
-                merge_blocks::<2, 8>(dst, planes, (*shift, *hi_mask, *xor));
-                true
-            }
-            [
-                Part::Copy { off: 0, width: 1 },
-                Part::Copy { off: 1, width: 1 },
-                Part::Copy { off: 2, width: 1 },
-                Part::Copy { off: 3, width: 1 },
-                Part::PairSplit {
-                    off: 4,
-                    width: 16,
-                    shift,
-                    hi_mask,
-                    xor,
-                },
-            ] if self.unit == 20 => {
-                merge_blocks::<4, 8>(dst, planes, (*shift, *hi_mask, *xor));
-                true
-            }
-            _ => false,
+        let [
+            copies @ ..,
+            Part::PairSplit {
+                off,
+                width,
+                shift,
+                hi_mask,
+                xor,
+            },
+        ] = self.parts.as_slice()
+        else {
+            return false;
+        };
+        let single_bytes = copies
+            .iter()
+            .enumerate()
+            .all(|(k, p)| matches!(p, Part::Copy { off, width: 1 } if *off == k));
+        if !single_bytes || *off != copies.len() || self.unit != off + width {
+            return false;
         }
+        let pair = (*shift, *hi_mask, *xor);
+        match (copies.len(), *width) {
+            (2, 32) => merge_blocks::<2, 16>(dst, planes, pair), // Q8_0
+            (2, 16) => merge_blocks::<2, 8>(dst, planes, pair),  // Q4_0
+            (4, 16) => merge_blocks::<4, 8>(dst, planes, pair),  // Q4_1
+            _ => return false,
+        }
+        true
     }
 }
 
