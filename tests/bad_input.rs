@@ -372,10 +372,24 @@ fn bad_alignment() {
                 r.kv_str("general.alignment", "32");
             }),
         ),
+        (
+            // Found by fuzzing: the array-skipping parse once ignored it.
+            "array",
+            with_kvs(1, |r| {
+                r.str(b"general.alignment")
+                    .u32(ValueType::Array as u32)
+                    .u32(ValueType::U32 as u32)
+                    .u64(1)
+                    .u32(32);
+            }),
+        ),
     ];
     for (what, bytes) in cases {
         let msg = expect_gguf_err(what, &bytes, |e| matches!(e, GgufError::BadAlignment(_)));
         assert!(msg.contains("general.alignment"), "{msg}");
+        // The parse that skips arrays (DC loads) rejects it the same way.
+        let lean = GgufHeader::parse_without_arrays(&bytes).expect_err(what);
+        assert_eq!(lean.to_string(), msg, "{what}");
     }
     // Powers of two are fine, including 1.
     for a in [1u32, 8, 4096] {

@@ -92,11 +92,14 @@ impl GgufHeader {
                 offset: type_at,
                 code,
             })?;
+            // An array `general.alignment` is kept, and rejected below, by both parses.
+            let keep = keep_arrays || key == b"general.alignment";
+            r.keep_arrays = keep;
             let value = r.value(ty, &key_name, 0)?;
             if !keys.insert(key.clone()) {
                 return Err(GgufError::DuplicateKey(key_name));
             }
-            if keep_arrays || !matches!(value, Value::Array(_)) {
+            if keep || !matches!(value, Value::Array(_)) {
                 kvs.push(KeyValue { key, value });
             }
         }
