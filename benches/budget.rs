@@ -165,6 +165,16 @@ fn drop_from_page_cache(path: &Path) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
+/// The file a setup runs: the DC file or the plain one, dropped from the page cache first for
+/// a cold row.
+fn setup_model<'a>(s: &Setup, plain: &'a Path, dc: &'a Path) -> &'a Path {
+    let model = if s.dc { dc } else { plain };
+    if s.cold {
+        drop_from_page_cache(model);
+    }
+    model
+}
+
 /// Runs `once` until its output looks complete (llama.cpp's async logger can cut it short).
 fn complete(once: impl Fn() -> Output, done: impl Fn(&str) -> bool) -> Output {
     let mut best = once();
@@ -345,10 +355,7 @@ fn main() {
         );
         let mut reference = String::new();
         for s in SETUPS {
-            let model = if s.dc { &dc } else { &smol };
-            if s.cold {
-                drop_from_page_cache(model);
-            }
+            let model = setup_model(&s, &smol, &dc);
             let o = completion(model, &s);
             let (pp, pp512, tg) = if s.cold {
                 (f64::NAN, f64::NAN, f64::NAN)
@@ -415,10 +422,7 @@ fn main() {
         );
         let mut reference = String::new();
         for s in SETUPS {
-            let model = if s.dc { &dc } else { &plain };
-            if s.cold {
-                drop_from_page_cache(model);
-            }
+            let model = setup_model(&s, &plain, &dc);
             let o = embedding(model, &s);
             if !s.dc {
                 reference = o.stdout.clone();
