@@ -119,7 +119,8 @@ dcgguf_result dcgguf_llama_check(void);
 /* Memory budget for DC-GGUF models loaded after this call (overrides DCGGUF_MEM_BUDGET):
  * "60%" of the decoded weight bytes or a byte count ("512M"), optionally followed by ",file"
  * (compressed bytes re-read from the page cache) or ",ram" (kept mapped, the default) and
- * ",noprefetch". Streamed weights are decoded just before llama.cpp computes with them and
+ * ",prefetch" or ",noprefetch" (a thread decoding the next layer; by default it runs only when
+ * the context computes on fewer threads than there are CPUs). Streamed weights are decoded just before llama.cpp computes with them and
  * released after; needs libdcgguf's llama_init_from_model and fread to be the ones the
  * process calls (LD_PRELOAD, or link libdcgguf first). NULL or "0" turns the budget off.
  * DCGGUF_ERR_INVALID_ARGUMENT for a malformed spec. */

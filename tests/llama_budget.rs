@@ -71,7 +71,10 @@ fn tool(l: &Llama, name: &str, budget: Option<(&str, &str)>) -> Command {
 }
 
 fn completion(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) -> Run {
-    let mut c = tool(l, "llama-completion", budget);
+    completion_with(tool(l, "llama-completion", budget), model, tag)
+}
+
+fn completion_with(mut c: Command, model: &Path, tag: &str) -> Run {
     c.arg("-m")
         .arg(model)
         .args(["--temp", "0", "--seed", "1", "-no-cnv", "-t", "2"]);
@@ -97,6 +100,24 @@ fn limits(stderr: &str) -> (u64, u64) {
     (field("limit="), field("weights="))
 }
 
+/// A counter from dcgguf's last `memory budget stats` line (printed with DCGGUF_VERBOSE when
+/// a model is freed; llama-completion's first, allocation-free fitting load prints zeros).
+fn stat(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rfind(|l| l.contains("memory budget stats"))
+        .unwrap_or_else(|| panic!("no stats line in stderr:\n{stderr}"));
+    let at = line
+        .find(&format!("{key}: "))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    line[at + key.len() + 2..]
+        .split([',', ' ', '}'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn budgeted_generation_is_identical_and_stays_within_the_budget() {
     let t = "budgeted_generation_is_identical_and_stays_within_the_budget";
@@ -107,14 +128,19 @@ fn budgeted_generation_is_identical_and_stays_within_the_budget() {
     let plain = completion(&l, &m, None, "budget-plain");
     assert!(plain.ok, "plain run failed:\n{}", plain.stderr);
     assert!(plain.stdout.starts_with(PROMPT) && plain.stdout.len() > PROMPT.len() + 20);
-    for (budget, home) in [
-        ("80%", "file"),
-        ("60%", "file"),
-        ("50%", "file"),
-        ("60%", "ram"),
+    // The prefetch thread runs by default only when a CPU is left idle; one run forces it.
+    for (budget, home, prefetch) in [
+        ("80%", "file", None),
+        ("60%", "file", None),
+        ("50%", "file", None),
+        ("60%", "ram", Some("1")),
     ] {
         let tag = format!("budget-{}-{home}", budget.trim_end_matches('%'));
-        let r = completion(&l, &dc, Some((budget, home)), &tag);
+        let mut c = tool(&l, "llama-completion", Some((budget, home)));
+        if let Some(p) = prefetch {
+            c.env("DCGGUF_PREFETCH", p);
+        }
+        let r = completion_with(c, &dc, &tag);
         assert!(r.ok, "{tag} failed:\n{}", r.stderr);
         assert_eq!(
             plain.stdout, r.stdout,
@@ -146,6 +172,16 @@ fn budgeted_generation_is_identical_and_stays_within_the_budget() {
                 plain.peak_rss / MIB,
                 limit / MIB,
                 weights / MIB
+            );
+        }
+        // Evicted layers hand their pages to the next decodes instead of faulting in new
+        // ones (src/llama/recycle.rs).
+        let recycled = stat(&r.stderr, "recycled_bytes");
+        assert!(recycled > 0, "{tag}: no pages recycled:\n{}", r.stderr);
+        if prefetch.is_some() {
+            assert!(
+                stat(&r.stderr, "prefetched") > 0,
+                "{tag}: nothing prefetched"
             );
         }
         eprintln!(

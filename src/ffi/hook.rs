@@ -87,8 +87,8 @@ pub extern "C" fn dcgguf_set_memory_budget(spec: *const c_char) -> dcgguf_result
     })
 }
 
-/// `"60%"`, `"512M"`, optionally followed by `,file` / `,ram` and `,noprefetch`; `"0"` or
-/// `""` turns the budget off.
+/// `"60%"`, `"512M"`, optionally followed by `,file` / `,ram` and `,prefetch` /
+/// `,noprefetch`; `"0"` or `""` turns the budget off.
 fn parse_budget_spec(spec: &str) -> Result<Option<llama::residency::Settings>, String> {
     let mut parts = spec.split(',').map(str::trim);
     let budget = parts.next().unwrap_or("");
@@ -98,11 +98,12 @@ fn parse_budget_spec(spec: &str) -> Result<Option<llama::residency::Settings>, S
     let mut s = llama::residency::Settings {
         budget: budget.parse()?,
         home: crate::cost::residency::CompressedHome::Ram,
-        prefetch: true,
+        prefetch: None,
     };
     for p in parts {
         match p {
-            "noprefetch" => s.prefetch = false,
+            "noprefetch" => s.prefetch = Some(false),
+            "prefetch" => s.prefetch = Some(true),
             other => s.home = other.parse()?,
         }
     }
@@ -269,12 +270,14 @@ mod tests {
         let s = parse_budget_spec("60%,file,noprefetch").unwrap().unwrap();
         assert_eq!(s.budget, Budget::Fraction(0.6));
         assert_eq!(s.home, CompressedHome::File);
-        assert!(!s.prefetch);
+        assert_eq!(s.prefetch, Some(false));
         let s = parse_budget_spec("512M").unwrap().unwrap();
         assert_eq!(
             (s.budget, s.home, s.prefetch),
-            (Budget::Bytes(512 << 20), CompressedHome::Ram, true)
+            (Budget::Bytes(512 << 20), CompressedHome::Ram, None)
         );
+        let s = parse_budget_spec("1G,prefetch").unwrap().unwrap();
+        assert_eq!(s.prefetch, Some(true));
         assert!(parse_budget_spec("0").unwrap().is_none());
         assert!(parse_budget_spec("").unwrap().is_none());
         assert!(parse_budget_spec("60%,disk").is_err());

@@ -34,6 +34,10 @@ pub fn hook_context_params(
     params: &mut sys::llama_context_params,
 ) -> Option<*mut EvalHook> {
     let res = model_residency(model);
+    if let Some(r) = &res {
+        let threads = params.n_threads.max(params.n_threads_batch).max(1);
+        r.set_compute_threads(threads as usize);
+    }
     let record = actmax::output().is_some();
     if res.is_none() && !record {
         return None;

@@ -15,8 +15,10 @@ pub mod fread;
 pub mod graph_hook;
 pub mod host;
 pub mod prefault;
+pub mod recycle;
 pub mod residency;
 pub mod stream;
+pub mod team;
 pub mod throttle;
 #[rustfmt::skip]
 pub mod sys;

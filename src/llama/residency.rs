@@ -22,6 +22,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
+use super::recycle::{Layout, Pool};
 use super::sys;
 use crate::cost::residency::{Budget, CompressedHome, ResidencyPlan, TensorCost, plan};
 use crate::dc::DcFile;
@@ -31,7 +32,8 @@ pub const BUDGET_ENV: &str = "DCGGUF_MEM_BUDGET";
 /// `ram` (default): compressed bytes stay mapped in the process; `file`: re-read from the
 /// page cache on each use and dropped from the process after.
 pub const HOME_ENV: &str = "DCGGUF_MEM_SOURCE";
-/// `0` turns the prefetch thread off.
+/// `0` turns the prefetch thread off, `1` on; unset, it runs only when the graph computes on
+/// fewer threads than there are CPUs (see [`Residency::set_compute_threads`]).
 pub const PREFETCH_ENV: &str = "DCGGUF_PREFETCH";
 
 /// What a budgeted load asks for.
@@ -39,7 +41,9 @@ pub const PREFETCH_ENV: &str = "DCGGUF_PREFETCH";
 pub struct Settings {
     pub budget: Budget,
     pub home: CompressedHome,
-    pub prefetch: bool,
+    /// Decode the next layer on a thread of its own while the current one computes: `None`
+    /// decides per context.
+    pub prefetch: Option<bool>,
 }
 
 /// Set through the C API; takes precedence over the environment.
@@ -69,7 +73,10 @@ pub fn settings() -> Result<Option<Settings>, String> {
         Ok(h) => h.parse().map_err(|e| format!("{HOME_ENV}: {e}"))?,
         Err(_) => CompressedHome::Ram,
     };
-    let prefetch = std::env::var(PREFETCH_ENV).map_or(true, |v| v.trim() != "0");
+    let prefetch = std::env::var(PREFETCH_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim() != "0");
     Ok(Some(Settings {
         budget,
         home,
@@ -99,6 +106,11 @@ struct Slot {
     /// For `Partial`: which chunks are decoded, and their bytes.
     chunks: Vec<bool>,
     partial: u64,
+    /// How the tensor's whole pages are mapped, for moving them ([`recycle`]); empty when
+    /// they are released instead.
+    ///
+    /// [`recycle`]: super::recycle
+    layout: Layout,
 }
 
 /// Counters for reports and benches.
@@ -113,6 +125,11 @@ pub struct Stats {
     pub peak_present: u64,
     /// Most bytes the sync path had to go over its room by (every other tensor was in use).
     pub overshoot: u64,
+    /// Time graph evaluation spent in the ask callback (decoding, or waiting for the
+    /// prefetcher).
+    pub stall_seconds: f64,
+    /// Bytes of pages moved from evicted tensors into decoded ones instead of faulted in.
+    pub recycled_bytes: u64,
 }
 
 struct State {
@@ -130,6 +147,8 @@ struct State {
     next_group: HashMap<u32, u32>,
     /// The model is being freed: no more decoding.
     closed: bool,
+    /// Pages of evicted tensors, for the next decodes.
+    pool: Pool,
     stats: Stats,
 }
 
@@ -146,6 +165,10 @@ pub struct Residency {
     failed: AtomicBool,
     error: Mutex<Option<String>>,
     prefetch: Mutex<Option<Sender<u32>>>,
+    /// Whether `computed` hands the next layer to the prefetch thread.
+    prefetch_on: AtomicBool,
+    /// The setting it came from (`None`: decided by [`Residency::set_compute_threads`]).
+    prefetch_setting: Option<bool>,
 }
 
 fn decode_bps_for(ty: GgmlType) -> f64 {
@@ -190,7 +213,7 @@ impl Residency {
         if budget >= decoded {
             return None;
         }
-        let plan = plan(&costs, budget, s.home, s.prefetch);
+        let plan = plan(&costs, budget, s.home, s.prefetch != Some(false));
         if plan.streamed_count() == 0 {
             return None;
         }
@@ -209,6 +232,7 @@ impl Residency {
                     pin_epoch: u64::MAX,
                     chunks: Vec::new(),
                     partial: 0,
+                    layout: Layout::default(),
                 });
             }
         }
@@ -228,14 +252,17 @@ impl Residency {
                 prefetching: None,
                 next_group: HashMap::new(),
                 closed: false,
+                pool: Pool::default(),
                 stats: Stats::default(),
             }),
             ready: Condvar::new(),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             prefetch: Mutex::new(None),
+            prefetch_on: AtomicBool::new(s.prefetch != Some(false)),
+            prefetch_setting: s.prefetch,
         });
-        if s.prefetch {
+        if s.prefetch != Some(false) {
             let (tx, rx) = channel::<u32>();
             let weak: Weak<Residency> = Arc::downgrade(&res);
             let spawned = std::thread::Builder::new()
@@ -253,6 +280,21 @@ impl Residency {
             }
         }
         Some(res)
+    }
+
+    /// A context will compute this model's graphs on up to `threads` threads. Without an
+    /// explicit setting, the prefetch thread runs only if that leaves a CPU idle: when every
+    /// CPU computes, it can only take time from the compute threads, which wait for each other
+    /// at every node (measured on 2 cores, 2 threads: SmolLM2 at 50% gave pp64 245 t/s with
+    /// it, 270 without). Between layers, the compute threads decode instead ([`team`]).
+    ///
+    /// [`team`]: super::team
+    pub fn set_compute_threads(&self, threads: usize) {
+        if self.prefetch_setting.is_none() {
+            let idle_cpu = threads < super::team::decode_threads();
+            let on = idle_cpu || !super::team::uses_openmp();
+            self.prefetch_on.store(on, Ordering::Relaxed);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -308,6 +350,7 @@ impl Residency {
             return false;
         }
         st.slots[slot].addr = addr;
+        st.slots[slot].layout = Layout::of(addr, len);
         st.by_addr.insert(addr, slot);
         true
     }
@@ -338,6 +381,7 @@ impl Residency {
         while st.slots.iter().any(|s| s.status == Status::Loading) {
             st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        st.pool.trim(0);
         drop(st);
         *self.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -349,6 +393,18 @@ impl Residency {
     /// # Safety
     /// `t` is a live ggml tensor whose `src`/`view_src` are NULL or live tensors.
     pub unsafe fn ask(&self, t: *const sys::ggml_tensor) -> bool {
+        let started = Instant::now();
+        // SAFETY: forwarded from the caller.
+        let boundary = unsafe { self.ask_inner(t) };
+        self.lock().stats.stall_seconds += started.elapsed().as_secs_f64();
+        boundary
+    }
+
+    /// [`Residency::ask`] without the timing.
+    ///
+    /// # Safety
+    /// As for `ask`.
+    unsafe fn ask_inner(&self, t: *const sys::ggml_tensor) -> bool {
         let mut boundary = false;
         // SAFETY: the caller guarantees `t` is live.
         let (srcs, op) = unsafe { ((*t).src, (*t).op) };
@@ -374,6 +430,9 @@ impl Residency {
                 }
                 st.current = Some(g);
                 boundary = true;
+                if !(k == 0 && op == sys::ggml_op_GGML_OP_GET_ROWS) {
+                    st = self.ensure_group(st, g);
+                }
             }
             if k == 0
                 && op == sys::ggml_op_GGML_OP_GET_ROWS
@@ -436,6 +495,8 @@ impl Residency {
         st.slots[slot].status = Status::Loading;
         st.present += need;
         st.stats.peak_present = st.stats.peak_present.max(st.present);
+        let keep = self.room.saturating_sub(st.present);
+        st.pool.trim(keep);
         drop(st);
         let started = Instant::now();
         let r = todo.iter().try_for_each(|&c| {
@@ -477,6 +538,9 @@ impl Residency {
         let Some(cur) = st.current else {
             return;
         };
+        if !self.prefetch_on.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(&next) = st.next_group.get(&cur) else {
             return;
         };
@@ -508,64 +572,142 @@ impl Residency {
                 Status::Absent | Status::Partial => break,
             }
         }
-        st.slots[slot].pin_epoch = st.epoch;
-        let len = st.slots[slot].len as u64;
-        if !self.make_room(&mut st, len, false) {
-            let over = st.present + len - self.room;
-            st.stats.overshoot = st.stats.overshoot.max(over);
-        }
-        self.load(st, slot);
+        self.load_pinned(st, vec![slot]);
     }
 
-    /// Decodes `slot` (Absent, room already made) into its memory; returns with the lock
-    /// released.
-    fn load(&self, mut st: MutexGuard<'_, State>, slot: usize) {
-        let partial = std::mem::take(&mut st.slots[slot].partial);
-        st.present -= partial;
-        st.slots[slot].chunks.clear();
-        st.slots[slot].status = Status::Loading;
-        let (tensor, addr, len) = {
-            let s = &st.slots[slot];
-            (s.tensor, s.addr, s.len)
-        };
-        st.present += len as u64;
-        st.stats.peak_present = st.stats.peak_present.max(st.present);
-        drop(st);
-        let started = Instant::now();
-        // SAFETY: `addr..addr + len` is the tensor's memory inside llama.cpp's weight buffer
-        // (recorded at load from the fread destination of exactly this tensor). Nobody reads
-        // it while it is Loading: graph nodes that use it wait in `ensure`, and nodes are
-        // computed only after their ask returns.
-        let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
-        let r = self.dc.read_tensor(tensor, 0, dst);
-        let secs = started.elapsed().as_secs_f64();
-        let mut st = self.lock();
-        st.clock += 1;
-        st.slots[slot].last_use = st.clock;
-        match r {
-            Ok(()) => {
-                st.slots[slot].status = Status::Present;
-                st.stats.decodes += 1;
-                st.stats.decoded_bytes += len as u64;
-                st.stats.decode_seconds += secs;
+    /// A new layer starts: decodes every tensor of group `g` that is not there yet, all at
+    /// once, so that their chunks keep every core busy. Returns with the lock held again.
+    fn ensure_group<'a>(&'a self, st: MutexGuard<'a, State>, g: u32) -> MutexGuard<'a, State> {
+        let todo: Vec<usize> = (0..st.slots.len())
+            .filter(|&i| {
+                let s = &st.slots[i];
+                s.group == g && s.addr != 0 && matches!(s.status, Status::Absent | Status::Partial)
+            })
+            .collect();
+        if todo.len() > 1 {
+            self.load_pinned(st, todo);
+            self.lock()
+        } else {
+            st
+        }
+    }
+
+    /// Pins `slots` (Absent or Partial) for the pending range, makes room for them and
+    /// decodes them, spread over the compute threads. Returns with the lock released.
+    fn load_pinned(&self, mut st: MutexGuard<'_, State>, slots: Vec<usize>) {
+        let epoch = st.epoch;
+        let mut need = 0;
+        for &s in &slots {
+            st.slots[s].pin_epoch = epoch;
+            need += st.slots[s].len as u64;
+        }
+        if !self.make_room(&mut st, need, false) {
+            let over = st.present + need - self.room;
+            st.stats.overshoot = st.stats.overshoot.max(over);
+        }
+        self.load(st, slots, true);
+    }
+
+    /// Decodes `slots` (Absent or Partial, room already made) into their memory: with
+    /// `parallel`, chunk by chunk on the threads that compute the graph ([`team`]), else on
+    /// this thread. Returns with the lock released.
+    ///
+    /// [`team`]: super::team
+    fn load(&self, mut st: MutexGuard<'_, State>, slots: Vec<usize>, parallel: bool) {
+        // (slot, tensor, chunk, address, bytes) for every chunk to decode.
+        let mut jobs = Vec::new();
+        for &slot in &slots {
+            let partial = std::mem::take(&mut st.slots[slot].partial);
+            st.present -= partial;
+            let s = &mut st.slots[slot];
+            s.chunks.clear();
+            s.status = Status::Loading;
+            let (tensor, addr, len) = (s.tensor, s.addr, s.len);
+            st.present += len as u64;
+            if !st.slots[slot].layout.is_empty() {
+                let state = &mut *st;
+                let before = state.pool.bytes();
+                // SAFETY: the slot is Loading, so nothing reads or writes its memory until
+                // the decode below has written all of it.
+                state.slots[slot].layout = unsafe { state.pool.fill(&state.slots[slot].layout) };
+                state.stats.recycled_bytes += before - state.pool.bytes();
             }
-            Err(e) => {
-                st.slots[slot].status = Status::Absent;
-                st.present -= len as u64;
-                drop(st);
-                self.fail(e.to_string());
-                self.ready.notify_all();
-                return;
+            let chunk = self.dc.index.tensors[tensor].chunk_raw as usize;
+            for c in 0..len.div_ceil(chunk) {
+                jobs.push((
+                    slot,
+                    tensor,
+                    c * chunk,
+                    addr + c * chunk,
+                    (len - c * chunk).min(chunk),
+                ));
             }
         }
+        st.stats.peak_present = st.stats.peak_present.max(st.present);
+        let keep = self.room.saturating_sub(st.present);
+        st.pool.trim(keep);
         drop(st);
+        let started = Instant::now();
+        let errors: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+        let decode = |j: usize| {
+            let (slot, tensor, offset, addr, len) = jobs[j];
+            // SAFETY: `addr..addr + len` is one chunk of a tensor's memory inside llama.cpp's
+            // weight buffer (recorded at load from the fread destination of exactly this
+            // tensor); jobs cover disjoint chunks. Nobody reads it while the tensor is
+            // Loading: graph nodes that use it wait in `ensure`, and nodes are computed only
+            // after their ask returns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+            if let Err(e) = self.dc.read_tensor(tensor, offset as u64, dst) {
+                errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((slot, e.to_string()));
+            }
+        };
+        let completed = if parallel {
+            super::team::for_each(jobs.len(), super::team::decode_threads(), &decode)
+        } else {
+            (0..jobs.len()).for_each(decode);
+            true
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let mut errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !completed {
+            errors.extend(slots.iter().map(|&s| (s, "decoding panicked".to_string())));
+        }
+        let mut st = self.lock();
+        st.clock += 1;
+        let clock = st.clock;
+        for &slot in &slots {
+            st.slots[slot].last_use = clock;
+            if errors.iter().any(|(s, _)| *s == slot) {
+                st.slots[slot].status = Status::Absent;
+                st.present -= st.slots[slot].len as u64;
+            } else {
+                st.slots[slot].status = Status::Present;
+                st.stats.decodes += 1;
+                st.stats.decoded_bytes += st.slots[slot].len as u64;
+            }
+        }
+        st.stats.decode_seconds += secs;
+        drop(st);
+        if let Some((_, e)) = errors.into_iter().next() {
+            self.fail(e);
+        }
         self.ready.notify_all();
     }
 
-    /// Evicts least recently used streamed tensors until `need` more bytes fit. Never
-    /// evicts a tensor the pending range needs; the prefetcher also spares the current and
-    /// the prefetched layer. Returns false if not enough could be freed.
+    /// Evicts streamed tensors until `need` more bytes fit: first those needed again the
+    /// furthest ahead in the layer order seen in earlier graphs (for a model computed layer
+    /// after layer, least recently used would evict exactly the layers needed soonest), then
+    /// the least recently used. Never evicts a tensor the pending range needs; the prefetcher
+    /// also spares the current and the prefetched layer. Returns false if not enough could be
+    /// freed.
     fn make_room(&self, st: &mut State, need: u64, for_prefetch: bool) -> bool {
+        if st.present + need <= self.room {
+            return true;
+        }
+        let ahead = groups_ahead(st.current, &st.next_group);
         while st.present + need > self.room {
             let (epoch, current, prefetching) = (st.epoch, st.current, st.prefetching);
             let protected = |g: u32| Some(g) == current || Some(g) == prefetching;
@@ -576,7 +718,10 @@ impl Residency {
                 .filter(|(_, s)| matches!(s.status, Status::Present | Status::Partial))
                 .filter(|(_, s)| s.pin_epoch != epoch)
                 .filter(|(_, s)| !(for_prefetch && protected(s.group)))
-                .min_by_key(|(_, s)| (protected(s.group), s.last_use))
+                .min_by_key(|(_, s)| {
+                    let next_use = ahead.get(&s.group).copied().unwrap_or(u32::MAX);
+                    (protected(s.group), std::cmp::Reverse(next_use), s.last_use)
+                })
                 .map(|(i, _)| i);
             let Some(v) = victim else {
                 return false;
@@ -588,17 +733,25 @@ impl Residency {
 
     fn evict(&self, st: &mut State, slot: usize) {
         let s = &mut st.slots[slot];
-        let held = if s.status == Status::Partial {
-            s.partial
+        let (held, whole) = if s.status == Status::Partial {
+            (s.partial, false)
         } else {
-            s.len as u64
+            (s.len as u64, true)
         };
         s.status = Status::Absent;
         s.partial = 0;
         s.chunks.clear();
+        let (addr, len) = (s.addr, s.len);
         st.present -= held;
         st.stats.evictions += 1;
-        release_pages(s.addr, s.len);
+        // SAFETY: the tensor is Absent and not pinned: nothing reads its memory until a
+        // decode writes it again.
+        if !(whole
+            && !st.slots[slot].layout.is_empty()
+            && unsafe { st.pool.take(&st.slots[slot].layout) })
+        {
+            release_pages(addr, len);
+        }
     }
 
     /// Prefetch thread: decodes group `g`'s absent tensors while room allows.
@@ -622,9 +775,28 @@ impl Residency {
                 return;
             }
             st.stats.prefetched += 1;
-            self.load(st, slot);
+            self.load(st, vec![slot], false);
         }
     }
+}
+
+/// How many layer changes ahead each group is next needed, following the order `next` seen
+/// in earlier graphs from `current` (which is 0 steps ahead).
+fn groups_ahead(current: Option<u32>, next: &HashMap<u32, u32>) -> HashMap<u32, u32> {
+    let mut ahead = HashMap::new();
+    let Some(mut g) = current else {
+        return ahead;
+    };
+    let mut steps = 0;
+    while let std::collections::hash_map::Entry::Vacant(e) = ahead.entry(g) {
+        e.insert(steps);
+        let Some(&n) = next.get(&g) else {
+            break;
+        };
+        g = n;
+        steps += 1;
+    }
+    ahead
 }
 
 /// The byte ranges of `table` that a GET_ROWS node with index tensor `ids` reads: one row
@@ -710,5 +882,33 @@ pub fn unregister_model(model: *mut sys::llama_model) {
                 crate::cost::residency::rss_report()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_ahead_follows_the_cycle_from_the_current_layer() {
+        // token_embd (100) -> blk.0 -> blk.1 -> blk.2 -> token_embd (as the output head)
+        let next: HashMap<u32, u32> = [(100, 0), (0, 1), (1, 2), (2, 100)].into();
+        let ahead = groups_ahead(Some(1), &next);
+        assert_eq!(ahead[&1], 0);
+        assert_eq!(ahead[&2], 1);
+        assert_eq!(ahead[&100], 2);
+        // Just computed, so needed again last.
+        assert_eq!(ahead[&0], 3);
+        assert_eq!(ahead.len(), 4);
+    }
+
+    #[test]
+    fn groups_ahead_without_history() {
+        assert!(groups_ahead(None, &HashMap::new()).is_empty());
+        let ahead = groups_ahead(Some(5), &HashMap::new());
+        assert_eq!(ahead.len(), 1);
+        // A chain that ends (a layer not seen followed by anything yet).
+        let ahead = groups_ahead(Some(0), &[(0, 1), (1, 2)].into());
+        assert_eq!((ahead[&0], ahead[&1], ahead[&2]), (0, 1, 2));
     }
 }
