@@ -429,6 +429,21 @@ impl DcFile {
         }
     }
 
+    /// Drops this process's page mappings of the stored chunks `(tensor, chunk)` listed,
+    /// with one call over the span they cover, widened by the kernel's fault-around window
+    /// (which maps neighbouring pages of the file along with each faulting one).
+    pub fn release_chunks(&self, chunks: &[(usize, usize)]) {
+        const FAULT_AROUND: usize = 64 << 10;
+        let starts = chunks.iter().map(|&(i, c)| self.tensors[i].chunk_starts[c]);
+        let ends = chunks
+            .iter()
+            .map(|&(i, c)| self.tensors[i].chunk_starts[c + 1]);
+        if let (Some(from), Some(to)) = (starts.min(), ends.max()) {
+            let to = to.saturating_add(FAULT_AROUND).min(self.map.len());
+            self.release_range(from.saturating_sub(FAULT_AROUND), to);
+        }
+    }
+
     /// Drops this process's page mappings of map bytes `[from, to)` (whole pages around
     /// them; see [`DcFile::release_mapped_pages`]).
     fn release_range(&self, from: usize, to: usize) {
