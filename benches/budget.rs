@@ -19,32 +19,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-fn cache_dir() -> PathBuf {
-    std::env::var_os("DCGGUF_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
-        })
-}
-
-fn llama_bin(tool: &str) -> PathBuf {
-    std::env::var_os("DCGGUF_LLAMA_PREFIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION"))))
-        .join("bin")
-        .join(tool)
-}
+#[path = "../tests/llama_support/mod.rs"]
+mod llama_support;
+use llama_support::{Llama, preload};
 
 fn work_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-budget");
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn libdcgguf() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/release/deps/budget-xxxx -> target/release/libdcgguf.so
-    exe.parent().unwrap().parent().unwrap().join("libdcgguf.so")
 }
 
 /// How a run is set up: `None` = plain file without the preload.
@@ -116,15 +98,14 @@ struct Output {
     seconds: f64,
 }
 
-fn tool(name: &str, s: &Setup) -> Command {
-    let mut c = Command::new(llama_bin(name));
+/// A stock llama.cpp tool for setup `s`, with libdcgguf preloaded for DC setups and, always,
+/// the tests' log-draining shim (llama.cpp's asynchronous logger can otherwise lose the end of
+/// a tool's output at exit; see tests/llama_support/drain_log.c).
+fn tool(l: &Llama, name: &str, s: &Setup) -> Command {
+    let mut c = Command::new(l.bin(name));
     c.env_remove("LD_LIBRARY_PATH")
-        .env_remove("DCGGUF_THROTTLE_BPS");
-    if s.dc {
-        c.env("LD_PRELOAD", libdcgguf());
-    } else {
-        c.env_remove("LD_PRELOAD");
-    }
+        .env_remove("DCGGUF_THROTTLE_BPS")
+        .env("LD_PRELOAD", preload(l, s.dc));
     match s.budget {
         Some(b) => c
             .env("DCGGUF_MEM_BUDGET", b)
@@ -175,25 +156,10 @@ fn setup_model<'a>(s: &Setup, plain: &'a Path, dc: &'a Path) -> &'a Path {
     model
 }
 
-/// Runs `once` until its output looks complete (llama.cpp's async logger can cut it short).
-fn complete(once: impl Fn() -> Output, done: impl Fn(&str) -> bool) -> Output {
-    let mut best = once();
-    for _ in 0..3 {
-        if !best.ok || done(&best.stdout) {
-            break;
-        }
-        let again = once();
-        if again.stdout.len() > best.stdout.len() {
-            best = again;
-        }
-    }
-    best
-}
-
 /// llama-bench tokens/s: prompt processing of 64 and of 512 tokens (llama-bench's default),
 /// and generation of 32.
-fn llama_bench_speeds(model: &Path, s: &Setup) -> (f64, f64, f64) {
-    let mut c = tool("llama-bench", s);
+fn llama_bench_speeds(l: &Llama, model: &Path, s: &Setup) -> (f64, f64, f64) {
+    let mut c = tool(l, "llama-bench", s);
     c.arg("-m").arg(model).args([
         "-p", "64,512", "-n", "32", "-r", "2", "-t", "2", "-o", "csv",
     ]);
@@ -236,25 +202,20 @@ fn llama_bench_speeds(model: &Path, s: &Setup) -> (f64, f64, f64) {
     (pp, pp512, tg)
 }
 
-fn completion(model: &Path, s: &Setup) -> Output {
-    complete(
-        || {
-            let mut c = tool("llama-completion", s);
-            c.arg("-m")
-                .arg(model)
-                .args(["--temp", "0", "-no-cnv", "-t", "2", "-c", "256"]);
-            c.args([
-                "-n",
-                "32",
-                "--load-mode",
-                "none",
-                "-p",
-                "The capital of France is",
-            ]);
-            run(c)
-        },
-        |out| out.len() > 60,
-    )
+fn completion(l: &Llama, model: &Path, s: &Setup) -> Output {
+    let mut c = tool(l, "llama-completion", s);
+    c.arg("-m")
+        .arg(model)
+        .args(["--temp", "0", "-no-cnv", "-t", "2", "-c", "256"]);
+    c.args([
+        "-n",
+        "32",
+        "--load-mode",
+        "none",
+        "-p",
+        "The capital of France is",
+    ]);
+    run(c)
 }
 
 fn sentences() -> PathBuf {
@@ -284,25 +245,19 @@ fn sentences() -> PathBuf {
     p
 }
 
-fn embedding(model: &Path, s: &Setup) -> Output {
-    let f = sentences();
-    complete(
-        || {
-            let mut c = tool("llama-embedding", s);
-            c.arg("-m").arg(model).arg("-f").arg(&f);
-            c.args([
-                "--embd-output-format",
-                "array",
-                "-t",
-                "2",
-                "--no-warmup",
-                "-c",
-                "512",
-            ]);
-            run(c)
-        },
-        |out| out.trim_end().ends_with("]]"),
-    )
+fn embedding(l: &Llama, model: &Path, s: &Setup) -> Output {
+    let mut c = tool(l, "llama-embedding", s);
+    c.arg("-m").arg(model).arg("-f").arg(sentences());
+    c.args([
+        "--embd-output-format",
+        "array",
+        "-t",
+        "2",
+        "--no-warmup",
+        "-c",
+        "512",
+    ]);
+    run(c)
 }
 
 fn dc_file(src: &Path, extra: &[&str], name: &str) -> PathBuf {
@@ -328,23 +283,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    assert!(
-        libdcgguf().exists(),
-        "build libdcgguf.so first (cargo build --release)"
-    );
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let models_dir = std::env::var_os("DCGGUF_SHARED_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            [root.join("shared/models"), root.join("../shared/models")]
-                .into_iter()
-                .find(|d| d.join("all-MiniLM-L6-v2-f32.gguf").exists())
-        })
-        .unwrap_or_else(|| root.join("../shared/models"));
-    let smol = cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Some(l) = llama_support::llama("budget bench") else {
+        return;
+    };
     println!("budget bench: stock llama.cpp tools, 2 threads, LD_PRELOAD=libdcgguf.so\n");
 
-    if smol.exists() {
+    if let Some(smol) = llama_support::smollm2("budget bench") {
         let dc = dc_file(&smol, &[], "smollm2.dc.gguf");
         println!(
             "SmolLM2-135M Q4_1 (llama-bench pp64/pp512/tg32; RSS and identity from llama-completion -n 32)"
@@ -356,11 +300,11 @@ fn main() {
         let mut reference = String::new();
         for s in SETUPS {
             let model = setup_model(&s, &smol, &dc);
-            let o = completion(model, &s);
+            let o = completion(&l, model, &s);
             let (pp, pp512, tg) = if s.cold {
                 (f64::NAN, f64::NAN, f64::NAN)
             } else {
-                llama_bench_speeds(model, &s)
+                llama_bench_speeds(&l, model, &s)
             };
             if !s.dc {
                 reference = o.stdout.clone();
@@ -381,23 +325,17 @@ fn main() {
             );
         }
         println!();
-    } else {
-        println!(
-            "SmolLM2: SKIPPED ({} missing; scripts/fetch-models.sh)\n",
-            smol.display()
-        );
     }
 
     let mut minilms: Vec<(String, PathBuf, PathBuf)> = Vec::new();
     for t in ["bf16", "f16"] {
-        let src = models_dir.join(format!("all-MiniLM-L6-v2-{t}.gguf"));
-        if src.exists() {
+        let name = format!("all-MiniLM-L6-v2-{t}.gguf");
+        if let Some(src) = llama_support::shared_model("budget bench", &name) {
             let dc = dc_file(&src, &[], &format!("minilm-{t}.dc.gguf"));
             minilms.push((format!("MiniLM {t}"), src, dc));
         }
     }
-    let f32 = models_dir.join("all-MiniLM-L6-v2-f32.gguf");
-    if f32.exists() {
+    if let Some(f32) = llama_support::shared_model("budget bench", "all-MiniLM-L6-v2-f32.gguf") {
         let dc = dc_file(&f32, &["--quantize", "int8"], "minilm-int8.dc.gguf");
         let q8 = work_dir().join("minilm-int8.q8_0.gguf");
         if !q8.exists() {
@@ -411,9 +349,6 @@ fn main() {
         }
         minilms.push(("MiniLM DC-INT8 (Q8_0)".into(), q8, dc));
     }
-    if minilms.is_empty() {
-        println!("MiniLM: SKIPPED (no models in {})", models_dir.display());
-    }
     for (name, plain, dc) in minilms {
         println!("{name} (llama-embedding, 100 sentences)");
         println!(
@@ -423,7 +358,7 @@ fn main() {
         let mut reference = String::new();
         for s in SETUPS {
             let model = setup_model(&s, &plain, &dc);
-            let o = embedding(model, &s);
+            let o = embedding(&l, model, &s);
             if !s.dc {
                 reference = o.stdout.clone();
             }

@@ -17,19 +17,24 @@
 //!
 //! Every move costs a TLB flush on every CPU running the process (an interrupt each, and a
 //! slow one in a VM), so ranges must not splinter: a decode takes the pool piece that fits
-//! best (layers of one model repeat the same tensor sizes), at most [`MOVES_PER_FILL`]
-//! pieces, leftovers smaller than [`MIN_PIECE`] are freed, and a tensor whose range has
-//! become more than [`MAX_PIECES`] pieces is mapped afresh when evicted. (Splitting freely
-//! was measured at 540 moves per generated token on SmolLM2, and slower than releasing.)
+//! best (layers of one model repeat the same tensor sizes), a tensor is filled from at most
+//! [`max_pieces`] pieces, leftovers smaller than [`MIN_PIECE`] are freed, and a tensor whose
+//! range has become more pieces than that is mapped afresh when evicted. (Splitting freely
+//! was measured at 540 moves per generated token on SmolLM2, and slower than releasing.) A
+//! big tensor may take many pieces, such as an output head assembled from a layer's worth
+//! of evicted tensors: a move costs far less than faulting the same bytes in (one TLB flush
+//! against one fault per 4 KiB), and the pieces go back to tensors of their own size.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Most pool pieces moved into one tensor.
-const MOVES_PER_FILL: usize = 4;
 /// Leftovers of a piece smaller than this are freed, not pooled.
 const MIN_PIECE: usize = 256 << 10;
-/// A range made of more pieces than this is mapped afresh instead of pooled when evicted.
-const MAX_PIECES: usize = 8;
+
+/// How many pool pieces a range of `bytes` may be filled from, and be made of when it is
+/// evicted (more, and it is mapped afresh): 8, or one per 512 KiB.
+fn max_pieces(bytes: usize) -> usize {
+    (bytes / (512 << 10)).max(8)
+}
 
 /// Set after a move failed (an old kernel without `MREMAP_DONTUNMAP`, say).
 static BROKEN: AtomicBool = AtomicBool::new(false);
@@ -101,8 +106,10 @@ impl Pool {
     /// # Safety
     /// `layout` describes memory that nothing reads or writes until it is decoded again.
     pub unsafe fn take(&mut self, layout: &mut Layout) -> bool {
-        if layout.pieces().count() > MAX_PIECES {
-            let (start, end) = (layout.0[0], layout.0[layout.0.len() - 1]);
+        let Some((&start, &end)) = layout.0.first().zip(layout.0.last()) else {
+            return false;
+        };
+        if layout.pieces().count() > max_pieces(end - start) {
             // SAFETY: `[start, end)` is page-aligned private anonymous memory that nothing
             // uses (caller); a fresh private anonymous mapping in its place reads as zeros,
             // like released pages, and is one mapping again.
@@ -147,7 +154,7 @@ impl Pool {
 
     /// Moves pool pages into the front of `layout`'s range and returns the range's new
     /// layout: the smallest piece that covers what is left, else the largest, up to
-    /// [`MOVES_PER_FILL`] pieces. The rest of the range keeps its pages (or faults in fresh
+    /// [`max_pieces`] pieces. The rest of the range keeps its pages (or faults in fresh
     /// ones).
     ///
     /// # Safety
@@ -158,7 +165,7 @@ impl Pool {
         };
         let mut bounds = vec![start];
         let mut at = start;
-        for _ in 0..MOVES_PER_FILL {
+        for _ in 0..max_pieces(end - start) {
             let rest = end - at;
             if rest == 0 || BROKEN.load(Ordering::Relaxed) {
                 break;
@@ -301,8 +308,9 @@ mod tests {
         let s2 = unsafe { pool.fill(&small) };
         assert_eq!(s2, small);
         assert_eq!(pool.bytes(), 0);
-        // A range of more pieces than MAX_PIECES.
-        let mut splinters: Vec<usize> = (0..=MAX_PIECES + 1).map(|i| base + (i * PAGE)).collect();
+        // A range of more pieces than it may have.
+        let most = max_pieces(big * PAGE);
+        let mut splinters: Vec<usize> = (0..=most + 1).map(|i| base + (i * PAGE)).collect();
         splinters.push(base + big * PAGE);
         let mut many = Layout(splinters);
         // SAFETY: as above.
