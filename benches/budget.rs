@@ -10,7 +10,8 @@
 //! wall time ("run s", load included) and output identity from a 32-token greedy
 //! llama-completion (`-c 256`, no mmap; the cold row runs it right after dropping the DC file
 //! from the page cache). MiniLM:
-//! embeddings/s and peak RSS of llama-embedding over 100 sentences, outputs compared exactly.
+//! embeddings/s (median of 3 runs) and peak RSS of llama-embedding over 100 sentences, outputs
+//! compared exactly.
 //! Peak RSS is the child's ru_maxrss (wait4).
 
 use std::fs::File;
@@ -161,7 +162,7 @@ fn setup_model<'a>(s: &Setup, plain: &'a Path, dc: &'a Path) -> &'a Path {
 fn llama_bench_speeds(l: &Llama, model: &Path, s: &Setup) -> (f64, f64, f64) {
     let mut c = tool(l, "llama-bench", s);
     c.arg("-m").arg(model).args([
-        "-p", "64,512", "-n", "32", "-r", "2", "-t", "2", "-o", "csv",
+        "-p", "64,512", "-n", "32", "-r", "3", "-t", "2", "-o", "csv",
     ]);
     if !s.dc {
         c.args(["--load-mode", "none"]);
@@ -357,21 +358,22 @@ fn main() {
         );
         let mut reference = String::new();
         for s in SETUPS {
-            let model = setup_model(&s, &plain, &dc);
-            let o = embedding(&l, model, &s);
+            // The median of three runs (one for a cold row: the next would be warm).
+            let mut runs: Vec<Output> = (0..if s.cold { 1 } else { 3 })
+                .map(|_| embedding(&l, setup_model(&s, &plain, &dc), &s))
+                .collect();
             if !s.dc {
-                reference = o.stdout.clone();
+                reference = runs[0].stdout.clone();
             }
+            let identical = runs.iter().all(|o| o.ok && o.stdout == reference);
+            runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+            let o = &runs[runs.len() / 2];
             println!(
                 "{:<22} {:>10.1} {:>9.1} {:>10}",
                 s.label,
                 mib(o.peak_rss),
                 100.0 / o.seconds,
-                if o.ok && o.stdout == reference {
-                    "yes"
-                } else {
-                    "NO"
-                }
+                if identical { "yes" } else { "NO" }
             );
         }
         println!();

@@ -4,12 +4,15 @@
 //! At load, the tensors the plan ([`crate::cost::residency`]) streams are not read: llama.cpp
 //! allocates their memory but its pages are never touched, so they cost no RSS. While
 //! llama.cpp computes, its graph evaluation callback (`cb_eval`, chained with the caller's)
-//! sees every node before it runs; a node whose source is a streamed weight gets that weight
-//! decoded into its own memory first, and the range of nodes is cut at the first node of
-//! each new layer so that layers already computed can be released (`MADV_DONTNEED`: the pages
-//! go back to the system and read as zeros until decoded again). A prefetch thread decodes
-//! the next layer while the current one computes. Pointers never change, so llama.cpp, views
-//! of weights and every backend op work unchanged.
+//! sees every node before it runs. When a node reads a streamed weight of a layer that is not
+//! the current one, the whole layer is decoded into its own memory first, its chunks spread
+//! over the threads that compute the graph ([`super::team`]), into pages taken from evicted
+//! tensors ([`super::recycle`]). The range of nodes is cut there, so that layers already
+//! computed can be evicted: their pages go to the pool (or back to the system) and read as
+//! zeros until decoded again. Eviction picks the layer needed furthest ahead in the layer
+//! order seen in earlier graphs. A prefetch thread can decode the next layer while the current
+//! one computes. Pointers never change, so llama.cpp, views of weights and every backend op
+//! work unchanged.
 //!
 //! Limits: CPU weights only (GPU offload and weight repacking are turned off for budgeted
 //! loads); the model's weights must only be read by graph computations (llama.cpp reads them
