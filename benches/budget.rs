@@ -248,16 +248,11 @@ fn sentences() -> PathBuf {
 
 fn embedding(l: &Llama, model: &Path, s: &Setup) -> Output {
     let mut c = tool(l, "llama-embedding", s);
-    c.arg("-m").arg(model).arg("-f").arg(sentences());
-    c.args([
-        "--embd-output-format",
-        "array",
-        "-t",
-        "2",
-        "--no-warmup",
-        "-c",
-        "512",
-    ]);
+    c.arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(sentences())
+        .args(llama_support::EMBEDDING_ARRAY_ARGS);
     run(c)
 }
 

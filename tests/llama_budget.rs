@@ -202,15 +202,11 @@ fn embeddings(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) 
     )
     .unwrap();
     let mut c = tool(l, "llama-embedding", budget);
-    c.arg("-m").arg(model).arg("-f").arg(&sentences).args([
-        "--embd-output-format",
-        "array",
-        "-t",
-        "2",
-        "--no-warmup",
-        "-c",
-        "512",
-    ]);
+    c.arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(&sentences)
+        .args(EMBEDDING_ARRAY_ARGS);
     run_measured(c, tag)
 }
 

@@ -307,6 +307,18 @@ pub fn llama_flags(l: &Llama) -> Vec<String> {
     ]
 }
 
+/// llama-embedding arguments of the budget test and bench: all lines of the input as one JSON
+/// array of embeddings, 2 threads, no warm-up run.
+pub const EMBEDDING_ARRAY_ARGS: [&str; 7] = [
+    "--embd-output-format",
+    "array",
+    "-t",
+    "2",
+    "--no-warmup",
+    "-c",
+    "512",
+];
+
 /// L2-normalized mean-pooled embeddings of each line of `sentences` from real llama-embedding
 /// in `bin` (as scripts/eval-quant.py runs it), with flash attention `fa` (on/off/auto).
 pub fn embeddings(bin: &Path, model: &Path, sentences: &Path, fa: &str) -> Vec<Vec<f64>> {
