@@ -210,17 +210,64 @@ fn embeddings(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) 
     run_measured(c, tag)
 }
 
+/// MiniLM F32 quantized to DC-INT8 (compression-aware INT8, decoding to Q8_0), and that Q8_0
+/// model as a plain GGUF (`dcgguf decompress`), which the budgeted runs must match.
+fn int8_pair(f32: &Path) -> (PathBuf, PathBuf) {
+    let bin = env!("CARGO_BIN_EXE_dcgguf");
+    let dc = tmp_dir().join("budget-minilm-int8.dc.gguf");
+    let q8 = tmp_dir().join("budget-minilm-int8.q8_0.gguf");
+    for args in [
+        vec![
+            "-q",
+            "compress",
+            "--level",
+            "1",
+            "--force",
+            "--quantize",
+            "int8",
+        ],
+        vec!["-q", "decompress", "--force"],
+    ] {
+        let (from, to) = if args[1] == "compress" {
+            (f32, &dc)
+        } else {
+            (dc.as_path(), &q8)
+        };
+        let o = Command::new(bin)
+            .args(&args)
+            .arg(from)
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    (q8, dc)
+}
+
 #[test]
 fn budgeted_embeddings_are_identical() {
     let t = "budgeted_embeddings_are_identical";
     let Some(l) = llama(t) else {
         return;
     };
+    let mut models = Vec::new();
     for name in ["all-MiniLM-L6-v2-bf16.gguf", "all-MiniLM-L6-v2-f16.gguf"] {
         let Some(m) = shared_model(t, name) else {
             return;
         };
         let dc = dc_of(&m);
+        models.push((name.to_string(), m, dc));
+    }
+    let Some(f32) = shared_model(t, "all-MiniLM-L6-v2-f32.gguf") else {
+        return;
+    };
+    let (q8, int8) = int8_pair(&f32);
+    models.push(("MiniLM DC-INT8".into(), q8, int8));
+    for (name, m, dc) in models {
         let plain = embeddings(&l, &m, None, "emb-plain");
         assert!(
             plain.ok
