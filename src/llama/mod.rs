@@ -180,12 +180,11 @@ pub fn load_dc(
     if res.as_ref().is_some_and(|r| r.home == CompressedHome::Ram) {
         dc.set_release_after_decode(false);
     }
-    if res.is_some() {
-        // The stream's chunk buffers are freed but glibc keeps freed heap memory resident;
-        // a budgeted run wants it back.
-        // SAFETY: malloc_trim only returns free heap memory to the system.
-        unsafe { libc::malloc_trim(0) };
-    }
+    // The stream's chunk buffers are freed, but glibc keeps freed heap memory resident: give
+    // it back, or every DC load (llama-completion's allocation-free fitting load included)
+    // leaves the process that much bigger than a plain one.
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe { libc::malloc_trim(0) };
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
         eprintln!(
             "dcgguf: loaded; process {}",
