@@ -28,7 +28,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::cost::residency::CompressedHome;
 use crate::dc::{DcError, DcFile};
 use crate::gguf::split::SplitName;
 use residency::Residency;
@@ -177,7 +176,9 @@ pub fn load_dc(
     let model = load_stream(host, stream, path, params);
     dc.release_mapped_pages();
     let model = model?;
-    if res.as_ref().is_some_and(|r| r.home == CompressedHome::Ram) {
+    if res.is_some() {
+        // `ram` keeps compressed bytes mapped; `file` releases them per layer or per big
+        // chunk (Residency::load).
         dc.set_release_after_decode(false);
     }
     // The stream's chunk buffers are freed, but glibc keeps freed heap memory resident: give

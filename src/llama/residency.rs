@@ -617,8 +617,7 @@ impl Residency {
     ///
     /// [`team`]: super::team
     fn load(&self, mut st: MutexGuard<'_, State>, slots: Vec<usize>, parallel: bool) {
-        // (slot, tensor, chunk, address, bytes) for every chunk to decode.
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<ChunkJob> = Vec::new();
         for &slot in &slots {
             let partial = std::mem::take(&mut st.slots[slot].partial);
             st.present -= partial;
@@ -636,14 +635,17 @@ impl Residency {
                 state.stats.recycled_bytes += before - state.pool.bytes();
             }
             let chunk = self.dc.index.tensors[tensor].chunk_raw as usize;
+            let release_each = self.home == CompressedHome::File && len > RELEASE_EACH_CHUNK;
             for c in 0..len.div_ceil(chunk) {
-                jobs.push((
+                jobs.push(ChunkJob {
                     slot,
                     tensor,
-                    c * chunk,
-                    addr + c * chunk,
-                    (len - c * chunk).min(chunk),
-                ));
+                    chunk: c,
+                    offset: c * chunk,
+                    addr: addr + c * chunk,
+                    len: (len - c * chunk).min(chunk),
+                    release_each,
+                });
             }
         }
         st.stats.peak_present = st.stats.peak_present.max(st.present);
@@ -652,11 +654,19 @@ impl Residency {
         drop(st);
         // Largest first: threads hand out jobs in order, so the last ones, run while other
         // threads may already wait, are the shortest.
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.4));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.len));
         let started = Instant::now();
         let errors: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
         let decode = |j: usize| {
-            let (slot, tensor, offset, addr, len) = jobs[j];
+            let ChunkJob {
+                slot,
+                tensor,
+                chunk,
+                offset,
+                addr,
+                len,
+                release_each,
+            } = jobs[j];
             // SAFETY: `addr..addr + len` is one chunk of a tensor's memory inside llama.cpp's
             // weight buffer (recorded at load from the fread destination of exactly this
             // tensor); jobs cover disjoint chunks. Nobody reads it while the tensor is
@@ -669,6 +679,9 @@ impl Residency {
                     .unwrap_or_else(|e| e.into_inner())
                     .push((slot, e.to_string()));
             }
+            if release_each {
+                self.dc.release_chunks(&[(tensor, chunk)]);
+            }
         };
         let completed = if parallel {
             super::team::for_each(jobs.len(), super::team::decode_threads(), &decode)
@@ -678,17 +691,10 @@ impl Residency {
         };
         let secs = started.elapsed().as_secs_f64();
         if self.home == CompressedHome::File {
-            // Each chunk's own pages were released after decoding it; this catches the
-            // neighbouring ones that the kernel's fault-around mapped along.
-            let chunks: Vec<(usize, usize)> = jobs
-                .iter()
-                .map(|&(_, tensor, offset, _, _)| {
-                    (
-                        tensor,
-                        offset / self.dc.index.tensors[tensor].chunk_raw as usize,
-                    )
-                })
-                .collect();
+            // The compressed bytes just decoded leave the process in one call (with the
+            // neighbouring pages the kernel's fault-around mapped along), rather than one per
+            // chunk: each call interrupts every other CPU running the process.
+            let chunks: Vec<(usize, usize)> = jobs.iter().map(|j| (j.tensor, j.chunk)).collect();
             self.dc.release_chunks(&chunks);
         }
         let mut errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -799,6 +805,25 @@ impl Residency {
         }
     }
 }
+
+/// One chunk of a tensor to decode into its memory.
+#[derive(Clone, Copy)]
+struct ChunkJob {
+    slot: usize,
+    tensor: usize,
+    chunk: usize,
+    /// Offset of the chunk in the tensor, and where it goes.
+    offset: usize,
+    addr: usize,
+    len: usize,
+    /// Release its compressed bytes right after decoding it (`file` mode, big tensors).
+    release_each: bool,
+}
+
+/// In `file` mode, tensors bigger than this release their compressed bytes chunk by chunk
+/// while they decode, so that a big one (an output head) is never mapped whole; smaller
+/// ones release a layer's worth at once.
+const RELEASE_EACH_CHUNK: usize = 4 << 20;
 
 /// How many layer changes ahead each group is next needed, following the order `next` seen
 /// in earlier graphs from `current` (which is 0 steps ahead).
