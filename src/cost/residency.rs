@@ -158,7 +158,12 @@ pub fn rss_report() -> String {
             .map(|l| l[k.len()..].trim().to_string())
             .unwrap_or_else(|| "?".into())
     };
-    format!("RSS {}, peak {}", field("VmRSS:"), field("VmHWM:"))
+    format!(
+        "RSS {} (file-backed {}), peak {}",
+        field("VmRSS:"),
+        field("RssFile:"),
+        field("VmHWM:")
+    )
 }
 
 /// `blk.N.` -> N; other tensors get ids past every layer, one each.

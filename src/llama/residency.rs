@@ -502,14 +502,20 @@ impl Residency {
         st.pool.trim(keep);
         drop(st);
         let started = Instant::now();
+        let file = self.home == CompressedHome::File;
+        let release_each = file && len > RELEASE_EACH_CHUNK;
         let r = todo.iter().try_for_each(|&c| {
             // SAFETY: a chunk-sized piece of the tensor's own memory (see `load`); the
             // tensor is Loading, so nothing else reads or writes it meanwhile.
             let dst =
                 unsafe { std::slice::from_raw_parts_mut((addr + c * chunk) as *mut u8, bytes(c)) };
-            self.dc.read_tensor(tensor, (c * chunk) as u64, dst)
+            let r = self.dc.read_tensor(tensor, (c * chunk) as u64, dst);
+            if release_each {
+                self.dc.release_chunks(&[(tensor, c)]);
+            }
+            r
         });
-        if self.home == CompressedHome::File {
+        if file && !release_each {
             let chunks: Vec<(usize, usize)> = todo.iter().map(|&c| (tensor, c)).collect();
             self.dc.release_chunks(&chunks);
         }
