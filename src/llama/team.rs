@@ -3,9 +3,9 @@
 //! When ggml is built with OpenMP, its compute threads wait in libgomp between two graph
 //! computations, spinning on their cores. Work we start on threads of our own in that gap
 //! (decoding the next layer under a memory budget) has to share those cores with the
-//! spinners, so on a machine whose every core computes, it runs about as slowly as on one
-//! thread (measured on 2 cores: 84 MB took 90 ms either way). Handing the loop to libgomp
-//! (`GOMP_parallel`, found with `dlsym`) runs it on the very threads that were spinning.
+//! spinners. Handing the loop to libgomp (`GOMP_parallel`, found with `dlsym`) runs it on the
+//! very threads that were spinning: on 2 cores, SmolLM2's layers decoded at 1.04 GB/s on
+//! rayon's two threads and at 1.42 GB/s on the OpenMP team (page faults included in both).
 //! Without libgomp (or libomp's GOMP-compatible entry point) in the process, rayon runs it.
 
 use std::ffi::{c_uint, c_void};
