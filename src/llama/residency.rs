@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
@@ -170,6 +170,8 @@ pub struct Residency {
     prefetch: Mutex<Option<Sender<u32>>>,
     /// Whether `computed` hands the next layer to the prefetch thread.
     prefetch_on: AtomicBool,
+    /// [`Stats::stall_seconds`], kept apart: it is added to at every graph node.
+    stall_nanos: AtomicU64,
     /// The setting it came from (`None`: decided by [`Residency::set_compute_threads`]).
     prefetch_setting: Option<bool>,
 }
@@ -263,6 +265,7 @@ impl Residency {
             error: Mutex::new(None),
             prefetch: Mutex::new(None),
             prefetch_on: AtomicBool::new(s.prefetch != Some(false)),
+            stall_nanos: AtomicU64::new(0),
             prefetch_setting: s.prefetch,
         });
         if s.prefetch != Some(false) {
@@ -359,7 +362,15 @@ impl Residency {
     }
 
     pub fn stats(&self) -> Stats {
-        self.lock().stats
+        let mut s = self.lock().stats;
+        s.stall_seconds = self.stall_nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+        s
+    }
+
+    /// Whether a streamed tensor of `len` bytes has its compressed bytes released chunk by
+    /// chunk as they are decoded (`file` mode, big tensors), rather than all at once after.
+    fn releases_each_chunk(&self, len: usize) -> bool {
+        self.home == CompressedHome::File && len > RELEASE_EACH_CHUNK
     }
 
     pub fn failed(&self) -> bool {
@@ -399,7 +410,8 @@ impl Residency {
         let started = Instant::now();
         // SAFETY: forwarded from the caller.
         let boundary = unsafe { self.ask_inner(t) };
-        self.lock().stats.stall_seconds += started.elapsed().as_secs_f64();
+        let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.stall_nanos.fetch_add(nanos, Ordering::Relaxed);
         boundary
     }
 
@@ -502,8 +514,7 @@ impl Residency {
         st.pool.trim(keep);
         drop(st);
         let started = Instant::now();
-        let file = self.home == CompressedHome::File;
-        let release_each = file && len > RELEASE_EACH_CHUNK;
+        let release_each = self.releases_each_chunk(len);
         let r = todo.iter().try_for_each(|&c| {
             // SAFETY: a chunk-sized piece of the tensor's own memory (see `load`); the
             // tensor is Loading, so nothing else reads or writes it meanwhile.
@@ -515,7 +526,7 @@ impl Residency {
             }
             r
         });
-        if file && !release_each {
+        if self.home == CompressedHome::File && !release_each {
             let chunks: Vec<(usize, usize)> = todo.iter().map(|&c| (tensor, c)).collect();
             self.dc.release_chunks(&chunks);
         }
@@ -641,7 +652,7 @@ impl Residency {
                 state.stats.recycled_bytes += before - state.pool.bytes();
             }
             let chunk = self.dc.index.tensors[tensor].chunk_raw as usize;
-            let release_each = self.home == CompressedHome::File && len > RELEASE_EACH_CHUNK;
+            let release_each = self.releases_each_chunk(len);
             for c in 0..len.div_ceil(chunk) {
                 jobs.push(ChunkJob {
                     slot,
