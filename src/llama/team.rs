@@ -6,7 +6,8 @@
 //! spinners. Handing the loop to libgomp (`GOMP_parallel`, found with `dlsym`) runs it on the
 //! very threads that were spinning: on 2 cores, SmolLM2's layers decoded at 1.04 GB/s on
 //! rayon's two threads and at 1.42 GB/s on the OpenMP team (page faults included in both).
-//! Without libgomp (or libomp's GOMP-compatible entry point) in the process, rayon runs it.
+//! Without libgomp (or libomp's GOMP-compatible entry point) in the process, or with
+//! `DCGGUF_NO_OPENMP=1`, rayon runs it.
 
 use std::ffi::{c_uint, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
