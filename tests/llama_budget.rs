@@ -216,8 +216,8 @@ fn int8_pair(f32: &Path) -> (PathBuf, PathBuf) {
     let bin = env!("CARGO_BIN_EXE_dcgguf");
     let dc = tmp_dir().join("budget-minilm-int8.dc.gguf");
     let q8 = tmp_dir().join("budget-minilm-int8.q8_0.gguf");
-    for args in [
-        vec![
+    let quantize = run(Command::new(bin)
+        .args([
             "-q",
             "compress",
             "--level",
@@ -225,26 +225,15 @@ fn int8_pair(f32: &Path) -> (PathBuf, PathBuf) {
             "--force",
             "--quantize",
             "int8",
-        ],
-        vec!["-q", "decompress", "--force"],
-    ] {
-        let (from, to) = if args[1] == "compress" {
-            (f32, &dc)
-        } else {
-            (dc.as_path(), &q8)
-        };
-        let o = Command::new(bin)
-            .args(&args)
-            .arg(from)
-            .arg(to)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+        ])
+        .arg(f32)
+        .arg(&dc));
+    assert_exit(&quantize, true, "dcgguf compress --quantize int8");
+    let decompress = run(Command::new(bin)
+        .args(["-q", "decompress", "--force"])
+        .arg(&dc)
+        .arg(&q8));
+    assert_exit(&decompress, true, "dcgguf decompress");
     (q8, dc)
 }
 
