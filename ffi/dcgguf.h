@@ -47,7 +47,8 @@ typedef enum dcgguf_result {
     DCGGUF_ERR_LLAMA_LOAD_FAILED   = 13,
     DCGGUF_ERR_SPLIT_MODEL         = 14,
     DCGGUF_ERR_PANIC               = 15,
-    DCGGUF_ERR_OTHER               = 16
+    DCGGUF_ERR_OTHER               = 16,
+    DCGGUF_ERR_OUT_OF_MEMORY       = 17
 } dcgguf_result;
 
 /* An open DC-GGUF file. */

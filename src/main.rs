@@ -14,6 +14,7 @@ use dcgguf::cost::{
 };
 use dcgguf::dc::{self, CompressOptions, DcError, DcFile};
 use dcgguf::gguf::split::{output_part, split_parts};
+use dcgguf::quant::QuantError;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -131,11 +132,12 @@ fn compress_lossy(
     output: &Path,
     quant: &dcgguf::quant::QuantArgs,
     opts: &CompressOptions,
-) -> Result<(), DcError> {
+) -> Result<(), CliError> {
     if split_parts(input).is_some() {
         return Err(DcError::Usage(
             "--quantize does not support split models; merge them first".into(),
-        ));
+        )
+        .into());
     }
     let qopts = quant.options(input, output)?;
     let bar = progress_bar(cli, file_len(input), "compress");
@@ -251,7 +253,32 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(v as usize)
 }
 
-fn exit_code(e: &DcError) -> u8 {
+/// What a subcommand can fail with: the library's typed errors, mapped to exit codes by
+/// [`exit_code`].
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Dc(#[from] DcError),
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+}
+
+fn exit_code(e: &CliError) -> u8 {
+    match e {
+        CliError::Dc(e) => dc_exit_code(e),
+        CliError::Quant(e) => match e {
+            QuantError::Dc(e) => dc_exit_code(e),
+            QuantError::Usage(_) => 2,
+            QuantError::Tool(_) => 1,
+            QuantError::Stats(_)
+            | QuantError::Cov(_)
+            | QuantError::UnsupportedType { .. }
+            | QuantError::Input(_) => 3,
+        },
+    }
+}
+
+fn dc_exit_code(e: &DcError) -> u8 {
     match e {
         DcError::Io { .. } => 1,
         DcError::Usage(_) => 2,
@@ -260,8 +287,13 @@ fn exit_code(e: &DcError) -> u8 {
         | DcError::AlreadyDc(_)
         | DcError::ReservedKey(_)
         | DcError::UnsupportedVersion(_)
+        | DcError::LegacyVersion(_)
+        | DcError::Unsupported { .. }
         | DcError::OutOfRange { .. } => 3,
+        DcError::OutOfMemory { .. } => 1,
         DcError::OriginalHeader(_)
+        | DcError::CorruptDcHeader
+        | DcError::DamagedDc { .. }
         | DcError::BadIndex { .. }
         | DcError::Corrupt { .. }
         | DcError::CorruptBlob { .. }
@@ -276,6 +308,15 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    if let Some(n) = cli.threads
+        && n > dcgguf::io::max_threads()
+    {
+        eprintln!(
+            "dcgguf: error: --threads {n}: at most {} on this machine (4 per CPU)",
+            dcgguf::io::max_threads()
+        );
+        return ExitCode::from(2);
+    }
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -330,7 +371,7 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-fn run(cli: &Cli) -> Result<(), DcError> {
+fn run(cli: &Cli) -> Result<(), CliError> {
     match &cli.cmd {
         Cmd::Compress {
             input,
@@ -394,7 +435,7 @@ fn run(cli: &Cli) -> Result<(), DcError> {
             precheck(&jobs, *force)?;
             let mut sizes = Vec::new();
             for (i, o) in &jobs {
-                let total = DcFile::open(i)?.original_size();
+                let total = DcFile::open_for_full_check(i)?.original_size();
                 let bar = progress_bar(cli, total, "decompress");
                 sizes.push(dc::decompress_file(i, o, *force, &|n| bar.inc(n))?);
                 bar.finish_and_clear();
@@ -497,7 +538,7 @@ fn run(cli: &Cli) -> Result<(), DcError> {
             }
         }
         Cmd::Verify { input, against } => {
-            let dc = DcFile::open(input)?;
+            let dc = DcFile::open_for_full_check(input)?;
             let bar = progress_bar(cli, dc.original_size(), "verify");
             match against {
                 Some(orig) => dc::verify_against(&dc, orig, &|n| bar.inc(n))?,
@@ -603,7 +644,12 @@ fn inspect(
     metadata: bool,
     model: Option<&LoadModel>,
 ) -> Result<(), DcError> {
-    let dc = DcFile::open(input)?;
+    // Array metadata (tokenizers) is parsed into values only when it is to be printed.
+    let dc = if metadata {
+        DcFile::open(input)?
+    } else {
+        DcFile::open_without_arrays(input)?
+    };
     let views: Vec<_> = (0..dc.tensor_count()).map(|i| dc.tensor_view(i)).collect();
     let predicted: Option<Vec<f64>> = model.map(|m| {
         (0..dc.tensor_count())
@@ -613,12 +659,15 @@ fn inspect(
     let raw: u64 = views.iter().map(|v| v.raw_bytes).sum();
     let stored: u64 = views.iter().map(|v| v.stored_bytes).sum();
     let bound: u64 = views.iter().map(|v| v.entropy_bound_bytes).sum();
-    let meta: Vec<_> = dc
-        .original
-        .kvs
-        .iter()
-        .map(|kv| (kv.key_str().into_owned(), kv.value.to_string()))
-        .collect();
+    let meta: Vec<_> = if metadata {
+        dc.original
+            .kvs
+            .iter()
+            .map(|kv| (kv.key_str().into_owned(), kv.value.to_string()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if cli.json {
         let mut out = json!({
             "command": "inspect",

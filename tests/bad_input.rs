@@ -840,7 +840,7 @@ fn index_entries_pointing_past_the_data() {
     }
     // A different original size in the index than in the metadata.
     match fx.open(&fx.with_index(|idx| idx.original_size += 1)) {
-        Err(DcError::NotDc { reason, .. }) => assert!(reason.contains("original_size"), "{reason}"),
+        Err(DcError::DamagedDc { what, .. }) => assert!(what.contains("original_size"), "{what}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
@@ -866,16 +866,16 @@ fn truncated_dc_file() {
             .open(&fx.dc_bytes[..cut])
             .err()
             .expect("truncated DC file opened");
+        // Cut before the dc.* keys it is just a broken GGUF; after them, a damaged DC file.
         match (&err, tensor) {
-            (
-                DcError::Gguf {
-                    source: GgufError::DataPastEof { name, file_len, .. },
-                    ..
-                },
-                Some(t),
-            ) => {
-                assert_eq!((name.as_str(), *file_len), (t, cut as u64));
-                assert!(err.to_string().contains(t));
+            (DcError::DamagedDc { what, .. }, Some(t)) => {
+                assert!(
+                    what.contains(t) && what.contains(&format!("({cut} bytes)")),
+                    "cut {cut}: {what}"
+                );
+            }
+            (DcError::DamagedDc { what, .. }, None) => {
+                assert!(what.contains("truncated"), "cut {cut}: {what}")
             }
             (
                 DcError::Gguf {
@@ -883,7 +883,7 @@ fn truncated_dc_file() {
                     ..
                 },
                 None,
-            ) => {}
+            ) => assert!(!dcgguf::dc::looks_like_dc(&fx.dc_bytes[..cut]), "cut {cut}"),
             _ => panic!("cut {cut}: {err:?}"),
         }
         assert!(err.to_string().contains("bad.dc.gguf"), "path named: {err}");
@@ -921,41 +921,32 @@ fn plain_gguf_is_not_dc_and_dc_is_not_compressed_again() {
     assert!(matches!(err, DcError::NotDc { .. }), "{err:?}");
     assert!(!fx.dir.join("x.gguf").exists());
 
-    // Files that claim to be DC-GGUF but lack pieces.
+    // Files that claim to be DC-GGUF but lack pieces: damaged DC files, never "plain".
     let fake = |b: GgufBuilder| fx.open(&b.build()).err().expect("fake DC file opened");
+    let damaged = |e: &DcError, word: &str| matches!(e, DcError::DamagedDc { what, .. } if what.contains(word));
+    let e = fake(GgufBuilder::new().kv("dc.format_version", Value::u32(2)));
+    assert!(damaged(&e, "dc.index"), "{e:?}");
+    let e = fake(GgufBuilder::new().kv("dc.format_version", Value::string("2")));
+    assert!(damaged(&e, "integer"), "{e:?}");
     let e = fake(GgufBuilder::new().kv("dc.format_version", Value::u32(1)));
-    assert!(
-        matches!(&e, DcError::NotDc { reason, .. } if reason.contains("dc.index")),
-        "{e:?}"
-    );
-    let e = fake(GgufBuilder::new().kv("dc.format_version", Value::string("1")));
-    assert!(
-        matches!(&e, DcError::NotDc { reason, .. } if reason.contains("integer")),
-        "{e:?}"
-    );
+    assert!(matches!(&e, DcError::LegacyVersion(_)), "{e:?}");
     let mut rng = Rng::new(1);
     let e = fake(
         GgufBuilder::new()
-            .kv("dc.format_version", Value::u32(1))
+            .kv("dc.format_version", Value::u32(2))
             .tensor(Tensor::random("dc.index", &[8], GgmlType::F32, &mut rng))
             .tensor(Tensor::random("dc.data", &[8], GgmlType::I8, &mut rng)),
     );
-    assert!(
-        matches!(&e, DcError::NotDc { reason, .. } if reason.contains("I8")),
-        "{e:?}"
-    );
+    assert!(damaged(&e, "I8"), "{e:?}");
     let e = fake(
         GgufBuilder::new()
-            .kv("dc.format_version", Value::u32(1))
+            .kv("dc.format_version", Value::u32(2))
             .tensor(Tensor::random("dc.index", &[8], GgmlType::I8, &mut rng)),
     );
-    assert!(
-        matches!(&e, DcError::NotDc { reason, .. } if reason.contains("dc.data")),
-        "{e:?}"
-    );
+    assert!(damaged(&e, "dc.data"), "{e:?}");
     let e = fake(
         GgufBuilder::new()
-            .kv("dc.format_version", Value::u32(1))
+            .kv("dc.format_version", Value::u32(2))
             .tensor(Tensor::random("dc.index", &[100], GgmlType::I8, &mut rng))
             .tensor(Tensor::random("dc.data", &[8], GgmlType::I8, &mut rng)),
     );
@@ -965,39 +956,37 @@ fn plain_gguf_is_not_dc_and_dc_is_not_compressed_again() {
 #[test]
 fn patched_dc_metadata() {
     let fx = Fixture::new("dc-meta");
-    // dc.format_version 2: refused as an unsupported version.
+    // An unknown dc.format_version: refused as an unsupported version, before anything else.
     let mut bytes = fx.dc_bytes.clone();
     let at = value_offset(&bytes, "dc.format_version");
-    bytes[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+    bytes[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
     assert!(matches!(
         fx.open(&bytes),
-        Err(DcError::UnsupportedVersion(2))
+        Err(DcError::UnsupportedVersion(3))
     ));
 
-    // dc.original_size disagreeing with the index.
-    let mut bytes = fx.dc_bytes.clone();
-    let at = value_offset(&bytes, "dc.original_size");
-    bytes[at] ^= 1;
-    assert!(matches!(fx.open(&bytes), Err(DcError::NotDc { .. })));
-
-    // dc.original_xxh3 wrong: every chunk is fine, the whole-file check fails, and no output.
-    let mut bytes = fx.dc_bytes.clone();
-    let at = value_offset(&bytes, "dc.original_xxh3");
-    bytes[at] ^= 1;
-    let bad = fx.dir.write("bad.dc.gguf", &bytes);
-    let out = fx.dir.join("out.gguf");
-    let err = decompress_file(&bad, &out, false, &|_| {}).unwrap_err();
-    assert!(matches!(err, DcError::Mismatch { .. }), "{err:?}");
-    assert!(!out.exists() && fx.dir.tmp_leftovers().is_empty());
-
-    // A clear metadata value edited (general.name): decoding is unaffected.
-    let mut bytes = fx.dc_bytes.clone();
-    let at = value_offset(&bytes, "general.name");
-    bytes[at + 8] = b'S';
-    let dc = fx.open(&bytes).unwrap();
-    let mut all = vec![0u8; fx.original.len()];
-    dc.read_at(0, &mut all).unwrap();
-    assert!(all == fx.original);
+    // Any edit of the DC file's own header, even of a value no reader uses, breaks the
+    // header checksum in dc.index (format version 2): refused at open, nothing decoded.
+    // (key, byte within its value: a u64's first byte, a string's first character)
+    for (key, within) in [
+        ("dc.original_size", 0),
+        ("dc.original_xxh3", 0),
+        ("general.name", 8),
+        ("dc.writer", 8),
+    ] {
+        let mut bytes = fx.dc_bytes.clone();
+        let at = value_offset(&bytes, key) + within;
+        bytes[at] ^= 1;
+        let bad = fx.dir.write("bad.dc.gguf", &bytes);
+        match DcFile::open(&bad) {
+            Err(DcError::CorruptDcHeader) => {}
+            other => panic!("{key}: {:?}", other.map(|_| ())),
+        }
+        let out = fx.dir.join("out.gguf");
+        let err = decompress_file(&bad, &out, false, &|_| {}).unwrap_err();
+        assert!(matches!(err, DcError::CorruptDcHeader), "{key}: {err:?}");
+        assert!(!out.exists() && fx.dir.tmp_leftovers().is_empty());
+    }
 }
 
 #[test]

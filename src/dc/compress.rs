@@ -8,12 +8,13 @@ use std::time::Instant;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-use super::index::{BlobRef, ChunkEntry, Index, TensorEntry};
+use super::index::{BlobRef, ChunkEntry, INDEX_VERSION, Index, TensorEntry};
 use super::layout::{Piece, segments};
 use super::{
-    DATA_TENSOR, DC_ARCHITECTURE, DcError, FORMAT_VERSION, INDEX_TENSOR, KEY_FORMAT_VERSION,
-    KEY_MOVED_KEYS, KEY_ORIGINAL_ARCH, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3, KEY_WRITER,
-    MAX_BLOB_RAW, MAX_CHUNK_RAW, MAX_CLEAR_VALUE, Result,
+    DATA_TENSOR, DC_ARCHITECTURE, DcError, FORMAT_VERSION, HEADER_RAW_SLACK, INDEX_TENSOR,
+    KEY_FORMAT_VERSION, KEY_MOVED_KEYS, KEY_ORIGINAL_ARCH, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3,
+    KEY_WRITER, MAX_CHUNK_RAW, MAX_CLEAR_VALUE, MAX_DC_ALIGNMENT, MAX_GAP_RAW, MAX_HEADER_RATIO,
+    MAX_HEADER_RAW, Result,
 };
 use crate::codec::{EncodeOptions, Layout, PlaneStats, Transform, encode_chunk};
 use crate::cost::LoadModel;
@@ -139,6 +140,7 @@ pub fn compress_file(
         h.digest()
     };
     let index_len = Index::encoded_len(plans.iter().map(|p| p.n_chunks)) as u64;
+    let alignment = dc_alignment(&header);
     let dc_header = |data_len: u64| {
         dc_header(
             &header,
@@ -149,7 +151,7 @@ pub fn compress_file(
         )
     };
     let header_len = dc_header(0).len() as u64;
-    let data_start = header_len + align_up(index_len, header.alignment).expect("index fits");
+    let data_start = header_len + align_up(index_len, alignment).expect("index fits");
 
     let path = out.path().to_path_buf();
     let file = out.file();
@@ -164,6 +166,7 @@ pub fn compress_file(
             offset: pos,
             stored_len: stored.len() as u64,
             raw_len: raw.len() as u64,
+            hash: Some(xxh3_64(raw)),
         };
         pos += blob.stored_len;
         Ok(blob)
@@ -175,15 +178,36 @@ pub fn compress_file(
         .filter(|s| matches!(s.piece, Piece::Gap { .. }))
         .map(|s| s.len)
         .sum();
-    if gap_total > MAX_BLOB_RAW || segs[0].len > MAX_BLOB_RAW {
-        return Err(DcError::Usage(format!(
-            "{}: {} bytes outside tensors (header {}); at most {MAX_BLOB_RAW} are supported",
-            input.display(),
-            gap_total,
-            segs[0].len
-        )));
+    // Readers refuse blobs over these caps (they bound what a hostile file can make them
+    // allocate), so the writer refuses inputs that would need them.
+    let unsupported = |what: String, limit: u64| DcError::Unsupported {
+        path: input.to_path_buf(),
+        what,
+        limit,
+    };
+    if gap_total > MAX_GAP_RAW {
+        return Err(unsupported(
+            format!("{gap_total} bytes lie outside the header and the tensors"),
+            MAX_GAP_RAW,
+        ));
+    }
+    if segs[0].len > MAX_HEADER_RAW {
+        return Err(unsupported(
+            format!("the header has {} bytes", segs[0].len),
+            MAX_HEADER_RAW,
+        ));
     }
     let header_blob = put_blob(&mut w, &src[..segs[0].len as usize])?;
+    let header_cap = HEADER_RAW_SLACK + MAX_HEADER_RATIO * header_blob.stored_len;
+    if header_blob.raw_len > header_cap {
+        return Err(unsupported(
+            format!(
+                "the header ({} bytes) compresses to {} bytes, more than {MAX_HEADER_RATIO}:1",
+                header_blob.raw_len, header_blob.stored_len
+            ),
+            header_cap,
+        ));
+    }
     let gap_bytes: Vec<u8> = segs
         .iter()
         .filter(|s| matches!(s.piece, Piece::Gap { .. }))
@@ -193,7 +217,7 @@ pub fn compress_file(
     let gaps_blob = put_blob(&mut w, &gap_bytes)?;
     progress((segs[0].len + gap_bytes.len() as u64).min(src.len() as u64));
     if let (Some(target), Some(model)) = (opts.target_size, &opts.load_model) {
-        let fixed = data_start + header_blob.stored_len + gaps_blob.stored_len + header.alignment;
+        let fixed = data_start + header_blob.stored_len + gaps_blob.stored_len + alignment;
         let tys: Vec<GgmlType> = header.tensors.iter().map(|t| t.ty).collect();
         fit_target(&mut plans, &tys, src, model, target, fixed)?;
     }
@@ -208,14 +232,17 @@ pub fn compress_file(
             chunks: Vec::with_capacity(p.n_chunks),
         })
         .collect();
-    let mut stats: Vec<PlaneStats> = plans
-        .iter()
-        .map(|p| PlaneStats::new(p.layout.plane_count()))
-        .collect();
+    // Entropy statistics of the tensor being written (chunks arrive in file order, one
+    // tensor after another): O(1) memory however many tensors the input has.
+    let mut stats: Option<(usize, PlaneStats)> = None;
     let mut n_chunks = 0;
     encode_chunks(&plans, src, |t, c, e| {
         if c == 0 {
             tensors[t].data_offset = pos;
+            if let Some((done, s)) = stats.take() {
+                tensors[done].entropy_bound = s.bound_bytes().ceil() as u64;
+            }
+            stats = Some((t, PlaneStats::new(plans[t].layout.plane_count())));
         }
         w.write_all(&e.payload).map_err(DcError::io(&path))?;
         pos += e.payload.len() as u64;
@@ -224,26 +251,32 @@ pub fn compress_file(
             mode: e.mode as u8,
             hash: e.hash,
         });
-        stats[t].merge(&e.stats);
+        if let Some((_, s)) = &mut stats {
+            s.merge(&e.stats);
+        }
         progress(e.raw_len as u64);
         n_chunks += 1;
         Ok(())
     })?;
-    for (t, s) in tensors.iter_mut().zip(&stats) {
-        t.entropy_bound = s.bound_bytes().ceil() as u64;
+    if let Some((done, s)) = stats.take() {
+        tensors[done].entropy_bound = s.bound_bytes().ceil() as u64;
+    }
+    for t in &mut tensors {
         if t.chunks.is_empty() {
             t.data_offset = pos;
         }
     }
-    let index = Index {
+    let mut index = Index {
+        version: INDEX_VERSION,
         original_size: src.len() as u64,
+        dc_header_hash: None,
         header: header_blob,
         gaps: gaps_blob,
         tensors,
     };
     // llama.cpp reads the data section as tensors each padded to the alignment, the last one
     // included, so the file ends on an aligned boundary.
-    let padded_end = align_up(pos, header.alignment).expect("data fits");
+    let padded_end = align_up(pos, alignment).expect("data fits");
     w.write_all(&vec![0u8; (padded_end - pos) as usize])
         .map_err(DcError::io(&path))?;
     let file = w.into_inner().map_err(|e| DcError::Io {
@@ -252,6 +285,7 @@ pub fn compress_file(
     })?;
     let head = dc_header(pos);
     debug_assert_eq!(head.len() as u64, header_len);
+    index.dc_header_hash = Some(xxh3_64(&head));
     let index_bytes = index.encode();
     debug_assert_eq!(index_bytes.len() as u64, index_len);
     let write_head = |file: &mut std::fs::File| -> std::io::Result<()> {
@@ -282,10 +316,17 @@ pub fn compress_file(
     })
 }
 
-/// The DC-GGUF header: original metadata (architecture replaced, large values moved into the
-/// compressed original-header blob and listed in `dc.moved_keys`), `dc.*` keys and the two
-/// tensor infos. Every value that changes between the placeholder and the final header has a
-/// fixed width, so both have the same length.
+/// The DC file's alignment: the original's, capped at [`MAX_DC_ALIGNMENT`].
+fn dc_alignment(original: &GgufHeader) -> u64 {
+    original.alignment.min(MAX_DC_ALIGNMENT)
+}
+
+/// The DC-GGUF header: original metadata (architecture replaced, `general.alignment` capped,
+/// large values moved into the compressed original-header blob and listed in
+/// `dc.moved_keys`), `dc.*` keys and the two tensor infos, padded to the DC alignment (the
+/// whole is the start of the file up to its data section, which `dc.index` checksums).
+/// Every value that changes between the placeholder and the final header has a fixed
+/// width, so both have the same length.
 fn dc_header(
     original: &GgufHeader,
     original_size: u64,
@@ -307,6 +348,11 @@ fn dc_header(
             w.kv(&KeyValue::new(
                 "general.architecture",
                 Value::string(DC_ARCHITECTURE),
+            ));
+        } else if kv.key == b"general.alignment" {
+            w.kv(&KeyValue::new(
+                "general.alignment",
+                Value::u32(dc_alignment(original) as u32),
             ));
         } else if kv.value.encoded_len() > MAX_CLEAR_VALUE {
             moved.push(kv.key.clone());
@@ -334,9 +380,10 @@ fn dc_header(
         Value::string(concat!("dcgguf ", env!("CARGO_PKG_VERSION"))),
     ));
     w.tensor(INDEX_TENSOR, &[index_len], GgmlType::I8, 0);
-    let data_off = align_up(index_len, original.alignment).expect("index fits");
+    let alignment = dc_alignment(original);
+    let data_off = align_up(index_len, alignment).expect("index fits");
     w.tensor(DATA_TENSOR, &[data_len], GgmlType::I8, data_off);
-    w.finish(original.alignment)
+    w.finish(alignment)
 }
 
 /// One encoded chunk on its way to the file.

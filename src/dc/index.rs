@@ -1,10 +1,10 @@
 //! The `dc.index` blob: where every stored piece of a DC-GGUF file lives and how to check it.
 //!
-//! Layout (little-endian, docs/FORMAT.md "dc.index"):
+//! Layout (little-endian, docs/FORMAT.md "dc.index"), version 2:
 //! ```text
-//! "DCIX" u32:version u64:n_tensors u64:original_size
-//! blob header   {u64 offset, u64 stored_len, u64 raw_len}   zstd frame of the original header
-//! blob gaps     {u64 offset, u64 stored_len, u64 raw_len}   zstd frame of the bytes between tensors
+//! "DCIX" u32:version u64:n_tensors u64:original_size u64:xxh3_64(DC file's GGUF header)
+//! blob header   {u64 offset, u64 stored_len, u64 raw_len, u64 xxh3_64(raw)}   original header
+//! blob gaps     {u64 offset, u64 stored_len, u64 raw_len, u64 xxh3_64(raw)}   bytes between tensors
 //! per tensor:   u8 transform, u8 reserved=0, u16 reserved=0, u32 chunk_raw, u64 n_chunks,
 //!               u64 data_offset, u64 entropy_bound
 //!   per chunk:  u32 stored_len, u8 mode, u64 xxh3_64(decoded bytes)
@@ -12,14 +12,20 @@
 //! ```
 //! Offsets are relative to the start of the `dc.data` tensor. A tensor's chunks are stored
 //! back to back from its `data_offset`.
+//!
+//! Version 1 had neither the header checksum nor the blob checksums; it is still decoded (for
+//! `decompress`/`verify`, which check the whole-file checksum before trusting anything).
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{DcError, Result};
 
 pub const INDEX_MAGIC: [u8; 4] = *b"DCIX";
-pub const INDEX_VERSION: u32 = 1;
-const FIXED_LEN: usize = 4 + 4 + 8 + 8 + 2 * 24 + 8;
+pub const INDEX_VERSION: u32 = 2;
+/// The first version, without header and blob checksums.
+pub const INDEX_VERSION_1: u32 = 1;
+const FIXED_LEN: usize = 4 + 4 + 8 + 8 + 8 + 2 * 32 + 8;
+const FIXED_LEN_V1: usize = 4 + 4 + 8 + 8 + 2 * 24 + 8;
 const TENSOR_LEN: usize = 4 + 4 + 8 + 8 + 8;
 const CHUNK_LEN: usize = 4 + 1 + 8;
 
@@ -29,6 +35,8 @@ pub struct BlobRef {
     pub offset: u64,
     pub stored_len: u64,
     pub raw_len: u64,
+    /// XXH3-64 of the decoded bytes; `None` in version-1 files.
+    pub hash: Option<u64>,
 }
 
 /// One stored chunk.
@@ -59,7 +67,10 @@ impl TensorEntry {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Index {
+    pub version: u32,
     pub original_size: u64,
+    /// XXH3-64 of the DC file's own GGUF header, `[0, data section)`; `None` in version 1.
+    pub dc_header_hash: Option<u64>,
     pub header: BlobRef,
     pub gaps: BlobRef,
     pub tensors: Vec<TensorEntry>,
@@ -74,6 +85,8 @@ impl Index {
                 .sum::<usize>()
     }
 
+    /// Encodes the index in the current version (the `version` field and missing hashes
+    /// of a decoded version-1 index are not carried over: they are written as version 2).
     pub fn encode(&self) -> Vec<u8> {
         let mut o = Vec::with_capacity(Self::encoded_len(
             self.tensors.iter().map(|t| t.chunks.len()),
@@ -82,8 +95,9 @@ impl Index {
         o.extend_from_slice(&INDEX_VERSION.to_le_bytes());
         o.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
         o.extend_from_slice(&self.original_size.to_le_bytes());
+        o.extend_from_slice(&self.dc_header_hash.unwrap_or(0).to_le_bytes());
         for b in [&self.header, &self.gaps] {
-            for v in [b.offset, b.stored_len, b.raw_len] {
+            for v in [b.offset, b.stored_len, b.raw_len, b.hash.unwrap_or(0)] {
                 o.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -111,7 +125,8 @@ impl Index {
             offset: at as u64,
             what,
         };
-        if b.len() < FIXED_LEN {
+        // The shorter (version 1) fixed part; the cursor catches a truncated version 2.
+        if b.len() < FIXED_LEN_V1 {
             return Err(bad(
                 0,
                 format!("{} bytes is shorter than the fixed part", b.len()),
@@ -129,16 +144,19 @@ impl Index {
             return Err(bad(0, "wrong magic".into()));
         }
         let version = r.u32()?;
-        if version != INDEX_VERSION {
+        if version != INDEX_VERSION && version != INDEX_VERSION_1 {
             return Err(DcError::UnsupportedVersion(version));
         }
+        let v2 = version == INDEX_VERSION;
         let n_tensors = r.u64()?;
         let original_size = r.u64()?;
+        let dc_header_hash = if v2 { Some(r.u64()?) } else { None };
         let mut blob = || -> Result<BlobRef> {
             Ok(BlobRef {
                 offset: r.u64()?,
                 stored_len: r.u64()?,
                 raw_len: r.u64()?,
+                hash: if v2 { Some(r.u64()?) } else { None },
             })
         };
         let header = blob()?;
@@ -191,7 +209,9 @@ impl Index {
             ));
         }
         Ok(Index {
+            version,
             original_size,
+            dc_header_hash,
             header,
             gaps,
             tensors,
@@ -236,16 +256,20 @@ mod tests {
     #[test]
     fn index_round_trips_and_detects_corruption() {
         let idx = Index {
+            version: INDEX_VERSION,
             original_size: 1234,
+            dc_header_hash: Some(99),
             header: BlobRef {
                 offset: 0,
                 stored_len: 10,
                 raw_len: 100,
+                hash: Some(5),
             },
             gaps: BlobRef {
                 offset: 10,
                 stored_len: 9,
                 raw_len: 3,
+                hash: Some(6),
             },
             tensors: vec![TensorEntry {
                 transform: 2,

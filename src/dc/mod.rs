@@ -14,13 +14,17 @@ use std::path::PathBuf;
 
 pub use compress::{CompressOptions, CompressReport, compress_file};
 pub use index::{BlobRef, ChunkEntry, Index, TensorEntry};
-pub use reader::{DcFile, TensorView, decompress_file, verify_against};
+pub use reader::{DcFile, TensorView, decompress_file, looks_like_dc, verify_against};
 
 use crate::codec::CodecError;
 use crate::gguf::GgufError;
 
 /// Version of the DC-GGUF layout written to `dc.format_version`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The first version: its header and blobs carry no checksum of their own, so only readers
+/// that check the whole-file checksum before anything leaves them (`decompress`, `verify`)
+/// accept it.
+pub const FORMAT_VERSION_1: u32 = 1;
 pub const KEY_FORMAT_VERSION: &str = "dc.format_version";
 pub const KEY_ORIGINAL_ARCH: &str = "dc.original.general.architecture";
 pub const KEY_ORIGINAL_SIZE: &str = "dc.original_size";
@@ -37,8 +41,20 @@ pub const DATA_TENSOR: &str = "dc.data";
 /// reader allocate or decode gigabytes for one chunk. The encoder's `--chunk-size` is capped
 /// to it as well.
 pub const MAX_CHUNK_RAW: u64 = 64 << 20;
-/// Side blobs (original header, gap bytes) are small: refuse hostile sizes up front.
-pub const MAX_BLOB_RAW: u64 = 1 << 30;
+/// The original header blob (metadata and tensor table of the original) is decoded at every
+/// open, so its size is bounded twice before anything is allocated: absolutely, and relative
+/// to its stored size. Real headers (tokenizers) compress 2-6x; a zstd "bomb" reaches ~32000x.
+pub const MAX_HEADER_RAW: u64 = 256 << 20;
+/// Decoded bytes the header blob may have beyond [`MAX_HEADER_RATIO`] times its stored bytes.
+pub const HEADER_RAW_SLACK: u64 = 4 << 20;
+pub const MAX_HEADER_RATIO: u64 = 64;
+/// Bytes outside the header and the tensors (alignment padding, trailing bytes) that a file
+/// may have. They are decoded only when a read reaches them (never by `inspect`).
+pub const MAX_GAP_RAW: u64 = 64 << 20;
+/// The DC file's own alignment is the original's, capped here so that a hostile
+/// `general.alignment` (up to 2^31) cannot make the output larger than the input by more
+/// than a few pages.
+pub const MAX_DC_ALIGNMENT: u64 = 4096;
 
 /// Everything that can go wrong reading or writing DC-GGUF files.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +76,24 @@ pub enum DcError {
     ReservedKey(String),
     #[error("unsupported DC-GGUF version {0} (this build reads version {FORMAT_VERSION})")]
     UnsupportedVersion(u32),
+    #[error(
+        "{0}: DC-GGUF version 1 files carry no checksum for their metadata, so this reader \
+         refuses them; `dcgguf decompress` still reads them (it checks the whole-file \
+         checksum before writing): decompress, then compress again to get version {FORMAT_VERSION}"
+    )]
+    LegacyVersion(PathBuf),
+    #[error("the DC file's GGUF header is corrupt: its checksum does not match dc.index")]
+    CorruptDcHeader,
+    #[error("{path}: damaged DC-GGUF file: {what}")]
+    DamagedDc { path: PathBuf, what: String },
+    #[error("{what} needs {bytes} bytes of memory, which could not be allocated")]
+    OutOfMemory { what: &'static str, bytes: u64 },
+    #[error("{path}: {what}; at most {limit} bytes are supported")]
+    Unsupported {
+        path: PathBuf,
+        what: String,
+        limit: u64,
+    },
     #[error("dc.index is corrupt at byte {offset}: {what}")]
     BadIndex { offset: u64, what: String },
     #[error("tensor {tensor:?} chunk {chunk}: {what}")]

@@ -11,8 +11,9 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use super::index::{BlobRef, Index};
 use super::layout::{Piece, Segment, segments};
 use super::{
-    DATA_TENSOR, DcError, FORMAT_VERSION, INDEX_TENSOR, KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE,
-    KEY_ORIGINAL_XXH3, MAX_BLOB_RAW, MAX_CHUNK_RAW, Result,
+    DATA_TENSOR, DcError, FORMAT_VERSION, FORMAT_VERSION_1, HEADER_RAW_SLACK, INDEX_TENSOR,
+    KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3, MAX_CHUNK_RAW, MAX_GAP_RAW,
+    MAX_HEADER_RATIO, MAX_HEADER_RAW, Result,
 };
 use crate::codec::{ChunkMode, Layout, Transform, decode_chunk};
 use crate::gguf::{GgmlType, GgufHeader, TensorInfo};
@@ -28,7 +29,10 @@ pub struct DcFile {
     pub original: GgufHeader,
     pub index: Index,
     original_header: Vec<u8>,
-    gaps: Vec<u8>,
+    /// Decoded gap bytes, filled on first use ([`DcFile::gaps`]).
+    gaps: std::sync::OnceLock<Vec<u8>>,
+    /// Where the gap blob's stored bytes are in the map.
+    gaps_range: std::ops::Range<usize>,
     segments: Vec<Segment>,
     tensors: Vec<TensorState>,
     release_after_decode: std::sync::atomic::AtomicBool,
@@ -90,39 +94,85 @@ pub struct TensorView {
 }
 
 impl DcFile {
-    /// Opens and checks a DC-GGUF file (memory-mapped, read-only).
+    /// Opens and checks a DC-GGUF file (memory-mapped, read-only). Every byte this reader
+    /// hands out is covered by a checksum that was checked first: the DC file's own header,
+    /// the index and both blobs here, each chunk as it is decoded.
     pub fn open(path: &Path) -> Result<DcFile> {
         let (_file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(path, Storage::Mapped(map), true)
+        Self::from_storage(path, Storage::Mapped(map), Arrays::Keep, Versions::Checked)
     }
 
-    /// [`DcFile::open`] for a reader that only serves bytes (the llama.cpp hook): array
-    /// metadata (tokenizer vocabularies, merges) is checked but not kept in the parsed
-    /// headers; it stays in the original header's bytes. Saves megabytes for the life of a
-    /// loaded model and ~5 ms of string allocations per open.
+    /// [`DcFile::open`] for a reader that only serves bytes (the llama.cpp hook, `inspect`
+    /// without metadata): array metadata (tokenizer vocabularies, merges) is checked but not
+    /// kept in the parsed headers; it stays in the original header's bytes. Saves megabytes
+    /// for the life of a loaded model and ~5 ms of string allocations per open.
     pub fn open_without_arrays(path: &Path) -> Result<DcFile> {
         let (_file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(path, Storage::Mapped(map), false)
+        Self::from_storage(path, Storage::Mapped(map), Arrays::Skip, Versions::Checked)
+    }
+
+    /// [`DcFile::open`] that also accepts version-1 files, whose header and blobs have no
+    /// checksum of their own. Only for callers that check the whole-file checksum
+    /// ([`DcFile::for_each_block`]) before anything they produce is used: `decompress`
+    /// (writes a temporary file, renamed into place only after the check) and `verify`.
+    pub fn open_for_full_check(path: &Path) -> Result<DcFile> {
+        let (_file, map) = map_readonly(path).map_err(DcError::io(path))?;
+        Self::from_storage(path, Storage::Mapped(map), Arrays::Keep, Versions::AlsoV1)
     }
 
     /// Opens DC-GGUF bytes held in memory (`name` is used in messages).
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<DcFile> {
-        Self::from_storage(Path::new(name), Storage::Owned(bytes), true)
+        Self::from_storage(
+            Path::new(name),
+            Storage::Owned(bytes),
+            Arrays::Keep,
+            Versions::Checked,
+        )
     }
 
-    fn from_storage(path: &Path, map: Storage, keep_arrays: bool) -> Result<DcFile> {
-        let parse = if keep_arrays {
-            GgufHeader::parse
-        } else {
-            GgufHeader::parse_without_arrays
+    /// The format version of this file (docs/FORMAT.md).
+    pub fn format_version(&self) -> u32 {
+        self.index.version
+    }
+
+    fn from_storage(
+        path: &Path,
+        map: Storage,
+        arrays: Arrays,
+        versions: Versions,
+    ) -> Result<DcFile> {
+        let parse = match arrays {
+            Arrays::Keep => GgufHeader::parse,
+            Arrays::Skip => GgufHeader::parse_without_arrays,
         };
-        let gguf_err = |source| DcError::Gguf {
-            path: path.to_path_buf(),
-            source,
+        // Once a file looks like DC-GGUF, every problem is reported as damage to a DC file
+        // (not as "not DC", which would hand it to llama.cpp as a plain model).
+        let looks_dc = looks_like_dc(&map);
+        let gguf_err = |source: crate::gguf::GgufError| {
+            if looks_dc {
+                DcError::DamagedDc {
+                    path: path.to_path_buf(),
+                    what: source.to_string(),
+                }
+            } else {
+                DcError::Gguf {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         };
-        let not_dc = |reason: &str| DcError::NotDc {
-            path: path.to_path_buf(),
-            reason: reason.to_string(),
+        let not_dc = |reason: &str| {
+            if looks_dc {
+                DcError::DamagedDc {
+                    path: path.to_path_buf(),
+                    what: reason.to_string(),
+                }
+            } else {
+                DcError::NotDc {
+                    path: path.to_path_buf(),
+                    reason: reason.to_string(),
+                }
+            }
         };
         let dc_header = parse(&map).map_err(gguf_err)?;
         dc_header
@@ -133,8 +183,13 @@ impl DcFile {
             .ok_or_else(|| not_dc("no dc.format_version key"))?
             .as_u64()
             .ok_or_else(|| not_dc("dc.format_version is not an integer"))?;
-        if version != u64::from(FORMAT_VERSION) {
-            return Err(DcError::UnsupportedVersion(version as u32));
+        match (version, versions) {
+            (v, _) if v == u64::from(FORMAT_VERSION) => {}
+            (v, Versions::AlsoV1) if v == u64::from(FORMAT_VERSION_1) => {}
+            (v, Versions::Checked) if v == u64::from(FORMAT_VERSION_1) => {
+                return Err(DcError::LegacyVersion(path.to_path_buf()));
+            }
+            (v, _) => return Err(DcError::UnsupportedVersion(v.min(u32::MAX as u64) as u32)),
         }
         let blob_tensor = |name: &str| -> Result<std::ops::Range<usize>> {
             let t = dc_header
@@ -151,6 +206,21 @@ impl DcFile {
         let index_range = blob_tensor(INDEX_TENSOR)?;
         let data = blob_tensor(DATA_TENSOR)?;
         let index = Index::decode(&map[index_range])?;
+        if u64::from(index.version) != version {
+            return Err(DcError::BadIndex {
+                offset: 4,
+                what: format!(
+                    "index version {} in a version {version} file",
+                    index.version
+                ),
+            });
+        }
+        if let Some(want) = index.dc_header_hash {
+            let head = map.get(..dc_header.data_offset as usize);
+            if head.is_none_or(|h| xxh3_64(h) != want) {
+                return Err(DcError::CorruptDcHeader);
+            }
+        }
         let key_u64 = |key: &str| {
             dc_header
                 .get(key)
@@ -162,31 +232,34 @@ impl DcFile {
         }
         let original_xxh3 = key_u64(KEY_ORIGINAL_XXH3)?;
 
-        let blob = |b: &BlobRef, name: &'static str| -> Result<Vec<u8>> {
-            let corrupt = |what: String| DcError::CorruptBlob { blob: name, what };
-            let start = (b.offset as usize).checked_add(data.start);
-            let end = start.and_then(|s| s.checked_add(b.stored_len as usize));
-            let stored = match (start, end) {
-                (Some(s), Some(e)) if e <= data.end && b.offset <= data.len() as u64 => &map[s..e],
-                _ => return Err(corrupt("points past the end of dc.data".into())),
-            };
-            if b.raw_len > MAX_BLOB_RAW {
-                return Err(corrupt(format!("claims {} bytes", b.raw_len)));
-            }
-            let mut raw = vec![0u8; b.raw_len as usize];
-            let n = zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(stored, &mut raw[..]))
-                .map_err(|e| corrupt(e.to_string()))?;
-            if n != raw.len() {
-                return Err(corrupt(format!(
-                    "decoded {n} bytes, expected {}",
-                    raw.len()
-                )));
-            }
-            Ok(raw)
-        };
-        let original_header = blob(&index.header, "original header")?;
-        let gaps = blob(&index.gaps, "gap")?;
+        // Cheap checks of both blobs before either is decoded.
+        let header_frame = blob_frame(&map, &data, &index.header, "original header")?;
+        let header_cap = MAX_HEADER_RAW.min(
+            HEADER_RAW_SLACK
+                .saturating_add(MAX_HEADER_RATIO.saturating_mul(index.header.stored_len)),
+        );
+        if index.header.raw_len > header_cap.min(index.original_size) {
+            return Err(DcError::CorruptBlob {
+                blob: "original header",
+                what: format!(
+                    "claims {} decoded bytes from {} stored (at most {} allowed)",
+                    index.header.raw_len,
+                    index.header.stored_len,
+                    header_cap.min(index.original_size)
+                ),
+            });
+        }
+        blob_frame(&map, &data, &index.gaps, "gap")?;
+        if index.gaps.raw_len > MAX_GAP_RAW {
+            return Err(DcError::CorruptBlob {
+                blob: "gap",
+                what: format!(
+                    "claims {} decoded bytes (at most {MAX_GAP_RAW} allowed)",
+                    index.gaps.raw_len
+                ),
+            });
+        }
+        let original_header = decode_blob(header_frame, &index.header, "original header")?;
         let original = parse(&original_header).map_err(DcError::OriginalHeader)?;
         original
             .check_data_fits(index.original_size)
@@ -213,10 +286,13 @@ impl DcFile {
             .filter(|s| matches!(s.piece, Piece::Gap { .. }))
             .map(|s| s.len)
             .sum();
-        if gap_total != gaps.len() as u64 {
+        if gap_total != index.gaps.raw_len {
             return Err(DcError::CorruptBlob {
                 blob: "gap",
-                what: format!("holds {} bytes, the layout has {gap_total}", gaps.len()),
+                what: format!(
+                    "holds {} bytes, the layout has {gap_total}",
+                    index.gaps.raw_len
+                ),
             });
         }
         let tensors = original
@@ -225,6 +301,10 @@ impl DcFile {
             .zip(&index.tensors)
             .map(|(t, e)| check_tensor(t, e, &data))
             .collect::<Result<Vec<_>>>()?;
+        let gaps_range = {
+            let start = data.start + index.gaps.offset as usize;
+            start..start + index.gaps.stored_len as usize
+        };
         Ok(DcFile {
             path: path.to_path_buf(),
             map,
@@ -232,12 +312,24 @@ impl DcFile {
             original,
             index,
             original_header,
-            gaps,
+            gaps: std::sync::OnceLock::new(),
+            gaps_range,
             segments,
             tensors,
             original_xxh3,
             release_after_decode: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The gap bytes, decoded (and checked) on first use: `inspect` and metadata readers
+    /// never pay for them.
+    fn gaps(&self) -> Result<&[u8]> {
+        if let Some(g) = self.gaps.get() {
+            return Ok(g);
+        }
+        let raw = decode_blob(&self.map[self.gaps_range.clone()], &self.index.gaps, "gap")?;
+        // A concurrent first use may have won the race: both decoded the same bytes.
+        Ok(self.gaps.get_or_init(|| raw))
     }
 
     /// After each chunk is decoded, drop this process's mapping of its compressed bytes
@@ -524,7 +616,7 @@ impl DcFile {
                     dst: piece,
                 }),
                 Piece::Gap { at } => jobs.push(ReadJob::Copy {
-                    src: &self.gaps[at as usize + w..at as usize + w + take],
+                    src: &self.gaps()?[at as usize + w..at as usize + w + take],
                     dst: piece,
                 }),
                 Piece::Tensor(i) => self.plan_tensor_read(i, within, piece, &mut jobs),
@@ -565,6 +657,93 @@ impl DcFile {
         }
         Ok(())
     }
+}
+
+/// Which metadata values a parse keeps.
+#[derive(Clone, Copy)]
+enum Arrays {
+    Keep,
+    Skip,
+}
+
+/// Which format versions an open accepts.
+#[derive(Clone, Copy)]
+enum Versions {
+    /// Only versions whose every byte is covered by a checksum checked before use.
+    Checked,
+    /// Version 1 too, for readers that check the whole-file checksum first.
+    AlsoV1,
+}
+
+/// Whether `bytes` carry a DC-GGUF marker in their first MiB: the `dc.format_version` key or
+/// the `dc.index` tensor name, each with its GGUF length prefix. Decides whether a file that
+/// fails to parse is reported as a damaged DC file or left to llama.cpp as a plain one.
+pub fn looks_like_dc(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(1 << 20)];
+    let marker = |s: &str| {
+        let mut m = (s.len() as u64).to_le_bytes().to_vec();
+        m.extend_from_slice(s.as_bytes());
+        head.windows(m.len()).any(|w| w == m)
+    };
+    marker(KEY_FORMAT_VERSION) || marker(INDEX_TENSOR)
+}
+
+/// The stored bytes of a blob after cheap checks: they lie inside `dc.data` and are exactly
+/// one zstd frame that declares `raw_len` decoded bytes.
+fn blob_frame<'m>(
+    map: &'m [u8],
+    data: &std::ops::Range<usize>,
+    b: &BlobRef,
+    name: &'static str,
+) -> Result<&'m [u8]> {
+    let corrupt = |what: String| DcError::CorruptBlob { blob: name, what };
+    let data_len = (data.end - data.start) as u64;
+    let end = b.offset.checked_add(b.stored_len);
+    if end.is_none_or(|e| e > data_len) {
+        return Err(corrupt("points past the end of dc.data".into()));
+    }
+    let start = data.start + b.offset as usize;
+    let stored = &map[start..start + b.stored_len as usize];
+    match zstd::zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => {}
+        _ => return Err(corrupt("is not exactly one zstd frame".into())),
+    }
+    match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) if n == b.raw_len => Ok(stored),
+        Ok(Some(n)) => Err(corrupt(format!(
+            "its frame declares {n} bytes, the index {}",
+            b.raw_len
+        ))),
+        _ => Err(corrupt("its frame does not declare its size".into())),
+    }
+}
+
+/// Decodes a blob whose frame passed [`blob_frame`] and whose size passed the caller's
+/// caps, into memory allocated fallibly, and checks its checksum (version 2).
+fn decode_blob(stored: &[u8], b: &BlobRef, name: &'static str) -> Result<Vec<u8>> {
+    let corrupt = |what: String| DcError::CorruptBlob { blob: name, what };
+    let mut raw = Vec::new();
+    raw.try_reserve_exact(b.raw_len as usize)
+        .map_err(|_| DcError::OutOfMemory {
+            what: name,
+            bytes: b.raw_len,
+        })?;
+    raw.resize(b.raw_len as usize, 0);
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(stored, &mut raw[..]))
+        .map_err(|e| corrupt(e.to_string()))?;
+    if n != raw.len() {
+        return Err(corrupt(format!(
+            "decoded {n} bytes, expected {}",
+            raw.len()
+        )));
+    }
+    if b.hash.is_some_and(|h| h != xxh3_64(&raw)) {
+        return Err(corrupt(
+            "checksum mismatch: decoded bytes differ from the original".into(),
+        ));
+    }
+    Ok(raw)
 }
 
 fn check_tensor(
@@ -648,7 +827,7 @@ pub fn decompress_file(
     force: bool,
     progress: &dyn Fn(u64),
 ) -> Result<u64> {
-    let dc = DcFile::open(input)?;
+    let dc = DcFile::open_for_full_check(input)?;
     let mut out = AtomicOutput::create(output, Some(input), force)?;
     let path = out.path().to_path_buf();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());

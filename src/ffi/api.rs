@@ -113,6 +113,13 @@ pub extern "C" fn dcgguf_set_threads(f: *mut dcgguf_file, n: u32) -> dcgguf_resu
     guard(|| {
         // SAFETY: non-NULL `f` is a live handle used by no other thread now (contract).
         let f = unsafe { f.as_mut() }.ok_or_else(|| Error::null("file handle"))?;
+        let cap = crate::io::max_threads();
+        if n as usize > cap {
+            return Err(Error::new(
+                DCGGUF_ERR_INVALID_ARGUMENT,
+                format!("{n} threads: at most {cap} on this machine (4 per CPU)"),
+            ));
+        }
         f.pool = if n == 0 {
             None
         } else {

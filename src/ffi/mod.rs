@@ -45,6 +45,7 @@ pub enum dcgguf_result {
     DCGGUF_ERR_SPLIT_MODEL = 14,
     DCGGUF_ERR_PANIC = 15,
     DCGGUF_ERR_OTHER = 16,
+    DCGGUF_ERR_OUT_OF_MEMORY = 17,
 }
 
 use dcgguf_result::*;
@@ -69,6 +70,7 @@ impl dcgguf_result {
             DCGGUF_ERR_SPLIT_MODEL => "split DC-GGUF models must be merged first",
             DCGGUF_ERR_PANIC => "internal error (panic caught)",
             DCGGUF_ERR_OTHER => "error",
+            DCGGUF_ERR_OUT_OF_MEMORY => "not enough memory for what the file declares",
         }
     }
 }
@@ -97,8 +99,13 @@ impl From<DcError> for Error {
             DcError::Io { .. } => DCGGUF_ERR_IO,
             DcError::Gguf { .. } => DCGGUF_ERR_BAD_GGUF,
             DcError::NotDc { .. } => DCGGUF_ERR_NOT_DC,
-            DcError::UnsupportedVersion(_) => DCGGUF_ERR_UNSUPPORTED_VERSION,
+            DcError::UnsupportedVersion(_) | DcError::LegacyVersion(_) => {
+                DCGGUF_ERR_UNSUPPORTED_VERSION
+            }
+            DcError::OutOfMemory { .. } => DCGGUF_ERR_OUT_OF_MEMORY,
             DcError::OriginalHeader(_)
+            | DcError::CorruptDcHeader
+            | DcError::DamagedDc { .. }
             | DcError::BadIndex { .. }
             | DcError::Corrupt { .. }
             | DcError::CorruptBlob { .. }
@@ -224,7 +231,7 @@ pub extern "C" fn dcgguf_error_message(
 }
 
 fn code_from_int(code: c_int) -> Option<dcgguf_result> {
-    const ALL: [dcgguf_result; 17] = [
+    const ALL: [dcgguf_result; 18] = [
         DCGGUF_OK,
         DCGGUF_ERR_NULL_POINTER,
         DCGGUF_ERR_INVALID_ARGUMENT,
@@ -242,6 +249,7 @@ fn code_from_int(code: c_int) -> Option<dcgguf_result> {
         DCGGUF_ERR_SPLIT_MODEL,
         DCGGUF_ERR_PANIC,
         DCGGUF_ERR_OTHER,
+        DCGGUF_ERR_OUT_OF_MEMORY,
     ];
     ALL.into_iter().find(|c| *c as c_int == code)
 }
@@ -270,10 +278,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for i in 0..17 {
+        for i in 0..18 {
             assert_eq!(code_from_int(i).map(|c| c as c_int), Some(i));
         }
-        assert!(code_from_int(17).is_none());
+        assert!(code_from_int(18).is_none());
         assert!(code_from_int(-1).is_none());
     }
 

@@ -25,3 +25,10 @@ pub fn page_size() -> usize {
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 { p as usize } else { 4096 }
 }
+
+/// Most worker threads a caller may ask for: 4 per CPU (at least 4, at most 1024). Asking
+/// for 100,000 threads is a mistake; starting them would take minutes and gigabytes.
+pub fn max_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus * 4).clamp(4, 1024)
+}

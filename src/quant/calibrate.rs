@@ -83,7 +83,7 @@ pub fn run_imatrix(
 ) -> Result<()> {
     let meta = std::fs::metadata(text).map_err(DcError::io(text))?;
     if meta.len() == 0 {
-        return Err(QuantError::Other(format!(
+        return Err(QuantError::Input(format!(
             "{}: calibration text is empty",
             text.display()
         )));
@@ -126,11 +126,11 @@ pub fn run_imatrix(
         ])
         .args(["--no-ppl", "--output-frequency", "1000000"])
         .output()
-        .map_err(|e| QuantError::Other(format!("cannot run {}: {e}", tool.display())))?;
+        .map_err(|e| QuantError::Tool(format!("cannot run {}: {e}", tool.display())))?;
     if !out.status.success() || !output.exists() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(8).collect();
-        return Err(QuantError::Other(format!(
+        return Err(QuantError::Tool(format!(
             "{} failed ({}):\n{}",
             tool.display(),
             out.status,

@@ -93,17 +93,15 @@ pub enum QuantError {
     Cov(#[from] CovError),
     #[error("tensor {tensor:?}: source type {ty} is not supported (use F32, F16, BF16 or Q8_0)")]
     UnsupportedType { tensor: String, ty: GgmlType },
+    /// Options that conflict or are out of range.
     #[error("{0}")]
-    Other(String),
-}
-
-impl From<QuantError> for DcError {
-    fn from(e: QuantError) -> DcError {
-        match e {
-            QuantError::Dc(e) => e,
-            other => DcError::Usage(other.to_string()),
-        }
-    }
+    Usage(String),
+    /// An input file (activation statistics, covariances) that does not fit the model.
+    #[error("{0}")]
+    Input(String),
+    /// The calibration tool (llama-imatrix) could not run or failed.
+    #[error("{0}")]
+    Tool(String),
 }
 
 pub type Result<T> = std::result::Result<T, QuantError>;
@@ -213,7 +211,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     }
     if let Some(st) = &o.stats {
         st.check_against(&h)
-            .map_err(|what| QuantError::Other(format!("activation statistics: {what}")))?;
+            .map_err(|what| QuantError::Input(format!("activation statistics: {what}")))?;
     }
     let fold_alpha = o.fold_alpha.unwrap_or_else(|| default_fold_alpha(&arch));
     let scales = match (&o.stats, fold_alpha != 0.0) {
@@ -252,14 +250,14 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     };
     if let Some(cov) = &o.gptq {
         if !o.quantize {
-            return Err(QuantError::Other("--gptq needs quantization".into()));
+            return Err(QuantError::Usage("--gptq needs quantization".into()));
         }
         if !scales.columns.is_empty()
             || !scales.rows.is_empty()
             || !perms.rows.is_empty()
             || !perms.columns.is_empty()
         {
-            return Err(QuantError::Other(
+            return Err(QuantError::Usage(
                 "--gptq cannot be combined with folding or --permute (use --fold-alpha 0)".into(),
             ));
         }
@@ -270,7 +268,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
             .map(|t| (t.name.clone(), t.dims[0] as usize))
             .collect();
         cov.check_against(&needed).map_err(|what| {
-            QuantError::Other(format!("{}: covariance file: {what}", cov.source))
+            QuantError::Input(format!("{}: covariance file: {what}", cov.source))
         })?;
     }
     // New tensor table: same order, quantized ones re-typed, offsets recomputed.
@@ -354,7 +352,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                     Some(cov) => {
                         let (_, hm) = cov.get(&t.name).expect("checked above");
                         gptq::quantize(&x, ne0, hm, o.gptq_damp).map_err(|e| {
-                            std::io::Error::other(QuantError::Other(format!(
+                            std::io::Error::other(QuantError::Input(format!(
                                 "{}: GPTQ of {:?}: covariance {e}",
                                 cov.source, t.name
                             )))
@@ -580,13 +578,13 @@ impl QuantArgs {
             gptq_damp: self.gptq_damp.unwrap_or(gptq::DEFAULT_DAMP),
         };
         if !(o.gptq_damp >= 0.0 && o.gptq_damp.is_finite()) {
-            return Err(QuantError::Other("--gptq-damp must be >= 0".into()));
+            return Err(QuantError::Usage("--gptq-damp must be >= 0".into()));
         }
         if let Some(p) = &self.gptq {
             o.gptq = Some(Covariances::load(p)?);
         }
         if !(0.0..1.0).contains(&o.grid.prune) {
-            return Err(QuantError::Other("--prune must be in [0, 1)".into()));
+            return Err(QuantError::Usage("--prune must be in [0, 1)".into()));
         }
         if let Some(p) = &self.imatrix {
             o.stats = Some(ActStats::load(p)?);
