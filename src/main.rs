@@ -215,14 +215,7 @@ fn precheck(jobs: &[(PathBuf, PathBuf)], force: bool) -> Result<(), DcError> {
             path: i.clone(),
             source,
         })?;
-        if !force && o.exists() {
-            return Err(DcError::OutputExists(o.clone()));
-        }
-        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(i), std::fs::canonicalize(o))
-            && a == b
-        {
-            return Err(DcError::OutputIsInput(o.clone()));
-        }
+        dcgguf::io::check_output(o, Some(i), force)?;
     }
     Ok(())
 }
@@ -266,7 +259,9 @@ fn exit_code(e: &DcError) -> u8 {
         | DcError::Corrupt { .. }
         | DcError::CorruptBlob { .. }
         | DcError::Mismatch { .. } => 4,
-        DcError::OutputExists(_) | DcError::OutputIsInput(_) => 5,
+        DcError::OutputExists(_) | DcError::OutputIsInput(_) | DcError::OutputNotRegular { .. } => {
+            5
+        }
     }
 }
 
