@@ -2,6 +2,7 @@
 
 mod atomic;
 
+pub(crate) use atomic::TempPath;
 pub use atomic::{AtomicOutput, TEMP_TAG, check_output, remove_live_temp_files};
 
 use std::fs::File;
