@@ -1,7 +1,8 @@
 //! `dcgguf` command line: parses arguments, calls the library, prints results.
 //!
 //! Exit codes (stable, for scripts): 0 ok, 1 I/O or other error, 2 usage, 3 invalid or
-//! unsupported input, 4 corrupt data or verification mismatch, 5 refused to overwrite.
+//! unsupported input, 4 corrupt data or verification mismatch, 5 refused to overwrite,
+//! 130/143 interrupted by SIGINT/SIGTERM (temporary files removed).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -217,14 +218,7 @@ fn precheck(jobs: &[(PathBuf, PathBuf)], force: bool) -> Result<(), DcError> {
             path: i.clone(),
             source,
         })?;
-        if !force && o.exists() {
-            return Err(DcError::OutputExists(o.clone()));
-        }
-        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(i), std::fs::canonicalize(o))
-            && a == b
-        {
-            return Err(DcError::OutputIsInput(o.clone()));
-        }
+        dcgguf::io::check_output(o, Some(i), force)?;
     }
     Ok(())
 }
@@ -298,7 +292,26 @@ fn dc_exit_code(e: &DcError) -> u8 {
         | DcError::Corrupt { .. }
         | DcError::CorruptBlob { .. }
         | DcError::Mismatch { .. } => 4,
-        DcError::OutputExists(_) | DcError::OutputIsInput(_) => 5,
+        DcError::OutputExists(_) | DcError::OutputIsInput(_) | DcError::OutputNotRegular { .. } => {
+            5
+        }
+    }
+}
+
+/// On SIGINT/SIGTERM: remove this run's temporary files, then exit with 128 + the signal
+/// (130, 143) like a shell. The library installs no handlers; the CLI does, on a thread.
+fn remove_temp_files_on_signal() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    dcgguf::io::remove_live_temp_files();
+                    std::process::exit(128 + sig);
+                }
+            });
+        }
+        Err(e) => eprintln!("dcgguf: warning: cannot handle SIGINT/SIGTERM: {e}"),
     }
 }
 
@@ -307,6 +320,7 @@ fn main() -> ExitCode {
     // of panicking in println!.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    remove_temp_files_on_signal();
     let cli = Cli::parse();
     if let Some(n) = cli.threads
         && n > dcgguf::io::max_threads()

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{ChunkMode, EncodeOptions, Layout, Transform, decode_chunk, encode_chunk};
 use crate::dc::{DcError, Result};
 use crate::gguf::GgmlType;
+use crate::io::{AtomicOutput, TempPath};
 
 /// Bumped when the profile's fields or their meaning change.
 pub const PROFILE_VERSION: u32 = 1;
@@ -163,10 +164,12 @@ pub fn save_profile(p: &Profile, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(DcError::io(dir))?;
     }
-    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
     let text = serde_json::to_string_pretty(p).expect("profile serializes");
-    fs::write(&tmp, text).map_err(DcError::io(&tmp))?;
-    fs::rename(&tmp, path).map_err(DcError::io(path))
+    let mut out = AtomicOutput::create(path, None, true)?;
+    out.file()
+        .write_all(text.as_bytes())
+        .map_err(DcError::io(path))?;
+    out.commit()
 }
 
 /// How much to measure.
@@ -240,6 +243,8 @@ fn storage(opts: &ProbeOptions) -> Result<(Option<f64>, f64, f64)> {
         .storage_dir
         .join(format!(".dcgguf-probe-{}", std::process::id()));
     let io = DcError::io(&path);
+    // Removed on return, and by the CLI's SIGINT/SIGTERM handling.
+    let guard = TempPath::new(path.clone())?;
     let result = (|| -> std::io::Result<(Option<f64>, f64, f64)> {
         let mut f = File::create(&path)?;
         let block = vec![0x5Au8; 1 << 20];
@@ -281,7 +286,7 @@ fn storage(opts: &ProbeOptions) -> Result<(Option<f64>, f64, f64)> {
         }
         Ok((cold, len / warm, len / mapped))
     })();
-    let _ = fs::remove_file(&path);
+    drop(guard);
     result.map_err(io)
 }
 

@@ -110,6 +110,8 @@ pub enum DcError {
     OutputExists(PathBuf),
     #[error("{0}: output would overwrite the input")]
     OutputIsInput(PathBuf),
+    #[error("{path}: output is {kind}; --force replaces only regular files")]
+    OutputNotRegular { path: PathBuf, kind: String },
     #[error("tensor {tensor:?}: range [{start}, {end}) is outside its {len} bytes")]
     OutOfRange {
         tensor: String,

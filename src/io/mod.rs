@@ -2,7 +2,8 @@
 
 mod atomic;
 
-pub use atomic::AtomicOutput;
+pub(crate) use atomic::TempPath;
+pub use atomic::{AtomicOutput, TEMP_TAG, check_output, remove_live_temp_files};
 
 use std::fs::File;
 use std::path::Path;

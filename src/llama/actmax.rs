@@ -9,6 +9,7 @@
 //! F32 tensor `W.in_max` of `n_in` values.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -122,10 +123,14 @@ pub fn flush() {
             )
         })
         .collect();
-    let tmp = out.with_extension("tmp");
-    let r =
-        std::fs::write(&tmp, build_file(&kvs, &tensors)).and_then(|()| std::fs::rename(&tmp, &out));
-    if let Err(e) = r {
+    let write = || -> crate::dc::Result<()> {
+        let mut f = crate::io::AtomicOutput::create(&out, None, true)?;
+        f.file()
+            .write_all(&build_file(&kvs, &tensors))
+            .map_err(crate::dc::DcError::io(&out))?;
+        f.commit()
+    };
+    if let Err(e) = write() {
         eprintln!("dcgguf: error: cannot write {}: {e}", out.display());
     }
 }

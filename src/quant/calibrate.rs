@@ -8,13 +8,14 @@
 //! (`llama::actmax`); those maxima are added to the output as `W.in_max` tensors. Without
 //! libdcgguf.so next to the dcgguf binary (or `$DCGGUF_LIB`) only the RMS is available.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{QuantError, RemoveOnDrop, Result, stats::ActStats, temp_next_to};
+use super::{QuantError, Result, stats::ActStats, temp_next_to};
 use crate::dc::DcError;
 use crate::gguf::{GgufHeader, Value, ValueType, build_file, tensor_entries};
-use crate::io::map_readonly;
+use crate::io::{AtomicOutput, TempPath, map_readonly};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CalibrateArgs {
@@ -89,7 +90,7 @@ pub fn run_imatrix(
         )));
     }
     let patched = temp_next_to(output, "calib-model.gguf");
-    let _g = RemoveOnDrop(patched.clone());
+    let _g = TempPath::new(patched.clone())?;
     let model_used = if without_add_eos(model, &patched)? {
         patched.as_path()
     } else {
@@ -97,7 +98,7 @@ pub fn run_imatrix(
     };
     let tool = find_tool(llama_bin, "llama-imatrix");
     let act_max = temp_next_to(output, "act-max.gguf");
-    let _g2 = RemoveOnDrop(act_max.clone());
+    let _g2 = TempPath::new(act_max.clone())?;
     let mut cmd = Command::new(&tool);
     match libdcgguf() {
         Some(lib) => {
@@ -187,9 +188,11 @@ fn add_act_max(imatrix: &Path, act_max: &Path) -> Result<()> {
         t.0.strip_suffix(".in_max")
             .is_some_and(|w| have.contains(w))
     }));
-    let tmp = temp_next_to(imatrix, "with-max.gguf");
-    std::fs::write(&tmp, build_file(&ih.kvs, &tensors)).map_err(DcError::io(&tmp))?;
-    std::fs::rename(&tmp, imatrix).map_err(DcError::io(imatrix))?;
+    let mut out = AtomicOutput::create(imatrix, None, true)?;
+    out.file()
+        .write_all(&build_file(&ih.kvs, &tensors))
+        .map_err(DcError::io(imatrix))?;
+    out.commit()?;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::codec::Transform;
 use crate::dc::{self, CompressOptions, CompressReport, DcError};
 use crate::gguf::{GgmlType, GgufHeader, HeaderWriter, KeyValue, TensorInfo, Value, align_up};
-use crate::io::map_readonly;
+use crate::io::{TempPath, map_readonly};
 
 pub use calibrate::{CalibrateArgs, calibrate};
 pub use gptq::{CovError, Covariances};
@@ -454,7 +454,7 @@ pub fn compress_lossy(
         return Err(DcError::OutputExists(output.to_path_buf()).into());
     }
     let tmp = temp_next_to(output, "q8_0.tmp.gguf");
-    let _guard = RemoveOnDrop(tmp.clone());
+    let _guard = TempPath::new(tmp.clone())?;
     let qr = quantize_file(input, &tmp, o)?;
     let mut copts = copts.clone();
     if o.whole_byte_quants {
@@ -470,14 +470,6 @@ pub(crate) fn temp_next_to(output: &Path, suffix: &str) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()))
-}
-
-pub(crate) struct RemoveOnDrop(pub PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// `dcgguf compress --quantize ...` options.
@@ -590,7 +582,7 @@ impl QuantArgs {
             o.stats = Some(ActStats::load(p)?);
         } else if let Some(text) = &self.calib {
             let tmp = temp_next_to(output, "imatrix.gguf");
-            let _g = RemoveOnDrop(tmp.clone());
+            let _g = TempPath::new(tmp.clone())?;
             calibrate::run_imatrix(input, text, &tmp, None, 128)?;
             o.stats = Some(ActStats::load(&tmp)?);
         }

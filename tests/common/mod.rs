@@ -661,7 +661,7 @@ impl TempDir {
         p
     }
 
-    /// Names of leftover temporary outputs (`.NAME.tmp-PID`).
+    /// Names of leftover temporary outputs (`.NAME.dcgguf-tmp-PID`, formerly `.NAME.tmp-PID`).
     pub fn tmp_leftovers(&self) -> Vec<String> {
         tmp_leftovers(&self.0)
     }
@@ -678,7 +678,7 @@ pub fn tmp_leftovers(dir: &Path) -> Vec<String> {
         .expect("read dir")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
+        .filter(|n| n.starts_with('.') && (n.contains(".tmp-") || n.contains("dcgguf-tmp-")))
         .collect()
 }
 
