@@ -5,6 +5,7 @@
 //! allocation would abort. The table these tests print is README's bad-input table.
 
 mod common;
+mod llama_support;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -34,8 +35,13 @@ struct Outcome {
 /// report the test's own RSS.
 fn run_cli(args: &[&std::ffi::OsStr], limit_as: Option<u64>) -> Outcome {
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdout(std::process::Stdio::null())
+    cmd.args(args);
+    run_measured(cmd, limit_as)
+}
+
+/// [`run_cli`] for any command.
+fn run_measured(mut cmd: Command, limit_as: Option<u64>) -> Outcome {
+    cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     // SAFETY: setrlimit and ptrace(TRACEME) are async-signal-safe; the closure touches no
     // other state of the parent.
@@ -530,4 +536,89 @@ fn garbage_imatrix_is_invalid_input() {
     );
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert!(!out.exists());
+}
+
+/// The same crafted files through llama.cpp's own tool under the preload hook: the host gets
+/// a clean error from dcgguf, in no more memory than it needs for the real model.
+#[test]
+fn crafted_dc_files_fail_cleanly_inside_llama_cpp() {
+    let t = "crafted_dc_files_fail_cleanly_inside_llama_cpp";
+    let Some(l) = llama_support::llama(t) else {
+        return;
+    };
+    let dir = TempDir::new("hostile-llama");
+    let Some(real) = real_dc(&dir) else { return };
+    let parts = Parts::of(&real);
+    let giant: u64 = 1 << 30;
+    let bomb = zero_bomb(giant as usize);
+    let (off, len) = (parts.data_len as u64, bomb.len() as u64);
+    let blob = dcgguf::dc::BlobRef {
+        offset: off,
+        stored_len: len,
+        raw_len: giant,
+        hash: Some(0),
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "header blob raw_len 1 GiB",
+            parts.craft(&[], |i| i.header.raw_len = giant),
+            "original header",
+        ),
+        (
+            "header blob bomb",
+            parts.craft(&bomb, |i| i.header = blob),
+            "original header",
+        ),
+        (
+            "gap blob bomb",
+            parts.craft(&bomb, |i| i.gaps = blob),
+            "gap",
+        ),
+    ];
+    let embed = |model: &Path| {
+        let mut c = Command::new(l.bin("llama-embedding"));
+        c.env("LD_PRELOAD", llama_support::preload(&l, true))
+            .env_remove("LD_LIBRARY_PATH")
+            .arg("-m")
+            .arg(model)
+            .args([
+                "-p",
+                "hello world",
+                "-t",
+                "2",
+                "--embd-output-format",
+                "json",
+            ]);
+        c
+    };
+    let good = run_measured(embed(&real), None);
+    assert_eq!(good.code, Some(0), "real file: {}", good.stderr);
+    for (what, bytes, region) in cases {
+        let bad = dir.write("bad.dc.gguf", &bytes);
+        for limit in [None, Some(4u64 << 30)] {
+            let o = run_measured(embed(&bad), limit);
+            assert!(
+                o.code.is_some_and(|c| c != 0),
+                "{what} ({limit:?}): exit {:?} signal {:?}: {}",
+                o.code,
+                o.signal,
+                o.stderr
+            );
+            assert!(
+                o.stderr.contains("dcgguf: error:") && o.stderr.contains(region),
+                "{what}: {}",
+                o.stderr
+            );
+            let bound = (2.0 * good.peak_rss_mib).max(64.0);
+            assert!(
+                o.peak_rss_mib <= bound,
+                "{what}: {:.1} MiB > {bound:.1} MiB",
+                o.peak_rss_mib
+            );
+            eprintln!(
+                "llama-embedding, {what}: exit {:?}, peak RSS {:.1} MiB (real file {:.1} MiB)",
+                o.code, o.peak_rss_mib, good.peak_rss_mib
+            );
+        }
+    }
 }

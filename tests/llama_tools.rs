@@ -298,3 +298,51 @@ fn split_dc_is_refused_with_merge_hint() {
         "stderr:\n{err}"
     );
 }
+
+/// A DC file damaged where it says what it is (architecture value, header metadata, a blob):
+/// the hook reports the DC damage; llama.cpp never sees the file as a plain model
+/// ("unknown model architecture") nor computes on it.
+#[test]
+fn damaged_dc_header_is_a_dc_error_not_unknown_architecture() {
+    let t = "damaged_dc_header_is_a_dc_error_not_unknown_architecture";
+    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
+        return;
+    };
+    let good = std::fs::read(dc_of(&m)).unwrap();
+    let find = |pat: &[u8]| {
+        good.windows(pat.len())
+            .position(|w| w == pat)
+            .unwrap_or_else(|| panic!("{:?} not found", String::from_utf8_lossy(pat)))
+    };
+    // (what, byte to flip, word the message must contain)
+    let cases = [
+        ("architecture value", find(b"dcgguf") + 5, "header"),
+        (
+            "rope frequency base (clear metadata)",
+            find(b"llama.rope.freq_base") + 24,
+            "header",
+        ),
+        (
+            "dc.format_version key name",
+            find(b"dc.format_version") + 3,
+            "damaged",
+        ),
+    ];
+    for (what, at, word) in cases {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x02;
+        let bad = tmp_dir().join("smollm2-damaged.dc.gguf");
+        std::fs::write(&bad, &bytes).unwrap();
+        let o = completion(&l, &bad, true, 4);
+        assert_exit(&o, false, what);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("dcgguf: error:") && err.contains(word),
+            "{what}: stderr:\n{err}"
+        );
+        assert!(
+            !err.contains("unknown model architecture"),
+            "{what}: reached llama.cpp as a plain model:\n{err}"
+        );
+    }
+}
