@@ -62,6 +62,8 @@ fn run_measured(mut cmd: Command, limit_as: Option<u64>) -> Outcome {
             Ok(())
         });
     }
+    // Reaped below with waitpid (a traced child must be waited for by hand, not by `wait`).
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn dcgguf");
     let pid = child.id() as libc::pid_t;
     let mut stderr = child.stderr.expect("stderr piped");
