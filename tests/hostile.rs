@@ -624,3 +624,25 @@ fn crafted_dc_files_fail_cleanly_inside_llama_cpp() {
         }
     }
 }
+
+/// The C API caps thread counts the same way: a clear error code, quickly.
+#[test]
+fn c_api_refuses_absurd_thread_counts() {
+    use dcgguf::ffi::api::{dcgguf_file, dcgguf_free, dcgguf_open, dcgguf_set_threads};
+    use dcgguf::ffi::dcgguf_result;
+    let dir = TempDir::new("c-threads");
+    let input = dir.write("t.gguf", &small_model(4).build());
+    let dc = dir.join("t.dc.gguf");
+    compress(&input, &dc, &Default::default());
+    let path = std::ffi::CString::new(dc.to_str().unwrap()).unwrap();
+    let mut f: *mut dcgguf_file = std::ptr::null_mut();
+    assert_eq!(dcgguf_open(path.as_ptr(), &mut f), dcgguf_result::DCGGUF_OK);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        dcgguf_set_threads(f, 100_000),
+        dcgguf_result::DCGGUF_ERR_INVALID_ARGUMENT
+    );
+    assert!(started.elapsed().as_secs() < 5);
+    assert_eq!(dcgguf_set_threads(f, 2), dcgguf_result::DCGGUF_OK);
+    dcgguf_free(f);
+}
