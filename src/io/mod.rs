@@ -33,3 +33,21 @@ pub fn max_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cpus * 4).clamp(4, 1024)
 }
+
+/// Writes `line` and a newline to stderr in one `write(2)`. `eprintln!` issues one write
+/// per formatted piece, and inside a llama.cpp host its logging thread writes to stderr at
+/// the same time, so its lines landed in the middle of ours.
+pub fn write_stderr_line(line: &str) {
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), buf.as_bytes());
+}
+
+/// `eprintln!` that reaches stderr in one piece (see [`write_stderr_line`]).
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {
+        $crate::io::write_stderr_line(&format!($($arg)*))
+    };
+}

@@ -131,6 +131,6 @@ pub fn flush() {
         f.commit()
     };
     if let Err(e) = write() {
-        eprintln!("dcgguf: error: cannot write {}: {e}", out.display());
+        crate::log_line!("dcgguf: error: cannot write {}: {e}", out.display());
     }
 }

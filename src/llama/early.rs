@@ -172,7 +172,7 @@ impl Drop for EarlyDecode {
             let end_ms = st
                 .started
                 .map_or(f64::NAN, |s| s.elapsed().as_secs_f64() * 1e3);
-            eprintln!(
+            crate::log_line!(
                 "dcgguf: early decode: {:.1} MB decoded ahead of llama.cpp, {:.1} MB used; \
                  first tensor read {first_read_ms:.0} ms, end {end_ms:.0} ms after the file \
                  was opened",

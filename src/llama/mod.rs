@@ -129,7 +129,7 @@ pub fn load_dc(
         });
     }
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
-        eprintln!(
+        crate::log_line!(
             "dcgguf: loading {} (DC-GGUF, {} -> {} bytes) through llama.cpp's FILE* loader",
             path.display(),
             dc.stored_size(),
@@ -149,13 +149,13 @@ pub fn load_dc(
                 Residency::new(dc.clone(), settings)
             }
             Err(why) => {
-                eprintln!("dcgguf: warning: {why}; loading without a memory budget");
+                crate::log_line!("dcgguf: warning: {why}; loading without a memory budget");
                 None
             }
         },
     };
     if let Some(r) = &res {
-        eprintln!("{}", r.summary());
+        crate::log_line!("{}", r.summary());
     }
     // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
     // compressed bytes "in RAM" they are kept mapped after the load instead.
@@ -168,7 +168,7 @@ pub fn load_dc(
         )
         .with_residency(res.clone());
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
-        eprintln!(
+        crate::log_line!(
             "dcgguf: loading; process {}",
             crate::cost::residency::rss_report()
         );
@@ -187,7 +187,7 @@ pub fn load_dc(
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
-        eprintln!(
+        crate::log_line!(
             "dcgguf: loaded; process {}",
             crate::cost::residency::rss_report()
         );

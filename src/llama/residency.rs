@@ -380,7 +380,7 @@ impl Residency {
     pub(super) fn fail(&self, msg: String) {
         let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if e.is_none() {
-            eprintln!("dcgguf: error: {}: {msg}", self.dc.path().display());
+            crate::log_line!("dcgguf: error: {}: {msg}", self.dc.path().display());
             *e = Some(msg);
         }
         self.failed.store(true, Ordering::Relaxed);
@@ -938,7 +938,7 @@ pub fn unregister_model(model: *mut sys::llama_model) {
     if let Some(r) = gone {
         r.shut_down();
         if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
-            eprintln!(
+            crate::log_line!(
                 "dcgguf: memory budget stats: {:?}; process {}",
                 r.stats(),
                 crate::cost::residency::rss_report()

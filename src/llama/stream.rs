@@ -350,7 +350,7 @@ impl Stream {
     pub(super) fn record(&self, msg: &str) {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            eprintln!("dcgguf: error: {}: {msg}", self.path.display());
+            crate::log_line!("dcgguf: error: {}: {msg}", self.path.display());
             *slot = Some(msg.to_string());
         }
     }

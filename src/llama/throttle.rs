@@ -23,7 +23,7 @@ pub fn throttle_from_env() -> Option<f64> {
     match v.trim().parse::<f64>() {
         Ok(bps) if bps >= 0.0 && bps.is_finite() => Some(bps),
         _ => {
-            eprintln!("dcgguf: ignoring {THROTTLE_ENV}={v:?} (expected bytes per second)");
+            crate::log_line!("dcgguf: ignoring {THROTTLE_ENV}={v:?} (expected bytes per second)");
             None
         }
     }
