@@ -929,7 +929,7 @@ fn plain_gguf_is_not_dc_and_dc_is_not_compressed_again() {
     let e = fake(GgufBuilder::new().kv("dc.format_version", Value::string("2")));
     assert!(damaged(&e, "integer"), "{e:?}");
     let e = fake(GgufBuilder::new().kv("dc.format_version", Value::u32(1)));
-    assert!(matches!(&e, DcError::LegacyVersion(_)), "{e:?}");
+    assert!(damaged(&e, "dc.index"), "{e:?}");
     let mut rng = Rng::new(1);
     let e = fake(
         GgufBuilder::new()
@@ -956,12 +956,22 @@ fn plain_gguf_is_not_dc_and_dc_is_not_compressed_again() {
 #[test]
 fn patched_dc_metadata() {
     let fx = Fixture::new("dc-meta");
-    // An unknown dc.format_version: refused as an unsupported version, before anything else.
+    // dc.format_version edited: the index (checksummed) says version 2 and checksums the
+    // header, so this is damage, not an unknown version.
     let mut bytes = fx.dc_bytes.clone();
     let at = value_offset(&bytes, "dc.format_version");
     bytes[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+    assert!(matches!(fx.open(&bytes), Err(DcError::CorruptDcHeader)));
+    // A file from a future version (its index says so, checksum and all): unsupported.
+    let future = fx.with_index(|_| {});
+    let r = dc_index_range(&fx.open_good());
+    let mut future = future;
+    future[r.start as usize + 4..r.start as usize + 8].copy_from_slice(&3u32.to_le_bytes());
+    let end = r.end as usize;
+    let sum = xxhash_rust::xxh3::xxh3_64(&future[r.start as usize..end - 8]);
+    future[end - 8..end].copy_from_slice(&sum.to_le_bytes());
     assert!(matches!(
-        fx.open(&bytes),
+        fx.open(&future),
         Err(DcError::UnsupportedVersion(3))
     ));
 

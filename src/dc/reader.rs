@@ -183,14 +183,6 @@ impl DcFile {
             .ok_or_else(|| not_dc("no dc.format_version key"))?
             .as_u64()
             .ok_or_else(|| not_dc("dc.format_version is not an integer"))?;
-        match (version, versions) {
-            (v, _) if v == u64::from(FORMAT_VERSION) => {}
-            (v, Versions::AlsoV1) if v == u64::from(FORMAT_VERSION_1) => {}
-            (v, Versions::Checked) if v == u64::from(FORMAT_VERSION_1) => {
-                return Err(DcError::LegacyVersion(path.to_path_buf()));
-            }
-            (v, _) => return Err(DcError::UnsupportedVersion(v.min(u32::MAX as u64) as u32)),
-        }
         let blob_tensor = |name: &str| -> Result<std::ops::Range<usize>> {
             let t = dc_header
                 .tensors
@@ -205,21 +197,31 @@ impl DcFile {
         };
         let index_range = blob_tensor(INDEX_TENSOR)?;
         let data = blob_tensor(DATA_TENSOR)?;
+        // The index says which version this is (its own checksum covers that), and in
+        // version 2 it checksums the header: a damaged `dc.format_version` is then reported as
+        // damage, not as a version this build does not know.
         let index = Index::decode(&map[index_range])?;
-        if u64::from(index.version) != version {
-            return Err(DcError::BadIndex {
-                offset: 4,
-                what: format!(
-                    "index version {} in a version {version} file",
-                    index.version
-                ),
-            });
-        }
         if let Some(want) = index.dc_header_hash {
             let head = map.get(..dc_header.data_offset as usize);
             if head.is_none_or(|h| xxh3_64(h) != want) {
                 return Err(DcError::CorruptDcHeader);
             }
+        }
+        if u64::from(index.version) != version {
+            return Err(DcError::BadIndex {
+                offset: 4,
+                what: format!(
+                    "index version {} in a file whose dc.format_version is {version}",
+                    index.version
+                ),
+            });
+        }
+        match (index.version, versions) {
+            (FORMAT_VERSION, _) | (FORMAT_VERSION_1, Versions::AlsoV1) => {}
+            (FORMAT_VERSION_1, Versions::Checked) => {
+                return Err(DcError::LegacyVersion(path.to_path_buf()));
+            }
+            (v, _) => return Err(DcError::UnsupportedVersion(v)),
         }
         let key_u64 = |key: &str| {
             dc_header
