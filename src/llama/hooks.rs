@@ -10,6 +10,11 @@
 //! and [`budget_hooks_active`] can tell whether this process calls our `fread` and
 //! `llama_init_from_model`, which the memory budget needs.
 
+// These are the bodies of C entry points (as in `crate::ffi`): the pointers come from the C
+// caller and go to llama.cpp unchanged, under llama.h's contracts, which C callers cannot
+// see as `unsafe`.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
