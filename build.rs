@@ -23,18 +23,6 @@ fn main() {
         "src/llama/sys.rs was not generated from llama.cpp {commit} (vendor/llama.cpp.lock); \
          regenerate it with scripts/llama-bindgen.sh"
     );
-    // The load bench dlopens libllama into its own process: export our interposers from the
-    // bench binary so that libllama binds to them as it would under LD_PRELOAD.
-    for sym in [
-        "fread",
-        "llama_model_load_from_file",
-        "llama_init_from_model",
-        "llama_new_context_with_model",
-        "llama_free",
-        "llama_model_free",
-    ] {
-        println!("cargo:rustc-link-arg-benches=-Wl,--export-dynamic-symbol={sym}");
-    }
     println!("cargo:rustc-env=DCGGUF_LLAMA_COMMIT={commit}");
     println!("cargo:rustc-env=DCGGUF_LLAMA_PY_VERSION={py_version}");
 }

@@ -1,4 +1,4 @@
-//! Memory-budget mode with stock llama.cpp tools (LD_PRELOAD=libdcgguf.so): peak RSS and
+//! Memory-budget mode with stock llama.cpp tools (LD_PRELOAD=libdcgguf_preload.so): peak RSS and
 //! speed of the plain GGUF against the DC-GGUF at budgets 100% (no budget), 80%, 60%, 50%
 //! (compressed bytes re-read from the page cache) and 60% with them held in RAM, plus whether
 //! the outputs are identical to the plain model's, and the first run after dropping the DC
@@ -99,7 +99,7 @@ struct Output {
     seconds: f64,
 }
 
-/// A stock llama.cpp tool for setup `s`, with libdcgguf preloaded for DC setups and, always,
+/// A stock llama.cpp tool for setup `s`, with libdcgguf_preload.so preloaded for DC setups and, always,
 /// the tests' log-draining shim (llama.cpp's asynchronous logger can otherwise lose the end of
 /// a tool's output at exit; see tests/llama_support/drain_log.c).
 fn tool(l: &Llama, name: &str, s: &Setup) -> Command {
@@ -282,7 +282,7 @@ fn main() {
     let Some(l) = llama_support::llama("budget bench") else {
         return;
     };
-    println!("budget bench: stock llama.cpp tools, 2 threads, LD_PRELOAD=libdcgguf.so\n");
+    println!("budget bench: stock llama.cpp tools, 2 threads, LD_PRELOAD=libdcgguf_preload.so\n");
 
     if let Some(smol) = llama_support::smollm2("budget bench") {
         let dc = dc_file(&smol, &[], "smollm2.dc.gguf");

@@ -5,15 +5,20 @@
 //!   cargo bench --bench load                  # SmolLM2 Q4_1 from $DCGGUF_CACHE/models
 //!   DCGGUF_BENCH_MODEL=x.gguf DCGGUF_BENCH_REPS=5 cargo bench --bench load
 //!
-//! Each measurement is a fresh child process (this binary with DCGGUF_BENCH_CHILD set) that
-//! dlopens the built llama.cpp ($DCGGUF_LLAMA_PREFIX/lib/libllama.so), loads the model once
-//! through `dcgguf::llama::load` and reports wall time and ru_maxrss. The table shows the
+//! Each measurement is a fresh child process (this binary with DCGGUF_BENCH_CHILD set, run
+//! under `LD_PRELOAD=libdcgguf_preload.so` as a llama.cpp tool would be) that dlopens the
+//! built llama.cpp ($DCGGUF_LLAMA_PREFIX/lib/libllama.so), loads the model once through the
+//! preload library's `dcgguf_llama_model_load` (so that its `fread` serves the reads, as in a
+//! tool) and reports wall time and ru_maxrss. The table shows the
 //! median over DCGGUF_BENCH_REPS runs (default 3) after one warm-up run per model.
 
 use std::ffi::{CString, c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+#[path = "../tests/llama_support/mod.rs"]
+mod llama_support;
 
 fn cache_dir() -> PathBuf {
     std::env::var_os("DCGGUF_CACHE")
@@ -56,12 +61,25 @@ fn child(mode: &str, model: &Path) {
         unsafe extern "C" fn(unsafe extern "C" fn(i32, *const c_char, *mut c_void), *mut c_void);
     type Init = unsafe extern "C" fn();
     type Free = unsafe extern "C" fn(*mut dcgguf::llama::sys::llama_model);
-    // SAFETY: these are llama.h's llama_log_set, llama_backend_init and llama_model_free.
-    let (log_set, init, free) = unsafe {
+    type Load = unsafe extern "C" fn(
+        *const c_char,
+        dcgguf::llama::sys::llama_model_params,
+    ) -> *mut dcgguf::llama::sys::llama_model;
+    // The preloaded libdcgguf_preload.so's C API (this binary exports no dynamic symbols).
+    // SAFETY: dlsym with RTLD_DEFAULT and a C string.
+    let load = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"dcgguf_llama_model_load".as_ptr()) };
+    assert!(
+        !load.is_null(),
+        "dcgguf_llama_model_load not found: run under LD_PRELOAD=libdcgguf_preload.so"
+    );
+    // SAFETY: these are llama.h's llama_log_set, llama_backend_init and llama_model_free, and
+    // dcgguf.h's dcgguf_llama_model_load.
+    let (log_set, init, free, load) = unsafe {
         (
             std::mem::transmute::<*mut c_void, LogSet>(sym(c"llama_log_set")),
             std::mem::transmute::<*mut c_void, Init>(sym(c"llama_backend_init")),
             std::mem::transmute::<*mut c_void, Free>(sym(c"llama_model_free")),
+            std::mem::transmute::<*mut c_void, Load>(load),
         )
     };
     // SAFETY: valid callback / no-argument init.
@@ -77,7 +95,10 @@ fn child(mode: &str, model: &Path) {
     };
     let base = max_rss_kb();
     let t = Instant::now();
-    let m = dcgguf::llama::load(model, p).unwrap_or_else(|e| panic!("load: {e}"));
+    let path = CString::new(model.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path and the host's default params.
+    let m = unsafe { load(path.as_ptr(), p) };
+    assert!(!m.is_null(), "load of {} failed", model.display());
     let secs = t.elapsed().as_secs_f64();
     let peak = max_rss_kb();
     // SAFETY: freeing the model we loaded.
@@ -97,7 +118,8 @@ fn measure(label: &str, mode: &str, model: &Path, throttle: Option<u64>, reps: u
     for _ in 0..reps {
         let mut c = Command::new(std::env::current_exe().unwrap());
         c.env("DCGGUF_BENCH_CHILD", mode)
-            .env("DCGGUF_BENCH_PATH", model);
+            .env("DCGGUF_BENCH_PATH", model)
+            .env("LD_PRELOAD", llama_support::libdcgguf_preload());
         match throttle {
             Some(b) => c.env("DCGGUF_THROTTLE_BPS", b.to_string()),
             None => c.env_remove("DCGGUF_THROTTLE_BPS"),

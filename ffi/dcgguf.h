@@ -2,8 +2,8 @@
  * dcgguf.h - C API of libdcgguf: read DC-GGUF files (losslessly compressed GGUF) and load
  * them with llama.cpp.
  *
- * Hand-written to match src/ffi (mod.rs, api.rs, hook.rs); tests/ffi_c_api.rs compiles a C program against it with
- * -Wall -Wextra -Werror and checks each declaration by calling it.
+ * Hand-written to match src/ffi (mod.rs, api.rs, hook.rs); tests/ffi_c_api.rs compiles a C
+ * program against it with -Wall -Wextra -Werror and checks each declaration by calling it.
  *
  * Conventions
  *   - Handles are opaque. dcgguf_free accepts NULL.
@@ -121,10 +121,12 @@ dcgguf_result dcgguf_llama_check(void);
  * "60%" of the decoded weight bytes or a byte count ("512M"), optionally followed by ",file"
  * (compressed bytes re-read from the page cache) or ",ram" (kept mapped, the default) and
  * ",prefetch" or ",noprefetch" (a thread decoding the next layer; by default it runs only when
- * the context computes on fewer threads than there are CPUs). Streamed weights are decoded just before llama.cpp computes with them and
- * released after; needs libdcgguf's llama_init_from_model and fread to be the ones the
- * process calls (LD_PRELOAD, or link libdcgguf first). NULL or "0" turns the budget off.
- * DCGGUF_ERR_INVALID_ARGUMENT for a malformed spec. */
+ * the context computes on fewer threads than there are CPUs). Streamed weights are decoded
+ * just before llama.cpp computes with them and released after. The budget needs the process
+ * to run under LD_PRELOAD=libdcgguf_preload.so (whose fread tells dcgguf where llama.cpp puts
+ * each tensor); without it a DC-GGUF loads fully, with the warning "loading without a memory
+ * budget" on stderr. NULL or "0" turns the budget off. DCGGUF_ERR_INVALID_ARGUMENT for a
+ * malformed spec. */
 dcgguf_result dcgguf_set_memory_budget(const char *spec);
 
 #ifdef LLAMA_H
@@ -138,11 +140,27 @@ dcgguf_result dcgguf_set_memory_budget(const char *spec);
  * refused with instructions to merge them. */
 struct llama_model *dcgguf_llama_model_load(const char *path, struct llama_model_params params);
 
-/* libdcgguf also exports llama_model_load_from_file with the same behaviour, so that
- * LD_PRELOAD=libdcgguf.so makes unmodified llama.cpp tools accept .dc.gguf files, and
- * llama_init_from_model, llama_new_context_with_model, llama_free and llama_model_free (pass
- * through, adding the memory-budget graph callback) and fread (reads of libdcgguf's own
- * streams go straight into the caller's memory; every other stream is untouched). */
+/* llama_init_from_model, with dcgguf's graph callback (chained with params.cb_eval) for a
+ * model loaded under a memory budget or while DCGGUF_ACT_MAX_OUT records activations; other
+ * contexts are created by llama_init_from_model unchanged. Free the context with
+ * dcgguf_llama_free. NULL on failure. */
+struct llama_context *dcgguf_llama_init_from_model(struct llama_model *model,
+                                                   struct llama_context_params params);
+
+/* llama_free(ctx), then frees dcgguf's state for the context (if any). */
+void dcgguf_llama_free(struct llama_context *ctx);
+
+/* Stops and frees the model's memory-budget state (if any), then llama_model_free(model). */
+void dcgguf_llama_model_free(struct llama_model *model);
+
+/* libdcgguf exports only the dcgguf_* functions above: linking it changes nothing else in
+ * the program (its fread and llama.cpp stay its own). Unmodified llama.cpp tools load
+ * .dc.gguf files with LD_PRELOAD=libdcgguf_preload.so, a separate library that interposes
+ * llama_model_load_from_file (same behaviour as dcgguf_llama_model_load),
+ * llama_init_from_model, llama_new_context_with_model, llama_free and llama_model_free (as
+ * the dcgguf_llama_* functions above) and fread (reads of dcgguf's own streams go straight
+ * into the caller's memory; every other stream is untouched). It also exports this C API;
+ * under that preload a program's dcgguf_* calls go to the preload library's copy. */
 #endif
 
 #ifdef __cplusplus

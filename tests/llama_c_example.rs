@@ -1,5 +1,6 @@
-//! ffi/examples/generate.c (links libdcgguf and libllama) generates the same greedy text
-//! from a `.dc.gguf` as from the original; ffi/tests/multi_load.c loads two DC models at
+//! ffi/examples/generate.c (links libdcgguf and libllama, calls only the explicit C API, no
+//! interposition) generates the same greedy text from a `.dc.gguf` as from the original, and
+//! uses a memory budget when run under libdcgguf_preload.so; ffi/tests/multi_load.c loads two DC models at
 //! once and four concurrently from threads.
 
 mod llama_support;
@@ -36,6 +37,48 @@ fn c_example_generates_same_text_from_dc() {
     let (a, b) = (generate(&m), generate(&dc));
     assert!(a.len() > 40, "too little output: {a:?}");
     assert_eq!(a, b);
+}
+
+/// generate.c under a memory budget: with libdcgguf_preload.so the budget is used (its
+/// summary on stderr) and the text is the same; with libdcgguf alone the model loads fully,
+/// with the documented warning, and the text is still the same.
+#[test]
+fn c_example_memory_budget_needs_the_preload_library() {
+    let t = "c_example_memory_budget_needs_the_preload_library";
+    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
+        return;
+    };
+    let dc = dc_of(&m);
+    let exe = build(&l, "ffi/examples/generate.c", "generate-budget");
+    let generate = |model: &Path, budget: bool, preloaded: bool| {
+        let mut c = Command::new(&exe);
+        c.arg(model).args(["32", "The capital of France is"]);
+        if budget {
+            c.env("DCGGUF_MEM_BUDGET", "50%");
+        }
+        if preloaded {
+            c.env("LD_PRELOAD", libdcgguf_preload());
+        }
+        let o = run(&mut c);
+        assert_exit(&o, true, "generate");
+        (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (want, _) = generate(&m, false, false);
+    let (with, err) = generate(&dc, true, true);
+    assert_eq!(with, want, "budgeted run under the preload:\n{err}");
+    assert!(
+        !err.contains("loading without a memory budget") && err.contains("dcgguf: memory budget"),
+        "the preloaded run did not use the budget:\n{err}"
+    );
+    let (without, err) = generate(&dc, true, false);
+    assert_eq!(without, want);
+    assert!(
+        err.contains("loading without a memory budget") && err.contains("libdcgguf_preload.so"),
+        "no warning without the preload:\n{err}"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Unmodified llama.cpp tools run a `.dc.gguf` exactly as the original, through
-//! `LD_PRELOAD=libdcgguf.so` (real llama.cpp, no mocks; see tests/llama_support for the
+//! `LD_PRELOAD=libdcgguf_preload.so` (real llama.cpp, no mocks; see tests/llama_support for the
 //! environment and the SKIPPED policy).
 
 mod llama_support;

@@ -234,6 +234,8 @@ fn calibrate_runs_real_llama_imatrix_and_validates_against_the_model() {
                 It should exercise the model on a few hundred tokens of varied English. ";
     std::fs::write(&text, para.repeat(12)).unwrap();
     let out = tmp("minilm.imatrix.gguf");
+    // calibrate preloads libdcgguf_preload.so from next to this test binary: build it.
+    llama_support::libdcgguf_preload();
     let r = dcgguf::quant::calibrate(&dcgguf::quant::CalibrateArgs {
         model: model.clone(),
         text,
@@ -251,7 +253,7 @@ fn calibrate_runs_real_llama_imatrix_and_validates_against_the_model() {
     let q = &s.get("blk.0.attn_q.weight").unwrap().mean_sq;
     assert_eq!(q.len(), 384);
     assert!(q.iter().all(|v| v.is_finite() && *v > 0.0));
-    // The paper's statistic, recorded by libdcgguf's graph callback inside llama-imatrix:
+    // The paper's statistic, recorded by libdcgguf_preload.so's graph callback inside llama-imatrix:
     // every weight has max|x| per channel, and a maximum is never below the RMS.
     for (name, st) in &s.tensors {
         let max = st

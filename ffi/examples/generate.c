@@ -5,6 +5,9 @@
  *   cc generate.c $(pkg-config --cflags --libs dcgguf llama) -o generate
  *   ./generate model.dc.gguf [n_predict] [prompt...]
  *
+ * Linking libdcgguf is enough to load .dc.gguf files. For a memory budget also preload the
+ * interposers:  DCGGUF_MEM_BUDGET=60% LD_PRELOAD=libdcgguf_preload.so ./generate ...
+ *
  * Prints the prompt and the generated text to stdout, diagnostics to stderr.
  */
 #include <llama.h>
@@ -71,7 +74,10 @@ int main(int argc, char **argv) {
     cparams.n_batch = (uint32_t) n_prompt;
     cparams.n_threads = 2;
     cparams.n_threads_batch = 2;
-    struct llama_context *ctx = llama_init_from_model(model, cparams);
+    /* The dcgguf_llama_* wrappers add dcgguf's graph callback when the model was loaded under
+     * a memory budget (DCGGUF_MEM_BUDGET, or dcgguf_set_memory_budget, with the program run
+     * under LD_PRELOAD=libdcgguf_preload.so); otherwise they are llama.cpp's own calls. */
+    struct llama_context *ctx = dcgguf_llama_init_from_model(model, cparams);
     if (ctx == NULL) {
         fprintf(stderr, "generate: cannot create a context\n");
         return 1;
@@ -104,8 +110,8 @@ int main(int argc, char **argv) {
     fputc('\n', stdout);
 
     llama_sampler_free(smpl);
-    llama_free(ctx);
-    llama_model_free(model);
+    dcgguf_llama_free(ctx);
+    dcgguf_llama_model_free(model);
     free(tokens);
     llama_backend_free();
     return 0;

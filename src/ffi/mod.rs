@@ -6,8 +6,9 @@
 //! a message naming the cause (for corrupt data: tensor and chunk) is kept per thread for
 //! [`dcgguf_last_error`].
 //!
-//! [`hook`] holds the llama.cpp side: `dcgguf_llama_model_load` and the exported
-//! `llama_model_load_from_file` that interposes llama.cpp's under `LD_PRELOAD`.
+//! [`hook`] holds the llama.cpp side: `dcgguf_llama_model_load` and friends. libdcgguf
+//! exports only `dcgguf_*` symbols; the `LD_PRELOAD` interposers of libc's `fread` and
+//! llama.cpp's entry points are in libdcgguf_preload.so (crate `preload/`).
 
 #![allow(non_camel_case_types)]
 // These are C entry points: C callers cannot see `unsafe`, the pointer contracts are stated
@@ -151,7 +152,7 @@ pub(crate) fn set_last_error(msg: &str) {
     });
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     let what = p
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -260,16 +261,16 @@ pub extern "C" fn dcgguf_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
 
-/// Address of our exported `llama_model_load_from_file`, which the host lookup must skip.
+/// Address of the preload library's `llama_model_load_from_file` (0 in plain libdcgguf),
+/// which the host lookup must skip. See [`crate::llama::hooks`].
 pub fn interposer_address() -> usize {
-    hook::llama_model_load_from_file as *const () as usize
+    crate::llama::hooks::interposer_address()
 }
 
-/// Whether this process calls our `llama_init_from_model` (so budgeted contexts get our
-/// graph callback) and our `fread` (so loads can skip deferred tensors): true under
-/// `LD_PRELOAD`, or when libdcgguf comes before libllama and libc in the link order.
+/// Whether the memory budget's hooks (`fread`, `llama_init_from_model`) are active: only
+/// under `LD_PRELOAD=libdcgguf_preload.so`. See [`crate::llama::hooks::budget_hooks_active`].
 pub fn budget_hooks_active() -> Result<(), String> {
-    hook::interposers_active()
+    crate::llama::hooks::budget_hooks_active()
 }
 
 #[cfg(test)]

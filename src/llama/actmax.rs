@@ -1,7 +1,7 @@
 //! Per-channel max |x| of every matmul input, recorded from real llama.cpp runs: the
 //! paper's activation statistic, which llama-imatrix (sums of x^2 only) does not keep.
 //!
-//! `dcgguf calibrate` runs llama-imatrix with `LD_PRELOAD=libdcgguf.so` and
+//! `dcgguf calibrate` runs llama-imatrix with `LD_PRELOAD=libdcgguf_preload.so` and
 //! `DCGGUF_ACT_MAX_OUT=FILE`; our graph callback (chained with llama-imatrix's own) asks for
 //! every `MUL_MAT` node whose first source is a weight, and folds the F32 activations of its
 //! second source into a running max per input channel. When the context is freed the maxima

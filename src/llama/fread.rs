@@ -2,12 +2,21 @@
 //!
 //! glibc's `fread` on a `fopencookie` stream always goes through the stream buffer: every
 //! byte is decoded into that buffer, then copied to the caller, in buffer-sized pieces.
-//! libdcgguf exports `fread` (see `ffi::hook`); for a stream registered here it serves the
-//! request itself, decoding whole chunks straight into the caller's memory (for llama.cpp:
+//! libdcgguf_preload.so exports `fread` (see `hooks::fread_or_real`); for a stream
+//! registered here it serves the request itself, decoding whole chunks straight into the caller's memory (for llama.cpp:
 //! the tensor's final place) in one parallel pass, and it learns where each tensor lives,
 //! which the memory-budget mode needs. Every other stream goes to the C library's `fread`.
+//!
+//! This writes fields of glibc's private `struct _IO_FILE`, so it compiles only for
+//! linux-gnu; elsewhere [`fread_ours`] never claims a stream (and `stream::CookieFile::open`
+//! fails at run time, so no stream of ours exists).
 
-use std::ffi::{c_char, c_int, c_void};
+// Off linux-gnu the glibc parts are compiled out and some helpers go unused.
+#![cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(unused))]
+
+use std::ffi::c_void;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+use std::ffi::{c_char, c_int};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -38,6 +47,7 @@ fn cookie_of(fp: *mut libc::FILE) -> Option<usize> {
     s.iter().find(|&&(f, _)| f == fp as usize).map(|&(_, c)| c)
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 /// The start of glibc's `struct _IO_FILE` (stable since glibc 2.1 on LP64 targets): the
 /// flags word and the read-buffer pointers.
 #[repr(C)]
@@ -46,13 +56,16 @@ struct GlibcFileHead {
     read_ptr: *mut c_char,
     read_end: *mut c_char,
 }
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const IO_EOF_SEEN: c_int = 0x10;
 /// Reads smaller than this go through glibc's buffer. Below the smallest tensor a memory
 /// budget streams (`cost::residency::MIN_STREAMED`), so deferral always sees those reads.
 const DIRECT_MIN: usize = 64 << 10;
 const _: () = assert!(DIRECT_MIN as u64 <= crate::cost::residency::MIN_STREAMED);
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const IO_ERR_SEEN: c_int = 0x20;
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" {
     fn flockfile(fp: *mut libc::FILE);
     fn funlockfile(fp: *mut libc::FILE);
@@ -65,6 +78,7 @@ unsafe extern "C" {
 /// # Safety
 /// The arguments of a valid `fread` call: `ptr` has `size * n` writable bytes and `fp` is
 /// an open stream.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub unsafe fn fread_ours(
     ptr: *mut c_void,
     size: usize,
@@ -138,7 +152,22 @@ pub unsafe fn fread_ours(
     result
 }
 
-#[cfg(test)]
+/// Without glibc there are no cookie streams of ours (see `stream::CookieFile`): every call
+/// goes to the C library's `fread`.
+///
+/// # Safety
+/// None needed; the signature matches the glibc version.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub unsafe fn fread_ours(
+    _ptr: *mut c_void,
+    _size: usize,
+    _n: usize,
+    _fp: *mut libc::FILE,
+) -> Option<usize> {
+    None
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
     use crate::llama::stream::{CookieFile, Source};

@@ -87,7 +87,7 @@ const HINT: &str = concat!(
     ", llama-cpp-python ",
     env!("DCGGUF_LLAMA_PY_VERSION"),
     "): load libllama in the process (link it, or run a llama.cpp tool with \
-     LD_PRELOAD=libdcgguf.so)"
+     LD_PRELOAD=libdcgguf_preload.so)"
 );
 
 fn resolve(not_this: usize) -> Result<Host, String> {

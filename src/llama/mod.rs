@@ -13,6 +13,7 @@ pub mod actmax;
 pub mod early;
 pub mod fread;
 pub mod graph_hook;
+pub mod hooks;
 pub mod host;
 pub mod prefault;
 pub mod recycle;

@@ -14,6 +14,9 @@
 //!
 //! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` simulates slow storage ([`super::throttle`]).
 
+// Off linux-gnu the glibc parts are compiled out and some helpers go unused.
+#![cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(unused))]
+
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void};
 use std::fs::File;
@@ -363,6 +366,7 @@ fn run_on<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Sen
     }
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 /// glibc's `cookie_io_functions_t`.
 #[repr(C)]
 struct CookieIoFunctions {
@@ -372,6 +376,7 @@ struct CookieIoFunctions {
     close: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" {
     fn fopencookie(
         cookie: *mut c_void,
@@ -380,6 +385,7 @@ unsafe extern "C" {
     ) -> *mut libc::FILE;
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: usize) -> isize {
     // SAFETY: glibc passes back the cookie given to fopencookie: a live `Box<Stream>` that only
     // this stream's callbacks touch, one at a time (the FILE lock serializes them).
@@ -404,6 +410,7 @@ unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: us
     }
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" fn cookie_seek(cookie: *mut c_void, offset: *mut i64, whence: c_int) -> c_int {
     // SAFETY: as in cookie_read; `offset` points to glibc's in/out position.
     let (stream, off) = unsafe { (&mut *(cookie as *mut Stream), &mut *offset) };
@@ -419,6 +426,7 @@ unsafe extern "C" fn cookie_seek(cookie: *mut c_void, offset: *mut i64, whence: 
     }
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
     // SAFETY: glibc calls close exactly once, after which it never uses the cookie again, so we
     // take back ownership of the Box made in CookieFile::open.
@@ -427,12 +435,19 @@ unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
     0
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };
 }
 
 /// An open cookie `FILE *`, closed on drop.
+///
+/// glibc only: `fopencookie`, and the direct reads of `super::fread` that write glibc's
+/// private `struct _IO_FILE` fields, compile only for `target_os = "linux"` with
+/// `target_env = "gnu"`. On other targets [`CookieFile::open`] fails at run time with
+/// `ErrorKind::Unsupported`, so loading a DC-GGUF into llama.cpp reports an error there
+/// (the rest of dcgguf, reading and writing DC files, works everywhere).
 pub struct CookieFile {
     fp: *mut libc::FILE,
     error: Arc<Mutex<Option<String>>>,
@@ -440,6 +455,7 @@ pub struct CookieFile {
     _buffer: Box<[u8]>,
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 impl CookieFile {
     pub fn open(stream: Stream) -> std::io::Result<CookieFile> {
         let error = stream.error_slot();
@@ -492,11 +508,23 @@ impl CookieFile {
     }
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 impl Drop for CookieFile {
     fn drop(&mut self) {
         super::fread::unregister(self.fp);
         // SAFETY: `fp` came from fopencookie and is closed only here.
         unsafe { libc::fclose(self.fp) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+impl CookieFile {
+    pub fn open(_stream: Stream) -> std::io::Result<CookieFile> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "loading DC-GGUF into llama.cpp needs glibc (fopencookie); this build is not for \
+             linux-gnu",
+        ))
     }
 }
 

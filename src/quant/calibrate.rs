@@ -4,9 +4,9 @@
 //! the result. llama-imatrix refuses vocabularies that append EOS (BERT appends [SEP]), so such
 //! models are run through a temporary copy with `tokenizer.ggml.add_eos_token = false`
 //! (statistics then miss one [SEP] token per chunk). llama-imatrix keeps only sums of x^2,
-//! so it runs with libdcgguf preloaded, whose graph callback records per-channel max|x|
+//! so it runs with libdcgguf_preload.so preloaded, whose graph callback records per-channel max|x|
 //! (`llama::actmax`); those maxima are added to the output as `W.in_max` tensors. Without
-//! libdcgguf.so next to the dcgguf binary (or `$DCGGUF_LIB`) only the RMS is available.
+//! libdcgguf_preload.so next to the dcgguf binary (or `$DCGGUF_LIB`) only the RMS is available.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,13 +100,13 @@ pub fn run_imatrix(
     let act_max = temp_next_to(output, "act-max.gguf");
     let _g2 = TempPath::new(act_max.clone())?;
     let mut cmd = Command::new(&tool);
-    match libdcgguf() {
+    match libdcgguf_preload() {
         Some(lib) => {
             cmd.env("LD_PRELOAD", lib)
                 .env(crate::llama::actmax::ACT_MAX_ENV, &act_max);
         }
         None => eprintln!(
-            "dcgguf: warning: libdcgguf.so not found next to dcgguf (set DCGGUF_LIB): \
+            "dcgguf: warning: libdcgguf_preload.so not found next to dcgguf (set DCGGUF_LIB): \
              recording sums of x^2 only, no max|x|"
         ),
     }
@@ -144,18 +144,18 @@ pub fn run_imatrix(
     Ok(())
 }
 
-/// libdcgguf.so for preloading: `$DCGGUF_LIB`, else next to this executable (cargo's
+/// libdcgguf_preload.so for preloading: `$DCGGUF_LIB`, else next to this executable (cargo's
 /// target/<profile>/ and deps/, or an installed ../lib/).
-fn libdcgguf() -> Option<PathBuf> {
+fn libdcgguf_preload() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DCGGUF_LIB") {
         return Some(PathBuf::from(p));
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
     [
-        dir.join("libdcgguf.so"),
-        dir.join("deps/libdcgguf.so"),
-        dir.join("../lib/libdcgguf.so"),
+        dir.join("libdcgguf_preload.so"),
+        dir.join("deps/libdcgguf_preload.so"),
+        dir.join("../lib/libdcgguf_preload.so"),
     ]
     .into_iter()
     .find(|p| p.exists())

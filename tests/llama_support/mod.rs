@@ -119,15 +119,56 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// This build's `libdcgguf.so` / `libdcgguf.a`: `cargo test` leaves fresh ones in deps/,
-/// `cargo build` in the profile directory; take the newer.
+/// A file this build made: `cargo test` leaves fresh libraries in deps/, `cargo build` in the
+/// profile directory (target/release or target/debug); take the newer.
 pub fn built_lib(file: &str) -> PathBuf {
+    find_built(file).unwrap_or_else(|| {
+        panic!(
+            "{file} not built under {} (cargo build --lib)",
+            target_dir().display()
+        )
+    })
+}
+
+fn find_built(file: &str) -> Option<PathBuf> {
     let t = target_dir();
-    let found = [t.join("deps").join(file), t.join(file)]
+    [t.join("deps").join(file), t.join(file)]
         .into_iter()
         .filter(|p| p.exists())
-        .max_by_key(|p| mtime(p));
-    found.unwrap_or_else(|| panic!("{file} not built under {} (cargo build --lib)", t.display()))
+        .max_by_key(|p| mtime(p))
+}
+
+/// This build's `libdcgguf_preload.so` (workspace member preload/: the `LD_PRELOAD`
+/// interposers). `cargo test` of the root package does not build other members' cdylibs, so
+/// the first call in a process runs `cargo build -p dcgguf-preload` with this build's profile
+/// (a no-op when it is up to date).
+pub fn libdcgguf_preload() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let t = target_dir();
+            let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            c.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["build", "--quiet", "-p", "dcgguf-preload"])
+                .arg("--target-dir")
+                .arg(t.parent().unwrap());
+            if t.file_name().is_some_and(|n| n == "release") {
+                c.arg("--release");
+            }
+            let o = run(&mut c);
+            assert!(
+                o.status.success(),
+                "cargo build -p dcgguf-preload: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            find_built("libdcgguf_preload.so").unwrap_or_else(|| {
+                panic!(
+                    "libdcgguf_preload.so not found under {} after building it",
+                    t.display()
+                )
+            })
+        })
+        .clone()
 }
 
 pub fn libdcgguf() -> PathBuf {
@@ -172,12 +213,12 @@ pub fn drain_log_shim(l: &Llama) -> PathBuf {
     .clone()
 }
 
-/// `LD_PRELOAD` for a stock llama.cpp tool: libdcgguf.so when `dcgguf`, then the
+/// `LD_PRELOAD` for a stock llama.cpp tool: libdcgguf_preload.so when `dcgguf`, then the
 /// [`drain_log_shim`].
 pub fn preload(l: &Llama, dcgguf: bool) -> std::ffi::OsString {
     let mut v = std::ffi::OsString::new();
     if dcgguf {
-        v.push(libdcgguf());
+        v.push(libdcgguf_preload());
         v.push(":");
     }
     v.push(drain_log_shim(l));

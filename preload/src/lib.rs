@@ -1,0 +1,111 @@
+//! libdcgguf_preload.so: lets stock llama.cpp tools load DC-GGUF files.
+//!
+//!     LD_PRELOAD=libdcgguf_preload.so llama-completion -m model.dc.gguf ...
+//!
+//! It exports six symbols that shadow the C library's and llama.cpp's own, which is why they
+//! live here and not in libdcgguf.so (a program that links libdcgguf to read DC files keeps
+//! its own `fread`):
+//!
+//! - `llama_model_load_from_file`: DC-GGUF files load through dcgguf's decompressing
+//!   `FILE *`, everything else goes to the real function unchanged;
+//! - `llama_init_from_model`, `llama_new_context_with_model`: contexts of models loaded under
+//!   a memory budget (`DCGGUF_MEM_BUDGET`) get dcgguf's graph callback, chained with the
+//!   caller's;
+//! - `llama_free`, `llama_model_free`: free dcgguf's state for the context / model;
+//! - `fread`: reads on dcgguf's own streams go straight into the caller's memory (and tell a
+//!   memory budget where each tensor lives); every other stream goes to the C library.
+//!
+//! The work is done by `dcgguf::llama::hooks`; each interposer passes its own address so
+//! that the lookup of the real function skips it. Being a Rust cdylib, this library also
+//! re-exports the `dcgguf_*` C API of the dcgguf crate it links statically: a program that
+//! links libdcgguf.so and runs under this preload calls this library's copy throughout.
+
+use std::ffi::{c_char, c_void};
+
+use dcgguf::llama::hooks::{self, Interposers};
+use dcgguf::llama::sys;
+
+/// Tells the dcgguf crate where our interposers are, before anything else runs
+/// (a constructor of this shared object, run by the dynamic loader).
+extern "C" fn register() {
+    hooks::register_interposers(Interposers {
+        load_from_file: llama_model_load_from_file as *const () as usize,
+        init_from_model: llama_init_from_model as *const () as usize,
+        new_context_with_model: llama_new_context_with_model as *const () as usize,
+        free: llama_free as *const () as usize,
+        model_free: llama_model_free as *const () as usize,
+        fread: fread as *const () as usize,
+    });
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static REGISTER: extern "C" fn() = register;
+
+/// Interposes llama.cpp's `llama_model_load_from_file`.
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_model_load_from_file(
+    path: *const c_char,
+    params: sys::llama_model_params,
+) -> *mut sys::llama_model {
+    hooks::load_model_hooked(
+        path,
+        params,
+        llama_model_load_from_file as *const () as usize,
+    )
+}
+
+/// Interposes `llama_init_from_model`.
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_init_from_model(
+    model: *mut sys::llama_model,
+    params: sys::llama_context_params,
+) -> *mut sys::llama_context {
+    hooks::init_context(
+        model,
+        params,
+        false,
+        llama_init_from_model as *const () as usize,
+    )
+}
+
+/// Interposes the deprecated `llama_new_context_with_model` the same way.
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_new_context_with_model(
+    model: *mut sys::llama_model,
+    params: sys::llama_context_params,
+) -> *mut sys::llama_context {
+    hooks::init_context(
+        model,
+        params,
+        true,
+        llama_new_context_with_model as *const () as usize,
+    )
+}
+
+/// Interposes `llama_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_free(ctx: *mut sys::llama_context) {
+    hooks::context_freed(ctx, llama_free as *const () as usize)
+}
+
+/// Interposes `llama_model_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_model_free(model: *mut sys::llama_model) {
+    hooks::model_freed(model, llama_model_free as *const () as usize)
+}
+
+/// Interposes the C library's `fread`.
+///
+/// # Safety
+/// The contract of `fread(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fread(
+    ptr: *mut c_void,
+    size: usize,
+    n: usize,
+    fp: *mut libc::FILE,
+) -> usize {
+    // SAFETY: the caller's fread arguments, passed through under fread's own contract.
+    unsafe { hooks::fread_or_real(ptr, size, n, fp, fread as *const () as usize) }
+}

@@ -1,0 +1,227 @@
+//! What dcgguf does around llama.cpp's own entry points: the bodies of the interposers in
+//! `libdcgguf_preload.so` (crate `preload/`) and of the explicit C API
+//! (`dcgguf_llama_model_load`, `dcgguf_llama_init_from_model`, `dcgguf_llama_free`,
+//! `dcgguf_llama_model_free`, see `ffi::hook`).
+//!
+//! libdcgguf itself exports no libc or llama.cpp symbol; only the preload library does, and
+//! it tells this crate (its own statically linked copy) where its interposers are with
+//! [`register_interposers`], from a load-time constructor. Two things follow from that
+//! address: the host lookups skip the interposer (so "the real `fread`" is never ourselves),
+//! and [`budget_hooks_active`] can tell whether this process calls our `fread` and
+//! `llama_init_from_model`, which the memory budget needs.
+
+// These are the bodies of C entry points (as in `crate::ffi`): the pointers come from the C
+// caller and go to llama.cpp unchanged, under llama.h's contracts, which C callers cannot
+// see as `unsafe`.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+use std::ffi::{CStr, c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+use super::{LlamaError, sys};
+
+pub type LoadFromFileFn = super::host::LoadFromFileFn;
+pub type InitFromModelFn = unsafe extern "C" fn(
+    *mut sys::llama_model,
+    sys::llama_context_params,
+) -> *mut sys::llama_context;
+pub type FreeContextFn = unsafe extern "C" fn(*mut sys::llama_context);
+pub type FreeModelFn = unsafe extern "C" fn(*mut sys::llama_model);
+pub type FreadFn = unsafe extern "C" fn(*mut c_void, usize, usize, *mut libc::FILE) -> usize;
+
+/// Addresses of the preload library's exported interposers (0: not interposed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interposers {
+    pub load_from_file: usize,
+    pub init_from_model: usize,
+    pub new_context_with_model: usize,
+    pub free: usize,
+    pub model_free: usize,
+    pub fread: usize,
+}
+
+static INTERPOSERS: OnceLock<Interposers> = OnceLock::new();
+
+/// Records where the preload library's interposers are (first call wins). Called by
+/// libdcgguf_preload.so when it is loaded; libdcgguf never calls it.
+pub fn register_interposers(i: Interposers) {
+    let _ = INTERPOSERS.set(i);
+}
+
+/// The registered interposers, or all zero (plain libdcgguf, or the rlib in a Rust program).
+pub fn interposers() -> Interposers {
+    INTERPOSERS.get().copied().unwrap_or_default()
+}
+
+/// Address of our own `llama_model_load_from_file` interposer (0 if none), which the host
+/// lookup must skip.
+pub fn interposer_address() -> usize {
+    interposers().load_from_file
+}
+
+/// Whether this process calls our `llama_init_from_model` (so budgeted contexts get our graph
+/// callback) and our `fread` (so loads learn where each tensor goes and can skip deferred
+/// ones): only when libdcgguf_preload.so is loaded with `LD_PRELOAD`.
+pub fn budget_hooks_active() -> Result<(), String> {
+    let i = interposers();
+    let resolves_to_us = |name: &CStr, ours: usize| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a C string.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as usize;
+        ours != 0 && p == ours
+    };
+    for (name, ours) in [
+        (c"llama_init_from_model", i.init_from_model),
+        (c"fread", i.fread),
+    ] {
+        if !resolves_to_us(name, ours) {
+            return Err(format!(
+                "a memory budget needs libdcgguf_preload.so's {} to be the one this process \
+                 calls (run with LD_PRELOAD=libdcgguf_preload.so)",
+                name.to_string_lossy()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A lazily resolved real function.
+struct Real(OnceLock<Option<usize>>);
+
+impl Real {
+    const fn new() -> Real {
+        Real(OnceLock::new())
+    }
+    /// The host's `name`, skipping `ours`, resolved once.
+    fn get(&self, name: &CStr, ours: usize) -> Option<usize> {
+        *self
+            .0
+            .get_or_init(|| super::host::real_function(name, ours))
+    }
+}
+
+static REAL_INIT: Real = Real::new();
+static REAL_NEW_CONTEXT: Real = Real::new();
+static REAL_FREE: Real = Real::new();
+static REAL_MODEL_FREE: Real = Real::new();
+static REAL_FREAD: Real = Real::new();
+
+/// Loads `path` (GGUF or DC-GGUF) with the host's llama.cpp, as `llama_model_load_from_file`
+/// would; `ours` is the caller's own exported `llama_model_load_from_file` (0 if none), which
+/// the host lookup skips. Returns NULL on failure, with the reason on stderr and in
+/// `dcgguf_last_error`.
+pub fn load_model_hooked(
+    path: *const c_char,
+    params: sys::llama_model_params,
+    ours: usize,
+) -> *mut sys::llama_model {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        if path.is_null() {
+            return Err(LlamaError::Io("model path is NULL".into()));
+        }
+        // SAFETY: non-NULL `path` is a NUL-terminated string, as llama.h requires.
+        let p = unsafe { CStr::from_ptr(path) };
+        super::load_model(p, params, ours, None)
+    }));
+    let msg = match r {
+        Ok(Ok(model)) => return model,
+        // llama.cpp already said why it refused a plain file.
+        Ok(Err(e @ LlamaError::PlainFailed(_))) => {
+            crate::ffi::set_last_error(&e.to_string());
+            return std::ptr::null_mut();
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(p) => crate::ffi::panic_message(&*p),
+    };
+    eprintln!("dcgguf: error: {msg}");
+    crate::ffi::set_last_error(&msg);
+    std::ptr::null_mut()
+}
+
+/// `llama_init_from_model` (or, with `deprecated`, `llama_new_context_with_model`) with
+/// dcgguf's graph callback chained in for models loaded under a memory budget (and when
+/// recording max|x|); other contexts are created unchanged. `ours` is the caller's own
+/// export of that name (0 if none), which the host lookup skips.
+pub fn init_context(
+    model: *mut sys::llama_model,
+    mut params: sys::llama_context_params,
+    deprecated: bool,
+    ours: usize,
+) -> *mut sys::llama_context {
+    let (name, slot) = if deprecated {
+        (c"llama_new_context_with_model", &REAL_NEW_CONTEXT)
+    } else {
+        (c"llama_init_from_model", &REAL_INIT)
+    };
+    let Some(real) = slot.get(name, ours) else {
+        let msg = format!("{} not found in this process", name.to_string_lossy());
+        crate::ffi::set_last_error(&msg);
+        eprintln!("dcgguf: error: {msg}");
+        return std::ptr::null_mut();
+    };
+    // SAFETY: the address is llama.cpp's function of this name, whose C signature
+    // InitFromModelFn states (llama.h at the pinned commit).
+    let real = unsafe { std::mem::transmute::<usize, InitFromModelFn>(real) };
+    let hook = catch_unwind(AssertUnwindSafe(|| {
+        super::graph_hook::hook_context_params(model, &mut params)
+    }))
+    .ok()
+    .flatten();
+    // SAFETY: the real function with the caller's model and (possibly hooked) params.
+    let ctx = unsafe { real(model, params) };
+    if let Some(h) = hook {
+        // SAFETY: `h` came from hook_context_params just above and is handed over once.
+        let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+            super::graph_hook::context_created(ctx, h)
+        }));
+    }
+    ctx
+}
+
+/// `llama_free`, then frees dcgguf's per-context state. `ours` as in [`init_context`].
+pub fn context_freed(ctx: *mut sys::llama_context, ours: usize) {
+    if let Some(real) = REAL_FREE.get(c"llama_free", ours) {
+        // SAFETY: llama.cpp's llama_free (signature FreeContextFn, llama.h), with the
+        // caller's argument.
+        unsafe { std::mem::transmute::<usize, FreeContextFn>(real)(ctx) };
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| super::graph_hook::context_freed(ctx)));
+}
+
+/// Stops and forgets the model's budget state, then `llama_model_free`. `ours` as in
+/// [`init_context`].
+pub fn model_freed(model: *mut sys::llama_model, ours: usize) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        super::residency::unregister_model(model)
+    }));
+    if let Some(real) = REAL_MODEL_FREE.get(c"llama_model_free", ours) {
+        // SAFETY: llama.cpp's llama_model_free (signature FreeModelFn, llama.h), with the
+        // caller's argument.
+        unsafe { std::mem::transmute::<usize, FreeModelFn>(real)(model) };
+    }
+}
+
+/// The body of an `fread` interposer: our decompressing streams are read straight into the
+/// caller's memory (see [`super::fread`]); every other stream goes to the C library's
+/// `fread` (found skipping `ours`, the interposer itself).
+///
+/// # Safety
+/// The contract of `fread(3)`.
+pub unsafe fn fread_or_real(
+    ptr: *mut c_void,
+    size: usize,
+    n: usize,
+    fp: *mut libc::FILE,
+    ours: usize,
+) -> usize {
+    // SAFETY: the caller's fread arguments, passed through.
+    if let Some(done) = unsafe { super::fread::fread_ours(ptr, size, n, fp) } {
+        return done;
+    }
+    match REAL_FREAD.get(c"fread", ours) {
+        // SAFETY: the C library's fread (signature FreadFn, stdio.h) with the caller's
+        // arguments.
+        Some(real) => unsafe { std::mem::transmute::<usize, FreadFn>(real)(ptr, size, n, fp) },
+        None => 0,
+    }
+}

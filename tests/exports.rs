@@ -1,0 +1,132 @@
+//! What the built libraries export: libdcgguf.so only its `dcgguf_*` C API (a program that
+//! links it keeps its own `fread` and llama.cpp), libdcgguf.a defines neither `fread` nor any
+//! `llama_*` function, and libdcgguf_preload.so exports the six `LD_PRELOAD` interposers.
+
+mod llama_support;
+
+use std::path::Path;
+use std::process::Command;
+
+/// The six symbols libdcgguf_preload.so interposes.
+const INTERPOSERS: [&str; 6] = [
+    "fread",
+    "llama_model_load_from_file",
+    "llama_init_from_model",
+    "llama_new_context_with_model",
+    "llama_free",
+    "llama_model_free",
+];
+
+/// (type letter, name) of each defined symbol `nm args lib` lists; None without nm.
+fn nm(args: &[&str], lib: &Path) -> Option<Vec<(char, String)>> {
+    let o = match Command::new("nm").args(args).arg(lib).output() {
+        Ok(o) => o,
+        Err(e) => {
+            if llama_support::require() {
+                panic!("cannot run nm: {e}");
+            }
+            eprintln!("\n!!!!! SKIPPED: nm not available ({e})\n");
+            return None;
+        }
+    };
+    assert!(
+        o.status.success(),
+        "nm {args:?} {}: {}",
+        lib.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                // "<address> <type> <name>[@version]"; archive member headers have no type.
+                let mut f = l.split_whitespace();
+                let (_, ty, name) = (f.next()?, f.next()?, f.next()?);
+                let ty = ty.chars().next().filter(|_| ty.len() == 1)?;
+                let name = name.split('@').next().unwrap_or(name);
+                Some((ty, name.to_string()))
+            })
+            .collect(),
+    )
+}
+
+/// Global definitions: text, data, bss, read-only, weak, indirect functions, unique.
+fn is_global(ty: char) -> bool {
+    matches!(
+        ty,
+        'T' | 'D' | 'B' | 'R' | 'V' | 'W' | 'i' | 'u' | 'G' | 'S'
+    )
+}
+
+#[test]
+fn libdcgguf_so_exports_only_the_c_api() {
+    let lib = llama_support::built_lib("libdcgguf.so");
+    let Some(syms) = nm(&["-D", "--defined-only"], &lib) else {
+        return;
+    };
+    let globals: Vec<&(char, String)> = syms.iter().filter(|(t, _)| is_global(*t)).collect();
+    let foreign: Vec<String> = globals
+        .iter()
+        .filter(|(_, n)| !n.starts_with("dcgguf_"))
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{} exports symbols outside the dcgguf_ C API: {foreign:?}",
+        lib.display()
+    );
+    for want in [
+        "dcgguf_open",
+        "dcgguf_llama_model_load",
+        "dcgguf_llama_init_from_model",
+        "dcgguf_llama_free",
+        "dcgguf_llama_model_free",
+    ] {
+        assert!(
+            globals.iter().any(|(_, n)| n == want),
+            "{} does not export {want}",
+            lib.display()
+        );
+    }
+}
+
+#[test]
+fn libdcgguf_a_defines_no_libc_or_llama_symbol() {
+    let lib = llama_support::built_lib("libdcgguf.a");
+    let Some(syms) = nm(&["--defined-only", "-g"], &lib) else {
+        return;
+    };
+    let bad: Vec<String> = syms
+        .iter()
+        .filter(|(t, n)| is_global(*t) && (n == "fread" || n.starts_with("llama_")))
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    assert!(bad.is_empty(), "{} defines {bad:?}", lib.display());
+    assert!(
+        syms.iter().any(|(_, n)| n == "dcgguf_open"),
+        "{} does not define dcgguf_open",
+        lib.display()
+    );
+}
+
+#[test]
+fn libdcgguf_preload_so_exports_the_interposers() {
+    let lib = llama_support::libdcgguf_preload();
+    let Some(syms) = nm(&["-D", "--defined-only"], &lib) else {
+        return;
+    };
+    let exported = |name: &str| syms.iter().any(|(t, n)| *t == 'T' && n == name);
+    for name in INTERPOSERS {
+        assert!(exported(name), "{} does not export {name}", lib.display());
+    }
+    // Everything else it exports is the C API of the dcgguf crate it links (a Rust cdylib
+    // re-exports its rlib dependencies' #[no_mangle] items).
+    let other: Vec<&String> = syms
+        .iter()
+        .filter(|(t, n)| {
+            is_global(*t) && !n.starts_with("dcgguf_") && !INTERPOSERS.contains(&n.as_str())
+        })
+        .map(|(_, n)| n)
+        .collect();
+    assert!(other.is_empty(), "{} also exports {other:?}", lib.display());
+}
