@@ -133,7 +133,7 @@ pub fn load_model_hooked(
         Ok(Err(e)) => e.to_string(),
         Err(p) => crate::ffi::panic_message(&*p),
     };
-    eprintln!("dcgguf: error: {msg}");
+    crate::log_line!("dcgguf: error: {msg}");
     crate::ffi::set_last_error(&msg);
     std::ptr::null_mut()
 }
@@ -156,7 +156,7 @@ pub fn init_context(
     let Some(real) = slot.get(name, ours) else {
         let msg = format!("{} not found in this process", name.to_string_lossy());
         crate::ffi::set_last_error(&msg);
-        eprintln!("dcgguf: error: {msg}");
+        crate::log_line!("dcgguf: error: {msg}");
         return std::ptr::null_mut();
     };
     // SAFETY: the address is llama.cpp's function of this name, whose C signature
