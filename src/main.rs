@@ -15,6 +15,7 @@ use dcgguf::cost::{
 };
 use dcgguf::dc::{self, CompressOptions, DcError, DcFile};
 use dcgguf::gguf::split::{output_part, split_parts};
+use dcgguf::io::OutputError;
 use dcgguf::quant::QuantError;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -292,9 +293,13 @@ fn dc_exit_code(e: &DcError) -> u8 {
         | DcError::Corrupt { .. }
         | DcError::CorruptBlob { .. }
         | DcError::Mismatch { .. } => 4,
-        DcError::OutputExists(_) | DcError::OutputIsInput(_) | DcError::OutputNotRegular { .. } => {
-            5
-        }
+        DcError::Output(OutputError::Io { .. }) => 1,
+        DcError::Output(
+            OutputError::Exists(_)
+            | OutputError::IsInput(_)
+            | OutputError::NotRegular { .. }
+            | OutputError::NotAFilePath(_),
+        ) => 5,
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dcgguf::dc::{DcError, DcFile};
 use dcgguf::gguf::GgmlType;
-use dcgguf::io::{AtomicOutput, TEMP_TAG};
+use dcgguf::io::{AtomicOutput, OutputError, TEMP_TAG};
 use std::io::Write;
 
 /// Temporary outputs in `dir` (`.NAME.dcgguf-tmp-PID`).
@@ -58,7 +58,7 @@ fn target_appearing_meanwhile_is_kept_without_force() {
     // Another run (or program) finishes first.
     std::fs::write(&target, b"theirs, finished first").unwrap();
     match out.commit() {
-        Err(DcError::OutputExists(p)) => assert_eq!(p, target),
+        Err(DcError::Output(OutputError::Exists(p))) => assert_eq!(p, target),
         other => panic!("expected OutputExists, got {other:?}"),
     }
     assert_eq!(std::fs::read(&target).unwrap(), b"theirs, finished first");
@@ -73,7 +73,10 @@ fn target_appearing_meanwhile_is_kept_without_force() {
     let mut out = AtomicOutput::create(&link, None, false).unwrap();
     out.file().write_all(b"ours").unwrap();
     std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
-    assert!(matches!(out.commit(), Err(DcError::OutputExists(_))));
+    assert!(matches!(
+        out.commit(),
+        Err(DcError::Output(OutputError::Exists(_)))
+    ));
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
     assert!(!dir.join("nowhere").exists());
     assert!(temps(dir.path()).is_empty());
@@ -91,7 +94,7 @@ fn force_replaces_regular_files() {
     let target = dir.write("out.bin", b"old");
     assert!(matches!(
         write_and_commit(&target, false, b"new"),
-        Err(DcError::OutputExists(_))
+        Err(DcError::Output(OutputError::Exists(_)))
     ));
     assert_eq!(std::fs::read(&target).unwrap(), b"old");
     write_and_commit(&target, true, b"new").unwrap();
@@ -101,7 +104,7 @@ fn force_replaces_regular_files() {
 
 fn expect_not_regular(r: Result<(), DcError>, what: &str, kind_has: &str) {
     match r {
-        Err(e @ DcError::OutputNotRegular { .. }) => {
+        Err(e @ DcError::Output(OutputError::NotRegular { .. })) => {
             let msg = e.to_string();
             assert!(msg.contains(kind_has), "{what}: message {msg:?}");
             assert!(msg.contains("regular file"), "{what}: message {msg:?}");

@@ -6,6 +6,7 @@
 
 pub mod chunk;
 pub mod entropy;
+pub mod half;
 pub mod transform;
 
 pub use chunk::{ChunkMode, EncodeOptions, decode_chunk, encode_chunk};

@@ -169,7 +169,7 @@ pub fn save_profile(p: &Profile, path: &Path) -> Result<()> {
     out.file()
         .write_all(text.as_bytes())
         .map_err(DcError::io(path))?;
-    out.commit()
+    Ok(out.commit()?)
 }
 
 /// How much to measure.
@@ -331,7 +331,7 @@ pub fn synthetic_tensor(ty: GgmlType, bytes: usize) -> Vec<u8> {
     };
     let n_blocks = (bytes as u64 / ty.block_bytes()).max(1) as usize;
     let mut out = Vec::with_capacity(n_blocks * ty.block_bytes() as usize);
-    let half = |x: f32| crate::quant::half::f32_to_f16(x).to_le_bytes();
+    let half = |x: f32| crate::codec::half::f32_to_f16(x).to_le_bytes();
     for _ in 0..n_blocks {
         let xs: Vec<f32> = (0..ty.block_elems()).map(|_| gauss() as f32).collect();
         match ty {

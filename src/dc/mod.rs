@@ -106,12 +106,9 @@ pub enum DcError {
     CorruptBlob { blob: &'static str, what: String },
     #[error("decoded file does not match: {what}")]
     Mismatch { what: String },
-    #[error("{0}: output exists (use --force to overwrite)")]
-    OutputExists(PathBuf),
-    #[error("{0}: output would overwrite the input")]
-    OutputIsInput(PathBuf),
-    #[error("{path}: output is {kind}; --force replaces only regular files")]
-    OutputNotRegular { path: PathBuf, kind: String },
+    /// Writing an output failed or was refused (exists, is the input, is not a regular file).
+    #[error(transparent)]
+    Output(#[from] crate::io::OutputError),
     #[error("tensor {tensor:?}: range [{start}, {end}) is outside its {len} bytes")]
     OutOfRange {
         tensor: String,

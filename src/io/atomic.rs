@@ -2,11 +2,11 @@
 //! complete, so readers never see a half-written file and failures leave nothing behind.
 //!
 //! - Without `force` the final step never replaces anything: if the target appeared while we
-//!   were writing (another run, another program), it fails with [`DcError::OutputExists`] and
+//!   were writing (another run, another program), it fails with [`OutputError::Exists`] and
 //!   the temporary file is removed (Linux: `renameat2(RENAME_NOREPLACE)`; elsewhere, or on
 //!   filesystems without it, `link` + `unlink`).
 //! - With `force` only a regular file is replaced: a device node, directory, FIFO, socket or
-//!   symbolic link is refused ([`DcError::OutputNotRegular`]), checked when the output is
+//!   symbolic link is refused ([`OutputError::NotRegular`]), checked when the output is
 //!   created and again right before the rename.
 //! - Temporary files are named `.NAME.dcgguf-tmp-PID`. Live ones are kept in a process-wide
 //!   registry so that a program's signal handling can remove them before it exits
@@ -21,7 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::dc::{DcError, Result};
+use super::{OutputError, Result};
 
 /// What follows `.NAME` in a temporary file's name, before the PID.
 pub const TEMP_TAG: &str = ".dcgguf-tmp-";
@@ -57,8 +57,8 @@ pub fn remove_live_temp_files() {
     }
 }
 
-fn closing_error(path: &Path) -> DcError {
-    DcError::Io {
+fn closing_error(path: &Path) -> OutputError {
+    OutputError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::Interrupted, "the process is exiting"),
     }
@@ -107,7 +107,7 @@ impl AtomicOutput {
         check_output(target, input, force)?;
         let name = target
             .file_name()
-            .ok_or_else(|| DcError::Usage(format!("{}: not a file path", target.display())))?;
+            .ok_or_else(|| OutputError::NotAFilePath(target.to_path_buf()))?;
         let mut prefix = OsString::from(".");
         prefix.push(name);
         prefix.push(TEMP_TAG);
@@ -127,7 +127,7 @@ impl AtomicOutput {
                 .write(true)
                 .create_new(true)
                 .open(&tmp)
-                .map_err(DcError::io(&tmp))?;
+                .map_err(OutputError::io(&tmp))?;
             r.paths.push(tmp.clone());
             file
         };
@@ -153,13 +153,13 @@ impl AtomicOutput {
     /// temporary file is removed.
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("commit is called once");
-        file.sync_all().map_err(DcError::io(&self.tmp))?;
+        file.sync_all().map_err(OutputError::io(&self.tmp))?;
         drop(file);
         if self.force {
             if let Ok(m) = fs::symlink_metadata(&self.target) {
                 check_regular(&self.target, &m)?;
             }
-            fs::rename(&self.tmp, &self.target).map_err(DcError::io(&self.target))?;
+            fs::rename(&self.tmp, &self.target).map_err(OutputError::io(&self.target))?;
         } else {
             place_new(&self.tmp, &self.target)?;
         }
@@ -183,11 +183,11 @@ pub fn check_output(target: &Path, input: Option<&Path>, force: bool) -> Result<
     if let (Some(input), Ok(t)) = (input, fs::canonicalize(target))
         && fs::canonicalize(input).is_ok_and(|i| i == t)
     {
-        return Err(DcError::OutputIsInput(target.to_path_buf()));
+        return Err(OutputError::IsInput(target.to_path_buf()));
     }
     // symlink_metadata: a symbolic link (even a dangling one) is something that exists.
     match fs::symlink_metadata(target) {
-        Ok(_) if !force => Err(DcError::OutputExists(target.to_path_buf())),
+        Ok(_) if !force => Err(OutputError::Exists(target.to_path_buf())),
         Ok(m) => check_regular(target, &m),
         Err(_) => Ok(()),
     }
@@ -219,7 +219,7 @@ fn check_regular(target: &Path, m: &fs::Metadata) -> Result<()> {
     } else {
         "not a regular file".to_string()
     };
-    Err(DcError::OutputNotRegular {
+    Err(OutputError::NotRegular {
         path: target.to_path_buf(),
         kind,
     })
@@ -231,18 +231,18 @@ fn place_new(tmp: &Path, target: &Path) -> Result<()> {
     match rename_noreplace(tmp, target) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(DcError::OutputExists(target.to_path_buf()));
+            return Err(OutputError::Exists(target.to_path_buf()));
         }
         // Kernel or filesystem without RENAME_NOREPLACE: fall back to link + unlink.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {}
-        Err(e) => return Err(DcError::io(target)(e)),
+        Err(e) => return Err(OutputError::io(target)(e)),
     }
     link_noreplace(tmp, target)
 }
 
 /// `link` + `unlink`: fails if `target` exists, like `RENAME_NOREPLACE`.
 fn link_noreplace(tmp: &Path, target: &Path) -> Result<()> {
-    let exists = || DcError::OutputExists(target.to_path_buf());
+    let exists = || OutputError::Exists(target.to_path_buf());
     match fs::hard_link(tmp, target) {
         Ok(()) => {
             // The target is complete; the second name goes (Drop is not needed any more).
@@ -261,9 +261,9 @@ fn link_noreplace(tmp: &Path, target: &Path) -> Result<()> {
             if fs::symlink_metadata(target).is_ok() {
                 return Err(exists());
             }
-            fs::rename(tmp, target).map_err(DcError::io(target))
+            fs::rename(tmp, target).map_err(OutputError::io(target))
         }
-        Err(e) => Err(DcError::io(target)(e)),
+        Err(e) => Err(OutputError::io(target)(e)),
     }
 }
 
@@ -370,7 +370,7 @@ mod tests {
         fs::write(&target, b"old").unwrap();
         assert!(matches!(
             link_noreplace(&tmp, &target),
-            Err(DcError::OutputExists(_))
+            Err(OutputError::Exists(_))
         ));
         assert_eq!(fs::read(&target).unwrap(), b"old");
         fs::remove_file(&target).unwrap();

@@ -6,7 +6,7 @@ pub(crate) use atomic::TempPath;
 pub use atomic::{AtomicOutput, TEMP_TAG, check_output, remove_live_temp_files};
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
@@ -51,3 +51,30 @@ macro_rules! log_line {
         $crate::io::write_stderr_line(&format!($($arg)*))
     };
 }
+
+/// Why an output could not be written: the I/O itself, or a target that must not be replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: output exists (use --force to overwrite)")]
+    Exists(PathBuf),
+    #[error("{0}: output would overwrite the input")]
+    IsInput(PathBuf),
+    #[error("{path}: output is {kind}; --force replaces only regular files")]
+    NotRegular { path: PathBuf, kind: String },
+    #[error("{0}: not a file path")]
+    NotAFilePath(PathBuf),
+}
+
+impl OutputError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OutputError {
+        let path = path.into();
+        move |source| OutputError::Io { path, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, OutputError>;

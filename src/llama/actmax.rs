@@ -128,7 +128,7 @@ pub fn flush() {
         f.file()
             .write_all(&build_file(&kvs, &tensors))
             .map_err(crate::dc::DcError::io(&out))?;
-        f.commit()
+        Ok(f.commit()?)
     };
     if let Err(e) = write() {
         crate::log_line!("dcgguf: error: cannot write {}: {e}", out.display());

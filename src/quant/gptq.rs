@@ -15,8 +15,8 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::half::{f16_to_f32, f32_to_f16};
 use super::q8::{BLOCK_BYTES, QK8_0};
+use crate::codec::half::{f16_to_f32, f32_to_f16};
 use crate::gguf::{GgmlType, GgufHeader, Value};
 
 /// Input second-moment matrices `H = E[x x^T]` keyed by weight name (`blk.0.attn_q.weight`),

@@ -8,7 +8,6 @@
 pub mod calibrate;
 pub mod fold;
 pub mod gptq;
-pub mod half;
 pub mod q8;
 pub mod stats;
 
@@ -104,6 +103,12 @@ pub enum QuantError {
     Tool(String),
 }
 
+impl From<crate::io::OutputError> for QuantError {
+    fn from(e: crate::io::OutputError) -> QuantError {
+        QuantError::Dc(e.into())
+    }
+}
+
 pub type Result<T> = std::result::Result<T, QuantError>;
 
 /// What quantization did.
@@ -146,8 +151,8 @@ fn decode(t: &TensorInfo, raw: &[u8]) -> Result<Vec<f32>> {
             raw.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         ),
-        GgmlType::F16 => out.extend(u16s().map(half::f16_to_f32)),
-        GgmlType::BF16 => out.extend(u16s().map(half::bf16_to_f32)),
+        GgmlType::F16 => out.extend(u16s().map(crate::codec::half::f16_to_f32)),
+        GgmlType::BF16 => out.extend(u16s().map(crate::codec::half::bf16_to_f32)),
         GgmlType::Q8_0 => q8::dequantize(raw, &mut out),
         ty => {
             return Err(QuantError::UnsupportedType {
@@ -163,11 +168,11 @@ fn encode(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     match ty {
         GgmlType::F16 => x
             .iter()
-            .flat_map(|&v| half::f32_to_f16(v).to_le_bytes())
+            .flat_map(|&v| crate::codec::half::f32_to_f16(v).to_le_bytes())
             .collect(),
         GgmlType::BF16 => x
             .iter()
-            .flat_map(|&v| half::f32_to_bf16(v).to_le_bytes())
+            .flat_map(|&v| crate::codec::half::f32_to_bf16(v).to_le_bytes())
             .collect(),
         GgmlType::Q8_0 => {
             let mut o = Vec::new();
@@ -451,7 +456,7 @@ pub fn compress_lossy(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(QuantReport, CompressReport)> {
     if output.exists() && !copts.force {
-        return Err(DcError::OutputExists(output.to_path_buf()).into());
+        return Err(DcError::from(crate::io::OutputError::Exists(output.to_path_buf())).into());
     }
     let tmp = temp_next_to(output, "q8_0.tmp.gguf");
     let _guard = TempPath::new(tmp.clone())?;

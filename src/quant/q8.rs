@@ -19,7 +19,7 @@
 //! * **RDO rounding** (optional): each weight picks `floor` or `ceil` of `w/d` to minimize
 //!   `(w/d - q)^2 + lambda * bits(q)`, with `bits` from the tensor's own histogram.
 
-use super::half::{f16_to_f32, f32_to_f16};
+use crate::codec::half::{f16_to_f32, f32_to_f16};
 
 pub const QK8_0: usize = 32;
 pub const BLOCK_BYTES: usize = 34;

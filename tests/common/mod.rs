@@ -70,7 +70,7 @@ impl Rng {
     }
 }
 
-pub use dcgguf::quant::half::{f32_to_bf16, f32_to_f16};
+pub use dcgguf::codec::half::{f32_to_bf16, f32_to_f16};
 
 // ---------------------------------------------------------------------------------------------
 // Tensor data
