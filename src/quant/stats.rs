@@ -57,12 +57,16 @@ impl ActStats {
             what,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let r = if bytes.starts_with(b"GGUF") {
-            Self::parse_gguf(&bytes)
+        Self::from_bytes(&bytes).map_err(err)
+    }
+
+    /// [`ActStats::load`] on a file's bytes: GGUF or legacy, chosen by the magic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ActStats, String> {
+        if bytes.starts_with(b"GGUF") {
+            Self::parse_gguf(bytes)
         } else {
-            Self::parse_legacy(&bytes)
-        };
-        r.map_err(err)
+            Self::parse_legacy(bytes)
+        }
     }
 
     pub fn get(&self, weight: &str) -> Option<&ChannelStats> {
