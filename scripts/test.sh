@@ -4,7 +4,8 @@
 # fuzzing. Idempotent; heavy things (llama.cpp build, models) are cached under
 # ${DCGGUF_CACHE:-~/.cache/dcgguf}, keyed by version.
 #   scripts/test.sh                 everything
-#   DCGGUF_FUZZ_SECONDS=0 scripts/test.sh   skip fuzzing
+#   DCGGUF_FUZZ_SECONDS=0 scripts/test.sh   skip fuzzing (a developer's choice; CI never sets it)
+#   DCGGUF_FUZZ_SECONDS=N scripts/test.sh   fuzz each target N seconds (default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -18,4 +19,6 @@ cargo test --release
 fuzz_secs="${DCGGUF_FUZZ_SECONDS:-60}"
 if [ "$fuzz_secs" != 0 ]; then
   scripts/fuzz.sh "$fuzz_secs"
+else
+  echo "!!!!! FUZZING SKIPPED: DCGGUF_FUZZ_SECONDS=0" >&2
 fi

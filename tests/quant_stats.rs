@@ -160,6 +160,62 @@ fn bad_files_give_clear_errors() {
     assert!(ActStats::load(Path::new("/nonexistent/imatrix.gguf")).is_err());
 }
 
+/// An imatrix GGUF with tensors of any shape (name, dims, values).
+fn shaped(tensors: &[(&str, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+    let mut w = HeaderWriter::new(3);
+    w.kv(&KeyValue::new("general.type", Value::string("imatrix")));
+    let mut data = Vec::new();
+    for (name, dims, vals) in tensors {
+        w.tensor(name, dims, GgmlType::F32, data.len() as u64);
+        data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        data.resize(data.len().div_ceil(32) * 32, 0);
+    }
+    let mut out = w.finish(32);
+    out.extend(data);
+    out
+}
+
+/// Shapes found by fuzzing (scripts/fuzz.sh, imatrix_read): a 0-dimensional counts tensor
+/// panicked, and a zero-sized dimension could hide a huge channel count (allocated before
+/// any check). Both are errors now, as is a third dimension.
+#[test]
+fn odd_shapes_are_errors_not_panics() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            shaped(&[
+                ("a.weight.in_sum2", vec![8, 1], vec![1.0; 8]),
+                ("a.weight.counts", vec![], vec![2.0]),
+            ]),
+            "counts for 1 matrices",
+        ),
+        (
+            shaped(&[
+                ("a.weight.in_sum2", vec![1 << 40, 0], vec![]),
+                ("a.weight.counts", vec![1, 0], vec![]),
+            ]),
+            "holds no data",
+        ),
+        (
+            shaped(&[
+                ("a.weight.in_sum2", vec![4, 2, 0], vec![]),
+                ("a.weight.counts", vec![1, 2], vec![1.0, 1.0]),
+            ]),
+            "is not [n_in, n_mat]",
+        ),
+        (
+            shaped(&[
+                ("a.weight.in_sum2", vec![], vec![1.0]),
+                ("a.weight.counts", vec![1, 1], vec![1.0]),
+            ]),
+            "is not [n_in, n_mat]",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let e = ActStats::from_bytes(&bytes).unwrap_err();
+        assert!(e.contains(want), "expected {want:?} in {e:?}");
+    }
+}
+
 /// `gguf_imatrix` plus `W.in_max` tensors.
 fn with_max(entries: &[(&str, Vec<f32>, Vec<f32>)], maxes: &[(&str, Vec<f32>)]) -> Vec<u8> {
     let base = gguf_imatrix("imatrix", entries);

@@ -57,12 +57,16 @@ impl ActStats {
             what,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let r = if bytes.starts_with(b"GGUF") {
-            Self::parse_gguf(&bytes)
+        Self::from_bytes(&bytes).map_err(err)
+    }
+
+    /// [`ActStats::load`] on a file's bytes: GGUF or legacy, chosen by the magic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ActStats, String> {
+        if bytes.starts_with(b"GGUF") {
+            Self::parse_gguf(bytes)
         } else {
-            Self::parse_legacy(&bytes)
-        };
-        r.map_err(err)
+            Self::parse_legacy(bytes)
+        }
     }
 
     pub fn get(&self, weight: &str) -> Option<&ChannelStats> {
@@ -110,9 +114,17 @@ impl ActStats {
             };
             let (dims, sums) = data(&t.name)?;
             let (cdims, counts) = data(&format!("{weight}.counts"))?;
-            let n_in = dims[0] as usize;
-            let n_mat = dims.get(1).copied().unwrap_or(1) as usize;
-            if counts.len() != n_mat || cdims[0] != 1 {
+            // [n_in] or [n_in, n_mat]; the values fill it exactly (no zero-sized dimension
+            // hiding a huge n_in, no third dimension).
+            let (n_in, n_mat) = match dims[..] {
+                [n_in] => (n_in as usize, 1),
+                [n_in, n_mat] => (n_in as usize, n_mat as usize),
+                _ => return Err(format!("{}: shape {dims:?} is not [n_in, n_mat]", t.name)),
+            };
+            if n_in == 0 || n_mat == 0 || n_in.checked_mul(n_mat) != Some(sums.len()) {
+                return Err(format!("{}: shape {dims:?} holds no data", t.name));
+            }
+            if counts.len() != n_mat || cdims.first() != Some(&1) {
                 return Err(format!(
                     "{weight}: {} counts for {n_mat} matrices",
                     counts.len()
