@@ -407,7 +407,8 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 cost.profile = Some("auto".into());
             }
             let opts = CompressOptions {
-                load_model: load_model(cli, &cost)?,
+                load_model: load_model(cli, &cost)?
+                    .map(|m| std::sync::Arc::new(m) as std::sync::Arc<dyn dc::LoadCost>),
                 target_size: *target_size,
                 encode: EncodeOptions {
                     level: *level,

@@ -104,7 +104,7 @@ fn convert_time_choice_follows_the_storage_bandwidth() {
     let compress = |bps: f64, name: &str| {
         let out = dir.join(name);
         let opts = CompressOptions {
-            load_model: Some(LoadModel::new(p.clone(), Some(bps))),
+            load_model: Some(std::sync::Arc::new(LoadModel::new(p.clone(), Some(bps)))),
             ..CompressOptions::default()
         };
         compress_file(&input, &out, &opts, &|_| {}).unwrap();
@@ -144,7 +144,7 @@ fn target_size_compresses_just_enough() {
         let out = dir.join(name);
         let opts = CompressOptions {
             // Storage so fast that the model alone would store everything raw.
-            load_model: Some(LoadModel::new(p.clone(), Some(1e15))),
+            load_model: Some(std::sync::Arc::new(LoadModel::new(p.clone(), Some(1e15)))),
             target_size: target,
             force: true,
             ..CompressOptions::default()

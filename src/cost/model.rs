@@ -51,6 +51,16 @@ impl LoadModel {
     }
 }
 
+impl crate::dc::LoadCost for LoadModel {
+    fn compress_pays(&self, ty: GgmlType) -> bool {
+        LoadModel::compress_pays(self, ty)
+    }
+
+    fn extra_load_seconds(&self, ty: GgmlType, raw: u64, stored: u64) -> f64 {
+        self.load_seconds(ty, raw, stored, 0) - raw as f64 / self.storage_bps
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

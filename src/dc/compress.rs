@@ -17,7 +17,6 @@ use super::{
     MAX_HEADER_RAW, Result,
 };
 use crate::codec::{EncodeOptions, Layout, PlaneStats, Transform, encode_chunk};
-use crate::cost::LoadModel;
 use crate::gguf::{ArrayValue, GgmlType, GgufHeader, HeaderWriter, KeyValue, Value, align_up};
 use crate::io::{AtomicOutput, map_readonly};
 
@@ -48,8 +47,8 @@ pub struct CompressOptions {
     /// Transform override per tensor type; `None` uses [`Transform::default_for`].
     pub transform: Option<fn(GgmlType) -> Transform>,
     /// With a cost model, types that decode slower than the target storage reads are
-    /// stored raw (see [`crate::cost::model`]).
-    pub load_model: Option<LoadModel>,
+    /// stored raw (the cost layer's `LoadModel` implements [`LoadCost`]).
+    pub load_model: Option<std::sync::Arc<dyn LoadCost>>,
     /// With a cost model: the output must not exceed this many bytes; tensors the model
     /// would store raw are compressed, cheapest load time per byte saved first, until it fits.
     pub target_size: Option<u64>,
@@ -79,6 +78,16 @@ pub struct CompressReport {
     pub chunks: usize,
     pub ratio: f64,
     pub seconds: f64,
+}
+
+/// What the writer asks of a load-time cost model (implemented by `cost::LoadModel`, a layer
+/// above this one): whether compressing a type pays at load, and what it costs.
+pub trait LoadCost: std::fmt::Debug + Send + Sync {
+    /// Whether tensors of this type load faster compressed than raw.
+    fn compress_pays(&self, ty: GgmlType) -> bool;
+    /// Load seconds that storing `raw` bytes of `ty` in `stored` bytes adds over reading
+    /// them raw (negative when compression makes the load faster).
+    fn extra_load_seconds(&self, ty: GgmlType, raw: u64, stored: u64) -> f64;
 }
 
 #[derive(Clone)]
@@ -238,7 +247,7 @@ pub fn compress_file(
     if let (Some(target), Some(model)) = (opts.target_size, &opts.load_model) {
         let fixed = data_start + header_blob.stored_len + gaps_blob.stored_len + alignment;
         let tys: Vec<GgmlType> = header.tensors.iter().map(|t| t.ty).collect();
-        fit_target(&mut plans, &tys, src, model, target, fixed)?;
+        fit_target(&mut plans, &tys, src, model.as_ref(), target, fixed)?;
     }
 
     let mut tensors: Vec<TensorEntry> = plans
@@ -461,7 +470,7 @@ fn fit_target(
     plans: &mut [Plan],
     tys: &[GgmlType],
     src: &[u8],
-    model: &LoadModel,
+    model: &dyn LoadCost,
     target: u64,
     fixed: u64,
 ) -> Result<()> {
@@ -490,8 +499,7 @@ fn fit_target(
     while total > target {
         let cost_per_byte = |t: usize| {
             let raw = plans[t].nbytes as u64;
-            let extra =
-                model.load_seconds(tys[t], raw, compressed[t], 0) - raw as f64 / model.storage_bps;
+            let extra = model.extra_load_seconds(tys[t], raw, compressed[t]);
             extra / (raw - compressed[t]) as f64
         };
         let next = (0..plans.len())

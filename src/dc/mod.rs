@@ -12,7 +12,7 @@ mod reader;
 
 use std::path::PathBuf;
 
-pub use compress::{CompressOptions, CompressReport, compress_file};
+pub use compress::{CompressOptions, CompressReport, LoadCost, compress_file};
 pub use index::{BlobRef, ChunkEntry, Index, TensorEntry};
 pub use reader::{DcFile, TensorView, decompress_file, looks_like_dc, verify_against};
 

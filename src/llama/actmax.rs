@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use super::sys;
 use crate::gguf::{GgmlType, KeyValue, TensorEntry, Value, build_file};
 
-pub const ACT_MAX_ENV: &str = "DCGGUF_ACT_MAX_OUT";
+pub use crate::quant::calibrate::ACT_MAX_ENV;
 /// `general.type` of the files written here.
 pub const FILE_TYPE: &str = "dcgguf.act_max";
 

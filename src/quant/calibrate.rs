@@ -17,6 +17,10 @@ use crate::dc::DcError;
 use crate::gguf::{GgufHeader, Value, ValueType, build_file, tensor_entries};
 use crate::io::{AtomicOutput, TempPath, map_readonly};
 
+/// Environment variable that asks the llama.cpp hook (`llama::actmax`) in a calibration run
+/// to record each weight input's max |x| and write it to this path.
+pub const ACT_MAX_ENV: &str = "DCGGUF_ACT_MAX_OUT";
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct CalibrateArgs {
     /// Model GGUF (full precision or Q8_0).
@@ -102,8 +106,7 @@ pub fn run_imatrix(
     let mut cmd = Command::new(&tool);
     match libdcgguf_preload() {
         Some(lib) => {
-            cmd.env("LD_PRELOAD", lib)
-                .env(crate::llama::actmax::ACT_MAX_ENV, &act_max);
+            cmd.env("LD_PRELOAD", lib).env(ACT_MAX_ENV, &act_max);
         }
         None => eprintln!(
             "dcgguf: warning: libdcgguf_preload.so not found next to dcgguf (set DCGGUF_LIB): \
