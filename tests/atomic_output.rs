@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use dcgguf::dc::{DcError, DcFile};
+use dcgguf::dc::DcFile;
 use dcgguf::gguf::GgmlType;
 use dcgguf::io::{AtomicOutput, OutputError, TEMP_TAG};
 use std::io::Write;
@@ -28,7 +28,7 @@ fn temps(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn write_and_commit(target: &Path, force: bool, bytes: &[u8]) -> Result<(), DcError> {
+fn write_and_commit(target: &Path, force: bool, bytes: &[u8]) -> Result<(), OutputError> {
     let mut out = AtomicOutput::create(target, None, force)?;
     out.file().write_all(bytes).unwrap();
     out.commit()
@@ -58,7 +58,7 @@ fn target_appearing_meanwhile_is_kept_without_force() {
     // Another run (or program) finishes first.
     std::fs::write(&target, b"theirs, finished first").unwrap();
     match out.commit() {
-        Err(DcError::Output(OutputError::Exists(p))) => assert_eq!(p, target),
+        Err(OutputError::Exists(p)) => assert_eq!(p, target),
         other => panic!("expected OutputExists, got {other:?}"),
     }
     assert_eq!(std::fs::read(&target).unwrap(), b"theirs, finished first");
@@ -75,7 +75,7 @@ fn target_appearing_meanwhile_is_kept_without_force() {
     std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
     assert!(matches!(
         out.commit(),
-        Err(DcError::Output(OutputError::Exists(_)))
+        Err(OutputError::Exists(_))
     ));
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
     assert!(!dir.join("nowhere").exists());
@@ -94,7 +94,7 @@ fn force_replaces_regular_files() {
     let target = dir.write("out.bin", b"old");
     assert!(matches!(
         write_and_commit(&target, false, b"new"),
-        Err(DcError::Output(OutputError::Exists(_)))
+        Err(OutputError::Exists(_))
     ));
     assert_eq!(std::fs::read(&target).unwrap(), b"old");
     write_and_commit(&target, true, b"new").unwrap();
@@ -102,9 +102,9 @@ fn force_replaces_regular_files() {
     assert!(temps(dir.path()).is_empty());
 }
 
-fn expect_not_regular(r: Result<(), DcError>, what: &str, kind_has: &str) {
+fn expect_not_regular(r: Result<(), OutputError>, what: &str, kind_has: &str) {
     match r {
-        Err(e @ DcError::Output(OutputError::NotRegular { .. })) => {
+        Err(e @ OutputError::NotRegular { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(kind_has), "{what}: message {msg:?}");
             assert!(msg.contains("regular file"), "{what}: message {msg:?}");
