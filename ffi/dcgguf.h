@@ -2,7 +2,8 @@
  * dcgguf.h - C API of libdcgguf: read DC-GGUF files (losslessly compressed GGUF) and load
  * them with llama.cpp.
  *
- * Hand-written to match src/ffi (mod.rs, api.rs, hook.rs); tests/ffi_c_api.rs compiles a C
+ * Hand-written to match src/ffi; tests/c_header.rs checks every declaration against the Rust
+ * exports (names, parameter and return types) and tests/ffi_c_api.rs compiles a C
  * program against it with -Wall -Wextra -Werror and checks each declaration by calling it.
  *
  * Conventions

@@ -73,10 +73,7 @@ fn target_appearing_meanwhile_is_kept_without_force() {
     let mut out = AtomicOutput::create(&link, None, false).unwrap();
     out.file().write_all(b"ours").unwrap();
     std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
-    assert!(matches!(
-        out.commit(),
-        Err(OutputError::Exists(_))
-    ));
+    assert!(matches!(out.commit(), Err(OutputError::Exists(_))));
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
     assert!(!dir.join("nowhere").exists());
     assert!(temps(dir.path()).is_empty());
