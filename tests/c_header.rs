@@ -81,7 +81,7 @@ fn header_signatures(header: &str) -> Signatures {
                     // Drop the parameter name: the last identifier.
                     let p = squash(p);
                     let cut = p
-                        .rfind(|c: char| c == ' ' || c == '*')
+                        .rfind([' ', '*'])
                         .expect("named parameter");
                     squash(&p[..=cut])
                 })
