@@ -80,9 +80,7 @@ fn header_signatures(header: &str) -> Signatures {
                 .map(|p| {
                     // Drop the parameter name: the last identifier.
                     let p = squash(p);
-                    let cut = p
-                        .rfind([' ', '*'])
-                        .expect("named parameter");
+                    let cut = p.rfind([' ', '*']).expect("named parameter");
                     squash(&p[..=cut])
                 })
                 .collect()
