@@ -1,0 +1,164 @@
+//! `dcgguf compress`: GGUF -> DC-GGUF, lossless (one DC file per part of a split model) or,
+//! with `--quantize`, lossy; optionally planned with the load-time cost model.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dcgguf::codec::EncodeOptions;
+use dcgguf::cost::{LoadModel, ProbeOptions, default_profile_path, load_or_probe};
+use dcgguf::dc::{self, CompressOptions, DcError};
+use dcgguf::gguf::split::split_parts;
+use serde_json::json;
+
+use super::{
+    Cli, CliError, ProfileArgs, file_len, parse_chunk_size, parse_size, parts, precheck,
+    progress_bar,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    input: PathBuf,
+    output: PathBuf,
+    /// Zstd level (1-22; -7..-1 are Zstd's fast levels).
+    #[arg(long, default_value_t = EncodeOptions::default().level,
+          value_parser = clap::value_parser!(i32).range(-7..=22))]
+    level: i32,
+    /// Raw bytes per independently decodable chunk (suffixes k, M accepted).
+    #[arg(long, default_value = "1M", value_parser = parse_chunk_size)]
+    chunk_size: usize,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    quant: dcgguf::quant::QuantArgs,
+    #[command(flatten)]
+    cost: ProfileArgs,
+    /// Largest output allowed (suffixes k, M, G): with the cost model, tensors are
+    /// compressed by least load-time cost per byte saved until it fits. Implies
+    /// `--profile auto` when no profile is given.
+    #[arg(long, value_parser = parse_size)]
+    target_size: Option<u64>,
+}
+
+pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
+    let mut cost = a.cost.clone();
+    if a.target_size.is_some() && cost.profile.is_none() {
+        cost.profile = Some("auto".into());
+    }
+    let opts = CompressOptions {
+        load_model: load_model(cli, &cost)?.map(|m| Arc::new(m) as Arc<dyn dc::LoadCost>),
+        target_size: a.target_size,
+        encode: EncodeOptions {
+            level: a.level,
+            ..EncodeOptions::default()
+        },
+        chunk_size: a.chunk_size,
+        force: a.force,
+        ..CompressOptions::default()
+    };
+    if a.quant.quantize.is_some() {
+        return compress_lossy(cli, &a.input, &a.output, &a.quant, &opts);
+    }
+    let jobs = parts(&a.input, &a.output);
+    precheck(&jobs, a.force)?;
+    let total = jobs.iter().map(|(i, _)| file_len(i)).sum();
+    let bar = progress_bar(cli, total, "compress");
+    let mut reports = Vec::new();
+    for (i, o) in &jobs {
+        reports.push(dc::compress_file(i, o, &opts, &|n| bar.inc(n))?);
+    }
+    bar.finish_and_clear();
+    if cli.json {
+        println!("{}", json!({"command": "compress", "files": reports}));
+    } else {
+        for r in &reports {
+            println!(
+                "{} -> {}: {} -> {} bytes, ratio {:.4}, {:.2} s",
+                r.input.display(),
+                r.output.display(),
+                r.original_bytes,
+                r.output_bytes,
+                r.ratio,
+                r.seconds
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `compress --quantize`: the library does the work (src/quant).
+fn compress_lossy(
+    cli: &Cli,
+    input: &Path,
+    output: &Path,
+    quant: &dcgguf::quant::QuantArgs,
+    opts: &CompressOptions,
+) -> Result<(), CliError> {
+    if split_parts(input).is_some() {
+        return Err(DcError::Usage(
+            "--quantize does not support split models; merge them first".into(),
+        )
+        .into());
+    }
+    let qopts = quant.options(input, output)?;
+    let bar = progress_bar(cli, file_len(input), "compress");
+    let (q, r) = dcgguf::quant::compress_lossy(input, output, &qopts, opts, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"command": "compress", "quantize": q, "files": [r]})
+        );
+    } else {
+        println!(
+            "{} -> {}: {} -> {} bytes (quantized {} tensors to Q8_0, relative MSE {:.3e}; \
+             decompresses to the {}-byte quantized GGUF, not the input), {:.2} s",
+            input.display(),
+            output.display(),
+            file_len(input),
+            r.output_bytes,
+            q.quantized_tensors,
+            q.rel_mse,
+            r.original_bytes,
+            r.seconds
+        );
+    }
+    Ok(())
+}
+
+/// The cost model the user asked for, if any (re-measuring a missing or stale profile).
+/// Shared with `inspect` and `bench`.
+pub fn load_model(cli: &Cli, a: &ProfileArgs) -> Result<Option<LoadModel>, DcError> {
+    let path = match (&a.profile, a.storage_bps) {
+        (None, None) => return Ok(None),
+        (Some(p), _) if p != "auto" => PathBuf::from(p),
+        _ => default_profile_path(),
+    };
+    if let Some(b) = a.storage_bps
+        && !(b.is_finite() && b > 0.0)
+    {
+        return Err(DcError::Usage(format!(
+            "--storage-bps {b}: must be positive"
+        )));
+    }
+    let opts = ProbeOptions {
+        storage_dir: path
+            .parent()
+            .map_or_else(std::env::temp_dir, Path::to_path_buf),
+        ..ProbeOptions::default()
+    };
+    std::fs::create_dir_all(&opts.storage_dir).map_err(|source| DcError::Io {
+        path: opts.storage_dir.clone(),
+        source,
+    })?;
+    let (profile, stale) = load_or_probe(&path, &opts)?;
+    if let Some(why) = stale
+        && !cli.quiet
+    {
+        eprintln!(
+            "dcgguf: measured this machine ({why:?} profile), saved {}",
+            path.display()
+        );
+    }
+    Ok(Some(LoadModel::new(profile, a.storage_bps)))
+}
