@@ -16,6 +16,10 @@ pub mod hooks;
 pub mod host;
 pub mod prefault;
 pub mod stream;
+#[cfg(feature = "bench-throttle")]
+pub mod throttle;
+#[cfg(not(feature = "bench-throttle"))]
+#[path = "throttle_off.rs"]
 pub mod throttle;
 #[rustfmt::skip]
 pub mod sys;

@@ -12,7 +12,8 @@
 //! core; the stream serves them when llama.cpp gets there, while [`super::prefault`] faults in
 //! llama.cpp's memory just ahead of the reads.
 //!
-//! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` simulates slow storage ([`super::throttle`]).
+//! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` simulates slow storage ([`super::throttle`],
+//! with the `bench-throttle` feature only).
 
 // Off linux-gnu the glibc parts are compiled out and some helpers go unused.
 #![cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(unused))]
