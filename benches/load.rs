@@ -2,8 +2,11 @@
 //! page cache warm, plus simulated slow storage (`DCGGUF_THROTTLE_BPS`, charged on stored
 //! bytes for DC and on file bytes for a plain GGUF read through the same FILE* stream).
 //!
-//!   cargo bench --bench load                  # SmolLM2 Q4_1 from $DCGGUF_CACHE/models
-//!   DCGGUF_BENCH_MODEL=x.gguf DCGGUF_BENCH_REPS=5 cargo bench --bench load
+//!   cargo bench --features bench-throttle --bench load     # SmolLM2 Q4_1 from $DCGGUF_CACHE/models
+//!   DCGGUF_BENCH_MODEL=x.gguf DCGGUF_BENCH_REPS=5 cargo bench --features bench-throttle --bench load
+//!
+//! The simulated storage is compiled in only with the `bench-throttle` feature (this bench
+//! requires it, and builds libdcgguf_preload.so with it).
 //!
 //! Each measurement is a fresh child process (this binary with DCGGUF_BENCH_CHILD set, run
 //! under `LD_PRELOAD=libdcgguf_preload.so` as a llama.cpp tool would be) that dlopens the

@@ -127,7 +127,7 @@ dcgguf_result dcgguf_llama_check(void);
  * to run under LD_PRELOAD=libdcgguf_preload.so (whose fread tells dcgguf where llama.cpp puts
  * each tensor); without it a DC-GGUF loads fully, with the warning "loading without a memory
  * budget" on stderr. NULL or "0" turns the budget off. DCGGUF_ERR_INVALID_ARGUMENT for a
- * malformed spec. */
+ * malformed spec. DCGGUF_MEM_BUDGET takes the same spec. */
 dcgguf_result dcgguf_set_memory_budget(const char *spec);
 
 #ifdef LLAMA_H

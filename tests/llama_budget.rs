@@ -175,7 +175,7 @@ fn budgeted_generation_is_identical_and_stays_within_the_budget() {
             );
         }
         // Evicted layers hand their pages to the next decodes instead of faulting in new
-        // ones (src/llama/recycle.rs).
+        // ones (src/budget/recycle.rs).
         let recycled = stat(&r.stderr, "recycled_bytes");
         assert!(recycled > 0, "{tag}: no pages recycled:\n{}", r.stderr);
         if prefetch.is_some() {

@@ -4,7 +4,6 @@
 mod decode_bench;
 pub mod model;
 pub mod probe;
-pub mod residency;
 
 pub use decode_bench::{DecodeBench, measure_decode};
 pub use model::LoadModel;

@@ -1,4 +1,5 @@
-//! File plumbing shared by every writer: atomic outputs and read-only memory maps.
+//! File and OS plumbing shared by every layer: atomic outputs, read-only memory maps, the page
+//! size, thread limits, whole-line stderr writes and the process memory report.
 
 mod atomic;
 
@@ -25,6 +26,24 @@ pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 { p as usize } else { 4096 }
+}
+
+/// This process's current and peak resident set (VmRSS, VmHWM from /proc/self/status).
+pub fn rss_report() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "RSS {} (file-backed {}), peak {}",
+        field("VmRSS:"),
+        field("RssFile:"),
+        field("VmHWM:")
+    )
 }
 
 /// Most worker threads a caller may ask for: 4 per CPU (at least 4, at most 1024). Asking

@@ -12,14 +12,14 @@
 pub mod actmax;
 pub mod early;
 pub mod fread;
-pub mod graph_hook;
 pub mod hooks;
 pub mod host;
 pub mod prefault;
-pub mod recycle;
-pub mod residency;
 pub mod stream;
-pub mod team;
+#[cfg(feature = "bench-throttle")]
+pub mod throttle;
+#[cfg(not(feature = "bench-throttle"))]
+#[path = "throttle_off.rs"]
 pub mod throttle;
 #[rustfmt::skip]
 pub mod sys;
@@ -29,9 +29,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::budget::{self, Residency};
 use crate::dc::{DcError, DcFile};
 use crate::gguf::split::SplitName;
-use residency::Residency;
 use stream::{CookieFile, Source, Stream};
 use throttle::throttle_from_env;
 
@@ -139,7 +139,7 @@ pub fn load_dc(
     }
     let dc = Arc::new(dc);
     let mut params = params;
-    let res = match residency::settings().map_err(LlamaError::Budget)? {
+    let res = match budget::spec::settings().map_err(LlamaError::Budget)? {
         None => None,
         Some(settings) => match crate::ffi::budget_hooks_active() {
             Ok(()) => {
@@ -169,10 +169,7 @@ pub fn load_dc(
         )
         .with_residency(res.clone());
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
-        crate::log_line!(
-            "dcgguf: loading; process {}",
-            crate::cost::residency::rss_report()
-        );
+        crate::log_line!("dcgguf: loading; process {}", crate::io::rss_report());
     }
     let model = load_stream(host, stream, path, params);
     dc.release_mapped_pages();
@@ -188,13 +185,10 @@ pub fn load_dc(
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
-        crate::log_line!(
-            "dcgguf: loaded; process {}",
-            crate::cost::residency::rss_report()
-        );
+        crate::log_line!("dcgguf: loaded; process {}", crate::io::rss_report());
     }
     if let Some(r) = res {
-        residency::register_model(model, r);
+        budget::register_model(model, r);
     }
     Ok(model)
 }

@@ -86,7 +86,7 @@ fn populate(addr: usize, len: usize) {
 
 /// The private, anonymous, writable mapping holding `addr`; otherwise the range to skip
 /// (the mapping of another kind holding it, if any).
-pub(super) fn anonymous_mapping_at(addr: usize) -> Result<Range<usize>, Option<Range<usize>>> {
+pub(crate) fn anonymous_mapping_at(addr: usize) -> Result<Range<usize>, Option<Range<usize>>> {
     let maps = std::fs::read_to_string("/proc/self/maps").map_err(|_| None)?;
     for line in maps.lines() {
         let mut fields = line.split_ascii_whitespace();

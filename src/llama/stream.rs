@@ -5,14 +5,15 @@
 //! memory (a tensor read is one parallel decode of whole chunks into llama.cpp's tensor);
 //! anything glibc reads through its own buffer comes through the cookie callbacks. Chunks read
 //! piecewise are decoded once into a small cache, so the extra memory is a few chunks.
-//! With a memory budget ([`super::residency`]), tensors chosen for on-demand decoding are not
+//! With a memory budget ([`crate::budget`]), tensors chosen for on-demand decoding are not
 //! read at load at all: the stream records where llama.cpp put them and skips them.
 //!
 //! While llama.cpp still parses metadata, [`super::early`] decodes the first chunks on a spare
 //! core; the stream serves them when llama.cpp gets there, while [`super::prefault`] faults in
 //! llama.cpp's memory just ahead of the reads.
 //!
-//! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` simulates slow storage ([`super::throttle`]).
+//! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` simulates slow storage ([`super::throttle`],
+//! with the `bench-throttle` feature only).
 
 // Off linux-gnu the glibc parts are compiled out and some helpers go unused.
 #![cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(unused))]
@@ -28,8 +29,8 @@ use std::time::Instant;
 
 use super::early::{EarlyDecode, Limits};
 use super::prefault::Prefault;
-use super::residency::Residency;
 use super::throttle::Throttle;
+use crate::budget::Residency;
 use crate::dc::DcFile;
 
 /// The `FILE *` buffer. glibc refills it after every seek, and llama.cpp seeks before each

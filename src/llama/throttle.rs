@@ -1,4 +1,6 @@
-//! Bench mode: simulated slow storage (`DCGGUF_THROTTLE_BPS=<bytes/s>`).
+//! Bench mode: simulated slow storage (`DCGGUF_THROTTLE_BPS=<bytes/s>`). Built only with the
+//! `bench-throttle` feature (`cargo bench --features bench-throttle --bench load`); without
+//! it, `throttle_off.rs` stands in and nothing is throttled.
 //!
 //! One device serves read requests in turn at a fixed bandwidth. A request issued at time `t`
 //! starts when the device is free and no earlier than `t` (idle time earns no credit), and the

@@ -141,7 +141,7 @@ fn find_built(file: &str) -> Option<PathBuf> {
 /// This build's `libdcgguf_preload.so` (workspace member preload/: the `LD_PRELOAD`
 /// interposers). `cargo test` of the root package does not build other members' cdylibs, so
 /// the first call in a process runs `cargo build -p dcgguf-preload` with this build's profile
-/// (a no-op when it is up to date).
+/// and `bench-throttle` feature (a no-op when it is up to date).
 pub fn libdcgguf_preload() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -154,6 +154,10 @@ pub fn libdcgguf_preload() -> PathBuf {
                 .arg(t.parent().unwrap());
             if t.file_name().is_some_and(|n| n == "release") {
                 c.arg("--release");
+            }
+            if cfg!(feature = "bench-throttle") {
+                // The load bench's simulated slow storage lives in the preloaded library.
+                c.args(["--features", "bench-throttle"]);
             }
             let o = run(&mut c);
             assert!(

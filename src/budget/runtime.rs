@@ -1,7 +1,6 @@
-//! On-demand decoding under a memory budget (`DCGGUF_MEM_BUDGET=60%` or bytes, or
-//! `dcgguf_set_memory_budget`).
+//! The per-model runtime: on-demand decoding under a memory budget ([`super::spec`]).
 //!
-//! At load, the tensors the plan ([`crate::cost::residency`]) streams are not read: llama.cpp
+//! At load, the tensors the plan ([`super::plan`]) streams are not read: llama.cpp
 //! allocates their memory but its pages are never touched, so they cost no RSS. While
 //! llama.cpp computes, its graph evaluation callback (`cb_eval`, chained with the caller's)
 //! sees every node before it runs. When a node reads a streamed weight of a layer that is not
@@ -10,9 +9,9 @@
 //! tensors ([`super::recycle`]). The range of nodes is cut there, so that layers already
 //! computed can be evicted: their pages go to the pool (or back to the system) and read as
 //! zeros until decoded again. Eviction picks the layer needed furthest ahead in the layer
-//! order seen in earlier graphs. A prefetch thread can decode the next layer while the current
-//! one computes. Pointers never change, so llama.cpp, views of weights and every backend op
-//! work unchanged.
+//! order seen in earlier graphs ([`super::eviction`]). A prefetch thread can decode the next
+//! layer while the current one computes. Pointers never change, so llama.cpp, views of
+//! weights and every backend op work unchanged.
 //!
 //! Limits: CPU weights only (GPU offload and weight repacking are turned off for budgeted
 //! loads); the model's weights must only be read by graph computations (llama.cpp reads them
@@ -25,67 +24,13 @@ use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
+use super::eviction::{Candidate, Protected, groups_ahead, victim};
+use super::plan::{ResidencyPlan, TensorCost, plan_for};
 use super::recycle::{Layout, Pool};
-use super::sys;
-use crate::cost::residency::{Budget, CompressedHome, ResidencyPlan, TensorCost, plan};
+use super::spec::{CompressedHome, Settings};
 use crate::dc::DcFile;
 use crate::gguf::GgmlType;
-
-pub const BUDGET_ENV: &str = "DCGGUF_MEM_BUDGET";
-/// `ram` (default): compressed bytes stay mapped in the process; `file`: re-read from the
-/// page cache on each use and dropped from the process after.
-pub const HOME_ENV: &str = "DCGGUF_MEM_SOURCE";
-/// `0` turns the prefetch thread off, `1` on; unset, it runs only when the graph computes on
-/// fewer threads than there are CPUs (see [`Residency::set_compute_threads`]).
-pub const PREFETCH_ENV: &str = "DCGGUF_PREFETCH";
-
-/// What a budgeted load asks for.
-#[derive(Clone, Copy, Debug)]
-pub struct Settings {
-    pub budget: Budget,
-    pub home: CompressedHome,
-    /// Decode the next layer on a thread of its own while the current one computes: `None`
-    /// decides per context.
-    pub prefetch: Option<bool>,
-}
-
-/// Set through the C API; takes precedence over the environment.
-static API_SETTINGS: Mutex<Option<Option<Settings>>> = Mutex::new(None);
-
-/// Sets (or with `None` clears) the budget for later loads, overriding the environment.
-pub fn set_settings(s: Option<Settings>) {
-    *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
-}
-
-/// The budget for the next load: the C API's, else the environment's, else none.
-pub fn settings() -> Result<Option<Settings>, String> {
-    if let Some(s) = *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) {
-        return Ok(s);
-    }
-    let Some(b) = std::env::var_os(BUDGET_ENV) else {
-        return Ok(None);
-    };
-    let b = b.to_string_lossy();
-    if b.trim().is_empty() || b.trim() == "0" || b.trim() == "100%" {
-        return Ok(None);
-    }
-    let budget = b
-        .parse::<Budget>()
-        .map_err(|e| format!("{BUDGET_ENV}: {e}"))?;
-    let home = match std::env::var(HOME_ENV) {
-        Ok(h) => h.parse().map_err(|e| format!("{HOME_ENV}: {e}"))?,
-        Err(_) => CompressedHome::Ram,
-    };
-    let prefetch = std::env::var(PREFETCH_ENV)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| v.trim() != "0");
-    Ok(Some(Settings {
-        budget,
-        home,
-        prefetch,
-    }))
-}
+use crate::llama::sys;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
@@ -213,15 +158,7 @@ impl Residency {
                 }
             })
             .collect();
-        let decoded: u64 = costs.iter().map(|t| t.raw).sum();
-        let budget = s.budget.bytes(decoded);
-        if budget >= decoded {
-            return None;
-        }
-        let plan = plan(&costs, budget, s.home, s.prefetch != Some(false));
-        if plan.streamed_count() == 0 {
-            return None;
-        }
+        let plan = plan_for(&costs, &s)?;
         let mut slot_of_tensor = vec![None; costs.len()];
         let mut slots = Vec::new();
         for (i, t) in costs.iter().enumerate() {
@@ -752,21 +689,25 @@ impl Residency {
         }
         let ahead = groups_ahead(st.current, &st.next_group);
         while st.present + need > self.room {
-            let (epoch, current, prefetching) = (st.epoch, st.current, st.prefetching);
-            let protected = |g: u32| Some(g) == current || Some(g) == prefetching;
-            let victim = st
+            let epoch = st.epoch;
+            // Decoded tensors the pending range does not need.
+            let candidates = st
                 .slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| matches!(s.status, Status::Present | Status::Partial))
                 .filter(|(_, s)| s.pin_epoch != epoch)
-                .filter(|(_, s)| !(for_prefetch && protected(s.group)))
-                .min_by_key(|(_, s)| {
-                    let next_use = ahead.get(&s.group).copied().unwrap_or(u32::MAX);
-                    (protected(s.group), std::cmp::Reverse(next_use), s.last_use)
-                })
-                .map(|(i, _)| i);
-            let Some(v) = victim else {
+                .map(|(slot, s)| Candidate {
+                    slot,
+                    group: s.group,
+                    last_use: s.last_use,
+                });
+            let protect = Protected {
+                current: st.current,
+                prefetching: st.prefetching,
+                spare: for_prefetch,
+            };
+            let Some(v) = victim(candidates, &ahead, protect) else {
                 return false;
             };
             self.evict(st, v);
@@ -841,25 +782,6 @@ struct ChunkJob {
 /// while they decode, so that a big one (an output head) is never mapped whole; smaller
 /// ones release a layer's worth at once.
 const RELEASE_EACH_CHUNK: usize = 4 << 20;
-
-/// How many layer changes ahead each group is next needed, following the order `next` seen
-/// in earlier graphs from `current` (which is 0 steps ahead).
-fn groups_ahead(current: Option<u32>, next: &HashMap<u32, u32>) -> HashMap<u32, u32> {
-    let mut ahead = HashMap::new();
-    let Some(mut g) = current else {
-        return ahead;
-    };
-    let mut steps = 0;
-    while let std::collections::hash_map::Entry::Vacant(e) = ahead.entry(g) {
-        e.insert(steps);
-        let Some(&n) = next.get(&g) else {
-            break;
-        };
-        g = n;
-        steps += 1;
-    }
-    ahead
-}
 
 /// The byte ranges of `table` that a GET_ROWS node with index tensor `ids` reads: one row
 /// per index. `None` when the index tensor is not a plain contiguous I32 host tensor.
@@ -941,36 +863,8 @@ pub fn unregister_model(model: *mut sys::llama_model) {
             crate::log_line!(
                 "dcgguf: memory budget stats: {:?}; process {}",
                 r.stats(),
-                crate::cost::residency::rss_report()
+                crate::io::rss_report()
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groups_ahead_follows_the_cycle_from_the_current_layer() {
-        // token_embd (100) -> blk.0 -> blk.1 -> blk.2 -> token_embd (as the output head)
-        let next: HashMap<u32, u32> = [(100, 0), (0, 1), (1, 2), (2, 100)].into();
-        let ahead = groups_ahead(Some(1), &next);
-        assert_eq!(ahead[&1], 0);
-        assert_eq!(ahead[&2], 1);
-        assert_eq!(ahead[&100], 2);
-        // Just computed, so needed again last.
-        assert_eq!(ahead[&0], 3);
-        assert_eq!(ahead.len(), 4);
-    }
-
-    #[test]
-    fn groups_ahead_without_history() {
-        assert!(groups_ahead(None, &HashMap::new()).is_empty());
-        let ahead = groups_ahead(Some(5), &HashMap::new());
-        assert_eq!(ahead.len(), 1);
-        // A chain that ends (a layer not seen followed by anything yet).
-        let ahead = groups_ahead(Some(0), &[(0, 1), (1, 2)].into());
-        assert_eq!((ahead[&0], ahead[&1], ahead[&2]), (0, 1, 2));
     }
 }

@@ -7,82 +7,7 @@
 //! streamed working set: the largest run of consecutive layers decoded at once (the layer
 //! being computed and the next one; one more when the next layer is prefetched).
 
-use std::str::FromStr;
-
-/// A memory budget for weights: a fraction of their decoded size or a byte count.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Budget {
-    Fraction(f64),
-    Bytes(u64),
-}
-
-impl Budget {
-    pub fn bytes(self, decoded_weight_bytes: u64) -> u64 {
-        match self {
-            Budget::Fraction(f) => (decoded_weight_bytes as f64 * f).round() as u64,
-            Budget::Bytes(b) => b,
-        }
-    }
-}
-
-impl FromStr for Budget {
-    type Err = String;
-
-    /// `60%`, `512M`, `2G`, `123456` (bytes; K/M/G/T are powers of 1024).
-    fn from_str(s: &str) -> Result<Budget, String> {
-        let t = s.trim();
-        let bad = || format!("memory budget {s:?}: expected a percentage (60%) or bytes (512M)");
-        if let Some(p) = t.strip_suffix('%') {
-            let f: f64 = p.trim().parse().map_err(|_| bad())?;
-            return if f > 0.0 && f.is_finite() {
-                Ok(Budget::Fraction(f / 100.0))
-            } else {
-                Err(bad())
-            };
-        }
-        let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-            Some((i, _)) => t.split_at(i),
-            None => (t, ""),
-        };
-        let shift = match unit
-            .trim()
-            .to_ascii_uppercase()
-            .trim_end_matches(['B', 'I'])
-        {
-            "" => 0,
-            "K" => 10,
-            "M" => 20,
-            "G" => 30,
-            "T" => 40,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        n.checked_mul(1 << shift)
-            .filter(|&b| b > 0)
-            .map(Budget::Bytes)
-            .ok_or_else(bad)
-    }
-}
-
-/// Where streamed tensors' compressed bytes live between uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompressedHome {
-    /// Mapped from the DC file and kept in this process (counted in its RSS and the budget).
-    Ram,
-    /// Re-read from the file (page cache) on each use and dropped from the process after.
-    File,
-}
-
-impl FromStr for CompressedHome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<CompressedHome, String> {
-        match s.trim() {
-            "ram" => Ok(CompressedHome::Ram),
-            "file" => Ok(CompressedHome::File),
-            _ => Err(format!("{s:?}: expected ram or file")),
-        }
-    }
-}
+use super::spec::{CompressedHome, Settings};
 
 /// What the plan needs to know of one tensor.
 #[derive(Clone, Debug)]
@@ -104,7 +29,7 @@ pub struct TensorCost {
 pub const MIN_STREAMED: u64 = 256 << 10;
 
 /// The plan for one model.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResidencyPlan {
     /// Per tensor: decoded on demand (`true`) or resident.
     pub streamed: Vec<bool>,
@@ -148,24 +73,6 @@ impl ResidencyPlan {
     }
 }
 
-/// This process's current and peak resident set (VmRSS, VmHWM from /proc/self/status).
-pub fn rss_report() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |k: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .map(|l| l[k.len()..].trim().to_string())
-            .unwrap_or_else(|| "?".into())
-    };
-    format!(
-        "RSS {} (file-backed {}), peak {}",
-        field("VmRSS:"),
-        field("RssFile:"),
-        field("VmHWM:")
-    )
-}
-
 /// `blk.N.` -> N; other tensors get ids past every layer, one each.
 pub fn groups(names: &[&str]) -> Vec<u32> {
     let layer =
@@ -202,6 +109,19 @@ fn group_bytes_with(g: &[u64], at: usize, plus: u64) -> Vec<u64> {
 
 /// Chunks of a lookup-only tensor the working set allows for (a prompt's rows).
 const LOOKUP_CHUNKS: u64 = 4;
+
+/// The plan for a load under `s`: its budget (a fraction of the decoded weight bytes, or
+/// bytes) applied to `tensors`. `None` when it streams nothing (the budget covers the whole
+/// model, or nothing is worth streaming).
+pub fn plan_for(tensors: &[TensorCost], s: &Settings) -> Option<ResidencyPlan> {
+    let decoded: u64 = tensors.iter().map(|t| t.raw).sum();
+    let budget = s.budget.bytes(decoded);
+    if budget >= decoded {
+        return None;
+    }
+    let p = plan(tensors, budget, s.home, s.prefetch != Some(false));
+    (p.streamed_count() > 0).then_some(p)
+}
 
 /// Plans residency for `budget_bytes` of weight memory.
 pub fn plan(
@@ -391,6 +311,7 @@ impl Planner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::spec::Budget;
 
     fn t(name: &str, raw: u64, stored: u64, bps: f64) -> TensorCost {
         TensorCost {
@@ -425,18 +346,6 @@ mod tests {
         let p = plan(&m, total * 65 / 100, CompressedHome::File, true);
         assert!(!p.streamed[0]);
         assert!(p.streamed_count() > 0);
-    }
-
-    #[test]
-    fn budget_parses() {
-        assert_eq!("60%".parse(), Ok(Budget::Fraction(0.6)));
-        assert_eq!("512M".parse(), Ok(Budget::Bytes(512 << 20)));
-        assert_eq!("2GiB".parse(), Ok(Budget::Bytes(2 << 30)));
-        assert_eq!("1000".parse(), Ok(Budget::Bytes(1000)));
-        for bad in ["", "0", "-5%", "x", "5Q", "0%", "99999999999999999999G"] {
-            assert!(bad.parse::<Budget>().is_err(), "{bad}");
-        }
-        assert_eq!(Budget::Fraction(0.5).bytes(1000), 500);
     }
 
     #[test]
@@ -532,5 +441,125 @@ mod tests {
             p.min_bytes
         );
         assert!(p.streamed_count() >= m.iter().filter(|t| t.raw >= MIN_STREAMED).count() - 1);
+    }
+
+    /// Memory a plan takes: resident, held compressed and the working-set reserve.
+    fn used(p: &ResidencyPlan, home: CompressedHome) -> u64 {
+        p.needed_bytes(home)
+    }
+
+    /// `layers` layers of a fast-decoding and a slow-decoding tensor of the same size.
+    fn fast_and_slow(layers: u32) -> Vec<TensorCost> {
+        let mut v = Vec::new();
+        for l in 0..layers {
+            v.push(t(&format!("blk.{l}.fast.weight"), 4 << 20, 2 << 20, 4e9));
+            v.push(t(&format!("blk.{l}.slow.weight"), 4 << 20, 2 << 20, 1e9));
+        }
+        v
+    }
+
+    #[test]
+    fn the_costliest_decodes_per_byte_saved_stay_resident_within_the_budget() {
+        let m = fast_and_slow(12);
+        let total: u64 = m.iter().map(|t| t.raw).sum();
+        // (With `ram`, the compressed half of every streamed tensor stays held.)
+        for (home, pcts) in [
+            (CompressedHome::Ram, [95u64, 90, 85, 75]),
+            (CompressedHome::File, [85, 70, 55, 40]),
+        ] {
+            for pct in pcts {
+                let budget = total * pct / 100;
+                let p = plan(&m, budget, home, false);
+                let u = used(&p, home);
+                assert!(u <= budget, "{home:?} {pct}%: {u} > {budget}");
+                assert!(p.streamed_count() > 0, "{home:?} {pct}%");
+                // A slow tensor (4x the decode time for the same bytes saved) is streamed
+                // only once every fast one is.
+                let streamed = |kind: &str| {
+                    (0..m.len())
+                        .filter(|&i| p.streamed[i] && m[i].name.contains(kind))
+                        .count()
+                };
+                if streamed("slow") > 0 {
+                    assert_eq!(streamed("fast"), 12, "{home:?} {pct}%");
+                }
+                assert!(streamed("fast") > 0, "{home:?} {pct}%");
+            }
+        }
+        // The two kinds differ only in speed: with room for the slow half and the working
+        // set (two layers of fast tensors), the fast ones are exactly the ones streamed.
+        let p = plan(&m, total * 60 / 100, CompressedHome::File, false);
+        for (i, t) in m.iter().enumerate() {
+            assert_eq!(p.streamed[i], t.name.contains("fast"), "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn a_bigger_saving_streams_first_at_equal_decode_speed() {
+        // Same size and speed, but `ram` holds the compressed bytes: the tensor that
+        // compresses better saves more per decode and streams first.
+        let mut m = Vec::new();
+        for l in 0..12 {
+            m.push(t(&format!("blk.{l}.tight.weight"), 4 << 20, 1 << 20, 2e9));
+            m.push(t(&format!("blk.{l}.loose.weight"), 4 << 20, 3 << 20, 2e9));
+        }
+        let total: u64 = m.iter().map(|t| t.raw).sum();
+        let p = plan(&m, total * 75 / 100, CompressedHome::Ram, false);
+        assert!(used(&p, CompressedHome::Ram) <= total * 75 / 100);
+        let streamed = |kind: &str| {
+            (0..m.len())
+                .filter(|&i| p.streamed[i] && m[i].name.contains(kind))
+                .count()
+        };
+        assert!(streamed("tight") > 0);
+        assert!(streamed("loose") == 0 || streamed("tight") == 12);
+    }
+
+    #[test]
+    fn fraction_and_byte_budgets() {
+        let settings = |budget| Settings {
+            budget,
+            home: CompressedHome::File,
+            prefetch: Some(false),
+        };
+        let small = fast_and_slow(12);
+        let big = fast_and_slow(24);
+        let total = |m: &[TensorCost]| m.iter().map(|t| t.raw).sum::<u64>();
+        // A fraction is of this model's decoded weights: the same plan as those bytes.
+        for m in [&small, &big] {
+            let half = plan_for(m, &settings(Budget::Fraction(0.5))).unwrap();
+            assert_eq!(half.budget_bytes, total(m) / 2);
+            assert_eq!(
+                Some(&half),
+                plan_for(m, &settings(Budget::Bytes(total(m) / 2))).as_ref()
+            );
+            assert!(half.needed_bytes(CompressedHome::File) <= total(m) / 2);
+        }
+        // Bytes are bytes whatever the model: 60 MiB is half of the small one's 96 MiB
+        // and under a third of the big one's 192 MiB, which streams more.
+        let bytes = settings(Budget::Bytes(60 << 20));
+        let (ps, pb) = (
+            plan_for(&small, &bytes).unwrap(),
+            plan_for(&big, &bytes).unwrap(),
+        );
+        assert_eq!((ps.budget_bytes, pb.budget_bytes), (60 << 20, 60 << 20));
+        assert!(pb.needed_bytes(CompressedHome::File) <= 60 << 20);
+        assert!(
+            pb.decoded_weight_bytes - pb.resident_bytes
+                > ps.decoded_weight_bytes - ps.resident_bytes
+        );
+        // A budget covering the model (100%, or more bytes than it has) plans nothing.
+        assert!(plan_for(&small, &settings(Budget::Fraction(1.0))).is_none());
+        assert!(plan_for(&small, &settings(Budget::Bytes(total(&small)))).is_none());
+        // Prefetch (unless turned off) reserves room for one more layer.
+        let with = plan_for(
+            &small,
+            &Settings {
+                prefetch: None,
+                ..settings(Budget::Fraction(0.5))
+            },
+        );
+        let without = plan_for(&small, &settings(Budget::Fraction(0.5)));
+        assert!(with.unwrap().reserve_bytes > without.unwrap().reserve_bytes);
     }
 }

@@ -1,14 +1,14 @@
 //! dcgguf's graph callbacks on llama.cpp contexts, chained with the caller's own: on-demand
-//! decoding for models loaded under a memory budget ([`super::residency`]) and, when
-//! `DCGGUF_ACT_MAX_OUT` is set, recording of matmul input maxima ([`super::actmax`]).
+//! decoding for models loaded under a memory budget ([`super::runtime`]) and, when
+//! `DCGGUF_ACT_MAX_OUT` is set, recording of matmul input maxima ([`crate::llama::actmax`]).
 //! Installed by the `llama_init_from_model` interposer, removed at `llama_free`.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::residency::{Residency, model_residency};
-use super::{actmax, sys};
+use super::runtime::{Residency, model_residency};
+use crate::llama::{actmax, sys};
 
 /// The callbacks a hooked context runs with, and the caller's own.
 pub struct EvalHook {

@@ -1,0 +1,42 @@
+//! The memory budget: run a DC-GGUF model in llama.cpp with less memory than its decoded
+//! weights, by keeping some tensors compressed and decoding them just before each use.
+//!
+//! **What is asked** ([`spec`]): a budget (`60%` of the decoded weight bytes, or `512M`),
+//! where the compressed bytes of streamed tensors live (`ram`: mapped in the process; `file`:
+//! re-read from the page cache), and whether a thread prefetches the next layer. One syntax,
+//! `60%,file,noprefetch`, from the C API (`dcgguf_set_memory_budget`) or the environment
+//! (`DCGGUF_MEM_BUDGET`, with `DCGGUF_MEM_SOURCE` and `DCGGUF_PREFETCH` as defaults).
+//!
+//! **What is decided at load** ([`plan`]): which tensors stay resident and which are
+//! streamed. Streaming a tensor saves its decoded bytes and costs a decode per use, so the
+//! plan keeps resident the tensors whose decode costs most per byte saved, as many as fit
+//! in the budget once room is kept for the streamed working set (the layers decoded at
+//! once). Pure functions over a list of tensor costs, tested without llama.cpp.
+//!
+//! **What happens while llama.cpp computes** ([`runtime`]): streamed tensors are not read at
+//! load (llama.cpp allocates their memory, whose pages are never touched). dcgguf's graph
+//! callback ([`graph_hook`], chained with the caller's) sees each node before it runs; when
+//! a node reads a streamed weight of a new layer, the runtime decodes that layer in place,
+//! on the host's OpenMP compute threads ([`team`]) and into pages moved over from evicted
+//! tensors ([`recycle`]), then cuts the graph range there so that computed layers can be
+//! evicted. Eviction takes the layer needed furthest ahead in the layer order seen in
+//! earlier graphs ([`eviction`], pure and tested without llama.cpp). Pointers never change,
+//! so llama.cpp and every backend op work unchanged.
+//!
+//! Where it plugs in: `crate::llama` asks [`spec::settings`] at each DC load, builds a
+//! [`Residency`] from the plan, hands it to the load stream (which skips streamed tensors'
+//! reads) and registers it by model; the context and model hooks in `crate::llama::hooks`
+//! install [`graph_hook`] and forget the model at `llama_model_free`. The memory report in
+//! verbose logs is [`crate::io::rss_report`].
+
+pub mod eviction;
+pub mod graph_hook;
+pub mod plan;
+pub mod recycle;
+pub mod runtime;
+pub mod spec;
+pub mod team;
+
+pub use plan::{MIN_STREAMED, ResidencyPlan, TensorCost};
+pub use runtime::{Residency, Stats, model_residency, register_model, unregister_model};
+pub use spec::{Budget, CompressedHome, Settings};

@@ -1,0 +1,308 @@
+//! The budget spec: how much memory the weights may take, where streamed tensors' compressed
+//! bytes live, and whether a thread prefetches the next layer.
+//!
+//! One syntax, `<budget>[,ram|,file][,prefetch|,noprefetch]` ([`parse`]), read from two
+//! places: the C API (`dcgguf_set_memory_budget("60%,file")`, which wins) and the environment
+//! (`DCGGUF_MEM_BUDGET=60%,file`). The environment's older separate variables
+//! `DCGGUF_MEM_SOURCE=ram|file` and `DCGGUF_PREFETCH=0|1` still work; they apply where
+//! `DCGGUF_MEM_BUDGET` names no home or prefetch choice of its own.
+
+use std::ffi::OsString;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+pub const BUDGET_ENV: &str = "DCGGUF_MEM_BUDGET";
+/// `ram` (default): compressed bytes stay mapped in the process; `file`: re-read from the
+/// page cache on each use and dropped from the process after.
+pub const HOME_ENV: &str = "DCGGUF_MEM_SOURCE";
+/// `0` turns the prefetch thread off, `1` on; unset, it runs only when the graph computes on
+/// fewer threads than there are CPUs (see [`super::Residency::set_compute_threads`]).
+pub const PREFETCH_ENV: &str = "DCGGUF_PREFETCH";
+
+/// A memory budget for weights: a fraction of their decoded size or a byte count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Fraction(f64),
+    Bytes(u64),
+}
+
+impl Budget {
+    pub fn bytes(self, decoded_weight_bytes: u64) -> u64 {
+        match self {
+            Budget::Fraction(f) => (decoded_weight_bytes as f64 * f).round() as u64,
+            Budget::Bytes(b) => b,
+        }
+    }
+}
+
+impl FromStr for Budget {
+    type Err = String;
+
+    /// `60%`, `512M`, `2G`, `123456` (bytes; K/M/G/T are powers of 1024).
+    fn from_str(s: &str) -> Result<Budget, String> {
+        let t = s.trim();
+        let bad = || format!("memory budget {s:?}: expected a percentage (60%) or bytes (512M)");
+        if let Some(p) = t.strip_suffix('%') {
+            let f: f64 = p.trim().parse().map_err(|_| bad())?;
+            return if f > 0.0 && f.is_finite() {
+                Ok(Budget::Fraction(f / 100.0))
+            } else {
+                Err(bad())
+            };
+        }
+        let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => t.split_at(i),
+            None => (t, ""),
+        };
+        let shift = match unit
+            .trim()
+            .to_ascii_uppercase()
+            .trim_end_matches(['B', 'I'])
+        {
+            "" => 0,
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(1 << shift)
+            .filter(|&b| b > 0)
+            .map(Budget::Bytes)
+            .ok_or_else(bad)
+    }
+}
+
+/// Where streamed tensors' compressed bytes live between uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressedHome {
+    /// Mapped from the DC file and kept in this process (counted in its RSS and the budget).
+    Ram,
+    /// Re-read from the file (page cache) on each use and dropped from the process after.
+    File,
+}
+
+impl FromStr for CompressedHome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CompressedHome, String> {
+        match s.trim() {
+            "ram" => Ok(CompressedHome::Ram),
+            "file" => Ok(CompressedHome::File),
+            _ => Err(format!("{s:?}: expected ram or file")),
+        }
+    }
+}
+
+/// What a budgeted load asks for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    pub budget: Budget,
+    pub home: CompressedHome,
+    /// Decode the next layer on a thread of its own while the current one computes: `None`
+    /// decides per context.
+    pub prefetch: Option<bool>,
+}
+
+/// A parsed spec: the budget, and the home and prefetch choice if it names them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spec {
+    pub budget: Budget,
+    pub home: Option<CompressedHome>,
+    pub prefetch: Option<bool>,
+}
+
+impl Spec {
+    /// The settings, with `home` and `prefetch` where the spec names none.
+    pub fn or(self, home: CompressedHome, prefetch: Option<bool>) -> Settings {
+        Settings {
+            budget: self.budget,
+            home: self.home.unwrap_or(home),
+            prefetch: self.prefetch.or(prefetch),
+        }
+    }
+}
+
+/// Parses `"60%"` or `"512M"`, optionally followed by `,file` / `,ram` and `,prefetch` /
+/// `,noprefetch` (in any order; the last of each kind wins). `"0"` or `""` is no budget.
+pub fn parse(spec: &str) -> Result<Option<Spec>, String> {
+    let mut parts = spec.split(',').map(str::trim);
+    let budget = parts.next().unwrap_or("");
+    if budget.is_empty() || budget == "0" {
+        return Ok(None);
+    }
+    let mut s = Spec {
+        budget: budget.parse()?,
+        home: None,
+        prefetch: None,
+    };
+    for p in parts {
+        match p {
+            "noprefetch" => s.prefetch = Some(false),
+            "prefetch" => s.prefetch = Some(true),
+            other => s.home = Some(other.parse()?),
+        }
+    }
+    Ok(Some(s))
+}
+
+/// The C API's spec: what is not named is `ram` and prefetch decided per context.
+pub fn parse_api(spec: &str) -> Result<Option<Settings>, String> {
+    Ok(parse(spec)?.map(|s| s.or(CompressedHome::Ram, None)))
+}
+
+/// The environment's settings, with `var` looking variables up.
+fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<Option<Settings>, String> {
+    let Some(b) = var(BUDGET_ENV) else {
+        return Ok(None);
+    };
+    let b = b.to_string_lossy();
+    let Some(spec) = parse(&b).map_err(|e| format!("{BUDGET_ENV}: {e}"))? else {
+        return Ok(None);
+    };
+    // From the environment, 100% has always meant no budget at all (a budgeted load also
+    // turns GPU offload off).
+    if b.split(',').next().is_some_and(|p| p.trim() == "100%") {
+        return Ok(None);
+    }
+    let home = match var(HOME_ENV) {
+        Some(h) => h
+            .to_string_lossy()
+            .parse()
+            .map_err(|e| format!("{HOME_ENV}: {e}"))?,
+        None => CompressedHome::Ram,
+    };
+    let prefetch = var(PREFETCH_ENV)
+        .map(|v| v.to_string_lossy().trim().to_string())
+        .filter(|v| !v.is_empty())
+        .map(|v| v != "0");
+    Ok(Some(spec.or(home, prefetch)))
+}
+
+/// Set through the C API; takes precedence over the environment.
+static API_SETTINGS: Mutex<Option<Option<Settings>>> = Mutex::new(None);
+
+/// Sets (or with `None` clears) the budget for later loads, overriding the environment.
+pub fn set_settings(s: Option<Settings>) {
+    *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+}
+
+/// The budget for the next load: the C API's, else the environment's, else none.
+pub fn settings() -> Result<Option<Settings>, String> {
+    if let Some(s) = *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) {
+        return Ok(s);
+    }
+    from_vars(|k| std::env::var_os(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_parses() {
+        assert_eq!("60%".parse(), Ok(Budget::Fraction(0.6)));
+        assert_eq!("512M".parse(), Ok(Budget::Bytes(512 << 20)));
+        assert_eq!("2GiB".parse(), Ok(Budget::Bytes(2 << 30)));
+        assert_eq!("1000".parse(), Ok(Budget::Bytes(1000)));
+        for bad in ["", "0", "-5%", "x", "5Q", "0%", "99999999999999999999G"] {
+            assert!(bad.parse::<Budget>().is_err(), "{bad}");
+        }
+        assert_eq!(Budget::Fraction(0.5).bytes(1000), 500);
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Result<Option<Settings>, String> {
+        from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.into()))
+    }
+
+    #[test]
+    fn budget_specs_parse() {
+        let s = parse_api("60%,file,noprefetch").unwrap().unwrap();
+        assert_eq!(s.budget, Budget::Fraction(0.6));
+        assert_eq!(s.home, CompressedHome::File);
+        assert_eq!(s.prefetch, Some(false));
+        let s = parse_api("512M").unwrap().unwrap();
+        assert_eq!(
+            (s.budget, s.home, s.prefetch),
+            (Budget::Bytes(512 << 20), CompressedHome::Ram, None)
+        );
+        let s = parse_api("1G,prefetch").unwrap().unwrap();
+        assert_eq!(s.prefetch, Some(true));
+        let s = parse_api(" 1G , prefetch , ram ").unwrap().unwrap();
+        assert_eq!(
+            (s.budget, s.home, s.prefetch),
+            (Budget::Bytes(1 << 30), CompressedHome::Ram, Some(true))
+        );
+        // 100% is a budget through the C API (as it always was).
+        assert_eq!(
+            parse_api("100%").unwrap().map(|s| s.budget),
+            Some(Budget::Fraction(1.0))
+        );
+        assert!(parse_api("0").unwrap().is_none());
+        assert!(parse_api("").unwrap().is_none());
+        // An empty budget field is no budget, whatever follows.
+        assert!(parse_api(",file").unwrap().is_none());
+        for bad in ["60%,disk", "lots", "60%,", "60%,file,fast", "-1G"] {
+            assert!(parse_api(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_environment_takes_the_same_syntax() {
+        let s = env(&[(BUDGET_ENV, "60%,file,noprefetch")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s,
+            Settings {
+                budget: Budget::Fraction(0.6),
+                home: CompressedHome::File,
+                prefetch: Some(false)
+            }
+        );
+        assert_eq!(
+            env(&[(BUDGET_ENV, "512M,file")]).unwrap(),
+            parse_api("512M,file").unwrap()
+        );
+        let e = env(&[(BUDGET_ENV, "60%,disk")]).unwrap_err();
+        assert!(e.starts_with(BUDGET_ENV), "{e}");
+        let e = env(&[(BUDGET_ENV, "lots")]).unwrap_err();
+        assert!(e.starts_with(BUDGET_ENV) && e.contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn separate_env_vars_still_work_and_the_spec_wins() {
+        let s = env(&[(BUDGET_ENV, "50%"), (HOME_ENV, "file"), (PREFETCH_ENV, "0")])
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.home, s.prefetch), (CompressedHome::File, Some(false)));
+        let s = env(&[(BUDGET_ENV, "50%"), (PREFETCH_ENV, "1")])
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.home, s.prefetch), (CompressedHome::Ram, Some(true)));
+        let s = env(&[(BUDGET_ENV, "50%"), (PREFETCH_ENV, " ")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.prefetch, None);
+        let s = env(&[
+            (BUDGET_ENV, "50%,ram,prefetch"),
+            (HOME_ENV, "file"),
+            (PREFETCH_ENV, "0"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((s.home, s.prefetch), (CompressedHome::Ram, Some(true)));
+        let e = env(&[(BUDGET_ENV, "50%"), (HOME_ENV, "disk")]).unwrap_err();
+        assert!(e.starts_with(HOME_ENV), "{e}");
+    }
+
+    #[test]
+    fn no_budget_from_the_environment() {
+        assert_eq!(env(&[]), Ok(None));
+        for off in ["", " ", "0", "100%", " 100% ", "100%,file"] {
+            assert_eq!(env(&[(BUDGET_ENV, off)]), Ok(None), "{off:?}");
+        }
+        // Off, whatever the other variables say.
+        assert_eq!(env(&[(BUDGET_ENV, "0"), (HOME_ENV, "disk")]), Ok(None));
+    }
+}
