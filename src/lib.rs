@@ -3,7 +3,6 @@
 //! Data flows one way: the CLI (and the C ABI) call [`dc`], which uses [`codec`] to encode
 //! and decode chunks and [`gguf`] to read and write the container.
 
-pub mod budget;
 pub mod codec;
 pub mod cost;
 pub mod dc;

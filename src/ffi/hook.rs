@@ -8,7 +8,7 @@ use std::ffi::{CStr, c_char};
 
 use super::dcgguf_result;
 use super::{Error, guard};
-use crate::budget;
+use crate::llama::budget;
 use crate::llama::{self, LlamaError, hooks, sys};
 
 /// Loads a GGUF or DC-GGUF model with the llama.cpp in this process (see ffi/dcgguf.h).

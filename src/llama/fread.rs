@@ -61,7 +61,7 @@ const IO_EOF_SEEN: c_int = 0x10;
 /// Reads smaller than this go through glibc's buffer. Below the smallest tensor a memory
 /// budget streams (`budget::MIN_STREAMED`), so deferral always sees those reads.
 const DIRECT_MIN: usize = 64 << 10;
-const _: () = assert!(DIRECT_MIN as u64 <= crate::budget::MIN_STREAMED);
+const _: () = assert!(DIRECT_MIN as u64 <= crate::llama::budget::MIN_STREAMED);
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const IO_ERR_SEEN: c_int = 0x20;
 

@@ -163,7 +163,7 @@ pub fn init_context(
     // InitFromModelFn states (llama.h at the pinned commit).
     let real = unsafe { std::mem::transmute::<usize, InitFromModelFn>(real) };
     let hook = catch_unwind(AssertUnwindSafe(|| {
-        crate::budget::graph_hook::hook_context_params(model, &mut params)
+        crate::llama::budget::graph_hook::hook_context_params(model, &mut params)
     }))
     .ok()
     .flatten();
@@ -172,7 +172,7 @@ pub fn init_context(
     if let Some(h) = hook {
         // SAFETY: `h` came from hook_context_params just above and is handed over once.
         let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
-            crate::budget::graph_hook::context_created(ctx, h)
+            crate::llama::budget::graph_hook::context_created(ctx, h)
         }));
     }
     ctx
@@ -186,14 +186,16 @@ pub fn context_freed(ctx: *mut sys::llama_context, ours: usize) {
         unsafe { std::mem::transmute::<usize, FreeContextFn>(real)(ctx) };
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        crate::budget::graph_hook::context_freed(ctx)
+        crate::llama::budget::graph_hook::context_freed(ctx)
     }));
 }
 
 /// Stops and forgets the model's budget state, then `llama_model_free`. `ours` as in
 /// [`init_context`].
 pub fn model_freed(model: *mut sys::llama_model, ours: usize) {
-    let _ = catch_unwind(AssertUnwindSafe(|| crate::budget::unregister_model(model)));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        crate::llama::budget::unregister_model(model)
+    }));
     if let Some(real) = REAL_MODEL_FREE.get(c"llama_model_free", ours) {
         // SAFETY: llama.cpp's llama_model_free (signature FreeModelFn, llama.h), with the
         // caller's argument.

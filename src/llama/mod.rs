@@ -10,6 +10,7 @@
 //! linked into this crate. [`sys`] holds bindgen output for the few llama.h items used.
 
 pub mod actmax;
+pub mod budget;
 pub mod early;
 pub mod fread;
 pub mod hooks;
@@ -29,9 +30,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::budget::{self, Residency};
 use crate::dc::{DcError, DcFile};
 use crate::gguf::split::SplitName;
+use budget::Residency;
 use stream::{CookieFile, Source, Stream};
 use throttle::throttle_from_env;
 

@@ -5,7 +5,7 @@
 //! memory (a tensor read is one parallel decode of whole chunks into llama.cpp's tensor);
 //! anything glibc reads through its own buffer comes through the cookie callbacks. Chunks read
 //! piecewise are decoded once into a small cache, so the extra memory is a few chunks.
-//! With a memory budget ([`crate::budget`]), tensors chosen for on-demand decoding are not
+//! With a memory budget ([`crate::llama::budget`]), tensors chosen for on-demand decoding are not
 //! read at load at all: the stream records where llama.cpp put them and skips them.
 //!
 //! While llama.cpp still parses metadata, [`super::early`] decodes the first chunks on a spare
@@ -30,8 +30,8 @@ use std::time::Instant;
 use super::early::{EarlyDecode, Limits};
 use super::prefault::Prefault;
 use super::throttle::Throttle;
-use crate::budget::Residency;
 use crate::dc::DcFile;
+use crate::llama::budget::Residency;
 
 /// The `FILE *` buffer. glibc refills it after every seek, and llama.cpp seeks before each
 /// tensor, so it stays modest: 256 KiB cut read calls 15x against the 8 KiB default.

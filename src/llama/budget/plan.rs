@@ -311,7 +311,7 @@ impl Planner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::spec::Budget;
+    use crate::llama::budget::spec::Budget;
 
     fn t(name: &str, raw: u64, stored: u64, bps: f64) -> TensorCost {
         TensorCost {
