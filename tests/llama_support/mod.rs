@@ -3,29 +3,29 @@
 //! Real llama.cpp only: `DCGGUF_LLAMA_PREFIX` (default `$DCGGUF_CACHE/llama.cpp-0.3.36`,
 //! `DCGGUF_CACHE` default `~/.cache/dcgguf`) must hold bin/, lib/ and include/ from
 //! scripts/build-llama.sh; SmolLM2 comes from `$DCGGUF_CACHE/models` (scripts/fetch-models.sh),
-//! MiniLM from `DCGGUF_SHARED_MODELS` (default ../shared/models or /work/shared/models). When
-//! something is missing the test prints "SKIPPED: ..." to stderr, or fails if
-//! `DCGGUF_REQUIRE_LLAMA=1`.
+//! MiniLM from `DCGGUF_SHARED_MODELS` (default ../shared/models or /work/shared/models).
+//!
+//! build.rs detects each of them and sets a cfg (`dcgguf_llama`, `dcgguf_smollm2`,
+//! `dcgguf_minilm`, ...); a test that needs one carries
+//! `#[cfg_attr(not(dcgguf_llama), ignore = "needs llama.cpp: ...")]`, so without it libtest
+//! reports the test as `ignored, needs ...`. The helpers here panic with the reason when
+//! something is missing all the same (the cfg said it was there, or the test was run with
+//! `--include-ignored`): no test passes without having run.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-pub fn require() -> bool {
-    std::env::var("DCGGUF_REQUIRE_LLAMA").is_ok_and(|v| v == "1")
-}
-
-/// Reports a missing prerequisite: panics under DCGGUF_REQUIRE_LLAMA=1, else a loud skip.
-pub fn skip(test: &str, why: &str) {
-    if require() {
-        panic!("{test}: {why} (DCGGUF_REQUIRE_LLAMA=1)");
-    }
-    eprintln!("\n!!!!! SKIPPED: {test}: {why} (set DCGGUF_REQUIRE_LLAMA=1 to make this fail)\n");
+/// Reports a missing prerequisite of a test that was not ignored: always a failure.
+#[track_caller]
+pub fn missing(test: &str, why: &str) -> ! {
+    panic!("{test}: {why}")
 }
 
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("DCGGUF_CACHE")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
@@ -48,9 +48,10 @@ impl Llama {
     }
 }
 
-/// The built llama.cpp, or None (after reporting the skip).
-pub fn llama(test: &str) -> Option<Llama> {
+/// The built llama.cpp (panics when it is not: see the module doc).
+pub fn llama(test: &str) -> Llama {
     let prefix = std::env::var_os("DCGGUF_LLAMA_PREFIX")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION")))
@@ -62,38 +63,39 @@ pub fn llama(test: &str) -> Option<Llama> {
         l.include_dir().join("llama.h"),
     ] {
         if !need.exists() {
-            skip(
+            missing(
                 test,
                 &format!(
                     "llama.cpp not built: {} missing (run scripts/build-llama.sh)",
                     need.display()
                 ),
             );
-            return None;
         }
     }
-    Some(l)
+    l
 }
 
-pub fn smollm2(test: &str) -> Option<PathBuf> {
+/// SmolLM2-135M-Instruct Q4_1 (panics when absent).
+pub fn smollm2(test: &str) -> PathBuf {
     let p = std::env::var_os("DCGGUF_MODELS")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("models"))
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        skip(
+    if !p.exists() {
+        missing(
             test,
             &format!("{} missing (run scripts/fetch-models.sh)", p.display()),
         );
-        None
     }
+    p
 }
 
-pub fn shared_model(test: &str, name: &str) -> Option<PathBuf> {
+/// A committed test model (MiniLM) by file name (panics when absent).
+pub fn shared_model(test: &str, name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dirs: Vec<PathBuf> = std::env::var_os("DCGGUF_SHARED_MODELS")
+        .filter(|d| !d.is_empty())
         .map(|d| vec![PathBuf::from(d)])
         .unwrap_or_else(|| {
             vec![
@@ -103,11 +105,8 @@ pub fn shared_model(test: &str, name: &str) -> Option<PathBuf> {
             ]
         });
     match dirs.iter().map(|d| d.join(name)).find(|p| p.exists()) {
-        Some(p) => Some(p),
-        None => {
-            skip(test, &format!("{name} not found in {dirs:?}"));
-            None
-        }
+        Some(p) => p,
+        None => missing(test, &format!("{name} not found in {dirs:?}")),
     }
 }
 
