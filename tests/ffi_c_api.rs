@@ -54,7 +54,7 @@ fn check(static_link: bool) {
     } else {
         "c_api_shared"
     };
-    let orig = shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf");
+    let orig = require_shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf");
     if Command::new("pkg-config")
         .arg("--version")
         .output()

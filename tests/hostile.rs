@@ -546,7 +546,7 @@ fn garbage_imatrix_is_invalid_input() {
 )]
 fn crafted_dc_files_fail_cleanly_inside_llama_cpp() {
     let t = "crafted_dc_files_fail_cleanly_inside_llama_cpp";
-    let l = llama_support::llama(t);
+    let l = llama_support::require_llama(t);
     let dir = TempDir::new("hostile-llama");
     let real = real_dc(&dir);
     let parts = Parts::of(&real);

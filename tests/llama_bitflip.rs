@@ -19,7 +19,7 @@ use std::time::Instant;
 use common::{Rng, TempDir};
 use dc_regions::*;
 use dcgguf::dc::{CompressOptions, DcFile, compress_file};
-use llama_support::{Llama, assert_exit, llama, preload, run};
+use llama_support::{Llama, assert_exit, preload, require_llama, run};
 
 const SENTENCE: &str = "A quick brown fox jumps over the lazy dog.";
 
@@ -125,8 +125,8 @@ fn names_region(kind: &Kind, line: &str, names: &[String]) -> bool {
 fn llama_embedding_bitflips_fail_loudly_or_change_nothing() {
     let t = "llama_embedding_bitflips_fail_loudly_or_change_nothing";
     let (l, src) = (
-        llama(t),
-        llama_support::shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf"),
+        require_llama(t),
+        llama_support::require_shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf"),
     );
     let t0 = Instant::now();
     let dir = TempDir::new("llama-bitflip");

@@ -125,7 +125,7 @@ fn stat(stderr: &str, key: &str) -> u64 {
 )]
 fn budgeted_generation_is_identical_and_stays_within_the_budget() {
     let t = "budgeted_generation_is_identical_and_stays_within_the_budget";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let plain = completion(&l, &m, None, "budget-plain");
     assert!(plain.ok, "plain run failed:\n{}", plain.stderr);
@@ -246,14 +246,14 @@ fn int8_pair(f32: &Path) -> (PathBuf, PathBuf) {
 )]
 fn budgeted_embeddings_are_identical() {
     let t = "budgeted_embeddings_are_identical";
-    let l = llama(t);
+    let l = require_llama(t);
     let mut models = Vec::new();
     for name in ["all-MiniLM-L6-v2-bf16.gguf", "all-MiniLM-L6-v2-f16.gguf"] {
-        let m = shared_model(t, name);
+        let m = require_shared_model(t, name);
         let dc = dc_of(&m);
         models.push((name.to_string(), m, dc));
     }
-    let f32 = shared_model(t, "all-MiniLM-L6-v2-f32.gguf");
+    let f32 = require_shared_model(t, "all-MiniLM-L6-v2-f32.gguf");
     let (q8, int8) = int8_pair(&f32);
     models.push(("MiniLM DC-INT8".into(), q8, int8));
     for (name, m, dc) in models {
@@ -288,7 +288,7 @@ fn budgeted_embeddings_are_identical() {
 )]
 fn bad_budget_is_a_clear_error() {
     let t = "bad_budget_is_a_clear_error";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let r = completion(&l, &dc, Some(("lots", "file")), "budget-bad");
     assert!(!r.ok);
@@ -306,7 +306,7 @@ fn bad_budget_is_a_clear_error() {
 )]
 fn corrupt_streamed_tensor_stops_generation_with_its_name() {
     let t = "corrupt_streamed_tensor_stops_generation_with_its_name";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     // At 50% (file) nearly every layer is streamed, so the flipped byte in the middle of the
     // file lands in a tensor that is decoded only when llama.cpp computes with it.
     let bad: PathBuf = corrupted_copy(&dc_of(&m), "smollm2-budget-corrupt.dc.gguf");

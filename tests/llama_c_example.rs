@@ -26,7 +26,7 @@ fn build(l: &Llama, src: &str, exe: &str) -> std::path::PathBuf {
 )]
 fn c_example_generates_same_text_from_dc() {
     let t = "c_example_generates_same_text_from_dc";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let exe = build(&l, "ffi/examples/generate.c", "generate");
     let generate = |model: &Path| {
@@ -51,7 +51,7 @@ fn c_example_generates_same_text_from_dc() {
 )]
 fn c_example_memory_budget_needs_the_preload_library() {
     let t = "c_example_memory_budget_needs_the_preload_library";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let exe = build(&l, "ffi/examples/generate.c", "generate-budget");
     let generate = |model: &Path, budget: bool, preloaded: bool| {
@@ -93,9 +93,9 @@ fn c_example_memory_budget_needs_the_preload_library() {
 fn two_dc_models_and_concurrent_loads() {
     let t = "two_dc_models_and_concurrent_loads";
     let (l, a, b) = (
-        llama(t),
-        smollm2(t),
-        shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+        require_llama(t),
+        require_smollm2(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
     );
     let (da, db) = (dc_of(&a), dc_of(&b));
     let exe = build(&l, "ffi/tests/multi_load.c", "multi_load");

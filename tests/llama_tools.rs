@@ -38,7 +38,7 @@ fn completion(l: &Llama, model: &Path, preload: bool, n: u32) -> Output {
 )]
 fn completion_dc_matches_original_64_tokens() {
     let t = "completion_dc_matches_original_64_tokens";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let plain = completion(&l, &m, false, 64);
     assert_exit(&plain, true, "llama-completion on the original");
@@ -74,7 +74,10 @@ fn completion_dc_matches_original_64_tokens() {
 )]
 fn stock_llama_rejects_dc_without_preload() {
     let t = "stock_llama_rejects_dc_without_preload";
-    let (l, m) = (llama(t), shared_model(t, "all-MiniLM-L6-v2-f16.gguf"));
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
     let dc = dc_of(&m);
     // llama-bench -v logs synchronously (llama-completion's async logger may drop the last
     // lines when it exits early).
@@ -97,7 +100,7 @@ fn stock_llama_rejects_dc_without_preload() {
 )]
 fn corrupt_dc_fails_naming_tensor_and_chunk() {
     let t = "corrupt_dc_fails_naming_tensor_and_chunk";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let bad = corrupted_copy(&dc_of(&m), "smollm2-corrupt.dc.gguf");
     let o = completion(&l, &bad, true, 4);
     assert_exit(&o, false, "llama-completion on a corrupt DC-GGUF");
@@ -179,7 +182,7 @@ fn ppl_line(o: &Output) -> String {
 )]
 fn perplexity_dc_matches_original() {
     let t = "perplexity_dc_matches_original";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let text = tmp_dir().join("ppl.txt");
     std::fs::write(&text, perplexity_text()).unwrap();
@@ -233,7 +236,7 @@ fn embedding(l: &Llama, model: &Path, preload: bool) -> Vec<f64> {
 }
 
 fn check_embedding(t: &str, name: &str) {
-    let (l, m) = (llama(t), shared_model(t, name));
+    let (l, m) = (require_llama(t), require_shared_model(t, name));
     let dc = dc_of(&m);
     let plain = embedding(&l, &m, false);
     assert_eq!(
@@ -280,7 +283,10 @@ fn embedding_minilm_f16_dc_matches_original() {
 )]
 fn split_dc_is_refused_with_merge_hint() {
     let t = "split_dc_is_refused_with_merge_hint";
-    let (l, m) = (llama(t), shared_model(t, "all-MiniLM-L6-v2-f16.gguf"));
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
     let dir = tmp_dir().join("split");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -325,7 +331,7 @@ fn split_dc_is_refused_with_merge_hint() {
 )]
 fn damaged_dc_header_is_a_dc_error_not_unknown_architecture() {
     let t = "damaged_dc_header_is_a_dc_error_not_unknown_architecture";
-    let (l, m) = (llama(t), smollm2(t));
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let good = std::fs::read(dc_of(&m)).unwrap();
     let find = |pat: &[u8]| {
         good.windows(pat.len())

@@ -399,9 +399,9 @@ fn require_python(test: &str) {
 )]
 fn minilm_gptq_meets_the_q8_0_fidelity_target_at_085x() {
     let test = module_path!();
-    let f32_model = llama_support::shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
+    let f32_model = llama_support::require_shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
     let q8_model = f32_model.with_file_name("all-MiniLM-L6-v2-q8_0.gguf");
-    let llama = llama_support::llama(test);
+    let llama = llama_support::require_llama(test);
     let bin = llama.prefix.join("bin");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let calib = root.join("vendor/llama.cpp/README.md");

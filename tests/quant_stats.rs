@@ -215,12 +215,14 @@ fn recorded_maxima_are_read_and_checked() {
 }
 
 fn models_dir() -> PathBuf {
-    let f32 = llama_support::shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf");
+    let f32 = llama_support::require_shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf");
     f32.parent().unwrap().to_path_buf()
 }
 
 fn llama_bin() -> PathBuf {
-    llama_support::llama(module_path!()).prefix.join("bin")
+    llama_support::require_llama(module_path!())
+        .prefix
+        .join("bin")
 }
 
 #[test]

@@ -8,9 +8,11 @@
 //! build.rs detects each of them and sets a cfg (`dcgguf_llama`, `dcgguf_smollm2`,
 //! `dcgguf_minilm`, ...); a test that needs one carries
 //! `#[cfg_attr(not(dcgguf_llama), ignore = "needs llama.cpp: ...")]`, so without it libtest
-//! reports the test as `ignored, needs ...`. The helpers here panic with the reason when
-//! something is missing all the same (the cfg said it was there, or the test was run with
-//! `--include-ignored`): no test passes without having run.
+//! reports the test as `ignored, needs ...`. The `require_*` helpers here panic with the
+//! reason when something is missing all the same (the cfg said it was there, or the test was
+//! run with `--include-ignored`): no test passes without having run. The benches, which leave
+//! out what they cannot run, use `llama()`, `smollm2()` and `shared_model()` (None after a
+//! loud note, a panic under `DCGGUF_REQUIRE_LLAMA=1`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -48,8 +50,8 @@ impl Llama {
     }
 }
 
-/// The built llama.cpp (panics when it is not: see the module doc).
-pub fn llama(test: &str) -> Llama {
+/// The built llama.cpp, or why not.
+fn find_llama() -> Result<Llama, String> {
     let prefix = std::env::var_os("DCGGUF_LLAMA_PREFIX")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -63,36 +65,34 @@ pub fn llama(test: &str) -> Llama {
         l.include_dir().join("llama.h"),
     ] {
         if !need.exists() {
-            missing(
-                test,
-                &format!(
-                    "llama.cpp not built: {} missing (run scripts/build-llama.sh)",
-                    need.display()
-                ),
-            );
+            return Err(format!(
+                "llama.cpp not built: {} missing (run scripts/build-llama.sh)",
+                need.display()
+            ));
         }
     }
-    l
+    Ok(l)
 }
 
-/// SmolLM2-135M-Instruct Q4_1 (panics when absent).
-pub fn smollm2(test: &str) -> PathBuf {
+/// SmolLM2-135M-Instruct Q4_1, or why not.
+fn find_smollm2() -> Result<PathBuf, String> {
     let p = std::env::var_os("DCGGUF_MODELS")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("models"))
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        missing(
-            test,
-            &format!("{} missing (run scripts/fetch-models.sh)", p.display()),
-        );
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} missing (run scripts/fetch-models.sh)",
+            p.display()
+        ))
     }
-    p
 }
 
-/// A committed test model (MiniLM) by file name (panics when absent).
-pub fn shared_model(test: &str, name: &str) -> PathBuf {
+/// A committed test model (MiniLM) by file name, or why not.
+fn find_shared_model(name: &str) -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dirs: Vec<PathBuf> = std::env::var_os("DCGGUF_SHARED_MODELS")
         .filter(|d| !d.is_empty())
@@ -104,10 +104,58 @@ pub fn shared_model(test: &str, name: &str) -> PathBuf {
                 PathBuf::from("/work/shared/models"),
             ]
         });
-    match dirs.iter().map(|d| d.join(name)).find(|p| p.exists()) {
-        Some(p) => p,
-        None => missing(test, &format!("{name} not found in {dirs:?}")),
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("{name} not found in {dirs:?}"))
+}
+
+/// The built llama.cpp; a test that needs it fails without it (see the module doc).
+#[track_caller]
+pub fn require_llama(test: &str) -> Llama {
+    find_llama().unwrap_or_else(|why| missing(test, &why))
+}
+
+/// SmolLM2-135M-Instruct Q4_1; a test that needs it fails without it.
+#[track_caller]
+pub fn require_smollm2(test: &str) -> PathBuf {
+    find_smollm2().unwrap_or_else(|why| missing(test, &why))
+}
+
+/// A committed test model (MiniLM); a test that needs it fails without it.
+#[track_caller]
+pub fn require_shared_model(test: &str, name: &str) -> PathBuf {
+    find_shared_model(name).unwrap_or_else(|why| missing(test, &why))
+}
+
+/// For the benches (benches/*.rs), which leave out what they cannot run: whether
+/// `DCGGUF_REQUIRE_LLAMA=1` asks for everything.
+pub fn require() -> bool {
+    std::env::var("DCGGUF_REQUIRE_LLAMA").is_ok_and(|v| v == "1")
+}
+
+/// For the benches: reports a missing prerequisite, a panic under DCGGUF_REQUIRE_LLAMA=1.
+pub fn skip(what: &str, why: &str) {
+    if require() {
+        panic!("{what}: {why} (DCGGUF_REQUIRE_LLAMA=1)");
     }
+    eprintln!("\n!!!!! SKIPPED: {what}: {why} (set DCGGUF_REQUIRE_LLAMA=1 to make this fail)\n");
+}
+
+/// For the benches: the built llama.cpp, or None after [`skip`]. Tests use [`require_llama`].
+pub fn llama(what: &str) -> Option<Llama> {
+    find_llama().map_err(|why| skip(what, &why)).ok()
+}
+
+/// For the benches: SmolLM2, or None after [`skip`]. Tests use [`require_smollm2`].
+pub fn smollm2(what: &str) -> Option<PathBuf> {
+    find_smollm2().map_err(|why| skip(what, &why)).ok()
+}
+
+/// For the benches: a committed test model, or None after [`skip`]. Tests use
+/// [`require_shared_model`].
+pub fn shared_model(what: &str, name: &str) -> Option<PathBuf> {
+    find_shared_model(name).map_err(|why| skip(what, &why)).ok()
 }
 
 /// The profile directory of this test build (target/debug or target/release).
