@@ -6,9 +6,9 @@
 //!
 //! The flips are stratified over the region kinds (the DC file's own GGUF header, `dc.index`,
 //! the original-header blob, the gap blob, tensor chunks, alignment padding), at random bit
-//! positions from a fixed seed. An absent model follows the real-model policy of
-//! tests/common (fails under DCGGUF_REQUIRE_MODELS=1, a loud SKIPPED otherwise); debug builds
-//! skip loudly unless asked (see `run_in_this_build`).
+//! positions from a fixed seed. Without the MiniLM models (build.rs), or in a debug build
+//! (unoptimized builds decode ~10x slower), the tests are reported as `ignored, needs ...`
+//! (`cargo test -- --include-ignored` runs them anyway).
 
 mod common;
 mod dc_regions;
@@ -184,29 +184,9 @@ fn variant(e: &DcError) -> String {
     d[..d.find([' ', '(', '{']).unwrap_or(d.len())].to_string()
 }
 
-/// As tests/real_models.rs: unoptimized builds decode ~10x slower, so these run in release
-/// builds (scripts/test.sh), or in any build when DCGGUF_REQUIRE_MODELS=1 or
-/// DCGGUF_REAL_MODELS=1 asks for them.
-fn run_in_this_build(path: &Path) -> bool {
-    if !cfg!(debug_assertions)
-        || env_flag("DCGGUF_REQUIRE_MODELS")
-        || env_flag("DCGGUF_REAL_MODELS")
-    {
-        return true;
-    }
-    loud(&format!(
-        "SKIPPED: {}: bit-flip tests run in release builds (cargo test --release), \
-         or set DCGGUF_REAL_MODELS=1",
-        path.display()
-    ));
-    false
-}
-
 fn run_model(file: &str, plan: Plan, seed: u64) {
     let src = shared_model(file);
-    if !model_present(&src) || !run_in_this_build(&src) {
-        return;
-    }
+    require_model(&src);
     let t0 = Instant::now();
     let original = std::fs::read(&src).unwrap();
     let dir = TempDir::new("bitflip");
@@ -381,6 +361,10 @@ const F16_FLIPS: usize = 500;
 const _: () = assert!(Q8_0_FLIPS + F16_FLIPS >= 1000);
 
 #[test]
+#[cfg_attr(
+    any(debug_assertions, not(dcgguf_minilm)),
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+)]
 fn bitflips_q8_0_minilm() {
     run_model(
         "all-MiniLM-L6-v2-q8_0.gguf",
@@ -396,6 +380,10 @@ fn bitflips_q8_0_minilm() {
 }
 
 #[test]
+#[cfg_attr(
+    any(debug_assertions, not(dcgguf_minilm)),
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+)]
 fn bitflips_f16_minilm() {
     run_model(
         "all-MiniLM-L6-v2-f16.gguf",

@@ -17,37 +17,31 @@ const INTERPOSERS: [&str; 6] = [
     "llama_model_free",
 ];
 
-/// (type letter, name) of each defined symbol `nm args lib` lists; None without nm.
-fn nm(args: &[&str], lib: &Path) -> Option<Vec<(char, String)>> {
-    let o = match Command::new("nm").args(args).arg(lib).output() {
-        Ok(o) => o,
-        Err(e) => {
-            if llama_support::require() {
-                panic!("cannot run nm: {e}");
-            }
-            eprintln!("\n!!!!! SKIPPED: nm not available ({e})\n");
-            return None;
-        }
-    };
+/// (type letter, name) of each defined symbol `nm args lib` lists. nm comes with binutils,
+/// which the linker of every build here is part of: without it the test fails.
+fn nm(args: &[&str], lib: &Path) -> Vec<(char, String)> {
+    let o = Command::new("nm")
+        .args(args)
+        .arg(lib)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nm (binutils): {e}"));
     assert!(
         o.status.success(),
         "nm {args:?} {}: {}",
         lib.display(),
         String::from_utf8_lossy(&o.stderr)
     );
-    Some(
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| {
-                // "<address> <type> <name>[@version]"; archive member headers have no type.
-                let mut f = l.split_whitespace();
-                let (_, ty, name) = (f.next()?, f.next()?, f.next()?);
-                let ty = ty.chars().next().filter(|_| ty.len() == 1)?;
-                let name = name.split('@').next().unwrap_or(name);
-                Some((ty, name.to_string()))
-            })
-            .collect(),
-    )
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "<address> <type> <name>[@version]"; archive member headers have no type.
+            let mut f = l.split_whitespace();
+            let (_, ty, name) = (f.next()?, f.next()?, f.next()?);
+            let ty = ty.chars().next().filter(|_| ty.len() == 1)?;
+            let name = name.split('@').next().unwrap_or(name);
+            Some((ty, name.to_string()))
+        })
+        .collect()
 }
 
 /// Global definitions: text, data, bss, read-only, weak, indirect functions, unique.
@@ -61,9 +55,7 @@ fn is_global(ty: char) -> bool {
 #[test]
 fn libdcgguf_so_exports_only_the_c_api() {
     let lib = llama_support::built_lib("libdcgguf.so");
-    let Some(syms) = nm(&["-D", "--defined-only"], &lib) else {
-        return;
-    };
+    let syms = nm(&["-D", "--defined-only"], &lib);
     let globals: Vec<&(char, String)> = syms.iter().filter(|(t, _)| is_global(*t)).collect();
     let foreign: Vec<String> = globals
         .iter()
@@ -93,9 +85,7 @@ fn libdcgguf_so_exports_only_the_c_api() {
 #[test]
 fn libdcgguf_a_defines_no_libc_or_llama_symbol() {
     let lib = llama_support::built_lib("libdcgguf.a");
-    let Some(syms) = nm(&["--defined-only", "-g"], &lib) else {
-        return;
-    };
+    let syms = nm(&["--defined-only", "-g"], &lib);
     let bad: Vec<String> = syms
         .iter()
         .filter(|(t, n)| is_global(*t) && (n == "fread" || n.starts_with("llama_")))
@@ -112,9 +102,7 @@ fn libdcgguf_a_defines_no_libc_or_llama_symbol() {
 #[test]
 fn libdcgguf_preload_so_exports_the_interposers() {
     let lib = llama_support::libdcgguf_preload();
-    let Some(syms) = nm(&["-D", "--defined-only"], &lib) else {
-        return;
-    };
+    let syms = nm(&["-D", "--defined-only"], &lib);
     let exported = |name: &str| syms.iter().any(|(t, n)| *t == 'T' && n == name);
     for name in INTERPOSERS {
         assert!(exported(name), "{} does not export {name}", lib.display());

@@ -54,16 +54,13 @@ fn check(static_link: bool) {
     } else {
         "c_api_shared"
     };
-    let Some(orig) = shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf") else {
-        return;
-    };
+    let orig = require_shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf");
     if Command::new("pkg-config")
         .arg("--version")
         .output()
         .is_err()
     {
-        skip(t, "pkg-config not installed");
-        return;
+        missing(t, "pkg-config not installed (scripts/install-deps.sh)");
     }
     let dc = dc_of(&orig);
     let bad = corrupted_copy(&dc, &format!("{t}-corrupt.dc.gguf"));
@@ -86,11 +83,19 @@ fn check(static_link: bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_minilm, dcgguf_pkg_config)),
+    ignore = "needs pkg-config (scripts/install-deps.sh) and the MiniLM models (shared/models)"
+)]
 fn c_api_shared_via_pkg_config() {
     check(false);
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_minilm, dcgguf_pkg_config)),
+    ignore = "needs pkg-config (scripts/install-deps.sh) and the MiniLM models (shared/models)"
+)]
 fn c_api_static_via_pkg_config() {
     check(true);
 }

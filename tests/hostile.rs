@@ -196,14 +196,11 @@ fn zero_bomb(n: usize) -> Vec<u8> {
 }
 
 /// The real model every crafted file starts from, compressed once per test binary.
-fn real_dc(dir: &TempDir) -> Option<PathBuf> {
+fn real_dc(dir: &TempDir) -> PathBuf {
     let src = shared_model("all-MiniLM-L6-v2-q8_0.gguf");
-    if !model_present(&src) {
-        return None;
-    }
     let out = dir.join("real.dc.gguf");
-    compress(&src, &out, &Default::default());
-    Some(out)
+    compress(require_model(&src), &out, &Default::default());
+    out
 }
 
 /// One row of the bad-input table.
@@ -247,9 +244,10 @@ fn print_table(rows: &[Row], real: &[(&str, f64)]) {
 }
 
 #[test]
+#[cfg_attr(not(dcgguf_minilm), ignore = "needs the MiniLM models (shared/models)")]
 fn crafted_dc_files_fail_cleanly_in_bounded_memory() {
     let dir = TempDir::new("hostile");
-    let Some(real) = real_dc(&dir) else { return };
+    let real = real_dc(&dir);
     let parts = Parts::of(&real);
     let giant: u64 = 1 << 30;
     let cases: Vec<(&'static str, Vec<u8>, &str)> = vec![
@@ -513,11 +511,10 @@ fn absurd_thread_counts_are_refused() {
 
 /// Garbage where an imatrix belongs is invalid input (exit 3), not a usage error.
 #[test]
+#[cfg_attr(not(dcgguf_minilm), ignore = "needs the MiniLM models (shared/models)")]
 fn garbage_imatrix_is_invalid_input() {
     let src = shared_model("all-MiniLM-L6-v2-f32.gguf");
-    if !model_present(&src) {
-        return;
-    }
+    require_model(&src);
     let dir = TempDir::new("imatrix");
     let garbage = dir.write(
         "garbage.imatrix.gguf",
@@ -543,13 +540,15 @@ fn garbage_imatrix_is_invalid_input() {
 /// The same crafted files through llama.cpp's own tool under the preload hook: the host gets
 /// a clean error from dcgguf, in no more memory than it needs for the real model.
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn crafted_dc_files_fail_cleanly_inside_llama_cpp() {
     let t = "crafted_dc_files_fail_cleanly_inside_llama_cpp";
-    let Some(l) = llama_support::llama(t) else {
-        return;
-    };
+    let l = llama_support::require_llama(t);
     let dir = TempDir::new("hostile-llama");
-    let Some(real) = real_dc(&dir) else { return };
+    let real = real_dc(&dir);
     let parts = Parts::of(&real);
     let giant: u64 = 1 << 30;
     let bomb = zero_bomb(giant as usize);

@@ -4,7 +4,7 @@
 //! seed. Each run must either fail with a `dcgguf: error:` naming the region, or succeed with
 //! the plain model's embedding, exactly. Never may llama.cpp get the damaged file as a plain
 //! model ("unknown model architecture"). See tests/llama_support for the environment and the
-//! SKIPPED policy; tests/bitflip.rs does 1,100 flips through the library.
+//! ignored policy; tests/bitflip.rs does 1,100 flips through the library.
 
 mod common;
 mod dc_regions;
@@ -19,7 +19,7 @@ use std::time::Instant;
 use common::{Rng, TempDir};
 use dc_regions::*;
 use dcgguf::dc::{CompressOptions, DcFile, compress_file};
-use llama_support::{Llama, assert_exit, llama, preload, run};
+use llama_support::{Llama, assert_exit, preload, require_llama, run};
 
 const SENTENCE: &str = "A quick brown fox jumps over the lazy dog.";
 
@@ -118,14 +118,16 @@ fn names_region(kind: &Kind, line: &str, names: &[String]) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn llama_embedding_bitflips_fail_loudly_or_change_nothing() {
     let t = "llama_embedding_bitflips_fail_loudly_or_change_nothing";
-    let (Some(l), Some(src)) = (
-        llama(t),
-        llama_support::shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf"),
-    ) else {
-        return;
-    };
+    let (l, src) = (
+        require_llama(t),
+        llama_support::require_shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf"),
+    );
     let t0 = Instant::now();
     let dir = TempDir::new("llama-bitflip");
     // No region word in the path: the error lines are matched with the path removed anyway.

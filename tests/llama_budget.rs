@@ -1,5 +1,5 @@
 //! Memory-budget mode (`DCGGUF_MEM_BUDGET`) with unmodified llama.cpp tools through
-//! `LD_PRELOAD` (real llama.cpp, no mocks; see tests/llama_support for the SKIPPED policy):
+//! `LD_PRELOAD` (real llama.cpp, no mocks; see tests/llama_support for the ignored policy):
 //! outputs are bit-identical to the plain model at every budget, the measured peak RSS stays
 //! within the budget, and bad budgets or corrupt streamed tensors fail cleanly.
 
@@ -119,11 +119,13 @@ fn stat(stderr: &str, key: &str) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn budgeted_generation_is_identical_and_stays_within_the_budget() {
     let t = "budgeted_generation_is_identical_and_stays_within_the_budget";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let plain = completion(&l, &m, None, "budget-plain");
     assert!(plain.ok, "plain run failed:\n{}", plain.stderr);
@@ -238,22 +240,20 @@ fn int8_pair(f32: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn budgeted_embeddings_are_identical() {
     let t = "budgeted_embeddings_are_identical";
-    let Some(l) = llama(t) else {
-        return;
-    };
+    let l = require_llama(t);
     let mut models = Vec::new();
     for name in ["all-MiniLM-L6-v2-bf16.gguf", "all-MiniLM-L6-v2-f16.gguf"] {
-        let Some(m) = shared_model(t, name) else {
-            return;
-        };
+        let m = require_shared_model(t, name);
         let dc = dc_of(&m);
         models.push((name.to_string(), m, dc));
     }
-    let Some(f32) = shared_model(t, "all-MiniLM-L6-v2-f32.gguf") else {
-        return;
-    };
+    let f32 = require_shared_model(t, "all-MiniLM-L6-v2-f32.gguf");
     let (q8, int8) = int8_pair(&f32);
     models.push(("MiniLM DC-INT8".into(), q8, int8));
     for (name, m, dc) in models {
@@ -282,11 +282,13 @@ fn budgeted_embeddings_are_identical() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn bad_budget_is_a_clear_error() {
     let t = "bad_budget_is_a_clear_error";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let r = completion(&l, &dc, Some(("lots", "file")), "budget-bad");
     assert!(!r.ok);
@@ -298,11 +300,13 @@ fn bad_budget_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn corrupt_streamed_tensor_stops_generation_with_its_name() {
     let t = "corrupt_streamed_tensor_stops_generation_with_its_name";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     // At 50% (file) nearly every layer is streamed, so the flipped byte in the middle of the
     // file lands in a tensor that is decoded only when llama.cpp computes with it.
     let bad: PathBuf = corrupted_copy(&dc_of(&m), "smollm2-budget-corrupt.dc.gguf");

@@ -20,11 +20,13 @@ fn build(l: &Llama, src: &str, exe: &str) -> std::path::PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn c_example_generates_same_text_from_dc() {
     let t = "c_example_generates_same_text_from_dc";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let exe = build(&l, "ffi/examples/generate.c", "generate");
     let generate = |model: &Path| {
@@ -43,11 +45,13 @@ fn c_example_generates_same_text_from_dc() {
 /// summary on stderr) and the text is the same; with libdcgguf alone the model loads fully,
 /// with the documented warning, and the text is still the same.
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn c_example_memory_budget_needs_the_preload_library() {
     let t = "c_example_memory_budget_needs_the_preload_library";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let exe = build(&l, "ffi/examples/generate.c", "generate-budget");
     let generate = |model: &Path, budget: bool, preloaded: bool| {
@@ -82,15 +86,17 @@ fn c_example_memory_budget_needs_the_preload_library() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2, dcgguf_minilm)),
+    ignore = "needs llama.cpp, SmolLM2 (scripts/build-llama.sh, scripts/fetch-models.sh) and the MiniLM models (shared/models)"
+)]
 fn two_dc_models_and_concurrent_loads() {
     let t = "two_dc_models_and_concurrent_loads";
-    let (Some(l), Some(a), Some(b)) = (
-        llama(t),
-        smollm2(t),
-        shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
-    ) else {
-        return;
-    };
+    let (l, a, b) = (
+        require_llama(t),
+        require_smollm2(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
     let (da, db) = (dc_of(&a), dc_of(&b));
     let exe = build(&l, "ffi/tests/multi_load.c", "multi_load");
     let o = run(Command::new(&exe).arg(&da).arg(&a).arg(&db).arg(&b));

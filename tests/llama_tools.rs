@@ -1,6 +1,6 @@
 //! Unmodified llama.cpp tools run a `.dc.gguf` exactly as the original, through
 //! `LD_PRELOAD=libdcgguf_preload.so` (real llama.cpp, no mocks; see tests/llama_support for the
-//! environment and the SKIPPED policy).
+//! environment and the ignored policy).
 
 mod llama_support;
 
@@ -32,11 +32,13 @@ fn completion(l: &Llama, model: &Path, preload: bool, n: u32) -> Output {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn completion_dc_matches_original_64_tokens() {
     let t = "completion_dc_matches_original_64_tokens";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let plain = completion(&l, &m, false, 64);
     assert_exit(&plain, true, "llama-completion on the original");
@@ -66,11 +68,16 @@ fn completion_dc_matches_original_64_tokens() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn stock_llama_rejects_dc_without_preload() {
     let t = "stock_llama_rejects_dc_without_preload";
-    let (Some(l), Some(m)) = (llama(t), shared_model(t, "all-MiniLM-L6-v2-f16.gguf")) else {
-        return;
-    };
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
     let dc = dc_of(&m);
     // llama-bench -v logs synchronously (llama-completion's async logger may drop the last
     // lines when it exits early).
@@ -87,11 +94,13 @@ fn stock_llama_rejects_dc_without_preload() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn corrupt_dc_fails_naming_tensor_and_chunk() {
     let t = "corrupt_dc_fails_naming_tensor_and_chunk";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let bad = corrupted_copy(&dc_of(&m), "smollm2-corrupt.dc.gguf");
     let o = completion(&l, &bad, true, 4);
     assert_exit(&o, false, "llama-completion on a corrupt DC-GGUF");
@@ -167,11 +176,13 @@ fn ppl_line(o: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn perplexity_dc_matches_original() {
     let t = "perplexity_dc_matches_original";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let text = tmp_dir().join("ppl.txt");
     std::fs::write(&text, perplexity_text()).unwrap();
@@ -225,9 +236,7 @@ fn embedding(l: &Llama, model: &Path, preload: bool) -> Vec<f64> {
 }
 
 fn check_embedding(t: &str, name: &str) {
-    let (Some(l), Some(m)) = (llama(t), shared_model(t, name)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_shared_model(t, name));
     let dc = dc_of(&m);
     let plain = embedding(&l, &m, false);
     assert_eq!(
@@ -244,6 +253,10 @@ fn check_embedding(t: &str, name: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn embedding_minilm_f32_dc_matches_original() {
     check_embedding(
         "embedding_minilm_f32_dc_matches_original",
@@ -252,6 +265,10 @@ fn embedding_minilm_f32_dc_matches_original() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn embedding_minilm_f16_dc_matches_original() {
     check_embedding(
         "embedding_minilm_f16_dc_matches_original",
@@ -260,11 +277,16 @@ fn embedding_minilm_f16_dc_matches_original() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn split_dc_is_refused_with_merge_hint() {
     let t = "split_dc_is_refused_with_merge_hint";
-    let (Some(l), Some(m)) = (llama(t), shared_model(t, "all-MiniLM-L6-v2-f16.gguf")) else {
-        return;
-    };
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
     let dir = tmp_dir().join("split");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -303,11 +325,13 @@ fn split_dc_is_refused_with_merge_hint() {
 /// the hook reports the DC damage; llama.cpp never sees the file as a plain model
 /// ("unknown model architecture") nor computes on it.
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
 fn damaged_dc_header_is_a_dc_error_not_unknown_architecture() {
     let t = "damaged_dc_header_is_a_dc_error_not_unknown_architecture";
-    let (Some(l), Some(m)) = (llama(t), smollm2(t)) else {
-        return;
-    };
+    let (l, m) = (require_llama(t), require_smollm2(t));
     let good = std::fs::read(dc_of(&m)).unwrap();
     let find = |pat: &[u8]| {
         good.windows(pat.len())

@@ -16,13 +16,15 @@ fn tmp(name: &str) -> PathBuf {
     d.join(name)
 }
 
-fn models_dir() -> Option<PathBuf> {
-    llama_support::shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf")
-        .and_then(|p| p.parent().map(Path::to_path_buf))
+fn models_dir() -> PathBuf {
+    let f32 = llama_support::require_shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf");
+    f32.parent().unwrap().to_path_buf()
 }
 
-fn llama_bin() -> Option<PathBuf> {
-    llama_support::llama(module_path!()).map(|l| l.prefix.join("bin"))
+fn llama_bin() -> PathBuf {
+    llama_support::require_llama(module_path!())
+        .prefix
+        .join("bin")
 }
 
 fn sentences_file() -> PathBuf {
@@ -66,8 +68,9 @@ fn f32s(b: &[u8]) -> Vec<f32> {
 }
 
 #[test]
+#[cfg_attr(not(dcgguf_minilm), ignore = "needs the MiniLM models (shared/models)")]
 fn step_zero_reproduces_llama_quantize_q8_0_bit_for_bit() {
-    let Some(m) = models_dir() else { return };
+    let m = models_dir();
     let out = tmp("reference.q8_0.gguf");
     let mut o = QuantOptions::default();
     o.grid.step = None;
@@ -95,8 +98,12 @@ fn step_zero_reproduces_llama_quantize_q8_0_bit_for_bit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn dc_int8_decodes_to_exactly_the_intended_q8_0_and_llama_cpp_runs_it_well() {
-    let Some(m) = models_dir() else { return };
+    let m = models_dir();
     let f32_model = m.join("all-MiniLM-L6-v2-f32.gguf");
     let dc = tmp("default.dc.gguf");
     let o = QuantOptions::default();
@@ -135,7 +142,7 @@ fn dc_int8_decodes_to_exactly_the_intended_q8_0_and_llama_cpp_runs_it_well() {
         "DC-INT8 default is {ratio:.3}x the Q8_0 file"
     );
 
-    let Some(bin) = llama_bin() else { return };
+    let bin = llama_bin();
     let s = sentences_file();
     let reference = embed(&bin, &f32_model, &s);
     let cos = cosines(&embed(&bin, &back, &s), &reference);
@@ -173,8 +180,12 @@ fn wild_stats(h: &GgufHeader) -> ActStats {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn folding_and_permuting_preserve_the_function() {
-    let Some(m) = models_dir() else { return };
+    let m = models_dir();
     let f32_model = m.join("all-MiniLM-L6-v2-f32.gguf");
     let bytes = std::fs::read(&f32_model).unwrap();
     let h = GgufHeader::parse(&bytes).unwrap();
@@ -223,7 +234,7 @@ fn folding_and_permuting_preserve_the_function() {
     // And end to end through real llama.cpp. Its F32 path is itself only reproducible to
     // ~1e-4 per embedding element (flash attention on vs off on the same file differs that
     // much), so the folded model must stay within a small multiple of that noise.
-    let Some(bin) = llama_bin() else { return };
+    let bin = llama_bin();
     let s = sentences_file();
     let ea = embed_fa(&bin, &f32_model, &s, "on");
     let noise_run = embed_fa(&bin, &f32_model, &s, "off");

@@ -270,20 +270,24 @@ fn recorded_maxima_are_read_and_checked() {
     }
 }
 
-fn models_dir() -> Option<PathBuf> {
-    llama_support::shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf")
-        .and_then(|p| p.parent().map(Path::to_path_buf))
+fn models_dir() -> PathBuf {
+    let f32 = llama_support::require_shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf");
+    f32.parent().unwrap().to_path_buf()
 }
 
-fn llama_bin() -> Option<PathBuf> {
-    llama_support::llama(module_path!()).map(|l| l.prefix.join("bin"))
+fn llama_bin() -> PathBuf {
+    llama_support::require_llama(module_path!())
+        .prefix
+        .join("bin")
 }
 
 #[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+)]
 fn calibrate_runs_real_llama_imatrix_and_validates_against_the_model() {
-    let (Some(models), Some(bin)) = (models_dir(), llama_bin()) else {
-        return;
-    };
+    let (models, bin) = (models_dir(), llama_bin());
     let model = models.join("all-MiniLM-L6-v2-f32.gguf");
     let text = tmp("calib.txt");
     let para = "Calibration text is ordinary prose about weather, cooking, software and travel. \

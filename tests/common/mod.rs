@@ -794,24 +794,20 @@ pub fn fetched_model(file: &str) -> PathBuf {
     cache.join("models").join(file)
 }
 
-/// The policy for absent real models: fail when `DCGGUF_REQUIRE_MODELS=1` (CI sets it), else
-/// say so loudly on stderr. Returns whether the model is present.
-pub fn model_present(path: &Path) -> bool {
-    if path.is_file() {
-        return true;
-    }
-    if env_flag("DCGGUF_REQUIRE_MODELS") {
+/// A real model the test needs: absent is a failure. A test that needs one is ignored by
+/// `#[cfg_attr(not(dcgguf_minilm), ignore = ...)]` (or `dcgguf_smollm2`) when build.rs found
+/// it absent, so reaching here without it means it vanished since the build, or the test was
+/// run with `--include-ignored`.
+#[track_caller]
+pub fn require_model(path: &Path) -> &Path {
+    if !path.is_file() {
         panic!(
-            "{} is absent and DCGGUF_REQUIRE_MODELS=1: run scripts/fetch-models.sh \
-             (or set DCGGUF_SHARED_MODELS / DCGGUF_MODELS)",
+            "{} is absent: run scripts/fetch-models.sh (or set DCGGUF_SHARED_MODELS / \
+             DCGGUF_MODELS)",
             path.display()
         );
     }
-    loud(&format!(
-        "SKIPPED: {} absent (run scripts/fetch-models.sh)",
-        path.display()
-    ));
-    false
+    path
 }
 
 /// Prints a framed message straight to the process's stderr, bypassing the test harness's

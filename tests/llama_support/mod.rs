@@ -3,29 +3,31 @@
 //! Real llama.cpp only: `DCGGUF_LLAMA_PREFIX` (default `$DCGGUF_CACHE/llama.cpp-0.3.36`,
 //! `DCGGUF_CACHE` default `~/.cache/dcgguf`) must hold bin/, lib/ and include/ from
 //! scripts/build-llama.sh; SmolLM2 comes from `$DCGGUF_CACHE/models` (scripts/fetch-models.sh),
-//! MiniLM from `DCGGUF_SHARED_MODELS` (default ../shared/models or /work/shared/models). When
-//! something is missing the test prints "SKIPPED: ..." to stderr, or fails if
-//! `DCGGUF_REQUIRE_LLAMA=1`.
+//! MiniLM from `DCGGUF_SHARED_MODELS` (default ../shared/models or /work/shared/models).
+//!
+//! build.rs detects each of them and sets a cfg (`dcgguf_llama`, `dcgguf_smollm2`,
+//! `dcgguf_minilm`, ...); a test that needs one carries
+//! `#[cfg_attr(not(dcgguf_llama), ignore = "needs llama.cpp: ...")]`, so without it libtest
+//! reports the test as `ignored, needs ...`. The `require_*` helpers here panic with the
+//! reason when something is missing all the same (the cfg said it was there, or the test was
+//! run with `--include-ignored`): no test passes without having run. The benches, which leave
+//! out what they cannot run, use `llama()`, `smollm2()` and `shared_model()` (None after a
+//! loud note, a panic under `DCGGUF_REQUIRE_LLAMA=1`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-pub fn require() -> bool {
-    std::env::var("DCGGUF_REQUIRE_LLAMA").is_ok_and(|v| v == "1")
-}
-
-/// Reports a missing prerequisite: panics under DCGGUF_REQUIRE_LLAMA=1, else a loud skip.
-pub fn skip(test: &str, why: &str) {
-    if require() {
-        panic!("{test}: {why} (DCGGUF_REQUIRE_LLAMA=1)");
-    }
-    eprintln!("\n!!!!! SKIPPED: {test}: {why} (set DCGGUF_REQUIRE_LLAMA=1 to make this fail)\n");
+/// Reports a missing prerequisite of a test that was not ignored: always a failure.
+#[track_caller]
+pub fn missing(test: &str, why: &str) -> ! {
+    panic!("{test}: {why}")
 }
 
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("DCGGUF_CACHE")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
@@ -48,9 +50,10 @@ impl Llama {
     }
 }
 
-/// The built llama.cpp, or None (after reporting the skip).
-pub fn llama(test: &str) -> Option<Llama> {
+/// The built llama.cpp, or why not.
+fn find_llama() -> Result<Llama, String> {
     let prefix = std::env::var_os("DCGGUF_LLAMA_PREFIX")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION")))
@@ -62,38 +65,37 @@ pub fn llama(test: &str) -> Option<Llama> {
         l.include_dir().join("llama.h"),
     ] {
         if !need.exists() {
-            skip(
-                test,
-                &format!(
-                    "llama.cpp not built: {} missing (run scripts/build-llama.sh)",
-                    need.display()
-                ),
-            );
-            return None;
+            return Err(format!(
+                "llama.cpp not built: {} missing (run scripts/build-llama.sh)",
+                need.display()
+            ));
         }
     }
-    Some(l)
+    Ok(l)
 }
 
-pub fn smollm2(test: &str) -> Option<PathBuf> {
+/// SmolLM2-135M-Instruct Q4_1, or why not.
+fn find_smollm2() -> Result<PathBuf, String> {
     let p = std::env::var_os("DCGGUF_MODELS")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("models"))
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
-        Some(p)
+        Ok(p)
     } else {
-        skip(
-            test,
-            &format!("{} missing (run scripts/fetch-models.sh)", p.display()),
-        );
-        None
+        Err(format!(
+            "{} missing (run scripts/fetch-models.sh)",
+            p.display()
+        ))
     }
 }
 
-pub fn shared_model(test: &str, name: &str) -> Option<PathBuf> {
+/// A committed test model (MiniLM) by file name, or why not.
+fn find_shared_model(name: &str) -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dirs: Vec<PathBuf> = std::env::var_os("DCGGUF_SHARED_MODELS")
+        .filter(|d| !d.is_empty())
         .map(|d| vec![PathBuf::from(d)])
         .unwrap_or_else(|| {
             vec![
@@ -102,13 +104,58 @@ pub fn shared_model(test: &str, name: &str) -> Option<PathBuf> {
                 PathBuf::from("/work/shared/models"),
             ]
         });
-    match dirs.iter().map(|d| d.join(name)).find(|p| p.exists()) {
-        Some(p) => Some(p),
-        None => {
-            skip(test, &format!("{name} not found in {dirs:?}"));
-            None
-        }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("{name} not found in {dirs:?}"))
+}
+
+/// The built llama.cpp; a test that needs it fails without it (see the module doc).
+#[track_caller]
+pub fn require_llama(test: &str) -> Llama {
+    find_llama().unwrap_or_else(|why| missing(test, &why))
+}
+
+/// SmolLM2-135M-Instruct Q4_1; a test that needs it fails without it.
+#[track_caller]
+pub fn require_smollm2(test: &str) -> PathBuf {
+    find_smollm2().unwrap_or_else(|why| missing(test, &why))
+}
+
+/// A committed test model (MiniLM); a test that needs it fails without it.
+#[track_caller]
+pub fn require_shared_model(test: &str, name: &str) -> PathBuf {
+    find_shared_model(name).unwrap_or_else(|why| missing(test, &why))
+}
+
+/// For the benches (benches/*.rs), which leave out what they cannot run: whether
+/// `DCGGUF_REQUIRE_LLAMA=1` asks for everything.
+pub fn require() -> bool {
+    std::env::var("DCGGUF_REQUIRE_LLAMA").is_ok_and(|v| v == "1")
+}
+
+/// For the benches: reports a missing prerequisite, a panic under DCGGUF_REQUIRE_LLAMA=1.
+pub fn skip(what: &str, why: &str) {
+    if require() {
+        panic!("{what}: {why} (DCGGUF_REQUIRE_LLAMA=1)");
     }
+    eprintln!("\n!!!!! SKIPPED: {what}: {why} (set DCGGUF_REQUIRE_LLAMA=1 to make this fail)\n");
+}
+
+/// For the benches: the built llama.cpp, or None after [`skip`]. Tests use [`require_llama`].
+pub fn llama(what: &str) -> Option<Llama> {
+    find_llama().map_err(|why| skip(what, &why)).ok()
+}
+
+/// For the benches: SmolLM2, or None after [`skip`]. Tests use [`require_smollm2`].
+pub fn smollm2(what: &str) -> Option<PathBuf> {
+    find_smollm2().map_err(|why| skip(what, &why)).ok()
+}
+
+/// For the benches: a committed test model, or None after [`skip`]. Tests use
+/// [`require_shared_model`].
+pub fn shared_model(what: &str, name: &str) -> Option<PathBuf> {
+    find_shared_model(name).map_err(|why| skip(what, &why)).ok()
 }
 
 /// The profile directory of this test build (target/debug or target/release).
