@@ -95,10 +95,9 @@ fn compress_lossy(
     opts: &CompressOptions,
 ) -> Result<(), CliError> {
     if split_parts(input).is_some() {
-        return Err(DcError::Usage(
+        return Err(CliError::Usage(
             "--quantize does not support split models; merge them first".into(),
-        )
-        .into());
+        ));
     }
     let qopts = quant.options(input, output)?;
     let bar = progress_bar(cli, file_len(input), "compress");
@@ -128,7 +127,7 @@ fn compress_lossy(
 
 /// The cost model the user asked for, if any (re-measuring a missing or stale profile).
 /// Shared with `inspect` and `bench`.
-pub fn load_model(cli: &Cli, a: &ProfileArgs) -> Result<Option<LoadModel>, DcError> {
+pub fn load_model(cli: &Cli, a: &ProfileArgs) -> Result<Option<LoadModel>, CliError> {
     let path = match (&a.profile, a.storage_bps) {
         (None, None) => return Ok(None),
         (Some(p), _) if p != "auto" => PathBuf::from(p),
@@ -137,7 +136,7 @@ pub fn load_model(cli: &Cli, a: &ProfileArgs) -> Result<Option<LoadModel>, DcErr
     if let Some(b) = a.storage_bps
         && !(b.is_finite() && b > 0.0)
     {
-        return Err(DcError::Usage(format!(
+        return Err(CliError::Usage(format!(
             "--storage-bps {b}: must be positive"
         )));
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use dcgguf::cost::CostError;
 use dcgguf::dc::{self, DcError};
 use dcgguf::gguf::split::{output_part, split_parts};
 use dcgguf::io::OutputError;
@@ -93,6 +94,11 @@ pub enum CliError {
     Quant(#[from] QuantError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    Cost(#[from] CostError),
+    /// Arguments that clap accepts but that do not make sense together or in range.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// The process exit status for `e`. The codes are stable, for scripts (README "CLI"):
@@ -109,6 +115,12 @@ pub fn exit_code(e: &CliError) -> u8 {
     match e {
         CliError::Dc(e) => dc_exit_code(e),
         CliError::Output(e) => output_exit_code(e),
+        CliError::Usage(_) => 2,
+        CliError::Cost(e) => match e {
+            CostError::Dc(e) => dc_exit_code(e),
+            CostError::Output(e) => output_exit_code(e),
+            CostError::Io { .. } | CostError::Threads { .. } | CostError::Codec(_) => 1,
+        },
         CliError::Quant(e) => match e {
             QuantError::Dc(e) => dc_exit_code(e),
             QuantError::Usage(_) => 2,
@@ -124,7 +136,7 @@ pub fn exit_code(e: &CliError) -> u8 {
 fn dc_exit_code(e: &DcError) -> u8 {
     match e {
         DcError::Io { .. } => 1,
-        DcError::Usage(_) => 2,
+        DcError::TargetTooSmall { .. } => 2,
         DcError::Gguf { .. }
         | DcError::NotDc { .. }
         | DcError::AlreadyDc(_)

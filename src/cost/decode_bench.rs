@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::dc::{DcError, DcFile, Result};
+use super::{CostError, Result};
+use crate::dc::DcFile;
 
 /// Decoded bytes per second, measured.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -34,7 +35,7 @@ pub fn measure_decode(dc: &DcFile, threads: usize, min_time: Duration) -> Result
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .map_err(|e| DcError::Usage(e.to_string()))?;
+            .map_err(|source| CostError::Threads { threads, source })?;
         pool.install(|| best_rate(total, min_time, || pass(buf)))
     };
     let one = gbps(1, &mut buf)?;

@@ -5,6 +5,43 @@ mod decode_bench;
 pub mod model;
 pub mod probe;
 
+use std::path::PathBuf;
+
+use crate::codec::CodecError;
+use crate::dc::DcError;
+use crate::io::OutputError;
+
 pub use decode_bench::{DecodeBench, measure_decode};
 pub use model::LoadModel;
 pub use probe::{ProbeOptions, Profile, Stale, default_profile_path, load_or_probe, load_profile};
+
+/// What measuring this machine can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CostError {
+    #[error(transparent)]
+    Dc(#[from] DcError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {threads} measuring threads: {source}")]
+    Threads {
+        threads: usize,
+        source: rayon::ThreadPoolBuildError,
+    },
+    /// The synthetic sample did not decode: a bug, never the user's data.
+    #[error("synthetic sample did not decode: {0}")]
+    Codec(#[from] CodecError),
+}
+
+impl CostError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CostError {
+        let path = path.into();
+        move |source| CostError::Io { path, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CostError>;

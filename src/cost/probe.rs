@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::{CostError, Result};
 use crate::codec::{ChunkMode, EncodeOptions, Layout, Transform, decode_chunk, encode_chunk};
-use crate::dc::{DcError, Result};
 use crate::gguf::GgmlType;
 use crate::io::{AtomicOutput, TempPath};
 
@@ -162,13 +162,13 @@ pub fn load_or_probe(path: &Path, opts: &ProbeOptions) -> Result<(Profile, Optio
 
 pub fn save_profile(p: &Profile, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(DcError::io(dir))?;
+        fs::create_dir_all(dir).map_err(CostError::io(dir))?;
     }
     let text = serde_json::to_string_pretty(p).expect("profile serializes");
     let mut out = AtomicOutput::create(path, None, true)?;
     out.file()
         .write_all(text.as_bytes())
-        .map_err(DcError::io(path))?;
+        .map_err(CostError::io(path))?;
     Ok(out.commit()?)
 }
 
@@ -242,7 +242,7 @@ fn storage(opts: &ProbeOptions) -> Result<(Option<f64>, f64, f64)> {
     let path = opts
         .storage_dir
         .join(format!(".dcgguf-probe-{}", std::process::id()));
-    let io = DcError::io(&path);
+    let io = CostError::io(&path);
     // Removed on return, and by the CLI's SIGINT/SIGTERM handling.
     let guard = TempPath::new(path.clone())?;
     let result = (|| -> std::io::Result<(Option<f64>, f64, f64)> {
@@ -404,14 +404,14 @@ fn decode_speed(ty: GgmlType, sample_bytes: usize, threads: usize) -> Result<Dec
         out.par_chunks_mut(chunk)
             .zip(encoded.par_iter())
             .try_for_each(|(dst, (m, p, _))| {
-                decode_chunk(&layout, *m, p, dst).map_err(|e| DcError::Usage(e.to_string()))
+                decode_chunk(&layout, *m, p, dst).map_err(CostError::from)
             })
     };
     let timed = |threads: usize, out: &mut [u8]| -> Result<f64> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .map_err(|e| DcError::Usage(e.to_string()))?;
+            .map_err(|source| CostError::Threads { threads, source })?;
         let t = pool.install(|| best_of(5, || run(out)))?;
         Ok(raw.len() as f64 / t.as_secs_f64())
     };

@@ -327,9 +327,10 @@ pub fn compress_file(
     write_head(file).map_err(DcError::io(output))?;
     let output_bytes = data_start + padded_end;
     if let Some(target) = opts.target_size.filter(|&t| output_bytes > t) {
-        return Err(DcError::Usage(format!(
-            "--target-size {target}: the output would be {output_bytes} bytes"
-        )));
+        return Err(DcError::TargetTooSmall {
+            target,
+            smallest: output_bytes,
+        });
     }
     out.commit()?;
     Ok(CompressReport {
@@ -506,9 +507,10 @@ fn fit_target(
             .filter(|&t| plans[t].encode.store_raw && compressed[t] < plans[t].nbytes as u64)
             .min_by(|&a, &b| cost_per_byte(a).total_cmp(&cost_per_byte(b)));
         let Some(t) = next else {
-            return Err(DcError::Usage(format!(
-                "--target-size {target}: the smallest this file compresses to is {total} bytes"
-            )));
+            return Err(DcError::TargetTooSmall {
+                target,
+                smallest: total,
+            });
         };
         total -= plans[t].nbytes as u64 - compressed[t];
         plans[t].encode.store_raw = false;

@@ -116,8 +116,9 @@ pub enum DcError {
         end: u64,
         len: u64,
     },
-    #[error("{0}")]
-    Usage(String),
+    /// The size asked for is smaller than this file can be compressed to.
+    #[error("target size {target}: the smallest this file compresses to is {smallest} bytes")]
+    TargetTooSmall { target: u64, smallest: u64 },
 }
 
 impl DcError {
