@@ -48,7 +48,7 @@ pub extern "C" fn llama_model_load_from_file(
     path: *const c_char,
     params: sys::llama_model_params,
 ) -> *mut sys::llama_model {
-    hooks::load_model_hooked(
+    dcgguf::ffi::hook::load_model_hooked(
         path,
         params,
         llama_model_load_from_file as *const () as usize,
@@ -61,7 +61,7 @@ pub extern "C" fn llama_init_from_model(
     model: *mut sys::llama_model,
     params: sys::llama_context_params,
 ) -> *mut sys::llama_context {
-    hooks::init_context(
+    dcgguf::ffi::hook::init_context(
         model,
         params,
         false,
@@ -75,7 +75,7 @@ pub extern "C" fn llama_new_context_with_model(
     model: *mut sys::llama_model,
     params: sys::llama_context_params,
 ) -> *mut sys::llama_context {
-    hooks::init_context(
+    dcgguf::ffi::hook::init_context(
         model,
         params,
         true,

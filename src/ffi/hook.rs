@@ -2,9 +2,11 @@
 //! `dcgguf_set_memory_budget` and the context/model wrappers `dcgguf_llama_init_from_model`,
 //! `dcgguf_llama_free`, `dcgguf_llama_model_free`. libdcgguf exports nothing that shadows a
 //! libc or llama.cpp symbol: the `LD_PRELOAD` interposers are in libdcgguf_preload.so
-//! (crate `preload/`), and both call [`crate::llama::hooks`].
+//! (crate `preload/`), and both call [`load_model_hooked`] and [`init_context`] here and
+//! [`crate::llama::hooks`] for the rest.
 
 use std::ffi::{CStr, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::dcgguf_result;
 use super::{Error, guard};
@@ -18,7 +20,7 @@ pub extern "C" fn dcgguf_llama_model_load(
     path: *const c_char,
     params: sys::llama_model_params,
 ) -> *mut sys::llama_model {
-    hooks::load_model_hooked(path, params, hooks::interposer_address())
+    load_model_hooked(path, params, hooks::interposer_address())
 }
 
 /// Checks that this process has a llama.cpp with the ABI dcgguf was built for.
@@ -55,7 +57,7 @@ pub extern "C" fn dcgguf_llama_init_from_model(
     model: *mut sys::llama_model,
     params: sys::llama_context_params,
 ) -> *mut sys::llama_context {
-    hooks::init_context(model, params, false, hooks::interposers().init_from_model)
+    init_context(model, params, false, hooks::interposers().init_from_model)
 }
 
 /// `llama_free`, then frees dcgguf's state for that context (see ffi/dcgguf.h).
@@ -68,4 +70,71 @@ pub extern "C" fn dcgguf_llama_free(ctx: *mut sys::llama_context) {
 #[unsafe(no_mangle)]
 pub extern "C" fn dcgguf_llama_model_free(model: *mut sys::llama_model) {
     hooks::model_freed(model, hooks::interposers().model_free)
+}
+
+/// Loads `path` (GGUF or DC-GGUF) with the host's llama.cpp, as `llama_model_load_from_file`
+/// would; `ours` is the caller's own exported `llama_model_load_from_file` (0 if none), which
+/// the host lookup skips. Returns NULL on failure, with the reason on stderr and in
+/// `dcgguf_last_error`.
+pub fn load_model_hooked(
+    path: *const c_char,
+    params: sys::llama_model_params,
+    ours: usize,
+) -> *mut sys::llama_model {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        if path.is_null() {
+            return Err(LlamaError::Io("model path is NULL".into()));
+        }
+        // SAFETY: non-NULL `path` is a NUL-terminated string, as llama.h requires.
+        let p = unsafe { CStr::from_ptr(path) };
+        llama::load_model(p, params, ours, None)
+    }));
+    let msg = match r {
+        Ok(Ok(model)) => return model,
+        // llama.cpp already said why it refused a plain file.
+        Ok(Err(e @ LlamaError::PlainFailed(_))) => {
+            super::set_last_error(&e.to_string());
+            return std::ptr::null_mut();
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(p) => super::panic_message(&*p),
+    };
+    crate::log_line!("dcgguf: error: {msg}");
+    super::set_last_error(&msg);
+    std::ptr::null_mut()
+}
+
+/// `llama_init_from_model` (or, with `deprecated`, `llama_new_context_with_model`) with
+/// dcgguf's graph callback chained in for models loaded under a memory budget (and when
+/// recording max|x|); other contexts are created unchanged. `ours` is the caller's own
+/// export of that name (0 if none), which the host lookup skips.
+pub fn init_context(
+    model: *mut sys::llama_model,
+    mut params: sys::llama_context_params,
+    deprecated: bool,
+    ours: usize,
+) -> *mut sys::llama_context {
+    let real = match hooks::real_context_init(deprecated, ours) {
+        Ok(real) => real,
+        Err(name) => {
+            let msg = format!("{} not found in this process", name.to_string_lossy());
+            super::set_last_error(&msg);
+            crate::log_line!("dcgguf: error: {msg}");
+            return std::ptr::null_mut();
+        }
+    };
+    let hook = catch_unwind(AssertUnwindSafe(|| {
+        crate::llama::budget::graph_hook::hook_context_params(model, &mut params)
+    }))
+    .ok()
+    .flatten();
+    // SAFETY: the real function with the caller's model and (possibly hooked) params.
+    let ctx = unsafe { real(model, params) };
+    if let Some(h) = hook {
+        // SAFETY: `h` came from hook_context_params just above and is handed over once.
+        let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+            crate::llama::budget::graph_hook::context_created(ctx, h)
+        }));
+    }
+    ctx
 }

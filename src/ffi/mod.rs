@@ -261,18 +261,6 @@ pub extern "C" fn dcgguf_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
 
-/// Address of the preload library's `llama_model_load_from_file` (0 in plain libdcgguf),
-/// which the host lookup must skip. See [`crate::llama::hooks`].
-pub fn interposer_address() -> usize {
-    crate::llama::hooks::interposer_address()
-}
-
-/// Whether the memory budget's hooks (`fread`, `llama_init_from_model`) are active: only
-/// under `LD_PRELOAD=libdcgguf_preload.so`. See [`crate::llama::hooks::budget_hooks_active`].
-pub fn budget_hooks_active() -> Result<(), String> {
-    crate::llama::hooks::budget_hooks_active()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,16 +10,16 @@
 //! and [`budget_hooks_active`] can tell whether this process calls our `fread` and
 //! `llama_init_from_model`, which the memory budget needs.
 
-// These are the bodies of C entry points (as in `crate::ffi`): the pointers come from the C
+// These are the bodies of C entry points (as in the ffi layer): the pointers come from the C
 // caller and go to llama.cpp unchanged, under llama.h's contracts, which C callers cannot
 // see as `unsafe`.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-use std::ffi::{CStr, c_char, c_void};
+use std::ffi::{CStr, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-use super::{LlamaError, sys};
+use super::sys;
 
 pub type LoadFromFileFn = super::host::LoadFromFileFn;
 pub type InitFromModelFn = unsafe extern "C" fn(
@@ -106,76 +106,19 @@ static REAL_FREE: Real = Real::new();
 static REAL_MODEL_FREE: Real = Real::new();
 static REAL_FREAD: Real = Real::new();
 
-/// Loads `path` (GGUF or DC-GGUF) with the host's llama.cpp, as `llama_model_load_from_file`
-/// would; `ours` is the caller's own exported `llama_model_load_from_file` (0 if none), which
-/// the host lookup skips. Returns NULL on failure, with the reason on stderr and in
-/// `dcgguf_last_error`.
-pub fn load_model_hooked(
-    path: *const c_char,
-    params: sys::llama_model_params,
-    ours: usize,
-) -> *mut sys::llama_model {
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        if path.is_null() {
-            return Err(LlamaError::Io("model path is NULL".into()));
-        }
-        // SAFETY: non-NULL `path` is a NUL-terminated string, as llama.h requires.
-        let p = unsafe { CStr::from_ptr(path) };
-        super::load_model(p, params, ours, None)
-    }));
-    let msg = match r {
-        Ok(Ok(model)) => return model,
-        // llama.cpp already said why it refused a plain file.
-        Ok(Err(e @ LlamaError::PlainFailed(_))) => {
-            crate::ffi::set_last_error(&e.to_string());
-            return std::ptr::null_mut();
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(p) => crate::ffi::panic_message(&*p),
-    };
-    crate::log_line!("dcgguf: error: {msg}");
-    crate::ffi::set_last_error(&msg);
-    std::ptr::null_mut()
-}
-
-/// `llama_init_from_model` (or, with `deprecated`, `llama_new_context_with_model`) with
-/// dcgguf's graph callback chained in for models loaded under a memory budget (and when
-/// recording max|x|); other contexts are created unchanged. `ours` is the caller's own
-/// export of that name (0 if none), which the host lookup skips.
-pub fn init_context(
-    model: *mut sys::llama_model,
-    mut params: sys::llama_context_params,
-    deprecated: bool,
-    ours: usize,
-) -> *mut sys::llama_context {
+/// The host's `llama_init_from_model` (or, with `deprecated`, `llama_new_context_with_model`),
+/// skipping `ours` (the caller's own export of that name, 0 if none); `Err(name)` when this
+/// process has none.
+pub fn real_context_init(deprecated: bool, ours: usize) -> Result<InitFromModelFn, &'static CStr> {
     let (name, slot) = if deprecated {
         (c"llama_new_context_with_model", &REAL_NEW_CONTEXT)
     } else {
         (c"llama_init_from_model", &REAL_INIT)
     };
-    let Some(real) = slot.get(name, ours) else {
-        let msg = format!("{} not found in this process", name.to_string_lossy());
-        crate::ffi::set_last_error(&msg);
-        crate::log_line!("dcgguf: error: {msg}");
-        return std::ptr::null_mut();
-    };
+    let real = slot.get(name, ours).ok_or(name)?;
     // SAFETY: the address is llama.cpp's function of this name, whose C signature
     // InitFromModelFn states (llama.h at the pinned commit).
-    let real = unsafe { std::mem::transmute::<usize, InitFromModelFn>(real) };
-    let hook = catch_unwind(AssertUnwindSafe(|| {
-        crate::llama::budget::graph_hook::hook_context_params(model, &mut params)
-    }))
-    .ok()
-    .flatten();
-    // SAFETY: the real function with the caller's model and (possibly hooked) params.
-    let ctx = unsafe { real(model, params) };
-    if let Some(h) = hook {
-        // SAFETY: `h` came from hook_context_params just above and is handed over once.
-        let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
-            crate::llama::budget::graph_hook::context_created(ctx, h)
-        }));
-    }
-    ctx
+    Ok(unsafe { std::mem::transmute::<usize, InitFromModelFn>(real) })
 }
 
 /// `llama_free`, then frees dcgguf's per-context state. `ours` as in [`init_context`].

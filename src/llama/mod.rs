@@ -142,7 +142,7 @@ pub fn load_dc(
     let mut params = params;
     let res = match budget::spec::settings().map_err(LlamaError::Budget)? {
         None => None,
-        Some(settings) => match crate::ffi::budget_hooks_active() {
+        Some(settings) => match hooks::budget_hooks_active() {
             Ok(()) => {
                 // Budgeted tensors are decoded in place in CPU memory: no GPU copies, no
                 // repacked copies.
@@ -264,12 +264,12 @@ pub fn load(
 ) -> Result<*mut sys::llama_model, LlamaError> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| LlamaError::Io(format!("{}: path contains a NUL byte", path.display())))?;
-    load_model(&c, params, crate::ffi::interposer_address(), None)
+    load_model(&c, params, hooks::interposer_address(), None)
 }
 
 /// The host's `llama_model_default_params()` (checked against our bindings).
 pub fn default_params() -> Result<sys::llama_model_params, LlamaError> {
-    host::host(crate::ffi::interposer_address())
+    host::host(hooks::interposer_address())
         .map(|h| h.default_params)
         .map_err(LlamaError::Host)
 }
