@@ -83,7 +83,7 @@ pub fn load_model_hooked(
 ) -> *mut sys::llama_model {
     let r = catch_unwind(AssertUnwindSafe(|| {
         if path.is_null() {
-            return Err(LlamaError::Io("model path is NULL".into()));
+            return Err(LlamaError::BadPath("NULL".into()));
         }
         // SAFETY: non-NULL `path` is a NUL-terminated string, as llama.h requires.
         let p = unsafe { CStr::from_ptr(path) };

@@ -24,6 +24,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::dc::DcError;
 use crate::llama::LlamaError;
+use crate::llama::stream::StreamError;
 
 /// Result codes. Numbers are part of the ABI: never renumber or reuse one.
 #[repr(C)]
@@ -94,27 +95,34 @@ impl Error {
     }
 }
 
+/// The C code for a DC error. Every variant is listed: a new one must be given its code.
+fn dc_code(e: &DcError) -> dcgguf_result {
+    match e {
+        DcError::Io { .. } | DcError::Output(_) => DCGGUF_ERR_IO,
+        DcError::Gguf { .. } => DCGGUF_ERR_BAD_GGUF,
+        DcError::NotDc { .. } => DCGGUF_ERR_NOT_DC,
+        DcError::UnsupportedVersion(_) | DcError::LegacyVersion(_) => {
+            DCGGUF_ERR_UNSUPPORTED_VERSION
+        }
+        DcError::OutOfMemory { .. } => DCGGUF_ERR_OUT_OF_MEMORY,
+        DcError::OriginalHeader(_)
+        | DcError::CorruptDcHeader
+        | DcError::DamagedDc { .. }
+        | DcError::BadIndex { .. }
+        | DcError::Corrupt { .. }
+        | DcError::CorruptBlob { .. }
+        | DcError::Mismatch { .. } => DCGGUF_ERR_CORRUPT,
+        DcError::OutOfRange { .. } => DCGGUF_ERR_OUT_OF_RANGE,
+        DcError::AlreadyDc(_)
+        | DcError::ReservedKey(_)
+        | DcError::Unsupported { .. }
+        | DcError::TargetTooSmall { .. } => DCGGUF_ERR_INVALID_ARGUMENT,
+    }
+}
+
 impl From<DcError> for Error {
     fn from(e: DcError) -> Error {
-        let code = match &e {
-            DcError::Io { .. } => DCGGUF_ERR_IO,
-            DcError::Gguf { .. } => DCGGUF_ERR_BAD_GGUF,
-            DcError::NotDc { .. } => DCGGUF_ERR_NOT_DC,
-            DcError::UnsupportedVersion(_) | DcError::LegacyVersion(_) => {
-                DCGGUF_ERR_UNSUPPORTED_VERSION
-            }
-            DcError::OutOfMemory { .. } => DCGGUF_ERR_OUT_OF_MEMORY,
-            DcError::OriginalHeader(_)
-            | DcError::CorruptDcHeader
-            | DcError::DamagedDc { .. }
-            | DcError::BadIndex { .. }
-            | DcError::Corrupt { .. }
-            | DcError::CorruptBlob { .. }
-            | DcError::Mismatch { .. } => DCGGUF_ERR_CORRUPT,
-            DcError::OutOfRange { .. } => DCGGUF_ERR_OUT_OF_RANGE,
-            _ => DCGGUF_ERR_OTHER,
-        };
-        Error::new(code, e.to_string())
+        Error::new(dc_code(&e), e.to_string())
     }
 }
 
@@ -127,13 +135,20 @@ impl From<LlamaError> for Error {
             }
             LlamaError::Host(_) => DCGGUF_ERR_LLAMA_UNAVAILABLE,
             LlamaError::Split { .. } => DCGGUF_ERR_SPLIT_MODEL,
+            // What the stream hit decides: a corrupt chunk is corrupt data, a failing read
+            // is I/O; without a stream error llama.cpp refused the model itself.
             LlamaError::LoadFailed {
-                detail: Some(_), ..
-            } => DCGGUF_ERR_CORRUPT,
-            LlamaError::LoadFailed { .. } | LlamaError::PlainFailed(_) => {
+                cause: Some(cause), ..
+            } => match cause {
+                StreamError::Dc(d) => dc_code(d),
+                StreamError::Io { .. } => DCGGUF_ERR_IO,
+                StreamError::Panic => DCGGUF_ERR_PANIC,
+            },
+            LlamaError::LoadFailed { cause: None, .. } | LlamaError::PlainFailed(_) => {
                 DCGGUF_ERR_LLAMA_LOAD_FAILED
             }
-            LlamaError::Io(_) => DCGGUF_ERR_IO,
+            LlamaError::Io { .. } => DCGGUF_ERR_IO,
+            LlamaError::BadPath(_) => DCGGUF_ERR_INVALID_ARGUMENT,
             LlamaError::Budget(_) => DCGGUF_ERR_INVALID_ARGUMENT,
         };
         Error::new(code, e.to_string())
@@ -264,6 +279,38 @@ pub extern "C" fn dcgguf_version() -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Load failures keep their cause's category: a corrupt chunk is not an I/O error.
+    #[test]
+    fn load_failures_map_by_their_typed_cause() {
+        let failed = |cause| LlamaError::LoadFailed {
+            path: "m.dc.gguf".into(),
+            cause,
+        };
+        let corrupt = StreamError::Dc(DcError::Corrupt {
+            tensor: "t".into(),
+            chunk: 3,
+            what: "checksum mismatch".into(),
+        });
+        let io = StreamError::Io {
+            path: "m.dc.gguf".into(),
+            source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        };
+        let cases = [
+            (failed(Some(corrupt)), DCGGUF_ERR_CORRUPT),
+            (failed(Some(io)), DCGGUF_ERR_IO),
+            (failed(Some(StreamError::Panic)), DCGGUF_ERR_PANIC),
+            (failed(None), DCGGUF_ERR_LLAMA_LOAD_FAILED),
+            (
+                LlamaError::BadPath("NULL".into()),
+                DCGGUF_ERR_INVALID_ARGUMENT,
+            ),
+        ];
+        for (e, code) in cases {
+            let msg = e.to_string();
+            assert_eq!(Error::from(e).code, code, "{msg}");
+        }
+    }
 
     #[test]
     fn codes_round_trip() {

@@ -128,7 +128,7 @@ pub unsafe fn fread_ours(
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             stream.read_into_caller(dst)
         }))
-        .unwrap_or_else(|_| Err("internal error (panic) while decoding".into()));
+        .unwrap_or(Err(super::stream::StreamError::Panic));
         Some(match read {
             Ok(got) => {
                 if from_buffer + got < total {
@@ -137,8 +137,8 @@ pub unsafe fn fread_ours(
                 }
                 (from_buffer + got) / size
             }
-            Err(msg) => {
-                stream.record(&msg);
+            Err(e) => {
+                stream.record(e);
                 // SAFETY: as above; glibc's ferror reads this flag.
                 unsafe { (*head).flags |= IO_ERR_SEEN };
                 // SAFETY: this thread's errno slot.

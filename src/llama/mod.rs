@@ -55,16 +55,24 @@ pub enum LlamaError {
         index: u64,
         count: u64,
     },
-    #[error("{path}: llama.cpp failed to load the model{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    /// llama.cpp gave up on a DC-GGUF; `cause` is what our stream hit first, if anything
+    /// (a corrupt chunk, an I/O error), else llama.cpp refused the decoded model itself.
+    #[error("{path}: llama.cpp failed to load the model{}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
     LoadFailed {
         path: String,
-        detail: Option<String>,
+        cause: Option<stream::StreamError>,
     },
     /// A plain (non-DC) file that the host's llama.cpp refused; it has said why.
     #[error("{0}: llama.cpp failed to load the model")]
     PlainFailed(String),
-    #[error("{0}")]
-    Io(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A model path that cannot be passed on (NULL, or with a NUL byte inside).
+    #[error("model path {0:?} is not a usable path")]
+    BadPath(String),
     /// A memory budget that cannot be used as given.
     #[error("{0}")]
     Budget(String),
@@ -163,7 +171,10 @@ pub fn load_dc(
     // compressed bytes "in RAM" they are kept mapped after the load instead.
     dc.set_release_after_decode(true);
     let stream = Stream::new(path, Source::Dc(dc.clone()), throttle_from_env())
-        .map_err(|e| LlamaError::Io(format!("{}: {e}", path.display())))?
+        .map_err(|source| LlamaError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .with_pool(pool)
         .with_early_decode(
             res.is_none() && !params.vocab_only && !params.no_alloc && early_decode_enabled(),
@@ -206,18 +217,20 @@ fn load_stream(
     path: &Path,
     params: sys::llama_model_params,
 ) -> Result<*mut sys::llama_model, LlamaError> {
-    let file = CookieFile::open(stream)
-        .map_err(|e| LlamaError::Io(format!("{}: fopencookie: {e}", path.display())))?;
+    let file = CookieFile::open(stream).map_err(|source| LlamaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // SAFETY: `file` is a valid readable FILE* for the whole call; llama.cpp does not take
     // ownership (llama_file(FILE*) never closes it) nor keep it after returning (lazy mode,
     // the only way to read later, is off and needs mmap).
     let model = unsafe { (host.load_from_file_ptr)(file.as_ptr(), stream_params(params)) };
-    let err = file.error();
+    let cause = file.take_error();
     drop(file);
     if model.is_null() {
         return Err(LlamaError::LoadFailed {
             path: path.display().to_string(),
-            detail: err,
+            cause,
         });
     }
     Ok(model)
@@ -240,8 +253,12 @@ pub fn load_model(
             if throttle_from_env().is_some() && !params.vocab_only {
                 // Bench mode: plain GGUF through the same (throttled) FILE* path.
                 if let Ok(f) = std::fs::File::open(p) {
-                    let stream = Stream::new(p, Source::Plain(f), throttle_from_env())
-                        .map_err(|e| LlamaError::Io(format!("{}: {e}", p.display())))?;
+                    let stream = Stream::new(p, Source::Plain(f), throttle_from_env()).map_err(
+                        |source| LlamaError::Io {
+                            path: p.to_path_buf(),
+                            source,
+                        },
+                    )?;
                     return load_stream(host, stream, p, params);
                 }
             }
@@ -263,7 +280,7 @@ pub fn load(
     params: sys::llama_model_params,
 ) -> Result<*mut sys::llama_model, LlamaError> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| LlamaError::Io(format!("{}: path contains a NUL byte", path.display())))?;
+        .map_err(|_| LlamaError::BadPath(path.display().to_string()))?;
     load_model(&c, params, hooks::interposer_address(), None)
 }
 

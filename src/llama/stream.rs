@@ -90,8 +90,26 @@ pub struct Stream {
     /// Reads come straight into the caller's memory (our `fread`).
     direct: bool,
     /// First read error, kept for the caller after llama.cpp gives up.
-    error: Arc<Mutex<Option<String>>>,
+    error: ErrorSlot,
 }
+
+/// Why a read of the stream failed. Kept typed so that the C API reports a corrupt chunk as
+/// corrupt and a failing disk as I/O, whatever llama.cpp makes of the short read.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Dc(#[from] crate::dc::DcError),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("internal error (panic) while decoding")]
+    Panic,
+}
+
+/// The stream's first error, readable after the `FILE *` is closed.
+pub type ErrorSlot = Arc<Mutex<Option<StreamError>>>;
 
 impl Stream {
     pub fn new(path: &Path, src: Source, throttle_bps: Option<f64>) -> std::io::Result<Stream> {
@@ -153,7 +171,7 @@ impl Stream {
     /// Fills `dst` (the caller's own memory, not a stream buffer) from the current position;
     /// returns fewer bytes only at the end of the file. A read that is exactly a deferred
     /// tensor is skipped: its bytes are decoded later, when llama.cpp computes with them.
-    pub fn read_into_caller(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+    pub fn read_into_caller(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         self.direct = true;
         let mut done = 0;
         while done < dst.len() {
@@ -178,12 +196,12 @@ impl Stream {
     }
 
     /// A handle on the stream's first error, readable after the `FILE *` is closed.
-    pub fn error_slot(&self) -> Arc<Mutex<Option<String>>> {
+    pub fn error_slot(&self) -> ErrorSlot {
         self.error.clone()
     }
 
     /// Reads at the current position; returns 0 only at the end of the file.
-    pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+    pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         if self.pos >= self.size || dst.is_empty() {
             return Ok(0);
         }
@@ -192,7 +210,10 @@ impl Stream {
             Source::Plain(f) => {
                 let want = (dst.len() as u64).min(self.size - self.pos) as usize;
                 f.read_at(&mut dst[..want], self.pos)
-                    .map_err(|e| format!("{}: {e}", self.path.display()))?
+                    .map_err(|source| StreamError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?
             }
             Source::Dc(_) => self.read_dc(dst)?,
         };
@@ -210,7 +231,7 @@ impl Stream {
         Ok(n)
     }
 
-    fn read_dc(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+    fn read_dc(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         let Source::Dc(dc) = &self.src else {
             unreachable!()
         };
@@ -264,7 +285,9 @@ impl Stream {
         }
         let want = (direct_end - pos) as usize;
         let pool = self.pool.clone();
-        run_on(pool.as_deref(), || dc.read_at(pos, &mut dst[..want])).map_err(|e| e.to_string())
+        Ok(run_on(pool.as_deref(), || {
+            dc.read_at(pos, &mut dst[..want])
+        })?)
     }
 
     /// Decodes the chunk starting at `start` and the next few chunks in file order that are
@@ -272,7 +295,7 @@ impl Stream {
     /// llama.cpp reads a layer's tensors in its own order, close to the file's, and glibc
     /// splits each tensor read at its buffer size, so most reads then hit the cache, and the
     /// decoding of several chunks keeps every core busy.
-    fn fill_cache(&mut self, start: u64) -> Result<usize, String> {
+    fn fill_cache(&mut self, start: u64) -> Result<usize, StreamError> {
         let Source::Dc(dc) = &self.src else {
             unreachable!()
         };
@@ -313,8 +336,7 @@ impl Stream {
             use rayon::prelude::*;
             jobs.par_iter_mut()
                 .try_for_each(|(s, buf)| dc.read_at(*s, buf).map(|_| ()))
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         let first = self.cache.len();
         self.cache
             .extend(jobs.into_iter().map(|(s, b)| (s, ChunkBuf::Heap(b))));
@@ -351,11 +373,13 @@ impl Stream {
         Some(self.pos)
     }
 
-    pub(super) fn record(&self, msg: &str) {
+    /// Keeps the first error (and says it on stderr, where llama.cpp's own complaint about
+    /// the short read follows).
+    pub(super) fn record(&self, e: StreamError) {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            crate::log_line!("dcgguf: error: {}: {msg}", self.path.display());
-            *slot = Some(msg.to_string());
+            crate::log_line!("dcgguf: error: {}: {e}", self.path.display());
+            *slot = Some(e);
         }
     }
 }
@@ -398,13 +422,13 @@ unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: us
     let dst = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, size) };
     match catch_unwind(AssertUnwindSafe(|| stream.read(dst))) {
         Ok(Ok(n)) => n as isize,
-        Ok(Err(msg)) => {
-            stream.record(&msg);
+        Ok(Err(e)) => {
+            stream.record(e);
             set_errno(libc::EIO);
             -1
         }
         Err(_) => {
-            stream.record("internal error (panic) while decoding");
+            stream.record(StreamError::Panic);
             set_errno(libc::EIO);
             -1
         }
@@ -451,7 +475,7 @@ fn set_errno(e: c_int) {
 /// (the rest of dcgguf, reading and writing DC files, works everywhere).
 pub struct CookieFile {
     fp: *mut libc::FILE,
-    error: Arc<Mutex<Option<String>>>,
+    error: ErrorSlot,
     /// The stream's buffer; must outlive `fp`.
     _buffer: Box<[u8]>,
 }
@@ -503,9 +527,9 @@ impl CookieFile {
         self.fp
     }
 
-    /// The first read error the stream hit, if any.
-    pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The first read error the stream hit, if any (taken: asked once, after the load).
+    pub fn take_error(&self) -> Option<StreamError> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
