@@ -145,7 +145,9 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
         "imatrix_read" => ActStats::from_bytes(bytes)
             .map(drop)
             .map_err(|e| e.to_string()),
-        "covariance_read" => Covariances::parse(bytes).map(drop),
+        "covariance_read" => Covariances::parse(bytes)
+            .map(drop)
+            .map_err(|e| e.to_string()),
         _ => Ok(()),
     };
     valid.unwrap_or_else(|e| panic!("seed {target}/{name} is not valid: {e}"));

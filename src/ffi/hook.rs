@@ -44,7 +44,7 @@ pub extern "C" fn dcgguf_set_memory_budget(spec: *const c_char) -> dcgguf_result
         // SAFETY: non-NULL `spec` is a NUL-terminated string (documented contract).
         let spec = unsafe { CStr::from_ptr(spec) }.to_string_lossy();
         let settings = budget::spec::parse_api(&spec)
-            .map_err(|e| Error::new(dcgguf_result::DCGGUF_ERR_INVALID_ARGUMENT, e))?;
+            .map_err(|e| Error::new(dcgguf_result::DCGGUF_ERR_INVALID_ARGUMENT, e.to_string()))?;
         budget::spec::set_settings(settings);
         Ok(())
     })

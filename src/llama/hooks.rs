@@ -63,7 +63,7 @@ pub fn interposer_address() -> usize {
 /// Whether this process calls our `llama_init_from_model` (so budgeted contexts get our graph
 /// callback) and our `fread` (so loads learn where each tensor goes and can skip deferred
 /// ones): only when libdcgguf_preload.so is loaded with `LD_PRELOAD`.
-pub fn budget_hooks_active() -> Result<(), String> {
+pub fn budget_hooks_active() -> Result<(), HooksInactive> {
     let i = interposers();
     let resolves_to_us = |name: &CStr, ours: usize| {
         // SAFETY: dlsym with RTLD_DEFAULT and a C string.
@@ -75,14 +75,22 @@ pub fn budget_hooks_active() -> Result<(), String> {
         (c"fread", i.fread),
     ] {
         if !resolves_to_us(name, ours) {
-            return Err(format!(
-                "a memory budget needs libdcgguf_preload.so's {} to be the one this process \
-                 calls (run with LD_PRELOAD=libdcgguf_preload.so)",
-                name.to_string_lossy()
-            ));
+            return Err(HooksInactive {
+                symbol: name.to_str().unwrap_or("?"),
+            });
         }
     }
     Ok(())
+}
+
+/// The memory budget's hooks are not the ones this process calls.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a memory budget needs libdcgguf_preload.so's {symbol} to be the one this process calls \
+     (run with LD_PRELOAD=libdcgguf_preload.so)"
+)]
+pub struct HooksInactive {
+    pub symbol: &'static str,
 }
 
 /// A lazily resolved real function.

@@ -37,11 +37,37 @@ unsafe impl Send for Host {}
 // SAFETY: see Send.
 unsafe impl Sync for Host {}
 
-static HOST: OnceLock<Result<Host, String>> = OnceLock::new();
+/// Why the process's llama.cpp cannot be used. Each message ends with what to do
+/// ([`HINT`]).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("llama.cpp function {0} not found in this process; {HINT}")]
+    Missing(String),
+    #[error(
+        "llama.cpp function llama_load_mode_name not found in this process (this llama.cpp \
+         predates enum llama_load_mode: ABI mismatch); {HINT}"
+    )]
+    TooOld,
+    #[error(
+        "llama.cpp load modes are not numbered as expected (0 -> {none:?}, 1 -> {mmap:?}): \
+         ABI mismatch; {HINT}"
+    )]
+    LoadModes {
+        none: Option<String>,
+        mmap: Option<String>,
+    },
+    #[error(
+        "llama_model_default_params() of this llama.cpp does not look like the one dcgguf was \
+         built for (ABI mismatch); {HINT}"
+    )]
+    DefaultParams,
+}
+
+static HOST: OnceLock<Result<Host, HostError>> = OnceLock::new();
 
 /// The host's llama.cpp, resolved once. `not_this` is our own interposer's address, which
 /// must not be mistaken for the real loader.
-pub fn host(not_this: usize) -> Result<&'static Host, String> {
+pub fn host(not_this: usize) -> Result<&'static Host, HostError> {
     HOST.get_or_init(|| resolve(not_this))
         .as_ref()
         .map_err(Clone::clone)
@@ -90,21 +116,15 @@ const HINT: &str = concat!(
      LD_PRELOAD=libdcgguf_preload.so)"
 );
 
-fn resolve(not_this: usize) -> Result<Host, String> {
+fn resolve(not_this: usize) -> Result<Host, HostError> {
     let need = |name: &CStr| {
-        find(name, not_this).ok_or_else(|| {
-            format!(
-                "llama.cpp function {} not found in this process; {HINT}",
-                name.to_string_lossy()
-            )
-        })
+        find(name, not_this).ok_or_else(|| HostError::Missing(name.to_string_lossy().into_owned()))
     };
     let load_from_file = need(c"llama_model_load_from_file")?;
     let load_from_file_ptr = need(c"llama_model_load_from_file_ptr")?;
     let default_params = need(c"llama_model_default_params")?;
     // Only llama.cpp with the `load_mode` field in llama_model_params has this.
-    let load_mode_name = need(c"llama_load_mode_name")
-        .map_err(|e| format!("{e} (this llama.cpp predates enum llama_load_mode: ABI mismatch)"))?;
+    let load_mode_name = need(c"llama_load_mode_name").map_err(|_| HostError::TooOld)?;
 
     // SAFETY: each address is the named llama.cpp function; the types follow llama.h at the
     // pinned commit (src/llama/sys.rs). llama_load_mode_name takes an enum and returns a
@@ -127,10 +147,8 @@ fn resolve(not_this: usize) -> Result<Host, String> {
     ]
     .map(name_of);
     if names != [Some("none".to_string()), Some("mmap".to_string())] {
-        return Err(format!(
-            "llama.cpp load modes are not numbered as expected (0 -> {:?}, 1 -> {:?}): ABI mismatch; {HINT}",
-            names[0], names[1]
-        ));
+        let [none, mmap] = names;
+        return Err(HostError::LoadModes { none, mmap });
     }
     // SAFETY: PaddedParams is returned through a hidden pointer exactly like the host's
     // llama_model_params (both are large aggregates); the host writes its own struct into the
@@ -159,10 +177,7 @@ fn resolve(not_this: usize) -> Result<Host, String> {
         && (0..=3).contains(&d.split_mode)
         && bool_bytes.iter().all(|&b| b <= 1);
     if !sane {
-        return Err(format!(
-            "llama_model_default_params() of this llama.cpp does not look like the one dcgguf \
-             was built for (ABI mismatch); {HINT}"
-        ));
+        return Err(HostError::DefaultParams);
     }
     got.progress_callback_user_data = std::ptr::null_mut();
     Ok(Host {

@@ -40,8 +40,8 @@ use throttle::throttle_from_env;
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaError {
     /// The host process has no (compatible) llama.cpp.
-    #[error("{0}")]
-    Host(String),
+    #[error(transparent)]
+    Host(#[from] host::HostError),
     #[error(transparent)]
     Dc(#[from] DcError),
     #[error(
@@ -74,8 +74,8 @@ pub enum LlamaError {
     #[error("model path {0:?} is not a usable path")]
     BadPath(String),
     /// A memory budget that cannot be used as given.
-    #[error("{0}")]
-    Budget(String),
+    #[error(transparent)]
+    Budget(#[from] budget::spec::SpecError),
 }
 
 /// What is at a model path.

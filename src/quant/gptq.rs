@@ -44,7 +44,7 @@ impl Covariances {
             what,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let mut c = Self::parse(&bytes).map_err(err)?;
+        let mut c = Self::parse(&bytes).map_err(|e| err(e.what))?;
         c.source = path.display().to_string();
         Ok(c)
     }
@@ -53,7 +53,14 @@ impl Covariances {
         self.tensors.get(weight)
     }
 
-    pub fn parse(bytes: &[u8]) -> Result<Covariances, String> {
+    pub fn parse(bytes: &[u8]) -> Result<Covariances, CovError> {
+        Self::parse_inner(bytes).map_err(|what| CovError {
+            path: "(in memory)".into(),
+            what,
+        })
+    }
+
+    fn parse_inner(bytes: &[u8]) -> Result<Covariances, String> {
         let h = GgufHeader::parse(bytes).map_err(|e| format!("not a valid GGUF: {e}"))?;
         h.check_data_fits(bytes.len() as u64)
             .map_err(|e| format!("not a valid GGUF: {e}"))?;
@@ -112,7 +119,15 @@ impl Covariances {
 
     /// Every name in `needed` (weight name, input channels) must have a matrix of that size,
     /// and every matrix must belong to one of them.
-    pub fn check_against(&self, needed: &[(String, usize)]) -> Result<(), String> {
+    /// Whether the file has a matrix of the right width for every `(weight, n_in)`.
+    pub fn check_against(&self, needed: &[(String, usize)]) -> Result<(), CovError> {
+        self.check_against_inner(needed).map_err(|what| CovError {
+            path: self.source.clone(),
+            what,
+        })
+    }
+
+    fn check_against_inner(&self, needed: &[(String, usize)]) -> Result<(), String> {
         for (name, n_in) in needed {
             match self.tensors.get(name) {
                 None => return Err(format!("missing tensor {name:?} (wrong model?)")),

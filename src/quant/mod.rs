@@ -216,7 +216,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     }
     if let Some(st) = &o.stats {
         st.check_against(&h)
-            .map_err(|what| QuantError::Input(format!("activation statistics: {what}")))?;
+            .map_err(|e| QuantError::Input(format!("activation statistics: {}", e.what)))?;
     }
     let fold_alpha = o.fold_alpha.unwrap_or_else(|| default_fold_alpha(&arch));
     let scales = match (&o.stats, fold_alpha != 0.0) {
@@ -272,8 +272,8 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
             .filter(|t| gptq_target(t))
             .map(|t| (t.name.clone(), t.dims[0] as usize))
             .collect();
-        cov.check_against(&needed).map_err(|what| {
-            QuantError::Input(format!("{}: covariance file: {what}", cov.source))
+        cov.check_against(&needed).map_err(|e| {
+            QuantError::Input(format!("{}: covariance file: {}", cov.source, e.what))
         })?;
     }
     // New tensor table: same order, quantized ones re-typed, offsets recomputed.

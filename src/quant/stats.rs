@@ -45,8 +45,23 @@ pub struct ActStats {
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: invalid activation statistics: {what}")]
 pub struct StatsError {
+    /// The file, or "(in memory)" for bytes handed over directly.
     pub path: String,
     pub what: String,
+}
+
+impl StatsError {
+    fn in_memory(what: String) -> StatsError {
+        StatsError {
+            path: "(in memory)".into(),
+            what,
+        }
+    }
+
+    /// Whether the description mentions `s` (for tests and callers that match on it).
+    pub fn contains(&self, s: &str) -> bool {
+        self.what.contains(s)
+    }
 }
 
 impl ActStats {
@@ -57,11 +72,11 @@ impl ActStats {
             what,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        Self::from_bytes(&bytes).map_err(err)
+        Self::from_bytes(&bytes).map_err(|e| err(e.what))
     }
 
     /// [`ActStats::load`] on a file's bytes: GGUF or legacy, chosen by the magic.
-    pub fn from_bytes(bytes: &[u8]) -> Result<ActStats, String> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<ActStats, StatsError> {
         if bytes.starts_with(b"GGUF") {
             Self::parse_gguf(bytes)
         } else {
@@ -73,7 +88,11 @@ impl ActStats {
         self.tensors.get(weight)
     }
 
-    pub fn parse_gguf(bytes: &[u8]) -> Result<ActStats, String> {
+    pub fn parse_gguf(bytes: &[u8]) -> Result<ActStats, StatsError> {
+        Self::parse_gguf_inner(bytes).map_err(StatsError::in_memory)
+    }
+
+    fn parse_gguf_inner(bytes: &[u8]) -> Result<ActStats, String> {
         let h = GgufHeader::parse(bytes).map_err(|e| format!("not a valid GGUF: {e}"))?;
         h.check_data_fits(bytes.len() as u64)
             .map_err(|e| format!("not a valid GGUF: {e}"))?;
@@ -177,7 +196,11 @@ impl ActStats {
         Ok(out)
     }
 
-    pub fn parse_legacy(bytes: &[u8]) -> Result<ActStats, String> {
+    pub fn parse_legacy(bytes: &[u8]) -> Result<ActStats, StatsError> {
+        Self::parse_legacy_inner(bytes).map_err(StatsError::in_memory)
+    }
+
+    fn parse_legacy_inner(bytes: &[u8]) -> Result<ActStats, String> {
         let mut pos = 0usize;
         let i32_at = |pos: &mut usize, what: &str| -> Result<i32, String> {
             let p = *pos;
@@ -257,7 +280,13 @@ impl ActStats {
     /// Checks that every entry that names a tensor of `model` has one value per input channel
     /// (`dims[0]`). Entries for tensors the model does not have are an error too: the file
     /// was made for another model.
-    pub fn check_against(&self, model: &GgufHeader) -> Result<(), String> {
+    /// Whether these statistics fit `model` (every weight they name, with its width).
+    pub fn check_against(&self, model: &GgufHeader) -> Result<(), StatsError> {
+        self.check_against_inner(model)
+            .map_err(StatsError::in_memory)
+    }
+
+    fn check_against_inner(&self, model: &GgufHeader) -> Result<(), String> {
         for (name, st) in &self.tensors {
             let t = model
                 .tensors

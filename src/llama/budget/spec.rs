@@ -35,13 +35,52 @@ impl Budget {
     }
 }
 
+/// A budget spec that cannot be used; `source` names the environment variable when it came
+/// from one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{}memory budget {spec:?}: expected a percentage (60%) or bytes (512M)", var_prefix(*.var))]
+    Budget {
+        spec: String,
+        var: Option<&'static str>,
+    },
+    #[error("{}{spec:?}: expected ram or file", var_prefix(*.var))]
+    Home {
+        spec: String,
+        var: Option<&'static str>,
+    },
+}
+
+fn var_prefix(var: Option<&str>) -> String {
+    var.map(|v| format!("{v}: ")).unwrap_or_default()
+}
+
+impl SpecError {
+    /// The same error, said to come from environment variable `from`.
+    fn in_var(self, from: &'static str) -> SpecError {
+        match self {
+            SpecError::Budget { spec, .. } => SpecError::Budget {
+                spec,
+                var: Some(from),
+            },
+            SpecError::Home { spec, .. } => SpecError::Home {
+                spec,
+                var: Some(from),
+            },
+        }
+    }
+}
+
 impl FromStr for Budget {
-    type Err = String;
+    type Err = SpecError;
 
     /// `60%`, `512M`, `2G`, `123456` (bytes; K/M/G/T are powers of 1024).
-    fn from_str(s: &str) -> Result<Budget, String> {
+    fn from_str(s: &str) -> Result<Budget, SpecError> {
         let t = s.trim();
-        let bad = || format!("memory budget {s:?}: expected a percentage (60%) or bytes (512M)");
+        let bad = || SpecError::Budget {
+            spec: s.to_string(),
+            var: None,
+        };
         if let Some(p) = t.strip_suffix('%') {
             let f: f64 = p.trim().parse().map_err(|_| bad())?;
             return if f > 0.0 && f.is_finite() {
@@ -84,12 +123,15 @@ pub enum CompressedHome {
 }
 
 impl FromStr for CompressedHome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<CompressedHome, String> {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<CompressedHome, SpecError> {
         match s.trim() {
             "ram" => Ok(CompressedHome::Ram),
             "file" => Ok(CompressedHome::File),
-            _ => Err(format!("{s:?}: expected ram or file")),
+            _ => Err(SpecError::Home {
+                spec: s.to_string(),
+                var: None,
+            }),
         }
     }
 }
@@ -125,7 +167,7 @@ impl Spec {
 
 /// Parses `"60%"` or `"512M"`, optionally followed by `,file` / `,ram` and `,prefetch` /
 /// `,noprefetch` (in any order; the last of each kind wins). `"0"` or `""` is no budget.
-pub fn parse(spec: &str) -> Result<Option<Spec>, String> {
+pub fn parse(spec: &str) -> Result<Option<Spec>, SpecError> {
     let mut parts = spec.split(',').map(str::trim);
     let budget = parts.next().unwrap_or("");
     if budget.is_empty() || budget == "0" {
@@ -147,17 +189,17 @@ pub fn parse(spec: &str) -> Result<Option<Spec>, String> {
 }
 
 /// The C API's spec: what is not named is `ram` and prefetch decided per context.
-pub fn parse_api(spec: &str) -> Result<Option<Settings>, String> {
+pub fn parse_api(spec: &str) -> Result<Option<Settings>, SpecError> {
     Ok(parse(spec)?.map(|s| s.or(CompressedHome::Ram, None)))
 }
 
 /// The environment's settings, with `var` looking variables up.
-fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<Option<Settings>, String> {
+fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<Option<Settings>, SpecError> {
     let Some(b) = var(BUDGET_ENV) else {
         return Ok(None);
     };
     let b = b.to_string_lossy();
-    let Some(spec) = parse(&b).map_err(|e| format!("{BUDGET_ENV}: {e}"))? else {
+    let Some(spec) = parse(&b).map_err(|e| e.in_var(BUDGET_ENV))? else {
         return Ok(None);
     };
     // From the environment, 100% has always meant no budget at all (a budgeted load also
@@ -169,7 +211,7 @@ fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<Option<Settings>,
         Some(h) => h
             .to_string_lossy()
             .parse()
-            .map_err(|e| format!("{HOME_ENV}: {e}"))?,
+            .map_err(|e: SpecError| e.in_var(HOME_ENV))?,
         None => CompressedHome::Ram,
     };
     let prefetch = var(PREFETCH_ENV)
@@ -188,7 +230,7 @@ pub fn set_settings(s: Option<Settings>) {
 }
 
 /// The budget for the next load: the C API's, else the environment's, else none.
-pub fn settings() -> Result<Option<Settings>, String> {
+pub fn settings() -> Result<Option<Settings>, SpecError> {
     if let Some(s) = *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) {
         return Ok(s);
     }
@@ -211,7 +253,7 @@ mod tests {
         assert_eq!(Budget::Fraction(0.5).bytes(1000), 500);
     }
 
-    fn env(vars: &[(&str, &str)]) -> Result<Option<Settings>, String> {
+    fn env(vars: &[(&str, &str)]) -> Result<Option<Settings>, SpecError> {
         from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.into()))
     }
 
@@ -265,9 +307,17 @@ mod tests {
             parse_api("512M,file").unwrap()
         );
         let e = env(&[(BUDGET_ENV, "60%,disk")]).unwrap_err();
-        assert!(e.starts_with(BUDGET_ENV), "{e}");
+        assert_eq!(
+            e,
+            SpecError::Home {
+                spec: "disk".into(),
+                var: Some(BUDGET_ENV)
+            }
+        );
+        assert!(e.to_string().starts_with(BUDGET_ENV), "{e}");
         let e = env(&[(BUDGET_ENV, "lots")]).unwrap_err();
-        assert!(e.starts_with(BUDGET_ENV) && e.contains("lots"), "{e}");
+        assert!(matches!(&e, SpecError::Budget { spec, var: Some(BUDGET_ENV) } if spec == "lots"));
+        assert!(e.to_string().starts_with(BUDGET_ENV), "{e}");
     }
 
     #[test]
@@ -293,7 +343,7 @@ mod tests {
         .unwrap();
         assert_eq!((s.home, s.prefetch), (CompressedHome::Ram, Some(true)));
         let e = env(&[(BUDGET_ENV, "50%"), (HOME_ENV, "disk")]).unwrap_err();
-        assert!(e.starts_with(HOME_ENV), "{e}");
+        assert!(e.to_string().starts_with(HOME_ENV), "{e}");
     }
 
     #[test]
