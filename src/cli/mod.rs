@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dcgguf::cost::CostError;
+use dcgguf::dc::ErrorKind;
 use dcgguf::dc::{self, DcError};
 use dcgguf::gguf::split::{output_part, split_parts};
 use dcgguf::io::OutputError;
@@ -134,26 +135,16 @@ pub fn exit_code(e: &CliError) -> u8 {
 }
 
 fn dc_exit_code(e: &DcError) -> u8 {
-    match e {
-        DcError::Io { .. } => 1,
-        DcError::TargetTooSmall { .. } => 2,
-        DcError::Gguf { .. }
-        | DcError::NotDc { .. }
-        | DcError::AlreadyDc(_)
-        | DcError::ReservedKey(_)
-        | DcError::UnsupportedVersion(_)
-        | DcError::LegacyVersion(_)
-        | DcError::Unsupported { .. }
-        | DcError::OutOfRange { .. } => 3,
-        DcError::OutOfMemory { .. } => 1,
-        DcError::OriginalHeader(_)
-        | DcError::CorruptDcHeader
-        | DcError::DamagedDc { .. }
-        | DcError::BadIndex { .. }
-        | DcError::Corrupt { .. }
-        | DcError::CorruptBlob { .. }
-        | DcError::Mismatch { .. } => 4,
-        DcError::Output(e) => output_exit_code(e),
+    match e.kind() {
+        ErrorKind::Io | ErrorKind::OutOfMemory => 1,
+        ErrorKind::BadOption => 2,
+        ErrorKind::BadGguf
+        | ErrorKind::NotDc
+        | ErrorKind::UnsupportedVersion
+        | ErrorKind::InvalidInput
+        | ErrorKind::OutOfRange => 3,
+        ErrorKind::Corrupt => 4,
+        ErrorKind::Output => 5,
     }
 }
 

@@ -121,7 +121,59 @@ pub enum DcError {
     TargetTooSmall { target: u64, smallest: u64 },
 }
 
+/// What kind of failure a [`DcError`] is: the one place that sorts the variants, from which
+/// the CLI's exit codes and the C API's result codes are both derived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Reading or writing failed.
+    Io,
+    /// The input is not valid GGUF.
+    BadGguf,
+    /// The input is not a DC-GGUF file (when one was expected).
+    NotDc,
+    /// A DC-GGUF version this reader does not read (or no longer trusts).
+    UnsupportedVersion,
+    /// Valid input that this operation refuses (already DC, reserved keys, over a cap).
+    InvalidInput,
+    /// A request outside the file (a byte range past a tensor).
+    OutOfRange,
+    /// The data is damaged: a checksum, a structure or the decoded bytes do not match.
+    Corrupt,
+    /// What the file declares could not be allocated.
+    OutOfMemory,
+    /// An option the data cannot satisfy (a target size too small).
+    BadOption,
+    /// The output could not be placed (exists, is the input, is not a regular file).
+    Output,
+}
+
 impl DcError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DcError::Io { .. } => ErrorKind::Io,
+            DcError::Gguf { .. } => ErrorKind::BadGguf,
+            DcError::NotDc { .. } => ErrorKind::NotDc,
+            DcError::UnsupportedVersion(_) | DcError::LegacyVersion(_) => {
+                ErrorKind::UnsupportedVersion
+            }
+            DcError::AlreadyDc(_) | DcError::ReservedKey(_) | DcError::Unsupported { .. } => {
+                ErrorKind::InvalidInput
+            }
+            DcError::OutOfRange { .. } => ErrorKind::OutOfRange,
+            DcError::OriginalHeader(_)
+            | DcError::CorruptDcHeader
+            | DcError::DamagedDc { .. }
+            | DcError::BadIndex { .. }
+            | DcError::Corrupt { .. }
+            | DcError::CorruptBlob { .. }
+            | DcError::Mismatch { .. } => ErrorKind::Corrupt,
+            DcError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            DcError::TargetTooSmall { .. } => ErrorKind::BadOption,
+            DcError::Output(crate::io::OutputError::Io { .. }) => ErrorKind::Io,
+            DcError::Output(_) => ErrorKind::Output,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DcError {
         let path = path.into();
         move |source| DcError::Io { path, source }

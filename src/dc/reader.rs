@@ -148,31 +148,23 @@ impl DcFile {
         // Once a file looks like DC-GGUF, every problem is reported as damage to a DC file
         // (not as "not DC", which would hand it to llama.cpp as a plain model).
         let looks_dc = looks_like_dc(&map);
-        let gguf_err = |source: crate::gguf::GgufError| {
-            if looks_dc {
-                DcError::DamagedDc {
-                    path: path.to_path_buf(),
-                    what: source.to_string(),
-                }
-            } else {
-                DcError::Gguf {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
+        let damaged = |what: String| DcError::DamagedDc {
+            path: path.to_path_buf(),
+            what,
         };
-        let not_dc = |reason: &str| {
-            if looks_dc {
-                DcError::DamagedDc {
-                    path: path.to_path_buf(),
-                    what: reason.to_string(),
-                }
-            } else {
-                DcError::NotDc {
-                    path: path.to_path_buf(),
-                    reason: reason.to_string(),
-                }
-            }
+        let gguf_err = |source: crate::gguf::GgufError| match looks_dc {
+            true => damaged(source.to_string()),
+            false => DcError::Gguf {
+                path: path.to_path_buf(),
+                source,
+            },
+        };
+        let not_dc = |reason: &str| match looks_dc {
+            true => damaged(reason.to_string()),
+            false => DcError::NotDc {
+                path: path.to_path_buf(),
+                reason: reason.to_string(),
+            },
         };
         let dc_header = parse(&map).map_err(gguf_err)?;
         dc_header

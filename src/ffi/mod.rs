@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::dc::DcError;
+use crate::dc::{DcError, ErrorKind};
 use crate::llama::LlamaError;
 use crate::llama::stream::StreamError;
 
@@ -95,28 +95,17 @@ impl Error {
     }
 }
 
-/// The C code for a DC error. Every variant is listed: a new one must be given its code.
+/// The C code for a DC error, from its kind (`DcError::kind`, shared with the CLI).
 fn dc_code(e: &DcError) -> dcgguf_result {
-    match e {
-        DcError::Io { .. } | DcError::Output(_) => DCGGUF_ERR_IO,
-        DcError::Gguf { .. } => DCGGUF_ERR_BAD_GGUF,
-        DcError::NotDc { .. } => DCGGUF_ERR_NOT_DC,
-        DcError::UnsupportedVersion(_) | DcError::LegacyVersion(_) => {
-            DCGGUF_ERR_UNSUPPORTED_VERSION
-        }
-        DcError::OutOfMemory { .. } => DCGGUF_ERR_OUT_OF_MEMORY,
-        DcError::OriginalHeader(_)
-        | DcError::CorruptDcHeader
-        | DcError::DamagedDc { .. }
-        | DcError::BadIndex { .. }
-        | DcError::Corrupt { .. }
-        | DcError::CorruptBlob { .. }
-        | DcError::Mismatch { .. } => DCGGUF_ERR_CORRUPT,
-        DcError::OutOfRange { .. } => DCGGUF_ERR_OUT_OF_RANGE,
-        DcError::AlreadyDc(_)
-        | DcError::ReservedKey(_)
-        | DcError::Unsupported { .. }
-        | DcError::TargetTooSmall { .. } => DCGGUF_ERR_INVALID_ARGUMENT,
+    match e.kind() {
+        ErrorKind::Io | ErrorKind::Output => DCGGUF_ERR_IO,
+        ErrorKind::BadGguf => DCGGUF_ERR_BAD_GGUF,
+        ErrorKind::NotDc => DCGGUF_ERR_NOT_DC,
+        ErrorKind::UnsupportedVersion => DCGGUF_ERR_UNSUPPORTED_VERSION,
+        ErrorKind::OutOfMemory => DCGGUF_ERR_OUT_OF_MEMORY,
+        ErrorKind::Corrupt => DCGGUF_ERR_CORRUPT,
+        ErrorKind::OutOfRange => DCGGUF_ERR_OUT_OF_RANGE,
+        ErrorKind::InvalidInput | ErrorKind::BadOption => DCGGUF_ERR_INVALID_ARGUMENT,
     }
 }
 
