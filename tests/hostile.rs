@@ -154,6 +154,23 @@ impl Parts {
         }
     }
 
+    /// The file with a zstd frame of `raw` zero bytes appended to `dc.data` and made the
+    /// original-header blob (`header`) or the gap blob, declaring `raw_len` decoded bytes
+    /// and checksum `hash` (checksums of header and index recomputed).
+    fn with_zero_blob(&self, header: bool, raw: usize, raw_len: u64, hash: Option<u64>) -> Vec<u8> {
+        let frame = zero_bomb(raw);
+        let blob = dcgguf::dc::BlobRef {
+            offset: self.data_len as u64,
+            stored_len: frame.len() as u64,
+            raw_len,
+            hash,
+        };
+        self.craft(&frame, |i| match header {
+            true => i.header = blob,
+            false => i.gaps = blob,
+        })
+    }
+
     /// The file with `extra` appended to `dc.data` (at offset `self.data_len` of it), the
     /// index edited by `edit`, and the header (dc.data's size), header checksum and index
     /// checksum recomputed: what an attacker with a hex editor and xxh3 produces.
@@ -261,56 +278,22 @@ fn crafted_dc_files_fail_cleanly_in_bounded_memory() {
             parts.craft(&[], |i| i.gaps.raw_len = giant),
             "gap",
         ),
-        {
-            let bomb = zero_bomb(giant as usize);
-            let (off, len) = (parts.data_len as u64, bomb.len() as u64);
-            (
-                "D2 header blob: a 1 GiB zstd bomb (33 KB)",
-                parts.craft(&bomb, |i| {
-                    i.header = dcgguf::dc::BlobRef {
-                        offset: off,
-                        stored_len: len,
-                        raw_len: giant,
-                        hash: Some(0),
-                    }
-                }),
-                "original header",
-            )
-        },
-        {
-            let bomb = zero_bomb(giant as usize);
-            let (off, len) = (parts.data_len as u64, bomb.len() as u64);
-            (
-                "D2 gap blob: a 1 GiB zstd bomb (33 KB)",
-                parts.craft(&bomb, |i| {
-                    i.gaps = dcgguf::dc::BlobRef {
-                        offset: off,
-                        stored_len: len,
-                        raw_len: giant,
-                        hash: Some(0),
-                    }
-                }),
-                "gap",
-            )
-        },
-        {
-            // Within the ratio cap: decoded (4 MiB), checked, refused.
-            let n = 4 << 20;
-            let bomb = zero_bomb(n);
-            let (off, len) = (parts.data_len as u64, bomb.len() as u64);
-            (
-                "D2 header blob: 4 MiB of zeros, checksum recomputed",
-                parts.craft(&bomb, |i| {
-                    i.header = dcgguf::dc::BlobRef {
-                        offset: off,
-                        stored_len: len,
-                        raw_len: n as u64,
-                        hash: Some(xxh3_64(&vec![0u8; n])),
-                    }
-                }),
-                "original header",
-            )
-        },
+        (
+            "D2 header blob: a 1 GiB zstd bomb (33 KB)",
+            parts.with_zero_blob(true, giant as usize, giant, Some(0)),
+            "original header",
+        ),
+        (
+            "D2 gap blob: a 1 GiB zstd bomb (33 KB)",
+            parts.with_zero_blob(false, giant as usize, giant, Some(0)),
+            "gap",
+        ),
+        // Within the ratio cap: decoded (4 MiB), checked, refused.
+        (
+            "D2 header blob: 4 MiB of zeros, checksum recomputed",
+            parts.with_zero_blob(true, 4 << 20, 4 << 20, Some(xxh3_64(&vec![0u8; 4 << 20]))),
+            "original header",
+        ),
         (
             "D8 one bit flipped in the DC header",
             {
@@ -551,14 +534,6 @@ fn crafted_dc_files_fail_cleanly_inside_llama_cpp() {
     let real = real_dc(&dir);
     let parts = Parts::of(&real);
     let giant: u64 = 1 << 30;
-    let bomb = zero_bomb(giant as usize);
-    let (off, len) = (parts.data_len as u64, bomb.len() as u64);
-    let blob = dcgguf::dc::BlobRef {
-        offset: off,
-        stored_len: len,
-        raw_len: giant,
-        hash: Some(0),
-    };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "header blob raw_len 1 GiB",
@@ -567,12 +542,12 @@ fn crafted_dc_files_fail_cleanly_inside_llama_cpp() {
         ),
         (
             "header blob bomb",
-            parts.craft(&bomb, |i| i.header = blob),
+            parts.with_zero_blob(true, giant as usize, giant, Some(0)),
             "original header",
         ),
         (
             "gap blob bomb",
-            parts.craft(&bomb, |i| i.gaps = blob),
+            parts.with_zero_blob(false, giant as usize, giant, Some(0)),
             "gap",
         ),
     ];
