@@ -1,6 +1,8 @@
 //! Model load time and peak RSS through llama.cpp: plain GGUF (mmap, no-mmap) vs DC-GGUF,
 //! page cache warm, plus simulated slow storage (`DCGGUF_THROTTLE_BPS`, charged on stored
-//! bytes for DC and on file bytes for a plain GGUF read through the same FILE* stream).
+//! bytes for DC and on file bytes for a plain GGUF read through the same FILE* stream). DC
+//! loads go through both routes: the FILE* stream (default) and `DCGGUF_LOAD_ROUTE=user`
+//! (`llama_model_init_from_user`, throttled per tensor the same way).
 //!
 //!   cargo bench --features bench-throttle --bench load     # SmolLM2 Q4_1 from $DCGGUF_CACHE/models
 //!   DCGGUF_BENCH_MODEL=x.gguf DCGGUF_BENCH_REPS=5 cargo bench --features bench-throttle --bench load
@@ -117,11 +119,24 @@ struct Row {
 }
 
 fn measure(label: &str, mode: &str, model: &Path, throttle: Option<u64>, reps: usize) -> Row {
+    measure_route(label, mode, model, throttle, reps, "stream")
+}
+
+/// [`measure`] with `DCGGUF_LOAD_ROUTE=route` (`stream` or `user`, src/llama/user_load.rs).
+fn measure_route(
+    label: &str,
+    mode: &str,
+    model: &Path,
+    throttle: Option<u64>,
+    reps: usize,
+    route: &str,
+) -> Row {
     let mut runs = Vec::new();
     for _ in 0..reps {
         let mut c = Command::new(std::env::current_exe().unwrap());
         c.env("DCGGUF_BENCH_CHILD", mode)
             .env("DCGGUF_BENCH_PATH", model)
+            .env("DCGGUF_LOAD_ROUTE", route)
             .env("LD_PRELOAD", llama_support::libdcgguf_preload());
         match throttle {
             Some(b) => c.env("DCGGUF_THROTTLE_BPS", b.to_string()),
@@ -199,6 +214,7 @@ fn main() {
         measure("plain .gguf, mmap", "mmap", &model, None, reps),
         measure("plain .gguf, no-mmap", "nommap", &model, None, reps),
         measure(".dc.gguf (FILE* stream)", "nommap", &dc, None, reps),
+        measure_route(".dc.gguf (user route)", "nommap", &dc, None, reps, "user"),
     ];
     for (bps, name) in [(1_000_000_000u64, "1 GB/s"), (200_000_000, "200 MB/s")] {
         rows.push(measure(
@@ -214,6 +230,14 @@ fn main() {
             &dc,
             Some(bps),
             reps,
+        ));
+        rows.push(measure_route(
+            &format!(".dc.gguf user route @ {name}"),
+            "nommap",
+            &dc,
+            Some(bps),
+            reps,
+            "user",
         ));
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -244,14 +268,16 @@ fn main() {
     }
     let nommap = rows[1].secs;
     println!(
-        "\nDC warm load / plain no-mmap load = {:.2}x (target <= 1.3x)",
-        rows[2].secs / nommap
+        "\nDC warm load / plain no-mmap load = {:.2}x (target <= 1.3x); user route {:.2}x",
+        rows[2].secs / nommap,
+        rows[3].secs / nommap
     );
-    for k in [3, 5] {
+    for k in [4, 7] {
         println!(
-            "{}: DC/plain = {:.2}x (target < 1)",
+            "{}: DC/plain = {:.2}x (target < 1); user route {:.2}x",
             &rows[k + 1].label[11..],
-            rows[k + 1].secs / rows[k].secs
+            rows[k + 1].secs / rows[k].secs,
+            rows[k + 2].secs / rows[k].secs
         );
     }
 }

@@ -38,6 +38,9 @@ bindgen "$header" \
   --allowlist-function 'llama_model_(load_from_file|load_from_file_ptr|default_params|free)' \
   --allowlist-function 'llama_(init_from_model|new_context_with_model|free|context_default_params)' \
   --allowlist-function 'llama_load_mode_name' \
+  --allowlist-function 'llama_model_init_from_user' \
+  --allowlist-function 'gguf_(init_from_buffer|free|add_tensor|find_tensor)' \
+  --allowlist-function 'ggml_backend_(tensor_set|buffer_is_host)' --allowlist-function 'ggml_nbytes' \
   --blocklist-type 'FILE|_IO_.*|__off(64)?_t' --raw-line 'pub use libc::FILE;' \
   --no-doc-comments --use-core --rust-edition 2024 --rust-target 1.85 \
   -- -I"$ggml_inc" > "$out.body"

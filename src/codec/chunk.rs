@@ -176,29 +176,27 @@ pub fn decode_chunk(
 ) -> Result<()> {
     if mode == ChunkMode::Raw {
         if payload.len() != dst.len() {
-            return Err(CodecError::Corrupt(format!(
-                "raw chunk holds {} bytes, expected {}",
-                payload.len(),
-                dst.len()
-            )));
+            return Err(CodecError::RawChunkLength {
+                got: payload.len(),
+                want: dst.len(),
+            });
         }
         dst.copy_from_slice(payload);
         return Ok(());
     }
     if !dst.len().is_multiple_of(layout.unit()) {
-        return Err(CodecError::Corrupt(format!(
-            "chunk length {} is not a multiple of the {}-byte unit",
-            dst.len(),
-            layout.unit()
-        )));
+        return Err(CodecError::UnitMisaligned {
+            len: dst.len(),
+            unit: layout.unit(),
+        });
     }
     let n_planes = layout.plane_count();
     let table_len = n_planes * PLANE_ENTRY;
     if payload.len() < table_len {
-        return Err(CodecError::Corrupt(format!(
-            "payload of {} bytes is shorter than its {table_len}-byte plane table",
-            payload.len()
-        )));
+        return Err(CodecError::ShortPlaneTable {
+            got: payload.len(),
+            table: table_len,
+        });
     }
     let (table, mut bodies) = payload.split_at(table_len);
     let mut entries = Vec::with_capacity(n_planes);
@@ -209,10 +207,11 @@ pub fn decode_chunk(
     {
         let stored = u32::from_le_bytes(entry[1..5].try_into().unwrap()) as usize;
         if stored > bodies.len() {
-            return Err(CodecError::Corrupt(format!(
-                "plane {p} claims {stored} bytes, only {} left in the payload",
-                bodies.len()
-            )));
+            return Err(CodecError::PlaneOverrun {
+                plane: p,
+                stored,
+                left: bodies.len(),
+            });
         }
         let (body, rest) = bodies.split_at(stored);
         bodies = rest;
@@ -220,19 +219,18 @@ pub fn decode_chunk(
             PLANE_RAW if stored == want => {}
             PLANE_ZSTD => {}
             PLANE_RAW => {
-                return Err(CodecError::Corrupt(format!(
-                    "raw plane {p} holds {stored} bytes, expected {want}"
-                )));
+                return Err(CodecError::RawPlaneLength {
+                    plane: p,
+                    stored,
+                    want,
+                });
             }
-            c => return Err(CodecError::Corrupt(format!("plane {p}: unknown codec {c}"))),
+            c => return Err(CodecError::UnknownPlaneCodec { plane: p, codec: c }),
         }
         entries.push((entry[0], body, want));
     }
     if !bodies.is_empty() {
-        return Err(CodecError::Corrupt(format!(
-            "{} trailing bytes after the last plane",
-            bodies.len()
-        )));
+        return Err(CodecError::TrailingBytes(bodies.len()));
     }
     if n_planes == 1 && entries[0].0 == PLANE_ZSTD {
         // One plane is the chunk itself: decompress straight into the caller's buffer.
@@ -267,18 +265,17 @@ pub fn decode_chunk(
 fn zstd_decompress(src: &[u8], dst: &mut [u8]) -> Result<()> {
     DECODER.with_borrow_mut(|slot| {
         if slot.is_none() {
-            *slot =
-                Some(zstd::bulk::Decompressor::new().map_err(|e| CodecError::Zstd(e.to_string()))?);
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| CodecError::Zstd(e.into()))?);
         }
         let d = slot.as_mut().expect("decoder was just created");
         let n = d
             .decompress_to_buffer(src, dst)
-            .map_err(|e| CodecError::Zstd(e.to_string()))?;
+            .map_err(|e| CodecError::Zstd(e.into()))?;
         if n != dst.len() {
-            return Err(CodecError::Corrupt(format!(
-                "zstd frame decoded to {n} bytes, expected {}",
-                dst.len()
-            )));
+            return Err(CodecError::FrameLength {
+                got: n,
+                want: dst.len(),
+            });
         }
         Ok(())
     })

@@ -13,13 +13,60 @@ pub use chunk::{ChunkMode, EncodeOptions, decode_chunk, encode_chunk};
 pub use entropy::PlaneStats;
 pub use transform::{Layout, Transform};
 
-/// Errors from decoding a chunk. The container layer adds the tensor name and chunk index.
+/// Errors from decoding a chunk, one variant per check. The container layer adds the tensor
+/// name and chunk index.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
-    #[error("chunk payload is corrupt: {0}")]
-    Corrupt(String),
+    #[error("chunk payload is corrupt: raw chunk holds {got} bytes, expected {want}")]
+    RawChunkLength { got: usize, want: usize },
+    #[error(
+        "chunk payload is corrupt: chunk length {len} is not a multiple of the {unit}-byte unit"
+    )]
+    UnitMisaligned { len: usize, unit: usize },
+    #[error(
+        "chunk payload is corrupt: payload of {got} bytes is shorter than its {table}-byte plane table"
+    )]
+    ShortPlaneTable { got: usize, table: usize },
+    #[error(
+        "chunk payload is corrupt: plane {plane} claims {stored} bytes, only {left} left in the payload"
+    )]
+    PlaneOverrun {
+        plane: usize,
+        stored: usize,
+        left: usize,
+    },
+    #[error("chunk payload is corrupt: raw plane {plane} holds {stored} bytes, expected {want}")]
+    RawPlaneLength {
+        plane: usize,
+        stored: usize,
+        want: usize,
+    },
+    #[error("chunk payload is corrupt: plane {plane}: unknown codec {codec}")]
+    UnknownPlaneCodec { plane: usize, codec: u8 },
+    #[error("chunk payload is corrupt: {0} trailing bytes after the last plane")]
+    TrailingBytes(usize),
+    #[error("chunk payload is corrupt: zstd frame decoded to {got} bytes, expected {want}")]
+    FrameLength { got: usize, want: usize },
+    /// zstd refused a frame (its own error text: zstd reports codes, not types).
     #[error("zstd: {0}")]
-    Zstd(String),
+    Zstd(ZstdMessage),
+}
+
+/// zstd's description of a failure (`zstd::bulk` returns `std::io::Error`s carrying only
+/// zstd's error string), kept as text because zstd offers nothing more typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZstdMessage(pub String);
+
+impl std::fmt::Display for ZstdMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<std::io::Error> for ZstdMessage {
+    fn from(e: std::io::Error) -> ZstdMessage {
+        ZstdMessage(e.to_string())
+    }
 }
 
 pub type Result<T> = std::result::Result<T, CodecError>;

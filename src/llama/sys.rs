@@ -16,6 +16,11 @@ impl<T: Copy + Default, const N: usize> Default for __BindgenOpaqueArray8<[T; N]
         Self([<T as Default>::default(); N])
     }
 }
+#[repr(C)]
+#[derive(Debug)]
+pub struct ggml_context {
+    _unused: [u8; 0],
+}
 pub const ggml_type_GGML_TYPE_F32: ggml_type = 0;
 pub const ggml_type_GGML_TYPE_F16: ggml_type = 1;
 pub const ggml_type_GGML_TYPE_Q4_0: ggml_type = 2;
@@ -199,18 +204,33 @@ const _: () = {
 };
 pub type ggml_abort_callback =
     ::core::option::Option<unsafe extern "C" fn(data: *mut ::core::ffi::c_void) -> bool>;
+unsafe extern "C" {
+    pub fn ggml_nbytes(tensor: *const ggml_tensor) -> usize;
+}
 #[repr(C)]
 #[derive(Debug)]
 pub struct ggml_backend_buffer_type {
     _unused: [u8; 0],
 }
 pub type ggml_backend_buffer_type_t = *mut ggml_backend_buffer_type;
+pub type ggml_backend_buffer_t = *mut ggml_backend_buffer;
 #[repr(C)]
 #[derive(Debug)]
 pub struct ggml_backend_device {
     _unused: [u8; 0],
 }
 pub type ggml_backend_dev_t = *mut ggml_backend_device;
+unsafe extern "C" {
+    pub fn ggml_backend_buffer_is_host(buffer: ggml_backend_buffer_t) -> bool;
+}
+unsafe extern "C" {
+    pub fn ggml_backend_tensor_set(
+        tensor: *mut ggml_tensor,
+        data: *const ::core::ffi::c_void,
+        offset: usize,
+        size: usize,
+    );
+}
 pub type ggml_backend_sched_eval_callback = ::core::option::Option<
     unsafe extern "C" fn(
         t: *mut ggml_tensor,
@@ -218,6 +238,42 @@ pub type ggml_backend_sched_eval_callback = ::core::option::Option<
         user_data: *mut ::core::ffi::c_void,
     ) -> bool,
 >;
+#[repr(C)]
+#[derive(Debug)]
+pub struct gguf_context {
+    _unused: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct gguf_init_params {
+    pub no_alloc: bool,
+    pub ctx: *mut *mut ggml_context,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of gguf_init_params"][::core::mem::size_of::<gguf_init_params>() - 16usize];
+    ["Alignment of gguf_init_params"][::core::mem::align_of::<gguf_init_params>() - 8usize];
+    ["Offset of field: gguf_init_params::no_alloc"]
+        [::core::mem::offset_of!(gguf_init_params, no_alloc) - 0usize];
+    ["Offset of field: gguf_init_params::ctx"]
+        [::core::mem::offset_of!(gguf_init_params, ctx) - 8usize];
+};
+unsafe extern "C" {
+    pub fn gguf_init_from_buffer(
+        data: *const ::core::ffi::c_void,
+        size: usize,
+        params: gguf_init_params,
+    ) -> *mut gguf_context;
+}
+unsafe extern "C" {
+    pub fn gguf_free(ctx: *mut gguf_context);
+}
+unsafe extern "C" {
+    pub fn gguf_find_tensor(ctx: *const gguf_context, name: *const ::core::ffi::c_char) -> i64;
+}
+unsafe extern "C" {
+    pub fn gguf_add_tensor(ctx: *mut gguf_context, tensor: *const ggml_tensor);
+}
 #[repr(C)]
 #[derive(Debug)]
 pub struct llama_model {
@@ -543,6 +599,17 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn llama_context_default_params() -> llama_context_params;
+}
+pub type llama_model_set_tensor_data_t = ::core::option::Option<
+    unsafe extern "C" fn(tensor: *mut ggml_tensor, userdata: *mut ::core::ffi::c_void),
+>;
+unsafe extern "C" {
+    pub fn llama_model_init_from_user(
+        metadata: *mut gguf_context,
+        set_tensor_data: llama_model_set_tensor_data_t,
+        set_tensor_data_ud: *mut ::core::ffi::c_void,
+        params: llama_model_params,
+    ) -> *mut llama_model;
 }
 unsafe extern "C" {
     pub fn llama_model_load_from_file(

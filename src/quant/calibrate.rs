@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{QuantError, Result, stats::ActStats, temp_next_to};
+use super::{InputError, Result, ToolError, stats::ActStats, temp_next_to};
 use crate::dc::DcError;
 use crate::gguf::{GgufHeader, Value, ValueType, build_file, tensor_entries};
 use crate::io::{AtomicOutput, TempPath, map_readonly};
@@ -88,10 +88,7 @@ pub fn run_imatrix(
 ) -> Result<()> {
     let meta = std::fs::metadata(text).map_err(DcError::io(text))?;
     if meta.len() == 0 {
-        return Err(QuantError::Input(format!(
-            "{}: calibration text is empty",
-            text.display()
-        )));
+        return Err(InputError::EmptyCalibration(text.to_path_buf()).into());
     }
     let patched = temp_next_to(output, "calib-model.gguf");
     let _g = TempPath::new(patched.clone())?;
@@ -130,16 +127,19 @@ pub fn run_imatrix(
         ])
         .args(["--no-ppl", "--output-frequency", "1000000"])
         .output()
-        .map_err(|e| QuantError::Tool(format!("cannot run {}: {e}", tool.display())))?;
+        .map_err(|source| ToolError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
     if !out.status.success() || !output.exists() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(8).collect();
-        return Err(QuantError::Tool(format!(
-            "{} failed ({}):\n{}",
-            tool.display(),
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )));
+        return Err(ToolError::Failed {
+            tool,
+            status: out.status,
+            stderr_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        }
+        .into());
     }
     if act_max.exists() {
         add_act_max(output, &act_max)?;

@@ -199,10 +199,23 @@ fn invert_lower_transposed(l: &[f64], n: usize) -> Vec<f64> {
     inv_t
 }
 
+/// Why GPTQ rounding could not use a covariance matrix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GptqError {
+    #[error("covariance has {got} elements, expected {ne0} x {ne0}")]
+    CovarianceSize { got: usize, ne0: usize },
+    #[error(
+        "covariance is not positive definite after damping (pivot {pivot}); is it a covariance?"
+    )]
+    NotPositiveDefinite { pivot: usize },
+    #[error("H^-1 is not positive definite (pivot {pivot})")]
+    InverseNotPositiveDefinite { pivot: usize },
+}
+
 /// Upper Cholesky factor `U` of `H^-1` (`U^T U = H^-1`), with GPTQ's conditioning of `H`
 /// (zero-diagonal channels set to 1, then `damp * mean(diag)` added to the diagonal).
 /// `h` is row-major `n x n` and must be symmetric.
-pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>, String> {
+pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>, GptqError> {
     assert_eq!(h.len(), n * n);
     let mut a: Vec<f64> = h.iter().map(|&v| f64::from(v)).collect();
     for j in 0..n {
@@ -214,9 +227,7 @@ pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>
     for j in 0..n {
         a[j * n + j] += damp * mean_diag;
     }
-    cholesky(&mut a, n).map_err(|j| {
-        format!("not positive definite after damping (pivot {j}); is it a covariance?")
-    })?;
+    cholesky(&mut a, n).map_err(|pivot| GptqError::NotPositiveDefinite { pivot })?;
     // H^-1 = L^-T L^-1 = M^T M with M = L^-1 (lower).
     let mt = invert_lower_transposed(&a, n);
     let mut hinv = vec![0f64; n * n];
@@ -231,7 +242,7 @@ pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>
                 .sum();
         }
     });
-    cholesky(&mut hinv, n).map_err(|j| format!("H^-1 is not positive definite (pivot {j})"))?;
+    cholesky(&mut hinv, n).map_err(|pivot| GptqError::InverseNotPositiveDefinite { pivot })?;
     // U = L2^T.
     let mut u = vec![0f64; n * n];
     for i in 0..n {
@@ -245,13 +256,10 @@ pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>
 /// GPTQ-rounds a row-major tensor `x` (`ne0` = input channels, a multiple of 32) to Q8_0
 /// blocks on llama.cpp's scales. `h`: `ne0 x ne0` input second moment (row-major,
 /// symmetric). Returns the Q8_0 bytes.
-pub fn quantize(x: &[f32], ne0: usize, h: &[f32], damp: f64) -> Result<Vec<u8>, String> {
+pub fn quantize(x: &[f32], ne0: usize, h: &[f32], damp: f64) -> Result<Vec<u8>, GptqError> {
     assert!(ne0.is_multiple_of(QK8_0) && x.len().is_multiple_of(ne0));
     if h.len() != ne0 * ne0 {
-        return Err(format!(
-            "covariance has {} elements, expected {ne0} x {ne0}",
-            h.len()
-        ));
+        return Err(GptqError::CovarianceSize { got: h.len(), ne0 });
     }
     let u = inverse_cholesky_upper(h, ne0, damp)?;
     let nbr = ne0 / QK8_0;

@@ -93,14 +93,62 @@ pub enum QuantError {
     #[error("tensor {tensor:?}: source type {ty} is not supported (use F32, F16, BF16 or Q8_0)")]
     UnsupportedType { tensor: String, ty: GgmlType },
     /// Options that conflict or are out of range.
-    #[error("{0}")]
-    Usage(String),
-    /// An input file (activation statistics, covariances) that does not fit the model.
-    #[error("{0}")]
-    Input(String),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// An input (activation statistics, covariances, calibration text) that does not fit the
+    /// model.
+    #[error(transparent)]
+    Input(#[from] InputError),
     /// The calibration tool (llama-imatrix) could not run or failed.
-    #[error("{0}")]
-    Tool(String),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+}
+
+/// Quantization options that conflict or are out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    #[error("--gptq needs quantization")]
+    GptqWithoutQuantization,
+    #[error("--gptq cannot be combined with folding or --permute (use --fold-alpha 0)")]
+    GptqWithFolding,
+    #[error("--gptq-damp must be >= 0")]
+    NegativeDamp,
+    #[error("--prune must be in [0, 1)")]
+    PruneRange,
+}
+
+/// An input file that does not fit the model being quantized.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("activation statistics: {}", .0.what)]
+    Stats(StatsError),
+    #[error("{}: covariance file: {}", .0.path, .0.what)]
+    Covariances(CovError),
+    #[error("{source_path}: GPTQ of {tensor:?}: {error}")]
+    Gptq {
+        source_path: String,
+        tensor: String,
+        error: gptq::GptqError,
+    },
+    #[error("{0}: calibration text is empty")]
+    EmptyCalibration(std::path::PathBuf),
+}
+
+/// llama-imatrix (the calibration tool) could not run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("cannot run {tool}: {source}")]
+    Spawn {
+        tool: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The tool ran and failed; `stderr_tail` is the end of what it printed.
+    #[error("{tool} failed ({status}):\n{stderr_tail}")]
+    Failed {
+        tool: std::path::PathBuf,
+        status: std::process::ExitStatus,
+        stderr_tail: String,
+    },
 }
 
 impl From<crate::io::OutputError> for QuantError {
@@ -215,8 +263,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
         return Err(DcError::AlreadyDc(input.to_path_buf()).into());
     }
     if let Some(st) = &o.stats {
-        st.check_against(&h)
-            .map_err(|e| QuantError::Input(format!("activation statistics: {}", e.what)))?;
+        st.check_against(&h).map_err(InputError::Stats)?;
     }
     let fold_alpha = o.fold_alpha.unwrap_or_else(|| default_fold_alpha(&arch));
     let scales = match (&o.stats, fold_alpha != 0.0) {
@@ -255,16 +302,14 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     };
     if let Some(cov) = &o.gptq {
         if !o.quantize {
-            return Err(QuantError::Usage("--gptq needs quantization".into()));
+            return Err(UsageError::GptqWithoutQuantization.into());
         }
         if !scales.columns.is_empty()
             || !scales.rows.is_empty()
             || !perms.rows.is_empty()
             || !perms.columns.is_empty()
         {
-            return Err(QuantError::Usage(
-                "--gptq cannot be combined with folding or --permute (use --fold-alpha 0)".into(),
-            ));
+            return Err(UsageError::GptqWithFolding.into());
         }
         let needed: Vec<(String, usize)> = h
             .tensors
@@ -272,9 +317,8 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
             .filter(|t| gptq_target(t))
             .map(|t| (t.name.clone(), t.dims[0] as usize))
             .collect();
-        cov.check_against(&needed).map_err(|e| {
-            QuantError::Input(format!("{}: covariance file: {}", cov.source, e.what))
-        })?;
+        cov.check_against(&needed)
+            .map_err(InputError::Covariances)?;
     }
     // New tensor table: same order, quantized ones re-typed, offsets recomputed.
     let mut report = QuantReport::default();
@@ -357,10 +401,11 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                     Some(cov) => {
                         let (_, hm) = cov.get(&t.name).expect("checked above");
                         gptq::quantize(&x, ne0, hm, o.gptq_damp).map_err(|e| {
-                            std::io::Error::other(QuantError::Input(format!(
-                                "{}: GPTQ of {:?}: covariance {e}",
-                                cov.source, t.name
-                            )))
+                            std::io::Error::other(QuantError::Input(InputError::Gptq {
+                                source_path: cov.source.clone(),
+                                tensor: t.name.clone(),
+                                error: e,
+                            }))
                         })?
                     }
                     None => q8::quantize(&x, ne0, imp.as_deref(), &g),
@@ -575,13 +620,13 @@ impl QuantArgs {
             gptq_damp: self.gptq_damp.unwrap_or(gptq::DEFAULT_DAMP),
         };
         if !(o.gptq_damp >= 0.0 && o.gptq_damp.is_finite()) {
-            return Err(QuantError::Usage("--gptq-damp must be >= 0".into()));
+            return Err(UsageError::NegativeDamp.into());
         }
         if let Some(p) = &self.gptq {
             o.gptq = Some(Covariances::load(p)?);
         }
         if !(0.0..1.0).contains(&o.grid.prune) {
-            return Err(QuantError::Usage("--prune must be in [0, 1)".into()));
+            return Err(UsageError::PruneRange.into());
         }
         if let Some(p) = &self.imatrix {
             o.stats = Some(ActStats::load(p)?);
