@@ -25,6 +25,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::dc::{DcError, ErrorKind};
 use crate::llama::LlamaError;
 use crate::llama::stream::StreamError;
+use crate::llama::user_load::UserRouteError;
 
 /// Result codes. Numbers are part of the ABI: never renumber or reuse one.
 #[repr(C)]
@@ -133,9 +134,19 @@ impl From<LlamaError> for Error {
                 StreamError::Io { .. } => DCGGUF_ERR_IO,
                 StreamError::Panic => DCGGUF_ERR_PANIC,
             },
-            LlamaError::LoadFailed { cause: None, .. } | LlamaError::PlainFailed(_) => {
-                DCGGUF_ERR_LLAMA_LOAD_FAILED
-            }
+            LlamaError::UserLoadFailed {
+                cause: Some(cause), ..
+            } => match cause {
+                UserRouteError::Dc(d) => dc_code(d),
+                UserRouteError::Panic => DCGGUF_ERR_PANIC,
+                UserRouteError::TensorMismatch { .. }
+                | UserRouteError::ShortHeader
+                | UserRouteError::HeaderRefused
+                | UserRouteError::Describe(_) => DCGGUF_ERR_LLAMA_LOAD_FAILED,
+            },
+            LlamaError::LoadFailed { cause: None, .. }
+            | LlamaError::UserLoadFailed { cause: None, .. }
+            | LlamaError::PlainFailed(_) => DCGGUF_ERR_LLAMA_LOAD_FAILED,
             LlamaError::Io { .. } => DCGGUF_ERR_IO,
             LlamaError::BadPath(_) => DCGGUF_ERR_INVALID_ARGUMENT,
             LlamaError::Budget(_) => DCGGUF_ERR_INVALID_ARGUMENT,

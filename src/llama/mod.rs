@@ -24,6 +24,7 @@ pub mod throttle;
 pub mod throttle;
 #[rustfmt::skip]
 pub mod sys;
+pub mod user_load;
 
 use std::ffi::CStr;
 use std::os::unix::ffi::OsStrExt;
@@ -61,6 +62,13 @@ pub enum LlamaError {
     LoadFailed {
         path: String,
         cause: Option<stream::StreamError>,
+    },
+    /// `llama_model_init_from_user` gave up on a DC-GGUF ([`user_load`]); `cause` is what
+    /// our tensor callback hit first, if anything, else llama.cpp refused the model itself.
+    #[error("{path}: llama.cpp failed to load the model (user route){}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    UserLoadFailed {
+        path: String,
+        cause: Option<user_load::UserRouteError>,
     },
     /// A plain (non-DC) file that the host's llama.cpp refused; it has said why.
     #[error("{0}: llama.cpp failed to load the model")]
@@ -138,17 +146,41 @@ pub fn load_dc(
             count,
         });
     }
+    let budget = budget::spec::settings().map_err(LlamaError::Budget)?;
+    let route = match (user_load::route_from_env(), &budget) {
+        (user_load::Route::User, Some(_)) => {
+            crate::log_line!(
+                "dcgguf: a memory budget needs the stream route; ignoring {}=user",
+                user_load::ROUTE_ENV
+            );
+            user_load::Route::Stream
+        }
+        (route, _) => route,
+    };
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
         crate::log_line!(
-            "dcgguf: loading {} (DC-GGUF, {} -> {} bytes) through llama.cpp's FILE* loader",
+            "dcgguf: loading {} (DC-GGUF, {} -> {} bytes) through llama.cpp's {}",
             path.display(),
             dc.stored_size(),
-            dc.original_size()
+            dc.original_size(),
+            match route {
+                user_load::Route::Stream => "FILE* loader",
+                user_load::Route::User => "llama_model_init_from_user",
+            }
         );
     }
     let dc = Arc::new(dc);
+    if route == user_load::Route::User {
+        match user_load::load_dc_user(host, &dc, path, params, pool.clone())? {
+            user_load::UserLoad::Loaded(model) => return Ok(model),
+            user_load::UserLoad::Unsupported(why) => crate::log_line!(
+                "dcgguf: {}: user route not possible ({why}); loading through the FILE* stream",
+                path.display()
+            ),
+        }
+    }
     let mut params = params;
-    let res = match budget::spec::settings().map_err(LlamaError::Budget)? {
+    let res = match budget {
         None => None,
         Some(settings) => match hooks::budget_hooks_active() {
             Ok(()) => {

@@ -1,0 +1,152 @@
+//! `DCGGUF_LOAD_ROUTE=user` (llama.cpp's `llama_model_init_from_user`, src/llama/user_load.rs):
+//! unmodified llama.cpp tools under `LD_PRELOAD=libdcgguf_preload.so` compute exactly what
+//! they compute on the original GGUF (real llama.cpp; see tests/llama_support for the
+//! environment and the ignored policy).
+
+mod llama_support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use llama_support::*;
+
+const PROMPT: &str = "The capital of France is";
+
+/// A llama.cpp tool; `route` = Some("user"/"stream") runs it on a DC file under the preload.
+fn tool(l: &Llama, name: &str, route: Option<&str>) -> Command {
+    let mut c = Command::new(l.bin(name));
+    c.env("LD_PRELOAD", preload(l, route.is_some()));
+    c.env_remove("DCGGUF_THROTTLE_BPS")
+        .env_remove("DCGGUF_MEM_BUDGET");
+    match route {
+        Some(r) => {
+            c.env("DCGGUF_VERBOSE", "1").env("DCGGUF_LOAD_ROUTE", r);
+        }
+        None => {
+            c.env_remove("DCGGUF_LOAD_ROUTE");
+        }
+    }
+    c
+}
+
+fn completion(l: &Llama, model: &Path, route: Option<&str>) -> Output {
+    run(tool(l, "llama-completion", route)
+        .arg("-m")
+        .arg(model)
+        .args([
+            "--temp", "0", "--seed", "1", "-no-cnv", "-t", "2", "-c", "256", "-n", "32", "-p",
+            PROMPT,
+        ]))
+}
+
+/// The user route really ran (it did not fall back to the stream).
+fn assert_user_route(o: &Output) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("llama_model_init_from_user") && err.contains("dcgguf: user route: decoded"),
+        "the user route was not taken:\n{err}"
+    );
+    assert!(!err.contains("user route not possible"), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
+fn user_route_completion_matches_original_32_tokens() {
+    let t = "user_route_completion_matches_original_32_tokens";
+    let (l, m) = (require_llama(t), require_smollm2(t));
+    let dc = dc_of(&m);
+    let plain = completion(&l, &m, None);
+    assert_exit(&plain, true, "llama-completion on the original");
+    let user = completion(&l, &dc, Some("user"));
+    assert_exit(&user, true, "llama-completion on the DC-GGUF, user route");
+    assert_user_route(&user);
+    let (a, b) = (
+        String::from_utf8_lossy(&plain.stdout),
+        String::from_utf8_lossy(&user.stdout),
+    );
+    assert!(
+        a.starts_with(PROMPT) && a.len() > PROMPT.len() + 20,
+        "unexpected output: {a:?}"
+    );
+    assert_eq!(a, b, "generated text differs (user route)");
+    // SmolLM2 ties its output to the token embedding: the user route must have handled it.
+    let err = String::from_utf8_lossy(&user.stderr);
+    assert!(err.contains("output.weight (Tied)"), "{err}");
+}
+
+/// The embedding vector llama-embedding prints for a fixed sentence.
+fn embedding(l: &Llama, model: &Path, route: Option<&str>) -> (Vec<f64>, Output) {
+    let o = run(tool(l, "llama-embedding", route)
+        .arg("-m")
+        .arg(model)
+        .args([
+            "-t",
+            "2",
+            "--embd-output-format",
+            "json",
+            "-p",
+            "A quick brown fox jumps over the lazy dog.",
+        ]));
+    assert_exit(&o, true, "llama-embedding");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let json: serde_json::Value = out
+        .find('{')
+        .and_then(|i| serde_json::from_str(out[i..].trim()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "llama-embedding printed no complete JSON for {}:\n{out}",
+                model.display()
+            )
+        });
+    let v: Vec<f64> = json["data"][0]["embedding"]
+        .as_array()
+        .expect("an embedding array")
+        .iter()
+        .map(|x| x.as_f64().expect("numbers"))
+        .collect();
+    assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
+    (v, o)
+}
+
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp and MiniLM: run scripts/build-llama.sh; MiniLM comes from ../shared/models"
+)]
+fn user_route_embedding_minilm_f16_matches_original() {
+    let t = "user_route_embedding_minilm_f16_matches_original";
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
+    let dc = dc_of(&m);
+    let (plain, _) = embedding(&l, &m, None);
+    let (user, o) = embedding(&l, &dc, Some("user"));
+    assert_user_route(&o);
+    assert_eq!(plain, user, "MiniLM F16: user-route embedding differs");
+}
+
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp and MiniLM: run scripts/build-llama.sh; MiniLM comes from ../shared/models"
+)]
+fn unknown_route_value_falls_back_to_stream() {
+    let t = "unknown_route_value_falls_back_to_stream";
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
+    let dc = dc_of(&m);
+    let (plain, _) = embedding(&l, &m, None);
+    let (v, o) = embedding(&l, &dc, Some("bogus"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("ignoring DCGGUF_LOAD_ROUTE=\"bogus\"") && err.contains("FILE* loader"),
+        "{err}"
+    );
+    assert_eq!(plain, v);
+}
