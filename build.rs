@@ -15,7 +15,11 @@
 //!   dcgguf_smollm2     SmolLM2-135M-Instruct.Q4_1.gguf in `$DCGGUF_MODELS` (default
 //!                      `$DCGGUF_CACHE/models`; scripts/fetch-models.sh)
 //!   dcgguf_minilm      the four all-MiniLM-L6-v2 GGUFs in `$DCGGUF_SHARED_MODELS` (default
-//!                      shared/models, ../shared/models or /work/shared/models)
+//!                      shared/models, ../shared/models or /work/shared/models), else in
+//!                      `$DCGGUF_MODELS/minilm` (scripts/fetch-models.sh converts them)
+//!   dcgguf_minilm_shared_and_fetched  both of those copies (tests/minilm_fetch.rs compares
+//!                      them); required by `DCGGUF_REQUIRE_MODELS=1` only where the shared
+//!                      copy is present
 //!   dcgguf_python      `python3 -c 'import gguf, numpy, zstandard, zipnn_core'` works
 //!                      (scripts/install-deps.sh)
 //!   dcgguf_pkg_config  pkg-config is on PATH
@@ -30,6 +34,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+// The MiniLM search order, shared with the tests (see that file).
+#[path = "tests/minilm_paths/mod.rs"]
+mod minilm_paths;
 
 fn main() {
     println!("cargo:rerun-if-changed=vendor/llama.cpp.lock");
@@ -65,9 +73,19 @@ fn env_path(name: &str) -> Option<PathBuf> {
 
 /// Emits `cfg(name)` when `present`, or when `required_by` (an environment variable) is 1.
 fn cfg(name: &str, present: bool, required_by: &str) {
+    emit_cfg(name, present || required(required_by));
+}
+
+/// Whether the environment variable `name` is 1 (watched).
+fn required(name: &str) -> bool {
+    println!("cargo:rerun-if-env-changed={name}");
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// Declares `cfg(name)`, and sets it when `on`.
+fn emit_cfg(name: &str, on: bool) {
     println!("cargo::rustc-check-cfg=cfg({name})");
-    println!("cargo:rerun-if-env-changed={required_by}");
-    if present || std::env::var(required_by).is_ok_and(|v| v == "1") {
+    if on {
         println!("cargo:rustc-cfg={name}");
     }
 }
@@ -125,28 +143,39 @@ fn detect_test_prerequisites(py_version: &str) {
     );
     cfg("dcgguf_smollm2", smollm2.is_file(), "DCGGUF_REQUIRE_MODELS");
 
-    // MiniLM: the committed test models, searched like tests/common::shared_model.
-    let dirs = match env_path("DCGGUF_SHARED_MODELS") {
-        Some(d) => vec![d],
-        None => vec![
-            root.join("shared/models"),
-            root.join("../shared/models"),
-            PathBuf::from("/work/shared/models"),
-        ],
-    };
-    let minilm = ["f32", "f16", "bf16", "q8_0"].iter().all(|t| {
-        let f = format!("all-MiniLM-L6-v2-{t}.gguf");
-        dirs.iter().any(|d| d.join(&f).is_file())
-    });
-    let existing: Vec<&PathBuf> = dirs.iter().filter(|d| d.is_dir()).collect();
+    // MiniLM: the shared models folder, else the copy scripts/fetch-models.sh converts into
+    // `$DCGGUF_MODELS/minilm`; tests/minilm_paths holds the search order the tests use too.
+    env_path("DCGGUF_SHARED_MODELS");
+    let shared_dirs = minilm_paths::shared_dirs();
+    let fetched = minilm_paths::fetched_dir();
+    let minilm = minilm_paths::MINILM_FILES
+        .iter()
+        .all(|f| minilm_paths::find_minilm(f).is_ok());
+    let existing: Vec<&PathBuf> = shared_dirs.iter().filter(|d| d.is_dir()).collect();
     for d in if existing.is_empty() {
-        dirs.iter().collect()
+        shared_dirs.iter().collect()
     } else {
         existing
     } {
         println!("cargo:rerun-if-changed={}", d.display());
     }
+    watch(
+        &fetched,
+        if fetched.starts_with(&cache) {
+            &cache
+        } else {
+            &models
+        },
+    );
     cfg("dcgguf_minilm", minilm, "DCGGUF_REQUIRE_MODELS");
+    // Both copies, for the test that compares them (tests/minilm_fetch.rs). Required with the
+    // models only where the shared folder is there: without it there is nothing to compare.
+    let shared = minilm_paths::shared_complete().is_some();
+    let fetched_all = minilm_paths::fetched_complete().is_some();
+    emit_cfg(
+        "dcgguf_minilm_shared_and_fetched",
+        shared && (fetched_all || required("DCGGUF_REQUIRE_MODELS")),
+    );
 
     cfg("dcgguf_python", python(), "DCGGUF_REQUIRE_PYTHON");
     cfg(

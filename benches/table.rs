@@ -2,8 +2,9 @@
 //! bound and vs peers (`zstd -19 --long`, ZipNN), and decode speed vs memcpy, measured here.
 //!
 //! `cargo bench --bench table` (peers need `python3 scripts/peers.py`, see scripts/install-deps.sh;
-//! set DCGGUF_BENCH_NO_PEERS=1 to skip them). Models: ../shared/models (MiniLM) and the SmolLM2
-//! fetched by scripts/fetch-models.sh.
+//! set DCGGUF_BENCH_NO_PEERS=1 to skip them). Models: MiniLM (the shared models folder, else the
+//! copy scripts/fetch-models.sh converts; tests/minilm_paths) and the SmolLM2 fetched by
+//! scripts/fetch-models.sh.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,11 +13,10 @@ use std::time::Duration;
 use dcgguf::cost::measure_decode;
 use dcgguf::dc::{CompressOptions, DcFile, compress_file};
 
+#[path = "../tests/minilm_paths/mod.rs"]
+mod minilm_paths;
+
 fn models() -> Vec<(String, PathBuf)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = std::env::var_os("DCGGUF_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/models"));
     let cache = std::env::var_os("DCGGUF_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -32,10 +32,11 @@ fn models() -> Vec<(String, PathBuf)> {
         ("F32", "f32"),
         ("Q8_0", "q8_0"),
     ] {
-        v.push((
-            format!("MiniLM-L6 {label}"),
-            shared.join(format!("all-MiniLM-L6-v2-{f}.gguf")),
-        ));
+        let file = format!("all-MiniLM-L6-v2-{f}.gguf");
+        // absent: the path in the first shared folder, which the caller reports missing
+        let path = minilm_paths::find_minilm(&file)
+            .unwrap_or_else(|_| minilm_paths::shared_dirs()[0].join(&file));
+        v.push((format!("MiniLM-L6 {label}"), path));
     }
     v
 }

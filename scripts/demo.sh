@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-model="${1:-$(scripts/fetch-models.sh | tail -1)}"
+model="${1:-$(scripts/fetch-models.sh SmolLM2-135M-Instruct.Q4_1.gguf)}"
 cargo build --release --quiet
 bin=target/release/dcgguf
 out_dir="${DCGGUF_CACHE:-$HOME/.cache/dcgguf}/demo"

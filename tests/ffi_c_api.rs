@@ -85,7 +85,7 @@ fn check(static_link: bool) {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_minilm, dcgguf_pkg_config)),
-    ignore = "needs pkg-config (scripts/install-deps.sh) and the MiniLM models (shared/models)"
+    ignore = "needs pkg-config (scripts/install-deps.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn c_api_shared_via_pkg_config() {
     check(false);
@@ -94,7 +94,7 @@ fn c_api_shared_via_pkg_config() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_minilm, dcgguf_pkg_config)),
-    ignore = "needs pkg-config (scripts/install-deps.sh) and the MiniLM models (shared/models)"
+    ignore = "needs pkg-config (scripts/install-deps.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn c_api_static_via_pkg_config() {
     check(true);

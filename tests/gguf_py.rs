@@ -81,7 +81,7 @@ fn gguf_py_reads_dc_files() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_python, dcgguf_minilm)),
-    ignore = "needs python3 with gguf, numpy, zstandard, zipnn (scripts/install-deps.sh) and the MiniLM models (shared/models)"
+    ignore = "needs python3 with gguf, numpy, zstandard, zipnn (scripts/install-deps.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn gguf_py_reads_a_real_dc_file() {
     let dir = TempDir::new("gguf-py-minilm");

@@ -261,7 +261,10 @@ fn print_table(rows: &[Row], real: &[(&str, f64)]) {
 }
 
 #[test]
-#[cfg_attr(not(dcgguf_minilm), ignore = "needs the MiniLM models (shared/models)")]
+#[cfg_attr(
+    not(dcgguf_minilm),
+    ignore = "needs the MiniLM models (scripts/fetch-models.sh)"
+)]
 fn crafted_dc_files_fail_cleanly_in_bounded_memory() {
     let dir = TempDir::new("hostile");
     let real = real_dc(&dir);
@@ -494,7 +497,10 @@ fn absurd_thread_counts_are_refused() {
 
 /// Garbage where an imatrix belongs is invalid input (exit 3), not a usage error.
 #[test]
-#[cfg_attr(not(dcgguf_minilm), ignore = "needs the MiniLM models (shared/models)")]
+#[cfg_attr(
+    not(dcgguf_minilm),
+    ignore = "needs the MiniLM models (scripts/fetch-models.sh)"
+)]
 fn garbage_imatrix_is_invalid_input() {
     let src = shared_model("all-MiniLM-L6-v2-f32.gguf");
     require_model(&src);
@@ -525,7 +531,7 @@ fn garbage_imatrix_is_invalid_input() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn crafted_dc_files_fail_cleanly_inside_llama_cpp() {
     let t = "crafted_dc_files_fail_cleanly_inside_llama_cpp";

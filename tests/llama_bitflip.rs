@@ -120,7 +120,7 @@ fn names_region(kind: &Kind, line: &str, names: &[String]) -> bool {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn llama_embedding_bitflips_fail_loudly_or_change_nothing() {
     let t = "llama_embedding_bitflips_fail_loudly_or_change_nothing";

@@ -242,7 +242,7 @@ fn int8_pair(f32: &Path) -> (PathBuf, PathBuf) {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn budgeted_embeddings_are_identical() {
     let t = "budgeted_embeddings_are_identical";

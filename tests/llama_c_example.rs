@@ -88,7 +88,7 @@ fn c_example_memory_budget_needs_the_preload_library() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_smollm2, dcgguf_minilm)),
-    ignore = "needs llama.cpp, SmolLM2 (scripts/build-llama.sh, scripts/fetch-models.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp, SmolLM2 (scripts/build-llama.sh, scripts/fetch-models.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn two_dc_models_and_concurrent_loads() {
     let t = "two_dc_models_and_concurrent_loads";

@@ -70,7 +70,7 @@ fn completion_dc_matches_original_64_tokens() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn stock_llama_rejects_dc_without_preload() {
     let t = "stock_llama_rejects_dc_without_preload";
@@ -255,7 +255,7 @@ fn check_embedding(t: &str, name: &str) {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn embedding_minilm_f32_dc_matches_original() {
     check_embedding(
@@ -267,7 +267,7 @@ fn embedding_minilm_f32_dc_matches_original() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn embedding_minilm_f16_dc_matches_original() {
     check_embedding(
@@ -279,7 +279,7 @@ fn embedding_minilm_f16_dc_matches_original() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn split_dc_is_refused_with_merge_hint() {
     let t = "split_dc_is_refused_with_merge_hint";

@@ -395,7 +395,7 @@ fn require_python(test: &str) {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_llama_src, dcgguf_minilm, dcgguf_python)),
-    ignore = "needs llama.cpp and its source (scripts/build-llama.sh), python3 with gguf and numpy (scripts/install-deps.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp and its source (scripts/build-llama.sh), python3 with gguf and numpy (scripts/install-deps.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn minilm_gptq_meets_the_q8_0_fidelity_target_at_085x() {
     let test = module_path!();

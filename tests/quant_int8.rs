@@ -68,7 +68,10 @@ fn f32s(b: &[u8]) -> Vec<f32> {
 }
 
 #[test]
-#[cfg_attr(not(dcgguf_minilm), ignore = "needs the MiniLM models (shared/models)")]
+#[cfg_attr(
+    not(dcgguf_minilm),
+    ignore = "needs the MiniLM models (scripts/fetch-models.sh)"
+)]
 fn step_zero_reproduces_llama_quantize_q8_0_bit_for_bit() {
     let m = models_dir();
     let out = tmp("reference.q8_0.gguf");
@@ -100,7 +103,7 @@ fn step_zero_reproduces_llama_quantize_q8_0_bit_for_bit() {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn dc_int8_decodes_to_exactly_the_intended_q8_0_and_llama_cpp_runs_it_well() {
     let m = models_dir();
@@ -182,7 +185,7 @@ fn wild_stats(h: &GgufHeader) -> ActStats {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn folding_and_permuting_preserve_the_function() {
     let m = models_dir();

@@ -284,7 +284,7 @@ fn llama_bin() -> PathBuf {
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
-    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (shared/models)"
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn calibrate_runs_real_llama_imatrix_and_validates_against_the_model() {
     let (models, bin) = (models_dir(), llama_bin());

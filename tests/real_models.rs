@@ -1,9 +1,9 @@
 //! The real test models: compress -> decompress is bit-identical and the compression ratio
 //! meets the project's floor for each. A test whose model build.rs did not find is reported
-//! as `ignored, needs ...` (`scripts/fetch-models.sh` fetches SmolLM2; MiniLM is committed
-//! under shared/models). Unoptimized builds compress about 10x slower (zstd itself is built
-//! at -O0), which would take these tests to minutes: debug builds ignore them too
-//! (`cargo test -- --include-ignored` runs them anyway).
+//! as `ignored, needs ...` (`scripts/fetch-models.sh` fetches SmolLM2 and converts MiniLM; a
+//! shared models folder, where there is one, is used for MiniLM first). Unoptimized builds
+//! compress about 10x slower (zstd itself is built at -O0), which would take these tests to
+//! minutes: debug builds ignore them too (`cargo test -- --include-ignored` runs them anyway).
 
 mod common;
 
@@ -127,7 +127,7 @@ fn check_model(path: PathBuf, floor: f64) {
 #[test]
 #[cfg_attr(
     any(debug_assertions, not(dcgguf_minilm)),
-    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn minilm_f32() {
     check_model(shared_model("all-MiniLM-L6-v2-f32.gguf"), 1.20);
@@ -136,7 +136,7 @@ fn minilm_f32() {
 #[test]
 #[cfg_attr(
     any(debug_assertions, not(dcgguf_minilm)),
-    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn minilm_f16() {
     check_model(shared_model("all-MiniLM-L6-v2-f16.gguf"), 1.19);
@@ -145,7 +145,7 @@ fn minilm_f16() {
 #[test]
 #[cfg_attr(
     any(debug_assertions, not(dcgguf_minilm)),
-    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn minilm_bf16() {
     check_model(shared_model("all-MiniLM-L6-v2-bf16.gguf"), 1.50);
@@ -154,7 +154,7 @@ fn minilm_bf16() {
 #[test]
 #[cfg_attr(
     any(debug_assertions, not(dcgguf_minilm)),
-    ignore = "needs a release build (cargo test --release) and the MiniLM models (shared/models)"
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn minilm_q8_0() {
     check_model(shared_model("all-MiniLM-L6-v2-q8_0.gguf"), 1.075);

