@@ -178,6 +178,17 @@ fn detect_test_prerequisites(py_version: &str) {
     );
 
     cfg("dcgguf_python", python(), "DCGGUF_REQUIRE_PYTHON");
+
+    // llama-cpp-python built from the pinned sdist (scripts/build-llama-cpp-python.sh); its
+    // stamp is written last.
+    let lcp = cache.join(format!("llama-cpp-python-{py_version}"));
+    let lcp_stamp = lcp.join(".dcgguf-complete");
+    watch(&lcp_stamp, &cache);
+    cfg(
+        "dcgguf_llama_cpp_python",
+        lcp_stamp.is_file(),
+        "DCGGUF_REQUIRE_PYTHON",
+    );
     cfg(
         "dcgguf_pkg_config",
         on_path("pkg-config"),

@@ -138,7 +138,9 @@ dcgguf_result dcgguf_set_memory_budget(const char *spec);
  * it (non-mmap load; a few chunks of extra memory); a plain GGUF goes to
  * llama_model_load_from_file unchanged. Returns NULL on failure, with the reason on stderr
  * and in dcgguf_last_error. Free the model with llama_model_free. Split DC-GGUF models are
- * refused with instructions to merge them. */
+ * refused with instructions to merge them. With the environment variable
+ * DCGGUF_LOAD_ROUTE=user a DC-GGUF goes through llama.cpp's llama_model_init_from_user
+ * instead of a FILE* stream (same outputs; see README "Load routes"). */
 struct llama_model *dcgguf_llama_model_load(const char *path, struct llama_model_params params);
 
 /* llama_init_from_model, with dcgguf's graph callback (chained with params.cb_eval) for a

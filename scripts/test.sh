@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # llama.cpp first: fetch-models.sh converts MiniLM with its gguf-py and llama-quantize
 scripts/build-llama.sh >/dev/null
+# llama-cpp-python from its pinned sdist, for the Python-host tests (cached venv).
+scripts/build-llama-cpp-python.sh >/dev/null
 scripts/fetch-models.sh >/dev/null
 # shellcheck source=scripts/env.sh
 . scripts/env.sh

@@ -1,0 +1,123 @@
+"""DC-GGUF models in llama-cpp-python: one import.
+
+    import dcgguf.llama_cpp            # installs the loader (idempotent)
+    from llama_cpp import Llama
+    llm = Llama(model_path="model.dc.gguf")
+
+Why an import and not LD_PRELOAD: llama-cpp-python calls llama.cpp through ctypes, i.e. by
+``dlsym`` on its own handle of libllama, which never reaches an interposed
+``llama_model_load_from_file`` (the preload library only wins the dynamic linker's global
+lookup, which programs linked against libllama use). So this module replaces
+``llama_cpp.llama_cpp.llama_model_load_from_file`` -- the one function llama-cpp-python loads
+models with -- by one that sends DC-GGUF files to libdcgguf's ``dcgguf_llama_model_load``.
+libdcgguf finds the libllama llama-cpp-python already loaded (it is opened RTLD_GLOBAL) and
+loads the model into it; everything after the load is plain llama-cpp-python. Plain GGUF files
+go to llama.cpp's own function, untouched.
+
+``DCGGUF_LOAD_ROUTE`` chooses how a DC-GGUF reaches llama.cpp, as for every host (README,
+"Load routes"); the default FILE* stream works here without the preload library. A memory budget
+(``DCGGUF_MEM_BUDGET``) needs the preload library and is not available in this host; the
+model then loads fully, with a warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import llama_cpp.llama_cpp as _llama
+
+from . import _lib
+
+__all__ = ["install", "uninstall", "installed", "LoadError"]
+
+# dcgguf_open's answers (ffi/dcgguf.h) for files that are not DC-GGUF: llama.cpp judges
+# those itself. Any other failure is a DC-GGUF that libdcgguf refuses, with its reason.
+_ERR_IO, _ERR_BAD_GGUF, _ERR_NOT_DC = 3, 4, 5
+
+_original = None
+
+
+class LoadError(ValueError):
+    """A DC-GGUF that could not be loaded; the message is libdcgguf's reason.
+
+    A ValueError, like llama-cpp-python's own "Failed to load model from file", so callers
+    that catch that keep working."""
+
+
+def _dc_lib() -> ctypes.CDLL:
+    lib = _lib.load()
+    if not getattr(lib, "_dcgguf_llama_cpp_types", False):
+        lib.dcgguf_llama_model_load.argtypes = [ctypes.c_char_p, _llama.llama_model_params]
+        lib.dcgguf_llama_model_load.restype = ctypes.c_void_p
+        lib.dcgguf_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.dcgguf_open.restype = ctypes.c_int
+        lib.dcgguf_free.argtypes = [ctypes.c_void_p]
+        lib.dcgguf_free.restype = None
+        lib.dcgguf_last_error.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.dcgguf_last_error.restype = ctypes.c_size_t
+        lib._dcgguf_llama_cpp_types = True
+    return lib
+
+
+def _last_error(lib: ctypes.CDLL) -> str:
+    n = lib.dcgguf_last_error(None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    lib.dcgguf_last_error(buf, n + 1)
+    return buf.value.decode("utf-8", "replace")
+
+
+def _is_dc(lib: ctypes.CDLL, path: bytes) -> bool:
+    """True for a DC-GGUF, including damaged ones (libdcgguf then says what is wrong)."""
+    handle = ctypes.c_void_p()
+    code = lib.dcgguf_open(path, ctypes.byref(handle))
+    if code == 0:
+        lib.dcgguf_free(handle)
+        return True
+    return code not in (_ERR_IO, _ERR_BAD_GGUF, _ERR_NOT_DC)
+
+
+def llama_model_load_from_file(path_model: bytes, params):
+    """Drop-in for llama_cpp.llama_cpp.llama_model_load_from_file."""
+    lib = _dc_lib()
+    if not _is_dc(lib, path_model):
+        return _original(path_model, params)
+    model = lib.dcgguf_llama_model_load(path_model, params)
+    if not model:
+        raise LoadError(
+            f"Failed to load model from file: {os.fsdecode(path_model)}: {_last_error(lib)}"
+        )
+    return model
+
+
+def install() -> None:
+    """Routes llama-cpp-python's model loading through dcgguf (idempotent)."""
+    global _original
+    if _original is not None:
+        return
+    _dc_lib()  # fail here, not at the first load, if libdcgguf is missing
+    _original = _llama.llama_model_load_from_file
+    _llama.llama_model_load_from_file = llama_model_load_from_file
+    import llama_cpp
+
+    # `from llama_cpp import llama_model_load_from_file` users get the same function.
+    llama_cpp.llama_model_load_from_file = llama_model_load_from_file
+
+
+def uninstall() -> None:
+    """Restores llama-cpp-python's own loader."""
+    global _original
+    if _original is None:
+        return
+    import llama_cpp
+
+    _llama.llama_model_load_from_file = _original
+    llama_cpp.llama_model_load_from_file = _original
+    _original = None
+
+
+def installed() -> bool:
+    return _original is not None
+
+
+install()
