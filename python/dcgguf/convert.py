@@ -8,16 +8,17 @@ quantized model, 0 and no calls while it quantizes). ``done`` only grows and end
 ``total``. Calls come from one thread at a time, the caller's when ``threads`` is 0.
 
 Cancelling: return ``False`` from the callback (:class:`~dcgguf.errors.CancelledError` is
-raised) or raise any exception in it (that exception propagates, e.g. ``KeyboardInterrupt``
-from Ctrl-C, which Python delivers in a callback on the main thread). Either way the
-operation stops and removes what it was writing. Even without a callback the package passes
-one of its own, so that Ctrl-C stops a long run started from the main thread with
-``threads=0``.
+raised) or raise any exception in it (that exception propagates). Either way the operation
+stops and removes what it was writing. Ctrl-C does the same and raises ``KeyboardInterrupt``
+(with or without a callback of yours: the package always passes one), promptly when the call
+was made from the main thread with ``threads=0`` (the default); otherwise only once the
+operation has completed.
 """
 
+import contextlib
 import ctypes
-import json
 import os
+import signal
 
 from . import _lib
 from .errors import InvalidArgumentError, check
@@ -46,7 +47,8 @@ def _options(lib, threads=0, force=False, **kw):
 
 
 class _Progress:
-    """The C callback around the caller's: remembers an exception it raised (which cancels)."""
+    """The C callback around the caller's: remembers an exception it raised (which cancels),
+    and while the library runs turns Ctrl-C into a cancel (see :meth:`sigint_cancels`)."""
 
     def __init__(self, progress):
         self.progress = progress
@@ -54,9 +56,11 @@ class _Progress:
 
         def call(done, total, _user):
             try:
-                if self.progress is not None and self.progress(done, total) is False:
-                    return 1
-                return 0
+                if self.exc is None and self.progress is not None:
+                    if self.progress(done, total) is False:
+                        return 1
+                # Ctrl-C, recorded by _on_sigint before this call or during the caller's.
+                return 0 if self.exc is None else 1
             except BaseException as e:  # noqa: B036 - re-raised by finish()
                 self.exc = e
                 return 1
@@ -64,8 +68,35 @@ class _Progress:
         # Kept on self: ctypes must not free the trampoline while the library may call it.
         self.c_fn = _lib.PROGRESS_FN(call)
 
+    def _on_sigint(self, _signum, _frame):
+        if self.exc is None:
+            self.exc = KeyboardInterrupt()
+
+    @contextlib.contextmanager
+    def sigint_cancels(self):
+        """While the library runs, Ctrl-C cancels it and then raises KeyboardInterrupt.
+
+        Python runs signal handlers between bytecodes of the main thread, here at the entry of
+        the progress callback; the default handler would raise KeyboardInterrupt right there,
+        before any ``try`` of the callback, and ctypes would drop the exception and return
+        garbage to the library. This handler only records it (callbacks on the library's own
+        threads, with ``threads`` > 0, do not run handlers: the interrupt is then seen once the
+        call has returned). A handler the program installed itself is left alone, as is SIGINT off
+        the main thread."""
+        try:
+            installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            if installed:
+                signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread
+            installed = False
+        try:
+            yield
+        finally:
+            if installed:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def finish(self, lib, code):
-        """Raises what the call ended with: the callback's exception first."""
+        """Raises what the call ended with: the callback's exception (or Ctrl-C's) first."""
         if self.exc is not None:
             exc, self.exc = self.exc, None
             raise exc
@@ -75,7 +106,8 @@ class _Progress:
 def _run(fn, a, b, opts, progress):
     lib = _lib.load()
     p = _Progress(progress)
-    code = getattr(lib, fn)(a, b, ctypes.byref(opts), p.c_fn, None)
+    with p.sigint_cancels():
+        code = getattr(lib, fn)(a, b, ctypes.byref(opts), p.c_fn, None)
     p.finish(lib, code)
 
 

@@ -12,6 +12,7 @@ with DCGGUF_PY_TEST_STRICT=1 (tests/python_pkg.rs sets it) it fails them instead
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import unittest
@@ -240,6 +241,44 @@ class Cancel(Base):
         with self.assertRaises(Interrupted):
             dcgguf.compress(src, out, quantize="int8", level=1, progress=Progress(raise_at=1))
         self.assertEqual(os.listdir(self.dir), [])
+
+
+    def test_ctrl_c_cancels_and_raises_keyboard_interrupt(self):
+        src = minilm(self, "f16")
+        out = self.dir / "c.dc.gguf"
+        # As in an interactive program (a test runner may have inherited SIGINT ignored).
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            for progress in (True, False):
+                with self.subTest(own_callback=progress):
+                    # Ctrl-C from another thread once the library runs: Python handles it
+                    # at its next bytecode on the main thread, the entry of a progress call.
+                    started = threading.Event()
+                    calls = []
+
+                    def note(done, total):
+                        calls.append(done)
+                        started.set()
+
+                    def ctrl_c():
+                        started.wait(60)
+                        os.kill(os.getpid(), signal.SIGINT)
+
+                    k = threading.Thread(target=ctrl_c)
+                    k.start()
+                    if not progress:
+                        # Without a callback of ours the package's own one is called: start
+                        # the interrupt after a short while instead.
+                        threading.Timer(0.05, started.set).start()
+                    with self.assertRaises(KeyboardInterrupt):
+                        dcgguf.compress(src, out, level=19, progress=note if progress else None)
+                    k.join()
+                    self.assertEqual(os.listdir(self.dir), [])
+                    self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+                    if progress:
+                        self.assertLess(calls[-1], src.stat().st_size)
+        finally:
+            signal.signal(signal.SIGINT, old)
 
 
 class Errors(Base):
