@@ -1,6 +1,6 @@
 /*
- * dcgguf.h - C API of libdcgguf: read DC-GGUF files (losslessly compressed GGUF) and load
- * them with llama.cpp.
+ * dcgguf.h - C API of libdcgguf: convert GGUF files to and from DC-GGUF (losslessly
+ * compressed GGUF), read DC-GGUF files and load them with llama.cpp.
  *
  * Hand-written to match src/ffi; tests/c_header.rs checks every declaration against the Rust
  * exports (names, parameter and return types) and tests/ffi_c_api.rs compiles a C
@@ -49,7 +49,9 @@ typedef enum dcgguf_result {
     DCGGUF_ERR_SPLIT_MODEL         = 14,
     DCGGUF_ERR_PANIC               = 15,
     DCGGUF_ERR_OTHER               = 16,
-    DCGGUF_ERR_OUT_OF_MEMORY       = 17
+    DCGGUF_ERR_OUT_OF_MEMORY       = 17,
+    DCGGUF_ERR_CANCELLED           = 18,
+    DCGGUF_ERR_OUTPUT_REFUSED      = 19
 } dcgguf_result;
 
 /* An open DC-GGUF file. */
@@ -112,6 +114,97 @@ dcgguf_result dcgguf_read_tensor_range(const dcgguf_file *file, size_t i, uint64
  * only at the end of the file). */
 dcgguf_result dcgguf_read_at(const dcgguf_file *file, uint64_t offset, void *buf, size_t len,
                              size_t *out_n);
+
+/* ---- Conversions: what the dcgguf command line's subcommands do ------------------------ */
+
+/* Progress of dcgguf_compress / dcgguf_decompress / dcgguf_verify: done of total bytes
+ * (total is the input size for compress, the original size for decompress and verify; for
+ * a lossy compress it is the size of the quantized model, 0 until it is known, and done
+ * stays 0 while the model is quantized). done grows to total. Called from one thread at a
+ * time, not necessarily the caller's, only during the call. Return non-zero to cancel: the
+ * call then returns DCGGUF_ERR_CANCELLED and removes what it was writing (for a split model,
+ * parts finished before stay). */
+typedef int (*dcgguf_progress_fn)(uint64_t done, uint64_t total, void *user);
+
+/* dcgguf_options.quantize */
+typedef enum dcgguf_quantize {
+    DCGGUF_QUANTIZE_NONE = 0, /* lossless */
+    DCGGUF_QUANTIZE_INT8 = 1  /* compression-aware Q8_0 first (compress --quantize int8) */
+} dcgguf_quantize;
+
+/* Options of the conversions; each reads the fields that apply to it. Fill it with
+ * dcgguf_options_init, then change fields. Float options set to NaN and NULL paths take the
+ * CLI's defaults. The size field makes the struct extensible: a library reading a shorter
+ * struct (an older header) gives the missing fields their defaults, a longer one (a newer
+ * header) is accepted when the fields it does not know are zero. Paths are file-system
+ * bytes, NUL-terminated. */
+typedef struct dcgguf_options {
+    uint32_t size;         /* sizeof(dcgguf_options), set by dcgguf_options_init */
+    uint32_t threads;      /* worker threads; 0: one per core */
+    uint32_t force;        /* compress, decompress: non-zero replaces an existing output */
+    int32_t level;         /* compress: Zstd level, -7..22 (default 19) */
+    uint64_t chunk_size;   /* compress: raw bytes per chunk, 1..64 MiB (default 1 MiB) */
+    uint32_t quantize;     /* compress: a dcgguf_quantize; the fields below need INT8 */
+    uint32_t per_row;      /* non-zero: one step per row (--per-row) */
+    uint32_t permute;      /* non-zero: reorder FFN channels by activation RMS (--permute) */
+    float step;            /* --step (0: llama.cpp's own Q8_0 rounding) */
+    float embd_step;       /* --embd-step */
+    float alpha;           /* --alpha */
+    float fold_alpha;      /* --fold-alpha */
+    float tensor_alpha;    /* --tensor-alpha */
+    float block_adapt;     /* --block-adapt */
+    float prune;           /* --prune, in [0, 1) */
+    float rdo;             /* --rdo */
+    uint32_t reserved;     /* must be 0 */
+    double gptq_damp;      /* --gptq-damp (needs gptq) */
+    const char *imatrix;   /* --imatrix FILE (not with calib) */
+    const char *calib;     /* --calib TEXT (runs llama-imatrix) */
+    const char *gptq;      /* --gptq COVFILE */
+} dcgguf_options;
+
+/* Fills *opts with the defaults and its size. */
+dcgguf_result dcgguf_options_init(dcgguf_options *opts);
+
+/* GGUF -> DC-GGUF (opts NULL: defaults). Part 1 of a split model (NAME-00001-of-0000N.gguf)
+ * compresses every part into its own DC file; all outputs are checked before any is
+ * written. The output appears only when complete (written to a temporary file, then
+ * renamed); an existing output is refused with DCGGUF_ERR_OUTPUT_REFUSED unless
+ * opts->force. progress may be NULL. */
+dcgguf_result dcgguf_compress(const char *input, const char *output,
+                              const dcgguf_options *opts, dcgguf_progress_fn progress,
+                              void *user);
+
+/* DC-GGUF -> the original GGUF, bit for bit (a lossy DC file: the quantized GGUF), with
+ * every chunk and the whole-file checksum checked; split models as dcgguf_compress. */
+dcgguf_result dcgguf_decompress(const char *input, const char *output,
+                                const dcgguf_options *opts, dcgguf_progress_fn progress,
+                                void *user);
+
+/* Decodes the whole DC-GGUF file and checks every checksum; with against (may be NULL) also
+ * compares the decoded bytes with that file (a difference: DCGGUF_ERR_CORRUPT). */
+dcgguf_result dcgguf_verify(const char *input, const char *against,
+                            const dcgguf_options *opts, dcgguf_progress_fn progress,
+                            void *user);
+
+/* JSON text, copied like dcgguf_last_error (truncated, NUL-terminated when len > 0) with its
+ * full length in *out_n (required): call with len == 0 to size the buffer.
+ *   dcgguf_inspect_json: what `dcgguf inspect --json` prints, less "command" and "file":
+ *     format_version, original_bytes, file_bytes, ratio, tensor_raw_bytes,
+ *     tensor_stored_bytes, entropy_bound_bytes and "tensors": [{name, ggml_type, shape,
+ *     raw_bytes, stored_bytes, ratio, transform, chunks, raw_chunks, entropy_bound_bytes}].
+ *   dcgguf_metadata_json: the original file's metadata in file order,
+ *     [{"key", "type", "value"}] ("type" as gguf.cpp names it: "u32", "str", "arr", ...;
+ *     arrays add "elem_type"). Integers are exact, floats are the stored value widened to
+ *     double (NaN and infinities: null), strings are decoded as UTF-8 (invalid bytes become
+ *     U+FFFD). */
+dcgguf_result dcgguf_inspect_json(const dcgguf_file *file, char *buf, size_t len,
+                                  size_t *out_n);
+dcgguf_result dcgguf_metadata_json(const dcgguf_file *file, char *buf, size_t len,
+                                   size_t *out_n);
+
+/* Name of a ggml type id ("F32", "Q8_0", ...; a static string). DCGGUF_ERR_INVALID_ARGUMENT
+ * for an id that is not a type. */
+dcgguf_result dcgguf_type_name(uint32_t type, const char **out);
 
 /* DCGGUF_OK if this process has a llama.cpp with the ABI libdcgguf was built for
  * (llama.cpp 0c1e57098, as in llama-cpp-python 0.3.36); else DCGGUF_ERR_LLAMA_UNAVAILABLE

@@ -1,7 +1,8 @@
 //! Outputs never clobber by surprise: without `--force` a target that appears while we write
 //! is kept (exit 5), `--force` replaces only regular files (not devices, directories, FIFOs,
-//! symlinks), SIGINT/SIGTERM remove the temporary file (exit 130/143), and a temporary file
-//! left by a killed run is removed by the next run writing the same target.
+//! symlinks), SIGINT/SIGTERM remove the temporary file (exit 130/143), a cancelled
+//! [`dcgguf::dc::Job`] leaves nothing, and a temporary file left by a killed run is removed by
+//! the next run writing the same target.
 
 mod common;
 
@@ -269,6 +270,62 @@ fn sigint_removes_the_temp_file() {
 #[test]
 fn sigterm_removes_the_temp_file() {
     interrupted_run_cleans_up(libc::SIGTERM, 143);
+}
+
+/// A job cancelled from the progress callback, at each of its calls in turn, stops the
+/// conversion with `Cancelled` and leaves neither the output nor a temporary file; a cancel
+/// from the last call still counts (checked before the commit).
+#[test]
+fn cancelled_jobs_leave_nothing() {
+    use dcgguf::dc::{self, CompressOptions, DcError, Job};
+    let dir = TempDir::new("atomic-cancel");
+    let input = dir.write("in.gguf", &small_model(5).build());
+    let size = std::fs::metadata(&input).unwrap().len();
+    let dc_path = dir.join("in.dc.gguf");
+    let back = dir.join("back.gguf");
+    let opts = |job: &Job| CompressOptions {
+        chunk_size: 4096,
+        job: job.clone(),
+        ..CompressOptions::default()
+    };
+    // Progress calls of a full run, and the total the job reports.
+    let job = Job::new();
+    let calls = std::sync::Mutex::new(0usize);
+    dc::compress_parts(&input, &dc_path, &opts(&job), &|_| {
+        *calls.lock().unwrap() += 1;
+    })
+    .unwrap();
+    assert_eq!(job.total(), Some(size));
+    let n = *calls.lock().unwrap();
+    assert!(n > 2, "{n} progress calls");
+    std::fs::remove_file(&dc_path).unwrap();
+
+    let cancel_at = |k: usize, job: &Job| {
+        let job = job.clone();
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        move |_: u64| {
+            if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == k {
+                job.cancel();
+            }
+        }
+    };
+    for k in [1, n / 2, n] {
+        let job = Job::new();
+        let r = dc::compress_parts(&input, &dc_path, &opts(&job), &cancel_at(k, &job));
+        assert!(matches!(r, Err(DcError::Cancelled)), "call {k}: {r:?}");
+        assert!(
+            !dc_path.exists() && temps(dir.path()).is_empty(),
+            "call {k}"
+        );
+    }
+    dc::compress_parts(&input, &dc_path, &opts(&Job::new()), &|_| {}).unwrap();
+    let job = Job::new();
+    let r = dc::decompress_parts(&dc_path, &back, false, &cancel_at(1, &job), &job);
+    assert!(matches!(r, Err(DcError::Cancelled)), "{r:?}");
+    assert!(!back.exists() && temps(dir.path()).is_empty());
+    let job = Job::new();
+    let r = dc::verify_file(&dc_path, Some(&input), &cancel_at(1, &job), &job);
+    assert!(matches!(r, Err(DcError::Cancelled)), "{r:?}");
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! The hand-written C header (ffi/dcgguf.h) is a contract: every `dcgguf_*` function it
 //! declares must be exported by the Rust code with the same parameter and return types, and
-//! every exported `dcgguf_*` function must be declared. (The error enum is checked against
-//! the Rust enum by a unit test in src/ffi.) Runs without a C compiler: both sides are
-//! parsed and the Rust types translated to C.
+//! every exported `dcgguf_*` function must be declared; every struct with a body and every
+//! function-pointer type it defines must match the `#[repr(C)]` struct / `Option<extern "C"
+//! fn>` alias of the same name in src/ffi, field by field and parameter by parameter. (The
+//! error enum is checked against the Rust enum by a unit test in src/ffi.) Runs without a C
+//! compiler: both sides are parsed and the Rust types translated to C.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -115,6 +117,8 @@ fn rust_to_c(t: &str) -> String {
         "i32" => "int32_t".into(),
         "i64" => "int64_t".into(),
         "usize" => "size_t".into(),
+        "f32" => "float".into(),
+        "f64" => "double".into(),
         "()" | "" => "void".into(),
         b if b.starts_with("llama_") => format!("struct {b}"),
         b => b.into(),
@@ -152,6 +156,125 @@ fn rust_signatures(root: &Path) -> Signatures {
         }
     }
     out
+}
+
+/// Struct name -> [(field name, C type)], and function-pointer type name -> (return type,
+/// parameter types), each type normalized with [`squash`].
+#[derive(Debug, Default, PartialEq)]
+struct Types {
+    structs: BTreeMap<String, Vec<(String, String)>>,
+    fn_ptrs: Signatures,
+}
+
+/// `TYPE name` -> (name, TYPE) for a declaration without array brackets.
+fn split_decl(decl: &str) -> (String, String) {
+    let d = squash(decl);
+    let cut = d.rfind([' ', '*']).expect("named declaration");
+    (d[cut + 1..].to_string(), squash(&d[..=cut]))
+}
+
+/// `typedef struct N { T a; ... } N;` and `typedef R (*N)(P a, ...);` in the header.
+fn header_types(header: &str) -> Types {
+    let src = strip_comments(header, "//", Some(("/*", "*/")));
+    let mut t = Types::default();
+    let mut rest = src.as_str();
+    while let Some(at) = rest.find("typedef ") {
+        rest = &rest[at + "typedef ".len()..];
+        let end = rest.find(';').unwrap();
+        if let Some(body) = rest.strip_prefix("struct ") {
+            let Some(open) = body.find('{').filter(|&o| o < end) else {
+                continue;
+            };
+            let name = body[..open].trim().to_string();
+            let close = body.find('}').unwrap();
+            let fields = body[open + 1..close]
+                .split(';')
+                .filter(|f| !f.trim().is_empty())
+                .map(split_decl)
+                .collect();
+            t.structs.insert(name, fields);
+            rest = &body[close..];
+        } else if let Some(star) = rest[..end].find("(*") {
+            let decl = &rest[..end];
+            let name_end = decl[star..].find(')').unwrap() + star;
+            let name = decl[star + 2..name_end].trim().to_string();
+            let params = &decl[name_end + 1..];
+            let params = &params[params.find('(').unwrap() + 1..params.rfind(')').unwrap()];
+            let params = params.split(',').map(|p| split_decl(p).1).collect();
+            t.fn_ptrs.insert(name, (squash(&decl[..star]), params));
+        }
+    }
+    t
+}
+
+/// `#[repr(C)] ... pub struct N { pub a: T, ... }` and `pub type N = Option<unsafe extern
+/// "C" fn(a: T, ...) -> R>;` in src/ffi.
+fn rust_types(root: &Path) -> Types {
+    let mut t = Types::default();
+    for entry in std::fs::read_dir(root.join("src/ffi")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let src = strip_comments(&std::fs::read_to_string(&path).unwrap(), "//", None);
+        let mut rest = src.as_str();
+        while let Some(at) = rest.find("#[repr(C)]") {
+            rest = &rest[at..];
+            let item = &rest[..rest.find('{').unwrap()];
+            rest = &rest[item.len()..];
+            let Some(s) = item.find("pub struct ") else {
+                continue;
+            };
+            let name = item[s + "pub struct ".len()..].trim().to_string();
+            let fields = rest[1..rest.find('}').unwrap()]
+                .split(',')
+                .filter(|f| !f.trim().is_empty())
+                .map(|f| {
+                    let (n, ty) = f.split_once(':').unwrap();
+                    let n = n.trim().trim_start_matches("pub ").trim().to_string();
+                    (n, squash(&rust_to_c(ty)))
+                })
+                .collect();
+            t.structs.insert(name, fields);
+        }
+        let mut rest = src.as_str();
+        while let Some(at) = rest.find("pub type ") {
+            rest = &rest[at + "pub type ".len()..];
+            let decl = &rest[..rest.find(';').unwrap()];
+            let Some(f) = decl.find("extern \"C\" fn(") else {
+                continue;
+            };
+            let name = decl[..decl.find('=').unwrap()].trim().to_string();
+            let params_start = f + "extern \"C\" fn(".len();
+            let close = decl.rfind(')').unwrap();
+            let params = decl[params_start..close]
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| squash(&rust_to_c(p.split_once(':').unwrap().1)))
+                .collect();
+            let ret = decl[close + 1..]
+                .trim()
+                .trim_end_matches('>')
+                .trim()
+                .strip_prefix("->")
+                .map_or("void".to_string(), |r| squash(&rust_to_c(r)));
+            t.fn_ptrs.insert(name, (ret, params));
+        }
+    }
+    t
+}
+
+#[test]
+fn header_structs_and_callbacks_match_the_rust_types() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let header = header_types(&std::fs::read_to_string(root.join("ffi/dcgguf.h")).unwrap());
+    let rust = rust_types(root);
+    assert!(
+        header.structs.contains_key("dcgguf_options")
+            && header.fn_ptrs.contains_key("dcgguf_progress_fn"),
+        "parsed too little header: {header:?}"
+    );
+    assert_eq!(header, rust);
 }
 
 #[test]
@@ -200,4 +323,23 @@ fn the_parsers_see_a_difference() {
         "struct llama_model_params"
     );
     assert_ne!(rust_to_c("*mut u64"), rust_to_c("*mut u32"));
+    let t = header_types(
+        "typedef struct s { uint32_t size; const char *p; float x; } s;\n\
+         typedef int (*cb)(uint64_t done, void *user);",
+    );
+    assert_eq!(
+        t.structs["s"],
+        [
+            ("size".to_string(), "uint32_t".to_string()),
+            ("p".to_string(), "const char *".to_string()),
+            ("x".to_string(), "float".to_string()),
+        ]
+    );
+    assert_eq!(
+        t.fn_ptrs["cb"],
+        (
+            "int".to_string(),
+            vec!["uint64_t".to_string(), "void *".to_string()]
+        )
+    );
 }

@@ -1,6 +1,7 @@
 //! The C API: ffi/tests/api_test.c is compiled with -Wall -Wextra -Werror against
 //! ffi/dcgguf.h, linked through the pkg-config file made from ffi/dcgguf.pc.in (shared and
-//! static libdcgguf), and run on a real DC-GGUF, its original and a corrupted copy.
+//! static libdcgguf), and run on a real DC-GGUF, its original and a corrupted copy: reads,
+//! and the conversions (compress, lossy compress, verify, decompress, cancellation).
 
 mod llama_support;
 
@@ -77,7 +78,14 @@ fn check(static_link: bool) {
     let exe = tmp_dir().join(format!("api_test_{t}"));
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("ffi/tests/api_test.c");
     cc(&exe, &[&src], &flags);
-    let o = run(Command::new(&exe).arg(&dc).arg(&orig).arg(&bad));
+    let scratch = tmp_dir().join(format!("scratch-{t}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let o = run(Command::new(&exe)
+        .arg(&dc)
+        .arg(&orig)
+        .arg(&bad)
+        .arg(&scratch));
     eprintln!("{}", String::from_utf8_lossy(&o.stdout));
     assert_exit(&o, true, "api_test");
 }

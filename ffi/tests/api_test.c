@@ -1,6 +1,7 @@
 /*
  * api_test.c - exercises every declaration of dcgguf.h (built with -Wall -Wextra -Werror by
- * tests/ffi_c_api.rs). Usage: api_test model.dc.gguf original.gguf corrupt.dc.gguf
+ * tests/ffi_c_api.rs). Usage: api_test model.dc.gguf original.gguf corrupt.dc.gguf SCRATCH_DIR
+ * (model.dc.gguf is original.gguf compressed; the conversions write into SCRATCH_DIR).
  * Exits 0 when all checks pass; prints the failing check otherwise.
  */
 #include <dcgguf.h>
@@ -34,9 +35,137 @@ static unsigned char *slurp(const char *path, size_t *len) {
     return buf;
 }
 
+/* What a progress callback saw. cancel_at: return non-zero on that call (0: never). */
+struct progress {
+    unsigned calls, cancel_at;
+    uint64_t done, total;
+    int backwards, over;
+};
+
+static int on_progress(uint64_t done, uint64_t total, void *user) {
+    struct progress *p = user;
+    p->calls++;
+    if (done < p->done || (p->calls > 1 && total != p->total)) p->backwards = 1;
+    if (done > total) p->over = 1;
+    p->done = done;
+    p->total = total;
+    return p->cancel_at != 0 && p->calls >= p->cancel_at;
+}
+
+/* A progress run that ended where it should: monotonic, done == total == expected. */
+static int progress_ok(const struct progress *p, uint64_t expected) {
+    return p->calls > 0 && !p->backwards && !p->over && p->done == expected &&
+           p->total == expected;
+}
+
+static int exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != NULL;
+}
+
+/* compress / verify / decompress / inspect / metadata / type names. */
+static void conversions(dcgguf_file *f, const char *original, const unsigned char *orig,
+                        size_t orig_len, const char *corrupt, const char *dir) {
+    char dc[4096], back[4096], cancelled[4096], lossy[4096];
+    snprintf(dc, sizeof dc, "%s/conv.dc.gguf", dir);
+    snprintf(back, sizeof back, "%s/conv.back.gguf", dir);
+    snprintf(cancelled, sizeof cancelled, "%s/cancelled.dc.gguf", dir);
+    snprintf(lossy, sizeof lossy, "%s/lossy.dc.gguf", dir);
+    remove(dc);
+    remove(back);
+    remove(cancelled);
+    remove(lossy);
+
+    dcgguf_options o;
+    CHECK(dcgguf_options_init(NULL) == DCGGUF_ERR_NULL_POINTER);
+    CHECK(dcgguf_options_init(&o) == DCGGUF_OK);
+    CHECK(o.size == sizeof o && o.level == 19 && o.chunk_size == 1u << 20 && o.force == 0);
+    CHECK(o.quantize == DCGGUF_QUANTIZE_NONE && o.step != o.step && o.imatrix == NULL);
+    o.level = 3;
+    o.threads = 2;
+
+    struct progress p = {0};
+    CHECK(dcgguf_compress(original, dc, &o, on_progress, &p) == DCGGUF_OK);
+    CHECK(progress_ok(&p, orig_len));
+    CHECK(dcgguf_compress(original, dc, &o, NULL, NULL) == DCGGUF_ERR_OUTPUT_REFUSED);
+    CHECK(dcgguf_compress(original, NULL, &o, NULL, NULL) == DCGGUF_ERR_NULL_POINTER);
+    CHECK(dcgguf_compress("/nonexistent/x.gguf", back, NULL, NULL, NULL) == DCGGUF_ERR_IO);
+    CHECK(dcgguf_compress(corrupt, back, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+    o.force = 1;
+    CHECK(dcgguf_compress(original, dc, &o, NULL, NULL) == DCGGUF_OK);
+    o.force = 0;
+
+    struct progress v = {0};
+    CHECK(dcgguf_verify(dc, original, &o, on_progress, &v) == DCGGUF_OK);
+    CHECK(progress_ok(&v, orig_len));
+    CHECK(dcgguf_verify(dc, NULL, NULL, NULL, NULL) == DCGGUF_OK);
+    CHECK(dcgguf_verify(corrupt, NULL, NULL, NULL, NULL) == DCGGUF_ERR_CORRUPT);
+    CHECK(dcgguf_verify(original, NULL, NULL, NULL, NULL) == DCGGUF_ERR_NOT_DC);
+
+    struct progress d = {0};
+    CHECK(dcgguf_decompress(dc, back, &o, on_progress, &d) == DCGGUF_OK);
+    CHECK(progress_ok(&d, orig_len));
+    size_t back_len = 0;
+    unsigned char *b = slurp(back, &back_len);
+    CHECK(b != NULL && back_len == orig_len && memcmp(b, orig, orig_len) == 0);
+    free(b);
+    CHECK(dcgguf_decompress(dc, back, &o, NULL, NULL) == DCGGUF_ERR_OUTPUT_REFUSED);
+
+    /* A non-zero return cancels and leaves no output. */
+    struct progress c = {0};
+    c.cancel_at = 2;
+    CHECK(dcgguf_compress(original, cancelled, &o, on_progress, &c) == DCGGUF_ERR_CANCELLED);
+    CHECK(c.calls == 2 && !exists(cancelled));
+    struct progress c2 = {0};
+    c2.cancel_at = 1;
+    CHECK(dcgguf_decompress(dc, cancelled, &o, on_progress, &c2) == DCGGUF_ERR_CANCELLED);
+    CHECK(!exists(cancelled));
+
+    /* Options the CLI would refuse. */
+    o.level = 23;
+    CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+    o.level = 3;
+    o.step = 1.0f;
+    CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+    o.size = 8;
+    CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+    o.size = sizeof o;
+    CHECK(!exists(cancelled));
+
+    /* Lossy: Q8_0 requantized; progress counts the quantized model. */
+    o.quantize = DCGGUF_QUANTIZE_INT8;
+    struct progress q = {0};
+    CHECK(dcgguf_compress(original, lossy, &o, on_progress, &q) == DCGGUF_OK);
+    CHECK(q.calls > 0 && !q.backwards && q.done == q.total && q.total > 0);
+    CHECK(dcgguf_verify(lossy, NULL, NULL, NULL, NULL) == DCGGUF_OK);
+
+    /* JSON getters: sized with len == 0, then copied whole. */
+    size_t need = 0, got = 0;
+    CHECK(dcgguf_inspect_json(f, NULL, 0, &need) == DCGGUF_OK && need > 0);
+    char *json = malloc(need + 1);
+    CHECK(dcgguf_inspect_json(f, json, need + 1, &got) == DCGGUF_OK && got == need);
+    CHECK(strlen(json) == need && strstr(json, "\"tensors\"") && strstr(json, "\"ratio\""));
+    free(json);
+    CHECK(dcgguf_inspect_json(f, NULL, 0, NULL) == DCGGUF_ERR_NULL_POINTER);
+    CHECK(dcgguf_metadata_json(f, NULL, 0, &need) == DCGGUF_OK && need > 0);
+    json = malloc(need + 1);
+    CHECK(dcgguf_metadata_json(f, json, need + 1, &got) == DCGGUF_OK && got == need);
+    CHECK(strstr(json, "\"general.architecture\"") && strstr(json, "\"elem_type\""));
+    free(json);
+
+    const char *tn = NULL;
+    CHECK(dcgguf_type_name(8, &tn) == DCGGUF_OK && tn && strcmp(tn, "Q8_0") == 0);
+    CHECK(dcgguf_type_name(0, &tn) == DCGGUF_OK && strcmp(tn, "F32") == 0);
+    CHECK(dcgguf_type_name(4, &tn) == DCGGUF_ERR_INVALID_ARGUMENT); /* retired Q4_2 */
+    CHECK(dcgguf_type_name(8, NULL) == DCGGUF_ERR_NULL_POINTER);
+    CHECK(dcgguf_error_message(DCGGUF_ERR_CANCELLED, NULL, 0, &need) == DCGGUF_OK && need > 0);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s model.dc.gguf original.gguf corrupt.dc.gguf\n", argv[0]);
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s model.dc.gguf original.gguf corrupt.dc.gguf SCRATCH_DIR\n",
+                argv[0]);
         return 2;
     }
     size_t orig_len = 0;
@@ -145,6 +274,7 @@ int main(int argc, char **argv) {
     CHECK(pos == orig_len && memcmp(all, orig, orig_len) == 0);
     CHECK(dcgguf_read_at(f, orig_len, all, 10, &got) == DCGGUF_OK && got == 0);
     free(all);
+    conversions(f, argv[2], orig, orig_len, argv[3], argv[4]);
     dcgguf_free(f);
 
     /* Corrupt data: the error names tensor and chunk. */

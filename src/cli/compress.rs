@@ -4,15 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dcgguf::codec::EncodeOptions;
+use dcgguf::codec::{EncodeOptions, LEVELS};
 use dcgguf::cost::{LoadModel, ProbeOptions, default_profile_path, load_or_probe};
 use dcgguf::dc::{self, CompressOptions, DcError};
 use dcgguf::gguf::split::split_parts;
 use serde_json::json;
 
 use super::{
-    Cli, CliError, ProfileArgs, file_len, parse_chunk_size, parse_size, parts, precheck,
-    progress_bar,
+    Cli, CliError, ProfileArgs, file_len, job_progress, parse_chunk_size, parse_size, progress_bar,
 };
 
 #[derive(clap::Args)]
@@ -21,7 +20,8 @@ pub struct Args {
     output: PathBuf,
     /// Zstd level (1-22; -7..-1 are Zstd's fast levels).
     #[arg(long, default_value_t = EncodeOptions::default().level,
-          value_parser = clap::value_parser!(i32).range(-7..=22))]
+          value_parser = clap::value_parser!(i32)
+              .range(i64::from(*LEVELS.start())..=i64::from(*LEVELS.end())))]
     level: i32,
     /// Raw bytes per independently decodable chunk (suffixes k, M accepted).
     #[arg(long, default_value = "1M", value_parser = parse_chunk_size)]
@@ -59,14 +59,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
     if a.quant.quantize.is_some() {
         return compress_lossy(cli, &a.input, &a.output, &a.quant, &opts);
     }
-    let jobs = parts(&a.input, &a.output);
-    precheck(&jobs, a.force)?;
-    let total = jobs.iter().map(|(i, _)| file_len(i)).sum();
-    let bar = progress_bar(cli, total, "compress");
-    let mut reports = Vec::new();
-    for (i, o) in &jobs {
-        reports.push(dc::compress_file(i, o, &opts, &|n| bar.inc(n))?);
-    }
+    let bar = progress_bar(cli, 0, "compress");
+    let reports = dc::compress_parts(&a.input, &a.output, &opts, &job_progress(&bar, &opts.job))?;
     bar.finish_and_clear();
     if cli.json {
         println!("{}", json!({"command": "compress", "files": reports}));
@@ -100,8 +94,9 @@ fn compress_lossy(
         ));
     }
     let qopts = quant.options(input, output)?;
-    let bar = progress_bar(cli, file_len(input), "compress");
-    let (q, r) = dcgguf::quant::compress_lossy(input, output, &qopts, opts, &|n| bar.inc(n))?;
+    let bar = progress_bar(cli, 0, "compress");
+    let progress = job_progress(&bar, &opts.job);
+    let (q, r) = dcgguf::quant::compress_lossy(input, output, &qopts, opts, &progress)?;
     bar.finish_and_clear();
     if cli.json {
         println!(

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use dcgguf::dc::{self, DcFile};
+use dcgguf::dc::{self, Job};
 use serde_json::json;
 
-use super::{Cli, CliError, parts, precheck, progress_bar};
+use super::{Cli, CliError, job_progress, progress_bar};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,28 +16,25 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
-    let jobs = parts(&a.input, &a.output);
-    precheck(&jobs, a.force)?;
-    let mut sizes = Vec::new();
-    for (i, o) in &jobs {
-        let total = DcFile::open_for_full_check(i)?.original_size();
-        let bar = progress_bar(cli, total, "decompress");
-        sizes.push(dc::decompress_file(i, o, a.force, &|n| bar.inc(n))?);
-        bar.finish_and_clear();
-    }
+    let job = Job::new();
+    let bar = progress_bar(cli, 0, "decompress");
+    let reports = dc::decompress_parts(
+        &a.input,
+        &a.output,
+        a.force,
+        &job_progress(&bar, &job),
+        &job,
+    )?;
+    bar.finish_and_clear();
     if cli.json {
-        let files: Vec<_> = jobs
-            .iter()
-            .zip(&sizes)
-            .map(|((i, o), n)| json!({"input": i, "output": o, "bytes": n}))
-            .collect();
-        println!("{}", json!({"command": "decompress", "files": files}));
+        println!("{}", json!({"command": "decompress", "files": reports}));
     } else {
-        for ((i, o), n) in jobs.iter().zip(&sizes) {
+        for r in &reports {
             println!(
-                "{} -> {}: {n} bytes, checksums ok",
-                i.display(),
-                o.display()
+                "{} -> {}: {} bytes, checksums ok",
+                r.input.display(),
+                r.output.display(),
+                r.bytes
             );
         }
     }

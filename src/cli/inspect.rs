@@ -37,15 +37,18 @@ fn inspect(
     } else {
         DcFile::open_without_arrays(input)?
     };
-    let views: Vec<_> = (0..dc.tensor_count()).map(|i| dc.tensor_view(i)).collect();
+    let summary = dc.summary();
+    let views = &summary.tensors;
     let predicted: Option<Vec<f64>> = model.map(|m| {
         (0..dc.tensor_count())
             .map(|i| tensor_load_seconds(&dc, m, i))
             .collect()
     });
-    let raw: u64 = views.iter().map(|v| v.raw_bytes).sum();
-    let stored: u64 = views.iter().map(|v| v.stored_bytes).sum();
-    let bound: u64 = views.iter().map(|v| v.entropy_bound_bytes).sum();
+    let (raw, stored, bound) = (
+        summary.tensor_raw_bytes,
+        summary.tensor_stored_bytes,
+        summary.entropy_bound_bytes,
+    );
     let meta: Vec<_> = if metadata {
         dc.original
             .kvs
@@ -56,17 +59,9 @@ fn inspect(
         Vec::new()
     };
     if cli.json {
-        let mut out = json!({
-            "command": "inspect",
-            "file": input,
-            "original_bytes": dc.original_size(),
-            "file_bytes": dc.stored_size(),
-            "ratio": dc.original_size() as f64 / dc.stored_size() as f64,
-            "tensor_raw_bytes": raw,
-            "tensor_stored_bytes": stored,
-            "entropy_bound_bytes": bound,
-            "tensors": views,
-        });
+        let mut out = json!(summary);
+        out["command"] = json!("inspect");
+        out["file"] = json!(input);
         if metadata {
             out["metadata"] = json!(meta);
         }

@@ -9,14 +9,13 @@ mod inspect;
 mod probe;
 mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dcgguf::cost::CostError;
 use dcgguf::dc::ErrorKind;
 use dcgguf::dc::{self, DcError};
-use dcgguf::gguf::split::{output_part, split_parts};
 use dcgguf::io::OutputError;
 use dcgguf::quant::QuantError;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -145,6 +144,9 @@ fn dc_exit_code(e: &DcError) -> u8 {
         | ErrorKind::OutOfRange => 3,
         ErrorKind::Corrupt => 4,
         ErrorKind::Output => 5,
+        // The CLI cancels no Job (a signal exits from the handler in main); were one
+        // cancelled, the run was interrupted.
+        ErrorKind::Cancelled => 130,
     }
 }
 
@@ -176,29 +178,15 @@ pub fn progress_bar(cli: &Cli, total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Input/output pairs: one, or one per part of a split model.
-pub fn parts(input: &Path, output: &Path) -> Vec<(PathBuf, PathBuf)> {
-    match split_parts(input) {
-        Some((name, inputs)) => inputs
-            .into_iter()
-            .enumerate()
-            .map(|(k, i)| (i, output_part(output, k as u32 + 1, name.count)))
-            .collect(),
-        None => vec![(input.to_path_buf(), output.to_path_buf())],
+/// Progress of an operation that records its byte total in `job` (known only once it runs:
+/// a lossy compression first quantizes): `bar`'s length follows it.
+pub fn job_progress<'a>(bar: &'a ProgressBar, job: &'a dc::Job) -> impl Fn(u64) + Sync + 'a {
+    move |n| {
+        if let Some(total) = job.total() {
+            bar.set_length(total);
+        }
+        bar.inc(n);
     }
-}
-
-/// Checks every part of a (split) job before any output is written, so a refused run leaves
-/// nothing behind.
-pub fn precheck(jobs: &[(PathBuf, PathBuf)], force: bool) -> Result<(), DcError> {
-    for (i, o) in jobs {
-        std::fs::metadata(i).map_err(|source| DcError::Io {
-            path: i.clone(),
-            source,
-        })?;
-        dcgguf::io::check_output(o, Some(i), force)?;
-    }
-    Ok(())
 }
 
 /// The length of `p`, 0 if it cannot be read (for progress bars only).

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use dcgguf::dc::{self, DcFile};
+use dcgguf::dc::{self, Job};
 use serde_json::json;
 
-use super::{Cli, CliError, progress_bar};
+use super::{Cli, CliError, job_progress, progress_bar};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,24 +17,22 @@ pub struct Args {
 
 pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
     let (input, against) = (&a.input, &a.against);
-    let dc = DcFile::open_for_full_check(input)?;
-    let bar = progress_bar(cli, dc.original_size(), "verify");
-    match against {
-        Some(orig) => dc::verify_against(&dc, orig, &|n| bar.inc(n))?,
-        None => dc.for_each_block(64 << 20, &|n| bar.inc(n), |_, _| Ok(()))?,
-    }
+    let job = Job::new();
+    let bar = progress_bar(cli, 0, "verify");
+    let original_bytes =
+        dc::verify_file(input, against.as_deref(), &job_progress(&bar, &job), &job)?;
     bar.finish_and_clear();
     if cli.json {
         println!(
             "{}",
             json!({"command": "verify", "file": input, "ok": true,
-                   "original_bytes": dc.original_size(), "against": against})
+                   "original_bytes": original_bytes, "against": against})
         );
     } else {
         println!(
             "{}: ok ({} bytes decoded, every chunk checksum and the file checksum match{})",
             input.display(),
-            dc.original_size(),
+            original_bytes,
             against
                 .as_ref()
                 .map(|a| format!(", identical to {}", a.display()))

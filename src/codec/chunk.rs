@@ -32,6 +32,10 @@ const PLANE_RAW: u8 = 0;
 const PLANE_ZSTD: u8 = 1;
 const PLANE_ENTRY: usize = 5;
 
+/// The Zstd levels callers may ask for (`--level`, the C API): 1..=22 and Zstd's fast
+/// levels -7..=-1 (Zstd clamps others silently; callers are told instead).
+pub const LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
+
 /// Encoder settings.
 #[derive(Clone, Copy, Debug)]
 pub struct EncodeOptions {

@@ -9,7 +9,7 @@ pub mod entropy;
 pub mod half;
 pub mod transform;
 
-pub use chunk::{ChunkMode, EncodeOptions, decode_chunk, encode_chunk};
+pub use chunk::{ChunkMode, EncodeOptions, LEVELS, decode_chunk, encode_chunk};
 pub use entropy::PlaneStats;
 pub use transform::{Layout, Transform};
 

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::index::{BlobRef, ChunkEntry, INDEX_VERSION, Index, TensorEntry};
+use super::job::Job;
 use super::layout::{Piece, segments};
 use super::{
     DATA_TENSOR, DC_ARCHITECTURE, DcError, FORMAT_VERSION, HEADER_RAW_SLACK, INDEX_TENSOR,
@@ -52,6 +53,8 @@ pub struct CompressOptions {
     /// With a cost model: the output must not exceed this many bytes; tensors the model
     /// would store raw are compressed, cheapest load time per byte saved first, until it fits.
     pub target_size: Option<u64>,
+    /// Byte total and cancellation (see [`Job`]); clones of the options share it.
+    pub job: Job,
 }
 
 impl Default for CompressOptions {
@@ -63,6 +66,7 @@ impl Default for CompressOptions {
             transform: None,
             load_model: None,
             target_size: None,
+            job: Job::default(),
         }
     }
 }
@@ -103,7 +107,9 @@ struct Plan {
 }
 
 /// Compresses one GGUF file into a DC-GGUF file. `progress` receives the count of input
-/// bytes finished since its last call.
+/// bytes finished since its last call; they add up to the input's size, which is recorded in
+/// `opts.job` before the first call. Cancelled through `opts.job`, it returns
+/// [`DcError::Cancelled`] and leaves no output.
 pub fn compress_file(
     input: &Path,
     output: &Path,
@@ -126,6 +132,7 @@ pub fn compress_file(
         return Err(DcError::ReservedKey(kv.key_str().into_owned()));
     }
     let mut out = AtomicOutput::create(output, Some(input), opts.force)?;
+    opts.job.set_total(src.len() as u64);
 
     let mut layouts = std::collections::HashMap::new();
     let mut plans: Vec<Plan> = header
@@ -244,10 +251,19 @@ pub fn compress_file(
         .collect();
     let gaps_blob = put_blob(&mut w, &gap_bytes)?;
     progress((segs[0].len + gap_bytes.len() as u64).min(src.len() as u64));
+    opts.job.check()?;
     if let (Some(target), Some(model)) = (opts.target_size, &opts.load_model) {
         let fixed = data_start + header_blob.stored_len + gaps_blob.stored_len + alignment;
         let tys: Vec<GgmlType> = header.tensors.iter().map(|t| t.ty).collect();
-        fit_target(&mut plans, &tys, src, model.as_ref(), target, fixed)?;
+        fit_target(
+            &mut plans,
+            &tys,
+            src,
+            model.as_ref(),
+            target,
+            fixed,
+            &opts.job,
+        )?;
     }
 
     let mut tensors: Vec<TensorEntry> = plans
@@ -284,7 +300,7 @@ pub fn compress_file(
         }
         progress(e.raw_len as u64);
         n_chunks += 1;
-        Ok(())
+        opts.job.check()
     })?;
     if let Some((done, s)) = stats.take() {
         tensors[done].entropy_bound = s.bound_bytes().ceil() as u64;
@@ -332,6 +348,7 @@ pub fn compress_file(
             smallest: output_bytes,
         });
     }
+    opts.job.check()?;
     out.commit()?;
     Ok(CompressReport {
         input: input.to_path_buf(),
@@ -474,15 +491,17 @@ fn fit_target(
     model: &dyn LoadCost,
     target: u64,
     fixed: u64,
+    job: &Job,
 ) -> Result<()> {
     let mut compressed = vec![0u64; plans.len()];
     let mut trial: Vec<Plan> = plans.to_vec();
     for p in &mut trial {
         p.encode.store_raw = false;
     }
+    // A full encoding pass without progress calls: still stoppable.
     encode_chunks(&trial, src, |t, _, e| {
         compressed[t] += e.payload.len() as u64;
-        Ok(())
+        job.check()
     })?;
     let size_of = |p: &Plan, t: usize| {
         if p.encode.store_raw {

@@ -7,14 +7,21 @@
 
 mod compress;
 mod index;
+mod job;
 mod layout;
+mod parts;
 mod reader;
 
 use std::path::PathBuf;
 
 pub use compress::{CompressOptions, CompressReport, LoadCost, compress_file};
 pub use index::{BlobRef, ChunkEntry, Index, TensorEntry};
-pub use reader::{DcFile, TensorView, decompress_file, looks_like_dc, verify_against};
+pub use job::Job;
+pub use parts::{DecompressReport, compress_parts, decompress_parts, precheck, verify_file};
+pub use reader::{
+    DcFile, Summary, TensorView, decompress_file, decompress_file_with, looks_like_dc,
+    verify_against, verify_against_with,
+};
 
 use crate::codec::CodecError;
 use crate::gguf::GgufError;
@@ -119,6 +126,9 @@ pub enum DcError {
     /// The size asked for is smaller than this file can be compressed to.
     #[error("target size {target}: the smallest this file compresses to is {smallest} bytes")]
     TargetTooSmall { target: u64, smallest: u64 },
+    /// The caller stopped the operation through its [`Job`]; nothing was left behind.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// What kind of failure a [`DcError`] is: the one place that sorts the variants, from which
@@ -145,6 +155,8 @@ pub enum ErrorKind {
     BadOption,
     /// The output could not be placed (exists, is the input, is not a regular file).
     Output,
+    /// The caller cancelled the operation ([`Job::cancel`]).
+    Cancelled,
 }
 
 impl DcError {
@@ -169,6 +181,7 @@ impl DcError {
             | DcError::Mismatch { .. } => ErrorKind::Corrupt,
             DcError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
             DcError::TargetTooSmall { .. } => ErrorKind::BadOption,
+            DcError::Cancelled => ErrorKind::Cancelled,
             DcError::Output(crate::io::OutputError::Io { .. }) => ErrorKind::Io,
             DcError::Output(_) => ErrorKind::Output,
         }

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::index::{BlobRef, Index};
+use super::job::Job;
 use super::layout::{Piece, Segment, segments};
 use super::{
     DATA_TENSOR, DcError, FORMAT_VERSION, FORMAT_VERSION_1, HEADER_RAW_SLACK, INDEX_TENSOR,
@@ -91,6 +92,20 @@ pub struct TensorView {
     pub raw_chunks: usize,
     /// Order-0 entropy bound of the tensor's planes, in bytes.
     pub entropy_bound_bytes: u64,
+}
+
+/// Totals of a DC-GGUF file and its per-tensor table: what `dcgguf inspect --json` prints
+/// (besides the command and path) and the C API's `dcgguf_inspect_json` returns.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub format_version: u32,
+    pub original_bytes: u64,
+    pub file_bytes: u64,
+    pub ratio: f64,
+    pub tensor_raw_bytes: u64,
+    pub tensor_stored_bytes: u64,
+    pub entropy_bound_bytes: u64,
+    pub tensors: Vec<TensorView>,
 }
 
 impl DcFile {
@@ -388,6 +403,23 @@ impl DcFile {
                 .filter(|c| c.mode == ChunkMode::Raw as u8)
                 .count(),
             entropy_bound_bytes: e.entropy_bound,
+        }
+    }
+
+    /// The file's totals and every tensor's [`TensorView`].
+    pub fn summary(&self) -> Summary {
+        let tensors: Vec<TensorView> = (0..self.tensor_count())
+            .map(|i| self.tensor_view(i))
+            .collect();
+        Summary {
+            format_version: self.format_version(),
+            original_bytes: self.original_size(),
+            file_bytes: self.stored_size(),
+            ratio: self.original_size() as f64 / self.stored_size() as f64,
+            tensor_raw_bytes: tensors.iter().map(|v| v.raw_bytes).sum(),
+            tensor_stored_bytes: tensors.iter().map(|v| v.stored_bytes).sum(),
+            entropy_bound_bytes: tensors.iter().map(|v| v.entropy_bound_bytes).sum(),
+            tensors,
         }
     }
 
@@ -821,21 +853,47 @@ pub fn decompress_file(
     force: bool,
     progress: &dyn Fn(u64),
 ) -> Result<u64> {
+    decompress_file_with(input, output, force, progress, &Job::default())
+}
+
+/// [`decompress_file`] with a [`Job`]: records the original size as the progress total,
+/// and stops with [`DcError::Cancelled`], leaving no output, once the job is cancelled.
+pub fn decompress_file_with(
+    input: &Path,
+    output: &Path,
+    force: bool,
+    progress: &dyn Fn(u64),
+    job: &Job,
+) -> Result<u64> {
     let dc = DcFile::open_for_full_check(input)?;
     let mut out = AtomicOutput::create(output, Some(input), force)?;
+    job.set_total(dc.original_size());
     let path = out.path().to_path_buf();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
     dc.for_each_block(64 << 20, progress, |_, bytes| {
+        job.check()?;
         w.write_all(bytes).map_err(DcError::io(&path))
     })?;
     w.flush().map_err(DcError::io(&path))?;
     drop(w);
+    // A cancel from the last progress call.
+    job.check()?;
     out.commit()?;
     Ok(dc.original_size())
 }
 
 /// Checks that `dc` decodes to exactly the bytes of `original`.
 pub fn verify_against(dc: &DcFile, original: &Path, progress: &dyn Fn(u64)) -> Result<()> {
+    verify_against_with(dc, original, progress, &Job::default())
+}
+
+/// [`verify_against`] with a [`Job`] (progress total: the original size; cancellation).
+pub fn verify_against_with(
+    dc: &DcFile,
+    original: &Path,
+    progress: &dyn Fn(u64),
+    job: &Job,
+) -> Result<()> {
     let (_f, map) = map_readonly(original).map_err(DcError::io(original))?;
     if map.len() as u64 != dc.original_size() {
         return Err(DcError::Mismatch {
@@ -847,7 +905,9 @@ pub fn verify_against(dc: &DcFile, original: &Path, progress: &dyn Fn(u64)) -> R
             ),
         });
     }
+    job.set_total(dc.original_size());
     dc.for_each_block(64 << 20, progress, |pos, bytes| {
+        job.check()?;
         let want = &map[pos as usize..pos as usize + bytes.len()];
         match bytes.iter().zip(want).position(|(a, b)| a != b) {
             None => Ok(()),
@@ -855,5 +915,6 @@ pub fn verify_against(dc: &DcFile, original: &Path, progress: &dyn Fn(u64)) -> R
                 what: format!("first difference at byte {}", pos + k as u64),
             }),
         }
-    })
+    })?;
+    job.check()
 }

@@ -16,6 +16,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod api;
+pub mod convert;
 pub mod hook;
 
 use std::cell::RefCell;
@@ -26,6 +27,7 @@ use crate::dc::{DcError, ErrorKind};
 use crate::llama::LlamaError;
 use crate::llama::stream::StreamError;
 use crate::llama::user_load::UserRouteError;
+use crate::quant::QuantError;
 
 /// Result codes. Numbers are part of the ABI: never renumber or reuse one.
 #[repr(C)]
@@ -49,6 +51,8 @@ pub enum dcgguf_result {
     DCGGUF_ERR_PANIC = 15,
     DCGGUF_ERR_OTHER = 16,
     DCGGUF_ERR_OUT_OF_MEMORY = 17,
+    DCGGUF_ERR_CANCELLED = 18,
+    DCGGUF_ERR_OUTPUT_REFUSED = 19,
 }
 
 use dcgguf_result::*;
@@ -74,11 +78,17 @@ impl dcgguf_result {
             DCGGUF_ERR_PANIC => "internal error (panic caught)",
             DCGGUF_ERR_OTHER => "error",
             DCGGUF_ERR_OUT_OF_MEMORY => "not enough memory for what the file declares",
+            DCGGUF_ERR_CANCELLED => "cancelled by the progress callback",
+            DCGGUF_ERR_OUTPUT_REFUSED => {
+                "output refused: it exists (and force is off), is the input, or is not a \
+                 regular file"
+            }
         }
     }
 }
 
 /// An error on its way out: code plus detailed message.
+#[derive(Debug)]
 pub struct Error {
     pub code: dcgguf_result,
     pub msg: String,
@@ -99,7 +109,9 @@ impl Error {
 /// The C code for a DC error, from its kind (`DcError::kind`, shared with the CLI).
 fn dc_code(e: &DcError) -> dcgguf_result {
     match e.kind() {
-        ErrorKind::Io | ErrorKind::Output => DCGGUF_ERR_IO,
+        ErrorKind::Io => DCGGUF_ERR_IO,
+        ErrorKind::Output => DCGGUF_ERR_OUTPUT_REFUSED,
+        ErrorKind::Cancelled => DCGGUF_ERR_CANCELLED,
         ErrorKind::BadGguf => DCGGUF_ERR_BAD_GGUF,
         ErrorKind::NotDc => DCGGUF_ERR_NOT_DC,
         ErrorKind::UnsupportedVersion => DCGGUF_ERR_UNSUPPORTED_VERSION,
@@ -150,6 +162,25 @@ impl From<LlamaError> for Error {
             LlamaError::Io { .. } => DCGGUF_ERR_IO,
             LlamaError::BadPath(_) => DCGGUF_ERR_INVALID_ARGUMENT,
             LlamaError::Budget(_) => DCGGUF_ERR_INVALID_ARGUMENT,
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl From<QuantError> for Error {
+    fn from(e: QuantError) -> Error {
+        let code = match &e {
+            QuantError::Dc(d) => dc_code(d),
+            // Options out of range, or statistics / covariances / a source type the
+            // quantizer cannot use: what the caller passed, as the CLI's usage and
+            // invalid-input exits.
+            QuantError::Usage(_)
+            | QuantError::Stats(_)
+            | QuantError::Cov(_)
+            | QuantError::UnsupportedType { .. }
+            | QuantError::Input(_) => DCGGUF_ERR_INVALID_ARGUMENT,
+            // llama-imatrix (for `calib`) could not run or failed.
+            QuantError::Tool(_) => DCGGUF_ERR_OTHER,
         };
         Error::new(code, e.to_string())
     }
@@ -247,7 +278,7 @@ pub extern "C" fn dcgguf_error_message(
 }
 
 fn code_from_int(code: c_int) -> Option<dcgguf_result> {
-    const ALL: [dcgguf_result; 18] = [
+    const ALL: [dcgguf_result; 20] = [
         DCGGUF_OK,
         DCGGUF_ERR_NULL_POINTER,
         DCGGUF_ERR_INVALID_ARGUMENT,
@@ -266,6 +297,8 @@ fn code_from_int(code: c_int) -> Option<dcgguf_result> {
         DCGGUF_ERR_PANIC,
         DCGGUF_ERR_OTHER,
         DCGGUF_ERR_OUT_OF_MEMORY,
+        DCGGUF_ERR_CANCELLED,
+        DCGGUF_ERR_OUTPUT_REFUSED,
     ];
     ALL.into_iter().find(|c| *c as c_int == code)
 }
@@ -314,10 +347,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for i in 0..18 {
+        for i in 0..20 {
             assert_eq!(code_from_int(i).map(|c| c as c_int), Some(i));
         }
-        assert!(code_from_int(18).is_none());
+        assert!(code_from_int(20).is_none());
         assert!(code_from_int(-1).is_none());
     }
 

@@ -55,6 +55,19 @@ pub fn split_parts(first: &Path) -> Option<(SplitName, Vec<PathBuf>)> {
     Some((name, parts))
 }
 
+/// Input/output pairs of a conversion: one, or one per part when `input` is part 1 of a split
+/// model (outputs named by [`output_part`]).
+pub fn part_pairs(input: &Path, output: &Path) -> Vec<(PathBuf, PathBuf)> {
+    match split_parts(input) {
+        Some((name, inputs)) => inputs
+            .into_iter()
+            .enumerate()
+            .map(|(k, i)| (i, output_part(output, k as u32 + 1, name.count)))
+            .collect(),
+        None => vec![(input.to_path_buf(), output.to_path_buf())],
+    }
+}
+
 /// The output path for part `index` of `count`: the output name's own marker is replaced, or
 /// one is inserted before the first `.` (`out.dc.gguf` -> `out-00002-of-00003.dc.gguf`).
 pub fn output_part(out: &Path, index: u32, count: u32) -> PathBuf {

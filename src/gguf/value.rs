@@ -158,6 +158,79 @@ impl Value {
     }
 }
 
+/// A scalar's value as JSON from its little-endian bytes: integers exactly, floats widened to
+/// f64 (exact), NaN and infinities as null (JSON has no such numbers), bools as bools.
+fn scalar_json(ty: ValueType, le: &[u8]) -> serde_json::Value {
+    let mut b = [0u8; 8];
+    b[..le.len()].copy_from_slice(le);
+    let raw = u64::from_le_bytes(b);
+    let signed = |bits: u32| ((raw << (64 - bits)) as i64) >> (64 - bits);
+    match ty {
+        ValueType::U8 | ValueType::U16 | ValueType::U32 | ValueType::U64 => raw.into(),
+        ValueType::I8 => signed(8).into(),
+        ValueType::I16 => signed(16).into(),
+        ValueType::I32 => signed(32).into(),
+        ValueType::I64 => (raw as i64).into(),
+        ValueType::F32 => f64::from(f32::from_bits(raw as u32)).into(),
+        ValueType::F64 => f64::from_bits(raw).into(),
+        ValueType::Bool => (b[0] != 0).into(),
+        ValueType::String | ValueType::Array => serde_json::Value::Null,
+    }
+}
+
+impl ArrayValue {
+    /// The array as a JSON list (see [`Value::to_json`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ArrayValue::Scalars { ty, le } => {
+                let w = ty.scalar_width().unwrap_or(1);
+                le.chunks_exact(w).map(|e| scalar_json(*ty, e)).collect()
+            }
+            ArrayValue::Strings(s) => s
+                .iter()
+                .map(|s| serde_json::Value::from(String::from_utf8_lossy(s)))
+                .collect(),
+            ArrayValue::Arrays(a) => a.iter().map(ArrayValue::to_json).collect(),
+        }
+    }
+}
+
+impl Value {
+    /// The value as JSON, for readers in other languages (the C API's
+    /// `dcgguf_metadata_json`): integers exactly, floats as f64 (NaN and infinities as
+    /// null), strings decoded as UTF-8 (invalid bytes become U+FFFD), arrays as lists.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Scalar { ty, le } => scalar_json(*ty, &le[..ty.scalar_width().unwrap_or(8)]),
+            Value::String(s) => String::from_utf8_lossy(s).into(),
+            Value::Array(a) => a.to_json(),
+        }
+    }
+}
+
+impl ValueType {
+    /// The type's name as ggml's gguf.cpp spells it (`GGUF_TYPE_NAME`: "u8", "i32", "f32",
+    /// "bool", "str", "arr", ...).
+    pub fn name(self) -> &'static str {
+        use ValueType::*;
+        match self {
+            U8 => "u8",
+            I8 => "i8",
+            U16 => "u16",
+            I16 => "i16",
+            U32 => "u32",
+            I32 => "i32",
+            F32 => "f32",
+            Bool => "bool",
+            String => "str",
+            Array => "arr",
+            U64 => "u64",
+            I64 => "i64",
+            F64 => "f64",
+        }
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -492,7 +492,8 @@ fn whole_byte_transform(ty: GgmlType) -> Transform {
 }
 
 /// Quantizes `input` into a temporary GGUF next to `output`, compresses that into `output`
-/// and removes the temporary file.
+/// and removes the temporary file. `progress` and `copts.job` see the compression of the
+/// temporary file (its size is the job's total), not the quantization.
 pub fn compress_lossy(
     input: &Path,
     output: &Path,
@@ -506,6 +507,8 @@ pub fn compress_lossy(
     let tmp = temp_next_to(output, "q8_0.tmp.gguf");
     let _guard = TempPath::new(tmp.clone())?;
     let qr = quantize_file(input, &tmp, o)?;
+    // Quantizing has no progress points; a cancel during it is seen here, before compressing.
+    copts.job.check()?;
     let mut copts = copts.clone();
     if o.whole_byte_quants {
         copts.transform = Some(whole_byte_transform);

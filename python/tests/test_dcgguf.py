@@ -1,0 +1,371 @@
+"""Tests of the dcgguf Python package on real models, against gguf-py's GGUFReader on the
+originals. Plain unittest (no pytest):
+
+    DCGGUF_LIB=target/release/libdcgguf.so PYTHONPATH=python \
+        python3 -m unittest discover -s python/tests -v
+
+Models: the all-MiniLM-L6-v2 GGUFs in $DCGGUF_SHARED_MODELS and SmolLM2 Q4_1 at
+$DCGGUF_SMOLLM2 (scripts/env.sh). A missing one skips the tests that need it, with the reason;
+with DCGGUF_PY_TEST_STRICT=1 (tests/python_pkg.rs sets it) it fails them instead.
+"""
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+import dcgguf
+import dcgguf.errors
+
+REPO = Path(__file__).resolve().parents[2]
+STRICT = os.environ.get("DCGGUF_PY_TEST_STRICT") == "1"
+
+
+def need(tc, path, what):
+    """`path` if it exists; else skip (fail when strict) naming `what`."""
+    if path and Path(path).is_file():
+        return Path(path)
+    msg = f"needs {what} ({path or 'not configured'}; scripts/fetch-models.sh, scripts/env.sh)"
+    if STRICT:
+        tc.fail(msg)
+    tc.skipTest(msg)
+
+
+def minilm(tc, name):
+    d = os.environ.get("DCGGUF_SHARED_MODELS", "")
+    return need(tc, d and os.path.join(d, f"all-MiniLM-L6-v2-{name}.gguf"), f"MiniLM {name}")
+
+
+def smollm2(tc):
+    return need(tc, os.environ.get("DCGGUF_SMOLLM2"), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class Progress:
+    """Records (done, total) calls; `cancel_at`: return False on that call (cancels)."""
+
+    def __init__(self, cancel_at=None, raise_at=None):
+        self.calls = []
+        self.threads = set()
+        self.cancel_at = cancel_at
+        self.raise_at = raise_at
+
+    def __call__(self, done, total):
+        self.calls.append((done, total))
+        self.threads.add(threading.get_ident())
+        if self.raise_at == len(self.calls):
+            raise Interrupted("from the progress callback")
+        if self.cancel_at == len(self.calls):
+            return False
+        return None
+
+    def check(self, tc, total=None):
+        """Monotonic, one total throughout, ending at it (and at `total` if given)."""
+        tc.assertTrue(self.calls, "no progress calls")
+        dones = [d for d, _ in self.calls]
+        totals = {t for _, t in self.calls}
+        tc.assertEqual(dones, sorted(dones), "done went backwards")
+        tc.assertEqual(len(totals), 1, f"total changed: {totals}")
+        tc.assertEqual(dones[-1], self.calls[-1][1], "final done != total")
+        if total is not None:
+            tc.assertEqual(self.calls[-1][1], total)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def leftovers(d):
+    """Temporary files an operation left in `d` (atomic outputs, quantization scratch)."""
+    return [n for n in os.listdir(d) if n.startswith(".")]
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="dcgguf-py-", dir=os.environ.get("DCGGUF_TEST_TMP")))
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def assert_reader_matches_gguf_py(self, dc_path, original):
+        """Every tensor through DcReader equals gguf-py's on the original: name, type, shape,
+        sizes, offset, array (dtype, shape, bytes); and the metadata, key by key."""
+        from gguf import GGUFReader
+
+        g = GGUFReader(original)
+        with dcgguf.DcReader(dc_path) as r:
+            self.assertEqual([t.name for t in r.tensors], [t.name for t in g.tensors])
+            for t, gt in zip(r.tensors, g.tensors):
+                with self.subTest(tensor=t.name):
+                    self.assertEqual(t.tensor_type, int(gt.tensor_type))
+                    self.assertEqual(t.type_name, gt.tensor_type.name)
+                    self.assertEqual(t.shape, tuple(int(x) for x in gt.shape))
+                    self.assertEqual(t.np_shape, tuple(reversed(t.shape)))
+                    self.assertEqual(t.n_elements, int(gt.n_elements))
+                    self.assertEqual(t.n_bytes, int(gt.n_bytes))
+                    self.assertEqual(t.data_offset, int(gt.data_offset))
+                    a = r.tensor(t.name)
+                    want = gt.data
+                    if t.type_name == "BF16":
+                        # Ours: uint16 in the logical shape; gguf-py: the bytes, uint8.
+                        self.assertEqual(a.dtype, np.uint16)
+                        self.assertEqual(a.shape, t.np_shape)
+                        a = a.view(np.uint8)
+                    self.assertEqual(a.dtype, want.dtype)
+                    self.assertEqual(a.shape, want.shape)
+                    self.assertEqual(a.tobytes(), want.tobytes())
+            keys = [k for k in g.fields if not k.startswith("GGUF.")]
+            self.assertEqual(list(r.metadata), keys)
+            for k in keys:
+                with self.subTest(key=k):
+                    self.assertEqual(r.metadata[k], g.fields[k].contents())
+        return len(g.tensors)
+
+    def roundtrip(self, original, threads=0, **opts):
+        """compress (progress), verify (progress), inspect, DcReader vs gguf-py, decompress
+        (progress) back to identical bytes."""
+        size = original.stat().st_size
+        dc = self.dir / "model.dc.gguf"
+        p = Progress()
+        dcgguf.compress(original, dc, threads=threads, progress=p, **opts)
+        p.check(self, size)
+        self.assertTrue(dc.is_file())
+        self.assertEqual(leftovers(self.dir), [])
+
+        v = Progress()
+        dcgguf.verify(dc, against=original, threads=threads, progress=v)
+        v.check(self, size)
+        dcgguf.verify(dc)
+
+        info = dcgguf.inspect(dc)
+        self.assertEqual(info["original_bytes"], size)
+        self.assertEqual(info["file_bytes"], dc.stat().st_size)
+        self.assertEqual(info["format_version"], 2)
+        n = self.assert_reader_matches_gguf_py(dc, original)
+        self.assertEqual(len(info["tensors"]), n)
+        self.assertEqual(info["tensor_raw_bytes"], sum(t["raw_bytes"] for t in info["tensors"]))
+
+        back = self.dir / "back.gguf"
+        d = Progress()
+        dcgguf.decompress(dc, back, threads=threads, progress=d)
+        d.check(self, size)
+        self.assertTrue(back.read_bytes() == original.read_bytes(), "decompressed bytes differ")
+        return p
+
+
+class Lossless(Base):
+    def test_minilm_f16(self):
+        self.roundtrip(minilm(self, "f16"), level=3)
+
+    def test_minilm_q8_0_default_level(self):
+        self.roundtrip(minilm(self, "q8_0"))
+
+    def test_minilm_bf16_on_two_threads(self):
+        # threads > 0: the work (and the progress calls) run on the library's own pool.
+        p = self.roundtrip(minilm(self, "bf16"), threads=2, level=1, chunk_size=256 << 10)
+        self.assertNotIn(threading.get_ident(), p.threads)
+
+    def test_smollm2_q4_1(self):
+        self.roundtrip(smollm2(self), level=3)
+
+
+class Lossy(Base):
+    def test_int8_from_f16(self):
+        src = minilm(self, "f16")
+        dc = self.dir / "int8.dc.gguf"
+        p = Progress()
+        dcgguf.compress(src, dc, quantize="int8", step=1.5, embd_step=2.0, level=3, progress=p)
+        # The total is the quantized model's size, which only the library knows.
+        p.check(self)
+        self.assertEqual(leftovers(self.dir), [])
+        dcgguf.verify(dc)
+        back = self.dir / "int8.gguf"
+        dcgguf.decompress(dc, back)
+        self.assertEqual(p.calls[-1][1], back.stat().st_size)
+        self.assert_reader_matches_gguf_py(dc, back)
+        with dcgguf.DcReader(dc) as r:
+            types = {t.type_name for t in r.tensors}
+        self.assertIn("Q8_0", types)
+        # The default step quantizes differently, so the file differs.
+        dcgguf.compress(src, self.dir / "default.dc.gguf", quantize="int8", level=3)
+        self.assertNotEqual(
+            (self.dir / "default.dc.gguf").read_bytes(), dc.read_bytes()
+        )
+
+    def test_quantize_options_need_quantize(self):
+        src = minilm(self, "f16")
+        for kw in ({"step": 1.5}, {"per_row": True}, {"imatrix": src}):
+            with self.subTest(**{k: str(v) for k, v in kw.items()}):
+                with self.assertRaises(dcgguf.InvalidArgumentError):
+                    dcgguf.compress(src, self.dir / "x.dc.gguf", **kw)
+        with self.assertRaises(dcgguf.InvalidArgumentError):
+            dcgguf.compress(src, self.dir / "x.dc.gguf", quantize="int4")
+        with self.assertRaises(dcgguf.InvalidArgumentError) as e:
+            dcgguf.compress(src, self.dir / "x.dc.gguf", quantize="int8", prune=1.5)
+        self.assertIn("prune", str(e.exception))
+        self.assertFalse((self.dir / "x.dc.gguf").exists())
+
+
+class Cancel(Base):
+    def test_false_from_the_callback_cancels_and_leaves_nothing(self):
+        src = minilm(self, "q8_0")
+        out = self.dir / "c.dc.gguf"
+        p = Progress(cancel_at=3)
+        with self.assertRaises(dcgguf.CancelledError):
+            dcgguf.compress(src, out, level=1, progress=p)
+        self.assertEqual(len(p.calls), 3)
+        self.assertFalse(out.exists())
+        self.assertEqual(os.listdir(self.dir), [])
+
+        dcgguf.compress(src, out, level=1)
+        back = self.dir / "back.gguf"
+        with self.assertRaises(dcgguf.CancelledError):
+            dcgguf.decompress(out, back, progress=Progress(cancel_at=1))
+        self.assertFalse(back.exists())
+        with self.assertRaises(dcgguf.CancelledError):
+            dcgguf.verify(out, against=src, progress=Progress(cancel_at=1))
+        self.assertEqual(sorted(os.listdir(self.dir)), ["c.dc.gguf"])
+
+    def test_an_exception_in_the_callback_cancels_and_propagates(self):
+        src = minilm(self, "f16")
+        out = self.dir / "c.dc.gguf"
+        with self.assertRaises(Interrupted):
+            dcgguf.compress(src, out, level=1, progress=Progress(raise_at=2))
+        self.assertEqual(os.listdir(self.dir), [])
+        # Lossy: the quantized scratch file goes too.
+        with self.assertRaises(Interrupted):
+            dcgguf.compress(src, out, quantize="int8", level=1, progress=Progress(raise_at=1))
+        self.assertEqual(os.listdir(self.dir), [])
+
+
+    def test_ctrl_c_cancels_and_raises_keyboard_interrupt(self):
+        src = minilm(self, "f16")
+        out = self.dir / "c.dc.gguf"
+        # As in an interactive program (a test runner may have inherited SIGINT ignored).
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            for progress in (True, False):
+                with self.subTest(own_callback=progress):
+                    # Ctrl-C from another thread once the library runs: Python handles it
+                    # at its next bytecode on the main thread, the entry of a progress call.
+                    started = threading.Event()
+                    calls = []
+
+                    def note(done, total):
+                        calls.append(done)
+                        started.set()
+
+                    def ctrl_c():
+                        started.wait(60)
+                        os.kill(os.getpid(), signal.SIGINT)
+
+                    k = threading.Thread(target=ctrl_c)
+                    k.start()
+                    if not progress:
+                        # Without a callback of ours the package's own one is called: start
+                        # the interrupt after a short while instead.
+                        threading.Timer(0.05, started.set).start()
+                    with self.assertRaises(KeyboardInterrupt):
+                        dcgguf.compress(src, out, level=19, progress=note if progress else None)
+                    k.join()
+                    self.assertEqual(os.listdir(self.dir), [])
+                    self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+                    if progress:
+                        self.assertLess(calls[-1], src.stat().st_size)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+class Errors(Base):
+    def test_every_result_code_in_the_header_has_its_class(self):
+        header = (REPO / "ffi" / "dcgguf.h").read_text()
+        enum = header[header.index("typedef enum dcgguf_result") :]
+        enum = enum[: enum.index("} dcgguf_result;")]
+        codes = {m[1]: int(m[2]) for m in re.finditer(r"DCGGUF_ERR_(\w+)\s*=\s*(\d+)", enum)}
+        self.assertGreaterEqual(len(codes), 19)
+        for name, value in codes.items():
+            cls_name = "".join(w.capitalize() for w in name.split("_")) + "Error"
+            with self.subTest(code=name):
+                cls = getattr(dcgguf, cls_name, None)
+                self.assertIsNotNone(cls, f"dcgguf has no {cls_name} for DCGGUF_ERR_{name}")
+                self.assertTrue(issubclass(cls, dcgguf.DcggufError))
+                self.assertEqual(cls.code, value)
+                self.assertIs(dcgguf.error_class(value), cls)
+        # ... and no class for a code the header lacks.
+        ours = {c.code for c in vars(dcgguf.errors).values()
+                if isinstance(c, type) and issubclass(c, dcgguf.DcggufError) and c.code}
+        self.assertEqual(ours, set(codes.values()))
+
+    def test_library_and_package_agree(self):
+        self.assertEqual(dcgguf.library_version(), dcgguf.__version__)
+
+    def test_real_errors_raise_their_classes(self):
+        src = minilm(self, "q8_0")
+        dc = self.dir / "m.dc.gguf"
+        dcgguf.compress(src, dc, level=1)
+
+        with self.assertRaises(dcgguf.IoError):
+            dcgguf.compress(self.dir / "missing.gguf", self.dir / "o.dc.gguf")
+        with self.assertRaises(dcgguf.IoError):
+            dcgguf.DcReader(self.dir / "missing.dc.gguf")
+
+        with self.assertRaises(dcgguf.OutputRefusedError):
+            dcgguf.compress(src, dc, level=1)
+        dcgguf.compress(src, dc, level=1, force=True)
+        exists = self.dir / "exists.gguf"
+        exists.write_bytes(b"keep")
+        with self.assertRaises(dcgguf.OutputRefusedError):
+            dcgguf.decompress(dc, exists)
+        self.assertEqual(exists.read_bytes(), b"keep")
+
+        with self.assertRaises(dcgguf.NotDcError):
+            dcgguf.DcReader(src)
+        with self.assertRaises(dcgguf.InvalidArgumentError):
+            dcgguf.compress(dc, self.dir / "twice.dc.gguf")  # already DC-GGUF
+        with self.assertRaises(dcgguf.InvalidArgumentError):
+            dcgguf.compress(src, self.dir / "o.dc.gguf", level=99)
+        with self.assertRaises(dcgguf.InvalidArgumentError):
+            dcgguf.compress(src, self.dir / "o.dc.gguf", threads=1 << 20)
+
+        junk = self.dir / "junk.gguf"
+        junk.write_bytes(b"GGUF" + bytes(60))
+        with self.assertRaises(dcgguf.BadGgufError):
+            dcgguf.compress(junk, self.dir / "o.dc.gguf")
+
+        with dcgguf.DcReader(dc) as r:
+            t = max(r.tensors, key=lambda t: t.n_bytes)
+            with self.assertRaises(dcgguf.NoSuchTensorError):
+                r.tensor("no.such.tensor")
+            with self.assertRaises(KeyError):
+                r.tensor(len(r.tensors))
+            with self.assertRaises(dcgguf.OutOfRangeError):
+                r.raw(t.name, t.n_bytes - 4, 8)
+            self.assertEqual(r.raw(t.name, 5, 11).tobytes(), r.raw(t.name)[5:16].tobytes())
+
+        # One flipped byte in the middle (inside some tensor's chunk).
+        bad = self.dir / "bad.dc.gguf"
+        data = bytearray(dc.read_bytes())
+        data[len(data) // 2] ^= 0x55
+        bad.write_bytes(bytes(data))
+        with self.assertRaises(dcgguf.CorruptError) as e:
+            dcgguf.verify(bad)
+        self.assertIn("chunk", str(e.exception))
+        with self.assertRaises(dcgguf.CorruptError):
+            dcgguf.decompress(bad, self.dir / "bad.gguf")
+        self.assertFalse((self.dir / "bad.gguf").exists())
+        with dcgguf.DcReader(bad) as r, self.assertRaises(dcgguf.CorruptError):
+            for t in r.tensors:
+                r.tensor(t.name)
+        other = minilm(self, "f16")
+        with self.assertRaises(dcgguf.CorruptError):
+            dcgguf.verify(dc, against=other)  # decodes fine, is another file
+        self.assertEqual(leftovers(self.dir), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
