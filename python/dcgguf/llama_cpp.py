@@ -27,44 +27,31 @@ import os
 
 import llama_cpp.llama_cpp as _llama
 
-from . import _lib
+from . import _lib, errors
 
 __all__ = ["install", "uninstall", "installed", "LoadError"]
 
-# dcgguf_open's answers (ffi/dcgguf.h) for files that are not DC-GGUF: llama.cpp judges
-# those itself. Any other failure is a DC-GGUF that libdcgguf refuses, with its reason.
-_ERR_IO, _ERR_BAD_GGUF, _ERR_NOT_DC = 3, 4, 5
 
 _original = None
 
 
-class LoadError(ValueError):
-    """A DC-GGUF that could not be loaded; the message is libdcgguf's reason.
+class LoadError(errors.DcggufError, ValueError):
+    """A DC-GGUF that could not be loaded; the message is libdcgguf's reason (for damaged data
+    it names the region, tensor and chunk).
 
-    A ValueError, like llama-cpp-python's own "Failed to load model from file", so callers
+    Also a ValueError, like llama-cpp-python's own "Failed to load model from file", so callers
     that catch that keep working."""
 
 
 def _dc_lib() -> ctypes.CDLL:
+    """The package's libdcgguf, plus the one prototype that needs llama-cpp-python's own
+    ``llama_model_params`` structure (passed by value, so its layout must be theirs)."""
     lib = _lib.load()
-    if not getattr(lib, "_dcgguf_llama_cpp_types", False):
-        lib.dcgguf_llama_model_load.argtypes = [ctypes.c_char_p, _llama.llama_model_params]
-        lib.dcgguf_llama_model_load.restype = ctypes.c_void_p
-        lib.dcgguf_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
-        lib.dcgguf_open.restype = ctypes.c_int
-        lib.dcgguf_free.argtypes = [ctypes.c_void_p]
-        lib.dcgguf_free.restype = None
-        lib.dcgguf_last_error.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        lib.dcgguf_last_error.restype = ctypes.c_size_t
-        lib._dcgguf_llama_cpp_types = True
+    fn = lib.dcgguf_llama_model_load
+    if fn.argtypes is None:
+        fn.argtypes = [ctypes.c_char_p, _llama.llama_model_params]
+        fn.restype = ctypes.c_void_p
     return lib
-
-
-def _last_error(lib: ctypes.CDLL) -> str:
-    n = lib.dcgguf_last_error(None, 0)
-    buf = ctypes.create_string_buffer(n + 1)
-    lib.dcgguf_last_error(buf, n + 1)
-    return buf.value.decode("utf-8", "replace")
 
 
 def _is_dc(lib: ctypes.CDLL, path: bytes) -> bool:
@@ -74,7 +61,7 @@ def _is_dc(lib: ctypes.CDLL, path: bytes) -> bool:
     if code == 0:
         lib.dcgguf_free(handle)
         return True
-    return code not in (_ERR_IO, _ERR_BAD_GGUF, _ERR_NOT_DC)
+    return code not in (errors.IoError.code, errors.BadGgufError.code, errors.NotDcError.code)
 
 
 def llama_model_load_from_file(path_model: bytes, params):
@@ -85,7 +72,9 @@ def llama_model_load_from_file(path_model: bytes, params):
     model = lib.dcgguf_llama_model_load(path_model, params)
     if not model:
         raise LoadError(
-            f"Failed to load model from file: {os.fsdecode(path_model)}: {_last_error(lib)}"
+            f"Failed to load model from file: {os.fsdecode(path_model)}: "
+            f"{errors.last_error(lib)}",
+            errors.LlamaLoadFailedError.code,
         )
     return model
 
