@@ -1,5 +1,7 @@
 //! Build script: brings the pinned llama.cpp version from `vendor/llama.cpp.lock` (the one
-//! place it is written) into the crate as `DCGGUF_LLAMA_COMMIT` / `DCGGUF_LLAMA_PY_VERSION`,
+//! place it is written) into the crate as `DCGGUF_LLAMA_COMMIT` / `DCGGUF_LLAMA_PY_VERSION`
+//! and `DCGGUF_LLAMA_DIR` (`llama.cpp-<LLAMA_PY_VERSION>-r<LLAMA_BUILD_REV>`, the name of the
+//! install prefix scripts/build-llama.sh makes under the cache root),
 //! and refuses to build when the committed bindings (`src/llama/sys.rs`) were generated from
 //! another llama.cpp than the pinned one.
 //!
@@ -8,9 +10,11 @@
 //! libtest as `ignored, needs ...` (see `#[cfg_attr(not(dcgguf_llama), ignore = ...)]` in
 //! tests/) instead of passing without having run:
 //!   dcgguf_llama       llama.cpp installed by scripts/build-llama.sh: `$DCGGUF_LLAMA_PREFIX`
-//!                      (default `$DCGGUF_CACHE/llama.cpp-<LLAMA_PY_VERSION>`, `DCGGUF_CACHE`
+//!                      (default `$DCGGUF_CACHE/$DCGGUF_LLAMA_DIR`, `DCGGUF_CACHE`
 //!                      default `~/.cache/dcgguf`) holds bin/llama-completion,
 //!                      lib/libllama.so and include/llama.h
+//!   dcgguf_llama_hosts that prefix also holds bin/llama-server and bin/ggml-rpc-server
+//!                      (built by scripts/build-llama.sh since build revision 2)
 //!   dcgguf_llama_src   vendor/llama.cpp/README.md (extracted by scripts/build-llama.sh)
 //!   dcgguf_smollm2     SmolLM2-135M-Instruct.Q4_1.gguf in `$DCGGUF_MODELS` (default
 //!                      `$DCGGUF_CACHE/models`; scripts/fetch-models.sh)
@@ -51,6 +55,7 @@ fn main() {
     };
     let commit = get("LLAMA_CPP_COMMIT");
     let py_version = get("LLAMA_PY_VERSION");
+    let llama_dir = format!("llama.cpp-{py_version}-r{}", get("LLAMA_BUILD_REV"));
     let bindings = fs::read_to_string("src/llama/sys.rs").expect("read src/llama/sys.rs");
     assert!(
         bindings.lines().take(5).any(|l| l.contains(&commit)),
@@ -59,8 +64,9 @@ fn main() {
     );
     println!("cargo:rustc-env=DCGGUF_LLAMA_COMMIT={commit}");
     println!("cargo:rustc-env=DCGGUF_LLAMA_PY_VERSION={py_version}");
+    println!("cargo:rustc-env=DCGGUF_LLAMA_DIR={llama_dir}");
 
-    detect_test_prerequisites(&py_version);
+    detect_test_prerequisites(&llama_dir);
 }
 
 /// A non-empty environment variable (scripts/env.sh exports some as empty strings).
@@ -103,15 +109,14 @@ fn watch(path: &Path, ours: &Path) {
     println!("cargo:rerun-if-changed={}", seen.display());
 }
 
-fn detect_test_prerequisites(py_version: &str) {
+fn detect_test_prerequisites(llama_dir: &str) {
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let cache = env_path("DCGGUF_CACHE").unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
     });
 
     // llama.cpp (scripts/build-llama.sh), watched as a whole install prefix.
-    let prefix = env_path("DCGGUF_LLAMA_PREFIX")
-        .unwrap_or_else(|| cache.join(format!("llama.cpp-{py_version}")));
+    let prefix = env_path("DCGGUF_LLAMA_PREFIX").unwrap_or_else(|| cache.join(llama_dir));
     let llama = ["bin/llama-completion", "lib/libllama.so", "include/llama.h"]
         .iter()
         .all(|f| prefix.join(f).is_file());
@@ -124,6 +129,10 @@ fn detect_test_prerequisites(py_version: &str) {
         },
     );
     cfg("dcgguf_llama", llama, "DCGGUF_REQUIRE_LLAMA");
+    let hosts = ["bin/llama-server", "bin/ggml-rpc-server"]
+        .iter()
+        .all(|f| prefix.join(f).is_file());
+    cfg("dcgguf_llama_hosts", hosts, "DCGGUF_REQUIRE_LLAMA");
 
     // The llama.cpp source tree scripts/build-llama.sh extracts (calibration text).
     let readme = root.join("vendor/llama.cpp/README.md");

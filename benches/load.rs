@@ -36,7 +36,7 @@ fn cache_dir() -> PathBuf {
 fn llama_prefix() -> PathBuf {
     std::env::var_os("DCGGUF_LLAMA_PREFIX")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION"))))
+        .unwrap_or_else(|| cache_dir().join(env!("DCGGUF_LLAMA_DIR")))
 }
 
 fn max_rss_kb() -> i64 {

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Build the pinned llama.cpp (vendored in the llama-cpp-python sdist from PyPI)
-# as shared libraries + a few CLI tools, CPU only, and install it into
-#   ${DCGGUF_CACHE:-$HOME/.cache/dcgguf}/llama.cpp-<version>/{bin,lib,include}
-# Prints the install prefix on stdout (everything else goes to stderr).
+# as shared libraries + CLI tools, llama-server and ggml-rpc-server (GGML_RPC=ON), CPU
+# only, offline (no web UI download, no OpenSSL), and install it into
+#   ${DCGGUF_CACHE:-$HOME/.cache/dcgguf}/llama.cpp-<version>-r<build rev>/{bin,lib,include}
+# (both from vendor/llama.cpp.lock). Prints the install prefix on stdout (everything else
+# goes to stderr).
 #
 # Idempotent: if the prefix holds a stamp matching the pinned source and build
-# configuration, nothing is done.
+# configuration, nothing is done. The install is atomic: the tree is staged beside the
+# prefix, stamped, then renamed into place, so a prefix that exists is complete. Concurrent
+# runs are serialised with flock on $DCGGUF_CACHE/build/<prefix name>.lock.
 #
 # Environment knobs:
 #   DCGGUF_CACHE            cache root (default: $HOME/.cache/dcgguf)
 #   DCGGUF_LLAMA_NATIVE=1   build with -march=native (GGML_NATIVE=ON); default is a
 #                           portable x86-64-v3 set (AVX2/FMA/F16C/BMI2)
-#   DCGGUF_LLAMA_SERVER=1   also build llama-cli and llama-server (slow: +server code)
 #   DCGGUF_JOBS             parallel build jobs (default: nproc)
 #   DCGGUF_KEEP_BUILD=1     keep the cmake build tree after installing
 set -euo pipefail
@@ -27,21 +30,23 @@ die() { echo "[build-llama] ERROR: $*" >&2; exit 1; }
 . "$LOCK"
 
 CACHE="${DCGGUF_CACHE:-$HOME/.cache/dcgguf}"
-PREFIX="$CACHE/llama.cpp-$LLAMA_PY_VERSION"
+[ -n "${LLAMA_BUILD_REV:-}" ] || die "LLAMA_BUILD_REV missing from $LOCK"
+NAME="llama.cpp-$LLAMA_PY_VERSION-r$LLAMA_BUILD_REV"
+PREFIX="$CACHE/$NAME"
 STAMP="$PREFIX/.dcgguf-complete"
 SRC="$ROOT/vendor/llama.cpp"
 DL_DIR="$CACHE/downloads"
-BUILD="$CACHE/build/llama.cpp-$LLAMA_PY_VERSION"
+BUILD="$CACHE/build/$NAME"
 JOBS="${DCGGUF_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 NATIVE="${DCGGUF_LLAMA_NATIVE:-0}"
-SERVER="${DCGGUF_LLAMA_SERVER:-0}"
 
 # Tools to build and install. llama-completion is the non-interactive
 # successor of the old llama-cli (llama-cli now is a chat client built on the server).
+# llama-server and ggml-rpc-server are the hosts tests/llama_hosts.rs runs.
 TOOLS=(llama-completion llama-embedding llama-perplexity llama-quantize
-       llama-imatrix llama-bench llama-tokenize llama-gguf-split)
-if [ "$SERVER" = 1 ]; then TOOLS+=(llama-cli llama-server); fi
+       llama-imatrix llama-bench llama-tokenize llama-gguf-split
+       llama-server ggml-rpc-server)
 
 CMAKE_FLAGS=(
   -DCMAKE_BUILD_TYPE=Release
@@ -49,13 +54,14 @@ CMAKE_FLAGS=(
   -DLLAMA_BUILD_TESTS=OFF
   -DLLAMA_BUILD_EXAMPLES=ON        # llama-embedding lives in examples/
   -DLLAMA_BUILD_TOOLS=ON
-  -DLLAMA_BUILD_SERVER="$([ "$SERVER" = 1 ] && echo ON || echo OFF)"
+  -DLLAMA_BUILD_SERVER=ON
   -DLLAMA_BUILD_APP=OFF
   -DLLAMA_BUILD_UI=OFF
   -DLLAMA_USE_PREBUILT_UI=OFF      # would download from the network
   -DLLAMA_OPENSSL=OFF              # no HTTPS model downloads (LLAMA_CURL is gone in this version)
   -DGGML_CCACHE=OFF
   -DGGML_BACKEND_DL=OFF
+  -DGGML_RPC=ON                    # ggml-rpc-server, and --rpc in the tools
   -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF
   -DLLAMA_BUILD_NUMBER="$LLAMA_CPP_BUILD_NUMBER"
   -DLLAMA_BUILD_COMMIT="$LLAMA_CPP_COMMIT"
@@ -71,12 +77,15 @@ else
   CMAKE_FLAGS+=(-DGGML_NATIVE=OFF)
 fi
 
-STAMP_KEY="sdist=$LLAMA_PY_SDIST_SHA256 commit=$LLAMA_CPP_COMMIT build=$LLAMA_CPP_BUILD_NUMBER native=$NATIVE server=$SERVER tools=${TOOLS[*]}"
+STAMP_KEY="sdist=$LLAMA_PY_SDIST_SHA256 commit=$LLAMA_CPP_COMMIT build=$LLAMA_CPP_BUILD_NUMBER native=$NATIVE rev=$LLAMA_BUILD_REV tools=${TOOLS[*]}"
 
+up_to_date() {
+  [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_KEY" ] || return 1
+  local t
+  for t in "${TOOLS[@]}"; do [ -x "$PREFIX/bin/$t" ] || return 1; done
+}
 UP_TO_DATE=0
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_KEY" ] && [ -x "$PREFIX/bin/llama-completion" ]; then
-  UP_TO_DATE=1
-fi
+if up_to_date; then UP_TO_DATE=1; fi
 
 # ---------------------------------------------------------------- toolchain
 if [ "$UP_TO_DATE" = 0 ]; then
@@ -142,13 +151,28 @@ if [ "$UP_TO_DATE" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- build
+# One build per prefix at a time (the build tree is shared); a run that waited finds the
+# other's install and is done.
+mkdir -p "$CACHE/build"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$CACHE/build/$NAME.lock"
+  flock 9
+  if up_to_date; then log "installed meanwhile: $PREFIX"; echo "$PREFIX"; exit 0; fi
+fi
 # keep cmake's build-info probe from picking up the enclosing dcgguf git repo
 export GIT_CEILING_DIRECTORIES="$ROOT/vendor"
 t0=$(date +%s)
-log "configuring in $BUILD"
-rm -rf "$BUILD"; mkdir -p "$BUILD"
-cmake -S "$SRC" -B "$BUILD" "${CMAKE_FLAGS[@]}" > "$BUILD/configure.log" 2>&1 \
-  || { tail -40 "$BUILD/configure.log" >&2; die "cmake configure failed (log: $BUILD/configure.log)"; }
+# A build tree configured the same way (an interrupted run's) is resumed, not redone.
+BUILD_KEY="$STAMP_KEY src=$SRC"
+if [ -f "$BUILD/.dcgguf-key" ] && [ "$(cat "$BUILD/.dcgguf-key")" = "$BUILD_KEY" ]; then
+  log "resuming the build in $BUILD"
+else
+  log "configuring in $BUILD"
+  rm -rf "$BUILD"; mkdir -p "$BUILD"
+  cmake -S "$SRC" -B "$BUILD" "${CMAKE_FLAGS[@]}" > "$BUILD/configure.log" 2>&1 \
+    || { tail -40 "$BUILD/configure.log" >&2; die "cmake configure failed (log: $BUILD/configure.log)"; }
+  echo "$BUILD_KEY" > "$BUILD/.dcgguf-key"
+fi
 
 available="$(cmake --build "$BUILD" --target help 2>/dev/null || true)"
 targets=()
@@ -156,7 +180,9 @@ for t in "${TOOLS[@]}"; do
   if grep -qE "(^|[ .])$t($|[ :])" <<<"$available"; then targets+=("$t")
   else log "warning: target $t not available in this llama.cpp, skipping"; fi
 done
-[[ " ${targets[*]} " == *" llama-completion "* ]] || die "target llama-completion missing"
+for t in llama-completion llama-server ggml-rpc-server; do
+  [[ " ${targets[*]} " == *" $t "* ]] || die "target $t missing"
+done
 log "building (${JOBS} jobs): llama ${targets[*]}"
 cmake --build "$BUILD" --target llama "${targets[@]}" -j "$JOBS" > "$BUILD/build.log" 2>&1 \
   || { tail -60 "$BUILD/build.log" >&2; die "build failed (log: $BUILD/build.log)"; }
@@ -199,11 +225,21 @@ EOF
 # smoke test from the staging dir (relative rpath => no LD_LIBRARY_PATH needed)
 env -u LD_LIBRARY_PATH "$STAGE/bin/llama-completion" --version >/dev/null 2>&1 \
   || { env -u LD_LIBRARY_PATH "$STAGE/bin/llama-completion" --version >&2 || true; die "installed llama-completion does not run"; }
+env -u LD_LIBRARY_PATH "$STAGE/bin/llama-server" --version >/dev/null 2>&1 \
+  || { env -u LD_LIBRARY_PATH "$STAGE/bin/llama-server" --version >&2 || true; die "installed llama-server does not run"; }
 
-rm -rf "$PREFIX"
-mv "$STAGE" "$PREFIX"
-# pkg-config prefix was written for the final location already
-echo "$STAMP_KEY" > "$STAMP"
+# pkg-config prefix was written for the final location already. The stamp goes in before
+# the rename: the rename is the one step that makes the install visible.
+echo "$STAMP_KEY" > "$STAGE/.dcgguf-complete"
+if [ -e "$PREFIX" ]; then
+  # an incomplete or outdated install: move it aside first (the rename stays atomic)
+  old="$PREFIX.old.$$"
+  mv "$PREFIX" "$old"
+  mv "$STAGE" "$PREFIX"
+  rm -rf "$old"
+else
+  mv "$STAGE" "$PREFIX"
+fi
 if [ "${DCGGUF_KEEP_BUILD:-0}" != 1 ]; then rm -rf "$BUILD"; fi
 log "installed to $PREFIX"
 echo "$PREFIX"

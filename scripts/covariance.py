@@ -9,7 +9,7 @@ llama-tokenize, and writes a GGUF with `general.type = "covariance"`, `covarianc
 (`blk.0.attn_q.weight`), shape [n_in, n_in], holding sum(x x^T) / tokens.
 
 usage: scripts/covariance.py MODEL_F32.gguf OUT.cov.gguf [--calib TEXT]
-Needs numpy, gguf (gguf-py) and llama-tokenize ($LLAMA_BIN or ~/.cache/dcgguf/llama.cpp-0.3.36/bin).
+Needs numpy, gguf (gguf-py) and llama-tokenize ($LLAMA_BIN or ~/.cache/dcgguf/llama.cpp-0.3.36-r2/bin).
 Only the `bert` architecture is supported.
 """
 import argparse

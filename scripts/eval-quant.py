@@ -25,7 +25,7 @@ from importlib import import_module  # noqa: E402
 
 SENTENCES = import_module("eval-sentences").SENTENCES
 LLAMA_BIN = os.environ.get(
-    "LLAMA_BIN", os.path.expanduser("~/.cache/dcgguf/llama.cpp-0.3.36/bin"))
+    "LLAMA_BIN", os.path.expanduser("~/.cache/dcgguf/llama.cpp-0.3.36-r2/bin"))
 MODELS = os.environ.get("DCGGUF_MODELS", "/work/shared/models")
 
 

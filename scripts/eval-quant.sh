@@ -10,7 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=${1:-/tmp/dcgguf-eval-llama}
 D=${DCGGUF_BIN:-dcgguf}
-B=${LLAMA_BIN:-$HOME/.cache/dcgguf/llama.cpp-0.3.36/bin}
+B=${LLAMA_BIN:-$HOME/.cache/dcgguf/llama.cpp-0.3.36-r2/bin}
 mkdir -p "$work" && cd "$work"
 
 if [ ! -f smol-f32.gguf ]; then

@@ -13,7 +13,7 @@ combine. docs/QUANT.md has the measurements.
 usage: scripts/gptq-minilm.py F32.gguf BASE_Q8.gguf OUT.gguf [--embd-from Q8.gguf]
        [--calib TEXT] [--damp 0.1]
 BASE_Q8.gguf must be llama.cpp-rounded (`--step 0 --embd-step 0`): its layout is reused.
-Needs numpy, gguf (gguf-py) and llama-tokenize ($LLAMA_BIN or ~/.cache/dcgguf/llama.cpp-0.3.36/bin).
+Needs numpy, gguf (gguf-py) and llama-tokenize ($LLAMA_BIN or ~/.cache/dcgguf/llama.cpp-0.3.36-r2/bin).
 """
 import argparse
 import json
@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 from gguf import GGUFReader
 
-LLAMA_BIN = os.environ.get("LLAMA_BIN", os.path.expanduser("~/.cache/dcgguf/llama.cpp-0.3.36/bin"))
+LLAMA_BIN = os.environ.get("LLAMA_BIN", os.path.expanduser("~/.cache/dcgguf/llama.cpp-0.3.36-r2/bin"))
 _erf = np.vectorize(math.erf)
 
 

@@ -16,7 +16,7 @@ if [ "${1:-}" = "--check" ]; then check=1; shift; fi
 header="${1:-}"
 if [ -z "$header" ]; then
   header="$root/vendor/llama.cpp/include/llama.h"
-  [ -f "$header" ] || header="${DCGGUF_LLAMA_PREFIX:-$HOME/.cache/dcgguf/llama.cpp-0.3.36}/include/llama.h"
+  [ -f "$header" ] || header="${DCGGUF_LLAMA_PREFIX:-$HOME/.cache/dcgguf/llama.cpp-0.3.36-r2}/include/llama.h"
 fi
 [ -f "$header" ] || { echo "llama-bindgen: no llama.h (looked at $header)" >&2; exit 2; }
 incdir="$(dirname "$header")"

@@ -31,7 +31,7 @@ pub struct CalibrateArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Directory with llama-imatrix (default: $DCGGUF_LLAMA_BIN, then
-    /// ~/.cache/dcgguf/llama.cpp-<pinned version>/bin, then PATH).
+    /// ~/.cache/dcgguf/llama.cpp-<pinned version>-r<build rev>/bin, then PATH).
     #[arg(long)]
     pub llama_bin: Option<PathBuf>,
     /// Tokens per chunk (llama-imatrix -c).
@@ -66,10 +66,8 @@ fn find_tool(dir: Option<&Path>, tool: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default();
     let cached = home
-        .join(concat!(
-            ".cache/dcgguf/llama.cpp-",
-            env!("DCGGUF_LLAMA_PY_VERSION")
-        ))
+        .join(".cache/dcgguf")
+        .join(env!("DCGGUF_LLAMA_DIR"))
         .join("bin")
         .join(tool);
     if cached.exists() {

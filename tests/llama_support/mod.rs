@@ -1,6 +1,6 @@
 //! Shared helpers for the llama.cpp / C API integration tests (tests/llama_*.rs, tests/ffi_*.rs).
 //!
-//! Real llama.cpp only: `DCGGUF_LLAMA_PREFIX` (default `$DCGGUF_CACHE/llama.cpp-0.3.36`,
+//! Real llama.cpp only: `DCGGUF_LLAMA_PREFIX` (default `$DCGGUF_CACHE/llama.cpp-0.3.36-r2`,
 //! `DCGGUF_CACHE` default `~/.cache/dcgguf`) must hold bin/, lib/ and include/ from
 //! scripts/build-llama.sh; SmolLM2 comes from `$DCGGUF_CACHE/models` (scripts/fetch-models.sh),
 //! MiniLM from the shared models folder (`DCGGUF_SHARED_MODELS`, default ../shared/models or
@@ -63,9 +63,7 @@ fn find_llama() -> Result<Llama, String> {
     let prefix = std::env::var_os("DCGGUF_LLAMA_PREFIX")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            cache_dir().join(concat!("llama.cpp-", env!("DCGGUF_LLAMA_PY_VERSION")))
-        });
+        .unwrap_or_else(|| cache_dir().join(env!("DCGGUF_LLAMA_DIR")));
     let l = Llama { prefix };
     for need in [
         l.bin("llama-completion"),
