@@ -66,7 +66,7 @@ fn main() {
     println!("cargo:rustc-env=DCGGUF_LLAMA_PY_VERSION={py_version}");
     println!("cargo:rustc-env=DCGGUF_LLAMA_DIR={llama_dir}");
 
-    detect_test_prerequisites(&llama_dir);
+    detect_test_prerequisites(&llama_dir, &py_version);
 }
 
 /// A non-empty environment variable (scripts/env.sh exports some as empty strings).
@@ -109,7 +109,7 @@ fn watch(path: &Path, ours: &Path) {
     println!("cargo:rerun-if-changed={}", seen.display());
 }
 
-fn detect_test_prerequisites(llama_dir: &str) {
+fn detect_test_prerequisites(llama_dir: &str, py_version: &str) {
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let cache = env_path("DCGGUF_CACHE").unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("DCGGUF_LLAMA_BIN", os.path.expanduser("~/.cache/dcgguf/llama.cpp-0.3.36/bin"))
+BIN = os.environ.get("DCGGUF_LLAMA_BIN", os.path.expanduser("~/.cache/dcgguf/llama.cpp-0.3.36-r2/bin"))
 PRELOAD = os.path.join(ROOT, "target/release/libdcgguf_preload.so")
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 PROMPT = "The capital of France is"

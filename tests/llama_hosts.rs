@@ -451,6 +451,12 @@ fn rpc_with_memory_budget_runs_on_the_cpu() {
         log.contains("[limit="),
         "the budget was not applied:\n{log}"
     );
+    assert!(
+        log.contains(
+            "a memory budget keeps the model on the CPU; ignoring the request to offload 99 layers"
+        ),
+        "the dropped offload was not reported:\n{log}"
+    );
     let (n, total) = offloaded(&log);
     assert_eq!(n, 0, "a budgeted load offloaded {n}/{total} layers");
     for e in &rpc.endpoints {

@@ -186,6 +186,15 @@ pub fn load_dc(
             Ok(()) => {
                 // Budgeted tensors are decoded in place in CPU memory: no GPU copies, no
                 // repacked copies.
+                if params.n_gpu_layers > 0 {
+                    // Explicitly asked for (`-ngl N`, also for RPC devices); -1 is llama.cpp's
+                    // "automatic" default and says nothing.
+                    crate::log_line!(
+                        "dcgguf: warning: a memory budget keeps the model on the CPU; ignoring \
+                         the request to offload {} layers (n_gpu_layers)",
+                        params.n_gpu_layers
+                    );
+                }
                 params.n_gpu_layers = 0;
                 params.use_extra_bufts = false;
                 Residency::new(dc.clone(), settings)
