@@ -203,36 +203,7 @@ fn perplexity_dc_matches_original() {
 
 /// The embedding vector llama-embedding prints for a fixed sentence.
 fn embedding(l: &Llama, model: &Path, preload: bool) -> Vec<f64> {
-    let o = run(tool(l, "llama-embedding", preload)
-        .arg("-m")
-        .arg(model)
-        .args([
-            "-t",
-            "2",
-            "--embd-output-format",
-            "json",
-            "-p",
-            "A quick brown fox jumps over the lazy dog.",
-        ]));
-    assert_exit(&o, true, "llama-embedding");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let json: serde_json::Value = out
-        .find('{')
-        .and_then(|i| serde_json::from_str(out[i..].trim()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "llama-embedding printed no complete JSON for {}:\n{out}",
-                model.display()
-            )
-        });
-    let v: Vec<f64> = json["data"][0]["embedding"]
-        .as_array()
-        .expect("an embedding array")
-        .iter()
-        .map(|x| x.as_f64().expect("numbers"))
-        .collect();
-    assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
-    v
+    sentence_embedding(&mut tool(l, "llama-embedding", preload), model).0
 }
 
 fn check_embedding(t: &str, name: &str) {

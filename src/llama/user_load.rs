@@ -347,16 +347,7 @@ impl LoadState<'_> {
         let (nbytes, ty) = unsafe { ((self.api.nbytes)(t), (*t).type_) };
         match self.dc.find_tensor(&name) {
             Some(i) => {
-                let info = &self.dc.original.tensors[i];
-                if info.ty.id() != ty || info.nbytes != nbytes as u64 {
-                    return Err(UserRouteError::TensorMismatch {
-                        name,
-                        expected: GgmlType::from_id(ty).map_or("?", |t| t.name()),
-                        expected_bytes: nbytes,
-                        found: info.ty.name(),
-                        found_bytes: info.nbytes,
-                    });
-                }
+                same_type_and_size(&name, ty, nbytes, &self.dc.original.tensors[i])?;
                 // SAFETY: `t` is live with `nbytes` bytes (caller, ggml_nbytes).
                 unsafe { self.fill(t, nbytes, |dst| self.decode(i, dst)) }?;
                 if Some(i) == self.token_embd {
@@ -376,16 +367,7 @@ impl LoadState<'_> {
                 match how {
                     Fill::Tied => {
                         let te = self.token_embd.expect("Tied needs token_embd");
-                        let info = &self.dc.original.tensors[te];
-                        if info.ty.id() != ty || info.nbytes != nbytes as u64 {
-                            return Err(UserRouteError::TensorMismatch {
-                                name,
-                                expected: GgmlType::from_id(ty).map_or("?", |t| t.name()),
-                                expected_bytes: nbytes,
-                                found: info.ty.name(),
-                                found_bytes: info.nbytes,
-                            });
-                        }
+                        same_type_and_size(&name, ty, nbytes, &self.dc.original.tensors[te])?;
                         // SAFETY: `t` is live; reading its fields.
                         let (buffer, data) = unsafe { ((*t).buffer, (*t).data) };
                         // SAFETY: as in `fill`.
@@ -464,6 +446,26 @@ impl LoadState<'_> {
         }
         Ok(())
     }
+}
+
+/// llama.cpp's tensor `name` (type id `ty`, `nbytes`) can take the bytes of the file's
+/// tensor `info`.
+fn same_type_and_size(
+    name: &str,
+    ty: u32,
+    nbytes: usize,
+    info: &crate::gguf::TensorInfo,
+) -> Result<(), UserRouteError> {
+    if info.ty.id() == ty && info.nbytes == nbytes as u64 {
+        return Ok(());
+    }
+    Err(UserRouteError::TensorMismatch {
+        name: name.to_string(),
+        expected: GgmlType::from_id(ty).map_or("?", |t| t.name()),
+        expected_bytes: nbytes,
+        found: info.ty.name(),
+        found_bytes: info.nbytes,
+    })
 }
 
 /// The `llama_model_set_tensor_data_t` callback.

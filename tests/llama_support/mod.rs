@@ -454,3 +454,35 @@ pub fn eval_sentences_file() -> PathBuf {
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     p
 }
+
+/// Runs `cmd` (a llama-embedding) on `model` for one fixed sentence with JSON output and
+/// returns the MiniLM embedding vector (384 values) and the tool's output.
+pub fn sentence_embedding(cmd: &mut Command, model: &Path) -> (Vec<f64>, Output) {
+    let o = run(cmd.arg("-m").arg(model).args([
+        "-t",
+        "2",
+        "--embd-output-format",
+        "json",
+        "-p",
+        "A quick brown fox jumps over the lazy dog.",
+    ]));
+    assert_exit(&o, true, "llama-embedding");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let json: serde_json::Value = out
+        .find('{')
+        .and_then(|i| serde_json::from_str(out[i..].trim()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "llama-embedding printed no complete JSON for {}:\n{out}",
+                model.display()
+            )
+        });
+    let v: Vec<f64> = json["data"][0]["embedding"]
+        .as_array()
+        .expect("an embedding array")
+        .iter()
+        .map(|x| x.as_f64().expect("numbers"))
+        .collect();
+    assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
+    (v, o)
+}
