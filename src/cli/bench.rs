@@ -4,13 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dcgguf::cost::{LoadModel, measure_decode};
+use dcgguf::cost::{LoadModel, measure_decode, predicted_load_seconds};
 use dcgguf::dc::DcFile;
 use serde_json::json;
 
-use super::compress::load_model;
-use super::inspect::predicted_load_seconds;
-use super::{Cli, CliError, ProfileArgs, parse_seconds};
+use super::{Cli, CliError, ProfileArgs, load_model, parse_seconds};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,10 +26,10 @@ pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
     let dc = DcFile::open(input)?;
     let threads = rayon::current_num_threads();
     let b = measure_decode(&dc, threads, a.seconds)?;
-    if let Some(model) = load_model(cli, &a.cost)? {
+    if let Some(model) = load_model(cli, &a.cost, false)? {
         // Page cache is warm in this measurement: plan with memcpy-speed storage.
         let warm = LoadModel::new(model.profile().clone(), Some(model.profile().read_warm_bps));
-        let predicted = predicted_load_seconds(&dc, &warm);
+        let predicted: f64 = predicted_load_seconds(&dc, &warm).iter().sum();
         let measured = dc.original_size() as f64 / (b.decode_gbps_n_threads * 1e9);
         let err = (predicted - measured) / measured * 100.0;
         if cli.json {

@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dcgguf::codec::{EncodeOptions, LEVELS};
-use dcgguf::cost::{LoadModel, ProbeOptions, default_profile_path, load_or_probe};
-use dcgguf::dc::{self, CompressOptions, DcError};
+use dcgguf::dc::{self, CompressOptions};
 use dcgguf::gguf::split::split_parts;
-use serde_json::json;
 
 use super::{
-    Cli, CliError, ProfileArgs, file_len, job_progress, parse_chunk_size, parse_size, progress_bar,
+    Cli, CliError, ProfileArgs, file_len, job_progress, load_model, parse_chunk_size, parse_size,
+    progress_bar,
 };
 
 #[derive(clap::Args)]
@@ -41,12 +40,10 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
-    let mut cost = a.cost.clone();
-    if a.target_size.is_some() && cost.profile.is_none() {
-        cost.profile = Some("auto".into());
-    }
+    // --target-size needs a model: it implies --profile auto.
+    let model = load_model(cli, &a.cost, a.target_size.is_some())?;
     let opts = CompressOptions {
-        load_model: load_model(cli, &cost)?.map(|m| Arc::new(m) as Arc<dyn dc::LoadCost>),
+        load_model: model.map(|m| Arc::new(m) as Arc<dyn dc::LoadCost>),
         target_size: a.target_size,
         encode: EncodeOptions {
             level: a.level,
@@ -63,7 +60,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
     let reports = dc::compress_parts(&a.input, &a.output, &opts, &job_progress(&bar, &opts.job))?;
     bar.finish_and_clear();
     if cli.json {
-        println!("{}", json!({"command": "compress", "files": reports}));
+        println!("{}", dcgguf::report::compress(&reports));
     } else {
         for r in &reports {
             println!(
@@ -99,10 +96,7 @@ fn compress_lossy(
     let (q, r) = dcgguf::quant::compress_lossy(input, output, &qopts, opts, &progress)?;
     bar.finish_and_clear();
     if cli.json {
-        println!(
-            "{}",
-            json!({"command": "compress", "quantize": q, "files": [r]})
-        );
+        println!("{}", dcgguf::report::compress_lossy(&q, &r));
     } else {
         println!(
             "{} -> {}: {} -> {} bytes (quantized {} tensors to Q8_0, relative MSE {:.3e}; \
@@ -118,41 +112,4 @@ fn compress_lossy(
         );
     }
     Ok(())
-}
-
-/// The cost model the user asked for, if any (re-measuring a missing or stale profile).
-/// Shared with `inspect` and `bench`.
-pub fn load_model(cli: &Cli, a: &ProfileArgs) -> Result<Option<LoadModel>, CliError> {
-    let path = match (&a.profile, a.storage_bps) {
-        (None, None) => return Ok(None),
-        (Some(p), _) if p != "auto" => PathBuf::from(p),
-        _ => default_profile_path(),
-    };
-    if let Some(b) = a.storage_bps
-        && !(b.is_finite() && b > 0.0)
-    {
-        return Err(CliError::Usage(format!(
-            "--storage-bps {b}: must be positive"
-        )));
-    }
-    let opts = ProbeOptions {
-        storage_dir: path
-            .parent()
-            .map_or_else(std::env::temp_dir, Path::to_path_buf),
-        ..ProbeOptions::default()
-    };
-    std::fs::create_dir_all(&opts.storage_dir).map_err(|source| DcError::Io {
-        path: opts.storage_dir.clone(),
-        source,
-    })?;
-    let (profile, stale) = load_or_probe(&path, &opts)?;
-    if let Some(why) = stale
-        && !cli.quiet
-    {
-        eprintln!(
-            "dcgguf: measured this machine ({why:?} profile), saved {}",
-            path.display()
-        );
-    }
-    Ok(Some(LoadModel::new(profile, a.storage_bps)))
 }

@@ -3,12 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use dcgguf::cost::LoadModel;
+use dcgguf::cost::{LoadModel, predicted_load_seconds};
 use dcgguf::dc::{DcError, DcFile};
 use serde_json::json;
 
-use super::compress::load_model;
-use super::{Cli, CliError, ProfileArgs};
+use super::{Cli, CliError, ProfileArgs, load_model};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
-    let model = load_model(cli, &a.cost)?;
+    let model = load_model(cli, &a.cost, false)?;
     Ok(inspect(cli, &a.input, a.metadata, model.as_ref())?)
 }
 
@@ -39,11 +38,7 @@ fn inspect(
     };
     let summary = dc.summary();
     let views = &summary.tensors;
-    let predicted: Option<Vec<f64>> = model.map(|m| {
-        (0..dc.tensor_count())
-            .map(|i| tensor_load_seconds(&dc, m, i))
-            .collect()
-    });
+    let predicted: Option<Vec<f64>> = model.map(|m| predicted_load_seconds(&dc, m));
     let (raw, stored, bound) = (
         summary.tensor_raw_bytes,
         summary.tensor_stored_bytes,
@@ -59,16 +54,11 @@ fn inspect(
         Vec::new()
     };
     if cli.json {
-        let mut out = json!(summary);
+        let mut out = dcgguf::report::inspect(&summary, predicted.as_deref().zip(model));
         out["command"] = json!("inspect");
         out["file"] = json!(input);
         if metadata {
             out["metadata"] = json!(meta);
-        }
-        if let (Some(p), Some(m)) = (&predicted, model) {
-            out["predicted_load_seconds"] = json!(p);
-            out["predicted_total_load_seconds"] = json!(p.iter().sum::<f64>());
-            out["storage_bps"] = json!(m.storage_bps);
         }
         println!("{out}");
         return Ok(());
@@ -124,29 +114,4 @@ fn inspect(
         dc.original_size() as f64 / dc.stored_size() as f64
     );
     Ok(())
-}
-
-/// Cost-model load time of every tensor of `dc` (`bench` compares it with the measured one).
-pub fn predicted_load_seconds(dc: &DcFile, model: &LoadModel) -> f64 {
-    (0..dc.tensor_count())
-        .map(|i| tensor_load_seconds(dc, model, i))
-        .sum()
-}
-
-/// Cost-model load time of tensor `i` of `dc`.
-fn tensor_load_seconds(dc: &DcFile, model: &LoadModel, i: usize) -> f64 {
-    let v = dc.tensor_view(i);
-    let e = &dc.index.tensors[i];
-    let raw_stored: u64 = e
-        .chunks
-        .iter()
-        .filter(|c| c.mode == dcgguf::codec::ChunkMode::Raw as u8)
-        .map(|c| u64::from(c.stored_len))
-        .sum();
-    model.load_seconds(
-        dc.tensor_info(i).ty,
-        v.raw_bytes,
-        v.stored_bytes,
-        raw_stored,
-    )
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dcgguf::cost::CostError;
+use dcgguf::cost::{CostError, LoadModel};
 use dcgguf::dc::ErrorKind;
 use dcgguf::dc::{self, DcError};
 use dcgguf::io::OutputError;
@@ -119,6 +119,7 @@ pub fn exit_code(e: &CliError) -> u8 {
         CliError::Cost(e) => match e {
             CostError::Dc(e) => dc_exit_code(e),
             CostError::Output(e) => output_exit_code(e),
+            CostError::StorageBps(_) => 2,
             CostError::Io { .. } | CostError::Threads { .. } | CostError::Codec(_) => 1,
         },
         CliError::Quant(e) => match e {
@@ -158,6 +159,39 @@ fn output_exit_code(e: &OutputError) -> u8 {
         | OutputError::NotRegular { .. }
         | OutputError::NotAFilePath(_) => 5,
     }
+}
+
+/// The cost model `a` asks for (`required`: `compress --target-size`, which implies
+/// `--profile auto`), measuring this machine first if its profile is missing or stale (the
+/// library's [`dcgguf::cost::load_model_for`]; here only the note on stderr). Shared by
+/// `compress`, `inspect` and `bench`.
+pub fn load_model(
+    cli: &Cli,
+    a: &ProfileArgs,
+    required: bool,
+) -> Result<Option<LoadModel>, CliError> {
+    let loaded = dcgguf::cost::load_model_for(
+        a.profile.as_deref().map(std::ffi::OsStr::new),
+        a.storage_bps,
+        required,
+    )
+    .map_err(|e| match e {
+        // Spelled as the user typed it.
+        CostError::StorageBps(b) => CliError::Usage(format!("--storage-bps {b}: must be positive")),
+        e => e.into(),
+    })?;
+    let Some(loaded) = loaded else {
+        return Ok(None);
+    };
+    if let Some(why) = &loaded.remeasured
+        && !cli.quiet
+    {
+        eprintln!(
+            "dcgguf: measured this machine ({why:?} profile), saved {}",
+            loaded.path.display()
+        );
+    }
+    Ok(Some(loaded.model))
 }
 
 /// A progress bar on stderr for `total` bytes; hidden with `--quiet` or `--json`.

@@ -4,6 +4,7 @@
 mod decode_bench;
 pub mod model;
 pub mod probe;
+mod request;
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ use crate::io::OutputError;
 pub use decode_bench::{DecodeBench, measure_decode};
 pub use model::LoadModel;
 pub use probe::{ProbeOptions, Profile, Stale, default_profile_path, load_or_probe, load_profile};
+pub use request::{LoadedModel, load_model_for, predicted_load_seconds};
 
 /// What measuring this machine can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,9 @@ pub enum CostError {
         threads: usize,
         source: rayon::ThreadPoolBuildError,
     },
+    /// A storage bandwidth to plan for that is not a positive, finite number of bytes/s.
+    #[error("storage_bps {0}: must be a positive number of bytes per second")]
+    StorageBps(f64),
     /// The synthetic sample did not decode: a bug, never the user's data.
     #[error("synthetic sample did not decode: {0}")]
     Codec(#[from] CodecError),

@@ -109,7 +109,7 @@ pub fn default_profile_path() -> PathBuf {
 }
 
 /// Why a saved profile cannot be used.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stale {
     Missing,
     Corrupt(String),
