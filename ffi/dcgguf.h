@@ -133,11 +133,14 @@ typedef enum dcgguf_quantize {
 } dcgguf_quantize;
 
 /* Options of the conversions; each reads the fields that apply to it. Fill it with
- * dcgguf_options_init, then change fields. Float options set to NaN and NULL paths take the
- * CLI's defaults. The size field makes the struct extensible: a library reading a shorter
- * struct (an older header) gives the missing fields their defaults, a longer one (a newer
- * header) is accepted when the fields it does not know are zero. Paths are file-system
- * bytes, NUL-terminated. */
+ * dcgguf_options_init, then change fields. In the first version's fields (up to gptq),
+ * float options set to NaN and NULL paths take the CLI's defaults; fields added later are
+ * appended at the end, never in between, and zero is their default. The size field makes
+ * the struct extensible: a library reading a shorter struct (an older header; on 64-bit
+ * targets version 1 has 104 bytes, version 2 128) gives the missing fields their defaults;
+ * a longer one (a newer header) is accepted when the fields it does not know are zero, else
+ * refused with DCGGUF_ERR_INVALID_ARGUMENT (an option that cannot be honoured is never
+ * ignored). Paths are file-system bytes, NUL-terminated. */
 typedef struct dcgguf_options {
     uint32_t size;         /* sizeof(dcgguf_options), set by dcgguf_options_init */
     uint32_t threads;      /* worker threads; 0: one per core */
@@ -160,10 +163,36 @@ typedef struct dcgguf_options {
     const char *imatrix;   /* --imatrix FILE (not with calib) */
     const char *calib;     /* --calib TEXT (runs llama-imatrix) */
     const char *gptq;      /* --gptq COVFILE */
+    /* Version 2: the load-time cost model (compress; profile and storage_bps also
+     * dcgguf_inspect_json_opts). With any of the three set, a machine profile is used: a
+     * missing or stale one (other machine or dcgguf version) is measured first, which takes
+     * seconds and writes a temporary file (128 MiB) next to the profile, then saves it. */
+    const char *profile;   /* --profile: "auto" ($DCGGUF_CACHE/profile.json, else
+                              ~/.cache/dcgguf/profile.json) or a profile JSON path; NULL:
+                              none */
+    double storage_bps;    /* --storage-bps: plan for storage of this many bytes/s instead of
+                              the measured; implies profile "auto". 0: not set; negative, NaN
+                              or infinite: DCGGUF_ERR_INVALID_ARGUMENT */
+    uint64_t target_size;  /* --target-size: largest output in bytes (each file of a split
+                              model); tensors the model would store raw are compressed, least
+                              load time per byte saved first, until it fits; implies profile
+                              "auto". 0: none. When even compressing every tensor does not fit:
+                              DCGGUF_ERR_INVALID_ARGUMENT ("the smallest this file compresses
+                              to is N bytes"), and no output */
 } dcgguf_options;
 
-/* Fills *opts with the defaults and its size. */
+/* Fills the caller's struct of size bytes with the defaults (those of the CLI) and
+ * opts->size = size: the fields this library knows, zeros after them. size must be a
+ * version's size (sizeof of some header's dcgguf_options), else DCGGUF_ERR_INVALID_ARGUMENT.
+ * Call it through the macro dcgguf_options_init(opts), which passes sizeof *opts. */
+dcgguf_result dcgguf_options_init_size(dcgguf_options *opts, size_t size);
+
+/* The first header's initializer, kept for programs built against it: fills only the
+ * version-1 fields (104 bytes on 64-bit targets) and sets size to that. Source code calling
+ * dcgguf_options_init(opts) gets the macro below instead, so that a library with a longer
+ * struct never writes past the caller's. */
 dcgguf_result dcgguf_options_init(dcgguf_options *opts);
+#define dcgguf_options_init(opts) dcgguf_options_init_size((opts), sizeof *(opts))
 
 /* GGUF -> DC-GGUF (opts NULL: defaults). Part 1 of a split model (NAME-00001-of-0000N.gguf)
  * compresses every part into its own DC file; all outputs are checked before any is
@@ -186,6 +215,21 @@ dcgguf_result dcgguf_verify(const char *input, const char *against,
                             const dcgguf_options *opts, dcgguf_progress_fn progress,
                             void *user);
 
+/* The report of the calling thread's last dcgguf_compress / dcgguf_decompress /
+ * dcgguf_verify, copied like the JSON getters below: what `dcgguf <command> --json` prints.
+ *   compress:   {"command": "compress", "files": [{input, output, original_bytes,
+ *               output_bytes, tensors, chunks, ratio, seconds}, ...]} (one per part of a split
+ *               model); a lossy compress adds "quantize": {quantized_tensors, kept_tensors,
+ *               folded_tensors, rel_mse, output_bytes} (original_bytes is then the size of the
+ *               quantized model).
+ *   decompress: {"command": "decompress", "files": [{input, output, bytes}, ...]}
+ *   verify:     {"command": "verify", "file", "ok": true, "original_bytes", "against"}
+ * Empty ("", *out_n == 0) when that call failed or none was made on this thread. Kept per
+ * thread, like dcgguf_last_error, rather than returned through an out-parameter: its size is
+ * known only once the conversion is done, and a caller-sized buffer would mean running the
+ * conversion again to size it. */
+dcgguf_result dcgguf_last_report_json(char *buf, size_t len, size_t *out_n);
+
 /* JSON text, copied like dcgguf_last_error (truncated, NUL-terminated when len > 0) with its
  * full length in *out_n (required): call with len == 0 to size the buffer.
  *   dcgguf_inspect_json: what `dcgguf inspect --json` prints, less "command" and "file":
@@ -199,6 +243,13 @@ dcgguf_result dcgguf_verify(const char *input, const char *against,
  *     U+FFFD). */
 dcgguf_result dcgguf_inspect_json(const dcgguf_file *file, char *buf, size_t len,
                                   size_t *out_n);
+/* dcgguf_inspect_json plus, when opts (may be NULL) sets profile or storage_bps, what
+ * `dcgguf inspect --profile ... --storage-bps ... --json` adds: "predicted_load_seconds" (one
+ * per tensor, in "tensors" order), "predicted_total_load_seconds" and "storage_bps" (the
+ * bandwidth planned for). Reads opts->threads too (a profile measured now uses them); the
+ * profile may be measured by the first call (see dcgguf_options). */
+dcgguf_result dcgguf_inspect_json_opts(const dcgguf_file *file, const dcgguf_options *opts,
+                                       char *buf, size_t len, size_t *out_n);
 dcgguf_result dcgguf_metadata_json(const dcgguf_file *file, char *buf, size_t len,
                                    size_t *out_n);
 

@@ -1,7 +1,8 @@
 //! The C API: ffi/tests/api_test.c is compiled with -Wall -Wextra -Werror against
 //! ffi/dcgguf.h, linked through the pkg-config file made from ffi/dcgguf.pc.in (shared and
 //! static libdcgguf), and run on a real DC-GGUF, its original and a corrupted copy: reads,
-//! and the conversions (compress, lossy compress, verify, decompress, cancellation).
+//! and the conversions (compress, lossy compress, verify, decompress, cancellation, their
+//! reports, the cost model's options, structs of older and newer headers).
 
 mod llama_support;
 
@@ -82,6 +83,8 @@ fn check(static_link: bool) {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
     let o = run(Command::new(&exe)
+        // The cost-model checks plan with this profile ("auto"), measuring nothing.
+        .env("DCGGUF_CACHE", profile_cache())
         .arg(&dc)
         .arg(&orig)
         .arg(&bad)

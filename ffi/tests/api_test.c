@@ -2,10 +2,13 @@
  * api_test.c - exercises every declaration of dcgguf.h (built with -Wall -Wextra -Werror by
  * tests/ffi_c_api.rs). Usage: api_test model.dc.gguf original.gguf corrupt.dc.gguf SCRATCH_DIR
  * (model.dc.gguf is original.gguf compressed; the conversions write into SCRATCH_DIR).
+ * $DCGGUF_CACHE must hold a valid machine profile (profile.json) for the cost-model checks,
+ * so that they measure nothing and write nothing outside SCRATCH_DIR.
  * Exits 0 when all checks pass; prints the failing check otherwise.
  */
 #include <dcgguf.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +67,149 @@ static int exists(const char *path) {
     return f != NULL;
 }
 
+static uint64_t file_size(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fclose(f);
+    return n < 0 ? 0 : (uint64_t) n;
+}
+
+/* The calling thread's last conversion report (malloc'd; "" when there is none). */
+static char *last_report(void) {
+    size_t need = 0, got = 0;
+    if (dcgguf_last_report_json(NULL, 0, &need) != DCGGUF_OK) return NULL;
+    char *json = malloc(need + 1);
+    if (dcgguf_last_report_json(json, need + 1, &got) != DCGGUF_OK || got != need) {
+        free(json);
+        return NULL;
+    }
+    return json;
+}
+
+/* The first unsigned number after "key": in json (0 if absent). */
+static uint64_t json_u64(const char *json, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *at = json ? strstr(json, pat) : NULL;
+    return at ? strtoull(at + strlen(pat), NULL, 10) : 0;
+}
+
+/* The size a compress with options o writes to path, checked against its report (0 on
+ * failure). Removes path first. */
+static uint64_t compressed_size(const char *original, const char *path, const dcgguf_options *o) {
+    remove(path);
+    if (dcgguf_compress(original, path, o, NULL, NULL) != DCGGUF_OK) return 0;
+    char *rep = last_report();
+    uint64_t n = file_size(path);
+    CHECK(rep && json_u64(rep, "output_bytes") == n && strstr(rep, "\"command\":\"compress\""));
+    free(rep);
+    return n;
+}
+
+/* The cost model (profile, storage_bps, target_size) and the structs of older headers. */
+static void cost_model(dcgguf_file *f, const char *original, const char *dir) {
+    char out[4096], profile[4096];
+    snprintf(out, sizeof out, "%s/cost.dc.gguf", dir);
+    const char *cache = getenv("DCGGUF_CACHE");
+    CHECK(cache != NULL);
+    if (!cache) return;
+    snprintf(profile, sizeof profile, "%s/profile.json", cache);
+    CHECK(exists(profile));
+
+    dcgguf_options o;
+    CHECK(dcgguf_options_init(&o) == DCGGUF_OK);
+    CHECK(o.profile == NULL && o.storage_bps == 0 && o.target_size == 0);
+    o.level = 3;
+
+    /* storage_bps alone implies profile "auto" ($DCGGUF_CACHE/profile.json). Storage far
+     * faster than decoding: every tensor is stored raw; far slower: all are compressed. */
+    uint64_t plain = compressed_size(original, out, &o);
+    o.storage_bps = 1e15;
+    uint64_t fast = compressed_size(original, out, &o);
+    o.storage_bps = 1e3;
+    uint64_t slow = compressed_size(original, out, &o);
+    CHECK(plain > 0 && fast > slow && slow == plain);
+
+    /* target_size: just enough compressed to fit between the two. */
+    o.storage_bps = 1e15;
+    o.target_size = (fast + slow) / 2;
+    uint64_t fitted = compressed_size(original, out, &o);
+    CHECK(fitted > 0 && fitted <= o.target_size && fitted > slow);
+    printf("cost model: default %llu bytes, all raw %llu, all compressed %llu, target %llu -> "
+           "%llu\n", (unsigned long long) plain, (unsigned long long) fast,
+           (unsigned long long) slow, (unsigned long long) o.target_size,
+           (unsigned long long) fitted);
+    /* Unreachable: refused (the smallest size in the message), nothing written. */
+    o.target_size = slow / 2;
+    remove(out);
+    CHECK(dcgguf_compress(original, out, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+    char msg[512];
+    dcgguf_last_error(msg, sizeof msg);
+    CHECK(strstr(msg, "smallest") != NULL && !exists(out));
+    char *rep = last_report();
+    CHECK(rep && rep[0] == 0); /* a failed conversion leaves no report */
+    free(rep);
+    o.target_size = 0;
+
+    /* An explicit profile path; bad bandwidths are refused before anything is written. */
+    o.profile = profile;
+    o.storage_bps = 1e15;
+    CHECK(compressed_size(original, out, &o) == fast);
+    o.profile = NULL;
+    double bad[] = {-1.0, NAN, INFINITY};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        o.storage_bps = bad[i];
+        remove(out);
+        CHECK(dcgguf_compress(original, out, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+        CHECK(!exists(out));
+    }
+    o.profile = "";
+    o.storage_bps = 0;
+    CHECK(dcgguf_compress(original, out, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+    o.profile = NULL;
+
+    /* inspect with the model: the CLI's predicted load times; without, dcgguf_inspect_json. */
+    size_t need = 0, got = 0;
+    o.storage_bps = 1e9;
+    CHECK(dcgguf_inspect_json_opts(f, &o, NULL, 0, &need) == DCGGUF_OK && need > 0);
+    char *json = malloc(need + 1);
+    CHECK(dcgguf_inspect_json_opts(f, &o, json, need + 1, &got) == DCGGUF_OK && got == need);
+    CHECK(strstr(json, "\"predicted_load_seconds\":[") && strstr(json, "\"tensors\""));
+    CHECK(strstr(json, "\"storage_bps\":1000000000.0") != NULL);
+    free(json);
+    o.storage_bps = -1;
+    CHECK(dcgguf_inspect_json_opts(f, &o, NULL, 0, &need) == DCGGUF_ERR_INVALID_ARGUMENT);
+    size_t plain_n = 0;
+    CHECK(dcgguf_inspect_json(f, NULL, 0, &plain_n) == DCGGUF_OK);
+    CHECK(dcgguf_inspect_json_opts(f, NULL, NULL, 0, &need) == DCGGUF_OK && need == plain_n);
+
+    /* A struct from the first header (104 bytes on 64-bit targets, ending at gptq), filled
+     * by its initializer (the real function, not the macro): accepted, and nothing past its
+     * size is read, so the bad bandwidth there is not seen. */
+    dcgguf_options v1;
+    memset(&v1, 0, sizeof v1);
+    CHECK((dcgguf_options_init)(&v1) == DCGGUF_OK);
+    CHECK(v1.size == offsetof(dcgguf_options, profile) && v1.size < sizeof v1);
+    v1.level = 3;
+    v1.storage_bps = -1;
+    CHECK(compressed_size(original, out, &v1) == plain);
+    /* Sizes: one ending inside a field is refused; a newer (longer) header's struct is
+     * initialized with zeros past our fields and accepted while they stay zero. */
+    CHECK(dcgguf_options_init_size(&o, offsetof(dcgguf_options, profile) + 4) ==
+          DCGGUF_ERR_INVALID_ARGUMENT);
+    struct { dcgguf_options o; uint64_t later; } newer;
+    memset(&newer, 0xff, sizeof newer);
+    CHECK(dcgguf_options_init_size(&newer.o, sizeof newer) == DCGGUF_OK);
+    CHECK(newer.o.size == sizeof newer && newer.later == 0 && newer.o.level == 19);
+    newer.o.level = 3;
+    CHECK(compressed_size(original, out, &newer.o) == plain);
+    newer.later = 1;
+    CHECK(dcgguf_compress(original, out, &newer.o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
+    remove(out);
+}
+
 /* compress / verify / decompress / inspect / metadata / type names. */
 static void conversions(dcgguf_file *f, const char *original, const unsigned char *orig,
                         size_t orig_len, const char *corrupt, const char *dir) {
@@ -88,7 +234,16 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     struct progress p = {0};
     CHECK(dcgguf_compress(original, dc, &o, on_progress, &p) == DCGGUF_OK);
     CHECK(progress_ok(&p, orig_len));
+    /* Its report: what `dcgguf compress --json` prints. */
+    char *rep = last_report();
+    CHECK(rep && strstr(rep, "\"command\":\"compress\"") && strstr(rep, "\"ratio\":"));
+    CHECK(json_u64(rep, "output_bytes") == file_size(dc) && json_u64(rep, "original_bytes") == orig_len);
+    free(rep);
+    CHECK(dcgguf_last_report_json(NULL, 0, NULL) == DCGGUF_ERR_NULL_POINTER);
     CHECK(dcgguf_compress(original, dc, &o, NULL, NULL) == DCGGUF_ERR_OUTPUT_REFUSED);
+    rep = last_report();
+    CHECK(rep && rep[0] == 0);
+    free(rep);
     CHECK(dcgguf_compress(original, NULL, &o, NULL, NULL) == DCGGUF_ERR_NULL_POINTER);
     CHECK(dcgguf_compress("/nonexistent/x.gguf", back, NULL, NULL, NULL) == DCGGUF_ERR_IO);
     CHECK(dcgguf_compress(corrupt, back, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
@@ -99,6 +254,10 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     struct progress v = {0};
     CHECK(dcgguf_verify(dc, original, &o, on_progress, &v) == DCGGUF_OK);
     CHECK(progress_ok(&v, orig_len));
+    rep = last_report();
+    CHECK(rep && strstr(rep, "\"command\":\"verify\"") && strstr(rep, "\"ok\":true"));
+    CHECK(json_u64(rep, "original_bytes") == orig_len);
+    free(rep);
     CHECK(dcgguf_verify(dc, NULL, NULL, NULL, NULL) == DCGGUF_OK);
     CHECK(dcgguf_verify(corrupt, NULL, NULL, NULL, NULL) == DCGGUF_ERR_CORRUPT);
     CHECK(dcgguf_verify(original, NULL, NULL, NULL, NULL) == DCGGUF_ERR_NOT_DC);
@@ -106,6 +265,9 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     struct progress d = {0};
     CHECK(dcgguf_decompress(dc, back, &o, on_progress, &d) == DCGGUF_OK);
     CHECK(progress_ok(&d, orig_len));
+    rep = last_report();
+    CHECK(rep && strstr(rep, "\"command\":\"decompress\"") && json_u64(rep, "bytes") == orig_len);
+    free(rep);
     size_t back_len = 0;
     unsigned char *b = slurp(back, &back_len);
     CHECK(b != NULL && back_len == orig_len && memcmp(b, orig, orig_len) == 0);
@@ -138,6 +300,10 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     struct progress q = {0};
     CHECK(dcgguf_compress(original, lossy, &o, on_progress, &q) == DCGGUF_OK);
     CHECK(q.calls > 0 && !q.backwards && q.done == q.total && q.total > 0);
+    rep = last_report();
+    CHECK(rep && strstr(rep, "\"quantize\":{") && json_u64(rep, "quantized_tensors") > 0);
+    CHECK(json_u64(rep, "output_bytes") == file_size(lossy));
+    free(rep);
     CHECK(dcgguf_verify(lossy, NULL, NULL, NULL, NULL) == DCGGUF_OK);
 
     /* JSON getters: sized with len == 0, then copied whole. */
@@ -160,6 +326,8 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     CHECK(dcgguf_type_name(4, &tn) == DCGGUF_ERR_INVALID_ARGUMENT); /* retired Q4_2 */
     CHECK(dcgguf_type_name(8, NULL) == DCGGUF_ERR_NULL_POINTER);
     CHECK(dcgguf_error_message(DCGGUF_ERR_CANCELLED, NULL, 0, &need) == DCGGUF_OK && need > 0);
+
+    cost_model(f, original, dir);
 }
 
 int main(int argc, char **argv) {

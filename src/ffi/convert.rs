@@ -1,25 +1,30 @@
 //! Conversions through the C API: compress, decompress and verify files (what the CLI's
-//! subcommands do, through the same library functions), the per-tensor summary of `inspect`
-//! and the original metadata as JSON, and ggml type names.
+//! subcommands do, through the same library functions, with the report `--json` prints kept
+//! for [`dcgguf_last_report_json`]), the per-tensor summary of `inspect` (optionally with the
+//! cost model's load times) and the original metadata as JSON, and ggml type names.
 //!
 //! Options come in a [`dcgguf_options`] whose first field is its size, so that a caller built
 //! against an older header (a shorter struct) or a newer one (a longer struct, whose extra
-//! fields must then be zero) still links: see [`read_options`]. Progress goes to an optional
-//! C callback that can cancel ([`Reporter`]).
+//! fields must then be zero) still links: see [`read_options`] and
+//! [`dcgguf_options_init_size`]. Progress goes to an optional C callback that can cancel
+//! ([`Reporter`]).
 
+use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::api::dcgguf_file;
 use super::dcgguf_result::{self, *};
 use super::{Error, guard};
 use crate::codec::{EncodeOptions, LEVELS};
+use crate::cost::{self, LoadModel};
 use crate::dc::{self, CompressOptions, Job, MAX_CHUNK_RAW};
 use crate::gguf::GgmlType;
 use crate::gguf::split::split_parts;
 use crate::quant::{self, QuantArgs, QuantKind};
+use crate::report;
 
 /// `int (*)(uint64_t done, uint64_t total, void *user)`: non-zero cancels.
 pub type dcgguf_progress_fn =
@@ -33,8 +38,10 @@ pub const DCGGUF_QUANTIZE_INT8: u32 = 1;
 
 /// Options of `dcgguf_compress`, `dcgguf_decompress` and `dcgguf_verify` (each reads the
 /// fields that apply to it). Mirrors `typedef struct dcgguf_options` in ffi/dcgguf.h field for
-/// field (tests/c_header.rs compares them). Floats set to NaN and NULL paths mean "the CLI's
-/// default".
+/// field (tests/c_header.rs compares them). In the first version's fields, floats set to NaN
+/// and NULL paths mean "the CLI's default"; fields added later (from `profile` on) are
+/// defaulted by zero, so that an older library can accept a newer caller's struct whose new
+/// fields are unset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct dcgguf_options {
@@ -59,11 +66,20 @@ pub struct dcgguf_options {
     pub imatrix: *const c_char,
     pub calib: *const c_char,
     pub gptq: *const c_char,
+    // Version 2: the cost model (`compress --profile, --storage-bps, --target-size`).
+    pub profile: *const c_char,
+    pub storage_bps: f64,
+    pub target_size: u64,
 }
 
-/// The size of the first version of [`dcgguf_options`]: the smallest a caller may pass.
-/// Fields added later go after `gptq`, with zero meaning their default.
-const OPTIONS_V1_SIZE: usize = std::mem::size_of::<dcgguf_options>();
+/// The size of the first version of [`dcgguf_options`] (up to `gptq`): the smallest a caller
+/// may pass, and what [`dcgguf_options_init`] writes. Fields added later go at the end, never
+/// in between, with zero meaning their default.
+const OPTIONS_V1_SIZE: usize = std::mem::offset_of!(dcgguf_options, profile);
+
+/// The sizes of the versions of [`dcgguf_options`] so far, the current one last. A size in
+/// between two of them would end inside a field.
+const OPTIONS_SIZES: [usize; 2] = [OPTIONS_V1_SIZE, std::mem::size_of::<dcgguf_options>()];
 
 impl Default for dcgguf_options {
     fn default() -> Self {
@@ -90,8 +106,24 @@ impl Default for dcgguf_options {
             imatrix: std::ptr::null(),
             calib: std::ptr::null(),
             gptq: std::ptr::null(),
+            profile: std::ptr::null(),
+            storage_bps: 0.0,
+            target_size: 0,
         }
     }
+}
+
+/// Whether a caller's `dcgguf_options.size` is one this library can read: a version it knows,
+/// or a newer (longer) one.
+fn check_options_size(size: usize) -> Result<(), Error> {
+    let ours = std::mem::size_of::<dcgguf_options>();
+    if OPTIONS_SIZES.contains(&size) || size > ours {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "dcgguf_options.size is {size}; this library reads the sizes {OPTIONS_SIZES:?} or \
+         larger ones from newer headers (fill the struct with dcgguf_options_init)"
+    )))
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -100,10 +132,10 @@ fn invalid(msg: impl Into<String>) -> Error {
 
 /// The caller's options, or the defaults for NULL.
 ///
-/// A struct from an older header is shorter: the fields it lacks keep their defaults (there
-/// is no older version yet, so for now anything shorter than version 1 is refused). One from
-/// a newer header is longer: accepted only if the bytes this library does not know are zero
-/// (their defaults), since a set option that cannot be honoured must not be ignored.
+/// A struct from an older header is shorter: the fields it lacks keep their defaults (a size
+/// that is not one of [`OPTIONS_SIZES`] is refused). One from a newer header is longer:
+/// accepted only if the bytes this library does not know are zero (their defaults), since a
+/// set option that cannot be honoured must not be ignored.
 ///
 /// # Safety
 /// `opts` must be NULL or point to at least `(*opts).size` readable bytes, the first of them
@@ -115,12 +147,7 @@ unsafe fn read_options(opts: *const dcgguf_options) -> Result<dcgguf_options, Er
     }
     // SAFETY: non-NULL `opts` points to a struct that starts with its u32 size (contract).
     let size = unsafe { std::ptr::addr_of!((*opts).size).read_unaligned() } as usize;
-    if size < OPTIONS_V1_SIZE {
-        return Err(invalid(format!(
-            "dcgguf_options.size is {size}, the smallest version has {OPTIONS_V1_SIZE} bytes \
-             (fill the struct with dcgguf_options_init)"
-        )));
-    }
+    check_options_size(size)?;
     // SAFETY: the caller promises `size` readable bytes at `opts` (contract).
     let bytes = unsafe { std::slice::from_raw_parts(opts as *const u8, size) };
     let ours = std::mem::size_of::<dcgguf_options>();
@@ -171,7 +198,37 @@ impl dcgguf_options {
         Ok(())
     }
 
-    /// The library's compression options (with a fresh `job`).
+    /// What the `profile`, `storage_bps` and `target_size` fields ask of the cost model, as
+    /// the CLI's `--profile`, `--storage-bps` and `--target-size`; [`ModelRequest::load`]
+    /// then loads it.
+    ///
+    /// # Safety
+    /// `profile` must be NULL or NUL-terminated.
+    unsafe fn model_request(&self) -> Result<ModelRequest, Error> {
+        let profile = if self.profile.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL and NUL-terminated (contract).
+            let p = unsafe { path_arg(self.profile, "profile")? };
+            if p.as_os_str().is_empty() {
+                return Err(invalid(
+                    "profile is empty: \"auto\", a profile path, or NULL for none",
+                ));
+            }
+            Some(p)
+        };
+        // 0 (what zeroed memory and older headers give) is "not set"; the CLI has no way to
+        // ask for 0 bytes/s either (it refuses it).
+        let storage_bps = (self.storage_bps != 0.0).then_some(self.storage_bps);
+        Ok(ModelRequest {
+            profile,
+            storage_bps,
+            target_size: (self.target_size != 0).then_some(self.target_size),
+        })
+    }
+
+    /// The library's compression options (with a fresh `job`), without the cost model
+    /// (`load_model` and `target_size`: [`dcgguf_options::model_request`]).
     fn compress_options(&self, job: &Job) -> Result<CompressOptions, Error> {
         self.check_common()?;
         if !LEVELS.contains(&self.level) {
@@ -273,6 +330,26 @@ impl dcgguf_options {
     }
 }
 
+/// The cost-model fields of [`dcgguf_options`], owned (to move onto a pool's thread).
+struct ModelRequest {
+    profile: Option<PathBuf>,
+    storage_bps: Option<f64>,
+    target_size: Option<u64>,
+}
+
+impl ModelRequest {
+    /// The model asked for ([`cost::load_model_for`]; a `target_size` needs one, as
+    /// `--target-size` implies `--profile auto`). May measure this machine (seconds).
+    fn load(&self) -> Result<Option<LoadModel>, Error> {
+        let loaded = cost::load_model_for(
+            self.profile.as_deref().map(|p| p.as_os_str()),
+            self.storage_bps,
+            self.target_size.is_some(),
+        )?;
+        Ok(loaded.map(|l| l.model))
+    }
+}
+
 /// Runs `f` on a pool of `n` threads (0: the process-wide pool, one thread per core).
 fn with_threads<R: Send>(n: u32, f: impl FnOnce() -> R + Send) -> Result<R, Error> {
     if n == 0 {
@@ -333,6 +410,7 @@ pub extern "C" fn dcgguf_compress(
     user: *mut c_void,
 ) -> dcgguf_result {
     guard(|| {
+        clear_last_report();
         // SAFETY (three calls): pointer arguments follow the contract in dcgguf.h.
         let input = unsafe { path_arg(input, "input")? };
         let output = unsafe { path_arg(output, "output")? };
@@ -343,22 +421,34 @@ pub extern "C" fn dcgguf_compress(
         let quant = unsafe { o.quant_args()? };
         let rep = Reporter::new(progress, user, &job);
         let tick = |n| rep.tick(n);
-        with_threads(o.threads, || match quant {
-            Some(q) => {
-                if split_parts(&input).is_some() {
-                    return Err(invalid(
-                        "quantize does not support split models; merge them first",
-                    ));
+        // SAFETY: the caller's `profile` field follows the contract.
+        let model = unsafe { o.model_request()? };
+        let report = with_threads(o.threads, || {
+            // As the CLI: the model is loaded (or measured, on this pool's threads) first.
+            let copts = CompressOptions {
+                load_model: model.load()?.map(|m| Arc::new(m) as Arc<dyn dc::LoadCost>),
+                target_size: model.target_size,
+                ..copts
+            };
+            match quant {
+                Some(q) => {
+                    if split_parts(&input).is_some() {
+                        return Err(invalid(
+                            "quantize does not support split models; merge them first",
+                        ));
+                    }
+                    let qopts = q.options(&input, &output)?;
+                    let (q, r) = quant::compress_lossy(&input, &output, &qopts, &copts, &tick)?;
+                    Ok(report::compress_lossy(&q, &r))
                 }
-                let qopts = q.options(&input, &output)?;
-                quant::compress_lossy(&input, &output, &qopts, &copts, &tick)?;
-                Ok(())
+                None => {
+                    let files = dc::compress_parts(&input, &output, &copts, &tick)?;
+                    Ok(report::compress(&files))
+                }
             }
-            None => {
-                dc::compress_parts(&input, &output, &copts, &tick)?;
-                Ok(())
-            }
-        })?
+        })??;
+        set_last_report(&report);
+        Ok(())
     })
 }
 
@@ -373,6 +463,7 @@ pub extern "C" fn dcgguf_decompress(
     user: *mut c_void,
 ) -> dcgguf_result {
     guard(|| {
+        clear_last_report();
         // SAFETY (three calls): pointer arguments follow the contract in dcgguf.h.
         let input = unsafe { path_arg(input, "input")? };
         let output = unsafe { path_arg(output, "output")? };
@@ -380,9 +471,10 @@ pub extern "C" fn dcgguf_decompress(
         o.check_common()?;
         let job = Job::new();
         let rep = Reporter::new(progress, user, &job);
-        with_threads(o.threads, || {
+        let files = with_threads(o.threads, || {
             dc::decompress_parts(&input, &output, o.force != 0, &|n| rep.tick(n), &job)
         })??;
+        set_last_report(&report::decompress(&files));
         Ok(())
     })
 }
@@ -398,6 +490,7 @@ pub extern "C" fn dcgguf_verify(
     user: *mut c_void,
 ) -> dcgguf_result {
     guard(|| {
+        clear_last_report();
         // SAFETY (three calls): pointer arguments follow the contract in dcgguf.h.
         let input = unsafe { path_arg(input, "input")? };
         let against = if against.is_null() {
@@ -409,22 +502,88 @@ pub extern "C" fn dcgguf_verify(
         o.check_common()?;
         let job = Job::new();
         let rep = Reporter::new(progress, user, &job);
-        with_threads(o.threads, || {
+        let original_bytes = with_threads(o.threads, || {
             dc::verify_file(&input, against.as_deref(), &|n| rep.tick(n), &job)
         })??;
+        set_last_report(&report::verify(&input, original_bytes, against.as_deref()));
         Ok(())
     })
 }
 
-/// Fills `*opts` with the defaults (those of the CLI) and its size.
+thread_local! {
+    /// The JSON report of the calling thread's last successful conversion (empty after a
+    /// failed one), for [`dcgguf_last_report_json`].
+    static LAST_REPORT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn clear_last_report() {
+    LAST_REPORT.with(|r| r.borrow_mut().clear());
+}
+
+fn set_last_report(v: &serde_json::Value) {
+    LAST_REPORT.with(|r| *r.borrow_mut() = v.to_string());
+}
+
+/// What `dcgguf compress|decompress|verify --json` prints for the calling thread's last
+/// conversion, if it succeeded (else an empty string): copied like [`dcgguf_inspect_json`].
+#[unsafe(no_mangle)]
+pub extern "C" fn dcgguf_last_report_json(
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> dcgguf_result {
+    guard(|| {
+        LAST_REPORT.with(|r| {
+            // SAFETY: `buf`, `len` and `out_n` follow the documented contract.
+            unsafe { copy_text(&r.borrow(), buf, len, out_n) }
+        })
+    })
+}
+
+/// Fills the first version's fields of `*opts` ([`OPTIONS_V1_SIZE`] bytes) with the defaults
+/// and `size` = that size: what programs built against the first header, which call this
+/// symbol with a struct of that size, expect. dcgguf.h now turns calls to
+/// `dcgguf_options_init(opts)` into [`dcgguf_options_init_size`]`(opts, sizeof *opts)`.
 #[unsafe(no_mangle)]
 pub extern "C" fn dcgguf_options_init(opts: *mut dcgguf_options) -> dcgguf_result {
+    // SAFETY: a caller of this symbol has a first-version struct (contract above).
+    unsafe { init_options(opts, OPTIONS_V1_SIZE) }
+}
+
+/// Fills the caller's `size`-byte `*opts` with the defaults (those of the CLI) and `size`:
+/// the fields this library knows that fit, zeros after them (the default of every field a
+/// newer header adds). `size` must be one [`read_options`] accepts.
+#[unsafe(no_mangle)]
+pub extern "C" fn dcgguf_options_init_size(
+    opts: *mut dcgguf_options,
+    size: usize,
+) -> dcgguf_result {
+    // SAFETY: `opts` has `size` writable bytes (contract in dcgguf.h).
+    unsafe { init_options(opts, size) }
+}
+
+/// # Safety
+/// `opts` must be NULL or have `size` writable bytes.
+unsafe fn init_options(opts: *mut dcgguf_options, size: usize) -> dcgguf_result {
     guard(|| {
         if opts.is_null() {
             return Err(Error::null("options"));
         }
-        // SAFETY: non-NULL `opts` is valid for a write of the struct (contract).
-        unsafe { opts.write_unaligned(dcgguf_options::default()) };
+        check_options_size(size)?;
+        let size32 = u32::try_from(size)
+            .map_err(|_| invalid(format!("dcgguf_options size {size} is too large")))?;
+        let d = dcgguf_options {
+            size: size32,
+            ..dcgguf_options::default()
+        };
+        let ours = std::mem::size_of::<dcgguf_options>();
+        let n = ours.min(size);
+        // SAFETY: `opts` has `size` >= n writable bytes (contract); `d` has `ours` >= n; the
+        // two do not overlap (`d` is a local). The bytes past `ours` are zeroed, within `size`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(std::ptr::addr_of!(d) as *const u8, opts as *mut u8, n);
+            std::ptr::write_bytes((opts as *mut u8).add(n), 0, size - n);
+        }
         Ok(())
     })
 }
@@ -475,6 +634,44 @@ pub extern "C" fn dcgguf_inspect_json(
         let f = unsafe { handle(f)? };
         let json = serde_json::to_string(&f.dc.summary())
             .map_err(|e| Error::new(DCGGUF_ERR_OTHER, e.to_string()))?;
+        // SAFETY: `buf`, `len` and `out_n` follow the documented contract.
+        unsafe { copy_text(&json, buf, len, out_n) }
+    })
+}
+
+/// [`dcgguf_inspect_json`] plus, when `opts` sets `profile` or `storage_bps`, the cost
+/// model's predicted load times: what `dcgguf inspect --profile/--storage-bps --json` adds
+/// ("predicted_load_seconds" per tensor, "predicted_total_load_seconds", "storage_bps").
+/// `opts` may be NULL (no model).
+#[unsafe(no_mangle)]
+pub extern "C" fn dcgguf_inspect_json_opts(
+    f: *const dcgguf_file,
+    opts: *const dcgguf_options,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> dcgguf_result {
+    guard(|| {
+        // SAFETY (two calls): `f` and `opts` follow the documented pointer contract.
+        let f = unsafe { handle(f)? };
+        let o = unsafe { read_options(opts)? };
+        o.check_common()?;
+        // SAFETY: the caller's `profile` field follows the contract.
+        let request = unsafe { o.model_request()? };
+        // `inspect` has no target size: only profile and storage_bps ask for a model.
+        let request = ModelRequest {
+            target_size: None,
+            ..request
+        };
+        let model = with_threads(o.threads, || request.load())??;
+        let predicted = model
+            .as_ref()
+            .map(|m| (cost::predicted_load_seconds(&f.dc, m), m));
+        let json = report::inspect(
+            &f.dc.summary(),
+            predicted.as_ref().map(|(p, m)| (p.as_slice(), *m)),
+        )
+        .to_string();
         // SAFETY: `buf`, `len` and `out_n` follow the documented contract.
         unsafe { copy_text(&json, buf, len, out_n) }
     })
@@ -579,6 +776,115 @@ mod tests {
         // SAFETY: as above.
         let e = unsafe { read_options(&newer.v1) }.err().unwrap();
         assert!(e.msg.contains("newer libdcgguf"), "{}", e.msg);
+    }
+
+    /// A first-version caller: its struct ends at `gptq`. The library reads no further, and
+    /// the fields added since keep their defaults (no cost model); a size that ends inside a
+    /// field is refused.
+    #[test]
+    fn first_version_structs_are_read_and_written_only_up_to_their_size() {
+        assert_eq!(
+            OPTIONS_V1_SIZE,
+            std::mem::offset_of!(dcgguf_options, gptq) + 8
+        );
+        #[repr(C)]
+        struct Guarded {
+            o: dcgguf_options,
+            guard: [u8; 8],
+        }
+        let mut g = Guarded {
+            o: dcgguf_options::default(),
+            guard: [0xAB; 8],
+        };
+        // Whatever lies past a version-1 struct in the caller's memory: not its fields.
+        g.o.profile = c"/nonexistent/profile.json".as_ptr();
+        g.o.storage_bps = -1.0;
+        g.o.target_size = 7;
+        let tail: Vec<u8> = {
+            // SAFETY: reading the initialized bytes of `g` after the version-1 prefix.
+            let p = std::ptr::addr_of!(g) as *const u8;
+            unsafe { std::slice::from_raw_parts(p.add(OPTIONS_V1_SIZE), 32) }.to_vec()
+        };
+        assert_eq!(dcgguf_options_init(&mut g.o), DCGGUF_OK);
+        assert_eq!(g.o.size as usize, OPTIONS_V1_SIZE);
+        assert_eq!(g.o.level, CompressOptions::default().encode.level);
+        {
+            // SAFETY: as above.
+            let p = std::ptr::addr_of!(g) as *const u8;
+            let now = unsafe { std::slice::from_raw_parts(p.add(OPTIONS_V1_SIZE), 32) };
+            assert_eq!(now, &tail[..], "the legacy init wrote past version 1");
+        }
+        // SAFETY: `g` has more than `size` readable bytes.
+        let o = unsafe { read_options(&g.o) }.unwrap();
+        assert!(o.profile.is_null() && o.storage_bps == 0.0 && o.target_size == 0);
+        // SAFETY: NULL profile.
+        let r = unsafe { o.model_request() }.unwrap();
+        assert!(r.profile.is_none() && r.storage_bps.is_none() && r.target_size.is_none());
+        assert!(r.load().unwrap().is_none());
+
+        for size in [OPTIONS_V1_SIZE + 8, OPTIONS_V1_SIZE - 8, 0] {
+            g.o.size = size as u32;
+            // SAFETY: `g` has more than `size` readable bytes.
+            let e = unsafe { read_options(&g.o) }.err().unwrap();
+            assert_eq!(e.code, DCGGUF_ERR_INVALID_ARGUMENT, "{size}");
+            assert_eq!(
+                dcgguf_options_init_size(&mut g.o, size),
+                DCGGUF_ERR_INVALID_ARGUMENT
+            );
+        }
+    }
+
+    /// The sized init writes exactly `size` bytes: defaults, then zeros for a newer header's
+    /// fields, which read_options then accepts.
+    #[test]
+    fn sized_init_fills_exactly_the_callers_struct() {
+        #[repr(C)]
+        struct Newer {
+            o: dcgguf_options,
+            extra: [u8; 16],
+            guard: [u8; 8],
+        }
+        let mut n = Newer {
+            o: dcgguf_options::default(),
+            extra: [0xCD; 16],
+            guard: [0xAB; 8],
+        };
+        n.o.target_size = 99;
+        let size = std::mem::size_of::<dcgguf_options>() + 16;
+        assert_eq!(dcgguf_options_init_size(&mut n.o, size), DCGGUF_OK);
+        assert_eq!(n.o.size as usize, size);
+        assert_eq!(n.o.target_size, 0);
+        assert!(n.o.step.is_nan() && n.o.gptq_damp.is_nan());
+        assert_eq!(n.extra, [0; 16]);
+        assert_eq!(n.guard, [0xAB; 8]);
+        // SAFETY: `n` has `size` readable bytes.
+        assert!(unsafe { read_options(&n.o) }.is_ok());
+        assert_eq!(
+            dcgguf_options_init_size(std::ptr::null_mut(), size),
+            DCGGUF_ERR_NULL_POINTER
+        );
+    }
+
+    #[test]
+    fn cost_fields_map_like_the_cli() {
+        let mut o = dcgguf_options::default();
+        o.storage_bps = 2e9;
+        o.target_size = 1 << 30;
+        // SAFETY: NULL profile.
+        let r = unsafe { o.model_request() }.unwrap();
+        assert_eq!((r.storage_bps, r.target_size), (Some(2e9), Some(1 << 30)));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            o.storage_bps = bad;
+            // SAFETY: as above.
+            let e = unsafe { o.model_request() }.unwrap().load().err().unwrap();
+            assert_eq!(e.code, DCGGUF_ERR_INVALID_ARGUMENT, "{bad}");
+            assert!(e.msg.contains("storage_bps"), "{}", e.msg);
+        }
+        o.storage_bps = 0.0;
+        o.profile = c"".as_ptr();
+        // SAFETY: a NUL-terminated profile.
+        let e = unsafe { o.model_request() }.err().unwrap();
+        assert_eq!(e.code, DCGGUF_ERR_INVALID_ARGUMENT);
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::cost::CostError;
 use crate::dc::{DcError, ErrorKind};
+use crate::io::OutputError;
 use crate::llama::LlamaError;
 use crate::llama::stream::StreamError;
 use crate::llama::user_load::UserRouteError;
@@ -162,6 +164,28 @@ impl From<LlamaError> for Error {
             LlamaError::Io { .. } => DCGGUF_ERR_IO,
             LlamaError::BadPath(_) => DCGGUF_ERR_INVALID_ARGUMENT,
             LlamaError::Budget(_) => DCGGUF_ERR_INVALID_ARGUMENT,
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl From<CostError> for Error {
+    fn from(e: CostError) -> Error {
+        let code = match &e {
+            CostError::Dc(d) => dc_code(d),
+            // As `DcError::Output` maps (ErrorKind).
+            CostError::Output(o) => match o {
+                OutputError::Io { .. } => DCGGUF_ERR_IO,
+                OutputError::Exists(_)
+                | OutputError::IsInput(_)
+                | OutputError::NotRegular { .. }
+                | OutputError::NotAFilePath(_) => DCGGUF_ERR_OUTPUT_REFUSED,
+            },
+            CostError::Io { .. } => DCGGUF_ERR_IO,
+            CostError::StorageBps(_) => DCGGUF_ERR_INVALID_ARGUMENT,
+            CostError::Threads { .. } => DCGGUF_ERR_THREADS,
+            // The synthetic sample did not decode: a bug, not the caller's data.
+            CostError::Codec(_) => DCGGUF_ERR_OTHER,
         };
         Error::new(code, e.to_string())
     }

@@ -311,6 +311,23 @@ pub fn dc_of(src: &Path) -> PathBuf {
     out
 }
 
+static PROBE: Mutex<()> = Mutex::new(());
+
+/// A `DCGGUF_CACHE` directory (under CARGO_TARGET_TMPDIR) holding a valid machine profile, for
+/// tests of the cost model's `auto` profile: measured by `dcgguf probe` on first use and kept
+/// while it stays valid, so that such tests spend no seconds measuring and never write to
+/// ~/.cache.
+pub fn profile_cache() -> PathBuf {
+    let _g = PROBE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir().join("profile-cache");
+    // Without --force, probe keeps a valid saved profile and re-measures a stale one.
+    let o = run(Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+        .args(["-q", "probe", "--output"])
+        .arg(dir.join("profile.json")));
+    assert_exit(&o, true, "dcgguf probe");
+    dir
+}
+
 /// A copy of `dc` with one byte flipped in the middle of the file (inside some tensor's
 /// compressed chunk: dc.data is nearly all of the file).
 pub fn corrupted_copy(dc: &Path, name: &str) -> PathBuf {
