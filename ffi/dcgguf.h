@@ -221,7 +221,7 @@ dcgguf_result dcgguf_verify(const char *input, const char *against,
  *               output_bytes, tensors, chunks, ratio, seconds}, ...]} (one per part of a split
  *               model); a lossy compress adds "quantize": {quantized_tensors, kept_tensors,
  *               folded_tensors, rel_mse, output_bytes} (original_bytes is then the size of the
- *               quantized model).
+ *               quantized GGUF the file decompresses to).
  *   decompress: {"command": "decompress", "files": [{input, output, bytes}, ...]}
  *   verify:     {"command": "verify", "file", "ok": true, "original_bytes", "against"}
  * Empty ("", *out_n == 0) when that call failed or none was made on this thread. Kept per

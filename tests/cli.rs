@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::*;
 use dcgguf::dc::DcFile;
-use dcgguf::gguf::{GgufHeader, Value, ValueType};
+use dcgguf::gguf::{GgmlType, GgufHeader, Value, ValueType};
 use serde_json::Value as Json;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -579,4 +579,91 @@ fn split_runs_fail_before_writing_any_part() {
         );
     }
     assert!(dir.tmp_leftovers().is_empty());
+}
+
+/// `--profile`, `--storage-bps` and `--target-size` (the library's `cost::load_model_for`,
+/// shared with the C and Python APIs): what they store raw, sizes met or refused, and the
+/// usage errors, spelled as the user typed them.
+#[test]
+fn cost_model_options() {
+    let dir = TempDir::new("cli-cost");
+    let mut rng = Rng::new(41);
+    let input = dir.write(
+        "m.gguf",
+        &GgufBuilder::new()
+            .tensor(Tensor::random("a", &[4096, 64], GgmlType::BF16, &mut rng))
+            .tensor(Tensor::random("b", &[4096, 64], GgmlType::F16, &mut rng))
+            .build(),
+    );
+    // A small measured profile, so that nothing here measures for seconds or writes to
+    // ~/.cache.
+    let profile = dir.join("profile.json");
+    let opts = dcgguf::cost::ProbeOptions {
+        storage_dir: dir.path().to_path_buf(),
+        file_bytes: 8 << 20,
+        sample_bytes: 1 << 20,
+    };
+    let p = dcgguf::cost::probe::probe(&opts).unwrap();
+    dcgguf::cost::probe::save_profile(&p, &profile).unwrap();
+
+    let size = |name: &str, extra: &[&OsStr]| -> u64 {
+        let out = dir.join(name);
+        let mut args = os!["--json", "compress", &input, &out, "--profile", &profile].to_vec();
+        args.extend_from_slice(extra);
+        let v = dcgguf(&args).ok().json();
+        let n = std::fs::metadata(&out).unwrap().len();
+        assert_eq!(v["files"][0]["output_bytes"], n);
+        n
+    };
+    let fast = size("fast.dc.gguf", os!["--storage-bps", "1e15"]);
+    let slow = size("slow.dc.gguf", os!["--storage-bps", "1e3"]);
+    assert!(fast > slow, "{fast} {slow}");
+    let target = (fast + slow) / 2;
+    let fitted = size(
+        "fit.dc.gguf",
+        os![
+            "--storage-bps",
+            "1e15",
+            "--target-size",
+            &target.to_string()
+        ],
+    );
+    assert!(
+        fitted <= target && fitted > slow,
+        "{fitted} {target} {slow}"
+    );
+
+    let v = dcgguf(os![
+        "--json",
+        "inspect",
+        &dir.join("fast.dc.gguf"),
+        "--profile",
+        &profile,
+        "--storage-bps",
+        "1e9"
+    ])
+    .ok()
+    .json();
+    assert_eq!(v["storage_bps"], 1e9);
+    assert_eq!(v["predicted_load_seconds"].as_array().unwrap().len(), 2);
+
+    let out = dir.join("no.dc.gguf");
+    let e = expect_fail(
+        os![
+            "compress",
+            &input,
+            &out,
+            "--profile",
+            &profile,
+            "--target-size",
+            &(slow / 2).to_string()
+        ],
+        2,
+    );
+    assert!(e.stderr.contains("smallest"), "{}", e.stderr);
+    for bad in ["0", "nan"] {
+        let e = expect_fail(os!["compress", &input, &out, "--storage-bps", bad], 2);
+        assert!(e.stderr.contains("--storage-bps"), "{}", e.stderr);
+    }
+    assert!(!out.exists());
 }

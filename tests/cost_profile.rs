@@ -9,7 +9,7 @@ use common::{GgufBuilder, Rng, Tensor};
 use dcgguf::dc::{CompressOptions, DcFile, compress_file};
 
 use dcgguf::cost::probe::{PROFILE_VERSION, save_profile};
-use dcgguf::cost::{LoadModel, ProbeOptions, Stale, load_or_probe, load_profile};
+use dcgguf::cost::{LoadModel, ProbeOptions, Stale, load_model_for, load_or_probe, load_profile};
 use dcgguf::gguf::GgmlType;
 
 fn tmp_dir(tag: &str) -> PathBuf {
@@ -172,5 +172,35 @@ fn target_size_compresses_just_enough() {
         "{err}"
     );
     assert!(!dir.join("no.dc.gguf").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// What every front end calls for `--profile PATH [--storage-bps N]`: the saved profile as
+/// is (nothing measured), planning for the given storage or else the measured one.
+#[test]
+fn load_model_for_reads_the_named_profile_and_plans_for_the_given_storage() {
+    let dir = tmp_dir("request");
+    let path = dir.join("profile.json");
+    let (p, _) = load_or_probe(&path, &small(&dir)).unwrap();
+    let l = load_model_for(Some(path.as_os_str()), Some(123e6), false)
+        .unwrap()
+        .expect("a profile was asked for");
+    assert_eq!(l.remeasured, None, "a valid profile is not measured again");
+    assert_eq!(l.path, path);
+    assert_eq!(l.model.storage_bps, 123e6);
+    assert_eq!(l.model.profile().measured_unix, p.measured_unix);
+    let l = load_model_for(Some(path.as_os_str()), None, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.model.storage_bps, p.storage_bps());
+    // A profile that is not there is measured and saved where it was named.
+    let fresh = dir.join("sub/fresh.json");
+    let l = load_model_for(Some(fresh.as_os_str()), Some(1e9), false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.remeasured, Some(Stale::Missing));
+    assert!(load_profile(&fresh).is_ok());
+    let e = load_model_for(Some(path.as_os_str()), Some(-1.0), false).unwrap_err();
+    assert!(matches!(e, dcgguf::cost::CostError::StorageBps(_)), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -54,6 +54,10 @@ fn python_package_unittests() {
         .env("DCGGUF_SHARED_MODELS", minilm.parent().unwrap())
         .env("DCGGUF_SMOLLM2", &smollm2)
         .env("DCGGUF_TEST_TMP", &scratch)
+        // The cost-model tests plan with this build's profile ("auto"), measuring nothing.
+        .env("DCGGUF_CACHE", profile_cache())
+        // The command whose --json the package's reports must equal.
+        .env("DCGGUF_CLI", env!("CARGO_BIN_EXE_dcgguf"))
         // A missing model fails a Python test instead of skipping it.
         .env("DCGGUF_PY_TEST_STRICT", "1"));
     let out = text(&o);
@@ -74,7 +78,7 @@ fn python_package_unittests() {
                 .ok()
         })
         .expect("unittest summary line");
-    assert!(ran >= 11, "only {ran} Python tests ran:\n{out}");
+    assert!(ran >= 19, "only {ran} Python tests ran:\n{out}");
 }
 
 /// What the installed package reports, run from outside the repository so that the copy in
@@ -83,12 +87,13 @@ const INSTALLED: &str = r#"
 import json, pathlib, sys
 import dcgguf, dcgguf._lib as lib
 src, out = sys.argv[1], sys.argv[2]
-dcgguf.compress(src, out, level=1)
+report = dcgguf.compress(src, out, level=1)
 dcgguf.verify(out, against=src)
 with dcgguf.DcReader(out) as r:
     n = len(r.tensors)
 print(json.dumps({"module": dcgguf.__file__, "lib": str(lib.path()), "prefix": sys.prefix,
-                  "tensors": n, "version": dcgguf.library_version()}))
+                  "tensors": n, "version": dcgguf.library_version(),
+                  "report_bytes": report["files"][0]["output_bytes"]}))
 "#;
 
 #[test]
@@ -156,5 +161,9 @@ fn pip_install_into_a_venv() {
         r["tensors"], 101,
         "MiniLM's tensors through the installed DcReader"
     );
-    assert!(out.is_file());
+    assert_eq!(
+        r["report_bytes"],
+        std::fs::metadata(&out).unwrap().len(),
+        "compress()'s report vs the file written"
+    );
 }

@@ -45,8 +45,9 @@ QUANTIZE_INT8 = 1
 
 
 class Options(Structure):
-    """``struct dcgguf_options`` (field for field; checked against the library's size when it
-    is loaded)."""
+    """``struct dcgguf_options`` of ffi/dcgguf.h, field for field (version 2). Filled by
+    ``dcgguf_options_init_size`` with this size, so that a newer library (a longer struct)
+    reads it as what it is: a version-2 struct whose later fields keep their defaults."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -70,6 +71,10 @@ class Options(Structure):
         ("imatrix", c_char_p),
         ("calib", c_char_p),
         ("gptq", c_char_p),
+        # Version 2: the cost model. Zero is "not set" for each.
+        ("profile", c_char_p),
+        ("storage_bps", c_double),
+        ("target_size", c_uint64),
     ]
 
 
@@ -106,11 +111,16 @@ _PROTOTYPES = {
     "dcgguf_read_at": (_R, [_FILE, c_uint64, c_void_p, c_size_t, POINTER(c_size_t)]),
     "dcgguf_llama_check": (_R, []),
     "dcgguf_set_memory_budget": (_R, [c_char_p]),
-    "dcgguf_options_init": (_R, [POINTER(Options)]),
+    "dcgguf_options_init_size": (_R, [POINTER(Options), c_size_t]),
     "dcgguf_compress": (_R, [c_char_p, c_char_p, POINTER(Options), PROGRESS_FN, c_void_p]),
     "dcgguf_decompress": (_R, [c_char_p, c_char_p, POINTER(Options), PROGRESS_FN, c_void_p]),
     "dcgguf_verify": (_R, [c_char_p, c_char_p, POINTER(Options), PROGRESS_FN, c_void_p]),
+    "dcgguf_last_report_json": (_R, [c_char_p, c_size_t, POINTER(c_size_t)]),
     "dcgguf_inspect_json": (_R, [_FILE, c_char_p, c_size_t, POINTER(c_size_t)]),
+    "dcgguf_inspect_json_opts": (
+        _R,
+        [_FILE, POINTER(Options), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
     "dcgguf_metadata_json": (_R, [_FILE, c_char_p, c_size_t, POINTER(c_size_t)]),
     "dcgguf_type_name": (_R, [c_uint32, POINTER(c_char_p)]),
 }
@@ -168,12 +178,14 @@ def load():
                 ) from None
             fn.restype = restype
             fn.argtypes = argtypes
-        # The struct layout is ABI: a library that fills in another size is another version.
+        # Every library with dcgguf_options_init_size reads a version-2 struct (a newer one
+        # takes it for what it is); one that refuses its size is not a version this package
+        # can talk to.
         o = Options()
-        if lib.dcgguf_options_init(ctypes.byref(o)) != 0 or o.size != ctypes.sizeof(Options):
+        if lib.dcgguf_options_init_size(ctypes.byref(o), ctypes.sizeof(Options)) != 0:
             raise LibraryNotFoundError(
-                f"{path}: dcgguf_options has {o.size} bytes there, "
-                f"{ctypes.sizeof(Options)} here: library and package versions differ"
+                f"{path}: refuses a dcgguf_options of {ctypes.sizeof(Options)} bytes: "
+                "library and package versions differ"
             )
         _lib, _path = lib, path
         return lib

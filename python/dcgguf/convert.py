@@ -1,6 +1,14 @@
 """compress / decompress / verify / inspect: the CLI's subcommands, run in-process by
 libdcgguf's ``dcgguf_compress``, ``dcgguf_decompress``, ``dcgguf_verify`` and
-``dcgguf_inspect_json`` (the same library code the ``dcgguf`` command runs).
+``dcgguf_inspect_json_opts`` (the same library code the ``dcgguf`` command runs). Each returns
+what the subcommand prints with ``--json``, as a dict (``dcgguf_last_report_json``).
+
+Cost model (``compress`` and ``inspect``): ``profile="auto"`` (the saved machine profile,
+``$DCGGUF_CACHE/profile.json`` or ``~/.cache/dcgguf/profile.json``) or a profile path,
+``storage_bps`` (plan for storage of that many bytes/s; implies ``"auto"``) and, for compress,
+``target_size`` (largest output in bytes; implies ``"auto"``), as ``--profile``,
+``--storage-bps`` and ``--target-size``. A missing or stale profile is measured first (a few
+seconds; a 128 MiB temporary file next to the profile) and saved, as the CLI does.
 
 Progress: pass ``progress=callable(done, total)``; it is called with bytes done and the total
 (compress: input bytes; decompress and verify: original bytes; a lossy compress: bytes of the
@@ -17,6 +25,7 @@ operation has completed.
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 
@@ -32,13 +41,13 @@ def _path(p):
 
 def _options(lib, threads=0, force=False, **kw):
     o = _lib.Options()
-    check(lib, lib.dcgguf_options_init(ctypes.byref(o)))
+    check(lib, lib.dcgguf_options_init_size(ctypes.byref(o), ctypes.sizeof(o)))
     o.threads = threads
     o.force = 1 if force else 0
     for name, value in kw.items():
         if value is None:
-            continue  # keeps the library's default (NaN / NULL / the CLI's value)
-        if name in ("imatrix", "calib", "gptq"):
+            continue  # keeps the library's default (NaN / NULL / 0 / the CLI's value)
+        if name in ("imatrix", "calib", "gptq", "profile"):
             value = _path(value)
         elif name in ("per_row", "permute"):
             value = 1 if value else 0
@@ -103,12 +112,41 @@ class _Progress:
         check(lib, code)
 
 
+def _cost_options(storage_bps, target_size):
+    """Refuses what the C struct cannot carry: there 0 means "not set", while the CLI refuses
+    ``--storage-bps 0`` and can never meet ``--target-size 0``."""
+    if storage_bps is not None and not storage_bps > 0:
+        raise InvalidArgumentError(
+            f"storage_bps={storage_bps!r}: must be a positive number of bytes per second", 2
+        )
+    if target_size is not None and (
+        isinstance(target_size, bool) or not isinstance(target_size, int) or target_size <= 0
+    ):
+        raise InvalidArgumentError(
+            f"target_size={target_size!r}: must be a positive int (bytes)", 2
+        )
+
+
+def _json_text(call):
+    """A JSON getter's text, parsed: ``call(buf, len, out_n)`` sized with a first call, then
+    copied (``None`` for an empty text)."""
+    n = ctypes.c_size_t()
+    call(None, 0, ctypes.byref(n))
+    buf = ctypes.create_string_buffer(n.value + 1)
+    call(buf, n.value + 1, ctypes.byref(n))
+    text = buf.raw[: n.value].decode("utf-8")
+    return json.loads(text) if text else None
+
+
 def _run(fn, a, b, opts, progress):
+    """Runs a conversion and returns its report (read on this thread, where the library
+    keeps it)."""
     lib = _lib.load()
     p = _Progress(progress)
     with p.sigint_cancels():
         code = getattr(lib, fn)(a, b, ctypes.byref(opts), p.c_fn, None)
     p.finish(lib, code)
+    return _json_text(lambda *args: check(lib, lib.dcgguf_last_report_json(*args)))
 
 
 def compress(
@@ -134,9 +172,18 @@ def compress(
     calib=None,
     gptq=None,
     gptq_damp=None,
+    profile=None,
+    storage_bps=None,
+    target_size=None,
     progress=None,
 ):
-    """GGUF -> DC-GGUF, as ``dcgguf compress``.
+    """GGUF -> DC-GGUF, as ``dcgguf compress``. Returns what ``dcgguf compress --json``
+    prints: ``{"command": "compress", "files": [...]}``, one dict per file written
+    (``input``, ``output``, ``original_bytes``, ``output_bytes``, ``tensors``, ``chunks``,
+    ``ratio``, ``seconds``; one per part of a split model), plus for ``quantize="int8"``
+    ``"quantize"``: ``quantized_tensors``, ``kept_tensors``, ``folded_tensors``, ``rel_mse``,
+    ``output_bytes`` (the quantized model's tensor data; the file's ``original_bytes`` is the
+    size of the quantized GGUF it decompresses to).
 
     ``level`` Zstd level -7..22 (default 19), ``chunk_size`` raw bytes per chunk (default
     1 MiB, at most 64 MiB), ``threads`` 0 = one per core, ``force`` replaces an existing output.
@@ -147,9 +194,14 @@ def compress(
     ``block_adapt``, ``prune``, ``rdo``, ``permute``, ``per_row``, ``imatrix``, ``calib``,
     ``gptq``, ``gptq_damp``); None keeps the CLI's default. Without ``quantize`` they are
     refused (:class:`InvalidArgumentError`), as the CLI refuses them.
+
+    Cost model (see the module docstring): ``profile`` ("auto" or a path), ``storage_bps``
+    (bytes/s, > 0) and ``target_size`` (bytes, > 0; when even compressing everything does not
+    fit, :class:`InvalidArgumentError` naming the smallest size, and no output).
     """
     if quantize not in _QUANTIZE:
         raise InvalidArgumentError(f"quantize={quantize!r}: None or 'int8'", 2)
+    _cost_options(storage_bps, target_size)
     lib = _lib.load()
     opts = _options(
         lib,
@@ -172,33 +224,42 @@ def compress(
         calib=calib,
         gptq=gptq,
         gptq_damp=gptq_damp,
+        profile=profile,
+        storage_bps=storage_bps,
+        target_size=target_size,
     )
-    _run("dcgguf_compress", _path(input), _path(output), opts, progress)
+    return _run("dcgguf_compress", _path(input), _path(output), opts, progress)
 
 
 def decompress(input, output, *, threads=0, force=False, progress=None):
     """DC-GGUF -> the original GGUF, bit for bit (a lossy DC file gives the quantized GGUF),
-    every checksum checked, as ``dcgguf decompress``."""
+    every checksum checked, as ``dcgguf decompress``. Returns ``{"command": "decompress",
+    "files": [{"input", "output", "bytes"}, ...]}`` (one per part of a split model)."""
     opts = _options(_lib.load(), threads=threads, force=force)
-    _run("dcgguf_decompress", _path(input), _path(output), opts, progress)
+    return _run("dcgguf_decompress", _path(input), _path(output), opts, progress)
 
 
 def verify(input, against=None, *, threads=0, progress=None):
     """Decodes all of a DC-GGUF file and checks every checksum; with ``against`` also
     compares the decoded bytes with that file (a difference raises
-    :class:`~dcgguf.errors.CorruptError`), as ``dcgguf verify [--against]``."""
+    :class:`~dcgguf.errors.CorruptError`), as ``dcgguf verify [--against]``. Returns
+    ``{"command": "verify", "file", "ok": True, "original_bytes", "against"}``."""
     opts = _options(_lib.load(), threads=threads)
     other = None if against is None else _path(against)
-    _run("dcgguf_verify", _path(input), other, opts, progress)
+    return _run("dcgguf_verify", _path(input), other, opts, progress)
 
 
-def inspect(path):
-    """What ``dcgguf inspect --json`` prints, as a dict: ``format_version``,
-    ``original_bytes``, ``file_bytes``, ``ratio``, ``tensor_raw_bytes``,
+def inspect(path, *, profile=None, storage_bps=None, threads=0):
+    """What ``dcgguf inspect --json`` prints, as a dict (less ``command`` and ``file``):
+    ``format_version``, ``original_bytes``, ``file_bytes``, ``ratio``, ``tensor_raw_bytes``,
     ``tensor_stored_bytes``, ``entropy_bound_bytes`` and ``tensors`` (one dict per tensor:
     ``name``, ``ggml_type``, ``shape`` in ggml order, ``raw_bytes``, ``stored_bytes``,
-    ``ratio``, ``transform``, ``chunks``, ``raw_chunks``, ``entropy_bound_bytes``)."""
+    ``ratio``, ``transform``, ``chunks``, ``raw_chunks``, ``entropy_bound_bytes``).
+
+    With ``profile`` or ``storage_bps`` (as for :func:`compress`) also the cost model's
+    prediction, as ``inspect --profile/--storage-bps``: ``predicted_load_seconds`` (one per
+    tensor, in ``tensors`` order), ``predicted_total_load_seconds`` and ``storage_bps``."""
     from .reader import DcReader
 
     with DcReader(path) as r:
-        return r.inspect()
+        return r.inspect(profile=profile, storage_bps=storage_bps, threads=threads)

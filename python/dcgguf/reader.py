@@ -176,12 +176,13 @@ class DcReader:
 
     # -- metadata and summary ------------------------------------------------------------
 
-    def _json(self, fn):
-        """A ``dcgguf_*_json`` getter's text, parsed: sized with a first call, then copied."""
+    def _json(self, fn, *args):
+        """A ``dcgguf_*_json`` getter's text (``args`` go between the handle and the buffer),
+        parsed: sized with a first call, then copied."""
         n = ctypes.c_size_t()
-        self._call(fn, None, 0, ctypes.byref(n))
+        self._call(fn, *args, None, 0, ctypes.byref(n))
         buf = ctypes.create_string_buffer(n.value + 1)
-        self._call(fn, buf, n.value + 1, ctypes.byref(n))
+        self._call(fn, *args, buf, n.value + 1, ctypes.byref(n))
         return json.loads(buf.raw[: n.value].decode("utf-8"))
 
     def _meta(self):
@@ -205,9 +206,17 @@ class DcReader:
             for e in self._meta()
         }
 
-    def inspect(self):
-        """The per-tensor summary of :func:`dcgguf.inspect`."""
-        return self._json("dcgguf_inspect_json")
+    def inspect(self, *, profile=None, storage_bps=None, threads=0):
+        """The per-tensor summary of :func:`dcgguf.inspect` (with ``profile`` or
+        ``storage_bps``: and the cost model's predicted load times)."""
+        if profile is None and storage_bps is None:
+            return self._json("dcgguf_inspect_json")
+        from .convert import _cost_options, _options
+
+        _cost_options(storage_bps, None)
+        lib = _lib.load()
+        opts = _options(lib, threads=threads, profile=profile, storage_bps=storage_bps)
+        return self._json("dcgguf_inspect_json_opts", ctypes.byref(opts))
 
     # -- lifetime ------------------------------------------------------------------------
 

@@ -7,12 +7,19 @@ originals. Plain unittest (no pytest):
 Models: the all-MiniLM-L6-v2 GGUFs in $DCGGUF_SHARED_MODELS and SmolLM2 Q4_1 at
 $DCGGUF_SMOLLM2 (scripts/env.sh). A missing one skips the tests that need it, with the reason;
 with DCGGUF_PY_TEST_STRICT=1 (tests/python_pkg.rs sets it) it fails them instead.
+
+The cost-model tests use the machine profile in $DCGGUF_CACHE (tests/python_pkg.rs points it
+at one measured for the test build). Without it they use a fresh temporary directory, where
+the first ``profile="auto"`` measures this machine (a few seconds): never ~/.cache.
 """
 
+import atexit
+import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import unittest
@@ -25,6 +32,11 @@ import dcgguf.errors
 
 REPO = Path(__file__).resolve().parents[2]
 STRICT = os.environ.get("DCGGUF_PY_TEST_STRICT") == "1"
+
+if not os.environ.get("DCGGUF_CACHE"):
+    # The library reads the variable at each call (getenv), so setting it here is enough.
+    os.environ["DCGGUF_CACHE"] = tempfile.mkdtemp(prefix="dcgguf-py-cache-")
+    atexit.register(shutil.rmtree, os.environ["DCGGUF_CACHE"], True)
 
 
 def need(tc, path, what):
@@ -209,6 +221,162 @@ class Lossy(Base):
             dcgguf.compress(src, self.dir / "x.dc.gguf", quantize="int8", prune=1.5)
         self.assertIn("prune", str(e.exception))
         self.assertFalse((self.dir / "x.dc.gguf").exists())
+
+
+class Reports(Base):
+    """compress / decompress / verify return what the CLI prints with --json."""
+
+    def test_reports_match_the_files_and_the_cli(self):
+        src = minilm(self, "q8_0")
+        dc = self.dir / "m.dc.gguf"
+        r = dcgguf.compress(src, dc, level=3)
+        self.assertEqual(r["command"], "compress")
+        self.assertNotIn("quantize", r)
+        (f,) = r["files"]
+        self.assertEqual(f["output_bytes"], dc.stat().st_size)
+        self.assertEqual(f["original_bytes"], src.stat().st_size)
+        self.assertEqual(f["input"], str(src))
+        self.assertEqual(f["output"], str(dc))
+        self.assertAlmostEqual(f["ratio"], f["original_bytes"] / f["output_bytes"])
+        self.assertGreater(f["seconds"], 0)
+        with dcgguf.DcReader(dc) as rd:
+            self.assertEqual(f["tensors"], len(rd.tensors))
+
+        v = dcgguf.verify(dc, against=src)
+        self.assertEqual(
+            v,
+            {"command": "verify", "file": str(dc), "ok": True,
+             "original_bytes": src.stat().st_size, "against": str(src)},
+        )
+        back = self.dir / "back.gguf"
+        d = dcgguf.decompress(dc, back)
+        self.assertEqual(
+            d,
+            {"command": "decompress",
+             "files": [{"input": str(dc), "output": str(back), "bytes": back.stat().st_size}]},
+        )
+
+    def test_compress_report_is_the_clis_json(self):
+        src = minilm(self, "q8_0")
+        cli = need(
+            self,
+            os.environ.get("DCGGUF_CLI") or REPO / "target" / "release" / "dcgguf",
+            "the dcgguf command (cargo build --release; or DCGGUF_CLI)",
+        )
+        dc, out = self.dir / "m.dc.gguf", self.dir / "cli.dc.gguf"
+        r = dcgguf.compress(src, dc, level=3)
+        text = subprocess.run(
+            [cli, "--json", "compress", "--level", "3", src, out],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        want = json.loads(text)
+        # The same but for the output's name and the run time.
+        want["files"][0]["output"] = str(dc)
+        for rep in (want, r):
+            rep["files"][0]["seconds"] = 0
+        self.assertEqual(r, want)
+
+    def test_lossy_report_has_the_quantization(self):
+        src = minilm(self, "f16")
+        dc = self.dir / "int8.dc.gguf"
+        r = dcgguf.compress(src, dc, quantize="int8", level=1)
+        q = r["quantize"]
+        self.assertGreater(q["quantized_tensors"], 0)
+        self.assertGreater(q["rel_mse"], 0)
+        (f,) = r["files"]
+        self.assertEqual(f["output_bytes"], dc.stat().st_size)
+        # The file decompresses to the quantized model (not the input), whose size the file
+        # report gives; the quantization's own output_bytes counts its tensor data only.
+        self.assertEqual(dcgguf.inspect(dc)["original_bytes"], f["original_bytes"])
+        self.assertLess(f["original_bytes"], src.stat().st_size)
+        self.assertLess(q["output_bytes"], f["original_bytes"])
+
+
+class CostModel(Base):
+    """profile / storage_bps / target_size, as --profile / --storage-bps / --target-size."""
+
+    def compress(self, name, **kw):
+        src = minilm(self, "q8_0")
+        out = self.dir / name
+        r = dcgguf.compress(src, out, level=3, **kw)
+        self.assertEqual(r["files"][0]["output_bytes"], out.stat().st_size)
+        return out.stat().st_size
+
+    def test_storage_bps_decides_what_is_stored_raw(self):
+        plain = self.compress("plain.dc.gguf")
+        # Far faster than any decoder: everything raw; far slower: everything compressed.
+        fast = self.compress("fast.dc.gguf", storage_bps=1e15)
+        slow = self.compress("slow.dc.gguf", storage_bps=1e3)
+        self.assertGreater(fast, slow)
+        self.assertEqual(slow, plain)
+        with dcgguf.DcReader(self.dir / "fast.dc.gguf") as r:
+            info = r.inspect()
+        self.assertTrue(all(t["raw_chunks"] == t["chunks"] for t in info["tensors"]))
+        # storage_bps implied profile "auto": the profile in $DCGGUF_CACHE.
+        profile = Path(os.environ["DCGGUF_CACHE"]) / "profile.json"
+        self.assertTrue(profile.is_file())
+        self.assertEqual(self.compress("path.dc.gguf", profile=profile, storage_bps=1e15), fast)
+        # The measured storage, whatever it is: a valid file between the two.
+        auto = self.compress("auto.dc.gguf", profile="auto")
+        self.assertTrue(slow <= auto <= fast, (slow, auto, fast))
+        dcgguf.verify(self.dir / "auto.dc.gguf", against=minilm(self, "q8_0"))
+
+    def test_target_size_is_honoured_or_refused(self):
+        fast = self.compress("fast.dc.gguf", storage_bps=1e15)
+        smallest = self.compress("plain.dc.gguf")
+        target = (fast + smallest) // 2
+        fitted = self.compress("fit.dc.gguf", storage_bps=1e15, target_size=target)
+        self.assertLessEqual(fitted, target)
+        self.assertGreater(fitted, smallest)  # just enough compressed, not everything
+        dcgguf.verify(self.dir / "fit.dc.gguf", against=minilm(self, "q8_0"))
+        # target_size alone implies profile "auto" (storage as measured).
+        self.assertLessEqual(self.compress("fit2.dc.gguf", target_size=target), target)
+        out = self.dir / "none.dc.gguf"
+        with self.assertRaises(dcgguf.InvalidArgumentError) as e:
+            dcgguf.compress(minilm(self, "q8_0"), out, level=3, target_size=smallest // 2)
+        self.assertIn("smallest", str(e.exception))
+        self.assertFalse(out.exists())
+        self.assertEqual(leftovers(self.dir), [])
+
+    def test_bad_values_are_refused(self):
+        src = minilm(self, "q8_0")
+        out = self.dir / "x.dc.gguf"
+        for kw in ({"storage_bps": 0}, {"storage_bps": -1e9}, {"storage_bps": float("nan")},
+                   {"storage_bps": float("inf")}, {"target_size": 0}, {"target_size": 1.5},
+                   {"profile": ""}):
+            with self.subTest(**{k: repr(v) for k, v in kw.items()}):
+                with self.assertRaises(dcgguf.InvalidArgumentError):
+                    dcgguf.compress(src, out, **kw)
+                self.assertFalse(out.exists())
+        with self.assertRaises(dcgguf.InvalidArgumentError):
+            dcgguf.inspect(dc_of(self, src), storage_bps=-1)
+
+    def test_inspect_predicts_load_times(self):
+        dc = dc_of(self, minilm(self, "q8_0"))
+        plain = dcgguf.inspect(dc)
+        self.assertNotIn("predicted_load_seconds", plain)
+        info = dcgguf.inspect(dc, storage_bps=1e9)
+        p = info["predicted_load_seconds"]
+        self.assertEqual(len(p), len(info["tensors"]))
+        self.assertTrue(all(s > 0 for s in p))
+        self.assertAlmostEqual(info["predicted_total_load_seconds"], sum(p))
+        self.assertEqual(info["storage_bps"], 1e9)
+        # Reading the stored bytes bounds each prediction from below.
+        for s, t in zip(p, info["tensors"]):
+            self.assertGreaterEqual(s, t["stored_bytes"] / 1e9 * (1 - 1e-9))
+        slower = dcgguf.inspect(dc, storage_bps=1e8)
+        self.assertGreater(slower["predicted_total_load_seconds"], sum(p))
+        del info["predicted_load_seconds"], info["predicted_total_load_seconds"]
+        del info["storage_bps"]
+        self.assertEqual(info, plain)
+
+
+def dc_of(tc, src):
+    """`src` compressed (level 1) into the test's directory."""
+    out = tc.dir / (src.stem + ".dc.gguf")
+    if not out.exists():
+        dcgguf.compress(src, out, level=1)
+    return out
 
 
 class Cancel(Base):

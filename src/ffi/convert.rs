@@ -867,9 +867,11 @@ mod tests {
 
     #[test]
     fn cost_fields_map_like_the_cli() {
-        let mut o = dcgguf_options::default();
-        o.storage_bps = 2e9;
-        o.target_size = 1 << 30;
+        let mut o = dcgguf_options {
+            storage_bps: 2e9,
+            target_size: 1 << 30,
+            ..dcgguf_options::default()
+        };
         // SAFETY: NULL profile.
         let r = unsafe { o.model_request() }.unwrap();
         assert_eq!((r.storage_bps, r.target_size), (Some(2e9), Some(1 << 30)));
