@@ -1,7 +1,7 @@
 //! The library's layers run one way: each module may use only the modules below it.
 //!
 //! ```text
-//! io -> gguf -> codec -> dc -> {cost, quant} -> llama (load, memory budget) -> ffi
+//! io -> gguf -> codec -> dc -> {cost, quant} -> {llama (load, memory budget), report} -> ffi
 //! ```
 //!
 //! (`io` is the OS plumbing; the CLI in src/main.rs and src/cli/ and the preload library in
@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["codec"],
     &["dc"],
     &["cost", "quant"],
-    &["llama"],
+    &["llama", "report"],
     &["ffi"],
 ];
 
