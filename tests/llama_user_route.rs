@@ -121,3 +121,53 @@ fn unknown_route_value_falls_back_to_stream() {
     );
     assert_eq!(plain, v);
 }
+
+/// `llama-perplexity`'s final estimate line for `model` over the eval sentences.
+fn perplexity(l: &Llama, model: &Path, route: Option<&str>) -> String {
+    let o = run(tool(l, "llama-perplexity", route)
+        .arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(eval_sentences_file())
+        .args(["-c", "128", "--chunks", "3", "-t", "2", "-b", "128"]));
+    assert_exit(&o, true, "llama-perplexity");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let at = err
+        .find("Final estimate: PPL = ")
+        .unwrap_or_else(|| panic!("llama-perplexity printed no final estimate:\n{err}"));
+    err[at..].lines().next().unwrap().to_string()
+}
+
+/// Why the stream stays the default: for a type llama.cpp repacks for this CPU (Q4_0 here,
+/// SmolLM2 requantized), the stream route computes exactly what plain llama.cpp computes,
+/// while `llama_model_init_from_user` turns repacking off and so runs other kernels (README,
+/// "Load routes", records what it gave).
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
+fn repacked_type_stream_route_matches_plain_perplexity() {
+    let t = "repacked_type_stream_route_matches_plain_perplexity";
+    let (l, m) = (require_llama(t), require_smollm2(t));
+    let q4_0 = tmp_dir().join("smollm2-q4_0.gguf");
+    if !q4_0.exists() {
+        let part = tmp_dir().join("smollm2-q4_0.gguf.part");
+        let o = run(Command::new(l.bin("llama-quantize"))
+            .arg("--allow-requantize")
+            .arg(&m)
+            .arg(&part)
+            .args(["Q4_0", "2"]));
+        assert_exit(&o, true, "llama-quantize Q4_0");
+        std::fs::rename(&part, &q4_0).unwrap();
+    }
+    let dc = dc_of(&q4_0);
+    let plain = perplexity(&l, &q4_0, None);
+    let stream = perplexity(&l, &dc, Some("stream"));
+    let user = perplexity(&l, &dc, Some("user"));
+    eprintln!("Q4_0 plain:  {plain}\nQ4_0 stream: {stream}\nQ4_0 user:   {user}");
+    assert_eq!(
+        plain, stream,
+        "the default route must compute what plain llama.cpp does"
+    );
+}
