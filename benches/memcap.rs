@@ -27,8 +27,9 @@
 //!
 //! Caps: DCGGUF_MEMCAP_STEPS (default 100,95,90,85,80,70,60,50) percent of the plain mmap run's
 //! peak charge without a cap, plus a row without a cap. A setup killed (or timed out) at one
-//! cap is not run at the lower ones (shown `killed*` / `timeout*`). Timeout: 5x the setup's
-//! own time without a cap, at least 10 s, at most DCGGUF_MEMCAP_TIMEOUT (default 120 s).
+//! cap is not run at the lower ones (shown `killed*` / `timeout*`); a timeout is retried once
+//! first. Timeout: 5x the setup's own time without a cap, at least 30 s, at most
+//! DCGGUF_MEMCAP_TIMEOUT (default 120 s).
 //!
 //! Other knobs: DCGGUF_MEMCAP_MODELS (comma list of smollm2, minilm-bf16, minilm-f16, large;
 //! default all but large), DCGGUF_MEMCAP_RUNS (runs per point, default 1: the median speed,
@@ -345,14 +346,6 @@ impl Status {
             Status::Timeout => "timeout".into(),
             Status::Failed(why) => format!("failed ({why})"),
             Status::Skipped(s) => format!("{}*", s.text()),
-        }
-    }
-    /// Killed, here or at a higher cap.
-    fn killed(&self) -> bool {
-        match self {
-            Status::Killed => true,
-            Status::Skipped(s) => s.killed(),
-            _ => false,
         }
     }
 }
@@ -748,7 +741,7 @@ fn weight_bytes_saved(dc: &Path) -> (u64, u64) {
     (raw, raw.saturating_sub(stored))
 }
 
-/// The >1 GB model of `DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh` (vendor/models-parts.lock).
+/// The >1 GB model of `DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh` (vendor/models-large.lock).
 const LARGE_NAME: &str = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf";
 
 fn models(wanted: &[String]) -> Vec<Model> {
@@ -898,23 +891,26 @@ fn checks(out: &mut String, m: &Model, caps: &[Cap], grid: &[Vec<Point>], saved:
     let metrics = m.metrics();
     for (si, s) in SETUPS.iter().enumerate().filter(|(_, s)| s.dc) {
         let pts = &grid[si];
-        // Killed where plain mmap ran (was not killed).
+        // Killed where plain mmap ran. A timeout counts as not running too: a run past its
+        // timeout is thrashing, and left alone it may end killed (SmolLM2, DC without a
+        // budget at 90% of plain mmap's peak, run by hand: it thrashed through its load for
+        // 12 s, then was OOM-killed).
         let bad: Vec<String> = caps
             .iter()
             .zip(pts.iter().zip(plain))
-            .filter(|(_, (d, p))| d.status.killed() && !p.status.killed())
-            .map(|(c, _)| c.label())
+            .filter(|(_, (d, p))| d.status != Status::Ok && p.status == Status::Ok)
+            .map(|(c, (d, _))| format!("{} at {}", d.status.text(), c.label()))
             .collect();
         check(
             out,
             bad.is_empty(),
             &format!(
-                "{}: never killed where plain mmap runs{}",
+                "{}: never killed (nor timed out) where plain mmap runs{}",
                 s.label,
                 if bad.is_empty() {
                     String::new()
                 } else {
-                    format!(" (killed at {})", bad.join(", "))
+                    format!(": {}", bad.join(", "))
                 }
             ),
         );
@@ -1139,7 +1135,15 @@ fn main() {
                         identical: None,
                     }
                 } else {
-                    measure(&cx, &m, s, c.bytes, timeout, Some(&reference)).0
+                    let mut p = measure(&cx, &m, s, c.bytes, timeout, Some(&reference)).0;
+                    if p.status == Status::Timeout {
+                        // Once more: on this shared machine a run has stalled at a cap it
+                        // fits in (plain mmap at 100% of its own peak, 48 MiB charged after
+                        // 10.8 s), and a timeout ends the setup's ladder.
+                        eprintln!("memcap:   {} at {}: timeout, once more", s.label, c.label());
+                        p = measure(&cx, &m, s, c.bytes, timeout, Some(&reference)).0;
+                    }
+                    p
                 };
                 eprintln!(
                     "memcap:   {:<22} {:<20} {}",
@@ -1148,7 +1152,7 @@ fn main() {
                     cell(&m, &point)
                 );
                 if ci == 0 && point.status == Status::Ok {
-                    timeout = Duration::from_secs_f64((5.0 * point.wall).clamp(10.0, timeout_max));
+                    timeout = Duration::from_secs_f64((5.0 * point.wall).clamp(30.0, timeout_max));
                 }
                 if matches!(point.status, Status::Killed | Status::Timeout) {
                     stop = Some(point.status.clone());
