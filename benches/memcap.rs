@@ -686,8 +686,13 @@ fn measure(
         .find(|s| *s != Status::Ok)
         .unwrap_or(Status::Ok);
     let per_run: Vec<Vec<Option<f64>>> = all.iter().map(|r| speeds(m, r)).collect();
+    // No speed for a point where any run failed: the point counts as failed.
     let speeds = (0..m.metrics().len())
-        .map(|i| median(per_run.iter().filter_map(|v| v[i]).collect()))
+        .map(|i| {
+            (status == Status::Ok)
+                .then(|| median(per_run.iter().filter_map(|v| v[i]).collect()))
+                .flatten()
+        })
         .collect();
     let identical = (status == Status::Ok)
         .then(|| reference.map(|want| all.iter().all(|r| r.stdout == want)))
