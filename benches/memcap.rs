@@ -2,7 +2,7 @@
 //! (mmap, `-lm none`) against the DC-GGUF under LD_PRELOAD=libdcgguf_preload.so (no budget,
 //! `DCGGUF_MEM_BUDGET=50%,ram`, `50%,file`), each run in a memory cgroup of its own.
 //!
-//!   sudo cargo bench --bench memcap          # needs root (cgroups, drop_caches)
+//!   cargo bench --bench memcap       # as root (it creates cgroups and drops the page cache)
 //!
 //! Why: the budget bench (benches/budget.rs) reports peak RSS, which leaves out the page cache.
 //! A real memory limit (a container, a systemd slice) charges the page cache that a process
@@ -487,9 +487,22 @@ struct Setup {
     /// llama.cpp `-lm` for the plain file (DC loads always use its non-mmap path).
     load_mode: Option<&'static str>,
     budget: Option<&'static str>,
+    /// `--no-repack`: only for the second reference (see [`Identity`]).
+    no_repack: bool,
 }
 
 const PLAIN_MMAP: usize = 0;
+
+/// The second reference: plain mmap without weight repacking, as the budget loads run
+/// (README: "weight repacking [is] turned off"). Repacked Q4_K weights (Qwen2.5-Coder) take
+/// other kernels, whose sums round differently: greedy generation then picks other tokens.
+const PLAIN_NO_REPACK: Setup = Setup {
+    label: "plain mmap --no-repack",
+    dc: false,
+    load_mode: Some("mmap"),
+    budget: None,
+    no_repack: true,
+};
 
 const SETUPS: [Setup; 5] = [
     Setup {
@@ -497,30 +510,35 @@ const SETUPS: [Setup; 5] = [
         dc: false,
         load_mode: Some("mmap"),
         budget: None,
+        no_repack: false,
     },
     Setup {
         label: "plain -lm none",
         dc: false,
         load_mode: Some("none"),
         budget: None,
+        no_repack: false,
     },
     Setup {
         label: "DC, no budget",
         dc: true,
         load_mode: None,
         budget: None,
+        no_repack: false,
     },
     Setup {
         label: "DC 50% ram",
         dc: true,
         load_mode: None,
         budget: Some("50%,ram"),
+        no_repack: false,
     },
     Setup {
         label: "DC 50% file",
         dc: true,
         load_mode: None,
         budget: Some("50%,file"),
+        no_repack: false,
     },
 ];
 
@@ -596,6 +614,9 @@ fn command(l: &Llama, m: &Model, s: &Setup) -> Command {
     if let Some(lm) = s.load_mode {
         c.args(["-lm", lm]);
     }
+    if s.no_repack {
+        c.arg("--no-repack");
+    }
     match &m.workload {
         Workload::Completion => {
             c.args(["--temp", "0", "-no-cnv", "-t", "2", "-c", "256", "-n", "32"])
@@ -646,7 +667,33 @@ struct Point {
     wall: f64,
     oom_kills: u64,
     limit_hits: u64,
-    identical: Option<bool>,
+    identical: Option<Identity>,
+}
+
+/// A run's output against the references (plain mmap without a cap, and the same without
+/// weight repacking).
+#[derive(Clone, Copy, PartialEq)]
+enum Identity {
+    Identical,
+    /// Differs from plain mmap, is that of plain mmap `--no-repack`.
+    NoRepack,
+    Differs,
+}
+
+impl Identity {
+    fn text(self) -> &'static str {
+        match self {
+            Identity::Identical => "yes",
+            Identity::NoRepack => "DIFFERS (= plain --no-repack)",
+            Identity::Differs => "DIFFERS",
+        }
+    }
+}
+
+/// The outputs every run is compared with.
+struct Refs {
+    plain: String,
+    no_repack: String,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -669,7 +716,7 @@ fn measure(
     s: &Setup,
     cap: Option<u64>,
     timeout: Duration,
-    reference: Option<&str>,
+    refs: Option<&Refs>,
 ) -> (Point, String) {
     let mut all = Vec::new();
     for _ in 0..cx.runs {
@@ -695,7 +742,17 @@ fn measure(
         })
         .collect();
     let identical = (status == Status::Ok)
-        .then(|| reference.map(|want| all.iter().all(|r| r.stdout == want)))
+        .then(|| {
+            refs.map(|want| {
+                if all.iter().all(|r| r.stdout == want.plain) {
+                    Identity::Identical
+                } else if all.iter().all(|r| r.stdout == want.no_repack) {
+                    Identity::NoRepack
+                } else {
+                    Identity::Differs
+                }
+            })
+        })
         .flatten();
     if let Status::Failed(_) = status {
         let tail: String = all[0]
@@ -852,8 +909,9 @@ fn cell(m: &Model, p: &Point) -> String {
         Status::Skipped(_) => p.status.text(),
         other => format!("{} ({} MiB)", other.text(), mib(p.peak)),
     };
-    if p.identical == Some(false) {
-        s.push_str(", DIFFERS");
+    if let Some(i) = p.identical.filter(|i| *i != Identity::Identical) {
+        s.push_str(", ");
+        s.push_str(i.text());
     }
     s
 }
@@ -1111,6 +1169,21 @@ fn main() {
             );
             continue;
         }
+        let (p1, no_repack) = measure(
+            &cx,
+            &m,
+            &PLAIN_NO_REPACK,
+            None,
+            Duration::from_secs_f64(timeout_max),
+            None,
+        );
+        if p1.status != Status::Ok {
+            eprintln!("memcap: {} --no-repack: {}", m.name, p1.status.text());
+        }
+        let refs = Refs {
+            plain: reference,
+            no_repack,
+        };
         let top = p0.peak.unwrap();
         let mut caps = vec![Cap {
             pct: None,
@@ -1126,7 +1199,7 @@ fn main() {
             for (ci, c) in caps.iter().enumerate() {
                 let point = if si == PLAIN_MMAP && ci == 0 {
                     Point {
-                        identical: Some(true),
+                        identical: Some(Identity::Identical),
                         ..p0.clone()
                     }
                 } else if let Some(st) = &stop {
@@ -1140,13 +1213,13 @@ fn main() {
                         identical: None,
                     }
                 } else {
-                    let mut p = measure(&cx, &m, s, c.bytes, timeout, Some(&reference)).0;
+                    let mut p = measure(&cx, &m, s, c.bytes, timeout, Some(&refs)).0;
                     if p.status == Status::Timeout {
                         // Once more: on this shared machine a run has stalled at a cap it
                         // fits in (plain mmap at 100% of its own peak, 48 MiB charged after
                         // 10.8 s), and a timeout ends the setup's ladder.
                         eprintln!("memcap:   {} at {}: timeout, once more", s.label, c.label());
-                        p = measure(&cx, &m, s, c.bytes, timeout, Some(&reference)).0;
+                        p = measure(&cx, &m, s, c.bytes, timeout, Some(&refs)).0;
                     }
                     p
                 };
@@ -1184,9 +1257,7 @@ fn main() {
                     point.wall,
                     point.oom_kills,
                     point.limit_hits,
-                    point
-                        .identical
-                        .map_or(String::new(), |b| if b { "yes" } else { "DIFFERS" }.into())
+                    point.identical.map_or("", Identity::text)
                 )
                 .unwrap();
                 grid[si].push(point);
@@ -1217,7 +1288,7 @@ fn main() {
             t.push('\n');
         }
         t.push_str(
-            "\n`killed*` / `timeout*`: not run, killed or timed out at a higher cap. DIFFERS: output not identical to plain mmap without a cap.\n\nKnee (lowest cap down to which every cap keeps >= 90% of the setup's own uncapped speed):\n\n",
+            "\n`killed*` / `timeout*`: not run, killed or timed out at a higher cap. DIFFERS: output not identical to plain mmap without a cap; `(= plain --no-repack)`: identical to it without weight repacking, which budgeted loads turn off.\n\nKnee (lowest cap down to which every cap keeps >= 90% of the setup's own uncapped speed):\n\n",
         );
         for (si, s) in SETUPS.iter().enumerate() {
             let ks: Vec<String> = (0..m.metrics().len())
