@@ -1024,7 +1024,9 @@ fn checks(out: &mut String, m: &Model, caps: &[Cap], grid: &[Vec<Point>], saved:
                 mib(p)
             ),
         );
-        // Knee at least 80% of the saved weight bytes below plain mmap's.
+        // Knee at least 80% of what compression saves below plain mmap's. The file's saving
+        // (the 8.6 MiB for SmolLM2 and 12 MiB for MiniLM BF16 are 80% of those);
+        // the weights' alone is a little less (the header compresses too).
         let mi = metrics.iter().position(|x| *x == m.knee_metric).unwrap();
         let (dk, pk) = (knee(caps, pts, mi), knee(caps, plain, mi));
         let need = saved as f64 * 0.8;
@@ -1041,7 +1043,7 @@ fn checks(out: &mut String, m: &Model, caps: &[Cap], grid: &[Vec<Point>], saved:
             out,
             pass,
             &format!(
-                "{}: {} knee {} vs plain mmap {}: {gap} lower, target >= {:.1} MiB (80% of the {:.1} MiB of weights compression saves)",
+                "{}: {} knee {} vs plain mmap {}: {gap} lower, target >= {:.1} MiB (80% of the {:.1} MiB compression saves on the file)",
                 s.label,
                 m.knee_metric.name(),
                 knee_text(dk),
@@ -1147,7 +1149,9 @@ fn main() {
     );
 
     for m in models(&wanted) {
-        let (weights, saved) = weight_bytes_saved(&m.dc);
+        let (weights, weights_saved) = weight_bytes_saved(&m.dc);
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |md| md.len());
+        let saved = len(&m.plain).saturating_sub(len(&m.dc));
         eprintln!("memcap: {} ...", m.name);
         let mut grid: Vec<Vec<Point>> = vec![Vec::new(); SETUPS.len()];
         // The reference: plain mmap without a cap (its peak sets the ladder, its output is
@@ -1267,10 +1271,11 @@ fn main() {
         // The table.
         let metric_names: Vec<&str> = m.metrics().iter().map(|x| x.name()).collect();
         let mut t = format!(
-            "\n### {} ({:.1} MiB of weights, compression saves {:.1} MiB; cells: {}, peak charged MiB)\n\n",
+            "\n### {} ({:.1} MiB of weights; compression saves {:.1} MiB of the file, {:.1} MiB of the weights; cells: {}, peak charged MiB)\n\n",
             m.name,
             weights as f64 / MIB,
             saved as f64 / MIB,
+            weights_saved as f64 / MIB,
             metric_names.join(" / ")
         );
         t.push_str("| setup |");
