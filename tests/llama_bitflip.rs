@@ -19,7 +19,7 @@ use std::time::Instant;
 use common::{Rng, TempDir};
 use dc_regions::*;
 use dcgguf::dc::{CompressOptions, DcFile, compress_file};
-use llama_support::{Llama, assert_exit, preload, require_llama, run};
+use llama_support::{Llama, assert_exit, embedding_of, preload, require_llama, run};
 
 const SENTENCE: &str = "A quick brown fox jumps over the lazy dog.";
 
@@ -35,23 +35,6 @@ fn embedding_run(l: &Llama, model: &Path, dc: bool) -> Output {
         .arg("-m")
         .arg(model)
         .args(["-t", "2", "--embd-output-format", "json", "-p", SENTENCE]))
-}
-
-/// The embedding printed by a successful run.
-fn embedding_of(o: &Output, what: &str) -> Vec<f64> {
-    let out = String::from_utf8_lossy(&o.stdout);
-    let json: serde_json::Value = out
-        .find('{')
-        .and_then(|i| serde_json::from_str(out[i..].trim()).ok())
-        .unwrap_or_else(|| panic!("{what}: llama-embedding printed no complete JSON:\n{out}"));
-    let v: Vec<f64> = json["data"][0]["embedding"]
-        .as_array()
-        .expect("an embedding array")
-        .iter()
-        .map(|x| x.as_f64().expect("numbers"))
-        .collect();
-    assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
-    v
 }
 
 /// Length of the llama.cpp log record (`0.00.000.686 I main: ...` up to and with its newline)

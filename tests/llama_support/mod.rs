@@ -484,16 +484,18 @@ pub fn sentence_embedding(cmd: &mut Command, model: &Path) -> (Vec<f64>, Output)
         "A quick brown fox jumps over the lazy dog.",
     ]));
     assert_exit(&o, true, "llama-embedding");
+    let v = embedding_of(&o, &model.display().to_string());
+    (v, o)
+}
+
+/// The MiniLM embedding (384 values) a successful `llama-embedding --embd-output-format json`
+/// printed; `what` names the run in a failure.
+pub fn embedding_of(o: &Output, what: &str) -> Vec<f64> {
     let out = String::from_utf8_lossy(&o.stdout);
     let json: serde_json::Value = out
         .find('{')
         .and_then(|i| serde_json::from_str(out[i..].trim()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "llama-embedding printed no complete JSON for {}:\n{out}",
-                model.display()
-            )
-        });
+        .unwrap_or_else(|| panic!("{what}: llama-embedding printed no complete JSON:\n{out}"));
     let v: Vec<f64> = json["data"][0]["embedding"]
         .as_array()
         .expect("an embedding array")
@@ -501,5 +503,5 @@ pub fn sentence_embedding(cmd: &mut Command, model: &Path) -> (Vec<f64>, Output)
         .map(|x| x.as_f64().expect("numbers"))
         .collect();
     assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
-    (v, o)
+    v
 }
