@@ -17,14 +17,11 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn models_dir() -> PathBuf {
-    let f32 = llama_support::require_shared_model(module_path!(), "all-MiniLM-L6-v2-f32.gguf");
-    f32.parent().unwrap().to_path_buf()
+    llama_support::minilm_dir(module_path!())
 }
 
 fn llama_bin() -> PathBuf {
-    llama_support::require_llama(module_path!())
-        .prefix
-        .join("bin")
+    llama_support::llama_bin_dir(module_path!())
 }
 
 fn sentences_file() -> PathBuf {

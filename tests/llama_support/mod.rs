@@ -505,3 +505,15 @@ pub fn embedding_of(o: &Output, what: &str) -> Vec<f64> {
     assert_eq!(v.len(), 384, "MiniLM embeddings have 384 values");
     v
 }
+
+/// The folder of the four MiniLM GGUFs (shared or fetched); a test that needs them fails
+/// without them.
+pub fn minilm_dir(test: &str) -> PathBuf {
+    let f32 = require_shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
+    f32.parent().unwrap().to_path_buf()
+}
+
+/// The pinned llama.cpp's bin/ folder; a test that needs it fails without it.
+pub fn llama_bin_dir(test: &str) -> PathBuf {
+    require_llama(test).prefix.join("bin")
+}
