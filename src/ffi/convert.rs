@@ -399,6 +399,29 @@ impl Reporter {
     }
 }
 
+/// What the conversion entry points share: the panic boundary; the previous report cleared;
+/// the entry point's own pointer arguments (`args`), then the caller's options, read in that
+/// order; a job whose progress goes to the caller's callback; and `run`'s report kept for
+/// [`dcgguf_last_report_json`].
+fn conversion<A>(
+    args: impl FnOnce() -> Result<A, Error>,
+    opts: *const dcgguf_options,
+    progress: dcgguf_progress_fn,
+    user: *mut c_void,
+    run: impl FnOnce(A, dcgguf_options, &Job, &Reporter) -> Result<serde_json::Value, Error>,
+) -> dcgguf_result {
+    guard(|| {
+        clear_last_report();
+        let args = args()?;
+        // SAFETY: `opts` follows the contract in dcgguf.h.
+        let o = unsafe { read_options(opts)? };
+        let job = Job::new();
+        let rep = Reporter::new(progress, user, &job);
+        set_last_report(&run(args, o, &job, &rep)?);
+        Ok(())
+    })
+}
+
 /// `dcgguf compress`: GGUF -> DC-GGUF (every part of a split model), or with
 /// `opts.quantize` the lossy mode.
 #[unsafe(no_mangle)]
@@ -409,47 +432,45 @@ pub extern "C" fn dcgguf_compress(
     progress: dcgguf_progress_fn,
     user: *mut c_void,
 ) -> dcgguf_result {
-    guard(|| {
-        clear_last_report();
-        // SAFETY (three calls): pointer arguments follow the contract in dcgguf.h.
-        let input = unsafe { path_arg(input, "input")? };
-        let output = unsafe { path_arg(output, "output")? };
-        let o = unsafe { read_options(opts)? };
-        let job = Job::new();
-        let copts = o.compress_options(&job)?;
-        // SAFETY: the path fields of the caller's options follow the contract.
-        let quant = unsafe { o.quant_args()? };
-        let rep = Reporter::new(progress, user, &job);
-        let tick = |n| rep.tick(n);
-        // SAFETY: the caller's `profile` field follows the contract.
-        let model = unsafe { o.model_request()? };
-        let report = with_threads(o.threads, || {
-            // As the CLI: the model is loaded (or measured, on this pool's threads) first.
-            let copts = CompressOptions {
-                load_model: model.load()?.map(|m| Arc::new(m) as Arc<dyn dc::LoadCost>),
-                target_size: model.target_size,
-                ..copts
-            };
-            match quant {
-                Some(q) => {
-                    if split_parts(&input).is_some() {
-                        return Err(invalid(
-                            "quantize does not support split models; merge them first",
-                        ));
+    conversion(
+        // SAFETY (both calls): pointer arguments follow the contract in dcgguf.h.
+        || unsafe { Ok((path_arg(input, "input")?, path_arg(output, "output")?)) },
+        opts,
+        progress,
+        user,
+        |(input, output), o, job, rep| {
+            let copts = o.compress_options(job)?;
+            // SAFETY: the path fields of the caller's options follow the contract.
+            let quant = unsafe { o.quant_args()? };
+            let tick = |n| rep.tick(n);
+            // SAFETY: the caller's `profile` field follows the contract.
+            let model = unsafe { o.model_request()? };
+            with_threads(o.threads, || {
+                // As the CLI: the model is loaded (or measured, on this pool's threads) first.
+                let copts = CompressOptions {
+                    load_model: model.load()?.map(|m| Arc::new(m) as Arc<dyn dc::LoadCost>),
+                    target_size: model.target_size,
+                    ..copts
+                };
+                match quant {
+                    Some(q) => {
+                        if split_parts(&input).is_some() {
+                            return Err(invalid(
+                                "quantize does not support split models; merge them first",
+                            ));
+                        }
+                        let qopts = q.options(&input, &output)?;
+                        let (q, r) = quant::compress_lossy(&input, &output, &qopts, &copts, &tick)?;
+                        Ok(report::compress_lossy(&q, &r))
                     }
-                    let qopts = q.options(&input, &output)?;
-                    let (q, r) = quant::compress_lossy(&input, &output, &qopts, &copts, &tick)?;
-                    Ok(report::compress_lossy(&q, &r))
+                    None => {
+                        let files = dc::compress_parts(&input, &output, &copts, &tick)?;
+                        Ok(report::compress(&files))
+                    }
                 }
-                None => {
-                    let files = dc::compress_parts(&input, &output, &copts, &tick)?;
-                    Ok(report::compress(&files))
-                }
-            }
-        })??;
-        set_last_report(&report);
-        Ok(())
-    })
+            })?
+        },
+    )
 }
 
 /// `dcgguf decompress`: DC-GGUF -> the original GGUF, bit for bit (every part of a split
@@ -462,21 +483,20 @@ pub extern "C" fn dcgguf_decompress(
     progress: dcgguf_progress_fn,
     user: *mut c_void,
 ) -> dcgguf_result {
-    guard(|| {
-        clear_last_report();
-        // SAFETY (three calls): pointer arguments follow the contract in dcgguf.h.
-        let input = unsafe { path_arg(input, "input")? };
-        let output = unsafe { path_arg(output, "output")? };
-        let o = unsafe { read_options(opts)? };
-        o.check_common()?;
-        let job = Job::new();
-        let rep = Reporter::new(progress, user, &job);
-        let files = with_threads(o.threads, || {
-            dc::decompress_parts(&input, &output, o.force != 0, &|n| rep.tick(n), &job)
-        })??;
-        set_last_report(&report::decompress(&files));
-        Ok(())
-    })
+    conversion(
+        // SAFETY (both calls): pointer arguments follow the contract in dcgguf.h.
+        || unsafe { Ok((path_arg(input, "input")?, path_arg(output, "output")?)) },
+        opts,
+        progress,
+        user,
+        |(input, output), o, job, rep| {
+            o.check_common()?;
+            let files = with_threads(o.threads, || {
+                dc::decompress_parts(&input, &output, o.force != 0, &|n| rep.tick(n), job)
+            })??;
+            Ok(report::decompress(&files))
+        },
+    )
 }
 
 /// `dcgguf verify [--against ORIGINAL]`: decodes everything and checks every checksum;
@@ -489,25 +509,27 @@ pub extern "C" fn dcgguf_verify(
     progress: dcgguf_progress_fn,
     user: *mut c_void,
 ) -> dcgguf_result {
-    guard(|| {
-        clear_last_report();
-        // SAFETY (three calls): pointer arguments follow the contract in dcgguf.h.
-        let input = unsafe { path_arg(input, "input")? };
-        let against = if against.is_null() {
-            None
-        } else {
-            Some(unsafe { path_arg(against, "against")? })
-        };
-        let o = unsafe { read_options(opts)? };
-        o.check_common()?;
-        let job = Job::new();
-        let rep = Reporter::new(progress, user, &job);
-        let original_bytes = with_threads(o.threads, || {
-            dc::verify_file(&input, against.as_deref(), &|n| rep.tick(n), &job)
-        })??;
-        set_last_report(&report::verify(&input, original_bytes, against.as_deref()));
-        Ok(())
-    })
+    conversion(
+        || {
+            // SAFETY (both calls): pointer arguments follow the contract in dcgguf.h.
+            let input = unsafe { path_arg(input, "input")? };
+            let against = match against.is_null() {
+                true => None,
+                false => Some(unsafe { path_arg(against, "against")? }),
+            };
+            Ok((input, against))
+        },
+        opts,
+        progress,
+        user,
+        |(input, against), o, job, rep| {
+            o.check_common()?;
+            let original_bytes = with_threads(o.threads, || {
+                dc::verify_file(&input, against.as_deref(), &|n| rep.tick(n), job)
+            })??;
+            Ok(report::verify(&input, original_bytes, against.as_deref()))
+        },
+    )
 }
 
 thread_local! {
