@@ -257,18 +257,7 @@ fn embedding(l: &Llama, model: &Path, s: &Setup) -> Output {
 }
 
 fn dc_file(src: &Path, extra: &[&str], name: &str) -> PathBuf {
-    let out = work_dir().join(name);
-    if !out.exists() {
-        let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
-            .args(["-q", "compress", "--force"])
-            .args(extra)
-            .arg(src)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    out
+    llama_support::compressed(src, extra, &work_dir().join(name))
 }
 
 fn mib(b: u64) -> f64 {

@@ -779,19 +779,7 @@ fn measure(
 // ------------------------------------------------------------------------------- models
 
 fn dc_file(src: &Path, name: &str) -> PathBuf {
-    let out = work_dir().join(name);
-    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if !out.exists() || fresh(&out) < fresh(src) {
-        eprintln!("memcap: compressing {} ...", src.display());
-        let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
-            .args(["-q", "compress", "--force"])
-            .arg(src)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    out
+    llama_support::compressed(src, &[], &work_dir().join(name))
 }
 
 /// The weight bytes compression saves: tensor bytes of the plain model minus their stored

@@ -517,3 +517,21 @@ pub fn minilm_dir(test: &str) -> PathBuf {
 pub fn llama_bin_dir(test: &str) -> PathBuf {
     require_llama(test).prefix.join("bin")
 }
+
+/// `out`: `src` compressed at the default level with the `dcgguf compress` options `extra`
+/// (for benches, which want real ratios), made again only when missing or older than `src`.
+pub fn compressed(src: &Path, extra: &[&str], out: &Path) -> PathBuf {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if !out.exists() || modified(out) < modified(src) {
+        eprintln!("compressing {} -> {} ...", src.display(), out.display());
+        let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+            .args(["-q", "compress", "--force"])
+            .args(extra)
+            .arg(src)
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    out.to_path_buf()
+}
