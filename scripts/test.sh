@@ -23,7 +23,8 @@ scripts/fetch-models.sh >/dev/null
 export DCGGUF_REQUIRE_MODELS=1 DCGGUF_REQUIRE_PYTHON=1 DCGGUF_REQUIRE_LLAMA=1
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --release 2>&1 | tee "$log"
+# --no-fail-fast: one failing binary must not hide the others from the CI report.
+cargo test --release --no-fail-fast 2>&1 | tee "$log"
 # Nothing may be ignored here: every test runs. A test ignored on purpose is listed (by name,
 # one extended regex per line) in ALLOWED_IGNORED.
 ALLOWED_IGNORED=""
