@@ -956,23 +956,23 @@ fn plain_gguf_is_not_dc_and_dc_is_not_compressed_again() {
 #[test]
 fn patched_dc_metadata() {
     let fx = Fixture::new("dc-meta");
-    // dc.format_version edited: the index (checksummed) says version 2 and checksums the
+    // dc.format_version edited: the index (checksummed) says version 3 and checksums the
     // header, so this is damage, not an unknown version.
     let mut bytes = fx.dc_bytes.clone();
     let at = value_offset(&bytes, "dc.format_version");
-    bytes[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+    bytes[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
     assert!(matches!(fx.open(&bytes), Err(DcError::CorruptDcHeader)));
     // A file from a future version (its index says so, checksum and all): unsupported.
     let future = fx.with_index(|_| {});
     let r = dc_index_range(&fx.open_good());
     let mut future = future;
-    future[r.start as usize + 4..r.start as usize + 8].copy_from_slice(&3u32.to_le_bytes());
+    future[r.start as usize + 4..r.start as usize + 8].copy_from_slice(&4u32.to_le_bytes());
     let end = r.end as usize;
     let sum = xxhash_rust::xxh3::xxh3_64(&future[r.start as usize..end - 8]);
     future[end - 8..end].copy_from_slice(&sum.to_le_bytes());
     assert!(matches!(
         fx.open(&future),
-        Err(DcError::UnsupportedVersion(3))
+        Err(DcError::UnsupportedVersion(4))
     ));
 
     // Any edit of the DC file's own header, even of a value no reader uses, breaks the
@@ -1158,4 +1158,68 @@ fn mutated_gguf_files_never_panic_and_compress_losslessly() {
         "{parsed} parsed, {compressed} compressed"
     );
     assert!(tmp_leftovers(Path::new(dir.path())).is_empty());
+}
+
+/// Version 3 added the fold-split transform (id 5) and nothing else: version-2 files (only
+/// older transforms) are still read, and a version-2 file naming transform 5 is damaged.
+#[test]
+fn version_2_files_are_read_and_may_not_name_fold_split() {
+    use dcgguf::codec::Transform;
+    // `bytes` rewritten as a version-2 file: dc.format_version, the index version, and the
+    // header checksum in the index follow (the index checksum is recomputed by encode).
+    let as_version_2 = |bytes: &[u8], path: &Path| -> Vec<u8> {
+        let dc = DcFile::open(path).unwrap();
+        let r = dc_index_range(&dc);
+        let mut out = bytes.to_vec();
+        let at = value_offset(&out, "dc.format_version");
+        out[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+        let data_offset = GgufHeader::parse(&out).unwrap().data_offset as usize;
+        let mut idx = dc.index.clone();
+        idx.version = 2;
+        idx.dc_header_hash = Some(xxhash_rust::xxh3::xxh3_64(&out[..data_offset]));
+        out[r.start as usize..r.end as usize].copy_from_slice(&idx.encode());
+        out
+    };
+    let dir = TempDir::new("v2");
+    let original = small_model(25).build();
+    let input = dir.write("orig.gguf", &original);
+    let older = |ty: GgmlType| match Transform::default_for(ty) {
+        Transform::FoldSplit => Transform::QuantSplit,
+        t => t,
+    };
+    for (name, transform) in [
+        ("old", Some(older as fn(GgmlType) -> Transform)),
+        ("new", None),
+    ] {
+        let path = dir.join(&format!("{name}.dc.gguf"));
+        let opts = CompressOptions {
+            transform,
+            ..opts_chunk(256)
+        };
+        compress(&input, &path, &opts);
+        let v3 = std::fs::read(&path).unwrap();
+        let uses_fold = DcFile::open(&path)
+            .unwrap()
+            .index
+            .tensors
+            .iter()
+            .any(|t| t.transform == Transform::FoldSplit.id());
+        assert_eq!(uses_fold, transform.is_none(), "{name}");
+        let v2 = dir.write(&format!("{name}-v2.dc.gguf"), &as_version_2(&v3, &path));
+        match DcFile::open(&v2) {
+            Ok(dc) if !uses_fold => {
+                assert_eq!(dc.format_version(), 2);
+                let out = dir.join("back.gguf");
+                decompress_file(&v2, &out, false, &|_| {}).unwrap();
+                assert_eq!(std::fs::read(&out).unwrap(), original);
+            }
+            Err(DcError::Corrupt { what, .. }) if uses_fold => {
+                assert!(
+                    what.contains("transform 5") && what.contains("version 2"),
+                    "{what}"
+                );
+            }
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        }
+    }
 }

@@ -78,9 +78,9 @@ fn names_region(kind: &Kind, e: &DcError, names: &[String]) -> bool {
     match kind {
         Kind::DcHeader => match e {
             DcError::CorruptDcHeader | DcError::DamagedDc { .. } => true,
-            // A flipped dc.format_version (2 -> 3 or 0) is read before anything can be
+            // A flipped dc.format_version (3 -> 7, 11, ...) is read before anything can be
             // checked against the index (the version decides how the index is read).
-            DcError::UnsupportedVersion(v) => *v != 2,
+            DcError::UnsupportedVersion(v) => *v != dcgguf::dc::FORMAT_VERSION,
             // A flip in the dc.index tensor info moves or resizes the index.
             DcError::BadIndex { .. } => msg.contains("dc.index"),
             _ => false,
@@ -195,7 +195,7 @@ fn run_model(file: &str, plan: Plan, seed: u64) {
         .unwrap_or_else(|e| panic!("compress {}: {e}", src.display()));
     let pristine = std::fs::read(&path).unwrap();
     let dc = DcFile::open(&path).unwrap();
-    assert_eq!(dc.format_version(), 2);
+    assert_eq!(dc.format_version(), dcgguf::dc::FORMAT_VERSION);
     let names: Vec<String> = dc.original.tensors.iter().map(|t| t.name.clone()).collect();
     let map = region_map(&dc, pristine.len() as u64);
     drop(dc);

@@ -227,7 +227,10 @@ fn saved_profiles_read_back_bit_for_bit() {
         p.read_warm_bps = pair[1];
         save_profile(&p, &path).unwrap();
         let back = load_profile(&path).unwrap();
-        assert_eq!(back.read_cold_bps.map(f64::to_bits), Some(pair[0].to_bits()));
+        assert_eq!(
+            back.read_cold_bps.map(f64::to_bits),
+            Some(pair[0].to_bits())
+        );
         assert_eq!(back.read_warm_bps.to_bits(), pair[1].to_bits());
     }
     std::fs::remove_dir_all(&dir).ok();

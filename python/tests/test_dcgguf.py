@@ -157,7 +157,7 @@ class Base(unittest.TestCase):
         info = dcgguf.inspect(dc)
         self.assertEqual(info["original_bytes"], size)
         self.assertEqual(info["file_bytes"], dc.stat().st_size)
-        self.assertEqual(info["format_version"], 2)
+        self.assertEqual(info["format_version"], 3)
         n = self.assert_reader_matches_gguf_py(dc, original)
         self.assertEqual(len(info["tensors"]), n)
         self.assertEqual(info["tensor_raw_bytes"], sum(t["raw_bytes"] for t in info["tensors"]))

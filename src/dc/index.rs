@@ -21,7 +21,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::{DcError, Result};
 
 pub const INDEX_MAGIC: [u8; 4] = *b"DCIX";
-pub const INDEX_VERSION: u32 = 2;
+pub const INDEX_VERSION: u32 = 3;
+/// Laid out as version 3 (it differs only in the transforms its entries may name).
+pub const INDEX_VERSION_2: u32 = 2;
 /// The first version, without header and blob checksums.
 pub const INDEX_VERSION_1: u32 = 1;
 const FIXED_LEN: usize = 4 + 4 + 8 + 8 + 8 + 2 * 32 + 8;
@@ -85,14 +87,20 @@ impl Index {
                 .sum::<usize>()
     }
 
-    /// Encodes the index in the current version (the `version` field and missing hashes
-    /// of a decoded version-1 index are not carried over: they are written as version 2).
+    /// Encodes the index: as version 2 when `version` says 2 (same layout; the writer of a
+    /// version-2 file chose only version-2 transforms), else in the current version (a
+    /// decoded version-1 index is written as the current version, missing hashes as 0).
     pub fn encode(&self) -> Vec<u8> {
         let mut o = Vec::with_capacity(Self::encoded_len(
             self.tensors.iter().map(|t| t.chunks.len()),
         ));
+        let version = if self.version == INDEX_VERSION_2 {
+            INDEX_VERSION_2
+        } else {
+            INDEX_VERSION
+        };
         o.extend_from_slice(&INDEX_MAGIC);
-        o.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        o.extend_from_slice(&version.to_le_bytes());
         o.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
         o.extend_from_slice(&self.original_size.to_le_bytes());
         o.extend_from_slice(&self.dc_header_hash.unwrap_or(0).to_le_bytes());
@@ -144,10 +152,10 @@ impl Index {
             return Err(bad(0, "wrong magic".into()));
         }
         let version = r.u32()?;
-        if version != INDEX_VERSION && version != INDEX_VERSION_1 {
+        if ![INDEX_VERSION, INDEX_VERSION_2, INDEX_VERSION_1].contains(&version) {
             return Err(DcError::UnsupportedVersion(version));
         }
-        let v2 = version == INDEX_VERSION;
+        let v2 = version != INDEX_VERSION_1;
         let n_tensors = r.u64()?;
         let original_size = r.u64()?;
         let dc_header_hash = if v2 { Some(r.u64()?) } else { None };

@@ -27,7 +27,9 @@ use crate::codec::CodecError;
 use crate::gguf::GgufError;
 
 /// Version of the DC-GGUF layout written to `dc.format_version`.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// Version 3 without the fold-split transform (id 5); read like version 3.
+pub const FORMAT_VERSION_2: u32 = 2;
 /// The first version: its header and blobs carry no checksum of their own, so only readers
 /// that check the whole-file checksum before anything leaves them (`decompress`, `verify`)
 /// accept it.

@@ -12,9 +12,9 @@ use super::index::{BlobRef, Index};
 use super::job::Job;
 use super::layout::{Piece, Segment, segments};
 use super::{
-    DATA_TENSOR, DcError, FORMAT_VERSION, FORMAT_VERSION_1, HEADER_RAW_SLACK, INDEX_TENSOR,
-    KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3, MAX_CHUNK_RAW, MAX_GAP_RAW,
-    MAX_HEADER_RATIO, MAX_HEADER_RAW, Result,
+    DATA_TENSOR, DcError, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, HEADER_RAW_SLACK,
+    INDEX_TENSOR, KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3, MAX_CHUNK_RAW,
+    MAX_GAP_RAW, MAX_HEADER_RATIO, MAX_HEADER_RAW, Result,
 };
 use crate::codec::{ChunkMode, Layout, Transform, decode_chunk};
 use crate::gguf::{GgmlType, GgufHeader, TensorInfo};
@@ -224,7 +224,7 @@ impl DcFile {
             });
         }
         match (index.version, versions) {
-            (FORMAT_VERSION, _) | (FORMAT_VERSION_1, Versions::AlsoV1) => {}
+            (FORMAT_VERSION | FORMAT_VERSION_2, _) | (FORMAT_VERSION_1, Versions::AlsoV1) => {}
             (FORMAT_VERSION_1, Versions::Checked) => {
                 return Err(DcError::LegacyVersion(path.to_path_buf()));
             }
@@ -308,7 +308,7 @@ impl DcFile {
             .tensors
             .iter()
             .zip(&index.tensors)
-            .map(|(t, e)| check_tensor(t, e, &data))
+            .map(|(t, e)| check_tensor(t, e, &data, index.version))
             .collect::<Result<Vec<_>>>()?;
         let gaps_range = {
             let start = data.start + index.gaps.offset as usize;
@@ -772,22 +772,34 @@ fn decode_blob(stored: &[u8], b: &BlobRef, name: &'static str) -> Result<Vec<u8>
     Ok(raw)
 }
 
+/// The first format version whose files may name transform `t` (docs/FORMAT.md §5): an
+/// older file naming a newer transform is damaged, not merely unusual.
+fn first_version_with(t: Transform) -> u32 {
+    match t {
+        Transform::FoldSplit => 3,
+        _ => FORMAT_VERSION_1,
+    }
+}
+
 fn check_tensor(
     t: &TensorInfo,
     e: &super::TensorEntry,
     data: &std::ops::Range<usize>,
+    version: u32,
 ) -> Result<TensorState> {
     let bad = |what: String| DcError::Corrupt {
         tensor: t.name.clone(),
         chunk: 0,
         what: format!("index entry: {what}"),
     };
-    let transform = Transform::from_id(e.transform, t.ty).ok_or_else(|| {
-        bad(format!(
-            "transform {} is not valid for {}",
-            e.transform, t.ty
-        ))
-    })?;
+    let transform = Transform::from_id(e.transform, t.ty)
+        .filter(|tr| version >= first_version_with(*tr))
+        .ok_or_else(|| {
+            bad(format!(
+                "transform {} is not valid for {} in a version {version} file",
+                e.transform, t.ty
+            ))
+        })?;
     let layout = Layout::new(transform, t.ty);
     let chunk_raw = e.chunk_raw as u64;
     let want_chunks = if t.nbytes == 0 {

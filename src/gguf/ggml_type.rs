@@ -12,14 +12,17 @@ pub struct GgmlType(u32);
 /// How the bytes of one quantization block are laid out, field by field.
 ///
 /// `Half` fields are IEEE fp16 scales; `Nibbles` are packed 4-bit quants (two per byte),
-/// `Int8` are signed 8-bit quants, `Bytes` are other byte arrays (packed scales, high bits,
-/// sums). The codec uses this to separate statistically different bytes.
+/// `Crumbs` are packed 2-bit quants or the top two bits of wider quants (four per byte, each
+/// the high part of a value centred on the middle of its range), `Int8` are signed 8-bit
+/// quants, `Bytes` are other byte arrays (packed scales, sign/high bits, sums). The codec uses
+/// this to separate statistically different bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
     Half,
     Float,
     Bytes(u16),
     Nibbles(u16),
+    Crumbs(u16),
     Int8(u16),
 }
 
@@ -30,7 +33,7 @@ struct TypeInfo {
     fields: &'static [Field],
 }
 
-use Field::{Bytes, Float, Half, Int8, Nibbles};
+use Field::{Bytes, Crumbs, Float, Half, Int8, Nibbles};
 
 const fn info(
     name: &'static str,
@@ -71,7 +74,7 @@ static TYPES: [Option<TypeInfo>; 40] = [
         "Q6_K",
         256,
         210,
-        &[Nibbles(128), Bytes(64), Bytes(16), Half],
+        &[Nibbles(128), Crumbs(64), Bytes(16), Half],
     ),
     info("Q8_K", 256, 292, &[Float, Int8(256), Bytes(32)]),
     info("IQ2_XXS", 256, 66, &[]),
@@ -193,7 +196,7 @@ impl Field {
         match self {
             Field::Half => 2,
             Field::Float => 4,
-            Field::Bytes(n) | Field::Nibbles(n) | Field::Int8(n) => n as usize,
+            Field::Bytes(n) | Field::Nibbles(n) | Field::Crumbs(n) | Field::Int8(n) => n as usize,
         }
     }
 }
