@@ -104,7 +104,12 @@ impl Transform {
 /// The types `FoldSplit` is the default for: those measured on real models (docs/FORMAT.md
 /// has the numbers). Other types with nibble or crumb fields can be written with it on
 /// request and read back, but keep `QuantSplit` until measured.
-const FOLD_BY_DEFAULT: [GgmlType; 2] = [GgmlType::Q4_K, GgmlType::Q6_K];
+const FOLD_BY_DEFAULT: [GgmlType; 4] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
 
 fn has_fold_fields(ty: GgmlType) -> bool {
     ty.fields()
@@ -405,8 +410,8 @@ impl Layout {
         }
     }
 
-    /// The fold-split layouts of Q4_K and Q6_K (what Q4_K_M and Q5_K_M models are made of)
-    /// with every size fixed at compile time: no per-field dispatch, no bounds checks inside a
+    /// The fold-split layouts of Q4_K and Q6_K (what Q4_K_M models are made of), Q4_0 and
+    /// Q4_1 with every size fixed at compile time: no per-field dispatch, no bounds checks inside a
     /// block. Returns false, leaving `dst` alone, for any other layout.
     fn merge_fold_blocks(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -481,6 +486,21 @@ impl Layout {
                     merge_crumb_fold::<64>(qh, m, h);
                     tail[..16].copy_from_slice(&sc[u * 16..u * 16 + 16]);
                     tail[16..].copy_from_slice(&[d0[u], d1[u]]);
+                }
+                true
+            }
+            // Q4_0 and Q4_1: the fp16 bytes, then qs:16n.
+            [copies @ .., Part::NibbleFold { off, width: 16 }]
+                if self.unit == off + 16
+                    && copies
+                        .iter()
+                        .enumerate()
+                        .all(|(k, p)| matches!(p, Part::Copy { off, width: 1 } if *off == k)) =>
+            {
+                match copies.len() {
+                    2 => merge_fold_nibble_blocks::<2, 16>(planes, dst),
+                    4 => merge_fold_nibble_blocks::<4, 16>(planes, dst),
+                    _ => return false,
                 }
                 true
             }
@@ -598,6 +618,24 @@ fn merge_blocks<const COPIES: usize, const HALF: usize>(
             field[2 * i] = (((h[i] << shift) & m) | (l[i] & !m)) ^ xor;
             field[2 * i + 1] = ((h[i] & m) | ((l[i] >> shift) & !m)) ^ xor;
         }
+    }
+}
+
+/// Fold-split blocks of `COPIES` single-byte planes followed by a nibble field of `W` bytes.
+#[inline(always)]
+fn merge_fold_nibble_blocks<const COPIES: usize, const W: usize>(planes: &[&[u8]], dst: &mut [u8]) {
+    let (copies, nibbles) = planes.split_at(COPIES);
+    let (q, half) = (W / 4, W / 2);
+    for (u, b) in dst.chunks_exact_mut(COPIES + W).enumerate() {
+        let (head, qs) = b.split_at_mut(COPIES);
+        for (k, plane) in copies.iter().enumerate() {
+            head[k] = plane[u];
+        }
+        let (m, h) = (
+            &nibbles[0][u * q..(u + 1) * q],
+            &nibbles[1][u * q..(u + 1) * q],
+        );
+        merge_nibble_fold::<W>(qs, m, h, &nibbles[2][u * half..(u + 1) * half]);
     }
 }
 
@@ -786,8 +824,13 @@ mod tests {
     }
 
     #[test]
-    fn k_quant_fold_layouts_take_the_fixed_size_merge() {
-        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+    fn common_fold_layouts_take_the_fixed_size_merge() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
             let l = Layout::new(Transform::FoldSplit, ty);
             let src: Vec<u8> = (0..5 * l.unit()).map(|i| (i * 37 + 11) as u8).collect();
             let planes = planes_of(&l, &src);
@@ -804,7 +847,7 @@ mod tests {
             l.merge_block_major(&parts, &mut general);
             assert_eq!(general, src, "{ty}");
         }
-        let other = Layout::new(Transform::FoldSplit, GgmlType::Q4_0);
+        let other = Layout::new(Transform::FoldSplit, GgmlType::Q5_K);
         assert!(!other.merge_fold_blocks(&[], &mut []));
     }
 
