@@ -37,6 +37,10 @@ pub struct DcFile {
     segments: Vec<Segment>,
     tensors: Vec<TensorState>,
     release_after_decode: std::sync::atomic::AtomicBool,
+    /// See [`DcFile::set_uncache_after_decode`].
+    uncache: std::sync::atomic::AtomicBool,
+    /// Pages of the file in the page cache when uncaching was first turned on.
+    resident_at_uncache: std::sync::OnceLock<Vec<bool>>,
     original_xxh3: u64,
 }
 
@@ -49,8 +53,9 @@ struct TensorState {
 
 /// The DC file's bytes: a read-only map of the file, or bytes handed over in memory.
 enum Storage {
-    /// The map stays valid after the file handle is closed.
-    Mapped(Mmap),
+    /// The file is kept open to drop its page cache behind a load
+    /// ([`DcFile::set_uncache_after_decode`]).
+    Mapped(Mmap, std::fs::File),
     Owned(Vec<u8>),
 }
 
@@ -58,7 +63,7 @@ impl std::ops::Deref for Storage {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Storage::Mapped(m) => m,
+            Storage::Mapped(m, _) => m,
             Storage::Owned(v) => v,
         }
     }
@@ -113,8 +118,13 @@ impl DcFile {
     /// hands out is covered by a checksum that was checked first: the DC file's own header,
     /// the index and both blobs here, each chunk as it is decoded.
     pub fn open(path: &Path) -> Result<DcFile> {
-        let (_file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(path, Storage::Mapped(map), Arrays::Keep, Versions::Checked)
+        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
+        Self::from_storage(
+            path,
+            Storage::Mapped(map, file),
+            Arrays::Keep,
+            Versions::Checked,
+        )
     }
 
     /// [`DcFile::open`] for a reader that only serves bytes (the llama.cpp hook, `inspect`
@@ -122,8 +132,13 @@ impl DcFile {
     /// kept in the parsed headers; it stays in the original header's bytes. Saves megabytes
     /// for the life of a loaded model and ~5 ms of string allocations per open.
     pub fn open_without_arrays(path: &Path) -> Result<DcFile> {
-        let (_file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(path, Storage::Mapped(map), Arrays::Skip, Versions::Checked)
+        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
+        Self::from_storage(
+            path,
+            Storage::Mapped(map, file),
+            Arrays::Skip,
+            Versions::Checked,
+        )
     }
 
     /// [`DcFile::open`] that also accepts version-1 files, whose header and blobs have no
@@ -131,8 +146,13 @@ impl DcFile {
     /// ([`DcFile::for_each_block`]) before anything they produce is used: `decompress`
     /// (writes a temporary file, renamed into place only after the check) and `verify`.
     pub fn open_for_full_check(path: &Path) -> Result<DcFile> {
-        let (_file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(path, Storage::Mapped(map), Arrays::Keep, Versions::AlsoV1)
+        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
+        Self::from_storage(
+            path,
+            Storage::Mapped(map, file),
+            Arrays::Keep,
+            Versions::AlsoV1,
+        )
     }
 
     /// Opens DC-GGUF bytes held in memory (`name` is used in messages).
@@ -327,6 +347,8 @@ impl DcFile {
             tensors,
             original_xxh3,
             release_after_decode: std::sync::atomic::AtomicBool::new(false),
+            uncache: std::sync::atomic::AtomicBool::new(false),
+            resident_at_uncache: std::sync::OnceLock::new(),
         })
     }
 
@@ -347,6 +369,20 @@ impl DcFile {
     pub fn set_release_after_decode(&self, on: bool) {
         self.release_after_decode
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// With [`DcFile::set_release_after_decode`]: also drop from the page cache the
+    /// compressed bytes of each decoded chunk, where they were not cached when this was first
+    /// turned on. A load then leaves the page cache as it found it: a warm file stays warm
+    /// for the next load, and a cold one is not held twice (compressed in the cache, decoded
+    /// in llama.cpp's buffers), which a memory limit counting the page cache would charge.
+    /// For loads without a memory budget (a budget re-reads compressed bytes later).
+    pub fn set_uncache_after_decode(&self, on: bool) {
+        if on && let Storage::Mapped(m, _) = &self.map {
+            self.resident_at_uncache
+                .get_or_init(|| crate::io::resident_pages(m));
+        }
+        self.uncache.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -540,7 +576,7 @@ impl DcFile {
     /// Drops this process's page mappings of the DC file; the page cache keeps the data and
     /// later reads fault it back in. Keeps RSS flat while a long read streams the file.
     pub fn release_mapped_pages(&self) {
-        if let Storage::Mapped(m) = &self.map {
+        if let Storage::Mapped(m, _) = &self.map {
             // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping we never write only
             // drops page-table entries; the next access re-reads the same bytes from the file.
             let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
@@ -565,7 +601,7 @@ impl DcFile {
     /// Drops this process's page mappings of map bytes `[from, to)` (whole pages around
     /// them; see [`DcFile::release_mapped_pages`]).
     fn release_range(&self, from: usize, to: usize) {
-        let Storage::Mapped(m) = &self.map else {
+        let Storage::Mapped(m, file) = &self.map else {
             return;
         };
         let page = crate::io::page_size();
@@ -576,6 +612,26 @@ impl DcFile {
             let _ = unsafe {
                 m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, to - start)
             };
+        }
+        if !self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let Some(resident) = self.resident_at_uncache.get() else {
+            return;
+        };
+        // Runs of pages that were not in the page cache when the load began.
+        let pages = start / page..to.div_ceil(page).min(resident.len());
+        let mut p = pages.start;
+        while p < pages.end {
+            if resident[p] {
+                p += 1;
+                continue;
+            }
+            let run = p;
+            while p < pages.end && !resident[p] {
+                p += 1;
+            }
+            crate::io::drop_cached(file, (run * page) as u64, ((p - run) * page) as u64);
         }
     }
 

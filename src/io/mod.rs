@@ -28,6 +28,42 @@ pub fn page_size() -> usize {
     if p > 0 { p as usize } else { 4096 }
 }
 
+/// Which pages of `map` are in the page cache now, one entry per page (`mincore(2)`); all
+/// `true` where the kernel will not say (then nothing is ever dropped on the strength of it).
+pub fn resident_pages(map: &Mmap) -> Vec<bool> {
+    let pages = map.len().div_ceil(page_size());
+    let mut vec = vec![0u8; pages];
+    if pages == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the range is exactly the live mapping (page-aligned start, as every mmap is),
+    // and `vec` has one byte per page of it, which is what mincore writes.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            vec.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return vec![true; pages];
+    }
+    vec.iter().map(|b| b & 1 == 1).collect()
+}
+
+/// Asks the kernel to drop `len` bytes of `file` at `offset` from the page cache
+/// (`POSIX_FADV_DONTNEED`: clean pages no process maps go; a hint, so failures are ignored).
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open for the
+    // duration of the call (`file` is borrowed).
+    let _ =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// This process's current and peak resident set (VmRSS, VmHWM from /proc/self/status).
 pub fn rss_report() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

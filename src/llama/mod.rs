@@ -211,6 +211,7 @@ pub fn load_dc(
     // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
     // compressed bytes "in RAM" they are kept mapped after the load instead.
     dc.set_release_after_decode(true);
+    dc.set_uncache_after_decode(res.is_none());
     let stream = Stream::new(path, Source::Dc(dc.clone()), throttle_from_env())
         .map_err(|source| LlamaError::Io {
             path: path.to_path_buf(),

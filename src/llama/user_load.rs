@@ -603,6 +603,7 @@ pub fn load_dc_user(
         == Some(4);
 
     dc.set_release_after_decode(true);
+    dc.set_uncache_after_decode(true);
     // As on the stream route: decode in file order on a spare core while llama.cpp parses the
     // metadata and builds the vocabulary; the callback then copies those chunks.
     let early = (!params.vocab_only

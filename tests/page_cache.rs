@@ -1,0 +1,95 @@
+//! A model load leaves the page cache as it found it: the compressed bytes of a DC file that
+//! was not cached are dropped from the cache as they are decoded (a memory limit that counts
+//! the page cache would otherwise charge the model twice), and a cached file stays cached.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use dcgguf::dc::{DcFile, compress_file};
+use dcgguf::gguf::GgmlType;
+
+/// Bytes of `path` in the page cache.
+fn cached_bytes(path: &std::path::Path) -> u64 {
+    let (_f, map) = dcgguf::io::map_readonly(path).unwrap();
+    let page = dcgguf::io::page_size() as u64;
+    dcgguf::io::resident_pages(&map)
+        .iter()
+        .filter(|&&r| r)
+        .count() as u64
+        * page
+}
+
+fn evict(path: &std::path::Path) {
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    dcgguf::io::drop_cached(&f, 0, f.metadata().unwrap().len());
+}
+
+fn decode_all(dc: &DcFile) {
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0;
+    while off < dc.original_size() {
+        off += dc.read_at(off, &mut buf).unwrap() as u64;
+    }
+}
+
+#[test]
+fn a_load_leaves_the_page_cache_as_it_found_it() {
+    // In the target directory: on the build's disk, never a tmpfs whose pages cannot leave.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("page-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Rng::new(5);
+    let model = GgufBuilder::new()
+        .tensor(Tensor::random("a", &[4096, 256], GgmlType::Q8_0, &mut rng))
+        .tensor(Tensor::random("b", &[4096, 256], GgmlType::F16, &mut rng))
+        .build();
+    let input = dir.join("m.gguf");
+    std::fs::write(&input, &model).unwrap();
+    let path = dir.join("m.dc.gguf");
+    compress_file(&input, &path, &opts_chunk(256 << 10), &|_| {}).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size > 2 << 20, "{size}");
+
+    // Cold: only what opening reads (headers, index) may stay.
+    evict(&path);
+    assert!(
+        cached_bytes(&path) < size / 10,
+        "the file could not be evicted"
+    );
+    let dc = DcFile::open(&path).unwrap();
+    dc.set_release_after_decode(true);
+    dc.set_uncache_after_decode(true);
+    let at_open = cached_bytes(&path);
+    decode_all(&dc);
+    let after = cached_bytes(&path);
+    assert!(
+        after <= at_open + (256 << 10),
+        "cold file: {at_open} cached at open, {after} after"
+    );
+
+    // Without uncaching, the same load leaves the file cached (so the test above can fail).
+    evict(&path);
+    let dc = DcFile::open(&path).unwrap();
+    dc.set_release_after_decode(true);
+    decode_all(&dc);
+    assert!(
+        cached_bytes(&path) > size * 9 / 10,
+        "plain read did not cache"
+    );
+
+    // Warm: the load keeps it all cached for the next one.
+    let _ = std::fs::read(&path).unwrap();
+    let dc = DcFile::open(&path).unwrap();
+    dc.set_release_after_decode(true);
+    dc.set_uncache_after_decode(true);
+    decode_all(&dc);
+    assert!(
+        cached_bytes(&path) > size * 9 / 10,
+        "warm file lost its cache"
+    );
+    drop(dc);
+    std::fs::remove_dir_all(&dir).ok();
+}
