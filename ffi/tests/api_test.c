@@ -286,6 +286,12 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     CHECK(dcgguf_decompress(dc, cancelled, &o, on_progress, &c2) == DCGGUF_ERR_CANCELLED);
     CHECK(!exists(cancelled));
 
+    /* The named best-ratio level is accepted and compresses. */
+    o.level = DCGGUF_LEVEL_MAX;
+    CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_OK);
+    CHECK(exists(cancelled) && remove(cancelled) == 0);
+    o.level = 3;
+
     /* Options the CLI would refuse. */
     o.level = 23;
     CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
@@ -296,11 +302,6 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_ERR_INVALID_ARGUMENT);
     o.size = sizeof o;
     CHECK(!exists(cancelled));
-    /* The named best-ratio level is accepted and compresses. */
-    o.level = DCGGUF_LEVEL_MAX;
-    CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_OK);
-    CHECK(exists(cancelled) && remove(cancelled) == 0);
-    o.level = 3;
 
     /* Lossy: Q8_0 requantized; progress counts the quantized model. */
     o.quantize = DCGGUF_QUANTIZE_INT8;
