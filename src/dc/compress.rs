@@ -298,6 +298,7 @@ pub fn compress_file(
     let mut stats: Option<(usize, PlaneStats)> = None;
     let mut n_chunks = 0;
     let mut stream = InputStream::new(&map, true);
+    let mut writeback_from = pos;
     encode_chunks(&plans, src, |t, c, e| {
         if c == 0 {
             tensors[t].data_offset = pos;
@@ -308,6 +309,15 @@ pub fn compress_file(
         }
         w.write_all(&e.payload).map_err(DcError::io(&path))?;
         pos += e.payload.len() as u64;
+        if pos - writeback_from >= WRITEBACK_STEP {
+            w.flush().map_err(DcError::io(&path))?;
+            start_writeback(
+                w.get_ref(),
+                data_start + writeback_from,
+                pos - writeback_from,
+            );
+            writeback_from = pos;
+        }
         tensors[t].chunks.push(ChunkEntry {
             stored_len: e.payload.len() as u32,
             mode: e.mode as u8,
@@ -514,6 +524,25 @@ impl<'a> InputStream<'a> {
         self.release();
         self.hasher.as_ref().map_or(0, Xxh3::digest)
     }
+}
+
+/// The output is handed to the kernel's writeback in steps of this many bytes.
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Starts writing `len` bytes of `file` from `offset` to storage without waiting, so that the
+/// final `fsync` (at commit) finds little left to write and disk writes overlap encoding.
+/// Only a hint: errors surface at that `fsync`.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor; it reads no memory of ours.
+    let _ = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
 }
 
 /// One encoded chunk on its way to the file; its buffers are reused for later chunks.
