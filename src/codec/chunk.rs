@@ -97,8 +97,6 @@ thread_local! {
     static ENCODER: RefCell<Option<(EncodeKey, Encoder)>> = const { RefCell::new(None) };
     static DECODER: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    /// The encoder's second output buffer (a plane compressed with the fallback).
-    static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn pays(stored: usize, raw: usize, min_saving: f64) -> bool {
@@ -143,7 +141,7 @@ pub fn encode_chunk_into(
         payload.extend_from_slice(raw);
         return ChunkMode::Raw;
     }
-    let mode = SCRATCH.with_borrow_mut(|(planes, body)| {
+    let mode = SCRATCH.with_borrow_mut(|(planes, spare)| {
         layout.split(raw, planes);
         let n_planes = layout.plane_count();
         payload.reserve(raw.len() / 2 + n_planes * PLANE_ENTRY);
@@ -157,12 +155,10 @@ pub fn encode_chunk_into(
                 s.add_histogram(p, &counts);
             }
             let body_start = payload.len();
-            let codec = match zstd_compress(plane, &counts, opts, body) {
-                Some(()) if pays(body.len(), plane.len(), opts.min_saving) => {
-                    payload.extend_from_slice(body);
-                    PLANE_ZSTD
-                }
+            let codec = match zstd_append(plane, &counts, opts, payload, spare) {
+                Some(n) if pays(n, plane.len(), opts.min_saving) => PLANE_ZSTD,
                 _ => {
+                    payload.truncate(body_start);
                     payload.extend_from_slice(plane);
                     PLANE_RAW
                 }
@@ -262,38 +258,42 @@ fn new_compressor(level: i32, shallow_search: bool) -> std::io::Result<Encoder> 
     })
 }
 
-/// Compresses `src` (one plane, whose byte counts are `counts`) into `out`, trying the
-/// fallback when `opts.level` calls for it.
-fn zstd_compress(
+/// Compresses `src` (one plane, whose byte counts are `counts`) onto the end of `out` (no
+/// copy) and returns the compressed length, trying the fallback (into `spare`) when
+/// `opts.level` calls for it. `None`: Zstd failed; `out` may then hold a partial frame past
+/// its old length.
+fn zstd_append(
     src: &[u8],
     counts: &[u64; 256],
     opts: EncodeOptions,
     out: &mut Vec<u8>,
-) -> Option<()> {
+    spare: &mut Vec<u8>,
+) -> Option<usize> {
     let key = (opts.level, opts.shallow_search);
     ENCODER.with_borrow_mut(|slot| {
         if slot.as_ref().is_none_or(|(k, _)| *k != key) {
             *slot = Some((key, new_compressor(opts.level, opts.shallow_search).ok()?));
         }
         let (_, e) = slot.as_mut()?;
-        let compress = |c: &mut zstd::bulk::Compressor<'static>, out: &mut Vec<u8>| {
-            out.clear();
-            out.reserve(zstd::zstd_safe::compress_bound(src.len()));
-            c.compress_to_buffer(src, out).ok()
-        };
-        compress(&mut e.main, out)?;
+        let start = out.len();
+        out.reserve(zstd::zstd_safe::compress_bound(src.len()));
+        let mut tail = std::io::Cursor::new(&mut *out);
+        tail.set_position(start as u64);
+        let mut n = e.main.compress_to_buffer(src, &mut tail).ok()?;
         if let Some(fallback) = &mut e.fallback {
             let retry = opts.level == LEVEL_MAX
-                || out.len() as f64 > order0_bytes(counts) * (1.0 + RETRY_EXCESS) + RETRY_SLACK;
+                || n as f64 > order0_bytes(counts) * (1.0 + RETRY_EXCESS) + RETRY_SLACK;
             if retry {
-                SPARE.with_borrow_mut(|spare| {
-                    if compress(fallback, spare).is_some() && spare.len() < out.len() {
-                        std::mem::swap(out, spare);
-                    }
-                });
+                spare.clear();
+                spare.reserve(zstd::zstd_safe::compress_bound(src.len()));
+                if fallback.compress_to_buffer(src, spare).is_ok() && spare.len() < n {
+                    out.truncate(start);
+                    out.extend_from_slice(spare);
+                    n = spare.len();
+                }
             }
         }
-        Some(())
+        Some(n)
     })
 }
 
