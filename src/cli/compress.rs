@@ -17,11 +17,11 @@ use super::{
 pub struct Args {
     input: PathBuf,
     output: PathBuf,
-    /// Compression level. `default`: Zstd's fast strategy tuned for weight planes, near the
-    /// entropy bound at hundreds of MB/s per core (within 0.1% of level 19 on the models
-    /// measured); `max`: the best ratio, a deep search (about 15 MB/s per core, 0.05-0.15%
-    /// smaller than `default`); or a Zstd level -7..22 with Zstd's parameters (19 and up with
-    /// a shallow search; 0 is `default`).
+    /// Compression level. `default`: Zstd's fast strategy tuned for weight planes (tensors
+    /// within 0.1% of level 19 on the models measured, 9-30x faster); `max`: the best ratio,
+    /// a deep search at about level 19's speed (0.02-0.13% smaller than `default`); or a Zstd
+    /// level -7..22 with Zstd's parameters (19 and up with a shallow search; 0 is
+    /// `default`).
     #[arg(long, default_value = "default", value_parser = level_arg)]
     level: i32,
     /// Raw bytes per independently decodable chunk (suffixes k, M accepted).
