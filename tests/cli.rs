@@ -667,3 +667,42 @@ fn cost_model_options() {
     }
     assert!(!out.exists());
 }
+
+/// `--level default` (also 0, and what no `--level` gives) and `--level max` compress and
+/// decompress to the input; max is not larger; unknown names and out-of-range numbers are
+/// usage errors.
+#[test]
+fn named_levels() {
+    let dir = TempDir::new("cli-levels");
+    let original = standard_model(41).build();
+    let input = dir.write("m.gguf", &original);
+    let mut sizes = Vec::new();
+    for level in [None, Some("default"), Some("0"), Some("max")] {
+        let dc = dir.join("m.dc.gguf");
+        let mut args = os!["-q", "compress", "--force", &input, &dc].to_vec();
+        if let Some(l) = level {
+            args.extend(os!["--level", l]);
+        }
+        dcgguf(&args).ok();
+        let back = dir.join("back.gguf");
+        dcgguf(os!["-q", "decompress", "--force", &dc, &back]).ok();
+        assert!(std::fs::read(&back).unwrap() == original, "{level:?}");
+        sizes.push((level, std::fs::read(&dc).unwrap()));
+    }
+    assert!(
+        sizes[0].1 == sizes[1].1 && sizes[1].1 == sizes[2].1,
+        "default, 0, none"
+    );
+    assert!(
+        sizes[3].1.len() <= sizes[0].1.len(),
+        "max larger than default"
+    );
+    let dc = dir.join("bad.dc.gguf");
+    for bad in ["fast", "23", "-8", "100"] {
+        // clap's own usage errors (exit 2); they are not JSON even with --json.
+        let out = dcgguf(os!["compress", &input, &dc, &format!("--level={bad}")]);
+        assert_eq!(out.code, 2, "{bad}: {}", out.stderr);
+        assert!(out.stderr.contains("--level"), "{}", out.stderr);
+        assert!(!dc.exists());
+    }
+}

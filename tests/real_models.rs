@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use dcgguf::codec::Transform;
+use dcgguf::codec::{EncodeOptions, LEVEL_DEFAULT, LEVEL_MAX, Transform};
 use dcgguf::dc::{CompressOptions, DcFile, decompress_file};
 use dcgguf::gguf::{ArrayValue, GgufHeader, Value};
 use dcgguf::io::map_readonly;
@@ -167,6 +167,70 @@ fn minilm_q8_0() {
 )]
 fn smollm2_q4_1() {
     check_model(fetched_model("SmolLM2-135M-Instruct.Q4_1.gguf"), 1.11);
+}
+
+/// Tensor bytes stored at `level`, after checking the file decompresses to the original.
+fn stored_at(path: &Path, level: i32) -> u64 {
+    let dir = TempDir::new("levels");
+    let dc_path = dir.join("model.dc.gguf");
+    let opts = CompressOptions {
+        encode: EncodeOptions {
+            level,
+            ..EncodeOptions::default()
+        },
+        ..CompressOptions::default()
+    };
+    compress(path, &dc_path, &opts);
+    let back = dir.join("model.gguf");
+    decompress_file(&dc_path, &back, false, &|_| {}).unwrap();
+    assert!(
+        same_file(path, &back),
+        "level {level}: decompressed file differs"
+    );
+    DcFile::open(&dc_path)
+        .unwrap()
+        .summary()
+        .tensor_stored_bytes
+}
+
+/// The default level's promise (src/codec/chunk.rs, LEVEL_DEFAULT): tensors within 0.3% of
+/// level 19 (shallow search, the default before it); and `max` is never larger than the
+/// default.
+fn check_levels(path: PathBuf) {
+    require_model(&path);
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let (default, max, l19) = (
+        stored_at(&path, LEVEL_DEFAULT),
+        stored_at(&path, LEVEL_MAX),
+        stored_at(&path, 19),
+    );
+    eprintln!("{name}: tensors stored: default {default}, max {max}, level 19 {l19}");
+    assert!(
+        default as f64 <= l19 as f64 * 1.003,
+        "{name}: default {default} is more than 0.3% above level 19's {l19}"
+    );
+    assert!(max <= default, "{name}: max {max} > default {default}");
+}
+
+#[test]
+#[cfg_attr(
+    any(debug_assertions, not(dcgguf_minilm)),
+    ignore = "needs a release build (cargo test --release) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn levels_on_minilm_q8_0_bf16_f32() {
+    // The three types where the default's fast match finder does worst before its retry.
+    for ty in ["q8_0", "bf16", "f32"] {
+        check_levels(shared_model(&format!("all-MiniLM-L6-v2-{ty}.gguf")));
+    }
+}
+
+#[test]
+#[cfg_attr(
+    any(debug_assertions, not(dcgguf_smollm2)),
+    ignore = "needs a release build (cargo test --release) and SmolLM2 (scripts/fetch-models.sh)"
+)]
+fn levels_on_smollm2_q4_1() {
+    check_levels(fetched_model("SmolLM2-135M-Instruct.Q4_1.gguf"));
 }
 
 #[test]

@@ -551,7 +551,8 @@ fn transform_override_and_encoder_options() {
     decompress_file(dc.path(), &back, false, &|_| {}).unwrap();
     assert!(std::fs::read(&back).unwrap() == original);
 
-    for level in [1, 3, 19] {
+    use dcgguf::codec::{LEVEL_DEFAULT, LEVEL_MAX};
+    for level in [LEVEL_DEFAULT, LEVEL_MAX, -3, 1, 3, 19] {
         for shallow in [false, true] {
             let o = CompressOptions {
                 encode: dcgguf::codec::EncodeOptions {

@@ -202,7 +202,8 @@ static void cost_model(dcgguf_file *f, const char *original, const char *dir) {
     struct { dcgguf_options o; uint64_t later; } newer;
     memset(&newer, 0xff, sizeof newer);
     CHECK(dcgguf_options_init_size(&newer.o, sizeof newer) == DCGGUF_OK);
-    CHECK(newer.o.size == sizeof newer && newer.later == 0 && newer.o.level == 19);
+    CHECK(newer.o.size == sizeof newer && newer.later == 0 &&
+          newer.o.level == DCGGUF_LEVEL_DEFAULT);
     newer.o.level = 3;
     CHECK(compressed_size(original, out, &newer.o) == plain);
     newer.later = 1;
@@ -226,7 +227,8 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     dcgguf_options o;
     CHECK(dcgguf_options_init(NULL) == DCGGUF_ERR_NULL_POINTER);
     CHECK(dcgguf_options_init(&o) == DCGGUF_OK);
-    CHECK(o.size == sizeof o && o.level == 19 && o.chunk_size == 1u << 20 && o.force == 0);
+    CHECK(o.size == sizeof o && o.level == DCGGUF_LEVEL_DEFAULT && o.chunk_size == 1u << 20 &&
+          o.force == 0);
     CHECK(o.quantize == DCGGUF_QUANTIZE_NONE && o.step != o.step && o.imatrix == NULL);
     o.level = 3;
     o.threads = 2;
@@ -283,6 +285,12 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     c2.cancel_at = 1;
     CHECK(dcgguf_decompress(dc, cancelled, &o, on_progress, &c2) == DCGGUF_ERR_CANCELLED);
     CHECK(!exists(cancelled));
+
+    /* The named best-ratio level is accepted and compresses. */
+    o.level = DCGGUF_LEVEL_MAX;
+    CHECK(dcgguf_compress(original, cancelled, &o, NULL, NULL) == DCGGUF_OK);
+    CHECK(exists(cancelled) && remove(cancelled) == 0);
+    o.level = 3;
 
     /* Options the CLI would refuse. */
     o.level = 23;

@@ -32,7 +32,7 @@ at install time, else the ``target/release`` of the checkout the package sits in
 """
 
 from . import _lib
-from ._lib import LibraryNotFoundError
+from ._lib import LEVEL_DEFAULT, LEVEL_MAX, LibraryNotFoundError
 from .convert import compress, decompress, inspect, verify
 from .errors import *  # noqa: F401,F403 - one class per C result code
 from .errors import DcggufError, error_class
@@ -54,6 +54,8 @@ __all__ = [
     "DcReader",
     "DcTensor",
     "DcggufError",
+    "LEVEL_DEFAULT",
+    "LEVEL_MAX",
     "LibraryNotFoundError",
     "error_class",
     "library_version",

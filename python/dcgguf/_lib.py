@@ -39,6 +39,11 @@ LIB_NAME = "libdcgguf.so"
 #: ``typedef int (*dcgguf_progress_fn)(uint64_t done, uint64_t total, void *user)``
 PROGRESS_FN = CFUNCTYPE(c_int, c_uint64, c_uint64, c_void_p)
 
+#: ``dcgguf_options.level`` (``dcgguf_level`` of ffi/dcgguf.h): the default setting and the
+#: best ratio; other values are Zstd levels -7..22.
+LEVEL_DEFAULT = 0
+LEVEL_MAX = 100
+
 #: ``dcgguf_options.quantize``
 QUANTIZE_NONE = 0
 QUANTIZE_INT8 = 1

@@ -185,6 +185,18 @@ class Lossless(Base):
     def test_smollm2_q4_1(self):
         self.roundtrip(smollm2(self), level=3)
 
+    def test_named_levels(self):
+        # "max" (also dcgguf.LEVEL_MAX) round-trips and is never larger than the default.
+        src = minilm(self, "q8_0")
+        self.roundtrip(src, level="max")
+        sizes = {}
+        for level in ("default", dcgguf.LEVEL_MAX):
+            r = dcgguf.compress(src, self.dir / "level.dc.gguf", level=level, force=True)
+            sizes[level] = r["files"][0]["output_bytes"]
+        self.assertLessEqual(sizes[dcgguf.LEVEL_MAX], sizes["default"])
+        with self.assertRaises(dcgguf.InvalidArgumentError):
+            dcgguf.compress(src, self.dir / "bad.dc.gguf", level="fastest")
+
 
 class Lossy(Base):
     def test_int8_from_f16(self):

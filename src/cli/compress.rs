@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dcgguf::codec::{EncodeOptions, LEVELS};
+use dcgguf::codec::{EncodeOptions, LEVELS, parse_level};
 use dcgguf::dc::{self, CompressOptions};
 use dcgguf::gguf::split::split_parts;
 
@@ -17,10 +17,12 @@ use super::{
 pub struct Args {
     input: PathBuf,
     output: PathBuf,
-    /// Zstd level (1-22; -7..-1 are Zstd's fast levels).
-    #[arg(long, default_value_t = EncodeOptions::default().level,
-          value_parser = clap::value_parser!(i32)
-              .range(i64::from(*LEVELS.start())..=i64::from(*LEVELS.end())))]
+    /// Compression level. `default`: Zstd's fast strategy tuned for weight planes (tensors
+    /// within 0.1% of level 19 on the models measured, 9-30x faster); `max`: the best ratio,
+    /// a deep search at about level 19's speed (0.02-0.13% smaller than `default`); or a Zstd
+    /// level -7..22 with Zstd's parameters (19 and up with a shallow search; 0 is
+    /// `default`).
+    #[arg(long, default_value = "default", value_parser = level_arg)]
     level: i32,
     /// Raw bytes per independently decodable chunk (suffixes k, M accepted).
     #[arg(long, default_value = "1M", value_parser = parse_chunk_size)]
@@ -37,6 +39,16 @@ pub struct Args {
     /// `--profile auto` when no profile is given.
     #[arg(long, value_parser = parse_size)]
     target_size: Option<u64>,
+}
+
+fn level_arg(s: &str) -> Result<i32, String> {
+    parse_level(s).ok_or_else(|| {
+        format!(
+            "expected default, max or a Zstd level {}..={}",
+            LEVELS.start(),
+            LEVELS.end()
+        )
+    })
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {

@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use super::entropy::PlaneStats;
+use super::entropy::{PlaneStats, histogram, order0_bytes};
 use super::transform::Layout;
 use super::{CodecError, Result};
 
@@ -32,18 +32,48 @@ const PLANE_RAW: u8 = 0;
 const PLANE_ZSTD: u8 = 1;
 const PLANE_ENTRY: usize = 5;
 
-/// The Zstd levels callers may ask for (`--level`, the C API): 1..=22 and Zstd's fast
-/// levels -7..=-1 (Zstd clamps others silently; callers are told instead).
+/// The Zstd levels callers may ask for by number (`--level`, the C API): 1..=22 and Zstd's
+/// fast levels -7..=-1 (Zstd clamps others silently; callers are told instead). 0, Zstd's
+/// "default level", is dcgguf's default setting, [`LEVEL_DEFAULT`].
 pub const LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
+
+/// `level` of dcgguf's default setting (`--level default`, `DCGGUF_LEVEL_DEFAULT`): Zstd's
+/// fastest full-entropy strategy, with a retry per plane when it lands well above the
+/// plane's order-0 bound (see [`new_compressor`]). Weight planes have almost no long matches,
+/// so the Huffman stage decides the ratio: measured within 0.1% of level 19 on Q4_K_M,
+/// Q4_1, Q8_0, F16, BF16 and F32 models, compressing 9-30x faster end to end (README,
+/// "Compression speed"; `examples/levels.rs` measures settings).
+pub const LEVEL_DEFAULT: i32 = 0;
+
+/// `level` of the best-ratio setting (`--level max`, `DCGGUF_LEVEL_MAX`): a deeper
+/// btultra2 search than level 19's, and each plane also tried with the default's fallback,
+/// the smaller kept. About level 19's speed; 0.04-0.11% smaller than it on the same models.
+pub const LEVEL_MAX: i32 = 100;
+
+/// Whether `level` is one callers may ask for: a Zstd level of [`LEVELS`] or [`LEVEL_MAX`].
+pub fn level_is_valid(level: i32) -> bool {
+    LEVELS.contains(&level) || level == LEVEL_MAX
+}
+
+/// Parses `default`, `max` or a number of [`LEVELS`] (the CLI's `--level`).
+pub fn parse_level(s: &str) -> Option<i32> {
+    match s {
+        "default" => Some(LEVEL_DEFAULT),
+        "max" => Some(LEVEL_MAX),
+        _ => s.parse().ok().filter(|l| LEVELS.contains(l)),
+    }
+}
 
 /// Encoder settings.
 #[derive(Clone, Copy, Debug)]
 pub struct EncodeOptions {
-    /// Zstd level (1..=22; negative levels are Zstd's fast modes).
+    /// [`LEVEL_DEFAULT`], [`LEVEL_MAX`], or a Zstd level (1..=22; negative levels are Zstd's
+    /// fast modes) used with Zstd's own parameters.
     pub level: i32,
-    /// At level >= 19, use a shallow match search (btultra2 parsing, 128 KiB window, one
-    /// search attempt). Weight planes have almost no long matches, so this keeps level 19's
-    /// ratio to four digits while encoding about 7x faster (measured on MiniLM and SmolLM2).
+    /// At Zstd levels >= 19, use a shallow match search (btultra2 parsing, 128 KiB window,
+    /// one search attempt). Weight planes have almost no long matches, so this keeps level
+    /// 19's ratio to four digits while encoding about 7x faster (measured on MiniLM and
+    /// SmolLM2).
     pub shallow_search: bool,
     /// A plane or chunk is stored compressed only if that saves at least this fraction of
     /// its bytes; smaller savings are not worth the decode time.
@@ -56,7 +86,7 @@ pub struct EncodeOptions {
 impl Default for EncodeOptions {
     fn default() -> Self {
         EncodeOptions {
-            level: 19,
+            level: LEVEL_DEFAULT,
             shallow_search: true,
             min_saving: 0.005,
             store_raw: false,
@@ -65,7 +95,7 @@ impl Default for EncodeOptions {
 }
 
 thread_local! {
-    static ENCODER: RefCell<Option<(EncodeKey, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static ENCODER: RefCell<Option<(EncodeKey, Encoder)>> = const { RefCell::new(None) };
     static DECODER: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -82,6 +112,22 @@ pub fn encode_chunk(
     opts: EncodeOptions,
     stats: Option<&mut PlaneStats>,
 ) -> (ChunkMode, Vec<u8>) {
+    let mut payload = Vec::new();
+    let mode = encode_chunk_into(layout, raw, opts, stats, &mut payload);
+    (mode, payload)
+}
+
+/// [`encode_chunk`] into the caller's `payload` (cleared first), so that a stream of chunks
+/// can reuse its buffers.
+pub fn encode_chunk_into(
+    layout: &Layout,
+    raw: &[u8],
+    opts: EncodeOptions,
+    stats: Option<&mut PlaneStats>,
+    payload: &mut Vec<u8>,
+) -> ChunkMode {
+    payload.clear();
+    let mut stats = stats;
     if opts.store_raw {
         if let Some(s) = stats {
             SCRATCH.with_borrow_mut(|(planes, _)| {
@@ -93,28 +139,27 @@ pub fn encode_chunk(
                 }
             });
         }
-        return (ChunkMode::Raw, raw.to_vec());
+        payload.extend_from_slice(raw);
+        return ChunkMode::Raw;
     }
-    SCRATCH.with_borrow_mut(|(planes, body)| {
+    let mode = SCRATCH.with_borrow_mut(|(planes, spare)| {
         layout.split(raw, planes);
         let n_planes = layout.plane_count();
-        let mut payload = Vec::with_capacity(raw.len() / 2 + n_planes * PLANE_ENTRY);
+        payload.reserve(raw.len() / 2 + n_planes * PLANE_ENTRY);
         payload.resize(n_planes * PLANE_ENTRY, 0);
-        let mut stats = stats;
         let mut start = 0;
         for (p, len) in layout.plane_lens(raw.len()).enumerate() {
             let plane = &planes[start..start + len];
             start += len;
+            let counts = histogram(plane);
             if let Some(s) = stats.as_deref_mut() {
-                s.add(p, plane);
+                s.add_histogram(p, &counts);
             }
             let body_start = payload.len();
-            let codec = match zstd_compress(plane, opts, body) {
-                Some(()) if pays(body.len(), plane.len(), opts.min_saving) => {
-                    payload.extend_from_slice(body);
-                    PLANE_ZSTD
-                }
+            let codec = match zstd_append(plane, &counts, opts, payload, spare) {
+                Some(n) if pays(n, plane.len(), opts.min_saving) => PLANE_ZSTD,
                 _ => {
+                    payload.truncate(body_start);
                     payload.extend_from_slice(plane);
                     PLANE_RAW
                 }
@@ -125,48 +170,131 @@ pub fn encode_chunk(
             entry[1..5].copy_from_slice(&stored.to_le_bytes());
         }
         if pays(payload.len(), raw.len(), opts.min_saving) {
-            (ChunkMode::Planes, payload)
+            ChunkMode::Planes
         } else {
-            (ChunkMode::Raw, raw.to_vec())
+            ChunkMode::Raw
         }
-    })
+    });
+    if mode == ChunkMode::Raw {
+        payload.clear();
+        payload.extend_from_slice(raw);
+    }
+    mode
 }
 
 type EncodeKey = (i32, bool);
 
-fn new_compressor(opts: EncodeOptions) -> std::io::Result<zstd::bulk::Compressor<'static>> {
+/// A thread's compressors for one [`EncodeKey`]: the main one and, for the named levels,
+/// the fallback (see [`new_compressor`]).
+struct Encoder {
+    main: zstd::bulk::Compressor<'static>,
+    fallback: Option<zstd::bulk::Compressor<'static>>,
+}
+
+/// When the default setting's output for a plane exceeds the plane's order-0 bound by more
+/// than this fraction (plus [`RETRY_SLACK`] bytes of frame and table overhead), the plane is
+/// compressed again with the fallback. Below it, the Huffman stage is already near the bound
+/// and a retry cannot win much; above it, the fast match finder took matches that cost more
+/// than the literals they replace.
+const RETRY_EXCESS: f64 = 0.01;
+const RETRY_SLACK: f64 = 64.0;
+
+/// Zstd parameters for `(level, shallow_search)`.
+///
+/// - [`LEVEL_DEFAULT`]: `ZSTD_fast` (level 1) with 7-byte minimum matches: fewer short
+///   matches that cost more than the literals they replace (measured smaller than level 1's 6
+///   on Q4_K_M, Q4_1, Q8_0, BF16 and F32 models, and faster). Fallback: the same with a
+///   64-entry hash table (`hashLog` 6), which finds almost no matches, so a plane is coded
+///   as Huffman literals: for skewed planes (float exponents) that is 1-10% smaller than
+///   what the fast match finder does, and near level 19's result.
+/// - [`LEVEL_MAX`]: btultra2 with a 128 KiB window, 4-byte minimum matches, two search
+///   attempts and 64-byte target length (measured smaller than level 19 on every model
+///   above); fallback always tried, the smaller kept.
+/// - Zstd levels: Zstd's parameters, except the shallow search at >= 19.
+fn new_compressor(level: i32, shallow_search: bool) -> std::io::Result<Encoder> {
     use zstd::zstd_safe::{CParameter as P, Strategy};
-    let mut c = zstd::bulk::Compressor::new(opts.level)?;
-    // Our own checksums cover the decoded bytes; the frame checksum would be redundant.
-    c.include_checksum(false)?;
-    c.include_contentsize(true)?;
-    if opts.shallow_search && opts.level >= 19 {
-        for p in [
+    let fresh = |level: i32| -> std::io::Result<zstd::bulk::Compressor<'static>> {
+        let mut c = zstd::bulk::Compressor::new(level)?;
+        // Our own checksums cover the decoded bytes; the frame checksum would be redundant.
+        c.include_checksum(false)?;
+        c.include_contentsize(true)?;
+        Ok(c)
+    };
+    let tuned = |level: i32, params: &[P]| -> std::io::Result<zstd::bulk::Compressor<'static>> {
+        let mut c = fresh(level)?;
+        for &p in params {
+            c.set_parameter(p)?;
+        }
+        Ok(c)
+    };
+    let literals = || tuned(1, &[P::MinMatch(7), P::HashLog(6)]);
+    let deep = |search_log: u32, min_match: u32, target_length: u32| {
+        [
             P::Strategy(Strategy::ZSTD_btultra2),
             P::WindowLog(17),
             P::ChainLog(16),
             P::HashLog(16),
-            P::SearchLog(1),
-            P::MinMatch(3),
-            P::TargetLength(8),
-        ] {
-            c.set_parameter(p)?;
-        }
-    }
-    Ok(c)
+            P::SearchLog(search_log),
+            P::MinMatch(min_match),
+            P::TargetLength(target_length),
+        ]
+    };
+    Ok(match level {
+        LEVEL_DEFAULT => Encoder {
+            main: tuned(1, &[P::MinMatch(7)])?,
+            fallback: Some(literals()?),
+        },
+        LEVEL_MAX => Encoder {
+            main: tuned(19, &deep(2, 4, 64))?,
+            fallback: Some(literals()?),
+        },
+        l if shallow_search && l >= 19 => Encoder {
+            main: tuned(l, &deep(1, 3, 8))?,
+            fallback: None,
+        },
+        l => Encoder {
+            main: fresh(l)?,
+            fallback: None,
+        },
+    })
 }
 
-fn zstd_compress(src: &[u8], opts: EncodeOptions, out: &mut Vec<u8>) -> Option<()> {
+/// Compresses `src` (one plane, whose byte counts are `counts`) onto the end of `out` (no
+/// copy) and returns the compressed length, trying the fallback (into `spare`) when
+/// `opts.level` calls for it. `None`: Zstd failed; `out` may then hold a partial frame past
+/// its old length.
+fn zstd_append(
+    src: &[u8],
+    counts: &[u64; 256],
+    opts: EncodeOptions,
+    out: &mut Vec<u8>,
+    spare: &mut Vec<u8>,
+) -> Option<usize> {
     let key = (opts.level, opts.shallow_search);
     ENCODER.with_borrow_mut(|slot| {
         if slot.as_ref().is_none_or(|(k, _)| *k != key) {
-            *slot = Some((key, new_compressor(opts).ok()?));
+            *slot = Some((key, new_compressor(opts.level, opts.shallow_search).ok()?));
         }
-        let (_, c) = slot.as_mut()?;
-        out.clear();
+        let (_, e) = slot.as_mut()?;
+        let start = out.len();
         out.reserve(zstd::zstd_safe::compress_bound(src.len()));
-        c.compress_to_buffer(src, out).ok()?;
-        Some(())
+        let mut tail = std::io::Cursor::new(&mut *out);
+        tail.set_position(start as u64);
+        let mut n = e.main.compress_to_buffer(src, &mut tail).ok()?;
+        if let Some(fallback) = &mut e.fallback {
+            let retry = opts.level == LEVEL_MAX
+                || n as f64 > order0_bytes(counts) * (1.0 + RETRY_EXCESS) + RETRY_SLACK;
+            if retry {
+                spare.clear();
+                spare.reserve(zstd::zstd_safe::compress_bound(src.len()));
+                if fallback.compress_to_buffer(src, spare).is_ok() && spare.len() < n {
+                    out.truncate(start);
+                    out.extend_from_slice(spare);
+                    n = spare.len();
+                }
+            }
+        }
+        Some(n)
     })
 }
 

@@ -9,7 +9,10 @@ pub mod entropy;
 pub mod half;
 pub mod transform;
 
-pub use chunk::{ChunkMode, EncodeOptions, LEVELS, decode_chunk, encode_chunk};
+pub use chunk::{
+    ChunkMode, EncodeOptions, LEVEL_DEFAULT, LEVEL_MAX, LEVELS, decode_chunk, encode_chunk,
+    encode_chunk_into, level_is_valid, parse_level,
+};
 pub use entropy::PlaneStats;
 pub use transform::{Layout, Transform};
 

@@ -1,11 +1,15 @@
 //! GGUF -> DC-GGUF. Streams chunks through a bounded window, so memory does not grow with
-//! the model; the input is only ever mapped read-only.
+//! the model: workers encode chunks in input order while this thread writes them, hashes the
+//! input as it goes and releases the input pages behind it. The input is only ever mapped
+//! read-only.
 
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rayon::prelude::*;
+use std::sync::{Condvar, Mutex, mpsc};
+
+use memmap2::{Advice, Mmap, UncheckedAdvice};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::index::{BlobRef, ChunkEntry, INDEX_VERSION, Index, TensorEntry};
@@ -17,19 +21,32 @@ use super::{
     KEY_WRITER, MAX_CHUNK_RAW, MAX_CLEAR_VALUE, MAX_DC_ALIGNMENT, MAX_GAP_RAW, MAX_HEADER_RATIO,
     MAX_HEADER_RAW, Result,
 };
-use crate::codec::{EncodeOptions, Layout, PlaneStats, Transform, encode_chunk};
+use crate::codec::{
+    ChunkMode, EncodeOptions, LEVEL_DEFAULT, LEVEL_MAX, Layout, PlaneStats, Transform,
+    encode_chunk_into,
+};
 use crate::gguf::{ArrayValue, GgmlType, GgufHeader, HeaderWriter, KeyValue, Value, align_up};
 use crate::io::{AtomicOutput, map_readonly};
 
-/// Level for the small side blobs (original header, gaps): they are small, so spend effort.
-const BLOB_LEVEL: i32 = 19;
+/// Zstd level for the side blobs (original header, gaps) at a tensor `level`. Level 19 took
+/// 3.6 s on Qwen2.5-1.5B's 6 MB header (tokenizer), a serial step longer than all its tensors
+/// at the default level; level 9 took 0.2 s for a blob 14% larger, 0.02% of the file. So
+/// the default uses 9, `max` and Zstd levels from 19 up use 19, and other levels theirs,
+/// clamped to 9..=19.
+fn blob_level(level: i32) -> i32 {
+    match level {
+        LEVEL_DEFAULT => 9,
+        LEVEL_MAX => 19,
+        l => l.clamp(9, 19),
+    }
+}
 
-/// Compresses a side blob at [`BLOB_LEVEL`] with a 1 MiB window and 1 MiB match tables:
-/// zstd's level-19 defaults size them by the input (a 7.7 MB header took ~90 MB of tables)
-/// for a gain of well under 1% on a blob that is 1-2% of the file.
-fn compress_blob(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Compresses a side blob with a 1 MiB window and 1 MiB match tables: zstd's level-19
+/// defaults size them by the input (a 7.7 MB header took ~90 MB of tables) for a gain of
+/// well under 1% on a blob that is 1-2% of the file.
+fn compress_blob(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     use zstd::zstd_safe::CParameter as P;
-    let mut c = zstd::bulk::Compressor::new(BLOB_LEVEL)?;
+    let mut c = zstd::bulk::Compressor::new(blob_level(level))?;
     c.include_checksum(false)?;
     c.include_contentsize(true)?;
     for p in [P::WindowLog(20), P::ChainLog(20), P::HashLog(20)] {
@@ -118,6 +135,9 @@ pub fn compress_file(
 ) -> Result<CompressReport> {
     let started = Instant::now();
     let (_file, map) = map_readonly(input).map_err(DcError::io(input))?;
+    // Read ahead generously: the input is read front to back (only advice, so its failure
+    // is harmless).
+    let _ = map.advise(Advice::Sequential);
     let src: &[u8] = &map;
     let gguf_err = |source| DcError::Gguf {
         path: input.to_path_buf(),
@@ -169,14 +189,11 @@ pub fn compress_file(
         })
         .collect();
 
-    let original_xxh3 = {
-        let mut h = Xxh3::new();
-        h.update(src);
-        h.digest()
-    };
     let index_len = Index::encoded_len(plans.iter().map(|p| p.n_chunks)) as u64;
     let alignment = dc_alignment(&header);
-    let dc_header = |data_len: u64| {
+    // The original's hash is known once the input has streamed through; the header is
+    // written last, and every value that changes has a fixed width.
+    let dc_header = |original_xxh3: u64, data_len: u64| {
         dc_header(
             &header,
             src.len() as u64,
@@ -185,7 +202,7 @@ pub fn compress_file(
             data_len,
         )
     };
-    let header_len = dc_header(0).len() as u64;
+    let header_len = dc_header(0, 0).len() as u64;
     let data_start = header_len + align_up(index_len, alignment).expect("index fits");
 
     let path = out.path().to_path_buf();
@@ -195,7 +212,7 @@ pub fn compress_file(
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut pos: u64 = 0;
     let mut put_blob = |w: &mut BufWriter<_>, raw: &[u8]| -> Result<BlobRef> {
-        let stored = compress_blob(raw).map_err(DcError::io(&path))?;
+        let stored = compress_blob(raw, opts.encode.level).map_err(DcError::io(&path))?;
         w.write_all(&stored).map_err(DcError::io(&path))?;
         let blob = BlobRef {
             offset: pos,
@@ -258,7 +275,7 @@ pub fn compress_file(
         fit_target(
             &mut plans,
             &tys,
-            src,
+            &map,
             model.as_ref(),
             target,
             fixed,
@@ -280,6 +297,8 @@ pub fn compress_file(
     // tensor after another): O(1) memory however many tensors the input has.
     let mut stats: Option<(usize, PlaneStats)> = None;
     let mut n_chunks = 0;
+    let mut stream = InputStream::new(&map, true);
+    let mut writeback_from = pos;
     encode_chunks(&plans, src, |t, c, e| {
         if c == 0 {
             tensors[t].data_offset = pos;
@@ -290,6 +309,15 @@ pub fn compress_file(
         }
         w.write_all(&e.payload).map_err(DcError::io(&path))?;
         pos += e.payload.len() as u64;
+        if pos - writeback_from >= WRITEBACK_STEP {
+            w.flush().map_err(DcError::io(&path))?;
+            start_writeback(
+                w.get_ref(),
+                data_start + writeback_from,
+                pos - writeback_from,
+            );
+            writeback_from = pos;
+        }
         tensors[t].chunks.push(ChunkEntry {
             stored_len: e.payload.len() as u32,
             mode: e.mode as u8,
@@ -298,10 +326,13 @@ pub fn compress_file(
         if let Some((_, s)) = &mut stats {
             s.merge(&e.stats);
         }
+        stream.advance(plans[t].start + c * plans[t].chunk_raw + e.raw_len);
         progress(e.raw_len as u64);
         n_chunks += 1;
         opts.job.check()
     })?;
+    stream.advance(src.len());
+    let original_xxh3 = stream.finish();
     if let Some((done, s)) = stats.take() {
         tensors[done].entropy_bound = s.bound_bytes().ceil() as u64;
     }
@@ -327,7 +358,7 @@ pub fn compress_file(
         path: output.to_path_buf(),
         source: e.into_error(),
     })?;
-    let head = dc_header(pos);
+    let head = dc_header(original_xxh3, pos);
     debug_assert_eq!(head.len() as u64, header_len);
     index.dc_header_hash = Some(xxh3_64(&head));
     let index_bytes = index.encode();
@@ -432,52 +463,240 @@ fn dc_header(
     w.finish(alignment)
 }
 
-/// One encoded chunk on its way to the file.
+/// Reads the mapped input once, front to back: hashes it (the original's XXH3, recorded in
+/// the DC header) and releases the pages behind it, so that the input's share of the
+/// resident set stays bounded on inputs larger than RAM (the page cache keeps them while
+/// memory allows; re-reading a released page would only fault it in again).
+struct InputStream<'a> {
+    map: &'a Mmap,
+    pos: usize,
+    released: usize,
+    hasher: Option<Xxh3>,
+}
+
+/// Pages are released in steps of this many bytes (one `madvise` call each).
+const RELEASE_STEP: usize = 8 << 20;
+
+impl<'a> InputStream<'a> {
+    fn new(map: &'a Mmap, hash: bool) -> InputStream<'a> {
+        InputStream {
+            map,
+            pos: 0,
+            released: 0,
+            hasher: hash.then(Xxh3::new),
+        }
+    }
+
+    /// Everything before `to` has been read for the last time (`to` never goes back).
+    fn advance(&mut self, to: usize) {
+        if to <= self.pos {
+            return;
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(&self.map[self.pos..to]);
+        }
+        self.pos = to;
+        if self.pos - self.released >= RELEASE_STEP {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        let end = self.pos / crate::io::page_size() * crate::io::page_size();
+        if end > self.released {
+            // SAFETY: the map is a read-only shared file mapping that nothing writes through;
+            // MADV_DONTNEED only drops this process's page-table entries for the range, and a
+            // later read faults the same file bytes back in. No reference into the range is
+            // held across the call that relies on its pages staying resident.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    self.released,
+                    end - self.released,
+                )
+            };
+            self.released = end;
+        }
+    }
+
+    /// Releases what is left and returns the hash of the bytes streamed through.
+    fn finish(mut self) -> u64 {
+        self.release();
+        self.hasher.as_ref().map_or(0, Xxh3::digest)
+    }
+}
+
+/// The output is handed to the kernel's writeback in steps of this many bytes.
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Starts writing `len` bytes of `file` from `offset` to storage without waiting, so that the
+/// final `fsync` (at commit) finds little left to write and disk writes overlap encoding.
+/// Only a hint: errors surface at that `fsync`.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor; it reads no memory of ours.
+    let _ = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
+/// One encoded chunk on its way to the file; its buffers are reused for later chunks.
 struct EncodedChunk {
-    mode: crate::codec::ChunkMode,
+    mode: ChunkMode,
     payload: Vec<u8>,
     hash: u64,
     stats: PlaneStats,
     raw_len: usize,
 }
 
-/// Encodes every chunk of every planned tensor, a bounded window at a time and in parallel
-/// within the window, handing each to `sink` in file order (`sink(tensor, chunk, encoded)`).
+impl EncodedChunk {
+    fn empty() -> EncodedChunk {
+        EncodedChunk {
+            mode: ChunkMode::Raw,
+            payload: Vec::new(),
+            hash: 0,
+            stats: PlaneStats::default(),
+            raw_len: 0,
+        }
+    }
+}
+
+/// What the encoding workers and the writing thread share.
+struct Window {
+    /// Next job to hand out.
+    next: usize,
+    /// Jobs written so far (a job may start only while `next < written + window`).
+    written: usize,
+    /// Set when the writer stops early (error, cancellation) or a worker panics.
+    stop: bool,
+    /// Encoded chunks already written, for reuse.
+    free: Vec<EncodedChunk>,
+}
+
+/// Stops the other workers (and so the writer) when a worker unwinds, so that the panic
+/// reaches the caller instead of leaving the writer waiting for a chunk that never comes.
+struct StopOnPanic<'a>(&'a Mutex<Window>, &'a Condvar);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut w) = self.0.lock() {
+                w.stop = true;
+            }
+            self.1.notify_all();
+        }
+    }
+}
+
+/// Encodes every chunk of every planned tensor, in input file order, handing each to
+/// `sink(tensor, chunk, encoded)` in that order on the calling thread. Worker threads (as
+/// many as the current rayon pool has) encode ahead of the sink by at most a few chunks each,
+/// which bounds memory; encoding and writing overlap (no barrier between batches). Plain
+/// threads rather than rayon tasks: the calling thread blocks on the workers, which must not
+/// wait for a pool thread it may be occupying.
 fn encode_chunks(
     plans: &[Plan],
     src: &[u8],
-    mut sink: impl FnMut(usize, usize, EncodedChunk) -> Result<()>,
+    mut sink: impl FnMut(usize, usize, &EncodedChunk) -> Result<()>,
 ) -> Result<()> {
-    let jobs: Vec<(usize, usize)> = plans
+    let mut order: Vec<usize> = (0..plans.len()).collect();
+    order.sort_by_key(|&t| plans[t].start);
+    let jobs: Vec<(usize, usize)> = order
         .iter()
-        .enumerate()
-        .flat_map(|(t, p)| (0..p.n_chunks).map(move |c| (t, c)))
+        .flat_map(|&t| (0..plans[t].n_chunks).map(move |c| (t, c)))
         .collect();
-    // A few chunks per thread in flight keeps every core busy while bounding memory.
-    let window = (rayon::current_num_threads() * 4).max(8);
-    for batch in jobs.chunks(window) {
-        let encoded: Vec<EncodedChunk> = batch
-            .par_iter()
-            .map(|&(t, c)| {
-                let p = &plans[t];
-                let from = p.start + c * p.chunk_raw;
-                let raw = &src[from..from + p.chunk_raw.min(p.nbytes - c * p.chunk_raw)];
-                let mut stats = PlaneStats::new(p.layout.plane_count());
-                let (mode, payload) = encode_chunk(&p.layout, raw, p.encode, Some(&mut stats));
-                EncodedChunk {
-                    mode,
-                    payload,
-                    hash: xxh3_64(raw),
-                    stats,
-                    raw_len: raw.len(),
-                }
-            })
-            .collect();
-        for (&(t, c), e) in batch.iter().zip(encoded) {
-            sink(t, c, e)?;
-        }
+    if jobs.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let workers = rayon::current_num_threads().clamp(1, jobs.len());
+    // A few chunks per worker in flight keeps every core busy while bounding memory.
+    let window = (workers * 4).max(8);
+    let shared = Mutex::new(Window {
+        next: 0,
+        written: 0,
+        stop: false,
+        free: Vec::new(),
+    });
+    let wake = Condvar::new();
+    let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
+    let (tx, rx) = mpsc::channel::<(usize, EncodedChunk)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (shared, wake, jobs) = (&shared, &wake, &jobs);
+            scope.spawn(move || {
+                let _stop = StopOnPanic(shared, wake);
+                loop {
+                    let (i, mut e) = {
+                        let mut w = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        while !w.stop && w.next < jobs.len() && w.next >= w.written + window {
+                            w = wake.wait(w).unwrap_or_else(|p| p.into_inner());
+                        }
+                        if w.stop || w.next >= jobs.len() {
+                            return;
+                        }
+                        w.next += 1;
+                        (w.next - 1, w.free.pop().unwrap_or_else(EncodedChunk::empty))
+                    };
+                    let (t, c) = jobs[i];
+                    let p = &plans[t];
+                    let from = p.start + c * p.chunk_raw;
+                    let raw = &src[from..from + p.chunk_raw.min(p.nbytes - c * p.chunk_raw)];
+                    e.stats.reset(p.layout.plane_count());
+                    e.mode = encode_chunk_into(
+                        &p.layout,
+                        raw,
+                        p.encode,
+                        Some(&mut e.stats),
+                        &mut e.payload,
+                    );
+                    e.hash = xxh3_64(raw);
+                    e.raw_len = raw.len();
+                    if tx.send((i, e)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Chunks that arrived before their turn, at `index % window` (the jobs in flight are
+        // `written..written + window`, so their slots differ).
+        let mut pending: Vec<Option<EncodedChunk>> = (0..window).map(|_| None).collect();
+        let mut written = 0;
+        let result = (|| {
+            while written < jobs.len() {
+                // Every worker gone before the end: one panicked, which the scope re-raises.
+                let Ok((i, e)) = rx.recv() else {
+                    return Ok(());
+                };
+                pending[i % window] = Some(e);
+                while let Some(e) = pending[written % window].take() {
+                    let (t, c) = jobs[written];
+                    sink(t, c, &e)?;
+                    written += 1;
+                    let mut w = lock();
+                    w.written = written;
+                    w.free.push(e);
+                    drop(w);
+                    wake.notify_all();
+                    if written == jobs.len() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            lock().stop = true;
+            wake.notify_all();
+        }
+        result
+    })
 }
 
 /// Chooses which tensors to store raw so that the file fits `target` bytes with the least
@@ -487,7 +706,7 @@ fn encode_chunks(
 fn fit_target(
     plans: &mut [Plan],
     tys: &[GgmlType],
-    src: &[u8],
+    map: &Mmap,
     model: &dyn LoadCost,
     target: u64,
     fixed: u64,
@@ -499,10 +718,13 @@ fn fit_target(
         p.encode.store_raw = false;
     }
     // A full encoding pass without progress calls: still stoppable.
-    encode_chunks(&trial, src, |t, _, e| {
+    let mut stream = InputStream::new(map, false);
+    encode_chunks(&trial, map, |t, c, e| {
         compressed[t] += e.payload.len() as u64;
+        stream.advance(trial[t].start + c * trial[t].chunk_raw + e.raw_len);
         job.check()
     })?;
+    stream.finish();
     let size_of = |p: &Plan, t: usize| {
         if p.encode.store_raw {
             p.nbytes as u64

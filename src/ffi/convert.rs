@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::api::dcgguf_file;
 use super::dcgguf_result::{self, *};
 use super::{Error, guard};
-use crate::codec::{EncodeOptions, LEVELS};
+use crate::codec::{EncodeOptions, LEVEL_DEFAULT, LEVEL_MAX, LEVELS, level_is_valid};
 use crate::cost::{self, LoadModel};
 use crate::dc::{self, CompressOptions, Job, MAX_CHUNK_RAW};
 use crate::gguf::GgmlType;
@@ -35,6 +35,11 @@ pub const DCGGUF_QUANTIZE_NONE: u32 = 0;
 /// `dcgguf_options.quantize`: compression-aware Q8_0 first (`dcgguf compress --quantize
 /// int8`).
 pub const DCGGUF_QUANTIZE_INT8: u32 = 1;
+
+/// `dcgguf_options.level`: the default setting (`compress --level default`; also 0).
+pub const DCGGUF_LEVEL_DEFAULT: i32 = LEVEL_DEFAULT;
+/// `dcgguf_options.level`: the best ratio (`compress --level max`).
+pub const DCGGUF_LEVEL_MAX: i32 = LEVEL_MAX;
 
 /// Options of `dcgguf_compress`, `dcgguf_decompress` and `dcgguf_verify` (each reads the
 /// fields that apply to it). Mirrors `typedef struct dcgguf_options` in ffi/dcgguf.h field for
@@ -231,9 +236,10 @@ impl dcgguf_options {
     /// (`load_model` and `target_size`: [`dcgguf_options::model_request`]).
     fn compress_options(&self, job: &Job) -> Result<CompressOptions, Error> {
         self.check_common()?;
-        if !LEVELS.contains(&self.level) {
+        if !level_is_valid(self.level) {
             return Err(invalid(format!(
-                "level {}: must be in {}..={}",
+                "level {}: must be DCGGUF_LEVEL_DEFAULT ({LEVEL_DEFAULT}), DCGGUF_LEVEL_MAX \
+                 ({LEVEL_MAX}) or a Zstd level {}..={}",
                 self.level,
                 LEVELS.start(),
                 LEVELS.end()
@@ -770,6 +776,27 @@ fn type_name_cstr(t: GgmlType) -> &'static CStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header's `dcgguf_level` constants are the library's.
+    #[test]
+    fn header_level_constants_match() {
+        let header = include_str!("../../ffi/dcgguf.h");
+        let value = |name: &str| -> i32 {
+            let line = header
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("{name} not in dcgguf.h"));
+            let v = line.split_once('=').expect("NAME = value").1;
+            v.trim_start()
+                .split(|c: char| !(c.is_ascii_digit() || c == '-'))
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no value in {line:?}"))
+        };
+        assert_eq!(value("DCGGUF_LEVEL_DEFAULT "), DCGGUF_LEVEL_DEFAULT);
+        assert_eq!(value("DCGGUF_LEVEL_MAX "), DCGGUF_LEVEL_MAX);
+        assert_eq!(dcgguf_options::default().level, DCGGUF_LEVEL_DEFAULT);
+    }
 
     #[test]
     fn options_from_other_header_versions() {
