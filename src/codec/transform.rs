@@ -280,6 +280,7 @@ impl Layout {
             Transform::ByteSplit { width: 2 } => split_u16(src, out, 0),
             Transform::FloatRotate { width: 4 } => split_u32(src, out, 1),
             Transform::ByteSplit { width: 4 } => split_u32(src, out, 0),
+            Transform::FoldSplit => self.split_block_major(src, out),
             _ => {
                 for &part in &self.parts {
                     match part {
@@ -314,47 +315,75 @@ impl Layout {
                                 );
                             }
                         }
-                        Part::NibbleFold { off, width } => {
-                            let fields =
-                                || src.chunks_exact(self.unit).map(|u| &u[off..off + width]);
-                            let q = width / 4;
-                            // M then H: bit `bit` of each folded nibble, four strided bytes per byte.
-                            for bit in [2, 3] {
-                                for x in fields() {
-                                    out.extend((0..q).map(|k| {
-                                        (0..4).fold(0u8, |acc, j| {
-                                            let y = fold_nibbles(x[k + j * q]);
-                                            acc | ((y >> bit) & 0x11) << j
-                                        })
-                                    }));
-                                }
-                            }
-                            let half = width / 2;
-                            for x in fields() {
-                                out.extend(
-                                    (0..half).map(|k| (x[k] & 0x33) | (x[k + half] & 0x33) << 2),
-                                );
-                            }
-                        }
-                        Part::CrumbFold { off, width } => {
-                            let half = width / 2;
-                            for unit in src.chunks_exact(self.unit) {
-                                let x = &unit[off..off + width];
-                                out.extend((0..half).map(|k| {
-                                    let (a, b) = (fold_crumbs(x[k]), fold_crumbs(x[k + half]));
-                                    (a & 0x55) | (b & 0x55) << 1
-                                }));
-                            }
-                            for unit in src.chunks_exact(self.unit) {
-                                let x = &unit[off..off + width];
-                                out.extend((0..half).map(|k| {
-                                    let (a, b) = (fold_crumbs(x[k]), fold_crumbs(x[k + half]));
-                                    (a & 0xAA) >> 1 | (b & 0xAA)
-                                }));
-                            }
+                        Part::NibbleFold { .. } | Part::CrumbFold { .. } => {
+                            unreachable!("folded parts exist only in FoldSplit layouts")
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// [`Layout::split`] one block at a time, each plane written at its place in `out`: one
+    /// read of the chunk, each byte folded once (a pass per plane re-read it per plane).
+    fn split_block_major(&self, src: &[u8], out: &mut Vec<u8>) {
+        out.resize(src.len(), 0);
+        let mut planes: Vec<&mut [u8]> = Vec::with_capacity(self.plane_count());
+        let mut rest = out.as_mut_slice();
+        for len in self.plane_lens(src.len()) {
+            let (plane, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            planes.push(plane);
+            rest = tail;
+        }
+        for (u, block) in src.chunks_exact(self.unit).enumerate() {
+            let mut p = 0;
+            for &part in &self.parts {
+                match part {
+                    Part::Copy { off, width } => planes[p][u * width..(u + 1) * width]
+                        .copy_from_slice(&block[off..off + width]),
+                    Part::PairSplit {
+                        off,
+                        width,
+                        shift,
+                        hi_mask: m,
+                        xor,
+                    } => {
+                        let half = width / 2;
+                        let [hi, lo] = &mut planes[p..p + 2] else {
+                            unreachable!("two planes per pair part")
+                        };
+                        let (hi, lo) = (&mut hi[u * half..][..half], &mut lo[u * half..][..half]);
+                        for (k, pair) in block[off..off + width].chunks_exact(2).enumerate() {
+                            let (a, b) = (pair[0] ^ xor, pair[1] ^ xor);
+                            hi[k] = (a & m) >> shift | (b & m);
+                            lo[k] = (a & !m) | (b & !m) << shift;
+                        }
+                    }
+                    Part::NibbleFold { off, width } => {
+                        let (q, half) = (width / 4, width / 2);
+                        let [m, h, l] = &mut planes[p..p + 3] else {
+                            unreachable!("three planes per nibble-fold part")
+                        };
+                        split_nibble_fold(
+                            &block[off..off + width],
+                            &mut m[u * q..][..q],
+                            &mut h[u * q..][..q],
+                            &mut l[u * half..][..half],
+                        );
+                    }
+                    Part::CrumbFold { off, width } => {
+                        let half = width / 2;
+                        let [m, h] = &mut planes[p..p + 2] else {
+                            unreachable!("two planes per crumb-fold part")
+                        };
+                        split_crumb_fold(
+                            &block[off..off + width],
+                            &mut m[u * half..][..half],
+                            &mut h[u * half..][..half],
+                        );
+                    }
+                }
+                p += part.planes();
             }
         }
     }
@@ -636,6 +665,33 @@ fn merge_fold_nibble_blocks<const COPIES: usize, const W: usize>(planes: &[&[u8]
             &nibbles[1][u * q..(u + 1) * q],
         );
         merge_nibble_fold::<W>(qs, m, h, &nibbles[2][u * half..(u + 1) * half]);
+    }
+}
+
+/// One nibble field `x` split into its M, H and L planes' bytes (see [`Part::NibbleFold`]).
+fn split_nibble_fold(x: &[u8], m: &mut [u8], h: &mut [u8], l: &mut [u8]) {
+    let (q, half) = (m.len(), l.len());
+    m.fill(0);
+    h.fill(0);
+    for j in 0..4 {
+        for k in 0..q {
+            let y = fold_nibbles(x[j * q + k]);
+            m[k] |= ((y >> 2) & 0x11) << j;
+            h[k] |= ((y >> 3) & 0x11) << j;
+        }
+    }
+    for k in 0..half {
+        l[k] = (x[k] & 0x33) | (x[k + half] & 0x33) << 2;
+    }
+}
+
+/// One crumb field `x` split into its M and H planes' bytes (see [`Part::CrumbFold`]).
+fn split_crumb_fold(x: &[u8], m: &mut [u8], h: &mut [u8]) {
+    let half = m.len();
+    for k in 0..half {
+        let (a, b) = (fold_crumbs(x[k]), fold_crumbs(x[k + half]));
+        m[k] = (a & 0x55) | (b & 0x55) << 1;
+        h[k] = (a & 0xAA) >> 1 | (b & 0xAA);
     }
 }
 
