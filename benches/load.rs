@@ -6,6 +6,7 @@
 //!
 //!   cargo bench --features bench-throttle --bench load     # SmolLM2 Q4_1 from $DCGGUF_CACHE/models
 //!   DCGGUF_BENCH_MODEL=x.gguf DCGGUF_BENCH_REPS=5 cargo bench --features bench-throttle --bench load
+//!   DCGGUF_BENCH_LARGE=1 cargo bench --features bench-throttle --bench load   # the >1 GB Qwen2.5-Coder
 //!
 //! The simulated storage is compiled in only with the `bench-throttle` feature (this bench
 //! requires it, and builds libdcgguf_preload.so with it).
@@ -24,20 +25,8 @@ use std::time::Instant;
 
 #[path = "../tests/llama_support/mod.rs"]
 mod llama_support;
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("DCGGUF_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
-        })
-}
-
-fn llama_prefix() -> PathBuf {
-    std::env::var_os("DCGGUF_LLAMA_PREFIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join(env!("DCGGUF_LLAMA_DIR")))
-}
+#[path = "support/mod.rs"]
+mod support;
 
 fn max_rss_kb() -> i64 {
     // SAFETY: getrusage fills the zeroed struct we pass.
@@ -52,7 +41,13 @@ unsafe extern "C" fn quiet(_level: i32, _text: *const c_char, _ud: *mut c_void) 
 
 /// Child: load once, print "RESULT <seconds> <baseline_kb> <peak_kb>".
 fn child(mode: &str, model: &Path) {
-    let lib = CString::new(llama_prefix().join("lib/libllama.so").to_str().unwrap()).unwrap();
+    let lib = CString::new(
+        llama_support::llama_prefix()
+            .join("lib/libllama.so")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
     // SAFETY: loading the built libllama (and its ggml deps via rpath) into this process.
     let h = unsafe { libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     assert!(!h.is_null(), "cannot dlopen {lib:?}");
@@ -174,21 +169,29 @@ fn main() {
         );
         return;
     }
-    let model = std::env::var_os("DCGGUF_BENCH_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if !model.exists() || !llama_prefix().join("lib/libllama.so").exists() {
+    let model = match std::env::var_os("DCGGUF_BENCH_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None if support::env_flag("DCGGUF_BENCH_LARGE") => {
+            match llama_support::large_model("load bench, large model") {
+                Some(p) => p,
+                None => return,
+            }
+        }
+        None => llama_support::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    if !model.exists()
+        || !llama_support::llama_prefix()
+            .join("lib/libllama.so")
+            .exists()
+    {
         eprintln!(
             "SKIPPED: load bench needs {} and llama.cpp at {} (scripts/fetch-models.sh, scripts/build-llama.sh)",
             model.display(),
-            llama_prefix().display()
+            llama_support::llama_prefix().display()
         );
         return;
     }
-    let reps: usize = std::env::var("DCGGUF_BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let reps: usize = support::env_or("DCGGUF_BENCH_REPS", 3);
     let dc = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-load.dc.gguf");
     let chunk = std::env::var("DCGGUF_BENCH_CHUNK").unwrap_or_else(|_| "1M".into());
     let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
@@ -216,7 +219,7 @@ fn main() {
         measure(".dc.gguf (FILE* stream)", "nommap", &dc, None, reps),
         measure_route(".dc.gguf (user route)", "nommap", &dc, None, reps, "user"),
     ];
-    for (bps, name) in [(1_000_000_000u64, "1 GB/s"), (200_000_000, "200 MB/s")] {
+    for (bps, name) in support::SIMULATED_STORAGE {
         rows.push(measure(
             &format!("plain .gguf via FILE* @ {name}"),
             "nommap",
@@ -240,21 +243,11 @@ fn main() {
             "user",
         ));
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
     println!(
-        "\nload bench: {} ({plain_len} bytes) vs DC ({dc_len} bytes, ratio {:.3}); {} threads, {cpu}; median of {reps}",
+        "\nload bench: {} ({plain_len} bytes) vs DC ({dc_len} bytes, ratio {:.3}); median of {reps}\n{}",
         model.file_name().unwrap().to_string_lossy(),
         plain_len as f64 / dc_len as f64,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        support::machine_line(),
     );
     println!(
         "{:<34} {:>9} {:>13} {:>11}",

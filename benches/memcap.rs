@@ -791,9 +791,6 @@ fn weight_bytes_saved(dc: &Path) -> (u64, u64) {
     (raw, raw.saturating_sub(stored))
 }
 
-/// The >1 GB model of `DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh` (vendor/models-large.lock).
-const LARGE_NAME: &str = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf";
-
 fn models(wanted: &[String]) -> Vec<Model> {
     let want = |k: &str| wanted.iter().any(|w| w == k);
     let mut v = Vec::new();
@@ -830,29 +827,16 @@ fn models(wanted: &[String]) -> Vec<Model> {
             });
         }
     }
-    if want("large") {
-        let p = std::env::var_os("DCGGUF_MODELS")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| llama_support::cache_dir().join("models"))
-            .join(LARGE_NAME);
-        if p.exists() {
-            v.push(Model {
-                name: "Qwen2.5-Coder-1.5B Q4_K_M".into(),
-                dc: dc_file(&p, "qwen2.5-coder-1.5b.dc.gguf"),
-                plain: p,
-                workload: Workload::Completion,
-                knee_metric: Metric::Gen,
-            });
-        } else {
-            llama_support::skip(
-                "memcap bench, large model",
-                &format!(
-                    "{} missing (DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh)",
-                    p.display()
-                ),
-            );
-        }
+    if want("large")
+        && let Some(p) = llama_support::large_model("memcap bench, large model")
+    {
+        v.push(Model {
+            name: "Qwen2.5-Coder-1.5B Q4_K_M".into(),
+            dc: dc_file(&p, "qwen2.5-coder-1.5b.dc.gguf"),
+            plain: p,
+            workload: Workload::Completion,
+            knee_metric: Metric::Gen,
+        });
     }
     v
 }

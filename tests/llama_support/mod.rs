@@ -58,13 +58,20 @@ impl Llama {
     }
 }
 
-/// The built llama.cpp, or why not.
-fn find_llama() -> Result<Llama, String> {
-    let prefix = std::env::var_os("DCGGUF_LLAMA_PREFIX")
+/// Where the built llama.cpp is (or would be): `DCGGUF_LLAMA_PREFIX`, else the pinned build
+/// under [`cache_dir`].
+pub fn llama_prefix() -> PathBuf {
+    std::env::var_os("DCGGUF_LLAMA_PREFIX")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join(env!("DCGGUF_LLAMA_DIR")));
-    let l = Llama { prefix };
+        .unwrap_or_else(|| cache_dir().join(env!("DCGGUF_LLAMA_DIR")))
+}
+
+/// The built llama.cpp, or why not.
+fn find_llama() -> Result<Llama, String> {
+    let l = Llama {
+        prefix: llama_prefix(),
+    };
     for need in [
         l.bin("llama-completion"),
         l.lib_dir().join("libllama.so"),
@@ -80,18 +87,39 @@ fn find_llama() -> Result<Llama, String> {
     Ok(l)
 }
 
-/// SmolLM2-135M-Instruct Q4_1, or why not.
-fn find_smollm2() -> Result<PathBuf, String> {
-    let p = std::env::var_os("DCGGUF_MODELS")
+/// The models folder of scripts/fetch-models.sh: `DCGGUF_MODELS`, else `$DCGGUF_CACHE/models`.
+fn models_dir() -> PathBuf {
+    std::env::var_os("DCGGUF_MODELS")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("models"))
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+/// SmolLM2-135M-Instruct Q4_1, or why not.
+fn find_smollm2() -> Result<PathBuf, String> {
+    let p = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
         Ok(p)
     } else {
         Err(format!(
             "{} missing (run scripts/fetch-models.sh)",
+            p.display()
+        ))
+    }
+}
+
+/// The >1 GB K-quant model that only `DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh` fetches
+/// (pinned in vendor/models-large.lock).
+pub const LARGE_NAME: &str = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf";
+
+/// The >1 GB model ([`LARGE_NAME`]), or why not.
+fn find_large() -> Result<PathBuf, String> {
+    let p = models_dir().join(LARGE_NAME);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} missing (DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh)",
             p.display()
         ))
     }
@@ -143,6 +171,12 @@ pub fn llama(what: &str) -> Option<Llama> {
 /// For the benches: SmolLM2, or None after [`skip`]. Tests use [`require_smollm2`].
 pub fn smollm2(what: &str) -> Option<PathBuf> {
     find_smollm2().map_err(|why| skip(what, &why)).ok()
+}
+
+/// For the benches: the >1 GB model ([`LARGE_NAME`]), or None after [`skip`]. The benches
+/// run it only when asked (it takes minutes), so none of the tests needs it.
+pub fn large_model(what: &str) -> Option<PathBuf> {
+    find_large().map_err(|why| skip(what, &why)).ok()
 }
 
 /// For the benches: a MiniLM test model, or None after [`skip`]. Tests use
