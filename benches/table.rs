@@ -51,12 +51,8 @@ use llama_support::Llama;
 
 /// DC's levels in the table: (row label, `dcgguf compress` arguments). The first is the one
 /// the summary and the load rows use.
-const DC_LEVELS: &[(&str, &[&str])] = &[
-    ("DC default", &[]),
-    // Stand-in for the best ratio until `--level max` exists: then make this row
-    // ("DC --level max", &["--level", "max"]).
-    ("DC --level 19 (stand-in for max)", &["--level", "19"]),
-];
+const DC_LEVELS: &[(&str, &[&str])] =
+    &[("DC default", &[]), ("DC --level max", &["--level", "max"])];
 
 /// Threads of every compressor (dcgguf --threads, zstd -T, ZipNN).
 const THREADS: usize = 2;

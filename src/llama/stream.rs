@@ -332,11 +332,20 @@ impl Stream {
             })
             .collect();
         let pool = self.pool.clone();
+        let issued = Instant::now();
         run_on(pool.as_deref(), || {
             use rayon::prelude::*;
             jobs.par_iter_mut()
                 .try_for_each(|(s, buf)| dc.read_at(*s, buf).map(|_| ()))
         })?;
+        // Simulated storage: the batch's stored bytes are read now, while it decodes, not
+        // when llama.cpp later asks for each piece (which would put the transfer after the
+        // decode instead of under it).
+        if let Some(t) = &self.throttle {
+            for c in &batch {
+                t.charge(c.clone(), issued);
+            }
+        }
         let first = self.cache.len();
         self.cache
             .extend(jobs.into_iter().map(|(s, b)| (s, ChunkBuf::Heap(b))));
