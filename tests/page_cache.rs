@@ -1,6 +1,6 @@
-//! A model load leaves the page cache as it found it: the compressed bytes of a DC file that
-//! was not cached are dropped from the cache as they are decoded (a memory limit that counts
-//! the page cache would otherwise charge the model twice), and a cached file stays cached.
+//! A model load from a cold DC file drops its compressed bytes from the page cache as they are
+//! decoded (a memory limit that counts the page cache would otherwise charge the model
+//! twice); a cached or partly cached file stays cached.
 
 mod common;
 
@@ -27,31 +27,34 @@ fn evict(path: &std::path::Path) {
     dcgguf::io::drop_cached(&f, 0, f.metadata().unwrap().len());
 }
 
+/// Reads the whole model as a load does, finishing as it does.
 fn decode_all(dc: &DcFile) {
     let mut buf = vec![0u8; 4 << 20];
     let mut off = 0;
     while off < dc.original_size() {
         off += dc.read_at(off, &mut buf).unwrap() as u64;
     }
+    dc.release_mapped_pages();
+    dc.finish_uncache();
 }
 
 #[test]
-fn a_load_leaves_the_page_cache_as_it_found_it() {
+fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
     // In the target directory: on the build's disk, never a tmpfs whose pages cannot leave.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("page-cache-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng::new(5);
     let model = GgufBuilder::new()
-        .tensor(Tensor::random("a", &[4096, 256], GgmlType::Q8_0, &mut rng))
-        .tensor(Tensor::random("b", &[4096, 256], GgmlType::F16, &mut rng))
+        .tensor(Tensor::random("a", &[4096, 2048], GgmlType::Q8_0, &mut rng))
+        .tensor(Tensor::random("b", &[4096, 2048], GgmlType::F16, &mut rng))
         .build();
     let input = dir.join("m.gguf");
     std::fs::write(&input, &model).unwrap();
     let path = dir.join("m.dc.gguf");
     compress_file(&input, &path, &opts_chunk(256 << 10), &|_| {}).unwrap();
     let size = std::fs::metadata(&path).unwrap().len();
-    assert!(size > 2 << 20, "{size}");
+    assert!(size > 16 << 20, "{size}");
 
     // Cold: only what opening reads (headers, index) may stay.
     evict(&path);
@@ -78,6 +81,21 @@ fn a_load_leaves_the_page_cache_as_it_found_it() {
     assert!(
         cached_bytes(&path) > size * 9 / 10,
         "plain read did not cache"
+    );
+
+    // Partly warm (a third cached): left alone, so the load caches it all for the next one
+    // (dropping only the uncached part would send that part to disk on every load).
+    evict(&path);
+    let f = std::fs::File::open(&path).unwrap();
+    let mut third = vec![0u8; (size / 3) as usize];
+    std::io::Read::read_exact(&mut &f, &mut third).unwrap();
+    let dc = DcFile::open(&path).unwrap();
+    dc.set_release_after_decode(true);
+    dc.set_uncache_after_decode(true);
+    decode_all(&dc);
+    assert!(
+        cached_bytes(&path) > size * 9 / 10,
+        "partly warm file lost its cache"
     );
 
     // Warm: the load keeps it all cached for the next one.

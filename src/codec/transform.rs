@@ -706,28 +706,20 @@ fn fold_crumbs(x: u8) -> u8 {
 }
 
 /// Inverse of the nibble-fold split for one field of `W` bytes (see [`Part::NibbleFold`]);
-/// `W` is a constant so that every loop has a fixed trip count and vectorizes.
+/// `W` is a constant so that every loop of the inlined body has a fixed trip count and
+/// vectorizes.
 #[inline(always)]
 fn merge_nibble_fold<const W: usize>(field: &mut [u8], m: &[u8], h: &[u8], l: &[u8]) {
-    let (q, half) = (W / 4, W / 2);
     let field: &mut [u8; W] = field.try_into().expect("W bytes");
-    let (m, h, l) = (&m[..q], &h[..q], &l[..half]);
-    for j in 0..4 {
-        // Bytes j*q.. take their low bits from L's low (j < 2) or high (j >= 2) half-nibbles.
-        let (l_from, l_shift) = ((j % 2) * q, (j / 2) * 2);
-        for k in 0..q {
-            let y = ((l[l_from + k] >> l_shift) & 0x33)
-                | (((m[k] >> j) & 0x11) << 2)
-                | (((h[k] >> j) & 0x11) << 3);
-            field[j * q + k] = fold_nibbles(y);
-        }
-    }
+    merge_nibble_fold_any(field, &m[..W / 4], &h[..W / 4], &l[..W / 2]);
 }
 
 /// [`merge_nibble_fold`] for any width (a multiple of 4).
+#[inline(always)]
 fn merge_nibble_fold_any(field: &mut [u8], m: &[u8], h: &[u8], l: &[u8]) {
     let q = field.len() / 4;
     for j in 0..4 {
+        // Bytes j*q.. take their low bits from L's low (j < 2) or high (j >= 2) half-nibbles.
         let (l_from, l_shift) = ((j % 2) * q, (j / 2) * 2);
         for k in 0..q {
             let y = ((l[l_from + k] >> l_shift) & 0x33)
@@ -741,17 +733,12 @@ fn merge_nibble_fold_any(field: &mut [u8], m: &[u8], h: &[u8], l: &[u8]) {
 /// Inverse of the crumb-fold split for one field of `W` bytes (see [`Part::CrumbFold`]).
 #[inline(always)]
 fn merge_crumb_fold<const W: usize>(field: &mut [u8], m: &[u8], h: &[u8]) {
-    let half = W / 2;
     let field: &mut [u8; W] = field.try_into().expect("W bytes");
-    let (m, h) = (&m[..half], &h[..half]);
-    let (lo, hi) = field.split_at_mut(half);
-    for k in 0..half {
-        lo[k] = fold_crumbs((m[k] & 0x55) | ((h[k] << 1) & 0xAA));
-        hi[k] = fold_crumbs(((m[k] >> 1) & 0x55) | (h[k] & 0xAA));
-    }
+    merge_crumb_fold_any(field, &m[..W / 2], &h[..W / 2]);
 }
 
 /// [`merge_crumb_fold`] for any even width.
+#[inline(always)]
 fn merge_crumb_fold_any(field: &mut [u8], m: &[u8], h: &[u8]) {
     let half = field.len() / 2;
     let (lo, hi) = field.split_at_mut(half);

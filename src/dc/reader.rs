@@ -371,16 +371,30 @@ impl DcFile {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// With [`DcFile::set_release_after_decode`]: also drop from the page cache the
-    /// compressed bytes of each decoded chunk, where they were not cached when this was first
-    /// turned on. A load then leaves the page cache as it found it: a warm file stays warm
-    /// for the next load, and a cold one is not held twice (compressed in the cache, decoded
-    /// in llama.cpp's buffers), which a memory limit counting the page cache would charge.
-    /// For loads without a memory budget (a budget re-reads compressed bytes later).
+    /// With [`DcFile::set_release_after_decode`]: when the file was cold (under a tenth of
+    /// it in the page cache when this was first turned on), also drop from the page cache the
+    /// compressed bytes of each decoded chunk that was not cached then. A cold load is then
+    /// not held twice (compressed in the cache, decoded in llama.cpp's buffers), which a
+    /// memory limit counting the page cache would charge; a warm or partly warm file is left
+    /// alone and ends up fully cached for the next load (dropping only its uncached part
+    /// would keep that part on disk for every load to come). For loads without a memory
+    /// budget (a budget re-reads compressed bytes later).
     pub fn set_uncache_after_decode(&self, on: bool) {
+        let cold =
+            |resident: &Vec<bool>| resident.iter().filter(|&&r| r).count() * 10 < resident.len();
+        let on = on
+            && match &self.map {
+                Storage::Mapped(m, _) => cold(
+                    self.resident_at_uncache
+                        .get_or_init(|| crate::io::resident_pages(m)),
+                ),
+                Storage::Owned(_) => false,
+            };
         if on && let Storage::Mapped(m, _) = &self.map {
-            self.resident_at_uncache
-                .get_or_init(|| crate::io::resident_pages(m));
+            // Read-around (the kernel's default for faults in a mapping) would fetch the
+            // pages just before each chunk, which the previous chunk's decode has dropped,
+            // back into the cache; sequential access reads ahead only.
+            let _ = m.advise(memmap2::Advice::Sequential);
         }
         self.uncache.store(on, std::sync::atomic::Ordering::Relaxed);
     }
@@ -580,6 +594,17 @@ impl DcFile {
             // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping we never write only
             // drops page-table entries; the next access re-reads the same bytes from the file.
             let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
+    /// At the end of a load with [`DcFile::set_uncache_after_decode`] on: drops from the page
+    /// cache every page of the file that was not cached when it was turned on, what readahead
+    /// brought back after a chunk's own drop included; then turns uncaching off.
+    pub fn finish_uncache(&self) {
+        if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+            self.release_range(0, self.map.len());
+            self.uncache
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

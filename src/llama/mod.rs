@@ -227,6 +227,7 @@ pub fn load_dc(
     }
     let model = load_stream(host, stream, path, params);
     dc.release_mapped_pages();
+    dc.finish_uncache();
     let model = model?;
     if res.is_some() {
         // `ram` keeps compressed bytes mapped; `file` releases them per layer or per big

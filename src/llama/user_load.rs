@@ -641,6 +641,7 @@ pub fn load_dc_user(
     drop(gguf);
     drop(st.early.take());
     dc.release_mapped_pages();
+    dc.finish_uncache();
     if model.is_null() {
         return Err(failed(st.error.take()));
     }
