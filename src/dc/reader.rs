@@ -39,8 +39,6 @@ pub struct DcFile {
     release_after_decode: std::sync::atomic::AtomicBool,
     /// See [`DcFile::set_uncache_after_decode`].
     uncache: std::sync::atomic::AtomicBool,
-    /// Pages of the file in the page cache when uncaching was first turned on.
-    resident_at_uncache: std::sync::OnceLock<Vec<bool>>,
     original_xxh3: u64,
 }
 
@@ -53,17 +51,24 @@ struct TensorState {
 
 /// The DC file's bytes: a read-only map of the file, or bytes handed over in memory.
 enum Storage {
-    /// The file is kept open to drop its page cache behind a load
-    /// ([`DcFile::set_uncache_after_decode`]).
-    Mapped(Mmap, std::fs::File),
+    /// The file is kept open to drop its page cache behind a load, and which of its pages
+    /// were in the page cache before this reader touched any ([`DcFile::set_uncache_after_decode`]).
+    Mapped(Mmap, std::fs::File, Vec<bool>),
     Owned(Vec<u8>),
+}
+
+/// Maps `path`, noting which pages were cached before any is read.
+fn mapped(path: &Path) -> Result<Storage> {
+    let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
+    let resident = crate::io::resident_pages(&map);
+    Ok(Storage::Mapped(map, file, resident))
 }
 
 impl std::ops::Deref for Storage {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Storage::Mapped(m, _) => m,
+            Storage::Mapped(m, ..) => m,
             Storage::Owned(v) => v,
         }
     }
@@ -118,13 +123,7 @@ impl DcFile {
     /// hands out is covered by a checksum that was checked first: the DC file's own header,
     /// the index and both blobs here, each chunk as it is decoded.
     pub fn open(path: &Path) -> Result<DcFile> {
-        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(
-            path,
-            Storage::Mapped(map, file),
-            Arrays::Keep,
-            Versions::Checked,
-        )
+        Self::from_storage(path, mapped(path)?, Arrays::Keep, Versions::Checked)
     }
 
     /// [`DcFile::open`] for a reader that only serves bytes (the llama.cpp hook, `inspect`
@@ -132,13 +131,7 @@ impl DcFile {
     /// kept in the parsed headers; it stays in the original header's bytes. Saves megabytes
     /// for the life of a loaded model and ~5 ms of string allocations per open.
     pub fn open_without_arrays(path: &Path) -> Result<DcFile> {
-        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(
-            path,
-            Storage::Mapped(map, file),
-            Arrays::Skip,
-            Versions::Checked,
-        )
+        Self::from_storage(path, mapped(path)?, Arrays::Skip, Versions::Checked)
     }
 
     /// [`DcFile::open`] that also accepts version-1 files, whose header and blobs have no
@@ -146,13 +139,7 @@ impl DcFile {
     /// ([`DcFile::for_each_block`]) before anything they produce is used: `decompress`
     /// (writes a temporary file, renamed into place only after the check) and `verify`.
     pub fn open_for_full_check(path: &Path) -> Result<DcFile> {
-        let (file, map) = map_readonly(path).map_err(DcError::io(path))?;
-        Self::from_storage(
-            path,
-            Storage::Mapped(map, file),
-            Arrays::Keep,
-            Versions::AlsoV1,
-        )
+        Self::from_storage(path, mapped(path)?, Arrays::Keep, Versions::AlsoV1)
     }
 
     /// Opens DC-GGUF bytes held in memory (`name` is used in messages).
@@ -348,7 +335,6 @@ impl DcFile {
             original_xxh3,
             release_after_decode: std::sync::atomic::AtomicBool::new(false),
             uncache: std::sync::atomic::AtomicBool::new(false),
-            resident_at_uncache: std::sync::OnceLock::new(),
         })
     }
 
@@ -372,7 +358,7 @@ impl DcFile {
     }
 
     /// With [`DcFile::set_release_after_decode`]: when the file was cold (under a tenth of
-    /// it in the page cache when this was first turned on), also drop from the page cache the
+    /// it in the page cache when it was opened), also drop from the page cache the
     /// compressed bytes of each decoded chunk that was not cached then. A cold load is then
     /// not held twice (compressed in the cache, decoded in llama.cpp's buffers), which a
     /// memory limit counting the page cache would charge; a warm or partly warm file is left
@@ -380,17 +366,14 @@ impl DcFile {
     /// would keep that part on disk for every load to come). For loads without a memory
     /// budget (a budget re-reads compressed bytes later).
     pub fn set_uncache_after_decode(&self, on: bool) {
-        let cold =
-            |resident: &Vec<bool>| resident.iter().filter(|&&r| r).count() * 10 < resident.len();
         let on = on
             && match &self.map {
-                Storage::Mapped(m, _) => cold(
-                    self.resident_at_uncache
-                        .get_or_init(|| crate::io::resident_pages(m)),
-                ),
+                Storage::Mapped(_, _, resident) => {
+                    resident.iter().filter(|&&r| r).count() * 10 < resident.len()
+                }
                 Storage::Owned(_) => false,
             };
-        if on && let Storage::Mapped(m, _) = &self.map {
+        if on && let Storage::Mapped(m, ..) = &self.map {
             // Read-around (the kernel's default for faults in a mapping) would fetch the
             // pages just before each chunk, which the previous chunk's decode has dropped,
             // back into the cache; sequential access reads ahead only.
@@ -590,7 +573,7 @@ impl DcFile {
     /// Drops this process's page mappings of the DC file; the page cache keeps the data and
     /// later reads fault it back in. Keeps RSS flat while a long read streams the file.
     pub fn release_mapped_pages(&self) {
-        if let Storage::Mapped(m, _) = &self.map {
+        if let Storage::Mapped(m, ..) = &self.map {
             // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping we never write only
             // drops page-table entries; the next access re-reads the same bytes from the file.
             let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
@@ -626,7 +609,7 @@ impl DcFile {
     /// Drops this process's page mappings of map bytes `[from, to)` (whole pages around
     /// them; see [`DcFile::release_mapped_pages`]).
     fn release_range(&self, from: usize, to: usize) {
-        let Storage::Mapped(m, file) = &self.map else {
+        let Storage::Mapped(m, file, resident) = &self.map else {
             return;
         };
         let page = crate::io::page_size();
@@ -641,9 +624,6 @@ impl DcFile {
         if !self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let Some(resident) = self.resident_at_uncache.get() else {
-            return;
-        };
         // Runs of pages that were not in the page cache when the load began.
         let pages = start / page..to.div_ceil(page).min(resident.len());
         let mut p = pages.start;
