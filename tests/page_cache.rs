@@ -27,6 +27,14 @@ fn evict(path: &std::path::Path) {
     dcgguf::io::drop_cached(&f, 0, f.metadata().unwrap().len());
 }
 
+/// A load without a budget: opens `path` and reads the whole model, uncaching as a load does.
+fn load(path: &std::path::Path) {
+    let dc = DcFile::open(path).unwrap();
+    dc.set_release_after_decode(true);
+    dc.set_uncache_after_decode(true);
+    decode_all(&dc);
+}
+
 /// Reads the whole model as a load does, finishing as it does.
 fn decode_all(dc: &DcFile) {
     let mut buf = vec![0u8; 4 << 20];
@@ -89,10 +97,7 @@ fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
     let f = std::fs::File::open(&path).unwrap();
     let mut third = vec![0u8; (size / 3) as usize];
     std::io::Read::read_exact(&mut &f, &mut third).unwrap();
-    let dc = DcFile::open(&path).unwrap();
-    dc.set_release_after_decode(true);
-    dc.set_uncache_after_decode(true);
-    decode_all(&dc);
+    load(&path);
     assert!(
         cached_bytes(&path) > size * 9 / 10,
         "partly warm file lost its cache"
@@ -100,14 +105,10 @@ fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
 
     // Warm: the load keeps it all cached for the next one.
     let _ = std::fs::read(&path).unwrap();
-    let dc = DcFile::open(&path).unwrap();
-    dc.set_release_after_decode(true);
-    dc.set_uncache_after_decode(true);
-    decode_all(&dc);
+    load(&path);
     assert!(
         cached_bytes(&path) > size * 9 / 10,
         "warm file lost its cache"
     );
-    drop(dc);
     std::fs::remove_dir_all(&dir).ok();
 }

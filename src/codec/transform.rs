@@ -280,52 +280,14 @@ impl Layout {
             Transform::ByteSplit { width: 2 } => split_u16(src, out, 0),
             Transform::FloatRotate { width: 4 } => split_u32(src, out, 1),
             Transform::ByteSplit { width: 4 } => split_u32(src, out, 0),
-            Transform::FoldSplit => self.split_block_major(src, out),
-            _ => {
-                for &part in &self.parts {
-                    match part {
-                        Part::Copy { off, width } => {
-                            for unit in src.chunks_exact(self.unit) {
-                                out.extend_from_slice(&unit[off..off + width]);
-                            }
-                        }
-                        Part::PairSplit {
-                            off,
-                            width,
-                            shift,
-                            hi_mask: m,
-                            xor,
-                        } => {
-                            let pairs = |unit: &[u8]| {
-                                unit[off..off + width]
-                                    .chunks_exact(2)
-                                    .map(|p| (p[0] ^ xor, p[1] ^ xor))
-                                    .collect::<Vec<_>>()
-                            };
-                            for unit in src.chunks_exact(self.unit) {
-                                out.extend(
-                                    pairs(unit).iter().map(|&(a, b)| (a & m) >> shift | (b & m)),
-                                );
-                            }
-                            for unit in src.chunks_exact(self.unit) {
-                                out.extend(
-                                    pairs(unit)
-                                        .iter()
-                                        .map(|&(a, b)| (a & !m) | (b & !m) << shift),
-                                );
-                            }
-                        }
-                        Part::NibbleFold { .. } | Part::CrumbFold { .. } => {
-                            unreachable!("folded parts exist only in FoldSplit layouts")
-                        }
-                    }
-                }
-            }
+            // Every block layout: one block at a time (what FoldSplit needs, and one pass
+            // over the chunk for the others too).
+            _ => self.split_block_major(src, out),
         }
     }
 
     /// [`Layout::split`] one block at a time, each plane written at its place in `out`: one
-    /// read of the chunk, each byte folded once (a pass per plane re-read it per plane).
+    /// read of the chunk, each byte folded once.
     fn split_block_major(&self, src: &[u8], out: &mut Vec<u8>) {
         out.resize(src.len(), 0);
         let mut planes: Vec<&mut [u8]> = Vec::with_capacity(self.plane_count());
@@ -399,43 +361,8 @@ impl Layout {
             Transform::FloatRotate { width: 4 } => merge_u32(planes, dst, 1),
             Transform::ByteSplit { width: 4 } => merge_u32(planes, dst, 0),
             Transform::FoldSplit if self.merge_fold_blocks(planes, dst) => {}
-            Transform::FoldSplit => self.merge_block_major(planes, dst),
             _ if self.merge_quant_blocks(planes, dst) => {}
-            _ => {
-                let unit = self.unit;
-                let mut planes = planes.iter();
-                for &part in &self.parts {
-                    match part {
-                        Part::Copy { off, width: 1 } => {
-                            let plane = planes.next().expect("one plane per copy part");
-                            for (d, &b) in dst.chunks_exact_mut(unit).zip(plane.iter()) {
-                                d[off] = b;
-                            }
-                        }
-                        Part::Copy { off, width } => {
-                            let plane = planes.next().expect("one plane per copy part");
-                            for (d, s) in dst.chunks_exact_mut(unit).zip(plane.chunks_exact(width))
-                            {
-                                d[off..off + width].copy_from_slice(s);
-                            }
-                        }
-                        Part::PairSplit {
-                            off,
-                            width,
-                            shift,
-                            hi_mask,
-                            xor,
-                        } => {
-                            let hi = planes.next().expect("two planes per pair part");
-                            let lo = planes.next().expect("two planes per pair part");
-                            merge_pairs(dst, unit, off, width, (shift, hi_mask, xor), hi, lo);
-                        }
-                        Part::NibbleFold { .. } | Part::CrumbFold { .. } => {
-                            unreachable!("folded parts exist only in FoldSplit layouts")
-                        }
-                    }
-                }
-            }
+            _ => self.merge_block_major(planes, dst),
         }
     }
 
@@ -754,25 +681,6 @@ fn merge_pair_field(field: &mut [u8], h: &[u8], l: &[u8], (shift, m, xor): (u32,
     for ((pair, &hb), &lb) in field.chunks_exact_mut(2).zip(h).zip(l) {
         pair[0] = (((hb << shift) & m) | (lb & !m)) ^ xor;
         pair[1] = ((hb & m) | ((lb >> shift) & !m)) ^ xor;
-    }
-}
-
-/// Inverse of the pair split: rebuilds `width` bytes at `off` of every unit.
-fn merge_pairs(
-    dst: &mut [u8],
-    unit: usize,
-    off: usize,
-    width: usize,
-    (shift, m, xor): (u32, u8, u8),
-    hi: &[u8],
-    lo: &[u8],
-) {
-    let half = width / 2;
-    let blocks = dst
-        .chunks_exact_mut(unit)
-        .zip(hi.chunks_exact(half).zip(lo.chunks_exact(half)));
-    for (d, (h, l)) in blocks {
-        merge_pair_field(&mut d[off..off + width], h, l, (shift, m, xor));
     }
 }
 
