@@ -405,10 +405,38 @@ fn exit_codes_1_and_2() {
             "12q"
         ],
         os!["bench", &input, "--seconds", "soon"],
+        // --step would be ignored with --gptq (its weights keep llama.cpp's steps): refused.
+        os![
+            "compress",
+            &input,
+            &dir.join("o.dc.gguf"),
+            "--quantize",
+            "int8",
+            "--gptq",
+            &dir.join("cov.gguf"),
+            "--step",
+            "1.5"
+        ],
     ] {
         let out = dcgguf(args);
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
+    let out = dcgguf(os![
+        "compress",
+        &input,
+        &dir.join("o.dc.gguf"),
+        "--quantize",
+        "int8",
+        "--gptq",
+        &dir.join("cov.gguf"),
+        "--step",
+        "2"
+    ]);
+    assert!(
+        out.stderr.contains("--step") && out.stderr.contains("--gptq"),
+        "{}",
+        out.stderr
+    );
     assert!(!dir.join("o.dc.gguf").exists());
 }
 

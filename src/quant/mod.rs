@@ -534,7 +534,8 @@ pub struct QuantArgs {
     pub quantize: Option<QuantKind>,
     /// Step relative to llama.cpp's mean Q8_0 step; larger = smaller file, less fidelity.
     /// 0 = llama.cpp's own Q8_0 rounding (with --embd-step 0: identical to llama-quantize).
-    #[arg(long, requires = "quantize")]
+    /// Not with --gptq, whose weights keep llama.cpp's steps (it would be ignored).
+    #[arg(long, requires = "quantize", conflicts_with = "gptq")]
     pub step: Option<f32>,
     /// Step for token_embd.weight relative to its llama.cpp Q8_0 step (0 = llama.cpp's).
     #[arg(long, requires = "quantize")]
@@ -573,8 +574,8 @@ pub struct QuantArgs {
     #[arg(long, requires = "quantize")]
     pub calib: Option<PathBuf>,
     /// GPTQ rounding of the matmul weights on llama.cpp's Q8_0 scales, using this covariance
-    /// GGUF (per-weight E[x x^T], from scripts/covariance.py). --step and the other grid
-    /// options then apply only to token_embd (through --embd-step).
+    /// GGUF (per-weight E[x x^T], from scripts/covariance.py). --step is refused with it; the
+    /// other grid options then apply only to token_embd (its step is --embd-step).
     #[arg(long, requires = "quantize", value_name = "COVFILE")]
     pub gptq: Option<PathBuf>,
     /// GPTQ damping: H += D * mean(diag H) * I (default 0.1).
