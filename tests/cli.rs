@@ -378,6 +378,19 @@ fn exit_codes_1_and_2() {
         1,
     );
     expect_fail(os!["verify", &dir.join("missing.dc.gguf")], 1);
+    let (output, cov) = (dir.join("o.dc.gguf"), dir.join("cov.gguf"));
+    // --step would be ignored with --gptq (its weights keep llama.cpp's steps): refused.
+    let step_with_gptq = os![
+        "compress",
+        &input,
+        &output,
+        "--quantize",
+        "int8",
+        "--gptq",
+        &cov,
+        "--step",
+        "1.5"
+    ];
     // Usage errors come from the argument parser: exit 2, no JSON.
     for args in [
         os![],
@@ -405,33 +418,12 @@ fn exit_codes_1_and_2() {
             "12q"
         ],
         os!["bench", &input, "--seconds", "soon"],
-        // --step would be ignored with --gptq (its weights keep llama.cpp's steps): refused.
-        os![
-            "compress",
-            &input,
-            &dir.join("o.dc.gguf"),
-            "--quantize",
-            "int8",
-            "--gptq",
-            &dir.join("cov.gguf"),
-            "--step",
-            "1.5"
-        ],
+        step_with_gptq,
     ] {
         let out = dcgguf(args);
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
-    let out = dcgguf(os![
-        "compress",
-        &input,
-        &dir.join("o.dc.gguf"),
-        "--quantize",
-        "int8",
-        "--gptq",
-        &dir.join("cov.gguf"),
-        "--step",
-        "2"
-    ]);
+    let out = dcgguf(step_with_gptq);
     assert!(
         out.stderr.contains("--step") && out.stderr.contains("--gptq"),
         "{}",
