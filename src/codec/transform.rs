@@ -759,12 +759,18 @@ mod tests {
         assert_eq!(dst, src, "{ty} {t:?}");
     }
 
+    /// Five units of patterned bytes for `l`, and their planes.
+    fn five_units_split(l: &Layout) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let src: Vec<u8> = (0..5 * l.unit()).map(|i| (i * 37 + 11) as u8).collect();
+        let planes = planes_of(l, &src);
+        (src, planes)
+    }
+
     #[test]
     fn common_quant_layouts_take_the_one_pass_merge() {
         for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
             let l = Layout::new(Transform::QuantSplit, ty);
-            let src: Vec<u8> = (0..5 * l.unit()).map(|i| (i * 37 + 11) as u8).collect();
-            let planes = planes_of(&l, &src);
+            let (src, planes) = five_units_split(&l);
             let parts: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
             let mut dst = vec![0u8; src.len()];
             assert!(l.merge_quant_blocks(&parts, &mut dst), "{ty}");
@@ -783,8 +789,7 @@ mod tests {
             GgmlType::Q6_K,
         ] {
             let l = Layout::new(Transform::FoldSplit, ty);
-            let src: Vec<u8> = (0..5 * l.unit()).map(|i| (i * 37 + 11) as u8).collect();
-            let planes = planes_of(&l, &src);
+            let (src, planes) = five_units_split(&l);
             let parts: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
             let mut fixed = vec![0u8; src.len()];
             assert!(l.merge_fold_blocks(&parts, &mut fixed), "{ty}");
