@@ -1,15 +1,17 @@
 //! What the built libraries export: libdcgguf.so only its `dcgguf_*` C API (a program that
 //! links it keeps its own `fread` and llama.cpp), libdcgguf.a defines neither `fread` nor any
-//! `llama_*` function, and libdcgguf_preload.so exports the six `LD_PRELOAD` interposers.
+//! `llama_*` function, and libdcgguf_preload.so exports the eight `LD_PRELOAD` interposers.
 
 mod llama_support;
 
 use std::path::Path;
 use std::process::Command;
 
-/// The six symbols libdcgguf_preload.so interposes.
-const INTERPOSERS: [&str; 6] = [
+/// The eight symbols libdcgguf_preload.so interposes.
+const INTERPOSERS: [&str; 8] = [
     "fread",
+    "fseek",
+    "fseeko",
     "llama_model_load_from_file",
     "llama_init_from_model",
     "llama_new_context_with_model",
@@ -88,7 +90,10 @@ fn libdcgguf_a_defines_no_libc_or_llama_symbol() {
     let syms = nm(&["--defined-only", "-g"], &lib);
     let bad: Vec<String> = syms
         .iter()
-        .filter(|(t, n)| is_global(*t) && (n == "fread" || n.starts_with("llama_")))
+        .filter(|(t, n)| {
+            is_global(*t)
+                && (["fread", "fseek", "fseeko"].contains(&n.as_str()) || n.starts_with("llama_"))
+        })
         .map(|(t, n)| format!("{t} {n}"))
         .collect();
     assert!(bad.is_empty(), "{} defines {bad:?}", lib.display());

@@ -2,7 +2,7 @@
 //!
 //!     LD_PRELOAD=libdcgguf_preload.so llama-completion -m model.dc.gguf ...
 //!
-//! It exports six symbols that shadow the C library's and llama.cpp's own, which is why they
+//! It exports eight symbols that shadow the C library's and llama.cpp's own, which is why they
 //! live here and not in libdcgguf.so (a program that links libdcgguf to read DC files keeps
 //! its own `fread`):
 //!
@@ -13,7 +13,10 @@
 //!   caller's;
 //! - `llama_free`, `llama_model_free`: free dcgguf's state for the context / model;
 //! - `fread`: reads on dcgguf's own streams go straight into the caller's memory (and tell a
-//!   memory budget where each tensor lives); every other stream goes to the C library.
+//!   memory budget where each tensor lives); every other stream goes to the C library;
+//! - `fseeko`, `fseek`: seeks on dcgguf's own streams move without glibc's buffer refill
+//!   (which would decode the bytes before each tensor only to drop them); every other stream
+//!   goes to the C library.
 //!
 //! The work is done by `dcgguf::llama::hooks`; each interposer passes its own address so
 //! that the lookup of the real function skips it. Being a Rust cdylib, this library also
@@ -108,4 +111,32 @@ pub unsafe extern "C" fn fread(
 ) -> usize {
     // SAFETY: the caller's fread arguments, passed through under fread's own contract.
     unsafe { hooks::fread_or_real(ptr, size, n, fp, fread as *const () as usize) }
+}
+
+/// Interposes the C library's `fseeko` (llama.cpp's `llama_file::seek`).
+///
+/// # Safety
+/// The contract of `fseeko(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fseeko(
+    fp: *mut libc::FILE,
+    offset: i64,
+    whence: libc::c_int,
+) -> libc::c_int {
+    // SAFETY: the caller's fseeko arguments, passed through under its own contract.
+    unsafe { hooks::fseek_or_real(fp, offset, whence, c"fseeko", fseeko as *const () as usize) }
+}
+
+/// Interposes the C library's `fseek` (`long` is 64 bits here, as `off_t`).
+///
+/// # Safety
+/// The contract of `fseek(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fseek(
+    fp: *mut libc::FILE,
+    offset: libc::c_long,
+    whence: libc::c_int,
+) -> libc::c_int {
+    // SAFETY: as in fseeko.
+    unsafe { hooks::fseek_or_real(fp, offset, whence, c"fseek", fseek as *const () as usize) }
 }

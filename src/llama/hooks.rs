@@ -29,6 +29,7 @@ pub type InitFromModelFn = unsafe extern "C" fn(
 pub type FreeContextFn = unsafe extern "C" fn(*mut sys::llama_context);
 pub type FreeModelFn = unsafe extern "C" fn(*mut sys::llama_model);
 pub type FreadFn = unsafe extern "C" fn(*mut c_void, usize, usize, *mut libc::FILE) -> usize;
+pub type FseekoFn = unsafe extern "C" fn(*mut libc::FILE, i64, libc::c_int) -> libc::c_int;
 
 /// Addresses of the preload library's exported interposers (0: not interposed).
 #[derive(Clone, Copy, Debug, Default)]
@@ -113,6 +114,8 @@ static REAL_NEW_CONTEXT: Real = Real::new();
 static REAL_FREE: Real = Real::new();
 static REAL_MODEL_FREE: Real = Real::new();
 static REAL_FREAD: Real = Real::new();
+static REAL_FSEEKO: Real = Real::new();
+static REAL_FSEEK: Real = Real::new();
 
 /// The host's `llama_init_from_model` (or, with `deprecated`, `llama_new_context_with_model`),
 /// skipping `ours` (the caller's own export of that name, 0 if none); `Err(name)` when this
@@ -176,5 +179,40 @@ pub unsafe fn fread_or_real(
         // arguments.
         Some(real) => unsafe { std::mem::transmute::<usize, FreadFn>(real)(ptr, size, n, fp) },
         None => 0,
+    }
+}
+
+/// The body of the `fseeko` and `fseek` interposers (`name`: which one; `off_t` and `long`
+/// are both 64 bits on the targets the preload library is built for): our streams seek
+/// without glibc's refill read (see [`super::fread::fseek_ours`]); every other stream goes
+/// to the C library's function of that name (found skipping `ours`).
+///
+/// # Safety
+/// The contract of `fseeko(3)`.
+pub unsafe fn fseek_or_real(
+    fp: *mut libc::FILE,
+    offset: i64,
+    whence: libc::c_int,
+    name: &CStr,
+    ours: usize,
+) -> libc::c_int {
+    // SAFETY: the caller's arguments, passed through.
+    if let Some(r) = unsafe { super::fread::fseek_ours(fp, offset, whence) } {
+        return r;
+    }
+    let slot = if name == c"fseek" {
+        &REAL_FSEEK
+    } else {
+        &REAL_FSEEKO
+    };
+    match slot.get(name, ours) {
+        // SAFETY: the C library's fseeko/fseek (signature FseekoFn on LP64 targets, where
+        // off_t and long are i64) with the caller's arguments.
+        Some(real) => unsafe { std::mem::transmute::<usize, FseekoFn>(real)(fp, offset, whence) },
+        None => {
+            // SAFETY: this thread's errno slot.
+            unsafe { *libc::__errno_location() = libc::ENOSYS };
+            -1
+        }
     }
 }

@@ -89,8 +89,43 @@ pub struct Stream {
     residency: Option<Arc<Residency>>,
     /// Reads come straight into the caller's memory (our `fread`).
     direct: bool,
+    /// Where the caller's current direct read began (our `fread` serves it in pieces).
+    request_start: Option<u64>,
     /// First read error, kept for the caller after llama.cpp gives up.
     error: ErrorSlot,
+    /// Where the tensor phase of a load spends its time (said under DCGGUF_VERBOSE).
+    timeline: ReadTimeline,
+}
+
+/// Time inside the stream's reads (direct or through glibc's buffer) from the first tensor
+/// read on, against the whole tensor phase: the rest is llama.cpp's own work between reads
+/// (repacking, page faults of its buffers).
+#[derive(Default)]
+struct ReadTimeline {
+    first: Option<Instant>,
+    last_end: Option<Instant>,
+    inside: std::time::Duration,
+    bytes: u64,
+    calls: u64,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let t = &self.timeline;
+        if let (Some(first), Some(end)) = (t.first, t.last_end)
+            && std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0")
+        {
+            let span = end.duration_since(first).as_secs_f64() * 1e3;
+            let inside = t.inside.as_secs_f64() * 1e3;
+            crate::log_line!(
+                "dcgguf: tensor reads: {} calls, {:.1} MB in {inside:.0} ms inside dcgguf, \
+                 {:.0} ms in llama.cpp between them ({span:.0} ms from first to last)",
+                t.calls,
+                t.bytes as f64 / 1e6,
+                span - inside,
+            );
+        }
+    }
 }
 
 /// Why a read of the stream failed. Kept typed so that the C API reports a corrupt chunk as
@@ -138,7 +173,9 @@ impl Stream {
             since_release: 0,
             residency: None,
             direct: false,
+            request_start: None,
             error: Arc::new(Mutex::new(None)),
+            timeline: ReadTimeline::default(),
         })
     }
 
@@ -172,7 +209,15 @@ impl Stream {
     /// returns fewer bytes only at the end of the file. A read that is exactly a deferred
     /// tensor is skipped: its bytes are decoded later, when llama.cpp computes with them.
     pub fn read_into_caller(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
+        self.timeline.first.get_or_insert_with(Instant::now);
         self.direct = true;
+        self.request_start = Some(self.pos);
+        let result = self.read_request(dst);
+        self.request_start = None;
+        result
+    }
+
+    fn read_request(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         let mut done = 0;
         while done < dst.len() {
             let rest = &mut dst[done..];
@@ -202,6 +247,20 @@ impl Stream {
 
     /// Reads at the current position; returns 0 only at the end of the file.
     pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
+        let began = Instant::now();
+        let result = self.read_timed(dst);
+        let t = &mut self.timeline;
+        let end = Instant::now();
+        if t.first.is_some() {
+            t.last_end = Some(end);
+            t.inside += end - began;
+            t.calls += 1;
+            t.bytes += *result.as_ref().unwrap_or(&0) as u64;
+        }
+        result
+    }
+
+    fn read_timed(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         if self.pos >= self.size || dst.is_empty() {
             return Ok(0);
         }
@@ -253,7 +312,14 @@ impl Stream {
             let cached = self.cache.iter().position(|(s, _)| *s == c.start);
             // A read of one whole chunk (a small tensor) alone would decode on one core: go
             // through the cache, which decodes the next chunks (the next tensors) with it.
-            let single = self.direct && !self.lean() && c.start == pos && c.end == end;
+            // Not the last chunk of a larger read: the chunks after it belong to other
+            // tensors, which llama.cpp may read much later (it reads one buffer's tensors,
+            // e.g. the repacked ones, before the others), so decoding them now is often wasted.
+            let single = self.direct
+                && !self.lean()
+                && c.start == pos
+                && c.end == end
+                && self.request_start == Some(pos);
             if cached.is_some() || c.start < pos || c.end > end || single {
                 let k = match cached {
                     Some(k) => k,
@@ -368,6 +434,21 @@ impl Stream {
         }
         self.spare
             .truncate(if self.lean() { 1 } else { CACHE_CHUNKS });
+    }
+
+    /// The stream's position (the end of what glibc's buffer holds).
+    pub(super) fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Size of the original file the stream serves.
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Moves the stream (the caller empties glibc's buffer).
+    pub(super) fn set_position(&mut self, pos: u64) {
+        self.pos = pos;
     }
 
     fn seek(&mut self, offset: i64, whence: c_int) -> Option<u64> {
