@@ -50,6 +50,9 @@ struct State {
     /// Original-file ranges the stream decodes itself, by start.
     claimed: BTreeMap<u64, u64>,
     stop: bool,
+    /// The stream is inside a tensor read, decoding on every core: this thread waits, so
+    /// that it only uses a core llama.cpp leaves idle (while it repacks or allocates).
+    reader_busy: bool,
     /// Decoded bytes not taken yet.
     pending: u64,
     /// Totals, for the verbose report.
@@ -145,6 +148,15 @@ impl EarlyDecode {
 }
 
 impl EarlyDecode {
+    /// The stream enters (`true`) or leaves a tensor read.
+    pub fn set_reader_busy(&self, busy: bool) {
+        let mut st = self.shared.lock();
+        st.reader_busy = busy;
+        if !busy {
+            self.shared.changed.notify_all();
+        }
+    }
+
     /// Claims one chunk for the stream; `false` if this thread holds or decodes it.
     pub fn claim_chunk(&self, chunk: Range<u64>) -> bool {
         let mut st = self.shared.lock();
@@ -195,7 +207,9 @@ fn decode_ahead(dc: &DcFile, shared: &Shared, throttle: Option<&Throttle>, limit
         let len = c.end - c.start;
         {
             let mut st = shared.lock();
-            while !st.stop && st.pending > 0 && st.pending + len > limits.pending_bytes {
+            while !st.stop
+                && (st.reader_busy || (st.pending > 0 && st.pending + len > limits.pending_bytes))
+            {
                 st = shared.wait(st);
             }
             if st.stop {

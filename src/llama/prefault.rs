@@ -31,8 +31,9 @@ pub struct Prefault {
 }
 
 impl Prefault {
-    /// A read is about to write at `addr`: populate the pages just past it on `pool`.
-    pub fn ahead_of(&mut self, addr: usize, pool: Option<&Arc<rayon::ThreadPool>>) {
+    /// A read of `len` bytes is about to write at `addr`: populate the pages just past it on
+    /// `pool`.
+    pub fn ahead_of(&mut self, addr: usize, len: usize, pool: Option<&Arc<rayon::ThreadPool>>) {
         if self
             .not_anonymous
             .as_ref()
@@ -41,6 +42,13 @@ impl Prefault {
             return;
         }
         if !self.area.as_ref().is_some_and(|(r, _)| r.contains(&addr)) {
+            // Finding the mapping reads /proc/self/maps (a fraction of a millisecond). A read
+            // smaller than MIN_BUFFER outside the known area is most likely a staging buffer
+            // of its own size (llama.cpp allocates one per repacked tensor), which is never
+            // populated past the read: no lookup.
+            if len < MIN_BUFFER {
+                return;
+            }
             match anonymous_mapping_at(addr) {
                 Ok(range) => self.area = Some((range, addr)),
                 Err(other) => {
@@ -158,7 +166,7 @@ mod tests {
                 .build()
                 .unwrap(),
         );
-        p.ahead_of(anon.as_ptr() as usize, Some(&pool));
+        p.ahead_of(anon.as_ptr() as usize, 16 << 20, Some(&pool));
         assert_eq!(anon[5], 42);
         assert_eq!(anon[(16 << 20) - 1], 9);
         assert!(anon[6..(16 << 20) - 1].iter().all(|&b| b == 0));

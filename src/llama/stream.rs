@@ -212,7 +212,13 @@ impl Stream {
         self.timeline.first.get_or_insert_with(Instant::now);
         self.direct = true;
         self.request_start = Some(self.pos);
+        if let Some(e) = &self.early {
+            e.set_reader_busy(true);
+        }
         let result = self.read_request(dst);
+        if let Some(e) = &self.early {
+            e.set_reader_busy(false);
+        }
         self.request_start = None;
         result
     }
@@ -229,7 +235,7 @@ impl Stream {
                 break;
             }
             if let Some(p) = &mut self.prefault {
-                p.ahead_of(rest.as_ptr() as usize, self.pool.as_ref());
+                p.ahead_of(rest.as_ptr() as usize, rest.len(), self.pool.as_ref());
             }
             let n = self.read(rest)?;
             if n == 0 {
