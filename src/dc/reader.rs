@@ -369,21 +369,57 @@ impl DcFile {
         let on = on
             && match &self.map {
                 Storage::Mapped(_, _, resident) => {
-                    resident.iter().filter(|&&r| r).count() * 10 < resident.len()
+                    // Over the tensor chunks only: a reader before us (llama-completion's
+                    // fitting pass) may have cached the metadata, which for a small model
+                    // with a large vocabulary is more than a tenth of the file.
+                    let page = crate::io::page_size();
+                    let (from, to) = self.chunk_span();
+                    let pages = &resident
+                        [(from / page).min(resident.len())..to.div_ceil(page).min(resident.len())];
+                    pages.iter().filter(|&&r| r).count() * 10 < pages.len()
                 }
                 Storage::Owned(_) => false,
             };
         if on && let Storage::Mapped(m, ..) = &self.map {
-            // Read-around (the kernel's default for faults in a mapping) would fetch the
-            // pages just before each chunk, which the previous chunk's decode has dropped,
-            // back into the cache; sequential access reads ahead only.
-            let _ = m.advise(memmap2::Advice::Sequential);
+            // No read-around or readahead of the kernel's own (read-around would fetch the
+            // pages before each chunk, which the previous chunk's decode has dropped, back
+            // into the cache; readahead runs ahead of every decoding thread): each chunk's
+            // bytes are asked for just before its decode (`decode_chunk`), so the cache
+            // holds only the chunks being decoded.
+            let _ = m.advise(memmap2::Advice::Random);
         }
         self.uncache.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// With [`DcFile::set_uncache_after_decode`] on: drops the bytes before the first chunk
+    /// (header and metadata) from the page cache, cached or not when the load began (an
+    /// earlier pass over the metadata, like llama-completion's fitting load, caches them).
+    /// For when the metadata has been parsed: from then on only chunks are read.
+    pub fn uncache_metadata(&self) {
+        if self.uncache.load(std::sync::atomic::Ordering::Relaxed)
+            && let Storage::Mapped(m, file, _) = &self.map
+        {
+            let (first_chunk, _) = self.chunk_span();
+            // SAFETY: as in release_mapped_pages; the range starts the mapping.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, first_chunk)
+            };
+            crate::io::drop_cached(file, 0, first_chunk as u64);
+        }
+    }
+
+    /// Map offsets of the first and one past the last byte of all stored chunks.
+    fn chunk_span(&self) -> (usize, usize) {
+        let starts = self.tensors.iter().filter_map(|t| t.chunk_starts.first());
+        let ends = self.tensors.iter().filter_map(|t| t.chunk_starts.last());
+        match (starts.min(), ends.max()) {
+            (Some(&a), Some(&b)) if b > a => (a, b),
+            _ => (0, 0),
+        }
     }
 
     /// Size of the original GGUF file.
@@ -469,6 +505,17 @@ impl DcFile {
         let e = &self.index.tensors[i].chunks[c];
         let name = &self.original.tensors[i].name;
         let payload = &self.map[st.chunk_starts[c]..st.chunk_starts[c + 1]];
+        if self.uncache.load(std::sync::atomic::Ordering::Relaxed)
+            && let Storage::Mapped(_, file, _) = &self.map
+        {
+            // One read of the whole chunk instead of a page per fault (see
+            // set_uncache_after_decode).
+            crate::io::prefetch_cached(
+                file,
+                st.chunk_starts[c] as u64,
+                (st.chunk_starts[c + 1] - st.chunk_starts[c]) as u64,
+            );
+        }
         let mode = ChunkMode::from_id(e.mode).expect("mode checked at open");
         let decoded = decode_chunk(&st.layout, mode, payload, dst);
         if self
@@ -585,6 +632,7 @@ impl DcFile {
     /// brought back after a chunk's own drop included; then turns uncaching off.
     pub fn finish_uncache(&self) {
         if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+            self.uncache_metadata();
             self.release_range(0, self.map.len());
             self.uncache
                 .store(false, std::sync::atomic::Ordering::Relaxed);

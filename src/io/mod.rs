@@ -51,17 +51,26 @@ pub fn resident_pages(map: &Mmap) -> Vec<bool> {
     vec.iter().map(|b| b & 1 == 1).collect()
 }
 
-/// Asks the kernel to drop `len` bytes of `file` at `offset` from the page cache
-/// (`POSIX_FADV_DONTNEED`: clean pages no process maps go; a hint, so failures are ignored).
-pub fn drop_cached(file: &File, offset: u64, len: u64) {
+/// Asks the kernel to read `len` bytes of `file` at `offset` into the page cache now, in the
+/// background (`POSIX_FADV_WILLNEED`: a hint, so failures are ignored).
+pub fn prefetch_cached(file: &File, offset: u64, len: u64) {
+    fadvise(file, offset, len, libc::POSIX_FADV_WILLNEED);
+}
+
+fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return;
     };
     // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open for the
     // duration of the call (`file` is borrowed).
-    let _ =
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, advice) };
+}
+
+/// Asks the kernel to drop `len` bytes of `file` at `offset` from the page cache
+/// (`POSIX_FADV_DONTNEED`: clean pages no process maps go; a hint, so failures are ignored).
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
+    fadvise(file, offset, len, libc::POSIX_FADV_DONTNEED);
 }
 
 /// This process's current and peak resident set (VmRSS, VmHWM from /proc/self/status).

@@ -209,7 +209,13 @@ impl Stream {
     /// returns fewer bytes only at the end of the file. A read that is exactly a deferred
     /// tensor is skipped: its bytes are decoded later, when llama.cpp computes with them.
     pub fn read_into_caller(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
-        self.timeline.first.get_or_insert_with(Instant::now);
+        if self.timeline.first.is_none() {
+            self.timeline.first = Some(Instant::now());
+            // The first tensor read: llama.cpp has parsed the metadata.
+            if let Source::Dc(dc) = &self.src {
+                dc.uncache_metadata();
+            }
+        }
         self.direct = true;
         self.request_start = Some(self.pos);
         if let Some(e) = &self.early {
