@@ -320,3 +320,90 @@ fn corrupt_streamed_tensor_stops_generation_with_its_name() {
         r.stderr
     );
 }
+
+/// One llama-completion of `model` in a new memory cgroup capped at `cap` (page cache dropped
+/// first), with `DCGGUF_MEM_BUDGET` set to `budget` or unset: its output and what the cgroup
+/// saw.
+fn completion_in_cgroup(
+    l: &Llama,
+    parent: &cgroup::Parent,
+    model: &Path,
+    budget: Option<&str>,
+    cap: Option<u64>,
+    tag: &str,
+) -> (std::process::Output, cgroup::Usage) {
+    let mut c = tool(l, "llama-completion", None);
+    c.env("LD_PRELOAD", preload(l, true))
+        .env_remove("LD_LIBRARY_PATH");
+    if let Some(b) = budget {
+        c.env("DCGGUF_MEM_BUDGET", b);
+    }
+    c.arg("-m").arg(model).args([
+        "--temp", "0", "--seed", "1", "-no-cnv", "-t", "2", "-c", "256", "-n", "8", "-p", PROMPT,
+    ]);
+    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
+    let cg = parent
+        .create(&name, cap)
+        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
+    cg.enter_on_exec(&mut c);
+    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let usage = cg.usage();
+    cg.remove();
+    (out, usage)
+}
+
+/// With no budget asked for, a DC load under a memory limit that the decoded model does not
+/// fit in takes a budget that fits (src/llama/budget/limit.rs), says so, and generates the
+/// same text as without a limit; the same load forced to no budget (`DCGGUF_MEM_BUDGET=0`) is
+/// OOM-killed there (decoded weights are anonymous memory), which is what the default avoids.
+/// Needs a memory cgroup of its own (root, cgroup v1 or v2), as on CI's machines.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
+fn under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying() {
+    let t = "under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying";
+    let (l, m) = (require_llama(t), require_smollm2(t));
+    let parent = cgroup::detect()
+        .unwrap_or_else(|e| panic!("{t}: needs a memory cgroup of its own (root): {e}"));
+    let dc = dc_of(&m);
+    let (free, free_use) = completion_in_cgroup(&l, &parent, &dc, Some("0"), None, "nocap");
+    assert!(
+        free.status.success(),
+        "{}",
+        String::from_utf8_lossy(&free.stderr)
+    );
+    let peak = free_use.peak.expect("the cgroup reports its peak");
+    // Well below what the decoded weights and the program's anonymous memory alone take
+    // (the page cache in `peak` can be reclaimed, anonymous memory cannot without swap).
+    let cap = peak - 24 * MIB;
+    let (forced, forced_use) =
+        completion_in_cgroup(&l, &parent, &dc, Some("0"), Some(cap), "forced");
+    assert!(
+        !forced.status.success(),
+        "without a budget the load fits in {} MiB: the cap is not tight enough to test",
+        cap / MIB
+    );
+    assert!(forced_use.oom_kills > 0 || forced.status.code().is_none());
+    let (adapted, adapted_use) = completion_in_cgroup(&l, &parent, &dc, None, Some(cap), "adapts");
+    let stderr = String::from_utf8_lossy(&adapted.stderr);
+    assert!(
+        adapted.status.success(),
+        "under {} MiB:\n{stderr}",
+        cap / MIB
+    );
+    assert_eq!(adapted_use.oom_kills, 0);
+    assert!(
+        stderr.contains("which would not fit: budget"),
+        "no budget chosen:\n{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&adapted.stdout),
+        String::from_utf8_lossy(&free.stdout),
+        "the budgeted run generated other text"
+    );
+}

@@ -146,7 +146,10 @@ pub fn load_dc(
             count,
         });
     }
-    let budget = budget::spec::settings().map_err(LlamaError::Budget)?;
+    let mut budget = budget::spec::settings().map_err(LlamaError::Budget)?;
+    if budget.is_none() && !budget::spec::asked() && !params.vocab_only && !params.no_alloc {
+        budget = default_budget(&dc);
+    }
     let route = match (user_load::route_from_env(), &budget) {
         (user_load::Route::User, Some(_)) => {
             crate::log_line!(
@@ -277,6 +280,28 @@ fn load_stream(
         });
     }
     Ok(model)
+}
+
+/// The budget of a load that asked for none: none when the decoded model fits under the
+/// memory limit, else one that fits ([`budget::limit`]); said in the log.
+fn default_budget(dc: &DcFile) -> Option<budget::Settings> {
+    let headroom = budget::limit::headroom()?;
+    let decoded: u64 = (0..dc.tensor_count())
+        .map(|i| dc.tensor_view(i).raw_bytes)
+        .sum();
+    let choice = budget::limit::choose(decoded, headroom);
+    match choice {
+        budget::limit::DefaultChoice::NoBudget { .. } => {
+            if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+                crate::log_line!("{}", choice.describe());
+            }
+            None
+        }
+        budget::limit::DefaultChoice::Budget { settings, .. } => {
+            crate::log_line!("{}", choice.describe());
+            Some(settings)
+        }
+    }
 }
 
 /// Loads `path` with the host's llama.cpp: DC-GGUF through the cookie stream, anything else

@@ -17,6 +17,8 @@
 //! loud note, a panic under `DCGGUF_REQUIRE_LLAMA=1`).
 #![allow(dead_code)]
 
+pub mod cgroup;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;

@@ -7,6 +7,9 @@
 //! `60%,file,noprefetch`, from the C API (`dcgguf_set_memory_budget`) or the environment
 //! (`DCGGUF_MEM_BUDGET`, with `DCGGUF_MEM_SOURCE` and `DCGGUF_PREFETCH` as defaults).
 //!
+//! **When nothing is asked** ([`limit`]): the limit this process runs under (cgroup or
+//! `MemAvailable`) decides: no budget when the decoded model fits, else a budget that fits.
+//!
 //! **What is decided at load** ([`plan`]): which tensors stay resident and which are
 //! streamed. Streaming a tensor saves its decoded bytes and costs a decode per use, so the
 //! plan keeps resident the tensors whose decode costs most per byte saved, as many as fit
@@ -31,6 +34,7 @@
 
 pub mod eviction;
 pub mod graph_hook;
+pub mod limit;
 pub mod plan;
 pub mod recycle;
 pub mod runtime;

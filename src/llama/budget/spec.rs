@@ -229,6 +229,16 @@ pub fn set_settings(s: Option<Settings>) {
     *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
 }
 
+/// Whether a budget (or explicitly none: `DCGGUF_MEM_BUDGET=0`, the C API's NULL) was asked
+/// for; if not, the load chooses from the memory limit ([`super::limit`]).
+pub fn asked() -> bool {
+    API_SETTINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+        || std::env::var_os(BUDGET_ENV).is_some()
+}
+
 /// The budget for the next load: the C API's, else the environment's, else none.
 pub fn settings() -> Result<Option<Settings>, SpecError> {
     if let Some(s) = *API_SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) {

@@ -1,0 +1,287 @@
+//! The memory limit a load must fit in, and the default budget chosen from it.
+//!
+//! With no budget asked for (neither `DCGGUF_MEM_BUDGET` nor the C API), a DC load reads the
+//! limit that applies to this process: the tightest `memory.max` (cgroup v2) or
+//! `memory.limit_in_bytes` (cgroup v1) of its memory cgroup and that cgroup's ancestors, minus
+//! what each already holds (the page cache included: a limit counts it), and the system's
+//! `MemAvailable`. When the decoded weights plus room for the rest of the process fit, the
+//! load runs exactly as without a budget; when they do not, a load without a budget would
+//! be killed (decoded weights are anonymous memory, which without swap cannot be evicted),
+//! so it gets a budget that fits, with the compressed bytes of streamed tensors re-read from
+//! the file (page cache the kernel may evict under the limit) rather than pinned in RAM.
+//! The choice and its reason go to the log.
+
+use std::path::{Path, PathBuf};
+
+use super::spec::{Budget, CompressedHome, Settings};
+
+/// Where the limit came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitSource {
+    /// `memory.max` of this cgroup (v2 path under /sys/fs/cgroup).
+    CgroupV2(PathBuf),
+    /// `memory.limit_in_bytes` of this cgroup (v1 memory hierarchy).
+    CgroupV1(PathBuf),
+    /// No cgroup limit below the machine's memory: `MemAvailable` of /proc/meminfo.
+    MemAvailable,
+}
+
+/// How much more memory this process may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Headroom {
+    pub bytes: u64,
+    pub source: LimitSource,
+}
+
+/// Above this a cgroup v1 limit means "no limit" (the kernel's default is 2^63 rounded down
+/// to the page size).
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// The headroom of this process now.
+pub fn headroom() -> Option<Headroom> {
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    headroom_from(
+        &read(Path::new("/proc/self/cgroup")).unwrap_or_default(),
+        &read(Path::new("/proc/meminfo")).unwrap_or_default(),
+        Path::new("/sys/fs/cgroup"),
+        read,
+    )
+}
+
+/// [`headroom`] over the given file contents and reader (tested with a fake tree).
+fn headroom_from(
+    proc_cgroup: &str,
+    meminfo: &str,
+    root: &Path,
+    read: impl Fn(&Path) -> Option<String>,
+) -> Option<Headroom> {
+    let number = |p: &Path| -> Option<u64> { read(p)?.trim().parse().ok() };
+    let mut best: Option<Headroom> = mem_available(meminfo).map(|bytes| Headroom {
+        bytes,
+        source: LimitSource::MemAvailable,
+    });
+    let mut consider = |h: Headroom| {
+        if best.as_ref().is_none_or(|b| h.bytes < b.bytes) {
+            best = Some(h);
+        }
+    };
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_id), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            // cgroup v2: the unified hierarchy.
+            for dir in ancestors(&root.join(rel), root) {
+                let max = read(&dir.join("memory.max"));
+                let Some(limit) = max.as_deref().map(str::trim).and_then(|m| m.parse().ok()) else {
+                    continue; // "max", or no memory controller here
+                };
+                let used = number(&dir.join("memory.current")).unwrap_or(0);
+                consider(Headroom {
+                    bytes: u64::saturating_sub(limit, used),
+                    source: LimitSource::CgroupV2(dir),
+                });
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let base = root.join("memory");
+            for dir in ancestors(&base.join(rel), &base) {
+                let Some(limit) = number(&dir.join("memory.limit_in_bytes")) else {
+                    continue;
+                };
+                if limit >= V1_UNLIMITED {
+                    continue;
+                }
+                let used = number(&dir.join("memory.usage_in_bytes")).unwrap_or(0);
+                consider(Headroom {
+                    bytes: limit.saturating_sub(used),
+                    source: LimitSource::CgroupV1(dir),
+                });
+            }
+        }
+    }
+    best
+}
+
+/// `dir` and its parents up to and including `root`.
+fn ancestors(dir: &Path, root: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .take_while(|d| d.starts_with(root))
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// What a load without an asked-for budget does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DefaultChoice {
+    /// Everything fits: no budget (today's load).
+    NoBudget { need: u64, headroom: Headroom },
+    /// It would not fit: this budget, compressed bytes re-read from the file.
+    Budget {
+        settings: Settings,
+        need: u64,
+        headroom: Headroom,
+    },
+}
+
+/// Room kept for what the process allocates after the weights (KV cache, compute buffers):
+/// an estimate, since the context is created after the model is loaded. What it holds
+/// already (the program, the vocabulary) is out of the headroom.
+pub fn other_memory(decoded_weights: u64) -> u64 {
+    (decoded_weights / 16).max(16 << 20)
+}
+
+/// The default for a model of `decoded_weights` bytes under `headroom`.
+pub fn choose(decoded_weights: u64, headroom: Headroom) -> DefaultChoice {
+    let other = other_memory(decoded_weights);
+    let need = decoded_weights.saturating_add(other);
+    if need <= headroom.bytes {
+        return DefaultChoice::NoBudget { need, headroom };
+    }
+    // What is left for weights once the rest has its room; never nothing (the plan keeps
+    // at least the working set of one streamed layer and says so).
+    let budget = headroom.bytes.saturating_sub(other).max(1);
+    DefaultChoice::Budget {
+        settings: Settings {
+            budget: Budget::Bytes(budget),
+            home: CompressedHome::File,
+            prefetch: None,
+        },
+        need,
+        headroom,
+    }
+}
+
+impl DefaultChoice {
+    /// The log line that says what was chosen and why.
+    pub fn describe(&self) -> String {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let source = |h: &Headroom| match &h.source {
+            LimitSource::CgroupV2(p) => format!("cgroup v2 {}", p.display()),
+            LimitSource::CgroupV1(p) => format!("cgroup v1 {}", p.display()),
+            LimitSource::MemAvailable => "MemAvailable".to_string(),
+        };
+        match self {
+            DefaultChoice::NoBudget { need, headroom } => format!(
+                "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs \
+                 about {:.0} MiB: loading without a budget",
+                mib(headroom.bytes),
+                source(headroom),
+                mib(*need)
+            ),
+            DefaultChoice::Budget {
+                settings,
+                need,
+                headroom,
+            } => format!(
+                "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs \
+                 about {:.0} MiB, which would not fit: budget {:.0} MiB for weights, streamed \
+                 tensors re-read from the file (set DCGGUF_MEM_BUDGET to choose yourself)",
+                mib(headroom.bytes),
+                source(headroom),
+                mib(*need),
+                mib(settings.budget.bytes(0))
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MEMINFO: &str = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n";
+
+    fn fake(files: &[(&str, &str)]) -> impl Fn(&Path) -> Option<String> {
+        let map: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(p, c)| (PathBuf::from(p), c.to_string()))
+            .collect();
+        move |p: &Path| map.get(p).cloned()
+    }
+
+    #[test]
+    fn without_a_cgroup_limit_mem_available_counts() {
+        let h = headroom_from("0::/\n", MEMINFO, Path::new("/cg"), fake(&[])).unwrap();
+        assert_eq!(h.bytes, 20_000_000 * 1024);
+        assert_eq!(h.source, LimitSource::MemAvailable);
+        let v1 = "4:memory:/a\n";
+        let files = [("/cg/memory/a/memory.limit_in_bytes", "9223372036854771712")];
+        let h = headroom_from(v1, MEMINFO, Path::new("/cg"), fake(&files)).unwrap();
+        assert_eq!(h.source, LimitSource::MemAvailable, "v1's unlimited value");
+    }
+
+    #[test]
+    fn cgroup_v1_limit_minus_usage_and_the_tightest_ancestor() {
+        let v1 = "9:pids:/\n4:memory:/a/b\n";
+        let files = [
+            ("/cg/memory/a/b/memory.limit_in_bytes", "209715200"),
+            ("/cg/memory/a/b/memory.usage_in_bytes", "52428800"),
+            ("/cg/memory/a/memory.limit_in_bytes", "1073741824"),
+            ("/cg/memory/a/memory.usage_in_bytes", "1000000000"),
+        ];
+        let h = headroom_from(v1, MEMINFO, Path::new("/cg"), fake(&files)).unwrap();
+        // a: 1 GiB - 1e9 = 73,741,824 beats a/b's 200 - 50 MiB.
+        assert_eq!(h.bytes, 1_073_741_824 - 1_000_000_000);
+        assert_eq!(
+            h.source,
+            LimitSource::CgroupV1(PathBuf::from("/cg/memory/a"))
+        );
+    }
+
+    #[test]
+    fn cgroup_v2_max_and_current() {
+        let files = [
+            ("/cg/s/t/memory.max", "max\n"),
+            ("/cg/s/memory.max", "314572800\n"),
+            ("/cg/s/memory.current", "104857600\n"),
+        ];
+        let h = headroom_from("0::/s/t\n", MEMINFO, Path::new("/cg"), fake(&files)).unwrap();
+        assert_eq!(h.bytes, 200 << 20);
+        assert_eq!(h.source, LimitSource::CgroupV2(PathBuf::from("/cg/s")));
+    }
+
+    #[test]
+    fn ample_memory_means_no_budget_and_short_memory_a_file_budget_that_fits() {
+        let h = |bytes| Headroom {
+            bytes,
+            source: LimitSource::MemAvailable,
+        };
+        let weights = 100 << 20;
+        assert!(matches!(
+            choose(weights, h(1 << 30)),
+            DefaultChoice::NoBudget { need, .. } if need == weights + (16 << 20)
+        ));
+        match choose(weights, h(120 << 20)) {
+            // 120 - 16 MiB kept for the rest: that is above the weights, so this headroom
+            // would fit; one MiB less than need does not.
+            DefaultChoice::NoBudget { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        match choose(weights, h(115 << 20)) {
+            DefaultChoice::Budget { settings, .. } => {
+                assert_eq!(settings.budget, Budget::Bytes(99 << 20));
+                assert_eq!(settings.home, CompressedHome::File);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            choose(weights, h(115 << 20))
+                .describe()
+                .contains("would not fit")
+        );
+        assert!(
+            choose(weights, h(1 << 30))
+                .describe()
+                .contains("without a budget")
+        );
+    }
+}

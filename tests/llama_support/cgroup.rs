@@ -1,0 +1,270 @@
+//! Memory cgroups of either version, created under the cgroup the caller runs in (for runs
+//! under a hard memory limit: benches/memcap.rs, tests/llama_budget.rs).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Where runs get their cgroups: a directory whose children have the memory controller.
+pub struct Parent {
+    pub version: Version,
+    pub dir: PathBuf,
+}
+
+/// One run's cgroup; removed by [`Cgroup::remove`].
+pub struct Cgroup {
+    pub version: Version,
+    pub dir: PathBuf,
+}
+
+/// What a cgroup saw, read after its process exited.
+#[derive(Default, Clone, Copy)]
+pub struct Usage {
+    /// Highest charge (page cache included), None where the kernel does not report it.
+    pub peak: Option<u64>,
+    /// Processes the OOM killer killed in it.
+    pub oom_kills: u64,
+    /// Times the charge hit the limit (v1 memory.failcnt; v2 memory.events max).
+    pub limit_hits: u64,
+}
+
+fn read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+fn write(p: &Path, v: &str) -> Result<(), String> {
+    std::fs::write(p, v).map_err(|e| format!("write {v:?} to {}: {e}", p.display()))
+}
+
+/// The value of `key` in a "key value" file (memory.events, memory.oom_control).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next()? == key).then(|| it.next()?.parse().ok())?
+    })
+}
+
+/// Mounts from /proc/self/mountinfo: (root within the hierarchy, mount point, fs type,
+/// super options).
+fn mounts() -> Vec<(String, PathBuf, String, String)> {
+    let text = read(Path::new("/proc/self/mountinfo")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            Some((
+                f.get(3)?.to_string(),
+                PathBuf::from(f.get(4)?),
+                r.first()?.to_string(),
+                r.get(2).unwrap_or(&"").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Our cgroup's directory on a mount whose hierarchy root is `root`.
+fn own_dir(mount: &Path, root: &str, path: &str) -> PathBuf {
+    let rel = if root == "/" {
+        path
+    } else {
+        path.strip_prefix(root).unwrap_or(path)
+    };
+    mount.join(rel.trim_start_matches('/'))
+}
+
+fn v2() -> Result<Parent, String> {
+    let (root, mount, _, _) = mounts()
+        .into_iter()
+        .find(|m| m.2 == "cgroup2")
+        .ok_or("no cgroup2 mount")?;
+    let own = read(Path::new("/proc/self/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .ok_or("not in a cgroup v2 hierarchy")?;
+    let dir = own_dir(&mount, &root, &own);
+    let has =
+        |f: &str| read(&dir.join(f)).is_some_and(|t| t.split_whitespace().any(|c| c == "memory"));
+    if !has("cgroup.controllers") {
+        return Err(format!(
+            "{}: the memory controller is not available here (cgroup.controllers)",
+            dir.display()
+        ));
+    }
+    if !has("cgroup.subtree_control") {
+        // Fails (EBUSY) where this cgroup holds processes and is not the root: cgroup v2
+        // gives controllers only to cgroups without processes of their own.
+        write(&dir.join("cgroup.subtree_control"), "+memory")
+            .map_err(|e| format!("cannot enable the memory controller for child cgroups: {e}"))?;
+    }
+    Ok(Parent {
+        version: Version::V2,
+        dir,
+    })
+}
+
+fn v1() -> Result<Parent, String> {
+    let (root, mount, _, _) = mounts()
+        .into_iter()
+        .find(|m| m.2 == "cgroup" && m.3.split(',').any(|o| o == "memory"))
+        .ok_or("no cgroup v1 memory mount")?;
+    let own = read(Path::new("/proc/self/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _ = f.next()?;
+            let ctrl = f.next()?;
+            let path = f.next()?;
+            ctrl.split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })
+        .ok_or("not in a cgroup v1 memory hierarchy")?;
+    let dir = own_dir(&mount, &root, &own);
+    if !dir.join("memory.limit_in_bytes").exists() {
+        return Err(format!("{}: no memory.limit_in_bytes", dir.display()));
+    }
+    Ok(Parent {
+        version: Version::V1,
+        dir,
+    })
+}
+
+/// cgroup v2 where its memory controller is ours to use, else v1; or why neither.
+pub fn detect() -> Result<Parent, String> {
+    v2().or_else(|e2| v1().map_err(|e1| format!("cgroup v2: {e2}; cgroup v1: {e1}")))
+}
+
+impl Parent {
+    /// A new child cgroup, capped at `limit` bytes with no swap when `limit` is set.
+    pub fn create(&self, name: &str, limit: Option<u64>) -> Result<Cgroup, String> {
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = Cgroup {
+            version: self.version,
+            dir,
+        };
+        if let Some(limit) = limit
+            && let Err(e) = cg.set_limit(limit)
+        {
+            cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+}
+
+impl Cgroup {
+    fn set_limit(&self, limit: u64) -> Result<(), String> {
+        let v = limit.to_string();
+        match self.version {
+            Version::V2 => {
+                write(&self.dir.join("memory.max"), &v)?;
+                let swap = self.dir.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, "0")?;
+                }
+            }
+            Version::V1 => {
+                write(&self.dir.join("memory.limit_in_bytes"), &v)?;
+                // memory+swap at the same value: no swap. (The memory limit first: v1
+                // refuses a memsw limit below the memory limit.)
+                let memsw = self.dir.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `c`'s process move itself into this cgroup between fork and exec, so that
+    /// everything it execs, loads and reads is charged here.
+    pub fn enter_on_exec(&self, c: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = self.procs_file();
+        // SAFETY: the closure runs in the forked child before exec and only calls open,
+        // write and close on a path allocated before the fork (async-signal-safe, no
+        // allocation). Writing "0" to cgroup.procs moves the writing process (v1 and v2).
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let w = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if w != 1 {
+                    return Err(err);
+                }
+                Ok(())
+            })
+        };
+    }
+
+    /// The file a process writes "0" to in order to move itself here.
+    pub fn procs_file(&self) -> CString {
+        CString::new(
+            self.dir
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("no NUL in a cgroup path")
+    }
+
+    pub fn usage(&self) -> Usage {
+        let get = |f: &str| read(&self.dir.join(f));
+        match self.version {
+            Version::V2 => {
+                let events = get("memory.events").unwrap_or_default();
+                Usage {
+                    peak: get("memory.peak").and_then(|t| t.trim().parse().ok()),
+                    oom_kills: keyed(&events, "oom_kill").unwrap_or(0),
+                    limit_hits: keyed(&events, "max").unwrap_or(0),
+                }
+            }
+            Version::V1 => Usage {
+                peak: get("memory.max_usage_in_bytes").and_then(|t| t.trim().parse().ok()),
+                oom_kills: get("memory.oom_control")
+                    .and_then(|t| keyed(&t, "oom_kill"))
+                    .unwrap_or(0),
+                limit_hits: get("memory.failcnt")
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(0),
+            },
+        }
+    }
+
+    /// Removes the (empty) cgroup. On v1 its charged page cache is reclaimed first
+    /// (memory.force_empty), so that no offline cgroup lingers holding it.
+    pub fn remove(self) {
+        if self.version == Version::V1 {
+            let _ = std::fs::write(self.dir.join("memory.force_empty"), "0");
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("memcap: could not remove cgroup {}", self.dir.display());
+    }
+}
+
+/// Drops the page cache (as root), so that the files a run reads are charged to its cgroup
+/// and not left over from an earlier run.
+pub fn drop_caches() -> Result<(), String> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .map_err(|e| format!("echo 3 > /proc/sys/vm/drop_caches: {e}"))
+}
