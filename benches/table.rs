@@ -29,7 +29,8 @@
 //!
 //! Knobs: DCGGUF_BENCH_MODELS (comma list of smollm2, minilm-bf16, minilm-f16, minilm-f32,
 //! minilm-q8_0, large; default the first three, plus large with DCGGUF_BENCH_LARGE=1),
-//! DCGGUF_BENCH_REPS, DCGGUF_BENCH_NO_PEERS=1 (no ZipNN: peers.py needs python3 with gguf,
+//! DCGGUF_BENCH_REPS, DCGGUF_BENCH_ONLY_LOAD=1 (DC's default level and the load rows only:
+//! no peers, no `--level max`), DCGGUF_BENCH_NO_PEERS=1 (no ZipNN: peers.py needs python3 with gguf,
 //! zstandard and zipnn, scripts/install-deps.sh), DCGGUF_BENCH_LLAMA_ARGS (more arguments for
 //! every llama.cpp run, e.g. `-fit off`), DCGGUF_REQUIRE_LLAMA=1 (fail instead of leaving out
 //! what cannot run).
@@ -743,7 +744,14 @@ fn main() {
         let mut rows = Vec::new();
         let mut memcpy = f64::NAN;
         let dc_file = dir.join(format!("{}.dc.gguf", m.key));
-        for (i, (label, args)) in DC_LEVELS.iter().enumerate() {
+        // DCGGUF_BENCH_ONLY_LOAD=1: the default level (the load rows' file), no peers.
+        let only_load = support::env_flag("DCGGUF_BENCH_ONLY_LOAD");
+        let levels = if only_load {
+            &DC_LEVELS[..1]
+        } else {
+            &DC_LEVELS[..]
+        };
+        for (i, (label, args)) in levels.iter().enumerate() {
             // The first level's file stays for the load rows; the others go.
             let out = if i == 0 {
                 dc_file.clone()
@@ -758,12 +766,14 @@ fn main() {
             }
             rows.push(d.row);
         }
-        if zstd {
+        if zstd && !only_load {
             for (label, c, d) in ZSTD_PEERS {
                 rows.push(zstd_row(label, c, d, &m.path, &dir.join("peer.zst")));
             }
         }
-        rows.extend(zipnn_rows(&m.path));
+        if !only_load {
+            rows.extend(zipnn_rows(&m.path));
+        }
         let loads = llama
             .as_ref()
             .map(|l| load_rows(l, &m, &dc_file, reps))
