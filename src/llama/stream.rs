@@ -271,7 +271,7 @@ impl Stream {
     /// Reads at the current position; returns 0 only at the end of the file.
     pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         let began = Instant::now();
-        let result = self.read_timed(dst);
+        let result = self.read_inner(dst);
         let t = &mut self.timeline;
         let end = Instant::now();
         if t.first.is_some() {
@@ -283,7 +283,7 @@ impl Stream {
         result
     }
 
-    fn read_timed(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
+    fn read_inner(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         if self.pos >= self.size || dst.is_empty() {
             return Ok(0);
         }
