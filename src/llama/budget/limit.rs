@@ -3,8 +3,8 @@
 //! With no budget asked for (neither `DCGGUF_MEM_BUDGET` nor the C API), a DC load reads the
 //! limit that applies to this process: the tightest `memory.max` (cgroup v2) or
 //! `memory.limit_in_bytes` (cgroup v1) of its memory cgroup and that cgroup's ancestors, minus
-//! what each already holds (the page cache included: a limit counts it), and the system's
-//! `MemAvailable`. When the decoded weights plus room for the rest of the process fit, the
+//! what each already holds except file pages no process maps (page cache the kernel reclaims
+//! under the limit before it kills anything), and the system's `MemAvailable`. When the decoded weights plus room for the rest of the process fit, the
 //! load runs exactly as without a budget; when they do not, a load without a budget would
 //! be killed (decoded weights are anonymous memory, which without swap cannot be evicted),
 //! so it gets a budget that fits, with the compressed bytes of streamed tensors re-read from
@@ -75,12 +75,19 @@ fn headroom_from(
             // cgroup v2: the unified hierarchy.
             for dir in ancestors(&root.join(rel), root) {
                 let max = read(&dir.join("memory.max"));
-                let Some(limit) = max.as_deref().map(str::trim).and_then(|m| m.parse().ok()) else {
+                let Some(limit) = max
+                    .as_deref()
+                    .map(str::trim)
+                    .and_then(|m| m.parse::<u64>().ok())
+                else {
                     continue; // "max", or no memory controller here
                 };
                 let used = number(&dir.join("memory.current")).unwrap_or(0);
+                let stat = read(&dir.join("memory.stat")).unwrap_or_default();
+                let reclaimable =
+                    stat_value(&stat, "file").saturating_sub(stat_value(&stat, "file_mapped"));
                 consider(Headroom {
-                    bytes: u64::saturating_sub(limit, used),
+                    bytes: limit.saturating_sub(used.saturating_sub(reclaimable)),
                     source: LimitSource::CgroupV2(dir),
                 });
             }
@@ -94,14 +101,28 @@ fn headroom_from(
                     continue;
                 }
                 let used = number(&dir.join("memory.usage_in_bytes")).unwrap_or(0);
+                let stat = read(&dir.join("memory.stat")).unwrap_or_default();
+                let reclaimable = (stat_value(&stat, "total_inactive_file")
+                    + stat_value(&stat, "total_active_file"))
+                .saturating_sub(stat_value(&stat, "total_mapped_file"));
                 consider(Headroom {
-                    bytes: limit.saturating_sub(used),
+                    bytes: limit.saturating_sub(used.saturating_sub(reclaimable)),
                     source: LimitSource::CgroupV1(dir),
                 });
             }
         }
     }
     best
+}
+
+/// A `key value` line of a cgroup's memory.stat (0 when absent).
+fn stat_value(stat: &str, key: &str) -> u64 {
+    stat.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0)
 }
 
 /// `dir` and its parents up to and including `root`.
@@ -225,11 +246,15 @@ mod tests {
         let files = [
             ("/cg/memory/a/b/memory.limit_in_bytes", "209715200"),
             ("/cg/memory/a/b/memory.usage_in_bytes", "52428800"),
+            (
+                "/cg/memory/a/b/memory.stat",
+                "cache 1\ntotal_inactive_file 8388608\ntotal_active_file 4194304\ntotal_mapped_file 2097152\n",
+            ),
             ("/cg/memory/a/memory.limit_in_bytes", "1073741824"),
             ("/cg/memory/a/memory.usage_in_bytes", "1000000000"),
         ];
         let h = headroom_from(v1, MEMINFO, Path::new("/cg"), fake(&files)).unwrap();
-        // a: 1 GiB - 1e9 = 73,741,824 beats a/b's 200 - 50 MiB.
+        // a: 1 GiB - 1e9 = 73,741,824 beats a/b's 200 - (50 - 10 reclaimable) MiB.
         assert_eq!(h.bytes, 1_073_741_824 - 1_000_000_000);
         assert_eq!(
             h.source,
@@ -243,9 +268,14 @@ mod tests {
             ("/cg/s/t/memory.max", "max\n"),
             ("/cg/s/memory.max", "314572800\n"),
             ("/cg/s/memory.current", "104857600\n"),
+            (
+                "/cg/s/memory.stat",
+                "anon 1\nfile 20971520\nfile_mapped 10485760\n",
+            ),
         ];
         let h = headroom_from("0::/s/t\n", MEMINFO, Path::new("/cg"), fake(&files)).unwrap();
-        assert_eq!(h.bytes, 200 << 20);
+        // 300 MiB - (100 MiB used - 10 MiB of file pages nobody maps).
+        assert_eq!(h.bytes, 210 << 20);
         assert_eq!(h.source, LimitSource::CgroupV2(PathBuf::from("/cg/s")));
     }
 
