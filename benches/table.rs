@@ -746,12 +746,8 @@ fn main() {
         let dc_file = dir.join(format!("{}.dc.gguf", m.key));
         // DCGGUF_BENCH_ONLY_LOAD=1: the default level (the load rows' file), no peers.
         let only_load = support::env_flag("DCGGUF_BENCH_ONLY_LOAD");
-        let levels = if only_load {
-            &DC_LEVELS[..1]
-        } else {
-            &DC_LEVELS[..]
-        };
-        for (i, (label, args)) in levels.iter().enumerate() {
+        let levels = if only_load { 1 } else { DC_LEVELS.len() };
+        for (i, (label, args)) in DC_LEVELS[..levels].iter().enumerate() {
             // The first level's file stays for the load rows; the others go.
             let out = if i == 0 {
                 dc_file.clone()
