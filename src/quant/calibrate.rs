@@ -176,24 +176,53 @@ pub fn calibrate_to(
     let _g3 = TempPath::new(done_list.clone())?;
     let scratch_stats = temp_next_to(stats, "pass.imatrix.gguf");
     let _g4 = TempPath::new(scratch_stats.clone())?;
+    // Embedding models (pooled encoders such as BERT) are run the way they are used: each
+    // line of the text as its own sequence with its special tokens ([CLS] ... [SEP]), through
+    // llama-embedding; llama-imatrix's fixed windows (no [SEP], cut mid-sentence) gave GPTQ
+    // covariances that were measurably worse on MiniLM. Decoders see llama-imatrix's windows
+    // of the running text, which is how they are used.
+    let pooled = is_pooled(model)?;
+    let lines = temp_next_to(stats, "calib-lines.txt");
+    let _g5 = TempPath::new(lines.clone())?;
+    if pooled && cov.is_some() {
+        let t = std::fs::read_to_string(&text).map_err(DcError::io(&text))?;
+        std::fs::write(&lines, sequences(&t)).map_err(DcError::io(&lines))?;
+    }
     let mut parts: Vec<TempPath> = Vec::new();
     let mut part_paths: Vec<PathBuf> = Vec::new();
     let mut done: std::collections::BTreeSet<String> = Default::default();
+    let mut pass = 0;
     loop {
-        let pass = parts.len() + 1;
+        pass += 1;
         let tp = std::time::Instant::now();
         let part = temp_next_to(stats, &format!("cov-part{pass}.gguf"));
         parts.push(TempPath::new(part.clone())?);
-        let cov_env = cov.map(|_| CovPass {
+        let record_cov = cov.is_some() && !(pass == 1 && pooled);
+        let cov_env = record_cov.then_some(CovPass {
             out: &part,
             budget,
-            done: (pass > 1).then_some(done_list.as_path()),
+            done: (!done.is_empty()).then_some(done_list.as_path()),
         });
-        let out = if pass == 1 { stats } else { &scratch_stats };
+        let driver = if pass == 1 {
+            Driver::Imatrix {
+                model: model_used,
+                text: &text,
+                output: stats,
+            }
+        } else if pooled {
+            Driver::Embedding {
+                model,
+                text: &lines,
+            }
+        } else {
+            Driver::Imatrix {
+                model: model_used,
+                text: &text,
+                output: &scratch_stats,
+            }
+        };
         run_pass(
-            model_used,
-            &text,
-            out,
+            driver,
             llama_bin,
             ctx,
             (pass == 1).then_some(act_max.as_path()),
@@ -206,6 +235,13 @@ pub fn calibrate_to(
         report.max_rss_bytes = report.max_rss_bytes.max(children_max_rss());
         if cov.is_none() {
             break;
+        }
+        if !record_cov {
+            eprintln!(
+                "calibrate: pass {pass}: statistics, {:.1} s",
+                tp.elapsed().as_secs_f64()
+            );
+            continue;
         }
         let groups = read_part_groups(&part)?;
         let rec: Vec<_> = groups.iter().filter(|g| g.0).collect();
@@ -337,21 +373,21 @@ fn merge_parts(model: &Path, parts: &[PathBuf], out: &Path, text: &Path) -> Resu
         }
         maps.push((h, map, f));
     }
-    let wanted: Vec<(&str, usize, usize)> = mh
-        .tensors
+    // Every matmul weight GPTQ would round, in the model's order (not a lookup-only
+    // token_embd; recorded non-quantizable matmuls such as a MoE router are left out).
+    let targets = super::gptq_weights(&mh);
+    let wanted: Vec<(&str, usize, usize)> = targets
         .iter()
-        .filter(|t| super::quantizable(t))
-        .filter_map(|t| src.get(&t.name).map(|&(p, i)| (t.name.as_str(), p, i)))
+        .filter_map(|(name, _)| src.get(name).map(|&(p, i)| (name.as_str(), p, i)))
         .collect();
-    let missing: Vec<&str> = mh
-        .tensors
+    let missing: Vec<&str> = targets
         .iter()
-        .filter(|t| super::quantizable(t) && !src.contains_key(&t.name))
-        .map(|t| t.name.as_str())
+        .filter(|(name, _)| !src.contains_key(name))
+        .map(|(name, _)| name.as_str())
         .collect();
     if !missing.is_empty() {
         eprintln!(
-            "calibrate: no covariance for {} quantizable weight(s) not multiplied as a plain \
+            "calibrate: no covariance for {} matmul weight(s) not multiplied as a plain \
              matmul (e.g. {}): they are rounded without GPTQ",
             missing.len(),
             missing[0]
@@ -419,6 +455,41 @@ pub fn run_imatrix(
     calibrate_to(model, Some(text), output, None, llama_bin, ctx, 0).map(|_| ())
 }
 
+/// Longest line given to llama-embedding (characters; ~1 token per 4 in English).
+const EMBED_SEQ_CHARS: usize = 1000;
+
+/// The text as one sequence per line for llama-embedding: non-empty lines, longer ones cut at
+/// whitespace into pieces of at most [`EMBED_SEQ_CHARS`].
+fn sequences(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let mut rest = line;
+        while rest.len() > EMBED_SEQ_CHARS {
+            let mut cut = EMBED_SEQ_CHARS;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let at = rest[..cut].rfind(char::is_whitespace).unwrap_or(cut);
+            let at = if at == 0 { cut } else { at };
+            out.push_str(rest[..at].trim());
+            out.push('\n');
+            rest = rest[at..].trim_start();
+        }
+        if !rest.is_empty() {
+            out.push_str(rest);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Whether `model` is an embedding model (has `<arch>.pooling_type`).
+fn is_pooled(model: &Path) -> Result<bool> {
+    let (h, _map, _f) = read_gguf(model)?;
+    let arch = super::meta_str(&h, "general.architecture").unwrap_or_default();
+    Ok(super::meta_u64(&h, &format!("{arch}.pooling_type")).is_some())
+}
+
 /// Covariance recording of one pass.
 struct CovPass<'a> {
     out: &'a Path,
@@ -447,18 +518,33 @@ fn find_tool(dir: Option<&Path>, tool: &str) -> PathBuf {
     PathBuf::from(tool)
 }
 
-/// One llama-imatrix run on `model` (already patched) over `text`, writing its imatrix to
-/// `output`, with the preloaded recorders asked for.
+/// The llama.cpp tool a pass runs.
+enum Driver<'a> {
+    /// llama-imatrix on `model` (already patched) over `text`, its imatrix to `output`.
+    Imatrix {
+        model: &'a Path,
+        text: &'a Path,
+        output: &'a Path,
+    },
+    /// llama-embedding on `model`, one sequence per line of `text`.
+    Embedding { model: &'a Path, text: &'a Path },
+}
+
+/// One llama.cpp run with the preloaded recorders asked for.
 fn run_pass(
-    model: &Path,
-    text: &Path,
-    output: &Path,
+    driver: Driver,
     llama_bin: Option<&Path>,
     ctx: u32,
     act_max: Option<&Path>,
     cov: Option<CovPass>,
 ) -> Result<()> {
-    let tool = find_tool(llama_bin, "llama-imatrix");
+    let tool = find_tool(
+        llama_bin,
+        match driver {
+            Driver::Imatrix { .. } => "llama-imatrix",
+            Driver::Embedding { .. } => "llama-embedding",
+        },
+    );
     let mut cmd = Command::new(&tool);
     match libdcgguf_preload() {
         Some(lib) => {
@@ -487,29 +573,43 @@ fn run_pass(
              recording sums of x^2 only, no max|x|"
         ),
     }
-    let _ = std::fs::remove_file(output);
-    let out = cmd
-        .arg("-m")
-        .arg(model)
-        .arg("-f")
-        .arg(text)
-        .arg("-o")
-        .arg(output)
-        .args([
-            "-c",
-            &ctx.to_string(),
-            "-b",
-            &ctx.to_string(),
-            "-ub",
-            &ctx.to_string(),
-        ])
-        .args(["--no-ppl", "--output-frequency", "1000000"])
-        .output()
-        .map_err(|source| ToolError::Spawn {
-            tool: tool.clone(),
-            source,
-        })?;
-    if !out.status.success() || !output.exists() {
+    let output = match driver {
+        Driver::Imatrix {
+            model,
+            text,
+            output,
+        } => {
+            let _ = std::fs::remove_file(output);
+            let c = ctx.to_string();
+            cmd.arg("-m")
+                .arg(model)
+                .arg("-f")
+                .arg(text)
+                .arg("-o")
+                .arg(output)
+                .args(["-c", &c, "-b", &c, "-ub", &c])
+                .args(["--no-ppl", "--output-frequency", "1000000"]);
+            Some(output)
+        }
+        Driver::Embedding { model, text } => {
+            // Sequences are at most EMBED_SEQ_CHARS characters, well within 512 tokens.
+            cmd.arg("-m").arg(model).arg("-f").arg(text).args([
+                "-c",
+                "512",
+                "-b",
+                "512",
+                "-ub",
+                "512",
+                "--no-warmup",
+            ]);
+            None
+        }
+    };
+    let out = cmd.output().map_err(|source| ToolError::Spawn {
+        tool: tool.clone(),
+        source,
+    })?;
+    if !out.status.success() || output.is_some_and(|o| !o.exists()) {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(8).collect();
         return Err(ToolError::Failed {
