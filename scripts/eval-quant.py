@@ -8,6 +8,9 @@ and that file is what llama-embedding runs.
 
 usage: scripts/eval-quant.py [--work DIR] [--dcgguf BIN] [--settings "name:--flag value ..." ...]
        [--json OUT] [--plot docs/quant-size-vs-fidelity.png] [--no-llama-quants]
+       [--sentences FILE]
+--sentences: another sentence set, one per line (data/heldout-sentences.txt: the held-out check,
+never used for tuning).
 "{imatrix}" in a setting is replaced by an imatrix from `dcgguf calibrate` on --calib.
 """
 import argparse
@@ -75,15 +78,20 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--plot")
     ap.add_argument("--no-llama-quants", action="store_true")
-    ap.add_argument("--calib", default=os.path.join(HERE, "..", "vendor", "llama.cpp", "README.md"),
-                    help="calibration text for {imatrix} settings (not the eval sentences)")
+    ap.add_argument("--sentences", help="sentence file (one per line) instead of the eval set")
+    ap.add_argument("--calib", default=os.path.join(HERE, "..", "data", "calibration.txt"),
+                    help="calibration text for {imatrix}/{cov} settings (not the eval sentences)")
     args = ap.parse_args()
     global DCGGUF
     DCGGUF = args.dcgguf
     os.makedirs(args.work, exist_ok=True)
     sent = os.path.join(args.work, "sentences.txt")
+    sentences = SENTENCES
+    if args.sentences:
+        with open(args.sentences) as f:
+            sentences = [line.strip() for line in f if line.strip()]
     with open(sent, "w") as f:
-        f.write("\n".join(SENTENCES) + "\n")
+        f.write("\n".join(sentences) + "\n")
     f32 = f"{MODELS}/all-MiniLM-L6-v2-f32.gguf"
     q8 = f"{MODELS}/all-MiniLM-L6-v2-q8_0.gguf"
     ref = embed(f32, sent, args.threads)
@@ -114,11 +122,9 @@ def main():
 
     imatrix = os.path.join(args.work, "minilm.imatrix.gguf")
     settings = args.settings if args.settings is not None else DEFAULT_SETTINGS
-    if any("{imatrix}" in s for s in settings) and not os.path.exists(imatrix):
-        run([args.dcgguf, "-q", "calibrate", f32, args.calib, "-o", imatrix])
     cov = os.path.join(args.work, "minilm.cov.gguf")
-    if any("{cov}" in s for s in settings) and not os.path.exists(cov):
-        run([sys.executable, os.path.join(HERE, "covariance.py"), f32, cov, "--calib", args.calib])
+    if any("{imatrix}" in s or "{cov}" in s for s in settings) and not os.path.exists(cov):
+        run([args.dcgguf, "-q", "calibrate", f32, args.calib, "-o", imatrix, "--covariance", cov])
     for s in settings:
         s = s.replace("{imatrix}", imatrix).replace("{cov}", cov)
         name, _, flags = s.partition(":")

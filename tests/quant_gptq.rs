@@ -1,11 +1,11 @@
 //! `compress --quantize int8 --gptq COV`: GPTQ rounding of the matmul weights on llama.cpp's
 //! Q8_0 scales, on a tiny synthetic BERT-like model with a tiny covariance file. The DC file
 //! decodes to valid Q8_0 with llama.cpp's scale plane and exactly the GPTQ quants, and
-//! malformed covariance files give clear errors naming the tensor. On real MiniLM (with
-//! llama.cpp, python3 + numpy + gguf and vendor/llama.cpp/README.md as calibration text):
-//! scripts/covariance.py + `--gptq --embd-step 2` meets issue 4's target, <= 0.85x the Q8_0
-//! file at a mean embedding cosine >= Q8_0's. Without one of those (build.rs) that test is
-//! reported as `ignored, needs ...`.
+//! malformed covariance files give clear errors naming the tensor. On real MiniLM with
+//! llama.cpp: covariances recorded natively (`dcgguf calibrate`) are sound, do not depend on
+//! the number of passes, and agree with scripts/covariance.py's numpy forward pass (with
+//! python3 + numpy + gguf); `compress --calib` meets issue 14's targets. Without a
+//! prerequisite (build.rs) those tests are reported as `ignored, needs ...`.
 
 mod llama_support;
 
@@ -392,65 +392,86 @@ fn require_python(test: &str) {
     }
 }
 
+/// `compress --quantize int8 --calib` on a fresh checkout: calibration through llama.cpp on
+/// the shipped text, GPTQ on the default grid; decompressed and run by llama-embedding.
+fn calib_compress(
+    test: &str,
+    f32_model: &Path,
+    bin: &Path,
+    extra: &[&str],
+    name: &str,
+) -> (u64, PathBuf) {
+    let dc = tmp(&format!("{name}.dc.gguf"));
+    let out = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+        .args(["compress", "--force", "--quantize", "int8", "--calib"])
+        .args(extra)
+        .arg(f32_model)
+        .arg(&dc)
+        .env("DCGGUF_LLAMA_BIN", bin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{test}: compress --calib {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = tmp(&format!("{name}.q8.gguf"));
+    decompress_file(&dc, &back, true, &|_| {}).unwrap();
+    (std::fs::metadata(&dc).unwrap().len(), back)
+}
+
+/// Issue 14's targets on MiniLM, measured on the project's eval sentences: `--calib` (the
+/// default GPTQ grid) at a mean cosine >= Q8_0's and <= 0.80x its file; the documented
+/// smaller setting at >= Q6_K's and <= 0.68x. ~2 min on the 2-core VM.
 #[test]
 #[cfg_attr(
-    not(all(dcgguf_llama, dcgguf_llama_src, dcgguf_minilm, dcgguf_python)),
-    ignore = "needs llama.cpp and its source (scripts/build-llama.sh), python3 with gguf and numpy (scripts/install-deps.sh) and the MiniLM models (scripts/fetch-models.sh)"
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
-fn minilm_gptq_meets_the_q8_0_fidelity_target_at_085x() {
+fn minilm_calib_meets_the_q8_0_and_q6_k_targets() {
     let test = module_path!();
     let f32_model = llama_support::require_shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
     let q8_model = f32_model.with_file_name("all-MiniLM-L6-v2-q8_0.gguf");
     let llama = llama_support::require_llama(test);
     let bin = llama.prefix.join("bin");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let calib = root.join("vendor/llama.cpp/README.md");
-    if !calib.exists() {
-        // scripts/build-llama.sh extracts vendor/llama.cpp (cached build or not).
-        llama_support::missing(
-            test,
-            "vendor/llama.cpp/README.md (calibration text) is missing: run scripts/build-llama.sh",
-        );
-    }
-    require_python(test);
-    let cov = tmp("minilm.cov.gguf");
-    let out = Command::new("python3")
-        .arg(root.join("scripts/covariance.py"))
+    // compress --calib preloads libdcgguf_preload.so from next to the dcgguf binary.
+    llama_support::libdcgguf_preload();
+    let q6 = tmp("minilm-q6_k.gguf");
+    let out = Command::new(bin.join("llama-quantize"))
         .arg(&f32_model)
-        .arg(&cov)
-        .arg("--calib")
-        .arg(&calib)
-        .env("LLAMA_BIN", &bin)
+        .arg(&q6)
+        .arg("Q6_K")
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "covariance.py: {}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let o = QuantOptions {
-        gptq: Some(Covariances::load(&cov).unwrap()),
-        embd_step: 2.0,
-        ..QuantOptions::default()
-    };
-    let dc = tmp("minilm-gptq.dc.gguf");
-    let (qr, cr) =
-        quant::compress_lossy(&f32_model, &dc, &o, &CompressOptions::default(), &|_| {}).unwrap();
-    assert_eq!(qr.quantized_tensors, 37);
-    let back = tmp("minilm-gptq.q8.gguf");
-    decompress_file(&dc, &back, true, &|_| {}).unwrap();
-    let ratio = cr.output_bytes as f64 / std::fs::metadata(&q8_model).unwrap().len() as f64;
+    let q8_bytes = std::fs::metadata(&q8_model).unwrap().len() as f64;
     let s = sentences_file();
     let reference = embed(&bin, &f32_model, &s);
     let q8_cos = mean_cosine(&embed(&bin, &q8_model, &s), &reference);
+    let q6_cos = mean_cosine(&embed(&bin, &q6, &s), &reference);
+    let (bytes, back) = calib_compress(test, &f32_model, &bin, &[], "calib-default");
     let cos = mean_cosine(&embed(&bin, &back, &s), &reference);
-    eprintln!(
-        "GPTQ + --embd-step 2: {} bytes = {ratio:.4}x Q8_0, mean cos {cos:.6} (Q8_0 {q8_cos:.6})",
-        cr.output_bytes
-    );
-    assert!(ratio <= 0.85, "{ratio:.4}x the Q8_0 file");
+    let ratio = bytes as f64 / q8_bytes;
+    eprintln!("--calib: {bytes} bytes = {ratio:.4}x Q8_0, mean cos {cos:.6} (Q8_0 {q8_cos:.6})");
+    assert!(ratio <= 0.80, "{ratio:.4}x the Q8_0 file");
     assert!(cos >= q8_cos, "mean cosine {cos:.6} < Q8_0's {q8_cos:.6}");
+    let small = SMALL_SETTING.split(' ').collect::<Vec<_>>();
+    let (bytes, back) = calib_compress(test, &f32_model, &bin, &small, "calib-small");
+    let cos = mean_cosine(&embed(&bin, &back, &s), &reference);
+    let ratio = bytes as f64 / q8_bytes;
+    eprintln!(
+        "--calib {SMALL_SETTING}: {bytes} bytes = {ratio:.4}x Q8_0, mean cos {cos:.6} (Q6_K {q6_cos:.6})"
+    );
+    assert!(ratio <= 0.68, "{ratio:.4}x the Q8_0 file");
+    assert!(cos >= q6_cos, "mean cosine {cos:.6} < Q6_K's {q6_cos:.6}");
 }
+
+/// docs/QUANT.md's smaller setting (with `--calib`).
+const SMALL_SETTING: &str = "--step 2.1 --embd-step 6.5";
 
 /// `--step` with GPTQ: the matmul weights are GPTQ-rounded on the shared-step grid (the
 /// scales of `q8::shared_scales`), not on llama.cpp's, and different steps give different
@@ -624,11 +645,12 @@ fn minilm_native_covariances_are_sound_and_independent_of_the_pass_count() {
 }
 
 /// Cross-check against the numpy BERT forward pass of scripts/covariance.py on the same
-/// text. Not exact by design: covariance.py runs each paragraph as `[CLS] ... [SEP]`, while
-/// llama-imatrix runs 128-token windows that start with [CLS] and have no [SEP] (and BERT's
-/// special tokens carry its largest activations), so the matrices agree in shape, not to
-/// the last digit; exact agreement is checked against llama-imatrix's own diagonal above.
-/// Measured on the shipped text: cosine of the flattened matrices min 0.74, mean 0.955.
+/// text. Close, not exact, by design: covariance.py runs each blank-line paragraph as one
+/// `[CLS] ... [SEP]` sequence (cut at 126 tokens), `dcgguf calibrate` runs each line through
+/// llama-embedding (the code block and the table are one sequence per line there), and BERT's
+/// special tokens carry its largest activations. Exact agreement is checked against
+/// llama-imatrix's own diagonal above. Measured on the shipped text: cosine of the flattened
+/// matrices min 0.94, mean 0.986.
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm, dcgguf_python)),
@@ -691,5 +713,5 @@ fn minilm_native_covariances_agree_with_the_numpy_forward_pass() {
         "native vs numpy: mean cosine {mean:.4}, min {:.4} ({})",
         min.0, min.1
     );
-    assert!(mean >= 0.9 && min.0 >= 0.6, "mean {mean}, min {min:?}");
+    assert!(mean >= 0.97 && min.0 >= 0.85, "mean {mean}, min {min:?}");
 }
