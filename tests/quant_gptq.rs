@@ -571,16 +571,52 @@ fn minilm_native_covariances_are_sound_and_independent_of_the_pass_count() {
     )
     .unwrap();
     eprintln!("{r:?}");
-    // 6 layers x (q/k/v, attn_output, ffn_up, ffn_down): 36 weights, 24 distinct inputs.
+    // A statistics pass (llama-imatrix), then the covariances (llama-embedding, one sequence
+    // per line). 6 layers x (q/k/v, attn_output, ffn_up, ffn_down): 36 weights, 24 inputs.
     assert_eq!(
         (r.passes, r.covariance_tensors, r.covariance_inputs),
-        (1, 36, 24)
+        (2, 36, 24)
     );
     let c = Covariances::load(&cov).unwrap();
     let map = std::fs::read(&model).unwrap();
     let h = GgufHeader::parse(&map).unwrap();
     c.check_against(&quant::gptq_weights(&h)).unwrap();
-    let st = quant::ActStats::load(&stats).unwrap();
+    check_second_moments(&c, None);
+    // Shared inputs: q, k and v read the same node, so they get the same matrix.
+    let get = |w: &str| &c.get(w).unwrap().1;
+    for l in 0..6 {
+        let q = get(&format!("blk.{l}.attn_q.weight"));
+        assert_eq!(q, get(&format!("blk.{l}.attn_k.weight")));
+        assert_eq!(q, get(&format!("blk.{l}.attn_v.weight")));
+        assert_ne!(q, get(&format!("blk.{l}.ffn_up.weight")));
+    }
+    // A budget that holds one ffn_down input (1536 wide) and little else: several passes over
+    // the same text, the same file byte for byte. (The diagonal against llama-imatrix's own
+    // accumulation is checked on SmolLM2, whose covariances come from the same run.)
+    let cov2 = tmp("native-passes.cov.gguf");
+    let r2 = quant::calibrate::calibrate_to(
+        &model,
+        Some(&text),
+        &tmp("native-passes.imatrix.gguf"),
+        Some(&cov2),
+        Some(&bin),
+        128,
+        dcgguf::llama::covar::accumulator_bytes(1536),
+    )
+    .unwrap();
+    eprintln!("{r2:?}");
+    assert!(r2.passes >= 4, "{} passes", r2.passes);
+    assert!(r2.peak_accumulator_bytes <= dcgguf::llama::covar::accumulator_bytes(1536));
+    assert!(r.peak_accumulator_bytes > r2.peak_accumulator_bytes);
+    assert_eq!(f32s(&cov2), f32s(&cov), "multi-pass covariances differ");
+    assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
+}
+
+/// Every matrix is a second moment: non-negative diagonal, exactly symmetric,
+/// `|H_ij| <= sqrt(H_ii H_jj)`, positive semi-definite; with `stats` (llama-imatrix's run that
+/// recorded the same rows), the diagonal equals its independently accumulated mean x^2 for
+/// every weight it has statistics for.
+fn check_second_moments(c: &Covariances, stats: Option<&quant::ActStats>) {
     for (name, (n, m)) in &c.tensors {
         let n = *n;
         for i in 0..n {
@@ -600,47 +636,92 @@ fn minilm_native_covariances_are_sound_and_independent_of_the_pass_count() {
                 );
             }
         }
-        // Positive semi-definite: positive definite with a small ridge (ffn_down's 1536-wide
-        // input has rank <= the 896 tokens here, so f32 rounding alone leaves eigenvalues
-        // of either sign around 0).
+        // Positive semi-definite: positive definite with a small ridge (a 1536-wide input seen
+        // on fewer tokens has rank < n, and f32 rounding leaves eigenvalues of either sign
+        // around 0).
         gptq::inverse_cholesky_upper(m, n, 1e-3).unwrap_or_else(|e| panic!("{name}: {e}"));
-        // The diagonal is what llama-imatrix accumulates independently (sum x^2 / count).
-        let mean_sq = &st.get(name).unwrap().mean_sq;
-        let top = mean_sq.iter().fold(0f32, |a, &b| a.max(b));
-        for (i, want) in mean_sq.iter().enumerate() {
-            let got = m[i * n + i];
-            assert!(
-                (got - want).abs() <= 1e-4 * top,
-                "{name}: diagonal {i} {got} vs llama-imatrix {want}"
-            );
+        // llama-imatrix keeps no statistics for the LM head (token_embd when tied).
+        if let Some(cs) = stats.and_then(|st| st.get(name)) {
+            let mean_sq = &cs.mean_sq;
+            let top = mean_sq.iter().fold(0f32, |a, &b| a.max(b));
+            for (i, want) in mean_sq.iter().enumerate() {
+                let got = m[i * n + i];
+                assert!(
+                    (got - want).abs() <= 1e-4 * top,
+                    "{name}: diagonal {i} {got} vs llama-imatrix {want}"
+                );
+            }
         }
     }
-    // Shared inputs: q, k and v read the same node, so they get the same matrix.
+}
+
+/// A decoder (llama architecture, tied embeddings), recorded in the same llama-imatrix run
+/// that collects the statistics: the diagonal is llama-imatrix's own mean x^2, q/k/v and
+/// gate/up share matrices, the tied `token_embd` (the LM head) gets one, and a small budget
+/// gives the same file in more passes.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and SmolLM2 (scripts/fetch-models.sh)"
+)]
+fn smollm2_native_covariances_match_llama_imatrix_and_the_pass_count() {
+    let test = module_path!();
+    let model = llama_support::require_smollm2(test);
+    let bin = llama_support::llama_bin_dir(test);
+    llama_support::libdcgguf_preload();
+    // llama-imatrix needs at least two 128-token chunks.
+    let text = text_excerpt(2600);
+    let (stats, cov) = (tmp("smol.imatrix.gguf"), tmp("smol.cov.gguf"));
+    let r = quant::calibrate::calibrate_to(
+        &model,
+        Some(&text),
+        &stats,
+        Some(&cov),
+        Some(&bin),
+        128,
+        quant::calibrate::DEFAULT_COV_BUDGET,
+    )
+    .unwrap();
+    eprintln!("{r:?}");
+    // 30 layers x (q/k/v, attn_output, gate/up, down) + token_embd as the LM head.
+    assert_eq!(
+        (r.passes, r.covariance_tensors, r.covariance_inputs),
+        (1, 211, 121)
+    );
+    let c = Covariances::load(&cov).unwrap();
+    let map = std::fs::read(&model).unwrap();
+    c.check_against(&quant::gptq_weights(&GgufHeader::parse(&map).unwrap()))
+        .unwrap();
+    let st = quant::ActStats::load(&stats).unwrap();
+    assert_eq!(st.tensors.len(), 210, "statistics for every matmul but the LM head");
+    check_second_moments(&c, Some(&st));
     let get = |w: &str| &c.get(w).unwrap().1;
-    for l in 0..6 {
+    for l in [0, 29] {
         let q = get(&format!("blk.{l}.attn_q.weight"));
         assert_eq!(q, get(&format!("blk.{l}.attn_k.weight")));
         assert_eq!(q, get(&format!("blk.{l}.attn_v.weight")));
-        assert_ne!(q, get(&format!("blk.{l}.ffn_up.weight")));
+        let g = get(&format!("blk.{l}.ffn_gate.weight"));
+        assert_eq!(g, get(&format!("blk.{l}.ffn_up.weight")));
+        assert_ne!(q, g);
     }
-    // A budget that holds one ffn_down input (1536 wide) and little else: several passes over
-    // the same text, the same file byte for byte.
-    let cov2 = tmp("native-passes.cov.gguf");
+    assert_eq!(c.get("token_embd.weight").unwrap().0, 576);
+    // A budget of three ffn_down inputs (1536 wide, ~9.9 MiB each; a layer needs ~14 MiB):
+    // about two layers per pass, ~15 passes over the same text, the same file.
+    let cov2 = tmp("smol-passes.cov.gguf");
+    let small = dcgguf::llama::covar::accumulator_bytes(1536) * 3;
     let r2 = quant::calibrate::calibrate_to(
         &model,
         Some(&text),
-        &tmp("native-passes.imatrix.gguf"),
+        &tmp("smol-passes.imatrix.gguf"),
         Some(&cov2),
         Some(&bin),
         128,
-        dcgguf::llama::covar::accumulator_bytes(1536),
+        small,
     )
     .unwrap();
     eprintln!("{r2:?}");
-    assert!(r2.passes >= 4, "{} passes", r2.passes);
-    assert!(r2.peak_accumulator_bytes <= dcgguf::llama::covar::accumulator_bytes(1536));
-    assert!(r.peak_accumulator_bytes > r2.peak_accumulator_bytes);
-    assert_eq!(f32s(&cov2), f32s(&cov), "multi-pass covariances differ");
+    assert!(r2.passes >= 8, "{} passes", r2.passes);
+    assert!(r2.peak_accumulator_bytes <= small);
     assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
 }
 

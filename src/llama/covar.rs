@@ -249,24 +249,20 @@ fn add_gram(acc: &mut [Vec<f64>], x: &[f32], n: usize, t: usize) {
     });
 }
 
-/// The full symmetric `n x n` matrix `acc / tokens` in f32, row-major.
-fn full_matrix(acc: &[Vec<f64>], n: usize, tokens: u64) -> Vec<f32> {
-    let mut m = vec![0f32; n * n];
+/// Row `i` of the full symmetric `n x n` matrix `acc / tokens` (f32, little-endian) appended
+/// to `out`: entries `j >= i` from row `i`'s block row, `j < i` from row `j`'s (symmetry), so
+/// no full matrix is built.
+fn row_bytes(acc: &[Vec<f64>], n: usize, tokens: u64, i: usize, out: &mut Vec<u8>) {
     let inv = 1.0 / tokens.max(1) as f64;
-    for (r, blk) in acc.iter().enumerate() {
-        let r0 = r * BLOCK;
-        let cols = n - r0;
-        for (ii, row) in blk.chunks_exact(cols).enumerate() {
-            let i = r0 + ii;
-            for (jj, &v) in row.iter().enumerate().skip(ii) {
-                let j = r0 + jj;
-                let v = (v * inv) as f32;
-                m[i * n + j] = v;
-                m[j * n + i] = v;
-            }
-        }
+    let at = |i: usize, j: usize| {
+        // i <= j: row i's block row holds columns r0..n.
+        let r0 = i / BLOCK * BLOCK;
+        acc[i / BLOCK][(i - r0) * (n - r0) + (j - r0)]
+    };
+    for j in 0..n {
+        let v = if j >= i { at(i, j) } else { at(j, i) };
+        out.extend_from_slice(&((v * inv) as f32).to_le_bytes());
     }
-    m
 }
 
 /// Writes this pass's matrices (at context free); errors go to stderr and leave no file,
@@ -320,11 +316,16 @@ pub fn flush() {
         let tmp = out.with_extension("partial");
         let mut f = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         f.write_all(&w.finish(ALIGN))?;
+        let mut row = Vec::new();
         for g in recorded {
-            let m = full_matrix(g.acc.as_deref().expect("recorded"), g.n, g.tokens);
-            let bytes: Vec<u8> = m.iter().flat_map(|v| v.to_le_bytes()).collect();
-            f.write_all(&bytes)?;
-            let pad = align_up(bytes.len() as u64, ALIGN).expect("fits") - bytes.len() as u64;
+            let acc = g.acc.as_deref().expect("recorded");
+            for i in 0..g.n {
+                row.clear();
+                row_bytes(acc, g.n, g.tokens, i, &mut row);
+                f.write_all(&row)?;
+            }
+            let len = (g.n * g.n * 4) as u64;
+            let pad = align_up(len, ALIGN).expect("fits") - len;
             f.write_all(&vec![0u8; pad as usize])?;
         }
         f.into_inner()?.sync_all()?;
@@ -382,7 +383,12 @@ mod tests {
             .collect();
         add_gram(&mut acc, &x, n, t);
         add_gram(&mut acc, &x, n, t);
-        let m = full_matrix(&acc, n, 2 * t as u64);
+        let mut bytes = Vec::new();
+        (0..n).for_each(|i| row_bytes(&acc, n, 2 * t as u64, i, &mut bytes));
+        let m: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         for i in 0..n {
             for j in 0..n {
                 let want: f64 = (0..t)

@@ -147,6 +147,15 @@ pub fn calibrate_to(
     let t0 = std::time::Instant::now();
     let shipped = temp_next_to(stats, "calibration.txt");
     let _g0 = TempPath::new(shipped.clone())?;
+    // Recorded in the covariance file: the text's file name, or the shipped text's path in the
+    // repository (its temporary copy has a process-specific name).
+    let label = match text {
+        Some(t) => t
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        None => "data/calibration.txt (shipped with dcgguf)".to_string(),
+    };
     let text = match text {
         Some(t) => t.to_path_buf(),
         None => {
@@ -282,7 +291,7 @@ pub fn calibrate_to(
     let st = ActStats::load(stats)?;
     report.tensors = st.tensors.len();
     if let Some(cov) = cov {
-        let (tensors, inputs) = merge_parts(model, &part_paths, cov, &text)?;
+        let (tensors, inputs) = merge_parts(model, &part_paths, cov, &label)?;
         report.covariance_tensors = tensors;
         report.covariance_inputs = inputs;
     }
@@ -347,7 +356,7 @@ fn read_part_groups(p: &Path) -> Result<Vec<crate::llama::covar::GroupLine>> {
 /// Writes the covariance file (docs/QUANT.md) from the per-pass files: one F32 `[n, n]`
 /// tensor per quantizable weight of `model` that was recorded (members of a shared input get
 /// the same matrix), in the model's tensor order, streamed. Returns (tensors, inputs).
-fn merge_parts(model: &Path, parts: &[PathBuf], out: &Path, text: &Path) -> Result<(usize, usize)> {
+fn merge_parts(model: &Path, parts: &[PathBuf], out: &Path, label: &str) -> Result<(usize, usize)> {
     const ALIGN: u64 = 32;
     let (mh, _mmap, _mf) = read_gguf(model)?;
     let mut maps = Vec::new();
@@ -400,15 +409,7 @@ fn merge_parts(model: &Path, parts: &[PathBuf], out: &Path, text: &Path) -> Resu
             "covariance.tokens",
             Value::u32(tokens.min(u64::from(u32::MAX)) as u32),
         ),
-        (
-            "covariance.calibration",
-            Value::string(
-                &text
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            ),
-        ),
+        ("covariance.calibration", Value::string(label)),
     ];
     for (k, v) in kvs {
         w.kv(&KeyValue {
@@ -427,10 +428,19 @@ fn merge_parts(model: &Path, parts: &[PathBuf], out: &Path, text: &Path) -> Resu
     let mut bw = std::io::BufWriter::with_capacity(1 << 20, f.file());
     let body = |bw: &mut std::io::BufWriter<&mut std::fs::File>| -> std::io::Result<()> {
         bw.write_all(&w.finish(ALIGN))?;
+        // Read with pread, not through the maps: touching mapped pages would count the whole
+        // (multi-GB for large models) part files in this process's resident set.
+        let mut buf = vec![0u8; 8 << 20];
         for &(_, p, i) in &wanted {
-            let (h, map, _) = &maps[p];
+            let (h, _, file) = &maps[p];
             let r = h.tensor_range(&h.tensors[i]);
-            bw.write_all(&map[r.start as usize..r.end as usize])?;
+            let mut at = r.start;
+            while at < r.end {
+                let k = ((r.end - at) as usize).min(buf.len());
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut buf[..k], at)?;
+                bw.write_all(&buf[..k])?;
+                at += k as u64;
+            }
             let n = r.end - r.start;
             let pad = align_up(n, ALIGN).expect("fits") - n;
             bw.write_all(&vec![0u8; pad as usize])?;
