@@ -693,7 +693,11 @@ fn smollm2_native_covariances_match_llama_imatrix_and_the_pass_count() {
     c.check_against(&quant::gptq_weights(&GgufHeader::parse(&map).unwrap()))
         .unwrap();
     let st = quant::ActStats::load(&stats).unwrap();
-    assert_eq!(st.tensors.len(), 210, "statistics for every matmul but the LM head");
+    assert_eq!(
+        st.tensors.len(),
+        210,
+        "statistics for every matmul but the LM head"
+    );
     check_second_moments(&c, Some(&st));
     let get = |w: &str| &c.get(w).unwrap().1;
     for l in [0, 29] {
