@@ -1,4 +1,10 @@
-//! `dcgguf calibrate`: activation statistics from real llama.cpp.
+//! `dcgguf calibrate`: activation statistics and input covariances from real llama.cpp.
+//!
+//! Covariances (`sum x x^T` of every matmul input, for GPTQ) are recorded by the graph
+//! callback of libdcgguf_preload.so (`llama::covar`) in one or more passes over the text, as
+//! many as `--cov-budget` requires, and merged into the covariance file of docs/QUANT.md.
+//! Embedding models are recorded through llama-embedding (one sequence per line), decoders in
+//! the llama-imatrix run. Without a text, the shipped one (data/calibration.txt) is used.
 //!
 //! Runs `llama-imatrix` (per-channel mean x^2 of every matmul input) on a text file and checks
 //! the result. llama-imatrix refuses vocabularies that append EOS (BERT appends [SEP]), so such
