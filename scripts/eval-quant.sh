@@ -65,12 +65,12 @@ while read -r name flags; do
   row "DC-INT8 $name" "$name.dc.gguf" "$name.q8.gguf"
 done <<EOF2
 fold-only --fold-only --fold-alpha 0.5 --imatrix smol.imatrix.gguf
-llama-rounding --step 0 --embd-step 0
+llama-rounding --step 0
 default
 s1.5 --step 1.5
 fold0.5 --fold-alpha 0.5 --imatrix smol.imatrix.gguf
 fold0.5-s1.25 --fold-alpha 0.5 --step 1.25 --imatrix smol.imatrix.gguf
 gptq-fold0.5 --imatrix smol.imatrix.gguf --gptq smol.cov.gguf
 gptq-nofold --imatrix smol.imatrix.gguf --gptq smol.cov.gguf --fold-alpha 0
-gptq-s2.1 --imatrix smol.imatrix.gguf --gptq smol.cov.gguf --step 2.1 --embd-step 6.5
+gptq-s2 --imatrix smol.imatrix.gguf --gptq smol.cov.gguf --step 2
 EOF2

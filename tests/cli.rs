@@ -417,8 +417,8 @@ fn exit_codes_1_and_2() {
 }
 
 /// Quantization options that conflict, or that would be silently ignored, are refused
-/// before any file is read (the covariance and imatrix files here do not exist): exit 2, a
-/// message naming the options, no output.
+/// before the covariance or imatrix file is read (those here do not exist): exit 2, a message
+/// naming the options, no output.
 #[test]
 fn conflicting_or_ignored_quant_options_are_refused() {
     let dir = TempDir::new("cli-quant-usage");
@@ -473,6 +473,8 @@ fn conflicting_or_ignored_quant_options_are_refused() {
             vec!["--fold-only", "--step"],
         ),
         (oss!["--prune", "1.5"], vec!["--prune"]),
+        // The model has no token_embd.weight: --embd-step would change nothing.
+        (oss!["--embd-step", "2"], vec!["--embd-step", "absent"]),
         (oss!["--cov-budget", "1G"], vec!["--cov-budget", "--calib"]),
         (
             oss!["--imatrix", &imatrix, "--calib"],

@@ -69,6 +69,9 @@ pub struct QuantOptions {
     pub gptq: Option<Covariances>,
     /// GPTQ damping relative to the mean diagonal of `H`.
     pub gptq_damp: f64,
+    /// `--embd-step` was given: refused when the model has no lookup-only `token_embd` (it
+    /// would be ignored).
+    pub embd_step_given: bool,
     /// With `gptq`: the grid it rounds on, as `--step` (the shared step relative to the
     /// tensor's mean llama.cpp step, raised where a block would overflow); `None`: llama.cpp's
     /// own scales (`amax/127` per block).
@@ -92,6 +95,7 @@ impl Default for QuantOptions {
             whole_byte_quants: true,
             gptq: None,
             gptq_damp: gptq::DEFAULT_DAMP,
+            embd_step_given: false,
             gptq_step: None,
             gptq_partial: false,
         }
@@ -137,6 +141,11 @@ pub enum UsageError {
     CalibWithGptq,
     #[error("--fold-only keeps every tensor's type: {0} does not apply")]
     NotWithFoldOnly(&'static str),
+    #[error(
+        "--embd-step applies only to a token_embd.weight that is just a lookup (an encoder, or a \
+         model with a separate output.weight); in this model it is {0}: leave --embd-step out"
+    )]
+    EmbdStepUnused(&'static str),
     #[error("--gptq-damp must be >= 0")]
     NegativeDamp,
     #[error("--prune must be in [0, 1)")]
@@ -323,6 +332,9 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     // embeddings (no output.weight) it is also the LM head, a matmul weight.
     let embd_is_lookup_only = h.tensors.iter().any(|t| t.name == "output.weight")
         || meta_u64(&h, &format!("{arch}.pooling_type")).is_some();
+    if o.embd_step_given && o.quantize {
+        check_embd_step(&h)?;
+    }
     // GPTQ: every quantized matmul weight (not a lookup-only token_embd) needs its H.
     let gptq_target = |t: &TensorInfo| {
         o.gptq
@@ -489,6 +501,21 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     report.rel_mse = if sig2 > 0.0 { err2 / sig2 } else { 0.0 };
     report.output_bytes = written;
     Ok(report)
+}
+
+/// `--embd-step` would be ignored unless the model has a quantized, lookup-only `token_embd`.
+fn check_embd_step(h: &GgufHeader) -> std::result::Result<(), UsageError> {
+    let arch = meta_str(h, "general.architecture").unwrap_or_default();
+    let lookup_only = h.tensors.iter().any(|t| t.name == "output.weight")
+        || meta_u64(h, &format!("{arch}.pooling_type")).is_some();
+    match h.tensors.iter().find(|t| t.name == "token_embd.weight") {
+        None => Err(UsageError::EmbdStepUnused("absent")),
+        Some(t) if !quantizable(t) => Err(UsageError::EmbdStepUnused("not quantized")),
+        Some(_) if !lookup_only => Err(UsageError::EmbdStepUnused(
+            "also the LM head (tied embeddings)",
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The weights GPTQ rounds in a model (its quantizable matmul weights, not a lookup-only
@@ -760,6 +787,7 @@ impl QuantArgs {
             whole_byte_quants: !self.split_quants,
             gptq: None,
             gptq_damp: self.gptq_damp.unwrap_or(gptq::DEFAULT_DAMP),
+            embd_step_given: self.embd_step.is_some(),
             gptq_step: match self.step {
                 _ if !gptq => None,
                 Some(s) if s <= 0.0 => None,
@@ -774,6 +802,15 @@ impl QuantArgs {
         if let Some(p) = &self.imatrix {
             o.stats = Some(ActStats::load(p)?);
         } else if let Some(text) = &self.calib {
+            // Refuse an ignored --embd-step before spending minutes calibrating.
+            if self.embd_step.is_some() && !self.fold_only {
+                let (_f, map) = map_readonly(input).map_err(DcError::io(input))?;
+                let h = GgufHeader::parse(&map).map_err(|source| DcError::Gguf {
+                    path: input.to_path_buf(),
+                    source,
+                })?;
+                check_embd_step(&h)?;
+            }
             let stats = temp_next_to(output, "imatrix.gguf");
             let _g = TempPath::new(stats.clone())?;
             let cov = temp_next_to(output, "cov.gguf");
