@@ -64,7 +64,7 @@ pub struct CalibrateArgs {
     /// fit are recorded in further passes over the same text.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "2G")]
     pub cov_budget: u64,
-    /// Directory with llama-imatrix (default: $DCGGUF_LLAMA_BIN, then
+    /// Directory with llama-imatrix and llama-embedding (default: $DCGGUF_LLAMA_BIN, then
     /// ~/.cache/dcgguf/llama.cpp-<pinned version>-r<build rev>/bin, then PATH).
     #[arg(long)]
     pub llama_bin: Option<PathBuf>,

@@ -621,8 +621,7 @@ pub struct QuantArgs {
     pub quantize: Option<QuantKind>,
     /// Step relative to llama.cpp's mean Q8_0 step; larger = smaller file, less fidelity.
     /// 0 = llama.cpp's own Q8_0 rounding (with --embd-step 0: identical to llama-quantize).
-    /// With GPTQ (--gptq, --calib) the grid GPTQ rounds on (default there 1; 0 =
-    /// llama.cpp's per-block steps). Default 0.8.
+    /// With GPTQ (--gptq, --calib) the grid GPTQ rounds on. Default 0.8, with GPTQ 1.
     #[arg(long, requires = "quantize")]
     pub step: Option<f32>,
     /// Step for token_embd.weight relative to its llama.cpp Q8_0 step (0 = llama.cpp's;
@@ -676,8 +675,8 @@ pub struct QuantArgs {
     #[arg(long, requires = "calib", value_parser = calibrate::parse_bytes, value_name = "BYTES")]
     pub cov_budget: Option<u64>,
     /// GPTQ rounding of the matmul weights, using this covariance GGUF (per-weight
-    /// E[x x^T], from `dcgguf calibrate`). On llama.cpp's Q8_0 scales unless --step is
-    /// given; token_embd, when only a lookup, gets --embd-step.
+    /// E[x x^T], from `dcgguf calibrate`), on the --step grid (default 1; --step 0:
+    /// llama.cpp's own scales); token_embd, when only a lookup, gets --embd-step.
     #[arg(long, requires = "quantize", value_name = "COVFILE")]
     pub gptq: Option<PathBuf>,
     /// GPTQ damping: H += D * mean(diag H) * I (default 0.1; with --gptq or --calib).
