@@ -171,9 +171,9 @@ typedef struct dcgguf_options {
     float prune;           /* --prune, in [0, 1) */
     float rdo;             /* --rdo */
     uint32_t reserved;     /* must be 0 */
-    double gptq_damp;      /* --gptq-damp (needs gptq) */
+    double gptq_damp;      /* --gptq-damp (needs gptq or calib) */
     const char *imatrix;   /* --imatrix FILE (not with calib) */
-    const char *calib;     /* --calib TEXT (runs llama-imatrix) */
+    const char *calib;     /* --calib=TEXT: calibrate through llama.cpp, then GPTQ */
     const char *gptq;      /* --gptq COVFILE */
     /* Version 2: the load-time cost model (compress; profile and storage_bps also
      * dcgguf_inspect_json_opts). With any of the three set, a machine profile is used: a

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Input second-moment matrices H = E[x x^T] of a BERT model's matmul weights, for
-`dcgguf compress --quantize int8 --gptq COV.gguf` (GPTQ rounding, docs/QUANT.md).
+"""Input second-moment matrices H = E[x x^T] of a BERT model's matmul weights, from the numpy
+BERT forward pass of the prototype: kept only as an independent cross-check of
+`dcgguf calibrate` (which records them inside llama.cpp itself, for any architecture, and is
+what `compress --calib` uses; tests/quant_gptq.rs compares the two). docs/QUANT.md.
 
 Runs the numpy BERT forward pass of scripts/gptq-minilm.py (F32, as llama.cpp's graph) over a
-calibration text (default vendor/llama.cpp/README.md: not the eval sentences), tokenized with
+calibration text (default data/calibration.txt, the text shipped with dcgguf), tokenized with
 llama-tokenize, and writes a GGUF with `general.type = "covariance"`, `covariance.tokens`
 (number of input rows averaged) and one F32 tensor per matmul weight, named like the weight
 (`blk.0.attn_q.weight`), shape [n_in, n_in], holding sum(x x^T) / tokens.
@@ -30,7 +32,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", help="F32 (or F16) BERT GGUF")
     ap.add_argument("out")
-    ap.add_argument("--calib", default=os.path.join(HERE, "..", "vendor", "llama.cpp", "README.md"))
+    ap.add_argument("--calib", default=os.path.join(HERE, "..", "data", "calibration.txt"))
     a = ap.parse_args()
     meta = GGUFReader(a.model).fields
     arch = bytes(meta["general.architecture"].parts[-1]).decode()

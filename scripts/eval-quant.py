@@ -8,7 +8,11 @@ and that file is what llama-embedding runs.
 
 usage: scripts/eval-quant.py [--work DIR] [--dcgguf BIN] [--settings "name:--flag value ..." ...]
        [--json OUT] [--plot docs/quant-size-vs-fidelity.png] [--no-llama-quants]
-"{imatrix}" in a setting is replaced by an imatrix from `dcgguf calibrate` on --calib.
+       [--sentences FILE]
+--sentences: another sentence set, one per line (data/heldout-sentences.txt: the held-out check,
+never used for tuning).
+"{imatrix}" and "{cov}" in a setting are replaced by the statistics and covariances of
+`dcgguf calibrate` on --calib (default data/calibration.txt, the shipped text).
 """
 import argparse
 import json
@@ -48,6 +52,7 @@ def embed(model, sent_file, threads):
 
 
 DCGGUF = "dcgguf"
+N_SENTENCES = len(SENTENCES)
 
 
 def tensor_data_bytes(path):
@@ -75,15 +80,22 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--plot")
     ap.add_argument("--no-llama-quants", action="store_true")
-    ap.add_argument("--calib", default=os.path.join(HERE, "..", "vendor", "llama.cpp", "README.md"),
-                    help="calibration text for {imatrix} settings (not the eval sentences)")
+    ap.add_argument("--sentences", help="sentence file (one per line) instead of the eval set")
+    ap.add_argument("--calib", default=os.path.join(HERE, "..", "data", "calibration.txt"),
+                    help="calibration text for {imatrix}/{cov} settings (not the eval sentences)")
     args = ap.parse_args()
     global DCGGUF
     DCGGUF = args.dcgguf
     os.makedirs(args.work, exist_ok=True)
     sent = os.path.join(args.work, "sentences.txt")
+    sentences = SENTENCES
+    if args.sentences:
+        with open(args.sentences) as f:
+            sentences = [line.strip() for line in f if line.strip()]
     with open(sent, "w") as f:
-        f.write("\n".join(SENTENCES) + "\n")
+        f.write("\n".join(sentences) + "\n")
+    global N_SENTENCES
+    N_SENTENCES = len(sentences)
     f32 = f"{MODELS}/all-MiniLM-L6-v2-f32.gguf"
     q8 = f"{MODELS}/all-MiniLM-L6-v2-q8_0.gguf"
     ref = embed(f32, sent, args.threads)
@@ -114,11 +126,9 @@ def main():
 
     imatrix = os.path.join(args.work, "minilm.imatrix.gguf")
     settings = args.settings if args.settings is not None else DEFAULT_SETTINGS
-    if any("{imatrix}" in s for s in settings) and not os.path.exists(imatrix):
-        run([args.dcgguf, "-q", "calibrate", f32, args.calib, "-o", imatrix])
     cov = os.path.join(args.work, "minilm.cov.gguf")
-    if any("{cov}" in s for s in settings) and not os.path.exists(cov):
-        run([sys.executable, os.path.join(HERE, "covariance.py"), f32, cov, "--calib", args.calib])
+    if any("{imatrix}" in s or "{cov}" in s for s in settings) and not os.path.exists(cov):
+        run([args.dcgguf, "-q", "calibrate", f32, args.calib, "-o", imatrix, "--covariance", cov])
     for s in settings:
         s = s.replace("{imatrix}", imatrix).replace("{cov}", cov)
         name, _, flags = s.partition(":")
@@ -126,7 +136,8 @@ def main():
         back = os.path.join(args.work, f"dc-{name}.q8.gguf")
         run([args.dcgguf, "-q", "compress", "--force", "--quantize", "int8", *flags.split(), f32, p])
         run([args.dcgguf, "-q", "decompress", "--force", p, back])
-        add(f"DC-INT8 {name}", p, back, "dc-gptq" if "--gptq" in flags else "dc", data_path=p)
+        gptq = "--gptq" in flags or "--calib" in flags
+        add(f"DC-INT8 {name}", p, back, "dc-gptq" if gptq else "dc", data_path=p)
 
     q8row = next((r for r in rows if r["name"] == "Q8_0"), None)
     q8b = q8row["bytes"] if q8row else os.path.getsize(q8)
@@ -160,9 +171,12 @@ DEFAULT_SETTINGS = [
     "s1.25:--step 1.25 --embd-step 5",
     "s1.5:--step 1.5 --embd-step 6",
     "s2:--step 2 --embd-step 8",
-    "gptq:--gptq {cov} --embd-step 0",
-    "gptq+embd2:--gptq {cov} --embd-step 2",
-    "gptq+embd3:--gptq {cov} --embd-step 3",
+    "gptq-llama-grid:--gptq {cov} --step 0 --embd-step 0",
+    "gptq-llama-grid+embd2:--gptq {cov} --step 0 --embd-step 2",
+    "calib(s1):--calib",
+    "calib+s1.5:--calib --step 1.5 --embd-step 6",
+    "calib+s2.1:--calib --step 2.1 --embd-step 6.5",
+    "calib+s2.5:--calib --step 2.5 --embd-step 8",
 ]
 
 
@@ -173,7 +187,7 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(8, 5))
     for kind, style, label in [("llama", "o-", "llama.cpp types (llama-quantize)"),
                                ("dc", "s-", "DC-INT8 (dcgguf --quantize int8)"),
-                               ("dc-gptq", "D-", "DC-INT8 --gptq (GPTQ rounding)"),
+                               ("dc-gptq", "D-", "DC-INT8 --calib / --gptq (GPTQ rounding)"),
                                ("dc-lossless", "^", "dcgguf lossless of llama.cpp Q8_0")]:
         pts = sorted((r["vs_q8"], 1 - r["mean_cos"], r["name"]) for r in rows
                      if r["kind"] == kind and r["name"] not in ("F32", "F16"))
@@ -190,7 +204,7 @@ def plot(rows, path):
     ax.set_yscale("log")
     ax.set_xlabel("whole-file size / llama.cpp Q8_0 file size (F16 = 1.83, F32 = 3.60: off scale)")
     ax.set_ylabel("1 - mean cosine vs F32 embeddings (log, lower is better)")
-    ax.set_title("all-MiniLM-L6-v2 on llama.cpp: size vs embedding fidelity (159 sentences)")
+    ax.set_title(f"all-MiniLM-L6-v2 on llama.cpp: size vs embedding fidelity ({N_SENTENCES} sentences)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()

@@ -41,9 +41,9 @@ for t in r.tensors:
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 PY
 fi
-# Calibration text: llama.cpp's README (not the evaluation text).
-[ -f calib.txt ] || head -c 20000 "$here/../vendor/llama.cpp/README.md" > calib.txt
-[ -f smol.imatrix.gguf ] || "$D" -q calibrate smol-f32.gguf calib.txt -o smol.imatrix.gguf
+# Statistics and covariances from the calibration text shipped with dcgguf
+# (data/calibration.txt, not the evaluation text): smol.imatrix.gguf and smol.cov.gguf.
+[ -f smol.cov.gguf ] || "$D" -q calibrate smol-f32.gguf -o smol.imatrix.gguf
 python3 "$here/eval-sentences.py" > ppl.txt
 ppl() { "$B/llama-perplexity" -m "$1" -f ppl.txt -c 256 -b 256 -t 2 "${@:2}" 2>&1; }
 [ -f base.kld ] || ppl smol-f32.gguf --kl-divergence-base base.kld >/dev/null
@@ -65,9 +65,12 @@ while read -r name flags; do
   row "DC-INT8 $name" "$name.dc.gguf" "$name.q8.gguf"
 done <<EOF2
 fold-only --fold-only --fold-alpha 0.5 --imatrix smol.imatrix.gguf
-llama-rounding --step 0 --embd-step 0
+llama-rounding --step 0
 default
 s1.5 --step 1.5
 fold0.5 --fold-alpha 0.5 --imatrix smol.imatrix.gguf
 fold0.5-s1.25 --fold-alpha 0.5 --step 1.25 --imatrix smol.imatrix.gguf
+gptq-fold0.5 --imatrix smol.imatrix.gguf --gptq smol.cov.gguf
+gptq-nofold --imatrix smol.imatrix.gguf --gptq smol.cov.gguf --fold-alpha 0
+gptq-s2 --imatrix smol.imatrix.gguf --gptq smol.cov.gguf --step 2
 EOF2

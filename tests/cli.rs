@@ -75,6 +75,10 @@ macro_rules! os {
     ($($x:expr),* $(,)?) => { &[$(OsStr::new($x)),*][..] };
 }
 
+macro_rules! oss {
+    ($($x:expr),* $(,)?) => { vec![$(std::ffi::OsString::from($x)),*] };
+}
+
 #[test]
 fn every_subcommand_with_json() {
     let dir = TempDir::new("cli-json");
@@ -378,19 +382,6 @@ fn exit_codes_1_and_2() {
         1,
     );
     expect_fail(os!["verify", &dir.join("missing.dc.gguf")], 1);
-    let (output, cov) = (dir.join("o.dc.gguf"), dir.join("cov.gguf"));
-    // --step would be ignored with --gptq (its weights keep llama.cpp's steps): refused.
-    let step_with_gptq = os![
-        "compress",
-        &input,
-        &output,
-        "--quantize",
-        "int8",
-        "--gptq",
-        &cov,
-        "--step",
-        "1.5"
-    ];
     // Usage errors come from the argument parser: exit 2, no JSON.
     for args in [
         os![],
@@ -418,18 +409,104 @@ fn exit_codes_1_and_2() {
             "12q"
         ],
         os!["bench", &input, "--seconds", "soon"],
-        step_with_gptq,
     ] {
         let out = dcgguf(args);
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
-    let out = dcgguf(step_with_gptq);
-    assert!(
-        out.stderr.contains("--step") && out.stderr.contains("--gptq"),
-        "{}",
-        out.stderr
-    );
     assert!(!dir.join("o.dc.gguf").exists());
+}
+
+/// Quantization options that conflict, or that would be silently ignored, are refused
+/// before the covariance or imatrix file is read (those here do not exist): exit 2, a message
+/// naming the options, no output.
+#[test]
+fn conflicting_or_ignored_quant_options_are_refused() {
+    let dir = TempDir::new("cli-quant-usage");
+    let input = dir.write("m.gguf", &small_model(37).build());
+    let output = dir.join("o.dc.gguf");
+    let (cov, imatrix, text) = (
+        dir.join("missing.cov.gguf"),
+        dir.join("missing.imatrix.gguf"),
+        dir.join("missing.txt"),
+    );
+    let calib_eq = {
+        let mut a = std::ffi::OsString::from("--calib=");
+        a.push(&text);
+        a
+    };
+    // (extra arguments after `compress --quantize int8`, pieces the error must contain)
+    let cases: Vec<(Vec<std::ffi::OsString>, Vec<&str>)> = vec![
+        (oss!["--gptq", &cov, "--calib"], vec!["--calib", "--gptq"]),
+        (oss!["--gptq", &cov, &calib_eq], vec!["--calib", "--gptq"]),
+        (oss!["--alpha", "0.5"], vec!["--alpha", "statistics"]),
+        (
+            oss!["--fold-alpha", "0.5"],
+            vec!["--fold-alpha", "statistics"],
+        ),
+        (
+            oss!["--tensor-alpha", "0.5"],
+            vec!["--tensor-alpha", "statistics"],
+        ),
+        (oss!["--permute"], vec!["--permute", "statistics"]),
+        (oss!["--gptq-damp", "0.2"], vec!["--gptq-damp", "GPTQ"]),
+        (
+            oss!["--gptq", &cov, "--gptq-damp=-1"],
+            vec!["--gptq-damp", ">= 0"],
+        ),
+        (
+            oss!["--gptq", &cov, "--prune", "0.1"],
+            vec!["--prune", "GPTQ"],
+        ),
+        (oss!["--gptq", &cov, "--rdo", "0.1"], vec!["--rdo", "GPTQ"]),
+        (oss!["--gptq", &cov, "--per-row"], vec!["--per-row", "GPTQ"]),
+        (
+            oss!["--gptq", &cov, "--block-adapt", "1"],
+            vec!["--block-adapt", "GPTQ"],
+        ),
+        (oss!["--calib", "--alpha", "0.5"], vec!["--alpha", "GPTQ"]),
+        (
+            oss!["--imatrix", &imatrix, "--gptq", &cov, "--tensor-alpha", "1"],
+            vec!["--tensor-alpha", "GPTQ"],
+        ),
+        (
+            oss!["--imatrix", &imatrix, "--fold-only", "--step", "1"],
+            vec!["--fold-only", "--step"],
+        ),
+        (oss!["--prune", "1.5"], vec!["--prune"]),
+        // The model has no token_embd.weight: --embd-step would change nothing.
+        (oss!["--embd-step", "2"], vec!["--embd-step", "absent"]),
+        (oss!["--cov-budget", "1G"], vec!["--cov-budget", "--calib"]),
+        (
+            oss!["--imatrix", &imatrix, "--calib"],
+            vec!["--imatrix", "--calib"],
+        ),
+    ];
+    for (extra, want) in &cases {
+        let mut args = oss!["compress", "--quantize", "int8"];
+        args.extend(extra.iter().cloned());
+        args.extend(oss![&input, &output]);
+        let out = dcgguf(&args);
+        assert_eq!(out.code, 2, "{extra:?}: {}", out.stderr);
+        assert!(
+            want.iter().all(|w| out.stderr.contains(w)),
+            "{extra:?}: {} (want {want:?})",
+            out.stderr
+        );
+        assert!(!output.exists(), "{extra:?}: wrote an output");
+    }
+    // `--calib TEXT` (a space, not `=`) would take TEXT as the input model: the extra
+    // positional is refused by the parser instead of being read as a model.
+    let out = dcgguf(oss![
+        "compress",
+        "--quantize",
+        "int8",
+        "--calib",
+        &text,
+        &input,
+        &output
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!output.exists());
 }
 
 /// Part `k` (1-based) of a 3-part split model, with llama.cpp's split keys.

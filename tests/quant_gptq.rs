@@ -1,11 +1,11 @@
 //! `compress --quantize int8 --gptq COV`: GPTQ rounding of the matmul weights on llama.cpp's
 //! Q8_0 scales, on a tiny synthetic BERT-like model with a tiny covariance file. The DC file
 //! decodes to valid Q8_0 with llama.cpp's scale plane and exactly the GPTQ quants, and
-//! malformed covariance files give clear errors naming the tensor. On real MiniLM (with
-//! llama.cpp, python3 + numpy + gguf and vendor/llama.cpp/README.md as calibration text):
-//! scripts/covariance.py + `--gptq --embd-step 2` meets issue 4's target, <= 0.85x the Q8_0
-//! file at a mean embedding cosine >= Q8_0's. Without one of those (build.rs) that test is
-//! reported as `ignored, needs ...`.
+//! malformed covariance files give clear errors naming the tensor. On real MiniLM with
+//! llama.cpp: covariances recorded natively (`dcgguf calibrate`) are sound, do not depend on
+//! the number of passes, and agree with scripts/covariance.py's numpy forward pass (with
+//! python3 + numpy + gguf); `compress --calib` meets issue 14's targets. Without a
+//! prerequisite (build.rs) those tests are reported as `ignored, needs ...`.
 
 mod llama_support;
 
@@ -392,34 +392,382 @@ fn require_python(test: &str) {
     }
 }
 
+/// `compress --quantize int8 --calib` on a fresh checkout: calibration through llama.cpp on
+/// the shipped text, GPTQ on the default grid; decompressed and run by llama-embedding.
+fn calib_compress(
+    test: &str,
+    f32_model: &Path,
+    bin: &Path,
+    extra: &[&str],
+    name: &str,
+) -> (u64, PathBuf) {
+    let dc = tmp(&format!("{name}.dc.gguf"));
+    let out = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
+        .args(["compress", "--force", "--quantize", "int8", "--calib"])
+        .args(extra)
+        .arg(f32_model)
+        .arg(&dc)
+        .env("DCGGUF_LLAMA_BIN", bin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{test}: compress --calib {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = tmp(&format!("{name}.q8.gguf"));
+    decompress_file(&dc, &back, true, &|_| {}).unwrap();
+    (std::fs::metadata(&dc).unwrap().len(), back)
+}
+
+/// Issue 14's targets on MiniLM, measured on the project's eval sentences: `--calib` (the
+/// default GPTQ grid) at a mean cosine >= Q8_0's and <= 0.80x its file; the documented
+/// smaller setting at >= Q6_K's and <= 0.68x. ~2 min on the 2-core VM.
 #[test]
 #[cfg_attr(
-    not(all(dcgguf_llama, dcgguf_llama_src, dcgguf_minilm, dcgguf_python)),
-    ignore = "needs llama.cpp and its source (scripts/build-llama.sh), python3 with gguf and numpy (scripts/install-deps.sh) and the MiniLM models (scripts/fetch-models.sh)"
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
-fn minilm_gptq_meets_the_q8_0_fidelity_target_at_085x() {
+fn minilm_calib_meets_the_q8_0_and_q6_k_targets() {
     let test = module_path!();
     let f32_model = llama_support::require_shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
     let q8_model = f32_model.with_file_name("all-MiniLM-L6-v2-q8_0.gguf");
     let llama = llama_support::require_llama(test);
     let bin = llama.prefix.join("bin");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let calib = root.join("vendor/llama.cpp/README.md");
-    if !calib.exists() {
-        // scripts/build-llama.sh extracts vendor/llama.cpp (cached build or not).
-        llama_support::missing(
-            test,
-            "vendor/llama.cpp/README.md (calibration text) is missing: run scripts/build-llama.sh",
-        );
+    // compress --calib preloads libdcgguf_preload.so from next to the dcgguf binary.
+    llama_support::libdcgguf_preload();
+    let q6 = tmp("minilm-q6_k.gguf");
+    let out = Command::new(bin.join("llama-quantize"))
+        .arg(&f32_model)
+        .arg(&q6)
+        .arg("Q6_K")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q8_bytes = std::fs::metadata(&q8_model).unwrap().len() as f64;
+    let s = sentences_file();
+    let reference = embed(&bin, &f32_model, &s);
+    let q8_cos = mean_cosine(&embed(&bin, &q8_model, &s), &reference);
+    let q6_cos = mean_cosine(&embed(&bin, &q6, &s), &reference);
+    let (bytes, back) = calib_compress(test, &f32_model, &bin, &[], "calib-default");
+    let cos = mean_cosine(&embed(&bin, &back, &s), &reference);
+    let ratio = bytes as f64 / q8_bytes;
+    eprintln!("--calib: {bytes} bytes = {ratio:.4}x Q8_0, mean cos {cos:.6} (Q8_0 {q8_cos:.6})");
+    assert!(ratio <= 0.80, "{ratio:.4}x the Q8_0 file");
+    assert!(cos >= q8_cos, "mean cosine {cos:.6} < Q8_0's {q8_cos:.6}");
+    let small = SMALL_SETTING.split(' ').collect::<Vec<_>>();
+    let (bytes, back) = calib_compress(test, &f32_model, &bin, &small, "calib-small");
+    let cos = mean_cosine(&embed(&bin, &back, &s), &reference);
+    let ratio = bytes as f64 / q8_bytes;
+    eprintln!(
+        "--calib {SMALL_SETTING}: {bytes} bytes = {ratio:.4}x Q8_0, mean cos {cos:.6} (Q6_K {q6_cos:.6})"
+    );
+    assert!(ratio <= 0.68, "{ratio:.4}x the Q8_0 file");
+    assert!(cos >= q6_cos, "mean cosine {cos:.6} < Q6_K's {q6_cos:.6}");
+}
+
+/// docs/QUANT.md's smaller setting (with `--calib`).
+const SMALL_SETTING: &str = "--step 2.1 --embd-step 6.5";
+
+/// `--step` with GPTQ: the matmul weights are GPTQ-rounded on the shared-step grid (the
+/// scales of `q8::shared_scales`), not on llama.cpp's, and different steps give different
+/// files (issue 14 reported `--step 1.5` and `--step 2` as byte-identical before).
+#[test]
+fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
+    let m = write("grid-model.gguf", &model());
+    let cov = Covariances::load(&write("grid.cov.gguf", &good_cov())).unwrap();
+    let mut files = Vec::new();
+    for step in [1.5f32, 2.0] {
+        let o = QuantOptions {
+            gptq: Some(cov.clone()),
+            gptq_step: Some(step),
+            embd_step: 0.0,
+            ..QuantOptions::default()
+        };
+        let q = tmp(&format!("grid-{step}.gguf"));
+        quant::quantize_file(&m, &q, &o).unwrap();
+        let out = tensor_bytes(&q);
+        for (name, ne0, x) in weights().into_iter().skip(1) {
+            let (_, _, bytes) = out.iter().find(|(n, _, _)| *n == name).unwrap();
+            let scales = q8::shared_scales(&x, step);
+            let (_, h) = cov.get(&name).unwrap();
+            let want = gptq::quantize_on(&x, ne0, h, gptq::DEFAULT_DAMP, Some(&scales)).unwrap();
+            assert_eq!(*bytes, want, "{name} at step {step}");
+            let nearest = q8::quantize(
+                &x,
+                ne0,
+                None,
+                &q8::GridOptions {
+                    step: Some(step),
+                    ..q8::GridOptions::default()
+                },
+            );
+            // Same scale plane as nearest rounding on that grid, other quants.
+            for (a, b) in bytes
+                .chunks(q8::BLOCK_BYTES)
+                .zip(nearest.chunks(q8::BLOCK_BYTES))
+            {
+                assert_eq!(a[..2], b[..2], "{name}: not the shared-step grid");
+            }
+            assert_ne!(*bytes, nearest, "{name}: GPTQ changed nothing");
+        }
+        files.push(std::fs::read(&q).unwrap());
     }
+    assert_ne!(
+        files[0], files[1],
+        "--step 1.5 and --step 2 gave the same file"
+    );
+}
+
+/// An excerpt of the shipped calibration text (whole paragraphs), to keep the multi-pass
+/// run short.
+fn text_excerpt(bytes: usize) -> PathBuf {
+    let t = quant::calibrate::SHIPPED_TEXT;
+    let cut = t[..bytes].rfind("\n\n").unwrap();
+    let p = tmp("excerpt.txt");
+    std::fs::write(&p, &t[..cut]).unwrap();
+    p
+}
+
+fn f32s(path: &Path) -> Vec<(String, Vec<f32>)> {
+    tensor_bytes(path)
+        .into_iter()
+        .map(|(n, _, b)| {
+            let v = b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (n, v)
+        })
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn minilm_native_covariances_are_sound_and_independent_of_the_pass_count() {
+    let test = module_path!();
+    let model = llama_support::require_shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
+    let bin = llama_support::llama_bin_dir(test);
+    // calibrate preloads libdcgguf_preload.so from next to this test binary: build it.
+    llama_support::libdcgguf_preload();
+    let text = text_excerpt(4000);
+    let (stats, cov) = (tmp("native.imatrix.gguf"), tmp("native.cov.gguf"));
+    let budget = quant::calibrate::DEFAULT_COV_BUDGET;
+    let r = quant::calibrate::calibrate_to(
+        &model,
+        Some(&text),
+        &stats,
+        Some(&cov),
+        Some(&bin),
+        128,
+        budget,
+    )
+    .unwrap();
+    eprintln!("{r:?}");
+    // A statistics pass (llama-imatrix), then the covariances (llama-embedding, one sequence
+    // per line). 6 layers x (q/k/v, attn_output, ffn_up, ffn_down): 36 weights, 24 inputs.
+    assert_eq!(
+        (r.passes, r.covariance_tensors, r.covariance_inputs),
+        (2, 36, 24)
+    );
+    let c = Covariances::load(&cov).unwrap();
+    let map = std::fs::read(&model).unwrap();
+    let h = GgufHeader::parse(&map).unwrap();
+    c.check_against(&quant::gptq_weights(&h)).unwrap();
+    check_second_moments(&c, None);
+    // Shared inputs: q, k and v read the same node, so they get the same matrix.
+    let get = |w: &str| &c.get(w).unwrap().1;
+    for l in 0..6 {
+        let q = get(&format!("blk.{l}.attn_q.weight"));
+        assert_eq!(q, get(&format!("blk.{l}.attn_k.weight")));
+        assert_eq!(q, get(&format!("blk.{l}.attn_v.weight")));
+        assert_ne!(q, get(&format!("blk.{l}.ffn_up.weight")));
+    }
+    // A budget that holds one ffn_down input (1536 wide) and little else: several passes over
+    // the same text, the same file byte for byte. (The diagonal against llama-imatrix's own
+    // accumulation is checked on SmolLM2, whose covariances come from the same run.)
+    let cov2 = tmp("native-passes.cov.gguf");
+    let r2 = quant::calibrate::calibrate_to(
+        &model,
+        Some(&text),
+        &tmp("native-passes.imatrix.gguf"),
+        Some(&cov2),
+        Some(&bin),
+        128,
+        dcgguf::llama::covar::accumulator_bytes(1536),
+    )
+    .unwrap();
+    eprintln!("{r2:?}");
+    assert!(r2.passes >= 4, "{} passes", r2.passes);
+    assert!(r2.peak_accumulator_bytes <= dcgguf::llama::covar::accumulator_bytes(1536));
+    assert!(r.peak_accumulator_bytes > r2.peak_accumulator_bytes);
+    assert_eq!(f32s(&cov2), f32s(&cov), "multi-pass covariances differ");
+    assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
+}
+
+/// Every matrix is a second moment: non-negative diagonal, exactly symmetric,
+/// `|H_ij| <= sqrt(H_ii H_jj)`, positive semi-definite; with `stats` (llama-imatrix's run that
+/// recorded the same rows), the diagonal equals its independently accumulated mean x^2 for
+/// every weight it has statistics for.
+fn check_second_moments(c: &Covariances, stats: Option<&quant::ActStats>) {
+    for (name, (n, m)) in &c.tensors {
+        let n = *n;
+        for i in 0..n {
+            let d = m[i * n + i];
+            assert!(d >= 0.0, "{name}: diagonal {i} = {d}");
+            for j in 0..i {
+                assert_eq!(
+                    m[i * n + j],
+                    m[j * n + i],
+                    "{name}: not symmetric at ({i},{j})"
+                );
+                // Cauchy-Schwarz, which a second moment satisfies.
+                let bound = (f64::from(d) * f64::from(m[j * n + j])).sqrt();
+                assert!(
+                    f64::from(m[i * n + j].abs()) <= bound * (1.0 + 1e-4) + 1e-12,
+                    "{name}: ({i},{j}) exceeds sqrt(H_ii H_jj)"
+                );
+            }
+        }
+        // Positive semi-definite: positive definite with a small ridge (a 1536-wide input seen
+        // on fewer tokens has rank < n, and f32 rounding leaves eigenvalues of either sign
+        // around 0).
+        gptq::inverse_cholesky_upper(m, n, 1e-3).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // llama-imatrix keeps no statistics for the LM head (token_embd when tied).
+        if let Some(cs) = stats.and_then(|st| st.get(name)) {
+            let mean_sq = &cs.mean_sq;
+            let top = mean_sq.iter().fold(0f32, |a, &b| a.max(b));
+            for (i, want) in mean_sq.iter().enumerate() {
+                let got = m[i * n + i];
+                assert!(
+                    (got - want).abs() <= 1e-4 * top,
+                    "{name}: diagonal {i} {got} vs llama-imatrix {want}"
+                );
+            }
+        }
+    }
+}
+
+/// A decoder (llama architecture, tied embeddings), recorded in the same llama-imatrix run
+/// that collects the statistics: the diagonal is llama-imatrix's own mean x^2, q/k/v and
+/// gate/up share matrices, the tied `token_embd` (the LM head) gets one, and a small budget
+/// gives the same file in more passes.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and SmolLM2 (scripts/fetch-models.sh)"
+)]
+fn smollm2_native_covariances_match_llama_imatrix_and_the_pass_count() {
+    let test = module_path!();
+    let model = llama_support::require_smollm2(test);
+    let bin = llama_support::llama_bin_dir(test);
+    llama_support::libdcgguf_preload();
+    // llama-imatrix needs at least two 128-token chunks.
+    let text = text_excerpt(2600);
+    let (stats, cov) = (tmp("smol.imatrix.gguf"), tmp("smol.cov.gguf"));
+    let r = quant::calibrate::calibrate_to(
+        &model,
+        Some(&text),
+        &stats,
+        Some(&cov),
+        Some(&bin),
+        128,
+        quant::calibrate::DEFAULT_COV_BUDGET,
+    )
+    .unwrap();
+    eprintln!("{r:?}");
+    // 30 layers x (q/k/v, attn_output, gate/up, down) + token_embd as the LM head.
+    assert_eq!(
+        (r.passes, r.covariance_tensors, r.covariance_inputs),
+        (1, 211, 121)
+    );
+    let c = Covariances::load(&cov).unwrap();
+    let map = std::fs::read(&model).unwrap();
+    c.check_against(&quant::gptq_weights(&GgufHeader::parse(&map).unwrap()))
+        .unwrap();
+    let st = quant::ActStats::load(&stats).unwrap();
+    assert_eq!(
+        st.tensors.len(),
+        210,
+        "statistics for every matmul but the LM head"
+    );
+    check_second_moments(&c, Some(&st));
+    let get = |w: &str| &c.get(w).unwrap().1;
+    for l in [0, 29] {
+        let q = get(&format!("blk.{l}.attn_q.weight"));
+        assert_eq!(q, get(&format!("blk.{l}.attn_k.weight")));
+        assert_eq!(q, get(&format!("blk.{l}.attn_v.weight")));
+        let g = get(&format!("blk.{l}.ffn_gate.weight"));
+        assert_eq!(g, get(&format!("blk.{l}.ffn_up.weight")));
+        assert_ne!(q, g);
+    }
+    assert_eq!(c.get("token_embd.weight").unwrap().0, 576);
+    // A budget of three ffn_down inputs (1536 wide, ~9.9 MiB each; a layer needs ~14 MiB):
+    // about two layers per pass, ~15 passes over the same text, the same file.
+    let cov2 = tmp("smol-passes.cov.gguf");
+    let small = dcgguf::llama::covar::accumulator_bytes(1536) * 3;
+    let r2 = quant::calibrate::calibrate_to(
+        &model,
+        Some(&text),
+        &tmp("smol-passes.imatrix.gguf"),
+        Some(&cov2),
+        Some(&bin),
+        128,
+        small,
+    )
+    .unwrap();
+    eprintln!("{r2:?}");
+    assert!(r2.passes >= 8, "{} passes", r2.passes);
+    assert!(r2.peak_accumulator_bytes <= small);
+    assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
+}
+
+/// Cross-check against the numpy BERT forward pass of scripts/covariance.py on the same
+/// text. Close, not exact, by design: covariance.py runs each blank-line paragraph as one
+/// `[CLS] ... [SEP]` sequence (cut at 126 tokens), `dcgguf calibrate` runs each line through
+/// llama-embedding (the code block and the table are one sequence per line there), and BERT's
+/// special tokens carry its largest activations. Exact agreement is checked against
+/// llama-imatrix's own diagonal above. Measured on the shipped text: cosine of the flattened
+/// matrices min 0.94, mean 0.986.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm, dcgguf_python)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh), the MiniLM models (scripts/fetch-models.sh) and python3 with numpy and gguf (scripts/install-deps.sh)"
+)]
+fn minilm_native_covariances_agree_with_the_numpy_forward_pass() {
+    let test = module_path!();
+    let model = llama_support::require_shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
+    let bin = llama_support::llama_bin_dir(test);
     require_python(test);
-    let cov = tmp("minilm.cov.gguf");
+    llama_support::libdcgguf_preload();
+    let text = tmp("shipped.txt");
+    std::fs::write(&text, quant::calibrate::SHIPPED_TEXT).unwrap();
+    let cov = tmp("xcheck-native.cov.gguf");
+    quant::calibrate::calibrate_to(
+        &model,
+        Some(&text),
+        &tmp("xcheck.imatrix.gguf"),
+        Some(&cov),
+        Some(&bin),
+        128,
+        quant::calibrate::DEFAULT_COV_BUDGET,
+    )
+    .unwrap();
+    let numpy = tmp("xcheck-numpy.cov.gguf");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .arg(root.join("scripts/covariance.py"))
-        .arg(&f32_model)
-        .arg(&cov)
+        .arg(&model)
+        .arg(&numpy)
         .arg("--calib")
-        .arg(&calib)
+        .arg(&text)
         .env("LLAMA_BIN", &bin)
         .output()
         .unwrap();
@@ -428,26 +776,27 @@ fn minilm_gptq_meets_the_q8_0_fidelity_target_at_085x() {
         "covariance.py: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let o = QuantOptions {
-        gptq: Some(Covariances::load(&cov).unwrap()),
-        embd_step: 2.0,
-        ..QuantOptions::default()
-    };
-    let dc = tmp("minilm-gptq.dc.gguf");
-    let (qr, cr) =
-        quant::compress_lossy(&f32_model, &dc, &o, &CompressOptions::default(), &|_| {}).unwrap();
-    assert_eq!(qr.quantized_tensors, 37);
-    let back = tmp("minilm-gptq.q8.gguf");
-    decompress_file(&dc, &back, true, &|_| {}).unwrap();
-    let ratio = cr.output_bytes as f64 / std::fs::metadata(&q8_model).unwrap().len() as f64;
-    let s = sentences_file();
-    let reference = embed(&bin, &f32_model, &s);
-    let q8_cos = mean_cosine(&embed(&bin, &q8_model, &s), &reference);
-    let cos = mean_cosine(&embed(&bin, &back, &s), &reference);
-    eprintln!(
-        "GPTQ + --embd-step 2: {} bytes = {ratio:.4}x Q8_0, mean cos {cos:.6} (Q8_0 {q8_cos:.6})",
-        cr.output_bytes
+    let (a, b) = (f32s(&cov), f32s(&numpy));
+    assert_eq!(a.len(), 36);
+    let mut cosines = Vec::new();
+    for (name, x) in &a {
+        let (_, y) = b.iter().find(|(n, _)| n == name).expect(name);
+        let dot: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| f64::from(*p) * f64::from(*q))
+            .sum();
+        let norm = |v: &[f32]| v.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+        cosines.push((dot / norm(x) / norm(y), name.clone()));
+    }
+    let mean = cosines.iter().map(|c| c.0).sum::<f64>() / cosines.len() as f64;
+    let min = cosines.iter().fold(
+        (1.0, String::new()),
+        |m, c| if c.0 < m.0 { c.clone() } else { m },
     );
-    assert!(ratio <= 0.85, "{ratio:.4}x the Q8_0 file");
-    assert!(cos >= q8_cos, "mean cosine {cos:.6} < Q8_0's {q8_cos:.6}");
+    eprintln!(
+        "native vs numpy: mean cosine {mean:.4}, min {:.4} ({})",
+        min.0, min.1
+    );
+    assert!(mean >= 0.97 && min.0 >= 0.85, "mean {mean}, min {min:?}");
 }

@@ -295,8 +295,11 @@ fn calibrate_runs_real_llama_imatrix_and_validates_against_the_model() {
     llama_support::libdcgguf_preload();
     let r = dcgguf::quant::calibrate(&dcgguf::quant::CalibrateArgs {
         model: model.clone(),
-        text,
+        text: Some(text),
         output: out.clone(),
+        covariance: None,
+        no_covariance: true,
+        cov_budget: dcgguf::quant::calibrate::DEFAULT_COV_BUDGET,
         llama_bin: Some(bin),
         ctx: 128,
     })

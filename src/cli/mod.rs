@@ -57,7 +57,8 @@ pub struct ProfileArgs {
 pub enum Cmd {
     /// GGUF -> DC-GGUF. A split model (`*-00001-of-0000N.gguf`) gives a split output.
     Compress(compress::Args),
-    /// Activation statistics for `compress --quantize`: runs llama-imatrix on a text file.
+    /// Activation statistics and input covariances for `compress --quantize` (--imatrix,
+    /// --gptq), recorded inside llama.cpp over a text (default: the shipped one).
     Calibrate(dcgguf::quant::CalibrateArgs),
     /// DC-GGUF -> the original GGUF, bit for bit (lossy DC files: the quantized GGUF).
     Decompress(decompress::Args),

@@ -265,7 +265,7 @@ impl dcgguf_options {
 
     /// The CLI's `--quantize ...` arguments, or `None` for lossless. Like the CLI, refuses
     /// quantization options without `quantize`, `imatrix` with `calib`, and `gptq_damp`
-    /// without `gptq`.
+    /// without `gptq` or `calib`.
     ///
     /// # Safety
     /// The path fields must be NULL or NUL-terminated strings.
@@ -288,7 +288,8 @@ impl dcgguf_options {
             prune: f(self.prune),
             rdo: f(self.rdo),
             imatrix: path(self.imatrix, "imatrix")?,
-            calib: path(self.calib, "calib")?,
+            calib: path(self.calib, "calib")?.map(Some),
+            cov_budget: None,
             gptq: path(self.gptq, "gptq")?,
             gptq_damp: (!self.gptq_damp.is_nan()).then_some(self.gptq_damp),
             fold_only: false,
@@ -297,8 +298,8 @@ impl dcgguf_options {
         if args.imatrix.is_some() && args.calib.is_some() {
             return Err(invalid("imatrix and calib exclude each other"));
         }
-        if args.gptq_damp.is_some() && args.gptq.is_none() {
-            return Err(invalid("gptq_damp needs gptq"));
+        if args.gptq_damp.is_some() && args.gptq.is_none() && args.calib.is_none() {
+            return Err(invalid("gptq_damp needs gptq or calib"));
         }
         match self.quantize {
             DCGGUF_QUANTIZE_INT8 => Ok(Some(QuantArgs {

@@ -29,11 +29,14 @@ pub fn output() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// The weight a `MUL_MAT` node multiplies, if `t` is one whose input we record.
+/// The weight a `MUL_MAT` node multiplies and its input (F32, rows contiguous), if `t` is one
+/// whose input we record (here and in [`super::covar`]).
 ///
 /// # Safety
 /// `t` is a live ggml tensor whose sources are NULL or live.
-unsafe fn weight_of(t: *const sys::ggml_tensor) -> Option<(String, *const sys::ggml_tensor)> {
+pub unsafe fn weight_input(
+    t: *const sys::ggml_tensor,
+) -> Option<(String, *const sys::ggml_tensor)> {
     // SAFETY: the caller guarantees `t` and its sources are live.
     let t = unsafe { &*t };
     if t.op != sys::ggml_op_GGML_OP_MUL_MAT || t.src[0].is_null() || t.src[1].is_null() {
@@ -55,19 +58,19 @@ unsafe fn weight_of(t: *const sys::ggml_tensor) -> Option<(String, *const sys::g
 /// Ask phase: whether we want the result of node `t`.
 ///
 /// # Safety
-/// As [`weight_of`].
+/// As [`weight_input`].
 pub unsafe fn wants(t: *const sys::ggml_tensor) -> bool {
     // SAFETY: forwarded.
-    unsafe { weight_of(t) }.is_some()
+    unsafe { weight_input(t) }.is_some()
 }
 
 /// Node `t` (one we asked for) has been computed: fold its input into the maxima.
 ///
 /// # Safety
-/// As [`weight_of`]; the input's data is in host memory (CPU backend).
+/// As [`weight_input`]; the input's data is in host memory (CPU backend).
 pub unsafe fn observe(t: *const sys::ggml_tensor) {
     // SAFETY: forwarded.
-    let Some((name, x)) = (unsafe { weight_of(t) }) else {
+    let Some((name, x)) = (unsafe { weight_input(t) }) else {
         return;
     };
     // SAFETY: live tensor (caller).

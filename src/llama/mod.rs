@@ -11,6 +11,7 @@
 
 pub mod actmax;
 pub mod budget;
+pub mod covar;
 pub mod early;
 pub mod fread;
 pub mod hooks;

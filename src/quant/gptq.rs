@@ -257,7 +257,22 @@ pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>
 /// blocks on llama.cpp's scales. `h`: `ne0 x ne0` input second moment (row-major,
 /// symmetric). Returns the Q8_0 bytes.
 pub fn quantize(x: &[f32], ne0: usize, h: &[f32], damp: f64) -> Result<Vec<u8>, GptqError> {
+    quantize_on(x, ne0, h, damp, None)
+}
+
+/// [`quantize`] on given block steps (`scales[b]` for block `b`, fp16-representable, e.g.
+/// [`super::q8::shared_scales`]) instead of llama.cpp's `amax/127`.
+pub fn quantize_on(
+    x: &[f32],
+    ne0: usize,
+    h: &[f32],
+    damp: f64,
+    scales: Option<&[f32]>,
+) -> Result<Vec<u8>, GptqError> {
     assert!(ne0.is_multiple_of(QK8_0) && x.len().is_multiple_of(ne0));
+    if let Some(s) = scales {
+        assert_eq!(s.len() * QK8_0, x.len());
+    }
     if h.len() != ne0 * ne0 {
         return Err(GptqError::CovarianceSize { got: h.len(), ne0 });
     }
@@ -266,14 +281,19 @@ pub fn quantize(x: &[f32], ne0: usize, h: &[f32], damp: f64) -> Result<Vec<u8>, 
     let mut out = vec![0u8; x.len() / QK8_0 * BLOCK_BYTES];
     out.par_chunks_mut(nbr * BLOCK_BYTES)
         .zip(x.par_chunks(ne0))
-        .for_each(|(dst, row)| {
-            // llama.cpp's scales, from the original weights.
+        .enumerate()
+        .for_each(|(r, (dst, row))| {
+            // llama.cpp's scales (or the given ones), from the original weights.
             let d: Vec<f64> = row
                 .chunks_exact(QK8_0)
                 .zip(dst.chunks_exact_mut(BLOCK_BYTES))
-                .map(|(b, blk)| {
-                    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let bits = f32_to_f16(amax / 127.0);
+                .enumerate()
+                .map(|(b, (blk_x, blk))| {
+                    let want = match scales {
+                        Some(s) => s[r * nbr + b],
+                        None => blk_x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0,
+                    };
+                    let bits = f32_to_f16(want);
                     blk[..2].copy_from_slice(&bits.to_le_bytes());
                     f64::from(f16_to_f32(bits))
                 })

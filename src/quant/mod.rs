@@ -35,6 +35,12 @@ pub fn default_fold_alpha(arch: &str) -> f32 {
     }
 }
 
+/// `--step` with GPTQ (`--calib`, `--gptq`) when not given: GPTQ on the shared-step grid at
+/// the mean llama.cpp step. Measured on MiniLM with the shipped calibration text
+/// (docs/QUANT.md): 0.798x the Q8_0 file at a mean cosine above Q8_0's on the eval sentences
+/// and on the held-out ones (`--embd-step` 3, the default).
+pub const GPTQ_DEFAULT_STEP: f32 = 1.0;
+
 /// llama.cpp's `LLAMA_FTYPE_MOSTLY_Q8_0`.
 pub const FTYPE_MOSTLY_Q8_0: u32 = 7;
 
@@ -63,6 +69,17 @@ pub struct QuantOptions {
     pub gptq: Option<Covariances>,
     /// GPTQ damping relative to the mean diagonal of `H`.
     pub gptq_damp: f64,
+    /// `--embd-step` was given: refused when the model has no lookup-only `token_embd` (it
+    /// would be ignored).
+    pub embd_step_given: bool,
+    /// With `gptq`: the grid it rounds on, as `--step` (the shared step relative to the
+    /// tensor's mean llama.cpp step, raised where a block would overflow); `None`: llama.cpp's
+    /// own scales (`amax/127` per block).
+    pub gptq_step: Option<f32>,
+    /// With `gptq`: weights without a matrix are rounded on the grid instead of refused
+    /// (covariances recorded by `calibrate` lack weights llama.cpp does not multiply as a
+    /// plain matmul, e.g. MoE experts).
+    pub gptq_partial: bool,
 }
 
 impl Default for QuantOptions {
@@ -78,6 +95,9 @@ impl Default for QuantOptions {
             whole_byte_quants: true,
             gptq: None,
             gptq_damp: gptq::DEFAULT_DAMP,
+            embd_step_given: false,
+            gptq_step: None,
+            gptq_partial: false,
         }
     }
 }
@@ -109,8 +129,23 @@ pub enum QuantError {
 pub enum UsageError {
     #[error("--gptq needs quantization")]
     GptqWithoutQuantization,
-    #[error("--gptq cannot be combined with folding or --permute (use --fold-alpha 0)")]
+    #[error("--gptq cannot be combined with --permute")]
     GptqWithFolding,
+    #[error("{0} needs activation statistics (--imatrix FILE or --calib)")]
+    NeedsStatistics(&'static str),
+    #[error("{0} does not apply to GPTQ rounding (--gptq or --calib); leave it out")]
+    NotWithGptq(&'static str),
+    #[error("{0} needs GPTQ rounding (--gptq FILE or --calib)")]
+    NeedsGptq(&'static str),
+    #[error("--calib records its own covariances: give either --calib or --gptq FILE")]
+    CalibWithGptq,
+    #[error("--fold-only keeps every tensor's type: {0} does not apply")]
+    NotWithFoldOnly(&'static str),
+    #[error(
+        "--embd-step applies only to a token_embd.weight that is just a lookup (an encoder, or a \
+         model with a separate output.weight); in this model it is {0}: leave --embd-step out"
+    )]
+    EmbdStepUnused(&'static str),
     #[error("--gptq-damp must be >= 0")]
     NegativeDamp,
     #[error("--prune must be in [0, 1)")]
@@ -149,6 +184,10 @@ pub enum ToolError {
         status: std::process::ExitStatus,
         stderr_tail: String,
     },
+    /// The covariance recording (libdcgguf_preload.so inside llama-imatrix) gave nothing
+    /// usable.
+    #[error("covariance recording failed: {detail}")]
+    NoCovariance { detail: String },
 }
 
 impl From<crate::io::OutputError> for QuantError {
@@ -293,9 +332,14 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     // embeddings (no output.weight) it is also the LM head, a matmul weight.
     let embd_is_lookup_only = h.tensors.iter().any(|t| t.name == "output.weight")
         || meta_u64(&h, &format!("{arch}.pooling_type")).is_some();
+    if o.embd_step_given && o.quantize {
+        check_embd_step(&h)?;
+    }
     // GPTQ: every quantized matmul weight (not a lookup-only token_embd) needs its H.
     let gptq_target = |t: &TensorInfo| {
-        o.gptq.is_some()
+        o.gptq
+            .as_ref()
+            .is_some_and(|c| !o.gptq_partial || c.get(&t.name).is_some())
             && o.quantize
             && quantizable(t)
             && !(t.name == "token_embd.weight" && embd_is_lookup_only)
@@ -304,18 +348,14 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
         if !o.quantize {
             return Err(UsageError::GptqWithoutQuantization.into());
         }
-        if !scales.columns.is_empty()
-            || !scales.rows.is_empty()
-            || !perms.rows.is_empty()
-            || !perms.columns.is_empty()
-        {
+        // Folded scales are applied to H below; a permutation is not (it was measured
+        // neutral, and is opt-in).
+        if !perms.rows.is_empty() || !perms.columns.is_empty() {
             return Err(UsageError::GptqWithFolding.into());
         }
-        let needed: Vec<(String, usize)> = h
-            .tensors
-            .iter()
-            .filter(|t| gptq_target(t))
-            .map(|t| (t.name.clone(), t.dims[0] as usize))
+        let needed: Vec<(String, usize)> = gptq_weights(&h)
+            .into_iter()
+            .filter(|(n, _)| !o.gptq_partial || cov.get(n).is_some())
             .collect();
         cov.check_against(&needed)
             .map_err(InputError::Covariances)?;
@@ -400,7 +440,26 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                 let q = match o.gptq.as_ref().filter(|_| gptq_target(t)) {
                     Some(cov) => {
                         let (_, hm) = cov.get(&t.name).expect("checked above");
-                        gptq::quantize(&x, ne0, hm, o.gptq_damp).map_err(|e| {
+                        // Column j of W was multiplied by s_j, so its input is x_j / s_j:
+                        // H' = S^-1 H S^-1.
+                        let folded: Option<Vec<f32>> = scales.columns.get(&t.name).map(|c| {
+                            let mut m = hm.clone();
+                            for (i, row) in m.chunks_exact_mut(ne0).enumerate() {
+                                for (j, v) in row.iter_mut().enumerate() {
+                                    *v /= c[i] * c[j];
+                                }
+                            }
+                            m
+                        });
+                        let grid = o.gptq_step.map(|s| q8::shared_scales(&x, s));
+                        gptq::quantize_on(
+                            &x,
+                            ne0,
+                            folded.as_deref().unwrap_or(hm),
+                            o.gptq_damp,
+                            grid.as_deref(),
+                        )
+                        .map_err(|e| {
                             std::io::Error::other(QuantError::Input(InputError::Gptq {
                                 source_path: cov.source.clone(),
                                 tensor: t.name.clone(),
@@ -442,6 +501,34 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     report.rel_mse = if sig2 > 0.0 { err2 / sig2 } else { 0.0 };
     report.output_bytes = written;
     Ok(report)
+}
+
+/// `--embd-step` would be ignored unless the model has a quantized, lookup-only `token_embd`.
+fn check_embd_step(h: &GgufHeader) -> std::result::Result<(), UsageError> {
+    let arch = meta_str(h, "general.architecture").unwrap_or_default();
+    let lookup_only = h.tensors.iter().any(|t| t.name == "output.weight")
+        || meta_u64(h, &format!("{arch}.pooling_type")).is_some();
+    match h.tensors.iter().find(|t| t.name == "token_embd.weight") {
+        None => Err(UsageError::EmbdStepUnused("absent")),
+        Some(t) if !quantizable(t) => Err(UsageError::EmbdStepUnused("not quantized")),
+        Some(_) if !lookup_only => Err(UsageError::EmbdStepUnused(
+            "also the LM head (tied embeddings)",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The weights GPTQ rounds in a model (its quantizable matmul weights, not a lookup-only
+/// `token_embd`), with their input widths: the tensors a covariance file must hold.
+pub fn gptq_weights(h: &GgufHeader) -> Vec<(String, usize)> {
+    let arch = meta_str(h, "general.architecture").unwrap_or_default();
+    let embd_is_lookup_only = h.tensors.iter().any(|t| t.name == "output.weight")
+        || meta_u64(h, &format!("{arch}.pooling_type")).is_some();
+    h.tensors
+        .iter()
+        .filter(|t| quantizable(t) && !(t.name == "token_embd.weight" && embd_is_lookup_only))
+        .map(|t| (t.name.clone(), t.dims[0] as usize))
+        .collect()
 }
 
 /// Activation-aware per-tensor steps (before the global `step` factor): for tensors with
@@ -534,10 +621,11 @@ pub struct QuantArgs {
     pub quantize: Option<QuantKind>,
     /// Step relative to llama.cpp's mean Q8_0 step; larger = smaller file, less fidelity.
     /// 0 = llama.cpp's own Q8_0 rounding (with --embd-step 0: identical to llama-quantize).
-    /// Not with --gptq, whose weights keep llama.cpp's steps (it would be ignored).
-    #[arg(long, requires = "quantize", conflicts_with = "gptq")]
+    /// With GPTQ (--gptq, --calib) the grid GPTQ rounds on. Default 0.8, with GPTQ 1.
+    #[arg(long, requires = "quantize")]
     pub step: Option<f32>,
-    /// Step for token_embd.weight relative to its llama.cpp Q8_0 step (0 = llama.cpp's).
+    /// Step for token_embd.weight relative to its llama.cpp Q8_0 step (0 = llama.cpp's;
+    /// default 3).
     #[arg(long, requires = "quantize")]
     pub embd_step: Option<f32>,
     /// Activation-aware block steps (needs --imatrix or --calib): step ~ mean(x^2)^-alpha
@@ -570,16 +658,29 @@ pub struct QuantArgs {
     /// llama.cpp imatrix file (GGUF or legacy .dat) with activation statistics.
     #[arg(long, requires = "quantize", conflicts_with = "calib")]
     pub imatrix: Option<PathBuf>,
-    /// Calibration text: run llama-imatrix on it first (see `dcgguf calibrate`).
-    #[arg(long, requires = "quantize")]
-    pub calib: Option<PathBuf>,
-    /// GPTQ rounding of the matmul weights on llama.cpp's Q8_0 scales, using this covariance
-    /// GGUF (per-weight E[x x^T], from scripts/covariance.py). --step is refused with it; the
-    /// other grid options then apply only to token_embd (its step is --embd-step).
+    /// Calibrate through llama.cpp first (`dcgguf calibrate`: statistics and input
+    /// covariances), then round with GPTQ. `--calib` alone uses the text shipped with dcgguf;
+    /// `--calib=TEXT` another text (note the `=`). Needs llama.cpp's llama-imatrix and
+    /// libdcgguf_preload.so.
+    #[arg(
+        long,
+        requires = "quantize",
+        num_args = 0..=1,
+        require_equals = true,
+        value_name = "TEXT"
+    )]
+    pub calib: Option<Option<PathBuf>>,
+    /// Memory for covariance accumulators per calibration pass (with --calib; suffixes k,
+    /// M, G; default 2G). More passes over the text when the model needs more.
+    #[arg(long, requires = "calib", value_parser = calibrate::parse_bytes, value_name = "BYTES")]
+    pub cov_budget: Option<u64>,
+    /// GPTQ rounding of the matmul weights, using this covariance GGUF (per-weight
+    /// E[x x^T], from `dcgguf calibrate`), on the --step grid (default 1; --step 0:
+    /// llama.cpp's own scales); token_embd, when only a lookup, gets --embd-step.
     #[arg(long, requires = "quantize", value_name = "COVFILE")]
     pub gptq: Option<PathBuf>,
-    /// GPTQ damping: H += D * mean(diag H) * I (default 0.1).
-    #[arg(long, requires = "gptq")]
+    /// GPTQ damping: H += D * mean(diag H) * I (default 0.1; with --gptq or --calib).
+    #[arg(long, requires = "quantize")]
     pub gptq_damp: Option<f64>,
     /// Only fold/permute, keep every tensor's type (for checking that folds are exact).
     #[arg(long, requires = "quantize", hide = true)]
@@ -596,9 +697,72 @@ pub enum QuantKind {
 }
 
 impl QuantArgs {
+    /// Options that conflict or would be ignored, named in the error.
+    pub fn check(&self) -> std::result::Result<(), UsageError> {
+        let stats = self.imatrix.is_some() || self.calib.is_some();
+        let gptq = self.gptq.is_some() || self.calib.is_some();
+        if self.gptq.is_some() && self.calib.is_some() {
+            return Err(UsageError::CalibWithGptq);
+        }
+        let needs_stats = [
+            ("--alpha", self.alpha.is_some()),
+            ("--fold-alpha", self.fold_alpha.is_some()),
+            ("--tensor-alpha", self.tensor_alpha.is_some()),
+            ("--permute", self.permute),
+            ("--fold-only", self.fold_only),
+        ];
+        if let Some((name, _)) = needs_stats.iter().find(|(_, on)| *on && !stats) {
+            return Err(UsageError::NeedsStatistics(name));
+        }
+        if let Some(d) = self.gptq_damp {
+            if !gptq {
+                return Err(UsageError::NeedsGptq("--gptq-damp"));
+            }
+            if !(d >= 0.0 && d.is_finite()) {
+                return Err(UsageError::NegativeDamp);
+            }
+        }
+        if gptq {
+            // These shape the nearest-rounding grid of matmul weights, which GPTQ replaces.
+            let not_with_gptq = [
+                ("--alpha", self.alpha.is_some()),
+                ("--tensor-alpha", self.tensor_alpha.is_some()),
+                ("--block-adapt", self.block_adapt.is_some()),
+                ("--per-row", self.per_row),
+                ("--prune", self.prune.is_some()),
+                ("--rdo", self.rdo.is_some()),
+                ("--permute", self.permute),
+                ("--fold-only", self.fold_only),
+            ];
+            if let Some((name, _)) = not_with_gptq.iter().find(|(_, on)| *on) {
+                return Err(UsageError::NotWithGptq(name));
+            }
+        }
+        if self.fold_only {
+            let quant_only = [
+                ("--step", self.step.is_some()),
+                ("--embd-step", self.embd_step.is_some()),
+                ("--block-adapt", self.block_adapt.is_some()),
+                ("--per-row", self.per_row),
+                ("--prune", self.prune.is_some()),
+                ("--rdo", self.rdo.is_some()),
+                ("--split-quants", self.split_quants),
+            ];
+            if let Some((name, _)) = quant_only.iter().find(|(_, on)| *on) {
+                return Err(UsageError::NotWithFoldOnly(name));
+            }
+        }
+        if !(0.0..1.0).contains(&self.prune.unwrap_or(0.0)) {
+            return Err(UsageError::PruneRange);
+        }
+        Ok(())
+    }
+
     /// Options for a run; `input` is the model (for `--calib`).
     pub fn options(&self, input: &Path, output: &Path) -> Result<QuantOptions> {
+        self.check()?;
         let d = QuantOptions::default();
+        let gptq = self.gptq.is_some() || self.calib.is_some();
         let mut o = QuantOptions {
             grid: GridOptions {
                 step: match self.step {
@@ -622,23 +786,49 @@ impl QuantArgs {
             whole_byte_quants: !self.split_quants,
             gptq: None,
             gptq_damp: self.gptq_damp.unwrap_or(gptq::DEFAULT_DAMP),
+            embd_step_given: self.embd_step.is_some(),
+            gptq_step: match self.step {
+                _ if !gptq => None,
+                Some(s) if s <= 0.0 => None,
+                Some(s) => Some(s),
+                None => Some(GPTQ_DEFAULT_STEP),
+            },
+            gptq_partial: self.calib.is_some(),
         };
-        if !(o.gptq_damp >= 0.0 && o.gptq_damp.is_finite()) {
-            return Err(UsageError::NegativeDamp.into());
-        }
         if let Some(p) = &self.gptq {
             o.gptq = Some(Covariances::load(p)?);
-        }
-        if !(0.0..1.0).contains(&o.grid.prune) {
-            return Err(UsageError::PruneRange.into());
         }
         if let Some(p) = &self.imatrix {
             o.stats = Some(ActStats::load(p)?);
         } else if let Some(text) = &self.calib {
-            let tmp = temp_next_to(output, "imatrix.gguf");
-            let _g = TempPath::new(tmp.clone())?;
-            calibrate::run_imatrix(input, text, &tmp, None, 128)?;
-            o.stats = Some(ActStats::load(&tmp)?);
+            // Refuse an ignored --embd-step before spending minutes calibrating.
+            if self.embd_step.is_some() && !self.fold_only {
+                let (_f, map) = map_readonly(input).map_err(DcError::io(input))?;
+                let h = GgufHeader::parse(&map).map_err(|source| DcError::Gguf {
+                    path: input.to_path_buf(),
+                    source,
+                })?;
+                check_embd_step(&h)?;
+            }
+            let stats = temp_next_to(output, "imatrix.gguf");
+            let _g = TempPath::new(stats.clone())?;
+            let cov = temp_next_to(output, "cov.gguf");
+            let _g2 = TempPath::new(cov.clone())?;
+            let r = calibrate::calibrate_to(
+                input,
+                text.as_deref(),
+                &stats,
+                Some(&cov),
+                None,
+                128,
+                self.cov_budget.unwrap_or(calibrate::DEFAULT_COV_BUDGET),
+            )?;
+            eprintln!(
+                "calibrate: {} weights, {} tokens, {} pass(es), {:.1} s",
+                r.covariance_tensors, r.tokens, r.passes, r.seconds
+            );
+            o.stats = Some(ActStats::load(&stats)?);
+            o.gptq = Some(Covariances::load(&cov)?);
         }
         Ok(o)
     }

@@ -85,6 +85,31 @@ pub fn q8_mean_step(x: &[f32]) -> f32 {
     mean_q8_step(&amax)
 }
 
+/// The fp16 step nearest `want` that still holds a block of largest magnitude `amax` within
+/// +-127 (raised to `amax/127` where `want` is smaller).
+fn fit_step(want: f32, amax: f32) -> f32 {
+    let mut d = f16_to_f32(f32_to_f16(want.max(amax / 127.0)));
+    if amax / d > 127.49 {
+        // fp16 rounded the step down too far: take the next fp16 up.
+        d = f16_to_f32(f32_to_f16(d) + 1);
+    }
+    d
+}
+
+/// Block steps of the shared-step grid (`step` x the tensor's mean llama.cpp Q8_0 step,
+/// raised where a block would overflow), as [`quantize`] uses without statistics; 0 for
+/// all-zero blocks. For GPTQ rounding on that grid.
+pub fn shared_scales(x: &[f32], step: f32) -> Vec<f32> {
+    let amax: Vec<f32> = x
+        .chunks_exact(QK8_0)
+        .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())))
+        .collect();
+    let want = mean_q8_step(&amax) * step;
+    amax.iter()
+        .map(|&a| if a == 0.0 { 0.0 } else { fit_step(want, a) })
+        .collect()
+}
+
 /// Dequantizes Q8_0 blocks.
 pub fn dequantize(blocks: &[u8], out: &mut Vec<f32>) {
     for b in blocks.chunks_exact(BLOCK_BYTES) {
@@ -168,12 +193,7 @@ pub fn quantize(x: &[f32], ne0: usize, importance: Option<&[f32]>, o: &GridOptio
                 let r = (a / 127.0 / b).max(1e-3).log2() * o.block_adapt;
                 want *= 2f32.powf((r * 4.0).round() / 4.0);
             }
-            let mut d = f16_to_f32(f32_to_f16(want.max(a / 127.0)));
-            if a / d > 127.49 {
-                // fp16 rounded the step down too far: take the next fp16 up.
-                d = f16_to_f32(f32_to_f16(d) + 1);
-            }
-            d
+            fit_step(want, a)
         })
         .collect();
     let q_nearest = |xi: f32, d: f32| -> i32 {
@@ -259,6 +279,20 @@ mod tests {
         assert!(same > 50, "{same}");
         for (a, b) in x.iter().zip(&y) {
             assert!((a - b).abs() <= 0.05 / 127.0 * 1.6, "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn shared_scales_are_the_grid_of_quantize() {
+        let x = data(16 * 64);
+        let o = GridOptions {
+            step: Some(1.7),
+            ..GridOptions::default()
+        };
+        let q = quantize(&x, 64, None, &o);
+        let s = shared_scales(&x, 1.7);
+        for (blk, d) in q.chunks_exact(BLOCK_BYTES).zip(&s) {
+            assert_eq!(blk[..2], f32_to_f16(*d).to_le_bytes());
         }
     }
 

@@ -1,6 +1,7 @@
 //! dcgguf's graph callbacks on llama.cpp contexts, chained with the caller's own: on-demand
 //! decoding for models loaded under a memory budget ([`super::runtime`]) and, when
-//! `DCGGUF_ACT_MAX_OUT` is set, recording of matmul input maxima ([`crate::llama::actmax`]).
+//! `DCGGUF_ACT_MAX_OUT` / `DCGGUF_COV_OUT` are set, recording of matmul input maxima
+//! ([`crate::llama::actmax`]) and second moments ([`crate::llama::covar`]).
 //! Installed by the `llama_init_from_model` interposer, removed at `llama_free`.
 
 use std::ffi::c_void;
@@ -8,12 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::runtime::{Residency, model_residency};
-use crate::llama::{actmax, sys};
+use crate::llama::{actmax, covar, sys};
 
 /// The callbacks a hooked context runs with, and the caller's own.
 pub struct EvalHook {
     res: Option<Arc<Residency>>,
+    /// Whether matmul inputs are recorded at all, and by which recorders.
     record: bool,
+    record_max: bool,
+    record_cov: bool,
     user_eval: sys::ggml_backend_sched_eval_callback,
     user_eval_data: *mut c_void,
     user_abort: sys::ggml_abort_callback,
@@ -38,13 +42,17 @@ pub fn hook_context_params(
         let threads = params.n_threads.max(params.n_threads_batch).max(1);
         r.set_compute_threads(threads as usize);
     }
-    let record = actmax::output().is_some();
+    let record_max = actmax::output().is_some();
+    let record_cov = covar::output().is_some();
+    let record = record_max || record_cov;
     if res.is_none() && !record {
         return None;
     }
     let hook = Box::into_raw(Box::new(EvalHook {
         res,
         record,
+        record_max,
+        record_cov,
         user_eval: params.cb_eval,
         user_eval_data: params.cb_eval_user_data,
         user_abort: params.abort_callback,
@@ -87,8 +95,11 @@ pub fn context_freed(ctx: *mut sys::llama_context) {
         // SAFETY: made by Box::into_raw in hook_context_params; the context that called it
         // is gone, so nothing else refers to it.
         let hook = unsafe { Box::from_raw(h as *mut EvalHook) };
-        if hook.record {
+        if hook.record_max {
             actmax::flush();
+        }
+        if hook.record_cov {
+            covar::flush();
         }
     }
 }
@@ -115,8 +126,14 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *m
                 r.computed();
             }
             if hook.record_asked.load(Ordering::Relaxed) {
-                // SAFETY: the node we asked for, computed on the CPU backend.
-                unsafe { actmax::observe(t) };
+                if hook.record_max {
+                    // SAFETY: the node we asked for, computed on the CPU backend.
+                    unsafe { actmax::observe(t) };
+                }
+                if hook.record_cov {
+                    // SAFETY: as above.
+                    unsafe { covar::observe(t) };
+                }
             }
             match hook.user_eval {
                 // SAFETY: as above; the caller asked for this node, so it gets the result.
