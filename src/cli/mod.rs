@@ -229,20 +229,7 @@ pub fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-/// The one size parser: a byte count with an optional k/K, m/M or g/G suffix, in powers of
-/// 1024 (`1M` = 1 MiB = 1048576 bytes), as README's CLI section uses it for `--chunk-size`
-/// and `--target-size`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))
-}
+pub use dcgguf::io::parse_size;
 
 /// `--chunk-size`: [`parse_size`], between 1 byte and the format's largest chunk.
 pub fn parse_chunk_size(s: &str) -> Result<usize, String> {

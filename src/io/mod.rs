@@ -142,3 +142,18 @@ impl OutputError {
 }
 
 pub type Result<T> = std::result::Result<T, OutputError>;
+
+/// The one size parser: a byte count with an optional k/K, m/M or g/G suffix, in powers of
+/// 1024 (`1M` = 1 MiB = 1048576 bytes), as README's CLI section uses it for `--chunk-size`,
+/// `--target-size` and `--cov-budget`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}

@@ -62,7 +62,7 @@ pub struct CalibrateArgs {
     pub no_covariance: bool,
     /// Memory for covariance accumulators per pass (suffixes k, M, G); inputs that do not
     /// fit are recorded in further passes over the same text.
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "2G")]
+    #[arg(long, value_name = "BYTES", value_parser = crate::io::parse_size, default_value = "2G")]
     pub cov_budget: u64,
     /// Directory with llama-imatrix and llama-embedding (default: $DCGGUF_LLAMA_BIN, then
     /// ~/.cache/dcgguf/llama.cpp-<pinned version>-r<build rev>/bin, then PATH).
@@ -71,19 +71,6 @@ pub struct CalibrateArgs {
     /// Tokens per chunk (llama-imatrix -c).
     #[arg(long, default_value_t = 128)]
     pub ctx: u32,
-}
-
-/// A byte count with an optional k/M/G suffix (powers of 1024).
-pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// The default covariance path for statistics written to `stats`.

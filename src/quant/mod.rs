@@ -672,7 +672,7 @@ pub struct QuantArgs {
     pub calib: Option<Option<PathBuf>>,
     /// Memory for covariance accumulators per calibration pass (with --calib; suffixes k,
     /// M, G; default 2G). More passes over the text when the model needs more.
-    #[arg(long, requires = "calib", value_parser = calibrate::parse_bytes, value_name = "BYTES")]
+    #[arg(long, requires = "calib", value_parser = crate::io::parse_size, value_name = "BYTES")]
     pub cov_budget: Option<u64>,
     /// GPTQ rounding of the matmul weights, using this covariance GGUF (per-weight
     /// E[x x^T], from `dcgguf calibrate`), on the --step grid (default 1; --step 0:
