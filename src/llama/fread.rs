@@ -286,20 +286,26 @@ mod tests {
     use crate::llama::stream::{CookieFile, Source};
     use std::path::Path;
 
-    /// A small read fills glibc's buffer; a tensor-sized read after a seek back into that
-    /// buffer must return the buffered bytes, then the rest straight from the stream.
-    #[test]
-    fn buffered_bytes_come_first_then_the_stream() {
-        let bytes: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        let path = std::env::temp_dir().join(format!("dcgguf-fread-{}", std::process::id()));
-        std::fs::write(&path, &bytes).unwrap();
+    /// One of our cookie `FILE *`s over a temporary file holding `bytes` (remove the file
+    /// after dropping the stream).
+    fn cookie_file_over(bytes: &[u8], tag: &str) -> (CookieFile, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("dcgguf-{tag}-{}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
         let stream = Stream::new(
             Path::new("t"),
             Source::Plain(std::fs::File::open(&path).unwrap()),
             None,
         )
         .unwrap();
-        let file = CookieFile::open(stream).unwrap();
+        (CookieFile::open(stream).unwrap(), path)
+    }
+
+    /// A small read fills glibc's buffer; a tensor-sized read after a seek back into that
+    /// buffer must return the buffered bytes, then the rest straight from the stream.
+    #[test]
+    fn buffered_bytes_come_first_then_the_stream() {
+        let bytes: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (file, path) = cookie_file_over(&bytes, "fread");
         let fp = file.as_ptr();
         let mut small = [0u8; 16];
         // SAFETY: `fp` is the open cookie FILE; the buffers have the sizes passed.
@@ -348,15 +354,7 @@ mod tests {
         let bytes: Vec<u8> = (0..3_000_000u32)
             .map(|i| (i * 13 + i / 509) as u8)
             .collect();
-        let path = std::env::temp_dir().join(format!("dcgguf-fseek-{}", std::process::id()));
-        std::fs::write(&path, &bytes).unwrap();
-        let stream = Stream::new(
-            Path::new("t"),
-            Source::Plain(std::fs::File::open(&path).unwrap()),
-            None,
-        )
-        .unwrap();
-        let file = CookieFile::open(stream).unwrap();
+        let (file, path) = cookie_file_over(&bytes, "fseek");
         let fp = file.as_ptr();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = |n: u64| {
