@@ -601,12 +601,12 @@ fn minilm_native_covariances_are_sound_and_independent_of_the_pass_count() {
         Some(&cov2),
         Some(&bin),
         128,
-        dcgguf::llama::covar::accumulator_bytes(1536),
+        dcgguf::quant::cov_parts::accumulator_bytes(1536),
     )
     .unwrap();
     eprintln!("{r2:?}");
     assert!(r2.passes >= 4, "{} passes", r2.passes);
-    assert!(r2.peak_accumulator_bytes <= dcgguf::llama::covar::accumulator_bytes(1536));
+    assert!(r2.peak_accumulator_bytes <= dcgguf::quant::cov_parts::accumulator_bytes(1536));
     assert!(r.peak_accumulator_bytes > r2.peak_accumulator_bytes);
     assert_eq!(f32s(&cov2), f32s(&cov), "multi-pass covariances differ");
     assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
@@ -712,7 +712,7 @@ fn smollm2_native_covariances_match_llama_imatrix_and_the_pass_count() {
     // A budget of three ffn_down inputs (1536 wide, ~9.9 MiB each; a layer needs ~14 MiB):
     // about two layers per pass, ~15 passes over the same text, the same file.
     let cov2 = tmp("smol-passes.cov.gguf");
-    let small = dcgguf::llama::covar::accumulator_bytes(1536) * 3;
+    let small = dcgguf::quant::cov_parts::accumulator_bytes(1536) * 3;
     let r2 = quant::calibrate::calibrate_to(
         &model,
         Some(&text),

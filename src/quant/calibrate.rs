@@ -255,7 +255,7 @@ pub fn calibrate_to(
         }
         let acc: u64 = rec
             .iter()
-            .map(|g| crate::llama::covar::accumulator_bytes(g.2))
+            .map(|g| super::cov_parts::accumulator_bytes(g.2))
             .sum();
         report.peak_accumulator_bytes = report.peak_accumulator_bytes.max(acc);
         report.tokens = report
@@ -317,23 +317,23 @@ fn read_gguf(p: &Path) -> Result<(GgufHeader, memmap2::Mmap, std::fs::File)> {
     Ok((h, map, f))
 }
 
-fn part_groups(p: &Path, h: &GgufHeader) -> Result<Vec<crate::llama::covar::GroupLine>> {
+fn part_groups(p: &Path, h: &GgufHeader) -> Result<Vec<super::cov_parts::GroupLine>> {
     let bad = |detail: String| ToolError::NoCovariance {
         detail: format!("{}: {detail}", p.display()),
     };
     let table = h
         .kvs
         .iter()
-        .find(|kv| kv.key == crate::llama::covar::GROUPS_KEY.as_bytes())
+        .find(|kv| kv.key == super::cov_parts::GROUPS_KEY.as_bytes())
         .and_then(|kv| match &kv.value {
             Value::String(s) => Some(String::from_utf8_lossy(s).into_owned()),
             _ => None,
         })
         .ok_or_else(|| bad("no group table".into()))?;
-    Ok(crate::llama::covar::parse_groups(&table).ok_or_else(|| bad("bad group table".into()))?)
+    Ok(super::cov_parts::parse_groups(&table).ok_or_else(|| bad("bad group table".into()))?)
 }
 
-fn read_part_groups(p: &Path) -> Result<Vec<crate::llama::covar::GroupLine>> {
+fn read_part_groups(p: &Path) -> Result<Vec<super::cov_parts::GroupLine>> {
     if !p.exists() {
         return Err(ToolError::NoCovariance {
             detail: "libdcgguf_preload.so wrote no covariance file (see the errors above; \

@@ -6,6 +6,7 @@
 //! docs/QUANT.md has the design and measurements.
 
 pub mod calibrate;
+pub mod cov_parts;
 pub mod fold;
 pub mod gptq;
 pub mod q8;
