@@ -1,10 +1,13 @@
 //! Writes small GGUF and DC-GGUF files to seed the fuzzers: `cargo run --example fuzz_seeds DIR`.
 //! Produces `DIR/gguf_parse/*.gguf`, `DIR/dc_open/*.dc.gguf`, `DIR/dc_read/*` (read parameters
 //! followed by a DC-GGUF file, see fuzz/fuzz_targets/dc_read.rs), `DIR/imatrix_read/*` (GGUF
-//! and legacy imatrix files) and `DIR/covariance_read/*.gguf`.
+//! and legacy imatrix files), `DIR/covariance_read/*.gguf` and `DIR/rans_decode/*` (a length
+//! in units of 4 bytes, then a rANS plane body).
 
 use std::path::Path;
 
+use dcgguf::codec::entropy::histogram;
+use dcgguf::codec::rans;
 use dcgguf::dc::{CompressOptions, compress_file};
 use dcgguf::gguf::{ArrayValue, GgmlType, HeaderWriter, KeyValue, Value, ValueType, align_up};
 use dcgguf::quant::{ActStats, Covariances};
@@ -148,6 +151,10 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
         "covariance_read" => Covariances::parse(bytes)
             .map(drop)
             .map_err(|e| e.to_string()),
+        "rans_decode" => {
+            let len = usize::from(u16::from_le_bytes([bytes[0], bytes[1]])) * 4;
+            rans::decode(&bytes[2..], &mut vec![0u8; len]).map_err(|e| e.to_string())
+        }
         _ => Ok(()),
     };
     valid.unwrap_or_else(|e| panic!("seed {target}/{name} is not valid: {e}"));
@@ -235,5 +242,14 @@ fn main() {
     );
     write(dir, "covariance_read", "one.gguf", &covariance(&[4]));
     write(dir, "covariance_read", "two.gguf", &covariance(&[2, 8]));
+    for (name, len) in [("short", 3u16), ("long", 5000)] {
+        // Skewed bytes, as a fold-split M plane: long enough for the vector decoders.
+        let plane: Vec<u8> = (0..usize::from(len) * 4)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8 & (0x55 | (i as u8 & 0xAA)))
+            .collect();
+        let mut seed = len.to_le_bytes().to_vec();
+        rans::encode(&plane, &histogram(&plane), &mut seed).expect("two symbols or more");
+        write(dir, "rans_decode", name, &seed);
+    }
     println!("seeds written to {}", dir.display());
 }

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
-targets=(gguf_parse dc_open dc_read imatrix_read covariance_read)
+targets=(gguf_parse dc_open dc_read imatrix_read covariance_read rans_decode)
 log() { echo "[fuzz] $*" >&2; }
 fail() {
   echo "!!!!! FUZZING FAILED: $*" >&2

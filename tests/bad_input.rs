@@ -956,23 +956,25 @@ fn plain_gguf_is_not_dc_and_dc_is_not_compressed_again() {
 #[test]
 fn patched_dc_metadata() {
     let fx = Fixture::new("dc-meta");
-    // dc.format_version edited: the index (checksummed) says version 3 and checksums the
-    // header, so this is damage, not an unknown version.
+    // dc.format_version edited: the index (checksummed) says the current version and
+    // checksums the header, so this is damage, not an unknown version.
+    let future_version = dcgguf::dc::FORMAT_VERSION + 1;
     let mut bytes = fx.dc_bytes.clone();
     let at = value_offset(&bytes, "dc.format_version");
-    bytes[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+    bytes[at..at + 4].copy_from_slice(&future_version.to_le_bytes());
     assert!(matches!(fx.open(&bytes), Err(DcError::CorruptDcHeader)));
     // A file from a future version (its index says so, checksum and all): unsupported.
     let future = fx.with_index(|_| {});
     let r = dc_index_range(&fx.open_good());
     let mut future = future;
-    future[r.start as usize + 4..r.start as usize + 8].copy_from_slice(&4u32.to_le_bytes());
+    future[r.start as usize + 4..r.start as usize + 8]
+        .copy_from_slice(&future_version.to_le_bytes());
     let end = r.end as usize;
     let sum = xxhash_rust::xxh3::xxh3_64(&future[r.start as usize..end - 8]);
     future[end - 8..end].copy_from_slice(&sum.to_le_bytes());
     assert!(matches!(
         fx.open(&future),
-        Err(DcError::UnsupportedVersion(4))
+        Err(DcError::UnsupportedVersion(v)) if v == future_version
     ));
 
     // Any edit of the DC file's own header, even of a value no reader uses, breaks the

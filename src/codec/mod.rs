@@ -7,6 +7,7 @@
 pub mod chunk;
 pub mod entropy;
 pub mod half;
+pub mod rans;
 pub mod transform;
 
 pub use chunk::{
@@ -50,6 +51,9 @@ pub enum CodecError {
     TrailingBytes(usize),
     #[error("chunk payload is corrupt: zstd frame decoded to {got} bytes, expected {want}")]
     FrameLength { got: usize, want: usize },
+    /// A rANS plane (codec 2) that does not decode to exactly its length.
+    #[error("chunk payload is corrupt: rANS plane: {0}")]
+    Rans(&'static str),
     /// zstd refused a frame (its own error text: zstd reports codes, not types).
     #[error("zstd: {0}")]
     Zstd(ZstdMessage),

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use std::sync::{Condvar, Mutex, mpsc};
 
+use crate::io::hash::{Xxh3, xxh3_64};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::index::{BlobRef, ChunkEntry, INDEX_VERSION, Index, TensorEntry};
 use super::job::Job;

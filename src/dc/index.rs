@@ -16,13 +16,16 @@
 //! Version 1 had neither the header checksum nor the blob checksums; it is still decoded (for
 //! `decompress`/`verify`, which check the whole-file checksum before trusting anything).
 
-use xxhash_rust::xxh3::xxh3_64;
+use crate::io::hash::xxh3_64;
 
 use super::{DcError, Result};
 
 pub const INDEX_MAGIC: [u8; 4] = *b"DCIX";
-pub const INDEX_VERSION: u32 = 3;
-/// Laid out as version 3 (it differs only in the transforms its entries may name).
+pub const INDEX_VERSION: u32 = 4;
+/// Laid out as version 4 (it differs only in the plane codecs its chunks may use).
+pub const INDEX_VERSION_3: u32 = 3;
+/// Laid out as version 4 (it differs only in the transforms and plane codecs its chunks
+/// may use).
 pub const INDEX_VERSION_2: u32 = 2;
 /// The first version, without header and blob checksums.
 pub const INDEX_VERSION_1: u32 = 1;
@@ -87,15 +90,15 @@ impl Index {
                 .sum::<usize>()
     }
 
-    /// Encodes the index: as version 2 when `version` says 2 (same layout; the writer of a
-    /// version-2 file chose only version-2 transforms), else in the current version (a
+    /// Encodes the index: as version 2 or 3 when `version` says so (same layout; the writer
+    /// of such a file chose only what that version has), else in the current version (a
     /// decoded version-1 index is written as the current version, missing hashes as 0).
     pub fn encode(&self) -> Vec<u8> {
         let mut o = Vec::with_capacity(Self::encoded_len(
             self.tensors.iter().map(|t| t.chunks.len()),
         ));
-        let version = if self.version == INDEX_VERSION_2 {
-            INDEX_VERSION_2
+        let version = if [INDEX_VERSION_2, INDEX_VERSION_3].contains(&self.version) {
+            self.version
         } else {
             INDEX_VERSION
         };
@@ -152,7 +155,14 @@ impl Index {
             return Err(bad(0, "wrong magic".into()));
         }
         let version = r.u32()?;
-        if ![INDEX_VERSION, INDEX_VERSION_2, INDEX_VERSION_1].contains(&version) {
+        if ![
+            INDEX_VERSION,
+            INDEX_VERSION_3,
+            INDEX_VERSION_2,
+            INDEX_VERSION_1,
+        ]
+        .contains(&version)
+        {
             return Err(DcError::UnsupportedVersion(version));
         }
         let v2 = version != INDEX_VERSION_1;

@@ -27,8 +27,10 @@ use crate::codec::CodecError;
 use crate::gguf::GgufError;
 
 /// Version of the DC-GGUF layout written to `dc.format_version`.
-pub const FORMAT_VERSION: u32 = 3;
-/// Version 3 without the fold-split transform (id 5); read like version 3.
+pub const FORMAT_VERSION: u32 = 4;
+/// Version 4 without the rANS plane codec (2); read like version 4.
+pub const FORMAT_VERSION_3: u32 = 3;
+/// Version 3 without the fold-split transform (id 5); read like version 4.
 pub const FORMAT_VERSION_2: u32 = 2;
 /// The first version: its header and blobs carry no checksum of their own, so only readers
 /// that check the whole-file checksum before anything leaves them (`decompress`, `verify`)

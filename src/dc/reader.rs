@@ -4,17 +4,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::io::hash::{Xxh3, xxh3_64};
 use memmap2::Mmap;
 use rayon::prelude::*;
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::index::{BlobRef, Index};
 use super::job::Job;
 use super::layout::{Piece, Segment, segments};
 use super::{
-    DATA_TENSOR, DcError, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, HEADER_RAW_SLACK,
-    INDEX_TENSOR, KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3, MAX_CHUNK_RAW,
-    MAX_GAP_RAW, MAX_HEADER_RATIO, MAX_HEADER_RAW, Result,
+    DATA_TENSOR, DcError, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, FORMAT_VERSION_3,
+    HEADER_RAW_SLACK, INDEX_TENSOR, KEY_FORMAT_VERSION, KEY_ORIGINAL_SIZE, KEY_ORIGINAL_XXH3,
+    MAX_CHUNK_RAW, MAX_GAP_RAW, MAX_HEADER_RATIO, MAX_HEADER_RAW, Result,
 };
 use crate::codec::{ChunkMode, Layout, Transform, decode_chunk};
 use crate::gguf::{GgmlType, GgufHeader, TensorInfo};
@@ -231,7 +231,8 @@ impl DcFile {
             });
         }
         match (index.version, versions) {
-            (FORMAT_VERSION | FORMAT_VERSION_2, _) | (FORMAT_VERSION_1, Versions::AlsoV1) => {}
+            (FORMAT_VERSION | FORMAT_VERSION_3 | FORMAT_VERSION_2, _)
+            | (FORMAT_VERSION_1, Versions::AlsoV1) => {}
             (FORMAT_VERSION_1, Versions::Checked) => {
                 return Err(DcError::LegacyVersion(path.to_path_buf()));
             }

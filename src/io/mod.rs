@@ -2,6 +2,7 @@
 //! size, thread limits, whole-line stderr writes and the process memory report.
 
 mod atomic;
+pub mod hash;
 
 pub(crate) use atomic::TempPath;
 pub use atomic::{AtomicOutput, TEMP_TAG, check_output, remove_live_temp_files};
