@@ -11,23 +11,45 @@
 //! quants clamped to +-127, round half to even as numpy).
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::q8::{BLOCK_BYTES, QK8_0};
 use crate::codec::half::{f16_to_f32, f32_to_f16};
 use crate::gguf::{GgmlType, GgufHeader, Value};
+use crate::io::map_readonly;
 
 /// Input second-moment matrices `H = E[x x^T]` keyed by weight name (`blk.0.attn_q.weight`),
-/// from a covariance GGUF (`scripts/covariance.py`): `general.type = "covariance"`, one F32
-/// tensor `[n_in, n_in]` per weight, named like the weight.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// from a covariance GGUF (`dcgguf calibrate`): `general.type = "covariance"`, one F32 tensor
+/// `[n_in, n_in]` per weight, named like the weight.
+///
+/// A file is read one matrix at a time ([`Covariances::matrix`], with `pread`), not held in
+/// memory: a 1.5B decoder's file is ~10 GB (one full matrix per weight), and quantizing needs
+/// one matrix at a time. [`Covariances::load`] still checks every matrix before anything is
+/// quantized (structure from the header, then the values, streamed), so a bad file fails
+/// before minutes of work; each matrix is checked again when it is read for use (the file
+/// could have changed in between).
+#[derive(Clone, Debug)]
 pub struct Covariances {
     /// Where it was read from (for error messages).
     pub source: String,
-    /// name -> (n_in, row-major n_in x n_in).
-    pub tensors: BTreeMap<String, (usize, Vec<f32>)>,
+    /// name -> (n_in, absolute offset of the matrix's data).
+    index: BTreeMap<String, (usize, u64)>,
+    data: Data,
+}
+
+/// Where the matrices' bytes are.
+#[derive(Clone, Debug)]
+enum Data {
+    /// [`Covariances::parse`]: the whole file in memory (small files, fuzzing).
+    Bytes(Arc<[u8]>),
+    /// [`Covariances::load`]: the open file (still readable if its path is removed, as
+    /// `compress --calib` does with its temporary covariance file).
+    File(Arc<File>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,29 +60,51 @@ pub struct CovError {
 }
 
 impl Covariances {
+    /// Opens and checks a covariance file; memory stays at one matrix (the largest).
     pub fn load(path: &Path) -> Result<Covariances, CovError> {
         let err = |what: String| CovError {
             path: path.display().to_string(),
             what,
         };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let mut c = Self::parse(&bytes).map_err(|e| err(e.what))?;
-        c.source = path.display().to_string();
+        let (file, map) = map_readonly(path).map_err(|e| err(e.to_string()))?;
+        // Only the header is read through the map (a few pages); it is dropped before the
+        // matrices are read.
+        let index = Self::index(&map).map_err(err)?;
+        drop(map);
+        let c = Covariances {
+            source: path.display().to_string(),
+            index,
+            data: Data::File(Arc::new(file)),
+        };
+        let mut buf = Vec::new();
+        for name in c.index.keys() {
+            c.read_into(name, &mut buf)?;
+        }
         Ok(c)
     }
 
-    pub fn get(&self, weight: &str) -> Option<&(usize, Vec<f32>)> {
-        self.tensors.get(weight)
-    }
-
+    /// [`Covariances::load`] on bytes in memory.
     pub fn parse(bytes: &[u8]) -> Result<Covariances, CovError> {
-        Self::parse_inner(bytes).map_err(|what| CovError {
+        let err = |what| CovError {
             path: "(in memory)".into(),
             what,
-        })
+        };
+        let index = Self::index(bytes).map_err(err)?;
+        let c = Covariances {
+            source: "(in memory)".into(),
+            index,
+            data: Data::Bytes(bytes.into()),
+        };
+        let mut buf = Vec::new();
+        for name in c.index.keys() {
+            c.read_into(name, &mut buf)?;
+        }
+        Ok(c)
     }
 
-    fn parse_inner(bytes: &[u8]) -> Result<Covariances, String> {
+    /// The header's checks: a covariance GGUF whose tensors are square F32 matrices inside the
+    /// file. Returns name -> (n, absolute data offset).
+    fn index(bytes: &[u8]) -> Result<BTreeMap<String, (usize, u64)>, String> {
         let h = GgufHeader::parse(bytes).map_err(|e| format!("not a valid GGUF: {e}"))?;
         h.check_data_fits(bytes.len() as u64)
             .map_err(|e| format!("not a valid GGUF: {e}"))?;
@@ -75,12 +119,12 @@ impl Covariances {
             None => {
                 return Err(
                     "no general.type = \"covariance\" key (not a covariance file; make one \
-                     with scripts/covariance.py)"
+                     with dcgguf calibrate)"
                         .into(),
                 );
             }
         }
-        let mut out = Covariances::default();
+        let mut out = BTreeMap::new();
         for t in &h.tensors {
             if t.ty != GgmlType::F32 {
                 return Err(format!("tensor {:?} is {}, expected F32", t.name, t.ty));
@@ -91,35 +135,91 @@ impl Covariances {
                     t.name, t.dims
                 ));
             }
-            let n = t.dims[0] as usize;
-            let start = (h.data_offset + t.offset) as usize;
-            let m: Vec<f32> = bytes[start..start + t.nbytes as usize]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            if let Some(v) = m.iter().find(|v| !v.is_finite()) {
-                return Err(format!("tensor {:?} holds {v}", t.name));
-            }
-            for i in 0..n {
-                if m[i * n + i] < 0.0 {
-                    return Err(format!(
-                        "tensor {:?}: negative diagonal entry {} (not a second moment)",
-                        t.name,
-                        m[i * n + i]
-                    ));
-                }
-            }
-            out.tensors.insert(t.name.clone(), (n, m));
+            // The header parser checked n^2 * 4 = nbytes and that the data lies in the file.
+            out.insert(
+                t.name.clone(),
+                (t.dims[0] as usize, h.tensor_range(t).start),
+            );
         }
-        if out.tensors.is_empty() {
+        if out.is_empty() {
             return Err("no tensors".into());
         }
         Ok(out)
     }
 
+    /// Reads and checks the matrix of `weight` into `buf` (`n x n`, row-major). Returns `n`.
+    fn read_into(&self, weight: &str, buf: &mut Vec<f32>) -> Result<usize, CovError> {
+        let err = |what: String| CovError {
+            path: self.source.clone(),
+            what,
+        };
+        let &(n, at) = self
+            .index
+            .get(weight)
+            .ok_or_else(|| err(format!("missing tensor {weight:?}")))?;
+        let len = n * n;
+        buf.clear();
+        buf.resize(len, 0.0);
+        match &self.data {
+            Data::Bytes(b) => {
+                let src = &b[at as usize..at as usize + 4 * len];
+                for (v, c) in buf.iter_mut().zip(src.chunks_exact(4)) {
+                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Data::File(f) => {
+                // Through a byte view of `buf` (f32 has no invalid bit patterns), then from
+                // little endian, so no second n x n buffer is needed.
+                let bytes: &mut [u8] = bytemuck_f32(buf);
+                f.read_exact_at(bytes, at)
+                    .map_err(|e| err(format!("reading tensor {weight:?}: {e}")))?;
+                if cfg!(target_endian = "big") {
+                    buf.iter_mut()
+                        .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+                }
+            }
+        }
+        if let Some(v) = buf.iter().find(|v| !v.is_finite()) {
+            return Err(err(format!("tensor {weight:?} holds {v}")));
+        }
+        if let Some(i) = (0..n).find(|&i| buf[i * n + i] < 0.0) {
+            return Err(err(format!(
+                "tensor {weight:?}: negative diagonal entry {} (not a second moment)",
+                buf[i * n + i]
+            )));
+        }
+        Ok(n)
+    }
+
+    /// The checked matrix of `weight`, `n x n` row-major, read now.
+    pub fn matrix(&self, weight: &str) -> Result<Vec<f32>, CovError> {
+        let mut buf = Vec::new();
+        self.read_into(weight, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// The input width `n` of `weight`'s matrix, if the file has one.
+    pub fn n_in(&self, weight: &str) -> Option<usize> {
+        self.index.get(weight).map(|&(n, _)| n)
+    }
+
+    /// The weights with a matrix and their widths, in name order.
+    pub fn weights(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.index.iter().map(|(k, &(n, _))| (k.as_str(), n))
+    }
+
+    /// How many matrices the file holds (at least one).
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Never true for a loaded file (a file without matrices is refused).
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     /// Every name in `needed` (weight name, input channels) must have a matrix of that size,
     /// and every matrix must belong to one of them.
-    /// Whether the file has a matrix of the right width for every `(weight, n_in)`.
     pub fn check_against(&self, needed: &[(String, usize)]) -> Result<(), CovError> {
         self.check_against_inner(needed).map_err(|what| CovError {
             path: self.source.clone(),
@@ -129,9 +229,9 @@ impl Covariances {
 
     fn check_against_inner(&self, needed: &[(String, usize)]) -> Result<(), String> {
         for (name, n_in) in needed {
-            match self.tensors.get(name) {
+            match self.n_in(name) {
                 None => return Err(format!("missing tensor {name:?} (wrong model?)")),
-                Some((n, _)) if n != n_in => {
+                Some(n) if n != *n_in => {
                     return Err(format!(
                         "tensor {name:?} is {n} x {n}, but the weight has {n_in} input \
                          channels (wrong model?)"
@@ -141,7 +241,7 @@ impl Covariances {
             }
         }
         if let Some(extra) = self
-            .tensors
+            .index
             .keys()
             .find(|k| !needed.iter().any(|(n, _)| n == *k))
         {
@@ -151,6 +251,14 @@ impl Covariances {
         }
         Ok(())
     }
+}
+
+/// The bytes of an f32 slice, for reading a file straight into it.
+fn bytemuck_f32(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: the byte slice covers exactly the f32 slice's memory (4 bytes per element, u8
+    // has alignment 1), borrows it mutably for its lifetime, and every bit pattern written
+    // through it is a valid f32.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4) }
 }
 
 /// Default relative damping (`H += damp * mean(diag H) * I`), as the prototype.
@@ -228,8 +336,10 @@ pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>
         a[j * n + j] += damp * mean_diag;
     }
     cholesky(&mut a, n).map_err(|pivot| GptqError::NotPositiveDefinite { pivot })?;
-    // H^-1 = L^-T L^-1 = M^T M with M = L^-1 (lower).
+    // H^-1 = L^-T L^-1 = M^T M with M = L^-1 (lower). Each n x n f64 buffer is freed as soon
+    // as it is used (642 MB each for a 8,960-wide input).
     let mt = invert_lower_transposed(&a, n);
+    drop(a);
     let mut hinv = vec![0f64; n * n];
     hinv.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
         for (j, out) in row.iter_mut().enumerate() {
@@ -242,15 +352,15 @@ pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>
                 .sum();
         }
     });
+    drop(mt);
     cholesky(&mut hinv, n).map_err(|pivot| GptqError::InverseNotPositiveDefinite { pivot })?;
-    // U = L2^T.
-    let mut u = vec![0f64; n * n];
+    // U = L2^T, in place: the upper triangle is zero after `cholesky`.
     for i in 0..n {
-        for j in 0..=i {
-            u[j * n + i] = hinv[i * n + j];
+        for j in 0..i {
+            hinv.swap(i * n + j, j * n + i);
         }
     }
-    Ok(u)
+    Ok(hinv)
 }
 
 /// GPTQ-rounds a row-major tensor `x` (`ne0` = input channels, a multiple of 32) to Q8_0
@@ -279,18 +389,24 @@ pub fn quantize_on(
     let u = inverse_cholesky_upper(h, ne0, damp)?;
     let nbr = ne0 / QK8_0;
     let mut out = vec![0u8; x.len() / QK8_0 * BLOCK_BYTES];
-    out.par_chunks_mut(nbr * BLOCK_BYTES)
-        .zip(x.par_chunks(ne0))
+    // Rows are independent. They go through the column loop ROWS at a time so that each row
+    // of U (up to 72 KB) is read from memory once per batch, not once per weight row: for a
+    // wide input U is far larger than the caches (642 MB at 8,960 channels). Each row's
+    // arithmetic is the same as alone, in the same order.
+    const ROWS: usize = 16;
+    out.par_chunks_mut(ROWS * nbr * BLOCK_BYTES)
+        .zip(x.par_chunks(ROWS * ne0))
         .enumerate()
-        .for_each(|(r, (dst, row))| {
+        .for_each(|(b, (dst, rows))| {
+            let nr = rows.len() / ne0;
             // llama.cpp's scales (or the given ones), from the original weights.
-            let d: Vec<f64> = row
+            let d: Vec<f64> = rows
                 .chunks_exact(QK8_0)
                 .zip(dst.chunks_exact_mut(BLOCK_BYTES))
                 .enumerate()
-                .map(|(b, (blk_x, blk))| {
+                .map(|(k, (blk_x, blk))| {
                     let want = match scales {
-                        Some(s) => s[r * nbr + b],
+                        Some(s) => s[b * ROWS * nbr + k],
                         None => blk_x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0,
                     };
                     let bits = f32_to_f16(want);
@@ -298,22 +414,26 @@ pub fn quantize_on(
                     f64::from(f16_to_f32(bits))
                 })
                 .collect();
-            let mut w: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            let mut w: Vec<f64> = rows.iter().map(|&v| f64::from(v)).collect();
             for j in 0..ne0 {
-                let dj = d[j / QK8_0];
-                let q = if dj > 0.0 {
-                    (w[j] / dj).round_ties_even().clamp(-127.0, 127.0)
-                } else {
-                    0.0
-                };
-                dst[(j / QK8_0) * BLOCK_BYTES + 2 + j % QK8_0] = q as i8 as u8;
-                let err = (w[j] - q * dj) / u[j * ne0 + j];
-                if err != 0.0 {
-                    let urow = &u[j * ne0 + j + 1..(j + 1) * ne0];
-                    w[j + 1..]
-                        .iter_mut()
-                        .zip(urow)
-                        .for_each(|(wv, &uv)| *wv -= err * uv);
+                let ujj = u[j * ne0 + j];
+                let urow = &u[j * ne0 + j + 1..(j + 1) * ne0];
+                for r in 0..nr {
+                    let wr = &mut w[r * ne0..(r + 1) * ne0];
+                    let dj = d[r * nbr + j / QK8_0];
+                    let q = if dj > 0.0 {
+                        (wr[j] / dj).round_ties_even().clamp(-127.0, 127.0)
+                    } else {
+                        0.0
+                    };
+                    dst[(r * nbr + j / QK8_0) * BLOCK_BYTES + 2 + j % QK8_0] = q as i8 as u8;
+                    let err = (wr[j] - q * dj) / ujj;
+                    if err != 0.0 {
+                        wr[j + 1..]
+                            .iter_mut()
+                            .zip(urow)
+                            .for_each(|(wv, &uv)| *wv -= err * uv);
+                    }
                 }
             }
         });
@@ -414,6 +534,69 @@ mod tests {
         assert_ne!(q, r, "GPTQ should change some roundings");
         let (eg, en) = (weighted_err(&x, &q, &h, n), weighted_err(&x, &r, &h, n));
         assert!(eg < en, "GPTQ {eg} vs nearest {en}");
+    }
+
+    /// The column loop one row at a time, as first written (and as scripts/gptq-minilm.py).
+    fn quantize_row_by_row(x: &[f32], ne0: usize, h: &[f32], scales: Option<&[f32]>) -> Vec<u8> {
+        let u = inverse_cholesky_upper(h, ne0, DEFAULT_DAMP).unwrap();
+        let nbr = ne0 / QK8_0;
+        let mut out = vec![0u8; x.len() / QK8_0 * BLOCK_BYTES];
+        for (r, (dst, row)) in out
+            .chunks_mut(nbr * BLOCK_BYTES)
+            .zip(x.chunks(ne0))
+            .enumerate()
+        {
+            let mut d = Vec::new();
+            for (b, (blk_x, blk)) in row
+                .chunks_exact(QK8_0)
+                .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+                .enumerate()
+            {
+                let want = match scales {
+                    Some(s) => s[r * nbr + b],
+                    None => blk_x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0,
+                };
+                let bits = f32_to_f16(want);
+                blk[..2].copy_from_slice(&bits.to_le_bytes());
+                d.push(f64::from(f16_to_f32(bits)));
+            }
+            let mut w: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            for j in 0..ne0 {
+                let dj = d[j / QK8_0];
+                let q = if dj > 0.0 {
+                    (w[j] / dj).round_ties_even().clamp(-127.0, 127.0)
+                } else {
+                    0.0
+                };
+                dst[(j / QK8_0) * BLOCK_BYTES + 2 + j % QK8_0] = q as i8 as u8;
+                let err = (w[j] - q * dj) / u[j * ne0 + j];
+                for k in j + 1..ne0 {
+                    w[k] -= err * u[j * ne0 + k];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn row_batches_give_the_row_by_row_quants() {
+        // 37 rows: two full batches of 16 and a partial one; on llama.cpp's scales and on a
+        // given grid (different per row, so a batch must index its own rows' scales).
+        let mut rng = Rng(99);
+        let (n, rows) = (64, 37);
+        let h = covariance(n, 300, &mut rng);
+        let x: Vec<f32> = (0..n * rows).map(|_| (rng.next() * 0.05) as f32).collect();
+        let grid: Vec<f32> = (0..n * rows / QK8_0)
+            .map(|b| 0.0004 * (1.0 + (b % 7) as f32 / 3.0))
+            .collect();
+        assert_eq!(
+            quantize(&x, n, &h, DEFAULT_DAMP).unwrap(),
+            quantize_row_by_row(&x, n, &h, None)
+        );
+        assert_eq!(
+            quantize_on(&x, n, &h, DEFAULT_DAMP, Some(&grid)).unwrap(),
+            quantize_row_by_row(&x, n, &h, Some(&grid))
+        );
     }
 
     #[test]
