@@ -288,23 +288,163 @@ fn cholesky(a: &mut [f64], n: usize) -> Result<(), usize> {
     Ok(())
 }
 
-/// Inverse `M = L^-1` of a lower triangular matrix (row-major, lower triangle used),
-/// returned transposed (row `c` holds column `c` of `M`).
-fn invert_lower_transposed(l: &[f64], n: usize) -> Vec<f64> {
-    let mut inv_t = vec![0f64; n * n];
-    // Column c of L^-1 solves L y = e_c (forward substitution); y_i = 0 for i < c.
-    inv_t.par_chunks_mut(n).enumerate().for_each(|(c, y)| {
-        y[c] = 1.0 / l[c * n + c];
-        for i in c + 1..n {
-            let s: f64 = l[i * n + c..i * n + i]
-                .iter()
-                .zip(&y[c..i])
-                .map(|(a, b)| a * b)
-                .sum();
-            y[i] = -s / l[i * n + i];
+/// Block size of the blocked factorizations: a 128 x 128 f64 block is 128 KiB (cache-sized);
+/// the work between blocks is matrix products (`matrixmultiply::dgemm`).
+const NB: usize = 128;
+
+/// [`cholesky`], blocked (right-looking) so that a wide matrix is not streamed from memory once
+/// per row: factor a diagonal block, solve the panel below it, subtract the panel's product
+/// from the lower trailing matrix (rayon over block rows), repeat. `Err(j)` as [`cholesky`].
+fn cholesky_blocked(a: &mut [f64], n: usize) -> Result<(), usize> {
+    assert_eq!(a.len(), n * n);
+    let mut k0 = 0;
+    while k0 < n {
+        let kb = NB.min(n - k0);
+        let k1 = k0 + kb;
+        // The diagonal block (its lower triangle is up to date), unblocked.
+        let mut d = vec![0f64; kb * kb];
+        for i in 0..kb {
+            d[i * kb..(i + 1) * kb].copy_from_slice(&a[(k0 + i) * n + k0..(k0 + i) * n + k1]);
         }
-    });
-    inv_t
+        cholesky(&mut d, kb).map_err(|j| k0 + j)?;
+        for i in 0..kb {
+            a[(k0 + i) * n + k0..(k0 + i) * n + k1].copy_from_slice(&d[i * kb..(i + 1) * kb]);
+        }
+        if k1 == n {
+            break;
+        }
+        // Panel: L_ik = A_ik L_kk^-T for the rows below (forward substitution per row).
+        let below = &mut a[k1 * n..];
+        below.par_chunks_mut(n).for_each(|row| {
+            let p = &mut row[k0..k1];
+            for c in 0..kb {
+                let s: f64 = p[..c]
+                    .iter()
+                    .zip(&d[c * kb..c * kb + c])
+                    .map(|(x, y)| x * y)
+                    .sum();
+                p[c] = (p[c] - s) / d[c * kb + c];
+            }
+        });
+        // Trailing update of the lower part: A_ij -= sum_k L_ik L_jk for k1 <= j <= i, one
+        // block row (and the columns up to its diagonal block) per task.
+        let m = n - k1;
+        let mut panel = vec![0f64; m * kb];
+        for i in 0..m {
+            panel[i * kb..(i + 1) * kb].copy_from_slice(&below[i * n + k0..i * n + k1]);
+        }
+        let panel = &panel;
+        below
+            .par_chunks_mut(NB * n)
+            .enumerate()
+            .for_each(|(bi, rows)| {
+                let (r0, rb) = (bi * NB, rows.len() / n);
+                let c = &mut rows[k1..];
+                // SAFETY: dgemm reads `rb x kb` of `panel` from row r0 and `(r0 + rb) x kb` from
+                // row 0 (both inside its `m x kb` elements: r0 + rb <= m), and writes the
+                // `rb x (r0 + rb)` block of `c` at row stride n: row t ends at
+                // t * n + r0 + rb <= t * n + m = t * n + (n - k1), inside `c` (rb rows of n
+                // elements, minus k1 at the start).
+                unsafe {
+                    matrixmultiply::dgemm(
+                        rb,
+                        kb,
+                        r0 + rb,
+                        -1.0,
+                        panel[r0 * kb..].as_ptr(),
+                        kb as isize,
+                        1,
+                        panel.as_ptr(),
+                        1,
+                        kb as isize,
+                        1.0,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
+                }
+            });
+        k0 = k1;
+    }
+    for i in 0..n {
+        a[i * n + i + 1..(i + 1) * n]
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+    }
+    Ok(())
+}
+
+/// Inverse `M = L^-1` of a lower triangular matrix `l` with a positive diagonal (row-major),
+/// blocked: block row `I` of `M` is `-L_II^-1 (L_I,<I M_<I,<I)` left of its diagonal block and
+/// `L_II^-1` on it; the product is computed by column blocks (rayon), each only over the rows
+/// of `M` that are not zero in it.
+fn invert_lower_blocked(l: &[f64], n: usize) -> Vec<f64> {
+    let mut m = vec![0f64; n * n];
+    let mut i0 = 0;
+    while i0 < n {
+        let rb = NB.min(n - i0);
+        let (done, cur) = m.split_at_mut(i0 * n);
+        let done = &*done;
+        // Column blocks c0..c1 of the rows i0..i1: X = -L_II^-1 T, T = L_I,[c0,i0) M_[c0,i0),[c0,c1)
+        // (M_kc = 0 for k < c), and the diagonal block X = L_II^-1.
+        let blocks: Vec<(usize, Vec<f64>)> = (0..=i0 / NB)
+            .into_par_iter()
+            .map(|cb| {
+                let c0 = cb * NB;
+                let w = if c0 == i0 { rb } else { NB.min(i0 - c0) };
+                let mut t = vec![0f64; rb * w];
+                if c0 < i0 {
+                    // SAFETY: reads rb x (i0 - c0) of `l` at (i0, c0) (row stride n, inside
+                    // the n x n matrix) and (i0 - c0) x w of `done` at (c0, c0) (rows below
+                    // i0, all inside `done`, which holds i0 rows of n); writes the rb x w
+                    // buffer `t` it owns.
+                    unsafe {
+                        matrixmultiply::dgemm(
+                            rb,
+                            i0 - c0,
+                            w,
+                            -1.0,
+                            l[i0 * n + c0..].as_ptr(),
+                            n as isize,
+                            1,
+                            done[c0 * n + c0..].as_ptr(),
+                            n as isize,
+                            1,
+                            0.0,
+                            t.as_mut_ptr(),
+                            w as isize,
+                            1,
+                        );
+                    }
+                } else {
+                    (0..rb).for_each(|r| t[r * w + r] = 1.0);
+                }
+                // Forward substitution with L_II, all w columns at once.
+                for r in 0..rb {
+                    let lr = &l[(i0 + r) * n + i0..(i0 + r) * n + i0 + r];
+                    let (prev, row) = t.split_at_mut(r * w);
+                    let row = &mut row[..w];
+                    for (s, &ls) in lr.iter().enumerate() {
+                        if ls != 0.0 {
+                            let xs = &prev[s * w..(s + 1) * w];
+                            row.iter_mut().zip(xs).for_each(|(v, x)| *v -= ls * x);
+                        }
+                    }
+                    let inv = 1.0 / l[(i0 + r) * n + i0 + r];
+                    row.iter_mut().for_each(|v| *v *= inv);
+                }
+                (c0, t)
+            })
+            .collect();
+        for (c0, t) in blocks {
+            let w = t.len() / rb;
+            for r in 0..rb {
+                cur[r * n + c0..r * n + c0 + w].copy_from_slice(&t[r * w..(r + 1) * w]);
+            }
+        }
+        i0 += rb;
+    }
+    m
 }
 
 /// Why GPTQ rounding could not use a covariance matrix.
@@ -316,8 +456,6 @@ pub enum GptqError {
         "covariance is not positive definite after damping (pivot {pivot}); is it a covariance?"
     )]
     NotPositiveDefinite { pivot: usize },
-    #[error("H^-1 is not positive definite (pivot {pivot})")]
-    InverseNotPositiveDefinite { pivot: usize },
 }
 
 /// Upper Cholesky factor `U` of `H^-1` (`U^T U = H^-1`), with GPTQ's conditioning of `H`
@@ -335,32 +473,17 @@ pub fn inverse_cholesky_upper(h: &[f32], n: usize, damp: f64) -> Result<Vec<f64>
     for j in 0..n {
         a[j * n + j] += damp * mean_diag;
     }
-    cholesky(&mut a, n).map_err(|pivot| GptqError::NotPositiveDefinite { pivot })?;
-    // H^-1 = L^-T L^-1 = M^T M with M = L^-1 (lower). Each n x n f64 buffer is freed as soon
-    // as it is used (642 MB each for a 8,960-wide input).
-    let mt = invert_lower_transposed(&a, n);
+    // With J the exchange matrix (flat reversal of a row-major n x n array), J H J = L L^T
+    // (lower Cholesky) gives H = R R^T with R = J L J upper, so H^-1 = R^-T R^-1 and
+    // U = R^-1 = J L^-1 J: one factorization and one triangular inverse, where the textbook
+    // route (GPTQ's: Cholesky, inverse, Cholesky of the inverse) takes two of each and an
+    // n^3 product. Same U up to rounding (checked against that route in the tests).
+    a.reverse();
+    cholesky_blocked(&mut a, n).map_err(|j| GptqError::NotPositiveDefinite { pivot: n - 1 - j })?;
+    let mut u = invert_lower_blocked(&a, n);
     drop(a);
-    let mut hinv = vec![0f64; n * n];
-    hinv.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        for (j, out) in row.iter_mut().enumerate() {
-            // (M^T M)_ij = sum_k M_ki M_kj; M_ki = 0 for k < i.
-            let k0 = i.max(j);
-            *out = mt[i * n + k0..(i + 1) * n]
-                .iter()
-                .zip(&mt[j * n + k0..(j + 1) * n])
-                .map(|(a, b)| a * b)
-                .sum();
-        }
-    });
-    drop(mt);
-    cholesky(&mut hinv, n).map_err(|pivot| GptqError::InverseNotPositiveDefinite { pivot })?;
-    // U = L2^T, in place: the upper triangle is zero after `cholesky`.
-    for i in 0..n {
-        for j in 0..i {
-            hinv.swap(i * n + j, j * n + i);
-        }
-    }
-    Ok(hinv)
+    u.reverse();
+    Ok(u)
 }
 
 /// GPTQ-rounds a row-major tensor `x` (`ne0` = input channels, a multiple of 32) to Q8_0
@@ -492,6 +615,85 @@ mod tests {
         tot
     }
 
+    /// The textbook route (GPTQ's reference code): Cholesky of H, its inverse, H^-1 = M^T M,
+    /// Cholesky of H^-1, U = its transpose; unblocked. The reference for the blocked one.
+    fn inverse_cholesky_upper_textbook(h: &[f32], n: usize, damp: f64) -> Vec<f64> {
+        let mut a: Vec<f64> = h.iter().map(|&v| f64::from(v)).collect();
+        for j in 0..n {
+            if a[j * n + j] == 0.0 {
+                a[j * n + j] = 1.0;
+            }
+        }
+        let mean_diag = (0..n).map(|j| a[j * n + j]).sum::<f64>() / n as f64;
+        (0..n).for_each(|j| a[j * n + j] += damp * mean_diag);
+        cholesky(&mut a, n).unwrap();
+        // Column c of M = L^-1 solves L y = e_c.
+        let mut mt = vec![0f64; n * n];
+        for c in 0..n {
+            let y = &mut mt[c * n..(c + 1) * n];
+            y[c] = 1.0 / a[c * n + c];
+            for i in c + 1..n {
+                let s: f64 = (c..i).map(|k| a[i * n + k] * y[k]).sum();
+                y[i] = -s / a[i * n + i];
+            }
+        }
+        let mut hinv = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                hinv[i * n + j] = (i.max(j)..n).map(|k| mt[i * n + k] * mt[j * n + k]).sum();
+            }
+        }
+        cholesky(&mut hinv, n).unwrap();
+        let mut u = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                u[j * n + i] = hinv[i * n + j];
+            }
+        }
+        u
+    }
+
+    #[test]
+    fn blocked_factor_matches_the_textbook_route() {
+        // 300 = two full 128 blocks and a partial one; a dead channel; damping.
+        let mut rng = Rng(4242);
+        let n = 300;
+        let mut h = covariance(n, 400, &mut rng);
+        (0..n).for_each(|j| {
+            h[7 * n + j] = 0.0;
+            h[j * n + 7] = 0.0;
+        });
+        let u = inverse_cholesky_upper(&h, n, 0.01).unwrap();
+        let want = inverse_cholesky_upper_textbook(&h, n, 0.01);
+        let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for i in 0..n {
+            for j in 0..n {
+                let (a, b) = (u[i * n + j], want[i * n + j]);
+                assert!((a - b).abs() <= 1e-9 * top, "({i},{j}): {a} vs {b}");
+                if j < i {
+                    assert_eq!(a, 0.0);
+                }
+            }
+        }
+        // And the quants agree with the row-by-row loop on the textbook U.
+        let x: Vec<f32> = (0..n / 32 * 32 * 3)
+            .map(|_| (rng.next() * 0.05) as f32)
+            .collect();
+        let n32 = n / 32 * 32;
+        let h32: Vec<f32> = (0..n32 * n32).map(|k| h[(k / n32) * n + k % n32]).collect();
+        assert_eq!(
+            quantize(&x[..n32 * 3], n32, &h32, 0.01).unwrap(),
+            quantize_row_by_row(&x[..n32 * 3], n32, &h32, None, 0.01)
+        );
+        // Not positive definite: the pivot is a channel of H (not of the reversed matrix).
+        let mut bad = covariance(n, 400, &mut rng);
+        bad[5 * n + 5] = -1e6;
+        assert_eq!(
+            inverse_cholesky_upper(&bad, n, 0.0),
+            Err(GptqError::NotPositiveDefinite { pivot: 5 })
+        );
+    }
+
     #[test]
     fn cholesky_factor_of_inverse() {
         let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -537,8 +739,14 @@ mod tests {
     }
 
     /// The column loop one row at a time, as first written (and as scripts/gptq-minilm.py).
-    fn quantize_row_by_row(x: &[f32], ne0: usize, h: &[f32], scales: Option<&[f32]>) -> Vec<u8> {
-        let u = inverse_cholesky_upper(h, ne0, DEFAULT_DAMP).unwrap();
+    fn quantize_row_by_row(
+        x: &[f32],
+        ne0: usize,
+        h: &[f32],
+        scales: Option<&[f32]>,
+        damp: f64,
+    ) -> Vec<u8> {
+        let u = inverse_cholesky_upper_textbook(h, ne0, damp);
         let nbr = ne0 / QK8_0;
         let mut out = vec![0u8; x.len() / QK8_0 * BLOCK_BYTES];
         for (r, (dst, row)) in out
@@ -591,11 +799,11 @@ mod tests {
             .collect();
         assert_eq!(
             quantize(&x, n, &h, DEFAULT_DAMP).unwrap(),
-            quantize_row_by_row(&x, n, &h, None)
+            quantize_row_by_row(&x, n, &h, None, DEFAULT_DAMP)
         );
         assert_eq!(
             quantize_on(&x, n, &h, DEFAULT_DAMP, Some(&grid)).unwrap(),
-            quantize_row_by_row(&x, n, &h, Some(&grid))
+            quantize_row_by_row(&x, n, &h, Some(&grid), DEFAULT_DAMP)
         );
     }
 
