@@ -495,6 +495,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
             debug_assert_eq!(bytes.len() as u64, *nbytes);
             out.write_all(&bytes)?;
             written = *off + nbytes;
+            release_pages(&map, start..start + t.nbytes as usize);
         }
         out.flush()
     };
@@ -505,6 +506,23 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     report.rel_mse = if sig2 > 0.0 { err2 / sig2 } else { 0.0 };
     report.output_bytes = written;
     Ok(report)
+}
+
+/// Drops this process's pages of `map[range]` (the whole pages inside it) once a source tensor
+/// has been read for the last time: without it every page of the mapped input stays in the
+/// resident set until the end (7.1 GB for a 1.5B model in F32), though each is read once.
+fn release_pages(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    let page = crate::io::page_size();
+    let (start, end) = (range.start.div_ceil(page) * page, range.end / page * page);
+    if end > start {
+        // SAFETY: the map is a read-only file mapping that nothing writes through;
+        // MADV_DONTNEED only drops this process's page-table entries for the range, and a
+        // later read faults the same file bytes back in. The slices of this tensor are no
+        // longer used (its bytes were decoded or copied before being written).
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }
 
 /// `--embd-step` would be ignored unless the model has a quantized, lookup-only `token_embd`.
