@@ -616,11 +616,12 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
 }
 
 /// An excerpt of the shipped calibration text (whole paragraphs), to keep the multi-pass
-/// run short.
+/// run short. One file per length: tests run in parallel, and a test that reads its text
+/// again for a second calibration must not find another test's excerpt there.
 fn text_excerpt(bytes: usize) -> PathBuf {
     let t = quant::calibrate::SHIPPED_TEXT;
     let cut = t[..bytes].rfind("\n\n").unwrap();
-    let p = tmp("excerpt.txt");
+    let p = tmp(&format!("excerpt-{bytes}.txt"));
     std::fs::write(&p, &t[..cut]).unwrap();
     p
 }
