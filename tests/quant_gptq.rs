@@ -190,8 +190,8 @@ fn gptq_compresses_and_decodes_to_valid_q8_0_on_llama_scales() {
             // Lookup-only token_embd keeps --embd-step rounding (0 = llama.cpp's).
             assert_eq!(*bytes, reference);
         } else {
-            let (_, h) = cov.get(&name).unwrap();
-            let want = gptq::quantize(&x, ne0, h, gptq::DEFAULT_DAMP).unwrap();
+            let h = cov.matrix(&name).unwrap();
+            let want = gptq::quantize(&x, ne0, &h, gptq::DEFAULT_DAMP).unwrap();
             assert_eq!(*bytes, want, "{name}: not the GPTQ quants");
             changed += usize::from(*bytes != reference);
         }
@@ -349,6 +349,45 @@ fn malformed_covariance_files_give_clear_errors() {
             "indefinite.cov.gguf",
             vec!["blk.0.attn_q.weight", "positive definite"],
         ),
+        (
+            nan_cov(),
+            "nan.cov.gguf",
+            vec!["blk.0.ffn_down.weight", "NaN"],
+        ),
+        (
+            {
+                let mut m = cov_matrix(32, 5);
+                m[3 * 32 + 3] = -1.0;
+                gguf(
+                    &cov_type,
+                    &[
+                        (
+                            "blk.0.attn_q.weight".into(),
+                            vec![64, 64],
+                            f32t,
+                            f32_bytes(&cov_matrix(64, 4)),
+                        ),
+                        (
+                            "blk.0.ffn_down.weight".into(),
+                            vec![32, 32],
+                            f32t,
+                            f32_bytes(&m),
+                        ),
+                    ],
+                )
+            },
+            "negative.cov.gguf",
+            vec!["blk.0.ffn_down.weight", "negative diagonal"],
+        ),
+        (
+            {
+                let mut b = good_cov();
+                b.truncate(b.len() - 100);
+                b
+            },
+            "truncated.cov.gguf",
+            vec!["invalid covariance file", "blk.0.ffn_down.weight"],
+        ),
     ];
     for (file, name, want) in cases {
         let e = cli_error(&file, name, &[]);
@@ -357,6 +396,59 @@ fn malformed_covariance_files_give_clear_errors() {
             "{name}: {e} (want {want:?})"
         );
     }
+}
+
+/// good_cov() with a NaN in the last matrix (blk.0.ffn_down.weight), the same size.
+fn nan_cov() -> Vec<u8> {
+    let mut b = good_cov();
+    let at = b.len() - 32 * 32 * 4 + 5 * 4;
+    b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    b
+}
+
+/// Matrices are read when each weight is quantized, not kept from `load`: a file that changes
+/// after it was checked (rewritten in place, truncated) gives an error naming the file and
+/// tensor, from `matrix` and from compressing, never a panic or a silently wrong matrix.
+#[test]
+fn a_covariance_file_changed_after_loading_gives_an_error() {
+    let p = write("changing.cov.gguf", &good_cov());
+    let cov = Covariances::load(&p).unwrap();
+    assert_eq!(cov.len(), 2);
+    assert_eq!(cov.n_in("blk.0.ffn_down.weight"), Some(32));
+    assert_eq!(
+        cov.matrix("blk.0.ffn_down.weight").unwrap(),
+        cov_matrix(32, 99 + 32)
+    );
+    // Rewritten in place (same inode, which the loaded file still reads), with a NaN.
+    std::fs::write(&p, nan_cov()).unwrap();
+    let e = cov.matrix("blk.0.ffn_down.weight").unwrap_err().to_string();
+    assert!(
+        e.contains("changing.cov.gguf") && e.contains("blk.0.ffn_down.weight") && e.contains("NaN"),
+        "{e}"
+    );
+    let o = QuantOptions {
+        gptq: Some(cov.clone()),
+        embd_step: 0.0,
+        ..QuantOptions::default()
+    };
+    let m = write("changing-model.gguf", &model());
+    let e = quant::quantize_file(&m, &tmp("changing.q8.gguf"), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("blk.0.ffn_down.weight") && e.contains("NaN"),
+        "{e}"
+    );
+    // Truncated.
+    let mut short = good_cov();
+    short.truncate(short.len() - 100);
+    std::fs::write(&p, short).unwrap();
+    let e = cov.matrix("blk.0.ffn_down.weight").unwrap_err().to_string();
+    assert!(
+        e.contains("blk.0.ffn_down.weight") && e.contains("reading tensor"),
+        "{e}"
+    );
+    assert!(cov.matrix("blk.9.attn_q.weight").is_err());
 }
 
 fn sentences_file() -> PathBuf {
@@ -494,8 +586,8 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
         for (name, ne0, x) in weights().into_iter().skip(1) {
             let (_, _, bytes) = out.iter().find(|(n, _, _)| *n == name).unwrap();
             let scales = q8::shared_scales(&x, step);
-            let (_, h) = cov.get(&name).unwrap();
-            let want = gptq::quantize_on(&x, ne0, h, gptq::DEFAULT_DAMP, Some(&scales)).unwrap();
+            let h = cov.matrix(&name).unwrap();
+            let want = gptq::quantize_on(&x, ne0, &h, gptq::DEFAULT_DAMP, Some(&scales)).unwrap();
             assert_eq!(*bytes, want, "{name} at step {step}");
             let nearest = q8::quantize(
                 &x,
@@ -524,11 +616,12 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
 }
 
 /// An excerpt of the shipped calibration text (whole paragraphs), to keep the multi-pass
-/// run short.
+/// run short. One file per length: tests run in parallel, and a test that reads its text
+/// again for a second calibration must not find another test's excerpt there.
 fn text_excerpt(bytes: usize) -> PathBuf {
     let t = quant::calibrate::SHIPPED_TEXT;
     let cut = t[..bytes].rfind("\n\n").unwrap();
-    let p = tmp("excerpt.txt");
+    let p = tmp(&format!("excerpt-{bytes}.txt"));
     std::fs::write(&p, &t[..cut]).unwrap();
     p
 }
@@ -546,6 +639,60 @@ fn f32s(path: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// `dcgguf calibrate` of `model` over `text`, twice: with the default budget, where the run
+/// must give `want` = (passes, weights, inputs), a file that fits the model and holds second
+/// moments (with `diagonal_from_stats`: the diagonal is llama-imatrix's own, from the same
+/// run); and with `small_budget`, which must take at least `min_passes` passes within it and
+/// give the same file byte for byte. Returns the covariances and the statistics file.
+#[allow(clippy::too_many_arguments)]
+fn calibrate_native(
+    test: &str,
+    model: &Path,
+    text: &Path,
+    tag: &str,
+    want: (usize, usize, usize),
+    diagonal_from_stats: bool,
+    small_budget: u64,
+    min_passes: usize,
+) -> (Covariances, PathBuf) {
+    let bin = llama_support::llama_bin_dir(test);
+    // calibrate preloads libdcgguf_preload.so from next to this test binary: build it.
+    llama_support::libdcgguf_preload();
+    let run = |name: &str, budget: u64| {
+        let (stats, cov) = (
+            tmp(&format!("{name}.imatrix.gguf")),
+            tmp(&format!("{name}.cov.gguf")),
+        );
+        let r = quant::calibrate::calibrate_to(
+            model,
+            Some(text),
+            &stats,
+            Some(&cov),
+            Some(&bin),
+            128,
+            budget,
+        )
+        .unwrap();
+        eprintln!("{r:?}");
+        (r, stats, cov)
+    };
+    let (r, stats, cov) = run(tag, quant::calibrate::DEFAULT_COV_BUDGET);
+    assert_eq!((r.passes, r.covariance_tensors, r.covariance_inputs), want);
+    let c = Covariances::load(&cov).unwrap();
+    let map = std::fs::read(model).unwrap();
+    c.check_against(&quant::gptq_weights(&GgufHeader::parse(&map).unwrap()))
+        .unwrap();
+    let st = quant::ActStats::load(&stats).unwrap();
+    check_second_moments(&c, diagonal_from_stats.then_some(&st));
+    let (r2, _, cov2) = run(&format!("{tag}-passes"), small_budget);
+    assert!(r2.passes >= min_passes, "{} passes", r2.passes);
+    assert!(r2.peak_accumulator_bytes <= small_budget);
+    assert!(r.peak_accumulator_bytes > r2.peak_accumulator_bytes);
+    assert_eq!(f32s(&cov2), f32s(&cov), "multi-pass covariances differ");
+    assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
+    (c, stats)
+}
+
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
@@ -554,62 +701,29 @@ fn f32s(path: &Path) -> Vec<(String, Vec<f32>)> {
 fn minilm_native_covariances_are_sound_and_independent_of_the_pass_count() {
     let test = module_path!();
     let model = llama_support::require_shared_model(test, "all-MiniLM-L6-v2-f32.gguf");
-    let bin = llama_support::llama_bin_dir(test);
-    // calibrate preloads libdcgguf_preload.so from next to this test binary: build it.
-    llama_support::libdcgguf_preload();
-    let text = text_excerpt(4000);
-    let (stats, cov) = (tmp("native.imatrix.gguf"), tmp("native.cov.gguf"));
-    let budget = quant::calibrate::DEFAULT_COV_BUDGET;
-    let r = quant::calibrate::calibrate_to(
-        &model,
-        Some(&text),
-        &stats,
-        Some(&cov),
-        Some(&bin),
-        128,
-        budget,
-    )
-    .unwrap();
-    eprintln!("{r:?}");
     // A statistics pass (llama-imatrix), then the covariances (llama-embedding, one sequence
-    // per line). 6 layers x (q/k/v, attn_output, ffn_up, ffn_down): 36 weights, 24 inputs.
-    assert_eq!(
-        (r.passes, r.covariance_tensors, r.covariance_inputs),
-        (2, 36, 24)
+    // per line): 6 layers x (q/k/v, attn_output, ffn_up, ffn_down), 36 weights, 24 inputs.
+    // The diagonal is not llama-imatrix's (other sequences; that check is on SmolLM2, whose
+    // covariances come from the same run). A budget that holds one ffn_down input (1536 wide)
+    // and little else: several passes over the same text.
+    let (c, _) = calibrate_native(
+        test,
+        &model,
+        &text_excerpt(4000),
+        "native",
+        (2, 36, 24),
+        false,
+        dcgguf::quant::cov_parts::accumulator_bytes(1536),
+        4,
     );
-    let c = Covariances::load(&cov).unwrap();
-    let map = std::fs::read(&model).unwrap();
-    let h = GgufHeader::parse(&map).unwrap();
-    c.check_against(&quant::gptq_weights(&h)).unwrap();
-    check_second_moments(&c, None);
     // Shared inputs: q, k and v read the same node, so they get the same matrix.
-    let get = |w: &str| &c.get(w).unwrap().1;
+    let get = |w: &str| c.matrix(w).unwrap();
     for l in 0..6 {
         let q = get(&format!("blk.{l}.attn_q.weight"));
         assert_eq!(q, get(&format!("blk.{l}.attn_k.weight")));
         assert_eq!(q, get(&format!("blk.{l}.attn_v.weight")));
         assert_ne!(q, get(&format!("blk.{l}.ffn_up.weight")));
     }
-    // A budget that holds one ffn_down input (1536 wide) and little else: several passes over
-    // the same text, the same file byte for byte. (The diagonal against llama-imatrix's own
-    // accumulation is checked on SmolLM2, whose covariances come from the same run.)
-    let cov2 = tmp("native-passes.cov.gguf");
-    let r2 = quant::calibrate::calibrate_to(
-        &model,
-        Some(&text),
-        &tmp("native-passes.imatrix.gguf"),
-        Some(&cov2),
-        Some(&bin),
-        128,
-        dcgguf::quant::cov_parts::accumulator_bytes(1536),
-    )
-    .unwrap();
-    eprintln!("{r2:?}");
-    assert!(r2.passes >= 4, "{} passes", r2.passes);
-    assert!(r2.peak_accumulator_bytes <= dcgguf::quant::cov_parts::accumulator_bytes(1536));
-    assert!(r.peak_accumulator_bytes > r2.peak_accumulator_bytes);
-    assert_eq!(f32s(&cov2), f32s(&cov), "multi-pass covariances differ");
-    assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
 }
 
 /// Every matrix is a second moment: non-negative diagonal, exactly symmetric,
@@ -617,8 +731,8 @@ fn minilm_native_covariances_are_sound_and_independent_of_the_pass_count() {
 /// recorded the same rows), the diagonal equals its independently accumulated mean x^2 for
 /// every weight it has statistics for.
 fn check_second_moments(c: &Covariances, stats: Option<&quant::ActStats>) {
-    for (name, (n, m)) in &c.tensors {
-        let n = *n;
+    for (name, n) in c.weights() {
+        let m = &c.matrix(name).unwrap();
         for i in 0..n {
             let d = m[i * n + i];
             assert!(d >= 0.0, "{name}: diagonal {i} = {d}");
@@ -667,39 +781,26 @@ fn check_second_moments(c: &Covariances, stats: Option<&quant::ActStats>) {
 fn smollm2_native_covariances_match_llama_imatrix_and_the_pass_count() {
     let test = module_path!();
     let model = llama_support::require_smollm2(test);
-    let bin = llama_support::llama_bin_dir(test);
-    llama_support::libdcgguf_preload();
-    // llama-imatrix needs at least two 128-token chunks.
-    let text = text_excerpt(2600);
-    let (stats, cov) = (tmp("smol.imatrix.gguf"), tmp("smol.cov.gguf"));
-    let r = quant::calibrate::calibrate_to(
+    // llama-imatrix needs at least two 128-token chunks. 30 layers x (q/k/v, attn_output,
+    // gate/up, down) + token_embd as the LM head, in one pass. A budget of three ffn_down
+    // inputs (1536 wide, ~9.9 MiB each; a layer needs ~14 MiB): about two layers per pass,
+    // ~15 passes over the same text.
+    let (c, stats) = calibrate_native(
+        test,
         &model,
-        Some(&text),
-        &stats,
-        Some(&cov),
-        Some(&bin),
-        128,
-        quant::calibrate::DEFAULT_COV_BUDGET,
-    )
-    .unwrap();
-    eprintln!("{r:?}");
-    // 30 layers x (q/k/v, attn_output, gate/up, down) + token_embd as the LM head.
-    assert_eq!(
-        (r.passes, r.covariance_tensors, r.covariance_inputs),
-        (1, 211, 121)
+        &text_excerpt(2600),
+        "smol",
+        (1, 211, 121),
+        true,
+        dcgguf::quant::cov_parts::accumulator_bytes(1536) * 3,
+        8,
     );
-    let c = Covariances::load(&cov).unwrap();
-    let map = std::fs::read(&model).unwrap();
-    c.check_against(&quant::gptq_weights(&GgufHeader::parse(&map).unwrap()))
-        .unwrap();
-    let st = quant::ActStats::load(&stats).unwrap();
     assert_eq!(
-        st.tensors.len(),
+        quant::ActStats::load(&stats).unwrap().tensors.len(),
         210,
         "statistics for every matmul but the LM head"
     );
-    check_second_moments(&c, Some(&st));
-    let get = |w: &str| &c.get(w).unwrap().1;
+    let get = |w: &str| c.matrix(w).unwrap();
     for l in [0, 29] {
         let q = get(&format!("blk.{l}.attn_q.weight"));
         assert_eq!(q, get(&format!("blk.{l}.attn_k.weight")));
@@ -708,25 +809,7 @@ fn smollm2_native_covariances_match_llama_imatrix_and_the_pass_count() {
         assert_eq!(g, get(&format!("blk.{l}.ffn_up.weight")));
         assert_ne!(q, g);
     }
-    assert_eq!(c.get("token_embd.weight").unwrap().0, 576);
-    // A budget of three ffn_down inputs (1536 wide, ~9.9 MiB each; a layer needs ~14 MiB):
-    // about two layers per pass, ~15 passes over the same text, the same file.
-    let cov2 = tmp("smol-passes.cov.gguf");
-    let small = dcgguf::quant::cov_parts::accumulator_bytes(1536) * 3;
-    let r2 = quant::calibrate::calibrate_to(
-        &model,
-        Some(&text),
-        &tmp("smol-passes.imatrix.gguf"),
-        Some(&cov2),
-        Some(&bin),
-        128,
-        small,
-    )
-    .unwrap();
-    eprintln!("{r2:?}");
-    assert!(r2.passes >= 8, "{} passes", r2.passes);
-    assert!(r2.peak_accumulator_bytes <= small);
-    assert_eq!(std::fs::read(&cov2).unwrap(), std::fs::read(&cov).unwrap());
+    assert_eq!(c.n_in("token_embd.weight"), Some(576));
 }
 
 /// Cross-check against the numpy BERT forward pass of scripts/covariance.py on the same
