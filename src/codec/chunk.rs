@@ -407,6 +407,15 @@ pub fn decode_chunk(
             scratch.resize(need, 0);
         }
         let mut free = &mut scratch[..need];
+        // The merge is bound by memory (its stores read their lines first, its raw planes
+        // come from the page cache): the rANS decoder brings both in while it computes
+        // (rans::Prefetch).
+        let rans_symbols = entries
+            .iter()
+            .filter(|e| e.0 == PLANE_RANS)
+            .map(|e| e.2)
+            .sum();
+        let mut prefetch = rans::Prefetch::spread(dst, payload, rans_symbols);
         let mut decoded = Vec::with_capacity(n_planes);
         for &(codec, body, want) in &entries {
             if codec == PLANE_RAW {
@@ -414,7 +423,11 @@ pub fn decode_chunk(
             } else {
                 let (d, rest) = std::mem::take(&mut free).split_at_mut(want);
                 free = rest;
-                decode_plane(codec, body, d)?;
+                if codec == PLANE_RANS {
+                    rans::decode_prefetching(body, d, &mut prefetch)?;
+                } else {
+                    zstd_decompress(body, d)?;
+                }
                 decoded.push(&*d);
             }
         }

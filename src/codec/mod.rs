@@ -6,6 +6,8 @@
 
 pub mod chunk;
 pub mod entropy;
+#[cfg(target_arch = "x86_64")]
+mod fold_avx512;
 pub mod half;
 pub mod rans;
 pub mod transform;

@@ -44,6 +44,82 @@ fn corrupt(what: &'static str) -> CodecError {
     CodecError::Rans(what)
 }
 
+/// Cache lines to bring in while symbols decode, a few per group of [`LANES`]: the chunk's
+/// output, which the merge writes after the planes are decoded, and its raw planes, which
+/// the merge reads.
+///
+/// Why: the decoder is bound by its table gathers and leaves the memory system idle, and the
+/// merge after it is bound by memory: each store first reads its line, and the raw planes
+/// come from the page cache. Prefetched during the decode, those reads overlap the gathers
+/// (Qwen2.5-Coder-1.5B Q4_K_M, one thread: 3.6-3.9 -> 4.2-4.3 GB/s, the output alone,
+/// measured here). A prefetch never faults and changes no memory, so the addresses are
+/// plain numbers.
+pub struct Prefetch {
+    regions: [Lines; 2],
+}
+
+/// A range of cache lines and how many of them to prefetch per group.
+#[derive(Clone, Copy)]
+struct Lines {
+    next: usize,
+    end: usize,
+    per_group: usize,
+}
+
+const LINE: usize = 64;
+
+impl Prefetch {
+    /// Nothing to prefetch.
+    pub fn none() -> Prefetch {
+        let nothing = Lines {
+            next: 0,
+            end: 0,
+            per_group: 0,
+        };
+        Prefetch {
+            regions: [nothing; 2],
+        }
+    }
+
+    /// The lines of `output` and `input`, spread over the decode of `symbols` symbols.
+    pub fn spread(output: &[u8], input: &[u8], symbols: usize) -> Prefetch {
+        let groups = (symbols / LANES).max(1);
+        let lines = |region: &[u8]| {
+            let start = region.as_ptr() as usize & !(LINE - 1);
+            let end = region.as_ptr() as usize + region.len();
+            Lines {
+                next: start,
+                end,
+                per_group: (end - start).div_ceil(LINE).div_ceil(groups),
+            }
+        };
+        Prefetch {
+            regions: [lines(output), lines(input)],
+        }
+    }
+
+    /// Issues this group's prefetches.
+    #[inline(always)]
+    fn group(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        for r in &mut self.regions {
+            for _ in 0..r.per_group {
+                if r.next >= r.end {
+                    break;
+                }
+                // SAFETY: a prefetch is a hint: it reads no memory the program sees and
+                // cannot fault, whatever the address; SSE is part of x86-64.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        r.next as *const i8,
+                    )
+                };
+                r.next += LINE;
+            }
+        }
+    }
+}
+
 /// Scales `counts` (of `n` bytes) to frequencies summing to [`TOTAL`], every present symbol
 /// at least 1. `None` if fewer than two symbols occur (a constant plane: zstd stores it in a
 /// few bytes, and one symbol at 4096 does not fit the decode table's 12 bits).
@@ -210,7 +286,12 @@ fn read_table<'a>(src: &'a [u8], table: &mut Table) -> Result<&'a [u8]> {
 /// Decodes a rANS body into `dst` (whose length the plane table gives), with the widest
 /// vectors this CPU has.
 pub fn decode(src: &[u8], dst: &mut [u8]) -> Result<()> {
-    decode_using(Simd::detect(), src, dst)
+    decode_prefetching(src, dst, &mut Prefetch::none())
+}
+
+/// [`decode`], bringing in `prefetch`'s lines as it goes.
+pub fn decode_prefetching(src: &[u8], dst: &mut [u8], prefetch: &mut Prefetch) -> Result<()> {
+    decode_using(Simd::detect(), src, dst, prefetch)
 }
 
 /// Which group decoder runs before the portable one finishes.
@@ -259,7 +340,7 @@ impl Simd {
 
 /// [`decode`] with a given group decoder, which must be one [`Simd::detect`] allows or a
 /// narrower one.
-fn decode_using(simd: Simd, src: &[u8], dst: &mut [u8]) -> Result<()> {
+fn decode_using(simd: Simd, src: &[u8], dst: &mut [u8], prefetch: &mut Prefetch) -> Result<()> {
     thread_local! {
         // 16 KiB, refilled for every plane (read_table writes every slot or fails): a fresh
         // zeroed allocation per plane cost ~3% of decode time on Qwen.
@@ -267,10 +348,16 @@ fn decode_using(simd: Simd, src: &[u8], dst: &mut [u8]) -> Result<()> {
             vec![0u32; TOTAL as usize].into_boxed_slice().try_into().expect("TOTAL entries"),
         );
     }
-    TABLE.with_borrow_mut(|table| decode_with_table(simd, table, src, dst))
+    TABLE.with_borrow_mut(|table| decode_with_table(simd, table, src, dst, prefetch))
 }
 
-fn decode_with_table(simd: Simd, table: &mut Table, src: &[u8], dst: &mut [u8]) -> Result<()> {
+fn decode_with_table(
+    simd: Simd,
+    table: &mut Table,
+    src: &[u8],
+    dst: &mut [u8],
+    prefetch: &mut Prefetch,
+) -> Result<()> {
     let rest = read_table(src, table)?;
     let (state_bytes, words) = rest
         .split_at_checked(STATES)
@@ -290,10 +377,10 @@ fn decode_with_table(simd: Simd, table: &mut Table, src: &[u8], dst: &mut [u8]) 
         // SAFETY: `simd` is what Simd::detect found on this CPU, or narrower: AVX2 and
         // POPCNT are there.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { decode_groups_avx2(table, &mut x, words, dst) },
+        Simd::Avx2 => unsafe { decode_groups_avx2(table, &mut x, words, dst, prefetch) },
         // SAFETY: as above, with AVX-512 F.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { decode_groups_avx512(table, &mut x, words, dst) },
+        Simd::Avx512 => unsafe { decode_groups_avx512(table, &mut x, words, dst, prefetch) },
     };
     decode_scalar(
         table,
@@ -355,6 +442,7 @@ unsafe fn decode_groups_avx512(
     x: &mut [u32; LANES],
     words: &[u8],
     dst: &mut [u8],
+    prefetch: &mut Prefetch,
 ) -> (usize, usize) {
     use std::arch::x86_64::*;
     let groups = dst.len() / LANES;
@@ -399,6 +487,7 @@ unsafe fn decode_groups_avx512(
             step!(1);
             step!(2);
             step!(3);
+            prefetch.group();
             g += 1;
         }
         for (r, v) in s.iter().enumerate() {
@@ -442,6 +531,7 @@ unsafe fn decode_groups_avx2(
     x: &mut [u32; LANES],
     words: &[u8],
     dst: &mut [u8],
+    prefetch: &mut Prefetch,
 ) -> (usize, usize) {
     use std::arch::x86_64::*;
     let groups = dst.len() / LANES;
@@ -505,6 +595,7 @@ unsafe fn decode_groups_avx2(
             store4!(a, b, c, d, g * LANES);
             let (a, b, c, d) = (step!(4), step!(5), step!(6), step!(7));
             store4!(a, b, c, d, g * LANES + 32);
+            prefetch.group();
             g += 1;
         }
         for (r, v) in s.iter().enumerate() {
@@ -545,8 +636,14 @@ mod tests {
         assert_eq!(n, body.len());
         for simd in Simd::available() {
             let mut out = vec![0u8; src.len()];
-            decode_using(simd, &body, &mut out).unwrap();
+            decode_using(simd, &body, &mut out, &mut Prefetch::none()).unwrap();
             assert_eq!(out, src, "{simd:?}");
+            // Prefetching other memory (here: a region larger than the lines the decode
+            // spreads over, and the body itself) changes nothing.
+            let (elsewhere, mut again) = (vec![7u8; 3 * src.len() + 100], vec![0u8; src.len()]);
+            let mut prefetch = Prefetch::spread(&elsewhere, &body, src.len());
+            decode_using(simd, &body, &mut again, &mut prefetch).unwrap();
+            assert_eq!(again, src, "{simd:?}, prefetching");
         }
         body
     }
@@ -639,14 +736,14 @@ mod tests {
         // panic or an out-of-bounds access.
         for simd in Simd::available() {
             for cut in (0..body.len()).step_by(97) {
-                let e = decode_using(simd, &body[..cut], &mut out);
+                let e = decode_using(simd, &body[..cut], &mut out, &mut Prefetch::none());
                 assert!(e.is_err(), "{simd:?}: cut at {cut}");
             }
             let mut caught = 0;
             for at in (0..body.len()).step_by(13) {
                 let mut bad = body.clone();
                 bad[at] ^= 1 << (at % 8);
-                if decode_using(simd, &bad, &mut out).is_err() {
+                if decode_using(simd, &bad, &mut out, &mut Prefetch::none()).is_err() {
                     caught += 1;
                 }
             }

@@ -407,6 +407,14 @@ impl Layout {
     /// block. Returns false, leaving `dst` alone, for any other layout.
     fn merge_fold_blocks(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
         #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            // SAFETY: the CPU has AVX-512 F, BW and VL (BW implies F; detected just above).
+            && unsafe { self.merge_fold_blocks_avx512(planes, dst) }
+        {
+            return true;
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (detected just above), the one requirement of calling a
             // `target_feature(enable = "avx2")` function; the function itself is safe code.
@@ -421,6 +429,76 @@ impl Layout {
     #[target_feature(enable = "avx2")]
     fn merge_fold_blocks_avx2(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
         self.merge_fold_blocks_inline(planes, dst)
+    }
+
+    /// Q4_K, Q6_K and Q8_0 fold-split blocks with AVX-512 (`codec::fold_avx512`); false,
+    /// leaving `dst` alone, for any other layout.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn merge_fold_blocks_avx512(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
+        use super::fold_avx512::{merge_q4_k, merge_q6_k, merge_q8_0};
+        match (self.parts.as_slice(), self.unit) {
+            (
+                [
+                    Part::Copy { off: 0, width: 1 },
+                    Part::Copy { off: 1, width: 1 },
+                    Part::Copy { off: 2, width: 1 },
+                    Part::Copy { off: 3, width: 1 },
+                    Part::Copy { off: 4, width: 12 },
+                    Part::NibbleFold {
+                        off: 16,
+                        width: 128,
+                    },
+                ],
+                144,
+            ) => {
+                let Ok(planes) = planes.try_into() else {
+                    return false;
+                };
+                // SAFETY: the caller's contract.
+                unsafe { merge_q4_k(planes, dst) };
+            }
+            (
+                [
+                    Part::NibbleFold { off: 0, width: 128 },
+                    Part::CrumbFold {
+                        off: 128,
+                        width: 64,
+                    },
+                    Part::Copy {
+                        off: 192,
+                        width: 16,
+                    },
+                    Part::Copy { off: 208, width: 1 },
+                    Part::Copy { off: 209, width: 1 },
+                ],
+                210,
+            ) => {
+                let Ok(planes) = planes.try_into() else {
+                    return false;
+                };
+                // SAFETY: the caller's contract.
+                unsafe { merge_q6_k(planes, dst) };
+            }
+            (
+                [
+                    Part::Copy { off: 0, width: 1 },
+                    Part::Copy { off: 1, width: 1 },
+                    Part::Int8Fold { off: 2, width: 32 },
+                ],
+                34,
+            ) => {
+                let Ok(planes) = planes.try_into() else {
+                    return false;
+                };
+                // SAFETY: the caller's contract.
+                unsafe { merge_q8_0(planes, dst) };
+            }
+            _ => return false,
+        }
+        true
     }
 
     #[inline(always)]
@@ -976,6 +1054,45 @@ mod tests {
         }
         let other = Layout::new(Transform::FoldSplit, GgmlType::Q5_K);
         assert!(!other.merge_fold_blocks(&[], &mut []));
+    }
+
+    #[test]
+    fn every_simd_merge_of_the_fold_layouts_gives_the_original_blocks() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+            let l = Layout::new(Transform::FoldSplit, ty);
+            for blocks in [1, 2, 3, 7, 64] {
+                let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ blocks as u64;
+                let src: Vec<u8> = (0..blocks * l.unit())
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                let planes = planes_of(&l, &src);
+                let parts: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
+                let mut dst = vec![0u8; src.len()];
+                assert!(l.merge_fold_blocks_inline(&parts, &mut dst));
+                assert_eq!(dst, src, "{ty} x {blocks}, baseline");
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    dst.fill(0);
+                    // SAFETY: the CPU has AVX2 (detected just above).
+                    assert!(unsafe { l.merge_fold_blocks_avx2(&parts, &mut dst) });
+                    assert_eq!(dst, src, "{ty} x {blocks}, AVX2");
+                }
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    dst.fill(0);
+                    // SAFETY: the CPU has AVX-512 F, BW and VL (detected just above).
+                    assert!(unsafe { l.merge_fold_blocks_avx512(&parts, &mut dst) });
+                    assert_eq!(dst, src, "{ty} x {blocks}, AVX-512");
+                }
+            }
+        }
     }
 
     #[test]
