@@ -26,6 +26,10 @@
 //! llama.cpp reserves its compute buffer there for the largest batch, which most programs
 //! never send (llama-completion's SmolLM2 context reserves 49 MiB and writes part of it).
 //!
+//! Cost while nothing switches: the graph callback runs at every node (an atomic read),
+//! and the check reads the limit only for buffers allocated inside a compute call (none per
+//! generated token: SmolLM2 under llama-completion read it once, at the load, by strace).
+//!
 //! Limits: contexts of one model must not compute concurrently (as for any budget);
 //! allocations of the compute threads (the CPU backend's work buffer) are not checked
 //! (room for computing covers them).
