@@ -1,17 +1,21 @@
 //! What the built libraries export: libdcgguf.so only its `dcgguf_*` C API (a program that
 //! links it keeps its own `fread` and llama.cpp), libdcgguf.a defines neither `fread` nor any
-//! `llama_*` function, and libdcgguf_preload.so exports the eight `LD_PRELOAD` interposers.
+//! `llama_*` function, and libdcgguf_preload.so exports the twelve `LD_PRELOAD` interposers.
 
 mod llama_support;
 
 use std::path::Path;
 use std::process::Command;
 
-/// The eight symbols libdcgguf_preload.so interposes.
-const INTERPOSERS: [&str; 8] = [
+/// The twelve symbols libdcgguf_preload.so interposes.
+const INTERPOSERS: [&str; 12] = [
     "fread",
     "fseek",
     "fseeko",
+    "posix_memalign",
+    "llama_decode",
+    "llama_encode",
+    "llama_process",
     "llama_model_load_from_file",
     "llama_init_from_model",
     "llama_new_context_with_model",
@@ -92,7 +96,8 @@ fn libdcgguf_a_defines_no_libc_or_llama_symbol() {
         .iter()
         .filter(|(t, n)| {
             is_global(*t)
-                && (["fread", "fseek", "fseeko"].contains(&n.as_str()) || n.starts_with("llama_"))
+                && (["fread", "fseek", "fseeko", "posix_memalign"].contains(&n.as_str())
+                    || n.starts_with("llama_"))
         })
         .map(|(t, n)| format!("{t} {n}"))
         .collect();

@@ -409,3 +409,136 @@ fn under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying()
         "the budgeted run generated other text"
     );
 }
+
+/// llama-embedding of the evaluation sentences (`-c 512`, batches of up to 2048 tokens) with
+/// `model`, in a memory cgroup of its own capped at `cap`: under the DC preload with
+/// `budget` (`None`: the default) when `dc`, else plain llama.cpp (mmap).
+fn embedding_in_cgroup(
+    l: &Llama,
+    parent: &cgroup::Parent,
+    model: &Path,
+    dc: Option<Option<&str>>,
+    cap: Option<u64>,
+    tag: &str,
+) -> (std::process::Output, cgroup::Usage) {
+    let mut c = tool(l, "llama-embedding", None);
+    c.env("LD_PRELOAD", preload(l, dc.is_some()))
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("DCGGUF_VERBOSE");
+    if let Some(Some(b)) = dc {
+        c.env("DCGGUF_MEM_BUDGET", b);
+    }
+    c.arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(eval_sentences_file())
+        .args(EMBEDDING_ARRAY_ARGS);
+    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
+    let cg = parent
+        .create(&name, cap)
+        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
+    cg.enter_on_exec(&mut c);
+    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let usage = cg.usage();
+    cg.remove();
+    (out, usage)
+}
+
+/// The default decides at load, before the context exists; MiniLM BF16's first batch then
+/// takes llama.cpp about 270 MiB of buffers (logits for 2046 tokens, compute buffers) next
+/// to 44 MiB of weights. Under a cap of 95% of plain llama.cpp's own peak, plain (mmap, whose
+/// weight pages the kernel may drop) finishes, and a DC load without a budget
+/// (`DCGGUF_MEM_BUDGET=0`, what the default did before) is OOM-killed; the default checks
+/// the batch's buffers as llama.cpp allocates them (src/llama/budget/refit.rs), switches to
+/// a budget, says so, and prints exactly the plain model's embeddings. Needs a memory
+/// cgroup of its own (root).
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_mmap_runs() {
+    let t =
+        "when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_mmap_runs";
+    let l = require_llama(t);
+    let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
+    let parent = cgroup::detect()
+        .unwrap_or_else(|e| panic!("{t}: needs a memory cgroup of its own (root): {e}"));
+    let dc = dc_of(&m);
+    // The cap comes from plain's own peak, which moves by some MiB from run to run on a
+    // shared machine (9 MiB between two runs of the memcap bench): the premises (plain
+    // finishes under it, a DC load without a budget does not) are measured again once
+    // before they fail the test.
+    let mut attempt = 0;
+    let (free, cap) = loop {
+        attempt += 1;
+        let (free, free_use) =
+            embedding_in_cgroup(&l, &parent, &m, None, None, &format!("emb-plain-{attempt}"));
+        assert!(
+            free.status.success(),
+            "{}",
+            String::from_utf8_lossy(&free.stderr)
+        );
+        let peak = free_use.peak.expect("the cgroup reports its peak");
+        let cap = peak / 100 * 95;
+        let (plain, plain_use) = embedding_in_cgroup(
+            &l,
+            &parent,
+            &m,
+            None,
+            Some(cap),
+            &format!("emb-plain-cap-{attempt}"),
+        );
+        let (forced, forced_use) = embedding_in_cgroup(
+            &l,
+            &parent,
+            &dc,
+            Some(Some("0")),
+            Some(cap),
+            &format!("emb-forced-{attempt}"),
+        );
+        let plain_ok = plain.status.success() && plain_use.oom_kills == 0;
+        let forced_dies = !forced.status.success()
+            && (forced_use.oom_kills > 0 || forced.status.code().is_none());
+        if plain_ok && forced_dies {
+            break (free, cap);
+        }
+        assert!(
+            attempt < 2,
+            "under {} MiB (95% of plain's peak, {} MiB): plain mmap finished: {plain_ok} (the \
+             test's premise), a DC load without a budget was killed: {forced_dies} (else the \
+             cap is not tight enough to test)\n{}",
+            cap / MIB,
+            peak / MIB,
+            String::from_utf8_lossy(if plain_ok {
+                &forced.stderr
+            } else {
+                &plain.stderr
+            })
+        );
+    };
+    let (adapted, adapted_use) =
+        embedding_in_cgroup(&l, &parent, &dc, Some(None), Some(cap), "emb-adapts");
+    let stderr = String::from_utf8_lossy(&adapted.stderr);
+    assert!(
+        adapted.status.success(),
+        "under {} MiB:\n{stderr}",
+        cap / MIB
+    );
+    assert_eq!(adapted_use.oom_kills, 0);
+    assert!(
+        stderr.contains("which would not fit: switching to the smallest budget"),
+        "no switch said:\n{stderr}"
+    );
+    assert!(
+        !free.stdout.is_empty(),
+        "plain llama-embedding printed nothing"
+    );
+    assert!(
+        adapted.stdout == free.stdout,
+        "the DC default's embeddings differ from plain llama.cpp's"
+    );
+}

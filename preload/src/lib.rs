@@ -2,16 +2,20 @@
 //!
 //!     LD_PRELOAD=libdcgguf_preload.so llama-completion -m model.dc.gguf ...
 //!
-//! It exports eight symbols that shadow the C library's and llama.cpp's own, which is why they
+//! It exports twelve symbols that shadow the C library's and llama.cpp's own, which is why they
 //! live here and not in libdcgguf.so (a program that links libdcgguf to read DC files keeps
 //! its own `fread`):
 //!
 //! - `llama_model_load_from_file`: DC-GGUF files load through dcgguf's decompressing
 //!   `FILE *`, everything else goes to the real function unchanged;
 //! - `llama_init_from_model`, `llama_new_context_with_model`: contexts of models loaded under
-//!   a memory budget (`DCGGUF_MEM_BUDGET`) get dcgguf's graph callback, chained with the
-//!   caller's;
+//!   a memory budget (`DCGGUF_MEM_BUDGET`), or that may switch to one, get dcgguf's graph
+//!   callback, chained with the caller's;
 //! - `llama_free`, `llama_model_free`: free dcgguf's state for the context / model;
+//! - `llama_decode`, `llama_encode`, `llama_process`, `posix_memalign`: while a batch is
+//!   computed, a buffer of 1 MiB or more that ggml allocates for it is first checked to fit
+//!   next to the weights of a model the default loaded without a budget, which switches to
+//!   a budget if not (an output buffer of 241 MiB is cleared as soon as it is allocated);
 //! - `fread`: reads on dcgguf's own streams go straight into the caller's memory (and tell a
 //!   memory budget where each tensor lives); every other stream goes to the C library;
 //! - `fseeko`, `fseek`: seeks on dcgguf's own streams move without glibc's buffer refill
@@ -38,6 +42,10 @@ extern "C" fn register() {
         free: llama_free as *const () as usize,
         model_free: llama_model_free as *const () as usize,
         fread: fread as *const () as usize,
+        decode: llama_decode as *const () as usize,
+        encode: llama_encode as *const () as usize,
+        process: llama_process as *const () as usize,
+        posix_memalign: posix_memalign as *const () as usize,
     });
 }
 
@@ -96,6 +104,46 @@ pub extern "C" fn llama_free(ctx: *mut sys::llama_context) {
 #[unsafe(no_mangle)]
 pub extern "C" fn llama_model_free(model: *mut sys::llama_model) {
     hooks::model_freed(model, llama_model_free as *const () as usize)
+}
+
+/// Interposes `llama_decode`.
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_decode(ctx: *mut sys::llama_context, batch: hooks::LlamaBatch) -> i32 {
+    let ours = llama_decode as *const () as usize;
+    hooks::compute(ctx, hooks::Compute::Decode(batch), ours)
+}
+
+/// Interposes `llama_encode`.
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_encode(ctx: *mut sys::llama_context, batch: hooks::LlamaBatch) -> i32 {
+    let ours = llama_encode as *const () as usize;
+    hooks::compute(ctx, hooks::Compute::Encode(batch), ours)
+}
+
+/// Interposes `llama_process` (what llama.cpp's own tools call).
+#[unsafe(no_mangle)]
+pub extern "C" fn llama_process(
+    ctx: *mut sys::llama_context,
+    ty: libc::c_int,
+    batch: *mut c_void,
+) -> i32 {
+    let ours = llama_process as *const () as usize;
+    hooks::compute(ctx, hooks::Compute::Process(ty, batch), ours)
+}
+
+/// Interposes the C library's `posix_memalign` (ggml's buffers).
+///
+/// # Safety
+/// The contract of `posix_memalign(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(
+    out: *mut *mut c_void,
+    align: usize,
+    size: usize,
+) -> libc::c_int {
+    let ours = posix_memalign as *const () as usize;
+    // SAFETY: the caller's arguments, passed through under posix_memalign's own contract.
+    unsafe { hooks::posix_memalign_or_real(out, align, size, ours) }
 }
 
 /// Interposes the C library's `fread`.

@@ -123,8 +123,16 @@ pub fn init_context(
             return std::ptr::null_mut();
         }
     };
+    // A model the default loaded without a budget: its batches check their memory and
+    // may switch it to a budget (budget::refit), which this context's callback then serves.
+    let threads = budget::graph_hook::compute_threads(&params);
+    let watch = catch_unwind(AssertUnwindSafe(|| {
+        budget::refit::watch_for(model, threads)
+    }))
+    .ok()
+    .flatten();
     let hook = catch_unwind(AssertUnwindSafe(|| {
-        crate::llama::budget::graph_hook::hook_context_params(model, &mut params)
+        crate::llama::budget::graph_hook::hook_context_params(model, &mut params, watch.clone())
     }))
     .ok()
     .flatten();

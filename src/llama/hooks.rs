@@ -40,6 +40,10 @@ pub struct Interposers {
     pub free: usize,
     pub model_free: usize,
     pub fread: usize,
+    pub decode: usize,
+    pub encode: usize,
+    pub process: usize,
+    pub posix_memalign: usize,
 }
 
 static INTERPOSERS: OnceLock<Interposers> = OnceLock::new();
@@ -114,6 +118,10 @@ static REAL_NEW_CONTEXT: Real = Real::new();
 static REAL_FREE: Real = Real::new();
 static REAL_MODEL_FREE: Real = Real::new();
 static REAL_FREAD: Real = Real::new();
+static REAL_DECODE: Real = Real::new();
+static REAL_ENCODE: Real = Real::new();
+static REAL_PROCESS: Real = Real::new();
+static REAL_POSIX_MEMALIGN: Real = Real::new();
 static REAL_FSEEKO: Real = Real::new();
 static REAL_FSEEK: Real = Real::new();
 
@@ -148,12 +156,110 @@ pub fn context_freed(ctx: *mut sys::llama_context, ours: usize) {
 /// [`init_context`].
 pub fn model_freed(model: *mut sys::llama_model, ours: usize) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        crate::llama::budget::unregister_model(model)
+        crate::llama::budget::unregister_model(model);
+        crate::llama::budget::refit::forget_model(model);
     }));
     if let Some(real) = REAL_MODEL_FREE.get(c"llama_model_free", ours) {
         // SAFETY: llama.cpp's llama_model_free (signature FreeModelFn, llama.h), with the
         // caller's argument.
         unsafe { std::mem::transmute::<usize, FreeModelFn>(real)(model) };
+    }
+}
+
+/// `struct llama_batch` of llama.h at the pinned commit (passed by value to `llama_decode`
+/// and `llama_encode`; not in the generated bindings, which need only its pointer users).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaBatch {
+    pub n_tokens: i32,
+    pub token: *mut i32,
+    pub embd: *mut f32,
+    pub pos: *mut i32,
+    pub n_seq_id: *mut i32,
+    pub seq_id: *mut *mut i32,
+    pub logits: *mut i8,
+}
+
+pub type ComputeFn = unsafe extern "C" fn(*mut sys::llama_context, LlamaBatch) -> i32;
+pub type ProcessFn = unsafe extern "C" fn(*mut sys::llama_context, libc::c_int, *mut c_void) -> i32;
+
+/// The call a compute interposer forwards.
+#[derive(Clone, Copy, Debug)]
+pub enum Compute {
+    Decode(LlamaBatch),
+    Encode(LlamaBatch),
+    /// `llama_process(ctx, type, struct llama_batch_ext *)`.
+    Process(libc::c_int, *mut c_void),
+}
+
+thread_local! {
+    /// This thread is inside `llama_decode` / `llama_encode` / `llama_process`.
+    static IN_COMPUTE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread is inside the `posix_memalign` check (which may allocate).
+    static IN_ALLOCATION_CHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The body of the `llama_decode`, `llama_encode` and `llama_process` interposers: the real
+/// function (found skipping `ours`), with the buffers it allocates checked by
+/// [`posix_memalign_or_real`]. Returns -1 (llama.cpp's "error") when this process has none.
+pub fn compute(ctx: *mut sys::llama_context, call: Compute, ours: usize) -> i32 {
+    let (name, slot) = match call {
+        Compute::Decode(_) => (c"llama_decode", &REAL_DECODE),
+        Compute::Encode(_) => (c"llama_encode", &REAL_ENCODE),
+        Compute::Process(..) => (c"llama_process", &REAL_PROCESS),
+    };
+    let Some(real) = slot.get(name, ours) else {
+        return -1;
+    };
+    let outer = IN_COMPUTE.with(|c| c.replace(true));
+    let r = match call {
+        // SAFETY: llama.cpp's llama_decode / llama_encode (signature ComputeFn, llama.h),
+        // with the caller's arguments.
+        Compute::Decode(b) | Compute::Encode(b) => unsafe {
+            std::mem::transmute::<usize, ComputeFn>(real)(ctx, b)
+        },
+        // SAFETY: llama.cpp's llama_process (signature ProcessFn: an enum is an int in the
+        // C ABI), with the caller's arguments.
+        Compute::Process(ty, batch) => unsafe {
+            std::mem::transmute::<usize, ProcessFn>(real)(ctx, ty, batch)
+        },
+    };
+    IN_COMPUTE.with(|c| c.set(outer));
+    r
+}
+
+pub type PosixMemalignFn = unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> libc::c_int;
+
+/// The body of the `posix_memalign` interposer (ggml allocates its buffers with it): a big
+/// allocation inside a compute call ([`compute`]) first lets a model the default loaded
+/// without a budget check that it fits
+/// ([`crate::llama::budget::refit::before_allocation`]); then the C library's function
+/// (found skipping `ours`).
+///
+/// # Safety
+/// The contract of `posix_memalign(3)`.
+pub unsafe fn posix_memalign_or_real(
+    out: *mut *mut c_void,
+    align: usize,
+    size: usize,
+    ours: usize,
+) -> libc::c_int {
+    if size >= crate::llama::budget::refit::CHECKED_ALLOCATION
+        && IN_COMPUTE.with(|c| c.get())
+        && !IN_ALLOCATION_CHECK.with(|c| c.replace(true))
+    {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            crate::llama::budget::refit::before_allocation(size)
+        }));
+        IN_ALLOCATION_CHECK.with(|c| c.set(false));
+    }
+    match REAL_POSIX_MEMALIGN.get(c"posix_memalign", ours) {
+        // SAFETY: the C library's posix_memalign (signature PosixMemalignFn, stdlib.h) with
+        // the caller's arguments.
+        Some(real) => unsafe {
+            std::mem::transmute::<usize, PosixMemalignFn>(real)(out, align, size)
+        },
+        None => libc::ENOMEM,
     }
 }
 

@@ -148,8 +148,12 @@ pub fn load_dc(
         });
     }
     let mut budget = budget::spec::settings().map_err(LlamaError::Budget)?;
+    // Whether the default chose no budget: it checks again when a context is created.
+    let mut default_none = None;
     if budget.is_none() && !budget::spec::asked() && !params.vocab_only && !params.no_alloc {
-        budget = default_budget(&dc);
+        let decoded;
+        (budget, decoded) = default_budget(&dc);
+        default_none = decoded.filter(|_| budget.is_none());
     }
     let route = match (user_load::route_from_env(), &budget) {
         (user_load::Route::User, Some(_)) => {
@@ -248,6 +252,11 @@ pub fn load_dc(
     }
     if let Some(r) = res {
         budget::register_model(model, r);
+    } else if let Some(decoded) = default_none
+        && route == user_load::Route::Stream
+        && hooks::budget_hooks_active().is_ok()
+    {
+        budget::refit::register_pending(model, dc, decoded);
     }
     Ok(model)
 }
@@ -284,9 +293,12 @@ fn load_stream(
 }
 
 /// The budget of a load that asked for none: none when the decoded model fits under the
-/// memory limit, else one that fits ([`budget::limit`]); said in the log.
-fn default_budget(dc: &DcFile) -> Option<budget::Settings> {
-    let headroom = budget::limit::headroom()?;
+/// memory limit, else one that fits ([`budget::limit`]); said in the log. Also the decoded
+/// weight bytes, when a limit was found.
+fn default_budget(dc: &DcFile) -> (Option<budget::Settings>, Option<u64>) {
+    let Some(headroom) = budget::limit::headroom() else {
+        return (None, None);
+    };
     let decoded: u64 = (0..dc.tensor_count())
         .map(|i| dc.tensor_view(i).raw_bytes)
         .sum();
@@ -296,11 +308,11 @@ fn default_budget(dc: &DcFile) -> Option<budget::Settings> {
             if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
                 crate::log_line!("{}", choice.describe());
             }
-            None
+            (None, Some(decoded))
         }
         budget::limit::DefaultChoice::Budget { settings, .. } => {
             crate::log_line!("{}", choice.describe());
-            Some(settings)
+            (Some(settings), Some(decoded))
         }
     }
 }

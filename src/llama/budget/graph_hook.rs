@@ -8,12 +8,16 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::refit::Watch;
 use super::runtime::{Residency, model_residency};
 use crate::llama::{actmax, covar, sys};
 
 /// The callbacks a hooked context runs with, and the caller's own.
 pub struct EvalHook {
     res: Option<Arc<Residency>>,
+    /// A model the default loaded without a budget: checks its memory, and holds the
+    /// budget it may switch to ([`super::refit`]).
+    watch: Option<Arc<Watch>>,
     /// Whether matmul inputs are recorded at all, and by which recorders.
     record: bool,
     record_max: bool,
@@ -31,25 +35,28 @@ pub struct EvalHook {
 /// Contexts with our callbacks, by `llama_context *`.
 static CONTEXTS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 
-/// Puts our callbacks into `params` when the model is budgeted or recording is on; returns
-/// the hook to pass to [`context_created`] (or `None`: nothing to do).
+/// Puts our callbacks into `params` when the model is budgeted, may switch to a budget
+/// (`watch`, from [`super::refit::watch_for`]) or recording is on; returns the hook to pass
+/// to [`context_created`] (or `None`: nothing to do).
 pub fn hook_context_params(
     model: *const sys::llama_model,
     params: &mut sys::llama_context_params,
+    watch: Option<Arc<Watch>>,
 ) -> Option<*mut EvalHook> {
     let res = model_residency(model);
     if let Some(r) = &res {
-        let threads = params.n_threads.max(params.n_threads_batch).max(1);
-        r.set_compute_threads(threads as usize);
+        r.set_compute_threads(compute_threads(params));
     }
     let record_max = actmax::output().is_some();
     let record_cov = covar::output().is_some();
     let record = record_max || record_cov;
-    if res.is_none() && !record {
+    let watch = watch.filter(|_| res.is_none());
+    if res.is_none() && watch.is_none() && !record {
         return None;
     }
     let hook = Box::into_raw(Box::new(EvalHook {
         res,
+        watch,
         record,
         record_max,
         record_cov,
@@ -65,6 +72,20 @@ pub fn hook_context_params(
     params.abort_callback = Some(abort_callback);
     params.abort_callback_data = hook as *mut c_void;
     Some(hook)
+}
+
+/// The most threads a context computes on.
+pub fn compute_threads(params: &sys::llama_context_params) -> usize {
+    params.n_threads.max(params.n_threads_batch).max(1) as usize
+}
+
+impl EvalHook {
+    /// The budget this context's model runs under: from its load, or switched to since.
+    fn residency(&self) -> Option<&Arc<Residency>> {
+        self.res
+            .as_ref()
+            .or_else(|| self.watch.as_ref().and_then(|w| w.residency()))
+    }
 }
 
 /// Records the hook of a created context, or frees it if creation failed.
@@ -111,7 +132,7 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *m
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if ask {
             // SAFETY: ggml passes a live node of the graph being computed.
-            let decode = hook.res.as_ref().is_some_and(|r| unsafe { r.ask(t) });
+            let decode = hook.residency().is_some_and(|r| unsafe { r.ask(t) });
             // SAFETY: as above.
             let record = hook.record && unsafe { actmax::wants(t) };
             // SAFETY: the caller's callback with its own data, as llama.cpp would call it.
@@ -122,7 +143,7 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *m
             hook.record_asked.store(record, Ordering::Relaxed);
             decode || record || theirs
         } else {
-            if let Some(r) = &hook.res {
+            if let Some(r) = hook.residency() {
                 r.computed();
             }
             if hook.record_asked.load(Ordering::Relaxed) {
@@ -145,7 +166,7 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *m
         }
     }));
     r.unwrap_or_else(|_| {
-        if let Some(res) = &hook.res {
+        if let Some(res) = hook.residency() {
             res.fail("internal error (panic) in the graph callback".into());
         }
         true
@@ -155,7 +176,7 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *m
 unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
     // SAFETY: as in eval_callback.
     let hook = unsafe { &*(data as *const EvalHook) };
-    hook.res.as_ref().is_some_and(|r| r.failed())
+    hook.residency().is_some_and(|r| r.failed())
         // SAFETY: the caller's abort callback with its own data.
         || hook.user_abort.is_some_and(|cb| unsafe { cb(hook.user_abort_data) })
 }

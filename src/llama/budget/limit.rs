@@ -185,11 +185,7 @@ impl DefaultChoice {
     /// The log line that says what was chosen and why.
     pub fn describe(&self) -> String {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-        let source = |h: &Headroom| match &h.source {
-            LimitSource::CgroupV2(p) => format!("cgroup v2 {}", p.display()),
-            LimitSource::CgroupV1(p) => format!("cgroup v1 {}", p.display()),
-            LimitSource::MemAvailable => "MemAvailable".to_string(),
-        };
+        let source = source_name;
         match self {
             DefaultChoice::NoBudget { need, headroom } => format!(
                 "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs \
@@ -212,6 +208,80 @@ impl DefaultChoice {
                 mib(settings.budget.bytes(0))
             ),
         }
+    }
+}
+
+/// What a model loaded without a budget by the default does when a batch needs a new
+/// buffer ([`super::refit`]): the load decided before any context existed, with
+/// [`other_memory`] as its guess of the context's needs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContextChoice {
+    /// The buffer fits next to the decoded weights.
+    Fits { need: u64, headroom: Headroom },
+    /// It would not: the model switches to this budget.
+    Budget {
+        settings: Settings,
+        need: u64,
+        headroom: Headroom,
+    },
+}
+
+/// The choice for a model of `decoded_weights` bytes, loaded without a budget (so counted
+/// out of `headroom`), when `buffer` bytes are about to be allocated for a batch: they,
+/// plus [`other_memory`] for what computing allocates besides (the CPU backend's work
+/// buffer), must fit in `headroom`. If not, the smallest budget: every weight the plan can
+/// stream is decoded before each use (the budget cannot shrink later, and the batch may
+/// still grow other buffers).
+pub fn choose_at_context(decoded_weights: u64, buffer: u64, headroom: Headroom) -> ContextChoice {
+    let need = buffer.saturating_add(other_memory(decoded_weights));
+    if need <= headroom.bytes {
+        return ContextChoice::Fits { need, headroom };
+    }
+    ContextChoice::Budget {
+        settings: Settings {
+            budget: Budget::Bytes(1),
+            home: CompressedHome::Ram,
+            prefetch: None,
+        },
+        need,
+        headroom,
+    }
+}
+
+impl ContextChoice {
+    /// The log line that says what was chosen and why, for a model of `decoded_weights`
+    /// bytes and a buffer of `buffer` bytes.
+    pub fn describe(&self, decoded_weights: u64, buffer: u64) -> String {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let (need, headroom) = match self {
+            ContextChoice::Fits { need, headroom }
+            | ContextChoice::Budget { need, headroom, .. } => (*need, headroom),
+        };
+        let head = format!(
+            "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
+             computing; {:.0} MiB free under the limit ({}) next to the {:.0} MiB of decoded \
+             weights",
+            mib(buffer),
+            mib(need),
+            mib(headroom.bytes),
+            source_name(headroom),
+            mib(decoded_weights),
+        );
+        match self {
+            ContextChoice::Fits { .. } => format!("{head}: it fits, no budget"),
+            ContextChoice::Budget { .. } => format!(
+                "{head}, which would not fit: switching to the smallest budget, streamed \
+                 tensors decoded before each use (set DCGGUF_MEM_BUDGET to choose yourself)"
+            ),
+        }
+    }
+}
+
+fn source_name(h: &Headroom) -> String {
+    match &h.source {
+        LimitSource::CgroupV2(p) => format!("cgroup v2 {}", p.display()),
+        LimitSource::CgroupV1(p) => format!("cgroup v1 {}", p.display()),
+        LimitSource::MemAvailable => "MemAvailable".to_string(),
     }
 }
 
@@ -312,6 +382,32 @@ mod tests {
             choose(weights, h(1 << 30))
                 .describe()
                 .contains("without a budget")
+        );
+    }
+
+    #[test]
+    fn a_batch_buffer_that_does_not_fit_next_to_the_weights_switches_to_the_smallest_budget() {
+        let h = |bytes| Headroom {
+            bytes,
+            source: LimitSource::CgroupV1(PathBuf::from("/cg")),
+        };
+        let weights = 44 << 20;
+        // A 241 MiB buffer + 4 MiB for computing fit in 245 MiB.
+        assert!(matches!(
+            choose_at_context(weights, 241 << 20, h(245 << 20)),
+            ContextChoice::Fits { need, .. } if need == 245 << 20
+        ));
+        let c = choose_at_context(weights, 241 << 20, h(244 << 20));
+        match &c {
+            ContextChoice::Budget { settings, .. } => {
+                assert_eq!(settings.budget, Budget::Bytes(1));
+                assert_eq!(settings.home, CompressedHome::Ram);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            c.describe(weights, 241 << 20)
+                .contains("switching to the smallest budget")
         );
     }
 }

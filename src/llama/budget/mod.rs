@@ -8,7 +8,8 @@
 //! (`DCGGUF_MEM_BUDGET`, with `DCGGUF_MEM_SOURCE` and `DCGGUF_PREFETCH` as defaults).
 //!
 //! **When nothing is asked** ([`limit`]): the limit this process runs under (cgroup or
-//! `MemAvailable`) decides: no budget when the decoded model fits, else a budget that fits.
+//! `MemAvailable`) decides: no budget when the decoded model fits, else a budget that fits;
+//! and again when a batch allocates a buffer ([`refit`]), once the context's needs show.
 //!
 //! **What is decided at load** ([`plan`]): which tensors stay resident and which are
 //! streamed. Streaming a tensor saves its decoded bytes and costs a decode per use, so the
@@ -37,6 +38,7 @@ pub mod graph_hook;
 pub mod limit;
 pub mod plan;
 pub mod recycle;
+pub mod refit;
 pub mod runtime;
 pub mod spec;
 pub mod team;

@@ -298,6 +298,46 @@ impl Residency {
         true
     }
 
+    /// A model loaded without a budget switches to this one ([`super::refit`]): every
+    /// streamed tensor that `memory_of` finds (its name -> the address and length of its
+    /// decoded bytes in llama.cpp's CPU weight buffer, which must hold exactly the file's
+    /// bytes) is taken over as if the load had deferred it, and its whole pages are given
+    /// back; it is decoded again before its next use. Returns how many tensors and bytes
+    /// were taken over; tensors not found stay resident as loaded.
+    ///
+    /// # Safety
+    /// No graph of the model computes, and none will without this residency's graph
+    /// callback: the tensors' memory reads as zeros until decoded again.
+    pub unsafe fn adopt_loaded(
+        &self,
+        memory_of: impl Fn(&str) -> Option<(usize, usize)>,
+    ) -> (usize, u64) {
+        let mut st = self.lock();
+        let (mut count, mut bytes) = (0, 0);
+        for slot in 0..st.slots.len() {
+            let s = &st.slots[slot];
+            if s.addr != 0 {
+                continue;
+            }
+            let name = self.dc.tensor_view(s.tensor).name;
+            let Some((addr, len)) = memory_of(&name) else {
+                continue;
+            };
+            if addr == 0 || len != s.len || st.by_addr.contains_key(&addr) {
+                continue;
+            }
+            let s = &mut st.slots[slot];
+            s.addr = addr;
+            s.layout = Layout::of(addr, len);
+            s.status = Status::Absent;
+            st.by_addr.insert(addr, slot);
+            release_pages(addr, len);
+            count += 1;
+            bytes += len as u64;
+        }
+        (count, bytes)
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = self.lock().stats;
         s.stall_seconds = self.stall_nanos.load(Ordering::Relaxed) as f64 * 1e-9;

@@ -1,0 +1,264 @@
+//! The default's second decision, once the batches' memory is known.
+//!
+//! With no budget asked for, a DC load decides from the memory limit ([`super::limit`])
+//! before any context exists, so it can only guess what the context will take. Where the
+//! context dominates, the guess is wrong: MiniLM BF16 under llama-embedding (`-c 512`, 159
+//! sentences in batches of up to 2048 tokens) takes 44 MiB of weights, 58 MiB when the
+//! context is created, and then, in its first `llama_process`, a 241 MiB output buffer
+//! (logits for all 2046 tokens, cleared at once) and a compute buffer grown from 6 to
+//! 30 MiB. A load without a budget was OOM-killed under caps that plain llama.cpp (mmap:
+//! the kernel may drop its weight pages and re-read them) ran in.
+//!
+//! So a model loaded without a budget by that default stays *pending* here until freed, and
+//! its contexts are created with dcgguf's graph callback ([`super::graph_hook`]), which does
+//! nothing until the model switches to a budget. While the program is inside
+//! `llama_decode`, `llama_encode` or `llama_process` (interposed, `crate::llama::hooks`),
+//! every `posix_memalign` of 1 MiB or more (ggml's buffers) is checked first: a buffer
+//! allocated there is one this batch needs (llama.cpp grows its output and compute buffers
+//! only when the batch needs more, and clears the output buffer at once), so it must fit,
+//! with room for computing ([`super::limit::other_memory`]), in what the limit leaves
+//! ([`super::limit::choose_at_context`]). If not, the model switches to the smallest
+//! budget (a budget cannot shrink later, and a limit reached once will be reached again by
+//! the next buffers of the same batch): the plan's streamed tensors are found in
+//! llama.cpp's CPU weight buffer and their pages given back ([`Residency::adopt_loaded`]),
+//! and from the next graph node on every context of the model decodes them before use, as
+//! after a budgeted load. Buffers allocated when a context is created are not checked:
+//! llama.cpp reserves its compute buffer there for the largest batch, which most programs
+//! never send (llama-completion's SmolLM2 context reserves 49 MiB and writes part of it).
+//!
+//! Cost while nothing switches: the graph callback runs at every node (an atomic read),
+//! and the check reads the limit only for buffers allocated inside a compute call (none per
+//! generated token: SmolLM2 under llama-completion read it once, at the load, by strace).
+//!
+//! Limits: contexts of one model must not compute concurrently (as for any budget);
+//! allocations of the compute threads (the CPU backend's work buffer) are not checked
+//! (room for computing covers them).
+
+use std::ffi::{CString, c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::limit::{self, ContextChoice};
+use super::runtime::{Residency, register_model};
+use super::spec::Settings;
+use crate::dc::DcFile;
+use crate::llama::{host, sys};
+
+/// A model loaded without a budget by the default, which may still switch to one.
+pub struct Pending {
+    model: usize,
+    dc: Arc<DcFile>,
+    decoded: u64,
+    /// Set when it switched: every context of the model uses it from then on.
+    res: OnceLock<Arc<Residency>>,
+    /// Compute threads of its contexts, for the residency's prefetch choice.
+    threads: Mutex<usize>,
+    /// A switch failed (said once): no more checks.
+    failed: AtomicBool,
+}
+
+/// What the graph callback of a pending model's context holds.
+pub struct Watch {
+    pending: Arc<Pending>,
+}
+
+static PENDING: Mutex<Vec<Arc<Pending>>> = Mutex::new(Vec::new());
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<Arc<Pending>>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `model` was loaded from `dc` without a budget because the default found that its
+/// `decoded` weight bytes fit: check again as its batches allocate memory.
+pub fn register_pending(model: *mut sys::llama_model, dc: Arc<DcFile>, decoded: u64) {
+    pending().push(Arc::new(Pending {
+        model: model as usize,
+        dc,
+        decoded,
+        res: OnceLock::new(),
+        threads: Mutex::new(1),
+        failed: AtomicBool::new(false),
+    }));
+}
+
+/// Forgets a model about to be freed.
+pub fn forget_model(model: *mut sys::llama_model) {
+    pending().retain(|p| p.model != model as usize);
+}
+
+/// Before a context of `model` is created with `threads` compute threads: what its graph
+/// callback must hold, if the model is pending.
+pub fn watch_for(model: *const sys::llama_model, threads: usize) -> Option<Arc<Watch>> {
+    let pending = pending()
+        .iter()
+        .find(|p| p.model == model as usize && p.res.get().is_none())
+        .cloned()?;
+    {
+        let mut t = pending.threads.lock().unwrap_or_else(|e| e.into_inner());
+        *t = (*t).max(threads);
+    }
+    Some(Arc::new(Watch { pending }))
+}
+
+impl Watch {
+    /// The budget the model switched to, if it did.
+    pub fn residency(&self) -> Option<&Arc<Residency>> {
+        self.pending.res.get()
+    }
+}
+
+/// Allocations smaller than this are not checked.
+pub const CHECKED_ALLOCATION: usize = 1 << 20;
+
+/// Inside a `llama_decode` / `llama_encode` / `llama_process` on this thread, ggml is about
+/// to allocate `size` bytes: every pending model checks that they fit next to its weights.
+pub fn before_allocation(size: usize) {
+    if size < CHECKED_ALLOCATION {
+        return;
+    }
+    let pending: Vec<Arc<Pending>> = pending()
+        .iter()
+        .filter(|p| p.res.get().is_none() && !p.failed.load(Ordering::Relaxed))
+        .cloned()
+        .collect();
+    for p in pending {
+        p.check(size as u64);
+    }
+}
+
+impl Pending {
+    /// Switches the model to a budget if `size` bytes about to be allocated do not fit.
+    fn check(&self, size: u64) {
+        let Some(h) = limit::headroom() else {
+            return;
+        };
+        let choice = limit::choose_at_context(self.decoded, size, h);
+        let ContextChoice::Budget { settings, .. } = choice else {
+            return;
+        };
+        // One switch per model, whichever thread gets here first.
+        static SWITCHING: Mutex<()> = Mutex::new(());
+        let _one = SWITCHING.lock().unwrap_or_else(|e| e.into_inner());
+        if self.res.get().is_some() || self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        crate::log_line!("{}", choice.describe(self.decoded, size));
+        // SAFETY: no graph node of the model computes: this runs on the thread that called
+        // llama_decode/encode/process while ggml allocates a buffer (between graph
+        // computations: ggml's CPU ops never call posix_memalign), contexts of one model do
+        // not compute concurrently (the budget's documented limit), and every context of
+        // the model was created with a graph callback that uses `self.res` once set.
+        match unsafe { switch(self, settings) } {
+            Ok(res) => {
+                let _ = self.res.set(res);
+            }
+            Err(e) => {
+                crate::log_line!("dcgguf: warning: {e}; the model stays without a budget");
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Why a loaded model could not switch to a budget.
+#[derive(Debug, thiserror::Error)]
+pub enum RefitError {
+    #[error("the budget streams no tensor of this model")]
+    NothingStreamed,
+    #[error("llama.cpp function {0} not found in this process: the loaded weights cannot be found")]
+    Missing(&'static str),
+    #[error("no weight that the budget streams is in llama.cpp's CPU weight buffer")]
+    NotFound,
+}
+
+/// Switches `p`'s model to a budget of `settings`: its streamed tensors' pages are given
+/// back and decoded again before each use.
+///
+/// # Safety
+/// No graph of the model computes, and every one to come runs the residency's callback.
+unsafe fn switch(p: &Pending, settings: Settings) -> Result<Arc<Residency>, RefitError> {
+    let api = api()?;
+    let res = Residency::new(p.dc.clone(), settings).ok_or(RefitError::NothingStreamed)?;
+    res.set_compute_threads(*p.threads.lock().unwrap_or_else(|e| e.into_inner()));
+    let model = p.model as *const sys::llama_model;
+    // SAFETY: forwarded from the caller.
+    let (count, bytes) = unsafe { res.adopt_loaded(|name| api.tensor_memory(model, name)) };
+    if count == 0 {
+        return Err(RefitError::NotFound);
+    }
+    // As after a budgeted load: compressed bytes stay mapped between decodes.
+    p.dc.set_release_after_decode(false);
+    crate::log_line!(
+        "{} ({} tensors, {:.1} MiB given back)",
+        res.summary(),
+        count,
+        bytes as f64 / (1u64 << 20) as f64
+    );
+    register_model(p.model as *mut sys::llama_model, res.clone());
+    Ok(res)
+}
+
+/// `const ggml_tensor * llama_model::get_tensor(const char * name) const` of the pinned
+/// llama.cpp (src/llama-model.h), which llama.h does not export in C: its Itanium C++ ABI
+/// name, called with `this` as the first argument.
+const GET_TENSOR: &std::ffi::CStr = c"_ZNK11llama_model10get_tensorEPKc";
+
+type GetTensorFn =
+    unsafe extern "C" fn(*const sys::llama_model, *const c_char) -> *const sys::ggml_tensor;
+type BufferTypeFn = unsafe extern "C" fn(sys::ggml_backend_buffer_t) -> *mut c_void;
+type CpuBufferTypeFn = unsafe extern "C" fn() -> *mut c_void;
+type NbytesFn = unsafe extern "C" fn(*const sys::ggml_tensor) -> usize;
+
+/// The host functions that find a loaded tensor's memory.
+struct Api {
+    get_tensor: GetTensorFn,
+    buffer_type: BufferTypeFn,
+    cpu_buffer_type: CpuBufferTypeFn,
+    nbytes: NbytesFn,
+}
+
+fn api() -> Result<Api, RefitError> {
+    let need = |name: &'static std::ffi::CStr| {
+        host::real_function(name, 0).ok_or(RefitError::Missing(name.to_str().unwrap_or("?")))
+    };
+    let get_tensor = need(GET_TENSOR)?;
+    let buffer_type = need(c"ggml_backend_buffer_get_type")?;
+    let cpu_buffer_type = need(c"ggml_backend_cpu_buffer_type")?;
+    let nbytes = need(c"ggml_nbytes")?;
+    // SAFETY: each address is the named function of the host's llama.cpp/ggml, whose
+    // signature at the pinned commit is the type it is transmuted to (ggml-backend.h,
+    // ggml-cpu.h, ggml.h; llama_model::get_tensor is a non-virtual const member function,
+    // which the Itanium C++ ABI calls with `this` first).
+    unsafe {
+        Ok(Api {
+            get_tensor: std::mem::transmute::<usize, GetTensorFn>(get_tensor),
+            buffer_type: std::mem::transmute::<usize, BufferTypeFn>(buffer_type),
+            cpu_buffer_type: std::mem::transmute::<usize, CpuBufferTypeFn>(cpu_buffer_type),
+            nbytes: std::mem::transmute::<usize, NbytesFn>(nbytes),
+        })
+    }
+}
+
+impl Api {
+    /// The address and length of tensor `name`'s bytes when they lie in a plain CPU buffer
+    /// (the file's bytes as they are: not repacked, not on a device), else `None`.
+    fn tensor_memory(&self, model: *const sys::llama_model, name: &str) -> Option<(usize, usize)> {
+        let name = CString::new(name).ok()?;
+        // SAFETY: a live model (the caller's, not freed while contexts are created for it)
+        // and a C string; get_tensor only looks the name up.
+        let t = unsafe { (self.get_tensor)(model, name.as_ptr()) };
+        if t.is_null() {
+            return None;
+        }
+        // SAFETY: a tensor of the live model.
+        let (buffer, data, view) = unsafe { ((*t).buffer, (*t).data, (*t).view_src) };
+        if buffer.is_null() || data.is_null() || !view.is_null() {
+            return None;
+        }
+        // SAFETY: a live buffer of the model; the CPU buffer type is a static object.
+        let plain_cpu = unsafe { (self.buffer_type)(buffer) == (self.cpu_buffer_type)() };
+        // SAFETY: a live tensor.
+        let len = unsafe { (self.nbytes)(t) };
+        plain_cpu.then_some((data as usize, len))
+    }
+}
