@@ -321,6 +321,28 @@ fn corrupt_streamed_tensor_stops_generation_with_its_name() {
     );
 }
 
+/// Runs `c` in a new memory cgroup under `parent` capped at `cap` (page cache dropped first):
+/// its output and what the cgroup saw.
+fn run_in_cgroup(
+    mut c: Command,
+    parent: &cgroup::Parent,
+    cap: Option<u64>,
+    tag: &str,
+) -> (std::process::Output, cgroup::Usage) {
+    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
+    let cg = parent
+        .create(&name, cap)
+        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
+    cg.enter_on_exec(&mut c);
+    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let usage = cg.usage();
+    cg.remove();
+    (out, usage)
+}
+
 /// One llama-completion of `model` in a new memory cgroup capped at `cap` (page cache dropped
 /// first), with `DCGGUF_MEM_BUDGET` set to `budget` or unset: its output and what the cgroup
 /// saw.
@@ -341,18 +363,7 @@ fn completion_in_cgroup(
     c.arg("-m").arg(model).args([
         "--temp", "0", "--seed", "1", "-no-cnv", "-t", "2", "-c", "256", "-n", "8", "-p", PROMPT,
     ]);
-    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
-    let cg = parent
-        .create(&name, cap)
-        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
-    cg.enter_on_exec(&mut c);
-    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
-    let usage = cg.usage();
-    cg.remove();
-    (out, usage)
+    run_in_cgroup(c, parent, cap, tag)
 }
 
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not
@@ -433,18 +444,7 @@ fn embedding_in_cgroup(
         .arg("-f")
         .arg(eval_sentences_file())
         .args(EMBEDDING_ARRAY_ARGS);
-    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
-    let cg = parent
-        .create(&name, cap)
-        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
-    cg.enter_on_exec(&mut c);
-    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
-    let usage = cg.usage();
-    cg.remove();
-    (out, usage)
+    run_in_cgroup(c, parent, cap, tag)
 }
 
 /// The default decides at load, before the context exists; MiniLM BF16's first batch then

@@ -198,6 +198,18 @@ const INT8_SPLIT: (u32, u8, u8) = (4, 0xF0, 0x80);
 /// Packed nibbles: the top two bits of each of four nibbles per byte.
 const NIBBLE_SPLIT: (u32, u8, u8) = (2, 0xCC, 0x00);
 
+/// The fold-split layouts whose merges have every size fixed at compile time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FixedFold {
+    Q4K,
+    Q6K,
+    Q8_0,
+    /// Q4_0 (2 single-byte copies) and Q4_1 (4), then a 16-byte nibble fold.
+    Q4Nibbles {
+        copies: usize,
+    },
+}
+
 /// How one chunk's bytes map onto planes: a chunk is a run of units (elements or blocks) of
 /// `unit` bytes, and each part takes the same byte positions from every unit.
 #[derive(Clone, Debug)]
@@ -402,6 +414,66 @@ impl Layout {
         }
     }
 
+    /// Which of the fold-split layouts with a merge of fixed sizes this is, if any.
+    fn fixed_fold(&self) -> Option<FixedFold> {
+        match (self.parts.as_slice(), self.unit) {
+            // Q4_K: d, dmin (two bytes each), scales:12, qs:128n.
+            (
+                [
+                    Part::Copy { off: 0, width: 1 },
+                    Part::Copy { off: 1, width: 1 },
+                    Part::Copy { off: 2, width: 1 },
+                    Part::Copy { off: 3, width: 1 },
+                    Part::Copy { off: 4, width: 12 },
+                    Part::NibbleFold {
+                        off: 16,
+                        width: 128,
+                    },
+                ],
+                144,
+            ) => Some(FixedFold::Q4K),
+            // Q6_K: ql:128n, qh:64 (crumbs), scales:16, d.
+            (
+                [
+                    Part::NibbleFold { off: 0, width: 128 },
+                    Part::CrumbFold {
+                        off: 128,
+                        width: 64,
+                    },
+                    Part::Copy {
+                        off: 192,
+                        width: 16,
+                    },
+                    Part::Copy { off: 208, width: 1 },
+                    Part::Copy { off: 209, width: 1 },
+                ],
+                210,
+            ) => Some(FixedFold::Q6K),
+            // Q8_0: d, then qs:32q.
+            (
+                [
+                    Part::Copy { off: 0, width: 1 },
+                    Part::Copy { off: 1, width: 1 },
+                    Part::Int8Fold { off: 2, width: 32 },
+                ],
+                34,
+            ) => Some(FixedFold::Q8_0),
+            // Q4_0 and Q4_1: the fp16 bytes, then qs:16n.
+            ([copies @ .., Part::NibbleFold { off, width: 16 }], unit)
+                if unit == off + 16
+                    && copies
+                        .iter()
+                        .enumerate()
+                        .all(|(k, p)| matches!(p, Part::Copy { off, width: 1 } if *off == k)) =>
+            {
+                Some(FixedFold::Q4Nibbles {
+                    copies: copies.len(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The fold-split layouts of Q4_K and Q6_K (what Q4_K_M models are made of), Q4_0 and
     /// Q4_1 with every size fixed at compile time: no per-field dispatch, no bounds checks inside a
     /// block. Returns false, leaving `dst` alone, for any other layout.
@@ -439,57 +511,22 @@ impl Layout {
     #[cfg(target_arch = "x86_64")]
     unsafe fn merge_fold_blocks_avx512(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
         use super::fold_avx512::{merge_q4_k, merge_q6_k, merge_q8_0};
-        match (self.parts.as_slice(), self.unit) {
-            (
-                [
-                    Part::Copy { off: 0, width: 1 },
-                    Part::Copy { off: 1, width: 1 },
-                    Part::Copy { off: 2, width: 1 },
-                    Part::Copy { off: 3, width: 1 },
-                    Part::Copy { off: 4, width: 12 },
-                    Part::NibbleFold {
-                        off: 16,
-                        width: 128,
-                    },
-                ],
-                144,
-            ) => {
+        match self.fixed_fold() {
+            Some(FixedFold::Q4K) => {
                 let Ok(planes) = planes.try_into() else {
                     return false;
                 };
                 // SAFETY: the caller's contract.
                 unsafe { merge_q4_k(planes, dst) };
             }
-            (
-                [
-                    Part::NibbleFold { off: 0, width: 128 },
-                    Part::CrumbFold {
-                        off: 128,
-                        width: 64,
-                    },
-                    Part::Copy {
-                        off: 192,
-                        width: 16,
-                    },
-                    Part::Copy { off: 208, width: 1 },
-                    Part::Copy { off: 209, width: 1 },
-                ],
-                210,
-            ) => {
+            Some(FixedFold::Q6K) => {
                 let Ok(planes) = planes.try_into() else {
                     return false;
                 };
                 // SAFETY: the caller's contract.
                 unsafe { merge_q6_k(planes, dst) };
             }
-            (
-                [
-                    Part::Copy { off: 0, width: 1 },
-                    Part::Copy { off: 1, width: 1 },
-                    Part::Int8Fold { off: 2, width: 32 },
-                ],
-                34,
-            ) => {
+            Some(FixedFold::Q8_0) => {
                 let Ok(planes) = planes.try_into() else {
                     return false;
                 };
@@ -503,19 +540,8 @@ impl Layout {
 
     #[inline(always)]
     fn merge_fold_blocks_inline(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
-        match self.parts.as_slice() {
-            // Q4_K: d, dmin (two bytes each), scales:12, qs:128n.
-            [
-                Part::Copy { off: 0, width: 1 },
-                Part::Copy { off: 1, width: 1 },
-                Part::Copy { off: 2, width: 1 },
-                Part::Copy { off: 3, width: 1 },
-                Part::Copy { off: 4, width: 12 },
-                Part::NibbleFold {
-                    off: 16,
-                    width: 128,
-                },
-            ] if self.unit == 144 => {
+        match self.fixed_fold() {
+            Some(FixedFold::Q4K) => {
                 let [d0, d1, m0, m1, sc, nm, nh, nl] = planes else {
                     return false;
                 };
@@ -530,20 +556,7 @@ impl Layout {
                 }
                 true
             }
-            // Q6_K: ql:128n, qh:64 (crumbs), scales:16, d.
-            [
-                Part::NibbleFold { off: 0, width: 128 },
-                Part::CrumbFold {
-                    off: 128,
-                    width: 64,
-                },
-                Part::Copy {
-                    off: 192,
-                    width: 16,
-                },
-                Part::Copy { off: 208, width: 1 },
-                Part::Copy { off: 209, width: 1 },
-            ] if self.unit == 210 => {
+            Some(FixedFold::Q6K) => {
                 let [nm, nh, nl, cm, ch, sc, d0, d1] = planes else {
                     return false;
                 };
@@ -559,12 +572,7 @@ impl Layout {
                 }
                 true
             }
-            // Q8_0: d, then qs:32q.
-            [
-                Part::Copy { off: 0, width: 1 },
-                Part::Copy { off: 1, width: 1 },
-                Part::Int8Fold { off: 2, width: 32 },
-            ] if self.unit == 34 => {
+            Some(FixedFold::Q8_0) => {
                 let [d0, d1, m, s, l] = planes else {
                     return false;
                 };
@@ -582,19 +590,12 @@ impl Layout {
                 }
                 true
             }
-            // Q4_0 and Q4_1: the fp16 bytes, then qs:16n.
-            [copies @ .., Part::NibbleFold { off, width: 16 }]
-                if self.unit == off + 16
-                    && copies
-                        .iter()
-                        .enumerate()
-                        .all(|(k, p)| matches!(p, Part::Copy { off, width: 1 } if *off == k)) =>
-            {
-                match copies.len() {
-                    2 => merge_fold_nibble_blocks::<2, 16>(planes, dst),
-                    4 => merge_fold_nibble_blocks::<4, 16>(planes, dst),
-                    _ => return false,
-                }
+            Some(FixedFold::Q4Nibbles { copies: 2 }) => {
+                merge_fold_nibble_blocks::<2, 16>(planes, dst);
+                true
+            }
+            Some(FixedFold::Q4Nibbles { copies: 4 }) => {
+                merge_fold_nibble_blocks::<4, 16>(planes, dst);
                 true
             }
             _ => false,
