@@ -395,7 +395,7 @@ pub fn decode_chunk(
     }
     if n_planes == 1 && entries[0].0 != PLANE_RAW {
         // One plane is the chunk itself: decode straight into the caller's buffer.
-        return decode_plane(entries[0].0, entries[0].1, dst);
+        return decode_plane(entries[0].0, entries[0].1, dst, &mut rans::Prefetch::none());
     }
     SCRATCH.with_borrow_mut(|(scratch, _)| {
         let need: usize = entries
@@ -423,11 +423,7 @@ pub fn decode_chunk(
             } else {
                 let (d, rest) = std::mem::take(&mut free).split_at_mut(want);
                 free = rest;
-                if codec == PLANE_RANS {
-                    rans::decode_prefetching(body, d, &mut prefetch)?;
-                } else {
-                    zstd_decompress(body, d)?;
-                }
+                decode_plane(codec, body, d, &mut prefetch)?;
                 decoded.push(&*d);
             }
         }
@@ -436,10 +432,16 @@ pub fn decode_chunk(
     })
 }
 
-/// Decodes one entropy-coded plane body (`codec` is zstd or rANS) into `dst`.
-fn decode_plane(codec: u8, body: &[u8], dst: &mut [u8]) -> Result<()> {
+/// Decodes one entropy-coded plane body (`codec` is zstd or rANS) into `dst`; a rANS
+/// decode brings `prefetch`'s lines in as it goes.
+fn decode_plane(
+    codec: u8,
+    body: &[u8],
+    dst: &mut [u8],
+    prefetch: &mut rans::Prefetch,
+) -> Result<()> {
     if codec == PLANE_RANS {
-        rans::decode(body, dst)
+        rans::decode_prefetching(body, dst, prefetch)
     } else {
         zstd_decompress(body, dst)
     }
