@@ -615,13 +615,13 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
     );
 }
 
-/// The default `--embd-step` depends on what `token_embd` is: an embedding model's (a pooling
-/// type) is rounded on the coarse shared grid (3x its mean llama.cpp step), a decoder's
-/// lookup-only one (separate `output.weight`) gets llama.cpp's own rounding (measured on
-/// Qwen2.5-Coder-1.5B: a coarser token_embd alone took mean KLD above Q8_0's, docs/QUANT.md),
-/// and with tied embeddings it is the LM head, rounded like any matmul weight.
+/// The default `--embd-step` applies to a lookup-only `token_embd`: an embedding model's (a
+/// pooling type) and a decoder's with a separate `output.weight` are rounded on the coarse
+/// shared grid (3x the mean llama.cpp step; llama.cpp's rounding for the decoder was measured
+/// on Qwen2.5-Coder-1.5B and did not pay, docs/QUANT.md); with tied embeddings it is the LM
+/// head, rounded like any matmul weight (here: the default 0.8 grid, no GPTQ).
 #[test]
-fn default_token_embd_rounding_follows_the_model_kind() {
+fn default_token_embd_grid_depends_on_whether_it_is_a_lookup() {
     let (_, ne0, x) = weights().into_iter().next().unwrap();
     let rows = (x.len() / ne0) as u64;
     let embd = (
@@ -662,7 +662,7 @@ fn default_token_embd_rounding_follows_the_model_kind() {
         (
             "decoder",
             gguf(&[arch("llama")], &[embd.clone(), head]),
-            reference.clone(),
+            grid(3.0),
         ),
         ("tied", gguf(&[arch("llama")], &[embd]), grid(0.8)),
     ];
@@ -677,7 +677,7 @@ fn default_token_embd_rounding_follows_the_model_kind() {
             .unwrap();
         assert_eq!(*ty, GgmlType::Q8_0, "{kind}");
         assert_eq!(*got, want, "{kind}: token_embd not on the expected grid");
-        assert_eq!(*got == reference, kind == "decoder", "{kind}");
+        assert_ne!(*got, reference, "{kind}: llama.cpp's rounding");
     }
 }
 

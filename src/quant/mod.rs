@@ -43,30 +43,12 @@ pub fn default_fold_alpha(arch: &str) -> f32 {
 /// and on the held-out ones (`--embd-step` 3, the default).
 pub const GPTQ_DEFAULT_STEP: f32 = 1.0;
 
-/// `--embd-step` of an encoder's `token_embd` (a `<arch>.pooling_type` model) when not given:
-/// a row lookup followed by LayerNorm, whose noise costs far less than a matmul weight's
-/// (MiniLM: 0.798x the Q8_0 file at Q8_0's fidelity with GPTQ, docs/QUANT.md).
-pub const ENCODER_EMBD_STEP: f32 = 3.0;
-
-/// `--embd-step` of a decoder's lookup-only `token_embd` (a separate `output.weight`) when not
-/// given: 0, llama.cpp's own rounding, so that tensor is exactly llama-quantize's. A decoder's
-/// embedding row enters the residual stream, which every layer reads through an RMSNorm: its
-/// relative error is carried through every layer. Measured on Qwen2.5-Coder-1.5B
-/// (docs/QUANT.md; llama.cpp's Q8_0 everywhere else): `token_embd` at 3x the tensor's mean
-/// step gives mean KLD 0.000850, at 1x 0.000822, at 1x each row's mean step 0.000760, vs
-/// Q8_0's 0.000751; llama.cpp's rounding costs 0.09% of the file more than the per-row grid.
-pub const DECODER_EMBD_STEP: f32 = 0.0;
-
-/// The default `--embd-step` for a model: [`ENCODER_EMBD_STEP`] for an embedding model (a
-/// `<arch>.pooling_type` key), else [`DECODER_EMBD_STEP`].
-pub fn default_embd_step(h: &GgufHeader) -> f32 {
-    let arch = meta_str(h, "general.architecture").unwrap_or_default();
-    if meta_u64(h, &format!("{arch}.pooling_type")).is_some() {
-        ENCODER_EMBD_STEP
-    } else {
-        DECODER_EMBD_STEP
-    }
-}
+/// `--embd-step` of a lookup-only `token_embd` when not given (an encoder's, or a decoder's
+/// with a separate `output.weight`). Chosen on MiniLM (0.798x the Q8_0 file at Q8_0's fidelity
+/// with GPTQ). On Qwen2.5-Coder-1.5B llama.cpp's rounding there instead (`--embd-step 0`) was
+/// measured: mean KLD 0.000802 vs 0.000816, within noise, for a 2.4% larger file
+/// (docs/QUANT.md), so decoders keep it too.
+pub const DEFAULT_EMBD_STEP: f32 = 3.0;
 
 /// llama.cpp's `LLAMA_FTYPE_MOSTLY_Q8_0`.
 pub const FTYPE_MOSTLY_Q8_0: u32 = 7;
@@ -76,9 +58,8 @@ pub const FTYPE_MOSTLY_Q8_0: u32 = 7;
 pub struct QuantOptions {
     pub grid: GridOptions,
     /// Step for a lookup-only `token_embd.weight`, relative to its mean llama.cpp Q8_0 step;
-    /// 0 = llama.cpp's rounding; `None`: [`default_embd_step`] (coarse for an encoder, where a
-    /// row lookup followed by LayerNorm tolerates more noise than a matmul weight; llama.cpp's
-    /// rounding for a decoder).
+    /// 0 = llama.cpp's rounding; `None`: [`DEFAULT_EMBD_STEP`] (a row lookup followed by a norm
+    /// tolerates more noise than a matmul weight).
     pub embd_step: Option<f32>,
     /// Fold exponent: `s_j = rms_j^fold_alpha` (0 = no folding; needs `stats`). `None`: the
     /// architecture's default ([`default_fold_alpha`]).
@@ -461,7 +442,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                     });
                 let mut g = o.grid.clone();
                 if t.name == "token_embd.weight" && embd_is_lookup_only {
-                    let e = o.embd_step.unwrap_or_else(|| default_embd_step(&h));
+                    let e = o.embd_step.unwrap_or(DEFAULT_EMBD_STEP);
                     g.step = (e > 0.0).then_some(e);
                 }
                 if let (Some(s), Some(d)) = (g.step, abs_steps.get(&t.name)) {
@@ -706,7 +687,7 @@ pub struct QuantArgs {
     #[arg(long, requires = "quantize")]
     pub step: Option<f32>,
     /// Step for a lookup-only token_embd.weight relative to its llama.cpp Q8_0 step
-    /// (0 = llama.cpp's; default 3 for an embedding model, 0 for a decoder).
+    /// (0 = llama.cpp's; default 3).
     #[arg(long, requires = "quantize")]
     pub embd_step: Option<f32>,
     /// Activation-aware block steps (needs --imatrix or --calib): step ~ mean(x^2)^-alpha
