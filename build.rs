@@ -15,7 +15,6 @@
 //!                      lib/libllama.so and include/llama.h
 //!   dcgguf_llama_hosts that prefix also holds bin/llama-server and bin/ggml-rpc-server
 //!                      (built by scripts/build-llama.sh since build revision 2)
-//!   dcgguf_llama_src   vendor/llama.cpp/README.md (extracted by scripts/build-llama.sh)
 //!   dcgguf_smollm2     SmolLM2-135M-Instruct.Q4_1.gguf in `$DCGGUF_MODELS` (default
 //!                      `$DCGGUF_CACHE/models`; scripts/fetch-models.sh)
 //!   dcgguf_minilm      the four all-MiniLM-L6-v2 GGUFs in `$DCGGUF_SHARED_MODELS` (default
@@ -27,12 +26,12 @@
 //!   dcgguf_python      `python3 -c 'import gguf, numpy, zstandard, zipnn_core'` works
 //!                      (scripts/install-deps.sh)
 //!   dcgguf_pkg_config  pkg-config is on PATH
-//! `DCGGUF_REQUIRE_LLAMA=1` (llama.cpp, its source, pkg-config), `DCGGUF_REQUIRE_MODELS=1`
+//! `DCGGUF_REQUIRE_LLAMA=1` (llama.cpp, pkg-config), `DCGGUF_REQUIRE_MODELS=1`
 //! and `DCGGUF_REQUIRE_PYTHON=1` (scripts/test.sh, CI) set the cfgs whatever was found: the
 //! tests then run, and fail naming what is missing.
 //! Cargo reruns this script when one of them appears or vanishes: it watches each present
 //! path, and for an absent one the nearest existing directory of ours above it (the cache
-//! root, the models directory, vendor/, site-packages), or else the absent path itself
+//! root, the models directory, site-packages), or else the absent path itself
 //! (which reruns the script, and rebuilds the crate, on every build until it appears).
 
 use std::fs;
@@ -110,7 +109,6 @@ fn watch(path: &Path, ours: &Path) {
 }
 
 fn detect_test_prerequisites(llama_dir: &str, py_version: &str) {
-    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let cache = env_path("DCGGUF_CACHE").unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dcgguf")
     });
@@ -133,11 +131,6 @@ fn detect_test_prerequisites(llama_dir: &str, py_version: &str) {
         .iter()
         .all(|f| prefix.join(f).is_file());
     cfg("dcgguf_llama_hosts", hosts, "DCGGUF_REQUIRE_LLAMA");
-
-    // The llama.cpp source tree scripts/build-llama.sh extracts (calibration text).
-    let readme = root.join("vendor/llama.cpp/README.md");
-    watch(&readme, &root.join("vendor"));
-    cfg("dcgguf_llama_src", readme.is_file(), "DCGGUF_REQUIRE_LLAMA");
 
     // SmolLM2 (scripts/fetch-models.sh).
     let models = env_path("DCGGUF_MODELS").unwrap_or_else(|| cache.join("models"));

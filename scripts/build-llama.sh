@@ -143,7 +143,7 @@ else
 fi
 
 # The extracted tree is needed even when the build is cached: vendor/llama.cpp/include
-# (bindgen check) and texts the quality tests calibrate on (README.md).
+# (bindgen check).
 if [ "$UP_TO_DATE" = 1 ]; then
   log "up to date: $PREFIX"
   echo "$PREFIX"

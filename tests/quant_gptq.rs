@@ -162,7 +162,7 @@ fn gptq_compresses_and_decodes_to_valid_q8_0_on_llama_scales() {
     let cov = Covariances::load(&cov_path).unwrap();
     let o = QuantOptions {
         gptq: Some(cov.clone()),
-        embd_step: 0.0,
+        embd_step: Some(0.0),
         ..QuantOptions::default()
     };
     let dc = tmp("model.dc.gguf");
@@ -428,7 +428,7 @@ fn a_covariance_file_changed_after_loading_gives_an_error() {
     );
     let o = QuantOptions {
         gptq: Some(cov.clone()),
-        embd_step: 0.0,
+        embd_step: Some(0.0),
         ..QuantOptions::default()
     };
     let m = write("changing-model.gguf", &model());
@@ -577,7 +577,7 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
         let o = QuantOptions {
             gptq: Some(cov.clone()),
             gptq_step: Some(step),
-            embd_step: 0.0,
+            embd_step: Some(0.0),
             ..QuantOptions::default()
         };
         let q = tmp(&format!("grid-{step}.gguf"));
@@ -613,6 +613,72 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
         files[0], files[1],
         "--step 1.5 and --step 2 gave the same file"
     );
+}
+
+/// The default `--embd-step` applies to a lookup-only `token_embd`: an embedding model's (a
+/// pooling type) and a decoder's with a separate `output.weight` are rounded on the coarse
+/// shared grid (3x the mean llama.cpp step; llama.cpp's rounding for the decoder was measured
+/// on Qwen2.5-Coder-1.5B and did not pay, docs/QUANT.md); with tied embeddings it is the LM
+/// head, rounded like any matmul weight (here: the default 0.8 grid, no GPTQ).
+#[test]
+fn default_token_embd_grid_depends_on_whether_it_is_a_lookup() {
+    let (_, ne0, x) = weights().into_iter().next().unwrap();
+    let rows = (x.len() / ne0) as u64;
+    let embd = (
+        "token_embd.weight".to_string(),
+        vec![ne0 as u64, rows],
+        GgmlType::F32,
+        f32_bytes(&x),
+    );
+    let head = (
+        "output.weight".to_string(),
+        vec![ne0 as u64, rows],
+        GgmlType::F32,
+        f32_bytes(&x),
+    );
+    let arch = |a: &str| ("general.architecture", Value::string(a));
+    let mut reference = Vec::new();
+    q8::quantize_reference(&x, &mut reference);
+    let grid = |step| {
+        q8::quantize(
+            &x,
+            ne0,
+            None,
+            &q8::GridOptions {
+                step: Some(step),
+                ..q8::GridOptions::default()
+            },
+        )
+    };
+    let cases = [
+        (
+            "encoder",
+            gguf(
+                &[arch("bert"), ("bert.pooling_type", Value::u32(1))],
+                std::slice::from_ref(&embd),
+            ),
+            grid(3.0),
+        ),
+        (
+            "decoder",
+            gguf(&[arch("llama")], &[embd.clone(), head]),
+            grid(3.0),
+        ),
+        ("tied", gguf(&[arch("llama")], &[embd]), grid(0.8)),
+    ];
+    for (kind, bytes, want) in cases {
+        let m = write(&format!("embd-{kind}.gguf"), &bytes);
+        let q = tmp(&format!("embd-{kind}.q8.gguf"));
+        quant::quantize_file(&m, &q, &QuantOptions::default()).unwrap();
+        let out = tensor_bytes(&q);
+        let (_, ty, got) = out
+            .iter()
+            .find(|(n, _, _)| n == "token_embd.weight")
+            .unwrap();
+        assert_eq!(*ty, GgmlType::Q8_0, "{kind}");
+        assert_eq!(*got, want, "{kind}: token_embd not on the expected grid");
+        assert_ne!(*got, reference, "{kind}: llama.cpp's rounding");
+    }
 }
 
 /// An excerpt of the shipped calibration text (whole paragraphs), to keep the multi-pass

@@ -74,7 +74,7 @@ fn step_zero_reproduces_llama_quantize_q8_0_bit_for_bit() {
     let out = tmp("reference.q8_0.gguf");
     let mut o = QuantOptions::default();
     o.grid.step = None;
-    o.embd_step = 0.0;
+    o.embd_step = Some(0.0);
     let r = quant::quantize_file(&m.join("all-MiniLM-L6-v2-f32.gguf"), &out, &o).unwrap();
     assert_eq!(r.quantized_tensors, 37);
     let ours = tensors(&out);

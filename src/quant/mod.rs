@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod cov_parts;
 pub mod fold;
 pub mod gptq;
+pub mod proxy;
 pub mod q8;
 pub mod stats;
 
@@ -42,6 +43,13 @@ pub fn default_fold_alpha(arch: &str) -> f32 {
 /// and on the held-out ones (`--embd-step` 3, the default).
 pub const GPTQ_DEFAULT_STEP: f32 = 1.0;
 
+/// `--embd-step` of a lookup-only `token_embd` when not given (an encoder's, or a decoder's
+/// with a separate `output.weight`). Chosen on MiniLM (0.798x the Q8_0 file at Q8_0's fidelity
+/// with GPTQ). On Qwen2.5-Coder-1.5B llama.cpp's rounding there instead (`--embd-step 0`) was
+/// measured: mean KLD 0.000802 vs 0.000816, within noise, for a 2.4% larger file
+/// (docs/QUANT.md), so decoders keep it too.
+pub const DEFAULT_EMBD_STEP: f32 = 3.0;
+
 /// llama.cpp's `LLAMA_FTYPE_MOSTLY_Q8_0`.
 pub const FTYPE_MOSTLY_Q8_0: u32 = 7;
 
@@ -49,10 +57,10 @@ pub const FTYPE_MOSTLY_Q8_0: u32 = 7;
 #[derive(Clone, Debug)]
 pub struct QuantOptions {
     pub grid: GridOptions,
-    /// Step for `token_embd.weight`, relative to its mean llama.cpp Q8_0 step (a row lookup
-    /// followed by LayerNorm tolerates more noise than a matmul weight); 0 = llama.cpp's
-    /// rounding.
-    pub embd_step: f32,
+    /// Step for a lookup-only `token_embd.weight`, relative to its mean llama.cpp Q8_0 step;
+    /// 0 = llama.cpp's rounding; `None`: [`DEFAULT_EMBD_STEP`] (a row lookup followed by a norm
+    /// tolerates more noise than a matmul weight).
+    pub embd_step: Option<f32>,
     /// Fold exponent: `s_j = rms_j^fold_alpha` (0 = no folding; needs `stats`). `None`: the
     /// architecture's default ([`default_fold_alpha`]).
     pub fold_alpha: Option<f32>,
@@ -87,7 +95,7 @@ impl Default for QuantOptions {
     fn default() -> Self {
         QuantOptions {
             grid: GridOptions::default(),
-            embd_step: 3.0,
+            embd_step: None,
             fold_alpha: None,
             stats: None,
             quantize: true,
@@ -404,6 +412,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     let mut written = 0u64;
     let mut err2 = 0f64;
     let mut sig2 = 0f64;
+    let proxy_to = proxy::target();
     let mut body = || -> std::io::Result<()> {
         out.write_all(&head)?;
         for (t, _, off, nbytes) in &infos {
@@ -433,7 +442,8 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                     });
                 let mut g = o.grid.clone();
                 if t.name == "token_embd.weight" && embd_is_lookup_only {
-                    g.step = (o.embd_step > 0.0).then_some(o.embd_step);
+                    let e = o.embd_step.unwrap_or(DEFAULT_EMBD_STEP);
+                    g.step = (e > 0.0).then_some(e);
                 }
                 if let (Some(s), Some(d)) = (g.step, abs_steps.get(&t.name)) {
                     g.abs_step = Some(s * d);
@@ -444,6 +454,14 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                         let mut hm = cov.matrix(&t.name).map_err(|e| {
                             std::io::Error::other(QuantError::Input(InputError::Covariances(e)))
                         })?;
+                        // Diagnostics (DCGGUF_QUANT_PROXY): llama.cpp's Q8_0 rounds the
+                        // unfolded weights, seen through the unfolded H.
+                        let unfolded = match &proxy_to {
+                            Some(_) => {
+                                Some((decode(t, raw).map_err(std::io::Error::other)?, hm.clone()))
+                            }
+                            None => None,
+                        };
                         // Column j of W was multiplied by s_j, so its input is x_j / s_j:
                         // H' = S^-1 H S^-1.
                         if let Some(c) = scales.columns.get(&t.name) {
@@ -454,17 +472,39 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                             }
                         }
                         let grid = o.gptq_step.map(|s| q8::shared_scales(&x, s));
-                        gptq::quantize_on(&x, ne0, &hm, o.gptq_damp, grid.as_deref()).map_err(
-                            |e| {
+                        let q = gptq::quantize_on(&x, ne0, &hm, o.gptq_damp, grid.as_deref())
+                            .map_err(|e| {
                                 std::io::Error::other(QuantError::Input(InputError::Gptq {
                                     source_path: cov.source.clone(),
                                     tensor: t.name.clone(),
                                     error: e,
                                 }))
-                            },
-                        )?
+                            })?;
+                        if let (Some(p), Some((x0, h0))) = (&proxy_to, &unfolded) {
+                            let line = proxy::matmul_line(
+                                &t.name,
+                                ne0,
+                                &x,
+                                &hm,
+                                &q,
+                                grid.as_deref(),
+                                x0,
+                                h0,
+                            );
+                            proxy::append(p, &line);
+                        }
+                        q
                     }
-                    None => q8::quantize(&x, ne0, imp.as_deref(), &g),
+                    None => {
+                        let q = q8::quantize(&x, ne0, imp.as_deref(), &g);
+                        if let Some(p) = &proxy_to
+                            && t.name == "token_embd.weight"
+                            && embd_is_lookup_only
+                        {
+                            proxy::append(p, &proxy::lookup_line(&t.name, ne0, &x, &q));
+                        }
+                        q
+                    }
                 };
                 // Dequantized a slice at a time: a whole LM head in f32 is ~1 GB at 1.5B.
                 let mut y = Vec::with_capacity(q8::QK8_0 << 12);
@@ -646,8 +686,8 @@ pub struct QuantArgs {
     /// With GPTQ (--gptq, --calib) the grid GPTQ rounds on. Default 0.8, with GPTQ 1.
     #[arg(long, requires = "quantize")]
     pub step: Option<f32>,
-    /// Step for token_embd.weight relative to its llama.cpp Q8_0 step (0 = llama.cpp's;
-    /// default 3).
+    /// Step for a lookup-only token_embd.weight relative to its llama.cpp Q8_0 step
+    /// (0 = llama.cpp's; default 3).
     #[arg(long, requires = "quantize")]
     pub embd_step: Option<f32>,
     /// Activation-aware block steps (needs --imatrix or --calib): step ~ mean(x^2)^-alpha
@@ -801,7 +841,7 @@ impl QuantArgs {
             },
             tensor_alpha: self.tensor_alpha.unwrap_or(d.tensor_alpha),
             permute: self.permute,
-            embd_step: self.embd_step.unwrap_or(d.embd_step),
+            embd_step: self.embd_step,
             fold_alpha: self.fold_alpha,
             stats: None,
             quantize: !self.fold_only,
