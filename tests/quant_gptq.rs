@@ -589,15 +589,7 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
             let h = cov.matrix(&name).unwrap();
             let want = gptq::quantize_on(&x, ne0, &h, gptq::DEFAULT_DAMP, Some(&scales)).unwrap();
             assert_eq!(*bytes, want, "{name} at step {step}");
-            let nearest = q8::quantize(
-                &x,
-                ne0,
-                None,
-                &q8::GridOptions {
-                    step: Some(step),
-                    ..q8::GridOptions::default()
-                },
-            );
+            let nearest = nearest_on_step_grid(&x, ne0, step);
             // Same scale plane as nearest rounding on that grid, other quants.
             for (a, b) in bytes
                 .chunks(q8::BLOCK_BYTES)
@@ -639,17 +631,7 @@ fn default_token_embd_grid_depends_on_whether_it_is_a_lookup() {
     let arch = |a: &str| ("general.architecture", Value::string(a));
     let mut reference = Vec::new();
     q8::quantize_reference(&x, &mut reference);
-    let grid = |step| {
-        q8::quantize(
-            &x,
-            ne0,
-            None,
-            &q8::GridOptions {
-                step: Some(step),
-                ..q8::GridOptions::default()
-            },
-        )
-    };
+    let grid = |step| nearest_on_step_grid(&x, ne0, step);
     let cases = [
         (
             "encoder",
@@ -684,6 +666,19 @@ fn default_token_embd_grid_depends_on_whether_it_is_a_lookup() {
 /// An excerpt of the shipped calibration text (whole paragraphs), to keep the multi-pass
 /// run short. One file per length: tests run in parallel, and a test that reads its text
 /// again for a second calibration must not find another test's excerpt there.
+/// Nearest rounding of `x` (rows of `ne0`) on the shared-step grid at `step`, no statistics.
+fn nearest_on_step_grid(x: &[f32], ne0: usize, step: f32) -> Vec<u8> {
+    q8::quantize(
+        x,
+        ne0,
+        None,
+        &q8::GridOptions {
+            step: Some(step),
+            ..q8::GridOptions::default()
+        },
+    )
+}
+
 fn text_excerpt(bytes: usize) -> PathBuf {
     let t = quant::calibrate::SHIPPED_TEXT;
     let cut = t[..bytes].rfind("\n\n").unwrap();

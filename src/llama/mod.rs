@@ -148,7 +148,7 @@ pub fn load_dc(
         });
     }
     let mut budget = budget::spec::settings().map_err(LlamaError::Budget)?;
-    // Whether the default chose no budget: it checks again when a context is created.
+    // Whether the default chose no budget: its batches check again (budget::refit).
     let mut default_none = None;
     if budget.is_none() && !budget::spec::asked() && !params.vocab_only && !params.no_alloc {
         let decoded;
