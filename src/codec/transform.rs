@@ -945,10 +945,47 @@ fn split_u16(src: &[u8], out: &mut Vec<u8>, rot: u32) {
 }
 
 fn merge_u16(planes: &[&[u8]], dst: &mut [u8], rot: u32) {
-    for ((d, &l), &h) in dst.chunks_exact_mut(2).zip(planes[0]).zip(planes[1]) {
+    let n = dst.len() / 2;
+    let (p0, p1) = (&planes[0][..n], &planes[1][..n]);
+    // Sixteen elements at a time with SSE2 (every x86-64 has it): the compiler's own
+    // vectorization of the loop below measured about a third of this speed (F16/BF16 models
+    // spend a tenth of their decode here).
+    #[cfg(target_arch = "x86_64")]
+    let done = merge_u16_sse2(p0, p1, dst, rot);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for ((d, &l), &h) in dst[2 * done..]
+        .chunks_exact_mut(2)
+        .zip(&p0[done..])
+        .zip(&p1[done..])
+    {
         let v = u16::from_le_bytes([l, h]).rotate_right(rot);
         d.copy_from_slice(&v.to_le_bytes());
     }
+}
+
+/// [`merge_u16`] for whole groups of sixteen elements; returns the elements done.
+#[cfg(target_arch = "x86_64")]
+fn merge_u16_sse2(p0: &[u8], p1: &[u8], dst: &mut [u8], rot: u32) -> usize {
+    use std::arch::x86_64::*;
+    let groups = p0.len().min(p1.len()).min(dst.len() / 2) / 16;
+    // SAFETY: SSE2 is part of x86-64. Group g reads bytes [16g, 16g + 16) of p0 and p1 and
+    // writes [32g, 32g + 32) of dst; g < groups keeps all of them in bounds (unaligned
+    // loads and stores).
+    unsafe {
+        let right = _mm_cvtsi32_si128(rot as i32);
+        let left = _mm_cvtsi32_si128(16 - rot as i32);
+        for g in 0..groups {
+            let l = _mm_loadu_si128(p0.as_ptr().add(16 * g).cast());
+            let h = _mm_loadu_si128(p1.as_ptr().add(16 * g).cast());
+            // A shift by 16 gives 0, so rot = 0 leaves the value as it is.
+            let rotate = |v| _mm_or_si128(_mm_srl_epi16(v, right), _mm_sll_epi16(v, left));
+            let out = dst.as_mut_ptr().add(32 * g);
+            _mm_storeu_si128(out.cast(), rotate(_mm_unpacklo_epi8(l, h)));
+            _mm_storeu_si128(out.add(16).cast(), rotate(_mm_unpackhi_epi8(l, h)));
+        }
+    }
+    groups * 16
 }
 
 fn split_u32(src: &[u8], out: &mut Vec<u8>, rot: u32) {
@@ -971,10 +1008,43 @@ fn merge_u32(planes: &[&[u8]], dst: &mut [u8], rot: u32) {
     let (p0, p1, p2, p3) = (planes[0], planes[1], planes[2], planes[3]);
     let n = dst.len() / 4;
     let (p0, p1, p2, p3) = (&p0[..n], &p1[..n], &p2[..n], &p3[..n]);
-    for (i, d) in dst.chunks_exact_mut(4).enumerate() {
+    // As in merge_u16: explicit SSE2 measured faster than the compiler's vectorization.
+    #[cfg(target_arch = "x86_64")]
+    let done = merge_u32_sse2([p0, p1, p2, p3], dst, rot);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (i, d) in dst.chunks_exact_mut(4).enumerate().skip(done) {
         let v = u32::from_le_bytes([p0[i], p1[i], p2[i], p3[i]]).rotate_right(rot);
         d.copy_from_slice(&v.to_le_bytes());
     }
+}
+
+/// [`merge_u32`] for whole groups of sixteen elements; returns the elements done.
+#[cfg(target_arch = "x86_64")]
+fn merge_u32_sse2([p0, p1, p2, p3]: [&[u8]; 4], dst: &mut [u8], rot: u32) -> usize {
+    use std::arch::x86_64::*;
+    let n = p0.len().min(p1.len()).min(p2.len()).min(p3.len());
+    let groups = n.min(dst.len() / 4) / 16;
+    // SAFETY: SSE2 is part of x86-64. Group g reads bytes [16g, 16g + 16) of each plane and
+    // writes [64g, 64g + 64) of dst; g < groups keeps all of them in bounds (unaligned
+    // loads and stores).
+    unsafe {
+        let right = _mm_cvtsi32_si128(rot as i32);
+        let left = _mm_cvtsi32_si128(32 - rot as i32);
+        let rotate = |v| _mm_or_si128(_mm_srl_epi32(v, right), _mm_sll_epi32(v, left));
+        for g in 0..groups {
+            let load = |p: &[u8]| _mm_loadu_si128(p.as_ptr().add(16 * g).cast());
+            let (b0, b1, b2, b3) = (load(p0), load(p1), load(p2), load(p3));
+            let (lo01, hi01) = (_mm_unpacklo_epi8(b0, b1), _mm_unpackhi_epi8(b0, b1));
+            let (lo23, hi23) = (_mm_unpacklo_epi8(b2, b3), _mm_unpackhi_epi8(b2, b3));
+            let out = dst.as_mut_ptr().add(64 * g);
+            _mm_storeu_si128(out.cast(), rotate(_mm_unpacklo_epi16(lo01, lo23)));
+            _mm_storeu_si128(out.add(16).cast(), rotate(_mm_unpackhi_epi16(lo01, lo23)));
+            _mm_storeu_si128(out.add(32).cast(), rotate(_mm_unpacklo_epi16(hi01, hi23)));
+            _mm_storeu_si128(out.add(48).cast(), rotate(_mm_unpackhi_epi16(hi01, hi23)));
+        }
+    }
+    groups * 16
 }
 
 #[cfg(test)]
@@ -1006,6 +1076,24 @@ mod tests {
         let mut dst = vec![0u8; src.len()];
         l.merge(&parts, &mut dst);
         assert_eq!(dst, src, "{ty} {t:?}");
+    }
+
+    #[test]
+    fn float_merges_give_the_original_at_every_length() {
+        // The SSE2 merges take sixteen elements at a time and the portable loop the rest:
+        // every split point between the two, with both rotations.
+        for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+            for t in [
+                Transform::default_for(ty),
+                Transform::ByteSplit {
+                    width: ty.block_bytes() as u8,
+                },
+            ] {
+                for n in (0..70).chain([1000, 4099]) {
+                    roundtrip(ty, t, n);
+                }
+            }
+        }
     }
 
     /// Five units of patterned bytes for `l`, and their planes.
