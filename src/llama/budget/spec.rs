@@ -236,7 +236,15 @@ pub fn asked() -> bool {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .is_some()
-        || std::env::var_os(BUDGET_ENV).is_some()
+        || named_in(|k| std::env::var_os(k))
+}
+
+/// Whether the environment (looked up by `var`) asks for a budget or for none. A set but blank
+/// `DCGGUF_MEM_BUDGET` (`export DCGGUF_MEM_BUDGET=` in a script) counts as unset, so the load
+/// still adapts to the memory limit: turning that off silently could get a process killed
+/// under a cap where the default would have run. `0` asks for no budget.
+fn named_in(var: impl Fn(&str) -> Option<OsString>) -> bool {
+    var(BUDGET_ENV).is_some_and(|v| !v.to_string_lossy().trim().is_empty())
 }
 
 /// The budget for the next load: the C API's, else the environment's, else none.
@@ -354,6 +362,19 @@ mod tests {
         assert_eq!((s.home, s.prefetch), (CompressedHome::Ram, Some(true)));
         let e = env(&[(BUDGET_ENV, "50%"), (HOME_ENV, "disk")]).unwrap_err();
         assert!(e.to_string().starts_with(HOME_ENV), "{e}");
+    }
+
+    #[test]
+    fn a_blank_budget_variable_leaves_the_choice_to_the_load() {
+        let named = |v: Option<&str>| {
+            named_in(|k| (k == BUDGET_ENV).then(|| v.map(OsString::from)).flatten())
+        };
+        for blank in [None, Some(""), Some("  ")] {
+            assert!(!named(blank), "{blank:?}");
+        }
+        for set in ["0", "50%", "100%", ",file"] {
+            assert!(named(Some(set)), "{set}");
+        }
     }
 
     #[test]
