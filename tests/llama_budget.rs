@@ -366,6 +366,11 @@ fn completion_in_cgroup(
     run_in_cgroup(c, parent, cap, tag)
 }
 
+/// Where test `t` makes its memory cgroups: it needs one of its own (root, cgroup v1 or v2).
+fn own_memory_cgroup(t: &str) -> cgroup::Parent {
+    cgroup::detect().unwrap_or_else(|e| panic!("{t}: needs a memory cgroup of its own (root): {e}"))
+}
+
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not
 /// fit in takes a budget that fits (src/llama/budget/limit.rs), says so, and generates the
 /// same text as without a limit; the same load forced to no budget (`DCGGUF_MEM_BUDGET=0`) is
@@ -379,8 +384,7 @@ fn completion_in_cgroup(
 fn under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying() {
     let t = "under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying";
     let (l, m) = (require_llama(t), require_smollm2(t));
-    let parent = cgroup::detect()
-        .unwrap_or_else(|e| panic!("{t}: needs a memory cgroup of its own (root): {e}"));
+    let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
     let (free, free_use) = completion_in_cgroup(&l, &parent, &dc, Some("0"), None, "nocap");
     assert!(
@@ -465,8 +469,7 @@ fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_
         "when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_mmap_runs";
     let l = require_llama(t);
     let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
-    let parent = cgroup::detect()
-        .unwrap_or_else(|e| panic!("{t}: needs a memory cgroup of its own (root): {e}"));
+    let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
     // The cap comes from plain's own peak, which moves by some MiB from run to run on a
     // shared machine (9 MiB between two runs of the memcap bench): the premises (plain
