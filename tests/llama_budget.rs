@@ -371,6 +371,18 @@ fn own_memory_cgroup(t: &str) -> cgroup::Parent {
     cgroup::detect().unwrap_or_else(|e| panic!("{t}: needs a memory cgroup of its own (root): {e}"))
 }
 
+/// Asserts that a run under a `cap` finished without an OOM kill and that its log says
+/// `decision` (what the default chose under the limit).
+fn finished_saying(out: &std::process::Output, usage: &cgroup::Usage, cap: u64, decision: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "under {} MiB:\n{stderr}", cap / MIB);
+    assert_eq!(usage.oom_kills, 0);
+    assert!(
+        stderr.contains(decision),
+        "the log does not say {decision:?}:\n{stderr}"
+    );
+}
+
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not
 /// fit in takes a budget that fits (src/llama/budget/limit.rs), says so, and generates the
 /// same text as without a limit; the same load forced to no budget (`DCGGUF_MEM_BUDGET=0`) is
@@ -407,17 +419,7 @@ fn under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying()
     );
     assert!(forced_use.oom_kills > 0 || forced.status.code().is_none());
     let (adapted, adapted_use) = completion_in_cgroup(&l, &parent, &dc, None, Some(cap), "adapts");
-    let stderr = String::from_utf8_lossy(&adapted.stderr);
-    assert!(
-        adapted.status.success(),
-        "under {} MiB:\n{stderr}",
-        cap / MIB
-    );
-    assert_eq!(adapted_use.oom_kills, 0);
-    assert!(
-        stderr.contains("which would not fit: budget"),
-        "no budget chosen:\n{stderr}"
-    );
+    finished_saying(&adapted, &adapted_use, cap, "which would not fit: budget");
     assert_eq!(
         String::from_utf8_lossy(&adapted.stdout),
         String::from_utf8_lossy(&free.stdout),
@@ -525,16 +527,11 @@ fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_
     };
     let (adapted, adapted_use) =
         embedding_in_cgroup(&l, &parent, &dc, Some(None), Some(cap), "emb-adapts");
-    let stderr = String::from_utf8_lossy(&adapted.stderr);
-    assert!(
-        adapted.status.success(),
-        "under {} MiB:\n{stderr}",
-        cap / MIB
-    );
-    assert_eq!(adapted_use.oom_kills, 0);
-    assert!(
-        stderr.contains("which would not fit: switching to the smallest budget"),
-        "no switch said:\n{stderr}"
+    finished_saying(
+        &adapted,
+        &adapted_use,
+        cap,
+        "which would not fit: switching to the smallest budget",
     );
     assert!(
         !free.stdout.is_empty(),
