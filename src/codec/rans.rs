@@ -252,10 +252,19 @@ fn read_table<'a>(src: &'a [u8], table: &mut Table) -> Result<&'a [u8]> {
         .split_at_checked(PRESENCE)
         .ok_or(corrupt("shorter than its symbol map"))?;
     let mut slot = 0u32;
-    for s in 0..256u32 {
-        if presence[s as usize / 8] & (1 << (s % 8)) == 0 {
-            continue;
-        }
+    // The present symbols, in ascending order, from the set bits of the map's four words:
+    // testing each of the 256 bits mispredicted a branch per bit of a half-full map.
+    let present = presence.chunks_exact(8).enumerate().flat_map(|(w, bytes)| {
+        let mut bits = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        std::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let s = 64 * w as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                s
+            })
+        })
+    });
+    for s in present {
         let (&b0, tail) = rest
             .split_first()
             .ok_or(corrupt("frequency table cut short"))?;
