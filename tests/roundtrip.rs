@@ -671,3 +671,46 @@ fn dc_file_holds_padded_data_section() {
         );
     }
 }
+
+/// After `release_original_header` (what the llama.cpp load does once llama.cpp has read
+/// the header), a read of the header decodes it again: the same bytes; and a header blob
+/// changed on disk since the open is an error, never different bytes.
+#[test]
+fn a_released_header_is_decoded_again_and_checked() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("header-release");
+    let original = standard_model(21).build();
+    let dc = compress_bytes(&dir, &original, &opts_chunk(4096));
+    let mut buf = vec![0u8; dc.original.data_offset as usize + 100];
+    for _ in 0..2 {
+        dc.release_original_header();
+        assert_eq!(dc.read_at(0, &mut buf).unwrap(), buf.len());
+        assert_eq!(buf, original[..buf.len()], "header read after a release");
+    }
+
+    let blob = &dc.index.header;
+    let at = dc_data_range(&dc).start + blob.offset + blob.stored_len / 2;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("out.dc.gguf"))
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    // Still kept from the last read: served without touching the file.
+    assert_eq!(dc.read_at(0, &mut buf).unwrap(), buf.len());
+    assert_eq!(buf, original[..buf.len()]);
+    dc.release_original_header();
+    let err = dc.read_at(0, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, DcError::CorruptBlob { blob: "original header", .. }),
+        "a changed header blob must fail its check, got: {err}"
+    );
+    // Tensor bytes do not depend on the header blob.
+    let t = &dc.original.tensors[0];
+    let r = dc.original.tensor_range(t);
+    let mut tensor = vec![0u8; (r.end - r.start) as usize];
+    dc.read_at(r.start, &mut tensor).unwrap();
+    assert_eq!(tensor, original[r.start as usize..r.end as usize]);
+}

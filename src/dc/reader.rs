@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::io::hash::{Xxh3, xxh3_64};
 use memmap2::Mmap;
@@ -29,7 +30,11 @@ pub struct DcFile {
     /// The original file's header, rebuilt from the stored copy.
     pub original: GgufHeader,
     pub index: Index,
-    original_header: Vec<u8>,
+    /// The original file's header bytes; `None` once released after a load
+    /// ([`DcFile::release_original_header`]), decoded again (and checked) if read later.
+    original_header: std::sync::Mutex<Option<Arc<Vec<u8>>>>,
+    /// Where the header blob's stored bytes are in the map.
+    header_range: std::ops::Range<usize>,
     /// Decoded gap bytes, filled on first use ([`DcFile::gaps`]).
     gaps: std::sync::OnceLock<Vec<u8>>,
     /// Where the gap blob's stored bytes are in the map.
@@ -276,6 +281,10 @@ impl DcFile {
                 ),
             });
         }
+        let header_range = {
+            let start = header_frame.as_ptr() as usize - map.as_ptr() as usize;
+            start..start + header_frame.len()
+        };
         let original_header = decode_blob(header_frame, &index.header, "original header")?;
         let original = parse(&original_header).map_err(DcError::OriginalHeader)?;
         original
@@ -328,7 +337,8 @@ impl DcFile {
             dc_header,
             original,
             index,
-            original_header,
+            original_header: std::sync::Mutex::new(Some(Arc::new(original_header))),
+            header_range,
             gaps: std::sync::OnceLock::new(),
             gaps_range,
             segments,
@@ -337,6 +347,38 @@ impl DcFile {
             release_after_decode: std::sync::atomic::AtomicBool::new(false),
             uncache: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The original file's header bytes: kept from the open, or decoded and checked again
+    /// after [`DcFile::release_original_header`].
+    fn original_header(&self) -> Result<Arc<Vec<u8>>> {
+        let mut kept = self
+            .original_header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = &*kept {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(decode_blob(
+            &self.map[self.header_range.clone()],
+            &self.index.header,
+            "original header",
+        )?);
+        *kept = Some(h.clone());
+        Ok(h)
+    }
+
+    /// Frees the original header's bytes (1.8 MB on SmolLM2, 6 MB on Qwen2.5-1.5B: mostly
+    /// the vocabulary) once a load has read them; a later read of that range decodes them
+    /// again from the file and checks them against the blob's checksum first. Kept when the
+    /// blob has no checksum of its own (version 1: nothing could check a second decode).
+    pub fn release_original_header(&self) {
+        if self.index.header.hash.is_some() {
+            *self
+                .original_header
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 
     /// The gap bytes, decoded (and checked) on first use: `inspect` and metadata readers
@@ -739,6 +781,11 @@ impl DcFile {
         let mut seg = self.segments.partition_point(|s| s.end() <= offset);
         let mut pos = offset;
         let mut rest = &mut dst[..n];
+        // Held for the jobs below to borrow from, when the range starts in the header.
+        let header = match self.segments[seg].piece {
+            Piece::Header => Some(self.original_header()?),
+            _ => None,
+        };
         let mut jobs = Vec::new();
         while !rest.is_empty() {
             let s = self.segments[seg];
@@ -748,7 +795,7 @@ impl DcFile {
             let w = within as usize;
             match s.piece {
                 Piece::Header => jobs.push(ReadJob::Copy {
-                    src: &self.original_header[w..w + take],
+                    src: &header.as_ref().expect("the header is the first segment")[w..w + take],
                     dst: piece,
                 }),
                 Piece::Gap { at } => jobs.push(ReadJob::Copy {

@@ -237,6 +237,9 @@ pub fn load_dc(
     dc.release_mapped_pages();
     dc.finish_uncache();
     let model = model?;
+    // llama.cpp has read the header; a budget or the batch-time switch keeps `dc` for the
+    // model's life, and the header (mostly the vocabulary) would stay resident with it.
+    dc.release_original_header();
     if res.is_some() {
         // `ram` keeps compressed bytes mapped; `file` releases them per layer or per big
         // chunk (Residency::load).
