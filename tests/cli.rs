@@ -458,7 +458,6 @@ fn conflicting_or_ignored_quant_options_are_refused() {
             vec!["--prune", "GPTQ"],
         ),
         (oss!["--gptq", &cov, "--rdo", "0.1"], vec!["--rdo", "GPTQ"]),
-        (oss!["--gptq", &cov, "--per-row"], vec!["--per-row", "GPTQ"]),
         (
             oss!["--gptq", &cov, "--block-adapt", "1"],
             vec!["--block-adapt", "GPTQ"],

@@ -607,6 +607,40 @@ fn gptq_rounds_on_the_shared_step_grid_when_step_is_given() {
     );
 }
 
+/// `--per-row` with GPTQ: each row's weights are GPTQ-rounded on that row's own step (the
+/// scales of `q8::row_scales`), which differs from the shared-step file.
+#[test]
+fn gptq_per_row_rounds_on_each_rows_step() {
+    let m = write("row-grid-model.gguf", &model());
+    let cov = Covariances::load(&write("row-grid.cov.gguf", &good_cov())).unwrap();
+    let step = 1.5f32;
+    let run = |per_row: bool, name: &str| {
+        let mut o = QuantOptions {
+            gptq: Some(cov.clone()),
+            gptq_step: Some(step),
+            embd_step: Some(0.0),
+            ..QuantOptions::default()
+        };
+        o.grid.per_row = per_row;
+        let q = tmp(name);
+        quant::quantize_file(&m, &q, &o).unwrap();
+        tensor_bytes(&q)
+    };
+    let rows = run(true, "row-grid.gguf");
+    let shared = run(false, "row-grid-shared.gguf");
+    let mut differs = false;
+    for (name, ne0, x) in weights().into_iter().skip(1) {
+        let (_, _, bytes) = rows.iter().find(|(n, _, _)| *n == name).unwrap();
+        let scales = q8::row_scales(&x, ne0, step);
+        let h = cov.matrix(&name).unwrap();
+        let want = gptq::quantize_on(&x, ne0, &h, gptq::DEFAULT_DAMP, Some(&scales)).unwrap();
+        assert_eq!(*bytes, want, "{name}: not GPTQ on the per-row grid");
+        let (_, _, other) = shared.iter().find(|(n, _, _)| *n == name).unwrap();
+        differs |= bytes != other;
+    }
+    assert!(differs, "--per-row changed no GPTQ-rounded weight");
+}
+
 /// The default `--embd-step` applies to a lookup-only `token_embd`: an embedding model's (a
 /// pooling type) and a decoder's with a separate `output.weight` are rounded on the coarse
 /// shared grid (3x the mean llama.cpp step; llama.cpp's rounding for the decoder was measured

@@ -471,7 +471,13 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                                 }
                             }
                         }
-                        let grid = o.gptq_step.map(|s| q8::shared_scales(&x, s));
+                        let grid = o.gptq_step.map(|s| {
+                            if o.grid.per_row {
+                                q8::row_scales(&x, ne0, s)
+                            } else {
+                                q8::shared_scales(&x, s)
+                            }
+                        });
                         let q = gptq::quantize_on(&x, ne0, &hm, o.gptq_damp, grid.as_deref())
                             .map_err(|e| {
                                 std::io::Error::other(QuantError::Input(InputError::Gptq {
@@ -708,7 +714,8 @@ pub struct QuantArgs {
     /// Reorder feed-forward channels by activation RMS (exact; needs statistics).
     #[arg(long, requires = "quantize")]
     pub permute: bool,
-    /// One step per row (from the row's weights) instead of one per tensor.
+    /// One step per row (from the row's weights) instead of one per tensor (also the GPTQ
+    /// grid).
     #[arg(long, requires = "quantize")]
     pub per_row: bool,
     /// Fraction of weights (by activation-weighted magnitude) pruned to 0.
@@ -790,7 +797,6 @@ impl QuantArgs {
                 ("--alpha", self.alpha.is_some()),
                 ("--tensor-alpha", self.tensor_alpha.is_some()),
                 ("--block-adapt", self.block_adapt.is_some()),
-                ("--per-row", self.per_row),
                 ("--prune", self.prune.is_some()),
                 ("--rdo", self.rdo.is_some()),
                 ("--permute", self.permute),

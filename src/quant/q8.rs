@@ -100,13 +100,27 @@ fn fit_step(want: f32, amax: f32) -> f32 {
 /// raised where a block would overflow), as [`quantize`] uses without statistics; 0 for
 /// all-zero blocks. For GPTQ rounding on that grid.
 pub fn shared_scales(x: &[f32], step: f32) -> Vec<f32> {
+    grid_scales(x, x.len().max(QK8_0), step)
+}
+
+/// [`shared_scales`] with one step per row (`ne0` weights): `step` x the row's own mean
+/// llama.cpp Q8_0 step, as [`quantize`] uses with `per_row`.
+pub fn row_scales(x: &[f32], ne0: usize, step: f32) -> Vec<f32> {
+    grid_scales(x, ne0, step)
+}
+
+/// Block steps with one shared step per `group` weights (a multiple of [`QK8_0`]).
+fn grid_scales(x: &[f32], group: usize, step: f32) -> Vec<f32> {
     let amax: Vec<f32> = x
         .chunks_exact(QK8_0)
         .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())))
         .collect();
-    let want = mean_q8_step(&amax) * step;
-    amax.iter()
-        .map(|&a| if a == 0.0 { 0.0 } else { fit_step(want, a) })
+    amax.chunks(group / QK8_0)
+        .flat_map(|g| {
+            let want = mean_q8_step(g) * step;
+            g.iter()
+                .map(move |&a| if a == 0.0 { 0.0 } else { fit_step(want, a) })
+        })
         .collect()
 }
 
@@ -294,6 +308,28 @@ mod tests {
         for (blk, d) in q.chunks_exact(BLOCK_BYTES).zip(&s) {
             assert_eq!(blk[..2], f32_to_f16(*d).to_le_bytes());
         }
+    }
+
+    #[test]
+    fn row_scales_are_the_grid_of_per_row_quantize() {
+        // Rows of different magnitudes, so that per-row and shared steps differ.
+        let x: Vec<f32> = data(16 * 64)
+            .chunks_exact(64)
+            .enumerate()
+            .flat_map(|(r, row)| row.iter().map(move |v| v * (1 + r) as f32).collect::<Vec<_>>())
+            .collect();
+        let o = GridOptions {
+            step: Some(1.7),
+            per_row: true,
+            ..GridOptions::default()
+        };
+        let q = quantize(&x, 64, None, &o);
+        let s = row_scales(&x, 64, 1.7);
+        assert_eq!(s.len(), q.len() / BLOCK_BYTES);
+        for (blk, d) in q.chunks_exact(BLOCK_BYTES).zip(&s) {
+            assert_eq!(blk[..2], f32_to_f16(*d).to_le_bytes());
+        }
+        assert_ne!(s, shared_scales(&x, 1.7), "rows of other magnitudes get other steps");
     }
 
     #[test]
