@@ -316,7 +316,11 @@ mod tests {
         let x: Vec<f32> = data(16 * 64)
             .chunks_exact(64)
             .enumerate()
-            .flat_map(|(r, row)| row.iter().map(move |v| v * (1 + r) as f32).collect::<Vec<_>>())
+            .flat_map(|(r, row)| {
+                row.iter()
+                    .map(move |v| v * (1 + r) as f32)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let o = GridOptions {
             step: Some(1.7),
@@ -329,7 +333,11 @@ mod tests {
         for (blk, d) in q.chunks_exact(BLOCK_BYTES).zip(&s) {
             assert_eq!(blk[..2], f32_to_f16(*d).to_le_bytes());
         }
-        assert_ne!(s, shared_scales(&x, 1.7), "rows of other magnitudes get other steps");
+        assert_ne!(
+            s,
+            shared_scales(&x, 1.7),
+            "rows of other magnitudes get other steps"
+        );
     }
 
     #[test]

@@ -163,18 +163,23 @@ pub fn other_memory(decoded_weights: u64) -> u64 {
 /// Room kept at load for the context created after it: its KV cache and the compute
 /// buffers llama.cpp reserves when it creates the context. These are not checked later (the
 /// batch-time check, [`super::refit`], sees only what a batch allocates), so the load keeps
-/// room for them: [`other_memory`], and at least 16 MiB. Measured on SmolLM2 (92 MiB of
-/// weights, llama-completion `-c 256`): with 4 MiB kept, the load took no budget under a
-/// 126 MiB cap (it saw 107 MiB free), generated at 1.1-12 t/s in six runs by hand (thrashing
-/// the program's own pages) and was OOM-killed in the bench's run; the budget that 16 MiB
-/// leaves ran at 6.5-7.5 t/s in four of four. The price is at the edge above: under 134 MiB
-/// the load saw 108 MiB free by hand (no budget, 99.7 t/s) but less in the bench's run,
-/// which took a budget and generated at 9.5 t/s where a load forced to no budget made 75.6
-/// (docs in README, "Memory under a cap"). A kill loses everything, so the margin errs on
-/// that side.
+/// room for them: [`other_memory`], and at least [`MIN_CONTEXT_ROOM`].
 pub fn context_room(decoded_weights: u64) -> u64 {
-    other_memory(decoded_weights).max(16 << 20)
+    other_memory(decoded_weights).max(MIN_CONTEXT_ROOM)
 }
+
+/// The least room kept for the context: 10 MiB. On SmolLM2 (92.1 MiB of weights,
+/// llama-completion `-c 256`, 32 tokens, 2026-11-29 20:50 UTC, four runs per cap) a load
+/// forced to no budget was killed under a 125 MiB cap (96 MiB free at load), thrashed under
+/// 127 (0.3-1.7 s for 31 tokens) and ran at full speed from 129 (100 MiB free: 0.26-0.37 s);
+/// the smallest budget (all the default can offer at this model's ratio: it streams half
+/// the weights to save 0.8 MiB, and keeps their compressed bytes as evictable file pages)
+/// took 3.2-3.9 s everywhere from 133 down to 128 and survived to 110. With 16 MiB (the
+/// earlier value) the default took that budget under 128-133 MiB caps, 12x slower than no
+/// budget; 10 MiB switches at about 131 MiB, two above the lowest cap that ran at full speed
+/// and six above the first kill. (With 4 MiB, session 10 saw a kill under 126.) Past 640 MiB
+/// of weights [`other_memory`] is larger and decides.
+const MIN_CONTEXT_ROOM: u64 = 10 << 20;
 
 /// The default for a model of `decoded_weights` bytes under `headroom`.
 pub fn choose(decoded_weights: u64, headroom: Headroom) -> DefaultChoice {
@@ -375,15 +380,15 @@ mod tests {
         let weights = 100 << 20;
         assert!(matches!(
             choose(weights, h(1 << 30)),
-            DefaultChoice::NoBudget { need, .. } if need == weights + (16 << 20)
+            DefaultChoice::NoBudget { need, .. } if need == weights + (10 << 20)
         ));
-        // 16 MiB kept for the context: 116 MiB fit, 115 do not, and the budget is what is
+        // 10 MiB kept for the context: 110 MiB fit, 109 do not, and the budget is what is
         // left once the context has its room.
         assert!(matches!(
-            choose(weights, h(116 << 20)),
+            choose(weights, h(110 << 20)),
             DefaultChoice::NoBudget { .. }
         ));
-        match choose(weights, h(115 << 20)) {
+        match choose(weights, h(109 << 20)) {
             DefaultChoice::Budget { settings, .. } => {
                 assert_eq!(settings.budget, Budget::Bytes(99 << 20));
                 assert_eq!(settings.home, CompressedHome::Ram);
@@ -391,7 +396,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            choose(weights, h(115 << 20))
+            choose(weights, h(109 << 20))
                 .describe()
                 .contains("would not fit")
         );
