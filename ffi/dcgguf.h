@@ -160,7 +160,7 @@ typedef struct dcgguf_options {
                               DCGGUF_LEVEL_DEFAULT) */
     uint64_t chunk_size;   /* compress: raw bytes per chunk, 1..64 MiB (default 1 MiB) */
     uint32_t quantize;     /* compress: a dcgguf_quantize; the fields below need INT8 */
-    uint32_t per_row;      /* non-zero: one step per row (--per-row) */
+    uint32_t per_row;      /* non-zero: one step per row (--per-row); 0: the default (on for qwen2 with GPTQ) */
     uint32_t permute;      /* non-zero: reorder FFN channels by activation RMS (--permute) */
     float step;            /* --step (0: llama.cpp's own Q8_0 rounding) */
     float embd_step;       /* --embd-step */

@@ -75,6 +75,12 @@ fn weights() -> Vec<(String, usize, Vec<f32>)> {
 }
 
 fn model() -> Vec<u8> {
+    model_of_arch("bert")
+}
+
+/// [`model`]'s tensors under another `general.architecture` (BERT's pooling key only for
+/// "bert").
+fn model_of_arch(arch: &str) -> Vec<u8> {
     let mut t: Vec<_> = weights()
         .into_iter()
         .map(|(n, ne0, v)| {
@@ -88,13 +94,11 @@ fn model() -> Vec<u8> {
         GgmlType::F32,
         f32_bytes(&[1.0; 64]),
     ));
-    gguf(
-        &[
-            ("general.architecture", Value::string("bert")),
-            ("bert.pooling_type", Value::u32(1)),
-        ],
-        &t,
-    )
+    let mut kvs = vec![("general.architecture", Value::string(arch))];
+    if arch == "bert" {
+        kvs.push(("bert.pooling_type", Value::u32(1)));
+    }
+    gguf(&kvs, &t)
 }
 
 /// Correlated second moment, n x n.
@@ -621,7 +625,7 @@ fn gptq_per_row_rounds_on_each_rows_step() {
             embd_step: Some(0.0),
             ..QuantOptions::default()
         };
-        o.grid.per_row = per_row;
+        o.per_row = Some(per_row);
         let q = tmp(name);
         quant::quantize_file(&m, &q, &o).unwrap();
         tensor_bytes(&q)
@@ -639,6 +643,43 @@ fn gptq_per_row_rounds_on_each_rows_step() {
         differs |= bytes != other;
     }
     assert!(differs, "--per-row changed no GPTQ-rounded weight");
+}
+
+/// With GPTQ and no `--per-row`, a qwen2 model gets per-row steps (measured on
+/// Qwen2.5-Coder-1.5B) and a llama model the shared step: the same files as the flag's
+/// explicit values.
+#[test]
+fn gptq_per_row_default_depends_on_the_architecture() {
+    let cov = Covariances::load(&write("arch-grid.cov.gguf", &good_cov())).unwrap();
+    for (arch, per_row) in [("qwen2", true), ("llama", false)] {
+        let m = write(&format!("arch-{arch}.gguf"), &model_of_arch(arch));
+        let run = |flag: Option<bool>, tag: &str| {
+            let o = QuantOptions {
+                gptq: Some(cov.clone()),
+                gptq_step: Some(1.5),
+                embd_step: Some(0.0),
+                fold_alpha: Some(0.0),
+                per_row: flag,
+                // token_embd is the (tied) LM head here and has no matrix: on the grid.
+                gptq_partial: true,
+                ..QuantOptions::default()
+            };
+            let q = tmp(&format!("arch-{arch}-{tag}.gguf"));
+            quant::quantize_file(&m, &q, &o).unwrap();
+            std::fs::read(&q).unwrap()
+        };
+        let default = run(None, "default");
+        assert_eq!(
+            default,
+            run(Some(per_row), "same"),
+            "{arch}: default is per_row={per_row}"
+        );
+        assert_ne!(
+            default,
+            run(Some(!per_row), "other"),
+            "{arch}: the flag changes nothing"
+        );
+    }
 }
 
 /// The default `--embd-step` applies to a lookup-only `token_embd`: an embedding model's (a

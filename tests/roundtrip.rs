@@ -704,7 +704,13 @@ fn a_released_header_is_decoded_again_and_checked() {
     dc.release_original_header();
     let err = dc.read_at(0, &mut buf).unwrap_err();
     assert!(
-        matches!(err, DcError::CorruptBlob { blob: "original header", .. }),
+        matches!(
+            err,
+            DcError::CorruptBlob {
+                blob: "original header",
+                ..
+            }
+        ),
         "a changed header blob must fail its check, got: {err}"
     );
     // Tensor bytes do not depend on the header blob.

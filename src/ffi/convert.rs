@@ -284,7 +284,8 @@ impl dcgguf_options {
             tensor_alpha: f(self.tensor_alpha),
             block_adapt: f(self.block_adapt),
             permute: self.permute != 0,
-            per_row: self.per_row != 0,
+            // 0: the CLI's default (no --per-row: the architecture's, with GPTQ).
+            per_row: (self.per_row != 0).then_some(true),
             prune: f(self.prune),
             rdo: f(self.rdo),
             imatrix: path(self.imatrix, "imatrix")?,
@@ -320,7 +321,7 @@ impl dcgguf_options {
                 .iter()
                 .any(Option::is_some)
                     || args.permute
-                    || args.per_row
+                    || args.per_row.is_some()
                     || args.imatrix.is_some()
                     || args.calib.is_some()
                     || args.gptq.is_some()

@@ -26,15 +26,25 @@ pub use gptq::{CovError, Covariances};
 pub use q8::GridOptions;
 pub use stats::{ActStats, ChannelStats, StatsError};
 
-/// `--fold-alpha` when statistics are given and the flag is not: 0.5 for the llama family
-/// (measured on SmolLM2: KLD 0.0038 -> 0.0017 at llama.cpp's rounding), 0 elsewhere (BERT's
-/// only exact fold, `attn_v` -> `attn_output`, cost 1e-5 mean cosine on MiniLM).
+/// `--fold-alpha` when statistics are given and the flag is not: 0.5 for `llama` (measured
+/// on SmolLM2: KLD 0.0038 -> 0.0017 at llama.cpp's rounding) and `qwen3` (not measured: it
+/// follows llama); 0 for `qwen2`, where folding cost fidelity (Qwen2.5-Coder-1.5B with GPTQ:
+/// mean KLD +0.00004 in both pairs measured, docs/QUANT.md), and elsewhere (BERT's only exact
+/// fold, `attn_v` -> `attn_output`, cost 1e-5 mean cosine on MiniLM).
 pub fn default_fold_alpha(arch: &str) -> f32 {
-    if matches!(arch, "llama" | "qwen2" | "qwen3") {
+    if matches!(arch, "llama" | "qwen3") {
         0.5
     } else {
         0.0
     }
+}
+
+/// `--per-row` with GPTQ when the flag is not given: on for `qwen2` (Qwen2.5-Coder-1.5B,
+/// unfolded: mean KLD 0.000776 -> 0.000724 for a 1.4% larger file, below Q8_0's 0.000751),
+/// off elsewhere (SmolLM2 unfolded: 0.003651 -> 0.003726, and on MiniLM larger and less
+/// faithful; docs/QUANT.md "Per-row steps on the GPTQ grid"). Without GPTQ: off.
+pub fn default_per_row(arch: &str) -> bool {
+    arch == "qwen2"
 }
 
 /// `--step` with GPTQ (`--calib`, `--gptq`) when not given: GPTQ on the shared-step grid at
@@ -64,6 +74,10 @@ pub struct QuantOptions {
     /// Fold exponent: `s_j = rms_j^fold_alpha` (0 = no folding; needs `stats`). `None`: the
     /// architecture's default ([`default_fold_alpha`]).
     pub fold_alpha: Option<f32>,
+    /// One step per row instead of one per tensor (the grid of nearest rounding and of
+    /// GPTQ). `None`: with `gptq`, the architecture's default ([`default_per_row`]); without,
+    /// off. Overrides `grid.per_row`.
+    pub per_row: Option<bool>,
     pub stats: Option<ActStats>,
     /// Quantize (false: only fold, keeping every tensor's type; for checking folds).
     pub quantize: bool,
@@ -97,6 +111,7 @@ impl Default for QuantOptions {
             grid: GridOptions::default(),
             embd_step: None,
             fold_alpha: None,
+            per_row: None,
             stats: None,
             quantize: true,
             tensor_alpha: 0.0,
@@ -314,6 +329,9 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
         st.check_against(&h).map_err(InputError::Stats)?;
     }
     let fold_alpha = o.fold_alpha.unwrap_or_else(|| default_fold_alpha(&arch));
+    let per_row = o
+        .per_row
+        .unwrap_or_else(|| o.grid.per_row || (o.gptq.is_some() && default_per_row(&arch)));
     let scales = match (&o.stats, fold_alpha != 0.0) {
         (Some(st), true) => {
             let folds = fold::plan(
@@ -441,6 +459,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                         a
                     });
                 let mut g = o.grid.clone();
+                g.per_row = per_row;
                 if t.name == "token_embd.weight" && embd_is_lookup_only {
                     let e = o.embd_step.unwrap_or(DEFAULT_EMBD_STEP);
                     g.step = (e > 0.0).then_some(e);
@@ -472,7 +491,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
                             }
                         }
                         let grid = o.gptq_step.map(|s| {
-                            if o.grid.per_row {
+                            if per_row {
                                 q8::row_scales(&x, ne0, s)
                             } else {
                                 q8::shared_scales(&x, s)
@@ -701,7 +720,7 @@ pub struct QuantArgs {
     #[arg(long, requires = "quantize")]
     pub alpha: Option<f32>,
     /// Fold per-channel scales s_j = rms_j^A into preceding operations where exact
-    /// (with statistics; default 0.5 for llama/qwen2/qwen3, 0 = off elsewhere).
+    /// (with statistics; default 0.5 for llama/qwen3, 0 = off elsewhere).
     #[arg(long, requires = "quantize")]
     pub fold_alpha: Option<f32>,
     /// Activation-aware step per tensor (needs statistics): step ~ mean(x^2)^-A.
@@ -715,9 +734,17 @@ pub struct QuantArgs {
     #[arg(long, requires = "quantize")]
     pub permute: bool,
     /// One step per row (from the row's weights) instead of one per tensor (also the GPTQ
-    /// grid).
-    #[arg(long, requires = "quantize")]
-    pub per_row: bool,
+    /// grid). With GPTQ (--gptq, --calib) and no flag: on for qwen2, off elsewhere;
+    /// `--per-row=false` turns it off.
+    #[arg(
+        long,
+        requires = "quantize",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub per_row: Option<bool>,
     /// Fraction of weights (by activation-weighted magnitude) pruned to 0.
     #[arg(long, requires = "quantize")]
     pub prune: Option<f32>,
@@ -811,7 +838,7 @@ impl QuantArgs {
                 ("--step", self.step.is_some()),
                 ("--embd-step", self.embd_step.is_some()),
                 ("--block-adapt", self.block_adapt.is_some()),
-                ("--per-row", self.per_row),
+                ("--per-row", self.per_row.is_some()),
                 ("--prune", self.prune.is_some()),
                 ("--rdo", self.rdo.is_some()),
                 ("--split-quants", self.split_quants),
@@ -842,13 +869,14 @@ impl QuantArgs {
                 prune: self.prune.unwrap_or(0.0),
                 rdo: self.rdo.unwrap_or(0.0),
                 abs_step: None,
-                per_row: self.per_row,
+                per_row: false,
                 block_adapt: self.block_adapt.unwrap_or(d.grid.block_adapt),
             },
             tensor_alpha: self.tensor_alpha.unwrap_or(d.tensor_alpha),
             permute: self.permute,
             embd_step: self.embd_step,
             fold_alpha: self.fold_alpha,
+            per_row: self.per_row,
             stats: None,
             quantize: !self.fold_only,
             whole_byte_quants: !self.split_quants,
