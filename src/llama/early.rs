@@ -313,28 +313,45 @@ mod tests {
         assert!(early_bytes + claimed * 4096 == 8 * 4096);
     }
 
+    /// Waits (at most 20 s: a loaded CI machine may start the thread late) until `done`
+    /// holds of the early thread's state.
+    fn wait_for(early: &EarlyDecode, done: impl Fn(&State) -> bool) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        let mut st = early.shared.lock();
+        while !done(&st) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the early thread made no progress in 20 s");
+            st = early
+                .shared
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     #[test]
     fn pending_bytes_stay_within_the_limit() {
         let (_, dc) = sample_dc("limit");
+        let limit = 2 * 4096;
         let early = EarlyDecode::start(
             dc.clone(),
             None,
             Limits {
-                pending_bytes: 2 * 4096,
+                pending_bytes: limit,
             },
         );
+        // It fills the limit, then stops (it could decode all 8 chunks in this time).
+        wait_for(&early, |st| st.decoded >= limit);
         std::thread::sleep(std::time::Duration::from_millis(50));
         {
             let st = early.shared.lock();
-            assert!(
-                st.pending <= 2 * 4096 && st.decoded <= 2 * 4096,
-                "{}",
-                st.pending
-            );
+            assert!(st.pending <= limit && st.decoded == limit, "{}", st.decoded);
         }
         // Taking one frees room for the next.
         let first = chunks(&dc)[0].clone();
         assert!(early.take(first).is_some());
+        wait_for(&early, |st| st.decoded == limit + 4096);
     }
 
     #[test]
