@@ -149,9 +149,15 @@ mod tests {
     fn openmp_team_shares_the_work() {
         let hits: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
         let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         assert!(run(Some(libgomp()), hits.len(), 2, &|i| {
             threads.lock().unwrap().insert(std::thread::current().id());
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            // Each item waits (20 s at most in all) until both team threads have taken one:
+            // with a fixed sleep, a loaded machine could start the second thread after the
+            // first had taken every item.
+            while threads.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             hits[i].fetch_add(1, Ordering::Relaxed);
         }));
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
