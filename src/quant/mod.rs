@@ -76,7 +76,8 @@ pub struct QuantOptions {
     pub fold_alpha: Option<f32>,
     /// One step per row instead of one per tensor (the grid of nearest rounding and of
     /// GPTQ). `None`: with `gptq`, the architecture's default ([`default_per_row`]); without,
-    /// off. Overrides `grid.per_row`.
+    /// off. The only setting of it: `grid.per_row` is ignored here and set from this per
+    /// tensor.
     pub per_row: Option<bool>,
     pub stats: Option<ActStats>,
     /// Quantize (false: only fold, keeping every tensor's type; for checking folds).
@@ -331,7 +332,7 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     let fold_alpha = o.fold_alpha.unwrap_or_else(|| default_fold_alpha(&arch));
     let per_row = o
         .per_row
-        .unwrap_or_else(|| o.grid.per_row || (o.gptq.is_some() && default_per_row(&arch)));
+        .unwrap_or_else(|| o.gptq.is_some() && default_per_row(&arch));
     let scales = match (&o.stats, fold_alpha != 0.0) {
         (Some(st), true) => {
             let folds = fold::plan(

@@ -40,6 +40,8 @@ pub struct GridOptions {
     /// overrides `step * mean(amax)/127`.
     pub abs_step: Option<f32>,
     /// Base step per row (`mean over the row's blocks of amax/127`) instead of per tensor.
+    /// Whole-model quantization sets it per tensor from `QuantOptions::per_row` (the one
+    /// place a caller chooses it); this field is for [`quantize`] on its own.
     pub per_row: bool,
     /// How far each block's step follows its own `amax/127` (0 = shared step, 1 = like
     /// llama.cpp): `delta_b = base^(1-beta) * (amax_b/127)^beta`, snapped to a geometric grid
