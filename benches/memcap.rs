@@ -230,6 +230,8 @@ struct Setup {
 }
 
 const PLAIN_MMAP: usize = 0;
+/// Its uncapped peak less the decoded weights is the model's non-weight memory.
+const DC_NO_BUDGET: usize = 3;
 
 /// The second reference: plain mmap without weight repacking, as the budget loads run
 /// (README: "weight repacking [is] turned off"). Repacked Q4_K weights (Qwen2.5-Coder) take
@@ -530,6 +532,16 @@ fn dc_file(src: &Path, name: &str) -> PathBuf {
 
 /// The weight bytes compression saves: tensor bytes of the plain model minus their stored
 /// (compressed) bytes in the DC file.
+/// A model's weight bytes, decoded and as compression saves them.
+#[derive(Clone, Copy)]
+struct Weights {
+    decoded: u64,
+    /// Decoded less stored weight bytes.
+    saved: u64,
+    /// Plain file less DC file bytes.
+    file_saved: u64,
+}
+
 fn weight_bytes_saved(dc: &Path) -> (u64, u64) {
     let f = DcFile::open(dc).unwrap_or_else(|e| panic!("{}: {e}", dc.display()));
     let raw: u64 = (0..f.tensor_count()).map(|i| f.tensor_info(i).nbytes).sum();
@@ -667,8 +679,29 @@ fn check(out: &mut String, pass: bool, what: &str) {
 }
 
 /// The issue's targets for one model, printed as PASS/FAIL lines.
-fn checks(out: &mut String, m: &Model, caps: &[Cap], grid: &[Vec<Point>], saved: u64, noise: f64) {
+fn checks(
+    out: &mut String,
+    m: &Model,
+    caps: &[Cap],
+    grid: &[Vec<Point>],
+    weights: Weights,
+    noise: f64,
+) {
     let plain = &grid[PLAIN_MMAP];
+    assert_eq!(
+        SETUPS[DC_NO_BUDGET].budget,
+        Some("0"),
+        "DC_NO_BUDGET names that setup"
+    );
+    let saved = weights.file_saved;
+    // The issue's floor: compressed weight bytes + the model's non-weight memory (KV cache,
+    // compute buffers, the program: DC without a budget holds the decoded weights and
+    // those) + 10%.
+    let non_weight = grid[DC_NO_BUDGET][0]
+        .peak
+        .map(|p| p.saturating_sub(weights.decoded));
+    let floor =
+        non_weight.map(|n| (weights.decoded.saturating_sub(weights.saved) + n) as f64 * 1.1);
     let metrics = m.metrics();
     for (si, s) in SETUPS.iter().enumerate().filter(|(_, s)| s.dc) {
         let pts = &grid[si];
@@ -768,6 +801,33 @@ fn checks(out: &mut String, m: &Model, caps: &[Cap], grid: &[Vec<Point>], saved:
                 knee_text(pk),
                 need / MIB,
                 saved as f64 / MIB
+            ),
+        );
+        // The lowest cap it still ran at (the ladder's bottom may not be its lowest).
+        let lowest = caps
+            .iter()
+            .zip(pts)
+            .skip(1)
+            .filter(|(_, p)| p.status == Status::Ok)
+            .filter_map(|(c, _)| c.bytes)
+            .min();
+        let (pass, what) = match (lowest, floor) {
+            (Some(l), Some(f)) => (l as f64 <= f, format!("runs at {:.1} MiB", l as f64 / MIB)),
+            (None, _) => (false, "runs at no cap of the ladder".into()),
+            (_, None) => (false, "no uncapped run without a budget to measure".into()),
+        };
+        check(
+            out,
+            pass,
+            &format!(
+                "{}: lowest cap it runs at <= compressed weights + non-weight memory + 10% ({}): {what}",
+                s.label,
+                floor.map_or("?".into(), |f| format!(
+                    "{:.1} MiB = 1.1 x ({:.1} + {})",
+                    f / MIB,
+                    weights.decoded.saturating_sub(weights.saved) as f64 / MIB,
+                    mib(non_weight)
+                )),
             ),
         );
     }
@@ -1028,7 +1088,12 @@ fn main() {
         t.push_str("\nTargets (issue 13; printed, not asserted):\n\n");
         print!("{t}");
         md.push_str(&t);
-        checks(&mut md, &m, &caps, &grid, saved, noise);
+        let w = Weights {
+            decoded: weights,
+            saved: weights_saved,
+            file_saved: saved,
+        };
+        checks(&mut md, &m, &caps, &grid, w, noise);
     }
 
     let dir = work_dir();
