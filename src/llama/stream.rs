@@ -36,10 +36,14 @@ use crate::llama::budget::Residency;
 /// The `FILE *` buffer. glibc refills it after every seek, and llama.cpp seeks before each
 /// tensor, so it stays modest: 256 KiB cut read calls 15x against the 8 KiB default.
 const STREAM_BUFFER: usize = 256 << 10;
-/// How many decoded chunks the stream keeps for piecewise reads.
-const CACHE_CHUNKS: usize = 12;
+/// How many decoded chunks the stream keeps for piecewise reads. 4 (with 4 decoded together)
+/// rather than 12 and 8: the cache was the transient at the end of a load; uncapped peak
+/// charge by cgroup, three cold runs each (2026-11-29 22:50 UTC, 2-core EPYC VM): SmolLM2
+/// 142-143 -> 141 MiB (= its steady state), Qwen2.5-Coder-1.5B 1163-1168 -> 1159 MiB; load
+/// time unchanged within run-to-run noise (Qwen warm: 1310-1353 ms against 1243-1466).
+const CACHE_CHUNKS: usize = 4;
 /// At most this many chunks, or bytes, are decoded together when a read misses the cache.
-const PREFETCH_CHUNKS: usize = 8;
+const PREFETCH_CHUNKS: usize = 4;
 const PREFETCH_BYTES: u64 = 8 << 20;
 /// Drop the DC file's mapped pages from our RSS after this many bytes are served.
 const RELEASE_EVERY: u64 = 8 << 20;
