@@ -38,7 +38,7 @@ use crate::llama::budget::Residency;
 const STREAM_BUFFER: usize = 256 << 10;
 /// How many decoded chunks the stream keeps for piecewise reads. 4 (with 4 decoded together)
 /// rather than 12 and 8: the cache was the transient at the end of a load; uncapped peak
-/// charge by cgroup, three cold runs each (2026-11-29 22:50 UTC, 2-core EPYC VM): SmolLM2
+/// charge by cgroup, three cold runs each (2026-11-29 about 22:47 UTC, 2-core EPYC VM): SmolLM2
 /// 142-143 -> 141 MiB (= its steady state), Qwen2.5-Coder-1.5B 1163-1168 -> 1159 MiB; load
 /// time unchanged within run-to-run noise (Qwen warm: 1310-1353 ms against 1243-1466).
 const CACHE_CHUNKS: usize = 4;
