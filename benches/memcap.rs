@@ -530,8 +530,6 @@ fn dc_file(src: &Path, name: &str) -> PathBuf {
     llama_support::compressed(src, &[], &work_dir().join(name))
 }
 
-/// The weight bytes compression saves: tensor bytes of the plain model minus their stored
-/// (compressed) bytes in the DC file.
 /// A model's weight bytes, decoded and as compression saves them.
 #[derive(Clone, Copy)]
 struct Weights {
@@ -542,6 +540,8 @@ struct Weights {
     file_saved: u64,
 }
 
+/// The weight bytes compression saves: tensor bytes of the plain model minus their stored
+/// (compressed) bytes in the DC file.
 fn weight_bytes_saved(dc: &Path) -> (u64, u64) {
     let f = DcFile::open(dc).unwrap_or_else(|e| panic!("{}: {e}", dc.display()));
     let raw: u64 = (0..f.tensor_count()).map(|i| f.tensor_info(i).nbytes).sum();
