@@ -1,8 +1,8 @@
-//! The fold-split merges of Q4_K, Q6_K and Q8_0 blocks with AVX-512 (F + BW), picked at run
-//! time by `transform::Layout::merge` (builds stay portable). The compiler's AVX2 code of the
-//! portable merges ran Q4_K at about 20 GB/s cache-resident, and the merge was 27% of decoding
-//! a Q4_K_M model: here a 64-byte vector makes two of a field's four 32-byte quarters at once,
-//! and bit selects are single `vpternlog`s.
+//! The fold-split merges of Q4_K, Q6_K, Q8_0, Q4_0 and Q4_1 blocks with AVX-512 (F + BW),
+//! picked at run time by `transform::Layout::merge` (builds stay portable). The compiler's
+//! AVX2 code of the portable merges ran Q4_K at about 20 GB/s cache-resident, and the merge
+//! was 27% of decoding a Q4_K_M model: here a 64-byte vector makes two of a field's four
+//! 32-byte quarters at once, and bit selects are single `vpternlog`s.
 //!
 //! Field layouts and the fold itself are `transform.rs`'s (`Part::NibbleFold`,
 //! `Part::CrumbFold`, `Part::Int8Fold`); the tests there check these against the portable
@@ -223,4 +223,130 @@ pub(super) unsafe fn merge_q8_0(planes: [&[u8]; 5], dst: &mut [u8]) {
             _mm256_storeu_si256(out.add(2).cast(), x);
         }
     }
+}
+
+/// Q4_0 (`COPIES` = 2: d) and Q4_1 (4: d, m) blocks (single-byte copy planes, then a 16-byte
+/// nibble fold) from their planes, sixteen blocks a round: a block's quarters 0 and 1 are
+/// eight bytes of one vector, its quarters 2 and 3 eight of another. Quarter `j`'s bytes are
+/// L's bytes `4 (j % 2)..` of the block shifted right by `2 (j / 2)`, with bits 2 and 3 (6
+/// and 7) from bit `j` (`4 + j`) of the block's M and H bytes, bit 2 taking `m ^ h` (the
+/// fold). Blocks past the last full round go through the portable merge.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn merge_q4_nibbles<const COPIES: usize>(planes: &[&[u8]], dst: &mut [u8]) {
+    let unit = COPIES + 16;
+    let blocks = dst.len() / unit;
+    assert!(planes.len() == COPIES + 3 && (COPIES == 2 || COPIES == 4));
+    let (copies, nibbles) = planes.split_at(COPIES);
+    let (m, h, l) = (nibbles[0], nibbles[1], nibbles[2]);
+    assert!(copies.iter().all(|p| p.len() >= blocks));
+    assert!(m.len() >= 4 * blocks && h.len() >= 4 * blocks && l.len() >= 8 * blocks);
+    let low = _mm512_set1_epi8(0x33);
+    let bit0 = _mm512_set1_epi8(0x11);
+    // Each block's M (H) dword twice, for its two quarters in one 8-byte group, shifted by
+    // the quarter's number.
+    let spread = |first: i32| {
+        _mm512_set_epi32(
+            first + 7,
+            first + 7,
+            first + 6,
+            first + 6,
+            first + 5,
+            first + 5,
+            first + 4,
+            first + 4,
+            first + 3,
+            first + 3,
+            first + 2,
+            first + 2,
+            first + 1,
+            first + 1,
+            first,
+            first,
+        )
+    };
+    let (spread_lo, spread_hi) = (spread(0), spread(8));
+    let shift01 = _mm512_set_epi32(1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+    let shift23 = _mm512_add_epi32(shift01, _mm512_set1_epi32(2));
+    let rounds = blocks / 16;
+    let mut qs = [[0u64; 8]; 4];
+    for r in 0..rounds {
+        // SAFETY: round r reads the copy planes at [16r, 16r + 16), m and h at
+        // [64r, 64r + 64) and l at [128r, 128r + 128), inside the lengths asserted above
+        // (16r + 16 <= blocks), and writes dst at [16 r unit, 16 (r + 1) unit); `head` holds
+        // 16 COPIES <= 64 bytes.
+        unsafe {
+            let mv = _mm512_loadu_si512(m.as_ptr().add(64 * r).cast());
+            let hv = _mm512_loadu_si512(h.as_ptr().add(64 * r).cast());
+            for (half, spread) in [spread_lo, spread_hi].into_iter().enumerate() {
+                let lv = _mm512_loadu_si512(l.as_ptr().add(128 * r + 64 * half).cast());
+                let mh = _mm512_permutexvar_epi32(spread, _mm512_xor_si512(mv, hv));
+                let hh = _mm512_permutexvar_epi32(spread, hv);
+                for (k, (shift, lbits)) in [(shift01, lv), (shift23, _mm512_srli_epi64::<2>(lv))]
+                    .into_iter()
+                    .enumerate()
+                {
+                    // Bits 0-1 (4-5) from L, 2 (6) from m ^ h, 3 (7) from h: every kept bit
+                    // comes from its own byte (shifts by at most 3 within a dword).
+                    let b2 = _mm512_slli_epi32::<2>(_mm512_and_si512(
+                        _mm512_srlv_epi32(mh, shift),
+                        bit0,
+                    ));
+                    let b3 = _mm512_slli_epi32::<3>(_mm512_and_si512(
+                        _mm512_srlv_epi32(hh, shift),
+                        bit0,
+                    ));
+                    let y = select(low, lbits, _mm512_or_si512(b2, b3));
+                    _mm512_storeu_si512(qs[2 * half + k].as_mut_ptr().cast(), y);
+                }
+            }
+            // The sixteen blocks' copy bytes, interleaved: block b's at [COPIES b, ..+COPIES).
+            let mut head = [0u8; 64];
+            let byte_plane = |c: usize| _mm_loadu_si128(copies[c].as_ptr().add(16 * r).cast());
+            let (p0, p1) = (byte_plane(0), byte_plane(1));
+            let (lo01, hi01) = (_mm_unpacklo_epi8(p0, p1), _mm_unpackhi_epi8(p0, p1));
+            let interleaved = if COPIES == 4 {
+                let (p2, p3) = (byte_plane(2), byte_plane(3));
+                let (lo23, hi23) = (_mm_unpacklo_epi8(p2, p3), _mm_unpackhi_epi8(p2, p3));
+                [
+                    _mm_unpacklo_epi16(lo01, lo23),
+                    _mm_unpackhi_epi16(lo01, lo23),
+                    _mm_unpacklo_epi16(hi01, hi23),
+                    _mm_unpackhi_epi16(hi01, hi23),
+                ]
+            } else {
+                [lo01, hi01, lo01, hi01]
+            };
+            for (i, v) in interleaved.iter().enumerate().take(COPIES) {
+                _mm_storeu_si128(head.as_mut_ptr().add(16 * i).cast(), *v);
+            }
+            for b in 0..16 {
+                let out = dst.as_mut_ptr().add(unit * (16 * r + b));
+                std::ptr::copy_nonoverlapping(head.as_ptr().add(COPIES * b), out, COPIES);
+                let (half, g) = (b / 8, b % 8);
+                out.add(COPIES)
+                    .cast::<u64>()
+                    .write_unaligned(qs[2 * half][g]);
+                out.add(COPIES + 8)
+                    .cast::<u64>()
+                    .write_unaligned(qs[2 * half + 1][g]);
+            }
+        }
+    }
+    let done = 16 * rounds;
+    let rest: Vec<&[u8]> = planes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let per_block = match i.checked_sub(COPIES) {
+                None => 1,
+                Some(2) => 8,
+                Some(_) => 4,
+            };
+            &p[per_block * done..]
+        })
+        .collect();
+    super::transform::merge_fold_nibble_blocks::<COPIES, 16>(&rest, &mut dst[unit * done..]);
 }

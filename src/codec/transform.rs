@@ -503,15 +503,23 @@ impl Layout {
         self.merge_fold_blocks_inline(planes, dst)
     }
 
-    /// Q4_K, Q6_K and Q8_0 fold-split blocks with AVX-512 (`codec::fold_avx512`); false,
-    /// leaving `dst` alone, for any other layout.
+    /// Q4_K, Q6_K, Q8_0, Q4_0 and Q4_1 fold-split blocks with AVX-512
+    /// (`codec::fold_avx512`); false, leaving `dst` alone, for any other layout.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VL.
     #[cfg(target_arch = "x86_64")]
     unsafe fn merge_fold_blocks_avx512(&self, planes: &[&[u8]], dst: &mut [u8]) -> bool {
-        use super::fold_avx512::{merge_q4_k, merge_q6_k, merge_q8_0};
+        use super::fold_avx512::{merge_q4_k, merge_q4_nibbles, merge_q6_k, merge_q8_0};
         match self.fixed_fold() {
+            // SAFETY: the caller's contract (AVX-512 F and BW).
+            Some(FixedFold::Q4Nibbles { copies: 2 }) => unsafe {
+                merge_q4_nibbles::<2>(planes, dst)
+            },
+            // SAFETY: as above.
+            Some(FixedFold::Q4Nibbles { copies: 4 }) => unsafe {
+                merge_q4_nibbles::<4>(planes, dst)
+            },
             Some(FixedFold::Q4K) => {
                 let Ok(planes) = planes.try_into() else {
                     return false;
@@ -727,7 +735,10 @@ fn merge_blocks<const COPIES: usize, const HALF: usize>(
 
 /// Fold-split blocks of `COPIES` single-byte planes followed by a nibble field of `W` bytes.
 #[inline(always)]
-fn merge_fold_nibble_blocks<const COPIES: usize, const W: usize>(planes: &[&[u8]], dst: &mut [u8]) {
+pub(super) fn merge_fold_nibble_blocks<const COPIES: usize, const W: usize>(
+    planes: &[&[u8]],
+    dst: &mut [u8],
+) {
     let (copies, nibbles) = planes.split_at(COPIES);
     let (q, half) = (W / 4, W / 2);
     for (u, b) in dst.chunks_exact_mut(COPIES + W).enumerate() {
@@ -1147,9 +1158,16 @@ mod tests {
 
     #[test]
     fn every_simd_merge_of_the_fold_layouts_gives_the_original_blocks() {
-        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+        ] {
             let l = Layout::new(Transform::FoldSplit, ty);
-            for blocks in [1, 2, 3, 7, 64] {
+            // 16, 17, 35 and 64: the Q4_0/Q4_1 merge's rounds of sixteen blocks, and tails.
+            for blocks in [1, 2, 3, 7, 16, 17, 35, 64] {
                 let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ blocks as u64;
                 let src: Vec<u8> = (0..blocks * l.unit())
                     .map(|_| {
