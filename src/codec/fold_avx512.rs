@@ -336,17 +336,21 @@ pub(super) unsafe fn merge_q4_nibbles<const COPIES: usize>(planes: &[&[u8]], dst
         }
     }
     let done = 16 * rounds;
-    let rest: Vec<&[u8]> = planes
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let per_block = match i.checked_sub(COPIES) {
-                None => 1,
-                Some(2) => 8,
-                Some(_) => 4,
-            };
-            &p[per_block * done..]
-        })
-        .collect();
-    super::transform::merge_fold_nibble_blocks::<COPIES, 16>(&rest, &mut dst[unit * done..]);
+    if done == blocks {
+        return;
+    }
+    // The planes from the first block left on (no allocation: at most 4 + 3 planes).
+    let mut rest: [&[u8]; 7] = [&[]; 7];
+    for (i, (r, p)) in rest.iter_mut().zip(planes).enumerate() {
+        let per_block = match i.checked_sub(COPIES) {
+            None => 1,
+            Some(2) => 8,
+            Some(_) => 4,
+        };
+        *r = &p[per_block * done..];
+    }
+    super::transform::merge_fold_nibble_blocks::<COPIES, 16>(
+        &rest[..planes.len()],
+        &mut dst[unit * done..],
+    );
 }
