@@ -230,8 +230,6 @@ struct Setup {
 }
 
 const PLAIN_MMAP: usize = 0;
-/// Its uncapped peak less the decoded weights is the model's non-weight memory.
-const DC_NO_BUDGET: usize = 3;
 
 /// The second reference: plain mmap without weight repacking, as the budget loads run
 /// (README: "weight repacking [is] turned off"). Repacked Q4_K weights (Qwen2.5-Coder) take
@@ -688,16 +686,17 @@ fn checks(
     noise: f64,
 ) {
     let plain = &grid[PLAIN_MMAP];
-    assert_eq!(
-        SETUPS[DC_NO_BUDGET].budget,
-        Some("0"),
-        "DC_NO_BUDGET names that setup"
-    );
+    // DC without a budget: its uncapped peak less the decoded weights is the model's
+    // non-weight memory.
+    let no_budget = SETUPS
+        .iter()
+        .position(|s| s.dc && s.budget == Some("0"))
+        .expect("a DC setup without a budget");
     let saved = weights.file_saved;
     // The floor: compressed weight bytes + the model's non-weight memory (KV cache,
     // compute buffers, the program: DC without a budget holds the decoded weights and
     // those) + 10%.
-    let non_weight = grid[DC_NO_BUDGET][0]
+    let non_weight = grid[no_budget][0]
         .peak
         .map(|p| p.saturating_sub(weights.decoded));
     let floor =
