@@ -104,6 +104,18 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// Frees this thread's decode and encode buffers (plane scratch, up to a chunk's planes,
+/// and the zstd contexts); the next chunk allocates them again. For threads that decoded a
+/// model load and then sit idle while it runs.
+pub fn release_thread_buffers() {
+    SCRATCH.with_borrow_mut(|(planes, spare)| {
+        *planes = Vec::new();
+        *spare = Vec::new();
+    });
+    DECODER.with_borrow_mut(|d| *d = None);
+    ENCODER.with_borrow_mut(|e| *e = None);
+}
+
 /// Outside `--level max`, a plane takes rANS when it is at most 1/RANS_OVER_ZSTD larger
 /// than zstd's frame. zstd wins on size where it finds matches or its smaller table pays
 /// (rANS's table and states cost ~400 bytes a plane), and those frames decode slowest:

@@ -14,7 +14,7 @@ pub mod transform;
 
 pub use chunk::{
     ChunkMode, EncodeOptions, LEVEL_DEFAULT, LEVEL_MAX, LEVELS, decode_chunk, encode_chunk,
-    encode_chunk_into, level_is_valid, parse_level,
+    encode_chunk_into, level_is_valid, parse_level, release_thread_buffers,
 };
 pub use entropy::PlaneStats;
 pub use transform::{Layout, Transform};
