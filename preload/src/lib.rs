@@ -32,9 +32,12 @@ use std::ffi::{c_char, c_void};
 use dcgguf::llama::hooks::{self, Interposers};
 use dcgguf::llama::sys;
 
+mod shed;
+
 /// Tells the dcgguf crate where our interposers are, before anything else runs
 /// (a constructor of this shared object, run by the dynamic loader).
 extern "C" fn register() {
+    shed::no_readahead();
     hooks::register_interposers(Interposers {
         load_from_file: llama_model_load_from_file as *const () as usize,
         init_from_model: llama_init_from_model as *const () as usize,
@@ -59,11 +62,13 @@ pub extern "C" fn llama_model_load_from_file(
     path: *const c_char,
     params: sys::llama_model_params,
 ) -> *mut sys::llama_model {
-    dcgguf::ffi::hook::load_model_hooked(
+    let model = dcgguf::ffi::hook::load_model_hooked(
         path,
         params,
         llama_model_load_from_file as *const () as usize,
-    )
+    );
+    shed::after_load();
+    model
 }
 
 /// Interposes `llama_init_from_model`.
@@ -110,14 +115,18 @@ pub extern "C" fn llama_model_free(model: *mut sys::llama_model) {
 #[unsafe(no_mangle)]
 pub extern "C" fn llama_decode(ctx: *mut sys::llama_context, batch: hooks::LlamaBatch) -> i32 {
     let ours = llama_decode as *const () as usize;
-    hooks::compute(ctx, hooks::Compute::Decode(batch), ours)
+    let r = hooks::compute(ctx, hooks::Compute::Decode(batch), ours);
+    shed::after_compute();
+    r
 }
 
 /// Interposes `llama_encode`.
 #[unsafe(no_mangle)]
 pub extern "C" fn llama_encode(ctx: *mut sys::llama_context, batch: hooks::LlamaBatch) -> i32 {
     let ours = llama_encode as *const () as usize;
-    hooks::compute(ctx, hooks::Compute::Encode(batch), ours)
+    let r = hooks::compute(ctx, hooks::Compute::Encode(batch), ours);
+    shed::after_compute();
+    r
 }
 
 /// Interposes `llama_process` (what llama.cpp's own tools call).
@@ -128,7 +137,9 @@ pub extern "C" fn llama_process(
     batch: *mut c_void,
 ) -> i32 {
     let ours = llama_process as *const () as usize;
-    hooks::compute(ctx, hooks::Compute::Process(ty, batch), ours)
+    let r = hooks::compute(ctx, hooks::Compute::Process(ty, batch), ours);
+    shed::after_compute();
+    r
 }
 
 /// Interposes the C library's `posix_memalign` (ggml's buffers).
