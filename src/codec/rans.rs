@@ -742,6 +742,37 @@ mod tests {
     }
 
     #[test]
+    fn every_table_fill_writes_the_same_table() {
+        // Runs of 1, 15, 16, 17 and 33 slots, a long one, and a last run that ends at 4096:
+        // the vector fill's stores spill past each run and, at the end, into the spare tail.
+        let freqs = [1u32, 15, 16, 17, 33, 1, 2000, 3, 16, 1994];
+        assert_eq!(freqs.iter().sum::<u32>(), TOTAL);
+        let mut first = 0;
+        let runs: Vec<Run> = freqs
+            .iter()
+            .enumerate()
+            .map(|(s, &f)| {
+                let r = Run {
+                    first,
+                    freq: f,
+                    entry: 3 * s as u32 | f << 8,
+                };
+                first += f;
+                r
+            })
+            .collect();
+        let mut want = [0u32; TOTAL as usize + FILL_SPILL];
+        fill(Simd::None, &runs, &mut want);
+        for simd in Simd::available() {
+            let mut got = [u32::MAX; TOTAL as usize + FILL_SPILL];
+            fill(simd, &runs, &mut got);
+            assert_eq!(got[..TOTAL as usize], want[..TOTAL as usize], "{simd:?}");
+        }
+        // Slot 17: symbol 2 (entry 6), 16 slots, the second of its run.
+        assert_eq!(want[17], 6 | 16 << 8 | 1 << 20);
+    }
+
+    #[test]
     fn round_trips_at_every_length_and_skew() {
         for n in [2, 31, 32, 33, 63, 64, 65, 100, 1000, 4097, 100_003] {
             for p in [0.5, 0.7, 0.95, 0.999] {
