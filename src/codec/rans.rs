@@ -755,7 +755,7 @@ mod tests {
                 let r = Run {
                     first,
                     freq: f,
-                    entry: 3 * s as u32 | f << 8,
+                    entry: (3 * s as u32) | (f << 8),
                 };
                 first += f;
                 r
