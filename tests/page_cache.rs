@@ -110,5 +110,18 @@ fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
         cached_bytes(&path) > size * 9 / 10,
         "warm file lost its cache"
     );
+
+    // A budget that starts after the load brings one tensor's stored bytes back (tensor "b",
+    // the F16 one: 14 of the 22 MB).
+    evict(&path);
+    let dc = DcFile::open(&path).unwrap();
+    let before = cached_bytes(&path);
+    dc.warm_stored(1);
+    let stored = dc.tensor_view(1).stored_bytes;
+    let after = cached_bytes(&path);
+    assert!(
+        after >= before + stored * 9 / 10,
+        "warming {stored} stored bytes: {before} cached before, {after} after (file {size})"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -455,6 +455,39 @@ impl DcFile {
         }
     }
 
+    /// Reads tensor `i`'s stored chunks from the file twice, so that the kernel counts them
+    /// as recently used (its second access to a cached page moves the page to the active
+    /// list). For compressed bytes a budget starts decoding from while memory is already
+    /// tight ([`crate::llama::budget::refit`]): read in once under a cap, they would join
+    /// the inactive list and be the first pages reclaimed, and every later decode would read
+    /// them from storage again (MiniLM BF16 under a 362 MiB cap: 12240 major faults against
+    /// 131 when the budget was chosen at load, decodes 0.65 s against 0.08 s).
+    pub fn warm_stored(&self, i: usize) {
+        let Storage::Mapped(_, file, _) = &self.map else {
+            return;
+        };
+        let (Some(&from), Some(&to)) = (
+            self.tensors[i].chunk_starts.first(),
+            self.tensors[i].chunk_starts.last(),
+        ) else {
+            return;
+        };
+        use std::os::unix::fs::FileExt;
+        // Only these bytes: readahead would fill the cache with the rest of the file.
+        crate::io::no_readahead(file);
+        let mut buf = vec![0u8; (to - from).min(1 << 20)];
+        for _ in 0..2 {
+            let mut at = from;
+            while at < to {
+                let n = (to - at).min(buf.len());
+                if file.read_exact_at(&mut buf[..n], at as u64).is_err() {
+                    return;
+                }
+                at += n;
+            }
+        }
+    }
+
     /// Map offsets of the first and one past the last byte of all stored chunks.
     fn chunk_span(&self) -> (usize, usize) {
         let starts = self.tensors.iter().filter_map(|t| t.chunk_starts.first());

@@ -58,6 +58,11 @@ pub fn prefetch_cached(file: &File, offset: u64, len: u64) {
     fadvise(file, offset, len, libc::POSIX_FADV_WILLNEED);
 }
 
+/// Turns off readahead for reads through `file`'s descriptor (`POSIX_FADV_RANDOM`: a hint).
+pub fn no_readahead(file: &File) {
+    fadvise(file, 0, 0, libc::POSIX_FADV_RANDOM);
+}
+
 fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {

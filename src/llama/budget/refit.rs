@@ -186,8 +186,10 @@ unsafe fn switch(p: &Pending, settings: Settings) -> Result<Arc<Residency>, Refi
     if count == 0 {
         return Err(RefitError::NotFound);
     }
-    // As after a budgeted load: compressed bytes stay mapped between decodes.
+    // As after a budgeted load: compressed bytes stay mapped between decodes, and are in the
+    // page cache as recently used.
     p.dc.set_release_after_decode(false);
+    res.warm_adopted();
     crate::log_line!(
         "{} ({} tensors, {:.1} MiB given back)",
         res.summary(),

@@ -298,6 +298,23 @@ impl Residency {
         true
     }
 
+    /// Brings the compressed bytes of every streamed tensor taken over by
+    /// [`Residency::adopt_loaded`] into the page cache as recently used
+    /// ([`DcFile::warm_stored`]).
+    pub fn warm_adopted(&self) {
+        let tensors: Vec<usize> = {
+            let st = self.lock();
+            st.slots
+                .iter()
+                .filter(|s| s.addr != 0)
+                .map(|s| s.tensor)
+                .collect()
+        };
+        for t in tensors {
+            self.dc.warm_stored(t);
+        }
+    }
+
     /// A model loaded without a budget switches to this one ([`super::refit`]): every
     /// streamed tensor that `memory_of` finds (its name -> the address and length of its
     /// decoded bytes in llama.cpp's CPU weight buffer, which must hold exactly the file's
