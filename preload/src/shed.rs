@@ -1,12 +1,14 @@
 //! Gives this library's own file pages back after a model load.
 //!
 //! A memory cgroup charges the page cache of every file a process maps, and the dynamic loader
-//! brings this whole library in: with an 8 MiB readahead window (this VM's disks) the first
-//! fault reads all 3.5 MB, of which the load touches about 2.3 MB (mostly the decoder and the
-//! C API around it). After the load only the interposers and the budget paths run. So at the
-//! end of each load the read-only segments' page-table entries are dropped and the file's
-//! unmapped pages leave the page cache; what runs later faults back in one page at a time
-//! (`MADV_RANDOM`, set when the library is loaded, stops the fault path from reading ahead).
+//! brings this whole library in (3.1 MB; this VM's disk has an 8 MiB readahead window), of
+//! which a load maps about 2.3 MB (the decoder and the C API around it). After the load only
+//! the interposers and the budget paths run. So at the end of each load the read-only
+//! segments' page-table entries are dropped and the file's pages that no process maps leave
+//! the page cache. Code that runs later faults back in, and on this VM's kernel each such
+//! fault reads 1.4-1.7 MB around it whatever the mapping's advice (`MADV_RANDOM`, set when the
+//! library is loaded, is only a hint): so the first computes after a load drop the unmapped
+//! pages once more.
 //!
 //! Only segments without write permission are touched: their pages are the file's own
 //! (never copied on write), so dropping a mapping only means the next access maps the same
