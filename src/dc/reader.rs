@@ -458,10 +458,11 @@ impl DcFile {
     /// Reads tensor `i`'s stored chunks from the file twice, so that the kernel counts them
     /// as recently used (its second access to a cached page moves the page to the active
     /// list). For compressed bytes a budget starts decoding from while memory is already
-    /// tight (the batch-time switch of the llama layer's memory budget): read in once under a cap, they would join
-    /// the inactive list and be the first pages reclaimed, and every later decode would read
-    /// them from storage again (MiniLM BF16 under a 362 MiB cap: 12240 major faults against
-    /// 131 when the budget was chosen at load, decodes 0.65 s against 0.08 s).
+    /// tight (the batch-time switch of the llama layer's memory budget): read in once under
+    /// a cap, they would join the inactive list and be the first pages reclaimed, and every
+    /// later decode would read them from storage again (MiniLM BF16 under a 362 MiB cap:
+    /// 12240 major faults against 131 when the budget was chosen at load, decodes 0.65 s
+    /// against 0.08 s).
     pub fn warm_stored(&self, i: usize) {
         let Storage::Mapped(_, file, _) = &self.map else {
             return;
