@@ -113,7 +113,8 @@ fn anchor() -> usize {
     own_segments as *const () as usize
 }
 
-/// At load: no readahead on faults in this library's read-only segments.
+/// At load: ask for no readahead on faults in all of this library's segments (a hint; see the
+/// module doc for what this kernel does with it).
 pub fn no_readahead() {
     let s = own_segments(anchor());
     for &(start, end) in s.read_only.iter().chain(&s.writable) {
