@@ -97,9 +97,11 @@ PYEOF
 done < "$LOCK"
 
 # ---------------------------------------------------------------- converted sets
-# The pinned gguf-py and llama-quantize (scripts/build-llama.sh), found as scripts/env.sh does.
-LLAMA_VER="$(sed -n 's/^LLAMA_PY_VERSION=//p' "$ROOT/vendor/llama.cpp.lock")"
-LLAMA_PREFIX="${DCGGUF_LLAMA_PREFIX:-$CACHE/llama.cpp-$LLAMA_VER}"
+# The pinned gguf-py and llama-quantize (scripts/build-llama.sh), found by scripts/env.sh itself:
+# a copy of its path rule here once missed the build revision, and only a fresh machine, with
+# no older build in its cache, showed it.
+# shellcheck source=scripts/env.sh
+LLAMA_PREFIX="$(. "$ROOT/scripts/env.sh" && echo "$DCGGUF_LLAMA_PREFIX")"
 GGUF_PY="$ROOT/vendor/llama.cpp/gguf-py"
 
 sets="$(awk '$1 == "source" { print $2 }' "$CONVERT_LOCK")"
