@@ -22,9 +22,15 @@ scripts/fetch-models.sh >/dev/null
 # missing.
 export DCGGUF_REQUIRE_MODELS=1 DCGGUF_REQUIRE_PYTHON=1 DCGGUF_REQUIRE_LLAMA=1
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+# The tests' temporary files go to a directory of this run's own, emptied first and removed at
+# the end: whatever a test leaves behind (an aborted process, a tool's own temp files) cannot
+# pile up from run to run. A CI machine whose /tmp kept such leftovers ran out of disk (stop 24).
+test_tmp="$PWD/target/test-tmp"
+rm -rf "$test_tmp"
+mkdir -p "$test_tmp"
+trap 'rm -f "$log"; rm -rf "$test_tmp"' EXIT
 # --no-fail-fast: one failing binary must not hide the others from the CI report.
-cargo test --release --no-fail-fast 2>&1 | tee "$log"
+TMPDIR="$test_tmp" cargo test --release --no-fail-fast 2>&1 | tee "$log"
 # Nothing may be ignored here: every test runs. A test ignored on purpose is listed (by name,
 # one extended regex per line) in ALLOWED_IGNORED.
 ALLOWED_IGNORED=""

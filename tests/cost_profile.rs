@@ -3,19 +3,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{GgufBuilder, Rng, Tensor};
+use common::{GgufBuilder, Rng, TempDir, Tensor};
 use dcgguf::dc::{CompressOptions, DcFile, compress_file};
 
 use dcgguf::cost::probe::{PROFILE_VERSION, save_profile};
 use dcgguf::cost::{LoadModel, ProbeOptions, Stale, load_model_for, load_or_probe, load_profile};
 use dcgguf::gguf::GgmlType;
 
-fn tmp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dcgguf-profile-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("profile-{tag}"))
 }
 
 fn small(dir: &std::path::Path) -> ProbeOptions {
@@ -30,7 +26,7 @@ fn small(dir: &std::path::Path) -> ProbeOptions {
 fn missing_corrupt_foreign_and_old_profiles_are_remeasured() {
     let dir = tmp_dir("stale");
     let path = dir.join("profile.json");
-    let opts = small(&dir);
+    let opts = small(dir.path());
 
     let (p, why) = load_or_probe(&path, &opts).unwrap();
     assert_eq!(why, Some(Stale::Missing));
@@ -64,13 +60,12 @@ fn missing_corrupt_foreign_and_old_profiles_are_remeasured() {
     insane.memcpy_bps = f64::NAN;
     save_profile(&insane, &path).unwrap();
     assert!(matches!(load_profile(&path), Err(Stale::Corrupt(_))));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn the_model_stores_raw_what_decodes_slower_than_storage_reads() {
     let dir = tmp_dir("model");
-    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(&dir)).unwrap();
+    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(dir.path())).unwrap();
     let slowest = p
         .decode
         .iter()
@@ -87,13 +82,12 @@ fn the_model_stores_raw_what_decodes_slower_than_storage_reads() {
         assert!(slow_storage.compress_pays(ty), "{ty} on slow storage");
         assert!(!fast_storage.compress_pays(ty), "{ty} on fast storage");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn convert_time_choice_follows_the_storage_bandwidth() {
     let dir = tmp_dir("convert");
-    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(&dir)).unwrap();
+    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(dir.path())).unwrap();
     let mut rng = Rng::new(7);
     let gguf = GgufBuilder::new()
         .tensor(Tensor::random("a", &[4096, 64], GgmlType::BF16, &mut rng))
@@ -125,13 +119,12 @@ fn convert_time_choice_follows_the_storage_bandwidth() {
     let (raw_slow, _, size_slow) = compress(1e3, "slow.dc.gguf");
     assert!(raw_slow < chunks, "very slow storage: compress what pays");
     assert!(size_slow < size_fast);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn target_size_compresses_just_enough() {
     let dir = tmp_dir("target");
-    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(&dir)).unwrap();
+    let (p, _) = load_or_probe(&dir.join("profile.json"), &small(dir.path())).unwrap();
     let mut rng = Rng::new(11);
     let gguf = GgufBuilder::new()
         .tensor(Tensor::random("a", &[4096, 64], GgmlType::BF16, &mut rng))
@@ -172,7 +165,6 @@ fn target_size_compresses_just_enough() {
         "{err}"
     );
     assert!(!dir.join("no.dc.gguf").exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// What every front end calls for `--profile PATH [--storage-bps N]`: the saved profile as
@@ -181,7 +173,7 @@ fn target_size_compresses_just_enough() {
 fn load_model_for_reads_the_named_profile_and_plans_for_the_given_storage() {
     let dir = tmp_dir("request");
     let path = dir.join("profile.json");
-    let (p, _) = load_or_probe(&path, &small(&dir)).unwrap();
+    let (p, _) = load_or_probe(&path, &small(dir.path())).unwrap();
     let l = load_model_for(Some(path.as_os_str()), Some(123e6), false)
         .unwrap()
         .expect("a profile was asked for");
@@ -202,7 +194,6 @@ fn load_model_for_reads_the_named_profile_and_plans_for_the_given_storage() {
     assert!(load_profile(&fresh).is_ok());
     let e = load_model_for(Some(path.as_os_str()), Some(-1.0), false).unwrap_err();
     assert!(matches!(e, dcgguf::cost::CostError::StorageBps(_)), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A saved profile reads back bit for bit: CI once measured 933836449.3097591 B/s and read
@@ -212,7 +203,7 @@ fn load_model_for_reads_the_named_profile_and_plans_for_the_given_storage() {
 fn saved_profiles_read_back_bit_for_bit() {
     let dir = tmp_dir("roundtrip");
     let path = dir.join("profile.json");
-    let (mut p, _) = load_or_probe(&path, &small(&dir)).unwrap();
+    let (mut p, _) = load_or_probe(&path, &small(dir.path())).unwrap();
     let mut values = vec![933836449.3097591, 0.1 + 0.2, 1.0 / 3.0, 5e-324, f64::MAX];
     // Random finite bit patterns: every exponent, every mantissa.
     let mut rng = Rng::new(11);
@@ -233,5 +224,4 @@ fn saved_profiles_read_back_bit_for_bit() {
         );
         assert_eq!(back.read_warm_bps.to_bits(), pair[1].to_bits());
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

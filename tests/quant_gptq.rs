@@ -17,9 +17,7 @@ use dcgguf::gguf::{GgmlType, GgufHeader, HeaderWriter, KeyValue, Value};
 use dcgguf::quant::{self, Covariances, QuantOptions, gptq, q8};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dcgguf-quant-gptq-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    llama_support::scratch_dir("dcgguf-quant-gptq").join(name)
 }
 
 struct Rng(u64);

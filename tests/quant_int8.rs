@@ -11,9 +11,7 @@ use dcgguf::gguf::GgufHeader;
 use dcgguf::quant::{self, ActStats, ChannelStats, QuantOptions};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dcgguf-quant-int8-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    llama_support::scratch_dir("dcgguf-quant-int8").join(name)
 }
 
 fn models_dir() -> PathBuf {

@@ -10,9 +10,7 @@ use dcgguf::gguf::{GgmlType, HeaderWriter, KeyValue, Value};
 use dcgguf::quant::ActStats;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dcgguf-quant-stats-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    llama_support::scratch_dir("dcgguf-quant-stats").join(name)
 }
 
 /// A GGUF imatrix as llama-imatrix writes it: `W.in_sum2` [n_in, n_mat], `W.counts` [1, n_mat].

@@ -305,6 +305,22 @@ pub fn preload(l: &Llama, dcgguf: bool) -> std::ffi::OsString {
     v
 }
 
+/// Scratch space for one test binary's files, `name` under CARGO_TARGET_TMPDIR: emptied the
+/// first time a process asks for it, so a run leaves at most one set of files behind, inside
+/// target/ (`cargo clean` removes it), and never piles up in the system temp dir from run to
+/// run (a CI machine that keeps /tmp ran out of disk that way).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static EMPTIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let mut emptied = EMPTIED.lock().unwrap_or_else(|e| e.into_inner());
+    if !emptied.contains(&d) {
+        let _ = std::fs::remove_dir_all(&d);
+        emptied.push(d.clone());
+    }
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 pub fn tmp_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dcgguf-llama-tests");
     std::fs::create_dir_all(&d).unwrap();
