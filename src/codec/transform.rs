@@ -756,6 +756,15 @@ pub(super) fn merge_fold_nibble_blocks<const COPIES: usize, const W: usize>(
 
 /// One nibble field `x` split into its M, H and L planes' bytes (see [`Part::NibbleFold`]).
 fn split_nibble_fold(x: &[u8], m: &mut [u8], h: &mut [u8], l: &mut [u8]) {
+    if m.len() % 8 == 0 {
+        split_nibble_fold_words(x, m, h, l)
+    } else {
+        split_nibble_fold_bytes(x, m, h, l)
+    }
+}
+
+/// [`split_nibble_fold`] a byte at a time, for any field width.
+fn split_nibble_fold_bytes(x: &[u8], m: &mut [u8], h: &mut [u8], l: &mut [u8]) {
     let (q, half) = (m.len(), l.len());
     m.fill(0);
     h.fill(0);
@@ -771,8 +780,50 @@ fn split_nibble_fold(x: &[u8], m: &mut [u8], h: &mut [u8], l: &mut [u8]) {
     }
 }
 
+/// Eight bytes at `i` of `x`, as a little-endian word.
+#[inline(always)]
+fn word(x: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(x[i..i + 8].try_into().expect("eight bytes"))
+}
+
+/// A word with `b` in each of its eight bytes.
+const fn bytes(b: u8) -> u64 {
+    u64::from_le_bytes([b; 8])
+}
+
+/// [`split_nibble_fold`] eight bytes a step, for fields whose quarter is a multiple of eight
+/// bytes (Q4_K's and Q6_K's 128): the byte loop was the biggest part of a K-quant model's
+/// compression. Each step's shifts and masks keep every bit inside its own byte.
+fn split_nibble_fold_words(x: &[u8], m: &mut [u8], h: &mut [u8], l: &mut [u8]) {
+    let (q, half) = (m.len(), l.len());
+    for k in (0..q).step_by(8) {
+        let (mut mw, mut hw) = (0u64, 0u64);
+        for j in 0..4 {
+            let v = word(x, j * q + k);
+            let y = v ^ ((v & bytes(0x88)) >> 1);
+            mw |= ((y >> 2) & bytes(0x11)) << j;
+            hw |= ((y >> 3) & bytes(0x11)) << j;
+        }
+        m[k..k + 8].copy_from_slice(&mw.to_le_bytes());
+        h[k..k + 8].copy_from_slice(&hw.to_le_bytes());
+    }
+    for k in (0..half).step_by(8) {
+        let lw = (word(x, k) & bytes(0x33)) | (word(x, k + half) & bytes(0x33)) << 2;
+        l[k..k + 8].copy_from_slice(&lw.to_le_bytes());
+    }
+}
+
 /// One int8 field `x` split into its M, S and L planes' bytes (see [`Part::Int8Fold`]).
 fn split_int8_fold(x: &[u8], m: &mut [u8], s: &mut [u8], l: &mut [u8]) {
+    if m.len() % 8 == 0 {
+        split_int8_fold_words(x, m, s, l)
+    } else {
+        split_int8_fold_bytes(x, m, s, l)
+    }
+}
+
+/// [`split_int8_fold`] a byte at a time, for any field width.
+fn split_int8_fold_bytes(x: &[u8], m: &mut [u8], s: &mut [u8], l: &mut [u8]) {
     let (q, half) = (m.len(), l.len());
     m.fill(0);
     s.fill(0);
@@ -785,6 +836,38 @@ fn split_int8_fold(x: &[u8], m: &mut [u8], s: &mut [u8], l: &mut [u8]) {
     }
     for k in 0..half {
         l[k] = (fold_int8(x[k]) & 0x0F) | fold_int8(x[k + half]) << 4;
+    }
+}
+
+/// [`fold_int8`] of eight bytes at once: a negative byte's sign bit, moved to bit 0 and
+/// multiplied by 0x7F, is that byte's XOR mask (no carry leaves a byte).
+#[inline(always)]
+fn fold_int8_word(v: u64) -> u64 {
+    v ^ ((v >> 7) & bytes(0x01)) * 0x7F
+}
+
+/// [`split_int8_fold`] eight bytes a step, for fields whose quarter is a multiple of eight
+/// bytes (Q8_0's 32): its byte loop was 35% of a Q8_0 model's compression in `perf`. Each
+/// step's shifts and masks keep every bit inside its own byte.
+fn split_int8_fold_words(x: &[u8], m: &mut [u8], s: &mut [u8], l: &mut [u8]) {
+    let (q, half) = (m.len(), l.len());
+    for k in (0..q).step_by(8) {
+        let (mut mw, mut sw) = (0u64, 0u64);
+        for j in 0..4 {
+            let y = fold_int8_word(word(x, j * q + k));
+            mw |= ((y >> 5) & bytes(0x03)) << (2 * j);
+            sw |= (((y >> 4) & bytes(0x01)) | ((y >> 7) & bytes(0x01)) << 1) << (2 * j);
+        }
+        m[k..k + 8].copy_from_slice(&mw.to_le_bytes());
+        s[k..k + 8].copy_from_slice(&sw.to_le_bytes());
+    }
+    for k in (0..half).step_by(8) {
+        let (lo, hi) = (
+            fold_int8_word(word(x, k)),
+            fold_int8_word(word(x, k + half)),
+        );
+        let lw = (lo & bytes(0x0F)) | (hi & bytes(0x0F)) << 4;
+        l[k..k + 8].copy_from_slice(&lw.to_le_bytes());
     }
 }
 
@@ -1154,6 +1237,37 @@ mod tests {
         }
         let other = Layout::new(Transform::FoldSplit, GgmlType::Q5_K);
         assert!(!other.merge_fold_blocks(&[], &mut []));
+    }
+
+    #[test]
+    fn word_splits_equal_the_byte_splits() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for width in [32, 64, 128, 256] {
+            let x: Vec<u8> = (0..width)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let (q, half) = (width / 4, width / 2);
+            let split = |f: fn(&[u8], &mut [u8], &mut [u8], &mut [u8])| {
+                let (mut a, mut b, mut c) = (vec![0xA5; q], vec![0x5A; q], vec![0xC3; half]);
+                f(&x, &mut a, &mut b, &mut c);
+                (a, b, c)
+            };
+            assert_eq!(
+                split(split_nibble_fold_words),
+                split(split_nibble_fold_bytes),
+                "nibbles, {width}"
+            );
+            assert_eq!(
+                split(split_int8_fold_words),
+                split(split_int8_fold_bytes),
+                "int8, {width}"
+            );
+        }
     }
 
     #[test]
