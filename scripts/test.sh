@@ -24,7 +24,7 @@ export DCGGUF_REQUIRE_MODELS=1 DCGGUF_REQUIRE_PYTHON=1 DCGGUF_REQUIRE_LLAMA=1
 log="$(mktemp)"
 # The tests' temporary files go to a directory of this run's own, emptied first and removed at
 # the end: whatever a test leaves behind (an aborted process, a tool's own temp files) cannot
-# pile up from run to run. A CI machine whose /tmp kept such leftovers ran out of disk (stop 24).
+# pile up from run to run (one CI run, stop 24, failed with a full /tmp).
 test_tmp="$PWD/target/test-tmp"
 rm -rf "$test_tmp"
 mkdir -p "$test_tmp"

@@ -308,7 +308,7 @@ pub fn preload(l: &Llama, dcgguf: bool) -> std::ffi::OsString {
 /// Scratch space for one test binary's files, `name` under CARGO_TARGET_TMPDIR: emptied the
 /// first time a process asks for it, so a run leaves at most one set of files behind, inside
 /// target/ (`cargo clean` removes it), and never piles up in the system temp dir from run to
-/// run (a CI machine that keeps /tmp ran out of disk that way).
+/// run.
 pub fn scratch_dir(name: &str) -> PathBuf {
     static EMPTIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
