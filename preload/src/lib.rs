@@ -153,6 +153,7 @@ pub unsafe extern "C" fn posix_memalign(
     size: usize,
 ) -> libc::c_int {
     let ours = posix_memalign as *const () as usize;
+    shed::before_allocation(size);
     // SAFETY: the caller's arguments, passed through under posix_memalign's own contract.
     unsafe { hooks::posix_memalign_or_real(out, align, size, ours) }
 }
