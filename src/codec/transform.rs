@@ -756,7 +756,7 @@ pub(super) fn merge_fold_nibble_blocks<const COPIES: usize, const W: usize>(
 
 /// One nibble field `x` split into its M, H and L planes' bytes (see [`Part::NibbleFold`]).
 fn split_nibble_fold(x: &[u8], m: &mut [u8], h: &mut [u8], l: &mut [u8]) {
-    if m.len() % 8 == 0 {
+    if m.len().is_multiple_of(8) {
         split_nibble_fold_words(x, m, h, l)
     } else {
         split_nibble_fold_bytes(x, m, h, l)
@@ -815,7 +815,7 @@ fn split_nibble_fold_words(x: &[u8], m: &mut [u8], h: &mut [u8], l: &mut [u8]) {
 
 /// One int8 field `x` split into its M, S and L planes' bytes (see [`Part::Int8Fold`]).
 fn split_int8_fold(x: &[u8], m: &mut [u8], s: &mut [u8], l: &mut [u8]) {
-    if m.len() % 8 == 0 {
+    if m.len().is_multiple_of(8) {
         split_int8_fold_words(x, m, s, l)
     } else {
         split_int8_fold_bytes(x, m, s, l)
@@ -843,7 +843,7 @@ fn split_int8_fold_bytes(x: &[u8], m: &mut [u8], s: &mut [u8], l: &mut [u8]) {
 /// multiplied by 0x7F, is that byte's XOR mask (no carry leaves a byte).
 #[inline(always)]
 fn fold_int8_word(v: u64) -> u64 {
-    v ^ ((v >> 7) & bytes(0x01)) * 0x7F
+    v ^ (((v >> 7) & bytes(0x01)) * 0x7F)
 }
 
 /// [`split_int8_fold`] eight bytes a step, for fields whose quarter is a multiple of eight
@@ -1239,6 +1239,9 @@ mod tests {
         assert!(!other.merge_fold_blocks(&[], &mut []));
     }
 
+    /// A fold split of one field into its three planes.
+    type FoldSplit = fn(&[u8], &mut [u8], &mut [u8], &mut [u8]);
+
     #[test]
     fn word_splits_equal_the_byte_splits() {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -1252,7 +1255,7 @@ mod tests {
                 })
                 .collect();
             let (q, half) = (width / 4, width / 2);
-            let split = |f: fn(&[u8], &mut [u8], &mut [u8], &mut [u8])| {
+            let split = |f: FoldSplit| {
                 let (mut a, mut b, mut c) = (vec![0xA5; q], vec![0x5A; q], vec![0xC3; half]);
                 f(&x, &mut a, &mut b, &mut c);
                 (a, b, c)
