@@ -41,8 +41,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dcgguf::cost::measure_decode;
+use dcgguf::cost::{PairedRatio, measure_decode};
 use dcgguf::dc::DcFile;
+use dcgguf::gguf::GgmlType;
 
 #[path = "../tests/llama_support/mod.rs"]
 mod llama_support;
@@ -180,6 +181,9 @@ fn len(p: &Path) -> u64 {
 struct DcMeasure {
     row: Row,
     memcpy: f64,
+    paired: PairedRatio,
+    /// Over half the tensor bytes are Q8_0 or K-quants (issue 15 item 1's files).
+    near_incompressible: bool,
 }
 
 fn dc_row(label: &str, args: &[&str], src: &Path, out: &Path) -> DcMeasure {
@@ -203,6 +207,17 @@ fn dc_row(label: &str, args: &[&str], src: &Path, out: &Path) -> DcMeasure {
     let raw: u64 = (0..dc.tensor_count())
         .map(|i| dc.tensor_info(i).nbytes)
         .sum();
+    let quants = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+    let near_incompressible: u64 = (0..dc.tensor_count())
+        .map(|i| dc.tensor_info(i))
+        .filter(|t| quants.contains(&t.ty))
+        .map(|t| t.nbytes)
+        .sum();
     let bound: u64 = dc.index.tensors.iter().map(|t| t.entropy_bound).sum();
     let stored: u64 = dc.index.tensors.iter().map(|t| t.stored_bytes()).sum();
     DcMeasure {
@@ -219,6 +234,8 @@ fn dc_row(label: &str, args: &[&str], src: &Path, out: &Path) -> DcMeasure {
             ),
         },
         memcpy: d.memcpy_gbps_1_thread,
+        paired: d.decode_over_memcpy_1_thread,
+        near_incompressible: 2 * near_incompressible > raw,
     }
 }
 
@@ -543,6 +560,10 @@ struct Measured {
     name: String,
     rows: Vec<Row>,
     memcpy: f64,
+    /// Mostly Q8_0 or K-quant bytes (issue 15 item 1's files).
+    near_incompressible: bool,
+    /// The default level's one-thread decode over memcpy, in adjacent pairs.
+    paired: Option<PairedRatio>,
     loads: Vec<(String, Load)>,
 }
 
@@ -579,6 +600,13 @@ fn table(out: &mut String, m: &Model, me: &Measured, reps: usize) {
         "| memcpy | | | {:.1} | | the decode buffers' copy |",
         me.memcpy
     );
+    if let Some(p) = &me.paired {
+        let _ = writeln!(
+            out,
+            "\nDecode over memcpy, 1 thread, timed in {} adjacent pairs: median {:.3}x ({:.3}-{:.3}x).",
+            p.pairs, p.median, p.min, p.max
+        );
+    }
     if me.loads.is_empty() {
         return;
     }
@@ -648,7 +676,9 @@ fn summary(out: &mut String, all: &[Measured]) {
             x(get(dc, cmb), get(z3, cmb)),
             x(get(dc, cmb), get(zn, cmb)),
             x(get(dc, d1), get(z19, d1)),
-            x(get(dc, d1), Some(me.memcpy)),
+            me.paired
+                .as_ref()
+                .map_or_else(|| "–".into(), |p| format!("{:.2}x", p.median)),
             x(get(dc, dn), get(z19, d1)),
             x(get(dc, dn), get(zn, dn)),
             x(ld(DC, w), ld(NONE, w)),
@@ -660,6 +690,20 @@ fn summary(out: &mut String, all: &[Measured]) {
     }
     // The load targets (issue 15, item 2), printed, not asserted: one noisy run decides nothing.
     let _ = writeln!(out);
+    // Issue 15 item 1: files dominated by Q8_0 or K-quants decode at >= 0.25x memcpy per thread.
+    for me in all.iter().filter(|m| m.near_incompressible) {
+        if let Some(p) = &me.paired {
+            let _ = writeln!(
+                out,
+                "- {}: one-thread decode / memcpy in adjacent pairs = {:.3}x median, {:.3}x in the \
+                 slowest pair (target >= 0.25x): {}",
+                me.name,
+                p.median,
+                p.min,
+                if p.median >= 0.25 { "PASS" } else { "FAIL" }
+            );
+        }
+    }
     for me in all.iter().filter(|m| !m.loads.is_empty()) {
         let l = |i: usize| me.loads.get(i).map(|(_, l)| l);
         // A missing number (a tool that printed no load time) decides nothing.
@@ -743,6 +787,8 @@ fn main() {
         eprintln!("table bench: {} ...", m.name);
         let mut rows = Vec::new();
         let mut memcpy = f64::NAN;
+        let mut paired = None;
+        let mut near_incompressible = false;
         let dc_file = dir.join(format!("{}.dc.gguf", m.key));
         // DCGGUF_BENCH_ONLY_LOAD=1: the default level (the load rows' file), no peers.
         let only_load = support::env_flag("DCGGUF_BENCH_ONLY_LOAD");
@@ -757,6 +803,8 @@ fn main() {
             let d = dc_row(label, args, &m.path, &out);
             if i == 0 {
                 memcpy = d.memcpy;
+                paired = Some(d.paired);
+                near_incompressible = d.near_incompressible;
             } else {
                 std::fs::remove_file(&out).ok();
             }
@@ -779,6 +827,8 @@ fn main() {
             name: m.name.clone(),
             rows,
             memcpy,
+            paired,
+            near_incompressible,
             loads,
         };
         let mut t = String::new();

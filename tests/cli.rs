@@ -188,6 +188,13 @@ fn every_subcommand_with_json() {
     ] {
         assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
     }
+    let paired = &r["decode_over_memcpy_1_thread"];
+    let at = |k: &str| paired[k].as_f64().unwrap();
+    assert!(
+        0.0 < at("min") && at("min") <= at("median") && at("median") <= at("max"),
+        "{paired}"
+    );
+    assert_eq!(paired["pairs"].as_u64(), Some(9), "{paired}");
     assert!(dir.tmp_leftovers().is_empty());
 }
 

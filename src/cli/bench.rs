@@ -62,6 +62,11 @@ pub fn run(cli: &Cli, a: &Args) -> Result<(), CliError> {
             b.threads, b.decode_gbps_n_threads
         );
         println!("memcpy 1 thread:     {:>7.2} GB/s", b.memcpy_gbps_1_thread);
+        let r = &b.decode_over_memcpy_1_thread;
+        println!(
+            "decode / memcpy, 1 thread, in adjacent pairs: {:.3}x (median of {}; {:.3}-{:.3})",
+            r.median, r.pairs, r.min, r.max
+        );
     }
     Ok(())
 }
