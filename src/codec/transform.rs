@@ -1239,21 +1239,25 @@ mod tests {
         assert!(!other.merge_fold_blocks(&[], &mut []));
     }
 
+    /// `n` pseudo-random bytes from `seed` (xorshift64).
+    fn xorshift_bytes(mut state: u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
     /// A fold split of one field into its three planes.
     type FoldSplit = fn(&[u8], &mut [u8], &mut [u8], &mut [u8]);
 
     #[test]
     fn word_splits_equal_the_byte_splits() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
         for width in [32, 64, 128, 256] {
-            let x: Vec<u8> = (0..width)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let x = xorshift_bytes(0x2545_F491_4F6C_DD1D ^ width as u64, width);
             let (q, half) = (width / 4, width / 2);
             let split = |f: FoldSplit| {
                 let (mut a, mut b, mut c) = (vec![0xA5; q], vec![0x5A; q], vec![0xC3; half]);
@@ -1285,15 +1289,7 @@ mod tests {
             let l = Layout::new(Transform::FoldSplit, ty);
             // 16, 17, 35 and 64: the Q4_0/Q4_1 merge's rounds of sixteen blocks, and tails.
             for blocks in [1, 2, 3, 7, 16, 17, 35, 64] {
-                let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ blocks as u64;
-                let src: Vec<u8> = (0..blocks * l.unit())
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state as u8
-                    })
-                    .collect();
+                let src = xorshift_bytes(0x9E37_79B9_7F4A_7C15 ^ blocks as u64, blocks * l.unit());
                 let planes = planes_of(&l, &src);
                 let parts: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
                 let mut dst = vec![0u8; src.len()];
