@@ -17,7 +17,9 @@ echo "== compress"
 echo "== verify (decode everything, compare with the original byte for byte)"
 "$bin" verify --against "$model" "$out"
 echo "== inspect (largest tensors)"
-"$bin" inspect "$out" | { read -r h; echo "$h"; sort -k5 -n -r | head -5; } 
+# awk, not head: head exits after five lines, and sort, still writing, then dies of SIGPIPE
+# (exit 141 under pipefail).
+"$bin" inspect "$out" | { read -r h; echo "$h"; sort -k5 -n -r | awk "NR <= 5"; }
 "$bin" inspect "$out" | tail -1
 echo "== decode speed on this machine"
 "$bin" bench "$out"
