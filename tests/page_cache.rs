@@ -125,3 +125,58 @@ fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The `VmFlags` of every mapping of `path` in this process (`/proc/self/smaps`).
+fn mapping_flags(path: &std::path::Path) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let path = path.canonicalize().unwrap();
+    let path = path.to_str().unwrap();
+    let mut out = Vec::new();
+    let mut ours = false;
+    for line in smaps.lines() {
+        let Some(first) = line.split_whitespace().next() else {
+            continue;
+        };
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if ours {
+                out.push(flags.trim().to_string());
+            }
+        } else if !first.ends_with(':') {
+            // A mapping's header: "start-end perms offset dev inode path".
+            ours = line.ends_with(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn after_a_cold_load_the_mapping_reads_ahead_again() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("page-cache-ra-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Rng::new(6);
+    let model = GgufBuilder::new()
+        .tensor(Tensor::random("a", &[2048, 2048], GgmlType::F16, &mut rng))
+        .build();
+    let input = dir.join("m.gguf");
+    std::fs::write(&input, &model).unwrap();
+    let path = dir.join("m.dc.gguf");
+    compress_file(&input, &path, &opts_chunk(256 << 10), &|_| {}).unwrap();
+    evict(&path);
+    let dc = DcFile::open(&path).unwrap();
+    dc.set_release_after_decode(true);
+    dc.set_uncache_after_decode(true);
+    // While the cold load uncaches, the mapping reads no more than each fault asks (the
+    // kernel's "rr" flag, MADV_RANDOM)...
+    let during = mapping_flags(&path);
+    assert_eq!(during.len(), 1, "{during:?}");
+    assert!(during[0].split(' ').any(|f| f == "rr"), "{during:?}");
+    decode_all(&dc);
+    // ...and afterwards it reads ahead again: a budget that decodes from it later (the
+    // batch-time switch) would otherwise fault its evicted bytes back a page at a time.
+    let after = mapping_flags(&path);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(!after[0].split(' ').any(|f| f == "rr"), "{after:?}");
+    drop(dc);
+    std::fs::remove_dir_all(&dir).ok();
+}
