@@ -277,6 +277,14 @@ fn budgeted_embeddings_are_identical() {
                 plain.stdout, r.stdout,
                 "{name} at {budget} ({home}) differs"
             );
+            // The token table (23.4 MB decoded; chunks of 1 MiB) is streamed at every one of
+            // these budgets, and a lookup copies in only the rows of the sentences' few dozen
+            // tokens: a page or two each, where decoding whole chunks in place touched MBs.
+            let looked_up = stat(&r.stderr, "looked_up_bytes");
+            assert!(
+                looked_up > 0 && looked_up < 1 << 20,
+                "{name} at {budget} ({home}): row lookups touched {looked_up} bytes"
+            );
         }
     }
 }

@@ -18,7 +18,7 @@ pub struct TensorCost {
     /// Decode speed of this tensor's type (bytes of output per second).
     pub decode_bps: f64,
     /// Only ever read by row lookups (an untied token embedding): each use decodes just the
-    /// chunks holding the rows asked for.
+    /// chunks holding the rows asked for, and copies out just those rows.
     pub lookup_only: bool,
     /// Decoded bytes per chunk (the unit a row lookup decodes).
     pub chunk_bytes: u64,
