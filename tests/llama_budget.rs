@@ -463,12 +463,13 @@ fn embedding_in_cgroup(
 
 /// The default decides at load, before the context exists; MiniLM BF16's first batch then
 /// takes llama.cpp about 270 MiB of buffers (logits for 2046 tokens, compute buffers) next
-/// to 44 MiB of weights. Under a cap of 95% of plain llama.cpp's own peak, plain (mmap, whose
+/// to 44 MiB of weights. Under a cap of 90% of plain llama.cpp's own peak, plain (mmap, whose
 /// weight pages the kernel may drop) finishes, and a DC load without a budget
-/// (`DCGGUF_MEM_BUDGET=0`, what the default did before) is OOM-killed; the default checks
-/// the batch's buffers as llama.cpp allocates them (src/llama/budget/refit.rs), switches to
-/// a budget, says so, and prints exactly the plain model's embeddings. Needs a memory
-/// cgroup of its own (root).
+/// (`DCGGUF_MEM_BUDGET=0`) is OOM-killed; the default checks the batch's buffers as
+/// llama.cpp allocates them (src/llama/budget/refit.rs), switches to a budget, says so, and
+/// prints exactly the plain model's embeddings. (Under 95% the default now fits without a
+/// switch: it keeps the 23 MB token table compressed.) Needs a memory cgroup of its own
+/// (root).
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
@@ -496,7 +497,7 @@ fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_
             String::from_utf8_lossy(&free.stderr)
         );
         let peak = free_use.peak.expect("the cgroup reports its peak");
-        let cap = peak / 100 * 95;
+        let cap = peak / 100 * 90;
         let (plain, plain_use) = embedding_in_cgroup(
             &l,
             &parent,
@@ -521,7 +522,7 @@ fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_
         }
         assert!(
             attempt < 2,
-            "under {} MiB (95% of plain's peak, {} MiB): plain mmap finished: {plain_ok} (the \
+            "under {} MiB (90% of plain's peak, {} MiB): plain mmap finished: {plain_ok} (the \
              test's premise), a DC load without a budget was killed: {forced_dies} (else the \
              cap is not tight enough to test)\n{}",
             cap / MIB,

@@ -44,6 +44,9 @@ pub struct DcFile {
     release_after_decode: std::sync::atomic::AtomicBool,
     /// See [`DcFile::set_uncache_after_decode`].
     uncache: std::sync::atomic::AtomicBool,
+    /// The mapping reads only the pages a fault asks for (`MADV_RANDOM`, set for uncaching
+    /// and kept after it): each decode first asks for its whole chunk in one request.
+    chunk_reads: std::sync::atomic::AtomicBool,
     original_xxh3: u64,
 }
 
@@ -346,6 +349,7 @@ impl DcFile {
             original_xxh3,
             release_after_decode: std::sync::atomic::AtomicBool::new(false),
             uncache: std::sync::atomic::AtomicBool::new(false),
+            chunk_reads: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -430,6 +434,8 @@ impl DcFile {
             // bytes are asked for just before its decode (`decode_chunk`), so the cache
             // holds only the chunks being decoded.
             let _ = m.advise(memmap2::Advice::Random);
+            self.chunk_reads
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.uncache.store(on, std::sync::atomic::Ordering::Relaxed);
     }
@@ -585,11 +591,15 @@ impl DcFile {
         let e = &self.index.tensors[i].chunks[c];
         let name = &self.original.tensors[i].name;
         let payload = &self.map[st.chunk_starts[c]..st.chunk_starts[c + 1]];
-        if self.uncache.load(std::sync::atomic::Ordering::Relaxed)
+        if self.chunk_reads.load(std::sync::atomic::Ordering::Relaxed)
             && let Storage::Mapped(_, file, _) = &self.map
         {
             // One read of the whole chunk instead of a page per fault (see
-            // set_uncache_after_decode).
+            // set_uncache_after_decode). Also after the load: a budget that starts later (the
+            // batch-time switch, the default's lookup tables) reads chunks that a cap, or the
+            // load's uncaching, evicted; page by page, MiniLM BF16 under a 363 MiB cap took
+            // 5950 major faults where a budget from the load took 130. The kernel's readahead
+            // instead would cache the chunks around it too (8 MiB of them on this VM's disk).
             crate::io::prefetch_cached(
                 file,
                 st.chunk_starts[c] as u64,
@@ -716,14 +726,6 @@ impl DcFile {
             self.release_range(0, self.map.len());
             self.uncache
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            if let Storage::Mapped(m, file, _) = &self.map {
-                // Back to the kernel's readahead: a budget that starts later (the batch-time
-                // switch) faults its compressed bytes in again once a cap evicted them, and a
-                // page per fault took MiniLM BF16 from 130 to 5950 major faults under a
-                // 363 MiB cap.
-                let _ = m.advise(memmap2::Advice::Normal);
-                crate::io::normal_readahead(file);
-            }
         }
     }
 

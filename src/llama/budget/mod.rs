@@ -8,8 +8,10 @@
 //! (`DCGGUF_MEM_BUDGET`, with `DCGGUF_MEM_SOURCE` and `DCGGUF_PREFETCH` as defaults).
 //!
 //! **When nothing is asked** ([`limit`]): the limit this process runs under (cgroup or
-//! `MemAvailable`) decides: no budget when the decoded model fits, else a budget that fits;
-//! and again when a batch allocates a buffer ([`refit`]), once the context's needs show.
+//! `MemAvailable`) decides: no budget when the decoded model fits (but for its lookup
+//! tables, an untied token embedding, which stay compressed: a lookup decodes the rows it
+//! reads, [`plan::lookups_plan`]), else a budget that fits; and again when a batch allocates
+//! a buffer ([`refit`]), once the context's needs show.
 //!
 //! **What is decided at load** ([`plan`]): which tensors stay resident and which are
 //! streamed. Streaming a tensor saves its decoded bytes and costs a decode per use, so the

@@ -123,6 +123,46 @@ pub fn plan_for(tensors: &[TensorCost], s: &Settings) -> Option<ResidencyPlan> {
     (p.streamed_count() > 0).then_some(p)
 }
 
+/// The plan of the default when the decoded model fits in memory: only the lookup tables
+/// (untied token embeddings) that compression shrinks by at least [`MIN_STREAMED`] stream,
+/// everything else stays resident. A lookup decodes the chunks holding the rows it asks for
+/// (a few per batch), so this costs almost no time, and holds the table's compressed bytes
+/// instead of its decoded ones (MiniLM BF16: 15.5 MB instead of 23.4). `None` when the model
+/// has no such table.
+pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let streamed: Vec<bool> = tensors
+        .iter()
+        .map(|t| t.lookup_only && t.raw >= t.stored.saturating_add(MIN_STREAMED))
+        .collect();
+    if !streamed.contains(&true) {
+        return None;
+    }
+    let sum = |f: &dyn Fn(&TensorCost) -> u64, want: bool| -> u64 {
+        tensors
+            .iter()
+            .zip(&streamed)
+            .filter(|(_, s)| **s == want)
+            .map(|(t, _)| f(t))
+            .sum()
+    };
+    let resident_bytes = sum(&|t| t.raw, false);
+    let streamed_stored_bytes = sum(&|t| t.stored, true);
+    let reserve_bytes = sum(&|t| t.raw.min(LOOKUP_CHUNKS * t.chunk_bytes.max(1)), true);
+    let budget_bytes = resident_bytes + streamed_stored_bytes + reserve_bytes;
+    let decoded_weight_bytes = sum(&|t| t.raw, false) + sum(&|t| t.raw, true);
+    Some(ResidencyPlan {
+        streamed,
+        group: groups(&names),
+        budget_bytes,
+        min_bytes: budget_bytes,
+        resident_bytes,
+        reserve_bytes,
+        streamed_stored_bytes,
+        decoded_weight_bytes,
+    })
+}
+
 /// Plans residency for `budget_bytes` of weight memory.
 pub fn plan(
     tensors: &[TensorCost],
@@ -335,6 +375,32 @@ mod tests {
             "the 40 MiB lookup table is the cheapest to stream"
         );
         assert!(p.reserve_bytes < 40 << 20);
+    }
+
+    #[test]
+    fn with_memory_to_spare_only_lookup_tables_that_compression_shrinks_stream() {
+        let mut m = model();
+        assert_eq!(
+            lookups_plan(&m),
+            None,
+            "a tied embedding is no lookup table"
+        );
+        m[0].lookup_only = true;
+        let p = lookups_plan(&m).unwrap();
+        assert_eq!(p.streamed_count(), 1);
+        assert!(p.streamed[0]);
+        assert_eq!(p.streamed_stored_bytes, 36 << 20);
+        assert_eq!(p.reserve_bytes, 4 << 20);
+        assert_eq!(p.resident_bytes + (40 << 20), p.decoded_weight_bytes);
+        // Held in RAM: the stored table and a few chunks' rows instead of the decoded table.
+        assert!(p.needed_bytes(CompressedHome::Ram) == p.budget_bytes);
+        assert_eq!(
+            p.budget_bytes,
+            p.decoded_weight_bytes - (40 << 20) + (36 << 20) + (4 << 20)
+        );
+        // A table that compression barely shrinks stays decoded.
+        m[0].stored = m[0].raw - (MIN_STREAMED - 1);
+        assert_eq!(lookups_plan(&m), None);
     }
 
     #[test]

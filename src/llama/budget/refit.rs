@@ -51,6 +51,9 @@ pub struct Pending {
     decoded: u64,
     /// Set when it switched: every context of the model uses it from then on.
     res: OnceLock<Arc<Residency>>,
+    /// Until then: its lookup tables, kept compressed from the end of the load
+    /// ([`Residency::lookups_only`]).
+    lookups: OnceLock<Arc<Residency>>,
     /// Compute threads of its contexts, for the residency's prefetch choice.
     threads: Mutex<usize>,
     /// A switch failed (said once): no more checks.
@@ -69,21 +72,74 @@ fn pending() -> std::sync::MutexGuard<'static, Vec<Arc<Pending>>> {
 }
 
 /// `model` was loaded from `dc` without a budget because the default found that its
-/// `decoded` weight bytes fit: check again as its batches allocate memory.
+/// `decoded` weight bytes fit: its lookup tables go back to compressed (a lookup decodes
+/// only the rows it reads), and its memory is checked again as its batches allocate.
 pub fn register_pending(model: *mut sys::llama_model, dc: Arc<DcFile>, decoded: u64) {
-    pending().push(Arc::new(Pending {
+    let p = Arc::new(Pending {
         model: model as usize,
         dc,
         decoded,
         res: OnceLock::new(),
+        lookups: OnceLock::new(),
         threads: Mutex::new(1),
         failed: AtomicBool::new(false),
-    }));
+    });
+    // SAFETY: the model has just been loaded: no context of it exists, so no graph of it
+    // computes, and every context created from now on runs the residency's callback
+    // (`watch_for`).
+    match unsafe { keep_lookups_compressed(&p) } {
+        Ok(Some(res)) => {
+            let _ = p.lookups.set(res);
+        }
+        Ok(None) => {}
+        Err(e) => crate::log_line!("dcgguf: warning: {e}; lookup tables stay decoded"),
+    }
+    pending().push(p);
+}
+
+/// Gives back the decoded pages of `p`'s lookup tables that compression shrinks, to be
+/// decoded row by row at each lookup: the default's plan when the model fits.
+///
+/// # Safety
+/// As for [`switch`].
+unsafe fn keep_lookups_compressed(p: &Pending) -> Result<Option<Arc<Residency>>, RefitError> {
+    let Some(res) = Residency::lookups_only(p.dc.clone()) else {
+        return Ok(None);
+    };
+    let api = api()?;
+    let model = p.model as *const sys::llama_model;
+    // SAFETY: forwarded from the caller.
+    let (count, bytes) = unsafe { res.adopt_loaded(|name| api.tensor_memory(model, name)) };
+    if count == 0 {
+        return Ok(None);
+    }
+    // Their stored bytes are not read ahead: a lookup reads just the chunks it decodes, one
+    // request each (MiniLM BF16, six runs each: 2.01-2.37 s without reading ahead, 2.10-2.44
+    // s with; a big vocabulary's table would be read whole for a prompt's few rows).
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    crate::log_line!(
+        "dcgguf: memory: {count} lookup table(s) kept compressed ({:.1} MiB decoded, {:.1} MiB \
+         stored): each lookup decodes only the rows it reads (DCGGUF_MEM_BUDGET=0 keeps them \
+         decoded)",
+        mib(bytes),
+        mib(res.plan.streamed_stored_bytes),
+    );
+    Ok(Some(res))
 }
 
 /// Forgets a model about to be freed.
 pub fn forget_model(model: *mut sys::llama_model) {
-    pending().retain(|p| p.model != model as usize);
+    let gone: Vec<Arc<Pending>> = {
+        let mut all = pending();
+        let (gone, kept) = all.drain(..).partition(|p| p.model == model as usize);
+        *all = kept;
+        gone
+    };
+    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+        for r in gone.iter().filter_map(|p| p.lookups.get()) {
+            crate::log_line!("dcgguf: lookup table stats: {:?}", r.stats());
+        }
+    }
 }
 
 /// Before a context of `model` is created with `threads` compute threads: what its graph
@@ -101,9 +157,12 @@ pub fn watch_for(model: *const sys::llama_model, threads: usize) -> Option<Arc<W
 }
 
 impl Watch {
-    /// The budget the model switched to, if it did.
+    /// The budget the model switched to, if it did; else its lookup tables' residency.
     pub fn residency(&self) -> Option<&Arc<Residency>> {
-        self.pending.res.get()
+        self.pending
+            .res
+            .get()
+            .or_else(|| self.pending.lookups.get())
     }
 }
 

@@ -100,6 +100,8 @@ struct State {
     closed: bool,
     /// Pages of evicted tensors, for the next decodes.
     pool: Pool,
+    /// Slots a row lookup decoded rows of since the last computed range.
+    looked_up: Vec<usize>,
     stats: Stats,
 }
 
@@ -122,6 +124,39 @@ pub struct Residency {
     stall_nanos: AtomicU64,
     /// The setting it came from (`None`: decided by [`Residency::set_compute_threads`]).
     prefetch_setting: Option<bool>,
+    /// Give back a lookup table's rows once the lookup has run and they fill more than
+    /// [`LOOKUP_KEEP`] (the default's lookups-only plan, [`Residency::lookups_only`]), not
+    /// only when the room is needed.
+    release_lookups: bool,
+}
+
+/// Rows of a lookup table a lookups-only plan keeps between lookups: a generated token's
+/// row is then decoded once, not at every token, and a prompt's rows go right after use.
+const LOOKUP_KEEP: u64 = 1 << 20;
+
+/// What the plan needs to know of each tensor of `dc`.
+fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
+    // The token embedding is only a row lookup unless it doubles as the output head: it
+    // does not with a separate `output.weight`, nor in embedding models (pooling type).
+    let arch = dc
+        .original
+        .get("general.architecture")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let pooled = arch.is_some_and(|a| dc.original.get(&format!("{a}.pooling_type")).is_some());
+    let untied = pooled || dc.find_tensor("output.weight").is_some();
+    (0..dc.tensor_count())
+        .map(|i| {
+            let v = dc.tensor_view(i);
+            TensorCost {
+                lookup_only: untied && v.name == "token_embd.weight",
+                chunk_bytes: u64::from(dc.index.tensors[i].chunk_raw),
+                name: v.name,
+                raw: v.raw_bytes,
+                stored: v.stored_bytes,
+                decode_bps: decode_bps_for(dc.tensor_info(i).ty),
+            }
+        })
+        .collect()
 }
 
 fn decode_bps_for(ty: GgmlType) -> f64 {
@@ -140,38 +175,40 @@ impl Residency {
     /// The plan for `dc` under `s`; `None` when it streams nothing (the budget covers the
     /// whole model).
     pub fn new(dc: Arc<DcFile>, s: Settings) -> Option<Arc<Residency>> {
-        // The token embedding is only a row lookup unless it doubles as the output head: it
-        // does not with a separate `output.weight`, nor in embedding models (pooling type).
-        let arch = dc
-            .original
-            .get("general.architecture")
-            .and_then(|v| v.as_str().map(str::to_owned));
-        let pooled = arch.is_some_and(|a| dc.original.get(&format!("{a}.pooling_type")).is_some());
-        let untied = pooled || dc.find_tensor("output.weight").is_some();
-        let costs: Vec<TensorCost> = (0..dc.tensor_count())
-            .map(|i| {
-                let v = dc.tensor_view(i);
-                TensorCost {
-                    lookup_only: untied && v.name == "token_embd.weight",
-                    chunk_bytes: u64::from(dc.index.tensors[i].chunk_raw),
-                    name: v.name,
-                    raw: v.raw_bytes,
-                    stored: v.stored_bytes,
-                    decode_bps: decode_bps_for(dc.tensor_info(i).ty),
-                }
-            })
-            .collect();
+        let costs = tensor_costs(&dc);
         let plan = plan_for(&costs, &s)?;
-        let mut slot_of_tensor = vec![None; costs.len()];
+        Some(Self::with_plan(dc, s, plan, false))
+    }
+
+    /// The default's plan when the decoded model fits ([`super::plan::lookups_plan`]): only
+    /// lookup tables stream, their rows given back after each lookup that filled more than
+    /// [`LOOKUP_KEEP`]. `None` when the model has no table worth it.
+    pub fn lookups_only(dc: Arc<DcFile>) -> Option<Arc<Residency>> {
+        let plan = super::plan::lookups_plan(&tensor_costs(&dc))?;
+        let s = Settings {
+            budget: super::spec::Budget::Bytes(plan.budget_bytes),
+            home: CompressedHome::Ram,
+            prefetch: Some(false),
+        };
+        Some(Self::with_plan(dc, s, plan, true))
+    }
+
+    fn with_plan(
+        dc: Arc<DcFile>,
+        s: Settings,
+        plan: ResidencyPlan,
+        release_lookups: bool,
+    ) -> Arc<Residency> {
+        let mut slot_of_tensor = vec![None; plan.streamed.len()];
         let mut slots = Vec::new();
-        for (i, t) in costs.iter().enumerate() {
+        for (i, of_tensor) in slot_of_tensor.iter_mut().enumerate() {
             if plan.streamed[i] {
-                slot_of_tensor[i] = Some(slots.len());
+                *of_tensor = Some(slots.len());
                 slots.push(Slot {
                     tensor: i,
                     group: plan.group[i],
                     addr: 0,
-                    len: t.raw as usize,
+                    len: dc.tensor_view(i).raw_bytes as usize,
                     status: Status::Absent,
                     last_use: 0,
                     pin_epoch: u64::MAX,
@@ -198,6 +235,7 @@ impl Residency {
                 next_group: HashMap::new(),
                 closed: false,
                 pool: Pool::default(),
+                looked_up: Vec::new(),
                 stats: Stats::default(),
             }),
             ready: Condvar::new(),
@@ -207,6 +245,7 @@ impl Residency {
             prefetch_on: AtomicBool::new(s.prefetch != Some(false)),
             stall_nanos: AtomicU64::new(0),
             prefetch_setting: s.prefetch,
+            release_lookups,
         });
         if s.prefetch != Some(false) {
             let (tx, rx) = channel::<u32>();
@@ -225,7 +264,7 @@ impl Residency {
                 *res.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
             }
         }
-        Some(res)
+        res
     }
 
     /// A context will compute this model's graphs on up to `threads` threads. Without an
@@ -551,6 +590,9 @@ impl Residency {
         s.partial += need;
         s.status = Status::Partial;
         st.stats.looked_up_bytes += need;
+        if !st.looked_up.contains(&slot) {
+            st.looked_up.push(slot);
+        }
         st.stats.decodes += copies.len() as u64;
         st.stats.decoded_bytes += decoded;
         st.stats.decode_seconds += started.elapsed().as_secs_f64();
@@ -565,6 +607,14 @@ impl Residency {
     pub fn computed(&self) {
         let mut st = self.lock();
         st.epoch += 1;
+        if self.release_lookups && !st.looked_up.is_empty() {
+            for slot in std::mem::take(&mut st.looked_up) {
+                if st.slots[slot].status == Status::Partial && st.slots[slot].partial > LOOKUP_KEEP
+                {
+                    self.evict(&mut st, slot);
+                }
+            }
+        }
         let Some(cur) = st.current else {
             return;
         };
