@@ -46,21 +46,29 @@ fn decode_all(dc: &DcFile) {
     dc.finish_uncache();
 }
 
-#[test]
-fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
-    // In the target directory: on the build's disk, never a tmpfs whose pages cannot leave.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("page-cache-{}", std::process::id()));
+/// A DC file of random 4096x2048 tensors "a", "b", ... of `types` (chunks of 256 KiB) in a
+/// new folder `name` of the target directory: on the build's disk, never a tmpfs whose pages
+/// cannot leave. Returns the folder and the file.
+fn dc_model(name: &str, seed: u64, types: &[GgmlType]) -> (PathBuf, PathBuf) {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut rng = Rng::new(5);
-    let model = GgufBuilder::new()
-        .tensor(Tensor::random("a", &[4096, 2048], GgmlType::Q8_0, &mut rng))
-        .tensor(Tensor::random("b", &[4096, 2048], GgmlType::F16, &mut rng))
-        .build();
+    let mut rng = Rng::new(seed);
+    let mut model = GgufBuilder::new();
+    for (i, &ty) in types.iter().enumerate() {
+        let name = char::from(b'a' + i as u8).to_string();
+        model = model.tensor(Tensor::random(&name, &[4096, 2048], ty, &mut rng));
+    }
     let input = dir.join("m.gguf");
-    std::fs::write(&input, &model).unwrap();
+    std::fs::write(&input, model.build()).unwrap();
     let path = dir.join("m.dc.gguf");
     compress_file(&input, &path, &opts_chunk(256 << 10), &|_| {}).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
+    let (dir, path) = dc_model("page-cache", 5, &[GgmlType::Q8_0, GgmlType::F16]);
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size > 16 << 20, "{size}");
 
@@ -128,25 +136,17 @@ fn a_cold_load_drops_what_it_read_and_a_warm_one_keeps_it() {
 
 /// Major page faults of this thread so far.
 fn major_faults() -> i64 {
-    // SAFETY: getrusage writes one rusage struct, which we own.
+    // SAFETY: rusage is plain integers, for which zero is valid; getrusage writes one
+    // rusage struct, which we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
     ru.ru_majflt
 }
 
 #[test]
 fn after_a_cold_load_an_evicted_chunk_is_read_back_in_one_request() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("page-cache-chunk-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut rng = Rng::new(6);
-    let model = GgufBuilder::new()
-        .tensor(Tensor::random("a", &[4096, 2048], GgmlType::F16, &mut rng))
-        .build();
-    let input = dir.join("m.gguf");
-    std::fs::write(&input, &model).unwrap();
-    let path = dir.join("m.dc.gguf");
-    compress_file(&input, &path, &opts_chunk(256 << 10), &|_| {}).unwrap();
+    let (dir, path) = dc_model("page-cache-chunk", 6, &[GgmlType::F16]);
     evict(&path);
     let dc = DcFile::open(&path).unwrap();
     dc.set_release_after_decode(true);

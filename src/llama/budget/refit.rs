@@ -26,6 +26,10 @@
 //! llama.cpp reserves its compute buffer there for the largest batch, which most programs
 //! never send (llama-completion's SmolLM2 context reserves 49 MiB and writes part of it).
 //!
+//! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
+//! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the
+//! one the graph callback uses, and a switch replaces it (the new budget streams them too).
+//!
 //! Cost while nothing switches: the graph callback runs at every node (an atomic read),
 //! and the check reads the limit only for buffers allocated inside a compute call (none per
 //! generated token: SmolLM2 under llama-completion read it once, at the load, by strace).
