@@ -212,6 +212,67 @@ fn embeddings(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) 
     run_measured(c, tag)
 }
 
+/// With memory to spare, the default loads without a budget but keeps an untied token
+/// embedding (every embedding model's) compressed: each lookup decodes the rows it reads,
+/// and gives them back once they fill more than 1 MiB. MiniLM BF16 under llama-embedding in
+/// batches of 128 tokens: the embeddings are plain llama.cpp's, the log says so, rows were
+/// given back several times, and never more than a few batches' rows were held.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn the_default_keeps_the_token_table_compressed_and_gives_its_rows_back() {
+    let t = "the_default_keeps_the_token_table_compressed_and_gives_its_rows_back";
+    let l = require_llama(t);
+    let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
+    let dc = dc_of(&m);
+    let run = |model: &Path, dcgguf: bool, tag: &str| {
+        let mut c = Command::new(l.bin("llama-embedding"));
+        c.env_remove("DCGGUF_THROTTLE_BPS")
+            .env_remove("DCGGUF_MEM_BUDGET")
+            .env("DCGGUF_VERBOSE", "1")
+            .env("LD_PRELOAD", preload(&l, dcgguf))
+            .arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(eval_sentences_file())
+            .args(EMBEDDING_ARRAY_ARGS)
+            .args(["-b", "128", "-ub", "128"]);
+        run_measured(c, tag)
+    };
+    let plain = run(&m, false, "emb-lookups-plain");
+    let ours = run(&dc, true, "emb-lookups-dc");
+    assert!(plain.ok && !plain.stdout.is_empty(), "{}", plain.stderr);
+    assert!(ours.ok, "{}", ours.stderr);
+    assert!(
+        ours.stderr.contains("1 lookup table(s) kept compressed"),
+        "{}",
+        ours.stderr
+    );
+    assert!(ours.stdout == plain.stdout, "embeddings differ");
+    let line = ours
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("lookup table stats"))
+        .unwrap_or_else(|| panic!("no lookup stats:\n{}", ours.stderr));
+    let field = |key: &str| -> u64 {
+        let at = line.find(&format!("{key}: ")).expect(key) + key.len() + 2;
+        line[at..]
+            .split([',', ' '])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // 159 sentences in batches of 128 tokens look up about 2400 rows of 768 bytes: 1.8 MB,
+    // so rows were given back at least once after the first MiB...
+    assert!(field("evictions") >= 1, "{line}");
+    // ...and never more than about two batches' rows were held, of a 23.4 MB table.
+    assert!(field("peak_present") < 2 << 20, "{line}");
+    assert!(field("looked_up_bytes") > 1 << 20, "{line}");
+}
+
 /// MiniLM F32 quantized to DC-INT8 (compression-aware INT8, decoding to Q8_0), and that Q8_0
 /// model as a plain GGUF (`dcgguf decompress`), which the budgeted runs must match.
 fn int8_pair(f32: &Path) -> (PathBuf, PathBuf) {

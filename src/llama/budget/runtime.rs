@@ -496,6 +496,10 @@ impl Residency {
                     .flatten();
                 if let Some(rows) = rows.filter(|r| rows_fit(r, st.slots[slot].len as u64)) {
                     self.ensure_rows(st, slot, rows);
+                    // A lookups-only plan gives rows back once their lookup is computed
+                    // (`computed`), which ggml reports only for a range that ends here: with
+                    // one table, no later group change would end one.
+                    boundary |= self.release_lookups;
                     continue;
                 }
             }
