@@ -488,14 +488,11 @@ impl DcFile {
             while at < to {
                 let n = (to - at).min(buf.len());
                 if file.read_exact_at(&mut buf[..n], at as u64).is_err() {
-                    break;
+                    return;
                 }
                 at += n;
             }
         }
-        // Faults on the mapping read ahead again (the kernel's fault path reads the
-        // descriptor's readahead state).
-        crate::io::normal_readahead(file);
     }
 
     /// Map offsets of the first and one past the last byte of all stored chunks.

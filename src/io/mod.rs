@@ -63,11 +63,6 @@ pub fn no_readahead(file: &File) {
     fadvise(file, 0, 0, libc::POSIX_FADV_RANDOM);
 }
 
-/// Gives `file`'s descriptor the kernel's default readahead again (`POSIX_FADV_NORMAL`).
-pub fn normal_readahead(file: &File) {
-    fadvise(file, 0, 0, libc::POSIX_FADV_NORMAL);
-}
-
 fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
