@@ -103,10 +103,15 @@ fn limits(stderr: &str) -> (u64, u64) {
 /// A counter from dcgguf's last `memory budget stats` line (printed with DCGGUF_VERBOSE when
 /// a model is freed; llama-completion's first, allocation-free fitting load prints zeros).
 fn stat(stderr: &str, key: &str) -> u64 {
+    counter(stderr, "memory budget stats", key)
+}
+
+/// A counter from dcgguf's last stderr line that contains `marker` (a `Stats` printout).
+fn counter(stderr: &str, marker: &str, key: &str) -> u64 {
     let line = stderr
         .lines()
-        .rfind(|l| l.contains("memory budget stats"))
-        .unwrap_or_else(|| panic!("no stats line in stderr:\n{stderr}"));
+        .rfind(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} line in stderr:\n{stderr}"));
     let at = line
         .find(&format!("{key}: "))
         .unwrap_or_else(|| panic!("no {key} in {line}"));
@@ -251,26 +256,13 @@ fn the_default_keeps_the_token_table_compressed_and_gives_its_rows_back() {
         ours.stderr
     );
     assert!(ours.stdout == plain.stdout, "embeddings differ");
-    let line = ours
-        .stderr
-        .lines()
-        .rfind(|l| l.contains("lookup table stats"))
-        .unwrap_or_else(|| panic!("no lookup stats:\n{}", ours.stderr));
-    let field = |key: &str| -> u64 {
-        let at = line.find(&format!("{key}: ")).expect(key) + key.len() + 2;
-        line[at..]
-            .split([',', ' '])
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |key: &str| counter(&ours.stderr, "lookup table stats", key);
     // 159 sentences in batches of 128 tokens look up about 2400 rows of 768 bytes: 1.8 MB,
     // so rows were given back at least once after the first MiB...
-    assert!(field("evictions") >= 1, "{line}");
+    assert!(field("evictions") >= 1, "{}", ours.stderr);
     // ...and never more than about two batches' rows were held, of a 23.4 MB table.
-    assert!(field("peak_present") < 2 << 20, "{line}");
-    assert!(field("looked_up_bytes") > 1 << 20, "{line}");
+    assert!(field("peak_present") < 2 << 20, "{}", ours.stderr);
+    assert!(field("looked_up_bytes") > 1 << 20, "{}", ours.stderr);
 }
 
 /// MiniLM F32 quantized to DC-INT8 (compression-aware INT8, decoding to Q8_0), and that Q8_0

@@ -150,7 +150,7 @@ pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
     let streamed_stored_bytes = sum(&|t| t.stored, true);
     let reserve_bytes = sum(&|t| t.raw.min(LOOKUP_CHUNKS * t.chunk_bytes.max(1)), true);
     let budget_bytes = resident_bytes + streamed_stored_bytes + reserve_bytes;
-    let decoded_weight_bytes = sum(&|t| t.raw, false) + sum(&|t| t.raw, true);
+    let decoded_weight_bytes = tensors.iter().map(|t| t.raw).sum();
     Some(ResidencyPlan {
         streamed,
         group: groups(&names),
@@ -393,7 +393,7 @@ mod tests {
         assert_eq!(p.reserve_bytes, 4 << 20);
         assert_eq!(p.resident_bytes + (40 << 20), p.decoded_weight_bytes);
         // Held in RAM: the stored table and a few chunks' rows instead of the decoded table.
-        assert!(p.needed_bytes(CompressedHome::Ram) == p.budget_bytes);
+        assert_eq!(p.needed_bytes(CompressedHome::Ram), p.budget_bytes);
         assert_eq!(
             p.budget_bytes,
             p.decoded_weight_bytes - (40 << 20) + (36 << 20) + (4 << 20)
