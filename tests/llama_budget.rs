@@ -445,17 +445,21 @@ fn finished_saying(out: &std::process::Output, usage: &cgroup::Usage, cap: u64, 
 }
 
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not
-/// fit in takes a budget that fits (src/llama/budget/limit.rs), says so, and generates the
-/// same text as without a limit; the same load forced to no budget (`DCGGUF_MEM_BUDGET=0`) is
-/// OOM-killed there (decoded weights are anonymous memory), which is what the default avoids.
-/// Needs a memory cgroup of its own (root, cgroup v1 or v2), as on CI's machines.
+/// fit in, where no budget fits either (SmolLM2 Q4_1: compression saves 10% of its weights,
+/// so the smallest budget needs about as much), loads without a budget and moves the decoded
+/// weights to an unnamed file on a disk as they load (src/llama/budget/spill.rs), says so,
+/// and generates the same text as without a limit, leaving no file behind; the same load
+/// forced to no budget (`DCGGUF_MEM_BUDGET=0`) is OOM-killed there (decoded weights are
+/// anonymous memory), which is what the default avoids. Needs a memory cgroup of its own
+/// (root, cgroup v1 or v2), as on CI's machines.
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_smollm2)),
     ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
 )]
-fn under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying() {
-    let t = "under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying";
+fn under_a_tight_memory_limit_the_default_load_moves_its_weights_to_a_file_instead_of_dying() {
+    let t =
+        "under_a_tight_memory_limit_the_default_load_moves_its_weights_to_a_file_instead_of_dying";
     let (l, m) = (require_llama(t), require_smollm2(t));
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
@@ -479,13 +483,50 @@ fn under_a_tight_memory_limit_the_default_load_takes_a_budget_instead_of_dying()
         cap / MIB
     );
     assert!(forced_use.oom_kills > 0 || forced.status.code().is_none());
-    let (adapted, adapted_use) = completion_in_cgroup(&l, &parent, &dc, None, Some(cap), "adapts");
-    finished_saying(&adapted, &adapted_use, cap, "which would not fit: budget");
+    let listing = |d: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    // The model alone in a directory of its own: the weights' file goes next to it.
+    let dir = tmp_dir().join("spill-next-to-the-model");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let alone = dir.join(dc.file_name().unwrap());
+    std::fs::hard_link(&dc, &alone).unwrap();
+    let before = listing(&dir);
+    let (adapted, adapted_use) =
+        completion_in_cgroup(&l, &parent, &alone, None, Some(cap), "adapts");
+    finished_saying(&adapted, &adapted_use, cap, "neither fits");
+    let stderr = String::from_utf8_lossy(&adapted.stderr);
+    let moved = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("dcgguf: memory: ")?
+                .split_once(" MiB of decoded weights moved")
+        })
+        .unwrap_or_else(|| panic!("the log does not say what moved:\n{stderr}"))
+        .0
+        .parse::<f64>()
+        .unwrap();
+    assert!(
+        moved > 90.0,
+        "{moved} MiB of SmolLM2's 92.1 MiB moved:\n{stderr}"
+    );
     assert_eq!(
         String::from_utf8_lossy(&adapted.stdout),
         String::from_utf8_lossy(&free.stdout),
-        "the budgeted run generated other text"
+        "the run with its weights in a file generated other text"
     );
+    assert!(
+        stderr.contains(&format!("moved to a file in {}", dir.display())),
+        "{stderr}"
+    );
+    assert_eq!(listing(&dir), before, "the weights' file is left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// llama-embedding of the evaluation sentences (`-c 512`, batches of up to 2048 tokens) with

@@ -150,10 +150,11 @@ pub fn load_dc(
     let mut budget = budget::spec::settings().map_err(LlamaError::Budget)?;
     // Whether the default chose no budget: its batches check again (budget::refit).
     let mut default_none = None;
+    let mut spill = None;
     if budget.is_none() && !budget::spec::asked() && !params.vocab_only && !params.no_alloc {
         let decoded;
-        (budget, decoded) = default_budget(&dc);
-        default_none = decoded.filter(|_| budget.is_none());
+        (budget, decoded, spill) = default_budget(&dc, path);
+        default_none = decoded.filter(|_| budget.is_none() && spill.is_none());
     }
     let route = match (user_load::route_from_env(), &budget) {
         (user_load::Route::User, Some(_)) => {
@@ -219,6 +220,19 @@ pub fn load_dc(
     if let Some(r) = &res {
         crate::log_line!("{}", r.summary());
     }
+    if spill.is_some() {
+        // llama.cpp then reads each tensor straight into its CPU weight buffer, the memory
+        // the spill moves (Stream::with_spill).
+        if params.n_gpu_layers > 0 {
+            crate::log_line!(
+                "dcgguf: warning: weights moved to a file stay on the CPU; ignoring the request \
+                 to offload {} layers (n_gpu_layers)",
+                params.n_gpu_layers
+            );
+        }
+        params.n_gpu_layers = 0;
+        params.use_extra_bufts = false;
+    }
     // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
     // compressed bytes "in RAM" they are kept mapped after the load instead.
     dc.set_release_after_decode(true);
@@ -229,10 +243,17 @@ pub fn load_dc(
             source,
         })?
         .with_pool(pool.clone())
+        // Not with a spill: chunks decoded ahead wait in anonymous memory, which a limit that
+        // the model does not fit in cannot reclaim.
         .with_early_decode(
-            res.is_none() && !params.vocab_only && !params.no_alloc && early_decode_enabled(),
+            res.is_none()
+                && spill.is_none()
+                && !params.vocab_only
+                && !params.no_alloc
+                && early_decode_enabled(),
         )
-        .with_residency(res.clone());
+        .with_residency(res.clone())
+        .with_spill(spill.clone());
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
         crate::log_line!("dcgguf: loading; process {}", crate::io::rss_report());
     }
@@ -259,6 +280,28 @@ pub fn load_dc(
     }
     if let Some(r) = res {
         budget::register_model(model, r);
+    } else if let Some(spill) = &spill {
+        let mut spill = spill.lock().unwrap_or_else(|e| e.into_inner());
+        match budget::refit::loaded_ranges(model, &dc) {
+            // SAFETY: the model's tensors in llama.cpp's CPU weight buffer, just loaded: no
+            // context exists yet, so nothing reads them; llama.cpp frees the buffer with
+            // free() or munmap.
+            Ok(ranges) => unsafe { spill.take_rest(&ranges) },
+            Err(e) => {
+                crate::log_line!("dcgguf: warning: {e}; tensors' shared pages stay in memory")
+            }
+        }
+        let mib = spill.moved() as f64 / (1u64 << 20) as f64;
+        match spill.failure() {
+            None => crate::log_line!(
+                "dcgguf: memory: {mib:.1} MiB of decoded weights moved to a file in {}",
+                spill.dir().display()
+            ),
+            Some(e) => crate::log_line!(
+                "dcgguf: warning: moving decoded weights to a file stopped after {mib:.1} MiB \
+                 ({e}); the rest stay in memory"
+            ),
+        }
     } else if let Some(decoded) = default_none
         && route == user_load::Route::Stream
         && hooks::budget_hooks_active().is_ok()
@@ -315,29 +358,69 @@ fn load_stream(
     Ok(model)
 }
 
-/// The budget of a load that asked for none: none when the decoded model fits under the
-/// memory limit, else one that fits ([`budget::limit`]); said in the log. Also the decoded
-/// weight bytes, when a limit was found.
-fn default_budget(dc: &DcFile) -> (Option<budget::Settings>, Option<u64>) {
+type SharedSpiller = Arc<std::sync::Mutex<budget::spill::Spiller>>;
+
+/// The budget of a load that asked for none ([`budget::limit`], said in the log): none when
+/// the decoded model fits under the memory limit, else one that fits; else, when no budget
+/// fits either ([`budget::limit::budget_fits`]), none and a file for the decoded weights to
+/// move to. Also the decoded weight bytes, when a limit was found.
+fn default_budget(
+    dc: &DcFile,
+    path: &Path,
+) -> (Option<budget::Settings>, Option<u64>, Option<SharedSpiller>) {
     let Some(headroom) = budget::limit::headroom() else {
-        return (None, None);
+        return (None, None, None);
     };
     let decoded: u64 = (0..dc.tensor_count())
         .map(|i| dc.tensor_view(i).raw_bytes)
         .sum();
-    let choice = budget::limit::choose(decoded, headroom);
+    let choice = budget::limit::choose(decoded, headroom.clone());
     match choice {
         budget::limit::DefaultChoice::NoBudget { .. } => {
             if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
                 crate::log_line!("{}", choice.describe());
             }
-            (None, Some(decoded))
+            (None, Some(decoded), None)
         }
         budget::limit::DefaultChoice::Budget { settings, .. } => {
+            if let Some(least) = budget::runtime::least_need(dc, &settings)
+                && !budget::limit::budget_fits(least, decoded, &headroom)
+            {
+                match budget::spill::Spiller::open(decoded, &spill_dirs(path)) {
+                    Ok(s) => {
+                        crate::log_line!(
+                            "{}",
+                            budget::limit::describe_spill(decoded, least, &headroom, s.dir())
+                        );
+                        return (
+                            None,
+                            Some(decoded),
+                            Some(Arc::new(std::sync::Mutex::new(s))),
+                        );
+                    }
+                    Err(e) => crate::log_line!(
+                        "dcgguf: memory: the budget below would not fit either, and the \
+                         decoded weights cannot move to a file ({e})"
+                    ),
+                }
+            }
             crate::log_line!("{}", choice.describe());
-            (Some(settings), Some(decoded))
+            (Some(settings), Some(decoded), None)
         }
     }
+}
+
+/// Where decoded weights may move ([`budget::spill`]): next to the model, else the temporary
+/// directories (the first on a disk with room wins).
+fn spill_dirs(model: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    match model.parent() {
+        Some(p) if !p.as_os_str().is_empty() => dirs.push(p.to_path_buf()),
+        _ => dirs.push(".".into()),
+    }
+    dirs.push(std::env::temp_dir());
+    dirs.push("/var/tmp".into());
+    dirs
 }
 
 /// Loads `path` with the host's llama.cpp: DC-GGUF through the cookie stream, anything else

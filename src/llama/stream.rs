@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::budget::spill::Spiller;
 use super::early::{EarlyDecode, Limits};
 use super::prefault::Prefault;
 use super::throttle::Throttle;
@@ -91,6 +92,8 @@ pub struct Stream {
     pool: Option<Arc<rayon::ThreadPool>>,
     since_release: u64,
     residency: Option<Arc<Residency>>,
+    /// Moves each tensor's decoded pages to a file as it is read ([`Spiller`]).
+    spill: Option<Arc<std::sync::Mutex<Spiller>>>,
     /// Reads come straight into the caller's memory (our `fread`).
     direct: bool,
     /// Where the caller's current direct read began (our `fread` serves it in pieces).
@@ -173,6 +176,7 @@ impl Stream {
             throttle,
             early: None,
             prefault: None,
+            spill: None,
             pool: None,
             since_release: 0,
             residency: None,
@@ -214,6 +218,20 @@ impl Stream {
         self
     }
 
+    /// Move the whole pages of each tensor read into the caller's memory to `spill`'s file
+    /// once read. The caller's memory must be llama.cpp's CPU weight buffer (no repacking, no
+    /// device: then llama.cpp reads each tensor straight into its place). No early decoding
+    /// with it ([`Stream::with_early_decode`], whose prefaulting would touch the pages being
+    /// moved from another thread).
+    pub fn with_spill(mut self, spill: Option<Arc<std::sync::Mutex<Spiller>>>) -> Stream {
+        debug_assert!(
+            spill.is_none() || (self.early.is_none() && self.prefault.is_none()),
+            "a spill does not go with early decoding"
+        );
+        self.spill = spill;
+        self
+    }
+
     /// Defer the tensors `residency` streams instead of reading them at load.
     pub fn with_residency(mut self, residency: Option<Arc<Residency>>) -> Stream {
         self.residency = residency;
@@ -239,6 +257,14 @@ impl Stream {
         let result = self.read_request(dst);
         if let Some(e) = &self.early {
             e.set_reader_busy(false);
+        }
+        if let (Ok(n), Some(spill)) = (&result, &self.spill) {
+            let mut spill = spill.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: `dst` is the caller's memory, just filled: with a spill set, a tensor in
+            // llama.cpp's CPU weight buffer (`with_spill`), which llama.cpp frees with free()
+            // or munmap and which no other thread touches while its reading thread is here
+            // (no early decoding, so no prefaulting).
+            unsafe { spill.take(dst.as_ptr() as usize, *n) };
         }
         self.request_start = None;
         result

@@ -9,7 +9,10 @@
 //! be killed (decoded weights are anonymous memory, which without swap cannot be evicted),
 //! so it gets a budget that fits, the compressed bytes of streamed tensors kept mapped (`ram`:
 //! measured under caps on SmolLM2, 8.4 t/s against 7.2 for `file` at 85% of plain mmap's
-//! peak, plain mmap 8.0).
+//! peak, plain mmap 8.0). When that budget cannot fit either (its plan's least need is over
+//! the headroom: weights compression barely shrinks), the load takes no budget and moves the
+//! decoded weights to a file on a disk ([`super::spill`], [`budget_fits`]), so that the limit
+//! reclaims them as it does plain llama.cpp's mapped file.
 //! The choice and its reason go to the log.
 
 use std::path::{Path, PathBuf};
@@ -232,6 +235,40 @@ impl DefaultChoice {
     }
 }
 
+/// Whether the budget `choose` picked can hold the model: the weight memory its plan needs
+/// at least (`least_need`: resident, held compressed and the working set), with
+/// [`context_room`] beside it, within the headroom. When not, the budget would run over the
+/// limit like a load without one, and slower; the default then loads without a budget and
+/// moves the decoded weights to a file ([`super::spill`]), where the limit can reclaim them
+/// as it does plain llama.cpp's mapped file. SmolLM2 Q4_1 (compression saves 10% of its
+/// weights): under a 127 MiB cap its least budget needs 91 MiB, the headroom is 98 MiB.
+pub fn budget_fits(least_need: u64, decoded_weights: u64, headroom: &Headroom) -> bool {
+    least_need.saturating_add(context_room(decoded_weights)) <= headroom.bytes
+}
+
+/// The log line for a load whose budget would not fit (`least_need`, [`budget_fits`]) and
+/// whose decoded weights move to a file in `dir` instead.
+pub fn describe_spill(
+    decoded_weights: u64,
+    least_need: u64,
+    headroom: &Headroom,
+    dir: &Path,
+) -> String {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    format!(
+        "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs about \
+         {:.0} MiB and the smallest budget {:.0} MiB: neither fits. Loading without a budget, \
+         the decoded weights moved to an unnamed file in {} as they load, so that the limit \
+         can reclaim their pages and the disk gives them back, as with plain llama.cpp's \
+         mapped file (set DCGGUF_MEM_BUDGET to choose yourself)",
+        mib(headroom.bytes),
+        source_name(headroom),
+        mib(decoded_weights.saturating_add(context_room(decoded_weights))),
+        mib(least_need.saturating_add(context_room(decoded_weights))),
+        dir.display(),
+    )
+}
+
 /// What a model loaded without a budget by the default does when a batch needs a new
 /// buffer ([`super::refit`]): the load decided before any context existed, with
 /// [`context_room`] as its guess of the context's needs.
@@ -319,6 +356,26 @@ mod tests {
             .map(|(p, c)| (PathBuf::from(p), c.to_string()))
             .collect();
         move |p: &Path| map.get(p).cloned()
+    }
+
+    #[test]
+    fn a_budget_fits_when_its_least_need_and_the_context_do() {
+        let h = |mib: u64| Headroom {
+            bytes: mib << 20,
+            source: LimitSource::MemAvailable,
+        };
+        // SmolLM2 Q4_1 under a 127 MiB cap: least need 91.2 MiB, 98 MiB free.
+        let (least, decoded) = ((912 << 20) / 10, (921 << 20) / 10);
+        assert!(!budget_fits(least, decoded, &h(98)));
+        assert!(budget_fits(least, decoded, &h(102)));
+        // Past 640 MiB of weights the context room is 1/64 of them.
+        assert!(!budget_fits(900 << 20, 1024 << 20, &h(915)));
+        assert!(budget_fits(900 << 20, 1024 << 20, &h(916)));
+        let line = describe_spill(decoded, least, &h(98), Path::new("/models"));
+        assert!(
+            line.contains("98 MiB free") && line.contains("/models"),
+            "{line}"
+        );
     }
 
     #[test]

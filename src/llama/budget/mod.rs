@@ -10,8 +10,10 @@
 //! **When nothing is asked** ([`limit`]): the limit this process runs under (cgroup or
 //! `MemAvailable`) decides: no budget when the decoded model fits (but for its lookup
 //! tables, an untied token embedding, which stay compressed: a lookup decodes the rows it
-//! reads, [`plan::lookups_plan`]), else a budget that fits; and again when a batch allocates
-//! a buffer ([`refit`]), once the context's needs show.
+//! reads, [`plan::lookups_plan`]), else a budget that fits, else (no budget fits: weights
+//! compression barely shrinks) no budget with the decoded weights moved to a file, evictable
+//! page cache as plain llama.cpp's mapped model is ([`spill`]); and again when a batch
+//! allocates a buffer ([`refit`]), once the context's needs show.
 //!
 //! **What is decided at load** ([`plan`]): which tensors stay resident and which are
 //! streamed. Streaming a tensor saves its decoded bytes and costs a decode per use, so the
@@ -43,6 +45,7 @@ pub mod recycle;
 pub mod refit;
 pub mod runtime;
 pub mod spec;
+pub mod spill;
 pub mod team;
 
 pub use plan::{MIN_STREAMED, ResidencyPlan, TensorCost};

@@ -131,6 +131,18 @@ unsafe fn keep_lookups_compressed(p: &Pending) -> Result<Option<Arc<Residency>>,
     Ok(Some(res))
 }
 
+/// The address and length of each of `dc`'s tensors that `model` holds in a plain CPU
+/// buffer (the decoded bytes as llama.cpp read them).
+pub fn loaded_ranges(
+    model: *const sys::llama_model,
+    dc: &DcFile,
+) -> Result<Vec<(usize, usize)>, RefitError> {
+    let api = api()?;
+    Ok((0..dc.tensor_count())
+        .filter_map(|i| api.tensor_memory(model, &dc.tensor_view(i).name))
+        .collect())
+}
+
 /// Forgets a model about to be freed.
 pub fn forget_model(model: *mut sys::llama_model) {
     let gone: Vec<Arc<Pending>> = {

@@ -1,0 +1,435 @@
+//! Decoded weights as evictable file pages: what plain llama.cpp's mmap load gives.
+//!
+//! A DC load decodes weights into llama.cpp's CPU weight buffer: anonymous memory, which a
+//! memory limit cannot reclaim without swap. Plain llama.cpp maps the GGUF file instead, so
+//! under a limit the kernel drops weight pages and reads them back when they are used:
+//! slower, but it runs. Where the decoded model does not fit and a budget cannot save enough
+//! (weights that compression barely shrinks: Q4_1, Q4_K), this moves the decoded bytes into
+//! an unnamed temporary file on a disk (`O_TMPFILE`: it has no name, and the kernel deletes
+//! it when the last mapping goes, Ctrl-C or crash included) and maps that file, shared, over
+//! the same addresses. Pointers do not change; llama.cpp sees the same bytes; the pages are
+//! now clean page cache that the limit may reclaim, as plain's are.
+//!
+//! Each piece is written, flushed to the disk (so its pages are clean, hence reclaimable)
+//! and only then mapped over the anonymous pages, which the kernel frees: at most one piece
+//! is held twice. Whole pages only: a tensor's partial first or last page stays anonymous.
+//!
+//! Trust: the bytes were checked (each chunk's checksum) when decoded; read back from the
+//! temporary file they are the same trust as plain llama.cpp's GGUF read back from its disk.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Bytes written and flushed before they are mapped over the anonymous copy: the most that
+/// is held twice at any moment.
+const PIECE: usize = 8 << 20;
+
+/// Tensors of one ggml buffer at most this far apart are neighbours (ggml aligns each to 32
+/// bytes): the padding between them is the buffer's, so the page they share moves whole.
+const TENSOR_GAP: usize = 64;
+
+/// Free disk space kept beyond the file.
+const DISK_MARGIN: u64 = 256 << 20;
+
+/// Why weights could not move to a file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    #[error("no directory for the decoded weights: {0} is on a memory file system")]
+    MemoryFileSystem(PathBuf),
+    #[error("{dir}: {free} bytes free, the decoded weights need {need}")]
+    NoRoom { dir: PathBuf, free: u64, need: u64 },
+    #[error("{dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a spill moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spilled {
+    pub bytes: u64,
+    pub spans: usize,
+}
+
+/// The whole pages inside `ranges` (address, length), merged where they are at most
+/// `join_gap` bytes apart.
+pub fn page_spans(ranges: &[(usize, usize)], page: usize, join_gap: usize) -> Vec<(usize, usize)> {
+    let mut r: Vec<(usize, usize)> = ranges
+        .iter()
+        .filter(|&&(_, len)| len > 0)
+        .map(|&(a, len)| (a, a.saturating_add(len)))
+        .collect();
+    r.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (s, e) in r {
+        match merged.last_mut() {
+            Some(last) if s <= last.1.saturating_add(join_gap) => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+        .into_iter()
+        .filter_map(|(s, e)| {
+            let s = s.next_multiple_of(page);
+            let e = e - e % page;
+            (s < e).then_some((s, e - s))
+        })
+        .collect()
+}
+
+/// The parts of `[start, end)` outside every range of `covered` (sorted by start).
+fn uncovered(start: usize, end: usize, covered: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    for &(s, e) in covered {
+        if e <= at || s >= end {
+            continue;
+        }
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+/// `f_type` values of file systems held in memory (linux/magic.h): a file there is memory
+/// the limit counts and cannot reclaim.
+const MEMORY_FILE_SYSTEMS: [i64; 2] = [0x0102_1994 /* tmpfs */, 0x8584_58f6 /* ramfs */];
+
+/// Checks that `dir` is on a disk with room for `need` bytes and opens an unnamed file there.
+fn open_unnamed(dir: &Path, need: u64) -> Result<File, SpillError> {
+    let io = |source| SpillError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .map_err(|_| io(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+    // SAFETY: all-zero statfs/statvfs are valid values for the calls to overwrite; `c` is a
+    // NUL-terminated path alive for the calls.
+    let (fs, vfs) = unsafe {
+        let mut fs: libc::statfs = std::mem::zeroed();
+        let mut vfs: libc::statvfs = std::mem::zeroed();
+        if libc::statfs(c.as_ptr(), &mut fs) != 0 || libc::statvfs(c.as_ptr(), &mut vfs) != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        (fs, vfs)
+    };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    if MEMORY_FILE_SYSTEMS.contains(&(fs.f_type as i64)) {
+        return Err(SpillError::MemoryFileSystem(dir.to_path_buf()));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let free = (vfs.f_bavail as u64).saturating_mul(vfs.f_frsize as u64);
+    if free < need.saturating_add(DISK_MARGIN) {
+        return Err(SpillError::NoRoom {
+            dir: dir.to_path_buf(),
+            free,
+            need,
+        });
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .map_err(io)
+}
+
+/// An unnamed file on a disk that whole pages of memory move into.
+pub struct Spiller {
+    file: File,
+    dir: PathBuf,
+    /// Where the next piece goes in the file.
+    offset: u64,
+    /// The page ranges moved so far (start, end).
+    moved: Vec<(usize, usize)>,
+    /// The first failure: nothing more moves after it.
+    failed: Option<SpillError>,
+}
+
+impl Spiller {
+    /// An unnamed file in the first of `dirs` that is on a disk with room for `need` bytes;
+    /// else the last directory's reason.
+    pub fn open(need: u64, dirs: &[PathBuf]) -> Result<Spiller, SpillError> {
+        let mut last = SpillError::MemoryFileSystem(PathBuf::new());
+        for dir in dirs {
+            match open_unnamed(dir, need) {
+                Ok(file) => {
+                    return Ok(Spiller {
+                        file,
+                        dir: dir.clone(),
+                        offset: 0,
+                        moved: Vec::new(),
+                        failed: None,
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The directory the file is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes moved so far.
+    pub fn moved(&self) -> u64 {
+        self.offset
+    }
+
+    /// Why moving stopped, if it did.
+    pub fn failure(&self) -> Option<&SpillError> {
+        self.failed.as_ref()
+    }
+
+    /// Moves the whole pages inside `[addr, addr + len)` into the file, mapped shared over
+    /// the same addresses. After a failure (said by [`Spiller::failure`]) it moves nothing.
+    ///
+    /// # Safety
+    /// The range is live, readable and writable memory of this process that no other thread
+    /// accesses during the call, and whose owner frees it only by `munmap` or `free` (both
+    /// of which accept the new mapping).
+    pub unsafe fn take(&mut self, addr: usize, len: usize) {
+        if self.failed.is_some() {
+            return;
+        }
+        for (start, len) in page_spans(&[(addr, len)], crate::io::page_size(), 0) {
+            let mut done = 0;
+            while done < len {
+                let n = PIECE.min(len - done);
+                // SAFETY: forwarded from the caller, for a page-aligned part of its range.
+                if let Err(e) = unsafe { self.move_piece(start + done, n) } {
+                    self.failed = Some(SpillError::Io {
+                        dir: self.dir.clone(),
+                        source: e,
+                    });
+                    return;
+                }
+                done += n;
+            }
+        }
+    }
+
+    /// Moves what is left of `ranges` (tensors whose pages were not all moved as they were
+    /// read: the pages two tensors share, tensors read through the C library's buffer).
+    ///
+    /// # Safety
+    /// As for [`Spiller::take`], for every range.
+    pub unsafe fn take_rest(&mut self, ranges: &[(usize, usize)]) {
+        let mut moved = self.moved.clone();
+        moved.sort_unstable();
+        for (start, len) in page_spans(ranges, crate::io::page_size(), TENSOR_GAP) {
+            for (s, e) in uncovered(start, start + len, &moved) {
+                // SAFETY: forwarded from the caller, for a part of its range.
+                unsafe { self.take(s, e - s) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// As for [`Spiller::take`]; `at` and `n` are page-aligned.
+    unsafe fn move_piece(&mut self, at: usize, n: usize) -> std::io::Result<()> {
+        let offset = self.offset;
+        // SAFETY: [at, at + n) lies in the caller's range, which nothing accesses now.
+        let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, n) };
+        self.file.write_all_at(bytes, offset)?;
+        // Written back before it is mapped: clean pages are what a limit can reclaim.
+        // SAFETY: sync_file_range on our own descriptor; it only writes back.
+        let synced = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as libc::off64_t,
+                n as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        if synced != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: MAP_FIXED replaces the caller's pages at [at, at + n) (page-aligned, inside
+        // its range, accessed by no one now) with the file's, which hold the same bytes.
+        let mapped = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                n,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if mapped as usize != at {
+            let err = std::io::Error::last_os_error();
+            // A failed MAP_FIXED may have unmapped the range already: put anonymous memory
+            // back and read the bytes into it from the file.
+            // SAFETY: as above, for an anonymous private mapping.
+            let back = unsafe {
+                libc::mmap(
+                    at as *mut libc::c_void,
+                    n,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            // SAFETY: when `back` is `at`, the range is mapped writable again, and ours.
+            let restored = back as usize == at
+                && self
+                    .file
+                    .read_exact_at(
+                        unsafe { std::slice::from_raw_parts_mut(at as *mut u8, n) },
+                        offset,
+                    )
+                    .is_ok();
+            if !restored {
+                // The caller's bytes are gone and cannot come back: continuing would compute
+                // with garbage.
+                crate::log_line!(
+                    "dcgguf: fatal: weights moved to a file could not be mapped back ({err})"
+                );
+                std::process::abort();
+            }
+            return Err(err);
+        }
+        self.offset += n as u64;
+        self.moved.push((at, at + n));
+        Ok(())
+    }
+}
+
+/// Moves the whole pages of `ranges` (address, length) into an unnamed file in `dir`, mapped
+/// shared over the same addresses.
+///
+/// # Safety
+/// As for [`Spiller::take`], for every range.
+pub unsafe fn spill(ranges: &[(usize, usize)], dir: &Path) -> Result<Spilled, SpillError> {
+    let spans = page_spans(ranges, crate::io::page_size(), 0);
+    let need: u64 = spans.iter().map(|&(_, l)| l as u64).sum();
+    let mut s = Spiller::open(need, &[dir.to_path_buf()])?;
+    for &(at, len) in &spans {
+        // SAFETY: forwarded from the caller.
+        unsafe { s.take(at, len) };
+    }
+    match s.failed {
+        Some(e) => Err(e),
+        None => Ok(Spilled {
+            bytes: s.offset,
+            spans: spans.len(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_whole_pages_inside_merged_ranges() {
+        let p = 4096;
+        assert_eq!(page_spans(&[(100, 10_000)], p, 0), vec![(4096, 4096)]);
+        assert_eq!(
+            page_spans(&[(0, 8192), (8192, 4096)], p, 0),
+            vec![(0, 12288)]
+        );
+        assert_eq!(page_spans(&[(8200, 100), (0, 9000)], p, 0), vec![(0, 8192)]);
+        assert_eq!(page_spans(&[(10, 100), (0, 0)], p, 0), vec![]);
+        assert_eq!(
+            page_spans(&[(20_000, 20_000), (0, 8192)], p, 0),
+            vec![(0, 8192), (20_480, 16_384)]
+        );
+        // Neighbours 32 bytes apart share their page when the gap is joined.
+        let two = [(0, 6000), (6032, 6256)];
+        assert_eq!(page_spans(&two, p, 0), vec![(0, 4096), (8192, 4096)]);
+        assert_eq!(page_spans(&two, p, 64), vec![(0, 12288)]);
+    }
+
+    #[test]
+    fn what_is_not_covered_yet() {
+        assert_eq!(uncovered(0, 100, &[]), vec![(0, 100)]);
+        assert_eq!(
+            uncovered(0, 100, &[(10, 20), (30, 40)]),
+            vec![(0, 10), (20, 30), (40, 100)]
+        );
+        assert_eq!(uncovered(10, 20, &[(0, 15), (15, 30)]), vec![]);
+        assert_eq!(uncovered(10, 20, &[(0, 5), (25, 30)]), vec![(10, 20)]);
+    }
+
+    fn rss_kinds(addr: usize) -> (u64, u64) {
+        // (Anonymous kB, Rss kB) of the mapping that holds `addr`.
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let (mut anon, mut rss) = (0, 0);
+        for l in smaps.lines() {
+            if let Some((range, _)) = l.split_once(' ')
+                && let Some((a, b)) = range.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = (a..b).contains(&addr);
+                continue;
+            }
+            if inside {
+                let kb = |p: &str| {
+                    l.strip_prefix(p)
+                        .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+                };
+                if let Some(v) = kb("Anonymous:") {
+                    anon = v;
+                }
+                if let Some(v) = kb("Rss:") {
+                    rss = v;
+                }
+            }
+        }
+        (anon, rss)
+    }
+
+    #[test]
+    fn spilled_bytes_read_the_same_from_file_pages() {
+        let len = 20 << 20;
+        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+        }
+        let want = crate::io::hash::xxh3_64(&buf);
+        let base = buf.as_ptr() as usize;
+        // A tensor starting mid-page: its first partial page stays anonymous.
+        let dir = std::env::temp_dir();
+        // SAFETY: the buffer is ours and untouched during the call.
+        let r = unsafe { spill(&[(base + 100, len - 100)], &dir) };
+        match r {
+            Err(SpillError::MemoryFileSystem(_)) => {
+                // /tmp in memory: the working directory (cargo runs tests in the crate's).
+                let d = std::env::current_dir().unwrap();
+                // SAFETY: as above.
+                let r = unsafe { spill(&[(base + 100, len - 100)], &d) }.unwrap();
+                assert_eq!(r.bytes as usize, len - 4096);
+            }
+            r => assert_eq!(r.unwrap().bytes as usize, len - 4096),
+        }
+        assert_eq!(
+            crate::io::hash::xxh3_64(&buf),
+            want,
+            "same bytes after the move"
+        );
+        let (anon, rss) = rss_kinds(base + 8192);
+        assert_eq!(anon, 0, "the moved pages are file pages, not anonymous");
+        assert!(rss > 0);
+        // Writable still (as llama.cpp's buffer was), and freed by munmap as before.
+        buf[len - 1] ^= 1;
+        drop(buf);
+    }
+}
