@@ -358,6 +358,28 @@ mod tests {
     }
 
     #[test]
+    fn no_file_on_a_memory_file_system_nor_without_room() {
+        let here = std::env::current_dir().unwrap();
+        match Spiller::open(u64::MAX / 4, std::slice::from_ref(&here)) {
+            Err(SpillError::NoRoom { need, .. }) => assert_eq!(need, u64::MAX / 4),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("room for 4 EiB"),
+        }
+        // /dev/shm is tmpfs on Linux: memory the limit counts.
+        let shm = PathBuf::from("/dev/shm");
+        match Spiller::open(1 << 20, std::slice::from_ref(&shm)) {
+            Err(SpillError::MemoryFileSystem(d)) => assert_eq!(d, shm),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a file on /dev/shm"),
+        }
+        // The next directory is tried: the working directory (cargo's: the crate's, on disk).
+        let s = Spiller::open(1 << 20, &[shm, here.clone()]).unwrap();
+        assert_eq!(s.dir(), here);
+        assert_eq!(s.moved(), 0);
+        assert!(s.failure().is_none());
+    }
+
+    #[test]
     fn what_is_not_covered_yet() {
         assert_eq!(uncovered(0, 100, &[]), vec![(0, 100)]);
         assert_eq!(
