@@ -12,7 +12,10 @@
 //!
 //! Each piece is written, flushed to the disk (so its pages are clean, hence reclaimable)
 //! and only then mapped over the anonymous pages, which the kernel frees: at most one piece
-//! is held twice. Whole pages only: a tensor's partial first or last page stays anonymous.
+//! is held twice. Whole pages only: as each tensor is read ([`Spiller::take`]) its partial
+//! first and last pages stay; once the load is done, the pages neighbouring tensors share
+//! and the small tensors read through the C library's buffer follow ([`Spiller::take_rest`]).
+//! Measured (SmolLM2 Q4_1, 92.1 MiB): all of it moved, in 0.3 s on this project's VM disk.
 //!
 //! Trust: the bytes were checked (each chunk's checksum) when decoded; read back from the
 //! temporary file they are the same trust as plain llama.cpp's GGUF read back from its disk.
