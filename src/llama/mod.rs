@@ -156,15 +156,21 @@ pub fn load_dc(
         (budget, decoded, spill) = default_budget(&dc, path);
         default_none = decoded.filter(|_| budget.is_none() && spill.is_none());
     }
-    let route = match (user_load::route_from_env(), &budget) {
-        (user_load::Route::User, Some(_)) => {
+    // A budget and a spill both work on the reads of the FILE* stream.
+    let route = match user_load::route_from_env() {
+        user_load::Route::User if budget.is_some() || spill.is_some() => {
             crate::log_line!(
-                "dcgguf: a memory budget needs the stream route; ignoring {}=user",
+                "dcgguf: {} needs the stream route; ignoring {}=user",
+                if budget.is_some() {
+                    "a memory budget"
+                } else {
+                    "moving the decoded weights to a file"
+                },
                 user_load::ROUTE_ENV
             );
             user_load::Route::Stream
         }
-        (route, _) => route,
+        route => route,
     };
     if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
         crate::log_line!(

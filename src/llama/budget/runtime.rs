@@ -134,13 +134,13 @@ pub struct Residency {
 /// row is then decoded once, not at every token, and a prompt's rows go right after use.
 const LOOKUP_KEEP: u64 = 1 << 20;
 
-/// What the plan needs to know of each tensor of `dc`.
 /// The weight memory a budget of `s` needs at least on `dc` (resident, held compressed and
 /// the working set); `None` when it streams nothing.
 pub fn least_need(dc: &DcFile, s: &Settings) -> Option<u64> {
     plan_for(&tensor_costs(dc), s).map(|p| p.needed_bytes(s.home))
 }
 
+/// What the plan needs to know of each tensor of `dc`.
 fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
     // The token embedding is only a row lookup unless it doubles as the output head: it
     // does not with a separate `output.weight`, nor in embedding models (pooling type).
