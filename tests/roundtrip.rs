@@ -672,6 +672,40 @@ fn dc_file_holds_padded_data_section() {
     }
 }
 
+/// The llama.cpp stream frees the original header's decoded bytes at its first read into the
+/// caller's memory (llama.cpp reads tensor data only once it has parsed the metadata), not
+/// at the end of the load, where they would add to the peak; the bytes it serves are the
+/// original file's either way.
+#[test]
+fn the_stream_frees_the_header_at_the_first_tensor_read() {
+    use dcgguf::llama::stream::{Source, Stream};
+    let dir = TempDir::new("header-first-read");
+    let original = standard_model(22).build();
+    let dc = std::sync::Arc::new(compress_bytes(&dir, &original, &opts_chunk(4096)));
+    let mut stream = Stream::new(&dir.join("out.dc.gguf"), Source::Dc(dc.clone()), None).unwrap();
+    let at = dc.original.data_offset as usize;
+    let mut header = vec![0u8; at];
+    assert_eq!(stream.read(&mut header).unwrap(), at);
+    assert_eq!(header, original[..at]);
+    assert!(
+        dc.holds_original_header(),
+        "freed while the metadata is read"
+    );
+    let mut data = vec![0u8; 256];
+    assert_eq!(stream.read_into_caller(&mut data).unwrap(), data.len());
+    assert_eq!(data, original[at..at + 256]);
+    assert!(
+        !dc.holds_original_header(),
+        "held past the first tensor read"
+    );
+    assert_eq!(dc.read_at(0, &mut header).unwrap(), at);
+    assert_eq!(
+        header,
+        original[..at],
+        "header read again after the release"
+    );
+}
+
 /// After `release_original_header` (what the llama.cpp load does once llama.cpp has read
 /// the header), a read of the header decodes it again: the same bytes; and a header blob
 /// changed on disk since the open is an error, never different bytes.

@@ -385,6 +385,15 @@ impl DcFile {
         }
     }
 
+    /// Whether the original header's decoded bytes are held ([`DcFile::release_original_header`]
+    /// frees them).
+    pub fn holds_original_header(&self) -> bool {
+        self.original_header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// The gap bytes, decoded (and checked) on first use: `inspect` and metadata readers
     /// never pay for them.
     fn gaps(&self) -> Result<&[u8]> {

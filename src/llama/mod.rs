@@ -268,7 +268,9 @@ pub fn load_dc(
     dc.finish_uncache();
     let model = model?;
     // llama.cpp has read the header; a budget or the batch-time switch keeps `dc` for the
-    // model's life, and the header (mostly the vocabulary) would stay resident with it.
+    // model's life, and the header (mostly the vocabulary) would stay resident with it. The
+    // stream releases it at the first tensor read already; this is for loads that read none
+    // (vocabulary only).
     dc.release_original_header();
     if res.is_some() {
         // `ram` keeps compressed bytes mapped; `file` releases them per layer or per big
