@@ -309,6 +309,14 @@ impl Spiller {
             }
             return Err(err);
         }
+        // Map the pages in now (`MADV_POPULATE_READ`, Linux 5.14+; a hint before that): just
+        // written, they are page cache no process maps, the first a limit reclaims, while
+        // the context is created after the load; plain llama.cpp's weights are mapped pages
+        // (it maps its file with MAP_POPULATE). SmolLM2 under a 127 MiB cap, two runs each
+        // (2026-11-30): 52-56 t/s, 412-444 MiB read from disk, against 13-17 t/s and
+        // 1135-1310 MiB without (plain mmap: 25-58 t/s, 580-750 MiB).
+        // SAFETY: reads the range we just mapped (its own file's bytes); changes no byte.
+        let _ = unsafe { libc::madvise(at as *mut libc::c_void, n, libc::MADV_POPULATE_READ) };
         self.offset += n as u64;
         self.moved.push((at, at + n));
         Ok(())
@@ -423,6 +431,18 @@ mod tests {
         (anon, rss)
     }
 
+    fn populate_supported() -> bool {
+        let m = memmap2::MmapMut::map_anon(4096).unwrap();
+        // SAFETY: our own mapping, read in place.
+        unsafe {
+            libc::madvise(
+                m.as_ptr() as *mut libc::c_void,
+                4096,
+                libc::MADV_POPULATE_READ,
+            ) == 0
+        }
+    }
+
     #[test]
     fn spilled_bytes_read_the_same_from_file_pages() {
         let len = 20 << 20;
@@ -446,14 +466,23 @@ mod tests {
             }
             r => assert_eq!(r.unwrap().bytes as usize, len - 4096),
         }
+        // Mapped in by the move itself, before anything reads them (the first 8 MiB piece is
+        // one mapping), where the kernel can (Linux 5.14+).
+        let (anon, rss) = rss_kinds(base + 8192);
+        assert_eq!(anon, 0, "the moved pages are file pages, not anonymous");
+        if populate_supported() {
+            assert!(
+                rss >= 8 << 10,
+                "only {rss} kB of the moved pages are mapped"
+            );
+        } else {
+            eprintln!("MADV_POPULATE_READ not supported here: mapped pages not checked");
+        }
         assert_eq!(
             crate::io::hash::xxh3_64(&buf),
             want,
             "same bytes after the move"
         );
-        let (anon, rss) = rss_kinds(base + 8192);
-        assert_eq!(anon, 0, "the moved pages are file pages, not anonymous");
-        assert!(rss > 0);
         // Writable still (as llama.cpp's buffer was), and freed by munmap as before.
         buf[len - 1] ^= 1;
         drop(buf);
