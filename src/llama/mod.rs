@@ -204,17 +204,7 @@ pub fn load_dc(
             Ok(()) => {
                 // Budgeted tensors are decoded in place in CPU memory: no GPU copies, no
                 // repacked copies.
-                if params.n_gpu_layers > 0 {
-                    // Explicitly asked for (`-ngl N`, also for RPC devices); -1 is llama.cpp's
-                    // "automatic" default and says nothing.
-                    crate::log_line!(
-                        "dcgguf: warning: a memory budget keeps the model on the CPU; ignoring \
-                         the request to offload {} layers (n_gpu_layers)",
-                        params.n_gpu_layers
-                    );
-                }
-                params.n_gpu_layers = 0;
-                params.use_extra_bufts = false;
+                keep_on_cpu(&mut params, "a memory budget keeps the model on the CPU");
                 Residency::new(dc.clone(), settings)
             }
             Err(why) => {
@@ -229,15 +219,7 @@ pub fn load_dc(
     if spill.is_some() {
         // llama.cpp then reads each tensor straight into its CPU weight buffer, the memory
         // the spill moves (Stream::with_spill).
-        if params.n_gpu_layers > 0 {
-            crate::log_line!(
-                "dcgguf: warning: weights moved to a file stay on the CPU; ignoring the request \
-                 to offload {} layers (n_gpu_layers)",
-                params.n_gpu_layers
-            );
-        }
-        params.n_gpu_layers = 0;
-        params.use_extra_bufts = false;
+        keep_on_cpu(&mut params, "weights moved to a file stay on the CPU");
     }
     // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
     // compressed bytes "in RAM" they are kept mapped after the load instead.
@@ -317,6 +299,21 @@ pub fn load_dc(
         budget::refit::register_pending(model, dc, decoded);
     }
     Ok(model)
+}
+
+/// Loads every weight into llama.cpp's CPU buffer, unrepacked (what a budget and a spill work
+/// on), warning with `why` when the caller asked for layers on a GPU.
+fn keep_on_cpu(params: &mut sys::llama_model_params, why: &str) {
+    if params.n_gpu_layers > 0 {
+        // Explicitly asked for (`-ngl N`, also for RPC devices); -1 is llama.cpp's
+        // "automatic" default and says nothing.
+        crate::log_line!(
+            "dcgguf: warning: {why}; ignoring the request to offload {} layers (n_gpu_layers)",
+            params.n_gpu_layers
+        );
+    }
+    params.n_gpu_layers = 0;
+    params.use_extra_bufts = false;
 }
 
 /// Frees the plane buffers and zstd contexts of the threads that decoded a load (this one and
