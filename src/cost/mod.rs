@@ -14,7 +14,10 @@ use crate::io::OutputError;
 
 pub use decode_bench::{DecodeBench, PairedRatio, measure_decode};
 pub use model::LoadModel;
-pub use probe::{ProbeOptions, Profile, Stale, default_profile_path, load_or_probe, load_profile};
+pub use probe::{
+    ProbeOptions, Profile, Stale, default_profile_path, load_or_probe, load_profile,
+    machine_profile,
+};
 pub use request::{LoadedModel, load_model_for, predicted_load_seconds};
 
 /// What measuring this machine can fail with.

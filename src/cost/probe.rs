@@ -146,6 +146,16 @@ pub fn load_profile(path: &Path) -> std::result::Result<Profile, Stale> {
     Ok(p)
 }
 
+/// This machine's saved profile ([`default_profile_path`]), read once per process; `None`
+/// when there is none that fits this machine and version (nothing is measured here: a load
+/// must not spend seconds probing).
+pub fn machine_profile() -> Option<&'static Profile> {
+    static PROFILE: std::sync::OnceLock<Option<Profile>> = std::sync::OnceLock::new();
+    PROFILE
+        .get_or_init(|| load_profile(&default_profile_path()).ok())
+        .as_ref()
+}
+
 /// Loads the profile at `path`, or measures and saves a new one when it is missing, corrupt,
 /// from another machine or from another version. Returns the profile and, when it was
 /// re-measured, why.

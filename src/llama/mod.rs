@@ -367,8 +367,8 @@ type SharedSpiller = Arc<std::sync::Mutex<budget::spill::Spiller>>;
 
 /// The budget of a load that asked for none ([`budget::limit`], said in the log): none when
 /// the decoded model fits under the memory limit, else one that fits; else, when no budget
-/// fits either ([`budget::limit::budget_fits`]), none and a file for the decoded weights to
-/// move to. Also the decoded weight bytes, when a limit was found.
+/// fits either or the one that fits would cost more each pass than the disk
+/// ([`budget::limit::spill_instead`]), none and a file for the decoded weights to move to. Also the decoded weight bytes, when a limit was found.
 fn default_budget(
     dc: &DcFile,
     path: &Path,
@@ -388,14 +388,15 @@ fn default_budget(
             (None, Some(decoded), None)
         }
         budget::limit::DefaultChoice::Budget { settings, .. } => {
-            if let Some(least) = budget::runtime::least_need(dc, &settings)
-                && !budget::limit::budget_fits(least, decoded, &headroom)
-            {
+            let storage_bps = crate::cost::machine_profile().map(|p| p.storage_bps());
+            if let Some(reason) = budget::runtime::budget_cost(dc, &settings).and_then(|cost| {
+                budget::limit::spill_instead(decoded, &cost, &headroom, storage_bps)
+            }) {
                 match budget::spill::Spiller::open(decoded, &spill_dirs(path)) {
                     Ok(s) => {
                         crate::log_line!(
                             "{}",
-                            budget::limit::describe_spill(decoded, least, &headroom, s.dir())
+                            budget::limit::describe_spill(decoded, &reason, &headroom, s.dir())
                         );
                         return (
                             None,
@@ -404,8 +405,9 @@ fn default_budget(
                         );
                     }
                     Err(e) => crate::log_line!(
-                        "dcgguf: memory: the budget below would not fit either, and the \
-                         decoded weights cannot move to a file ({e})"
+                        "dcgguf: memory: {}, but the decoded weights cannot move to a file \
+                         ({e}): taking it anyway",
+                        reason.against_the_budget()
                     ),
                 }
             }

@@ -10,13 +10,15 @@
 //! so it gets a budget that fits, the compressed bytes of streamed tensors kept mapped (`ram`:
 //! measured under caps on SmolLM2, 8.4 t/s against 7.2 for `file` at 85% of plain mmap's
 //! peak, plain mmap 8.0). When that budget cannot fit either (its plan's least need is over
-//! the headroom: weights compression barely shrinks), the load takes no budget and moves the
-//! decoded weights to a file on a disk ([`super::spill`], [`budget_fits`]), so that the limit
+//! the headroom: weights compression barely shrinks), or when it fits but would decode more
+//! on every pass than the disk would give back ([`spill_instead`]), the load takes no budget
+//! and moves the decoded weights to a file on a disk ([`super::spill`]), so that the limit
 //! reclaims them as it does plain llama.cpp's mapped file.
 //! The choice and its reason go to the log.
 
 use std::path::{Path, PathBuf};
 
+use super::runtime::BudgetCost;
 use super::spec::{Budget, CompressedHome, Settings};
 
 /// Where the limit came from.
@@ -238,33 +240,135 @@ impl DefaultChoice {
 /// Whether the budget `choose` picked can hold the model: the weight memory its plan needs
 /// at least (`least_need`: resident, held compressed and the working set), with
 /// [`context_room`] beside it, within the headroom. When not, the budget would run over the
-/// limit like a load without one, and slower; the default then loads without a budget and
-/// moves the decoded weights to a file ([`super::spill`]), where the limit can reclaim them
-/// as it does plain llama.cpp's mapped file. SmolLM2 Q4_1 (compression saves 10% of its
+/// limit like a load without one, and slower. SmolLM2 Q4_1 (compression saves 10% of its
 /// weights): under a 127 MiB cap its least budget needs 91 MiB, the headroom is 98 MiB.
 pub fn budget_fits(least_need: u64, decoded_weights: u64, headroom: &Headroom) -> bool {
     least_need.saturating_add(context_room(decoded_weights)) <= headroom.bytes
 }
 
-/// The log line for a load whose budget would not fit (`least_need`, [`budget_fits`]) and
-/// whose decoded weights move to a file in `dir` instead.
+/// Bytes read back from the disk on each pass over the weights (a token, a batch), per byte
+/// the limit lacks, when the weights are file pages the limit reclaims (plain llama.cpp's
+/// mapped model, or decoded weights moved to a file): reclaim takes pages the pass is about
+/// to use again, so a pass reads back more than the shortfall. Measured on this project's
+/// dev VM (`/proc/vmstat` pgpgin over 32-token llama-completion runs, the load's reads
+/// taken off, 2026-11-30): SmolLM2 Q4_1 moved to a file under a 127 MiB cap, about 3 MiB
+/// short, read back about 10 MiB a pass; Qwen2.5-Coder-1.5B Q4_K_M under 875 MiB, 255 MiB
+/// short, about 930 MiB a pass (3.6x).
+pub const REREAD_PER_BYTE_SHORT: f64 = 3.5;
+
+/// Why the default, with too little memory for the decoded weights, takes no budget and
+/// moves them to a file instead ([`super::spill`]), where the limit reclaims them as it does
+/// plain llama.cpp's mapped file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpillReason {
+    /// The smallest budget needs more than the headroom too ([`budget_fits`]).
+    NoBudgetFits { least_need: u64 },
+    /// The budget fits, but decoding its streamed tensors on every pass costs more than
+    /// reading back, from the disk, what the limit lacks ([`REREAD_PER_BYTE_SHORT`] per
+    /// byte). SmolLM2 Q4_1 under a 130 MiB cap: a budget decoding 41.7 MiB a token ran at
+    /// 5.6-5.9 t/s, for a limit about 0.1 MiB short.
+    BudgetSlower {
+        cost: BudgetCost,
+        shortfall: u64,
+        /// This machine's measured storage read speed, when it has a profile.
+        storage_bps: Option<f64>,
+    },
+}
+
+impl SpillReason {
+    /// What is wrong with the budget, in a few words.
+    pub fn against_the_budget(&self) -> &'static str {
+        match self {
+            SpillReason::NoBudgetFits { .. } => "the budget below would not fit either",
+            SpillReason::BudgetSlower { .. } => {
+                "the budget below would decode more on every pass than the disk would read back"
+            }
+        }
+    }
+}
+
+/// Whether a default load of `decoded_weights` bytes under `headroom` should move them to a
+/// file rather than take the budget whose cost is `cost`, and why. Each pass costs the
+/// budget its decode ([`BudgetCost::decode_seconds_per_pass`]) and the file its reads back
+/// (the shortfall times [`REREAD_PER_BYTE_SHORT`] at `storage_bps`); without measured
+/// speeds (no profile: `dcgguf probe` makes one) a byte decoded counts as much as a byte
+/// read back.
+pub fn spill_instead(
+    decoded_weights: u64,
+    cost: &BudgetCost,
+    headroom: &Headroom,
+    storage_bps: Option<f64>,
+) -> Option<SpillReason> {
+    if !budget_fits(cost.least_need, decoded_weights, headroom) {
+        return Some(SpillReason::NoBudgetFits {
+            least_need: cost.least_need,
+        });
+    }
+    let need = decoded_weights.saturating_add(context_room(decoded_weights));
+    let shortfall = need.saturating_sub(headroom.bytes);
+    let reread = REREAD_PER_BYTE_SHORT * shortfall as f64;
+    let file_is_cheaper = match (cost.decode_seconds_per_pass, storage_bps) {
+        (Some(decode_seconds), Some(bps)) if bps > 0.0 => reread / bps < decode_seconds,
+        _ => reread < cost.decoded_per_pass as f64,
+    };
+    file_is_cheaper.then(|| SpillReason::BudgetSlower {
+        cost: cost.clone(),
+        shortfall,
+        storage_bps,
+    })
+}
+
+/// The log line for a load that moves its decoded weights to a file in `dir` instead of
+/// taking a budget, for `reason`.
 pub fn describe_spill(
     decoded_weights: u64,
-    least_need: u64,
+    reason: &SpillReason,
     headroom: &Headroom,
     dir: &Path,
 ) -> String {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    format!(
+    let room = context_room(decoded_weights);
+    let head = format!(
         "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs about \
-         {:.0} MiB and the smallest budget {:.0} MiB: neither fits. Loading without a budget, \
-         the decoded weights moved to an unnamed file in {} as they load, so that the limit \
-         can reclaim their pages and the disk gives them back, as with plain llama.cpp's \
-         mapped file (set DCGGUF_MEM_BUDGET to choose yourself)",
+         {:.0} MiB",
         mib(headroom.bytes),
         source_name(headroom),
-        mib(decoded_weights.saturating_add(context_room(decoded_weights))),
-        mib(least_need.saturating_add(context_room(decoded_weights))),
+        mib(decoded_weights.saturating_add(room)),
+    );
+    let why = match reason {
+        SpillReason::NoBudgetFits { least_need } => format!(
+            " and the smallest budget {:.0} MiB: neither fits",
+            mib(least_need.saturating_add(room))
+        ),
+        SpillReason::BudgetSlower {
+            cost,
+            shortfall,
+            storage_bps,
+        } => {
+            let reread = REREAD_PER_BYTE_SHORT * *shortfall as f64;
+            let timed = match (cost.decode_seconds_per_pass, storage_bps) {
+                (Some(d), Some(bps)) => format!(
+                    " (this machine's profile: {:.1} ms against {:.1} ms)",
+                    d * 1e3,
+                    reread / bps * 1e3
+                ),
+                _ => String::new(),
+            };
+            format!(
+                ". A budget would fit but decode {:.1} MiB on every pass over the weights; \
+                 without one the limit lacks {:.1} MiB, about {:.1} MiB read back from the \
+                 disk a pass{timed}",
+                mib(cost.decoded_per_pass),
+                mib(*shortfall),
+                reread / (1u64 << 20) as f64,
+            )
+        }
+    };
+    format!(
+        "{head}{why}. Loading without a budget, the decoded weights moved to an unnamed file \
+         in {} as they load, so that the limit can reclaim their pages and the disk gives \
+         them back, as with plain llama.cpp's mapped file (set DCGGUF_MEM_BUDGET to choose \
+         yourself)",
         dir.display(),
     )
 }
@@ -371,11 +475,68 @@ mod tests {
         // Past 640 MiB of weights the context room is 1/64 of them.
         assert!(!budget_fits(900 << 20, 1024 << 20, &h(915)));
         assert!(budget_fits(900 << 20, 1024 << 20, &h(916)));
-        let line = describe_spill(decoded, least, &h(98), Path::new("/models"));
+        let cost = BudgetCost {
+            least_need: least,
+            decoded_per_pass: 40 << 20,
+            decode_seconds_per_pass: None,
+        };
+        let reason = spill_instead(decoded, &cost, &h(98), None).expect("no budget fits");
+        assert_eq!(reason, SpillReason::NoBudgetFits { least_need: least });
+        let line = describe_spill(decoded, &reason, &h(98), Path::new("/models"));
         assert!(
-            line.contains("98 MiB free") && line.contains("/models"),
+            line.contains("98 MiB free")
+                && line.contains("neither fits")
+                && line.contains("/models"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_budget_that_fits_loses_to_the_file_when_it_decodes_more_each_pass_than_the_disk_reads_back()
+     {
+        let h = |mib: u64| Headroom {
+            bytes: mib << 20,
+            source: LimitSource::MemAvailable,
+        };
+        // SmolLM2 Q4_1 under a 130 MiB cap: the budget fits, decodes 41.7 MiB a token, and
+        // the limit lacks 0.1 MiB of the 102.1 the decoded model needs with its context.
+        let decoded = (921 << 20) / 10;
+        let smol = BudgetCost {
+            least_need: 87 << 20,
+            decoded_per_pass: (417 << 20) / 10,
+            decode_seconds_per_pass: None,
+        };
+        match spill_instead(decoded, &smol, &h(102), None) {
+            Some(SpillReason::BudgetSlower { shortfall, .. }) => {
+                assert_eq!(shortfall, decoded + (10 << 20) - (102 << 20));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A model that compression shrinks by a third, 30 MiB short: reading back 3.5 x 30
+        // MiB a pass costs more than decoding the 60 MiB that the budget streams.
+        let bf16 = BudgetCost {
+            least_need: 70 << 20,
+            decoded_per_pass: 60 << 20,
+            decode_seconds_per_pass: None,
+        };
+        assert_eq!(spill_instead(100 << 20, &bf16, &h(80), None), None);
+        // Measured speeds decide where there are some: the same budget on a machine that
+        // decodes at 0.2 GB/s (0.31 s a pass) from a disk that reads at 2 GB/s (0.055 s).
+        let slow_decode = BudgetCost {
+            decode_seconds_per_pass: Some((60u64 << 20) as f64 / 0.2e9),
+            ..bf16.clone()
+        };
+        let reason =
+            spill_instead(100 << 20, &slow_decode, &h(80), Some(2e9)).expect("the file is cheaper");
+        let line = describe_spill(100 << 20, &reason, &h(80), Path::new("/m"));
+        assert!(
+            line.contains("decode 60.0 MiB on every pass")
+                && line.contains("lacks 30.0 MiB")
+                && line.contains("105.0 MiB read back")
+                && line.contains("ms against"),
+            "{line}"
+        );
+        assert_eq!(spill_instead(100 << 20, &bf16, &h(80), Some(2e9)), None);
     }
 
     #[test]

@@ -134,10 +134,35 @@ pub struct Residency {
 /// row is then decoded once, not at every token, and a prompt's rows go right after use.
 const LOOKUP_KEEP: u64 = 1 << 20;
 
-/// The weight memory a budget of `s` needs at least on `dc` (resident, held compressed and
-/// the working set); `None` when it streams nothing.
-pub fn least_need(dc: &DcFile, s: &Settings) -> Option<u64> {
-    plan_for(&tensor_costs(dc), s).map(|p| p.needed_bytes(s.home))
+/// What a budget of `s` costs on `dc`: the weight memory its plan needs at least (resident,
+/// held compressed and the working set) and what it decodes on each pass over the weights
+/// (a token, a batch). `None` when it streams nothing.
+pub fn budget_cost(dc: &DcFile, s: &Settings) -> Option<BudgetCost> {
+    let costs = tensor_costs(dc);
+    let plan = plan_for(&costs, s)?;
+    // A row lookup decodes only the chunks of the rows asked for: nothing worth counting.
+    let per_pass = || {
+        costs
+            .iter()
+            .zip(&plan.streamed)
+            .filter(|(c, streamed)| **streamed && !c.lookup_only)
+            .map(|(c, _)| c)
+    };
+    Some(BudgetCost {
+        least_need: plan.needed_bytes(s.home),
+        decoded_per_pass: per_pass().map(|c| c.raw).sum(),
+        decode_seconds_per_pass: crate::cost::machine_profile()
+            .map(|_| per_pass().map(|c| c.raw as f64 / c.decode_bps).sum()),
+    })
+}
+
+/// See [`budget_cost`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetCost {
+    pub least_need: u64,
+    pub decoded_per_pass: u64,
+    /// From this machine's measured decode speeds, when it has a profile.
+    pub decode_seconds_per_pass: Option<f64>,
 }
 
 /// What the plan needs to know of each tensor of `dc`.
@@ -166,15 +191,8 @@ fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
 }
 
 fn decode_bps_for(ty: GgmlType) -> f64 {
-    use crate::cost::{Stale, default_profile_path, load_profile};
-    static PROFILE: std::sync::OnceLock<Option<crate::cost::Profile>> = std::sync::OnceLock::new();
-    let p = PROFILE.get_or_init(|| {
-        load_profile(&default_profile_path())
-            .map_err(|_: Stale| ())
-            .ok()
-    });
     // Without a profile every type counts as equally fast: the plan then ranks by bytes saved.
-    p.as_ref().map_or(1e9, |p| p.decode_bps(ty, true))
+    crate::cost::machine_profile().map_or(1e9, |p| p.decode_bps(ty, true))
 }
 
 impl Residency {
