@@ -444,6 +444,61 @@ fn finished_saying(out: &std::process::Output, usage: &cgroup::Usage, cap: u64, 
     );
 }
 
+/// The default's load-time choice on SmolLM2's real plan (no llama.cpp needed, no cgroup:
+/// the headroom is given). A hair short of the decoded model's need (0.1 MiB, as under a
+/// 130 MiB cap), the budget that fits would decode over 30 MiB on every token; the default
+/// moves the weights to a file instead (the bench's 130.2 MiB cell: 5.6 t/s with that
+/// budget, 61.7 with the file). Far short (40 MiB), no budget fits at all. With ample memory,
+/// no budget.
+#[test]
+#[cfg_attr(
+    not(dcgguf_smollm2),
+    ignore = "needs SmolLM2: run scripts/fetch-models.sh"
+)]
+fn a_hair_short_of_memory_the_default_moves_the_weights_rather_than_decode_every_token() {
+    use dcgguf::llama::budget::{limit, runtime};
+    let t = "a_hair_short_of_memory_the_default_moves_the_weights_rather_than_decode_every_token";
+    let dc = dcgguf::dc::DcFile::open(&dc_of(&require_smollm2(t))).unwrap();
+    let decoded: u64 = (0..dc.tensor_count())
+        .map(|i| dc.tensor_view(i).raw_bytes)
+        .sum();
+    let need = decoded + limit::context_room(decoded);
+    let headroom = |bytes: u64| limit::Headroom {
+        bytes,
+        source: limit::LimitSource::MemAvailable,
+    };
+    assert!(matches!(
+        limit::choose(decoded, headroom(need)),
+        limit::DefaultChoice::NoBudget { .. }
+    ));
+    let choice_at = |bytes: u64| {
+        let h = headroom(bytes);
+        let limit::DefaultChoice::Budget { settings, .. } = limit::choose(decoded, h.clone())
+        else {
+            panic!("{} MiB free: expected a budget", bytes / MIB);
+        };
+        let cost = runtime::budget_cost(&dc, &settings).expect("the budget streams tensors");
+        (cost.clone(), limit::spill_instead(decoded, &cost, &h, None))
+    };
+    let (cost, reason) = choice_at(need - MIB / 10);
+    assert!(
+        cost.decoded_per_pass > 30 * MIB,
+        "the budget decodes {} bytes a pass",
+        cost.decoded_per_pass
+    );
+    match reason {
+        Some(limit::SpillReason::BudgetSlower { shortfall, .. }) => {
+            assert_eq!(shortfall, MIB / 10)
+        }
+        other => panic!("a budget decoding {cost:?} against 0.1 MiB short: {other:?}"),
+    }
+    let (_, reason) = choice_at(need - 40 * MIB);
+    assert!(
+        matches!(reason, Some(limit::SpillReason::NoBudgetFits { .. })),
+        "{reason:?}"
+    );
+}
+
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not
 /// fit in, where no budget fits either (SmolLM2 Q4_1: compression saves 10% of its weights,
 /// so the smallest budget needs about as much), loads without a budget and moves the decoded
