@@ -102,6 +102,46 @@ thread_local! {
     static ENCODER: RefCell<Option<(EncodeKey, Encoder)>> = const { RefCell::new(None) };
     static DECODER: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static DECODE_PLANES: RefCell<PlaneRoom> = const { RefCell::new(PlaneRoom::Empty) };
+}
+
+/// Room for one chunk's decoded planes before they merge, kept by each decoding thread.
+/// Mapped memory of its own rather than the C heap: the threads that decode a load are
+/// mostly pool threads, each with a glibc arena of its own, and glibc leaves a freed buffer
+/// at the top of such an arena resident until the top outgrows the trim threshold, which
+/// earlier large frees have raised. SmolLM2 through the preload kept 400 KiB that way in
+/// one idle thread for the model's life (its 324 KiB planes, zstd context and rANS table),
+/// charged to the host's memory cgroup. Unmapping gives it back at once.
+enum PlaneRoom {
+    Empty,
+    Mapped(memmap2::MmapMut),
+    /// Where the system refused a mapping: the heap, as before.
+    Heap(Vec<u8>),
+}
+
+impl PlaneRoom {
+    /// At least `need` bytes (contents unspecified: every decoded plane overwrites its part).
+    fn at_least(&mut self, need: usize) -> &mut [u8] {
+        let room = match self {
+            PlaneRoom::Empty => 0,
+            PlaneRoom::Mapped(m) => m.len(),
+            PlaneRoom::Heap(v) => v.len(),
+        };
+        if room < need {
+            // The old room goes first, so that both are never held at once.
+            *self = PlaneRoom::Empty;
+            let size = need.next_multiple_of(64 << 10);
+            *self = match memmap2::MmapMut::map_anon(size) {
+                Ok(m) => PlaneRoom::Mapped(m),
+                Err(_) => PlaneRoom::Heap(vec![0; size]),
+            };
+        }
+        match self {
+            PlaneRoom::Empty => &mut [],
+            PlaneRoom::Mapped(m) => &mut m[..need],
+            PlaneRoom::Heap(v) => &mut v[..need],
+        }
+    }
 }
 
 /// Frees this thread's decode and encode buffers (plane scratch, up to a chunk's planes,
@@ -112,6 +152,7 @@ pub fn release_thread_buffers() {
         *planes = Vec::new();
         *spare = Vec::new();
     });
+    DECODE_PLANES.with_borrow_mut(|room| *room = PlaneRoom::Empty);
     DECODER.with_borrow_mut(|d| *d = None);
     ENCODER.with_borrow_mut(|e| *e = None);
 }
@@ -415,16 +456,13 @@ pub fn decode_chunk(
         // One plane is the chunk itself: decode straight into the caller's buffer.
         return decode_plane(entries[0].0, entries[0].1, dst, &mut rans::Prefetch::none());
     }
-    SCRATCH.with_borrow_mut(|(scratch, _)| {
+    DECODE_PLANES.with_borrow_mut(|room| {
         let need: usize = entries
             .iter()
             .filter(|e| e.0 != PLANE_RAW)
             .map(|e| e.2)
             .sum();
-        if scratch.len() < need {
-            scratch.resize(need, 0);
-        }
-        let mut free = &mut scratch[..need];
+        let mut free = room.at_least(need);
         // The merge is bound by memory (its stores read their lines first, its raw planes
         // come from the page cache): the rANS decoder brings both in while it computes
         // (rans::Prefetch).
@@ -513,6 +551,33 @@ mod tests {
         decode_chunk(&layout, mode, &payload, &mut out).unwrap();
         assert_eq!(out, raw);
         assert!(stats.bound_bytes() > 0.0);
+    }
+
+    /// A thread's decoded planes live in a mapping of their own (not its malloc arena, see
+    /// [`PlaneRoom`]), which releasing the thread's buffers unmaps.
+    #[test]
+    fn decoded_planes_live_in_a_mapping_the_release_unmaps() {
+        std::thread::spawn(|| {
+            let raw = sample(1 << 18);
+            let layout = Layout::new(Transform::FloatRotate { width: 2 }, GgmlType::BF16);
+            let (mode, payload) = encode_chunk(&layout, &raw, EncodeOptions::default(), None);
+            assert_eq!(mode, ChunkMode::Planes);
+            let mut out = vec![0u8; raw.len()];
+            decode_chunk(&layout, mode, &payload, &mut out).unwrap();
+            assert_eq!(out, raw);
+            assert!(
+                DECODE_PLANES
+                    .with_borrow(|r| matches!(r, PlaneRoom::Mapped(m) if m.len() >= raw.len())),
+                "the planes are not in a mapping of their own"
+            );
+            release_thread_buffers();
+            assert!(DECODE_PLANES.with_borrow(|r| matches!(r, PlaneRoom::Empty)));
+            // The next chunk maps room again.
+            decode_chunk(&layout, mode, &payload, &mut out).unwrap();
+            assert_eq!(out, raw);
+        })
+        .join()
+        .unwrap();
     }
 
     /// Planes of a `Planes` payload: (codec, raw length) each.
