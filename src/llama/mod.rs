@@ -368,7 +368,8 @@ type SharedSpiller = Arc<std::sync::Mutex<budget::spill::Spiller>>;
 /// The budget of a load that asked for none ([`budget::limit`], said in the log): none when
 /// the decoded model fits under the memory limit, else one that fits; else, when no budget
 /// fits either or the one that fits would cost more each pass than the disk
-/// ([`budget::limit::spill_instead`]), none and a file for the decoded weights to move to. Also the decoded weight bytes, when a limit was found.
+/// ([`budget::limit::spill_instead`]), none and a file for the decoded weights to move to.
+/// Also the decoded weight bytes, when a limit was found.
 fn default_budget(
     dc: &DcFile,
     path: &Path,
