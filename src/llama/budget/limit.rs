@@ -270,8 +270,11 @@ pub enum SpillReason {
     BudgetSlower {
         cost: BudgetCost,
         shortfall: u64,
-        /// This machine's measured storage read speed, when it has a profile.
-        storage_bps: Option<f64>,
+        /// Bytes the file would read back a pass: the shortfall times the factor.
+        reread_bytes: f64,
+        /// Seconds a pass, the budget's decode against the file's reads, where this machine's
+        /// profile measured both speeds (then these decided, else the bytes did).
+        seconds: Option<(f64, f64)>,
     },
 }
 
@@ -306,15 +309,20 @@ pub fn spill_instead(
     }
     let need = decoded_weights.saturating_add(context_room(decoded_weights));
     let shortfall = need.saturating_sub(headroom.bytes);
-    let reread = REREAD_PER_BYTE_SHORT * shortfall as f64;
-    let file_is_cheaper = match (cost.decode_seconds_per_pass, storage_bps) {
-        (Some(decode_seconds), Some(bps)) if bps > 0.0 => reread / bps < decode_seconds,
-        _ => reread < cost.decoded_per_pass as f64,
+    let reread_bytes = REREAD_PER_BYTE_SHORT * shortfall as f64;
+    let seconds = match (cost.decode_seconds_per_pass, storage_bps) {
+        (Some(decode), Some(bps)) if bps > 0.0 => Some((decode, reread_bytes / bps)),
+        _ => None,
+    };
+    let file_is_cheaper = match seconds {
+        Some((decode, reread)) => reread < decode,
+        None => reread_bytes < cost.decoded_per_pass as f64,
     };
     file_is_cheaper.then(|| SpillReason::BudgetSlower {
         cost: cost.clone(),
         shortfall,
-        storage_bps,
+        reread_bytes,
+        seconds,
     })
 }
 
@@ -343,16 +351,16 @@ pub fn describe_spill(
         SpillReason::BudgetSlower {
             cost,
             shortfall,
-            storage_bps,
+            reread_bytes,
+            seconds,
         } => {
-            let reread = REREAD_PER_BYTE_SHORT * *shortfall as f64;
-            let timed = match (cost.decode_seconds_per_pass, storage_bps) {
-                (Some(d), Some(bps)) => format!(
+            let timed = match seconds {
+                Some((decode, reread)) => format!(
                     " (this machine's profile: {:.1} ms against {:.1} ms)",
-                    d * 1e3,
-                    reread / bps * 1e3
+                    decode * 1e3,
+                    reread * 1e3
                 ),
-                _ => String::new(),
+                None => String::new(),
             };
             format!(
                 ". A budget would fit but decode {:.1} MiB on every pass over the weights; \
@@ -360,7 +368,7 @@ pub fn describe_spill(
                  disk a pass{timed}",
                 mib(cost.decoded_per_pass),
                 mib(*shortfall),
-                reread / (1u64 << 20) as f64,
+                reread_bytes / (1u64 << 20) as f64,
             )
         }
     };
