@@ -128,3 +128,61 @@ fn libdcgguf_preload_so_exports_the_interposers() {
         .collect();
     assert!(other.is_empty(), "{} also exports {other:?}", lib.display());
 }
+
+/// The interposers a compute runs (and the callbacks they reach) sit together in the preload
+/// library's `.text.hot` section, a few pages that its shedding keeps cached while the rest
+/// of the library leaves the page cache after a load (preload/src/shed.rs).
+#[test]
+fn libdcgguf_preload_so_keeps_the_per_compute_code_in_a_few_pages() {
+    let lib = llama_support::libdcgguf_preload();
+    let o = Command::new("readelf")
+        .args(["-SW"])
+        .arg(&lib)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run readelf (binutils): {e}"));
+    assert!(o.status.success(), "readelf -SW {}", lib.display());
+    let sections = String::from_utf8_lossy(&o.stdout);
+    // "[Nr] Name Type Address Off Size ES Flg Lk Inf Al"
+    let hot = sections
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let at = f.iter().position(|w| *w == ".text.hot")?;
+            let hex = |i: usize| u64::from_str_radix(f.get(at + i)?, 16).ok();
+            Some((hex(2)?, hex(4)?))
+        })
+        .unwrap_or_else(|| panic!("{} has no .text.hot section:\n{sections}", lib.display()));
+    let (addr, size) = hot;
+    assert!(
+        size <= 16 << 10,
+        ".text.hot holds {size} bytes: more than the per-compute path"
+    );
+    let o = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&lib)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nm (binutils): {e}"));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for name in [
+        "llama_decode",
+        "llama_encode",
+        "llama_process",
+        "posix_memalign",
+        "fread",
+        "fseek",
+        "fseeko",
+    ] {
+        let at = text
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2).map(|n| n.split('@').next().unwrap_or(n)) == Some(name))
+                    .then(|| u64::from_str_radix(f[0], 16).ok())?
+            })
+            .unwrap_or_else(|| panic!("{} does not define {name}", lib.display()));
+        assert!(
+            (addr..addr + size).contains(&at),
+            "{name} at {at:#x} lies outside .text.hot ({addr:#x}, {size} bytes)"
+        );
+    }
+}

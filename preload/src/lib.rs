@@ -37,7 +37,7 @@ mod shed;
 /// Tells the dcgguf crate where our interposers are, before anything else runs
 /// (a constructor of this shared object, run by the dynamic loader).
 extern "C" fn register() {
-    shed::no_readahead();
+    shed::limit_readahead();
     hooks::register_interposers(Interposers {
         load_from_file: llama_model_load_from_file as *const () as usize,
         init_from_model: llama_init_from_model as *const () as usize,
@@ -113,6 +113,7 @@ pub extern "C" fn llama_model_free(model: *mut sys::llama_model) {
 
 /// Interposes `llama_decode`.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub extern "C" fn llama_decode(ctx: *mut sys::llama_context, batch: hooks::LlamaBatch) -> i32 {
     let ours = llama_decode as *const () as usize;
     let r = hooks::compute(ctx, hooks::Compute::Decode(batch), ours);
@@ -122,6 +123,7 @@ pub extern "C" fn llama_decode(ctx: *mut sys::llama_context, batch: hooks::Llama
 
 /// Interposes `llama_encode`.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub extern "C" fn llama_encode(ctx: *mut sys::llama_context, batch: hooks::LlamaBatch) -> i32 {
     let ours = llama_encode as *const () as usize;
     let r = hooks::compute(ctx, hooks::Compute::Encode(batch), ours);
@@ -131,6 +133,7 @@ pub extern "C" fn llama_encode(ctx: *mut sys::llama_context, batch: hooks::Llama
 
 /// Interposes `llama_process` (what llama.cpp's own tools call).
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub extern "C" fn llama_process(
     ctx: *mut sys::llama_context,
     ty: libc::c_int,
@@ -147,6 +150,7 @@ pub extern "C" fn llama_process(
 /// # Safety
 /// The contract of `posix_memalign(3)`.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe extern "C" fn posix_memalign(
     out: *mut *mut c_void,
     align: usize,
@@ -163,6 +167,7 @@ pub unsafe extern "C" fn posix_memalign(
 /// # Safety
 /// The contract of `fread(3)`.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe extern "C" fn fread(
     ptr: *mut c_void,
     size: usize,
@@ -178,6 +183,7 @@ pub unsafe extern "C" fn fread(
 /// # Safety
 /// The contract of `fseeko(3)`.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe extern "C" fn fseeko(
     fp: *mut libc::FILE,
     offset: i64,
@@ -192,6 +198,7 @@ pub unsafe extern "C" fn fseeko(
 /// # Safety
 /// The contract of `fseek(3)`.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe extern "C" fn fseek(
     fp: *mut libc::FILE,
     offset: libc::c_long,

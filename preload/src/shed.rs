@@ -1,15 +1,26 @@
-//! Gives this library's own file pages back after a model load.
+//! Gives this library's own file pages back after a model load, and keeps them out.
 //!
 //! A memory cgroup charges the page cache of every file a process maps, and the dynamic loader
 //! brings this whole library in (3.1 MB; this VM's disk has an 8 MiB readahead window), of
 //! which a load maps about 2.3 MB (the decoder and the C API around it). After the load only
-//! the interposers and the budget paths run. So at the end of each load the read-only
-//! segments' page-table entries are dropped and the file's pages that no process maps leave
-//! the page cache. Code that runs later faults back in, and on this VM's kernel each such
-//! fault reads 1.4-1.7 MB around it whatever the mapping's advice (`MADV_RANDOM`, set when the
-//! library is loaded, is only a hint): so the first computes after a load drop the unmapped
-//! pages once more, at their end and before each of their large allocations, where a run's
-//! peak forms (MiniLM BF16 under llama-embedding: 1.3-1.6 MB less at the peak).
+//! the interposers and the budget paths run. So at the end of each load, and at the end of
+//! the first computes after it, the read-only segments' page-table entries are dropped and
+//! the file's pages that no process maps leave the page cache ([`Own::shed`]).
+//!
+//! Two things keep what comes back small:
+//!
+//! - The code every compute runs (the compute and allocation interposers, the graph
+//!   callbacks, the shedding itself) is one section, `.text.hot` (`#[link_section]` and
+//!   build.rs), of one or two pages. Its pages are never unmapped nor dropped, so a compute
+//!   touches no other page of ours. Before (session 19), the per-compute code was spread
+//!   over the 2.4 MB text: 684 KiB of it stayed mapped at steady state (each fault maps the
+//!   64 KiB around it), 12 KiB now.
+//! - The read-only segments are split into mappings of 64 KiB ([`limit_readahead`]). On this
+//!   VM's kernel (6.18) a fault in code reads around it within its mapping whatever the
+//!   advice (`MADV_RANDOM` is only a hint): in one 2.4 MB mapping, the first cold call after
+//!   a shed (`llama_model_free` at exit, with the weights still resident) read the whole text
+//!   segment and set the run's peak (2.4 MB above the steady state); in a 64 KiB piece it
+//!   reads at most the piece.
 //!
 //! Only segments without write permission are touched: their pages are the file's own
 //! (never copied on write), so dropping a mapping only means the next access maps the same
@@ -17,6 +28,7 @@
 //! part) hold private copies and are left alone.
 
 use std::ffi::{CStr, OsStr, c_void};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,6 +37,8 @@ const PAGE: usize = 4096;
 
 /// The page ranges of this library's loaded segments: read-only ones and writable ones.
 struct Segments {
+    /// Where the object is loaded: section addresses are relative to it.
+    base: usize,
     read_only: Vec<(usize, usize)>,
     writable: Vec<(usize, usize)>,
 }
@@ -66,6 +80,7 @@ fn own_segments(anchor: usize) -> Segments {
             return 0;
         }
         search.found = Some(Segments {
+            base,
             read_only: loads()
                 .filter(|p| p.p_flags & libc::PF_W == 0)
                 .map(range)
@@ -85,6 +100,7 @@ fn own_segments(anchor: usize) -> Segments {
     // given; `search` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut search).cast()) };
     search.found.unwrap_or(Segments {
+        base: 0,
         read_only: Vec::new(),
         writable: Vec::new(),
     })
@@ -115,40 +131,101 @@ fn anchor() -> usize {
 }
 
 /// At load: ask for no readahead on faults in all of this library's segments (a hint; see the
-/// module doc for what this kernel does with it).
-pub fn no_readahead() {
+/// module doc for what this kernel does with it), and split the read-only ones into
+/// mappings of [`PIECE`] bytes, which bound what one fault reads.
+pub fn limit_readahead() {
     let s = own_segments(anchor());
     for &(start, end) in s.read_only.iter().chain(&s.writable) {
         // SAFETY: MADV_RANDOM only changes the kernel's readahead policy for these pages of
         // our own mapping.
         unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_RANDOM) };
     }
+    // Every other piece of the read-only segments is left out of core dumps, a flag of the
+    // mapping, so that the kernel splits them into mappings of PIECE bytes. A fault in
+    // code this kernel reads around within the faulting mapping whatever the advice (the
+    // whole 2.4 MB text segment otherwise); a piece bounds what one fault reads. The first
+    // piece of each segment stays in (it holds the ELF header that debuggers look for).
+    for &(start, end) in &s.read_only {
+        for piece in (start + PIECE..end).step_by(2 * PIECE) {
+            let len = PIECE.min(end - piece);
+            // SAFETY: MADV_DONTDUMP only changes what a core dump of this process holds.
+            unsafe { libc::madvise(piece as *mut c_void, len, libc::MADV_DONTDUMP) };
+        }
+    }
 }
+
+/// The size of the mappings the read-only segments are split into ([`limit_readahead`]).
+const PIECE: usize = 64 << 10;
 
 /// Computes after a load that still drop the file's unmapped pages ([`after_compute`]).
 static DROPS_LEFT: AtomicU32 = AtomicU32::new(0);
 
-/// How many computes after a load end with [`drop_unmapped`]: the first ones run code the load
-/// did not (context setup, the graph), and each fault in it may read ahead again.
-const DROPS_AFTER_LOAD: u32 = 2;
+/// How many computes after a load end with [`Own::shed`]: the first ones run code the load did
+/// not (context setup, the graph, the first batches' allocations), and each fault in it may
+/// read ahead again.
+const DROPS_AFTER_LOAD: u32 = 4;
+
+/// This library as loaded: its file (kept open, so that a drop is one system call), the
+/// file pages of its `.text.hot` section, and its read-only address ranges but for those
+/// pages (never unmapped: the code that unmaps runs there).
+struct Own {
+    file: std::fs::File,
+    len: u64,
+    hot: Option<(u64, u64)>,
+    read_only: Vec<(usize, usize)>,
+    /// All read-only ranges, `.text.hot`'s included.
+    all_read_only: Vec<(usize, usize)>,
+    /// The path, for the log.
+    path: PathBuf,
+}
+
+/// [`Own`], found at the first load; `None` if the file cannot be opened.
+#[unsafe(link_section = ".text.hot.dcgguf")]
+fn own() -> Option<&'static Own> {
+    static OWN: std::sync::OnceLock<Option<Own>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let path = own_path()?;
+        let file = std::fs::File::open(&path).ok()?;
+        let len = file.metadata().ok()?.len();
+        let segments = own_segments(anchor());
+        let hot = hot_pages(&file).filter(|h| h.offset.1 <= len);
+        let all_read_only = droppable(&segments);
+        let mut read_only = all_read_only.clone();
+        if let Some(h) = &hot {
+            let (start, end) = (segments.base + h.addr.0, segments.base + h.addr.1);
+            read_only = read_only
+                .into_iter()
+                .flat_map(|(s, e)| [(s, e.min(start)), (s.max(end), e)])
+                .filter(|(s, e)| s < e)
+                .collect();
+        }
+        Some(Own {
+            file,
+            len,
+            hot: hot.map(|h| h.offset),
+            read_only,
+            all_read_only,
+            path,
+        })
+    })
+    .as_ref()
+}
 
 /// After a load: drop the mappings of this library's read-only pages, then the file's
 /// pages that no process maps from the page cache. Under `DCGGUF_VERBOSE=1` the log says how
 /// much of the file was cached before and after.
 pub fn after_load() {
-    for (start, end) in droppable(&own_segments(anchor())) {
-        // SAFETY: these pages belong to segments without write permission, mapped private
-        // from our file and never written (the writable segments' pages are excluded), so
-        // MADV_DONTNEED drops only page-table entries: the next access maps the same file
-        // bytes again, and code running on other threads meanwhile just faults.
-        unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_DONTNEED) };
-    }
     let verbose = std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0");
     let path = own_path();
     let before = verbose
         .then(|| path.as_deref().and_then(cached_kib))
         .flatten();
-    drop_unmapped();
+    if let Some(own) = own() {
+        // `.text.hot` too: its pages may share a large folio (read in one piece when the
+        // library was loaded) with pages of the rest, and a folio goes from the page cache
+        // only whole and unmapped. Faulted back in, they come in pieces (limit_readahead).
+        own.shed(Keep::Nothing);
+    }
     if let (Some(before), Some(path)) = (before, &path) {
         dcgguf::log_line!(
             "dcgguf: {}: {} KiB in the page cache after the load, {} KiB after giving back \
@@ -159,35 +236,215 @@ pub fn after_load() {
         );
     }
     DROPS_LEFT.store(DROPS_AFTER_LOAD, Ordering::Relaxed);
+    if verbose {
+        REPORT_LEFT.store(REPORT_AT, Ordering::Relaxed);
+    }
 }
 
-/// After a compute (decode, encode): the first few after a load drop what their faults read
-/// ahead; mapped pages (the code that runs per batch) stay.
+/// After a compute (decode, encode): the first few after a load unmap what ran once
+/// (context setup, the first batches) and drop what their faults read ahead. What runs on
+/// every compute is in `.text.hot`, whose pages stay cached: mapping them again is a minor
+/// fault, without a read from the disk.
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub fn after_compute() {
-    let left = DROPS_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    if left.is_ok() {
-        drop_unmapped();
+    let count_down = |n: u32| n.checked_sub(1);
+    let shed = DROPS_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, count_down);
+    let report =
+        REPORT_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, count_down) == Ok(1);
+    if shed.is_err() && !report {
+        return;
     }
+    let Some(own) = own() else { return };
+    if shed.is_ok() {
+        own.shed(Keep::Hot);
+    }
+    if report {
+        // Counted before the log's own code faults pages back in.
+        let kib = own.cached_kib();
+        log_steady(&own.path, kib);
+    }
+}
+
+/// Under `DCGGUF_VERBOSE=1`, computes left until the log says what of the library is cached.
+static REPORT_LEFT: AtomicU32 = AtomicU32::new(0);
+
+/// At which compute after a load the log says what of the library is cached: some computes
+/// after the last shed, so that it tells what a steady run brings back.
+const REPORT_AT: u32 = DROPS_AFTER_LOAD + 8;
+
+/// The log line of [`REPORT_AT`] (`DCGGUF_VERBOSE=1`).
+#[cold]
+fn log_steady(path: &Path, kib: u64) {
+    dcgguf::log_line!(
+        "dcgguf: {}: {kib} KiB in the page cache after {REPORT_AT} computes",
+        path.display()
+    );
 }
 
 /// Before a large allocation (ggml's buffers, 1 MiB and up) in the computes right after a
 /// load: drop the unmapped pages first. The peak of a run forms there (llama-embedding's
 /// first batch allocates a 241 MiB output buffer), and the pages that the faults since the
 /// last drop read ahead would count in it.
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub fn before_allocation(size: usize) {
-    if size >= 1 << 20 && DROPS_LEFT.load(Ordering::Relaxed) > 0 {
-        drop_unmapped();
+    if size >= 1 << 20
+        && DROPS_LEFT.load(Ordering::Relaxed) > 0
+        && let Some(own) = own()
+    {
+        own.drop_unmapped(Keep::Hot);
     }
 }
 
-/// Drops this library's file pages that no process maps from the page cache.
-fn drop_unmapped() {
-    if let Some(file) = own_path().and_then(|p| std::fs::File::open(p).ok()) {
-        let len = file.metadata().map_or(0, |m| m.len());
-        dcgguf::io::drop_cached(&file, 0, len);
+/// What a shed leaves mapped and cached.
+#[derive(Clone, Copy)]
+enum Keep {
+    Nothing,
+    /// `.text.hot`'s pages.
+    Hot,
+}
+
+impl Own {
+    /// Unmaps the read-only pages (but `.text.hot`'s with [`Keep::Hot`]), then drops the
+    /// unmapped ones from the page cache. Both run in `.text.hot` and call only the C
+    /// library, so with [`Keep::Hot`] nothing between the unmapping and the drop faults
+    /// pages of ours back in.
+    #[unsafe(link_section = ".text.hot.dcgguf")]
+    fn shed(&self, keep: Keep) {
+        let ranges = match keep {
+            Keep::Nothing => &self.all_read_only,
+            Keep::Hot => &self.read_only,
+        };
+        for &(start, end) in ranges {
+            // SAFETY: these pages belong to segments without write permission, mapped
+            // private from our file and never written (the writable segments' pages are
+            // excluded), so MADV_DONTNEED drops only page-table entries: the next access
+            // maps the same file bytes again, and code running on other threads meanwhile
+            // just faults.
+            unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_DONTNEED) };
+        }
+        self.drop_unmapped(keep);
+    }
+
+    /// KiB of this library's read-only segments in the page cache (`mincore`; only the C
+    /// library is called, so counting faults nothing in).
+    #[unsafe(link_section = ".text.hot.dcgguf")]
+    fn cached_kib(&self) -> u64 {
+        let mut pages = 0;
+        let mut resident = [0u8; 256];
+        for &(start, end) in &self.all_read_only {
+            for at in (start..end).step_by(resident.len() * PAGE) {
+                let len = (end - at).min(resident.len() * PAGE);
+                // SAFETY: [at, at + len) lies in our own mapped segment, page-aligned, and
+                // `resident` has a byte for each of its len / PAGE pages.
+                if unsafe { libc::mincore(at as *mut c_void, len, resident.as_mut_ptr()) } == 0 {
+                    pages += resident[..len / PAGE]
+                        .iter()
+                        .filter(|&&r| r & 1 == 1)
+                        .count();
+                }
+            }
+        }
+        (pages * PAGE / 1024) as u64
+    }
+
+    /// Drops this library's file pages that no process maps from the page cache (but for
+    /// `.text.hot`'s with [`Keep::Hot`]).
+    #[unsafe(link_section = ".text.hot.dcgguf")]
+    fn drop_unmapped(&self, keep: Keep) {
+        let (keep_start, keep_end) = match (keep, self.hot) {
+            (Keep::Hot, Some(hot)) => hot,
+            _ => (self.len, self.len),
+        };
+        for (offset, len) in [(0, keep_start), (keep_end, self.len - keep_end)] {
+            let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+            else {
+                continue;
+            };
+            if len > 0 {
+                // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is
+                // open (owned by `self`, which lives for the process).
+                let _ = unsafe {
+                    libc::posix_fadvise(
+                        self.file.as_raw_fd(),
+                        offset,
+                        len,
+                        libc::POSIX_FADV_DONTNEED,
+                    )
+                };
+            }
+        }
     }
 }
 
+/// The pages of a section: file offsets and addresses (relative to the object's base).
+struct SectionPages {
+    offset: (u64, u64),
+    addr: (usize, usize),
+}
+
+/// The pages of this library's `.text.hot` section (the code every compute runs, placed
+/// together by `#[link_section]` and the linker's `-z keep-text-section-prefix`, see
+/// build.rs), from its section headers; `None` if it has no such section.
+fn hot_pages(file: &std::fs::File) -> Option<SectionPages> {
+    use std::os::unix::fs::FileExt;
+    let read = |offset: u64, len: usize| {
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset).ok().map(|()| buf)
+    };
+    let (addr, offset, size) = elf_section(read, b".text.hot")?;
+    let page = PAGE as u64;
+    let addr = usize::try_from(addr).ok()?;
+    let size_in_memory = usize::try_from(size).ok()?;
+    Some(SectionPages {
+        offset: (
+            offset / page * page,
+            offset.checked_add(size)?.next_multiple_of(page),
+        ),
+        addr: (
+            addr / PAGE * PAGE,
+            addr.checked_add(size_in_memory)?.next_multiple_of(PAGE),
+        ),
+    })
+}
+
+/// Most sections an ELF file here may declare; ours has about 30.
+const MAX_SECTIONS: usize = 4096;
+
+/// Address, file offset and size of the section named `name` in a 64-bit little-endian ELF
+/// file, whose bytes `read(offset, len)` returns.
+fn elf_section(
+    read: impl Fn(u64, usize) -> Option<Vec<u8>>,
+    name: &[u8],
+) -> Option<(u64, u64, u64)> {
+    let u16_at = |b: &[u8], o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    let header = read(0, 64)?;
+    // ELFCLASS64, ELFDATA2LSB.
+    if header.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(&header, 0x28)?;
+    let shnum = usize::from(u16_at(&header, 0x3c)?).min(MAX_SECTIONS);
+    let shstrndx = usize::from(u16_at(&header, 0x3e)?);
+    // Elf64_Shdr, 64 bytes: sh_name u32 at 0, sh_addr u64 at 16, sh_offset u64 at 24,
+    // sh_size u64 at 32.
+    if u16_at(&header, 0x3a)? != 64 || shstrndx >= shnum {
+        return None;
+    }
+    let table = read(shoff, shnum * 64)?;
+    let field = |i: usize, at: usize| u64_at(&table, i * 64 + at);
+    let names = read(
+        field(shstrndx, 24)?,
+        usize::try_from(field(shstrndx, 32)?).ok()?.min(1 << 20),
+    )?;
+    (0..shnum).find_map(|i| {
+        let at = usize::try_from(u32_at(&table, i * 64)?).ok()?;
+        let rest = names.get(at..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        (&rest[..end] == name).then(|| Some((field(i, 16)?, field(i, 24)?, field(i, 32)?)))?
+    })
+}
 /// KiB of `path` in the page cache.
 fn cached_kib(path: &Path) -> Option<u64> {
     let (_file, map) = dcgguf::io::map_readonly(path).ok()?;

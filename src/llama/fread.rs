@@ -39,6 +39,7 @@ pub(super) fn unregister(fp: *mut libc::FILE) {
     LIVE.store(s.len(), Ordering::Release);
 }
 
+#[unsafe(link_section = ".text.hot.dcgguf")]
 fn cookie_of(fp: *mut libc::FILE) -> Option<usize> {
     if LIVE.load(Ordering::Acquire) == 0 {
         return None;
@@ -86,6 +87,7 @@ unsafe extern "C" {
 /// The arguments of a valid `fread` call: `ptr` has `size * n` writable bytes and `fp` is
 /// an open stream.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe fn fread_ours(
     ptr: *mut c_void,
     size: usize,
@@ -179,6 +181,7 @@ pub unsafe fn fread_ours(
 /// # Safety
 /// `fp` is a valid `FILE *` (the contract of `fseeko(3)`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe fn fseek_ours(fp: *mut libc::FILE, offset: i64, whence: c_int) -> Option<c_int> {
     let cookie = cookie_of(fp)?;
     // SAFETY: as in fread_ours: `fp` is one of our open glibc streams; we hold its lock

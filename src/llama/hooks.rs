@@ -202,6 +202,7 @@ thread_local! {
 /// The body of the `llama_decode`, `llama_encode` and `llama_process` interposers: the real
 /// function (found skipping `ours`), with the buffers it allocates checked by
 /// [`posix_memalign_or_real`]. Returns -1 (llama.cpp's "error") when this process has none.
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub fn compute(ctx: *mut sys::llama_context, call: Compute, ours: usize) -> i32 {
     let (name, slot) = match call {
         Compute::Decode(_) => (c"llama_decode", &REAL_DECODE),
@@ -238,6 +239,7 @@ pub type PosixMemalignFn = unsafe extern "C" fn(*mut *mut c_void, usize, usize) 
 ///
 /// # Safety
 /// The contract of `posix_memalign(3)`.
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe fn posix_memalign_or_real(
     out: *mut *mut c_void,
     align: usize,
@@ -269,6 +271,7 @@ pub unsafe fn posix_memalign_or_real(
 ///
 /// # Safety
 /// The contract of `fread(3)`.
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe fn fread_or_real(
     ptr: *mut c_void,
     size: usize,
@@ -295,6 +298,7 @@ pub unsafe fn fread_or_real(
 ///
 /// # Safety
 /// The contract of `fseeko(3)`.
+#[unsafe(link_section = ".text.hot.dcgguf")]
 pub unsafe fn fseek_or_real(
     fp: *mut libc::FILE,
     offset: i64,

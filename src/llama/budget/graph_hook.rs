@@ -81,6 +81,7 @@ pub fn compute_threads(params: &sys::llama_context_params) -> usize {
 
 impl EvalHook {
     /// The budget this context's model runs under: from its load, or switched to since.
+    #[unsafe(link_section = ".text.hot.dcgguf")]
     fn residency(&self) -> Option<&Arc<Residency>> {
         self.res
             .as_ref()
@@ -125,6 +126,7 @@ pub fn context_freed(ctx: *mut sys::llama_context) {
     }
 }
 
+#[unsafe(link_section = ".text.hot.dcgguf")]
 unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *mut c_void) -> bool {
     // SAFETY: `data` is the EvalHook we registered with this context; it lives until the
     // context is freed, after which llama.cpp calls no callbacks.
@@ -173,6 +175,7 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *m
     })
 }
 
+#[unsafe(link_section = ".text.hot.dcgguf")]
 unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
     // SAFETY: as in eval_callback.
     let hook = unsafe { &*(data as *const EvalHook) };

@@ -174,6 +174,7 @@ pub fn watch_for(model: *const sys::llama_model, threads: usize) -> Option<Arc<W
 
 impl Watch {
     /// The budget the model switched to, if it did; else its lookup tables' residency.
+    #[unsafe(link_section = ".text.hot.dcgguf")]
     pub fn residency(&self) -> Option<&Arc<Residency>> {
         self.pending
             .res
