@@ -36,7 +36,9 @@
 //! Other knobs: DCGGUF_MEMCAP_MODELS (comma list of smollm2, minilm-bf16, minilm-f16, large;
 //! default all but large), DCGGUF_MEMCAP_RUNS (runs per point, default 1: the median speed,
 //! the highest peak, any failure wins), DCGGUF_MEMCAP_NOISE (allowance of the "never slower"
-//! check, default 0.05).
+//! check, default 0.05), DCGGUF_MEMCAP_SETUPS (comma list of plain-none, default, no-budget,
+//! 50-ram, 50-file; default all; plain mmap always runs). Caps run in turn, every setup at
+//! each cap, so that the setups a target compares run close in time.
 //!
 //! Output: a markdown table per model, each setup's knee (the lowest cap down to which it
 //! keeps >= 90% of its own uncapped speed at every cap) and the targets as PASS/FAIL
@@ -220,6 +222,8 @@ fn wait_exit(pid: u32, deadline: Instant) -> bool {
 // ------------------------------------------------------------------------------- setups
 
 struct Setup {
+    /// Its name in DCGGUF_MEMCAP_SETUPS.
+    key: &'static str,
     label: &'static str,
     dc: bool,
     /// llama.cpp `-lm` for the plain file (DC loads always use its non-mmap path).
@@ -235,6 +239,7 @@ const PLAIN_MMAP: usize = 0;
 /// (README: "weight repacking [is] turned off"). Repacked Q4_K weights (Qwen2.5-Coder) take
 /// other kernels, whose sums round differently: greedy generation then picks other tokens.
 const PLAIN_NO_REPACK: Setup = Setup {
+    key: "plain-no-repack",
     label: "plain mmap --no-repack",
     dc: false,
     load_mode: Some("mmap"),
@@ -244,6 +249,7 @@ const PLAIN_NO_REPACK: Setup = Setup {
 
 const SETUPS: [Setup; 6] = [
     Setup {
+        key: "plain",
         label: "plain mmap (default)",
         dc: false,
         load_mode: Some("mmap"),
@@ -251,6 +257,7 @@ const SETUPS: [Setup; 6] = [
         no_repack: false,
     },
     Setup {
+        key: "plain-none",
         label: "plain -lm none",
         dc: false,
         load_mode: Some("none"),
@@ -259,6 +266,7 @@ const SETUPS: [Setup; 6] = [
     },
     // No DCGGUF_MEM_BUDGET: the load chooses from the cgroup's limit (src/llama/budget/limit.rs).
     Setup {
+        key: "default",
         label: "DC default (adapts)",
         dc: true,
         load_mode: None,
@@ -266,6 +274,7 @@ const SETUPS: [Setup; 6] = [
         no_repack: false,
     },
     Setup {
+        key: "no-budget",
         label: "DC, no budget",
         dc: true,
         load_mode: None,
@@ -273,6 +282,7 @@ const SETUPS: [Setup; 6] = [
         no_repack: false,
     },
     Setup {
+        key: "50-ram",
         label: "DC 50% ram",
         dc: true,
         load_mode: None,
@@ -280,6 +290,7 @@ const SETUPS: [Setup; 6] = [
         no_repack: false,
     },
     Setup {
+        key: "50-file",
         label: "DC 50% file",
         dc: true,
         load_mode: None,
@@ -287,6 +298,14 @@ const SETUPS: [Setup; 6] = [
         no_repack: false,
     },
 ];
+
+/// Whether DCGGUF_MEMCAP_SETUPS (a comma list of [`Setup::key`]s; all when unset) asks
+/// for `s`. Plain mmap, the reference of every target, always runs.
+fn selected(s: &Setup) -> bool {
+    s.key == SETUPS[PLAIN_MMAP].key
+        || std::env::var("DCGGUF_MEMCAP_SETUPS")
+            .map_or(true, |v| v.split(',').any(|k| k.trim() == s.key))
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Metric {
@@ -696,14 +715,19 @@ fn checks(
     // The floor: compressed weight bytes + the model's non-weight memory (KV cache,
     // compute buffers, the program: DC without a budget holds the decoded weights and
     // those) + 10%.
-    let non_weight = grid[no_budget][0]
-        .peak
+    let non_weight = grid[no_budget]
+        .first()
+        .and_then(|p| p.peak)
         .map(|p| p.saturating_sub(weights.decoded));
     let floor =
         non_weight.map(|n| (weights.decoded.saturating_sub(weights.saved) + n) as f64 * 1.1);
     let metrics = m.metrics();
     for (si, s) in SETUPS.iter().enumerate().filter(|(_, s)| s.dc) {
         let pts = &grid[si];
+        if pts.is_empty() {
+            // Not selected (DCGGUF_MEMCAP_SETUPS).
+            continue;
+        }
         // Killed where plain mmap ran. A timeout counts as not running too: a run past its
         // timeout is thrashing, and left alone it may end killed (SmolLM2, DC without a
         // budget at 90% of plain mmap's peak, run by hand: it thrashed through its load for
@@ -974,16 +998,22 @@ fn main() {
             pct: Some(pct),
             bytes: Some((top as f64 * pct as f64 / 100.0) as u64 / 4096 * 4096),
         }));
-        for (si, s) in SETUPS.iter().enumerate() {
-            let mut timeout = Duration::from_secs_f64(timeout_max);
-            let mut stop: Option<Status> = None;
-            for (ci, c) in caps.iter().enumerate() {
+        // Cap by cap, every setup at it in turn: the setups a target compares run close in
+        // time, on this shared machine's same weather.
+        let mut timeout = vec![Duration::from_secs_f64(timeout_max); SETUPS.len()];
+        let mut stop: Vec<Option<Status>> = vec![None; SETUPS.len()];
+        for (ci, c) in caps.iter().enumerate() {
+            for (si, s) in SETUPS.iter().enumerate() {
+                if !selected(s) {
+                    continue;
+                }
+                let (timeout, stop) = (&mut timeout[si], &mut stop[si]);
                 let point = if si == PLAIN_MMAP && ci == 0 {
                     Point {
                         identical: Some(Identity::Identical),
                         ..p0.clone()
                     }
-                } else if let Some(st) = &stop {
+                } else if let Some(st) = stop.as_ref() {
                     Point {
                         status: Status::Skipped(Box::new(st.clone())),
                         speeds: vec![None; m.metrics().len()],
@@ -994,13 +1024,13 @@ fn main() {
                         identical: None,
                     }
                 } else {
-                    let mut p = measure(&cx, &m, s, c.bytes, timeout, Some(&refs)).0;
+                    let mut p = measure(&cx, &m, s, c.bytes, *timeout, Some(&refs)).0;
                     if p.status == Status::Timeout {
                         // Once more: on this shared machine a run has stalled at a cap it
                         // fits in (plain mmap at 100% of its own peak, 48 MiB charged after
                         // 10.8 s), and a timeout ends the setup's ladder.
                         eprintln!("memcap:   {} at {}: timeout, once more", s.label, c.label());
-                        p = measure(&cx, &m, s, c.bytes, timeout, Some(&refs)).0;
+                        p = measure(&cx, &m, s, c.bytes, *timeout, Some(&refs)).0;
                     }
                     p
                 };
@@ -1011,10 +1041,10 @@ fn main() {
                     cell(&m, &point)
                 );
                 if ci == 0 && point.status == Status::Ok {
-                    timeout = Duration::from_secs_f64((5.0 * point.wall).clamp(30.0, timeout_max));
+                    *timeout = Duration::from_secs_f64((5.0 * point.wall).clamp(30.0, timeout_max));
                 }
                 if matches!(point.status, Status::Killed | Status::Timeout) {
-                    stop = Some(point.status.clone());
+                    *stop = Some(point.status.clone());
                 }
                 let sp = |mt: Metric| {
                     m.metrics()
@@ -1062,7 +1092,11 @@ fn main() {
         t.push_str("\n|---|");
         t.push_str(&"---|".repeat(caps.len()));
         t.push('\n');
-        for (si, s) in SETUPS.iter().enumerate() {
+        for (si, s) in SETUPS
+            .iter()
+            .enumerate()
+            .filter(|(si, _)| !grid[*si].is_empty())
+        {
             write!(t, "| {} |", s.label).unwrap();
             for p in &grid[si] {
                 write!(t, " {} |", cell(&m, p)).unwrap();
@@ -1072,7 +1106,11 @@ fn main() {
         t.push_str(
             "\n`killed*` / `timeout*`: not run, killed or timed out at a higher cap. DIFFERS: output not identical to plain mmap without a cap; `(= plain --no-repack)`: identical to it without weight repacking, which budgeted loads turn off.\n\nKnee (lowest cap down to which every cap keeps >= 90% of the setup's own uncapped speed):\n\n",
         );
-        for (si, s) in SETUPS.iter().enumerate() {
+        for (si, s) in SETUPS
+            .iter()
+            .enumerate()
+            .filter(|(si, _)| !grid[*si].is_empty())
+        {
             let ks: Vec<String> = (0..m.metrics().len())
                 .map(|mi| {
                     format!(
