@@ -361,6 +361,8 @@ impl Own {
                 continue;
             };
             if len > 0 {
+                // posix_fadvise itself, not dcgguf::io::drop_cached: that one lies outside
+                // `.text.hot`, and calling it after an unmapping would fault a piece back in.
                 // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is
                 // open (owned by `self`, which lives for the process).
                 let _ = unsafe {

@@ -9,6 +9,13 @@
 //! address: the host lookups skip the interposer (so "the real `fread`" is never ourselves),
 //! and [`budget_hooks_active`] can tell whether this process calls our `fread` and
 //! `llama_init_from_model`, which the memory budget needs.
+//!
+//! Functions in section `.text.hot.dcgguf` (here, the graph callbacks in
+//! `budget::graph_hook`, `refit::Watch::residency`, `fread::fread_ours`) run on every
+//! compute, or on every host `fread` and `fseek`: the preload library links them into one
+//! section of a few pages, which it keeps cached while it gives the rest of its code back
+//! to the page cache (preload/src/shed.rs). What they call on that path must be inlined or
+//! in that section too.
 
 // These are the bodies of C entry points (as in the ffi layer): the pointers come from the C
 // caller and go to llama.cpp unchanged, under llama.h's contracts, which C callers cannot
