@@ -34,6 +34,11 @@ use dcgguf::llama::sys;
 
 mod shed;
 
+/// This library's own big buffers are mapped apart from the host's heap, so that a load
+/// leaves no holes in it for the host's later `calloc`s to clear (dcgguf::io::OwnMappings).
+#[global_allocator]
+static OWN_MAPPINGS: dcgguf::io::OwnMappings = dcgguf::io::OwnMappings;
+
 /// Tells the dcgguf crate where our interposers are, before anything else runs
 /// (a constructor of this shared object, run by the dynamic loader).
 extern "C" fn register() {

@@ -3,9 +3,11 @@
 
 mod atomic;
 pub mod hash;
+mod own_mappings;
 
 pub(crate) use atomic::TempPath;
 pub use atomic::{AtomicOutput, TEMP_TAG, check_output, remove_live_temp_files};
+pub use own_mappings::OwnMappings;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
