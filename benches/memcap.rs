@@ -38,7 +38,8 @@
 //! the highest peak, any failure wins), DCGGUF_MEMCAP_NOISE (allowance of the "never slower"
 //! check, default 0.05), DCGGUF_MEMCAP_SETUPS (comma list of plain-none, default, no-budget,
 //! 50-ram, 50-file; default all; plain mmap always runs). Caps run in turn, every setup at
-//! each cap, so that the setups a target compares run close in time.
+//! each cap, and a cap's runs go round the setups (one run of each, then the next round), so
+//! that the setups a target compares run close in time and share the machine's weather.
 //!
 //! Output: a markdown table per model, each setup's knee (the lowest cap down to which it
 //! keeps >= 90% of its own uncapped speed at every cap) and the targets as PASS/FAIL
@@ -483,15 +484,38 @@ fn measure(
     timeout: Duration,
     refs: Option<&Refs>,
 ) -> (Point, String) {
-    let mut all = Vec::new();
+    let all = (0..cx.runs)
+        .map(|_| run_capped(&cx.parent, command(&cx.llama, m, s), cap, timeout))
+        .collect();
+    summarize(m, s, all, refs)
+}
+
+/// Runs the points of several setups at one cap `cx.runs` times each, in turn (one run of
+/// each, then the next round), so that whatever else the machine is doing meanwhile falls on
+/// every setup alike; then each setup's point as [`measure`] makes it.
+fn measure_in_turn(
+    cx: &Ctx,
+    m: &Model,
+    setups: &[(&Setup, Duration)],
+    cap: Option<u64>,
+    refs: &Refs,
+) -> Vec<Point> {
+    let mut runs: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
     for _ in 0..cx.runs {
-        all.push(run_capped(
-            &cx.parent,
-            command(&cx.llama, m, s),
-            cap,
-            timeout,
-        ));
+        for ((s, timeout), done) in setups.iter().zip(&mut runs) {
+            done.push(run_capped(&cx.parent, command(&cx.llama, m, s), cap, *timeout));
+        }
     }
+    setups
+        .iter()
+        .zip(runs)
+        .map(|((s, _), all)| summarize(m, s, all, Some(refs)).0)
+        .collect()
+}
+
+/// One point from its runs: median speeds and wall, highest peak, the first failure; and the
+/// first run's output.
+fn summarize(m: &Model, s: &Setup, mut all: Vec<Run>, refs: Option<&Refs>) -> (Point, String) {
     let status = all
         .iter()
         .map(|r| r.status.clone())
@@ -1003,6 +1027,16 @@ fn main() {
         let mut timeout = vec![Duration::from_secs_f64(timeout_max); SETUPS.len()];
         let mut stop: Vec<Option<Status>> = vec![None; SETUPS.len()];
         for (ci, c) in caps.iter().enumerate() {
+            // The runs of this cap's points, taken in turn (measure_in_turn).
+            let to_run: Vec<(&Setup, Duration)> = SETUPS
+                .iter()
+                .enumerate()
+                .filter(|&(si, s)| {
+                    selected(s) && !(si == PLAIN_MMAP && ci == 0) && stop[si].is_none()
+                })
+                .map(|(si, s)| (s, timeout[si]))
+                .collect();
+            let mut measured = measure_in_turn(&cx, &m, &to_run, c.bytes, &refs).into_iter();
             for (si, s) in SETUPS.iter().enumerate() {
                 if !selected(s) {
                     continue;
@@ -1024,7 +1058,7 @@ fn main() {
                         identical: None,
                     }
                 } else {
-                    let mut p = measure(&cx, &m, s, c.bytes, *timeout, Some(&refs)).0;
+                    let mut p = measured.next().expect("a point for every setup run");
                     if p.status == Status::Timeout {
                         // Once more: on this shared machine a run has stalled at a cap it
                         // fits in (plain mmap at 100% of its own peak, 48 MiB charged after
