@@ -173,7 +173,7 @@ pub fn context_room(decoded_weights: u64) -> u64 {
     other_memory(decoded_weights).max(MIN_CONTEXT_ROOM)
 }
 
-/// The least room kept for the context: 10 MiB. On SmolLM2 (92.1 MiB of weights,
+/// The least room kept for the context: 8 MiB. On SmolLM2 (92.1 MiB of weights,
 /// llama-completion `-c 256`, 32 tokens, 2026-11-29 20:50 UTC, four runs per cap) a load
 /// forced to no budget was killed under a 125 MiB cap (96 MiB free at load), thrashed under
 /// 127 (0.3-1.7 s for 31 tokens) and ran at full speed from 129 (100 MiB free: 0.26-0.37 s);
@@ -181,10 +181,14 @@ pub fn context_room(decoded_weights: u64) -> u64 {
 /// the weights to save 0.8 MiB, and keeps their compressed bytes as evictable file pages)
 /// took 3.2-3.9 s everywhere from 133 down to 128 and survived to 110. With 16 MiB (the
 /// earlier value) the default took that budget under 128-133 MiB caps, 12x slower than no
-/// budget; 10 MiB switches at about 131 MiB, two above the lowest cap that ran at full speed
-/// and six above the first kill. (With 4 MiB, session 10 saw a kill under 126.) Past 640 MiB
-/// of weights [`other_memory`] is larger and decides.
-const MIN_CONTEXT_ROOM: u64 = 10 << 20;
+/// budget. With 10 MiB (sessions 19-20) it switched at about 131 MiB, to moving the weights
+/// to a file by then ([`spill_instead`]); once the preload library gave back its code and
+/// heap (session 21, 2026-11-30 20:20 UTC, two runs each, generation t/s), no budget ran
+/// at 104 and 93 under 131 MiB, 115 and 96 under 130, 64 and 89 under 129, where the moved
+/// weights ran at 75 and 44, 34 and 46, 78 and 52 (plain mmap 85 and 95, 74 and 64, 35 and
+/// 50). 8 MiB switches at about 129 MiB, four above the first kill. (With 4 MiB, session 10
+/// saw a kill under 126.) Past 512 MiB of weights [`other_memory`] is larger and decides.
+const MIN_CONTEXT_ROOM: u64 = 8 << 20;
 
 /// The default for a model of `decoded_weights` bytes under `headroom`.
 pub fn choose(decoded_weights: u64, headroom: Headroom) -> DefaultChoice {
@@ -480,7 +484,7 @@ mod tests {
         let (least, decoded) = ((912 << 20) / 10, (921 << 20) / 10);
         assert!(!budget_fits(least, decoded, &h(98)));
         assert!(budget_fits(least, decoded, &h(102)));
-        // Past 640 MiB of weights the context room is 1/64 of them.
+        // Past 512 MiB of weights the context room is 1/64 of them.
         assert!(!budget_fits(900 << 20, 1024 << 20, &h(915)));
         assert!(budget_fits(900 << 20, 1024 << 20, &h(916)));
         let cost = BudgetCost {
@@ -506,17 +510,17 @@ mod tests {
             bytes: mib << 20,
             source: LimitSource::MemAvailable,
         };
-        // SmolLM2 Q4_1 under a 130 MiB cap: the budget fits, decodes 41.7 MiB a token, and
-        // the limit lacks 0.1 MiB of the 102.1 the decoded model needs with its context.
+        // SmolLM2 Q4_1 under a 128 MiB cap: the budget fits, decodes 41.7 MiB a token, and
+        // the limit lacks 0.1 MiB of the 100.1 the decoded model needs with its context.
         let decoded = (921 << 20) / 10;
         let smol = BudgetCost {
             least_need: 87 << 20,
             decoded_per_pass: (417 << 20) / 10,
             decode_seconds_per_pass: None,
         };
-        match spill_instead(decoded, &smol, &h(102), None) {
+        match spill_instead(decoded, &smol, &h(100), None) {
             Some(SpillReason::BudgetSlower { shortfall, .. }) => {
-                assert_eq!(shortfall, decoded + (10 << 20) - (102 << 20));
+                assert_eq!(shortfall, decoded + (8 << 20) - (100 << 20));
             }
             other => panic!("{other:?}"),
         }
@@ -527,7 +531,7 @@ mod tests {
             decoded_per_pass: 60 << 20,
             decode_seconds_per_pass: None,
         };
-        assert_eq!(spill_instead(100 << 20, &bf16, &h(80), None), None);
+        assert_eq!(spill_instead(100 << 20, &bf16, &h(78), None), None);
         // Measured speeds decide where there are some: the same budget on a machine that
         // decodes at 0.2 GB/s (0.31 s a pass) from a disk that reads at 2 GB/s (0.055 s).
         let slow_decode = BudgetCost {
@@ -535,8 +539,8 @@ mod tests {
             ..bf16.clone()
         };
         let reason =
-            spill_instead(100 << 20, &slow_decode, &h(80), Some(2e9)).expect("the file is cheaper");
-        let line = describe_spill(100 << 20, &reason, &h(80), Path::new("/m"));
+            spill_instead(100 << 20, &slow_decode, &h(78), Some(2e9)).expect("the file is cheaper");
+        let line = describe_spill(100 << 20, &reason, &h(78), Path::new("/m"));
         assert!(
             line.contains("decode 60.0 MiB on every pass")
                 && line.contains("lacks 30.0 MiB")
@@ -544,7 +548,7 @@ mod tests {
                 && line.contains("ms against"),
             "{line}"
         );
-        assert_eq!(spill_instead(100 << 20, &bf16, &h(80), Some(2e9)), None);
+        assert_eq!(spill_instead(100 << 20, &bf16, &h(78), Some(2e9)), None);
     }
 
     #[test]
@@ -606,15 +610,15 @@ mod tests {
         let weights = 100 << 20;
         assert!(matches!(
             choose(weights, h(1 << 30)),
-            DefaultChoice::NoBudget { need, .. } if need == weights + (10 << 20)
+            DefaultChoice::NoBudget { need, .. } if need == weights + (8 << 20)
         ));
-        // 10 MiB kept for the context: 110 MiB fit, 109 do not, and the budget is what is
+        // 8 MiB kept for the context: 108 MiB fit, 107 do not, and the budget is what is
         // left once the context has its room.
         assert!(matches!(
-            choose(weights, h(110 << 20)),
+            choose(weights, h(108 << 20)),
             DefaultChoice::NoBudget { .. }
         ));
-        match choose(weights, h(109 << 20)) {
+        match choose(weights, h(107 << 20)) {
             DefaultChoice::Budget { settings, .. } => {
                 assert_eq!(settings.budget, Budget::Bytes(99 << 20));
                 assert_eq!(settings.home, CompressedHome::Ram);
@@ -622,7 +626,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            choose(weights, h(109 << 20))
+            choose(weights, h(107 << 20))
                 .describe()
                 .contains("would not fit")
         );
