@@ -183,7 +183,7 @@ pub fn context_room(decoded_weights: u64) -> u64 {
 /// earlier value) the default took that budget under 128-133 MiB caps, 12x slower than no
 /// budget. With 10 MiB (sessions 19-20) it switched at about 131 MiB, to moving the weights
 /// to a file by then ([`spill_instead`]); once the preload library gave back its code and
-/// heap (session 21, 2026-11-30 20:20 UTC, two runs each, generation t/s), no budget ran
+/// heap (session 21, 2026-11-30 20:12 UTC, two runs each, generation t/s), no budget ran
 /// at 104 and 93 under 131 MiB, 115 and 96 under 130, 64 and 89 under 129, where the moved
 /// weights ran at 75 and 44, 34 and 46, 78 and 52 (plain mmap 85 and 95, 74 and 64, 35 and
 /// 50). 8 MiB switches at about 129 MiB, four above the first kill. (With 4 MiB, session 10
