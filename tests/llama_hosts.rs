@@ -421,6 +421,54 @@ fn rpc_completion_dc_matches_plain() {
     }
 }
 
+/// The default skips an untied token table at load (it keeps it compressed and decodes the
+/// rows each lookup reads), expecting llama.cpp to read it straight into its CPU weight
+/// buffer. Placed on an RPC device instead (`-ot token_embd.weight=RPC0[...]`), llama.cpp
+/// reads it into a staging buffer and uploads that: the table is then decoded after the
+/// load and written to the device, and MiniLM BF16's embeddings are plain llama.cpp's.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_llama_hosts, dcgguf_minilm)),
+    ignore = "needs llama.cpp with server+rpc (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn rpc_token_table_skipped_at_load_reaches_the_device() {
+    let t = "rpc_token_table_skipped_at_load_reaches_the_device";
+    let l = require_hosts(t);
+    let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
+    let dc = dc_of(&m);
+    let mut rpc = rpc_pair(&l, "rpc-lookup");
+    let endpoint = rpc.endpoints[0].clone();
+    let mut run = |model: &Path, dcgguf: bool, tag: &str| {
+        let mut c = tool(&l, "llama-embedding", dcgguf);
+        c.arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(eval_sentences_file())
+            .args(EMBEDDING_ARRAY_ARGS)
+            .args(["--rpc", &endpoint, "-ngl", "99"])
+            .args(["-ot", &format!("token_embd\\.weight=RPC0[{endpoint}]")]);
+        let mut p = Proc::spawn(c, tag);
+        let status = p.finish(Duration::from_secs(300));
+        assert!(
+            status.success(),
+            "{tag}: llama-embedding failed ({status}):\n{}",
+            p.log()
+        );
+        for s in &mut rpc.servers {
+            s.assert_running();
+        }
+        (p.stdout(), p.stderr())
+    };
+    let (plain, _) = run(&m, false, "rpc-lookup-plain");
+    let (ours, log) = run(&dc, true, "rpc-lookup-dc");
+    assert!(plain.contains('['), "no embeddings: {plain}");
+    assert!(
+        log.contains("token_embd.weight: skipped at load, but llama.cpp holds it elsewhere"),
+        "the table was not skipped, or not found elsewhere:\n{log}"
+    );
+    assert!(ours == plain, "embeddings differ from plain llama.cpp's");
+}
+
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_llama_hosts, dcgguf_smollm2)),

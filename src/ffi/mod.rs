@@ -27,6 +27,7 @@ use crate::cost::CostError;
 use crate::dc::{DcError, ErrorKind};
 use crate::io::OutputError;
 use crate::llama::LlamaError;
+use crate::llama::budget::refit::RefitError;
 use crate::llama::stream::StreamError;
 use crate::llama::user_load::UserRouteError;
 use crate::quant::QuantError;
@@ -164,6 +165,10 @@ impl From<LlamaError> for Error {
             LlamaError::Io { .. } => DCGGUF_ERR_IO,
             LlamaError::BadPath(_) => DCGGUF_ERR_INVALID_ARGUMENT,
             LlamaError::Budget(_) => DCGGUF_ERR_INVALID_ARGUMENT,
+            LlamaError::Lookups { source, .. } => match source {
+                RefitError::Decode(d) => dc_code(d),
+                _ => DCGGUF_ERR_LLAMA_LOAD_FAILED,
+            },
         };
         Error::new(code, e.to_string())
     }

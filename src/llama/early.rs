@@ -94,10 +94,19 @@ pub struct EarlyDecode {
 }
 
 impl EarlyDecode {
-    /// Starts decoding `dc`'s chunks in file order; reads are charged to `throttle` (bench
-    /// mode).
-    pub fn start(dc: Arc<DcFile>, throttle: Option<Arc<Throttle>>, limits: Limits) -> EarlyDecode {
+    /// Starts decoding `dc`'s chunks in file order, but those inside `skip` (original-file
+    /// ranges the load does not read); reads are charged to `throttle` (bench mode).
+    pub fn start(
+        dc: Arc<DcFile>,
+        throttle: Option<Arc<Throttle>>,
+        limits: Limits,
+        skip: &[Range<u64>],
+    ) -> EarlyDecode {
         let shared = Arc::new(Shared::default());
+        shared
+            .lock()
+            .claimed
+            .extend(skip.iter().map(|r| (r.start, r.end)));
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("dcgguf-early".into())
@@ -294,7 +303,7 @@ mod tests {
     #[test]
     fn every_chunk_is_served_once_either_decoded_early_or_claimed() {
         let (original, dc) = sample_dc("serve");
-        let early = EarlyDecode::start(dc.clone(), None, Limits::default());
+        let early = EarlyDecode::start(dc.clone(), None, Limits::default(), &[]);
         let all = chunks(&dc);
         assert_eq!(all.len(), 8);
         let (mut early_bytes, mut claimed) = (0, 0);
@@ -340,6 +349,7 @@ mod tests {
             Limits {
                 pending_bytes: limit,
             },
+            &[],
         );
         // It fills the limit, then stops (it could decode all 8 chunks in this time).
         wait_for(&early, |st| st.decoded >= limit);
@@ -357,7 +367,7 @@ mod tests {
     #[test]
     fn claimed_chunks_are_never_decoded_early() {
         let (_, dc) = sample_dc("claim");
-        let early = EarlyDecode::start(dc.clone(), None, Limits::default());
+        let early = EarlyDecode::start(dc.clone(), None, Limits::default(), &[]);
         let all = chunks(&dc);
         // As the stream does: take the chunk at the read position first (its buffer if this
         // thread got to it, else a claim, in one step), then claim the range. Claiming alone
@@ -378,5 +388,24 @@ mod tests {
                 "chunk at {start} both claimed and decoded"
             );
         }
+    }
+
+    #[test]
+    fn skipped_ranges_are_never_decoded_early() {
+        let (_, dc) = sample_dc("skip");
+        let all = chunks(&dc);
+        // Tensor "a" (chunks 0-2), as a load that defers it passes it.
+        let a = all[0].start..all[2].end;
+        let early = EarlyDecode::start(
+            dc.clone(),
+            None,
+            Limits::default(),
+            std::slice::from_ref(&a),
+        );
+        wait_for(&early, |st| st.decoded == 5 * 4096);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let st = early.shared.lock();
+        assert_eq!(st.decoded, 5 * 4096, "only tensor b's five chunks");
+        assert!(st.slots.keys().all(|&start| !a.contains(&start)));
     }
 }

@@ -194,7 +194,8 @@ impl Stream {
     }
 
     /// Decode the first chunks on a spare thread while llama.cpp parses metadata (a DC file
-    /// loaded without a memory budget).
+    /// loaded without a memory budget). After [`Stream::with_residency`], whose deferred
+    /// tensors it skips.
     pub fn with_early_decode(mut self, on: bool) -> Stream {
         if let (true, Source::Dc(dc)) = (on, &self.src) {
             // As far ahead as the whole model: a waiting chunk belongs to a tensor llama.cpp
@@ -208,10 +209,17 @@ impl Stream {
             let limits = Limits {
                 pending_bytes: dc.original_size().max(Limits::default().pending_bytes),
             };
+            // Tensors the stream defers are not read at load: not decoded ahead either.
+            let skip = self
+                .residency
+                .as_ref()
+                .map(|r| r.streamed_ranges())
+                .unwrap_or_default();
             self.early = Some(EarlyDecode::start(
                 dc.clone(),
                 self.throttle.clone(),
                 limits,
+                &skip,
             ));
             self.prefault = Some(Prefault::default());
         }
@@ -232,7 +240,9 @@ impl Stream {
         self
     }
 
-    /// Defer the tensors `residency` streams instead of reading them at load.
+    /// Defer the tensors `residency` streams instead of reading them at load. The stream's
+    /// cache stays one chunk deep under a budget; not with the default's lookups-only plan
+    /// ([`Residency::is_lookups_only`]), whose other tensors load as without one.
     pub fn with_residency(mut self, residency: Option<Arc<Residency>>) -> Stream {
         self.residency = residency;
         self
@@ -478,7 +488,9 @@ impl Stream {
     /// Under a memory budget the cache stays one chunk deep (it only serves the odd partial
     /// chunk) instead of holding batches of decoded chunks.
     fn lean(&self) -> bool {
-        self.residency.is_some()
+        self.residency
+            .as_ref()
+            .is_some_and(|r| !r.is_lookups_only())
     }
 
     /// Evicts the oldest cached chunks so that `n` more fit.

@@ -609,7 +609,7 @@ pub fn load_dc_user(
     let early = (!params.vocab_only
         && !params.no_alloc
         && std::env::var_os("DCGGUF_EARLY_DECODE").is_none_or(|v| v != "0"))
-    .then(|| EarlyDecode::start(dc.clone(), throttle.clone(), Limits::default()));
+    .then(|| EarlyDecode::start(dc.clone(), throttle.clone(), Limits::default(), &[]));
     let mut st = LoadState {
         dc: dc.as_ref(),
         api,
