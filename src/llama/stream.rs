@@ -37,15 +37,21 @@ use crate::llama::budget::Residency;
 /// The `FILE *` buffer. glibc refills it after every seek, and llama.cpp seeks before each
 /// tensor, so it stays modest: 256 KiB cut read calls 15x against the 8 KiB default.
 const STREAM_BUFFER: usize = 256 << 10;
-/// How many decoded chunks the stream keeps for piecewise reads. 4 (with 4 decoded together)
-/// rather than 12 and 8: the cache was the transient at the end of a load; uncapped peak
-/// charge by cgroup, three cold runs each (2026-11-29 about 22:47 UTC, 2-core EPYC VM): SmolLM2
-/// 142-143 -> 141 MiB (= its steady state), Qwen2.5-Coder-1.5B 1163-1168 -> 1159 MiB; load
-/// time unchanged within run-to-run noise (Qwen warm: 1310-1353 ms against 1243-1466).
-const CACHE_CHUNKS: usize = 4;
-/// At most this many chunks, or bytes, are decoded together when a read misses the cache.
+/// How many decoded bytes the stream keeps for piecewise reads and the chunks decoded with
+/// them: four full (1 MiB) chunks, rather than 12 and 8: the cache was the transient at the
+/// end of a load; uncapped peak charge by cgroup, three cold runs each (2026-11-29 about 22:47
+/// UTC, 2-core EPYC VM): SmolLM2 142-143 -> 141 MiB (= its steady state),
+/// Qwen2.5-Coder-1.5B 1163-1168 -> 1159 MiB; load time unchanged within run-to-run noise
+/// (Qwen warm: 1310-1353 ms against 1243-1466). Counted in bytes, not chunks (session 22):
+/// a small model's tensors are one small chunk each (SmolLM2: 69 to 553 KB), and four of
+/// them held less than the layer that llama.cpp reads out of file order, so chunks decoded
+/// ahead were evicted before their read and decoded again, 76 times in one SmolLM2 load.
+const CACHE_BYTES: u64 = 4 << 20;
+/// Spare chunk buffers kept for reuse.
+const SPARE_BUFFERS: usize = 4;
+/// At most this many chunks are decoded together when a read misses the cache (and no
+/// more bytes than the cache holds).
 const PREFETCH_CHUNKS: usize = 4;
-const PREFETCH_BYTES: u64 = 8 << 20;
 /// Drop the DC file's mapped pages from our RSS after this many bytes are served.
 const RELEASE_EVERY: u64 = 8 << 20;
 
@@ -84,6 +90,9 @@ pub struct Stream {
     cache: VecDeque<(u64, ChunkBuf)>,
     /// Buffers of evicted chunks, reused so that steady-state reads allocate nothing.
     spare: Vec<Vec<u8>>,
+    /// Starts of the chunks this load has decoded (or taken from early decoding): not
+    /// decoded again ahead of a read ([`Stream::fill_cache`]).
+    decoded: std::collections::HashSet<u64>,
     throttle: Option<Arc<Throttle>>,
     /// Chunks decoded while llama.cpp was busy with metadata.
     early: Option<EarlyDecode>,
@@ -114,6 +123,9 @@ struct ReadTimeline {
     inside: std::time::Duration,
     bytes: u64,
     calls: u64,
+    /// Chunk bytes decoded into the stream's cache (the rest of `bytes` decoded straight
+    /// into the caller's memory or came from early decoding).
+    cached: u64,
 }
 
 impl Drop for Stream {
@@ -126,10 +138,12 @@ impl Drop for Stream {
             let inside = t.inside.as_secs_f64() * 1e3;
             crate::log_line!(
                 "dcgguf: tensor reads: {} calls, {:.1} MB in {inside:.0} ms inside dcgguf, \
-                 {:.0} ms in llama.cpp between them ({span:.0} ms from first to last)",
+                 {:.0} ms in llama.cpp between them ({span:.0} ms from first to last); {:.1} MB \
+                 decoded into the stream's cache",
                 t.calls,
                 t.bytes as f64 / 1e6,
                 span - inside,
+                t.cached as f64 / 1e6,
             );
         }
     }
@@ -171,8 +185,9 @@ impl Stream {
             src,
             size,
             pos: 0,
-            cache: VecDeque::with_capacity(CACHE_CHUNKS),
+            cache: VecDeque::new(),
             spare: Vec::new(),
+            decoded: std::collections::HashSet::new(),
             throttle,
             early: None,
             prefault: None,
@@ -368,7 +383,8 @@ impl Stream {
             && !self.cache.iter().any(|(s, _)| *s == c.start)
             && let Some(buf) = early.take(c.clone())
         {
-            self.make_room(1);
+            self.make_room(buf.len() as u64);
+            self.decoded.insert(c.start);
             self.cache.push_back((c.start, ChunkBuf::Pages(buf)));
         }
         let Source::Dc(dc) = &self.src else {
@@ -393,9 +409,20 @@ impl Stream {
                     None => self.fill_cache(c.start)?,
                 };
                 let (start, buf) = &self.cache[k];
-                let take = ((start + buf.len() as u64).min(end) - pos) as usize;
+                let chunk_end = start + buf.len() as u64;
+                let take = (chunk_end.min(end) - pos) as usize;
                 let from = (pos - start) as usize;
                 dst[..take].copy_from_slice(&buf[from..from + take]);
+                if pos + take as u64 == chunk_end {
+                    // Read to its end: llama.cpp reads each tensor once, front to back, so the
+                    // chunk's memory goes now rather than with the oldest chunks (else the
+                    // cache ends a load full, on top of the decoded model).
+                    if let Some((_, ChunkBuf::Heap(b))) = self.cache.remove(k) {
+                        self.spare.push(b);
+                        self.spare
+                            .truncate(if self.lean() { 1 } else { SPARE_BUFFERS });
+                    }
+                }
                 return Ok(take);
             }
         }
@@ -417,6 +444,11 @@ impl Stream {
             direct_end = e.claim(pos, direct_end);
         }
         let want = (direct_end - pos) as usize;
+        let mut at = pos;
+        while let Some(c) = dc.next_chunk_range(at).filter(|c| c.start < direct_end) {
+            self.decoded.insert(c.start);
+            at = c.end;
+        }
         let pool = self.pool.clone();
         Ok(run_on(pool.as_deref(), || {
             dc.read_at(pos, &mut dst[..want])
@@ -441,8 +473,17 @@ impl Stream {
                 break;
             };
             next = Some(c.end);
-            if self.cache.iter().any(|(s, _)| *s == c.start) {
+            // Chunks after the asked one that this load decoded already: llama.cpp reads
+            // out of file order (the tensors it repacks first), and decoding them again
+            // ahead was waste (SmolLM2: 74.7 MB decoded into the cache and 70.7 by early
+            // decoding, for a 97.1 MB model).
+            if self.cache.iter().any(|(s, _)| *s == c.start)
+                || (c.start != start && self.decoded.contains(&c.start))
+            {
                 continue;
+            }
+            if !batch.is_empty() && bytes + (c.end - c.start) > CACHE_BYTES {
+                break;
             }
             if let Some(e) = &self.early
                 && !e.claim_chunk(c.clone())
@@ -451,11 +492,11 @@ impl Stream {
             }
             bytes += c.end - c.start;
             batch.push(c);
-            if batch.len() == PREFETCH_CHUNKS || bytes >= PREFETCH_BYTES || self.lean() {
+            if batch.len() == PREFETCH_CHUNKS || self.lean() {
                 break;
             }
         }
-        self.make_room(batch.len());
+        self.make_room(bytes);
         let mut jobs: Vec<(u64, Vec<u8>)> = batch
             .iter()
             .map(|c| {
@@ -480,6 +521,8 @@ impl Stream {
             }
         }
         let first = self.cache.len();
+        self.timeline.cached += bytes;
+        self.decoded.extend(batch.iter().map(|c| c.start));
         self.cache
             .extend(jobs.into_iter().map(|(s, b)| (s, ChunkBuf::Heap(b))));
         Ok(first)
@@ -493,16 +536,25 @@ impl Stream {
             .is_some_and(|r| !r.is_lookups_only())
     }
 
-    /// Evicts the oldest cached chunks so that `n` more fit.
-    fn make_room(&mut self, n: usize) {
-        let cap = if self.lean() { 1 } else { CACHE_CHUNKS };
-        while !self.cache.is_empty() && self.cache.len() + n > cap {
+    /// Evicts the oldest cached chunks so that `bytes` more fit (under a budget: so that
+    /// the cache holds one chunk).
+    fn make_room(&mut self, bytes: u64) {
+        let lean = self.lean();
+        loop {
+            let held: u64 = self.cache.iter().map(|(_, b)| b.len() as u64).sum();
+            let full = if lean {
+                !self.cache.is_empty()
+            } else {
+                held + bytes > CACHE_BYTES
+            };
+            if !full || self.cache.is_empty() {
+                break;
+            }
             if let Some((_, ChunkBuf::Heap(buf))) = self.cache.pop_front() {
                 self.spare.push(buf);
             }
         }
-        self.spare
-            .truncate(if self.lean() { 1 } else { CACHE_CHUNKS });
+        self.spare.truncate(if lean { 1 } else { SPARE_BUFFERS });
     }
 
     /// The stream's position (the end of what glibc's buffer holds).
@@ -729,6 +781,47 @@ mod tests {
         assert_eq!(&b[..5], b"world");
         assert_eq!(s.read(&mut b).unwrap(), 0);
         std::fs::remove_file(f).unwrap();
+    }
+
+    /// llama.cpp reads a layer's tensors out of file order (those it repacks first, in its
+    /// own order). With one small chunk per tensor, each chunk the stream decodes ahead of a
+    /// read must still be there at its read: every chunk decodes once, and the cache is empty
+    /// once every chunk has been read to its end.
+    #[test]
+    fn out_of_order_reads_of_small_tensors_decode_each_chunk_once() {
+        use crate::dc::{CompressOptions, compress_file};
+        use crate::gguf::{GgmlType, build_file};
+        let data = |k: u8| (0..4096).map(|i| (i / 5) as u8 ^ k).collect::<Vec<u8>>();
+        let tensors: Vec<_> = (0..8u8)
+            .map(|k| (format!("t{k}"), vec![1024], GgmlType::F32, data(k)))
+            .collect();
+        let original = build_file(&[], &tensors);
+        let dir = std::env::temp_dir().join(format!("dcgguf-stream-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("in.gguf"), dir.join("out.dc.gguf"));
+        std::fs::write(&src, &original).unwrap();
+        let opts = CompressOptions {
+            chunk_size: 4096,
+            force: true,
+            ..Default::default()
+        };
+        compress_file(&src, &dst, &opts, &|_| {}).unwrap();
+        let dc = Arc::new(DcFile::open(&dst).unwrap());
+        let starts: Vec<u64> = (0..8)
+            .map(|i| dc.original.tensor_range(dc.tensor_info(i)).start)
+            .collect();
+        let mut s = Stream::new(&dst, Source::Dc(dc.clone()), None).unwrap();
+        for i in [1usize, 0, 3, 2, 7, 5, 4, 6] {
+            s.set_position(starts[i]);
+            let mut buf = vec![0u8; 4096];
+            assert_eq!(s.read_into_caller(&mut buf).unwrap(), 4096);
+            let at = starts[i] as usize;
+            assert_eq!(buf, original[at..at + 4096], "tensor t{i}");
+        }
+        assert_eq!(s.timeline.cached, 8 * 4096, "each chunk decoded once");
+        assert!(s.cache.is_empty(), "{} chunks left cached", s.cache.len());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tempfile_with(bytes: &[u8]) -> PathBuf {
