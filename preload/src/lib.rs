@@ -34,14 +34,16 @@ use dcgguf::llama::sys;
 
 mod shed;
 
-/// This library's own big buffers are mapped apart from the host's heap, so that a load
-/// leaves no holes in it for the host's later `calloc`s to clear (dcgguf::io::OwnMappings).
+/// This library's allocations stay out of the host's heap (big buffers mapped apart, small
+/// ones in a dlmalloc of our own), so that a load leaves no holes in it for the host's later
+/// `calloc`s to clear (dcgguf::io::OwnMappings).
 #[global_allocator]
 static OWN_MAPPINGS: dcgguf::io::OwnMappings = dcgguf::io::OwnMappings;
 
 /// Tells the dcgguf crate where our interposers are, before anything else runs
 /// (a constructor of this shared object, run by the dynamic loader).
 extern "C" fn register() {
+    dcgguf::io::OwnMappings::keep_usable_after_fork();
     shed::limit_readahead();
     hooks::register_interposers(Interposers {
         load_from_file: llama_model_load_from_file as *const () as usize,
