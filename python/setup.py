@@ -3,7 +3,7 @@
 The package is pure Python; the one native file it ships is libdcgguf.so, taken from
 
 1. ``$DCGGUF_LIB`` when set (a path to a built libdcgguf.so), else
-2. the dcgguf repository this directory is in: ``cargo build --release --lib -p dcgguf``
+2. the dcgguf repository this directory is in: ``cargo build --release -p dcgguf-capi``
    (a no-op when the library is up to date; ``DCGGUF_NO_CARGO=1`` skips it), then
    ``$CARGO_TARGET_DIR`` or ``target/`` ``/release/libdcgguf.so``.
 
@@ -38,7 +38,7 @@ def find_library():
             "checkout (python/ inside it)"
         )
     if os.environ.get("DCGGUF_NO_CARGO") != "1":
-        cmd = ["cargo", "build", "--release", "--lib", "-p", "dcgguf"]
+        cmd = ["cargo", "build", "--release", "-p", "dcgguf-capi"]
         try:
             subprocess.run(cmd, cwd=repo, check=True)
         except FileNotFoundError:

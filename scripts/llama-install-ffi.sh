@@ -9,7 +9,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 prefix="${1:-${DCGGUF_CACHE:-$HOME/.cache/dcgguf}/dcgguf}"
-[ "${SKIP_BUILD:-0}" = 1 ] || (cd "$root" && cargo build --release --lib -p dcgguf -p dcgguf-preload)
+[ "${SKIP_BUILD:-0}" = 1 ] || (cd "$root" && cargo build --release -p dcgguf-capi -p dcgguf-preload)
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
 target="${CARGO_TARGET_DIR:-$root/target}/release"
 mkdir -p "$prefix/lib/pkgconfig" "$prefix/include"

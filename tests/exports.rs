@@ -60,7 +60,7 @@ fn is_global(ty: char) -> bool {
 
 #[test]
 fn libdcgguf_so_exports_only_the_c_api() {
-    let lib = llama_support::built_lib("libdcgguf.so");
+    let lib = llama_support::capi_lib("libdcgguf.so");
     let syms = nm(&["-D", "--defined-only"], &lib);
     let globals: Vec<&(char, String)> = syms.iter().filter(|(t, _)| is_global(*t)).collect();
     let foreign: Vec<String> = globals
@@ -90,7 +90,7 @@ fn libdcgguf_so_exports_only_the_c_api() {
 
 #[test]
 fn libdcgguf_a_defines_no_libc_or_llama_symbol() {
-    let lib = llama_support::built_lib("libdcgguf.a");
+    let lib = llama_support::capi_lib("libdcgguf.a");
     let syms = nm(&["--defined-only", "-g"], &lib);
     let bad: Vec<String> = syms
         .iter()

@@ -23,7 +23,7 @@ fn prefix(name: &str, static_only: bool) -> PathBuf {
     } else {
         "libdcgguf.so"
     };
-    std::os::unix::fs::symlink(built_lib(lib), p.join("lib").join(lib)).unwrap();
+    std::os::unix::fs::symlink(capi_lib(lib), p.join("lib").join(lib)).unwrap();
     std::fs::copy(root.join("ffi/dcgguf.h"), p.join("include/dcgguf.h")).unwrap();
     let pc = std::fs::read_to_string(root.join("ffi/dcgguf.pc.in"))
         .unwrap()

@@ -43,7 +43,6 @@ static OWN_MAPPINGS: dcgguf::io::OwnMappings = dcgguf::io::OwnMappings;
 /// Tells the dcgguf crate where our interposers are, before anything else runs
 /// (a constructor of this shared object, run by the dynamic loader).
 extern "C" fn register() {
-    dcgguf::io::OwnMappings::keep_usable_after_fork();
     shed::limit_readahead();
     hooks::register_interposers(Interposers {
         load_from_file: llama_model_load_from_file as *const () as usize,

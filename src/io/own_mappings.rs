@@ -53,17 +53,18 @@ pub struct OwnMappings;
 /// segments anonymous mappings (it trims and unmaps what it no longer needs).
 static SMALL: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
-impl OwnMappings {
-    /// Makes a child of `fork` able to allocate: the small blocks' lock is taken around each
-    /// `fork` (`pthread_atfork`) so that no child inherits it held by a thread it does not
-    /// have, as glibc's malloc does for its own. Call once, before the first allocation (the
-    /// preload library's constructor does); later calls do nothing.
-    pub fn keep_usable_after_fork() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: dlmalloc asks to be called before allocations race with it; `Once` runs it
-        // once, and the only state it touches besides the atfork registration is its lock.
-        ONCE.call_once(|| unsafe { dlmalloc::enable_alloc_after_fork() });
-    }
+/// Makes a child of `fork` able to allocate: the small blocks' lock is taken around each
+/// `fork` (`pthread_atfork`) so that no child inherits it held by a thread it does not have,
+/// as glibc's malloc does for its own. Run before the first small block (on every small
+/// allocation: after the first, one atomic load), so that it holds however the library was
+/// linked (libdcgguf.a has no constructor a program is sure to run).
+fn keep_usable_after_fork() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: dlmalloc asks to be called before allocations race with it: `Once` runs it once,
+    // before the first small block and with no other thread inside it (the others wait), and
+    // it touches nothing but its lock and the atfork registration (glibc's, which allocates
+    // with glibc's malloc, not through us).
+    ONCE.call_once(|| unsafe { dlmalloc::enable_alloc_after_fork() });
 }
 
 /// Whether an allocation of `layout` gets a mapping of its own: big, and aligned no stricter
@@ -109,6 +110,7 @@ unsafe impl GlobalAlloc for OwnMappings {
         if mapped(layout.size(), layout.align()) {
             map(layout.size())
         } else {
+            keep_usable_after_fork();
             // SAFETY: the caller's layout, under GlobalAlloc::alloc's contract.
             unsafe { SMALL.alloc(layout) }
         }
@@ -119,6 +121,7 @@ unsafe impl GlobalAlloc for OwnMappings {
             // A fresh anonymous mapping reads as zeros, and stays unbacked until written.
             map(layout.size())
         } else {
+            keep_usable_after_fork();
             // SAFETY: as in `alloc`.
             unsafe { SMALL.alloc_zeroed(layout) }
         }
@@ -277,7 +280,6 @@ mod tests {
     /// by its alarm after 10 s, it fails the test).
     #[test]
     fn a_forked_child_can_allocate_while_another_thread_allocates() {
-        OwnMappings::keep_usable_after_fork();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let busy = stop.clone();
         let churn = std::thread::spawn(move || {

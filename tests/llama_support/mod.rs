@@ -197,13 +197,8 @@ pub fn target_dir() -> PathBuf {
 
 /// A file this build made: `cargo test` leaves fresh libraries in deps/, `cargo build` in the
 /// profile directory (target/release or target/debug); take the newer.
-pub fn built_lib(file: &str) -> PathBuf {
-    find_built(file).unwrap_or_else(|| {
-        panic!(
-            "{file} not built under {} (cargo build --lib)",
-            target_dir().display()
-        )
-    })
+fn built_lib(file: &str) -> PathBuf {
+    find_built(file).unwrap_or_else(|| panic!("{file} not built under {}", target_dir().display()))
 }
 
 fn find_built(file: &str) -> Option<PathBuf> {
@@ -215,44 +210,58 @@ fn find_built(file: &str) -> Option<PathBuf> {
 }
 
 /// This build's `libdcgguf_preload.so` (workspace member preload/: the `LD_PRELOAD`
-/// interposers). `cargo test` of the root package does not build other members' cdylibs, so
-/// the first call in a process runs `cargo build -p dcgguf-preload` with this build's profile
-/// and `bench-throttle` feature (a no-op when it is up to date).
+/// interposers), built by the first call in a process ([`build_member`]).
 pub fn libdcgguf_preload() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let t = target_dir();
-            let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-            c.current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "--quiet", "-p", "dcgguf-preload"])
-                .arg("--target-dir")
-                .arg(t.parent().unwrap());
-            if t.file_name().is_some_and(|n| n == "release") {
-                c.arg("--release");
-            }
-            if cfg!(feature = "bench-throttle") {
-                // The load bench's simulated slow storage lives in the preloaded library.
-                c.args(["--features", "bench-throttle"]);
-            }
-            let o = run(&mut c);
-            assert!(
-                o.status.success(),
-                "cargo build -p dcgguf-preload: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            find_built("libdcgguf_preload.so").unwrap_or_else(|| {
-                panic!(
-                    "libdcgguf_preload.so not found under {} after building it",
-                    t.display()
-                )
-            })
-        })
+        .get_or_init(|| build_member("dcgguf-preload", "libdcgguf_preload.so"))
         .clone()
 }
 
+/// This build's `libdcgguf.so` (workspace member capi/: the C API), built by the first call
+/// in a process ([`build_member`]).
 pub fn libdcgguf() -> PathBuf {
-    built_lib("libdcgguf.so")
+    capi_lib("libdcgguf.so")
+}
+
+/// `libdcgguf.so` or `libdcgguf.a` of this build (workspace member capi/).
+pub fn capi_lib(file: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        build_member("dcgguf-capi", "libdcgguf.so");
+    });
+    built_lib(file)
+}
+
+/// Builds workspace member `package` and returns its `file`. `cargo test` of the root package
+/// does not build other members' libraries, so this runs `cargo build -p package` with this
+/// build's profile (and, for the preload library, its `bench-throttle` feature: the load
+/// bench's simulated slow storage lives there); a no-op when it is up to date.
+fn build_member(package: &str, file: &str) -> PathBuf {
+    let t = target_dir();
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "-p", package])
+        .arg("--target-dir")
+        .arg(t.parent().unwrap());
+    if t.file_name().is_some_and(|n| n == "release") {
+        c.arg("--release");
+    }
+    if cfg!(feature = "bench-throttle") && package == "dcgguf-preload" {
+        c.args(["--features", "bench-throttle"]);
+    }
+    let o = run(&mut c);
+    assert!(
+        o.status.success(),
+        "cargo build -p {package}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    find_built(file).unwrap_or_else(|| {
+        panic!(
+            "{file} not found under {} after building {package}",
+            t.display()
+        )
+    })
 }
 
 /// A directory holding only this build's libdcgguf.so (to link with -L without picking up
