@@ -402,7 +402,13 @@ fn default_budget(
     let decoded: u64 = (0..dc.tensor_count())
         .map(|i| dc.tensor_view(i).raw_bytes)
         .sum();
-    let choice = budget::limit::choose(decoded, headroom.clone());
+    // The tables a load without a budget keeps compressed, where it can (`load_dc`'s
+    // `deferred_lookups`: the stream route, the budget hooks there).
+    let lookups = (user_load::route_from_env() == user_load::Route::Stream
+        && hooks::budget_hooks_active().is_ok())
+    .then(|| budget::refit::lookups_kept_compressed(dc))
+    .flatten();
+    let choice = budget::limit::choose(decoded, lookups, headroom.clone());
     match choice {
         budget::limit::DefaultChoice::NoBudget { .. } => {
             if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {

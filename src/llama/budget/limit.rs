@@ -145,11 +145,29 @@ fn mem_available(meminfo: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// The lookup tables (untied token embeddings) a load without a budget keeps compressed
+/// ([`super::refit`]): the load skips them, and each lookup decodes the chunks of the rows it
+/// reads. Their compressed bytes are the DC file's pages, which the limit reclaims like any
+/// clean file page (plain llama.cpp's mapped table is the same), so what they add to the
+/// process is the rows a lookup holds decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LookupTables {
+    /// Their decoded bytes, out of the decoded weights.
+    pub decoded: u64,
+    /// What their lookups hold decoded at most ([`super::plan::lookups_plan`]'s reserve).
+    pub held: u64,
+}
+
 /// What a load without an asked-for budget does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DefaultChoice {
-    /// Everything fits: no budget (today's load).
-    NoBudget { need: u64, headroom: Headroom },
+    /// Everything fits: no budget (today's load); `lookups`, the tables the load keeps
+    /// compressed, counted at what their lookups hold.
+    NoBudget {
+        need: u64,
+        headroom: Headroom,
+        lookups: Option<LookupTables>,
+    },
     /// It would not fit: this budget, compressed bytes kept mapped.
     Budget {
         settings: Settings,
@@ -190,13 +208,37 @@ pub fn context_room(decoded_weights: u64) -> u64 {
 /// saw a kill under 126.) Past 512 MiB of weights [`other_memory`] is larger and decides.
 const MIN_CONTEXT_ROOM: u64 = 8 << 20;
 
-/// The default for a model of `decoded_weights` bytes under `headroom`.
-pub fn choose(decoded_weights: u64, headroom: Headroom) -> DefaultChoice {
+/// The default for a model of `decoded_weights` bytes under `headroom`; `lookups`: the
+/// lookup tables a load without a budget would keep compressed, when it can.
+///
+/// Counting such a table decoded made the default refuse loads that fit: Qwen2.5-Coder-1.5B
+/// Q4_K_M, whose 125 MiB Q4_K token embedding the load never decodes, needed "1076 MiB" and
+/// moved its weights to a file under a 1050 MiB cap (unrepacked there: 85-88% of its uncapped
+/// generation speed), where the load without a budget peaks at 1042 MiB uncapped. Counted at
+/// its rows, it needs 955 MiB and loads without a budget there (llama-completion, 32 tokens,
+/// 2026-12-01 01:58 UTC: 54.3 t/s prompt, 19.5 generation, peak 1040.1 MiB; plain mmap 33.1
+/// and 1.4).
+pub fn choose(
+    decoded_weights: u64,
+    lookups: Option<LookupTables>,
+    headroom: Headroom,
+) -> DefaultChoice {
     let other = context_room(decoded_weights);
-    let need = decoded_weights.saturating_add(other);
+    let weights = lookups.map_or(decoded_weights, |l| {
+        decoded_weights
+            .saturating_sub(l.decoded)
+            .saturating_add(l.held.min(l.decoded))
+    });
+    let need = weights.saturating_add(other);
     if need <= headroom.bytes {
-        return DefaultChoice::NoBudget { need, headroom };
+        return DefaultChoice::NoBudget {
+            need,
+            headroom,
+            lookups,
+        };
     }
+    // A budget streams more than the tables; its need is the whole decoded model's.
+    let need = decoded_weights.saturating_add(other);
     // What is left for weights once the rest has its room; never nothing (the plan keeps
     // at least the working set of one streamed layer and says so).
     let budget = headroom.bytes.saturating_sub(other).max(1);
@@ -217,12 +259,25 @@ impl DefaultChoice {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let source = source_name;
         match self {
-            DefaultChoice::NoBudget { need, headroom } => format!(
+            DefaultChoice::NoBudget {
+                need,
+                headroom,
+                lookups,
+            } => format!(
                 "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs \
-                 about {:.0} MiB: loading without a budget",
+                 about {:.0} MiB{}: loading without a budget",
                 mib(headroom.bytes),
                 source(headroom),
-                mib(*need)
+                mib(*need),
+                match lookups {
+                    Some(l) => format!(
+                        " (its lookup tables kept compressed: {:.0} MiB decoded, {:.0} MiB of \
+                         rows held at most)",
+                        mib(l.decoded),
+                        mib(l.held.min(l.decoded))
+                    ),
+                    None => String::new(),
+                }
             ),
             DefaultChoice::Budget {
                 settings,
@@ -609,16 +664,16 @@ mod tests {
         };
         let weights = 100 << 20;
         assert!(matches!(
-            choose(weights, h(1 << 30)),
+            choose(weights, None, h(1 << 30)),
             DefaultChoice::NoBudget { need, .. } if need == weights + (8 << 20)
         ));
         // 8 MiB kept for the context: 108 MiB fit, 107 do not, and the budget is what is
         // left once the context has its room.
         assert!(matches!(
-            choose(weights, h(108 << 20)),
+            choose(weights, None, h(108 << 20)),
             DefaultChoice::NoBudget { .. }
         ));
-        match choose(weights, h(107 << 20)) {
+        match choose(weights, None, h(107 << 20)) {
             DefaultChoice::Budget { settings, .. } => {
                 assert_eq!(settings.budget, Budget::Bytes(99 << 20));
                 assert_eq!(settings.home, CompressedHome::Ram);
@@ -626,20 +681,72 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            choose(weights, h(107 << 20))
+            choose(weights, None, h(107 << 20))
                 .describe()
                 .contains("would not fit")
         );
         // Past 1 GiB of weights the room grows with them (1/64).
         assert!(matches!(
-            choose(2 << 30, h((2 << 30) + (32 << 20))),
+            choose(2 << 30, None, h((2 << 30) + (32 << 20))),
             DefaultChoice::NoBudget { need, .. } if need == (2 << 30) + (32 << 20)
         ));
         assert!(
-            choose(weights, h(1 << 30))
+            choose(weights, None, h(1 << 30))
                 .describe()
                 .contains("without a budget")
         );
+    }
+
+    #[test]
+    fn lookup_tables_kept_compressed_count_at_the_rows_they_hold() {
+        let h = |bytes| Headroom {
+            bytes,
+            source: LimitSource::MemAvailable,
+        };
+        // Qwen2.5-Coder-1.5B Q4_K_M's shape: 1059 MiB decoded, 125 MiB of it a Q4_K token
+        // embedding whose lookups hold at most 4 MiB of rows.
+        let (decoded, table, held) = (1059u64 << 20, 125u64 << 20, 4u64 << 20);
+        let lookups = Some(LookupTables {
+            decoded: table,
+            held,
+        });
+        let room = context_room(decoded);
+        let need = decoded - table + held + room;
+        match choose(decoded, lookups, h(need)) {
+            DefaultChoice::NoBudget {
+                need: n,
+                lookups: l,
+                ..
+            } => {
+                assert_eq!(n, need);
+                assert_eq!(l, lookups);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            choose(decoded, lookups, h(need))
+                .describe()
+                .contains("lookup tables kept compressed: 125 MiB decoded, 4 MiB of rows")
+        );
+        // Without them the same headroom takes a budget, and a budget's need is the whole
+        // decoded model's.
+        match choose(decoded, None, h(need)) {
+            DefaultChoice::Budget { need: n, .. } => assert_eq!(n, decoded + room),
+            other => panic!("{other:?}"),
+        }
+        match choose(decoded, lookups, h(need - 1)) {
+            DefaultChoice::Budget { need: n, .. } => assert_eq!(n, decoded + room),
+            other => panic!("{other:?}"),
+        }
+        // A reserve larger than the table counts the table.
+        let tiny = Some(LookupTables {
+            decoded: 1 << 20,
+            held: 4 << 20,
+        });
+        assert!(matches!(
+            choose(decoded, tiny, h(decoded + room)),
+            DefaultChoice::NoBudget { need: n, .. } if n == decoded + room
+        ));
     }
 
     #[test]

@@ -89,6 +89,21 @@ pub fn lookups_to_defer(dc: &Arc<DcFile>) -> Option<Arc<Residency>> {
     Residency::lookups_only(dc.clone())
 }
 
+/// The lookup tables a load of `dc` without a budget would skip and keep compressed
+/// ([`lookups_to_defer`] makes their residency), for the default's choice
+/// ([`super::limit::choose`]). `None` when there are none, or when the functions that check
+/// after the load where llama.cpp put them are missing from the host.
+pub fn lookups_kept_compressed(dc: &DcFile) -> Option<limit::LookupTables> {
+    api().ok()?;
+    let plan = super::runtime::lookups_plan_of(dc)?;
+    Some(limit::LookupTables {
+        decoded: plan
+            .decoded_weight_bytes
+            .saturating_sub(plan.resident_bytes),
+        held: plan.reserve_bytes,
+    })
+}
+
 /// `model` was loaded from `dc` without a budget because the default found that its
 /// `decoded` weight bytes fit: its lookup tables go back to compressed (a lookup decodes
 /// only the rows it reads), and its memory is checked again as its batches allocate.

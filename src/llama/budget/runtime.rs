@@ -166,6 +166,11 @@ pub struct BudgetCost {
 }
 
 /// What the plan needs to know of each tensor of `dc`.
+/// The default's lookups-only plan of `dc` ([`super::plan::lookups_plan`]).
+pub fn lookups_plan_of(dc: &DcFile) -> Option<ResidencyPlan> {
+    super::plan::lookups_plan(&tensor_costs(dc))
+}
+
 fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
     // The token embedding is only a row lookup unless it doubles as the output head: it
     // does not with a separate `output.weight`, nor in embedding models (pooling type).
@@ -208,7 +213,7 @@ impl Residency {
     /// lookup tables stream, their rows given back after each lookup that filled more than
     /// [`LOOKUP_KEEP`]. `None` when the model has no table worth it.
     pub fn lookups_only(dc: Arc<DcFile>) -> Option<Arc<Residency>> {
-        let plan = super::plan::lookups_plan(&tensor_costs(&dc))?;
+        let plan = lookups_plan_of(&dc)?;
         let s = Settings {
             budget: super::spec::Budget::Bytes(plan.budget_bytes),
             home: CompressedHome::Ram,
