@@ -4,7 +4,9 @@
 //! limit that applies to this process: the tightest `memory.max` (cgroup v2) or
 //! `memory.limit_in_bytes` (cgroup v1) of its memory cgroup and that cgroup's ancestors, minus
 //! what each already holds except file pages no process maps (page cache the kernel reclaims
-//! under the limit before it kills anything), and the system's `MemAvailable`. When the decoded weights plus room for the rest of the process fit, the
+//! under the limit before it kills anything), and the system's `MemAvailable`. When the decoded weights (lookup
+//! tables the load keeps compressed counted at the rows their lookups hold, [`LookupTables`])
+//! plus room for the rest of the process fit, the
 //! load runs exactly as without a budget; when they do not, a load without a budget would
 //! be killed (decoded weights are anonymous memory, which without swap cannot be evicted),
 //! so it gets a budget that fits, the compressed bytes of streamed tensors kept mapped (`ram`:
