@@ -1,5 +1,5 @@
 //! A global allocator for a library that runs inside someone else's process (the preload
-//! library declares it): allocations of 128 KiB and up get an anonymous mapping of their own;
+//! library and the C API library, capi/, declare it): allocations of 128 KiB and up get an anonymous mapping of their own;
 //! smaller ones go to a dlmalloc of our own (the `dlmalloc` crate, whose memory comes from
 //! anonymous mappings too), never to the C library's `malloc`: nothing we allocate lives in,
 //! or changes, the host's heap.
@@ -28,9 +28,9 @@
 //! (SmolLM2, llama-completion at rest, 16 runs, 2026-12-01): heap resident 18380-18400 KiB in
 //! 2 runs, 18770-18820 in 10, 19260-19320 in 4, against plain llama.cpp's 18528-18532 every
 //! time; with the small blocks in our dlmalloc, 18524 KiB in each of 15 runs (3 of them with
-//! the page cache dropped first), the uncapped peak charge and llama.cpp's load time as
-//! before (SmolLM2 137.7-138.1 MiB against 138.0; Qwen2.5-Coder-1.5B 1039.5-1039.7 against
-//! 1039.8-1040.2; MiniLM 375.8-375.9 against 376.2).
+//! the page cache dropped first). The uncapped peak charge, before and after: SmolLM2
+//! 137.7-138.1 MiB and 138.0, Qwen2.5-Coder-1.5B 1039.5-1039.7 and 1039.8-1040.2, MiniLM
+//! 375.8-375.9 and 376.2; llama.cpp's load times within their spread.
 //!
 //! The path an allocation takes depends on its layout alone (size and alignment), which Rust
 //! passes back unchanged to `dealloc`, so each pointer is freed the way it was allocated. The

@@ -207,11 +207,9 @@ pub fn load_dc(
     // A model the default loads without a budget keeps its lookup tables compressed
     // (budget::refit): the stream skips them, where decoding them would only fill pages given
     // back right after the load (MiniLM BF16: 22.4 of its 44 MiB).
-    let deferred_lookups = (default_none.is_some()
-        && route == user_load::Route::Stream
-        && hooks::budget_hooks_active().is_ok())
-    .then(|| budget::refit::lookups_to_defer(&dc))
-    .flatten();
+    let deferred_lookups = (default_none.is_some() && can_defer_lookups(route))
+        .then(|| budget::refit::lookups_to_defer(&dc))
+        .flatten();
     let mut params = params;
     let res = match budget {
         None => None,
@@ -387,6 +385,13 @@ fn load_stream(
 
 type SharedSpiller = Arc<std::sync::Mutex<budget::spill::Spiller>>;
 
+/// Whether a load by `route` without a budget can skip its lookup tables and keep them
+/// compressed ([`budget::refit`]): the stream route reads through the hooks that skip them,
+/// and the budget hooks serve their rows afterwards.
+fn can_defer_lookups(route: user_load::Route) -> bool {
+    route == user_load::Route::Stream && hooks::budget_hooks_active().is_ok()
+}
+
 /// The budget of a load that asked for none ([`budget::limit`], said in the log): none when
 /// the decoded model fits under the memory limit, else one that fits; else, when no budget
 /// fits either or the one that fits would cost more each pass than the disk
@@ -402,12 +407,10 @@ fn default_budget(
     let decoded: u64 = (0..dc.tensor_count())
         .map(|i| dc.tensor_view(i).raw_bytes)
         .sum();
-    // The tables a load without a budget keeps compressed, where it can (`load_dc`'s
-    // `deferred_lookups`: the stream route, the budget hooks there).
-    let lookups = (user_load::route_from_env() == user_load::Route::Stream
-        && hooks::budget_hooks_active().is_ok())
-    .then(|| budget::refit::lookups_kept_compressed(dc))
-    .flatten();
+    // The tables a load without a budget keeps compressed (`load_dc`'s `deferred_lookups`).
+    let lookups = can_defer_lookups(user_load::route_from_env())
+        .then(|| budget::refit::lookups_kept_compressed(dc))
+        .flatten();
     let choice = budget::limit::choose(decoded, lookups, headroom.clone());
     match choice {
         budget::limit::DefaultChoice::NoBudget { .. } => {

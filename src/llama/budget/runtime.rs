@@ -165,12 +165,12 @@ pub struct BudgetCost {
     pub decode_seconds_per_pass: Option<f64>,
 }
 
-/// What the plan needs to know of each tensor of `dc`.
 /// The default's lookups-only plan of `dc` ([`super::plan::lookups_plan`]).
 pub fn lookups_plan_of(dc: &DcFile) -> Option<ResidencyPlan> {
     super::plan::lookups_plan(&tensor_costs(dc))
 }
 
+/// What the plan needs to know of each tensor of `dc`.
 fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
     // The token embedding is only a row lookup unless it doubles as the output head: it
     // does not with a separate `output.weight`, nor in embedding models (pooling type).
