@@ -1,14 +1,23 @@
 //! libdcgguf_preload.so gives its own file pages back after a model load: the dynamic loader
 //! reads the whole library into the page cache, which a memory cgroup charges, and after the
 //! load only a small part of it runs (real llama.cpp, see tests/llama_support). In a test
-//! binary of its own: no other llama.cpp process of this binary maps the library meanwhile,
-//! which would keep its pages cached.
+//! binary of its own, and its tests one at a time ([`alone`]): no other llama.cpp process of
+//! this binary maps the library meanwhile, which would keep its pages cached.
 
 mod llama_support;
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use llama_support::*;
+
+/// Held by each test that runs a tool under the preload library: libtest runs a binary's
+/// tests in parallel, and a second process mapping the library keeps the pages the first
+/// gives back (CI on 2026-12-01: 3084 -> 2000 KiB while the other test's llama-completion ran).
+fn alone() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `(after the load, after giving back)` KiB from the preload's log lines.
 fn page_cache_lines(stderr: &str) -> Vec<(u64, u64)> {
@@ -62,6 +71,7 @@ fn parses_the_log_lines() {
 )]
 fn the_preload_library_gives_back_its_pages_after_a_load() {
     let t = "the_preload_library_gives_back_its_pages_after_a_load";
+    let _alone = alone();
     let (l, m) = (
         require_llama(t),
         require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
@@ -107,6 +117,7 @@ fn the_preload_library_gives_back_its_pages_after_a_load() {
 )]
 fn computes_after_a_load_keep_only_the_per_compute_code_cached() {
     let t = "computes_after_a_load_keep_only_the_per_compute_code_cached";
+    let _alone = alone();
     let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     written(&libdcgguf_preload());
