@@ -11,6 +11,8 @@ mod job;
 mod layout;
 mod parts;
 mod reader;
+#[cfg(test)]
+pub(crate) mod test_files;
 
 use std::path::PathBuf;
 

@@ -262,32 +262,19 @@ fn decode_ahead(dc: &DcFile, shared: &Shared, throttle: Option<&Throttle>, limit
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dc::{CompressOptions, compress_file};
-    use crate::gguf::{GgmlType, build_file};
+    use crate::dc::test_files::small_dc;
+    use crate::gguf::GgmlType;
 
     /// A two-tensor GGUF and its DC-GGUF with 4 KiB chunks.
     fn sample_dc(name: &str) -> (Vec<u8>, Arc<DcFile>) {
         let data = |n: usize, k: u8| (0..n).map(|i| (i / 7) as u8 ^ k).collect::<Vec<u8>>();
-        let original = build_file(
-            &[],
-            &[
-                ("a".into(), vec![3 * 1024], GgmlType::F32, data(3 * 4096, 1)),
-                ("b".into(), vec![5 * 1024], GgmlType::F32, data(5 * 4096, 2)),
-            ],
-        );
-        let dir = std::env::temp_dir().join(format!("dcgguf-early-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (src, dst) = (dir.join("in.gguf"), dir.join("out.dc.gguf"));
-        std::fs::write(&src, &original).unwrap();
-        let opts = CompressOptions {
-            chunk_size: 4096,
-            force: true,
-            ..Default::default()
-        };
-        compress_file(&src, &dst, &opts, &|_| {}).unwrap();
-        let dc = DcFile::open(&dst).unwrap();
+        let tensors = [
+            ("a".into(), vec![3 * 1024], GgmlType::F32, data(3 * 4096, 1)),
+            ("b".into(), vec![5 * 1024], GgmlType::F32, data(5 * 4096, 2)),
+        ];
+        let (original, dir, _, dc) = small_dc(&format!("early-{name}"), &tensors, 4096);
         std::fs::remove_dir_all(&dir).unwrap();
-        (original, Arc::new(dc))
+        (original, dc)
     }
 
     fn chunks(dc: &DcFile) -> Vec<Range<u64>> {

@@ -789,24 +789,13 @@ mod tests {
     /// once every chunk has been read to its end.
     #[test]
     fn out_of_order_reads_of_small_tensors_decode_each_chunk_once() {
-        use crate::dc::{CompressOptions, compress_file};
-        use crate::gguf::{GgmlType, build_file};
+        use crate::dc::test_files::small_dc;
+        use crate::gguf::GgmlType;
         let data = |k: u8| (0..4096).map(|i| (i / 5) as u8 ^ k).collect::<Vec<u8>>();
         let tensors: Vec<_> = (0..8u8)
             .map(|k| (format!("t{k}"), vec![1024], GgmlType::F32, data(k)))
             .collect();
-        let original = build_file(&[], &tensors);
-        let dir = std::env::temp_dir().join(format!("dcgguf-stream-order-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (src, dst) = (dir.join("in.gguf"), dir.join("out.dc.gguf"));
-        std::fs::write(&src, &original).unwrap();
-        let opts = CompressOptions {
-            chunk_size: 4096,
-            force: true,
-            ..Default::default()
-        };
-        compress_file(&src, &dst, &opts, &|_| {}).unwrap();
-        let dc = Arc::new(DcFile::open(&dst).unwrap());
+        let (original, dir, dst, dc) = small_dc("stream-order", &tensors, 4096);
         let starts: Vec<u64> = (0..8)
             .map(|i| dc.original.tensor_range(dc.tensor_info(i)).start)
             .collect();
