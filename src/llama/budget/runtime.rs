@@ -647,6 +647,10 @@ impl Residency {
         // thread decodes into a chunk-sized scratch buffer of its own, taken from `scratch`.
         //
         // [`team`]: super::team
+        // Every chunk's read is asked for first: the decodes then find most of them read.
+        let chunks: Vec<(usize, usize)> =
+            copies.iter().map(|&(c, _)| (tensor, c as usize)).collect();
+        self.dc.prefetch_chunks(&chunks);
         let scratch: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
         let failure: Mutex<Option<crate::dc::DcError>> = Mutex::new(None);
         let decoded = AtomicU64::new(0);
@@ -701,8 +705,6 @@ impl Residency {
         };
         let decoded = decoded.into_inner();
         if self.home == CompressedHome::File && !release_each {
-            let chunks: Vec<(usize, usize)> =
-                copies.iter().map(|&(c, _)| (tensor, c as usize)).collect();
             self.dc.release_chunks(&chunks);
         }
         let mut st = self.lock();
