@@ -227,6 +227,18 @@ impl GgufHeader {
             .map(|kv| &kv.value)
     }
 
+    /// Whether the token embedding (`token_embd.weight`) is read only by row lookups: it is
+    /// not when it doubles as the output head, which it does unless the model has an
+    /// `output.weight` of its own or pools its outputs (an embedding model's
+    /// `<arch>.pooling_type`).
+    pub fn token_embedding_is_lookup_only(&self) -> bool {
+        let pooled = self
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .is_some_and(|arch| self.get(&format!("{arch}.pooling_type")).is_some());
+        pooled || self.tensors.iter().any(|t| t.name == "output.weight")
+    }
+
     /// Absolute file range of a tensor's data (saturating: call `check_data_fits` first for
     /// a range known to be inside the file).
     pub fn tensor_range(&self, t: &TensorInfo) -> std::ops::Range<u64> {

@@ -172,14 +172,7 @@ pub fn lookups_plan_of(dc: &DcFile) -> Option<ResidencyPlan> {
 
 /// What the plan needs to know of each tensor of `dc`.
 fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
-    // The token embedding is only a row lookup unless it doubles as the output head: it
-    // does not with a separate `output.weight`, nor in embedding models (pooling type).
-    let arch = dc
-        .original
-        .get("general.architecture")
-        .and_then(|v| v.as_str().map(str::to_owned));
-    let pooled = arch.is_some_and(|a| dc.original.get(&format!("{a}.pooling_type")).is_some());
-    let untied = pooled || dc.find_tensor("output.weight").is_some();
+    let untied = dc.original.token_embedding_is_lookup_only();
     (0..dc.tensor_count())
         .map(|i| {
             let v = dc.tensor_view(i);
