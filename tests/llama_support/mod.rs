@@ -580,10 +580,14 @@ pub fn llama_bin_dir(test: &str) -> PathBuf {
 }
 
 /// `out`: `src` compressed at the default level with the `dcgguf compress` options `extra`
-/// (for benches, which want real ratios), made again only when missing or older than `src`.
+/// (for benches, which want real ratios), made again only when missing or older than `src`
+/// or the `dcgguf` binary.
 pub fn compressed(src: &Path, extra: &[&str], out: &Path) -> PathBuf {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if !out.exists() || modified(out) < modified(src) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_dcgguf"));
+    // Older than the compressor too: a writer that changed (its choice of chunk sizes, say)
+    // must be what a test or bench measures.
+    if !out.exists() || modified(out) < modified(src) || modified(out) < modified(bin) {
         eprintln!("compressing {} -> {} ...", src.display(), out.display());
         let o = Command::new(env!("CARGO_BIN_EXE_dcgguf"))
             .args(["-q", "compress", "--force"])
