@@ -56,9 +56,9 @@ fn compress_blob(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 }
 
 /// Raw bytes per chunk, at most, of a token embedding that only row lookups read
-/// ([`crate::gguf::GgufHeader::token_embedding_is_lookup_only`]): a lookup decodes (and, from a cold page
-/// cache, reads) every chunk holding a row it needs, and a prompt's tokens fall in about as
-/// many chunks as they are tokens. Measured against 1 MiB chunks (the default loads without
+/// ([`crate::gguf::GgufHeader::token_embedding_is_lookup_only`]): a lookup decodes (and, from
+/// a cold page cache, reads) every chunk holding a row it needs, and a prompt's tokens fall
+/// in about as many chunks as they are tokens. Measured against 1 MiB chunks (the default loads without
 /// a budget keep such a table compressed; cold page cache, llama.cpp's tools as in the
 /// memcap bench, 2-core EPYC VM, 2026-12-01 06:20 UTC): Qwen2.5-Coder-1.5B (151936 rows of
 /// 864 bytes; three runs each, 32 tokens) decoded 3.4 MB for its lookups instead of 27.3,
