@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, default_value = "default", value_parser = level_arg)]
     level: i32,
     /// Raw bytes per independently decodable chunk (suffixes k, M accepted); a token
-    /// embedding that only row lookups read takes at most 64 KiB.
+    /// embedding of 65536 rows or more that only row lookups read takes at most 64 KiB.
     #[arg(long, default_value = "1M", value_parser = parse_chunk_size)]
     chunk_size: usize,
     /// Overwrite existing outputs.
