@@ -202,6 +202,10 @@ pub enum Compute {
 thread_local! {
     /// This thread is inside `llama_decode` / `llama_encode` / `llama_process`.
     static IN_COMPUTE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The context this thread computes in now, and the tokens of its batch where known
+    /// (`llama_decode` / `llama_encode`; `llama_process`'s batch is opaque).
+    static BATCH: std::cell::Cell<Option<(usize, Option<u64>)>> =
+        const { std::cell::Cell::new(None) };
     /// This thread is inside the `posix_memalign` check (which may allocate).
     static IN_ALLOCATION_CHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -220,6 +224,11 @@ pub fn compute(ctx: *mut sys::llama_context, call: Compute, ours: usize) -> i32 
         return -1;
     };
     let outer = IN_COMPUTE.with(|c| c.replace(true));
+    let tokens = match call {
+        Compute::Decode(b) | Compute::Encode(b) => u64::try_from(b.n_tokens).ok(),
+        Compute::Process(..) => None,
+    };
+    let outer_batch = BATCH.with(|c| c.replace(Some((ctx as usize, tokens))));
     let r = match call {
         // SAFETY: llama.cpp's llama_decode / llama_encode (signature ComputeFn, llama.h),
         // with the caller's arguments.
@@ -233,7 +242,16 @@ pub fn compute(ctx: *mut sys::llama_context, call: Compute, ours: usize) -> i32 
         },
     };
     IN_COMPUTE.with(|c| c.set(outer));
+    BATCH.with(|c| c.set(outer_batch));
     r
+}
+
+/// The context this thread computes in now (inside `llama_decode`, `llama_encode` or
+/// `llama_process`), and its batch's tokens where the call says.
+pub fn current_batch() -> Option<(*mut sys::llama_context, Option<u64>)> {
+    BATCH
+        .with(|c| c.get())
+        .map(|(ctx, tokens)| (ctx as *mut sys::llama_context, tokens))
 }
 
 pub type PosixMemalignFn = unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> libc::c_int;

@@ -457,14 +457,32 @@ pub enum ContextChoice {
     },
 }
 
+/// The CPU backend's work buffer for a batch of `batch_tokens` tokens through weights whose
+/// widest row holds `widest_row` values: ggml converts a matrix product's F32 input to the
+/// weights' dot type (BF16 and F16: 2 bytes a value, the 8-bit block types about 1.1)
+/// in a buffer the CPU backend allocates with `new[]`, outside the buffers a check sees.
+/// MiniLM BF16's batch of 2046 tokens through its 1536-wide FFN rows takes 6 MiB there:
+/// under a cap where the check left its 30 MiB compute buffer 35 MiB with 4 MiB for
+/// computing, the run was killed; 37 MiB ran (session 25, two runs per cap).
+pub fn work_buffer(batch_tokens: u64, widest_row: u64) -> u64 {
+    batch_tokens.saturating_mul(widest_row).saturating_mul(2)
+}
+
 /// The choice for a model of `decoded_weights` bytes, loaded without a budget (so counted
 /// out of `headroom`), when `buffer` bytes are about to be allocated for a batch: they,
-/// plus [`other_memory`] for what computing allocates besides (the CPU backend's work
-/// buffer), must fit in `headroom`. If not, the smallest budget: every weight the plan can
-/// stream is decoded before each use (the budget cannot shrink later, and the batch may
-/// still grow other buffers).
-pub fn choose_at_context(decoded_weights: u64, buffer: u64, headroom: Headroom) -> ContextChoice {
-    let need = buffer.saturating_add(other_memory(decoded_weights));
+/// plus `work` (the batch's [`work_buffer`], 0 where the batch is unknown) and
+/// [`other_memory`] for what computing allocates besides, must fit in `headroom`. If not,
+/// the smallest budget: every weight the plan can stream is decoded before each use (the
+/// budget cannot shrink later, and the batch may still grow other buffers).
+pub fn choose_at_context(
+    decoded_weights: u64,
+    buffer: u64,
+    work: u64,
+    headroom: Headroom,
+) -> ContextChoice {
+    let need = buffer
+        .saturating_add(work)
+        .saturating_add(other_memory(decoded_weights));
     if need <= headroom.bytes {
         return ContextChoice::Fits { need, headroom };
     }
@@ -760,10 +778,18 @@ mod tests {
         let weights = 44 << 20;
         // A 241 MiB buffer + 4 MiB for computing fit in 245 MiB.
         assert!(matches!(
-            choose_at_context(weights, 241 << 20, h(245 << 20)),
+            choose_at_context(weights, 241 << 20, 0, h(245 << 20)),
             ContextChoice::Fits { need, .. } if need == 245 << 20
         ));
-        let c = choose_at_context(weights, 241 << 20, h(244 << 20));
+        // MiniLM's 30 MiB compute buffer for 2046 tokens through 1536-wide rows: the work
+        // buffer (6 MiB) counts, so 35 MiB (killed with the old 34 MiB need) is short.
+        let work = work_buffer(2046, 1536);
+        assert_eq!(work, 2046 * 1536 * 2);
+        assert!(matches!(
+            choose_at_context(weights, 30 << 20, work, h(35 << 20)),
+            ContextChoice::Budget { need, .. } if need == (34 << 20) + work
+        ));
+        let c = choose_at_context(weights, 241 << 20, 0, h(244 << 20));
         match &c {
             ContextChoice::Budget { settings, .. } => {
                 assert_eq!(settings.budget, Budget::Bytes(1));

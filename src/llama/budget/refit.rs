@@ -39,8 +39,10 @@
 //! generated token: SmolLM2 under llama-completion read it once, at the load, by strace).
 //!
 //! Limits: contexts of one model must not compute concurrently (as for any budget);
-//! allocations of the compute threads (the CPU backend's work buffer) are not checked
-//! (room for computing covers them).
+//! allocations of the compute threads are not checked: the CPU backend's work buffer is
+//! estimated from the micro-batch's tokens ([`super::limit::work_buffer`]; `llama_process`,
+//! whose batch is opaque, counts the context's `n_ubatch`) and room for computing covers
+//! the rest.
 
 use std::ffi::{CString, c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,13 +52,16 @@ use super::limit::{self, ContextChoice};
 use super::runtime::{Residency, register_model};
 use super::spec::Settings;
 use crate::dc::DcFile;
-use crate::llama::{host, sys};
+use crate::llama::{hooks, host, sys};
 
 /// A model loaded without a budget by the default, which may still switch to one.
 pub struct Pending {
     model: usize,
     dc: Arc<DcFile>,
     decoded: u64,
+    /// Values in the widest row of its weights (the inner dimension of its matrix products),
+    /// for the work buffer of a batch ([`limit::work_buffer`]).
+    widest_row: u64,
     /// Set when it switched: every context of the model uses it from then on.
     res: OnceLock<Arc<Residency>>,
     /// Until then: its lookup tables, kept compressed from the end of the load
@@ -117,10 +122,17 @@ pub fn register_pending(
     decoded: u64,
     deferred: Option<Arc<Residency>>,
 ) -> Result<(), RefitError> {
+    let widest_row = (0..dc.tensor_count())
+        .map(|i| dc.tensor_view(i).shape)
+        .filter(|shape| shape.len() >= 2)
+        .map(|shape| shape[0])
+        .max()
+        .unwrap_or(0);
     let p = Arc::new(Pending {
         model: model as usize,
         dc,
         decoded,
+        widest_row,
         res: OnceLock::new(),
         lookups: OnceLock::new(),
         threads: Mutex::new(1),
@@ -266,8 +278,12 @@ impl Pending {
         let Some(h) = limit::headroom() else {
             return;
         };
-        let choice = limit::choose_at_context(self.decoded, size, h);
+        let work = limit::work_buffer(batch_tokens(), self.widest_row);
+        let choice = limit::choose_at_context(self.decoded, size, work, h);
         let ContextChoice::Budget { settings, .. } = choice else {
+            if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+                crate::log_line!("{}", choice.describe(self.decoded, size));
+            }
             return;
         };
         // One switch per model, whichever thread gets here first.
@@ -291,6 +307,31 @@ impl Pending {
                 self.failed.store(true, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Tokens a graph of the batch this thread computes holds at most: llama.cpp computes a
+/// batch in micro-batches of at most the context's `n_ubatch` tokens (MiniLM under
+/// llama-embedding: 2048, one sentence array a micro-batch), and the batch's own count where
+/// the call gives it. 0 outside a compute call or where neither is known.
+fn batch_tokens() -> u64 {
+    type NUbatchFn = unsafe extern "C" fn(*const sys::llama_context) -> u32;
+    static N_UBATCH: OnceLock<Option<usize>> = OnceLock::new();
+    let Some((ctx, tokens)) = hooks::current_batch() else {
+        return 0;
+    };
+    let n_ubatch = N_UBATCH
+        .get_or_init(|| host::real_function(c"llama_n_ubatch", 0))
+        .map(|f| {
+            // SAFETY: the host's llama_n_ubatch (signature NUbatchFn, llama.h at the pinned
+            // commit), called with the context this thread is computing in, which is live
+            // for the whole compute call.
+            u64::from(unsafe { std::mem::transmute::<usize, NUbatchFn>(f)(ctx) })
+        });
+    match (tokens, n_ubatch) {
+        (Some(t), Some(u)) => t.min(u),
+        (Some(n), None) | (None, Some(n)) => n,
+        (None, None) => 0,
     }
 }
 
