@@ -38,7 +38,7 @@ impl Fingerprint {
             .unwrap_or_else(|| "unknown".into());
         Fingerprint {
             cpu_model,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: crate::io::cpus(),
             dcgguf_version: env!("CARGO_PKG_VERSION").into(),
         }
     }

@@ -93,6 +93,10 @@ fn run(gomp: Option<ParallelFn>, n: usize, threads: usize, body: &(dyn Fn(usize)
             };
             !l.panicked.load(Ordering::Relaxed)
         }
+        // One thread's worth (a generated token's row lookup decodes at most one chunk):
+        // on this thread, without waking a pool thread of rayon's beside ggml's spinning
+        // OpenMP threads (or starting the pool).
+        _ if threads == 1 => catch_unwind(AssertUnwindSafe(|| (0..n).for_each(body))).is_ok(),
         _ => {
             use rayon::prelude::*;
             catch_unwind(AssertUnwindSafe(|| (0..n).into_par_iter().for_each(body))).is_ok()
@@ -102,7 +106,7 @@ fn run(gomp: Option<ParallelFn>, n: usize, threads: usize, body: &(dyn Fn(usize)
 
 /// Threads worth using for decoding: the CPUs this process may run on.
 pub fn decode_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::io::cpus()
 }
 
 #[cfg(test)]
