@@ -215,7 +215,7 @@ fn own() -> Option<&'static Own> {
 /// pages that no process maps from the page cache. Under `DCGGUF_VERBOSE=1` the log says how
 /// much of the file was cached before and after.
 pub fn after_load() {
-    let verbose = std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0");
+    let verbose = dcgguf::llama::verbose();
     let path = own_path();
     let before = verbose
         .then(|| path.as_deref().and_then(cached_kib))

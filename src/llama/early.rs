@@ -184,7 +184,7 @@ impl Drop for EarlyDecode {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+        if crate::llama::verbose() {
             let st = self.shared.lock();
             let first_read_ms = st
                 .first_take

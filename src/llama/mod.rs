@@ -38,6 +38,11 @@ use budget::Residency;
 use stream::{CookieFile, Source, Stream};
 use throttle::throttle_from_env;
 
+/// Whether `DCGGUF_VERBOSE` asks for dcgguf's diagnostic lines (set, and not "0").
+pub fn verbose() -> bool {
+    std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0")
+}
+
 /// Why a model did not load.
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaError {
@@ -179,7 +184,7 @@ pub fn load_dc(
         }
         route => route,
     };
-    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+    if verbose() {
         crate::log_line!(
             "dcgguf: loading {} (DC-GGUF, {} -> {} bytes) through llama.cpp's {}",
             path.display(),
@@ -256,7 +261,7 @@ pub fn load_dc(
                 && early_decode_enabled(),
         )
         .with_spill(spill.clone());
-    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+    if verbose() {
         crate::log_line!("dcgguf: loading; process {}", crate::io::rss_report());
     }
     let model = load_stream(host, stream, path, params);
@@ -279,7 +284,7 @@ pub fn load_dc(
     // leaves the process that much bigger than a plain one.
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
-    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+    if verbose() {
         crate::log_line!("dcgguf: loaded; process {}", crate::io::rss_report());
     }
     if let Some(r) = res {
@@ -414,7 +419,7 @@ fn default_budget(
     let choice = budget::limit::choose(decoded, lookups, headroom.clone());
     match choice {
         budget::limit::DefaultChoice::NoBudget { .. } => {
-            if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+            if verbose() {
                 crate::log_line!("{}", choice.describe());
             }
             (None, Some(decoded), None)

@@ -132,7 +132,7 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let t = &self.timeline;
         if let (Some(first), Some(end)) = (t.first, t.last_end)
-            && std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0")
+            && crate::llama::verbose()
         {
             let span = end.duration_since(first).as_secs_f64() * 1e3;
             let inside = t.inside.as_secs_f64() * 1e3;

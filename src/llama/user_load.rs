@@ -522,7 +522,7 @@ pub fn load_dc_user(
 ) -> Result<UserLoad, LlamaError> {
     let _ = host; // resolved (and ABI-checked) by the caller
     let api = api()?;
-    let verbose = std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0");
+    let verbose = crate::llama::verbose();
     let arch = dc
         .original
         .get("general.architecture")

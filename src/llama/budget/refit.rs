@@ -221,7 +221,7 @@ pub fn forget_model(model: *mut sys::llama_model) {
         *all = kept;
         gone
     };
-    if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+    if crate::llama::verbose() {
         for r in gone.iter().filter_map(|p| p.lookups.get()) {
             crate::log_line!("dcgguf: lookup table stats: {:?}", r.stats());
         }
@@ -281,7 +281,7 @@ impl Pending {
         let work = limit::work_buffer(batch_tokens(), self.widest_row);
         let choice = limit::choose_at_context(self.decoded, size, work, h);
         let ContextChoice::Budget { settings, .. } = choice else {
-            if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+            if crate::llama::verbose() {
                 crate::log_line!("{}", choice.describe(self.decoded, size));
             }
             return;

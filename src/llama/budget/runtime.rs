@@ -1158,7 +1158,7 @@ pub fn unregister_model(model: *mut sys::llama_model) {
     };
     if let Some(r) = gone {
         r.shut_down();
-        if std::env::var_os("DCGGUF_VERBOSE").is_some_and(|v| v != "0") {
+        if crate::llama::verbose() {
             crate::log_line!(
                 "dcgguf: memory budget stats: {:?}; process {}",
                 r.stats(),
