@@ -532,8 +532,9 @@ fn a_hair_short_of_memory_the_default_moves_the_weights_rather_than_decode_every
 
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not
 /// fit in, where no budget fits either (SmolLM2 Q4_1: compression saves 10% of its weights,
-/// so the smallest budget needs about as much), loads without a budget and moves the decoded
-/// weights to an unnamed file on a disk as they load (src/llama/budget/spill.rs), says so,
+/// so the smallest budget needs about as much), loads without a budget and moves part of the
+/// decoded weights (twice what the limit lacks, and 4 MiB) to an unnamed file on a disk as
+/// they load (src/llama/budget/spill.rs), says so,
 /// and generates the same text as without a limit, leaving no file behind; the same load
 /// forced to no budget (`DCGGUF_MEM_BUDGET=0`) is OOM-killed there (decoded weights are
 /// anonymous memory), which is what the default avoids. Needs a memory cgroup of its own
@@ -598,9 +599,19 @@ fn under_a_tight_memory_limit_the_default_load_moves_its_weights_to_a_file_inste
         .0
         .parse::<f64>()
         .unwrap();
+    // Twice what the limit lacks and 4 MiB (`limit::spill_quota`), as the choice said.
+    let said = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("Loading without a budget, ")?
+                .1
+                .split_once(" MiB of the decoded weights (twice what the limit lacks")
+        })
+        .map(|(mib, _)| mib.parse::<f64>().unwrap())
+        .unwrap_or_else(|| panic!("the choice does not say how much moves:\n{stderr}"));
     assert!(
-        moved > 90.0,
-        "{moved} MiB of SmolLM2's 92.1 MiB moved:\n{stderr}"
+        (moved - said).abs() <= 0.1 && moved > 10.0 && moved < 92.0,
+        "{moved} MiB of SmolLM2's 92.1 MiB moved, {said} said:\n{stderr}"
     );
     assert_eq!(
         String::from_utf8_lossy(&adapted.stdout),

@@ -429,11 +429,19 @@ fn default_budget(
             if let Some(reason) = budget::runtime::budget_cost(dc, &settings).and_then(|cost| {
                 budget::limit::spill_instead(decoded, &cost, &headroom, storage_bps)
             }) {
-                match budget::spill::Spiller::open(decoded, &spill_dirs(path)) {
-                    Ok(s) => {
+                let quota = budget::limit::spill_quota(decoded, &headroom);
+                match budget::spill::Spiller::open(quota, &spill_dirs(path)) {
+                    Ok(mut s) => {
+                        s.limit_to(quota);
                         crate::log_line!(
                             "{}",
-                            budget::limit::describe_spill(decoded, &reason, &headroom, s.dir())
+                            budget::limit::describe_spill(
+                                decoded,
+                                quota,
+                                &reason,
+                                &headroom,
+                                s.dir()
+                            )
                         );
                         return (
                             None,

@@ -387,10 +387,38 @@ pub fn spill_instead(
     })
 }
 
-/// The log line for a load that moves its decoded weights to a file in `dir` instead of
-/// taking a budget, for `reason`.
+/// Bytes of the decoded weights a load that moves them to a file ([`super::spill`]) moves:
+/// twice what the limit lacks for all of them with their [`context_room`], and
+/// [`SPILL_SLACK`] more; at most all of them. The rest stay anonymous memory: no more than a
+/// load without a budget would hold with the same room under a limit that much larger.
+///
+/// The limit reclaims only the moved pages, and a pass over the weights reads back at most
+/// those: moving all of them let the kernel evict weight pages on every pass where part of
+/// them fits. SmolLM2 Q4_1 (92.1 MiB decoded) under llama-completion, 32 tokens, two runs
+/// each, generation t/s (2026-12-01 11:00-11:15 UTC, AMD EPYC VM, 2 vCPUs, cgroup v1): under
+/// 129.9 MiB (1 MiB short) 106-123 moving 4-16 MiB against 36-37 moving all; 128 (3 short)
+/// 101-132 moving 4-8, 63-76 moving 16, 76-119 all; 127 (4 short) 47-134 moving 4-8, 31-47
+/// all; 126 (5 short) 84-109 moving 16, 57-61 all; 120 (11 short) 26-36 moving 20-32, 11-13
+/// all; 112 (19 short) 12-14 moving 42 and all, 8-11 moving 20-32 (less than twice the
+/// shortfall leaves the program's own pages to be evicted). Plain llama.cpp (mmap) in the
+/// same conditions: see README's memcap tables.
+pub fn spill_quota(decoded_weights: u64, headroom: &Headroom) -> u64 {
+    let need = decoded_weights.saturating_add(context_room(decoded_weights));
+    let shortfall = need.saturating_sub(headroom.bytes);
+    shortfall
+        .saturating_mul(2)
+        .saturating_add(SPILL_SLACK)
+        .min(decoded_weights)
+}
+
+/// What [`spill_quota`] moves beyond twice the shortfall: 4 MiB.
+pub const SPILL_SLACK: u64 = 4 << 20;
+
+/// The log line for a load that moves `moved` bytes of its decoded weights to a file in
+/// `dir` instead of taking a budget, for `reason`.
 pub fn describe_spill(
     decoded_weights: u64,
+    moved: u64,
     reason: &SpillReason,
     headroom: &Headroom,
     dir: &Path,
@@ -433,11 +461,20 @@ pub fn describe_spill(
             )
         }
     };
+    let what = if moved >= decoded_weights {
+        "the decoded weights".to_string()
+    } else {
+        format!(
+            "{:.1} MiB of the decoded weights (twice what the limit lacks, and {:.0} MiB; the \
+             rest stay in memory)",
+            mib(moved),
+            mib(SPILL_SLACK)
+        )
+    };
     format!(
-        "{head}{why}. Loading without a budget, the decoded weights moved to an unnamed file \
-         in {} as they load, so that the limit can reclaim their pages and the disk gives \
-         them back, as with plain llama.cpp's mapped file (set DCGGUF_MEM_BUDGET to choose \
-         yourself)",
+        "{head}{why}. Loading without a budget, {what} moved to an unnamed file in {} as they \
+         load, so that the limit can reclaim their pages and the disk gives them back, as \
+         with plain llama.cpp's mapped file (set DCGGUF_MEM_BUDGET to choose yourself)",
         dir.display(),
     )
 }
@@ -569,13 +606,39 @@ mod tests {
         };
         let reason = spill_instead(decoded, &cost, &h(98), None).expect("no budget fits");
         assert_eq!(reason, SpillReason::NoBudgetFits { least_need: least });
-        let line = describe_spill(decoded, &reason, &h(98), Path::new("/models"));
+        let quota = spill_quota(decoded, &h(98));
+        let line = describe_spill(decoded, quota, &reason, &h(98), Path::new("/models"));
         assert!(
             line.contains("98 MiB free")
                 && line.contains("neither fits")
-                && line.contains("/models"),
+                && line.contains("/models")
+                && line.contains("8.2 MiB of the decoded weights"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_spill_moves_twice_the_shortfall_and_the_slack_at_most_all() {
+        let h = |mib: u64| Headroom {
+            bytes: mib << 20,
+            source: LimitSource::MemAvailable,
+        };
+        // SmolLM2 Q4_1: 92.1 MiB decoded and 8 MiB of context room.
+        let decoded = (921 << 20) / 10;
+        let short = |free: u64| decoded + (8 << 20) - (free << 20);
+        // Under 129.9 MiB (99 free) 1.1 MiB short: 6.2 MiB move.
+        assert_eq!(spill_quota(decoded, &h(99)), 2 * short(99) + SPILL_SLACK);
+        assert_eq!(spill_quota(decoded, &h(81)), 2 * short(81) + SPILL_SLACK);
+        // Nothing short (the budget was slower, not too big): the slack alone.
+        assert_eq!(spill_quota(decoded, &h(200)), SPILL_SLACK);
+        // Far short: all of it, never more.
+        assert_eq!(spill_quota(decoded, &h(40)), decoded);
+        assert_eq!(spill_quota(1 << 20, &h(0)), 1 << 20);
+        let reason = SpillReason::NoBudgetFits {
+            least_need: decoded,
+        };
+        let all = describe_spill(decoded, decoded, &reason, &h(40), Path::new("/m"));
+        assert!(all.contains("the decoded weights moved"), "{all}");
     }
 
     #[test]
@@ -615,7 +678,7 @@ mod tests {
         };
         let reason =
             spill_instead(100 << 20, &slow_decode, &h(78), Some(2e9)).expect("the file is cheaper");
-        let line = describe_spill(100 << 20, &reason, &h(78), Path::new("/m"));
+        let line = describe_spill(100 << 20, 100 << 20, &reason, &h(78), Path::new("/m"));
         assert!(
             line.contains("decode 60.0 MiB on every pass")
                 && line.contains("lacks 30.0 MiB")

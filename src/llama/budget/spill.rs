@@ -158,6 +158,8 @@ pub struct Spiller {
     moved: Vec<(usize, usize)>,
     /// The first failure: nothing more moves after it.
     failed: Option<SpillError>,
+    /// Bytes it moves at most.
+    quota: u64,
 }
 
 impl Spiller {
@@ -174,12 +176,18 @@ impl Spiller {
                         offset: 0,
                         moved: Vec::new(),
                         failed: None,
+                        quota: u64::MAX,
                     });
                 }
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// Moves no more than `bytes` (whole pages) from now on.
+    pub fn limit_to(&mut self, bytes: u64) {
+        self.quota = bytes;
     }
 
     /// The directory the file is in.
@@ -209,6 +217,9 @@ impl Spiller {
             return;
         }
         for (start, len) in page_spans(&[(addr, len)], crate::io::page_size(), 0) {
+            let left = self.quota.saturating_sub(self.offset);
+            let page = crate::io::page_size() as u64;
+            let len = len.min((left / page * page).min(usize::MAX as u64) as usize);
             let mut done = 0;
             while done < len {
                 let n = PIECE.min(len - done);
@@ -485,6 +496,36 @@ mod tests {
         );
         // Writable still (as llama.cpp's buffer was), and freed by munmap as before.
         buf[len - 1] ^= 1;
+        drop(buf);
+    }
+
+    #[test]
+    fn a_limited_spiller_moves_whole_pages_up_to_its_quota_and_no_more() {
+        let page = crate::io::page_size();
+        let len = 64 * page;
+        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i.wrapping_mul(2_654_435_761) >> 11) as u8;
+        }
+        let want = crate::io::hash::xxh3_64(&buf);
+        let base = buf.as_ptr() as usize;
+        let here = std::env::current_dir().unwrap();
+        let mut s = Spiller::open(len as u64, &[std::env::temp_dir(), here]).unwrap();
+        // Ten and a half pages: ten move.
+        s.limit_to((10 * page + page / 2) as u64);
+        // SAFETY: the buffer is ours and untouched during the calls.
+        unsafe {
+            s.take(base, 8 * page);
+            s.take(base + 8 * page, 8 * page);
+            s.take_rest(&[(base, len)]);
+        }
+        assert!(s.failure().is_none());
+        assert_eq!(s.moved() as usize, 10 * page);
+        assert_eq!(rss_kinds(base + 9 * page).0, 0, "page 9 moved");
+        let (anon, _) = rss_kinds(base + 10 * page);
+        assert!(anon > 0, "page 10 stays anonymous");
+        assert_eq!(crate::io::hash::xxh3_64(&buf), want, "same bytes");
+        drop(s);
         drop(buf);
     }
 }
