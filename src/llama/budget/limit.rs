@@ -14,8 +14,9 @@
 //! peak, plain mmap 8.0). When that budget cannot fit either (its plan's least need is over
 //! the headroom: weights compression barely shrinks), or when it fits but would decode more
 //! on every pass than the disk would give back ([`spill_instead`]), the load takes no budget
-//! and moves the decoded weights to a file on a disk ([`super::spill`]), so that the limit
-//! reclaims them as it does plain llama.cpp's mapped file.
+//! and moves part of the decoded weights ([`spill_quota`]) to a file on a disk
+//! ([`super::spill`]), so that the limit reclaims those as it does plain llama.cpp's mapped
+//! file.
 //! The choice and its reason go to the log.
 
 use std::path::{Path, PathBuf};

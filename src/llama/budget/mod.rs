@@ -12,8 +12,9 @@
 //! tables, an untied token embedding, which stay compressed: a lookup decodes the rows it
 //! reads, [`plan::lookups_plan`]), else a budget that fits, else (no budget fits: weights
 //! compression barely shrinks; or the one that fits decodes more each pass than the disk
-//! would read back without it, [`limit::spill_instead`]) no budget with the decoded weights
-//! moved to a file, evictable page cache as plain llama.cpp's mapped model is ([`spill`]);
+//! would read back without it, [`limit::spill_instead`]) no budget with part of the decoded
+//! weights (twice what the limit lacks, [`limit::spill_quota`]) moved to a file, evictable
+//! page cache as plain llama.cpp's mapped model is ([`spill`]);
 //! and again when a batch
 //! allocates a buffer ([`refit`]), once the context's needs show.
 //!

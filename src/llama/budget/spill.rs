@@ -8,7 +8,9 @@
 //! an unnamed temporary file on a disk (`O_TMPFILE`: it has no name, and the kernel deletes
 //! it when the last mapping goes, Ctrl-C or crash included) and maps that file, shared, over
 //! the same addresses. Pointers do not change; llama.cpp sees the same bytes; the pages are
-//! now clean page cache that the limit may reclaim, as plain's are.
+//! now clean page cache that the limit may reclaim, as plain's are. A spiller moves up to a
+//! quota ([`Spiller::limit_to`]; the default load's is twice what the limit lacks,
+//! `limit::spill_quota`): the kernel then evicts, and a pass reads back, only those pages.
 //!
 //! Each piece is written, flushed to the disk (so its pages are clean, hence reclaimable)
 //! and only then mapped over the anonymous pages, which the kernel frees: at most one piece
