@@ -396,7 +396,7 @@ pub fn spill_instead(
 /// The limit reclaims only the moved pages, and a pass over the weights reads back at most
 /// those: moving all of them let the kernel evict weight pages on every pass where part of
 /// them fits. SmolLM2 Q4_1 (92.1 MiB decoded) under llama-completion, 32 tokens, two runs
-/// each, generation t/s (2026-12-01 11:00-11:15 UTC, AMD EPYC VM, 2 vCPUs, cgroup v1): under
+/// each, generation t/s (2026-12-01 10:10-10:20 UTC, AMD EPYC VM, 2 vCPUs, cgroup v1): under
 /// 129.9 MiB (1 MiB short) 106-123 moving 4-16 MiB against 36-37 moving all; 128 (3 short)
 /// 101-132 moving 4-8, 63-76 moving 16, 76-119 all; 127 (4 short) 47-134 moving 4-8, 31-47
 /// all; 126 (5 short) 84-109 moving 16, 57-61 all; 120 (11 short) 26-36 moving 20-32, 11-13

@@ -218,10 +218,11 @@ impl Spiller {
         if self.failed.is_some() {
             return;
         }
-        for (start, len) in page_spans(&[(addr, len)], crate::io::page_size(), 0) {
-            let left = self.quota.saturating_sub(self.offset);
-            let page = crate::io::page_size() as u64;
-            let len = len.min((left / page * page).min(usize::MAX as u64) as usize);
+        let page = crate::io::page_size();
+        for (start, len) in page_spans(&[(addr, len)], page, 0) {
+            // Whole pages up to the quota.
+            let left = self.quota.saturating_sub(self.offset) / page as u64 * page as u64;
+            let len = len.min(usize::try_from(left).unwrap_or(usize::MAX));
             let mut done = 0;
             while done < len {
                 let n = PIECE.min(len - done);
