@@ -431,8 +431,7 @@ fn default_budget(
             }) {
                 let quota = budget::limit::spill_quota(decoded, &headroom);
                 match budget::spill::Spiller::open(quota, &spill_dirs(path)) {
-                    Ok(mut s) => {
-                        s.limit_to(quota);
+                    Ok(s) => {
                         crate::log_line!(
                             "{}",
                             budget::limit::describe_spill(

@@ -318,6 +318,14 @@ pub fn budget_fits(least_need: u64, decoded_weights: u64, headroom: &Headroom) -
 /// short, about 930 MiB a pass (3.6x).
 pub const REREAD_PER_BYTE_SHORT: f64 = 3.5;
 
+/// What the limit lacks for `decoded_weights` bytes with their [`context_room`]: their need
+/// less the headroom, or nothing.
+fn shortfall(decoded_weights: u64, headroom: &Headroom) -> u64 {
+    decoded_weights
+        .saturating_add(context_room(decoded_weights))
+        .saturating_sub(headroom.bytes)
+}
+
 /// Why the default, with too little memory for the decoded weights, takes no budget and
 /// moves them to a file instead ([`super::spill`]), where the limit reclaims them as it does
 /// plain llama.cpp's mapped file.
@@ -369,8 +377,7 @@ pub fn spill_instead(
             least_need: cost.least_need,
         });
     }
-    let need = decoded_weights.saturating_add(context_room(decoded_weights));
-    let shortfall = need.saturating_sub(headroom.bytes);
+    let shortfall = shortfall(decoded_weights, headroom);
     let reread_bytes = REREAD_PER_BYTE_SHORT * shortfall as f64;
     let seconds = match (cost.decode_seconds_per_pass, storage_bps) {
         (Some(decode), Some(bps)) if bps > 0.0 => Some((decode, reread_bytes / bps)),
@@ -404,9 +411,7 @@ pub fn spill_instead(
 /// shortfall leaves the program's own pages to be evicted). Plain llama.cpp (mmap) in the
 /// same conditions: see README's memcap tables.
 pub fn spill_quota(decoded_weights: u64, headroom: &Headroom) -> u64 {
-    let need = decoded_weights.saturating_add(context_room(decoded_weights));
-    let shortfall = need.saturating_sub(headroom.bytes);
-    shortfall
+    shortfall(decoded_weights, headroom)
         .saturating_mul(2)
         .saturating_add(SPILL_SLACK)
         .min(decoded_weights)

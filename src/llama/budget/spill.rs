@@ -8,9 +8,10 @@
 //! an unnamed temporary file on a disk (`O_TMPFILE`: it has no name, and the kernel deletes
 //! it when the last mapping goes, Ctrl-C or crash included) and maps that file, shared, over
 //! the same addresses. Pointers do not change; llama.cpp sees the same bytes; the pages are
-//! now clean page cache that the limit may reclaim, as plain's are. A spiller moves up to a
-//! quota ([`Spiller::limit_to`]; the default load's is twice what the limit lacks,
-//! `limit::spill_quota`): the kernel then evicts, and a pass reads back, only those pages.
+//! now clean page cache that the limit may reclaim, as plain's are. A spiller moves at most
+//! what it was opened for ([`Spiller::open`]; the default load opens it for twice what the
+//! limit lacks, `limit::spill_quota`): the kernel then evicts, and a pass reads back, only
+//! those pages.
 //!
 //! Each piece is written, flushed to the disk (so its pages are clean, hence reclaimable)
 //! and only then mapped over the anonymous pages, which the kernel frees: at most one piece
@@ -160,13 +161,13 @@ pub struct Spiller {
     moved: Vec<(usize, usize)>,
     /// The first failure: nothing more moves after it.
     failed: Option<SpillError>,
-    /// Bytes it moves at most.
+    /// Bytes it moves at most: what it was opened for (the disk had room for that).
     quota: u64,
 }
 
 impl Spiller {
-    /// An unnamed file in the first of `dirs` that is on a disk with room for `need` bytes;
-    /// else the last directory's reason.
+    /// An unnamed file in the first of `dirs` that is on a disk with room for `need` bytes,
+    /// which is the most it moves (whole pages); else the last directory's reason.
     pub fn open(need: u64, dirs: &[PathBuf]) -> Result<Spiller, SpillError> {
         let mut last = SpillError::MemoryFileSystem(PathBuf::new());
         for dir in dirs {
@@ -178,18 +179,13 @@ impl Spiller {
                         offset: 0,
                         moved: Vec::new(),
                         failed: None,
-                        quota: u64::MAX,
+                        quota: need,
                     });
                 }
                 Err(e) => last = e,
             }
         }
         Err(last)
-    }
-
-    /// Moves no more than `bytes` (whole pages) from now on.
-    pub fn limit_to(&mut self, bytes: u64) {
-        self.quota = bytes;
     }
 
     /// The directory the file is in.
@@ -513,9 +509,9 @@ mod tests {
         let want = crate::io::hash::xxh3_64(&buf);
         let base = buf.as_ptr() as usize;
         let here = std::env::current_dir().unwrap();
-        let mut s = Spiller::open(len as u64, &[std::env::temp_dir(), here]).unwrap();
-        // Ten and a half pages: ten move.
-        s.limit_to((10 * page + page / 2) as u64);
+        // Opened for ten and a half pages: ten move.
+        let quota = (10 * page + page / 2) as u64;
+        let mut s = Spiller::open(quota, &[std::env::temp_dir(), here]).unwrap();
         // SAFETY: the buffer is ours and untouched during the calls.
         unsafe {
             s.take(base, 8 * page);
