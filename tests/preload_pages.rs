@@ -93,6 +93,19 @@ fn the_preload_library_gives_back_its_pages_after_a_load() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     let lines = page_cache_lines(&stderr);
     assert!(!lines.is_empty(), "no page cache report in:\n{stderr}");
+    // llama-embedding loads twice: its fitting pass (no allocation) and the model. Only the
+    // second gives back: giving back after the first made the second read its code back
+    // from the disk, a fault at a time.
+    let loads = stderr.matches("dcgguf: loading ").count();
+    assert_eq!(
+        loads, 2,
+        "expected the fitting pass and the load in:\n{stderr}"
+    );
+    assert_eq!(
+        lines.len(),
+        1,
+        "the fitting pass gave the library's pages back too:\n{stderr}"
+    );
     let size = std::fs::metadata(libdcgguf_preload()).unwrap().len() / 1024;
     for (before, after) in lines {
         eprintln!(

@@ -242,7 +242,10 @@ pub fn load_dc(
     // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
     // compressed bytes "in RAM" they are kept mapped after the load instead.
     dc.set_release_after_decode(true);
-    dc.set_uncache_after_decode(res.is_none());
+    // A load that reads only the metadata (llama.cpp's fitting pass, a vocabulary-only load)
+    // leaves the file's cached pages as it found them: the full load that follows reads the
+    // same metadata again, and drops it from the cache itself (`uncache_metadata`).
+    dc.set_uncache_after_decode(res.is_none() && !params.no_alloc && !params.vocab_only);
     let stream = Stream::new(path, Source::Dc(dc.clone()), throttle_from_env())
         .map_err(|source| LlamaError::Io {
             path: path.to_path_buf(),
