@@ -799,6 +799,23 @@ impl DcFile {
         }
     }
 
+    /// [`DcFile::finish_uncache`] for a load that read only the metadata: the metadata stays
+    /// cached (the full load that usually follows reads it again: dropped, it came back a
+    /// page fault at a time), the chunks that readahead brought in past it go.
+    pub fn finish_uncache_keeping_metadata(&self) {
+        self.asked_until
+            .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+        if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+            // From the first page wholly past the metadata: a page it shares with the first
+            // chunk stays.
+            let (first_chunk, _) = self.chunk_span();
+            let from = first_chunk.next_multiple_of(crate::io::page_size());
+            self.release_range(from.min(self.map.len()), self.map.len());
+            self.uncache
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Drops this process's page mappings of the stored chunks `(tensor, chunk)` listed,
     /// with one call over the span they cover, widened by the kernel's fault-around window
     /// (which maps neighbouring pages of the file along with each faulting one).

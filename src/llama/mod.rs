@@ -242,10 +242,7 @@ pub fn load_dc(
     // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
     // compressed bytes "in RAM" they are kept mapped after the load instead.
     dc.set_release_after_decode(true);
-    // A load that reads only the metadata (llama.cpp's fitting pass, a vocabulary-only load)
-    // leaves the file's cached pages as it found them: the full load that follows reads the
-    // same metadata again, and drops it from the cache itself (`uncache_metadata`).
-    dc.set_uncache_after_decode(res.is_none() && !params.no_alloc && !params.vocab_only);
+    dc.set_uncache_after_decode(res.is_none());
     let stream = Stream::new(path, Source::Dc(dc.clone()), throttle_from_env())
         .map_err(|source| LlamaError::Io {
             path: path.to_path_buf(),
@@ -269,7 +266,13 @@ pub fn load_dc(
     }
     let model = load_stream(host, stream, path, params);
     dc.release_mapped_pages();
-    dc.finish_uncache();
+    if params.no_alloc || params.vocab_only {
+        // Only the metadata was read (llama.cpp's fitting pass, a vocabulary-only load): the
+        // full load that follows reads it again, and drops it itself (`uncache_metadata`).
+        dc.finish_uncache_keeping_metadata();
+    } else {
+        dc.finish_uncache();
+    }
     let model = model?;
     // llama.cpp has read the header; a budget or the batch-time switch keeps `dc` for the
     // model's life, and the header (mostly the vocabulary) would stay resident with it. The
