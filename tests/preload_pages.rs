@@ -94,8 +94,8 @@ fn the_preload_library_gives_back_its_pages_after_a_load() {
     let lines = page_cache_lines(&stderr);
     assert!(!lines.is_empty(), "no page cache report in:\n{stderr}");
     // llama-embedding loads twice: its fitting pass (no allocation) and the model. Only the
-    // second gives back: giving back after the first made the second read its code back
-    // from the disk, a fault at a time.
+    // second unmaps the library's code and gives it back: after the first, the second read
+    // back from the disk, a fault at a time, the code they both run.
     let loads = stderr.matches("dcgguf: loading ").count();
     assert_eq!(
         loads, 2,

@@ -74,10 +74,10 @@ pub extern "C" fn llama_model_load_from_file(
         llama_model_load_from_file as *const () as usize,
     );
     // A load that allocates nothing (llama.cpp's fitting pass) or reads only the vocabulary
-    // is a look at the metadata, which a full load follows: shedding after it would make
-    // that load read back from the disk, a page fault at a time, the code it runs
-    // (MiniLM BF16 under llama-embedding: 47 major faults, 10 ms, before its first tensor).
-    if !params.no_alloc && !params.vocab_only {
+    // is a look at the metadata, which a full load usually follows.
+    if params.no_alloc || params.vocab_only {
+        shed::after_metadata_load();
+    } else {
         shed::after_load();
     }
     model
