@@ -78,7 +78,7 @@ pub extern "C" fn llama_model_load_from_file(
     if params.no_alloc || params.vocab_only {
         shed::after_metadata_load();
     } else {
-        shed::after_load();
+        shed::after_load(dcgguf::llama::budget::refit::computes_decode(model));
     }
     model
 }

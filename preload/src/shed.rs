@@ -212,9 +212,10 @@ fn own() -> Option<&'static Own> {
 }
 
 /// After a load: drop the mappings of this library's read-only pages, then the file's
-/// pages that no process maps from the page cache. Under `DCGGUF_VERBOSE=1` the log says how
+/// pages that no process maps from the page cache; `computes_decode`: whether the model's
+/// computes run the decoder, which then stays. Under `DCGGUF_VERBOSE=1` the log says how
 /// much of the file was cached before and after.
-pub fn after_load() {
+pub fn after_load(computes_decode: bool) {
     let verbose = dcgguf::llama::verbose();
     let path = own_path();
     let before = verbose
@@ -235,7 +236,11 @@ pub fn after_load() {
             cached_kib(path).unwrap_or(0)
         );
     }
-    DROPS_LEFT.store(DROPS_AFTER_LOAD, Ordering::Relaxed);
+    // A model whose computes decode (a budget, lookup tables kept compressed) runs the
+    // decoder in each: a shed after a compute would have the next read it back from the disk
+    // (MiniLM BF16's second batch under llama-embedding: 35 major faults).
+    let drops = if computes_decode { 0 } else { DROPS_AFTER_LOAD };
+    DROPS_LEFT.store(drops, Ordering::Relaxed);
     if verbose {
         REPORT_LEFT.store(REPORT_AT, Ordering::Relaxed);
     }

@@ -154,6 +154,14 @@ pub fn register_pending(
     Ok(())
 }
 
+/// Whether `model`'s computes decode: under a budget, or with lookup tables kept compressed.
+pub fn computes_decode(model: *const sys::llama_model) -> bool {
+    super::model_residency(model).is_some()
+        || pending()
+            .iter()
+            .any(|p| p.model == model as usize && p.lookups.get().is_some())
+}
+
 /// Gives back the decoded pages of `p`'s lookup tables that compression shrinks, to be
 /// decoded row by row at each lookup: the default's plan when the model fits. Tables that
 /// the load skipped (`deferred`) are checked to lie where llama.cpp read them; one that does
