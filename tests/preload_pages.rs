@@ -164,3 +164,60 @@ fn computes_after_a_load_keep_only_the_per_compute_code_cached() {
         assert!(k <= 64, "{k} KiB of the library stayed in the page cache");
     }
 }
+
+/// Major page faults of the children this process has waited for so far.
+fn children_major_faults() -> i64 {
+    // SAFETY: rusage is plain integers, for which zero is valid; getrusage writes one
+    // rusage struct, which we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
+    ru.ru_majflt
+}
+
+/// A model whose computes decode (MiniLM's token table stays compressed, rows decoded per
+/// lookup) keeps the decoder mapped from one compute to the next: more batches fault no more
+/// of the library back in. When the first computes after the load each gave the library's
+/// code back, each next one read the decoder back from the disk (MiniLM F16 over the
+/// evaluation sentences: 197 major faults a run in batches of 2048 tokens, 244 in batches
+/// of 256; 85 and 83 since).
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn computes_that_decode_keep_the_decoder_mapped() {
+    let t = "computes_that_decode_keep_the_decoder_mapped";
+    let _alone = alone();
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
+    );
+    let dc = dc_of(&m);
+    let sentences = eval_sentences_file();
+    let faults = |batch: &str| {
+        let before = children_major_faults();
+        let o = run(Command::new(l.bin("llama-embedding"))
+            .env("LD_PRELOAD", preload(&l, true))
+            .env("DCGGUF_VERBOSE", "1")
+            .arg("-m")
+            .arg(&dc)
+            .args(["-t", "2", "-c", "512", "-b", batch, "-ub", batch])
+            .args(["--embd-output-format", "array", "-f"])
+            .arg(&sentences));
+        assert_exit(&o, true, "llama-embedding");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("lookup table(s) kept compressed"),
+            "the token table was not kept compressed:\n{stderr}"
+        );
+        children_major_faults() - before
+    };
+    let few = faults("2048");
+    let many = faults("256");
+    eprintln!("major faults: {few} in batches of 2048 tokens, {many} in batches of 256");
+    assert!(
+        many < few + 25,
+        "smaller batches faulted {many} times against {few}: computes read the library back"
+    );
+}
