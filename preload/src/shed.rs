@@ -5,7 +5,12 @@
 //! which a load maps about 2.3 MB (the decoder and the C API around it). After the load only
 //! the interposers and the budget paths run. So at the end of each load, and at the end of
 //! the first computes after it, the read-only segments' page-table entries are dropped and
-//! the file's pages that no process maps leave the page cache ([`Own::shed`]).
+//! the file's pages that no process maps leave the page cache ([`Own::shed`]). Not where
+//! the code comes straight back, read from the disk a 64 KiB fault at a time: after a load
+//! that reads only the metadata ([`after_metadata_load`]: llama.cpp's fitting pass, whose
+//! code the full load after it runs again), only the pages nobody maps go; after the
+//! computes of a model whose computes decode (a budget, lookup tables kept compressed),
+//! nothing goes ([`after_load`]).
 //!
 //! Two things keep what comes back small:
 //!
