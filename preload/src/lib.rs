@@ -75,10 +75,10 @@ pub extern "C" fn llama_model_load_from_file(
     );
     // A load that allocates nothing (llama.cpp's fitting pass) or reads only the vocabulary
     // is a look at the metadata, which a full load usually follows.
-    if params.no_alloc || params.vocab_only {
+    if dcgguf::llama::reads_only_metadata(&params) {
         shed::after_metadata_load();
     } else {
-        shed::after_load(dcgguf::llama::budget::refit::computes_decode(model));
+        shed::after_load(dcgguf::llama::budget::computes_decode(model));
     }
     model
 }

@@ -144,6 +144,23 @@ fn split_info(dc: &DcFile, path: &Path) -> Option<(u64, u64)> {
     }
 }
 
+/// Whether a load with `params` reads only the model's metadata: llama.cpp's fitting pass
+/// (`no_alloc`, before the load that follows it) or a vocabulary-only load.
+pub fn reads_only_metadata(params: &sys::llama_model_params) -> bool {
+    params.vocab_only || params.no_alloc
+}
+
+/// Ends a load's uncaching of `dc` ([`DcFile::finish_uncache`]). One that read only the
+/// metadata keeps the metadata cached: the full load that follows reads it again, and drops
+/// it itself ([`DcFile::uncache_metadata`]).
+fn finish_uncache(dc: &DcFile, params: &sys::llama_model_params) {
+    if reads_only_metadata(params) {
+        dc.finish_uncache_keeping_metadata();
+    } else {
+        dc.finish_uncache();
+    }
+}
+
 /// Loads a DC-GGUF that is already open through `load_from_file_ptr`.
 pub fn load_dc(
     host: &host::Host,
@@ -163,7 +180,7 @@ pub fn load_dc(
     // Whether the default chose no budget: its batches check again (budget::refit).
     let mut default_none = None;
     let mut spill = None;
-    if budget.is_none() && !budget::spec::asked() && !params.vocab_only && !params.no_alloc {
+    if budget.is_none() && !budget::spec::asked() && !reads_only_metadata(&params) {
         let decoded;
         (budget, decoded, spill) = default_budget(&dc, path);
         default_none = decoded.filter(|_| budget.is_none() && spill.is_none());
@@ -256,8 +273,7 @@ pub fn load_dc(
         .with_early_decode(
             res.is_none()
                 && spill.is_none()
-                && !params.vocab_only
-                && !params.no_alloc
+                && !reads_only_metadata(&params)
                 && early_decode_enabled(),
         )
         .with_spill(spill.clone());
@@ -266,13 +282,7 @@ pub fn load_dc(
     }
     let model = load_stream(host, stream, path, params);
     dc.release_mapped_pages();
-    if params.no_alloc || params.vocab_only {
-        // Only the metadata was read (llama.cpp's fitting pass, a vocabulary-only load): the
-        // full load that follows reads it again, and drops it itself (`uncache_metadata`).
-        dc.finish_uncache_keeping_metadata();
-    } else {
-        dc.finish_uncache();
-    }
+    finish_uncache(&dc, &params);
     let model = model?;
     // llama.cpp has read the header; a budget or the batch-time switch keeps `dc` for the
     // model's life, and the header (mostly the vocabulary) would stay resident with it. The

@@ -606,8 +606,7 @@ pub fn load_dc_user(
     dc.set_uncache_after_decode(true);
     // As on the stream route: decode in file order on a spare core while llama.cpp parses the
     // metadata and builds the vocabulary; the callback then copies those chunks.
-    let early = (!params.vocab_only
-        && !params.no_alloc
+    let early = (!super::reads_only_metadata(&params)
         && std::env::var_os("DCGGUF_EARLY_DECODE").is_none_or(|v| v != "0"))
     .then(|| EarlyDecode::start(dc.clone(), throttle.clone(), Limits::default(), &[]));
     let mut st = LoadState {
@@ -641,7 +640,7 @@ pub fn load_dc_user(
     drop(gguf);
     drop(st.early.take());
     dc.release_mapped_pages();
-    dc.finish_uncache();
+    super::finish_uncache(dc, &params);
     if model.is_null() {
         return Err(failed(st.error.take()));
     }
@@ -651,7 +650,7 @@ pub fn load_dc_user(
             st.error = Some(e);
         }
     }
-    if !params.no_alloc && !params.vocab_only && st.error.is_none() && st.unsupported.is_none() {
+    if !super::reads_only_metadata(&params) && st.error.is_none() && st.unsupported.is_none() {
         let unused: Vec<&str> = st
             .used
             .iter()

@@ -52,5 +52,6 @@ pub mod spill;
 pub mod team;
 
 pub use plan::{MIN_STREAMED, ResidencyPlan, TensorCost};
+pub use refit::computes_decode;
 pub use runtime::{Residency, Stats, model_residency, register_model, unregister_model};
 pub use spec::{Budget, CompressedHome, Settings};
