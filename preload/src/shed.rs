@@ -5,12 +5,10 @@
 //! which a load maps about 2.3 MB (the decoder and the C API around it). After the load only
 //! the interposers and the budget paths run. So at the end of each load, and at the end of
 //! the first computes after it, the read-only segments' page-table entries are dropped and
-//! the file's pages that no process maps leave the page cache ([`Own::shed`]). Not where
-//! the code comes straight back, read from the disk a 64 KiB fault at a time: after a load
-//! that reads only the metadata ([`after_metadata_load`]: llama.cpp's fitting pass, whose
-//! code the full load after it runs again), only the pages nobody maps go; after the
-//! computes of a model whose computes decode (a budget, lookup tables kept compressed),
-//! nothing goes ([`after_load`]).
+//! the file's pages that no process maps leave the page cache ([`Own::shed`]). Not after
+//! the computes of a model whose computes decode (a budget, lookup tables kept compressed):
+//! each next compute read the decoder back from the disk, a 64 KiB fault at a time
+//! ([`after_load`]).
 //!
 //! Two things keep what comes back small:
 //!
@@ -248,18 +246,6 @@ pub fn after_load(computes_decode: bool) {
     DROPS_LEFT.store(drops, Ordering::Relaxed);
     if verbose {
         REPORT_LEFT.store(REPORT_AT, Ordering::Relaxed);
-    }
-}
-
-/// After a load that read only the metadata (llama.cpp's fitting pass): only the file's
-/// pages that no process maps leave the page cache (what the dynamic loader read ahead). The
-/// code the pass ran stays mapped, for the full load after it runs most of it again: shed
-/// there, it came back from the disk a fault at a time (MiniLM BF16: 47 major faults, 10 ms);
-/// kept whole, the library's 3 MB were still cached at that load's peak (SmolLM2's uncapped
-/// peak 1.1 MiB higher).
-pub fn after_metadata_load() {
-    if let Some(own) = own() {
-        own.drop_unmapped(Keep::Nothing);
     }
 }
 

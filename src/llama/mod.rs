@@ -146,7 +146,7 @@ fn split_info(dc: &DcFile, path: &Path) -> Option<(u64, u64)> {
 
 /// Whether a load with `params` reads only the model's metadata: llama.cpp's fitting pass
 /// (`no_alloc`, before the load that follows it) or a vocabulary-only load.
-pub fn reads_only_metadata(params: &sys::llama_model_params) -> bool {
+pub(crate) fn reads_only_metadata(params: &sys::llama_model_params) -> bool {
     params.vocab_only || params.no_alloc
 }
 
