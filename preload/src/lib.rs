@@ -76,8 +76,8 @@ pub extern "C" fn llama_model_load_from_file(
     // Also after a load that reads only the metadata (llama.cpp's fitting pass), although
     // the full load after it then reads back from the disk the code they both run (MiniLM
     // BF16: 47 major faults, about 10 ms): kept mapped instead, that code was still there at
-    // the full load's peak, which is the run's for SmolLM2 (its uncapped peak 139.2-140.3
-    // MiB in six runs against 139.2-139.6, plain mmap's 139.7-140.0).
+    // the full load, within 0.7 MiB of SmolLM2's peak, which then reached plain mmap's in 2
+    // of 10 interleaved rounds (138.9-140.0 MiB; giving back 139.0-139.6; plain 139.7-140.0).
     shed::after_load(dcgguf::llama::budget::computes_decode(model));
     model
 }

@@ -788,29 +788,33 @@ impl DcFile {
     /// cache every page of the file that was not cached when it was turned on, what readahead
     /// brought back after a chunk's own drop included; then turns uncaching off.
     pub fn finish_uncache(&self) {
-        // Decodes after the load (row lookups) no longer ask ahead.
-        self.asked_until
-            .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
-        if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
-            self.uncache_metadata();
-            self.release_range(0, self.map.len());
-            self.uncache
-                .store(false, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.end_uncache(false);
     }
 
     /// [`DcFile::finish_uncache`] for a load that read only the metadata: the metadata stays
     /// cached (the full load that usually follows reads it again: dropped, it came back a
     /// page fault at a time), the chunks that readahead brought in past it go.
     pub fn finish_uncache_keeping_metadata(&self) {
+        self.end_uncache(true);
+    }
+
+    fn end_uncache(&self, keep_metadata: bool) {
+        // Decodes after the load (row lookups) no longer ask ahead.
         self.asked_until
             .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
         if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
-            // From the first page wholly past the metadata: a page it shares with the first
-            // chunk stays.
-            let (first_chunk, _) = self.chunk_span();
-            let from = first_chunk.next_multiple_of(crate::io::page_size());
-            self.release_range(from.min(self.map.len()), self.map.len());
+            let from = if keep_metadata {
+                // From the first page wholly past the metadata: a page it shares with the
+                // first chunk stays.
+                let (first_chunk, _) = self.chunk_span();
+                first_chunk
+                    .next_multiple_of(crate::io::page_size())
+                    .min(self.map.len())
+            } else {
+                self.uncache_metadata();
+                0
+            };
+            self.release_range(from, self.map.len());
             self.uncache
                 .store(false, std::sync::atomic::Ordering::Relaxed);
         }
