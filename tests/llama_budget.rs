@@ -229,7 +229,8 @@ fn embeddings(l: &Llama, model: &Path, budget: Option<(&str, &str)>, tag: &str) 
 /// embedding (every embedding model's) compressed: each lookup decodes the rows it reads,
 /// and gives them back once they fill more than 1 MiB. MiniLM BF16 under llama-embedding in
 /// batches of 128 tokens: the embeddings are plain llama.cpp's, the log says so, rows were
-/// given back several times, and never more than a few batches' rows were held.
+/// given back several times, and never more than a few batches' rows were held. Its
+/// compressed bytes, read from a cold file at each lookup, left the page cache after it.
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
@@ -239,7 +240,10 @@ fn the_default_keeps_the_token_table_compressed_and_gives_its_rows_back() {
     let t = "the_default_keeps_the_token_table_compressed_and_gives_its_rows_back";
     let l = require_llama(t);
     let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
-    let dc = dc_of(&m);
+    // A copy of its own: the page cache it leaves is this test's alone, not also that of
+    // the tests reading the shared DC file meanwhile.
+    let dc = tmp_dir().join("emb-lookups.dc.gguf");
+    std::fs::copy(dc_of(&m), &dc).unwrap();
     let run = |model: &Path, dcgguf: bool, tag: &str| {
         let mut c = Command::new(l.bin("llama-embedding"));
         c.env_remove("DCGGUF_THROTTLE_BPS")
@@ -255,7 +259,17 @@ fn the_default_keeps_the_token_table_compressed_and_gives_its_rows_back() {
         run_measured(c, tag)
     };
     let plain = run(&m, false, "emb-lookups-plain");
+    let file = std::fs::File::open(&dc).unwrap();
+    file.sync_all().unwrap();
+    dcgguf::io::drop_cached(&file, 0, file.metadata().unwrap().len());
     let ours = run(&dc, true, "emb-lookups-dc");
+    let (_f, map) = dcgguf::io::map_readonly(&dc).unwrap();
+    let cached = dcgguf::io::resident_pages(&map)
+        .iter()
+        .filter(|&&r| r)
+        .count()
+        * dcgguf::io::page_size();
+    drop(map);
     assert!(plain.ok && !plain.stdout.is_empty(), "{}", plain.stderr);
     assert!(ours.ok, "{}", ours.stderr);
     assert!(
@@ -285,6 +299,12 @@ fn the_default_keeps_the_token_table_compressed_and_gives_its_rows_back() {
     // ...and never more than about two batches' rows were held, of a 23.4 MB table.
     assert!(field("peak_present") < 2 << 20, "{}", ours.stderr);
     assert!(field("looked_up_bytes") > 1 << 20, "{}", ours.stderr);
+    // The lookups read most of the table's 15.5 MB compressed; kept, they stayed cached.
+    assert!(
+        cached < 2 << 20,
+        "{cached} bytes of the DC file cached after the run"
+    );
+    std::fs::remove_file(&dc).ok();
 }
 
 /// MiniLM F32 quantized to DC-INT8 (compression-aware INT8, decoding to Q8_0), and that Q8_0

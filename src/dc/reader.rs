@@ -824,6 +824,19 @@ impl DcFile {
     /// with one call over the span they cover, widened by the kernel's fault-around window
     /// (which maps neighbouring pages of the file along with each faulting one).
     pub fn release_chunks(&self, chunks: &[(usize, usize)]) {
+        self.release_chunk_span(chunks, false);
+    }
+
+    /// [`DcFile::release_chunks`], and after a cold load ([`DcFile::set_uncache_after_decode`]
+    /// turned on) also drops from the page cache what of their span was not cached when the
+    /// file was opened: for compressed bytes read after the load that nothing needs until
+    /// the next lookup, which then reads them again.
+    pub fn release_and_uncache_chunks(&self, chunks: &[(usize, usize)]) {
+        let cold = self.chunk_reads.load(std::sync::atomic::Ordering::Relaxed);
+        self.release_chunk_span(chunks, cold);
+    }
+
+    fn release_chunk_span(&self, chunks: &[(usize, usize)], uncache: bool) {
         const FAULT_AROUND: usize = 64 << 10;
         let starts = chunks.iter().map(|&(i, c)| self.tensors[i].chunk_starts[c]);
         let ends = chunks
@@ -831,14 +844,18 @@ impl DcFile {
             .map(|&(i, c)| self.tensors[i].chunk_starts[c + 1]);
         if let (Some(from), Some(to)) = (starts.min(), ends.max()) {
             let to = to.saturating_add(FAULT_AROUND).min(self.map.len());
-            self.release_range(from.saturating_sub(FAULT_AROUND), to);
+            let from = from.saturating_sub(FAULT_AROUND);
+            self.release_range(from, to);
+            if uncache && !self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+                self.drop_pages_cached_since_open(from, to);
+            }
         }
     }
 
     /// Drops this process's page mappings of map bytes `[from, to)` (whole pages around
     /// them; see [`DcFile::release_mapped_pages`]).
     fn release_range(&self, from: usize, to: usize) {
-        let Storage::Mapped(m, file, resident) = &self.map else {
+        let Storage::Mapped(m, ..) = &self.map else {
             return;
         };
         let page = crate::io::page_size();
@@ -850,9 +867,19 @@ impl DcFile {
                 m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, to - start)
             };
         }
-        if !self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
+        if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+            self.drop_pages_cached_since_open(start, to);
         }
+    }
+
+    /// Drops from the page cache the pages of map bytes `[from, to)` that were not in it
+    /// when the file was opened.
+    fn drop_pages_cached_since_open(&self, from: usize, to: usize) {
+        let Storage::Mapped(_, file, resident) = &self.map else {
+            return;
+        };
+        let page = crate::io::page_size();
+        let start = from / page * page;
         // Runs of pages that were not in the page cache when the load began.
         let pages = start / page..to.div_ceil(page).min(resident.len());
         let mut p = pages.start;
