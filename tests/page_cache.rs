@@ -29,10 +29,16 @@ fn evict(path: &std::path::Path) {
 
 /// A load without a budget: opens `path` and reads the whole model, uncaching as a load does.
 fn load(path: &std::path::Path) {
+    drop(loaded(path));
+}
+
+/// [`load`], keeping the reader open for what a model does after its load.
+fn loaded(path: &std::path::Path) -> DcFile {
     let dc = DcFile::open(path).unwrap();
     dc.set_release_after_decode(true);
     dc.set_uncache_after_decode(true);
     decode_all(&dc);
+    dc
 }
 
 /// Reads the whole model as a load does, finishing as it does.
@@ -187,10 +193,7 @@ fn major_faults() -> i64 {
 fn after_a_cold_load_an_evicted_chunk_is_read_back_in_one_request() {
     let (dir, path) = dc_model("page-cache-chunk", 6, &[GgmlType::F16]);
     evict(&path);
-    let dc = DcFile::open(&path).unwrap();
-    dc.set_release_after_decode(true);
-    dc.set_uncache_after_decode(true);
-    decode_all(&dc);
+    let dc = loaded(&path);
     // Later (a budget decoding from the file after the load), the first chunk again, evicted.
     evict(&path);
     let before = cached_bytes(&path);
@@ -223,10 +226,7 @@ fn after_a_cold_load_an_evicted_chunk_is_read_back_in_one_request() {
 fn after_a_cold_load_a_looked_up_chunk_leaves_the_cache_and_a_warm_file_keeps_it() {
     let (dir, path) = dc_model("page-cache-lookup", 7, &[GgmlType::F16]);
     evict(&path);
-    let dc = DcFile::open(&path).unwrap();
-    dc.set_release_after_decode(true);
-    dc.set_uncache_after_decode(true);
-    decode_all(&dc);
+    let dc = loaded(&path);
     let mut chunk = vec![0u8; 256 << 10];
     let before = cached_bytes(&path);
     dc.read_tensor(0, 0, &mut chunk).unwrap();
@@ -242,10 +242,7 @@ fn after_a_cold_load_a_looked_up_chunk_leaves_the_cache_and_a_warm_file_keeps_it
 
     // Warm when opened: the same read and release leave it cached.
     let _ = std::fs::read(&path).unwrap();
-    let dc = DcFile::open(&path).unwrap();
-    dc.set_release_after_decode(true);
-    dc.set_uncache_after_decode(true);
-    decode_all(&dc);
+    let dc = loaded(&path);
     let warm = cached_bytes(&path);
     dc.read_tensor(0, 0, &mut chunk).unwrap();
     dc.release_and_uncache_chunks(&[(0, 0)]);
