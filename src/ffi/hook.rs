@@ -136,8 +136,24 @@ pub fn init_context(
     }))
     .ok()
     .flatten();
-    // SAFETY: the real function with the caller's model and (possibly hooked) params.
-    let ctx = unsafe { real(model, params) };
+    let create = || {
+        // SAFETY: the real function with the caller's model and (possibly hooked) params.
+        unsafe { real(model, params) }
+    };
+    let ctx = match &watch {
+        // A pending model's context: its buffers are noted: what it reserves now and writes only in a batch counts in
+        // that batch's check.
+        Some(_) => {
+            let (ctx, buffers) = hooks::noting_buffers(create);
+            if !ctx.is_null() {
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    budget::refit::context_reserved(ctx, buffers)
+                }));
+            }
+            ctx
+        }
+        None => create(),
+    };
     if let Some(h) = hook {
         // SAFETY: `h` came from hook_context_params just above and is handed over once.
         let _ = catch_unwind(AssertUnwindSafe(|| unsafe {

@@ -54,6 +54,33 @@ pub fn resident_pages(map: &Mmap) -> Vec<bool> {
     vec.iter().map(|b| b & 1 == 1).collect()
 }
 
+/// Bytes of this process's memory `[at, at + len)` in no page yet: whole pages inside the
+/// range that were never written (or read) since they were mapped (`mincore(2)`). 0 where the
+/// kernel will not say (a range not mapped, for one).
+pub fn unwritten_bytes(at: usize, len: usize) -> u64 {
+    let page = page_size();
+    let (start, end) = (
+        at.next_multiple_of(page),
+        (at.saturating_add(len)) / page * page,
+    );
+    let mut vec = vec![0u8; 1024];
+    let mut missing = 0u64;
+    let mut from = start;
+    while from < end {
+        let n = (end - from).min(vec.len() * page);
+        // SAFETY: mincore only reads the page tables of `[from, from + n)` (page-aligned) and
+        // writes one byte per page of it into `vec`, which has n / page bytes or more; an
+        // unmapped range is an error (ENOMEM), not a fault.
+        let rc = unsafe { libc::mincore(from as *mut libc::c_void, n, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return 0;
+        }
+        missing += vec[..n / page].iter().filter(|&&b| b & 1 == 0).count() as u64 * page as u64;
+        from += n;
+    }
+    missing
+}
+
 /// Asks the kernel to read `len` bytes of `file` at `offset` into the page cache now, in the
 /// background (`POSIX_FADV_WILLNEED`: a hint, so failures are ignored).
 pub fn prefetch_cached(file: &File, offset: u64, len: u64) {

@@ -155,7 +155,8 @@ pub fn context_freed(ctx: *mut sys::llama_context, ours: usize) {
         unsafe { std::mem::transmute::<usize, FreeContextFn>(real)(ctx) };
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        crate::llama::budget::graph_hook::context_freed(ctx)
+        crate::llama::budget::graph_hook::context_freed(ctx);
+        crate::llama::budget::refit::forget_context(ctx);
     }));
 }
 
@@ -208,6 +209,39 @@ thread_local! {
         const { std::cell::Cell::new(None) };
     /// This thread is inside the `posix_memalign` check (which may allocate).
     static IN_ALLOCATION_CHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread creates a context whose big buffers are noted ([`noting_buffers`]).
+    static NOTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The buffers noted so far: address and size.
+    static NOTED: std::cell::RefCell<Vec<(usize, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` (a context's creation) and returns it with the buffers of at least
+/// [`crate::llama::budget::refit::CHECKED_ALLOCATION`] bytes that ggml allocated meanwhile
+/// on this thread through the interposed `posix_memalign` (none without the preload).
+pub fn noting_buffers<T>(f: impl FnOnce() -> T) -> (T, Vec<(usize, usize)>) {
+    let outer = NOTING.with(|c| c.replace(true));
+    let before = NOTED.with(|n| n.borrow().len());
+    let r = f();
+    NOTING.with(|c| c.set(outer));
+    let noted = NOTED.with(|n| {
+        let mut n = n.borrow_mut();
+        if outer {
+            n[before..].to_vec()
+        } else {
+            std::mem::take(&mut *n)
+        }
+    });
+    (r, noted)
+}
+
+/// Notes a buffer for [`noting_buffers`]; cold: only while a context is created.
+#[cold]
+fn note_buffer(at: usize, size: usize) {
+    if !IN_ALLOCATION_CHECK.with(|c| c.replace(true)) {
+        NOTED.with(|n| n.borrow_mut().push((at, size)));
+        IN_ALLOCATION_CHECK.with(|c| c.set(false));
+    }
 }
 
 /// The body of the `llama_decode`, `llama_encode` and `llama_process` interposers: the real
@@ -280,14 +314,20 @@ pub unsafe fn posix_memalign_or_real(
         }));
         IN_ALLOCATION_CHECK.with(|c| c.set(false));
     }
-    match REAL_POSIX_MEMALIGN.get(c"posix_memalign", ours) {
+    let r = match REAL_POSIX_MEMALIGN.get(c"posix_memalign", ours) {
         // SAFETY: the C library's posix_memalign (signature PosixMemalignFn, stdlib.h) with
         // the caller's arguments.
         Some(real) => unsafe {
             std::mem::transmute::<usize, PosixMemalignFn>(real)(out, align, size)
         },
         None => libc::ENOMEM,
+    };
+    if r == 0 && size >= crate::llama::budget::refit::CHECKED_ALLOCATION && NOTING.with(|c| c.get())
+    {
+        // SAFETY: posix_memalign succeeded, so it wrote the buffer's address to `out`.
+        note_buffer(unsafe { *out } as usize, size);
     }
+    r
 }
 
 /// The body of an `fread` interposer: our decompressing streams are read straight into the

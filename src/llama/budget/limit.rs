@@ -187,9 +187,10 @@ pub fn other_memory(decoded_weights: u64) -> u64 {
 }
 
 /// Room kept at load for the context created after it: its KV cache and the compute
-/// buffers llama.cpp reserves when it creates the context. These are not checked later (the
-/// batch-time check, [`super::refit`], sees only what a batch allocates), so the load keeps
-/// room for them: [`other_memory`], and at least [`MIN_CONTEXT_ROOM`].
+/// buffers llama.cpp reserves when it creates the context. The batch-time check
+/// ([`super::refit`]) counts only part of them, once (what the context has not written, up
+/// to the size of the buffer it checks), so the load keeps room for them: [`other_memory`],
+/// and at least [`MIN_CONTEXT_ROOM`].
 pub fn context_room(decoded_weights: u64) -> u64 {
     other_memory(decoded_weights).max(MIN_CONTEXT_ROOM)
 }
@@ -513,7 +514,8 @@ pub fn work_buffer(batch_tokens: u64, widest_row: u64) -> u64 {
 
 /// The choice for a model of `decoded_weights` bytes, loaded without a budget (so counted
 /// out of `headroom`), when `buffer` bytes are about to be allocated for a batch: they,
-/// plus `work` (the batch's [`work_buffer`], 0 where the batch is unknown) and
+/// plus `work` (the batch's [`work_buffer`], 0 where the batch is unknown, and what the
+/// context reserved that the batch may write) and
 /// [`other_memory`] for what computing allocates besides, must fit in `headroom`. If not,
 /// the smallest budget: every weight the plan can stream is decoded before each use (the
 /// budget cannot shrink later, and the batch may still grow other buffers).

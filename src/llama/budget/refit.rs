@@ -22,9 +22,11 @@
 //! the next buffers of the same batch): the plan's streamed tensors are found in
 //! llama.cpp's CPU weight buffer and their pages given back ([`Residency::adopt_loaded`]),
 //! and from the next graph node on every context of the model decodes them before use, as
-//! after a budgeted load. Buffers allocated when a context is created are not checked:
-//! llama.cpp reserves its compute buffer there for the largest batch, which most programs
-//! never send (llama-completion's SmolLM2 context reserves 49 MiB and writes part of it).
+//! after a budgeted load. Buffers allocated when a context is created are not checked
+//! then: llama.cpp reserves its compute buffer there for the largest batch, which most
+//! programs never send (llama-completion's SmolLM2 context reserves 49 MiB and writes part
+//! of it). They are noted, and the first check in the context counts what of them no batch
+//! has written yet, up to the size of the buffer checked ([`unwritten_reserved`]).
 //!
 //! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
 //! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the
@@ -264,6 +266,54 @@ impl Watch {
 /// Allocations smaller than this are not checked.
 pub const CHECKED_ALLOCATION: usize = 1 << 20;
 
+/// The buffers of [`CHECKED_ALLOCATION`] bytes or more that llama.cpp allocated while it
+/// created a context of a pending model (its KV cache, and its compute buffer, reserved for
+/// the largest batch and written only by the batches that need it), by context.
+static RESERVED: Mutex<Vec<ContextBuffers>> = Mutex::new(Vec::new());
+
+/// A context's address and its buffers' (address, size).
+type ContextBuffers = (usize, Vec<(usize, usize)>);
+
+/// Notes the buffers `ctx` reserved at its creation ([`hooks::noting_buffers`]).
+pub fn context_reserved(ctx: *mut sys::llama_context, buffers: Vec<(usize, usize)>) {
+    if !buffers.is_empty() {
+        let mut all = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(c, _)| *c != ctx as usize);
+        all.push((ctx as usize, buffers));
+    }
+}
+
+/// Forgets a context about to be freed (or freed).
+pub fn forget_context(ctx: *mut sys::llama_context) {
+    RESERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(c, _)| *c != ctx as usize);
+}
+
+/// At the first check in `ctx`: bytes of the buffers it reserved at its creation that no
+/// batch has written yet, which the batch about to run may write. llama-perplexity on
+/// SmolLM2 (`-c 256 -b 256`) reserves a 49 MiB compute buffer and writes it in its first
+/// batch (logits of all its tokens): with only that batch's 24 MiB output buffer checked, the
+/// default was killed under a 170 MiB cap where plain mmap finished (session 28). Counted
+/// once, then forgotten: ggml frees a buffer it outgrows (MiniLM BF16's first batch grows
+/// its compute buffer from 6 to 30 MiB), and without an interposed `free` a later check
+/// would count the freed one's pages too. A later batch that writes more of a reserve
+/// without growing it is not foreseen.
+fn unwritten_reserved(ctx: usize) -> u64 {
+    let buffers = {
+        let mut all = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        match all.iter().position(|(c, _)| *c == ctx) {
+            Some(i) => all.swap_remove(i).1,
+            None => Vec::new(),
+        }
+    };
+    buffers
+        .iter()
+        .map(|&(at, size)| crate::io::unwritten_bytes(at, size))
+        .sum()
+}
+
 /// Inside a `llama_decode` / `llama_encode` / `llama_process` on this thread, ggml is about
 /// to allocate `size` bytes: every pending model checks that they fit next to its weights.
 pub fn before_allocation(size: usize) {
@@ -286,7 +336,13 @@ impl Pending {
         let Some(h) = limit::headroom() else {
             return;
         };
-        let work = limit::work_buffer(batch_tokens(), self.widest_row);
+        // As much of it as the buffer checked: a language model's reserve is mostly the
+        // logits of a batch of outputs only (Qwen2.5's, 512 tokens of a 151936-word
+        // vocabulary: 297 MiB), of which a batch writes those of its outputs, as big as the
+        // output buffer that holds them after (llama-perplexity on SmolLM2: 24 MiB).
+        let unwritten =
+            hooks::current_batch().map_or(0, |(ctx, _)| unwritten_reserved(ctx as usize).min(size));
+        let work = limit::work_buffer(batch_tokens(), self.widest_row).saturating_add(unwritten);
         let choice = limit::choose_at_context(self.decoded, size, work, h);
         let ContextChoice::Budget { settings, .. } = choice else {
             if crate::llama::verbose() {

@@ -128,11 +128,21 @@ pub struct Residency {
     /// [`LOOKUP_KEEP`] (the default's lookups-only plan, [`Residency::lookups_only`]), not
     /// only when the room is needed.
     release_lookups: bool,
+    /// [`Residency::lookup_memory_tight`]'s last answer and when it was read.
+    lookup_tight: Mutex<Option<(Instant, bool)>>,
 }
 
 /// Rows of a lookup table a lookups-only plan keeps between lookups: a generated token's
 /// row is then decoded once, not at every token, and a prompt's rows go right after use.
 const LOOKUP_KEEP: u64 = 1 << 20;
+
+/// See [`Residency::lookup_memory_tight`]: MiniLM BF16's table (14.8 MiB compressed) keeps
+/// its bytes cached while 59 MiB or more are left. Its 241 MiB batch under a 362.8 MiB cap
+/// leaves about 20; with no cap, gigabytes.
+const LOOKUP_CACHE_ROOM: u64 = 4;
+
+/// How long [`Residency::lookup_memory_tight`]'s answer holds.
+const LOOKUP_TIGHT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How many chunks' compressed bytes a lookup of the lookups-only plan asks for ahead of
 /// its decodes: the next chunk of each of two decoding threads (4 held 0.7 MiB more at
@@ -273,6 +283,7 @@ impl Residency {
             stall_nanos: AtomicU64::new(0),
             prefetch_setting: s.prefetch,
             release_lookups,
+            lookup_tight: Mutex::new(None),
         });
         if s.prefetch != Some(false) {
             let (tx, rx) = channel::<u32>();
@@ -645,16 +656,20 @@ impl Residency {
         // thread decodes into a chunk-sized scratch buffer of its own, taken from `scratch`.
         //
         // Every chunk's read is asked for first: the decodes then find most of them read.
-        // Except in the lookups-only plan (memory ample, only lookup tables kept
-        // compressed): there at most LOOKUP_READ_WINDOW chunks are asked for ahead, and each
-        // chunk's compressed bytes leave the page cache once decoded. Asked for all at once
-        // and kept, a MiniLM BF16 batch's 10-15 MiB of them were the run's peak (uncapped,
-        // llama-embedding: 377.4 MiB charged, 366.4 since; plain mmap 380.2).
+        // Except in the lookups-only plan (only lookup tables kept compressed) when memory
+        // has become tight ([`lookup_memory_tight`]): there at most LOOKUP_READ_WINDOW chunks
+        // are asked for ahead, and each chunk's compressed bytes leave the page cache once
+        // decoded. Asked for all at once and kept, a MiniLM BF16 batch's 10-15 MiB of them
+        // were the run's peak (uncapped, llama-embedding: 377.4 MiB charged, 366.4 when
+        // dropped; plain mmap 380.2), and under a 362.8 MiB cap the kernel reclaimed code
+        // before them. Dropped where memory is ample, each lookup of a small batch read them
+        // back from the disk (batches of 128 tokens: 0.10 s of lookups against 0.04).
         //
         // [`team`]: super::team
         let chunks: Vec<(usize, usize)> =
             copies.iter().map(|&(c, _)| (tensor, c as usize)).collect();
-        let window = if self.release_lookups {
+        let uncache = self.release_lookups && self.lookup_memory_tight();
+        let window = if uncache {
             LOOKUP_READ_WINDOW
         } else {
             chunks.len()
@@ -676,7 +691,7 @@ impl Residency {
             let r = self.dc.read_tensor(tensor, from, &mut buf[..n]);
             if release_each {
                 self.dc.release_chunks(&[(tensor, *c as usize)]);
-            } else if self.release_lookups {
+            } else if uncache {
                 self.dc.release_and_uncache_chunks(&[(tensor, *c as usize)]);
                 if let Some(next) = chunks.get(k + window) {
                     self.dc.prefetch_chunks(std::slice::from_ref(next));
@@ -745,6 +760,26 @@ impl Residency {
         if let Err(e) = r {
             self.fail(e);
         }
+    }
+
+    /// Whether a lookup of the lookups-only plan drops its chunks' compressed bytes from the
+    /// page cache: when what the memory limit leaves ([`super::limit::headroom`]) is less
+    /// than [`LOOKUP_CACHE_ROOM`] times the tables' compressed bytes. Read at most every
+    /// [`LOOKUP_TIGHT_EVERY`] (a generated token may look a row up).
+    fn lookup_memory_tight(&self) -> bool {
+        let mut last = self.lookup_tight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, tight)) = *last
+            && at.elapsed() < LOOKUP_TIGHT_EVERY
+        {
+            return tight;
+        }
+        let room = self
+            .plan
+            .streamed_stored_bytes
+            .saturating_mul(LOOKUP_CACHE_ROOM);
+        let tight = super::limit::headroom().is_some_and(|h| h.bytes < room);
+        *last = Some((Instant::now(), tight));
+        tight
     }
 
     /// Graph callback: the range of nodes ending at the last asked node was computed.
