@@ -141,8 +141,8 @@ pub fn init_context(
         unsafe { real(model, params) }
     };
     let ctx = match &watch {
-        // A pending model's context: its buffers are noted: what it reserves now and writes only in a batch counts in
-        // that batch's check.
+        // A pending model's context: the buffers it reserves now, and writes only in a batch,
+        // count in that batch's check (budget::refit).
         Some(_) => {
             let (ctx, buffers) = hooks::noting_buffers(create);
             if !ctx.is_null() {

@@ -224,14 +224,7 @@ pub fn noting_buffers<T>(f: impl FnOnce() -> T) -> (T, Vec<(usize, usize)>) {
     let before = NOTED.with(|n| n.borrow().len());
     let r = f();
     NOTING.with(|c| c.set(outer));
-    let noted = NOTED.with(|n| {
-        let mut n = n.borrow_mut();
-        if outer {
-            n[before..].to_vec()
-        } else {
-            std::mem::take(&mut *n)
-        }
-    });
+    let noted = NOTED.with(|n| n.borrow_mut().split_off(before));
     (r, noted)
 }
 
