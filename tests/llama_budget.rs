@@ -445,9 +445,7 @@ fn run_in_cgroup(
     cg.enter_on_exec(&mut c);
     let _alone = MEASURING.write().unwrap_or_else(|e| e.into_inner());
     cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let out = output_within(&mut c, CHILD_TIME_LIMIT);
     let usage = cg.usage();
     cg.remove();
     (out, usage)
@@ -736,7 +734,37 @@ fn perplexity_in_cgroup(
     ignore = "needs llama.cpp (scripts/build-llama.sh) and SmolLM2 (scripts/fetch-models.sh)"
 )]
 fn a_batch_that_writes_what_its_context_reserved_counts_it_where_plain_mmap_runs() {
-    let t = "a_batch_that_writes_what_its_context_reserved_counts_it_where_plain_mmap_runs";
+    perplexity_under_a_share_of_plain_peak(
+        "a_batch_that_writes_what_its_context_reserved_counts_it_where_plain_mmap_runs",
+        91,
+        "switching to the smallest budget",
+    );
+}
+
+/// Under 60% of plain mmap's peak (112 of 187 MiB) the decoded model does not fit at load,
+/// nor does a budget: the load moves part of the weights to a file, for what the limit lacks
+/// then (about 40 MiB under 110 MiB). The first batch's buffers (73 MiB) did not fit beside
+/// the rest, and the default was OOM-killed where plain mmap finished (session 28: under 130
+/// and 120 MiB; session 29: under 112 and 110 too, after 62 and 17 s of major faults). A
+/// spilled model's batches are checked too, and move more of the weights to the file
+/// (src/llama/budget/refit.rs): it says so and scores the text as plain llama.cpp does.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and SmolLM2 (scripts/fetch-models.sh)"
+)]
+fn a_batch_that_does_not_fit_beside_weights_moved_at_load_moves_more_of_them() {
+    perplexity_under_a_share_of_plain_peak(
+        "a_batch_that_does_not_fit_beside_weights_moved_at_load_moves_more_of_them",
+        60,
+        "more of the decoded weights to the file",
+    );
+}
+
+/// llama-perplexity on SmolLM2 ([`perplexity_in_cgroup`]) under `percent`% of plain mmap's
+/// uncapped peak: plain finishes there (the premise), and so does the default on the DC
+/// file, its log saying `decision`, with plain's score.
+fn perplexity_under_a_share_of_plain_peak(t: &str, percent: u64, decision: &str) {
     let l = require_llama(t);
     let m = require_smollm2(t);
     let parent = own_memory_cgroup(t);
@@ -748,23 +776,44 @@ fn a_batch_that_writes_what_its_context_reserved_counts_it_where_plain_mmap_runs
             .find_map(|l| l.split_once("Final estimate: ").map(|(_, s)| s.to_string()))
             .unwrap_or_else(|| panic!("no final estimate:\n{stderr}"))
     };
-    let (free, free_use) = perplexity_in_cgroup(&l, &parent, &m, false, None, "ppl-plain");
+    let (free, free_use) = perplexity_in_cgroup(
+        &l,
+        &parent,
+        &m,
+        false,
+        None,
+        &format!("ppl-plain-{percent}"),
+    );
     assert!(
         free.status.success(),
         "{}",
         String::from_utf8_lossy(&free.stderr)
     );
     let peak = free_use.peak.expect("the cgroup reports its peak");
-    let cap = peak / 100 * 91;
-    let (plain, plain_use) = perplexity_in_cgroup(&l, &parent, &m, false, Some(cap), "ppl-cap");
+    let cap = peak / 100 * percent;
+    let (plain, plain_use) = perplexity_in_cgroup(
+        &l,
+        &parent,
+        &m,
+        false,
+        Some(cap),
+        &format!("ppl-cap-{percent}"),
+    );
     assert!(
         plain.status.success() && plain_use.oom_kills == 0,
         "the premise: plain mmap finishes under {} MiB:\n{}",
         cap / MIB,
         String::from_utf8_lossy(&plain.stderr)
     );
-    let (ours, ours_use) = perplexity_in_cgroup(&l, &parent, &dc, true, Some(cap), "ppl-adapts");
-    finished_saying(&ours, &ours_use, cap, "switching to the smallest budget");
+    let (ours, ours_use) = perplexity_in_cgroup(
+        &l,
+        &parent,
+        &dc,
+        true,
+        Some(cap),
+        &format!("ppl-adapts-{percent}"),
+    );
+    finished_saying(&ours, &ours_use, cap, decision);
     assert_eq!(score(&ours), score(&free));
     assert_eq!(score(&plain), score(&free));
 }

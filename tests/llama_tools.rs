@@ -341,3 +341,30 @@ fn damaged_dc_header_is_a_dc_error_not_unknown_architecture() {
         );
     }
 }
+
+/// The harness's own time limit: a program that hangs (a deadlocked load) is killed and the
+/// test fails with its stderr, in seconds, not after CI's whole run.
+#[test]
+fn a_program_that_outlives_its_time_limit_is_killed_and_fails_the_test() {
+    let started = std::time::Instant::now();
+    let hung = std::panic::catch_unwind(|| {
+        output_within(
+            Command::new("sh").args(["-c", "echo waiting >&2; exec sleep 60"]),
+            std::time::Duration::from_secs(1),
+        )
+    });
+    let msg = hung
+        .expect_err("a program that outlives its limit fails the test")
+        .downcast::<String>()
+        .expect("a formatted message");
+    assert!(msg.contains("still ran after 1 s"), "{msg}");
+    assert!(msg.contains("waiting"), "its stderr is shown: {msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // In time: the output as usual.
+    let o = output_within(
+        Command::new("sh").args(["-c", "echo done"]),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(o.status.success());
+    assert_eq!(o.stdout, b"done\n");
+}

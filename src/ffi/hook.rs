@@ -140,19 +140,22 @@ pub fn init_context(
         // SAFETY: the real function with the caller's model and (possibly hooked) params.
         unsafe { real(model, params) }
     };
-    let ctx = match &watch {
-        // A pending model's context: the buffers it reserves now, and writes only in a batch,
-        // count in that batch's check (budget::refit).
-        Some(_) => {
-            let (ctx, buffers) = hooks::noting_buffers(create);
-            if !ctx.is_null() {
-                let _ = catch_unwind(AssertUnwindSafe(|| {
-                    budget::refit::context_reserved(ctx, buffers)
-                }));
-            }
-            ctx
+    // A pending model's context (or a spilled one's, which has no watch: its graph needs no
+    // callback): the buffers it reserves now, and writes only in a batch, count in that
+    // batch's check (budget::refit).
+    let noted = watch.is_some()
+        || catch_unwind(AssertUnwindSafe(|| budget::refit::notes_contexts_of(model)))
+            .unwrap_or(false);
+    let ctx = if noted {
+        let (ctx, buffers) = hooks::noting_buffers(create);
+        if !ctx.is_null() {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                budget::refit::context_reserved(ctx, buffers)
+            }));
         }
-        None => create(),
+        ctx
+    } else {
+        create()
     };
     if let Some(h) = hook {
         // SAFETY: `h` came from hook_context_params just above and is handed over once.

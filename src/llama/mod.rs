@@ -177,13 +177,16 @@ pub fn load_dc(
         });
     }
     let mut budget = budget::spec::settings().map_err(LlamaError::Budget)?;
-    // Whether the default chose no budget: its batches check again (budget::refit).
+    // The decoded weight bytes where the default chose no budget: its batches check again
+    // (budget::refit), whether it moved part of them to a file (`spill`) or not.
     let mut default_none = None;
     let mut spill = None;
+    let mut spill_decoded = None;
     if budget.is_none() && !budget::spec::asked() && !reads_only_metadata(&params) {
         let decoded;
         (budget, decoded, spill) = default_budget(&dc, path);
         default_none = decoded.filter(|_| budget.is_none() && spill.is_none());
+        spill_decoded = decoded.filter(|_| spill.is_some());
     }
     // A budget and a spill both work on the reads of the FILE* stream.
     let route = match user_load::route_from_env() {
@@ -305,17 +308,21 @@ pub fn load_dc(
     }
     if let Some(r) = res {
         budget::register_model(model, r);
-    } else if let Some(spill) = &spill {
-        let mut spill = spill.lock().unwrap_or_else(|e| e.into_inner());
-        match budget::refit::loaded_ranges(model, &dc) {
-            // SAFETY: the model's tensors in llama.cpp's CPU weight buffer, just loaded: no
-            // context exists yet, so nothing reads them; llama.cpp frees the buffer with
-            // free() or munmap.
-            Ok(ranges) => unsafe { spill.take_rest(&ranges) },
-            Err(e) => {
-                crate::log_line!("dcgguf: warning: {e}; tensors' shared pages stay in memory")
+    } else if let Some(shared) = &spill {
+        let mut spill = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let ranges = match budget::refit::loaded_ranges(model, &dc) {
+            Ok(ranges) => {
+                // SAFETY: the model's tensors in llama.cpp's CPU weight buffer, just loaded:
+                // no context exists yet, so nothing reads them; llama.cpp frees the buffer
+                // with free() or munmap.
+                unsafe { spill.take_rest(&ranges) };
+                Some(ranges)
             }
-        }
+            Err(e) => {
+                crate::log_line!("dcgguf: warning: {e}; tensors' shared pages stay in memory");
+                None
+            }
+        };
         let mib = spill.moved() as f64 / (1u64 << 20) as f64;
         match spill.failure() {
             None => crate::log_line!(
@@ -326,6 +333,15 @@ pub fn load_dc(
                 "dcgguf: warning: moving decoded weights to a file stopped after {mib:.1} MiB \
                  ({e}); the rest stay in memory"
             ),
+        }
+        let failed = spill.failure().is_some();
+        drop(spill);
+        // Its batches move more where they would not fit (the load guessed the context's
+        // needs), through the allocation check of the budget hooks.
+        if let (Some(ranges), Some(decoded), false) = (ranges, spill_decoded, failed)
+            && hooks::budget_hooks_active().is_ok()
+        {
+            budget::refit::register_spilled(model, dc.clone(), decoded, shared.clone(), ranges);
         }
     } else if let Some(decoded) = default_none
         && route == user_load::Route::Stream

@@ -403,9 +403,48 @@ pub fn corrupted_copy(dc: &Path, name: &str) -> PathBuf {
 /// Runs a command, returning its output. Drops cargo's LD_LIBRARY_PATH (which would beat
 /// the rpath and may name a stale libdcgguf.so).
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.env_remove("LD_LIBRARY_PATH")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    output_within(cmd.env_remove("LD_LIBRARY_PATH"), CHILD_TIME_LIMIT)
+}
+
+/// The longest a program a test runs may take: the slowest (llama.cpp's tools under a tight
+/// memory cgroup) take under a minute; a hang fails the test instead of CI's whole run.
+pub const CHILD_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `cmd.output()`, but a program still running after `limit` is killed and the test fails,
+/// with what it wrote to stderr. (Session 29: a deadlock in a load held a test, and the
+/// whole test binary, for 14 minutes.)
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::sync::mpsc;
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let (done, wait) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        // Dropped sender: the program ended (and was waited for) in time.
+        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            // SAFETY: kill(2) only sends a signal. The pid is our child's, not reaped while
+            // it runs (wait_with_output reaps it when it exits); a pid reused after the reap
+            // would need the limit to pass between the reap and `drop(done)` below.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("cannot wait for {cmd:?}: {e}"));
+    drop(done);
+    let timed_out = watchdog.join().unwrap_or(false);
+    assert!(
+        !timed_out,
+        "{cmd:?} still ran after {} s: killed; stderr:\n{}",
+        limit.as_secs(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Asserts a normal (non-signal) exit with the given success.

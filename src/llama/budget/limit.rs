@@ -571,7 +571,7 @@ impl ContextChoice {
     }
 }
 
-fn source_name(h: &Headroom) -> String {
+pub fn source_name(h: &Headroom) -> String {
     match &h.source {
         LimitSource::CgroupV2(p) => format!("cgroup v2 {}", p.display()),
         LimitSource::CgroupV1(p) => format!("cgroup v1 {}", p.display()),

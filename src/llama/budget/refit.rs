@@ -28,6 +28,12 @@
 //! of it). They are noted, and the first check in the context counts what of them no batch
 //! has written yet, up to the size of the buffer checked ([`unwritten_reserved`]).
 //!
+//! A model the default loaded with part of its decoded weights moved to a file
+//! ([`super::spill`]: neither the model nor a budget fit) is checked the same way, but
+//! moves more of its weights to the file where a batch's buffers would not fit
+//! ([`register_spilled`]): twice what is lacking, counting the moved pages still in memory
+//! as room (the limit reclaims them first), as the load did for what it lacked.
+//!
 //! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
 //! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the
 //! one the graph callback uses, and a switch replaces it (the new budget streams them too).
@@ -53,6 +59,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::limit::{self, ContextChoice};
 use super::runtime::{Residency, register_model};
 use super::spec::Settings;
+use super::spill::Spiller;
 use crate::dc::DcFile;
 use crate::llama::{hooks, host, sys};
 
@@ -71,8 +78,20 @@ pub struct Pending {
     lookups: OnceLock<Arc<Residency>>,
     /// Compute threads of its contexts, for the residency's prefetch choice.
     threads: Mutex<usize>,
-    /// A switch failed (said once): no more checks.
-    failed: AtomicBool,
+    /// Loaded with part of its decoded weights moved to a file ([`super::spill`]): a batch
+    /// that would not fit moves more of them instead of switching to a budget.
+    spilled: Option<Spilled>,
+    /// No more checks: a switch or a move failed (said once), or every weight has moved.
+    settled: AtomicBool,
+}
+
+/// A model loaded with part of its decoded weights moved to a file.
+struct Spilled {
+    spiller: Arc<Mutex<Spiller>>,
+    /// Its tensors in llama.cpp's CPU weight buffer: (address, length).
+    ranges: Vec<(usize, usize)>,
+    /// Their whole pages' bytes: what moves at most.
+    movable: u64,
 }
 
 /// What the graph callback of a pending model's context holds.
@@ -124,21 +143,16 @@ pub fn register_pending(
     decoded: u64,
     deferred: Option<Arc<Residency>>,
 ) -> Result<(), RefitError> {
-    let widest_row = (0..dc.tensor_count())
-        .map(|i| dc.tensor_view(i).shape)
-        .filter(|shape| shape.len() >= 2)
-        .map(|shape| shape[0])
-        .max()
-        .unwrap_or(0);
     let p = Arc::new(Pending {
         model: model as usize,
+        widest_row: widest_row(&dc),
         dc,
         decoded,
-        widest_row,
         res: OnceLock::new(),
         lookups: OnceLock::new(),
         threads: Mutex::new(1),
-        failed: AtomicBool::new(false),
+        spilled: None,
+        settled: AtomicBool::new(false),
     });
     let skipped = deferred.is_some();
     // SAFETY: the model has just been loaded: no context of it exists, so no graph of it
@@ -154,6 +168,58 @@ pub fn register_pending(
     }
     pending().push(p);
     Ok(())
+}
+
+/// `model` was loaded from `dc` without a budget, `spiller` holding part of its `decoded`
+/// weight bytes in a file: its batches are checked as a pending model's are, and one that
+/// would not fit moves more of the weights (found at `ranges`) to the file
+/// ([`Pending::move_more`]). llama-perplexity on SmolLM2 (`-c 256 -b 256`) under a 130 MiB
+/// cap: the load moved 6.7 MiB for the 1 MiB the limit lacked, then the first batch wrote
+/// a 49 MiB compute buffer and a 24 MiB output buffer and the run was killed, where plain
+/// mmap finished (session 28).
+pub fn register_spilled(
+    model: *mut sys::llama_model,
+    dc: Arc<DcFile>,
+    decoded: u64,
+    spiller: Arc<Mutex<Spiller>>,
+    ranges: Vec<(usize, usize)>,
+) {
+    let movable = super::spill::movable_bytes(&ranges);
+    // Everything moved at the load already: nothing more to check.
+    let all_moved = spiller.lock().unwrap_or_else(|e| e.into_inner()).moved() >= movable;
+    pending().push(Arc::new(Pending {
+        model: model as usize,
+        widest_row: widest_row(&dc),
+        dc,
+        decoded,
+        res: OnceLock::new(),
+        lookups: OnceLock::new(),
+        threads: Mutex::new(1),
+        spilled: Some(Spilled {
+            spiller,
+            ranges,
+            movable,
+        }),
+        settled: AtomicBool::new(all_moved),
+    }));
+}
+
+/// Whether the buffers a context of `model` reserves at its creation are noted for its
+/// batches' checks ([`context_reserved`]): a pending model that may still switch or move.
+pub fn notes_contexts_of(model: *const sys::llama_model) -> bool {
+    pending().iter().any(|p| {
+        p.model == model as usize && p.res.get().is_none() && !p.settled.load(Ordering::Relaxed)
+    })
+}
+
+/// Values in the widest row of `dc`'s weights (the inner dimension of its matrix products).
+fn widest_row(dc: &DcFile) -> u64 {
+    (0..dc.tensor_count())
+        .map(|i| dc.tensor_view(i).shape)
+        .filter(|shape| shape.len() >= 2)
+        .map(|shape| shape[0])
+        .max()
+        .unwrap_or(0)
 }
 
 /// Whether `model`'s computes decode: under a budget, or with lookup tables kept compressed.
@@ -243,7 +309,7 @@ pub fn forget_model(model: *mut sys::llama_model) {
 pub fn watch_for(model: *const sys::llama_model, threads: usize) -> Option<Arc<Watch>> {
     let pending = pending()
         .iter()
-        .find(|p| p.model == model as usize && p.res.get().is_none())
+        .find(|p| p.model == model as usize && p.res.get().is_none() && p.spilled.is_none())
         .cloned()?;
     {
         let mut t = pending.threads.lock().unwrap_or_else(|e| e.into_inner());
@@ -322,7 +388,7 @@ pub fn before_allocation(size: usize) {
     }
     let pending: Vec<Arc<Pending>> = pending()
         .iter()
-        .filter(|p| p.res.get().is_none() && !p.failed.load(Ordering::Relaxed))
+        .filter(|p| p.res.get().is_none() && !p.settled.load(Ordering::Relaxed))
         .cloned()
         .collect();
     for p in pending {
@@ -343,6 +409,10 @@ impl Pending {
         let unwritten =
             hooks::current_batch().map_or(0, |(ctx, _)| unwritten_reserved(ctx as usize).min(size));
         let work = limit::work_buffer(batch_tokens(), self.widest_row).saturating_add(unwritten);
+        if let Some(spilled) = &self.spilled {
+            self.move_more(spilled, size, work, h);
+            return;
+        }
         let choice = limit::choose_at_context(self.decoded, size, work, h);
         let ContextChoice::Budget { settings, .. } = choice else {
             if crate::llama::verbose() {
@@ -353,7 +423,7 @@ impl Pending {
         // One switch per model, whichever thread gets here first.
         static SWITCHING: Mutex<()> = Mutex::new(());
         let _one = SWITCHING.lock().unwrap_or_else(|e| e.into_inner());
-        if self.res.get().is_some() || self.failed.load(Ordering::Relaxed) {
+        if self.res.get().is_some() || self.settled.load(Ordering::Relaxed) {
             return;
         }
         crate::log_line!("{}", choice.describe(self.decoded, size));
@@ -368,8 +438,76 @@ impl Pending {
             }
             Err(e) => {
                 crate::log_line!("dcgguf: warning: {e}; the model stays without a budget");
-                self.failed.store(true, Ordering::Relaxed);
+                self.settled.store(true, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+impl Pending {
+    /// Moves more of a spilled model's weights to its file if `buffer` bytes, with `work`
+    /// and room for computing, do not fit in `headroom` and the moved pages in memory (which
+    /// the limit may reclaim: `headroom` counts them as used): twice what is lacking, and
+    /// [`limit::SPILL_SLACK`], as at the load ([`limit::spill_quota`]).
+    fn move_more(&self, spilled: &Spilled, buffer: u64, work: u64, headroom: limit::Headroom) {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let need = buffer
+            .saturating_add(work)
+            .saturating_add(limit::other_memory(self.decoded));
+        let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
+        let reclaimable = spiller.resident();
+        let lack = need.saturating_sub(headroom.bytes.saturating_add(reclaimable));
+        let head = format!(
+            "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
+             computing; {:.0} MiB free under the limit ({}), and {:.0} MiB of the weights \
+             moved to a file in memory, which the limit may reclaim",
+            mib(buffer),
+            mib(need),
+            mib(headroom.bytes),
+            limit::source_name(&headroom),
+            mib(reclaimable)
+        );
+        if lack == 0 {
+            if crate::llama::verbose() {
+                crate::log_line!("{head}: it fits");
+            }
+            return;
+        }
+        let before = spiller.moved();
+        let more = lack
+            .saturating_mul(2)
+            .saturating_add(limit::SPILL_SLACK)
+            .min(spilled.movable.saturating_sub(before));
+        if let Err(e) = spiller.allow(more) {
+            crate::log_line!("{head}: cannot move more of them ({e}); the rest stay in memory");
+            self.settled.store(true, Ordering::Relaxed);
+            return;
+        }
+        // SAFETY: the model's tensors in llama.cpp's CPU weight buffer, alive until the model
+        // is freed (which forgets it first); no graph of the model computes: this runs on the
+        // thread inside llama_decode/encode/process while ggml allocates (between graph
+        // computations), and contexts of one model do not compute concurrently (the
+        // documented limit of a budget, and of this check).
+        unsafe { spiller.take_rest(&spilled.ranges) };
+        let moved = spiller.moved();
+        match spiller.failure() {
+            None => crate::log_line!(
+                "{head}: {:.1} MiB short; moved {:.1} MiB more of the decoded weights to \
+                 the file ({:.1} of {:.1} MiB now)",
+                mib(lack),
+                mib(moved - before),
+                mib(moved),
+                mib(spilled.movable)
+            ),
+            Some(e) => crate::log_line!(
+                "{head}: {:.1} MiB short; moving more of the decoded weights stopped \
+                 after {:.1} MiB ({e}); the rest stay in memory",
+                mib(lack),
+                mib(moved - before)
+            ),
+        }
+        if spiller.failure().is_some() || moved >= spilled.movable {
+            self.settled.store(true, Ordering::Relaxed);
         }
     }
 }

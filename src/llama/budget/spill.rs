@@ -88,6 +88,15 @@ pub fn page_spans(ranges: &[(usize, usize)], page: usize, join_gap: usize) -> Ve
         .collect()
 }
 
+/// Bytes of `ranges` (tensors of one buffer) a spiller moves at most: their whole pages,
+/// neighbours' shared pages included ([`Spiller::take_rest`]).
+pub fn movable_bytes(ranges: &[(usize, usize)]) -> u64 {
+    page_spans(ranges, crate::io::page_size(), TENSOR_GAP)
+        .iter()
+        .map(|&(_, len)| len as u64)
+        .sum()
+}
+
 /// The parts of `[start, end)` outside every range of `covered` (sorted by start).
 fn uncovered(start: usize, end: usize, covered: &[(usize, usize)]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -111,8 +120,9 @@ fn uncovered(start: usize, end: usize, covered: &[(usize, usize)]) -> Vec<(usize
 /// the limit counts and cannot reclaim.
 const MEMORY_FILE_SYSTEMS: [i64; 2] = [0x0102_1994 /* tmpfs */, 0x8584_58f6 /* ramfs */];
 
-/// Checks that `dir` is on a disk with room for `need` bytes and opens an unnamed file there.
-fn open_unnamed(dir: &Path, need: u64) -> Result<File, SpillError> {
+/// Checks that `dir` is on a disk (not in memory) with room for `need` bytes beside
+/// [`DISK_MARGIN`].
+fn check_disk(dir: &Path, need: u64) -> Result<(), SpillError> {
     let io = |source| SpillError::Io {
         dir: dir.to_path_buf(),
         source,
@@ -142,13 +152,22 @@ fn open_unnamed(dir: &Path, need: u64) -> Result<File, SpillError> {
             need,
         });
     }
+    Ok(())
+}
+
+/// Checks that `dir` is on a disk with room for `need` bytes and opens an unnamed file there.
+fn open_unnamed(dir: &Path, need: u64) -> Result<File, SpillError> {
+    check_disk(dir, need)?;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_TMPFILE)
         .open(dir)
-        .map_err(io)
+        .map_err(|source| SpillError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// An unnamed file on a disk that whole pages of memory move into.
@@ -196,6 +215,32 @@ impl Spiller {
     /// Bytes moved so far.
     pub fn moved(&self) -> u64 {
         self.offset
+    }
+
+    /// Bytes of the moved pages in memory now: the pages a limit may reclaim (and the
+    /// kernel read back when they are used). `mincore` of a shared file mapping says
+    /// whether each page is in the page cache.
+    pub fn resident(&self) -> u64 {
+        self.moved
+            .iter()
+            .map(|&(s, e)| ((e - s) as u64).saturating_sub(crate::io::unwritten_bytes(s, e - s)))
+            .sum()
+    }
+
+    /// Lets it move `more` bytes from now on (where it could move fewer), if the disk has
+    /// room for them; else, or after an earlier failure, why not (it moves nothing more).
+    pub fn allow(&mut self, more: u64) -> Result<(), &SpillError> {
+        if self.failed.is_none() {
+            let unused = self.quota.saturating_sub(self.offset);
+            match check_disk(&self.dir, more.saturating_sub(unused)) {
+                Ok(()) => self.quota = self.offset.saturating_add(unused.max(more)),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+        match &self.failed {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Why moving stopped, if it did.
@@ -499,7 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn a_limited_spiller_moves_whole_pages_up_to_its_quota_and_no_more() {
+    fn a_limited_spiller_moves_whole_pages_up_to_its_quota_and_more_only_when_allowed() {
         let page = crate::io::page_size();
         let len = 64 * page;
         let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
@@ -523,6 +568,26 @@ mod tests {
         assert_eq!(rss_kinds(base + 9 * page).0, 0, "page 9 moved");
         let (anon, _) = rss_kinds(base + 10 * page);
         assert!(anon > 0, "page 10 stays anonymous");
+        assert_eq!(crate::io::hash::xxh3_64(&buf), want, "same bytes");
+        // Just written, the moved pages are in the page cache: the limit may reclaim them.
+        assert_eq!(s.resident(), s.moved());
+        // Allowed three more pages later (a batch that would not fit): three more move.
+        s.allow(3 * page as u64).unwrap();
+        // SAFETY: as above.
+        unsafe { s.take_rest(&[(base, len)]) };
+        assert_eq!(s.moved() as usize, 13 * page);
+        assert_eq!(rss_kinds(base + 12 * page).0, 0, "page 12 moved");
+        assert!(rss_kinds(base + 13 * page).0 > 0, "page 13 stays anonymous");
+        // More than the disk holds: refused, said, and nothing more moves.
+        assert!(matches!(
+            s.allow(u64::MAX / 4),
+            Err(SpillError::NoRoom { .. })
+        ));
+        assert!(matches!(s.failure(), Some(SpillError::NoRoom { .. })));
+        assert!(s.allow(page as u64).is_err());
+        // SAFETY: as above.
+        unsafe { s.take_rest(&[(base, len)]) };
+        assert_eq!(s.moved() as usize, 13 * page);
         assert_eq!(crate::io::hash::xxh3_64(&buf), want, "same bytes");
         drop(s);
         drop(buf);
