@@ -1,14 +1,15 @@
 //! What the built libraries export: libdcgguf.so only its `dcgguf_*` C API (a program that
 //! links it keeps its own `fread` and llama.cpp), libdcgguf.a defines neither `fread` nor any
-//! `llama_*` function, and libdcgguf_preload.so exports the twelve `LD_PRELOAD` interposers.
+//! `llama_*` or `ggml_*` function, and libdcgguf_preload.so exports the thirteen `LD_PRELOAD`
+//! interposers.
 
 mod llama_support;
 
 use std::path::Path;
 use std::process::Command;
 
-/// The twelve symbols libdcgguf_preload.so interposes.
-const INTERPOSERS: [&str; 12] = [
+/// The thirteen symbols libdcgguf_preload.so interposes.
+const INTERPOSERS: [&str; 13] = [
     "fread",
     "fseek",
     "fseeko",
@@ -21,6 +22,7 @@ const INTERPOSERS: [&str; 12] = [
     "llama_new_context_with_model",
     "llama_free",
     "llama_model_free",
+    "ggml_backend_tensor_set",
 ];
 
 /// (type letter, name) of each defined symbol `nm args lib` lists. nm comes with binutils,
@@ -97,7 +99,8 @@ fn libdcgguf_a_defines_no_libc_or_llama_symbol() {
         .filter(|(t, n)| {
             is_global(*t)
                 && (["fread", "fseek", "fseeko", "posix_memalign"].contains(&n.as_str())
-                    || n.starts_with("llama_"))
+                    || n.starts_with("llama_")
+                    || n.starts_with("ggml_"))
         })
         .map(|(t, n)| format!("{t} {n}"))
         .collect();
@@ -171,6 +174,7 @@ fn libdcgguf_preload_so_keeps_the_per_compute_code_in_a_few_pages() {
         "fread",
         "fseek",
         "fseeko",
+        "ggml_backend_tensor_set",
     ] {
         let at = text
             .lines()

@@ -710,6 +710,19 @@ fn perplexity_in_cgroup(
     cap: Option<u64>,
     tag: &str,
 ) -> (std::process::Output, cgroup::Usage) {
+    perplexity_in_cgroup_with(l, parent, model, dc, cap, tag, &[])
+}
+
+/// [`perplexity_in_cgroup`] with `extra` arguments for llama-perplexity.
+fn perplexity_in_cgroup_with(
+    l: &Llama,
+    parent: &cgroup::Parent,
+    model: &Path,
+    dc: bool,
+    cap: Option<u64>,
+    tag: &str,
+    extra: &[&str],
+) -> (std::process::Output, cgroup::Usage) {
     let mut c = tool(l, "llama-perplexity", None);
     c.env("LD_PRELOAD", preload(l, dc))
         .env_remove("LD_LIBRARY_PATH");
@@ -717,8 +730,94 @@ fn perplexity_in_cgroup(
         .arg(model)
         .arg("-f")
         .arg(eval_sentences_file())
-        .args(["-c", "256", "-b", "256", "-t", "2"]);
+        .args(["-c", "256", "-b", "256", "-t", "2"])
+        .args(extra);
     run_in_cgroup(c, parent, cap, tag)
+}
+
+/// llama-perplexity's final estimate in `o`'s log.
+fn perplexity_score(o: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.split_once("Final estimate: ").map(|(_, s)| s.to_string()))
+        .unwrap_or_else(|| panic!("no final estimate:\n{stderr}"))
+}
+
+/// SmolLM2 requantized to Q4_0 by llama-quantize: a type llama.cpp repacks on AVX2 (into
+/// interleaved blocks in a `CPU_REPACK` buffer), unlike the Q4_1 original.
+fn smollm2_q4_0(l: &Llama, q4_1: &Path) -> PathBuf {
+    let out = tmp_dir().join("SmolLM2-135M-Instruct.Q4_0.gguf");
+    if !out.exists() {
+        let part = out.with_extension("part");
+        let o = run(Command::new(l.bin("llama-quantize"))
+            .arg("--allow-requantize")
+            .arg(q4_1)
+            .arg(&part)
+            .arg("Q4_0"));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::rename(&part, &out).unwrap();
+    }
+    out
+}
+
+/// Weights that llama.cpp repacks are not in its plain CPU buffer, where a budget finds what
+/// it streams: under 63% of plain mmap's peak (150 of 238 MiB) the default's switch found
+/// nothing to stream and the run was OOM-killed where plain mmap finished (session 29,
+/// SmolLM2 in Q4_0 on AVX2). Its weights move to a file instead, repacked, at the batch.
+/// Under 46% (110 MiB, where plain mmap was killed too) the load moves them, repacked too
+/// (session 28 turned repacking off for that: another score than plain llama.cpp's). Both
+/// score the text exactly as plain llama.cpp does uncapped, which `--no-repack` does not.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and SmolLM2 (scripts/fetch-models.sh)"
+)]
+fn repacked_weights_move_to_a_file_and_score_as_plain_llama_cpp() {
+    let t = "repacked_weights_move_to_a_file_and_score_as_plain_llama_cpp";
+    let l = require_llama(t);
+    let m = smollm2_q4_0(&l, &require_smollm2(t));
+    let parent = own_memory_cgroup(t);
+    let dc = dc_of(&m);
+    let chunks = ["--chunks", "3"];
+    let ppl = |model: &Path, dc: bool, cap: Option<u64>, tag: &str, extra: &[&str]| {
+        let args: Vec<&str> = chunks.iter().chain(extra).copied().collect();
+        perplexity_in_cgroup_with(&l, &parent, model, dc, cap, tag, &args)
+    };
+    let (free, free_use) = ppl(&m, false, None, "q4_0-plain", &[]);
+    assert!(
+        free.status.success(),
+        "{}",
+        String::from_utf8_lossy(&free.stderr)
+    );
+    let want = perplexity_score(&free);
+    let (unpacked, _) = ppl(&m, false, None, "q4_0-no-repack", &["--no-repack"]);
+    assert_ne!(
+        perplexity_score(&unpacked),
+        want,
+        "the premise: repacking changes the score on this machine (AVX2)"
+    );
+    let peak = free_use.peak.expect("the cgroup reports its peak");
+    let cap = peak / 100 * 63;
+    let (plain, plain_use) = ppl(&m, false, Some(cap), "q4_0-cap", &[]);
+    assert!(
+        plain.status.success() && plain_use.oom_kills == 0,
+        "the premise: plain mmap finishes under {} MiB:\n{}",
+        cap / MIB,
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let (ours, ours_use) = ppl(&dc, true, Some(cap), "q4_0-batch", &[]);
+    finished_saying(
+        &ours,
+        &ours_use,
+        cap,
+        "no budget can stream this model's weights",
+    );
+    assert_eq!(perplexity_score(&ours), want);
+    let cap = peak / 100 * 46;
+    let (ours, ours_use) = ppl(&dc, true, Some(cap), "q4_0-load", &[]);
+    finished_saying(&ours, &ours_use, cap, "of decoded weights moved to a file");
+    assert_eq!(perplexity_score(&ours), want);
 }
 
 /// The context llama-perplexity creates for SmolLM2 reserves a 49 MiB compute buffer, which
@@ -769,13 +868,7 @@ fn perplexity_under_a_share_of_plain_peak(t: &str, percent: u64, decision: &str)
     let m = require_smollm2(t);
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
-    let score = |o: &std::process::Output| {
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        stderr
-            .lines()
-            .find_map(|l| l.split_once("Final estimate: ").map(|(_, s)| s.to_string()))
-            .unwrap_or_else(|| panic!("no final estimate:\n{stderr}"))
-    };
+    let score = perplexity_score;
     let (free, free_use) = perplexity_in_cgroup(
         &l,
         &parent,

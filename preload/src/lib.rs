@@ -2,7 +2,7 @@
 //!
 //!     LD_PRELOAD=libdcgguf_preload.so llama-completion -m model.dc.gguf ...
 //!
-//! It exports twelve symbols that shadow the C library's and llama.cpp's own, which is why they
+//! It exports thirteen symbols that shadow the C library's and llama.cpp's own, which is why they
 //! live here and not in libdcgguf.so (a program that links libdcgguf to read DC files keeps
 //! its own `fread`):
 //!
@@ -16,6 +16,8 @@
 //!   computed, a buffer of 1 MiB or more that ggml allocates for it is first checked to fit
 //!   next to the weights of a model the default loaded without a budget, which switches to
 //!   a budget if not (an output buffer of 241 MiB is cleared as soon as it is allocated);
+//! - `ggml_backend_tensor_set`: a load that moves its decoded weights to a file (too little
+//!   memory for them) moves a repacked tensor's memory once ggml has converted it;
 //! - `fread`: reads on dcgguf's own streams go straight into the caller's memory (and tell a
 //!   memory budget where each tensor lives); every other stream goes to the C library;
 //! - `fseeko`, `fseek`: seeks on dcgguf's own streams move without glibc's buffer refill
@@ -55,6 +57,7 @@ extern "C" fn register() {
         encode: llama_encode as *const () as usize,
         process: llama_process as *const () as usize,
         posix_memalign: posix_memalign as *const () as usize,
+        tensor_set: ggml_backend_tensor_set as *const () as usize,
     });
 }
 
@@ -171,6 +174,24 @@ pub unsafe extern "C" fn posix_memalign(
     shed::before_allocation(size);
     // SAFETY: the caller's arguments, passed through under posix_memalign's own contract.
     unsafe { hooks::posix_memalign_or_real(out, align, size, ours) }
+}
+
+/// Interposes ggml's `ggml_backend_tensor_set` (llama.cpp's load hands it a repacked
+/// tensor's bytes).
+///
+/// # Safety
+/// The contract of `ggml_backend_tensor_set`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.hot.dcgguf")]
+pub unsafe extern "C" fn ggml_backend_tensor_set(
+    tensor: *mut sys::ggml_tensor,
+    data: *const c_void,
+    offset: usize,
+    size: usize,
+) {
+    let ours = ggml_backend_tensor_set as *const () as usize;
+    // SAFETY: the caller's arguments, passed through under the function's own contract.
+    unsafe { hooks::tensor_set_or_real(tensor, data, offset, size, ours) }
 }
 
 /// Interposes the C library's `fread`.

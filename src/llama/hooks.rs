@@ -51,6 +51,7 @@ pub struct Interposers {
     pub encode: usize,
     pub process: usize,
     pub posix_memalign: usize,
+    pub tensor_set: usize,
 }
 
 static INTERPOSERS: OnceLock<Interposers> = OnceLock::new();
@@ -131,6 +132,7 @@ static REAL_PROCESS: Real = Real::new();
 static REAL_POSIX_MEMALIGN: Real = Real::new();
 static REAL_FSEEKO: Real = Real::new();
 static REAL_FSEEK: Real = Real::new();
+static REAL_TENSOR_SET: Real = Real::new();
 
 /// The host's `llama_init_from_model` (or, with `deprecated`, `llama_new_context_with_model`),
 /// skipping `ours` (the caller's own export of that name, 0 if none); `Err(name)` when this
@@ -382,5 +384,46 @@ pub unsafe fn fseek_or_real(
             unsafe { *libc::__errno_location() = libc::ENOSYS };
             -1
         }
+    }
+}
+
+pub type TensorSetFn = unsafe extern "C" fn(*mut sys::ggml_tensor, *const c_void, usize, usize);
+
+/// The body of the `ggml_backend_tensor_set` interposer: ggml's function (found skipping
+/// `ours`); then, where a load that moves its weights to a file staged a tensor's bytes in
+/// a buffer of its own (a repacked tensor), the tensor's memory moves instead
+/// ([`crate::llama::budget::spill::staged`]). Elsewhere (each batch sets its inputs) one
+/// thread-local read.
+///
+/// # Safety
+/// The contract of `ggml_backend_tensor_set`: a live tensor, `size` bytes readable at
+/// `data`, `[offset, offset + size)` inside the tensor.
+#[unsafe(link_section = ".text.hot.dcgguf")]
+pub unsafe fn tensor_set_or_real(
+    tensor: *mut sys::ggml_tensor,
+    data: *const c_void,
+    offset: usize,
+    size: usize,
+    ours: usize,
+) {
+    let Some(real) = REAL_TENSOR_SET.get(c"ggml_backend_tensor_set", ours) else {
+        // No ggml in the process, so no tensor: nothing to set.
+        return;
+    };
+    // SAFETY: ggml's ggml_backend_tensor_set (signature TensorSetFn, ggml-backend.h) with
+    // the caller's arguments.
+    unsafe { std::mem::transmute::<usize, TensorSetFn>(real)(tensor, data, offset, size) };
+    if crate::llama::budget::spill::awaits_staging(data as usize) {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: a live tensor (the caller's), just written whole when its memory is
+            // returned: the whole tensor (offset 0, its size), in a CPU buffer that ggml does
+            // not write again, freed by llama.cpp with free() or munmap, touched by no other
+            // thread while the load runs on this one.
+            unsafe {
+                let dest = crate::llama::budget::refit::spillable_memory(tensor)
+                    .filter(|&(_, len)| offset == 0 && len == size);
+                crate::llama::budget::spill::staged(data as usize, dest)
+            }
+        }));
     }
 }

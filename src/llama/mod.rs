@@ -255,9 +255,11 @@ pub fn load_dc(
         crate::log_line!("{}", r.summary());
     }
     if spill.is_some() {
-        // llama.cpp then reads each tensor straight into its CPU weight buffer, the memory
-        // the spill moves (Stream::with_spill).
-        keep_on_cpu(&mut params, "weights moved to a file stay on the CPU");
+        // llama.cpp then reads each tensor into its CPU weight buffer, or into a staging
+        // buffer that a repacked CPU buffer converts from: CPU memory the spill moves
+        // (Stream::with_spill, budget::spill::staged). Repacking stays on: the same
+        // computation, so the same output, as plain llama.cpp's.
+        keep_layers_on_cpu(&mut params, "weights moved to a file stay on the CPU");
     }
     // Compressed bytes leave our RSS as soon as they are decoded; in a budgeted run with
     // compressed bytes "in RAM" they are kept mapped after the load instead.
@@ -284,6 +286,11 @@ pub fn load_dc(
         crate::log_line!("dcgguf: loading; process {}", crate::io::rss_report());
     }
     let model = load_stream(host, stream, path, params);
+    if spill.is_some() {
+        // SAFETY: this thread's load is over: its last read is the loaded model's memory if
+        // it loaded (a staging buffer was taken back by `staged` before it was freed).
+        unsafe { budget::spill::finish_reads(model.is_ok()) };
+    }
     dc.release_mapped_pages();
     finish_uncache(&dc, &params);
     let model = model?;
@@ -341,12 +348,20 @@ pub fn load_dc(
         if let (Some(ranges), Some(decoded), false) = (ranges, spill_decoded, failed)
             && hooks::budget_hooks_active().is_ok()
         {
-            budget::refit::register_spilled(model, dc.clone(), decoded, shared.clone(), ranges);
+            budget::refit::register_spilled(
+                model,
+                dc.clone(),
+                decoded,
+                shared.clone(),
+                ranges,
+                spill_dirs(path),
+            );
         }
     } else if let Some(decoded) = default_none
         && route == user_load::Route::Stream
         && hooks::budget_hooks_active().is_ok()
-        && let Err(e) = budget::refit::register_pending(model, dc, decoded, deferred_lookups)
+        && let Err(e) =
+            budget::refit::register_pending(model, dc, decoded, deferred_lookups, spill_dirs(path))
     {
         // A lookup table the stream skipped is not in the model: it must not compute.
         hooks::model_freed(model, hooks::interposers().model_free);
@@ -358,9 +373,16 @@ pub fn load_dc(
     Ok(model)
 }
 
-/// Loads every weight into llama.cpp's CPU buffer, unrepacked (what a budget and a spill work
-/// on), warning with `why` when the caller asked for layers on a GPU.
+/// Loads every weight into llama.cpp's CPU buffer, unrepacked (what a budget works on),
+/// warning with `why` when the caller asked for layers on a GPU.
 fn keep_on_cpu(params: &mut sys::llama_model_params, why: &str) {
+    keep_layers_on_cpu(params, why);
+    params.use_extra_bufts = false;
+}
+
+/// Loads every layer into CPU memory (repacked where llama.cpp repacks), warning with `why`
+/// when the caller asked for layers on a GPU.
+fn keep_layers_on_cpu(params: &mut sys::llama_model_params, why: &str) {
     if params.n_gpu_layers > 0 {
         // Explicitly asked for (`-ngl N`, also for RPC devices); -1 is llama.cpp's
         // "automatic" default and says nothing.
@@ -370,7 +392,6 @@ fn keep_on_cpu(params: &mut sys::llama_model_params, why: &str) {
         );
     }
     params.n_gpu_layers = 0;
-    params.use_extra_bufts = false;
 }
 
 /// Frees the plane buffers and zstd contexts of the threads that decoded a load (this one and
@@ -420,7 +441,7 @@ fn load_stream(
     Ok(model)
 }
 
-type SharedSpiller = Arc<std::sync::Mutex<budget::spill::Spiller>>;
+use budget::spill::SharedSpiller;
 
 /// Whether a load by `route` without a budget can skip its lookup tables and keep them
 /// compressed ([`budget::refit`]): the stream route reads through the hooks that skip them,

@@ -242,8 +242,10 @@ impl Stream {
     }
 
     /// Move the whole pages of each tensor read into the caller's memory to `spill`'s file
-    /// once read. The caller's memory must be llama.cpp's CPU weight buffer (no repacking, no
-    /// device: then llama.cpp reads each tensor straight into its place). No early decoding
+    /// once read ([`super::budget::spill::after_read`]). The caller's memory must be
+    /// llama.cpp's CPU weight buffer, or a staging buffer for a repacked CPU buffer (no
+    /// device: llama.cpp reads each tensor straight into its place, or stages it and hands
+    /// it to `ggml_backend_tensor_set`, whose interposer moves the tensor). No early decoding
     /// with it ([`Stream::with_early_decode`], whose prefaulting would touch the pages being
     /// moved from another thread).
     pub fn with_spill(mut self, spill: Option<Arc<std::sync::Mutex<Spiller>>>) -> Stream {
@@ -288,12 +290,12 @@ impl Stream {
             e.set_reader_busy(false);
         }
         if let (Ok(n), Some(spill)) = (&result, &self.spill) {
-            let mut spill = spill.lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: `dst` is the caller's memory, just filled: with a spill set, a tensor in
-            // llama.cpp's CPU weight buffer (`with_spill`), which llama.cpp frees with free()
-            // or munmap and which no other thread touches while its reading thread is here
-            // (no early decoding, so no prefaulting).
-            unsafe { spill.take(dst.as_ptr() as usize, *n) };
+            // llama.cpp's CPU weight buffer (`with_spill`) or a staging buffer that llama.cpp
+            // hands to ggml_backend_tensor_set before its next read (then `staged` takes it
+            // back); it frees them with free() or munmap, and no other thread touches them
+            // while its reading thread is here (no early decoding, so no prefaulting).
+            unsafe { super::budget::spill::after_read(spill, dst.as_ptr() as usize, *n) };
         }
         self.request_start = None;
         result

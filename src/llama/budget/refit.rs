@@ -53,6 +53,7 @@
 //! the rest.
 
 use std::ffi::{CString, c_char, c_void};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -80,7 +81,9 @@ pub struct Pending {
     threads: Mutex<usize>,
     /// Loaded with part of its decoded weights moved to a file ([`super::spill`]): a batch
     /// that would not fit moves more of them instead of switching to a budget.
-    spilled: Option<Spilled>,
+    spilled: OnceLock<Spilled>,
+    /// Where its decoded weights may move ([`super::spill::Spiller::open`]).
+    spill_dirs: Vec<PathBuf>,
     /// No more checks: a switch or a move failed (said once), or every weight has moved.
     settled: AtomicBool,
 }
@@ -142,6 +145,7 @@ pub fn register_pending(
     dc: Arc<DcFile>,
     decoded: u64,
     deferred: Option<Arc<Residency>>,
+    spill_dirs: Vec<PathBuf>,
 ) -> Result<(), RefitError> {
     let p = Arc::new(Pending {
         model: model as usize,
@@ -151,7 +155,8 @@ pub fn register_pending(
         res: OnceLock::new(),
         lookups: OnceLock::new(),
         threads: Mutex::new(1),
-        spilled: None,
+        spilled: OnceLock::new(),
+        spill_dirs,
         settled: AtomicBool::new(false),
     });
     let skipped = deferred.is_some();
@@ -183,6 +188,7 @@ pub fn register_spilled(
     decoded: u64,
     spiller: Arc<Mutex<Spiller>>,
     ranges: Vec<(usize, usize)>,
+    spill_dirs: Vec<PathBuf>,
 ) {
     let movable = super::spill::movable_bytes(&ranges);
     // Everything moved at the load already: nothing more to check.
@@ -195,11 +201,12 @@ pub fn register_spilled(
         res: OnceLock::new(),
         lookups: OnceLock::new(),
         threads: Mutex::new(1),
-        spilled: Some(Spilled {
+        spilled: OnceLock::from(Spilled {
             spiller,
             ranges,
             movable,
         }),
+        spill_dirs,
         settled: AtomicBool::new(all_moved),
     }));
 }
@@ -277,16 +284,37 @@ unsafe fn keep_lookups_compressed(
     Ok(Some(res))
 }
 
-/// The address and length of each of `dc`'s tensors that `model` holds in a plain CPU
-/// buffer (the decoded bytes as llama.cpp read them).
+/// The address and length of each of `dc`'s tensors that `model` holds in CPU memory that
+/// ggml does not write after the load: a plain CPU buffer (the decoded bytes as llama.cpp
+/// read them) or a repacked one (converted from them). What a spill may move.
 pub fn loaded_ranges(
     model: *const sys::llama_model,
     dc: &DcFile,
 ) -> Result<Vec<(usize, usize)>, RefitError> {
+    movable_ranges(model, dc, |_| false)
+}
+
+/// [`loaded_ranges`] but for the tensors `skip` names (by index in `dc`).
+fn movable_ranges(
+    model: *const sys::llama_model,
+    dc: &DcFile,
+    skip: impl Fn(usize) -> bool,
+) -> Result<Vec<(usize, usize)>, RefitError> {
     let api = api()?;
     Ok((0..dc.tensor_count())
-        .filter_map(|i| api.tensor_memory(model, &dc.tensor_view(i).name))
+        .filter(|&i| !skip(i))
+        .filter_map(|i| api.cpu_tensor_memory(model, &dc.tensor_view(i).name, true))
         .collect())
+}
+
+/// The memory of `tensor` when it lies in a plain or repacked CPU buffer, for a spill that
+/// moves what `ggml_backend_tensor_set` just wrote there ([`super::spill::staged`]).
+///
+/// # Safety
+/// `tensor` is null or a live ggml tensor.
+pub unsafe fn spillable_memory(tensor: *const sys::ggml_tensor) -> Option<(usize, usize)> {
+    // SAFETY: forwarded from the caller.
+    unsafe { api().ok()?.cpu_memory(tensor, true) }
 }
 
 /// Forgets a model about to be freed.
@@ -309,7 +337,12 @@ pub fn forget_model(model: *mut sys::llama_model) {
 pub fn watch_for(model: *const sys::llama_model, threads: usize) -> Option<Arc<Watch>> {
     let pending = pending()
         .iter()
-        .find(|p| p.model == model as usize && p.res.get().is_none() && p.spilled.is_none())
+        // A model whose weights moved to a file needs no callback, but for its lookup tables.
+        .find(|p| {
+            p.model == model as usize
+                && p.res.get().is_none()
+                && (p.spilled.get().is_none() || p.lookups.get().is_some())
+        })
         .cloned()?;
     {
         let mut t = pending.threads.lock().unwrap_or_else(|e| e.into_inner());
@@ -409,11 +442,11 @@ impl Pending {
         let unwritten =
             hooks::current_batch().map_or(0, |(ctx, _)| unwritten_reserved(ctx as usize).min(size));
         let work = limit::work_buffer(batch_tokens(), self.widest_row).saturating_add(unwritten);
-        if let Some(spilled) = &self.spilled {
+        if let Some(spilled) = self.spilled.get() {
             self.move_more(spilled, size, work, h);
             return;
         }
-        let choice = limit::choose_at_context(self.decoded, size, work, h);
+        let choice = limit::choose_at_context(self.decoded, size, work, h.clone());
         let ContextChoice::Budget { settings, .. } = choice else {
             if crate::llama::verbose() {
                 crate::log_line!("{}", choice.describe(self.decoded, size));
@@ -436,11 +469,48 @@ impl Pending {
             Ok(res) => {
                 let _ = self.res.set(res);
             }
-            Err(e) => {
-                crate::log_line!("dcgguf: warning: {e}; the model stays without a budget");
-                self.settled.store(true, Ordering::Relaxed);
-            }
+            // Where the budget finds nothing to stream in llama.cpp's plain CPU buffer (its
+            // weights repacked: Q4_0 and Q4_K on AVX2), what it would stream moves to a file,
+            // repacked, as at a load that lacked memory: SmolLM2 requantized to Q4_0 under
+            // llama-perplexity and a 150 MiB cap was killed here where plain mmap finished.
+            Err(e) => match self.spill_instead(size, work, h) {
+                Ok(()) => {}
+                Err(why) => {
+                    crate::log_line!(
+                        "dcgguf: warning: {e}, and the weights cannot move to a file ({why}); \
+                         the model stays without a budget"
+                    );
+                    self.settled.store(true, Ordering::Relaxed);
+                }
+            },
         }
+    }
+
+    /// After a failed switch: moves the weights (but the lookup tables kept compressed) to
+    /// a file as far as `buffer` needs ([`Pending::move_more`]).
+    fn spill_instead(
+        &self,
+        buffer: u64,
+        work: u64,
+        headroom: limit::Headroom,
+    ) -> Result<(), RefitError> {
+        let lookups = self.lookups.get().map(|r| r.plan.streamed.clone());
+        let ranges = movable_ranges(self.model as *const sys::llama_model, &self.dc, |i| {
+            lookups.as_ref().is_some_and(|s| s.get(i) == Some(&true))
+        })?;
+        let spiller = Spiller::open(0, &self.spill_dirs).map_err(RefitError::Spill)?;
+        crate::log_line!(
+            "dcgguf: memory: no budget can stream this model's weights; moving them to an \
+             unnamed file in {} instead, as far as the batch needs",
+            spiller.dir().display()
+        );
+        let spilled = self.spilled.get_or_init(|| Spilled {
+            movable: super::spill::movable_bytes(&ranges),
+            spiller: Arc::new(Mutex::new(spiller)),
+            ranges,
+        });
+        self.move_more(spilled, buffer, work, headroom);
+        Ok(())
     }
 }
 
@@ -550,6 +620,8 @@ pub enum RefitError {
     TensorMissing(String),
     #[error(transparent)]
     Decode(#[from] crate::dc::DcError),
+    #[error(transparent)]
+    Spill(super::spill::SpillError),
 }
 
 /// Switches `p`'s model to a budget of `settings`: its streamed tensors' pages are given
@@ -592,6 +664,12 @@ type BufferTypeFn = unsafe extern "C" fn(sys::ggml_backend_buffer_t) -> *mut c_v
 type CpuBufferTypeFn = unsafe extern "C" fn() -> *mut c_void;
 type NbytesFn = unsafe extern "C" fn(*const sys::ggml_tensor) -> usize;
 type TensorSetFn = unsafe extern "C" fn(*mut sys::ggml_tensor, *const c_void, usize, usize);
+type BuftNameFn = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+
+/// The name of ggml-cpu's repacking buffer type (ggml/src/ggml-cpu/repack.cpp at the pinned
+/// commit): CPU memory from the plain CPU buffer type, written once by the conversion in its
+/// `set_tensor`.
+const REPACKED_CPU: &std::ffi::CStr = c"CPU_REPACK";
 
 /// The host functions that find a loaded tensor's memory.
 struct Api {
@@ -600,6 +678,7 @@ struct Api {
     cpu_buffer_type: CpuBufferTypeFn,
     nbytes: NbytesFn,
     tensor_set: TensorSetFn,
+    buft_name: BuftNameFn,
 }
 
 fn api() -> Result<Api, RefitError> {
@@ -611,6 +690,7 @@ fn api() -> Result<Api, RefitError> {
     let cpu_buffer_type = need(c"ggml_backend_cpu_buffer_type")?;
     let nbytes = need(c"ggml_nbytes")?;
     let tensor_set = need(c"ggml_backend_tensor_set")?;
+    let buft_name = need(c"ggml_backend_buft_name")?;
     // SAFETY: each address is the named function of the host's llama.cpp/ggml, whose
     // signature at the pinned commit is the type it is transmuted to (ggml-backend.h,
     // ggml-cpu.h, ggml.h; llama_model::get_tensor is a non-virtual const member function,
@@ -622,6 +702,7 @@ fn api() -> Result<Api, RefitError> {
             cpu_buffer_type: std::mem::transmute::<usize, CpuBufferTypeFn>(cpu_buffer_type),
             nbytes: std::mem::transmute::<usize, NbytesFn>(nbytes),
             tensor_set: std::mem::transmute::<usize, TensorSetFn>(tensor_set),
+            buft_name: std::mem::transmute::<usize, BuftNameFn>(buft_name),
         })
     }
 }
@@ -674,22 +755,57 @@ impl Api {
     /// The address and length of tensor `name`'s bytes when they lie in a plain CPU buffer
     /// (the file's bytes as they are: not repacked, not on a device), else `None`.
     fn tensor_memory(&self, model: *const sys::llama_model, name: &str) -> Option<(usize, usize)> {
+        self.cpu_tensor_memory(model, name, false)
+    }
+
+    /// [`Api::tensor_memory`], or also, with `repacked`, in a repacked CPU buffer
+    /// ([`Api::cpu_memory`]).
+    fn cpu_tensor_memory(
+        &self,
+        model: *const sys::llama_model,
+        name: &str,
+        repacked: bool,
+    ) -> Option<(usize, usize)> {
         let name = CString::new(name).ok()?;
         // SAFETY: a live model (the caller's, not freed while contexts are created for it)
         // and a C string; get_tensor only looks the name up.
         let t = unsafe { (self.get_tensor)(model, name.as_ptr()) };
+        // SAFETY: a tensor of the live model, or null.
+        unsafe { self.cpu_memory(t, repacked) }
+    }
+
+    /// The address and length of `t`'s own bytes (not a view) when they lie in a plain CPU
+    /// buffer, or also, with `repacked`, in llama.cpp's repacked CPU buffer (CPU memory
+    /// holding the bytes converted for faster kernels).
+    ///
+    /// # Safety
+    /// `t` is null or a live ggml tensor.
+    unsafe fn cpu_memory(
+        &self,
+        t: *const sys::ggml_tensor,
+        repacked: bool,
+    ) -> Option<(usize, usize)> {
         if t.is_null() {
             return None;
         }
-        // SAFETY: a tensor of the live model.
+        // SAFETY: a live tensor (the caller's).
         let (buffer, data, view) = unsafe { ((*t).buffer, (*t).data, (*t).view_src) };
         if buffer.is_null() || data.is_null() || !view.is_null() {
             return None;
         }
-        // SAFETY: a live buffer of the model; the CPU buffer type is a static object.
-        let plain_cpu = unsafe { (self.buffer_type)(buffer) == (self.cpu_buffer_type)() };
+        // SAFETY: a live buffer of the tensor; the CPU buffer type is a static object.
+        let buft = unsafe { (self.buffer_type)(buffer) };
+        // SAFETY: the CPU buffer type is a static object.
+        let cpu = buft == unsafe { (self.cpu_buffer_type)() };
+        let in_place = cpu
+            || (repacked && {
+                // SAFETY: a live buffer type; its name is a static C string.
+                let name = unsafe { (self.buft_name)(buft) };
+                // SAFETY: ggml returns a NUL-terminated static string (checked not null).
+                !name.is_null() && unsafe { std::ffi::CStr::from_ptr(name) } == REPACKED_CPU
+            });
         // SAFETY: a live tensor.
         let len = unsafe { (self.nbytes)(t) };
-        plain_cpu.then_some((data as usize, len))
+        in_place.then_some((data as usize, len))
     }
 }

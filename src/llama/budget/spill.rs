@@ -378,6 +378,84 @@ impl Spiller {
     }
 }
 
+thread_local! {
+    /// The load's last read into the caller's memory that has not moved yet, with the
+    /// spiller it moves to: it moves at the next read ([`after_read`]) or at the end of the
+    /// load ([`finish_reads`]), unless llama.cpp hands it to `ggml_backend_tensor_set` first
+    /// ([`staged`]): then it was a staging buffer and the tensor's memory moves instead.
+    static UNMOVED_READ: std::cell::RefCell<Option<(SharedSpiller, usize, usize)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A spiller shared by a load's stream and, after the load, the batch-time check.
+pub type SharedSpiller = std::sync::Arc<std::sync::Mutex<Spiller>>;
+
+fn lock(s: &SharedSpiller) -> std::sync::MutexGuard<'_, Spiller> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// After llama.cpp's load read `len` bytes into its memory at `at`: the previous read's
+/// pages move to `spiller`'s file now, and these wait for the next read. llama.cpp reads a
+/// tensor straight into its place when its buffer is plain host memory, and into a staging
+/// buffer it then passes to `ggml_backend_tensor_set` otherwise (a repacked tensor: the
+/// buffer converts the bytes into the tensor's own memory); one read later, [`staged`]
+/// has told which.
+///
+/// # Safety
+/// The previous read's range is still as [`Spiller::take`] requires, unless [`staged`] took
+/// it back: llama.cpp's weight memory, filled and not freed (the load goes on), touched by
+/// no other thread.
+pub unsafe fn after_read(spiller: &SharedSpiller, at: usize, len: usize) {
+    let previous = UNMOVED_READ.with(|r| r.replace(Some((spiller.clone(), at, len))));
+    if let Some((s, at, len)) = previous {
+        // SAFETY: forwarded from the caller.
+        unsafe { lock(&s).take(at, len) };
+    }
+}
+
+/// Whether `data` is the load's read still waiting to move ([`after_read`]): what
+/// `ggml_backend_tensor_set` is given is then a staging buffer. Cheap: it is asked at
+/// every `ggml_backend_tensor_set` of the process (each batch sets its inputs).
+#[unsafe(link_section = ".text.hot.dcgguf")]
+pub fn awaits_staging(data: usize) -> bool {
+    UNMOVED_READ.with(|r| matches!(&*r.borrow(), Some((_, at, _)) if *at == data))
+}
+
+/// `ggml_backend_tensor_set` has just copied (or converted) the waiting read at `data` into
+/// a tensor, whose memory is `dest` when it is plain host memory that ggml will not write
+/// again (a CPU or repacked CPU buffer): that memory moves instead of the staging buffer,
+/// which is forgotten (llama.cpp frees it next). `None`: nothing moves.
+///
+/// # Safety
+/// `dest` is as [`Spiller::take`] requires.
+pub unsafe fn staged(data: usize, dest: Option<(usize, usize)>) {
+    let waiting = UNMOVED_READ.with(|r| {
+        let mut r = r.borrow_mut();
+        match &*r {
+            Some((_, at, _)) if *at == data => r.take(),
+            _ => None,
+        }
+    });
+    if let (Some((s, _, _)), Some((at, len))) = (waiting, dest) {
+        // SAFETY: forwarded from the caller.
+        unsafe { lock(&s).take(at, len) };
+    }
+}
+
+/// At the end of a load on this thread: its last read moves if `loaded` (the model holds
+/// it), else it is forgotten (llama.cpp freed its memory with the failed load).
+///
+/// # Safety
+/// When `loaded`, the last read's range is as [`Spiller::take`] requires.
+pub unsafe fn finish_reads(loaded: bool) {
+    if let Some((s, at, len)) = UNMOVED_READ.with(|r| r.borrow_mut().take())
+        && loaded
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe { lock(&s).take(at, len) };
+    }
+}
+
 /// Moves the whole pages of `ranges` (address, length) into an unnamed file in `dir`, mapped
 /// shared over the same addresses.
 ///
