@@ -32,7 +32,9 @@
 //! ([`super::spill`]: neither the model nor a budget fit) is checked the same way, but
 //! moves more of its weights to the file where a batch's buffers would not fit
 //! ([`register_spilled`]): twice what is lacking, counting the moved pages still in memory
-//! as room (the limit reclaims them first), as the load did for what it lacked.
+//! as room (the limit reclaims them first), as the load did for what it lacked. A pending
+//! model whose switch finds nothing to stream (weights llama.cpp repacked are not in its
+//! plain CPU buffer) moves its weights to a file the same way ([`Pending::spill_instead`]).
 //!
 //! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
 //! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the

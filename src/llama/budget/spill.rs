@@ -21,6 +21,16 @@
 //! Measured (SmolLM2 Q4_1, 92.1 MiB, under a 127 MiB cap): all of it moved; llama.cpp's load
 //! took 2.9 s, against 1.2-1.5 s uncapped without moving (and with early decoding).
 //!
+//! llama.cpp reads a tensor it repacks (Q4_0, Q4_K on AVX2: interleaved blocks for faster
+//! kernels) into a staging buffer and hands that to `ggml_backend_tensor_set`, which converts
+//! it into the tensor's memory in a `CPU_REPACK` buffer: a read therefore moves one read later
+//! ([`after_read`]), and a read that was staged moves the tensor's converted memory instead
+//! ([`staged`], from the preload's interposer). Repacking stays on, and the output is plain
+//! llama.cpp's (sessions 19-28 turned it off: another score, another text).
+//!
+//! After the load, a batch whose buffers would not fit moves more ([`super::refit`]), and so
+//! does a model loaded without a budget whose switch to one finds nothing to stream.
+//!
 //! Trust: the bytes were checked (each chunk's checksum) when decoded; read back from the
 //! temporary file they are the same trust as plain llama.cpp's GGUF read back from its disk.
 
@@ -406,7 +416,11 @@ fn lock(s: &SharedSpiller) -> std::sync::MutexGuard<'_, Spiller> {
 /// it back: llama.cpp's weight memory, filled and not freed (the load goes on), touched by
 /// no other thread.
 pub unsafe fn after_read(spiller: &SharedSpiller, at: usize, len: usize) {
+    READS_WAITING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let previous = UNMOVED_READ.with(|r| r.replace(Some((spiller.clone(), at, len))));
+    if previous.is_some() {
+        READS_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some((s, at, len)) = previous {
         // SAFETY: forwarded from the caller.
         unsafe { lock(&s).take(at, len) };
@@ -417,9 +431,16 @@ pub unsafe fn after_read(spiller: &SharedSpiller, at: usize, len: usize) {
 /// `ggml_backend_tensor_set` is given is then a staging buffer. Cheap: it is asked at
 /// every `ggml_backend_tensor_set` of the process (each batch sets its inputs).
 #[unsafe(link_section = ".text.hot.dcgguf")]
+#[inline]
 pub fn awaits_staging(data: usize) -> bool {
-    UNMOVED_READ.with(|r| matches!(&*r.borrow(), Some((_, at, _)) if *at == data))
+    // One relaxed load where no load moves weights: the thread-local's code (and its first
+    // use's registration) stays off the per-batch path.
+    READS_WAITING.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && UNMOVED_READ.with(|r| matches!(&*r.borrow(), Some((_, at, _)) if *at == data))
 }
+
+/// Reads waiting to move ([`UNMOVED_READ`]), over all threads.
+static READS_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `ggml_backend_tensor_set` has just copied (or converted) the waiting read at `data` into
 /// a tensor, whose memory is `dest` when it is plain host memory that ggml will not write
@@ -436,6 +457,9 @@ pub unsafe fn staged(data: usize, dest: Option<(usize, usize)>) {
             _ => None,
         }
     });
+    if waiting.is_some() {
+        READS_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if let (Some((s, _, _)), Some((at, len))) = (waiting, dest) {
         // SAFETY: forwarded from the caller.
         unsafe { lock(&s).take(at, len) };
@@ -448,7 +472,11 @@ pub unsafe fn staged(data: usize, dest: Option<(usize, usize)>) {
 /// # Safety
 /// When `loaded`, the last read's range is as [`Spiller::take`] requires.
 pub unsafe fn finish_reads(loaded: bool) {
-    if let Some((s, at, len)) = UNMOVED_READ.with(|r| r.borrow_mut().take())
+    let last = UNMOVED_READ.with(|r| r.borrow_mut().take());
+    if last.is_some() {
+        READS_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some((s, at, len)) = last
         && loaded
     {
         // SAFETY: forwarded from the caller.
