@@ -393,7 +393,7 @@ pub type TensorSetFn = unsafe extern "C" fn(*mut sys::ggml_tensor, *const c_void
 /// `ours`); then, where a load that moves its weights to a file staged a tensor's bytes in
 /// a buffer of its own (a repacked tensor), the tensor's memory moves instead
 /// ([`crate::llama::budget::spill::staged`]). Elsewhere (each batch sets its inputs) one
-/// thread-local read.
+/// atomic read ([`crate::llama::budget::spill::awaits_staging`]).
 ///
 /// # Safety
 /// The contract of `ggml_backend_tensor_set`: a live tensor, `size` bytes readable at

@@ -149,18 +149,7 @@ pub fn register_pending(
     deferred: Option<Arc<Residency>>,
     spill_dirs: Vec<PathBuf>,
 ) -> Result<(), RefitError> {
-    let p = Arc::new(Pending {
-        model: model as usize,
-        widest_row: widest_row(&dc),
-        dc,
-        decoded,
-        res: OnceLock::new(),
-        lookups: OnceLock::new(),
-        threads: Mutex::new(1),
-        spilled: OnceLock::new(),
-        spill_dirs,
-        settled: AtomicBool::new(false),
-    });
+    let p = Arc::new(Pending::new(model, dc, decoded, spill_dirs));
     let skipped = deferred.is_some();
     // SAFETY: the model has just been loaded: no context of it exists, so no graph of it
     // computes, and every context created from now on runs the residency's callback
@@ -193,24 +182,39 @@ pub fn register_spilled(
     spill_dirs: Vec<PathBuf>,
 ) {
     let movable = super::spill::movable_bytes(&ranges);
+    let p = Pending::new(model, dc, decoded, spill_dirs);
     // Everything moved at the load already: nothing more to check.
     let all_moved = spiller.lock().unwrap_or_else(|e| e.into_inner()).moved() >= movable;
-    pending().push(Arc::new(Pending {
-        model: model as usize,
-        widest_row: widest_row(&dc),
-        dc,
-        decoded,
-        res: OnceLock::new(),
-        lookups: OnceLock::new(),
-        threads: Mutex::new(1),
-        spilled: OnceLock::from(Spilled {
-            spiller,
-            ranges,
-            movable,
-        }),
-        spill_dirs,
-        settled: AtomicBool::new(all_moved),
-    }));
+    p.settled.store(all_moved, Ordering::Relaxed);
+    let _ = p.spilled.set(Spilled {
+        spiller,
+        ranges,
+        movable,
+    });
+    pending().push(Arc::new(p));
+}
+
+impl Pending {
+    /// `model`, loaded from `dc` without a budget: nothing switched, moved or settled yet.
+    fn new(
+        model: *mut sys::llama_model,
+        dc: Arc<DcFile>,
+        decoded: u64,
+        spill_dirs: Vec<PathBuf>,
+    ) -> Pending {
+        Pending {
+            model: model as usize,
+            widest_row: widest_row(&dc),
+            dc,
+            decoded,
+            res: OnceLock::new(),
+            lookups: OnceLock::new(),
+            threads: Mutex::new(1),
+            spilled: OnceLock::new(),
+            spill_dirs,
+            settled: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Whether the buffers a context of `model` reserves at its creation are noted for its
