@@ -813,6 +813,11 @@ fn repacked_weights_move_to_a_file_and_score_as_plain_llama_cpp() {
         cap,
         "no budget can stream this model's weights",
     );
+    let log = String::from_utf8_lossy(&ours.stderr);
+    assert!(
+        !log.contains("switching to the smallest budget"),
+        "the log claims a switch that did not happen:\n{log}"
+    );
     assert_eq!(perplexity_score(&ours), want);
     let cap = peak / 100 * 46;
     let (ours, ours_use) = ppl(&dc, true, Some(cap), "q4_0-load", &[]);

@@ -546,12 +546,35 @@ impl ContextChoice {
     /// The log line that says what was chosen and why, for a model of `decoded_weights`
     /// bytes and a buffer of `buffer` bytes.
     pub fn describe(&self, decoded_weights: u64, buffer: u64) -> String {
+        let head = self.situation(decoded_weights, buffer);
+        match self {
+            ContextChoice::Fits { .. } => format!("{head}: it fits, no budget"),
+            ContextChoice::Budget { .. } => format!(
+                "{head}, which would not fit: switching to the smallest budget, streamed \
+                 tensors decoded before each use (set DCGGUF_MEM_BUDGET to choose yourself)"
+            ),
+        }
+    }
+
+    /// The log line for a budget chosen here that could not be switched to (`why`).
+    pub fn describe_failed_switch(
+        &self,
+        decoded_weights: u64,
+        buffer: u64,
+        why: &dyn std::fmt::Display,
+    ) -> String {
+        let head = self.situation(decoded_weights, buffer);
+        format!("{head}, which would not fit, and the smallest budget cannot be used: {why}")
+    }
+
+    /// What a batch needs and what is free: the start of both log lines.
+    fn situation(&self, decoded_weights: u64, buffer: u64) -> String {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let (need, headroom) = match self {
             ContextChoice::Fits { need, headroom }
             | ContextChoice::Budget { need, headroom, .. } => (*need, headroom),
         };
-        let head = format!(
+        format!(
             "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
              computing; {:.0} MiB free under the limit ({}) next to the {:.0} MiB of decoded \
              weights",
@@ -560,14 +583,7 @@ impl ContextChoice {
             mib(headroom.bytes),
             source_name(headroom),
             mib(decoded_weights),
-        );
-        match self {
-            ContextChoice::Fits { .. } => format!("{head}: it fits, no budget"),
-            ContextChoice::Budget { .. } => format!(
-                "{head}, which would not fit: switching to the smallest budget, streamed \
-                 tensors decoded before each use (set DCGGUF_MEM_BUDGET to choose yourself)"
-            ),
-        }
+        )
     }
 }
 
@@ -871,6 +887,12 @@ mod tests {
         assert!(
             c.describe(weights, 241 << 20)
                 .contains("switching to the smallest budget")
+        );
+        let failed = c.describe_failed_switch(weights, 241 << 20, &"nothing to stream");
+        assert!(!failed.contains("switching"), "{failed}");
+        assert!(
+            failed.ends_with("the smallest budget cannot be used: nothing to stream"),
+            "{failed}"
         );
     }
 }

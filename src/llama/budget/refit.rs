@@ -465,7 +465,6 @@ impl Pending {
         if self.res.get().is_some() || self.settled.load(Ordering::Relaxed) {
             return;
         }
-        crate::log_line!("{}", choice.describe(self.decoded, size));
         // SAFETY: no graph node of the model computes: this runs on the thread that called
         // llama_decode/encode/process while ggml allocates a buffer (between graph
         // computations: ggml's CPU ops never call posix_memalign), contexts of one model do
@@ -473,22 +472,23 @@ impl Pending {
         // the model was created with a graph callback that uses `self.res` once set.
         match unsafe { switch(self, settings) } {
             Ok(res) => {
+                crate::log_line!("{}", choice.describe(self.decoded, size));
                 let _ = self.res.set(res);
             }
             // Where the budget finds nothing to stream in llama.cpp's plain CPU buffer (its
             // weights repacked: Q4_0 and Q4_K on AVX2), what it would stream moves to a file,
             // repacked, as at a load that lacked memory: SmolLM2 requantized to Q4_0 under
             // llama-perplexity and a 150 MiB cap was killed here where plain mmap finished.
-            Err(e) => match self.spill_instead(size, work, h) {
-                Ok(()) => {}
-                Err(why) => {
+            Err(e) => {
+                crate::log_line!("{}", choice.describe_failed_switch(self.decoded, size, &e));
+                if let Err(why) = self.spill_instead(size, work, h) {
                     crate::log_line!(
-                        "dcgguf: warning: {e}, and the weights cannot move to a file ({why}); \
+                        "dcgguf: warning: the weights cannot move to a file either ({why}); \
                          the model stays without a budget"
                     );
                     self.settled.store(true, Ordering::Relaxed);
                 }
-            },
+            }
         }
     }
 
@@ -687,9 +687,20 @@ struct Api {
     buft_name: BuftNameFn,
 }
 
-fn api() -> Result<Api, RefitError> {
+/// Resolved once: a load that moves repacked weights looks them up for every tensor it
+/// stages, and the batch-time checks on every checked allocation.
+static API: OnceLock<Result<Api, &'static str>> = OnceLock::new();
+
+fn api() -> Result<&'static Api, RefitError> {
+    API.get_or_init(resolve_api)
+        .as_ref()
+        .map_err(|missing| RefitError::Missing(missing))
+}
+
+/// The host's functions, or the name of the first one missing.
+fn resolve_api() -> Result<Api, &'static str> {
     let need = |name: &'static std::ffi::CStr| {
-        host::real_function(name, 0).ok_or(RefitError::Missing(name.to_str().unwrap_or("?")))
+        host::real_function(name, 0).ok_or(name.to_str().unwrap_or("?"))
     };
     let get_tensor = need(GET_TENSOR)?;
     let buffer_type = need(c"ggml_backend_buffer_get_type")?;
