@@ -23,7 +23,10 @@
 //! Workloads: SmolLM2 Q4_1 (llama-completion, 2 threads, 32 greedy tokens of a fixed prompt;
 //! llama.cpp's own prompt and generation tokens/s), MiniLM BF16 and F16 (llama-embedding of
 //! the evaluation sentences of scripts/eval-sentences.py; embeddings/s = sentences / wall
-//! time, load from a cold page cache included), and with DCGGUF_MEMCAP_LARGE=1 the 1.1 GB
+//! time, load from a cold page cache included), SmolLM2 Q4_1 again under llama-perplexity of
+//! those sentences (`-c 256 -b 256`: each batch writes logits for half its tokens; tokens
+//! evaluated / wall time, load included; the outputs compared are its per-chunk values and
+//! final estimate), and with DCGGUF_MEMCAP_LARGE=1 the 1.1 GB
 //! Qwen2.5-Coder-1.5B Q4_K_M that `DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh` fetches
 //! (as SmolLM2). Outputs are compared with the plain mmap run without a cap.
 //!
@@ -33,7 +36,8 @@
 //! first. Timeout: 5x the setup's own time without a cap, at least 30 s, at most
 //! DCGGUF_MEMCAP_TIMEOUT (default 120 s).
 //!
-//! Other knobs: DCGGUF_MEMCAP_MODELS (comma list of smollm2, minilm-bf16, minilm-f16, large;
+//! Other knobs: DCGGUF_MEMCAP_MODELS (comma list of smollm2, smollm2-ppl, minilm-bf16,
+//! minilm-f16, large;
 //! default all but large), DCGGUF_MEMCAP_RUNS (runs per point, default 1: the median speed,
 //! the highest peak, any failure wins), DCGGUF_MEMCAP_NOISE (allowance of the "never slower"
 //! check, default 0.05), DCGGUF_MEMCAP_SETUPS (comma list of plain-none, default, no-budget,
@@ -329,6 +333,8 @@ enum Metric {
     Prompt,
     Gen,
     Emb,
+    /// llama-perplexity's evaluated tokens over the wall time, load included.
+    Ppl,
 }
 
 impl Metric {
@@ -337,6 +343,7 @@ impl Metric {
             Metric::Prompt => "prompt t/s",
             Metric::Gen => "gen t/s",
             Metric::Emb => "emb/s",
+            Metric::Ppl => "ppl t/s",
         }
     }
 }
@@ -346,6 +353,10 @@ enum Workload {
     Completion,
     /// llama-embedding of `n` sentences in `file`.
     Embedding { file: PathBuf, n: usize },
+    /// llama-perplexity of `file`, 2 threads, `-c 256 -b 256`: a batch of 256 tokens that
+    /// writes logits for the half it scores, unlike llama-completion's one output a batch
+    /// (sessions 28 and 29 found the default killed here, by hand, where plain mmap ran).
+    Perplexity { file: PathBuf },
 }
 
 struct Model {
@@ -362,6 +373,7 @@ impl Model {
         match self.workload {
             Workload::Completion => &[Metric::Prompt, Metric::Gen],
             Workload::Embedding { .. } => &[Metric::Emb],
+            Workload::Perplexity { .. } => &[Metric::Ppl],
         }
     }
 }
@@ -375,6 +387,7 @@ fn command(l: &Llama, m: &Model, s: &Setup) -> Command {
     let tool = match m.workload {
         Workload::Completion => "llama-completion",
         Workload::Embedding { .. } => "llama-embedding",
+        Workload::Perplexity { .. } => "llama-perplexity",
     };
     let mut c = Command::new(l.bin(tool));
     // The tests' log-draining shim always (llama.cpp's asynchronous logger can lose the end
@@ -409,8 +422,41 @@ fn command(l: &Llama, m: &Model, s: &Setup) -> Command {
                 .arg(file)
                 .args(llama_support::EMBEDDING_ARRAY_ARGS);
         }
+        Workload::Perplexity { file } => {
+            c.arg("-f")
+                .arg(file)
+                .args(["-c", "256", "-b", "256", "-t", "2"]);
+        }
     }
     c
+}
+
+/// llama-perplexity's evaluated tokens: `calculating perplexity over 8 chunks, n_ctx=256`.
+fn perplexity_tokens(stderr: &str) -> Option<f64> {
+    let l = stderr.lines().find_map(|l| {
+        l.split_once("calculating perplexity over ")
+            .map(|(_, rest)| rest)
+    })?;
+    let (chunks, rest) = l.split_once(" chunks, n_ctx=")?;
+    let ctx = rest.split(',').next()?;
+    Some(chunks.trim().parse::<f64>().ok()? * ctx.trim().parse::<f64>().ok()?)
+}
+
+/// What a run printed that must be plain mmap's: the text or embeddings (stdout), or
+/// llama-perplexity's per-chunk values (stdout; without its ETA line, which is a time) and
+/// final estimate (stderr).
+fn output_of(m: &Model, r: &Run) -> String {
+    match m.workload {
+        Workload::Completion | Workload::Embedding { .. } => r.stdout.clone(),
+        Workload::Perplexity { .. } => {
+            let chunks = r.stdout.lines().filter(|l| l.starts_with('['));
+            let last = r
+                .stderr
+                .lines()
+                .find_map(|l| l.split_once("Final estimate: ").map(|(_, e)| e));
+            chunks.chain(last).collect::<Vec<_>>().join("\n")
+        }
+    }
 }
 
 /// llama.cpp's "tokens per second" of its timing line `key` ("prompt eval time" or
@@ -437,6 +483,7 @@ fn speeds(m: &Model, r: &Run) -> Vec<Option<f64>> {
             tokens_per_second(&r.stderr, "eval time"),
         ],
         Workload::Embedding { n, .. } => vec![Some(n as f64 / r.wall)],
+        Workload::Perplexity { .. } => vec![perplexity_tokens(&r.stderr).map(|t| t / r.wall)],
     }
 }
 
@@ -542,7 +589,7 @@ fn run_in_turn(
 
 /// One point from its runs: median speeds and wall, highest peak, the first failure; and the
 /// first run's output.
-fn summarize(m: &Model, s: &Setup, mut all: Vec<Run>, refs: Option<&Refs>) -> (Point, String) {
+fn summarize(m: &Model, s: &Setup, all: Vec<Run>, refs: Option<&Refs>) -> (Point, String) {
     let status = all
         .iter()
         .map(|r| r.status.clone())
@@ -560,9 +607,9 @@ fn summarize(m: &Model, s: &Setup, mut all: Vec<Run>, refs: Option<&Refs>) -> (P
     let identical = (status == Status::Ok)
         .then(|| {
             refs.map(|want| {
-                if all.iter().all(|r| r.stdout == want.plain) {
+                if all.iter().all(|r| output_of(m, r) == want.plain) {
                     Identity::Identical
-                } else if all.iter().all(|r| r.stdout == want.no_repack) {
+                } else if all.iter().all(|r| output_of(m, r) == want.no_repack) {
                     Identity::NoRepack
                 } else {
                     Identity::Differs
@@ -590,7 +637,7 @@ fn summarize(m: &Model, s: &Setup, mut all: Vec<Run>, refs: Option<&Refs>) -> (P
         limit_hits: all.iter().map(|r| r.usage.limit_hits).max().unwrap_or(0),
         identical,
     };
-    (point, all.swap_remove(0).stdout)
+    (point, output_of(m, &all[0]))
 }
 
 // ------------------------------------------------------------------------------- models
@@ -630,6 +677,19 @@ fn models(wanted: &[String]) -> Vec<Model> {
             plain: p,
             workload: Workload::Completion,
             knee_metric: Metric::Gen,
+        });
+    }
+    if want("smollm2-ppl")
+        && let Some(p) = llama_support::smollm2("memcap bench, llama-perplexity")
+    {
+        v.push(Model {
+            name: "SmolLM2-135M Q4_1, llama-perplexity".into(),
+            dc: dc_file(&p, "smollm2.dc.gguf"),
+            plain: p,
+            workload: Workload::Perplexity {
+                file: llama_support::eval_sentences_file(),
+            },
+            knee_metric: Metric::Ppl,
         });
     }
     for t in ["bf16", "f16"] {
@@ -1004,7 +1064,7 @@ fn main() {
     let timeout_max: f64 = env_or("DCGGUF_MEMCAP_TIMEOUT", 120.0);
     let noise: f64 = env_or("DCGGUF_MEMCAP_NOISE", 0.05);
     let mut wanted: Vec<String> = std::env::var("DCGGUF_MEMCAP_MODELS")
-        .unwrap_or_else(|_| "smollm2,minilm-bf16,minilm-f16".into())
+        .unwrap_or_else(|_| "smollm2,smollm2-ppl,minilm-bf16,minilm-f16".into())
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
@@ -1033,7 +1093,7 @@ fn main() {
     print!("{head}");
     md.push_str(&head);
     let mut csv = String::from(
-        "model,setup,cap_pct,cap_bytes,status,prompt_tps,gen_tps,emb_per_s,peak_bytes,wall_s,oom_kills,limit_hits,identical\n",
+        "model,setup,cap_pct,cap_bytes,status,prompt_tps,gen_tps,emb_per_s,ppl_tps,peak_bytes,wall_s,oom_kills,limit_hits,identical\n",
     );
 
     for m in models(&wanted) {
@@ -1170,7 +1230,7 @@ fn main() {
                 };
                 writeln!(
                     csv,
-                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{}",
                     csv_field(&m.name),
                     csv_field(s.label),
                     c.pct.map_or("none".into(), |p| p.to_string()),
@@ -1179,6 +1239,7 @@ fn main() {
                     sp(Metric::Prompt),
                     sp(Metric::Gen),
                     sp(Metric::Emb),
+                    sp(Metric::Ppl),
                     point.peak.map_or(String::new(), |b| b.to_string()),
                     point.wall,
                     point.oom_kills,

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plot of `cargo bench --bench memcap`: speed against the memory cap, one line per setup, one
-panel per model and metric (prompt t/s, generation t/s, embeddings/s).
+panel per model and metric (prompt t/s, generation t/s, embeddings/s, llama-perplexity
+tokens/s).
 
     python3 scripts/plot-memcap.py target/bench-memcap/memcap.csv target/bench-memcap/memcap.png
 
@@ -13,7 +14,8 @@ import sys
 from collections import OrderedDict
 
 METRICS = [("prompt_tps", "prompt tokens/s"), ("gen_tps", "generation tokens/s"),
-           ("emb_per_s", "embeddings/s")]
+           ("emb_per_s", "embeddings/s"),
+           ("ppl_tps", "llama-perplexity tokens/s (load included)")]
 
 
 def main(src, out):
