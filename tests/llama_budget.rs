@@ -650,6 +650,91 @@ fn under_a_tight_memory_limit_the_default_load_moves_its_weights_to_a_file_inste
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// SmolLM2 with an output head of its own (a copy of its token embedding as
+/// `output.weight`, as untied models such as Qwen2.5-Coder-1.5B have): its token embedding is
+/// then read only a row a token.
+fn smollm2_untied(q4_1: &Path) -> PathBuf {
+    let out = tmp_dir().join("SmolLM2-135M-Instruct.Q4_1.untied.gguf");
+    if !out.exists() {
+        let bytes = std::fs::read(q4_1).unwrap();
+        let h = dcgguf::gguf::GgufHeader::parse(&bytes).unwrap();
+        let mut tensors = dcgguf::gguf::tensor_entries(&h, &bytes);
+        let embd = tensors
+            .iter()
+            .find(|t| t.0 == "token_embd.weight")
+            .expect("a token embedding")
+            .clone();
+        tensors.push(("output.weight".into(), embd.1, embd.2, embd.3));
+        let part = out.with_extension("part");
+        std::fs::write(&part, dcgguf::gguf::build_file(&h.kvs, &tensors)).unwrap();
+        std::fs::rename(&part, &out).unwrap();
+    }
+    out
+}
+
+/// A load that moves weights to a file moves the token embedding first where a token reads
+/// one row of it (a model with its own output head), and counts it once against what the
+/// limit lacks (src/llama/budget/limit.rs, `spill_quota`): llama.cpp loads it after the
+/// layers, which were what moved before (Qwen2.5-Coder-1.5B under 962.5 MiB: generation 3.0
+/// t/s moving 353 MiB of layers, 6.2-6.6 moving its 125 MiB embedding and 102 MiB of layers;
+/// plain mmap 1.3). SmolLM2 made untied ([`smollm2_untied`]) under the tight test's cap: the
+/// log says the embedding moved first, all of it, and the text is plain llama.cpp's.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and SmolLM2 (scripts/fetch-models.sh)"
+)]
+fn a_load_that_moves_weights_moves_the_token_embedding_first_where_tokens_read_a_row_of_it() {
+    let t =
+        "a_load_that_moves_weights_moves_the_token_embedding_first_where_tokens_read_a_row_of_it";
+    let l = require_llama(t);
+    let m = smollm2_untied(&require_smollm2(t));
+    let parent = own_memory_cgroup(t);
+    let dc = dc_of(&m);
+    // The plain file (the preload passes a GGUF through to llama.cpp untouched), uncapped.
+    let (plain, _) = completion_in_cgroup(&l, &parent, &m, None, None, "untied-plain");
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let embd = {
+        let bytes = std::fs::read(&m).unwrap();
+        let h = dcgguf::gguf::GgufHeader::parse(&bytes).unwrap();
+        assert!(h.token_embedding_is_lookup_only());
+        h.lookup_table().expect("a lookup table").nbytes
+    };
+    // The plain file's size: with its lookup table kept compressed the decoded model would
+    // fit 20 MiB higher (as under the tight test's cap), here it does not.
+    let cap = std::fs::metadata(&m).unwrap().len();
+    let (ours, ours_use) = completion_in_cgroup(&l, &parent, &dc, None, Some(cap), "untied-adapts");
+    finished_saying(&ours, &ours_use, cap, "the token embedding first");
+    let stderr = String::from_utf8_lossy(&ours.stderr);
+    let (moved, table) = stderr
+        .lines()
+        .find_map(|l| {
+            let (moved, rest) = l
+                .strip_prefix("dcgguf: memory: ")?
+                .split_once(" MiB of decoded weights moved")?;
+            let table = rest.split_once(" MiB of them the token embedding's")?.0;
+            let table = table.rsplit_once('(')?.1;
+            Some((moved.parse::<f64>().ok()?, table.parse::<f64>().ok()?))
+        })
+        .unwrap_or_else(|| panic!("the log does not say what of the embedding moved:\n{stderr}"));
+    // All of it but its partial first and last pages: it counts once against the shortfall
+    // (more than it, under this cap), and the rest of the quota goes to other weights.
+    let table_mib = embd as f64 / MIB as f64;
+    assert!(
+        table > table_mib - 0.1 && moved > table,
+        "{table} MiB of the {table_mib:.1} MiB embedding moved, {moved} MiB in all:\n{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&plain.stdout),
+        "the run with its weights in a file generated other text"
+    );
+}
+
 /// Under a cap at plain mmap's peak, memory left is short of four times the token table's
 /// compressed bytes when MiniLM BF16's first batch looks its rows up (its 241 MiB output
 /// buffer is there by then): each lookup drops the compressed bytes it read from the page

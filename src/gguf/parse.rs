@@ -239,6 +239,16 @@ impl GgufHeader {
         pooled || self.tensors.iter().any(|t| t.name == "output.weight")
     }
 
+    /// The tensor that a model reads only by row lookups, a few rows a token: the token
+    /// embedding where it is not the output head too
+    /// ([`GgufHeader::token_embedding_is_lookup_only`]).
+    pub fn lookup_table(&self) -> Option<&TensorInfo> {
+        if !self.token_embedding_is_lookup_only() {
+            return None;
+        }
+        self.tensors.iter().find(|t| t.name == "token_embd.weight")
+    }
+
     /// Absolute file range of a tensor's data (saturating: call `check_data_fits` first for
     /// a range known to be inside the file).
     pub fn tensor_range(&self, t: &TensorInfo) -> std::ops::Range<u64> {

@@ -317,6 +317,7 @@ pub fn load_dc(
         budget::register_model(model, r);
     } else if let Some(shared) = &spill {
         let mut spill = shared.lock().unwrap_or_else(|e| e.into_inner());
+        spill.stop_keeping();
         let ranges = match budget::refit::loaded_ranges(model, &dc) {
             Ok(ranges) => {
                 // SAFETY: the model's tensors in llama.cpp's CPU weight buffer, just loaded:
@@ -331,9 +332,16 @@ pub fn load_dc(
             }
         };
         let mib = spill.moved() as f64 / (1u64 << 20) as f64;
+        let lookup = match spill.lookup_moved() {
+            0 => String::new(),
+            b => format!(
+                " ({:.1} MiB of them the token embedding's)",
+                b as f64 / (1u64 << 20) as f64
+            ),
+        };
         match spill.failure() {
             None => crate::log_line!(
-                "dcgguf: memory: {mib:.1} MiB of decoded weights moved to a file in {}",
+                "dcgguf: memory: {mib:.1} MiB of decoded weights moved to a file in {}{lookup}",
                 spill.dir().display()
             ),
             Some(e) => crate::log_line!(
@@ -482,13 +490,17 @@ fn default_budget(
             if let Some(reason) = budget::runtime::budget_cost(dc, &settings).and_then(|cost| {
                 budget::limit::spill_instead(decoded, &cost, &headroom, storage_bps)
             }) {
-                let quota = budget::limit::spill_quota(decoded, &headroom);
+                let lookup = dc.original.lookup_table().map_or(0, |t| t.nbytes);
+                let quota = budget::limit::spill_quota(decoded, lookup, &headroom);
                 match budget::spill::Spiller::open(quota, &spill_dirs(path)) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        // Its lookup table first, wherever llama.cpp's load reads it.
+                        s.keep_for_lookups(lookup);
                         crate::log_line!(
                             "{}",
                             budget::limit::describe_spill(
                                 decoded,
+                                lookup,
                                 quota,
                                 &reason,
                                 &headroom,

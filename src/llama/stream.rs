@@ -103,6 +103,8 @@ pub struct Stream {
     residency: Option<Arc<Residency>>,
     /// Moves each tensor's decoded pages to a file as it is read ([`Spiller`]).
     spill: Option<Arc<std::sync::Mutex<Spiller>>>,
+    /// Where the model's lookup table starts in the original file, with a spill.
+    spill_lookup: Option<u64>,
     /// Reads come straight into the caller's memory (our `fread`).
     direct: bool,
     /// Where the caller's current direct read began (our `fread` serves it in pieces).
@@ -192,6 +194,7 @@ impl Stream {
             early: None,
             prefault: None,
             spill: None,
+            spill_lookup: None,
             pool: None,
             since_release: 0,
             residency: None,
@@ -253,6 +256,14 @@ impl Stream {
             spill.is_none() || (self.early.is_none() && self.prefault.is_none()),
             "a spill does not go with early decoding"
         );
+        // The lookup table's read may use the quota kept for it (Spiller::keep_for_lookups).
+        self.spill_lookup = match (&spill, &self.src) {
+            (Some(_), Source::Dc(dc)) => dc
+                .original
+                .lookup_table()
+                .map(|t| dc.original.tensor_range(t).start),
+            _ => None,
+        };
         self.spill = spill;
         self
     }
@@ -281,6 +292,7 @@ impl Stream {
             }
         }
         self.direct = true;
+        let lookup = self.spill_lookup == Some(self.pos);
         self.request_start = Some(self.pos);
         if let Some(e) = &self.early {
             e.set_reader_busy(true);
@@ -295,7 +307,7 @@ impl Stream {
             // hands to ggml_backend_tensor_set before its next read (then `staged` takes it
             // back); it frees them with free() or munmap, and no other thread touches them
             // while its reading thread is here (no early decoding, so no prefaulting).
-            unsafe { super::budget::spill::after_read(spill, dst.as_ptr() as usize, *n) };
+            unsafe { super::budget::spill::after_read(spill, dst.as_ptr() as usize, *n, lookup) };
         }
         self.request_start = None;
         result

@@ -95,6 +95,8 @@ struct Spilled {
     spiller: Arc<Mutex<Spiller>>,
     /// Its tensors in llama.cpp's CPU weight buffer: (address, length).
     ranges: Vec<(usize, usize)>,
+    /// Those of them that move first: the lookup table ([`lookup_ranges`]).
+    first: Vec<(usize, usize)>,
     /// Their whole pages' bytes: what moves at most.
     movable: u64,
 }
@@ -186,9 +188,11 @@ pub fn register_spilled(
     // Everything moved at the load already: nothing more to check.
     let all_moved = spiller.lock().unwrap_or_else(|e| e.into_inner()).moved() >= movable;
     p.settled.store(all_moved, Ordering::Relaxed);
+    let first = lookup_ranges(model, &p.dc, |_| false);
     let _ = p.spilled.set(Spilled {
         spiller,
         ranges,
+        first,
         movable,
     });
     pending().push(Arc::new(p));
@@ -311,6 +315,26 @@ fn movable_ranges(
         .filter(|&i| !skip(i))
         .filter_map(|i| api.cpu_tensor_memory(model, &dc.tensor_view(i).name, true))
         .collect())
+}
+
+/// The memory of `dc`'s lookup table ([`crate::gguf::GgufHeader::lookup_table`]) where
+/// `model` holds it as [`movable_ranges`] would, unless `skip` names it: what a spill moves
+/// first (a token reads a row of it; every other weight, a token reads all of).
+fn lookup_ranges(
+    model: *const sys::llama_model,
+    dc: &DcFile,
+    skip: impl Fn(usize) -> bool,
+) -> Vec<(usize, usize)> {
+    let Some(table) = dc.original.lookup_table() else {
+        return Vec::new();
+    };
+    let Ok(api) = api() else {
+        return Vec::new();
+    };
+    (0..dc.tensor_count())
+        .filter(|&i| !skip(i) && dc.tensor_view(i).name == table.name)
+        .filter_map(|i| api.cpu_tensor_memory(model, &dc.tensor_view(i).name, true))
+        .collect()
 }
 
 /// The memory of `tensor` when it lies in a plain or repacked CPU buffer, for a spill that
@@ -501,9 +525,10 @@ impl Pending {
         headroom: limit::Headroom,
     ) -> Result<(), RefitError> {
         let lookups = self.lookups.get().map(|r| r.plan.streamed.clone());
-        let ranges = movable_ranges(self.model as *const sys::llama_model, &self.dc, |i| {
-            lookups.as_ref().is_some_and(|s| s.get(i) == Some(&true))
-        })?;
+        let kept_compressed = |i: usize| lookups.as_ref().is_some_and(|s| s.get(i) == Some(&true));
+        let model = self.model as *const sys::llama_model;
+        let ranges = movable_ranges(model, &self.dc, kept_compressed)?;
+        let first = lookup_ranges(model, &self.dc, kept_compressed);
         let spiller = Spiller::open(0, &self.spill_dirs).map_err(RefitError::Spill)?;
         crate::log_line!(
             "dcgguf: memory: no budget can stream this model's weights; moving them to an \
@@ -514,6 +539,7 @@ impl Pending {
             movable: super::spill::movable_bytes(&ranges),
             spiller: Arc::new(Mutex::new(spiller)),
             ranges,
+            first,
         });
         self.move_more(spilled, buffer, work, headroom);
         Ok(())
@@ -564,7 +590,10 @@ impl Pending {
         // thread inside llama_decode/encode/process while ggml allocates (between graph
         // computations), and contexts of one model do not compute concurrently (the
         // documented limit of a budget, and of this check).
-        unsafe { spiller.take_rest(&spilled.ranges) };
+        unsafe {
+            spiller.take_rest(&spilled.first);
+            spiller.take_rest(&spilled.ranges);
+        }
         let moved = spiller.moved();
         match spiller.failure() {
             None => crate::log_line!(

@@ -187,12 +187,12 @@ pub fn lookups_plan_of(dc: &DcFile) -> Option<ResidencyPlan> {
 
 /// What the plan needs to know of each tensor of `dc`.
 fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
-    let untied = dc.original.token_embedding_is_lookup_only();
+    let lookup = dc.original.lookup_table().map(|t| t.name.as_str());
     (0..dc.tensor_count())
         .map(|i| {
             let v = dc.tensor_view(i);
             TensorCost {
-                lookup_only: untied && v.name == "token_embd.weight",
+                lookup_only: lookup == Some(v.name.as_str()),
                 chunk_bytes: u64::from(dc.index.tensors[i].chunk_raw),
                 name: v.name,
                 raw: v.raw_bytes,

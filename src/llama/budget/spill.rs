@@ -28,6 +28,12 @@
 //! ([`staged`], from the preload's interposer). Repacking stays on, and the output is plain
 //! llama.cpp's (sessions 19-28 turned it off: another score, another text).
 //!
+//! The quota goes to a lookup table first (the token embedding of a model with its own
+//! output head, [`Spiller::keep_for_lookups`]): a token reads one row of it, so its pages
+//! read back from the file cost one page a token, where any other weight's are all read
+//! back by every token. llama.cpp loads repacked tensors first (Qwen2.5-Coder-1.5B: its
+//! token embedding, 125 MiB, after 862 MiB of layers).
+//!
 //! After the load, a batch whose buffers would not fit moves more ([`super::refit`]), and so
 //! does a model loaded without a budget whose switch to one finds nothing to stream.
 //!
@@ -192,6 +198,11 @@ pub struct Spiller {
     failed: Option<SpillError>,
     /// Bytes it moves at most: what it was opened for (the disk had room for that).
     quota: u64,
+    /// The part of the quota that only a lookup table's read may use, until it is read
+    /// ([`Spiller::keep_for_lookups`]).
+    kept_for_lookups: u64,
+    /// Bytes of the lookup table moved ([`Spiller::take_lookup`]).
+    lookup_moved: u64,
 }
 
 impl Spiller {
@@ -209,6 +220,8 @@ impl Spiller {
                         moved: Vec::new(),
                         failed: None,
                         quota: need,
+                        kept_for_lookups: 0,
+                        lookup_moved: 0,
                     });
                 }
                 Err(e) => last = e,
@@ -253,6 +266,20 @@ impl Spiller {
         }
     }
 
+    /// Keeps up to `bytes` of the quota for the read of the model's lookup table
+    /// ([`Spiller::take_lookup`]): other reads before it move only the rest. A lookup
+    /// table's pages in the file cost a token one page read back; any other tensor's cost
+    /// it all of them.
+    pub fn keep_for_lookups(&mut self, bytes: u64) {
+        self.kept_for_lookups = bytes.min(self.quota.saturating_sub(self.offset));
+    }
+
+    /// Gives the quota kept for a lookup table to any tensor (the load is over: the table
+    /// was read, or is not read).
+    pub fn stop_keeping(&mut self) {
+        self.kept_for_lookups = 0;
+    }
+
     /// Why moving stopped, if it did.
     pub fn failure(&self) -> Option<&SpillError> {
         self.failed.as_ref()
@@ -266,13 +293,41 @@ impl Spiller {
     /// accesses during the call, and whose owner frees it only by `munmap` or `free` (both
     /// of which accept the new mapping).
     pub unsafe fn take(&mut self, addr: usize, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.take_within(addr, len, self.kept_for_lookups) }
+    }
+
+    /// [`Spiller::take`] for the read of the lookup table, which may use the whole quota;
+    /// what it leaves of the part kept for it goes to the other tensors.
+    ///
+    /// # Safety
+    /// As for [`Spiller::take`].
+    pub unsafe fn take_lookup(&mut self, addr: usize, len: usize) {
+        let before = self.offset;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.take_within(addr, len, 0) };
+        self.lookup_moved += self.offset - before;
+        self.kept_for_lookups = 0;
+    }
+
+    /// Bytes of the lookup table moved as it was read ([`Spiller::take_lookup`]).
+    pub fn lookup_moved(&self) -> u64 {
+        self.lookup_moved
+    }
+
+    /// Moves the whole pages of the range up to the quota less `kept`.
+    ///
+    /// # Safety
+    /// As for [`Spiller::take`].
+    unsafe fn take_within(&mut self, addr: usize, len: usize, kept: u64) {
         if self.failed.is_some() {
             return;
         }
         let page = crate::io::page_size();
+        let quota = self.quota.saturating_sub(kept);
         for (start, len) in page_spans(&[(addr, len)], page, 0) {
             // Whole pages up to the quota.
-            let left = self.quota.saturating_sub(self.offset) / page as u64 * page as u64;
+            let left = quota.saturating_sub(self.offset) / page as u64 * page as u64;
             let len = len.min(usize::try_from(left).unwrap_or(usize::MAX));
             let mut done = 0;
             while done < len {
@@ -389,12 +444,36 @@ impl Spiller {
 }
 
 thread_local! {
-    /// The load's last read into the caller's memory that has not moved yet, with the
-    /// spiller it moves to: it moves at the next read ([`after_read`]) or at the end of the
-    /// load ([`finish_reads`]), unless llama.cpp hands it to `ggml_backend_tensor_set` first
+    /// The load's last read into the caller's memory that has not moved yet: it moves at
+    /// the next read ([`after_read`]) or at the end of the load ([`finish_reads`]), unless llama.cpp hands it to `ggml_backend_tensor_set` first
     /// ([`staged`]): then it was a staging buffer and the tensor's memory moves instead.
-    static UNMOVED_READ: std::cell::RefCell<Option<(SharedSpiller, usize, usize)>> =
+    static UNMOVED_READ: std::cell::RefCell<Option<UnmovedRead>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// A read waiting to move ([`UNMOVED_READ`]).
+struct UnmovedRead {
+    spiller: SharedSpiller,
+    at: usize,
+    len: usize,
+    /// The model's lookup table ([`Spiller::take_lookup`]).
+    lookup: bool,
+}
+
+impl UnmovedRead {
+    /// # Safety
+    /// The range is as [`Spiller::take`] requires.
+    unsafe fn take(self) {
+        let mut s = lock(&self.spiller);
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if self.lookup {
+                s.take_lookup(self.at, self.len);
+            } else {
+                s.take(self.at, self.len);
+            }
+        }
+    }
 }
 
 /// A spiller shared by a load's stream and, after the load, the batch-time check.
@@ -404,7 +483,8 @@ fn lock(s: &SharedSpiller) -> std::sync::MutexGuard<'_, Spiller> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// After llama.cpp's load read `len` bytes into its memory at `at`: the previous read's
+/// After llama.cpp's load read `len` bytes into its memory at `at` (the model's lookup
+/// table if `lookup`, [`Spiller::take_lookup`]): the previous read's
 /// pages move to `spiller`'s file now, and these wait for the next read. llama.cpp reads a
 /// tensor straight into its place when its buffer is plain host memory, and into a staging
 /// buffer it then passes to `ggml_backend_tensor_set` otherwise (a repacked tensor: the
@@ -415,15 +495,19 @@ fn lock(s: &SharedSpiller) -> std::sync::MutexGuard<'_, Spiller> {
 /// The previous read's range is still as [`Spiller::take`] requires, unless [`staged`] took
 /// it back: llama.cpp's weight memory, filled and not freed (the load goes on), touched by
 /// no other thread.
-pub unsafe fn after_read(spiller: &SharedSpiller, at: usize, len: usize) {
+pub unsafe fn after_read(spiller: &SharedSpiller, at: usize, len: usize, lookup: bool) {
     READS_WAITING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let previous = UNMOVED_READ.with(|r| r.replace(Some((spiller.clone(), at, len))));
-    if previous.is_some() {
+    let read = UnmovedRead {
+        spiller: spiller.clone(),
+        at,
+        len,
+        lookup,
+    };
+    let previous = UNMOVED_READ.with(|r| r.replace(Some(read)));
+    if let Some(previous) = previous {
         READS_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    if let Some((s, at, len)) = previous {
         // SAFETY: forwarded from the caller.
-        unsafe { lock(&s).take(at, len) };
+        unsafe { previous.take() };
     }
 }
 
@@ -436,7 +520,7 @@ pub fn awaits_staging(data: usize) -> bool {
     // One relaxed load where no load moves weights: the thread-local's code (and its first
     // use's registration) stays off the per-batch path.
     READS_WAITING.load(std::sync::atomic::Ordering::Relaxed) > 0
-        && UNMOVED_READ.with(|r| matches!(&*r.borrow(), Some((_, at, _)) if *at == data))
+        && UNMOVED_READ.with(|r| matches!(&*r.borrow(), Some(w) if w.at == data))
 }
 
 /// Reads waiting to move ([`UNMOVED_READ`]), over all threads.
@@ -453,16 +537,17 @@ pub unsafe fn staged(data: usize, dest: Option<(usize, usize)>) {
     let waiting = UNMOVED_READ.with(|r| {
         let mut r = r.borrow_mut();
         match &*r {
-            Some((_, at, _)) if *at == data => r.take(),
+            Some(w) if w.at == data => r.take(),
             _ => None,
         }
     });
     if waiting.is_some() {
         READS_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-    if let (Some((s, _, _)), Some((at, len))) = (waiting, dest) {
+    if let (Some(w), Some((at, len))) = (waiting, dest) {
+        let moved = UnmovedRead { at, len, ..w };
         // SAFETY: forwarded from the caller.
-        unsafe { lock(&s).take(at, len) };
+        unsafe { moved.take() };
     }
 }
 
@@ -476,11 +561,11 @@ pub unsafe fn finish_reads(loaded: bool) {
     if last.is_some() {
         READS_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-    if let Some((s, at, len)) = last
+    if let Some(last) = last
         && loaded
     {
         // SAFETY: forwarded from the caller.
-        unsafe { lock(&s).take(at, len) };
+        unsafe { last.take() };
     }
 }
 
@@ -697,5 +782,59 @@ mod tests {
         assert_eq!(crate::io::hash::xxh3_64(&buf), want, "same bytes");
         drop(s);
         drop(buf);
+    }
+
+    #[test]
+    fn the_quota_kept_for_a_lookup_table_waits_for_its_read() {
+        let page = crate::io::page_size();
+        let len = 32 * page;
+        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i.wrapping_mul(2_654_435_761) >> 7) as u8;
+        }
+        let want = crate::io::hash::xxh3_64(&buf);
+        let base = buf.as_ptr() as usize;
+        let here = std::env::current_dir().unwrap();
+        // Ten pages, six of them kept for the lookup table (pages 16-23) read after eight
+        // pages of other weights: four of those move, then six of the table.
+        let mut s = Spiller::open(10 * page as u64, &[std::env::temp_dir(), here]).unwrap();
+        s.keep_for_lookups(6 * page as u64);
+        // SAFETY: the buffer is ours and untouched during the calls.
+        unsafe { s.take(base, 8 * page) };
+        assert_eq!(s.moved() as usize, 4 * page);
+        assert!(
+            rss_kinds(base + 4 * page).0 > 0,
+            "page 4 waits: the rest is kept"
+        );
+        // SAFETY: as above.
+        unsafe { s.take_lookup(base + 16 * page, 8 * page) };
+        assert_eq!(s.moved() as usize, 10 * page);
+        assert_eq!(s.lookup_moved() as usize, 6 * page);
+        assert_eq!(
+            rss_kinds(base + 21 * page).0,
+            0,
+            "the table's sixth page moved"
+        );
+        assert!(rss_kinds(base + 22 * page).0 > 0, "past the quota");
+        // A table smaller than what was kept leaves the rest to the others.
+        let mut s = Spiller::open(10 * page as u64, &[std::env::temp_dir()]).unwrap();
+        s.keep_for_lookups(6 * page as u64);
+        // SAFETY: as above.
+        unsafe {
+            s.take_lookup(base + 24 * page, 2 * page);
+            s.take(base + 26 * page, 6 * page);
+        }
+        assert_eq!(s.moved() as usize, 8 * page);
+        // Kept for a table never read: the end of the load gives it to the others.
+        let mut s = Spiller::open(4 * page as u64, &[std::env::temp_dir()]).unwrap();
+        s.keep_for_lookups(4 * page as u64);
+        // SAFETY: as above (pages 8-11: no spiller above moved them).
+        unsafe { s.take(base + 8 * page, 4 * page) };
+        assert_eq!(s.moved(), 0);
+        s.stop_keeping();
+        // SAFETY: as above.
+        unsafe { s.take_rest(&[(base + 8 * page, 4 * page)]) };
+        assert_eq!(s.moved() as usize, 4 * page);
+        assert_eq!(crate::io::hash::xxh3_64(&buf), want, "same bytes");
     }
 }
