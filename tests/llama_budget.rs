@@ -656,6 +656,9 @@ fn under_a_tight_memory_limit_the_default_load_moves_its_weights_to_a_file_inste
 fn smollm2_untied(q4_1: &Path) -> PathBuf {
     let out = tmp_dir().join("SmolLM2-135M-Instruct.Q4_1.untied.gguf");
     if !out.exists() {
+        // Alone: a child forked while this process holds the model's bytes starts with
+        // their pages in its peak RSS (wait4's ru_maxrss), which other tests measure.
+        let _alone = MEASURING.write().unwrap_or_else(|e| e.into_inner());
         let bytes = std::fs::read(q4_1).unwrap();
         let h = dcgguf::gguf::GgufHeader::parse(&bytes).unwrap();
         let mut tensors = dcgguf::gguf::tensor_entries(&h, &bytes);
@@ -699,10 +702,10 @@ fn a_load_that_moves_weights_moves_the_token_embedding_first_where_tokens_read_a
         String::from_utf8_lossy(&plain.stderr)
     );
     let embd = {
-        let bytes = std::fs::read(&m).unwrap();
-        let h = dcgguf::gguf::GgufHeader::parse(&bytes).unwrap();
-        assert!(h.token_embedding_is_lookup_only());
-        h.lookup_table().expect("a lookup table").nbytes
+        // Mapped, not read: see smollm2_untied.
+        let f = dcgguf::dc::DcFile::open(&dc).unwrap();
+        assert!(f.original.token_embedding_is_lookup_only());
+        f.original.lookup_table().expect("a lookup table").nbytes
     };
     // The plain file's size: with its lookup table kept compressed the decoded model would
     // fit 20 MiB higher (as under the tight test's cap), here it does not.
@@ -849,7 +852,8 @@ fn smollm2_q4_0(l: &Llama, q4_1: &Path) -> PathBuf {
 /// Weights that llama.cpp repacks are not in its plain CPU buffer, where a budget finds what
 /// it streams: under 63% of plain mmap's peak (150 of 238 MiB) the default's switch found
 /// nothing to stream and the run was OOM-killed where plain mmap finished (session 29,
-/// SmolLM2 in Q4_0 on AVX2). Its weights move to a file instead, repacked, at the batch.
+/// SmolLM2 in Q4_0 on AVX2). Its weights move to a file, repacked, at the batch (since
+/// session 30 every model's do there first; a budget only where no file can be made).
 /// Under 46% (110 MiB, where plain mmap was killed too) the load moves them, repacked too
 /// (session 28 turned repacking off for that: another score than plain llama.cpp's). Both
 /// score the text exactly as plain llama.cpp does uncapped, which `--no-repack` does not.
@@ -892,12 +896,7 @@ fn repacked_weights_move_to_a_file_and_score_as_plain_llama_cpp() {
         String::from_utf8_lossy(&plain.stderr)
     );
     let (ours, ours_use) = ppl(&dc, true, Some(cap), "q4_0-batch", &[]);
-    finished_saying(
-        &ours,
-        &ours_use,
-        cap,
-        "no budget can stream this model's weights",
-    );
+    finished_saying(&ours, &ours_use, cap, MOVING_AT_A_BATCH);
     let log = String::from_utf8_lossy(&ours.stderr);
     assert!(
         !log.contains("switching to the smallest budget"),
@@ -910,13 +909,17 @@ fn repacked_weights_move_to_a_file_and_score_as_plain_llama_cpp() {
     assert_eq!(perplexity_score(&ours), want);
 }
 
+/// What the log says when a batch's buffers do not fit and weights move to a file.
+const MOVING_AT_A_BATCH: &str = "moving the decoded weights to an unnamed file";
+
 /// The context llama-perplexity creates for SmolLM2 reserves a 49 MiB compute buffer, which
 /// its first batch writes (logits of the tokens it scores) after the check of the batch's
 /// own 24 MiB output buffer. Under 91% of plain mmap's peak (170 of 187 MiB on the session-28
 /// machine) plain finishes; the default, counting only that output buffer, found it fit
 /// and was OOM-killed. Counting what the context reserved and no batch has written yet
-/// (src/llama/budget/refit.rs), it switches to a budget, says so, and scores the text as
-/// plain llama.cpp does. Needs a memory cgroup of its own (root).
+/// (src/llama/budget/refit.rs), it moves weights to a file (session 28: switched to a
+/// budget, slower), says so, and scores the text as plain llama.cpp does. Needs a memory
+/// cgroup of its own (root).
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_smollm2)),
@@ -926,7 +929,7 @@ fn a_batch_that_writes_what_its_context_reserved_counts_it_where_plain_mmap_runs
     perplexity_under_a_share_of_plain_peak(
         "a_batch_that_writes_what_its_context_reserved_counts_it_where_plain_mmap_runs",
         91,
-        "switching to the smallest budget",
+        MOVING_AT_A_BATCH,
     );
 }
 
@@ -1012,7 +1015,21 @@ fn embedding_in_cgroup(
     cap: Option<u64>,
     tag: &str,
 ) -> (std::process::Output, cgroup::Usage) {
+    embedding_in_cgroup_with(l, parent, model, dc, cap, tag, &[])
+}
+
+/// [`embedding_in_cgroup`] with `env` set for llama-embedding.
+fn embedding_in_cgroup_with(
+    l: &Llama,
+    parent: &cgroup::Parent,
+    model: &Path,
+    dc: Option<Option<&str>>,
+    cap: Option<u64>,
+    tag: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Output, cgroup::Usage) {
     let mut c = tool(l, "llama-embedding", None);
+    c.envs(env.iter().copied());
     c.env("LD_PRELOAD", preload(l, dc.is_some()))
         .env_remove("LD_LIBRARY_PATH")
         .env_remove("DCGGUF_VERBOSE");
@@ -1032,8 +1049,10 @@ fn embedding_in_cgroup(
 /// to 44 MiB of weights. Under a cap a little below what the default needs without a budget,
 /// plain (mmap, whose weight pages the kernel may drop) finishes, and a DC load without a
 /// budget (`DCGGUF_MEM_BUDGET=0`) is OOM-killed; the default checks the batch's buffers as
-/// llama.cpp allocates them (src/llama/budget/refit.rs), switches to a budget, says so, and
-/// prints exactly the plain model's embeddings. Needs a memory cgroup of its own (root).
+/// llama.cpp allocates them (src/llama/budget/refit.rs), moves weights to a file, says so,
+/// and prints exactly the plain model's embeddings; told to move them only to a memory file
+/// system (`DCGGUF_SPILL_DIR=/dev/shm`), it switches to the smallest budget instead, with
+/// the same embeddings. Needs a memory cgroup of its own (root).
 ///
 /// The window where the switch is tested is narrow, and it moves with the machine: on the
 /// session-25 machine (AMD EPYC, 2 vCPUs) the smallest budget, which holds its three-layer
@@ -1048,9 +1067,8 @@ fn embedding_in_cgroup(
     not(all(dcgguf_llama, dcgguf_minilm)),
     ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
-fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_mmap_runs() {
-    let t =
-        "when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_mmap_runs";
+fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_mmap_runs() {
+    let t = "a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_mmap_runs";
     let l = require_llama(t);
     let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
     let parent = own_memory_cgroup(t);
@@ -1066,7 +1084,7 @@ fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_
         "plain llama-embedding printed nothing"
     );
     let peak = free_use.peak.expect("the cgroup reports its peak");
-    const SWITCH: &str = "which would not fit: switching to the smallest budget";
+    const SHORT: &str = "which would not fit";
     let mut tried = Vec::new();
     for permille in (800..=940).rev().step_by(SWITCH_STEP_PERMILLE) {
         let cap = peak / 1000 * permille as u64;
@@ -1079,7 +1097,7 @@ fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_
             &format!("emb-adapts-{permille}"),
         );
         let stderr = String::from_utf8_lossy(&adapted.stderr);
-        if adapted.status.success() && !stderr.contains(SWITCH) {
+        if adapted.status.success() && !stderr.contains(SHORT) {
             // Not tight enough: the default fits without a budget here.
             tried.push(format!("{} MiB: fits", cap / MIB));
             continue;
@@ -1141,12 +1159,34 @@ fn when_a_batch_outgrows_the_limit_the_default_switches_to_a_budget_where_plain_
             adapted_use.peak
         );
         assert!(
-            stderr.contains(SWITCH),
-            "the log does not say {SWITCH:?}:\n{stderr}"
+            stderr.contains(SHORT) && stderr.contains(MOVING_AT_A_BATCH),
+            "the log does not say {SHORT:?} and {MOVING_AT_A_BATCH:?}:\n{stderr}"
         );
         assert!(
             adapted.stdout == free.stdout,
             "the DC default's embeddings differ from plain llama.cpp's"
+        );
+        // With no disk to move weights to (the one directory allowed is a memory file
+        // system), the smallest budget instead, which finishes there too.
+        let (budgeted, budgeted_use) = embedding_in_cgroup_with(
+            &l,
+            &parent,
+            &dc,
+            Some(None),
+            Some(cap),
+            &format!("emb-budget-{permille}"),
+            &[("DCGGUF_SPILL_DIR", "/dev/shm")],
+        );
+        finished_saying(
+            &budgeted,
+            &budgeted_use,
+            cap,
+            "cannot move to a file (no directory for the decoded weights: /dev/shm is on a \
+             memory file system): switching to the smallest budget",
+        );
+        assert!(
+            budgeted.stdout == free.stdout,
+            "the budget's embeddings differ from plain llama.cpp's"
         );
         return;
     }

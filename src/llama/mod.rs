@@ -526,9 +526,17 @@ fn default_budget(
     }
 }
 
-/// Where decoded weights may move ([`budget::spill`]): next to the model, else the temporary
-/// directories (the first on a disk with room wins).
+/// The one directory decoded weights may move to, if set ([`spill_dirs`]).
+pub const SPILL_DIR_ENV: &str = "DCGGUF_SPILL_DIR";
+
+/// Where decoded weights may move ([`budget::spill`]): `DCGGUF_SPILL_DIR` if set, else next
+/// to the model, else the temporary directories (the first on a disk with room wins).
 fn spill_dirs(model: &Path) -> Vec<std::path::PathBuf> {
+    // The user's choice alone (a directory on a memory file system, `/dev/shm`, keeps
+    // decoded weights out of files altogether).
+    if let Some(dir) = std::env::var_os(SPILL_DIR_ENV).filter(|d| !d.is_empty()) {
+        return vec![dir.into()];
+    }
     let mut dirs = Vec::new();
     match model.parent() {
         Some(p) if !p.as_os_str().is_empty() => dirs.push(p.to_path_buf()),

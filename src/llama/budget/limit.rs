@@ -513,9 +513,10 @@ pub fn describe_spill(
 pub enum ContextChoice {
     /// The buffer fits next to the decoded weights.
     Fits { need: u64, headroom: Headroom },
-    /// It would not: the model switches to this budget.
-    Budget {
-        settings: Settings,
+    /// It would not: the model moves weights to a file, or, where it cannot, switches to
+    /// this budget ([`super::refit`]).
+    Short {
+        budget: Settings,
         need: u64,
         headroom: Headroom,
     },
@@ -537,8 +538,9 @@ pub fn work_buffer(batch_tokens: u64, widest_row: u64) -> u64 {
 /// plus `work` (the batch's [`work_buffer`], 0 where the batch is unknown, and what the
 /// context reserved that the batch may write) and
 /// [`other_memory`] for what computing allocates besides, must fit in `headroom`. If not,
-/// the smallest budget: every weight the plan can stream is decoded before each use (the
-/// budget cannot shrink later, and the batch may still grow other buffers).
+/// short, with the smallest budget for a model whose weights cannot move to a file: every
+/// weight the plan can stream is decoded before each use (the budget cannot shrink later,
+/// and the batch may still grow other buffers).
 pub fn choose_at_context(
     decoded_weights: u64,
     buffer: u64,
@@ -551,8 +553,8 @@ pub fn choose_at_context(
     if need <= headroom.bytes {
         return ContextChoice::Fits { need, headroom };
     }
-    ContextChoice::Budget {
-        settings: Settings {
+    ContextChoice::Short {
+        budget: Settings {
             budget: Budget::Bytes(1),
             home: CompressedHome::Ram,
             prefetch: None,
@@ -569,22 +571,23 @@ impl ContextChoice {
         let head = self.situation(decoded_weights, buffer);
         match self {
             ContextChoice::Fits { .. } => format!("{head}: it fits, no budget"),
-            ContextChoice::Budget { .. } => format!(
-                "{head}, which would not fit: switching to the smallest budget, streamed \
-                 tensors decoded before each use (set DCGGUF_MEM_BUDGET to choose yourself)"
-            ),
+            ContextChoice::Short { .. } => format!("{head}, which would not fit"),
         }
     }
 
-    /// The log line for a budget chosen here that could not be switched to (`why`).
-    pub fn describe_failed_switch(
+    /// The log line for a model short here whose weights cannot move to a file (`why`).
+    pub fn describe_budget_instead(
         &self,
         decoded_weights: u64,
         buffer: u64,
         why: &dyn std::fmt::Display,
     ) -> String {
         let head = self.situation(decoded_weights, buffer);
-        format!("{head}, which would not fit, and the smallest budget cannot be used: {why}")
+        format!(
+            "{head}, which would not fit, and the weights cannot move to a file ({why}): \
+             switching to the smallest budget, streamed tensors decoded before each use (set \
+             DCGGUF_MEM_BUDGET to choose yourself)"
+        )
     }
 
     /// What a batch needs and what is free: the start of both log lines.
@@ -592,7 +595,7 @@ impl ContextChoice {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let (need, headroom) = match self {
             ContextChoice::Fits { need, headroom }
-            | ContextChoice::Budget { need, headroom, .. } => (*need, headroom),
+            | ContextChoice::Short { need, headroom, .. } => (*need, headroom),
         };
         format!(
             "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
@@ -901,7 +904,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_buffer_that_does_not_fit_next_to_the_weights_switches_to_the_smallest_budget() {
+    fn a_batch_buffer_that_does_not_fit_next_to_the_weights_is_short() {
         let h = |bytes| Headroom {
             bytes,
             source: LimitSource::CgroupV1(PathBuf::from("/cg")),
@@ -918,25 +921,24 @@ mod tests {
         assert_eq!(work, 2046 * 1536 * 2);
         assert!(matches!(
             choose_at_context(weights, 30 << 20, work, h(35 << 20)),
-            ContextChoice::Budget { need, .. } if need == (34 << 20) + work
+            ContextChoice::Short { need, .. } if need == (34 << 20) + work
         ));
         let c = choose_at_context(weights, 241 << 20, 0, h(244 << 20));
         match &c {
-            ContextChoice::Budget { settings, .. } => {
-                assert_eq!(settings.budget, Budget::Bytes(1));
-                assert_eq!(settings.home, CompressedHome::Ram);
+            ContextChoice::Short { budget, .. } => {
+                assert_eq!(budget.budget, Budget::Bytes(1));
+                assert_eq!(budget.home, CompressedHome::Ram);
             }
             other => panic!("{other:?}"),
         }
+        let short = c.describe(weights, 241 << 20);
+        assert!(short.ends_with("which would not fit"), "{short}");
+        let budget = c.describe_budget_instead(weights, 241 << 20, &"/dev/shm: memory");
         assert!(
-            c.describe(weights, 241 << 20)
-                .contains("switching to the smallest budget")
-        );
-        let failed = c.describe_failed_switch(weights, 241 << 20, &"nothing to stream");
-        assert!(!failed.contains("switching"), "{failed}");
-        assert!(
-            failed.ends_with("the smallest budget cannot be used: nothing to stream"),
-            "{failed}"
+            budget.contains(
+                "cannot move to a file (/dev/shm: memory): switching to the smallest budget"
+            ),
+            "{budget}"
         );
     }
 }

@@ -17,12 +17,19 @@
 //! allocated there is one this batch needs (llama.cpp grows its output and compute buffers
 //! only when the batch needs more, and clears the output buffer at once), so it must fit,
 //! with room for computing ([`super::limit::other_memory`]), in what the limit leaves
-//! ([`super::limit::choose_at_context`]). If not, the model switches to the smallest
-//! budget (a budget cannot shrink later, and a limit reached once will be reached again by
+//! ([`super::limit::choose_at_context`]). If not, part of the decoded weights moves to a
+//! file ([`super::spill`], [`Pending::spill_instead`]: twice what is lacking, and 4 MiB),
+//! whose pages the limit reclaims and the disk gives back, as plain llama.cpp's mapped
+//! file's; later batches move more where they need it. Where no file can be made (no disk
+//! with room, only memory file systems), the model switches to the smallest budget
+//! instead (a budget cannot shrink later, and a limit reached once will be reached again by
 //! the next buffers of the same batch): the plan's streamed tensors are found in
 //! llama.cpp's CPU weight buffer and their pages given back ([`Residency::adopt_loaded`]),
 //! and from the next graph node on every context of the model decodes them before use, as
-//! after a budgeted load. Buffers allocated when a context is created are not checked
+//! after a budgeted load. Sessions 24-29 switched to the budget first; moving weights was
+//! faster wherever measured (session 30: llama-perplexity on SmolLM2 Q4_1, llama-embedding
+//! on MiniLM BF16; see [`Pending::check`]), and a budget finds nothing to stream where
+//! llama.cpp repacked the weights. Buffers allocated when a context is created are not checked
 //! then: llama.cpp reserves its compute buffer there for the largest batch, which most
 //! programs never send (llama-completion's SmolLM2 context reserves 49 MiB and writes part
 //! of it). They are noted, and the first check in the context counts what of them no batch
@@ -32,9 +39,7 @@
 //! ([`super::spill`]: neither the model nor a budget fit) is checked the same way, but
 //! moves more of its weights to the file where a batch's buffers would not fit
 //! ([`register_spilled`]): twice what is lacking, counting the moved pages still in memory
-//! as room (the limit reclaims them first), as the load did for what it lacked. A pending
-//! model whose switch finds nothing to stream (weights llama.cpp repacked are not in its
-//! plain CPU buffer) moves its weights to a file the same way ([`Pending::spill_instead`]).
+//! as room (the limit reclaims them first), as the load did for what it lacked.
 //!
 //! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
 //! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the
@@ -460,7 +465,8 @@ pub fn before_allocation(size: usize) {
 }
 
 impl Pending {
-    /// Switches the model to a budget if `size` bytes about to be allocated do not fit.
+    /// Moves weights to a file (or, where it cannot, switches the model to a budget) if
+    /// `size` bytes about to be allocated do not fit.
     fn check(&self, size: u64) {
         let Some(h) = limit::headroom() else {
             return;
@@ -477,47 +483,59 @@ impl Pending {
             return;
         }
         let choice = limit::choose_at_context(self.decoded, size, work, h.clone());
-        let ContextChoice::Budget { settings, .. } = choice else {
+        let ContextChoice::Short { budget, .. } = choice else {
             if crate::llama::verbose() {
                 crate::log_line!("{}", choice.describe(self.decoded, size));
             }
             return;
         };
-        // One switch per model, whichever thread gets here first.
+        // One decision per model, whichever thread gets here first.
         static SWITCHING: Mutex<()> = Mutex::new(());
         let _one = SWITCHING.lock().unwrap_or_else(|e| e.into_inner());
-        if self.res.get().is_some() || self.settled.load(Ordering::Relaxed) {
+        if self.res.get().is_some()
+            || self.spilled.get().is_some()
+            || self.settled.load(Ordering::Relaxed)
+        {
             return;
         }
+        // Weights moved to a file first, as far as the batch needs: their pages, as plain
+        // llama.cpp's mapped file's, the limit reclaims and the disk gives back, where a
+        // budget decodes its streamed tensors on every pass. Measured (session 30, AMD EPYC
+        // VM, 2 vCPUs, two runs each): llama-perplexity on SmolLM2 Q4_1 under 131.4 MiB,
+        // 9.2-10.3 s against 13.7-14.4 with the budget (plain mmap 11.5-11.9); under 150.2
+        // MiB 8.9-9.3 against 9.8-10.7 (plain 9.0-9.4); llama-embedding on MiniLM BF16 under
+        // 343.7 MiB, 1.35-1.40 s against 1.42-1.64 (plain 1.79-2.48). And a budget finds
+        // nothing to stream where llama.cpp repacked the weights (SmolLM2 in Q4_0 on AVX2).
+        crate::log_line!("{}", choice.describe(self.decoded, size));
+        let why = match self.spill_instead(size, work, h) {
+            Ok(()) => return,
+            Err(why) => why,
+        };
         // SAFETY: no graph node of the model computes: this runs on the thread that called
         // llama_decode/encode/process while ggml allocates a buffer (between graph
         // computations: ggml's CPU ops never call posix_memalign), contexts of one model do
         // not compute concurrently (the budget's documented limit), and every context of
         // the model was created with a graph callback that uses `self.res` once set.
-        match unsafe { switch(self, settings) } {
+        match unsafe { switch(self, budget) } {
             Ok(res) => {
-                crate::log_line!("{}", choice.describe(self.decoded, size));
+                crate::log_line!(
+                    "{}",
+                    choice.describe_budget_instead(self.decoded, size, &why)
+                );
                 let _ = self.res.set(res);
             }
-            // Where the budget finds nothing to stream in llama.cpp's plain CPU buffer (its
-            // weights repacked: Q4_0 and Q4_K on AVX2), what it would stream moves to a file,
-            // repacked, as at a load that lacked memory: SmolLM2 requantized to Q4_0 under
-            // llama-perplexity and a 150 MiB cap was killed here where plain mmap finished.
             Err(e) => {
-                crate::log_line!("{}", choice.describe_failed_switch(self.decoded, size, &e));
-                if let Err(why) = self.spill_instead(size, work, h) {
-                    crate::log_line!(
-                        "dcgguf: warning: the weights cannot move to a file either ({why}); \
-                         the model stays without a budget"
-                    );
-                    self.settled.store(true, Ordering::Relaxed);
-                }
+                crate::log_line!(
+                    "dcgguf: warning: the weights cannot move to a file ({why}) and no budget \
+                     can stream them ({e}); the model stays without a budget"
+                );
+                self.settled.store(true, Ordering::Relaxed);
             }
         }
     }
 
-    /// After a failed switch: moves the weights (but the lookup tables kept compressed) to
-    /// a file as far as `buffer` needs ([`Pending::move_more`]).
+    /// A batch is short: moves the weights (but the lookup tables kept compressed) to a file
+    /// as far as `buffer` needs ([`Pending::move_more`]). An error: no file could be made.
     fn spill_instead(
         &self,
         buffer: u64,
@@ -531,8 +549,8 @@ impl Pending {
         let first = lookup_ranges(model, &self.dc, kept_compressed);
         let spiller = Spiller::open(0, &self.spill_dirs).map_err(RefitError::Spill)?;
         crate::log_line!(
-            "dcgguf: memory: no budget can stream this model's weights; moving them to an \
-             unnamed file in {} instead, as far as the batch needs",
+            "dcgguf: memory: moving the decoded weights to an unnamed file in {}, as far as \
+             the batch needs",
             spiller.dir().display()
         );
         let spilled = self.spilled.get_or_init(|| Spilled {
