@@ -654,22 +654,67 @@ fn under_a_tight_memory_limit_the_default_load_moves_its_weights_to_a_file_inste
 /// `output.weight`, as untied models such as Qwen2.5-Coder-1.5B have): its token embedding is
 /// then read only a row a token.
 fn smollm2_untied(q4_1: &Path) -> PathBuf {
-    let out = tmp_dir().join("SmolLM2-135M-Instruct.Q4_1.untied.gguf");
-    if !out.exists() {
-        // Alone: a child forked while this process holds the model's bytes starts with
-        // their pages in its peak RSS (wait4's ru_maxrss), which other tests measure.
-        let _alone = MEASURING.write().unwrap_or_else(|e| e.into_inner());
-        let bytes = std::fs::read(q4_1).unwrap();
-        let h = dcgguf::gguf::GgufHeader::parse(&bytes).unwrap();
-        let mut tensors = dcgguf::gguf::tensor_entries(&h, &bytes);
-        let embd = tensors
+    made_once("SmolLM2-135M-Instruct.Q4_1.untied.gguf", |part| {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        // Copied through a small buffer, not read whole: a child forked while this process
+        // held the model's bytes would start with their pages in its peak RSS (wait4's
+        // ru_maxrss), which other tests measure, and glibc keeps freed heap pages.
+        let mut src = File::open(q4_1).unwrap();
+        let h = {
+            // SAFETY: a read-only mapping of a model file nothing writes while tests run;
+            // parsing touches only its header's pages, and it is unmapped right after.
+            let map = unsafe { memmap2::Mmap::map(&src) }.unwrap();
+            dcgguf::gguf::GgufHeader::parse(&map).unwrap()
+        };
+        let embd = h
+            .tensors
             .iter()
-            .find(|t| t.0 == "token_embd.weight")
+            .find(|t| t.name == "token_embd.weight")
             .expect("a token embedding")
             .clone();
-        tensors.push(("output.weight".into(), embd.1, embd.2, embd.3));
+        let output = dcgguf::gguf::TensorInfo {
+            name: "output.weight".into(),
+            ..embd.clone()
+        };
+        let all: Vec<(&dcgguf::gguf::TensorInfo, u64)> = h
+            .tensors
+            .iter()
+            .map(|t| (t, t.offset))
+            .chain([(&output, embd.offset)])
+            .collect();
+        let mut w = dcgguf::gguf::HeaderWriter::new(3);
+        for kv in &h.kvs {
+            w.kv(kv);
+        }
+        let mut at = 0;
+        for (t, _) in &all {
+            w.tensor(&t.name, &t.dims, t.ty, at);
+            at = dcgguf::gguf::align_up(at + t.nbytes, h.alignment).unwrap();
+        }
+        let mut out = std::io::BufWriter::new(File::create(part).unwrap());
+        let head = w.finish(h.alignment);
+        out.write_all(&head).unwrap();
+        let mut written = head.len() as u64;
+        for (t, from) in &all {
+            src.seek(SeekFrom::Start(h.data_offset + from)).unwrap();
+            std::io::copy(&mut (&mut src).take(t.nbytes), &mut out).unwrap();
+            written += t.nbytes;
+            let padded = dcgguf::gguf::align_up(written, h.alignment).unwrap();
+            out.write_all(&vec![0; (padded - written) as usize])
+                .unwrap();
+            written = padded;
+        }
+        out.flush().unwrap();
+    })
+}
+
+/// `name` in the tests' directory, made by `make` (which writes the path it is given, moved
+/// into place after) unless it is there already.
+fn made_once(name: &str, make: impl FnOnce(&Path)) -> PathBuf {
+    let out = tmp_dir().join(name);
+    if !out.exists() {
         let part = out.with_extension("part");
-        std::fs::write(&part, dcgguf::gguf::build_file(&h.kvs, &tensors)).unwrap();
+        make(&part);
         std::fs::rename(&part, &out).unwrap();
     }
     out
@@ -835,18 +880,14 @@ fn perplexity_score(o: &std::process::Output) -> String {
 /// SmolLM2 requantized to Q4_0 by llama-quantize: a type llama.cpp repacks on AVX2 (into
 /// interleaved blocks in a `CPU_REPACK` buffer), unlike the Q4_1 original.
 fn smollm2_q4_0(l: &Llama, q4_1: &Path) -> PathBuf {
-    let out = tmp_dir().join("SmolLM2-135M-Instruct.Q4_0.gguf");
-    if !out.exists() {
-        let part = out.with_extension("part");
+    made_once("SmolLM2-135M-Instruct.Q4_0.gguf", |part| {
         let o = run(Command::new(l.bin("llama-quantize"))
             .arg("--allow-requantize")
             .arg(q4_1)
-            .arg(&part)
+            .arg(part)
             .arg("Q4_0"));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        std::fs::rename(&part, &out).unwrap();
-    }
-    out
+    })
 }
 
 /// Weights that llama.cpp repacks are not in its plain CPU buffer, where a budget finds what
