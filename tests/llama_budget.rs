@@ -802,15 +802,22 @@ fn where_memory_is_tight_a_lookup_drops_the_compressed_bytes_it_read() {
     // A copy of its own, for the page cache it leaves.
     let dc = tmp_dir().join("tight-lookups.dc.gguf");
     std::fs::copy(dc_of(&m), &dc).unwrap();
-    let (plain, plain_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "tight-plain");
+    let (plain, plain_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "tight-plain", &[]);
     assert!(
         plain.status.success(),
         "{}",
         String::from_utf8_lossy(&plain.stderr)
     );
     let peak = plain_use.peak.expect("the cgroup reports its peak");
-    let (ours, ours_use) =
-        embedding_in_cgroup(&l, &parent, &dc, Some(None), Some(peak), "tight-adapts");
+    let (ours, ours_use) = embedding_in_cgroup(
+        &l,
+        &parent,
+        &dc,
+        Some(None),
+        Some(peak),
+        "tight-adapts",
+        &[],
+    );
     assert!(
         ours.status.success() && ours_use.oom_kills == 0,
         "{}",
@@ -834,20 +841,9 @@ fn where_memory_is_tight_a_lookup_drops_the_compressed_bytes_it_read() {
 
 /// llama-perplexity of `model` over the evaluation sentences (`-c 256 -b 256`: 256 tokens a
 /// batch, logits for the half it scores) in a memory cgroup of its own capped at `cap`:
-/// under the DC preload's default when `dc`, else plain llama.cpp (mmap).
+/// under the DC preload's default when `dc`, else plain llama.cpp (mmap), with `extra`
+/// arguments.
 fn perplexity_in_cgroup(
-    l: &Llama,
-    parent: &cgroup::Parent,
-    model: &Path,
-    dc: bool,
-    cap: Option<u64>,
-    tag: &str,
-) -> (std::process::Output, cgroup::Usage) {
-    perplexity_in_cgroup_with(l, parent, model, dc, cap, tag, &[])
-}
-
-/// [`perplexity_in_cgroup`] with `extra` arguments for llama-perplexity.
-fn perplexity_in_cgroup_with(
     l: &Llama,
     parent: &cgroup::Parent,
     model: &Path,
@@ -912,7 +908,7 @@ fn repacked_weights_move_to_a_file_and_score_as_plain_llama_cpp() {
     let chunks = ["--chunks", "3"];
     let ppl = |model: &Path, dc: bool, cap: Option<u64>, tag: &str, extra: &[&str]| {
         let args: Vec<&str> = chunks.iter().chain(extra).copied().collect();
-        perplexity_in_cgroup_with(&l, &parent, model, dc, cap, tag, &args)
+        perplexity_in_cgroup(&l, &parent, model, dc, cap, tag, &args)
     };
     let (free, free_use) = ppl(&m, false, None, "q4_0-plain", &[]);
     assert!(
@@ -1010,6 +1006,7 @@ fn perplexity_under_a_share_of_plain_peak(t: &str, percent: u64, decision: &str)
         false,
         None,
         &format!("ppl-plain-{percent}"),
+        &[],
     );
     assert!(
         free.status.success(),
@@ -1025,6 +1022,7 @@ fn perplexity_under_a_share_of_plain_peak(t: &str, percent: u64, decision: &str)
         false,
         Some(cap),
         &format!("ppl-cap-{percent}"),
+        &[],
     );
     assert!(
         plain.status.success() && plain_use.oom_kills == 0,
@@ -1039,6 +1037,7 @@ fn perplexity_under_a_share_of_plain_peak(t: &str, percent: u64, decision: &str)
         true,
         Some(cap),
         &format!("ppl-adapts-{percent}"),
+        &[],
     );
     finished_saying(&ours, &ours_use, cap, decision);
     assert_eq!(score(&ours), score(&free));
@@ -1047,20 +1046,8 @@ fn perplexity_under_a_share_of_plain_peak(t: &str, percent: u64, decision: &str)
 
 /// llama-embedding of the evaluation sentences (`-c 512`, batches of up to 2048 tokens) with
 /// `model`, in a memory cgroup of its own capped at `cap`: under the DC preload with
-/// `budget` (`None`: the default) when `dc`, else plain llama.cpp (mmap).
+/// `budget` (`None`: the default) when `dc`, else plain llama.cpp (mmap), with `env` set.
 fn embedding_in_cgroup(
-    l: &Llama,
-    parent: &cgroup::Parent,
-    model: &Path,
-    dc: Option<Option<&str>>,
-    cap: Option<u64>,
-    tag: &str,
-) -> (std::process::Output, cgroup::Usage) {
-    embedding_in_cgroup_with(l, parent, model, dc, cap, tag, &[])
-}
-
-/// [`embedding_in_cgroup`] with `env` set for llama-embedding.
-fn embedding_in_cgroup_with(
     l: &Llama,
     parent: &cgroup::Parent,
     model: &Path,
@@ -1114,7 +1101,7 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
     let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
-    let (free, free_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "emb-plain");
+    let (free, free_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "emb-plain", &[]);
     assert!(
         free.status.success(),
         "{}",
@@ -1136,6 +1123,7 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
             Some(None),
             Some(cap),
             &format!("emb-adapts-{permille}"),
+            &[],
         );
         let stderr = String::from_utf8_lossy(&adapted.stderr);
         if adapted.status.success() && !stderr.contains(SHORT) {
@@ -1154,6 +1142,7 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
                 None,
                 Some(cap),
                 &format!("emb-plain-cap-{permille}-{attempt}"),
+                &[],
             );
             let (forced, forced_use) = embedding_in_cgroup(
                 &l,
@@ -1162,6 +1151,7 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
                 Some(Some("0")),
                 Some(cap),
                 &format!("emb-forced-{permille}-{attempt}"),
+                &[],
             );
             let plain_ok = plain.status.success() && plain_use.oom_kills == 0;
             let forced_dies = !forced.status.success()
@@ -1209,7 +1199,7 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
         );
         // With no disk to move weights to (the one directory allowed is a memory file
         // system), the smallest budget instead, which finishes there too.
-        let (budgeted, budgeted_use) = embedding_in_cgroup_with(
+        let (budgeted, budgeted_use) = embedding_in_cgroup(
             &l,
             &parent,
             &dc,

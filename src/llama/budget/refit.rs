@@ -336,9 +336,12 @@ fn lookup_ranges(
     let Ok(api) = api() else {
         return Vec::new();
     };
-    (0..dc.tensor_count())
-        .filter(|&i| !skip(i) && dc.tensor_view(i).name == table.name)
-        .filter_map(|i| api.cpu_tensor_memory(model, &dc.tensor_view(i).name, true))
+    let skipped = (0..dc.tensor_count()).any(|i| skip(i) && dc.tensor_view(i).name == table.name);
+    if skipped {
+        return Vec::new();
+    }
+    api.cpu_tensor_memory(model, &table.name, true)
+        .into_iter()
         .collect()
 }
 
