@@ -110,6 +110,11 @@ fn group_bytes_with(g: &[u64], at: usize, plus: u64) -> Vec<u64> {
 /// Chunks of a lookup-only tensor the working set allows for (a prompt's rows).
 const LOOKUP_CHUNKS: u64 = 4;
 
+/// Decoded bytes a lookup-only tensor's rows hold at most: [`LOOKUP_CHUNKS`] of its chunks.
+fn lookup_reserve(t: &TensorCost) -> u64 {
+    t.raw.min(LOOKUP_CHUNKS * t.chunk_bytes.max(1))
+}
+
 /// The plan for a load under `s`: its budget (a fraction of the decoded weight bytes, or
 /// bytes) applied to `tensors`. `None` when it streams nothing (the budget covers the whole
 /// model, or nothing is worth streaming).
@@ -124,16 +129,25 @@ pub fn plan_for(tensors: &[TensorCost], s: &Settings) -> Option<ResidencyPlan> {
 }
 
 /// The plan of the default when the decoded model fits in memory: only the lookup tables
-/// (untied token embeddings) that compression shrinks by at least [`MIN_STREAMED`] stream,
-/// everything else stays resident. A lookup decodes the chunks holding the rows it asks for
-/// (a few per batch), so this costs almost no time, and holds the table's compressed bytes
-/// instead of its decoded ones (MiniLM BF16: 15.5 MB instead of 23.4). `None` when the model
-/// has no such table.
+/// (untied token embeddings) whose compressed bytes and the rows a lookup holds decoded
+/// take at least [`MIN_STREAMED`] less than the decoded table stream, everything else stays
+/// resident. A lookup decodes the chunks holding the rows it asks for (a few per batch), so
+/// this costs almost no time, and holds the table's compressed bytes instead of its decoded
+/// ones (MiniLM BF16: 14.8 MiB and at most 4 MiB of rows instead of 22.4). A table that
+/// compression barely shrinks stays decoded: MiniLM Q8_0's (11.3 MiB stored, 11.9 decoded)
+/// kept compressed made the uncapped peak 3.4 MiB higher than plain mmap's (session 31).
+/// `None` when the model has no such table.
 pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
     let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     let streamed: Vec<bool> = tensors
         .iter()
-        .map(|t| t.lookup_only && t.raw >= t.stored.saturating_add(MIN_STREAMED))
+        .map(|t| {
+            t.lookup_only
+                && t.raw
+                    >= t.stored
+                        .saturating_add(lookup_reserve(t))
+                        .saturating_add(MIN_STREAMED)
+        })
         .collect();
     if !streamed.contains(&true) {
         return None;
@@ -148,7 +162,7 @@ pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
     };
     let resident_bytes = sum(&|t| t.raw, false);
     let streamed_stored_bytes = sum(&|t| t.stored, true);
-    let reserve_bytes = sum(&|t| t.raw.min(LOOKUP_CHUNKS * t.chunk_bytes.max(1)), true);
+    let reserve_bytes = sum(&lookup_reserve, true);
     let budget_bytes = resident_bytes + streamed_stored_bytes + reserve_bytes;
     let decoded_weight_bytes = tensors.iter().map(|t| t.raw).sum();
     Some(ResidencyPlan {
@@ -246,7 +260,7 @@ impl Planner<'_> {
     /// Decoded bytes one use of a streamed tensor needs in memory.
     fn working(&self, t: &TensorCost) -> u64 {
         if t.lookup_only {
-            t.raw.min(LOOKUP_CHUNKS * t.chunk_bytes.max(1))
+            lookup_reserve(t)
         } else {
             t.raw
         }
@@ -386,21 +400,29 @@ mod tests {
             "a tied embedding is no lookup table"
         );
         m[0].lookup_only = true;
+        m[0].stored = 30 << 20;
         let p = lookups_plan(&m).unwrap();
         assert_eq!(p.streamed_count(), 1);
         assert!(p.streamed[0]);
-        assert_eq!(p.streamed_stored_bytes, 36 << 20);
+        assert_eq!(p.streamed_stored_bytes, 30 << 20);
         assert_eq!(p.reserve_bytes, 4 << 20);
         assert_eq!(p.resident_bytes + (40 << 20), p.decoded_weight_bytes);
         // Held in RAM: the stored table and a few chunks' rows instead of the decoded table.
         assert_eq!(p.needed_bytes(CompressedHome::Ram), p.budget_bytes);
         assert_eq!(
             p.budget_bytes,
-            p.decoded_weight_bytes - (40 << 20) + (36 << 20) + (4 << 20)
+            p.decoded_weight_bytes - (40 << 20) + (30 << 20) + (4 << 20)
         );
-        // A table that compression barely shrinks stays decoded.
-        m[0].stored = m[0].raw - (MIN_STREAMED - 1);
+        // A table whose compressed bytes and held rows save less than MIN_STREAMED stays
+        // decoded: streaming it would hold more than decoding it does.
+        m[0].stored = m[0].raw - (4 << 20) - (MIN_STREAMED - 1);
         assert_eq!(lookups_plan(&m), None);
+        m[0].stored = 36 << 20;
+        assert_eq!(
+            lookups_plan(&m),
+            None,
+            "36 MiB stored + 4 MiB of rows = 40 decoded"
+        );
     }
 
     #[test]
