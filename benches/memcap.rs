@@ -36,6 +36,10 @@
 //! first. Timeout: 5x the setup's own time without a cap, at least 30 s, at most
 //! DCGGUF_MEMCAP_TIMEOUT (default 120 s).
 //!
+//! Your own model: DCGGUF_MEMCAP_MODEL=PATH (a plain GGUF; it runs alone unless
+//! DCGGUF_MEMCAP_MODELS names others; llama-embedding for a model that pools, else
+//! llama-completion; DCGGUF_MEMCAP_WORKLOAD=completion|embedding|perplexity overrides).
+//!
 //! Other knobs: DCGGUF_MEMCAP_MODELS (comma list of smollm2, smollm2-ppl, minilm-bf16,
 //! minilm-f16, large;
 //! default all but large), DCGGUF_MEMCAP_RUNS (runs per point, default 1: the median speed,
@@ -714,6 +718,9 @@ fn models(wanted: &[String]) -> Vec<Model> {
             });
         }
     }
+    if let Some(m) = own_model() {
+        v.push(m);
+    }
     if want("large")
         && let Some(p) = llama_support::large_model("memcap bench, large model")
     {
@@ -726,6 +733,57 @@ fn models(wanted: &[String]) -> Vec<Model> {
         });
     }
     v
+}
+
+/// `DCGGUF_MEMCAP_MODEL=PATH`: a plain GGUF of the user's own, under the same ladder, to
+/// answer "does my model run under this limit, and how fast?" from runs under the limit. It
+/// is compressed beside the bench's own (`target/bench-memcap/<name>.dc.gguf`). The tool:
+/// `DCGGUF_MEMCAP_WORKLOAD` (completion, embedding, perplexity), else llama-embedding for a
+/// model that pools its outputs (`<arch>.pooling_type`: an embedding model), else
+/// llama-completion. Embedding and perplexity read the evaluation sentences.
+fn own_model() -> Option<Model> {
+    let plain = PathBuf::from(std::env::var_os("DCGGUF_MEMCAP_MODEL")?);
+    let name = plain
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_else(|| panic!("DCGGUF_MEMCAP_MODEL: {} names no file", plain.display()))
+        .to_string();
+    let stem = name.strip_suffix(".gguf").unwrap_or(&name);
+    if stem.ends_with(".dc") || DcFile::open(&plain).is_ok() {
+        panic!(
+            "DCGGUF_MEMCAP_MODEL: {} is a DC-GGUF; give the plain GGUF (the bench runs both)",
+            plain.display()
+        );
+    }
+    let dc = dc_file(&plain, &format!("own-{stem}.dc.gguf"));
+    let f = DcFile::open(&dc).unwrap_or_else(|e| panic!("{}: {e}", dc.display()));
+    let pools = f
+        .original
+        .get("general.architecture")
+        .and_then(|a| a.as_str())
+        .is_some_and(|a| f.original.get(&format!("{a}.pooling_type")).is_some());
+    let sentences = llama_support::eval_sentences_file;
+    let kind = std::env::var("DCGGUF_MEMCAP_WORKLOAD")
+        .unwrap_or_else(|_| if pools { "embedding" } else { "completion" }.into());
+    let (workload, knee_metric) = match kind.trim() {
+        "completion" => (Workload::Completion, Metric::Gen),
+        "embedding" => {
+            let file = sentences();
+            let n = std::fs::read_to_string(&file).unwrap().lines().count();
+            (Workload::Embedding { file, n }, Metric::Emb)
+        }
+        "perplexity" => (Workload::Perplexity { file: sentences() }, Metric::Ppl),
+        other => {
+            panic!("DCGGUF_MEMCAP_WORKLOAD: {other:?} is none of completion, embedding, perplexity")
+        }
+    };
+    Some(Model {
+        name: format!("{name} (DCGGUF_MEMCAP_MODEL)"),
+        plain,
+        dc,
+        workload,
+        knee_metric,
+    })
 }
 
 // ------------------------------------------------------------------------------- report
@@ -1063,8 +1121,14 @@ fn main() {
     let runs: usize = env_or("DCGGUF_MEMCAP_RUNS", 1).max(1);
     let timeout_max: f64 = env_or("DCGGUF_MEMCAP_TIMEOUT", 120.0);
     let noise: f64 = env_or("DCGGUF_MEMCAP_NOISE", 0.05);
+    // A model of the user's own runs alone unless DCGGUF_MEMCAP_MODELS asks for others too.
+    let default_models = if std::env::var_os("DCGGUF_MEMCAP_MODEL").is_some() {
+        ""
+    } else {
+        "smollm2,smollm2-ppl,minilm-bf16,minilm-f16"
+    };
     let mut wanted: Vec<String> = std::env::var("DCGGUF_MEMCAP_MODELS")
-        .unwrap_or_else(|_| "smollm2,smollm2-ppl,minilm-bf16,minilm-f16".into())
+        .unwrap_or_else(|_| default_models.into())
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
