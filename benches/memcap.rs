@@ -363,6 +363,15 @@ enum Workload {
     Perplexity { file: PathBuf },
 }
 
+impl Workload {
+    /// llama-embedding of the evaluation sentences.
+    fn embedding_of_sentences() -> Workload {
+        let file = llama_support::eval_sentences_file();
+        let n = std::fs::read_to_string(&file).unwrap().lines().count();
+        Workload::Embedding { file, n }
+    }
+}
+
 struct Model {
     name: String,
     plain: PathBuf,
@@ -707,13 +716,11 @@ fn models(wanted: &[String]) -> Vec<Model> {
         }
         let name = format!("all-MiniLM-L6-v2-{t}.gguf");
         if let Some(p) = llama_support::shared_model("memcap bench", &name) {
-            let file = llama_support::eval_sentences_file();
-            let n = std::fs::read_to_string(&file).unwrap().lines().count();
             v.push(Model {
                 name: format!("MiniLM-L6 {}", t.to_uppercase()),
                 dc: dc_file(&p, &format!("minilm-{t}.dc.gguf")),
                 plain: p,
-                workload: Workload::Embedding { file, n },
+                workload: Workload::embedding_of_sentences(),
                 knee_metric: Metric::Emb,
             });
         }
@@ -762,17 +769,17 @@ fn own_model() -> Option<Model> {
         .get("general.architecture")
         .and_then(|a| a.as_str())
         .is_some_and(|a| f.original.get(&format!("{a}.pooling_type")).is_some());
-    let sentences = llama_support::eval_sentences_file;
     let kind = std::env::var("DCGGUF_MEMCAP_WORKLOAD")
         .unwrap_or_else(|_| if pools { "embedding" } else { "completion" }.into());
     let (workload, knee_metric) = match kind.trim() {
         "completion" => (Workload::Completion, Metric::Gen),
-        "embedding" => {
-            let file = sentences();
-            let n = std::fs::read_to_string(&file).unwrap().lines().count();
-            (Workload::Embedding { file, n }, Metric::Emb)
-        }
-        "perplexity" => (Workload::Perplexity { file: sentences() }, Metric::Ppl),
+        "embedding" => (Workload::embedding_of_sentences(), Metric::Emb),
+        "perplexity" => (
+            Workload::Perplexity {
+                file: llama_support::eval_sentences_file(),
+            },
+            Metric::Ppl,
+        ),
         other => {
             panic!("DCGGUF_MEMCAP_WORKLOAD: {other:?} is none of completion, embedding, perplexity")
         }
