@@ -659,11 +659,11 @@ mod tests {
         assert_eq!(uncovered(10, 20, &[(0, 5), (25, 30)]), vec![(10, 20)]);
     }
 
-    fn rss_kinds(addr: usize) -> (u64, u64) {
-        // (Anonymous kB, Rss kB) of the mapping that holds `addr`.
+    /// The /proc/self/smaps lines of the mapping that holds `addr`, its header line left out.
+    fn smaps_of(addr: usize) -> Vec<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
-        let (mut anon, mut rss) = (0, 0);
+        let mut lines = Vec::new();
         for l in smaps.lines() {
             if let Some((range, _)) = l.split_once(' ')
                 && let Some((a, b)) = range.split_once('-')
@@ -673,19 +673,37 @@ mod tests {
                 continue;
             }
             if inside {
-                let kb = |p: &str| {
-                    l.strip_prefix(p)
-                        .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
-                };
-                if let Some(v) = kb("Anonymous:") {
-                    anon = v;
-                }
-                if let Some(v) = kb("Rss:") {
-                    rss = v;
-                }
+                lines.push(l.to_string());
+            }
+        }
+        lines
+    }
+
+    fn rss_kinds(addr: usize) -> (u64, u64) {
+        // (Anonymous kB, Rss kB) of the mapping that holds `addr`.
+        let (mut anon, mut rss) = (0, 0);
+        for l in smaps_of(addr) {
+            let kb = |p: &str| {
+                l.strip_prefix(p)
+                    .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+            };
+            if let Some(v) = kb("Anonymous:") {
+                anon = v;
+            }
+            if let Some(v) = kb("Rss:") {
+                rss = v;
             }
         }
         (anon, rss)
+    }
+
+    /// The mapping's `VmFlags` (two-letter codes: `sr` for `MADV_SEQUENTIAL`, `rr` for
+    /// `MADV_RANDOM`); None where the kernel does not list them.
+    fn vm_flags(addr: usize) -> Option<Vec<String>> {
+        smaps_of(addr).iter().find_map(|l| {
+            l.strip_prefix("VmFlags:")
+                .map(|f| f.split_whitespace().map(str::to_string).collect())
+        })
     }
 
     fn populate_supported() -> bool {
@@ -735,6 +753,18 @@ mod tests {
         } else {
             eprintln!("MADV_POPULATE_READ not supported here: mapped pages not checked");
         }
+        // Read back in order (`MADV_SEQUENTIAL`: the kernel reads ahead further and drops
+        // what was read first; measured in move_piece), the file's mapping and no other.
+        let flags = vm_flags(base + 8192).expect("smaps lists VmFlags (Linux 3.8+)");
+        assert!(
+            flags.iter().any(|f| f == "sr") && !flags.iter().any(|f| f == "rr"),
+            "the moved pages are not advised sequential: VmFlags {flags:?}"
+        );
+        let first = vm_flags(base).expect("VmFlags");
+        assert!(
+            !first.iter().any(|f| f == "sr"),
+            "the first partial page stayed anonymous and unadvised: VmFlags {first:?}"
+        );
         assert_eq!(
             crate::io::hash::xxh3_64(&buf),
             want,
