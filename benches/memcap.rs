@@ -41,23 +41,34 @@
 //! llama-completion; DCGGUF_MEMCAP_WORKLOAD=completion|embedding|perplexity overrides).
 //!
 //! Other knobs: DCGGUF_MEMCAP_MODELS (comma list of smollm2, smollm2-ppl, minilm-bf16,
-//! minilm-f16, large;
-//! default all but large), DCGGUF_MEMCAP_RUNS (runs per point, default 1: the median speed,
-//! the highest peak, any failure wins), DCGGUF_MEMCAP_NOISE (allowance of the "never slower"
-//! check, default 0.05), DCGGUF_MEMCAP_SETUPS (comma list of plain-none, default, no-budget,
-//! 50-ram, 50-file, plain-again; default all; plain mmap always runs). Caps run in turn, every
-//! setup at each cap, and a cap's runs go round the setups (one run of each, then the next
-//! round, which starts one setup later), so that the setups a target compares run close in
-//! time and share the machine's weather. `plain-again` runs plain mmap a second time in each
-//! round: its ratio to the first run, taken like DC's, is the bench's resolution, which the
-//! "never slower" lines print beside DC's ratio.
+//! minilm-f16, large; default all but large), DCGGUF_MEMCAP_RUNS (runs per point, default 1:
+//! the median speed, the highest peak, any failure wins), DCGGUF_MEMCAP_MAX_RUNS (runs per
+//! point at most, default 8 or DCGGUF_MEMCAP_RUNS if more: see below), DCGGUF_MEMCAP_NOISE
+//! (allowance of the "never slower" check, default 0.05), DCGGUF_MEMCAP_SETUPS (comma list of
+//! plain-none, default, no-budget, 50-ram, 50-file, plain-again; default all; plain mmap
+//! always runs). Caps run in turn, every setup at each cap, and a cap's runs go round the
+//! setups (one run of each, then the next round, which starts one setup later), so that the
+//! setups a target compares run close in time and share the machine's weather.
 //!
-//! Output: a markdown table per model, each setup's knee (the lowest cap down to which it
-//! keeps >= 90% of its own uncapped speed at every cap) and the targets as PASS/FAIL
-//! lines (printed, not asserted; "never slower" takes, at each point, the median over the
-//! rounds of DC's speed over plain mmap's in the same round), all in target/bench-memcap/memcap.md; the points in
-//! memcap.csv; and memcap.png drawn by scripts/plot-memcap.py (matplotlib, see
-//! scripts/requirements.txt; without it the bench says that no plot was made).
+//! More rounds where the runs leave a question open: after DCGGUF_MEMCAP_RUNS rounds at a
+//! cap, another round runs (up to DCGGUF_MEMCAP_MAX_RUNS) while a DC setup's speed over plain
+//! mmap's in the same rounds, or a setup's speed over its own uncapped speed (plain mmap's
+//! and DC's, whose knees the targets compare), has a median whose 90% confidence interval
+//! (the sign test's, distribution-free; below five rounds, the smallest to the largest)
+//! holds the target's threshold (1 - allowance; 90%). A question settled either way stops
+//! asking, so the extra rounds favour no answer. `plain-again` runs plain mmap a second time
+//! in each round: judged against the first run like DC, it is the bench's resolution, which
+//! the "never slower" lines print beside DC's.
+//!
+//! Output: a markdown table per model (a cell's run count where more rounds ran), each
+//! setup's knee (the lowest cap down to which it keeps >= 90% of its own uncapped speed at
+//! every cap, by medians) and the targets as PASS/FAIL lines (printed, not asserted).
+//! "Never slower" takes, at each point, the median over the rounds of DC's speed over plain
+//! mmap's in the same round; a point below the allowance fails it where the median's 90%
+//! interval lies below the allowance too, else the line says UNRESOLVED and names the points
+//! the runs could not settle. All in target/bench-memcap/memcap.md; the points in memcap.csv;
+//! and memcap.png drawn by scripts/plot-memcap.py (matplotlib, see scripts/requirements.txt;
+//! without it the bench says that no plot was made).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -71,6 +82,8 @@ use dcgguf::dc::DcFile;
 #[path = "../tests/llama_support/mod.rs"]
 mod llama_support;
 use llama_support::{Llama, cgroup, preload};
+#[path = "support/mod.rs"]
+mod support;
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -555,6 +568,11 @@ struct Ctx {
     llama: Llama,
     /// Runs per point.
     runs: usize,
+    /// Runs per point at most, where the runs leave a target's question open
+    /// ([`open_question`]).
+    max_runs: usize,
+    /// The "never slower" allowance.
+    noise: f64,
 }
 
 /// Runs one point `cx.runs` times: median speeds and wall, highest peak, the first failure.
@@ -574,15 +592,32 @@ fn measure(
 
 /// Runs several setups at one cap `cx.runs` times each, in turn (one run of each, then the
 /// next round), so that whatever else the machine is doing meanwhile falls on every setup
-/// alike, and a round's runs can be compared pairwise ([`paired_ratio`]). Each setup's runs.
+/// alike, and a round's runs can be compared pairwise ([`paired_ratios`]); then more rounds,
+/// up to `cx.max_runs`, while a target's question at this cap is still open
+/// ([`open_question`]; `bases`: each setup's uncapped speed of the knee metric, where its
+/// knee counts, none without a cap). Each setup's runs.
 fn run_in_turn(
     cx: &Ctx,
     m: &Model,
     setups: &[(&Setup, Duration)],
     cap: Option<u64>,
+    bases: &[Option<f64>],
 ) -> Vec<Vec<Run>> {
     let mut runs: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
-    for round in 0..cx.runs {
+    for round in 0.. {
+        if round >= cx.runs {
+            if round >= cx.max_runs {
+                break;
+            }
+            match open_question(m, setups, &runs, bases, cx.noise) {
+                Some(why) => eprintln!(
+                    "memcap:   round {} of at most {}: {why}",
+                    round + 1,
+                    cx.max_runs
+                ),
+                None => break,
+            }
+        }
         // Each round starts one setup later: a place in the round (first after the cap
         // changed, right after the setup that freed the most memory) falls on every setup
         // alike, not always on the same one.
@@ -598,6 +633,95 @@ fn run_in_turn(
         }
     }
     runs
+}
+
+/// Where a point's values lie against a threshold.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Above,
+    Below,
+    /// The median's confidence interval ([`support::median_interval`]) holds the threshold;
+    /// below five values, the smallest and the largest stand in for the interval.
+    Open,
+}
+
+fn side(v: &[f64], threshold: f64) -> Side {
+    let (lo, hi) = support::median_interval(v).unwrap_or_else(|| {
+        v.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            })
+    });
+    if lo >= threshold {
+        Side::Above
+    } else if hi < threshold {
+        Side::Below
+    } else {
+        Side::Open
+    }
+}
+
+/// Every run's speed of metric `mi`; None where a run has none (it failed).
+fn run_values(m: &Model, runs: &[Run], mi: usize) -> Option<Vec<f64>> {
+    runs.iter().map(|r| speeds(m, r)[mi]).collect()
+}
+
+/// A question of the targets that the runs made so far at one cap leave open, in words:
+/// a DC setup's speed over plain mmap's (paired by round) whose interval holds 1 - noise
+/// (never slower), or a setup's speed whose interval holds 90% of its uncapped speed (its
+/// knee). None when every question is settled, one way or the other, or a run failed. Settled
+/// questions stop the rounds whichever way they went, so more rounds do not favour one
+/// answer.
+fn open_question(
+    m: &Model,
+    setups: &[(&Setup, Duration)],
+    runs: &[Vec<Run>],
+    bases: &[Option<f64>],
+    noise: f64,
+) -> Option<String> {
+    let plain = setups
+        .iter()
+        .position(|(s, _)| s.key == SETUPS[PLAIN_MMAP].key)?;
+    for (i, (s, _)) in setups.iter().enumerate() {
+        for (mi, metric) in m.metrics().iter().enumerate().filter(|_| s.dc) {
+            let (Some(d), Some(p)) = (run_values(m, &runs[i], mi), run_values(m, &runs[plain], mi))
+            else {
+                continue;
+            };
+            let ratios: Vec<f64> = d.iter().zip(&p).map(|(d, p)| d / p).collect();
+            if side(&ratios, 1.0 - noise) == Side::Open {
+                return Some(format!(
+                    "{} over plain mmap, {}: ratios {}",
+                    s.label,
+                    metric.name(),
+                    list(&ratios)
+                ));
+            }
+        }
+        let Some(base) = bases.get(i).copied().flatten() else {
+            continue;
+        };
+        let mi = m.metrics().iter().position(|x| *x == m.knee_metric)?;
+        if let Some(v) = run_values(m, &runs[i], mi) {
+            let of_base: Vec<f64> = v.iter().map(|x| x / base).collect();
+            if side(&of_base, 0.9) == Side::Open {
+                return Some(format!(
+                    "{} knee, {} of its uncapped speed: {}",
+                    s.label,
+                    m.knee_metric.name(),
+                    list(&of_base)
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One point from its runs: median speeds and wall, highest peak, the first failure; and the
@@ -815,7 +939,8 @@ fn mib(b: Option<u64>) -> String {
     b.map_or("?".into(), |b| format!("{:.1}", b as f64 / MIB))
 }
 
-fn cell(m: &Model, p: &Point) -> String {
+/// A point for the table; its run count where it ran more than `runs` rounds.
+fn cell(m: &Model, p: &Point, runs: usize) -> String {
     let mut s = match &p.status {
         Status::Ok => {
             let sp: Vec<String> = p
@@ -828,7 +953,13 @@ fn cell(m: &Model, p: &Point) -> String {
             } else {
                 "t/s"
             };
-            format!("{} {unit}, {} MiB", sp.join(" / "), mib(p.peak))
+            let n = p.run_speeds.len();
+            let more = if n > runs {
+                format!(", {n} runs")
+            } else {
+                String::new()
+            };
+            format!("{} {unit}, {} MiB{more}", sp.join(" / "), mib(p.peak))
         }
         Status::Skipped(_) => p.status.text(),
         other => format!("{} ({} MiB)", other.text(), mib(p.peak)),
@@ -865,50 +996,121 @@ fn knee_text(k: (Option<u64>, bool)) -> String {
     }
 }
 
-fn check(out: &mut String, pass: bool, what: &str) {
-    let line = format!("- [{}] {what}", if pass { "PASS" } else { "FAIL" });
+#[derive(Clone, Copy, PartialEq)]
+enum Verdict {
+    Pass,
+    Fail,
+    /// Neither shown nor ruled out by the runs made.
+    Unresolved,
+}
+
+fn report(out: &mut String, v: Verdict, what: &str) {
+    let tag = match v {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::Unresolved => "UNRESOLVED",
+    };
+    let line = format!("- [{tag}] {what}");
     println!("{line}");
     out.push_str(&line);
     out.push('\n');
 }
 
-/// The targets for one model, printed as PASS/FAIL lines.
-/// DC's speed against plain mmap's at one point, metric `mi`: the median over the rounds of
-/// the ratio of the two runs in each round (the runs of a round ran one after the other, so
-/// a slow spell of this shared machine falls on both). `None` where the points do not have
-/// the same rounds, every one with a speed (then the ratio of the medians stands).
-fn paired_ratio(dc: &Point, plain: &Point, mi: usize) -> Option<f64> {
+fn check(out: &mut String, pass: bool, what: &str) {
+    report(out, if pass { Verdict::Pass } else { Verdict::Fail }, what);
+}
+
+/// DC's speed over plain mmap's at one point, metric `mi`, round by round (the runs of a
+/// round ran one after the other, so a slow spell of this shared machine falls on both).
+/// `None` where the points do not have the same rounds, every one with a speed.
+fn paired_ratios(dc: &Point, plain: &Point, mi: usize) -> Option<Vec<f64>> {
     if dc.run_speeds.is_empty() || dc.run_speeds.len() != plain.run_speeds.len() {
         return None;
     }
-    let ratios: Option<Vec<f64>> = dc
-        .run_speeds
+    dc.run_speeds
         .iter()
         .zip(&plain.run_speeds)
         .map(|(d, p)| Some(d[mi]? / p[mi]?))
-        .collect();
-    median(ratios?)
+        .collect()
 }
 
-/// The worst speed ratio of `pts` over `plain` over caps and metrics (paired by round where
-/// both ran in the same rounds, else of the medians), and where it was: where plain mmap did
-/// not finish and the other did, the other is faster; where the other did not and plain
-/// did, slower (0). None when nothing compares (`pts` not run).
-fn worst_ratio(m: &Model, caps: &[Cap], pts: &[Point], plain: &[Point]) -> Option<(f64, String)> {
-    let mut worst: Option<(f64, String)> = None;
+/// "Never slower" for one setup against plain mmap, over every cap and metric.
+struct NeverSlower {
+    verdict: Verdict,
+    /// The lowest median ratio and where.
+    worst: Option<(f64, String)>,
+    /// Points below the allowance whose median interval lies below it too (or where the
+    /// setup failed and plain mmap ran): shown slower.
+    slower: Vec<String>,
+    /// Points below the allowance that the runs could not settle.
+    open: Vec<String>,
+}
+
+/// Judges `pts` against `plain`: at each point, the median over the rounds of the speed
+/// ratio (of the medians where the rounds do not pair) must reach 1 - noise; a point below
+/// counts as slower only where the median's 90% interval ([`support::median_interval`]) lies
+/// below it as well, else it is open (the verdict is then unresolved).
+fn never_slower(
+    m: &Model,
+    caps: &[Cap],
+    pts: &[Point],
+    plain: &[Point],
+    noise: f64,
+) -> NeverSlower {
+    let allowance = 1.0 - noise;
+    let (mut worst, mut slower, mut open) = (None::<(f64, String)>, Vec::new(), Vec::new());
     for (c, (d, p)) in caps.iter().zip(pts.iter().zip(plain)) {
         for (mi, metric) in m.metrics().iter().enumerate() {
-            let r = match (d.speeds[mi], p.speeds[mi]) {
-                (Some(dv), Some(pv)) => paired_ratio(d, p, mi).unwrap_or(dv / pv),
-                (None, Some(_)) => 0.0,
+            let at = format!("{} at {}", metric.name(), c.label());
+            let (median_ratio, interval, rounds) = match (d.speeds[mi], p.speeds[mi]) {
+                (Some(dv), Some(pv)) => match paired_ratios(d, p, mi) {
+                    Some(r) => (
+                        median(r.clone()).unwrap_or(dv / pv),
+                        support::median_interval(&r),
+                        r.len(),
+                    ),
+                    None => (dv / pv, None, 0),
+                },
+                (None, Some(_)) => {
+                    slower.push(format!("{at}: {}", d.status.text()));
+                    worst = Some((0.0, at));
+                    continue;
+                }
                 _ => continue,
             };
-            if worst.as_ref().is_none_or(|w| r < w.0) {
-                worst = Some((r, format!("{} at {}", metric.name(), c.label())));
+            if worst.as_ref().is_none_or(|w| median_ratio < w.0) {
+                worst = Some((median_ratio, at.clone()));
+            }
+            if median_ratio >= allowance {
+                continue;
+            }
+            let how = format!(
+                "{at}: {median_ratio:.2}x, {}",
+                match interval {
+                    Some((lo, hi)) => format!("90% interval {lo:.2}-{hi:.2}x of {rounds} rounds"),
+                    None if rounds > 0 => format!("{rounds} rounds, too few for an interval"),
+                    None => "runs not paired by round".into(),
+                }
+            );
+            match interval {
+                Some((_, hi)) if hi < allowance => slower.push(how),
+                _ => open.push(how),
             }
         }
     }
-    worst
+    let verdict = if !slower.is_empty() {
+        Verdict::Fail
+    } else if !open.is_empty() {
+        Verdict::Unresolved
+    } else {
+        Verdict::Pass
+    };
+    NeverSlower {
+        verdict,
+        worst,
+        slower,
+        open,
+    }
 }
 
 fn checks(
@@ -966,38 +1168,53 @@ fn checks(
                 }
             ),
         );
-        // Never slower than plain mmap, against what the bench can resolve: plain mmap's
-        // second run in the same rounds, by the same statistic.
-        let resolution = match worst_ratio(m, caps, &grid[PLAIN_AGAIN], plain) {
-            Some((r, at)) => format!(
-                "; plain mmap against itself in the same rounds: worst {r:.2}x ({at}){}",
-                if r < 1.0 - noise {
-                    ", below the allowance: the bench cannot resolve it at this many runs"
-                } else {
-                    ""
-                }
-            ),
-            None => String::new(),
+        // Never slower than plain mmap, beside what the bench resolves: plain mmap's second
+        // run in the same rounds, judged the same way.
+        let resolution = if grid[PLAIN_AGAIN].is_empty() {
+            String::new()
+        } else {
+            let again = never_slower(m, caps, &grid[PLAIN_AGAIN], plain, noise);
+            format!(
+                "; plain mmap against itself in the same rounds: worst {}, {} point(s) below the allowance ({} of them shown slower)",
+                again
+                    .worst
+                    .map_or("n/a".into(), |(r, at)| format!("{r:.2}x ({at})")),
+                again.slower.len() + again.open.len(),
+                again.slower.len()
+            )
         };
-        match worst_ratio(m, caps, pts, plain) {
-            Some((r, at)) => check(
-                out,
-                r >= 1.0 - noise,
-                &format!(
-                    "{}: never slower than plain mmap (worst {r:.2}x: {at}, median of the rounds' ratios; allowance {:.0}% for noise{resolution})",
-                    s.label,
-                    noise * 100.0
-                ),
-            ),
-            None => check(
-                out,
-                false,
-                &format!(
-                    "{}: never slower than plain mmap (no point to compare)",
-                    s.label
-                ),
-            ),
+        let judged = never_slower(m, caps, pts, plain, noise);
+        let mut detail = String::new();
+        if !judged.slower.is_empty() {
+            write!(detail, "; slower: {}", judged.slower.join("; ")).unwrap();
         }
+        if !judged.open.is_empty() {
+            write!(
+                detail,
+                "; not settled by the runs made: {}",
+                judged.open.join("; ")
+            )
+            .unwrap();
+        }
+        report(
+            out,
+            if judged.worst.is_none() {
+                Verdict::Fail
+            } else {
+                judged.verdict
+            },
+            &format!(
+                "{}: never slower than plain mmap (worst {}, median of the rounds' ratios; allowance {:.0}% for noise{detail}{resolution})",
+                s.label,
+                judged
+                    .worst
+                    .as_ref()
+                    .map_or("n/a: no point to compare".into(), |(r, at)| format!(
+                        "{r:.2}x: {at}"
+                    )),
+                noise * 100.0
+            ),
+        );
         // Uncapped peak charge.
         let (d, p) = (pts[0].peak, plain[0].peak);
         check(
@@ -1126,6 +1343,11 @@ fn main() {
         })
         .collect();
     let runs: usize = env_or("DCGGUF_MEMCAP_RUNS", 1).max(1);
+    // More rounds where a target's question stays open (open_question): by default up to
+    // eight, the fewest whose median interval leaves out the slowest and the fastest run (five
+    // to seven give one only from the smallest to the largest), so one stray run does not
+    // keep a question open.
+    let max_runs: usize = env_or("DCGGUF_MEMCAP_MAX_RUNS", runs.max(8)).max(runs);
     let timeout_max: f64 = env_or("DCGGUF_MEMCAP_TIMEOUT", 120.0);
     let noise: f64 = env_or("DCGGUF_MEMCAP_NOISE", 0.05);
     // A model of the user's own runs alone unless DCGGUF_MEMCAP_MODELS asks for others too.
@@ -1148,6 +1370,8 @@ fn main() {
         parent,
         llama: l,
         runs,
+        max_runs,
+        noise,
     };
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1164,7 +1388,7 @@ fn main() {
     print!("{head}");
     md.push_str(&head);
     let mut csv = String::from(
-        "model,setup,cap_pct,cap_bytes,status,prompt_tps,gen_tps,emb_per_s,ppl_tps,peak_bytes,wall_s,oom_kills,limit_hits,identical\n",
+        "model,setup,cap_pct,cap_bytes,status,prompt_tps,gen_tps,emb_per_s,ppl_tps,peak_bytes,wall_s,oom_kills,limit_hits,identical,runs\n",
     );
 
     for m in models(&wanted) {
@@ -1180,7 +1404,7 @@ fn main() {
             .filter(|s| selected(s))
             .map(|s| (s, Duration::from_secs_f64(timeout_max)))
             .collect();
-        let mut uncapped_runs = run_in_turn(&cx, &m, &uncapped, None);
+        let mut uncapped_runs = run_in_turn(&cx, &m, &uncapped, None, &[]);
         let plain_at = uncapped
             .iter()
             .position(|(s, _)| s.key == SETUPS[PLAIN_MMAP].key)
@@ -1241,7 +1465,20 @@ fn main() {
                     .filter(|&(si, s)| selected(s) && stop[si].is_none())
                     .map(|(si, s)| (s, timeout[si]))
                     .collect();
-                let runs = run_in_turn(&cx, &m, &to_run, c.bytes);
+                // The uncapped speed each knee is measured from: plain mmap's and DC's (not
+                // plain mmap's second run, which no knee target reads).
+                let knee_at = m.metrics().iter().position(|x| *x == m.knee_metric);
+                let bases: Vec<Option<f64>> = to_run
+                    .iter()
+                    .map(|(s, _)| {
+                        let si = SETUPS.iter().position(|x| x.key == s.key)?;
+                        if si == PLAIN_AGAIN {
+                            return None;
+                        }
+                        grid[si].first()?.speeds[knee_at?]
+                    })
+                    .collect();
+                let runs = run_in_turn(&cx, &m, &to_run, c.bytes, &bases);
                 (to_run, runs)
             };
             let mut measured = to_run.iter().zip(runs).map(|((s, _), all)| {
@@ -1284,7 +1521,7 @@ fn main() {
                     "memcap:   {:<22} {:<20} {}",
                     s.label,
                     c.label(),
-                    cell(&m, &point)
+                    cell(&m, &point, cx.runs)
                 );
                 if ci == 0 && point.status == Status::Ok {
                     *timeout = Duration::from_secs_f64((5.0 * point.wall).clamp(30.0, timeout_max));
@@ -1301,7 +1538,7 @@ fn main() {
                 };
                 writeln!(
                     csv,
-                    "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{}",
                     csv_field(&m.name),
                     csv_field(s.label),
                     c.pct.map_or("none".into(), |p| p.to_string()),
@@ -1315,7 +1552,8 @@ fn main() {
                     point.wall,
                     point.oom_kills,
                     point.limit_hits,
-                    point.identical.map_or("", Identity::text)
+                    point.identical.map_or("", Identity::text),
+                    point.run_speeds.len()
                 )
                 .unwrap();
                 grid[si].push(point);
@@ -1346,7 +1584,7 @@ fn main() {
         {
             write!(t, "| {} |", s.label).unwrap();
             for p in &grid[si] {
-                write!(t, " {} |", cell(&m, p)).unwrap();
+                write!(t, " {} |", cell(&m, p, cx.runs)).unwrap();
             }
             t.push('\n');
         }

@@ -1,8 +1,9 @@
-//! What the load bench (benches/load.rs) and the results table (benches/table.rs) share: the
-//! machine line every result is printed under, medians, and the simulated storage speeds.
-//! Both include it with `#[path = "support/mod.rs"] mod support;` (as tests/llama_support is
-//! included); it is not a bench of its own (cargo only finds benches/*.rs and
-//! benches/*/main.rs).
+//! What the load bench (benches/load.rs), the results table (benches/table.rs) and the memcap
+//! bench (benches/memcap.rs) share: the machine line every result is printed under, medians
+//! and their confidence intervals, and the simulated storage speeds. Each includes it with
+//! `#[path = "support/mod.rs"] mod support;` (as tests/llama_support is included), and so
+//! does tests/bench_support.rs, which tests the intervals; it is not a bench of its own
+//! (cargo only finds benches/*.rs and benches/*/main.rs).
 #![allow(dead_code)]
 
 /// Environment variable of the simulated slow storage, read by libdcgguf_preload.so when it is
@@ -72,4 +73,27 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// Whether a variable is set to 1.
 pub fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// A distribution-free confidence interval for the median of `v`: the order statistics
+/// x(k) and x(n+1-k) of the sorted values, k the largest with P(B < k) <= 5% for
+/// B ~ Binomial(n, 1/2), so that it covers the true median with probability >= 90% whatever
+/// the distribution (the sign test's interval). None below five values, where even the
+/// widest interval, the smallest to the largest, covers less (four values: 87.5%).
+pub fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let total = 2f64.powi(i32::try_from(n).ok()?);
+    // `below`: P(B <= j); `ways`: C(n, j).
+    let (mut below, mut ways, mut k) = (0.0, 1.0, 0);
+    for j in 0..n {
+        below += ways / total;
+        if below > 0.05 {
+            break;
+        }
+        k = j + 1;
+        ways = ways * (n - j) as f64 / (j + 1) as f64;
+    }
+    (k >= 1).then(|| (v[k - 1], v[n - k]))
 }
