@@ -32,8 +32,8 @@
 //!
 //! Caps: DCGGUF_MEMCAP_STEPS (default 100,95,90,85,80,70,60,50) percent of the plain mmap run's
 //! peak charge without a cap, plus a row without a cap. A setup killed (or timed out) at one
-//! cap is not run at the lower ones (shown `killed*` / `timeout*`); a timeout is retried once
-//! first. Timeout: 5x the setup's own time without a cap, at least 30 s, at most
+//! cap is not run at the lower ones (shown `killed*` / `timeout*`), nor in the later rounds at
+//! that cap (the first failure decides a point); a timeout is retried once first. Timeout: 5x the setup's own time without a cap, at least 30 s, at most
 //! DCGGUF_MEMCAP_TIMEOUT (default 120 s).
 //!
 //! Your own model: DCGGUF_MEMCAP_MODEL=PATH (a plain GGUF; it runs alone unless
@@ -575,7 +575,8 @@ struct Ctx {
     noise: f64,
 }
 
-/// Runs one point `cx.runs` times: median speeds and wall, highest peak, the first failure.
+/// Runs one point `cx.runs` times, or up to its first failure: median speeds and wall,
+/// highest peak, the first failure.
 fn measure(
     cx: &Ctx,
     m: &Model,
@@ -584,9 +585,16 @@ fn measure(
     timeout: Duration,
     refs: Option<&Refs>,
 ) -> (Point, String) {
-    let all = (0..cx.runs)
-        .map(|_| run_capped(&cx.parent, command(&cx.llama, m, s), cap, timeout))
-        .collect();
+    let mut all = Vec::new();
+    // Up to the first failure, which decides the point.
+    while all.len() < cx.runs && all.last().is_none_or(|r: &Run| r.status == Status::Ok) {
+        all.push(run_capped(
+            &cx.parent,
+            command(&cx.llama, m, s),
+            cap,
+            timeout,
+        ));
+    }
     summarize(m, s, all, refs)
 }
 
@@ -624,6 +632,11 @@ fn run_in_turn(
         for k in 0..setups.len() {
             let i = (round + k) % setups.len();
             let (s, timeout) = setups[i];
+            // A setup that failed at this cap has failed there (the first failure wins): no
+            // more runs of it, each of which could take the whole timeout again.
+            if runs[i].iter().any(|r| r.status != Status::Ok) {
+                continue;
+            }
             runs[i].push(run_capped(
                 &cx.parent,
                 command(&cx.llama, m, s),
