@@ -33,8 +33,9 @@
 //! Caps: DCGGUF_MEMCAP_STEPS (default 100,95,90,85,80,70,60,50) percent of the plain mmap run's
 //! peak charge without a cap, plus a row without a cap. A setup killed (or timed out) at one
 //! cap is not run at the lower ones (shown `killed*` / `timeout*`), nor in the later rounds at
-//! that cap (the first failure decides a point); a timeout is retried once first. Timeout: 5x the setup's own time without a cap, at least 30 s, at most
-//! DCGGUF_MEMCAP_TIMEOUT (default 120 s).
+//! that cap (the first failure decides a point); a timeout is retried once first. Timeout: 5x
+//! the setup's own time without a cap, at least 30 s, at most DCGGUF_MEMCAP_TIMEOUT (default
+//! 120 s).
 //!
 //! Your own model: DCGGUF_MEMCAP_MODEL=PATH (a plain GGUF; it runs alone unless
 //! DCGGUF_MEMCAP_MODELS names others; llama-embedding for a model that pools, else
@@ -62,7 +63,8 @@
 //!
 //! Output: a markdown table per model (a cell's run count where more rounds ran), each
 //! setup's knee (the lowest cap down to which it keeps >= 90% of its own uncapped speed at
-//! every cap, by medians) and the targets as PASS/FAIL lines (printed, not asserted).
+//! every cap, by medians) and the targets as PASS/FAIL/UNRESOLVED lines (printed, not
+//! asserted).
 //! "Never slower" takes, at each point, the median over the rounds of DC's speed over plain
 //! mmap's in the same round; a point below the allowance fails it where the median's 90%
 //! interval lies below the allowance too, else the line says UNRESOLVED and names the points
