@@ -527,8 +527,8 @@ fn load_rows(l: &Llama, m: &Model, dc: &Path, reps: usize) -> Vec<(String, Load)
             let walls = || r.iter().map(|x| x.wall);
             let loads = || r.iter().filter_map(|x| x.llama);
             let load = Load {
-                wall: support::median(walls().collect()),
-                llama: support::median(loads().collect()),
+                wall: support::median(walls().collect()).unwrap_or(f64::NAN),
+                llama: support::median(loads().collect()).unwrap_or(f64::NAN),
                 wall_min: walls().fold(f64::NAN, f64::min),
                 llama_min: loads().fold(f64::NAN, f64::min),
                 same_output: r.iter().all(|x| x.same_output),

@@ -4,7 +4,7 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-use support::median_interval;
+use support::{median, median_interval};
 
 #[test]
 fn no_median_interval_from_fewer_than_five_values() {
@@ -37,4 +37,102 @@ fn seven_values_need_their_extremes() {
     // covers 90% (99.2%).
     let v = [0.91, 1.07, 0.64, 1.22, 0.98, 1.01, 0.87];
     assert_eq!(median_interval(&v), Some((0.64, 1.22)));
+}
+
+#[test]
+fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+    assert_eq!(median(vec![]), None);
+    assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+    assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+}
+
+use support::{Knee, Side, Verdict, knee, knee_gap, side};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn side_settles_only_where_the_interval_clears_the_threshold() {
+    let v = [0.95, 0.96, 0.97, 0.98, 0.99];
+    assert_eq!(side(&v, 0.9), Side::Above);
+    assert_eq!(side(&v, 1.0), Side::Below);
+    assert_eq!(side(&v, 0.97), Side::Open);
+    // Below five values the smallest and largest stand in.
+    assert_eq!(side(&[0.85, 0.95], 0.9), Side::Open);
+    assert_eq!(side(&[0.91, 0.95], 0.9), Side::Above);
+}
+
+fn kept() -> Option<Vec<f64>> {
+    Some(vec![0.95, 0.97, 0.98, 0.99, 1.0])
+}
+fn lost() -> Option<Vec<f64>> {
+    Some(vec![0.5, 0.6, 0.7, 0.8, 0.85])
+}
+fn open() -> Option<Vec<f64>> {
+    Some(vec![0.8, 0.85, 0.9, 0.95, 1.0])
+}
+
+#[test]
+fn knee_is_a_range_where_a_cap_is_open() {
+    let settled = knee(&[(100 * MIB, kept()), (90 * MIB, kept()), (80 * MIB, lost())]);
+    assert_eq!(
+        settled,
+        Knee {
+            lowest: Some(90 * MIB),
+            highest: Some(90 * MIB),
+            below_ladder: false
+        }
+    );
+    // An open cap before the first lost one: the knee lies between it and the last kept.
+    let open_below = knee(&[
+        (100 * MIB, kept()),
+        (90 * MIB, open()),
+        (80 * MIB, kept()),
+        (70 * MIB, None),
+    ]);
+    assert_eq!(
+        open_below,
+        Knee {
+            lowest: Some(80 * MIB),
+            highest: Some(100 * MIB),
+            below_ladder: false
+        }
+    );
+    // Kept to the bottom: the knee may lie lower still.
+    assert!(knee(&[(100 * MIB, kept()), (90 * MIB, kept())]).below_ladder);
+    // Lost at the top: above the ladder.
+    assert_eq!(knee(&[(100 * MIB, lost())]).lowest, None);
+}
+
+#[test]
+fn knee_gap_passes_or_fails_only_where_both_ranges_agree() {
+    let at = |lowest: u64, highest: u64| Knee {
+        lowest: Some(lowest * MIB),
+        highest: Some(highest * MIB),
+        below_ladder: false,
+    };
+    let need = 10.0 * MIB as f64;
+    let top = 150 * MIB;
+    assert_eq!(
+        knee_gap(at(120, 120), at(140, 140), top, need).0,
+        Verdict::Pass
+    );
+    assert_eq!(
+        knee_gap(at(135, 135), at(140, 140), top, need).0,
+        Verdict::Fail
+    );
+    // DC's knee 120-135, plain's 140: the gap is 5-20 MiB.
+    let (v, (lo, hi)) = knee_gap(at(120, 135), at(140, 140), top, need);
+    assert_eq!(v, Verdict::Unresolved);
+    assert_eq!((lo, hi), (5.0 * MIB as f64, 20.0 * MIB as f64));
+    // Plain mmap's knee may lie above the ladder: the gap has no upper bound, no FAIL.
+    let plain_above = Knee {
+        lowest: None,
+        highest: None,
+        below_ladder: false,
+    };
+    let (v, (_, hi)) = knee_gap(at(145, 145), plain_above, top, need);
+    assert_eq!((v, hi), (Verdict::Unresolved, f64::INFINITY));
+    // DC's knee above the ladder where plain mmap keeps its speed at the top cap: FAIL.
+    let dc_above = plain_above;
+    assert_eq!(knee_gap(dc_above, at(140, 150), top, need).0, Verdict::Fail);
 }

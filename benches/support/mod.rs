@@ -56,18 +56,23 @@ pub fn machine_line() -> String {
     )
 }
 
-/// The median (the upper one of an even count); NaN for no values.
-pub fn median(mut v: Vec<f64>) -> f64 {
+/// The median (of an even count, the mean of the middle two); None for no values.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = v.len();
+    (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
-/// A variable's value parsed, else `default`.
+/// A variable's value parsed, `default` where it is unset or blank. A value that does not
+/// parse stops the bench with its name: a typo must not run an hour of the wrong setting.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v}: not understood")),
+        _ => default,
+    }
 }
 
 /// Whether a variable is set to 1.
@@ -96,4 +101,106 @@ pub fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
         ways = ways * (n - j) as f64 / (j + 1) as f64;
     }
     (k >= 1).then(|| (v[k - 1], v[n - k]))
+}
+
+/// Where a point's values lie against a threshold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Side {
+    Above,
+    Below,
+    /// The median's confidence interval ([`median_interval`]) holds the threshold; below
+    /// five values, the smallest and the largest stand in for the interval.
+    Open,
+}
+
+/// Where the median of `v` lies against `threshold`, as its interval settles it.
+pub fn side(v: &[f64], threshold: f64) -> Side {
+    let (lo, hi) = median_interval(v).unwrap_or_else(|| {
+        v.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            })
+    });
+    if lo >= threshold {
+        Side::Above
+    } else if hi < threshold {
+        Side::Below
+    } else {
+        Side::Open
+    }
+}
+
+/// A target's verdict.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Neither shown nor ruled out by the runs made.
+    Unresolved,
+}
+
+/// A setup's knee (the lowest cap down to which every cap from the top of the ladder keeps at
+/// least 90% of its own uncapped speed), as far as the runs pin it down: it lies between
+/// `lowest` and `highest`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Knee {
+    /// The cap just above the first one settled below 90%: the knee cannot lie lower. None:
+    /// the top cap is settled below, the knee lies above the ladder.
+    pub lowest: Option<u64>,
+    /// The lowest cap down to which every cap is settled above 90%: the knee lies no higher.
+    /// None: the top cap is not settled above.
+    pub highest: Option<u64>,
+    /// Every cap of the ladder is settled above: the knee may lie below its bottom.
+    pub below_ladder: bool,
+}
+
+/// The knee of a ladder of caps, highest first: each cap in bytes with its runs' speeds over
+/// the setup's uncapped median (None where the point failed: it lost the speed). A cap keeps
+/// the speed where its median's interval lies above 90% ([`side`]), loses it where it lies
+/// below (or failed), and leaves it open otherwise.
+pub fn knee(ladder: &[(u64, Option<Vec<f64>>)]) -> Knee {
+    let mut k = Knee {
+        lowest: None,
+        highest: None,
+        below_ladder: false,
+    };
+    let mut settled_above = true;
+    for (cap, of_base) in ladder {
+        let at = of_base.as_deref().map_or(Side::Below, |v| side(v, 0.9));
+        if at == Side::Below {
+            return k;
+        }
+        settled_above &= at == Side::Above;
+        k.lowest = Some(*cap);
+        if settled_above {
+            k.highest = Some(*cap);
+        }
+    }
+    k.below_ladder = settled_above && !ladder.is_empty();
+    k
+}
+
+/// "DC's knee lies below plain mmap's by at least `need` bytes", wherever in their ranges
+/// both knees lie: PASS where even the smallest gap they allow reaches `need`, FAIL where even
+/// the largest does not, else UNRESOLVED; and the smallest and largest gaps, in bytes
+/// (infinite where a knee may lie above the ladder, whose top is `top_cap`: a ladder that
+/// starts at plain mmap's peak cannot settle knees above it, a step above 100% can).
+pub fn knee_gap(dc: Knee, plain: Knee, top_cap: u64, need: f64) -> (Verdict, (f64, f64)) {
+    // A knee above the ladder lies above its top cap, by how much the runs do not say.
+    let range = |k: Knee| {
+        (
+            k.lowest.unwrap_or(top_cap) as f64,
+            k.highest.map_or(f64::INFINITY, |b| b as f64),
+        )
+    };
+    let ((dc_low, dc_high), (plain_low, plain_high)) = (range(dc), range(plain));
+    let (smallest, largest) = (plain_low - dc_high, plain_high - dc_low);
+    let verdict = if smallest >= need {
+        Verdict::Pass
+    } else if largest < need {
+        Verdict::Fail
+    } else {
+        Verdict::Unresolved
+    };
+    (verdict, (smallest, largest))
 }
