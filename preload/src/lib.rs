@@ -81,6 +81,9 @@ pub extern "C" fn llama_model_load_from_file(
     // BF16: 47 major faults, about 10 ms): kept mapped instead, that code was still there at
     // the full load, within 0.7 MiB of SmolLM2's peak, which then reached plain mmap's in 2
     // of 10 interleaved rounds (138.9-140.0 MiB; giving back 139.0-139.6; plain 139.7-140.0).
+    // Again on 2026-12-02 (Intel Xeon VM, memcap bench, five runs each): giving back only
+    // once the full load's context was made, SmolLM2's uncapped peak 141.3 MiB against 140.6
+    // (plain mmap 141.6-141.7), for 12 fewer major faults a run, about 1 ms on that disk.
     shed::after_load(dcgguf::llama::budget::computes_decode(model));
     model
 }
