@@ -132,6 +132,16 @@ fn knee_gap_passes_or_fails_only_where_both_ranges_agree() {
     };
     let (v, (_, hi)) = knee_gap(at(145, 145), plain_above, top, need);
     assert_eq!((v, hi), (Verdict::Unresolved, f64::INFINITY));
+    // DC's knee below the ladder's bottom (kept at every cap): the gap may be larger than
+    // the bottom cap says, no FAIL (the memcap run of 2026-12-02 said FAIL: 7.1 MiB to the
+    // bottom cap, where DC still kept its speed).
+    let below = Knee {
+        lowest: Some(128 * MIB),
+        highest: Some(128 * MIB),
+        below_ladder: true,
+    };
+    let (v, (lo, _)) = knee_gap(below, at(135, 135), top, need);
+    assert_eq!((v, lo), (Verdict::Unresolved, 7.0 * MIB as f64));
     // DC's knee above the ladder where plain mmap keeps its speed at the top cap: FAIL.
     let dc_above = plain_above;
     assert_eq!(knee_gap(dc_above, at(140, 150), top, need).0, Verdict::Fail);

@@ -184,12 +184,18 @@ pub fn knee(ladder: &[(u64, Option<Vec<f64>>)]) -> Knee {
 /// both knees lie: PASS where even the smallest gap they allow reaches `need`, FAIL where even
 /// the largest does not, else UNRESOLVED; and the smallest and largest gaps, in bytes
 /// (infinite where a knee may lie above the ladder, whose top is `top_cap`: a ladder that
-/// starts at plain mmap's peak cannot settle knees above it, a step above 100% can).
+/// starts at plain mmap's peak cannot settle knees above it, a step above 100% can; DC's
+/// knee below the ladder's bottom leaves the largest gap open too, a lower step settles it).
 pub fn knee_gap(dc: Knee, plain: Knee, top_cap: u64, need: f64) -> (Verdict, (f64, f64)) {
-    // A knee above the ladder lies above its top cap, by how much the runs do not say.
+    // A knee above the ladder lies above its top cap, one below it below its bottom cap, by
+    // how much the runs do not say.
     let range = |k: Knee| {
         (
-            k.lowest.unwrap_or(top_cap) as f64,
+            if k.below_ladder {
+                0.0
+            } else {
+                k.lowest.unwrap_or(top_cap) as f64
+            },
             k.highest.map_or(f64::INFINITY, |b| b as f64),
         )
     };
