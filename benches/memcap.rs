@@ -67,7 +67,8 @@
 //! A cap keeps the speed where the median interval of its runs over the uncapped median lies
 //! above 90%, loses it where it lies below; where it holds 90% the knee is a range, and the
 //! knee target is settled only where every place in both ranges agrees. A knee above the
-//! ladder (the cap at plain mmap's own peak already slows it) needs a step above 100.
+//! ladder (the cap at plain mmap's own peak already slows it) needs a step above 100, DC's
+//! below the ladder's bottom a lower step.
 //! "Never slower" takes, at each point, the median over the rounds of DC's speed over plain
 //! mmap's in the same round; a point below the allowance fails it where the median's 90%
 //! interval lies below the allowance too, else the line says UNRESOLVED and names the points
