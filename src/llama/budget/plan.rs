@@ -110,9 +110,17 @@ fn group_bytes_with(g: &[u64], at: usize, plus: u64) -> Vec<u64> {
 /// Chunks of a lookup-only tensor the working set allows for (a prompt's rows).
 const LOOKUP_CHUNKS: u64 = 4;
 
-/// Decoded bytes a lookup-only tensor's rows hold at most: [`LOOKUP_CHUNKS`] of its chunks.
+/// ... and at least these bytes: a lookup copies each row it reads into the tensor's own
+/// pages, one page or more a row wherever the chunks are small. MiniLM BF16's first batch
+/// under llama-embedding (2046 tokens) held 3.6 MB of them, with 1 MiB chunks and with 64 KiB
+/// ones alike (`peak_present` of the lookup stats, 2026-12-02).
+const LOOKUP_ROWS_MIN: u64 = 4 << 20;
+
+/// Decoded bytes a lookup-only tensor's rows hold at most: [`LOOKUP_CHUNKS`] of its chunks,
+/// [`LOOKUP_ROWS_MIN`] at least, the whole tensor at most.
 fn lookup_reserve(t: &TensorCost) -> u64 {
-    t.raw.min(LOOKUP_CHUNKS * t.chunk_bytes.max(1))
+    t.raw
+        .min((LOOKUP_CHUNKS * t.chunk_bytes.max(1)).max(LOOKUP_ROWS_MIN))
 }
 
 /// The plan for a load under `s`: its budget (a fraction of the decoded weight bytes, or
