@@ -220,7 +220,8 @@ fn after_a_cold_load_an_evicted_chunk_is_read_back_in_one_request() {
 }
 
 /// After a cold load, a lookup's chunk read again (the default's lookup tables decode rows
-/// per lookup) leaves the page cache once decoded: kept, a MiniLM BF16 batch's chunks were
+/// per lookup) leaves the page cache once decoded (but for the pages it may share with the
+/// chunks around it, which a lookup may still need): kept, a MiniLM BF16 batch's chunks were
 /// its run's peak. Read from a file that was warm when opened, it stays cached.
 #[test]
 fn after_a_cold_load_a_looked_up_chunk_leaves_the_cache_and_a_warm_file_keeps_it() {
@@ -234,8 +235,10 @@ fn after_a_cold_load_a_looked_up_chunk_leaves_the_cache_and_a_warm_file_keeps_it
     assert!(read >= 64 << 10, "only {read} bytes came into the cache");
     dc.release_and_uncache_chunks(&[(0, 0)]);
     let after = cached_bytes(&path);
+    // All but the chunk's first and last page, which it may share with its neighbours.
+    let shared = 2 * dcgguf::io::page_size() as u64;
     assert!(
-        after <= before,
+        after <= before + shared,
         "{after} bytes cached after the drop, {before} before the read"
     );
     drop(dc);
