@@ -84,7 +84,10 @@ pub extern "C" fn llama_model_load_from_file(
     // Again on 2026-12-02 (Intel Xeon VM, memcap bench, five runs each): giving back only
     // once the full load's context was made, SmolLM2's uncapped peak 141.3 MiB against 140.6
     // (plain mmap 141.6-141.7), for 12 fewer major faults a run, about 1 ms on that disk.
-    shed::after_load(dcgguf::llama::budget::computes_decode(model));
+    shed::after_load(
+        dcgguf::llama::budget::computes_decode(model),
+        dcgguf::llama::budget::decodes_only_lookups(model),
+    );
     model
 }
 

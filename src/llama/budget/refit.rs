@@ -244,6 +244,17 @@ fn widest_row(dc: &DcFile) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `model`'s computes decode only its lookup tables' rows (the default's plan when
+/// the decoded model fits: [`Residency::lookups_only`]), not a budget's streamed weights.
+pub fn decodes_only_lookups(model: *const sys::llama_model) -> bool {
+    match super::model_residency(model) {
+        Some(r) => r.is_lookups_only(),
+        None => pending()
+            .iter()
+            .any(|p| p.model == model as usize && p.lookups.get().is_some()),
+    }
+}
+
 /// Whether `model`'s computes decode: under a budget, or with lookup tables kept compressed.
 pub fn computes_decode(model: *const sys::llama_model) -> bool {
     super::model_residency(model).is_some()
