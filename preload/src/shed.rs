@@ -222,12 +222,11 @@ fn own() -> Option<&'static Own> {
 /// Not when the model's computes decode only its lookup tables (`lookups_only`): what the
 /// load mapped stays, the decoder among it, which each batch's lookup runs. Given back, the
 /// first batches read it again from the disk, 64 KiB a fault: MiniLM BF16 (llama-embedding,
-/// cold page cache, Intel Xeon VM, 2026-12-02) took 166 major faults a run against 111
-/// kept; its speed over plain mmap's, median of the paired ratios of alternating runs, was
-/// 0.94x given back against 0.98x kept in 30 rounds (64 KiB table chunks), 0.93x against
-/// 0.96x in 12 (1 MiB chunks); kept, its peak was 0.7 MiB higher (371.3 MiB against 370.6;
-/// plain mmap 380.7). Not under a budget: there the limit is near and
-/// the kernel would have to reclaim the pages anyway.
+/// cold page cache, Intel Xeon VM, 2026-12-02, 16 alternating rounds) took 168 major faults
+/// a run against 120 kept, ran at 0.98x plain mmap's speed against 0.99x (medians of the
+/// paired ratios; by a switch tried before: 0.94x against 0.98x in 30 rounds, 0.93x against
+/// 0.96x in 12) and peaked 0.7 MiB lower (370.7 MiB against 371.4; plain mmap 380.8). Not
+/// under a budget: there the limit is near, and the kernel would reclaim the pages anyway.
 pub fn after_load(computes_decode: bool, lookups_only: bool) {
     if lookups_only {
         DROPS_LEFT.store(0, Ordering::Relaxed);

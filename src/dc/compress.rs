@@ -106,6 +106,11 @@ fn sample_compresses_to_kept(layout: &Layout, table: &[u8], encode: EncodeOption
 /// See [`sample_compresses_to_kept`]: MiniLM BF16's table compresses to 63%, F16's to 84%.
 const LOOKUP_KEPT_RATIO: f64 = 0.75;
 
+/// The bytes of `range` in `src`; `None` where it does not fit (in usize or in `src`).
+fn tensor_bytes(src: &[u8], range: std::ops::Range<u64>) -> Option<&[u8]> {
+    src.get(usize::try_from(range.start).ok()?..usize::try_from(range.end).ok()?)
+}
+
 #[derive(Clone, Debug)]
 pub struct CompressOptions {
     pub encode: EncodeOptions,
@@ -225,13 +230,9 @@ pub fn compress_file(
                 && t.name == "token_embd.weight"
                 && (rows >= LOOKUP_CHUNK_MIN_ROWS
                     || (t.nbytes >= LOOKUP_CHUNK_MIN_BYTES
-                        && usize::try_from(header.tensor_range(t).start)
-                            .ok()
-                            .zip(usize::try_from(header.tensor_range(t).end).ok())
-                            .and_then(|(start, end)| src.get(start..end))
-                            .is_some_and(|table| {
-                                sample_compresses_to_kept(&layout, table, opts.encode)
-                            })));
+                        && tensor_bytes(src, header.tensor_range(t)).is_some_and(|table| {
+                            sample_compresses_to_kept(&layout, table, opts.encode)
+                        })));
             let chunk_size = if small_chunks {
                 opts.chunk_size.min(LOOKUP_CHUNK)
             } else {
