@@ -84,10 +84,7 @@ pub extern "C" fn llama_model_load_from_file(
     // Again on 2026-12-02 (Intel Xeon VM, memcap bench, five runs each): giving back only
     // once the full load's context was made, SmolLM2's uncapped peak 141.3 MiB against 140.6
     // (plain mmap 141.6-141.7), for 12 fewer major faults a run, about 1 ms on that disk.
-    shed::after_load(
-        dcgguf::llama::budget::computes_decode(model),
-        dcgguf::llama::budget::decodes_only_lookups(model),
-    );
+    shed::after_load(dcgguf::llama::budget::compute_decoding(model));
     model
 }
 
@@ -177,9 +174,10 @@ pub unsafe extern "C" fn posix_memalign(
     size: usize,
 ) -> libc::c_int {
     let ours = posix_memalign as *const () as usize;
-    shed::before_allocation(size);
     // SAFETY: the caller's arguments, passed through under posix_memalign's own contract.
-    unsafe { hooks::posix_memalign_or_real(out, align, size, ours) }
+    let r = unsafe { hooks::posix_memalign_or_real(out, align, size, ours) };
+    shed::after_allocation(size);
+    r
 }
 
 /// Interposes ggml's `ggml_backend_tensor_set` (llama.cpp's load hands it a repacked

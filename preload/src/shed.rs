@@ -4,8 +4,9 @@
 //! brings this whole library in (3.1 MB; this VM's disk has an 8 MiB readahead window), of
 //! which a load maps about 2.3 MB (the decoder and the C API around it). After the load only
 //! the interposers and the budget paths run. So at the end of each load, and at the end of
-//! the first computes after it, the read-only segments' page-table entries are dropped and
-//! the file's pages that no process maps leave the page cache ([`Own::shed`]). Not after
+//! the first computes after it and after each large allocation in them
+//! ([`after_allocation`]), the read-only segments' page-table entries are dropped and the
+//! file's pages that no process maps leave the page cache ([`Own::shed`]). Not after
 //! the computes of a model whose computes decode (a budget, lookup tables kept compressed):
 //! each next compute read the decoder back from the disk, a 64 KiB fault at a time
 //! ([`after_load`]).
@@ -34,7 +35,9 @@ use std::ffi::{CStr, OsStr, c_void};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use dcgguf::llama::budget::ComputeDecoding;
 
 const PAGE: usize = 4096;
 
@@ -215,60 +218,57 @@ fn own() -> Option<&'static Own> {
 }
 
 /// After a load: drop the mappings of this library's read-only pages, then the file's
-/// pages that no process maps from the page cache; `computes_decode`: whether the model's
-/// computes run the decoder, which then stays. Under `DCGGUF_VERBOSE=1` the log says how
-/// much of the file was cached before and after.
+/// pages that no process maps from the page cache. `decoding`, what the model's computes
+/// decode, says what stays. Under `DCGGUF_VERBOSE=1` the log says how much of the file was
+/// cached before and after.
 ///
-/// Not when the model's computes decode only its lookup tables (`lookups_only`): what the
-/// load mapped stays, the decoder among it, which each batch's lookup runs. Given back, the
-/// first batches read it again from the disk, 64 KiB a fault: MiniLM BF16 (llama-embedding,
-/// cold page cache, Intel Xeon VM, 2026-12-02, 16 alternating rounds) took 168 major faults
-/// a run against 120 kept, ran at 0.98x plain mmap's speed against 0.99x (medians of the
-/// paired ratios; by a switch tried before: 0.94x against 0.98x in 30 rounds, 0.93x against
-/// 0.96x in 12) and peaked 0.7 MiB lower (370.7 MiB against 371.4; plain mmap 380.8). Not
-/// under a budget: there the limit is near, and the kernel would reclaim the pages anyway.
-pub fn after_load(computes_decode: bool, lookups_only: bool) {
-    if lookups_only {
-        DROPS_LEFT.store(0, Ordering::Relaxed);
-        if dcgguf::llama::verbose()
-            && let Some(path) = own_path()
-        {
-            dcgguf::log_line!(
-                "dcgguf: {}: {} KiB in the page cache after the load, kept: the model's \
-                 computes decode its lookup tables",
-                path.display(),
-                cached_kib(&path).unwrap_or(0)
-            );
-        }
-        return;
-    }
+/// Not when the model's computes decode only its lookup tables' rows: what the load mapped
+/// stays, the decoder among it, which each batch's lookup runs. Given back, the first batches
+/// read it again from the disk, 64 KiB a fault: MiniLM BF16 (llama-embedding, cold page
+/// cache, Intel Xeon VM, 2026-12-02, 16 alternating rounds) took 168 major faults a run
+/// against 120 kept, ran at 0.98x plain mmap's speed against 0.99x (medians of the paired
+/// ratios; by a switch tried before: 0.94x against 0.98x in 30 rounds, 0.93x against 0.96x in
+/// 12) and peaked 0.7 MiB lower (370.7 MiB against 371.4; plain mmap 380.8). Under a budget
+/// (streamed weights) it is given back once: there the limit is near, and the kernel would
+/// reclaim the pages anyway.
+pub fn after_load(decoding: ComputeDecoding) {
     let verbose = dcgguf::llama::verbose();
     let path = own_path();
     let before = verbose
         .then(|| path.as_deref().and_then(cached_kib))
         .flatten();
-    if let Some(own) = own() {
+    let keep_all = decoding == ComputeDecoding::LookupRows;
+    if !keep_all && let Some(own) = own() {
         // `.text.hot` too: its pages may share a large folio (read in one piece when the
         // library was loaded) with pages of the rest, and a folio goes from the page cache
         // only whole and unmapped. Faulted back in, they come in pieces (limit_readahead).
         own.shed(Keep::Nothing);
     }
     if let (Some(before), Some(path)) = (before, &path) {
+        let after = if keep_all {
+            "kept: the model's computes decode its lookup tables".to_owned()
+        } else {
+            format!(
+                "{} KiB after giving back what no process maps",
+                cached_kib(path).unwrap_or(0)
+            )
+        };
         dcgguf::log_line!(
-            "dcgguf: {}: {} KiB in the page cache after the load, {} KiB after giving back \
-             what no process maps",
-            path.display(),
-            before,
-            cached_kib(path).unwrap_or(0)
+            "dcgguf: {}: {before} KiB in the page cache after the load, {after}",
+            path.display()
         );
     }
-    // A model whose computes decode (a budget, lookup tables kept compressed) runs the
-    // decoder in each: a shed after a compute would have the next read it back from the disk
-    // (MiniLM BF16's second batch under llama-embedding: 35 major faults).
-    let drops = if computes_decode { 0 } else { DROPS_AFTER_LOAD };
+    // A model whose computes decode runs the decoder in each: a shed after a compute would
+    // have the next read it back from the disk (MiniLM BF16's second batch under
+    // llama-embedding: 35 major faults).
+    let drops = match decoding {
+        ComputeDecoding::Nothing => DROPS_AFTER_LOAD,
+        ComputeDecoding::LookupRows | ComputeDecoding::Weights => 0,
+    };
     DROPS_LEFT.store(drops, Ordering::Relaxed);
-    if verbose {
+    if verbose && !keep_all {
         REPORT_LEFT.store(REPORT_AT, Ordering::Relaxed);
+        FIRST_REPORT.store(true, Ordering::Relaxed);
     }
 }
 
@@ -282,12 +282,18 @@ pub fn after_compute() {
     let shed = DROPS_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, count_down);
     let report =
         REPORT_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, count_down) == Ok(1);
-    if shed.is_err() && !report {
+    let first = FIRST_REPORT.load(Ordering::Relaxed) && FIRST_REPORT.swap(false, Ordering::Relaxed);
+    if shed.is_err() && !report && !first {
         return;
     }
     let Some(own) = own() else { return };
+    // Counted before the shed and the log's own code.
+    let first_kib = first.then(|| own.cached_kib());
     if shed.is_ok() {
         own.shed(Keep::Hot);
+    }
+    if let Some(kib) = first_kib {
+        log_first(&own.path, kib);
     }
     if report {
         // Counted before the log's own code faults pages back in.
@@ -298,6 +304,20 @@ pub fn after_compute() {
 
 /// Under `DCGGUF_VERBOSE=1`, computes left until the log says what of the library is cached.
 static REPORT_LEFT: AtomicU32 = AtomicU32::new(0);
+
+/// Under `DCGGUF_VERBOSE=1`, whether the log says what of the library is cached at the end of
+/// the next compute (the first after a load, before its shed): what the run's peak, which
+/// forms in it, holds of ours.
+static FIRST_REPORT: AtomicBool = AtomicBool::new(false);
+
+/// The log line of [`FIRST_REPORT`].
+#[cold]
+fn log_first(path: &Path, kib: u64) {
+    dcgguf::log_line!(
+        "dcgguf: {}: {kib} KiB in the page cache at the end of the first compute after the load",
+        path.display()
+    );
+}
 
 /// At which compute after a load the log says what of the library is cached: some computes
 /// after the last shed, so that it tells what a steady run brings back.
@@ -312,17 +332,19 @@ fn log_steady(path: &Path, kib: u64) {
     );
 }
 
-/// Before a large allocation (ggml's buffers, 1 MiB and up) in the computes right after a
-/// load: drop the unmapped pages first. The peak of a run forms there (llama-embedding's
-/// first batch allocates a 241 MiB output buffer), and the pages that the faults since the
-/// last drop read ahead would count in it.
+/// After a large allocation (ggml's buffers, 1 MiB and up) inside one of the computes right
+/// after a load: unmap what ran since the last shed and drop it. The peak of a run forms as such a
+/// buffer fills (llama-embedding's first batch allocates a 241 MiB output buffer), and the
+/// budget's check of the allocation (reading the memory limit) has just run code of ours
+/// that the rest of the compute does not.
 #[unsafe(link_section = ".text.hot.dcgguf")]
-pub fn before_allocation(size: usize) {
+pub fn after_allocation(size: usize) {
     if size >= 1 << 20
         && DROPS_LEFT.load(Ordering::Relaxed) > 0
+        && dcgguf::llama::hooks::in_compute()
         && let Some(own) = own()
     {
-        own.drop_unmapped(Keep::Hot);
+        own.shed(Keep::Hot);
     }
 }
 

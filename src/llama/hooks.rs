@@ -283,6 +283,13 @@ pub fn current_batch() -> Option<(*mut sys::llama_context, Option<u64>)> {
         .map(|(ctx, tokens)| (ctx as *mut sys::llama_context, tokens))
 }
 
+/// Whether this thread is inside `llama_decode`, `llama_encode` or `llama_process`
+/// ([`compute`]).
+#[unsafe(link_section = ".text.hot.dcgguf")]
+pub fn in_compute() -> bool {
+    IN_COMPUTE.with(|c| c.get())
+}
+
 pub type PosixMemalignFn = unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> libc::c_int;
 
 /// The body of the `posix_memalign` interposer (ggml allocates its buffers with it): a big

@@ -52,6 +52,6 @@ pub mod spill;
 pub mod team;
 
 pub use plan::{MIN_STREAMED, ResidencyPlan, TensorCost};
-pub use refit::{computes_decode, decodes_only_lookups};
+pub use refit::{ComputeDecoding, compute_decoding};
 pub use runtime::{Residency, Stats, model_residency, register_model, unregister_model};
 pub use spec::{Budget, CompressedHome, Settings};

@@ -244,23 +244,31 @@ fn widest_row(dc: &DcFile) -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether `model`'s computes decode only its lookup tables' rows (the default's plan when
-/// the decoded model fits: [`Residency::lookups_only`]), not a budget's streamed weights.
-pub fn decodes_only_lookups(model: *const sys::llama_model) -> bool {
-    match super::model_residency(model) {
-        Some(r) => r.is_lookups_only(),
-        None => pending()
-            .iter()
-            .any(|p| p.model == model as usize && p.lookups.get().is_some()),
-    }
+/// What the computes of a loaded model decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeDecoding {
+    /// Nothing: every weight was decoded at the load.
+    Nothing,
+    /// The rows its lookups read of tables kept compressed (the default's plan when the
+    /// decoded model fits: [`Residency::lookups_only`]).
+    LookupRows,
+    /// A budget's streamed weights.
+    Weights,
 }
 
-/// Whether `model`'s computes decode: under a budget, or with lookup tables kept compressed.
-pub fn computes_decode(model: *const sys::llama_model) -> bool {
-    super::model_residency(model).is_some()
-        || pending()
+/// What `model`'s computes decode.
+pub fn compute_decoding(model: *const sys::llama_model) -> ComputeDecoding {
+    let lookups_pending = || {
+        pending()
             .iter()
             .any(|p| p.model == model as usize && p.lookups.get().is_some())
+    };
+    match super::model_residency(model) {
+        Some(r) if r.is_lookups_only() => ComputeDecoding::LookupRows,
+        Some(_) => ComputeDecoding::Weights,
+        None if lookups_pending() => ComputeDecoding::LookupRows,
+        None => ComputeDecoding::Nothing,
+    }
 }
 
 /// Gives back the decoded pages of `p`'s lookup tables that compression shrinks, to be
