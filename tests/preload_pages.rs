@@ -6,6 +6,7 @@
 
 mod llama_support;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
@@ -19,12 +20,17 @@ fn alone() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `(after the load, after giving back)` KiB from the preload's log lines.
-fn page_cache_lines(stderr: &str) -> Vec<(u64, u64)> {
+/// What follows the library's name in each of the preload's log lines about it.
+fn preload_lines(stderr: &str) -> impl Iterator<Item = &str> {
     stderr
         .lines()
-        .filter_map(|l| {
-            let rest = l.split("libdcgguf_preload.so: ").nth(1)?;
+        .filter_map(|l| l.split("libdcgguf_preload.so: ").nth(1))
+}
+
+/// `(after the load, after giving back)` KiB from the preload's log lines.
+fn page_cache_lines(stderr: &str) -> Vec<(u64, u64)> {
+    preload_lines(stderr)
+        .filter_map(|rest| {
             let (before, rest) = rest.split_once(" KiB in the page cache after the load, ")?;
             let (after, _) = rest.split_once(" KiB after giving back")?;
             Some((before.parse().ok()?, after.parse().ok()?))
@@ -34,10 +40,8 @@ fn page_cache_lines(stderr: &str) -> Vec<(u64, u64)> {
 
 /// KiB from the preload's line some computes after a load.
 fn after_computes_lines(stderr: &str) -> Vec<u64> {
-    stderr
-        .lines()
-        .filter_map(|l| {
-            let rest = l.split("libdcgguf_preload.so: ").nth(1)?;
+    preload_lines(stderr)
+        .filter_map(|rest| {
             let (kib, rest) = rest.split_once(" KiB in the page cache after ")?;
             rest.ends_with(" computes").then(|| kib.parse().ok())?
         })
@@ -46,14 +50,25 @@ fn after_computes_lines(stderr: &str) -> Vec<u64> {
 
 /// KiB from the preload's line at the end of the first compute after a load.
 fn first_compute_lines(stderr: &str) -> Vec<u64> {
-    stderr
-        .lines()
-        .filter_map(|l| {
-            let rest = l.split("libdcgguf_preload.so: ").nth(1)?;
+    preload_lines(stderr)
+        .filter_map(|rest| {
             let (kib, rest) = rest.split_once(" KiB in the page cache at the end of the first ")?;
             (rest == "compute after the load").then(|| kib.parse().ok())?
         })
         .collect()
+}
+
+/// For a test of MiniLM F16 under the preload library: this binary's turn ([`alone`]),
+/// llama.cpp, the model and its DC-GGUF, the library written to the disk ([`written`]).
+fn minilm_f16(test: &str) -> (MutexGuard<'static, ()>, Llama, PathBuf, PathBuf) {
+    let alone = alone();
+    let (l, m) = (
+        require_llama(test),
+        require_shared_model(test, "all-MiniLM-L6-v2-f16.gguf"),
+    );
+    let dc = dc_of(&m);
+    written(&libdcgguf_preload());
+    (alone, l, m, dc)
 }
 
 /// Writes the library's pages to the disk: the page cache keeps dirty pages whatever the
@@ -87,14 +102,7 @@ fn parses_the_log_lines() {
     ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn the_preload_library_gives_back_its_pages_after_a_load() {
-    let t = "the_preload_library_gives_back_its_pages_after_a_load";
-    let _alone = alone();
-    let (l, m) = (
-        require_llama(t),
-        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
-    );
-    let dc = dc_of(&m);
-    written(&libdcgguf_preload());
+    let (_alone, l, m, dc) = minilm_f16("the_preload_library_gives_back_its_pages_after_a_load");
     let plain = sentence_embedding(
         Command::new(l.bin("llama-embedding")).env("LD_PRELOAD", preload(&l, false)),
         &m,
@@ -180,14 +188,8 @@ fn computes_after_a_load_keep_only_the_per_compute_code_cached() {
     ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn the_first_compute_after_a_load_holds_little_of_the_library() {
-    let t = "the_first_compute_after_a_load_holds_little_of_the_library";
-    let _alone = alone();
-    let (l, m) = (
-        require_llama(t),
-        require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf"),
-    );
-    let dc = dc_of(&m);
-    written(&libdcgguf_preload());
+    let (_alone, l, _, dc) =
+        minilm_f16("the_first_compute_after_a_load_holds_little_of_the_library");
     let o = run(Command::new(l.bin("llama-embedding"))
         .env("LD_PRELOAD", preload(&l, true))
         .env("DCGGUF_VERBOSE", "1")
