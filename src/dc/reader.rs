@@ -845,25 +845,31 @@ impl DcFile {
         if let (Some(from), Some(to)) = (starts.min(), ends.max()) {
             let around_to = to.saturating_add(FAULT_AROUND).min(self.map.len());
             let around_from = from.saturating_sub(FAULT_AROUND);
-            self.release_range(around_from, around_to);
-            if uncache && !self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
-                // Only the pages wholly inside the span: the ones around it hold the
-                // neighbouring chunks, which a lookup may have asked for ahead or be decoding
-                // on another thread. Dropped with the span widened by FAULT_AROUND, MiniLM
-                // BF16's 64 KiB chunks under a cap at plain mmap's peak read them back a page
-                // per major fault (409 a run against 166 uncapped, 2026-12-02).
-                let page = crate::io::page_size();
-                let (inside_from, inside_to) = (from.div_ceil(page) * page, to / page * page);
-                if inside_to > inside_from {
-                    self.drop_pages_cached_since_open(inside_from, inside_to);
-                }
+            self.unmap_range(around_from, around_to);
+            if uncache || self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+                // Only the span itself: the pages around it hold the neighbouring chunks,
+                // which a lookup may have asked for ahead or be decoding on another thread.
+                // Dropped with the span widened by FAULT_AROUND, MiniLM BF16's 64 KiB chunks
+                // under a cap at plain mmap's peak read them back a page per major fault (409
+                // a run against 166 uncapped, 2026-12-02).
+                self.uncache_inside(from, to);
             }
         }
     }
 
-    /// Drops this process's page mappings of map bytes `[from, to)` (whole pages around
-    /// them; see [`DcFile::release_mapped_pages`]).
+    /// Drops this process's page mappings of map bytes `[from, to)` and, while uncaching
+    /// ([`DcFile::set_uncache_after_decode`]), the pages wholly inside them that the page
+    /// cache did not hold at open ([`DcFile::uncache_inside`]).
     fn release_range(&self, from: usize, to: usize) {
+        self.unmap_range(from, to);
+        if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
+            self.uncache_inside(from, to);
+        }
+    }
+
+    /// Drops this process's page mappings of map bytes `[from, to)` (whole pages around
+    /// them; see [`DcFile::release_mapped_pages`]): the next access maps the same bytes again.
+    fn unmap_range(&self, from: usize, to: usize) {
         let Storage::Mapped(m, ..) = &self.map else {
             return;
         };
@@ -876,8 +882,27 @@ impl DcFile {
                 m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, to - start)
             };
         }
-        if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
-            self.drop_pages_cached_since_open(start, to);
+    }
+
+    /// Drops from the page cache the pages wholly inside map bytes `[from, to)` (the file's
+    /// end counts as a page's end) that it did not hold when the file was opened. A page
+    /// that `from` or `to` cuts holds bytes of a neighbour, which stays: the metadata before
+    /// the first chunk, or the next chunk, which another thread may be decoding or has asked
+    /// for. Dropped with its chunk, the page that the gap blob shares with the first chunk
+    /// went at llama.cpp's metadata-only load (whose header reads end inside the first
+    /// tensors), and the full load's first look at the metadata read it back with a major
+    /// fault and 8 MiB of readaround around it: 11-14 ms of its 96 (MiniLM F16, Intel Xeon
+    /// VM, 2026-12-02).
+    fn uncache_inside(&self, from: usize, to: usize) {
+        let page = crate::io::page_size();
+        let inside_to = if to >= self.map.len() {
+            self.map.len()
+        } else {
+            to / page * page
+        };
+        let inside_from = from.div_ceil(page) * page;
+        if inside_to > inside_from {
+            self.drop_pages_cached_since_open(inside_from, inside_to);
         }
     }
 
