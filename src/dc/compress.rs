@@ -67,11 +67,12 @@ fn compress_blob(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 /// 159 sentences, four runs each) decoded 20.4 MB instead of 39.8, peaked 6.6 MiB lower,
 /// whole runs 1080-1110 ms against 1096-1133, the file 0.24% larger.
 const LOOKUP_CHUNK: usize = 64 << 10;
-/// ... for a table of at least this many rows (a vocabulary of that size). A smaller one's
-/// batches touch most of its chunks anyway (MiniLM's 30522 rows: 22 of 22 at its first
-/// batch), and its file grew: MiniLM BF16's by 0.24%, and the DC-INT8 file of
-/// `compress --calib --step 2.1 --embd-step 6.5` from 0.68x Q8_0 to 0.6801x, past its
-/// target (tests/quant_gptq.rs). Its 64 KiB chunks did lower its uncapped peak by 6.6 MiB.
+/// ... for a table of at least this many rows (a vocabulary of that size), where a prompt's
+/// tokens touch few of its chunks. A smaller table qualifies only by its bytes (below): its
+/// batches touch most of its chunks whatever their size (MiniLM's 30522 rows: 22 of 22 1 MiB
+/// chunks at its first batch), and small chunks grow its file (the DC-INT8 file of
+/// `compress --calib --step 2.1 --embd-step 6.5` went from 0.68x Q8_0 to 0.6801x, past its
+/// target in tests/quant_gptq.rs).
 const LOOKUP_CHUNK_MIN_ROWS: u64 = 1 << 16;
 /// ... or of at least this many bytes, whatever its rows: each lookup that gives its rows back
 /// decodes every chunk it touches, and a large table's bytes sit decoded meanwhile. MiniLM BF16

@@ -804,12 +804,9 @@ impl DcFile {
             .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
         if self.uncache.load(std::sync::atomic::Ordering::Relaxed) {
             let from = if keep_metadata {
-                // From the first page wholly past the metadata: a page it shares with the
-                // first chunk stays.
-                let (first_chunk, _) = self.chunk_span();
-                first_chunk
-                    .next_multiple_of(crate::io::page_size())
-                    .min(self.map.len())
+                // A page the metadata shares with the first chunk stays cached: only pages
+                // wholly inside the range go.
+                self.chunk_span().0
             } else {
                 self.uncache_metadata();
                 0
@@ -894,28 +891,17 @@ impl DcFile {
     /// fault and 8 MiB of readaround around it: 11-14 ms of its 96 (MiniLM F16, Intel Xeon
     /// VM, 2026-12-02).
     fn uncache_inside(&self, from: usize, to: usize) {
+        let Storage::Mapped(_, file, resident) = &self.map else {
+            return;
+        };
         let page = crate::io::page_size();
         let inside_to = if to >= self.map.len() {
             self.map.len()
         } else {
             to / page * page
         };
-        let inside_from = from.div_ceil(page) * page;
-        if inside_to > inside_from {
-            self.drop_pages_cached_since_open(inside_from, inside_to);
-        }
-    }
-
-    /// Drops from the page cache the pages of map bytes `[from, to)` that were not in it
-    /// when the file was opened.
-    fn drop_pages_cached_since_open(&self, from: usize, to: usize) {
-        let Storage::Mapped(_, file, resident) = &self.map else {
-            return;
-        };
-        let page = crate::io::page_size();
-        let start = from / page * page;
-        // Runs of pages that were not in the page cache when the load began.
-        let pages = start / page..to.div_ceil(page).min(resident.len());
+        // Runs of the pages inside that were not in the page cache when the load began.
+        let pages = from.div_ceil(page)..inside_to.div_ceil(page).min(resident.len());
         let mut p = pages.start;
         while p < pages.end {
             if resident[p] {
