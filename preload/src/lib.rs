@@ -46,6 +46,7 @@ static OWN_MAPPINGS: dcgguf::io::OwnMappings = dcgguf::io::OwnMappings;
 /// (a constructor of this shared object, run by the dynamic loader).
 extern "C" fn register() {
     shed::limit_readahead();
+    hooks::on_tensor_reads_begin(shed::at_tensor_reads);
     hooks::register_interposers(Interposers {
         load_from_file: llama_model_load_from_file as *const () as usize,
         init_from_model: llama_init_from_model as *const () as usize,
@@ -71,6 +72,7 @@ pub extern "C" fn llama_model_load_from_file(
     path: *const c_char,
     params: sys::llama_model_params,
 ) -> *mut sys::llama_model {
+    shed::before_load();
     let model = dcgguf::ffi::hook::load_model_hooked(
         path,
         params,

@@ -67,6 +67,24 @@ pub fn interposers() -> Interposers {
     INTERPOSERS.get().copied().unwrap_or_default()
 }
 
+/// Runs when a DC load's tensor reads begin (llama.cpp has parsed the metadata), if the
+/// preload library registered it ([`on_tensor_reads_begin`]): it drops the code it read ahead
+/// for the load that the load has not run by then.
+static TENSOR_READS_BEGIN: OnceLock<fn()> = OnceLock::new();
+
+/// Registers `f` to run when each DC load's tensor reads begin (first call wins). Called by
+/// libdcgguf_preload.so when it is loaded; libdcgguf never calls it.
+pub fn on_tensor_reads_begin(f: fn()) {
+    let _ = TENSOR_READS_BEGIN.set(f);
+}
+
+/// A DC load's tensor reads begin: runs what [`on_tensor_reads_begin`] registered.
+pub(crate) fn tensor_reads_begin() {
+    if let Some(f) = TENSOR_READS_BEGIN.get() {
+        f();
+    }
+}
+
 /// Address of our own `llama_model_load_from_file` interposer (0 if none), which the host
 /// lookup must skip.
 pub fn interposer_address() -> usize {

@@ -289,6 +289,7 @@ impl Stream {
             if let Source::Dc(dc) = &self.src {
                 dc.uncache_metadata();
                 dc.release_original_header();
+                super::hooks::tensor_reads_begin();
             }
         }
         self.direct = true;
