@@ -26,6 +26,11 @@
 //!   segment and set the run's peak (2.4 MB above the steady state); in a 64 KiB piece it
 //!   reads at most the piece.
 //!
+//! What a load runs would then come in a 64 KiB fault at a time, each a wait for the disk:
+//! before each load the file is read into the page cache in one request ([`before_load`]),
+//! and once a DC load's tensor reads begin what it has not mapped is dropped again
+//! ([`at_tensor_reads`]), before the load's peak.
+//!
 //! Only segments without write permission are touched: their pages are the file's own
 //! (never copied on write), so dropping a mapping only means the next access maps the same
 //! bytes again. The writable segments (data, and the relocated read-only-after-relocation
