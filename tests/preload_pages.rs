@@ -85,6 +85,21 @@ fn minilm_f16(test: &str) -> (MutexGuard<'static, ()>, Llama, PathBuf, PathBuf) 
     (alone, l, m, dc)
 }
 
+/// llama-embedding over the evaluation sentences with `dc` under the preload library, its
+/// log verbose: its stderr, once it has finished.
+fn verbose_embedding(l: &Llama, dc: &std::path::Path) -> String {
+    let o = run(Command::new(l.bin("llama-embedding"))
+        .env("LD_PRELOAD", preload(l, true))
+        .env("DCGGUF_VERBOSE", "1")
+        .arg("-m")
+        .arg(dc)
+        .args(EMBEDDING_ARRAY_ARGS)
+        .arg("-f")
+        .arg(eval_sentences_file()));
+    assert_exit(&o, true, "llama-embedding");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// Writes the library's pages to the disk: the page cache keeps dirty pages whatever the
 /// advice, and a library just built by the test run may not be written yet.
 fn written(lib: &std::path::Path) {
@@ -209,16 +224,7 @@ fn computes_after_a_load_keep_only_the_per_compute_code_cached() {
 fn the_first_compute_after_a_load_holds_little_of_the_library() {
     let (_alone, l, _, dc) =
         minilm_f16("the_first_compute_after_a_load_holds_little_of_the_library");
-    let o = run(Command::new(l.bin("llama-embedding"))
-        .env("LD_PRELOAD", preload(&l, true))
-        .env("DCGGUF_VERBOSE", "1")
-        .arg("-m")
-        .arg(&dc)
-        .args(EMBEDDING_ARRAY_ARGS)
-        .arg("-f")
-        .arg(eval_sentences_file()));
-    assert_exit(&o, true, "llama-embedding");
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stderr = verbose_embedding(&l, &dc);
     let kib = first_compute_lines(&stderr);
     assert_eq!(
         kib.len(),
@@ -254,16 +260,7 @@ fn a_load_reads_the_library_ahead_and_drops_what_it_did_not_map() {
     let lib = libdcgguf_preload();
     let file = std::fs::File::open(&lib).unwrap();
     dcgguf::io::drop_cached(&file, 0, file.metadata().unwrap().len());
-    let o = run(Command::new(l.bin("llama-embedding"))
-        .env("LD_PRELOAD", preload(&l, true))
-        .env("DCGGUF_VERBOSE", "1")
-        .arg("-m")
-        .arg(&dc)
-        .args(EMBEDDING_ARRAY_ARGS)
-        .arg("-f")
-        .arg(eval_sentences_file()));
-    assert_exit(&o, true, "llama-embedding");
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stderr = verbose_embedding(&l, &dc);
     // One line: llama.cpp's fitting pass before the full load reads no tensors.
     let lines = tensor_reads_lines(&stderr);
     assert_eq!(
