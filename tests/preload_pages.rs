@@ -86,9 +86,15 @@ fn minilm_f16(test: &str) -> (MutexGuard<'static, ()>, Llama, PathBuf, PathBuf) 
 }
 
 /// llama-embedding over the evaluation sentences with `dc` under the preload library, its
-/// log verbose: its stderr, once it has finished.
-fn verbose_embedding(l: &Llama, dc: &std::path::Path) -> String {
-    let o = run(Command::new(l.bin("llama-embedding"))
+/// log verbose, loaded by `route` (`DCGGUF_LOAD_ROUTE`; `None`: the default): its stderr,
+/// once it has finished.
+fn verbose_embedding(l: &Llama, dc: &std::path::Path, route: Option<&str>) -> String {
+    let mut cmd = Command::new(l.bin("llama-embedding"));
+    match route {
+        Some(r) => cmd.env("DCGGUF_LOAD_ROUTE", r),
+        None => cmd.env_remove("DCGGUF_LOAD_ROUTE"),
+    };
+    let o = run(cmd
         .env("LD_PRELOAD", preload(l, true))
         .env("DCGGUF_VERBOSE", "1")
         .arg("-m")
@@ -224,7 +230,7 @@ fn computes_after_a_load_keep_only_the_per_compute_code_cached() {
 fn the_first_compute_after_a_load_holds_little_of_the_library() {
     let (_alone, l, _, dc) =
         minilm_f16("the_first_compute_after_a_load_holds_little_of_the_library");
-    let stderr = verbose_embedding(&l, &dc);
+    let stderr = verbose_embedding(&l, &dc, None);
     let kib = first_compute_lines(&stderr);
     assert_eq!(
         kib.len(),
@@ -245,8 +251,9 @@ fn the_first_compute_after_a_load_holds_little_of_the_library() {
 /// A load reads the library into the page cache in one request before it runs (its code came
 /// in a 64 KiB fault at a time otherwise: MiniLM F16 under llama-embedding took 199 major
 /// faults a run against 127, 2026-12-02), and a DC load drops what it has not mapped once its
-/// tensor reads begin (where SmolLM2's uncapped peak forms later). Without the read ahead,
-/// 2068 of the 3068 KiB were cached there, in the pieces the load had faulted in.
+/// tensor reads begin (where SmolLM2's uncapped peak forms later), on either load route.
+/// Without the read ahead, 2068 of the 3068 KiB were cached there, in the pieces the load had
+/// faulted in; on the user route before it ran the drop, no line was logged.
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
@@ -255,29 +262,39 @@ fn the_first_compute_after_a_load_holds_little_of_the_library() {
 fn a_load_reads_the_library_ahead_and_drops_what_it_did_not_map() {
     let (_alone, l, _, dc) =
         minilm_f16("a_load_reads_the_library_ahead_and_drops_what_it_did_not_map");
-    // No process maps the library now (this binary's tests run one at a time), so all of
-    // its pages leave the page cache: what is cached at the tensor reads, the load brought.
     let lib = libdcgguf_preload();
     let file = std::fs::File::open(&lib).unwrap();
-    dcgguf::io::drop_cached(&file, 0, file.metadata().unwrap().len());
-    let stderr = verbose_embedding(&l, &dc);
-    // One line: llama.cpp's fitting pass before the full load reads no tensors.
-    let lines = tensor_reads_lines(&stderr);
-    assert_eq!(
-        lines.len(),
-        1,
-        "one report at the tensor reads in:\n{stderr}"
-    );
-    let (cached, of, after) = lines[0];
-    eprintln!("preload library at the tensor reads: {cached} of {of} KiB cached, {after} after");
-    assert!(
-        cached * 100 >= of * 95,
-        "only {cached} of {of} KiB of the library cached as the tensor reads begin: not read ahead"
-    );
-    assert!(
-        after < cached,
-        "nothing dropped at the tensor reads: {cached} KiB cached, {after} after"
-    );
+    // Both load routes: the stream's first tensor read and the user route's first tensor
+    // callback run the drop.
+    for route in [None, Some("user")] {
+        // No process maps the library now (this binary's tests run one at a time), so all
+        // of its pages leave the page cache: what is cached at the tensor reads, the load
+        // brought.
+        dcgguf::io::drop_cached(&file, 0, file.metadata().unwrap().len());
+        let stderr = verbose_embedding(&l, &dc, route);
+        // One line: llama.cpp's fitting pass before the full load reads no tensors.
+        let lines = tensor_reads_lines(&stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "route {route:?}: one report at the tensor reads in:\n{stderr}"
+        );
+        let (cached, of, after) = lines[0];
+        eprintln!(
+            "route {route:?}: preload library at the tensor reads: {cached} of {of} KiB \
+             cached, {after} after"
+        );
+        assert!(
+            cached * 100 >= of * 95,
+            "route {route:?}: only {cached} of {of} KiB of the library cached as the tensor \
+             reads begin: not read ahead"
+        );
+        assert!(
+            after < cached,
+            "route {route:?}: nothing dropped at the tensor reads: {cached} KiB cached, \
+             {after} after"
+        );
+    }
 }
 
 /// Major page faults of the children this process has waited for so far.

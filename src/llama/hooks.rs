@@ -67,9 +67,10 @@ pub fn interposers() -> Interposers {
     INTERPOSERS.get().copied().unwrap_or_default()
 }
 
-/// Runs when a DC load's tensor reads begin (llama.cpp has parsed the metadata), if the
-/// preload library registered it ([`on_tensor_reads_begin`]): it drops the code it read ahead
-/// for the load that the load has not run by then.
+/// Runs when a DC load's tensor reads begin (llama.cpp has parsed the metadata: the stream's
+/// first tensor read, or the `llama_model_init_from_user` route's first tensor callback), if
+/// the preload library registered it ([`on_tensor_reads_begin`]): it drops the code it read
+/// ahead for the load that the load has not run by then.
 static TENSOR_READS_BEGIN: OnceLock<fn()> = OnceLock::new();
 
 /// Registers `f` to run when each DC load's tensor reads begin (first call wins). Called by

@@ -267,6 +267,8 @@ struct LoadState<'a> {
     error: Option<UserRouteError>,
     /// An absent tensor this route cannot fill.
     unsupported: Option<Unsupported>,
+    /// llama.cpp has asked for a tensor's bytes (the callback ran once).
+    reads_begun: bool,
 }
 
 impl LoadState<'_> {
@@ -343,6 +345,14 @@ impl LoadState<'_> {
         let name = unsafe { CStr::from_ptr((*t).name.as_ptr()) }
             .to_string_lossy()
             .into_owned();
+        if !self.reads_begun {
+            // llama.cpp has parsed the metadata and allocated the tensors, as at the stream's
+            // first tensor read: the preload library drops the code it read ahead that the
+            // load did not run (else it stays cached to the load's end, where the charge
+            // peaks).
+            self.reads_begun = true;
+            super::hooks::tensor_reads_begin();
+        }
         // SAFETY: `t` is live.
         let (nbytes, ty) = unsafe { ((self.api.nbytes)(t), (*t).type_) };
         match self.dc.find_tensor(&name) {
@@ -625,6 +635,7 @@ pub fn load_dc_user(
         filled: Vec::new(),
         error: None,
         unsupported: None,
+        reads_begun: false,
     };
     // SAFETY: `gguf.ctx` is a live gguf context that outlives the call; the callback and its
     // user data (`st`, borrowed mutably for the call and not touched otherwise) are valid for
