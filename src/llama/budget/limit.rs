@@ -428,16 +428,23 @@ pub fn spill_instead(
 /// move) 10.3 / 11.9 s against 10.5 / 11.1 moving all, and Qwen under 800 MiB (552 of 1060)
 /// generated 1.97 t/s against 1.66 moving all.
 pub fn spill_quota(decoded_weights: u64, lookup_table: u64, headroom: &Headroom) -> u64 {
-    let short = shortfall(decoded_weights, headroom);
-    let quota = short
-        .saturating_mul(2)
-        .saturating_sub(lookup_table.min(short))
-        .saturating_add(SPILL_SLACK);
+    let quota = to_move_for(shortfall(decoded_weights, headroom), lookup_table);
     if quota >= decoded_weights - decoded_weights / 4 {
         decoded_weights
     } else {
         quota
     }
+}
+
+/// Bytes to move to a file for `short` bytes the limit lacks, where `lookup_table` bytes of
+/// a lookup table not moved yet move first: twice the shortfall, the table's part of it
+/// once ([`spill_quota`] says why), and [`SPILL_SLACK`]. The load's rule and a batch's
+/// (`super::refit`) alike.
+pub fn to_move_for(short: u64, lookup_table: u64) -> u64 {
+    short
+        .saturating_mul(2)
+        .saturating_sub(lookup_table.min(short))
+        .saturating_add(SPILL_SLACK)
 }
 
 /// What [`spill_quota`] moves beyond twice the shortfall: 4 MiB.
@@ -696,6 +703,12 @@ mod tests {
         assert_eq!(spill_quota(decoded, 0, &h(63)), decoded);
         assert_eq!(spill_quota(decoded, 0, &h(72)), 2 * short(72) + SPILL_SLACK);
         assert_eq!(spill_quota(1 << 20, 0, &h(0)), 1 << 20);
+        // A batch's rule is the load's: what is left of the table counts once.
+        let mib = |m: u64| m << 20;
+        assert_eq!(to_move_for(mib(14), 0), mib(28) + SPILL_SLACK);
+        assert_eq!(to_move_for(mib(14), mib(22)), mib(14) + SPILL_SLACK);
+        assert_eq!(to_move_for(mib(14), mib(5)), mib(23) + SPILL_SLACK);
+        assert_eq!(to_move_for(0, mib(22)), SPILL_SLACK);
         // A lookup table counts once: its pages, moved first, are read back a row a token.
         // Qwen2.5-Coder-1.5B under 962.5 MiB: 174 MiB short, a 125 MiB token embedding.
         let (qwen, embd) = (1060 << 20, 125 << 20);

@@ -240,6 +240,17 @@ impl Spiller {
         self.offset
     }
 
+    /// Bytes of the whole pages of `ranges` (as [`movable_bytes`] counts them) not moved yet.
+    pub fn unmoved_bytes(&self, ranges: &[(usize, usize)]) -> u64 {
+        let mut moved = self.moved.clone();
+        moved.sort_unstable();
+        page_spans(ranges, crate::io::page_size(), TENSOR_GAP)
+            .iter()
+            .flat_map(|&(start, len)| uncovered(start, start + len, &moved))
+            .map(|(s, e)| (e - s) as u64)
+            .sum()
+    }
+
     /// Bytes of the moved pages in memory now: the pages a limit may reclaim (and the
     /// kernel read back when they are used). `mincore` of a shared file mapping says
     /// whether each page is in the page cache.
@@ -797,6 +808,14 @@ mod tests {
         }
         assert!(s.failure().is_none());
         assert_eq!(s.moved() as usize, 10 * page);
+        // What of a range has not moved yet: whole pages only, the moved ones left out.
+        assert_eq!(s.unmoved_bytes(&[(base, len)]) as usize, 54 * page);
+        assert_eq!(s.unmoved_bytes(&[(base, 10 * page)]), 0);
+        assert_eq!(
+            s.unmoved_bytes(&[(base + 9 * page, 2 * page + 1)]) as usize,
+            page,
+            "page 10 unmoved, page 11 not whole"
+        );
         assert_eq!(rss_kinds(base + 9 * page).0, 0, "page 9 moved");
         let (anon, _) = rss_kinds(base + 10 * page);
         assert!(anon > 0, "page 10 stays anonymous");
