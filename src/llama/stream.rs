@@ -47,8 +47,11 @@ const STREAM_BUFFER: usize = 256 << 10;
 /// them held less than the layer that llama.cpp reads out of file order, so chunks decoded
 /// ahead were evicted before their read and decoded again, 76 times in one SmolLM2 load.
 const CACHE_BYTES: u64 = 4 << 20;
-/// Spare chunk buffers kept for reuse.
-const SPARE_BUFFERS: usize = 4;
+/// Spare chunk buffers kept for reuse: one. With four, the buffers still held as the load
+/// ends raised SmolLM2's uncapped peak (cgroup charge, which forms there) to 140.1-141.2 MiB
+/// against 140.0-140.3 with one and plain mmap's 140.7-140.8, for the same time inside
+/// dcgguf (60.5 and 60 ms, medians of 10 alternating cold runs, 2026-12-03).
+const SPARE_BUFFERS: usize = 1;
 /// At most this many chunks are decoded together when a read misses the cache (and no
 /// more bytes than the cache holds).
 const PREFETCH_CHUNKS: usize = 4;
@@ -434,8 +437,7 @@ impl Stream {
                     // cache ends a load full, on top of the decoded model).
                     if let Some((_, ChunkBuf::Heap(b))) = self.cache.remove(k) {
                         self.spare.push(b);
-                        self.spare
-                            .truncate(if self.lean() { 1 } else { SPARE_BUFFERS });
+                        self.spare.truncate(SPARE_BUFFERS);
                     }
                 }
                 return Ok(take);
@@ -569,7 +571,7 @@ impl Stream {
                 self.spare.push(buf);
             }
         }
-        self.spare.truncate(if lean { 1 } else { SPARE_BUFFERS });
+        self.spare.truncate(SPARE_BUFFERS);
     }
 
     /// The stream's position (the end of what glibc's buffer holds).

@@ -18,9 +18,9 @@
 //! only when the batch needs more, and clears the output buffer at once), so it must fit,
 //! with room for computing ([`super::limit::other_memory`]), in what the limit leaves
 //! ([`super::limit::choose_at_context`]). If not, part of the decoded weights moves to a
-//! file ([`super::spill`], [`Pending::spill_instead`]: twice what is lacking, a lookup table's part once, and 4 MiB),
-//! whose pages the limit reclaims and the disk gives back, as plain llama.cpp's mapped
-//! file's; later batches move more where they need it. Where no file can be made (no disk
+//! file ([`super::spill`], [`Pending::spill_instead`]: twice what is lacking, a lookup
+//! table's part once, and 4 MiB), whose pages the limit reclaims and the disk gives back, as
+//! plain llama.cpp's mapped file's; later batches move more where they need it. Where no file can be made (no disk
 //! with room, only memory file systems), the model switches to the smallest budget
 //! instead (a budget cannot shrink later, and a limit reached once will be reached again by
 //! the next buffers of the same batch): the plan's streamed tensors are found in
