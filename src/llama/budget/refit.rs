@@ -9,31 +9,31 @@
 //! 30 MiB. A load without a budget was OOM-killed under caps that plain llama.cpp (mmap:
 //! the kernel may drop its weight pages and re-read them) ran in.
 //!
-//! So a model loaded without a budget by that default stays *pending* here until freed, and
-//! its contexts are created with dcgguf's graph callback ([`super::graph_hook`]), which does
-//! nothing until the model switches to a budget. While the program is inside
-//! `llama_decode`, `llama_encode` or `llama_process` (interposed, `crate::llama::hooks`),
-//! every `posix_memalign` of 1 MiB or more (ggml's buffers) is checked first: a buffer
-//! allocated there is one this batch needs (llama.cpp grows its output and compute buffers
-//! only when the batch needs more, and clears the output buffer at once), so it must fit,
-//! with room for computing ([`super::limit::other_memory`]), in what the limit leaves
-//! ([`super::limit::choose_at_context`]). If not, part of the decoded weights moves to a
-//! file ([`super::spill`], [`Pending::spill_instead`]: twice what is lacking, a lookup
-//! table's part once, and 4 MiB), whose pages the limit reclaims and the disk gives back, as
-//! plain llama.cpp's mapped file's; later batches move more where they need it. Where no file can be made (no disk
-//! with room, only memory file systems), the model switches to the smallest budget
-//! instead (a budget cannot shrink later, and a limit reached once will be reached again by
-//! the next buffers of the same batch): the plan's streamed tensors are found in
-//! llama.cpp's CPU weight buffer and their pages given back ([`Residency::adopt_loaded`]),
-//! and from the next graph node on every context of the model decodes them before use, as
-//! after a budgeted load. Sessions 24-29 switched to the budget first; moving weights was
-//! faster wherever measured (session 30: llama-perplexity on SmolLM2 Q4_1, llama-embedding
-//! on MiniLM BF16; see [`Pending::check`]), and a budget finds nothing to stream where
-//! llama.cpp repacked the weights. Buffers allocated when a context is created are not checked
-//! then: llama.cpp reserves its compute buffer there for the largest batch, which most
-//! programs never send (llama-completion's SmolLM2 context reserves 49 MiB and writes part
-//! of it). They are noted, and the first check in the context counts what of them no batch
-//! has written yet, up to the size of the buffer checked ([`unwritten_reserved`]).
+//! So a model loaded without a budget by that default stays *pending* here until freed, and its
+//! contexts are created with dcgguf's graph callback ([`super::graph_hook`]), which does
+//! nothing until the model switches to a budget. While the program is inside `llama_decode`,
+//! `llama_encode` or `llama_process` (interposed, `crate::llama::hooks`), every
+//! `posix_memalign` of 1 MiB or more (ggml's buffers) is checked first: a buffer allocated
+//! there is one this batch needs (llama.cpp grows its output and compute buffers only when the
+//! batch needs more, and clears the output buffer at once), so it must fit, with room for
+//! computing ([`super::limit::other_memory`]), in what the limit leaves
+//! ([`super::limit::choose_at_context`]). If not, part of the decoded weights moves to a file
+//! ([`super::spill`], [`Pending::spill_instead`]: twice what is lacking, a lookup table's part
+//! once, and 4 MiB), whose pages the limit reclaims and the disk gives back, as plain
+//! llama.cpp's mapped file's; later batches move more where they need it. Where no file can be
+//! made (no disk with room, only memory file systems), the model switches to the smallest
+//! budget instead (a budget cannot shrink later, and a limit reached once will be reached again
+//! by the next buffers of the same batch): the plan's streamed tensors are found in llama.cpp's
+//! CPU weight buffer and their pages given back ([`Residency::adopt_loaded`]), and from the
+//! next graph node on every context of the model decodes them before use, as after a budgeted
+//! load. Sessions 24-29 switched to the budget first; moving weights was faster wherever
+//! measured (session 30: llama-perplexity on SmolLM2 Q4_1, llama-embedding on MiniLM BF16; see
+//! [`Pending::check`]), and a budget finds nothing to stream where llama.cpp repacked the
+//! weights. Buffers allocated when a context is created are not checked then: llama.cpp
+//! reserves its compute buffer there for the largest batch, which most programs never send
+//! (llama-completion's SmolLM2 context reserves 49 MiB and writes part of it). They are noted,
+//! and the first check in the context counts what of them no batch has written yet, up to the
+//! size of the buffer checked ([`unwritten_reserved`]).
 //!
 //! A model the default loaded with part of its decoded weights moved to a file
 //! ([`super::spill`]: neither the model nor a budget fit) is checked the same way, but
