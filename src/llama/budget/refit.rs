@@ -636,7 +636,7 @@ impl Pending {
         // computations), and contexts of one model do not compute concurrently (the
         // documented limit of a budget, and of this check).
         unsafe {
-            spiller.take_rest(&spilled.first);
+            spiller.take_rest_of_lookup(&spilled.first);
             spiller.take_rest(&spilled.ranges);
         }
         let moved = spiller.moved();

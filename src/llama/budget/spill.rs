@@ -34,6 +34,13 @@
 //! back by every token. llama.cpp loads repacked tensors first (Qwen2.5-Coder-1.5B: its
 //! token embedding, 125 MiB, after 862 MiB of layers).
 //!
+//! Of a lookup table the last pages move first ([`Spiller::take_lookup`],
+//! [`Spiller::take_rest_of_lookup`]): vocabularies number their tokens roughly by how often
+//! they occur (BPE in the order of its merges, MiniLM's WordPiece after its characters), so
+//! the last rows are the rarest tokens', the rows a token least often reads back from the
+//! disk. MiniLM's evaluation sentences (1932 tokens, 1039 of them different) read 145 of
+//! the 2560 pages of its F16 table's last 10 MiB, 697 of its first 10 MiB's.
+//!
 //! After the load, a batch whose buffers would not fit moves more ([`super::refit`]), and so
 //! does a model loaded without a budget whose switch to one finds nothing to stream.
 //!
@@ -305,7 +312,7 @@ impl Spiller {
     /// of which accept the new mapping).
     pub unsafe fn take(&mut self, addr: usize, len: usize) {
         // SAFETY: forwarded from the caller.
-        unsafe { self.take_within(addr, len, self.kept_for_lookups) }
+        unsafe { self.take_within(addr, len, self.kept_for_lookups, false) }
     }
 
     /// [`Spiller::take`] for the read of the lookup table, which may use the whole quota;
@@ -316,7 +323,7 @@ impl Spiller {
     pub unsafe fn take_lookup(&mut self, addr: usize, len: usize) {
         let before = self.offset;
         // SAFETY: forwarded from the caller.
-        unsafe { self.take_within(addr, len, 0) };
+        unsafe { self.take_within(addr, len, 0, true) };
         self.lookup_moved += self.offset - before;
         self.kept_for_lookups = 0;
     }
@@ -326,11 +333,12 @@ impl Spiller {
         self.lookup_moved
     }
 
-    /// Moves the whole pages of the range up to the quota less `kept`.
+    /// Moves the whole pages of the range up to the quota less `kept`: its first pages, or
+    /// its last ones if `last_first` (a lookup table's: see the module doc).
     ///
     /// # Safety
     /// As for [`Spiller::take`].
-    unsafe fn take_within(&mut self, addr: usize, len: usize, kept: u64) {
+    unsafe fn take_within(&mut self, addr: usize, len: usize, kept: u64, last_first: bool) {
         if self.failed.is_some() {
             return;
         }
@@ -339,7 +347,12 @@ impl Spiller {
         for (start, len) in page_spans(&[(addr, len)], page, 0) {
             // Whole pages up to the quota.
             let left = quota.saturating_sub(self.offset) / page as u64 * page as u64;
-            let len = len.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let taken = len.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let (start, len) = if last_first {
+                (start + len - taken, taken)
+            } else {
+                (start, taken)
+            };
             let mut done = 0;
             while done < len {
                 let n = PIECE.min(len - done);
@@ -368,6 +381,23 @@ impl Spiller {
             for (s, e) in uncovered(start, start + len, &moved) {
                 // SAFETY: forwarded from the caller, for a part of its range.
                 unsafe { self.take(s, e - s) };
+            }
+        }
+    }
+
+    /// [`Spiller::take_rest`] for a lookup table: its last pages first (see the module
+    /// doc).
+    ///
+    /// # Safety
+    /// As for [`Spiller::take`], for every range.
+    pub unsafe fn take_rest_of_lookup(&mut self, ranges: &[(usize, usize)]) {
+        let mut moved = self.moved.clone();
+        moved.sort_unstable();
+        let spans = page_spans(ranges, crate::io::page_size(), TENSOR_GAP);
+        for &(start, len) in spans.iter().rev() {
+            for (s, e) in uncovered(start, start + len, &moved).into_iter().rev() {
+                // SAFETY: forwarded from the caller, for a part of its range.
+                unsafe { self.take_within(s, e - s, self.kept_for_lookups, true) };
             }
         }
     }
@@ -870,12 +900,33 @@ mod tests {
         unsafe { s.take_lookup(base + 16 * page, 8 * page) };
         assert_eq!(s.moved() as usize, 10 * page);
         assert_eq!(s.lookup_moved() as usize, 6 * page);
+        // Its last six pages (its rarest tokens' rows, see the module doc).
         assert_eq!(
-            rss_kinds(base + 21 * page).0,
+            rss_kinds(base + 23 * page).0,
             0,
-            "the table's sixth page moved"
+            "the table's last page moved"
         );
-        assert!(rss_kinds(base + 22 * page).0 > 0, "past the quota");
+        assert_eq!(
+            rss_kinds(base + 18 * page).0,
+            0,
+            "the table's sixth page from the end moved"
+        );
+        assert!(rss_kinds(base + 17 * page).0 > 0, "past the quota");
+        // A batch short of memory later moves more of the table, from the end back too.
+        s.allow(page as u64).unwrap();
+        // SAFETY: as above.
+        unsafe { s.take_rest_of_lookup(&[(base + 16 * page, 8 * page)]) };
+        assert_eq!(s.moved() as usize, 11 * page);
+        assert_eq!(
+            rss_kinds(base + 17 * page).0,
+            0,
+            "the table's next page moved"
+        );
+        assert!(rss_kinds(base + 16 * page).0 > 0, "its first page stays");
+        assert_eq!(
+            s.unmoved_bytes(&[(base + 16 * page, 8 * page)]) as usize,
+            page
+        );
         // A table smaller than what was kept leaves the rest to the others.
         let mut s = Spiller::open(10 * page as u64, &[std::env::temp_dir()]).unwrap();
         s.keep_for_lookups(6 * page as u64);
