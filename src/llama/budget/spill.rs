@@ -375,14 +375,8 @@ impl Spiller {
     /// # Safety
     /// As for [`Spiller::take`], for every range.
     pub unsafe fn take_rest(&mut self, ranges: &[(usize, usize)]) {
-        let mut moved = self.moved.clone();
-        moved.sort_unstable();
-        for (start, len) in page_spans(ranges, crate::io::page_size(), TENSOR_GAP) {
-            for (s, e) in uncovered(start, start + len, &moved) {
-                // SAFETY: forwarded from the caller, for a part of its range.
-                unsafe { self.take(s, e - s) };
-            }
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.take_rest_from(ranges, false) }
     }
 
     /// [`Spiller::take_rest`] for a lookup table: its last pages first (see the module
@@ -391,14 +385,27 @@ impl Spiller {
     /// # Safety
     /// As for [`Spiller::take`], for every range.
     pub unsafe fn take_rest_of_lookup(&mut self, ranges: &[(usize, usize)]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.take_rest_from(ranges, true) }
+    }
+
+    /// What is left of `ranges`, from their first pages on or from their last back.
+    ///
+    /// # Safety
+    /// As for [`Spiller::take`], for every range.
+    unsafe fn take_rest_from(&mut self, ranges: &[(usize, usize)], last_first: bool) {
         let mut moved = self.moved.clone();
         moved.sort_unstable();
-        let spans = page_spans(ranges, crate::io::page_size(), TENSOR_GAP);
-        for &(start, len) in spans.iter().rev() {
-            for (s, e) in uncovered(start, start + len, &moved).into_iter().rev() {
-                // SAFETY: forwarded from the caller, for a part of its range.
-                unsafe { self.take_within(s, e - s, self.kept_for_lookups, true) };
-            }
+        let mut left: Vec<(usize, usize)> = page_spans(ranges, crate::io::page_size(), TENSOR_GAP)
+            .into_iter()
+            .flat_map(|(start, len)| uncovered(start, start + len, &moved))
+            .collect();
+        if last_first {
+            left.reverse();
+        }
+        for (s, e) in left {
+            // SAFETY: forwarded from the caller, for a part of its range.
+            unsafe { self.take_within(s, e - s, self.kept_for_lookups, last_first) };
         }
     }
 
