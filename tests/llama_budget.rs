@@ -1232,30 +1232,28 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
         // there moves by some MiB from run to run (2026-12-03: the walk's run under 358 MiB
         // was short, the next run under it fit): where this run fits, one step lower, still
         // more than 6 MiB above where the smallest budget was killed (see above).
-        let lower = peak / 1000 * (permille - SWITCH_STEP_PERMILLE) as u64;
-        let (mut budgeted, mut budgeted_use, mut budget_cap) = (None, None, cap);
-        for (try_cap, tag) in [(cap, "at"), (lower, "below")] {
-            let (out, usage) = embedding_in_cgroup(
+        let on_shm = |cap: u64, tag: &str| {
+            embedding_in_cgroup(
                 &l,
                 &parent,
                 &dc,
                 Some(None),
-                Some(try_cap),
+                Some(cap),
                 &format!("emb-budget-{permille}-{tag}"),
                 &[("DCGGUF_SPILL_DIR", "/dev/shm")],
-            );
-            let fit = out.status.success() && !String::from_utf8_lossy(&out.stderr).contains(SHORT);
-            (budgeted, budgeted_use, budget_cap) = (Some(out), Some(usage), try_cap);
-            if !fit {
-                break;
-            }
+            )
+        };
+        let (mut budgeted, mut budgeted_use) = on_shm(cap, "at");
+        let mut budget_cap = cap;
+        if budgeted.status.success() && !String::from_utf8_lossy(&budgeted.stderr).contains(SHORT) {
+            budget_cap = peak / 1000 * (permille - SWITCH_STEP_PERMILLE) as u64;
             eprintln!(
                 "the /dev/shm run fit under {} MiB: once more under {} MiB",
-                try_cap / MIB,
-                lower / MIB
+                cap / MIB,
+                budget_cap / MIB
             );
+            (budgeted, budgeted_use) = on_shm(budget_cap, "below");
         }
-        let (budgeted, budgeted_use) = (budgeted.unwrap(), budgeted_use.unwrap());
         finished_saying(
             &budgeted,
             &budgeted_use,
