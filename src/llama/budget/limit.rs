@@ -35,6 +35,23 @@ pub enum LimitSource {
     MemAvailable,
 }
 
+impl LimitSource {
+    /// Whether the limit is a memory cgroup's (whose reclaim takes clean file pages, page
+    /// cache included, once the limit is reached).
+    pub fn is_cgroup(&self) -> bool {
+        matches!(self, LimitSource::CgroupV1(_) | LimitSource::CgroupV2(_))
+    }
+
+    /// What the log calls it.
+    pub fn name(&self) -> String {
+        match self {
+            LimitSource::CgroupV2(p) => format!("cgroup v2 {}", p.display()),
+            LimitSource::CgroupV1(p) => format!("cgroup v1 {}", p.display()),
+            LimitSource::MemAvailable => "MemAvailable".to_string(),
+        }
+    }
+}
+
 /// How much more memory this process may take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Headroom {
@@ -55,6 +72,12 @@ pub fn headroom() -> Option<Headroom> {
         Path::new("/sys/fs/cgroup"),
         read,
     )
+}
+
+/// The memory cgroup whose limit is the tightest on this process ([`headroom`]), if one is:
+/// `None` where `MemAvailable` is tighter, or nothing can be read.
+pub fn binding_cgroup() -> Option<LimitSource> {
+    headroom().map(|h| h.source).filter(LimitSource::is_cgroup)
 }
 
 /// [`headroom`] over the given file contents and reader (tested with a fake tree).
@@ -629,11 +652,7 @@ impl ContextChoice {
 }
 
 pub fn source_name(h: &Headroom) -> String {
-    match &h.source {
-        LimitSource::CgroupV2(p) => format!("cgroup v2 {}", p.display()),
-        LimitSource::CgroupV1(p) => format!("cgroup v1 {}", p.display()),
-        LimitSource::MemAvailable => "MemAvailable".to_string(),
-    }
+    h.source.name()
 }
 
 #[cfg(test)]
@@ -797,6 +816,7 @@ mod tests {
         let files = [("/cg/memory/a/memory.limit_in_bytes", "9223372036854771712")];
         let h = headroom_from(v1, MEMINFO, Path::new("/cg"), fake(&files)).unwrap();
         assert_eq!(h.source, LimitSource::MemAvailable, "v1's unlimited value");
+        assert!(!h.source.is_cgroup());
     }
 
     #[test]
@@ -819,6 +839,7 @@ mod tests {
             h.source,
             LimitSource::CgroupV1(PathBuf::from("/cg/memory/a"))
         );
+        assert!(h.source.is_cgroup());
     }
 
     #[test]

@@ -146,17 +146,33 @@ pub fn plan_for(tensors: &[TensorCost], s: &Settings) -> Option<ResidencyPlan> {
 /// kept compressed made the uncapped peak 3.4 MiB higher than plain mmap's (session 31).
 /// `None` when the model has no such table.
 pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
+    lookups_plan_where(tensors, |t| {
+        t.raw
+            >= t.stored
+                .saturating_add(lookup_reserve(t))
+                .saturating_add(MIN_STREAMED)
+    })
+}
+
+/// The lookups-only plan for a model whose batch would not fit under a memory limit
+/// ([`super::refit`]): every lookup table whose rows a lookup holds take at least
+/// [`MIN_STREAMED`] less than the decoded table. Its compressed bytes do not count: they are
+/// the DC file's pages, which the limit reclaims (and a lookup reads back the chunks it
+/// decodes), so what the table holds is the rows. MiniLM F16's (22.4 MiB decoded, 18.9
+/// stored, at most 4 MiB of rows), which [`lookups_plan`] keeps decoded.
+pub fn lookups_plan_under_a_limit(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
+    lookups_plan_where(tensors, |t| {
+        t.raw >= lookup_reserve(t).saturating_add(MIN_STREAMED)
+    })
+}
+
+/// The lookups-only plan streaming the lookup-only tensors `worth` takes.
+fn lookups_plan_where(
+    tensors: &[TensorCost],
+    worth: impl Fn(&TensorCost) -> bool,
+) -> Option<ResidencyPlan> {
     let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
-    let streamed: Vec<bool> = tensors
-        .iter()
-        .map(|t| {
-            t.lookup_only
-                && t.raw
-                    >= t.stored
-                        .saturating_add(lookup_reserve(t))
-                        .saturating_add(MIN_STREAMED)
-        })
-        .collect();
+    let streamed: Vec<bool> = tensors.iter().map(|t| t.lookup_only && worth(t)).collect();
     if !streamed.contains(&true) {
         return None;
     }
@@ -430,6 +446,21 @@ mod tests {
             lookups_plan(&m),
             None,
             "36 MiB stored + 4 MiB of rows = 40 decoded"
+        );
+        // Under a limit its compressed bytes are file pages the limit reclaims: the rows
+        // held count, and the table streams.
+        let p = lookups_plan_under_a_limit(&m).unwrap();
+        assert!(p.streamed[0] && p.streamed_count() == 1);
+        assert_eq!(p.reserve_bytes, 4 << 20);
+        // Unless even its rows would hold nearly as much as the decoded table.
+        m[0].raw = (4 << 20) + MIN_STREAMED - 1;
+        assert_eq!(lookups_plan_under_a_limit(&m), None);
+        m[0].lookup_only = false;
+        m[0].raw = 40 << 20;
+        assert_eq!(
+            lookups_plan_under_a_limit(&m),
+            None,
+            "a tied embedding is no lookup table"
         );
     }
 

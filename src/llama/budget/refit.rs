@@ -529,6 +529,29 @@ impl Pending {
         // 343.7 MiB, 1.35-1.40 s against 1.42-1.64 (plain 1.79-2.48). And a budget finds
         // nothing to stream where llama.cpp repacked the weights (SmolLM2 in Q4_0 on AVX2).
         crate::log_line!("{}", choice.describe(self.decoded, size));
+        // SAFETY: as for `switch` below.
+        let h = match unsafe { self.compress_lookups() } {
+            Some(freed) => match limit::headroom() {
+                Some(h) => {
+                    let after = limit::choose_at_context(self.decoded, size, work, h.clone());
+                    let fits = matches!(after, ContextChoice::Fits { .. });
+                    crate::log_line!(
+                        "dcgguf: memory: the lookup table's decoded pages given back ({:.1} MiB): \
+                         each lookup decodes only the rows it reads from now on; {:.0} MiB free \
+                         under the limit{}",
+                        freed as f64 / (1u64 << 20) as f64,
+                        h.bytes as f64 / (1u64 << 20) as f64,
+                        if fits { ", the batch fits" } else { "" }
+                    );
+                    if fits {
+                        return;
+                    }
+                    h
+                }
+                None => h,
+            },
+            None => h,
+        };
         let why = match self.spill_instead(size, work, h) {
             Ok(()) => return,
             Err(why) => why,
@@ -554,6 +577,42 @@ impl Pending {
                 self.settled.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A batch is short and no weight has moved to a file yet: gives back the decoded pages
+    /// of the model's lookup tables ([`Residency::lookups_with`] of
+    /// [`super::runtime::lookups_plan_under_a_limit_of`]) that the load kept decoded, each
+    /// lookup decoding only the rows it reads from then on; the bytes given back, `None` where
+    /// there was nothing to give back (tables compressed since the load, none worth it, or
+    /// none found where llama.cpp holds the model in CPU memory).
+    ///
+    /// A table the load kept decoded because its compressed bytes and its rows would take
+    /// nearly as much memory as decoded (MiniLM F16's: 18.9 MiB stored and up to 4 MiB of rows
+    /// against 22.4 decoded), which counts where nothing presses. Under a limit that a batch
+    /// reaches, the compressed bytes are the DC file's pages, which the limit reclaims as it
+    /// does plain mmap's unread rows; moved to a file instead, the table was written out
+    /// first (MiniLM F16 under 92% of plain mmap's peak: 30 MiB at its second batch, the
+    /// table's rest and 16 MiB of layers, which every batch then read back).
+    ///
+    /// # Safety
+    /// As for [`switch`].
+    unsafe fn compress_lookups(&self) -> Option<u64> {
+        if self.lookups.get().is_some() || self.spilled.get().is_some() {
+            return None;
+        }
+        let plan = super::runtime::lookups_plan_under_a_limit_of(&self.dc)?;
+        let res = Residency::lookups_with(self.dc.clone(), plan);
+        let api = api().ok()?;
+        let model = self.model as *const sys::llama_model;
+        // SAFETY: forwarded from the caller: no graph of the model computes, and every context
+        // of it runs the graph callback, which decodes the rows of a lookup once `lookups` is
+        // set (`Watch::residency`).
+        let (count, bytes) = unsafe { res.adopt_loaded(|name| api.tensor_memory(model, name)) };
+        if count == 0 {
+            return None;
+        }
+        let _ = self.lookups.set(res);
+        Some(bytes)
     }
 
     /// A batch is short: moves the weights (but the lookup tables kept compressed) to a file

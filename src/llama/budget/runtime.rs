@@ -194,6 +194,12 @@ pub fn lookups_plan_of(dc: &DcFile) -> Option<ResidencyPlan> {
     super::plan::lookups_plan(&tensor_costs(dc))
 }
 
+/// The lookups-only plan of `dc` for a batch short under a memory limit
+/// ([`super::plan::lookups_plan_under_a_limit`]).
+pub fn lookups_plan_under_a_limit_of(dc: &DcFile) -> Option<ResidencyPlan> {
+    super::plan::lookups_plan_under_a_limit(&tensor_costs(dc))
+}
+
 /// What the plan needs to know of each tensor of `dc`.
 fn tensor_costs(dc: &DcFile) -> Vec<TensorCost> {
     let lookup = dc.original.lookup_table().map(|t| t.name.as_str());
@@ -231,12 +237,17 @@ impl Residency {
     /// [`LOOKUP_KEEP`]. `None` when the model has no table worth it.
     pub fn lookups_only(dc: Arc<DcFile>) -> Option<Arc<Residency>> {
         let plan = lookups_plan_of(&dc)?;
+        Some(Self::lookups_with(dc, plan))
+    }
+
+    /// The lookups-only residency of `plan` (a lookups-only plan of `dc`).
+    pub fn lookups_with(dc: Arc<DcFile>, plan: ResidencyPlan) -> Arc<Residency> {
         let s = Settings {
             budget: super::spec::Budget::Bytes(plan.budget_bytes),
             home: CompressedHome::Ram,
             prefetch: Some(false),
         };
-        Some(Self::with_plan(dc, s, plan, true))
+        Self::with_plan(dc, s, plan, true)
     }
 
     fn with_plan(
