@@ -1283,12 +1283,14 @@ const SWITCH_STEP_PERMILLE: usize = 15;
 /// load kept decoded, each lookup decoding only the rows it reads from then on, before it
 /// moves any weight to a file (`refit::Pending::compress_lookups`): the table's compressed
 /// bytes are the DC file's pages, which the limit reclaims as it does plain mmap's unread
-/// rows. MiniLM F16 (its 22.4 MiB token table stays decoded where nothing presses:
-/// compression barely shrinks it) under llama-embedding: under 92% of plain mmap's peak its
-/// first batch was 5 MiB short and gave the table back, where it had moved 8 MiB of it to
-/// the file and 30 MiB more at the second batch (2026-12-04). The cap walks down from 97%
-/// to the first where a batch is short; the table goes back whole, before any weight moves,
-/// and the embeddings are plain llama.cpp's. Needs a memory cgroup of its own (root).
+/// rows. MiniLM Q8_0 (its 11.9 MiB token table, 11.3 stored in 1 MiB chunks, stays decoded
+/// where nothing presses) under llama-embedding; MiniLM F16's, which this test ran before
+/// session 43, is now kept compressed from the load (64 KiB chunks). With F16 under 92% of
+/// plain mmap's peak the first batch was 5 MiB short and gave the table back, where it had
+/// moved 8 MiB of it to the file and 30 MiB more at the second batch (2026-12-04). The cap
+/// walks down from 97% to the first where a batch is short; the table goes back whole,
+/// before any weight moves, and the embeddings are plain llama.cpp's. Needs a memory cgroup
+/// of its own (root).
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
@@ -1297,12 +1299,12 @@ const SWITCH_STEP_PERMILLE: usize = 15;
 fn a_batch_a_little_short_gives_back_the_decoded_token_table_before_moving_weights() {
     let t = "a_batch_a_little_short_gives_back_the_decoded_token_table_before_moving_weights";
     let l = require_llama(t);
-    let m = require_shared_model(t, "all-MiniLM-L6-v2-f16.gguf");
+    let m = require_shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf");
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
-    // 30522 rows of 384 F16 values.
-    let table_mib = (30522 * 384 * 2) as f64 / MIB as f64;
-    let (free, free_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "f16-plain", &[]);
+    // 30522 rows of 384 Q8_0 values: 12 blocks of 34 bytes.
+    let table_mib = (30522 * 12 * 34) as f64 / MIB as f64;
+    let (free, free_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "q8-plain", &[]);
     assert!(
         free.status.success() && !free.stdout.is_empty(),
         "{}",
@@ -1318,11 +1320,12 @@ fn a_batch_a_little_short_gives_back_the_decoded_token_table_before_moving_weigh
             &dc,
             Some(None),
             Some(cap),
-            &format!("f16-adapts-{permille}"),
+            &format!("q8-adapts-{permille}"),
             &[],
         );
         let stderr = String::from_utf8_lossy(&ours.stderr);
-        // "dcgguf: memory: the lookup table's decoded pages given back (22.4 MiB): …"
+        // "dcgguf: memory: a batch is short: 1 lookup table(s) kept compressed (11.9 MiB
+        // decoded, …"
         let lines: Vec<&str> = stderr.lines().collect();
         let Some(given) = lines.iter().position(|l| l.contains(GIVING_BACK_THE_TABLE)) else {
             tried.push(format!("{} MiB: not short", cap / MIB));
@@ -1361,4 +1364,4 @@ fn a_batch_a_little_short_gives_back_the_decoded_token_table_before_moving_weigh
 }
 
 /// What the default says where a batch short of memory gives back a decoded token table.
-const GIVING_BACK_THE_TABLE: &str = "the lookup table's decoded pages given back";
+const GIVING_BACK_THE_TABLE: &str = "a batch is short: 1 lookup table(s) kept compressed";

@@ -72,13 +72,15 @@ fn tensor_reads_lines(stderr: &str) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-/// For a test of MiniLM F16 under the preload library: this binary's turn ([`alone`]),
-/// llama.cpp, the model and its DC-GGUF, the library written to the disk ([`written`]).
-fn minilm_f16(test: &str) -> (MutexGuard<'static, ()>, Llama, PathBuf, PathBuf) {
+/// For a test of a model whose computes decode nothing under the preload library (MiniLM
+/// Q8_0: its token table stays decoded; F16's until session 43): this binary's turn
+/// ([`alone`]), llama.cpp, the model and its DC-GGUF, the library written to the disk
+/// ([`written`]).
+fn minilm_decoded(test: &str) -> (MutexGuard<'static, ()>, Llama, PathBuf, PathBuf) {
     let alone = alone();
     let (l, m) = (
         require_llama(test),
-        require_shared_model(test, "all-MiniLM-L6-v2-f16.gguf"),
+        require_shared_model(test, "all-MiniLM-L6-v2-q8_0.gguf"),
     );
     let dc = dc_of(&m);
     written(&libdcgguf_preload());
@@ -147,7 +149,8 @@ fn parses_the_log_lines() {
     ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
 )]
 fn the_preload_library_gives_back_its_pages_after_a_load() {
-    let (_alone, l, m, dc) = minilm_f16("the_preload_library_gives_back_its_pages_after_a_load");
+    let (_alone, l, m, dc) =
+        minilm_decoded("the_preload_library_gives_back_its_pages_after_a_load");
     let plain = sentence_embedding(
         Command::new(l.bin("llama-embedding")).env("LD_PRELOAD", preload(&l, false)),
         &m,
@@ -234,7 +237,7 @@ fn computes_after_a_load_keep_only_the_per_compute_code_cached() {
 )]
 fn the_first_compute_after_a_load_holds_little_of_the_library() {
     let (_alone, l, _, dc) =
-        minilm_f16("the_first_compute_after_a_load_holds_little_of_the_library");
+        minilm_decoded("the_first_compute_after_a_load_holds_little_of_the_library");
     let stderr = verbose_embedding(&l, &dc, None);
     let kib = first_compute_lines(&stderr);
     assert_eq!(
@@ -266,7 +269,7 @@ fn the_first_compute_after_a_load_holds_little_of_the_library() {
 )]
 fn a_load_reads_the_library_ahead_and_drops_what_it_did_not_map() {
     let (_alone, l, _, dc) =
-        minilm_f16("a_load_reads_the_library_ahead_and_drops_what_it_did_not_map");
+        minilm_decoded("a_load_reads_the_library_ahead_and_drops_what_it_did_not_map");
     let lib = libdcgguf_preload();
     let file = std::fs::File::open(&lib).unwrap();
     // Both load routes: the stream's first tensor read and the user route's first tensor
@@ -317,7 +320,7 @@ fn a_load_reads_the_library_ahead_and_drops_what_it_did_not_map() {
 )]
 fn under_a_memory_limit_the_library_keeps_its_pages() {
     let t = "under_a_memory_limit_the_library_keeps_its_pages";
-    let (_alone, l, _m, dc) = minilm_f16(t);
+    let (_alone, l, _m, dc) = minilm_decoded(t);
     let parent = cgroup::detect()
         .unwrap_or_else(|e| panic!("{t}: needs a memory cgroup of its own (root): {e}"));
     let run_in = |limit: Option<u64>, tag: &str| -> (String, i64) {
@@ -378,8 +381,9 @@ fn children_major_faults() -> i64 {
 /// more of the library back in. When the first computes after the load each gave the
 /// library's code back, each next one read the decoder back from the disk (MiniLM F16 over
 /// the evaluation sentences, this test: 175 major faults in batches of 2048 tokens, 228 in
-/// batches of 256; 159 and 159 since). BF16 since session 31: F16's table, 19.8 MB stored
-/// and up to 4 MiB of rows against 23.4 decoded, stays decoded. Since session 34 the full
+/// batches of 256; 159 and 159 since). BF16 since session 31, when F16's table (19.8 MB
+/// stored in 1 MiB chunks) stayed decoded; since session 43 F16's, in 64 KiB chunks, stays
+/// compressed too. Since session 34 the full
 /// load does not give the decoder back either (`shed::after_load`).
 #[test]
 #[cfg_attr(

@@ -16,7 +16,7 @@ pub(crate) mod test_files;
 
 use std::path::PathBuf;
 
-pub use compress::{CompressOptions, CompressReport, LoadCost, compress_file};
+pub use compress::{CompressOptions, CompressReport, LOOKUP_CHUNK, LoadCost, compress_file};
 pub use index::{BlobRef, ChunkEntry, Index, TensorEntry};
 pub use job::Job;
 pub use parts::{DecompressReport, compress_parts, decompress_parts, precheck, verify_file};

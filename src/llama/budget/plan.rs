@@ -137,20 +137,27 @@ pub fn plan_for(tensors: &[TensorCost], s: &Settings) -> Option<ResidencyPlan> {
 }
 
 /// The plan of the default when the decoded model fits in memory: only the lookup tables
-/// (untied token embeddings) whose compressed bytes and the rows a lookup holds decoded
-/// take at least [`MIN_STREAMED`] less than the decoded table stream, everything else stays
-/// resident. A lookup decodes the chunks holding the rows it asks for (a few per batch), so
-/// this costs almost no time, and holds the table's compressed bytes instead of its decoded
-/// ones (MiniLM BF16: 14.8 MiB and at most 4 MiB of rows instead of 22.4). A table that
-/// compression barely shrinks stays decoded: MiniLM Q8_0's (11.3 MiB stored, 11.9 decoded)
-/// kept compressed made the uncapped peak 3.4 MiB higher than plain mmap's (session 31).
-/// `None` when the model has no such table.
+/// (untied token embeddings) worth it stream, everything else stays resident. A lookup
+/// decodes the chunks holding the rows it asks for (a few per batch), so this costs almost
+/// no time, and holds the chunks' compressed bytes and the rows instead of the decoded table.
+/// A table written in lookup-sized chunks ([`crate::dc::LOOKUP_CHUNK`], which the converter
+/// chooses for a big vocabulary or a table that compresses well) is worth it where the rows a
+/// lookup holds take at least [`MIN_STREAMED`] less than the decoded table: a batch reads
+/// only the chunks its tokens fall in (MiniLM F16, 18.9 MiB stored of 22.4: the uncapped
+/// peak 6.1 MiB lower than with the table decoded, session 43). A table in bigger chunks, whose
+/// batches read most of them, is worth it where its compressed bytes and rows together take
+/// [`MIN_STREAMED`] less: MiniLM BF16's in 1 MiB chunks (14.8 MiB stored and at most 4 MiB
+/// of rows instead of 22.4); MiniLM Q8_0's (11.3 MiB stored, 11.9 decoded) kept compressed
+/// made the uncapped peak 3.4 MiB higher than plain mmap's (session 31). `None` when the model
+/// has no such table.
 pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
     lookups_plan_where(tensors, |t| {
-        t.raw
-            >= t.stored
-                .saturating_add(lookup_reserve(t))
-                .saturating_add(MIN_STREAMED)
+        let held = if t.chunk_bytes <= crate::dc::LOOKUP_CHUNK as u64 {
+            lookup_reserve(t)
+        } else {
+            t.stored.saturating_add(lookup_reserve(t))
+        };
+        t.raw >= held.saturating_add(MIN_STREAMED)
     })
 }
 
@@ -158,8 +165,8 @@ pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
 /// ([`super::refit`]): every lookup table whose rows a lookup holds take at least
 /// [`MIN_STREAMED`] less than the decoded table. Its compressed bytes do not count: they are
 /// the DC file's pages, which the limit reclaims (and a lookup reads back the chunks it
-/// decodes), so what the table holds is the rows. MiniLM F16's (22.4 MiB decoded, 18.9
-/// stored, at most 4 MiB of rows), which [`lookups_plan`] keeps decoded.
+/// decodes), so what the table holds is the rows. MiniLM Q8_0's (11.9 MiB decoded, 11.3
+/// stored in 1 MiB chunks, at most 4 MiB of rows), which [`lookups_plan`] keeps decoded.
 pub fn lookups_plan_under_a_limit(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
     lookups_plan_where(tensors, |t| {
         t.raw >= lookup_reserve(t).saturating_add(MIN_STREAMED)
@@ -447,6 +454,18 @@ mod tests {
             None,
             "36 MiB stored + 4 MiB of rows = 40 decoded"
         );
+        // Written in lookup-sized chunks, a batch reads only the chunks its tokens fall in:
+        // the table streams whatever it stores.
+        m[0].chunk_bytes = crate::dc::LOOKUP_CHUNK as u64;
+        assert!(lookups_plan(&m).is_some_and(|p| p.streamed[0]));
+        m[0].raw = (4 << 20) + MIN_STREAMED - 1;
+        assert_eq!(
+            lookups_plan(&m),
+            None,
+            "the rows held would take the whole table"
+        );
+        m[0].raw = 40 << 20;
+        m[0].chunk_bytes = 1 << 20;
         // Under a limit its compressed bytes are file pages the limit reclaims: the rows
         // held count, and the table streams.
         let p = lookups_plan_under_a_limit(&m).unwrap();

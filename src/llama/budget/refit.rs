@@ -299,23 +299,59 @@ unsafe fn keep_lookups_compressed(
         );
     }
     // SAFETY: forwarded from the caller.
-    unsafe { res.adopt_loaded(|name| api.tensor_memory(model, name)) };
-    let (count, bytes) = res.held();
-    if count == 0 {
+    let kept = unsafe { hand_lookup_pages_over(p, &res, api) };
+    let Some(kept) = kept else {
         return Ok(None);
-    }
-    // Their stored bytes are not read ahead: a lookup reads just the chunks it decodes, one
-    // request each (MiniLM BF16, six runs each: 2.01-2.37 s without reading ahead, 2.10-2.44
-    // s with; a big vocabulary's table would be read whole for a prompt's few rows).
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    crate::log_line!(
-        "dcgguf: memory: {count} lookup table(s) kept compressed ({:.1} MiB decoded, {:.1} MiB \
-         stored): each lookup decodes only the rows it reads (DCGGUF_MEM_BUDGET=0 keeps them \
-         decoded)",
-        mib(bytes),
-        mib(res.plan.streamed_stored_bytes),
-    );
+    };
+    crate::log_line!("dcgguf: memory: {kept} (DCGGUF_MEM_BUDGET=0 keeps them decoded)");
     Ok(Some(res))
+}
+
+/// Lookup tables whose decoded pages a residency took over ([`hand_lookup_pages_over`]).
+struct KeptCompressed {
+    count: usize,
+    decoded: u64,
+    stored: u64,
+}
+
+impl std::fmt::Display for KeptCompressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        write!(
+            f,
+            "{} lookup table(s) kept compressed ({:.1} MiB decoded, {:.1} MiB stored): each \
+             lookup decodes only the rows it reads",
+            self.count,
+            mib(self.decoded),
+            mib(self.stored)
+        )
+    }
+}
+
+/// Hands the decoded pages of `res`'s lookup tables, where `p`'s model holds them in CPU
+/// memory, over to `res`, which gives them back and decodes the rows of each lookup from
+/// then on; `None` where the model holds none of them there. Their stored bytes are not read
+/// ahead: a lookup reads just the chunks it decodes, one request each (MiniLM BF16, six runs
+/// each: 2.01-2.37 s without reading ahead, 2.10-2.44 s with; a big vocabulary's table would
+/// be read whole for a prompt's few rows).
+///
+/// # Safety
+/// As for [`switch`]: no graph of the model computes, and every context of it runs the graph
+/// callback, which decodes the rows of a lookup once `p.lookups` holds `res`.
+unsafe fn hand_lookup_pages_over(
+    p: &Pending,
+    res: &Residency,
+    api: &Api,
+) -> Option<KeptCompressed> {
+    let model = p.model as *const sys::llama_model;
+    // SAFETY: forwarded from the caller.
+    unsafe { res.adopt_loaded(|name| api.tensor_memory(model, name)) };
+    let (count, decoded) = res.held();
+    (count > 0).then_some(KeptCompressed {
+        count,
+        decoded,
+        stored: res.plan.streamed_stored_bytes,
+    })
 }
 
 /// The address and length of each of `dc`'s tensors that `model` holds in CPU memory that
@@ -529,28 +565,8 @@ impl Pending {
         // 343.7 MiB, 1.35-1.40 s against 1.42-1.64 (plain 1.79-2.48). And a budget finds
         // nothing to stream where llama.cpp repacked the weights (SmolLM2 in Q4_0 on AVX2).
         crate::log_line!("{}", choice.describe(self.decoded, size));
-        // SAFETY: as for `switch` below.
-        let h = match unsafe { self.compress_lookups() } {
-            Some(freed) => match limit::headroom() {
-                Some(h) => {
-                    let after = limit::choose_at_context(self.decoded, size, work, h.clone());
-                    let fits = matches!(after, ContextChoice::Fits { .. });
-                    crate::log_line!(
-                        "dcgguf: memory: the lookup table's decoded pages given back ({:.1} MiB): \
-                         each lookup decodes only the rows it reads from now on; {:.0} MiB free \
-                         under the limit{}",
-                        freed as f64 / (1u64 << 20) as f64,
-                        h.bytes as f64 / (1u64 << 20) as f64,
-                        if fits { ", the batch fits" } else { "" }
-                    );
-                    if fits {
-                        return;
-                    }
-                    h
-                }
-                None => h,
-            },
-            None => h,
+        let Some(h) = self.short_after_compressing_lookups(size, work, h) else {
+            return;
         };
         let why = match self.spill_instead(size, work, h) {
             Ok(()) => return,
@@ -582,37 +598,63 @@ impl Pending {
     /// A batch is short and no weight has moved to a file yet: gives back the decoded pages
     /// of the model's lookup tables ([`Residency::lookups_with`] of
     /// [`super::runtime::lookups_plan_under_a_limit_of`]) that the load kept decoded, each
-    /// lookup decoding only the rows it reads from then on; the bytes given back, `None` where
+    /// lookup decoding only the rows it reads from then on; what was given back, `None` where
     /// there was nothing to give back (tables compressed since the load, none worth it, or
     /// none found where llama.cpp holds the model in CPU memory).
     ///
     /// A table the load kept decoded because its compressed bytes and its rows would take
-    /// nearly as much memory as decoded (MiniLM F16's: 18.9 MiB stored and up to 4 MiB of rows
-    /// against 22.4 decoded), which counts where nothing presses. Under a limit that a batch
-    /// reaches, the compressed bytes are the DC file's pages, which the limit reclaims as it
-    /// does plain mmap's unread rows; moved to a file instead, the table was written out
-    /// first (MiniLM F16 under 92% of plain mmap's peak: 30 MiB at its second batch, the
-    /// table's rest and 16 MiB of layers, which every batch then read back).
+    /// nearly as much memory as decoded (MiniLM Q8_0's: 11.3 MiB stored in 1 MiB chunks, which
+    /// a batch reads most of, and up to 4 MiB of rows against 11.9 decoded; F16's until files
+    /// wrote its table in 64 KiB chunks, session 43), which counts where nothing presses.
+    /// Under a limit that a batch reaches, the compressed bytes are the DC file's pages, which
+    /// the limit reclaims as it does plain mmap's unread rows; moved to a file instead, the
+    /// table was written out first (MiniLM F16 in 1 MiB chunks under 92% of plain mmap's
+    /// peak: 30 MiB at its second batch, the table's rest and 16 MiB of layers, which every
+    /// batch then read back).
     ///
     /// # Safety
     /// As for [`switch`].
-    unsafe fn compress_lookups(&self) -> Option<u64> {
+    unsafe fn compress_lookups(&self) -> Option<KeptCompressed> {
         if self.lookups.get().is_some() || self.spilled.get().is_some() {
             return None;
         }
         let plan = super::runtime::lookups_plan_under_a_limit_of(&self.dc)?;
         let res = Residency::lookups_with(self.dc.clone(), plan);
-        let api = api().ok()?;
-        let model = self.model as *const sys::llama_model;
-        // SAFETY: forwarded from the caller: no graph of the model computes, and every context
-        // of it runs the graph callback, which decodes the rows of a lookup once `lookups` is
-        // set (`Watch::residency`).
-        let (count, bytes) = unsafe { res.adopt_loaded(|name| api.tensor_memory(model, name)) };
-        if count == 0 {
-            return None;
-        }
+        // SAFETY: forwarded from the caller; `lookups` holds `res` right after.
+        let kept = unsafe { hand_lookup_pages_over(self, &res, api().ok()?) }?;
         let _ = self.lookups.set(res);
-        Some(bytes)
+        Some(kept)
+    }
+
+    /// A batch of `size` bytes (and `work`) is short: gives back the decoded pages of the
+    /// model's lookup tables where that helps ([`Pending::compress_lookups`]), then reads the
+    /// headroom again. `None` where the batch fits now, else the headroom (`headroom` where
+    /// nothing was given back).
+    fn short_after_compressing_lookups(
+        &self,
+        size: u64,
+        work: u64,
+        headroom: limit::Headroom,
+    ) -> Option<limit::Headroom> {
+        // SAFETY: as for `switch` (the caller's, `Pending::check`).
+        let Some(kept) = (unsafe { self.compress_lookups() }) else {
+            return Some(headroom);
+        };
+        // The freed pages change the headroom.
+        let Some(h) = limit::headroom() else {
+            return Some(headroom);
+        };
+        let fits = matches!(
+            limit::choose_at_context(self.decoded, size, work, h.clone()),
+            ContextChoice::Fits { .. }
+        );
+        crate::log_line!(
+            "dcgguf: memory: a batch is short: {kept} from now on; {:.0} MiB free under the \
+             limit{}",
+            h.bytes as f64 / (1u64 << 20) as f64,
+            if fits { ", the batch fits" } else { "" }
+        );
+        (!fits).then_some(h)
     }
 
     /// A batch is short: moves the weights (but the lookup tables kept compressed) to a file
