@@ -565,7 +565,8 @@ impl Pending {
         // 343.7 MiB, 1.35-1.40 s against 1.42-1.64 (plain 1.79-2.48). And a budget finds
         // nothing to stream where llama.cpp repacked the weights (SmolLM2 in Q4_0 on AVX2).
         crate::log_line!("{}", choice.describe(self.decoded, size));
-        let Some(h) = self.short_after_compressing_lookups(size, work, h) else {
+        // SAFETY: as for `switch` below.
+        let Some(h) = (unsafe { self.short_after_compressing_lookups(size, work, h) }) else {
             return;
         };
         let why = match self.spill_instead(size, work, h) {
@@ -630,13 +631,16 @@ impl Pending {
     /// model's lookup tables where that helps ([`Pending::compress_lookups`]), then reads the
     /// headroom again. `None` where the batch fits now, else the headroom (`headroom` where
     /// nothing was given back).
-    fn short_after_compressing_lookups(
+    ///
+    /// # Safety
+    /// As for [`switch`].
+    unsafe fn short_after_compressing_lookups(
         &self,
         size: u64,
         work: u64,
         headroom: limit::Headroom,
     ) -> Option<limit::Headroom> {
-        // SAFETY: as for `switch` (the caller's, `Pending::check`).
+        // SAFETY: forwarded from the caller.
         let Some(kept) = (unsafe { self.compress_lookups() }) else {
             return Some(headroom);
         };
