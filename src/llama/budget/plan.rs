@@ -152,13 +152,20 @@ pub fn plan_for(tensors: &[TensorCost], s: &Settings) -> Option<ResidencyPlan> {
 /// has no such table.
 pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
     lookups_plan_where(tensors, |t| {
-        let held = if t.chunk_bytes <= crate::dc::LOOKUP_CHUNK as u64 {
-            lookup_reserve(t)
-        } else {
-            t.stored.saturating_add(lookup_reserve(t))
-        };
-        t.raw >= held.saturating_add(MIN_STREAMED)
+        let batches_read_only_their_chunks = t.chunk_bytes <= crate::dc::LOOKUP_CHUNK as u64;
+        rows_held_are_worth_it(t)
+            && (batches_read_only_their_chunks
+                || t.raw
+                    >= t.stored
+                        .saturating_add(lookup_reserve(t))
+                        .saturating_add(MIN_STREAMED))
     })
+}
+
+/// Whether the rows a lookup holds take at least [`MIN_STREAMED`] less than the decoded
+/// table: the test every lookups-only plan makes.
+fn rows_held_are_worth_it(t: &TensorCost) -> bool {
+    t.raw >= lookup_reserve(t).saturating_add(MIN_STREAMED)
 }
 
 /// The lookups-only plan for a model whose batch would not fit under a memory limit
@@ -168,9 +175,7 @@ pub fn lookups_plan(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
 /// decodes), so what the table holds is the rows. MiniLM Q8_0's (11.9 MiB decoded, 11.3
 /// stored in 1 MiB chunks, at most 4 MiB of rows), which [`lookups_plan`] keeps decoded.
 pub fn lookups_plan_under_a_limit(tensors: &[TensorCost]) -> Option<ResidencyPlan> {
-    lookups_plan_where(tensors, |t| {
-        t.raw >= lookup_reserve(t).saturating_add(MIN_STREAMED)
-    })
+    lookups_plan_where(tensors, rows_held_are_worth_it)
 }
 
 /// The lookups-only plan streaming the lookup-only tensors `worth` takes.
