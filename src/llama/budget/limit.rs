@@ -638,15 +638,18 @@ impl ContextChoice {
             ContextChoice::Fits { need, headroom }
             | ContextChoice::Short { need, headroom, .. } => (*need, headroom),
         };
+        // What is free already leaves out the weights in memory (decoded, or a lookup
+        // table's compressed chunks and rows): the model's size is said only as what the
+        // room for computing was scaled by ([`other_memory`]).
         format!(
             "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
-             computing; {:.0} MiB free under the limit ({}) next to the {:.0} MiB of decoded \
-             weights",
+             computing (for a model of {:.0} MiB of decoded weights); {:.0} MiB free under \
+             the limit ({})",
             mib(buffer),
             mib(need),
+            mib(decoded_weights),
             mib(headroom.bytes),
             source_name(headroom),
-            mib(decoded_weights),
         )
     }
 }
