@@ -146,3 +146,21 @@ fn knee_gap_passes_or_fails_only_where_both_ranges_agree() {
     let dc_above = plain_above;
     assert_eq!(knee_gap(dc_above, at(140, 150), top, need).0, Verdict::Fail);
 }
+
+use support::lowest_cap_bound;
+
+#[test]
+fn lowest_cap_bound_needs_the_run_without_a_budget() {
+    let (decoded, compressed) = (92 * MIB, 82 * MIB);
+    // That run's uncapped peak less the decoded weights is the non-weight memory.
+    let (bound, non_weight) = lowest_cap_bound(Some(142 * MIB), decoded, compressed).unwrap();
+    assert_eq!(non_weight, 50 * MIB);
+    assert!((bound - 1.1 * (132 * MIB) as f64).abs() < 1.0, "{bound}");
+    // A peak below the weights counts no non-weight memory.
+    assert_eq!(
+        lowest_cap_bound(Some(10 * MIB), decoded, compressed).map(|b| b.1),
+        Some(0)
+    );
+    // Without it there is no bound (the bench says UNRESOLVED, not FAIL).
+    assert_eq!(lowest_cap_bound(None, decoded, compressed), None);
+}

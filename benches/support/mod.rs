@@ -210,3 +210,19 @@ pub fn knee_gap(dc: Knee, plain: Knee, top_cap: u64, need: f64) -> (Verdict, (f6
     };
     (verdict, (smallest, largest))
 }
+
+/// The bound on the lowest cap DC should still run at: 1.1 x the compressed weight
+/// bytes plus the model's non-weight memory (KV cache, compute buffers, the program), and
+/// that non-weight memory, measured as the uncapped peak of DC without a budget (which holds
+/// the decoded weights and all the rest) less those weights. None without that run: no
+/// other setup's peak gives the non-weight memory (plain mmap's can hold llama.cpp's
+/// repacked copy of the weights beside the mapped file, the default's keeps some weights
+/// compressed).
+pub fn lowest_cap_bound(
+    no_budget_peak: Option<u64>,
+    decoded_weights: u64,
+    compressed_weights: u64,
+) -> Option<(f64, u64)> {
+    let non_weight = no_budget_peak?.saturating_sub(decoded_weights);
+    Some(((compressed_weights + non_weight) as f64 * 1.1, non_weight))
+}
