@@ -1109,10 +1109,11 @@ fn checks(
         .expect("a DC setup without a budget");
     let saved = weights.file_saved;
     // The floor: compressed weight bytes + the model's non-weight memory + 10%.
+    let compressed = weights.decoded.saturating_sub(weights.saved);
     let bound = lowest_cap_bound(
         grid[no_budget].first().and_then(|p| p.peak),
         weights.decoded,
-        weights.decoded.saturating_sub(weights.saved),
+        compressed,
     );
     let metrics = m.metrics();
     for (si, s) in SETUPS.iter().enumerate().filter(|(_, s)| s.dc) {
@@ -1269,7 +1270,7 @@ fn checks(
                 bound.map_or("?".into(), |(f, non_weight)| format!(
                     "{:.1} MiB = 1.1 x ({:.1} + {:.1})",
                     f / MIB,
-                    weights.decoded.saturating_sub(weights.saved) as f64 / MIB,
+                    compressed as f64 / MIB,
                     non_weight as f64 / MIB,
                 )),
             ),
