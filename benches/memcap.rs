@@ -51,6 +51,14 @@
 //! setups (one run of each, then the next round, which starts one setup later), so that the
 //! setups a target compares run close in time and share the machine's weather.
 //!
+//! Knees pair each capped run with an uncapped one: at every cap, a setup whose knee a
+//! target reads (plain mmap and the DC setups) runs once without the cap as well in each
+//! round, next to its capped run, and the knee compares each capped run with that one
+//! (support::of_uncapped), so that a drift of the shared machine's speed over the minutes the
+//! ladder takes (5-8% between two runs of the bench, session 47) falls on both sides.
+//! DCGGUF_MEMCAP_PAIR=0 turns it off (half the runs: the knee then reads the no-cap cell's
+//! median).
+//!
 //! More rounds where the runs leave a question open: after DCGGUF_MEMCAP_RUNS rounds at a
 //! cap, another round runs (up to DCGGUF_MEMCAP_MAX_RUNS) while a DC setup's speed over plain
 //! mmap's in the same rounds, or a setup's speed over its own uncapped speed (plain mmap's
@@ -93,7 +101,7 @@ mod llama_support;
 use llama_support::{Llama, cgroup, preload};
 #[path = "support/mod.rs"]
 mod support;
-use support::{Knee, Side, Verdict, knee_gap, lowest_cap_bound, side};
+use support::{Knee, Side, Verdict, knee_gap, lowest_cap_bound, of_uncapped, side};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -522,6 +530,9 @@ struct Point {
     /// Each run's speeds, in the order they ran (a cap's runs go round the setups, so run
     /// `r` of two setups ran next to each other); empty for a point not run.
     run_speeds: Vec<Vec<Option<f64>>>,
+    /// The same setup's uncapped run in each of those rounds, its speeds ([`run_in_turn`]):
+    /// what the knee compares each run with; empty where none ran.
+    partner_speeds: Vec<Vec<Option<f64>>>,
     peak: Option<u64>,
     wall: f64,
     oom_kills: u64,
@@ -566,6 +577,9 @@ struct Ctx {
     max_runs: usize,
     /// The "never slower" allowance.
     noise: f64,
+    /// Whether a setup whose knee counts runs uncapped as well in each round of a cap
+    /// (DCGGUF_MEMCAP_PAIR, default 1).
+    pair: bool,
 }
 
 /// Runs one point `cx.runs` times, or up to its first failure: median speeds and wall,
@@ -596,21 +610,26 @@ fn measure(
 /// alike, and a round's runs can be compared pairwise ([`paired_ratios`]); then more rounds,
 /// up to `cx.max_runs`, while a target's question at this cap is still open
 /// ([`open_question`]; `bases`: each setup's uncapped speed of the knee metric, where its
-/// knee counts, none without a cap). Each setup's runs.
+/// knee counts, none without a cap). Each setup's runs, and beside them its uncapped
+/// partners: with `cx.pair`, a setup whose knee counts runs without the cap as well in each
+/// round, right before or after its capped run (by turns), which the knee compares that run
+/// with ([`support::of_uncapped`]); empty for the others.
 fn run_in_turn(
     cx: &Ctx,
     m: &Model,
     setups: &[(&Setup, Duration)],
     cap: Option<u64>,
     bases: &[Option<f64>],
-) -> Vec<Vec<Run>> {
+) -> (Vec<Vec<Run>>, Vec<Vec<Run>>) {
     let mut runs: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
+    let mut partners: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
+    let paired = |i: usize| cx.pair && cap.is_some() && bases.get(i).copied().flatten().is_some();
     for round in 0.. {
         if round >= cx.runs {
             if round >= cx.max_runs {
                 break;
             }
-            match open_question(m, setups, &runs, bases, cx.noise) {
+            match open_question(m, setups, &runs, &partners, bases, cx.noise) {
                 Some(why) => eprintln!(
                     "memcap:   round {} of at most {}: {why}",
                     round + 1,
@@ -630,15 +649,31 @@ fn run_in_turn(
             if runs[i].iter().any(|r| r.status != Status::Ok) {
                 continue;
             }
-            runs[i].push(run_capped(
-                &cx.parent,
-                command(&cx.llama, m, s),
-                cap,
-                timeout,
-            ));
+            // The partner runs first in every other round, so that neither side of the
+            // pair always follows the other setups' runs.
+            let partner_first = paired(i) && round % 2 == 1;
+            if partner_first {
+                partners[i].push(run_capped(
+                    &cx.parent,
+                    command(&cx.llama, m, s),
+                    None,
+                    timeout,
+                ));
+            }
+            let capped = run_capped(&cx.parent, command(&cx.llama, m, s), cap, timeout);
+            let failed = capped.status != Status::Ok;
+            runs[i].push(capped);
+            if paired(i) && !partner_first && !failed {
+                partners[i].push(run_capped(
+                    &cx.parent,
+                    command(&cx.llama, m, s),
+                    None,
+                    timeout,
+                ));
+            }
         }
     }
-    runs
+    (runs, partners)
 }
 
 /// Every run's speed of metric `mi`; None where a run has none (it failed).
@@ -649,13 +684,14 @@ fn run_values(m: &Model, runs: &[Run], mi: usize) -> Option<Vec<f64>> {
 /// A question of the targets that the runs made so far at one cap leave open, in words:
 /// a DC setup's speed over plain mmap's (paired by round) whose interval holds 1 - noise
 /// (never slower), or a setup's speed whose interval holds 90% of its uncapped speed (its
-/// knee). None when every question is settled, one way or the other, or a run failed. Settled
+/// knee; over its uncapped partner runs where it has them, [`support::of_uncapped`]). None when every question is settled, one way or the other, or a run failed. Settled
 /// questions stop the rounds whichever way they went, so more rounds do not favour one
 /// answer.
 fn open_question(
     m: &Model,
     setups: &[(&Setup, Duration)],
     runs: &[Vec<Run>],
+    partners: &[Vec<Run>],
     bases: &[Option<f64>],
     noise: f64,
 ) -> Option<String> {
@@ -682,16 +718,18 @@ fn open_question(
             continue;
         };
         let mi = m.metrics().iter().position(|x| *x == m.knee_metric)?;
-        if let Some(v) = run_values(m, &runs[i], mi) {
-            let of_base: Vec<f64> = v.iter().map(|x| x / base).collect();
-            if side(&of_base, 0.9) == Side::Open {
-                return Some(format!(
-                    "{} knee, {} of its uncapped speed: {}",
-                    s.label,
-                    m.knee_metric.name(),
-                    list(&of_base)
-                ));
-            }
+        let speeds_of =
+            |rs: &[Run]| -> Vec<Option<f64>> { rs.iter().map(|r| speeds(m, r)[mi]).collect() };
+        if let Some(of_base) =
+            of_uncapped(&speeds_of(&runs[i]), &speeds_of(&partners[i]), Some(base))
+            && side(&of_base, 0.9) == Side::Open
+        {
+            return Some(format!(
+                "{} knee, {} of its uncapped speed: {}",
+                s.label,
+                m.knee_metric.name(),
+                list(&of_base)
+            ));
         }
     }
     None
@@ -748,6 +786,7 @@ fn summarize(m: &Model, s: &Setup, all: Vec<Run>, refs: Option<&Refs>) -> (Point
         status,
         speeds,
         run_speeds: per_run,
+        partner_speeds: Vec::new(),
         peak: all.iter().filter_map(|r| r.usage.peak).max(),
         wall: support::median(all.iter().map(|r| r.wall).collect()).unwrap_or(f64::NAN),
         oom_kills: all.iter().map(|r| r.usage.oom_kills).sum(),
@@ -951,21 +990,20 @@ fn cell(m: &Model, p: &Point, runs: usize) -> String {
     s
 }
 
-/// A setup's knee for `metric` ([`support::knee`]): each cap's runs over its uncapped median;
-/// a failed point loses the speed.
+/// A setup's knee for `metric` ([`support::knee`]): each cap's runs over the uncapped runs
+/// of their rounds, or over its uncapped median where it has none
+/// ([`support::of_uncapped`]); a failed point loses the speed.
 fn knee(caps: &[Cap], points: &[Point], metric: usize) -> Knee {
     let base = points.first().and_then(|p| p.speeds[metric]);
+    let of = |v: &[Vec<Option<f64>>]| -> Vec<Option<f64>> { v.iter().map(|r| r[metric]).collect() };
     let ladder: Vec<(u64, Option<Vec<f64>>)> = caps
         .iter()
         .zip(points)
         .skip(1)
         .filter_map(|(c, p)| {
-            let of_base = base.filter(|_| p.status == Status::Ok).and_then(|base| {
-                p.run_speeds
-                    .iter()
-                    .map(|r| r[metric].map(|v| v / base))
-                    .collect()
-            });
+            let of_base = (p.status == Status::Ok)
+                .then(|| of_uncapped(&of(&p.run_speeds), &of(&p.partner_speeds), base))
+                .flatten();
             Some((c.bytes?, of_base))
         })
         .collect();
@@ -1364,6 +1402,7 @@ fn main() {
         runs,
         max_runs,
         noise: support::env_or("DCGGUF_MEMCAP_NOISE", 0.05),
+        pair: support::env_or("DCGGUF_MEMCAP_PAIR", 1u8) == 1,
     };
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1396,7 +1435,7 @@ fn main() {
             .filter(|s| selected(s))
             .map(|s| (s, Duration::from_secs_f64(timeout_max)))
             .collect();
-        let mut uncapped_runs = run_in_turn(&cx, &m, &uncapped, None, &[]);
+        let (mut uncapped_runs, _) = run_in_turn(&cx, &m, &uncapped, None, &[]);
         let plain_at = uncapped
             .iter()
             .position(|(s, _)| s.key == SETUPS[PLAIN_MMAP].key)
@@ -1446,10 +1485,11 @@ fn main() {
         let mut timeout = vec![Duration::from_secs_f64(timeout_max); SETUPS.len()];
         let mut stop: Vec<Option<Status>> = vec![None; SETUPS.len()];
         for (ci, c) in caps.iter().enumerate() {
-            // This cap's points, their runs taken in turn (run_in_turn); without a cap, the
-            // runs made above.
-            let (to_run, runs) = if ci == 0 {
-                (uncapped.clone(), std::mem::take(&mut uncapped_runs))
+            // This cap's points, their runs taken in turn (run_in_turn), and their uncapped
+            // partners; without a cap, the runs made above.
+            let (to_run, runs, partners) = if ci == 0 {
+                let none = uncapped.iter().map(|_| Vec::new()).collect();
+                (uncapped.clone(), std::mem::take(&mut uncapped_runs), none)
             } else {
                 let to_run: Vec<(&Setup, Duration)> = SETUPS
                     .iter()
@@ -1470,16 +1510,28 @@ fn main() {
                         grid[si].first()?.speeds[knee_at?]
                     })
                     .collect();
-                let runs = run_in_turn(&cx, &m, &to_run, c.bytes, &bases);
-                (to_run, runs)
+                let (runs, partners) = run_in_turn(&cx, &m, &to_run, c.bytes, &bases);
+                (to_run, runs, partners)
             };
-            let mut measured = to_run.iter().zip(runs).map(|((s, _), all)| {
-                if s.key == SETUPS[PLAIN_MMAP].key && ci == 0 {
-                    p0.clone()
-                } else {
-                    summarize(&m, s, all, Some(&refs)).0
-                }
-            });
+            let mut measured = to_run.iter().zip(runs.into_iter().zip(partners)).map(
+                |((s, _), (all, partners))| {
+                    if s.key == SETUPS[PLAIN_MMAP].key && ci == 0 {
+                        return p0.clone();
+                    }
+                    let mut p = summarize(&m, s, all, Some(&refs)).0;
+                    // The partners' outputs are held to the same references as the point's.
+                    let want = match p.identical {
+                        Some(Identity::Identical) => Some(&refs.plain),
+                        Some(Identity::NoRepack) => Some(&refs.no_repack),
+                        _ => None,
+                    };
+                    if want.is_some_and(|w| partners.iter().any(|r| output_of(&m, r) != *w)) {
+                        p.identical = Some(Identity::Differs);
+                    }
+                    p.partner_speeds = partners.iter().map(|r| speeds(&m, r)).collect();
+                    p
+                },
+            );
             for (si, s) in SETUPS.iter().enumerate() {
                 if !selected(s) {
                     continue;
@@ -1490,6 +1542,7 @@ fn main() {
                         status: Status::Skipped(Box::new(st.clone())),
                         speeds: vec![None; m.metrics().len()],
                         run_speeds: Vec::new(),
+                        partner_speeds: Vec::new(),
                         peak: None,
                         wall: f64::NAN,
                         oom_kills: 0,
@@ -1504,7 +1557,8 @@ fn main() {
                         // 10.8 s), and a timeout ends the setup's ladder.
                         eprintln!("memcap:   {} at {}: timeout, once more", s.label, c.label());
                         p = measure(&cx, &m, s, c.bytes, *timeout, Some(&refs)).0;
-                        // Its runs are in no round with plain mmap's: compared by medians.
+                        // Its runs are in no round with plain mmap's, nor with uncapped
+                        // partners: compared by medians.
                         p.run_speeds.clear();
                     }
                     p
@@ -1597,7 +1651,33 @@ fn main() {
                     )
                 })
                 .collect();
-            writeln!(t, "- {}: {}", s.label, ks.join(", ")).unwrap();
+            // The uncapped runs paired into the capped rounds, which the knee divides by: how
+            // far the machine's speed moved while the ladder ran.
+            let mi = m
+                .metrics()
+                .iter()
+                .position(|x| *x == m.knee_metric)
+                .unwrap();
+            let partners: Vec<f64> = grid[si]
+                .iter()
+                .flat_map(|p| p.partner_speeds.iter().filter_map(|r| r[mi]))
+                .collect();
+            let drift = match (support::median(partners.clone()), grid[si][0].speeds[mi]) {
+                (Some(med), Some(first)) => {
+                    let (lo, hi) = partners
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                            (lo.min(x), hi.max(x))
+                        });
+                    format!(
+                        " (over the uncapped run of each round: {} of them, {} median {med:.1}, {lo:.1}-{hi:.1}; the no-cap cell's {first:.1})",
+                        partners.len(),
+                        m.knee_metric.name()
+                    )
+                }
+                _ => String::new(),
+            };
+            writeln!(t, "- {}: {}{drift}", s.label, ks.join(", ")).unwrap();
         }
         t.push_str("\nTargets (issue 13; printed, not asserted):\n\n");
         print!("{t}");

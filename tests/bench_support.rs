@@ -164,3 +164,40 @@ fn lowest_cap_bound_needs_the_run_without_a_budget() {
     // Without it there is no bound (the bench says UNRESOLVED, not FAIL).
     assert_eq!(lowest_cap_bound(None, decoded, compressed), None);
 }
+
+#[test]
+fn knee_values_pair_each_run_with_the_uncapped_run_of_its_round() {
+    use support::of_uncapped;
+    // Every round has its uncapped partner: round by round, the base median unused.
+    assert_eq!(
+        of_uncapped(
+            &[Some(90.0), Some(45.0)],
+            &[Some(100.0), Some(50.0)],
+            Some(1.0)
+        ),
+        Some(vec![0.9, 0.9])
+    );
+    // A drift that moves both sides alike leaves the ratios where they were; over the
+    // median of an earlier uncapped cell the same runs would read 0.9 and 0.45.
+    assert_eq!(
+        of_uncapped(&[Some(90.0), Some(45.0)], &[], Some(100.0)),
+        Some(vec![0.9, 0.45])
+    );
+    // A partner without a speed (or a missing one): the whole point falls back to the base.
+    assert_eq!(
+        of_uncapped(&[Some(90.0), Some(45.0)], &[Some(100.0), None], Some(90.0)),
+        Some(vec![1.0, 0.5])
+    );
+    assert_eq!(
+        of_uncapped(&[Some(90.0), Some(45.0)], &[Some(100.0)], Some(90.0)),
+        Some(vec![1.0, 0.5])
+    );
+    // A capped run that failed loses the point's speed, paired or not.
+    assert_eq!(
+        of_uncapped(&[Some(90.0), None], &[Some(100.0), Some(100.0)], None),
+        None
+    );
+    assert_eq!(of_uncapped(&[Some(90.0), None], &[], Some(100.0)), None);
+    // Neither partners nor a base: nothing to compare with.
+    assert_eq!(of_uncapped(&[Some(90.0)], &[], None), None);
+}

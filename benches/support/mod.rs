@@ -130,6 +130,31 @@ pub fn side(v: &[f64], threshold: f64) -> Side {
     }
 }
 
+/// Each run's speed over its setup's uncapped speed, the values a knee reads: over the
+/// uncapped run of the same round where every round has one with a speed (`partners`: a slow
+/// or fast spell of the shared machine then falls on both sides of the ratio, where an
+/// uncapped median taken minutes earlier has moved 5-8% between runs of the bench), else over
+/// `base`, the setup's uncapped median. None where a run has no speed (it failed: the point
+/// lost the speed) or there is no base.
+pub fn of_uncapped(
+    runs: &[Option<f64>],
+    partners: &[Option<f64>],
+    base: Option<f64>,
+) -> Option<Vec<f64>> {
+    let paired = !runs.is_empty()
+        && partners.len() == runs.len()
+        && partners.iter().all(|p| p.is_some_and(|p| p > 0.0));
+    if paired {
+        runs.iter()
+            .zip(partners)
+            .map(|(r, p)| Some(r.as_ref()? / p.as_ref()?))
+            .collect()
+    } else {
+        let base = base?;
+        runs.iter().map(|r| r.map(|v| v / base)).collect()
+    }
+}
+
 /// A target's verdict.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Verdict {
