@@ -30,12 +30,12 @@
 //! Qwen2.5-Coder-1.5B Q4_K_M that `DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh` fetches
 //! (as SmolLM2). Outputs are compared with the plain mmap run without a cap.
 //!
-//! Caps: DCGGUF_MEMCAP_STEPS (default 100,95,90,85,80,70,60,50) percent of the plain mmap run's
-//! peak charge without a cap, plus a row without a cap. A setup killed (or timed out) at one
-//! cap is not run at the lower ones (shown `killed*` / `timeout*`), nor in the later rounds at
-//! that cap (the first failure decides a point); a timeout is retried once first. Timeout: 5x
-//! the setup's own time without a cap, at least 30 s, at most DCGGUF_MEMCAP_TIMEOUT (default
-//! 120 s).
+//! Caps: DCGGUF_MEMCAP_STEPS (default 100,95,90,85,80,70,60,50; fractions such as 95.5 allowed)
+//! percent of the plain mmap run's peak charge without a cap, plus a row without a cap. A
+//! setup killed (or timed out) at one cap is not run at the lower ones (shown `killed*` /
+//! `timeout*`), nor in the later rounds at that cap (the first failure decides a point); a
+//! timeout is retried once first. Timeout: 5x the setup's own time without a cap, at least
+//! 30 s, at most DCGGUF_MEMCAP_TIMEOUT (default 120 s).
 //!
 //! Your own model: DCGGUF_MEMCAP_MODEL=PATH (a plain GGUF; it runs alone unless
 //! DCGGUF_MEMCAP_MODELS names others; llama-embedding for a model that pools, else
@@ -941,7 +941,9 @@ fn own_model() -> Option<Model> {
 /// A cap of the ladder: None = no cap.
 #[derive(Clone, Copy)]
 struct Cap {
-    pct: Option<u32>,
+    /// A share of the plain mmap run's uncapped peak, in percent (fractions allowed: a
+    /// model whose compression saves 1% of its footprint needs steps finer than 1%).
+    pct: Option<f64>,
     bytes: Option<u64>,
 }
 
@@ -1363,14 +1365,16 @@ fn main() {
     let Some(l) = llama_support::llama("memcap bench") else {
         return;
     };
-    let steps: Vec<u32> = std::env::var("DCGGUF_MEMCAP_STEPS")
+    let steps: Vec<f64> = std::env::var("DCGGUF_MEMCAP_STEPS")
         .unwrap_or_else(|_| "100,95,90,85,80,70,60,50".into())
         .split(',')
         .map(|s| {
             s.trim()
                 .trim_end_matches('%')
-                .parse()
-                .unwrap_or_else(|_| panic!("DCGGUF_MEMCAP_STEPS: {s:?} is not a percentage"))
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite() && *p > 0.0)
+                .unwrap_or_else(|| panic!("DCGGUF_MEMCAP_STEPS: {s:?} is not a percentage"))
         })
         .collect();
     let runs: usize = support::env_or("DCGGUF_MEMCAP_RUNS", 1).max(1);
@@ -1478,7 +1482,7 @@ fn main() {
         }];
         caps.extend(steps.iter().map(|&pct| Cap {
             pct: Some(pct),
-            bytes: Some((top as f64 * pct as f64 / 100.0) as u64 / 4096 * 4096),
+            bytes: Some((top as f64 * pct / 100.0) as u64 / 4096 * 4096),
         }));
         // Cap by cap, every setup at it in turn: the setups a target compares run close in
         // time, on this shared machine's same weather.
