@@ -684,9 +684,9 @@ fn run_values(m: &Model, runs: &[Run], mi: usize) -> Option<Vec<f64>> {
 /// A question of the targets that the runs made so far at one cap leave open, in words:
 /// a DC setup's speed over plain mmap's (paired by round) whose interval holds 1 - noise
 /// (never slower), or a setup's speed whose interval holds 90% of its uncapped speed (its
-/// knee; over its uncapped partner runs where it has them, [`support::of_uncapped`]). None when every question is settled, one way or the other, or a run failed. Settled
-/// questions stop the rounds whichever way they went, so more rounds do not favour one
-/// answer.
+/// knee; over its uncapped partner runs where it has them, [`support::of_uncapped`]). None
+/// when every question is settled, one way or the other, or a run failed. Settled questions
+/// stop the rounds whichever way they went, so more rounds do not favour one answer.
 fn open_question(
     m: &Model,
     setups: &[(&Setup, Duration)],
