@@ -652,24 +652,15 @@ fn run_in_turn(
             // The partner runs first in every other round, so that neither side of the
             // pair always follows the other setups' runs.
             let partner_first = paired(i) && round % 2 == 1;
+            let run_at = |cap| run_capped(&cx.parent, command(&cx.llama, m, s), cap, timeout);
             if partner_first {
-                partners[i].push(run_capped(
-                    &cx.parent,
-                    command(&cx.llama, m, s),
-                    None,
-                    timeout,
-                ));
+                partners[i].push(run_at(None));
             }
-            let capped = run_capped(&cx.parent, command(&cx.llama, m, s), cap, timeout);
+            let capped = run_at(cap);
             let failed = capped.status != Status::Ok;
             runs[i].push(capped);
             if paired(i) && !partner_first && !failed {
-                partners[i].push(run_capped(
-                    &cx.parent,
-                    command(&cx.llama, m, s),
-                    None,
-                    timeout,
-                ));
+                partners[i].push(run_at(None));
             }
         }
     }
