@@ -5,11 +5,14 @@
 //! cleared, per 4 KiB. A plain GGUF load pays the same faults inside `read()`. Here a pool
 //! thread asks the kernel to populate the pages just ahead of the reader with
 //! `MADV_POPULATE_WRITE`, so that work runs on another core while llama.cpp's thread copies.
+//! Elsewhere (a small model's buffer on the brk heap) [`populate_for_copy`] populates a
+//! copy's destination on the copying thread, in one call instead of a fault per page.
 //!
-//! Only private, anonymous, writable memory is touched (the mapping holding the read's
-//! destination, found in `/proc/self/maps`; not the brk heap), and never more than
-//! [`LOOKAHEAD`] beyond the current read, in a mapping of at least [`MIN_BUFFER`]: populating does not change a page's contents, only when it is faulted in,
-//! and llama.cpp writes those pages next.
+//! Populating does not change a page's contents, only when it is faulted in. Ahead of a
+//! read, only private, anonymous, writable memory is touched (the mapping holding the read's
+//! destination, found in `/proc/self/maps`; not the brk heap), never more than
+//! [`LOOKAHEAD`] beyond the current read, in a mapping of at least [`MIN_BUFFER`], and
+//! llama.cpp writes those pages next; for a copy, only the pages it writes.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -81,12 +84,27 @@ impl Prefault {
     }
 }
 
+/// Populates the pages of `dst`, which the calling thread is about to fill with a copy: one
+/// `madvise` call faults them all in inside the kernel, where the copy would take one page
+/// fault exception per 4 KiB as it first touches each. Not for memory that pool threads
+/// decode into: they fault its pages in parallel, which one thread populating first
+/// serializes (Qwen2.5-1.5B's load took 11% longer that way).
+pub(crate) fn populate_for_copy(dst: &mut [u8]) {
+    let page = crate::io::page_size();
+    let addr = dst.as_ptr() as usize;
+    let from = addr / page * page;
+    let to = (addr + dst.len()).next_multiple_of(page);
+    populate(from, to - from);
+}
+
 fn populate(addr: usize, len: usize) {
-    // SAFETY: MADV_POPULATE_WRITE only faults in pages of [addr, addr+len), which lies in one
-    // private anonymous writable mapping (checked in /proc/self/maps); it never changes the
-    // bytes of a page, so llama.cpp's data is untouched. If the mapping has gone since, the
-    // kernel returns an error (ENOMEM) instead of faulting, which we ignore: populating is
-    // only an optimization.
+    // SAFETY: MADV_POPULATE_WRITE only faults in pages of [addr, addr+len): the pages of a
+    // slice the caller is about to write, or pages in one private anonymous writable mapping
+    // (checked in /proc/self/maps). It never changes the bytes of a page, so llama.cpp's
+    // data, also where a slice's edge pages hold other data, is untouched. Where a page
+    // cannot be populated (the mapping has gone, or is of a kind that cannot be), the kernel
+    // returns an error instead of faulting, which we ignore: populating is only an
+    // optimization.
     unsafe {
         libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE);
     }
@@ -151,6 +169,35 @@ mod tests {
         let f = map.as_ptr() as usize;
         assert!(matches!(anonymous_mapping_at(f), Err(Some(r)) if r.contains(&f)));
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Which pages of `[addr, addr + len)` are resident, per `mincore`.
+    fn resident_pages(addr: usize, len: usize) -> Vec<bool> {
+        let page = crate::io::page_size();
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `addr` is page-aligned and `[addr, addr+len)` is mapped (the caller's own
+        // anonymous mapping); `vec` has one byte per page of it.
+        let r = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().map(|&b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn populating_for_a_copy_touches_the_slices_pages_only() {
+        let page = crate::io::page_size();
+        let mut anon = memmap2::MmapMut::map_anon(64 * page).unwrap();
+        let a = anon.as_ptr() as usize;
+        // One page already holds another allocation's bytes, next to where the copy lands.
+        anon[10 * page + 7] = 42;
+        // A slice from inside page 10 to inside page 20.
+        populate_for_copy(&mut anon[10 * page + 100..20 * page + 100]);
+        let resident = resident_pages(a, 64 * page);
+        for (i, r) in resident.iter().enumerate() {
+            assert_eq!(*r, (10..=20).contains(&i), "page {i}");
+        }
+        assert_eq!(anon[10 * page + 7], 42);
+        assert!(anon[..10 * page + 7].iter().all(|&b| b == 0));
+        assert!(anon[10 * page + 8..].iter().all(|&b| b == 0));
     }
 
     #[test]
