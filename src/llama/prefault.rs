@@ -5,8 +5,9 @@
 //! cleared, per 4 KiB. A plain GGUF load pays the same faults inside `read()`. Here a pool
 //! thread asks the kernel to populate the pages just ahead of the reader with
 //! `MADV_POPULATE_WRITE`, so that work runs on another core while llama.cpp's thread copies.
-//! Elsewhere (a small model's buffer on the brk heap) [`populate_for_copy`] populates a
-//! copy's destination on the copying thread, in one call instead of a fault per page.
+//! A copy out of the stream's decoded chunks populates its destination first, on the
+//! copying thread ([`populate_for_copy`]): one call instead of a fault per page, also on the
+//! brk heap, where a small model's weights buffer lives and the lookahead never goes.
 //!
 //! Populating does not change a page's contents, only when it is faulted in. Ahead of a
 //! read, only private, anonymous, writable memory is touched (the mapping holding the read's
