@@ -13,7 +13,9 @@
 //! run under such a limit and reports what it was charged and how fast it went.
 //!
 //! Each run: `sync; echo 3 > /proc/sys/vm/drop_caches` (so the files it reads are charged to
-//! it, not left over from an earlier run), a new child cgroup with the cap, the tool moved
+//! it, not left over from an earlier run), a wait for the memory that freed to settle (in a VM
+//! that reports free memory to its host, the host's reclaim would otherwise land in the middle
+//! of the next run: cgroup::settle_after_drop; DCGGUF_MEMCAP_SETTLE=0 skips it), a new child cgroup with the cap, the tool moved
 //! into it between fork and exec, a wall-clock timeout, then the cgroup's peak charge and OOM
 //! kill count, and the cgroup removed. cgroup v2 (memory.max, memory.swap.max=0, memory.peak,
 //! memory.events oom_kill) where its memory controller is available to us, else cgroup v1
@@ -113,9 +115,6 @@ fn work_dir() -> PathBuf {
 
 // ------------------------------------------------------------------------------- cgroups
 
-/// `sync; echo 3 > /proc/sys/vm/drop_caches`: the next run reads its files from storage and
-/// is charged for the page cache they take.
-
 // ------------------------------------------------------------------------------- runs
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +150,39 @@ struct Run {
     stderr: String,
 }
 
+/// Runs before now, seconds waited for freed memory to settle, and bytes the kernel reported
+/// to the hypervisor meanwhile (where it counts them).
+static SETTLED: std::sync::Mutex<(u32, f64, u64)> = std::sync::Mutex::new((0, 0.0, 0));
+
+/// Waits for the memory the page cache drop (and the previous run's exit) freed to settle
+/// (cgroup::settle_after_drop), at most DCGGUF_MEMCAP_SETTLE seconds (default 10; 0: not at
+/// all, as before session 51).
+fn settle() {
+    let max = support::env_or("DCGGUF_MEMCAP_SETTLE", 10.0f64);
+    if max <= 0.0 {
+        return;
+    }
+    let s = cgroup::settle_after_drop(Duration::from_secs_f64(max));
+    let mut total = SETTLED.lock().unwrap();
+    total.0 += 1;
+    total.1 += s.waited.as_secs_f64();
+    total.2 += s.reported.unwrap_or(0);
+}
+
+/// One line on how runs started: after how long a wait for freed memory, with how much of it
+/// handed back to the hypervisor meanwhile.
+fn settled_line() -> String {
+    let (runs, waited, reported) = *SETTLED.lock().unwrap();
+    if runs == 0 {
+        return "freed memory not left to settle before runs (DCGGUF_MEMCAP_SETTLE=0)\n".into();
+    }
+    format!(
+        "before each of {runs} runs, after the page cache drop: waited {:.1} s on average for freed memory to settle, {:.0} MiB reported to the hypervisor meanwhile (all runs)\n",
+        waited / runs as f64,
+        reported as f64 / MIB
+    )
+}
+
 /// Runs `c` in a new cgroup capped at `cap`, after dropping the page cache, killing it at
 /// `timeout`.
 fn run_capped(parent: &cgroup::Parent, mut c: Command, cap: Option<u64>, timeout: Duration) -> Run {
@@ -167,6 +199,7 @@ fn run_capped(parent: &cgroup::Parent, mut c: Command, cap: Option<u64>, timeout
         .stdin(Stdio::null());
     cg.enter_on_exec(&mut c);
     cgroup::drop_caches().unwrap_or_else(|e| panic!("memcap: {e}"));
+    settle();
     let started = Instant::now();
     let mut child = c.spawn().unwrap_or_else(|e| panic!("{c:?}: {e}"));
     let timed_out = !wait_exit(child.id(), started + timeout);
@@ -1403,7 +1436,7 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut md = String::new();
     let head = format!(
-        "memcap bench: cgroup {:?} under {}, stock llama.cpp tools, 2 threads, page cache dropped before each run, {runs} run(s) per point, load average {}\n",
+        "memcap bench: cgroup {:?} under {}, stock llama.cpp tools, 2 threads, page cache dropped before each run and freed memory left to settle, {runs} run(s) per point, load average {}\n",
         cx.parent.version,
         cx.parent.dir.display(),
         load.split_whitespace()
@@ -1685,6 +1718,9 @@ fn main() {
         checks(&mut md, &m, &caps, &grid, w, cx.noise);
     }
 
+    let settled = settled_line();
+    print!("\n{settled}");
+    md.push_str(&format!("\n{settled}"));
     let dir = work_dir();
     let (csv_path, png, md_path) = (
         dir.join("memcap.csv"),

@@ -268,3 +268,69 @@ pub fn drop_caches() -> Result<(), String> {
     std::fs::write("/proc/sys/vm/drop_caches", "3")
         .map_err(|e| format!("echo 3 > /proc/sys/vm/drop_caches: {e}"))
 }
+
+/// This kernel's count of free memory handed back to the hypervisor (free page reporting);
+/// a stock kernel has the `page_reporting` module without it.
+const REPORTED_KIB: &str = "/sys/module/page_reporting/parameters/reported_kib";
+/// Present where the kernel reports free pages at all (virtio-balloon's free page reporting).
+const REPORTING: &str = "/sys/module/page_reporting";
+
+/// How the memory freed before a run was left to settle.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settled {
+    pub waited: std::time::Duration,
+    /// Bytes the kernel reported to the hypervisor meanwhile, where it counts them.
+    pub reported: Option<u64>,
+}
+
+/// Waits, after [`drop_caches`], until the freed memory has settled, at most `max`.
+///
+/// Why: in a VM with free page reporting the guest hands free memory back to the host about
+/// 2 s after it was freed, and the host's work then takes CPU time from the guest (steal).
+/// Without waiting, the page cache the previous run left, dropped just before this run,
+/// was handed back in the middle of this run: Qwen2.5-1.5B's DC run right after a plain
+/// mmap run (whose 1 GB of page cache the drop frees) saw 512 MiB reported during its
+/// load and ~10 ticks of steal, plain mmap's run after DC's (which had dropped its own page
+/// cache) none, and the prompt that follows the load ran 6% slower (AMD EPYC VM,
+/// 2026-12-05). A user's run starts on memory that has long settled. Where the kernel
+/// counts reported memory, waits until that count has not moved for a second (and 2.5 s
+/// have passed); where it reports without counting, waits 3 s; elsewhere not at all.
+pub fn settle_after_drop(max: std::time::Duration) -> Settled {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let read = || -> Option<u64> {
+        std::fs::read_to_string(REPORTED_KIB)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let Some(first) = read() else {
+        if Path::new(REPORTING).exists() {
+            let wait = Duration::from_secs(3).min(max);
+            std::thread::sleep(wait);
+            return Settled {
+                waited: wait,
+                reported: None,
+            };
+        }
+        return Settled::default();
+    };
+    let (mut last, mut moved) = (first, started);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = Instant::now();
+        let count = read().unwrap_or(last);
+        if count != last {
+            (last, moved) = (count, now);
+        }
+        let quiet =
+            now - moved >= Duration::from_secs(1) && now - started >= Duration::from_millis(2500);
+        if quiet || now - started >= max {
+            return Settled {
+                waited: now - started,
+                reported: Some(last.saturating_sub(first) * 1024),
+            };
+        }
+    }
+}
