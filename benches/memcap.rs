@@ -15,8 +15,8 @@
 //! Each run: `sync; echo 3 > /proc/sys/vm/drop_caches` (so the files it reads are charged to
 //! it, not left over from an earlier run), a wait for the memory that freed to settle (in a VM
 //! that reports free memory to its host, the host's reclaim would otherwise land in the middle
-//! of the next run: cgroup::settle_after_drop; DCGGUF_MEMCAP_SETTLE=0 skips it), a new child cgroup with the cap, the tool moved
-//! into it between fork and exec, a wall-clock timeout, then the cgroup's peak charge and OOM
+//! of the next run: cgroup::settle_after_drop; DCGGUF_MEMCAP_SETTLE=0 skips it), a new child
+//! cgroup with the cap, the tool moved into it between fork and exec, a wall-clock timeout, then the cgroup's peak charge and OOM
 //! kill count, and the cgroup removed. cgroup v2 (memory.max, memory.swap.max=0, memory.peak,
 //! memory.events oom_kill) where its memory controller is available to us, else cgroup v1
 //! (memory.limit_in_bytes, memory.memsw.limit_in_bytes, memory.max_usage_in_bytes,
@@ -112,8 +112,6 @@ fn work_dir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
-
-// ------------------------------------------------------------------------------- cgroups
 
 // ------------------------------------------------------------------------------- runs
 
