@@ -1,5 +1,6 @@
 //! File and OS plumbing shared by every layer: atomic outputs, read-only memory maps, the page
-//! size, thread limits, whole-line stderr writes and the process memory report.
+//! size, anonymous mappings in /proc/self/maps, thread limits, whole-line stderr writes and the
+//! process memory report.
 
 mod atomic;
 pub mod hash;
@@ -10,6 +11,7 @@ pub use atomic::{AtomicOutput, TEMP_TAG, check_output, remove_live_temp_files};
 pub use own_mappings::OwnMappings;
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -199,4 +201,68 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+/// The private, anonymous, writable mapping holding `addr`; otherwise the range to skip
+/// (the mapping of another kind holding it, if any).
+pub fn anonymous_mapping_at(
+    addr: usize,
+) -> std::result::Result<Range<usize>, Option<Range<usize>>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|_| None)?;
+    for line in maps.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(_offset), Some(_dev), Some(inode)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        if !(start..end).contains(&addr) {
+            continue;
+        }
+        let path = fields.next().unwrap_or("");
+        // Not [heap]: the brk heap holds the host's small allocations next to its free
+        // memory, pages no caller may move or populate as a whole.
+        let anonymous = inode == "0" && path.is_empty();
+        return if perms.starts_with("rw-p") && anonymous {
+            Ok(start..end)
+        } else {
+            Err(Some(start..end))
+        };
+    }
+    Err(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_anonymous_memory_and_rejects_file_mappings() {
+        let anon = memmap2::MmapMut::map_anon(8 << 20).unwrap();
+        let a = anon.as_ptr() as usize;
+        let r = anonymous_mapping_at(a + 4096).expect("an anonymous mapping");
+        assert!(r.start <= a && r.end >= a + (8 << 20));
+
+        let path = std::env::temp_dir().join(format!("dcgguf-anon-map-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 1 << 16]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a read-only map of our own temporary file.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let f = map.as_ptr() as usize;
+        assert!(matches!(anonymous_mapping_at(f), Err(Some(r)) if r.contains(&f)));
+        std::fs::remove_file(&path).unwrap();
+    }
 }

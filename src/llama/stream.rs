@@ -9,8 +9,7 @@
 //! read at load at all: the stream records where llama.cpp put them and skips them.
 //!
 //! While llama.cpp still parses metadata, [`super::early`] decodes the first chunks on a spare
-//! core; the stream serves them when llama.cpp gets there, while [`super::prefault`] faults in
-//! llama.cpp's memory just ahead of the reads.
+//! core; the stream serves them when llama.cpp gets there.
 //!
 //! Bench mode: `DCGGUF_THROTTLE_BPS=<bytes/s>` simulates slow storage ([`super::throttle`],
 //! with the `bench-throttle` feature only).
@@ -29,7 +28,6 @@ use std::time::Instant;
 
 use super::budget::spill::Spiller;
 use super::early::{EarlyDecode, Limits};
-use super::prefault::Prefault;
 use super::throttle::Throttle;
 use crate::dc::DcFile;
 use crate::llama::budget::Residency;
@@ -106,8 +104,6 @@ pub struct Stream {
     throttle: Option<Arc<Throttle>>,
     /// Chunks decoded while llama.cpp was busy with metadata.
     early: Option<EarlyDecode>,
-    /// Faults in llama.cpp's memory ahead of reads (with `early`).
-    prefault: Option<Prefault>,
     pool: Option<Arc<rayon::ThreadPool>>,
     since_release: u64,
     residency: Option<Arc<Residency>>,
@@ -202,7 +198,6 @@ impl Stream {
             decoded: std::collections::HashSet::new(),
             throttle,
             early: None,
-            prefault: None,
             spill: None,
             spill_lookup: None,
             pool: None,
@@ -249,7 +244,6 @@ impl Stream {
                 limits,
                 &skip,
             ));
-            self.prefault = Some(Prefault::default());
         }
         self
     }
@@ -259,11 +253,11 @@ impl Stream {
     /// llama.cpp's CPU weight buffer, or a staging buffer for a repacked CPU buffer (no
     /// device: llama.cpp reads each tensor straight into its place, or stages it and hands
     /// it to `ggml_backend_tensor_set`, whose interposer moves the tensor). No early decoding
-    /// with it ([`Stream::with_early_decode`], whose prefaulting would touch the pages being
-    /// moved from another thread).
+    /// with it ([`Stream::with_early_decode`]: chunks decoded ahead wait in anonymous memory,
+    /// which a limit the model does not fit in cannot reclaim).
     pub fn with_spill(mut self, spill: Option<Arc<std::sync::Mutex<Spiller>>>) -> Stream {
         debug_assert!(
-            spill.is_none() || (self.early.is_none() && self.prefault.is_none()),
+            spill.is_none() || self.early.is_none(),
             "a spill does not go with early decoding"
         );
         // The lookup table's read may use the quota kept for it (Spiller::keep_for_lookups).
@@ -317,7 +311,7 @@ impl Stream {
             // llama.cpp's CPU weight buffer (`with_spill`) or a staging buffer that llama.cpp
             // hands to ggml_backend_tensor_set before its next read (then `staged` takes it
             // back); it frees them with free() or munmap, and no other thread touches them
-            // while its reading thread is here (no early decoding, so no prefaulting).
+            // while its reading thread is here.
             unsafe { super::budget::spill::after_read(spill, dst.as_ptr() as usize, *n, lookup) };
         }
         self.request_start = None;
@@ -334,9 +328,6 @@ impl Stream {
                 self.pos += rest.len() as u64;
                 done = dst.len();
                 break;
-            }
-            if let Some(p) = &mut self.prefault {
-                p.ahead_of(rest.as_ptr() as usize, rest.len(), self.pool.as_ref());
             }
             let n = self.read(rest)?;
             if n == 0 {

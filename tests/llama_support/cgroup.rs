@@ -272,8 +272,44 @@ pub fn drop_caches() -> Result<(), String> {
 /// This kernel's count of free memory handed back to the hypervisor (free page reporting);
 /// a stock kernel has the `page_reporting` module without it.
 const REPORTED_KIB: &str = "/sys/module/page_reporting/parameters/reported_kib";
-/// Present where the kernel reports free pages at all (virtio-balloon's free page reporting).
+/// Present where the kernel can report free pages (built with free page reporting), whether
+/// or not a device does.
 const REPORTING: &str = "/sys/module/page_reporting";
+/// The devices that report free pages to the host through the kernel's free page reporting.
+const VIRTIO_DEVICES: &str = "/sys/bus/virtio/devices";
+const HYPERV_BALLOON: &str = "/sys/bus/vmbus/drivers/hv_balloon";
+/// virtio's device id for a memory balloon, as `/sys/bus/virtio/devices/*/device` says it.
+const VIRTIO_ID_BALLOON: &str = "0x0005";
+/// VIRTIO_BALLOON_F_REPORTING, a bit of the features the driver negotiated.
+const VIRTIO_BALLOON_F_REPORTING: usize = 5;
+
+/// Whether a virtio device with this `device` id and negotiated `features` (sysfs's string of
+/// '0'/'1', bit 0 first) is a balloon that reports free pages.
+fn virtio_device_reports(device: &str, features: &str) -> bool {
+    device.trim() == VIRTIO_ID_BALLOON
+        && features.as_bytes().get(VIRTIO_BALLOON_F_REPORTING) == Some(&b'1')
+}
+
+/// Whether a device reports this kernel's free pages to a hypervisor: a virtio balloon that
+/// negotiated free page reporting, or a bound Hyper-V balloon (which reports where its host
+/// supports it; sysfs does not say, so it counts).
+fn free_page_reporting_device() -> bool {
+    let virtio = std::fs::read_dir(VIRTIO_DEVICES)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| {
+            let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+            virtio_device_reports(&read("device"), &read("features"))
+        });
+    let hyperv = std::fs::read_dir(HYPERV_BALLOON)
+        .into_iter()
+        .flatten()
+        .flatten()
+        // Bound devices are links named by their id; the only other link is `module`.
+        .any(|e| e.file_type().is_ok_and(|t| t.is_symlink()) && e.file_name() != "module");
+    virtio || hyperv
+}
 
 /// How the memory freed before a run was left to settle.
 #[derive(Clone, Copy, Debug, Default)]
@@ -294,7 +330,8 @@ pub struct Settled {
 /// cache) none, and the prompt that follows the load ran 6% slower (AMD EPYC VM,
 /// 2026-12-05). A user's run starts on memory that has long settled. Where the kernel
 /// counts reported memory, waits until that count has not moved for a second (and 2.5 s
-/// have passed); where it reports without counting, waits 3 s; elsewhere not at all.
+/// have passed); where it does not count (stock kernels) but a device reports, waits 3 s;
+/// elsewhere not at all.
 pub fn settle_after_drop(max: std::time::Duration) -> Settled {
     use std::time::{Duration, Instant};
     let started = Instant::now();
@@ -306,7 +343,7 @@ pub fn settle_after_drop(max: std::time::Duration) -> Settled {
             .ok()
     };
     let Some(first) = read() else {
-        if Path::new(REPORTING).exists() {
+        if Path::new(REPORTING).exists() && free_page_reporting_device() {
             let wait = Duration::from_secs(3).min(max);
             std::thread::sleep(wait);
             return Settled {
@@ -332,5 +369,20 @@ pub fn settle_after_drop(max: std::time::Duration) -> Settled {
                 reported: Some(last.saturating_sub(first) * 1024),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // No `use`: a bench (no test harness) compiles this module without its tests.
+    #[test]
+    fn only_a_balloon_that_negotiated_reporting_reports() {
+        // This VM's balloon (virtio0): bits 1, 2, 5 and 7.
+        let reporting = "0110010100000000000000000000000010000000";
+        assert!(super::virtio_device_reports("0x0005\n", reporting));
+        // The same balloon without bit 5; a block device (id 2) with bit 5 set.
+        assert!(!super::virtio_device_reports("0x0005", "0110000100000000"));
+        assert!(!super::virtio_device_reports("0x0002", reporting));
+        assert!(!super::virtio_device_reports("0x0005", "0110"));
     }
 }

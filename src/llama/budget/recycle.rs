@@ -55,7 +55,7 @@ impl Layout {
         if end <= start || BROKEN.load(Ordering::Relaxed) {
             return Layout::default();
         }
-        match crate::llama::prefault::anonymous_mapping_at(start) {
+        match crate::io::anonymous_mapping_at(start) {
             Ok(m) if m.start <= start && end <= m.end => Layout(vec![start, end]),
             _ => Layout::default(),
         }
