@@ -30,11 +30,11 @@ pub(crate) fn populate_for_copy(dst: &mut [u8]) {
 
 fn populate(addr: usize, len: usize) {
     // SAFETY: MADV_POPULATE_WRITE only faults in pages of [addr, addr+len): the pages of a
-    // slice the caller is about to write (or, in the tests, of their own mapping). It never changes the bytes of a page, so llama.cpp's
-    // data, also where a slice's edge pages hold other data, is untouched. Where a page
-    // cannot be populated (the mapping has gone, or is of a kind that cannot be), the kernel
-    // returns an error instead of faulting, which we ignore: populating is only an
-    // optimization.
+    // slice the caller is about to write (or, in the tests, of their own mapping). It never
+    // changes the bytes of a page, so llama.cpp's data, also where a slice's edge pages hold
+    // other data, is untouched. Where a page cannot be populated (the mapping has gone, or
+    // is of a kind that cannot be), the kernel returns an error instead of faulting, which we
+    // ignore: populating is only an optimization.
     unsafe {
         libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE);
     }
