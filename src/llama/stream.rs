@@ -311,7 +311,8 @@ impl Stream {
             // llama.cpp's CPU weight buffer (`with_spill`) or a staging buffer that llama.cpp
             // hands to ggml_backend_tensor_set before its next read (then `staged` takes it
             // back); it frees them with free() or munmap, and no other thread touches them
-            // while its reading thread is here.
+            // while its reading thread is here (no early decoding with a spill; the pool's
+            // decodes into `dst` ended inside `read_request`).
             unsafe { super::budget::spill::after_read(spill, dst.as_ptr() as usize, *n, lookup) };
         }
         self.request_start = None;
