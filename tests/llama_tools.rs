@@ -223,6 +223,33 @@ fn check_embedding(t: &str, name: &str) {
     );
 }
 
+/// The tools' log-draining shim (tests/llama_support/drain_log.c) waits for room in llama.cpp's
+/// log queue before pausing it, reading the queue at its offsets in the pinned llama.cpp; a
+/// layout it does not recognise would skip that wait, and a full queue at exit would hang the
+/// tool again.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn drain_shim_recognises_the_loggers_queue() {
+    let t = "drain_shim_recognises_the_loggers_queue";
+    let (l, m) = (
+        require_llama(t),
+        require_shared_model(t, "all-MiniLM-L6-v2-q8_0.gguf"),
+    );
+    let o = run(tool(&l, "llama-embedding", false)
+        .env("DCGGUF_DRAIN_LOG_CHECK", "1")
+        .arg("-m")
+        .arg(&m)
+        .args(["-p", PROMPT, "-t", "2", "--no-warmup"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("drain_log: logger queue layout recognised"),
+        "{err}"
+    );
+}
+
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_minilm)),
