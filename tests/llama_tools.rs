@@ -65,6 +65,11 @@ fn completion_dc_matches_original_64_tokens() {
     );
     // And decoded ahead of llama.cpp while it parsed the metadata (src/llama/early.rs).
     assert!(err.contains("dcgguf: early decode: "), "{err}");
+    // The full load took the file that llama.cpp's fitting pass opened (src/llama/fit_pass.rs).
+    assert!(
+        err.contains("reusing the file that llama.cpp's fitting pass opened and checked"),
+        "{err}"
+    );
 }
 
 #[test]

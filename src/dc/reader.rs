@@ -466,6 +466,31 @@ impl DcFile {
         &self.path
     }
 
+    /// The open file's metadata (its identity: device, inode, size, modification time);
+    /// `None` for bytes held in memory.
+    pub fn file_metadata(&self) -> Option<std::fs::Metadata> {
+        match &self.map {
+            Storage::Mapped(_, file, _) => file.metadata().ok(),
+            Storage::Owned(_) => None,
+        }
+    }
+
+    /// Puts a reader that served a load back in the state of a fresh open, for another load:
+    /// no uncaching, the kernel's own readahead, no run of decodes under way, pages released
+    /// after each decode only where the next load asks. The original header is decoded again
+    /// if a load released it.
+    pub fn rewind_for_another_load(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.uncache.store(false, Relaxed);
+        self.release_after_decode.store(false, Relaxed);
+        self.asked_until.store(0, Relaxed);
+        if self.chunk_reads.swap(false, Relaxed)
+            && let Storage::Mapped(m, ..) = &self.map
+        {
+            let _ = m.advise(memmap2::Advice::Normal);
+        }
+    }
+
     /// With [`DcFile::set_uncache_after_decode`] on: drops the bytes before the first chunk
     /// (header and metadata) from the page cache, cached or not when the load began (an
     /// earlier pass over the metadata, like llama-completion's fitting load, caches them).

@@ -13,6 +13,7 @@ pub mod actmax;
 pub mod budget;
 pub mod covar;
 pub mod early;
+mod fit_pass;
 pub mod fread;
 pub mod hooks;
 pub mod host;
@@ -103,14 +104,14 @@ pub enum LlamaError {
 pub enum ModelKind {
     /// Not a DC-GGUF file (a plain GGUF, or something llama.cpp will judge itself).
     Plain,
-    Dc(Box<DcFile>),
+    Dc(Arc<DcFile>),
 }
 
 /// Opens `path` if it is a DC-GGUF file. Files that are not DC-GGUF (including unreadable or
 /// non-GGUF ones) are [`ModelKind::Plain`], so llama.cpp reports on them as usual.
 pub fn classify(path: &Path) -> Result<ModelKind, LlamaError> {
     match DcFile::open_without_arrays(path) {
-        Ok(dc) => Ok(ModelKind::Dc(Box::new(dc))),
+        Ok(dc) => Ok(ModelKind::Dc(Arc::new(dc))),
         Err(DcError::NotDc { .. } | DcError::Gguf { .. } | DcError::Io { .. }) => {
             Ok(ModelKind::Plain)
         }
@@ -164,7 +165,7 @@ fn finish_uncache(dc: &DcFile, params: &sys::llama_model_params) {
 /// Loads a DC-GGUF that is already open through `load_from_file_ptr`.
 pub fn load_dc(
     host: &host::Host,
-    dc: DcFile,
+    dc: Arc<DcFile>,
     path: &Path,
     params: sys::llama_model_params,
     pool: Option<Arc<rayon::ThreadPool>>,
@@ -216,7 +217,6 @@ pub fn load_dc(
             }
         );
     }
-    let dc = Arc::new(dc);
     if route == user_load::Route::User {
         match user_load::load_dc_user(host, &dc, path, params, pool.clone())? {
             user_load::UserLoad::Loaded(model) => {
@@ -294,11 +294,17 @@ pub fn load_dc(
     dc.release_mapped_pages();
     finish_uncache(&dc, &params);
     let model = model?;
-    // llama.cpp has read the header; a budget or the batch-time switch keeps `dc` for the
-    // model's life, and the header (mostly the vocabulary) would stay resident with it. The
-    // stream releases it at the first tensor read already; this is for loads that read none
-    // (vocabulary only).
-    dc.release_original_header();
+    if params.no_alloc && !params.vocab_only {
+        // llama.cpp's fitting pass: the full load comes next, and takes this open file with
+        // its decoded header instead of opening and checking the file again.
+        fit_pass::keep(path, dc.clone());
+    } else {
+        // llama.cpp has read the header; a budget or the batch-time switch keeps `dc` for the
+        // model's life, and the header (mostly the vocabulary) would stay resident with it.
+        // The stream releases it at the first tensor read already; this is for loads that
+        // read none (vocabulary only).
+        dc.release_original_header();
+    }
     if res.is_some() {
         // `ram` keeps compressed bytes mapped; `file` releases them per layer or per big
         // chunk (Residency::load).
@@ -558,8 +564,20 @@ pub fn load_model(
 ) -> Result<*mut sys::llama_model, LlamaError> {
     let host = host::host(not_this).map_err(LlamaError::Host)?;
     let p = Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
-    match classify(p)? {
-        ModelKind::Dc(dc) => load_dc(host, *dc, p, params, pool),
+    let kind = match fit_pass::take(p) {
+        Some(dc) => {
+            if verbose() {
+                crate::log_line!(
+                    "dcgguf: {}: reusing the file that llama.cpp's fitting pass opened and checked",
+                    p.display()
+                );
+            }
+            ModelKind::Dc(dc)
+        }
+        None => classify(p)?,
+    };
+    match kind {
+        ModelKind::Dc(dc) => load_dc(host, dc, p, params, pool),
         ModelKind::Plain => {
             if throttle_from_env().is_some() && !params.vocab_only {
                 // Bench mode: plain GGUF through the same (throttled) FILE* path.
