@@ -466,8 +466,8 @@ impl DcFile {
         &self.path
     }
 
-    /// The open file's metadata (its identity: device, inode, size, modification time);
-    /// `None` for bytes held in memory.
+    /// The open file's metadata (what identifies it: device, inode, size, modification and
+    /// change times); `None` for bytes held in memory.
     pub fn file_metadata(&self) -> Option<std::fs::Metadata> {
         match &self.map {
             Storage::Mapped(_, file, _) => file.metadata().ok(),

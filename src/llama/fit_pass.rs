@@ -6,8 +6,8 @@
 //! its header, index and blobs against their checksums and decodes the original header (the
 //! vocabulary, mostly); the fitting pass keeps what it opened here and the next load of the
 //! same path takes it instead of opening the file again, if the path still names the file
-//! that was opened (same device, inode, size and modification time). Any other load ends the
-//! hand-over, so at most one file is held, and only between two loads.
+//! that was opened (same device, inode, size, modification and change times). Any other
+//! load ends the hand-over, so at most one file is held, and only between two loads.
 //!
 //! Nothing is trusted for longer than before: the checks the open made covered the bytes it
 //! kept (headers, index, original header), and each chunk is checked as it is decoded.
