@@ -108,14 +108,14 @@ fn two_dc_models_and_concurrent_loads() {
 /// rest (after 8 generated tokens) no bigger than loading the plain model does. The library's
 /// Rust allocations come from mappings of its own (dcgguf::io::OwnMappings, declared by
 /// capi/), so a load leaves no free chunks in the host's heap for its later `calloc`s (the
-/// scheduler's hash arrays) to land in and clear.
+/// scheduler's hash arrays) to land in and clear. Nor does it leave threads of ours behind.
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_smollm2)),
     ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
 )]
-fn a_dc_load_through_the_c_api_leaves_the_hosts_heap_no_bigger_than_a_plain_load() {
-    let t = "a_dc_load_through_the_c_api_leaves_the_hosts_heap_no_bigger_than_a_plain_load";
+fn a_dc_load_through_the_c_api_leaves_the_hosts_heap_and_threads_as_a_plain_load_does() {
+    let t = "a_dc_load_through_the_c_api_leaves_the_hosts_heap_and_threads_as_a_plain_load_does";
     let (l, m) = (require_llama(t), require_smollm2(t));
     let dc = dc_of(&m);
     let exe = build(&l, "ffi/tests/heap_at_rest.c", "heap_at_rest");
@@ -123,21 +123,31 @@ fn a_dc_load_through_the_c_api_leaves_the_hosts_heap_no_bigger_than_a_plain_load
         let o = run(Command::new(&exe).arg(model));
         assert_exit(&o, true, "heap_at_rest");
         let out = String::from_utf8(o.stdout).unwrap();
-        let kib: u64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("heap_rss_kib "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no heap line in {out:?}"));
+        let value = |key: &str| -> u64 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key:?} line in {out:?}"))
+        };
         let tokens = out.lines().next().unwrap().to_string();
-        (kib, tokens)
+        (value("heap_rss_kib "), value("threads "), tokens)
     };
-    let (plain, plain_tokens) = at_rest(&m);
-    let (ours, tokens) = at_rest(&dc);
-    eprintln!("heap at rest: plain {plain} KiB, DC through the C API {ours} KiB");
+    let (plain, plain_threads, plain_tokens) = at_rest(&m);
+    let (ours, threads, tokens) = at_rest(&dc);
+    eprintln!(
+        "at rest: plain {plain} KiB of heap, {plain_threads} threads; DC through the C API \
+         {ours} KiB, {threads} threads"
+    );
     assert_eq!(tokens, plain_tokens, "the DC model generated otherwise");
     assert!(tokens.split(' ').count() == 9, "{tokens}");
     assert!(
         ours <= plain + 64,
         "the heap holds {ours} KiB with the DC model, {plain} KiB with the plain one"
+    );
+    // The threads that decoded the load end with it (llama::load_pool): none of ours stays
+    // idle in the host.
+    assert_eq!(
+        threads, plain_threads,
+        "{threads} threads after a DC load and generation, {plain_threads} after a plain one"
     );
 }

@@ -3,7 +3,8 @@
  * the C API (dcgguf_llama_model_load: a .dc.gguf through dcgguf, a .gguf straight to
  * llama.cpp's mmap load), creates a context, decodes a prompt and generates 8 tokens, then
  * prints the resident KiB of its heap ("[heap]" in /proc/self/smaps) at that point, at rest,
- * and the generated token ids.
+ * the number of its threads then ("Threads:" in /proc/self/status), and the generated token
+ * ids.
  *
  *   ./heap_at_rest model.(dc.)gguf
  */
@@ -19,6 +20,23 @@ static void quiet_log(enum ggml_log_level level, const char *text, void *user_da
     if (level == GGML_LOG_LEVEL_ERROR) {
         fputs(text, stderr);
     }
+}
+
+/* The process's thread count; -1 if /proc says none. */
+static long thread_count(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) {
+        return -1;
+    }
+    char line[256];
+    long n = -1;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "Threads: %ld", &n) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return n;
 }
 
 /* The Rss of the [heap] mapping, KiB; -1 if there is none. */
@@ -88,6 +106,7 @@ int main(int argc, char **argv) {
         batch = llama_batch_get_one(&next, 1);
     }
     printf("\nheap_rss_kib %ld\n", heap_rss_kib());
+    printf("threads %ld\n", thread_count());
     llama_sampler_free(smpl);
     dcgguf_llama_free(ctx);
     dcgguf_llama_model_free(model);

@@ -87,7 +87,7 @@ pub fn load_model_hooked(
         }
         // SAFETY: non-NULL `path` is a NUL-terminated string, as llama.h requires.
         let p = unsafe { CStr::from_ptr(path) };
-        llama::load_model(p, params, ours, None)
+        llama::load_model(p, params, ours)
     }));
     let msg = match r {
         Ok(Ok(model)) => return model,

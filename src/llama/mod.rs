@@ -168,7 +168,6 @@ pub fn load_dc(
     dc: Arc<DcFile>,
     path: &Path,
     params: sys::llama_model_params,
-    pool: Option<Arc<rayon::ThreadPool>>,
 ) -> Result<*mut sys::llama_model, LlamaError> {
     if let Some((index, count)) = split_info(&dc, path) {
         return Err(LlamaError::Split {
@@ -178,6 +177,7 @@ pub fn load_dc(
         });
     }
     let mut budget = budget::spec::settings().map_err(LlamaError::Budget)?;
+    let pool = load_pool();
     // The decoded weight bytes where the default chose no budget: its batches check again
     // (budget::refit), whether it moved part of them to a file (`spill`) or not.
     let mut default_none = None;
@@ -408,19 +408,30 @@ fn keep_layers_on_cpu(params: &mut sys::llama_model_params, why: &str) {
     params.n_gpu_layers = 0;
 }
 
+/// The threads that decode one load, one per CPU; they end with it. Rayon's global pool
+/// would start on the first load and stay for the process's life: two idle threads (their
+/// stacks, glibc arenas, the kernel's task memory, all charged to the host's memory cgroup)
+/// in every host that loaded a DC model once, though a model loaded without a budget
+/// decodes nothing more, and one with a budget decodes on the compute threads
+/// ([`budget::team`]). None where the system gives no threads: the load then decodes on
+/// rayon's global pool, as before.
+fn load_pool() -> Option<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(budget::team::decode_threads())
+        .thread_name(|i| format!("dcgguf-load-{i}"))
+        .build()
+        .ok()
+        .map(Arc::new)
+}
+
 /// Frees the plane buffers and zstd contexts of the threads that decoded a load (this one and
-/// the pool's): about a chunk's planes each, which would otherwise stay allocated for the
-/// model's life (SmolLM2 through the preload: 0.8 MiB in two threads), though a model
-/// loaded without a budget decodes nothing more.
+/// the pool's, which end with the load but may outlive this call while llama.cpp still holds
+/// the stream): about a chunk's planes each (SmolLM2 through the preload: 0.8 MiB in two
+/// threads).
 fn release_decode_buffers(pool: Option<&rayon::ThreadPool>) {
     crate::codec::release_thread_buffers();
-    match pool {
-        Some(p) => {
-            p.broadcast(|_| crate::codec::release_thread_buffers());
-        }
-        None => {
-            rayon::broadcast(|_| crate::codec::release_thread_buffers());
-        }
+    if let Some(p) = pool {
+        p.broadcast(|_| crate::codec::release_thread_buffers());
     }
 }
 
@@ -560,7 +571,6 @@ pub fn load_model(
     path: &CStr,
     params: sys::llama_model_params,
     not_this: usize,
-    pool: Option<Arc<rayon::ThreadPool>>,
 ) -> Result<*mut sys::llama_model, LlamaError> {
     let host = host::host(not_this).map_err(LlamaError::Host)?;
     let p = Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
@@ -577,7 +587,7 @@ pub fn load_model(
         None => classify(p)?,
     };
     match kind {
-        ModelKind::Dc(dc) => load_dc(host, dc, p, params, pool),
+        ModelKind::Dc(dc) => load_dc(host, dc, p, params),
         ModelKind::Plain => {
             if throttle_from_env().is_some() && !params.vocab_only {
                 // Bench mode: plain GGUF through the same (throttled) FILE* path.
@@ -610,7 +620,7 @@ pub fn load(
 ) -> Result<*mut sys::llama_model, LlamaError> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| LlamaError::BadPath(path.display().to_string()))?;
-    load_model(&c, params, hooks::interposer_address(), None)
+    load_model(&c, params, hooks::interposer_address())
 }
 
 /// The host's `llama_model_default_params()` (checked against our bindings).
