@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int failures = 0;
 #define CHECK(cond)                                                                  \
@@ -59,6 +60,35 @@ static int on_progress(uint64_t done, uint64_t total, void *user) {
 static int progress_ok(const struct progress *p, uint64_t expected) {
     return p->calls > 0 && !p->backwards && !p->over && p->done == expected &&
            p->total == expected;
+}
+
+/* The process's thread count ("Threads:" in /proc/self/status); -1 if unknown. */
+static long thread_count(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) {
+        return -1;
+    }
+    char line[256];
+    long n = -1;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "Threads: %ld", &n) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+/* Waits up to 5 s for the thread count to come down to `want` (a freed pool's threads exit
+ * on their own, just after the call that dropped it); returns the last count seen. */
+static long threads_back_to(long want) {
+    long n = thread_count();
+    for (int i = 0; i < 500 && n != want; i++) {
+        struct timespec ten_ms = {0, 10 * 1000 * 1000};
+        nanosleep(&ten_ms, NULL);
+        n = thread_count();
+    }
+    return n;
 }
 
 static int exists(const char *path) {
@@ -349,6 +379,8 @@ int main(int argc, char **argv) {
     CHECK(orig != NULL);
     if (!orig) return 1;
 
+    long threads_at_start = thread_count();
+    CHECK(threads_at_start >= 1);
     CHECK(strlen(dcgguf_version()) > 0);
     dcgguf_free(NULL);
 
@@ -471,6 +503,13 @@ int main(int argc, char **argv) {
     CHECK(r == DCGGUF_ERR_CORRUPT);
     dcgguf_last_error(msg, sizeof msg);
     CHECK(strstr(msg, "tensor") != NULL && strstr(msg, "chunk") != NULL);
+    /* Every handle freed, every conversion over: no thread of the library's is left. */
+    long threads_at_end = threads_back_to(threads_at_start);
+    if (threads_at_end != threads_at_start) {
+        fprintf(stderr, "api_test: %ld threads at the start, %ld at the end\n", threads_at_start,
+                threads_at_end);
+    }
+    CHECK(threads_at_end == threads_at_start);
     printf("api_test: %s (%zu tensors, last corrupt error: %s)\n", failures ? "FAILED" : "ok", count, msg);
     free(orig);
     return failures ? 1 : 0;

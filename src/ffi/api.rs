@@ -3,7 +3,7 @@
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::OnceLock;
 
 use super::dcgguf_result::{self, *};
 use super::{Error, guard};
@@ -13,12 +13,20 @@ use crate::dc::DcFile;
 pub struct dcgguf_file {
     pub(crate) dc: DcFile,
     names: Vec<CString>,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    /// The threads that decode this handle's reads: `dcgguf_set_threads`'s, else one per CPU,
+    /// started by the first read. The handle's own, so they end with `dcgguf_free`: rayon's
+    /// global pool would leave idle threads in the host for the rest of its life. None
+    /// where the system gave no threads (the reads then run on the calling thread, and on
+    /// rayon's global pool where they decode several chunks).
+    pool: OnceLock<Option<rayon::ThreadPool>>,
 }
 
 impl dcgguf_file {
     fn run<R: Send>(&self, f: impl FnOnce(&DcFile) -> R + Send) -> R {
-        match &self.pool {
+        let pool = self
+            .pool
+            .get_or_init(|| decode_pool(crate::io::cpus()).ok());
+        match pool {
             Some(p) => p.install(|| f(&self.dc)),
             None => f(&self.dc),
         }
@@ -88,7 +96,7 @@ pub extern "C" fn dcgguf_open(path: *const c_char, out: *mut *mut dcgguf_file) -
         let h = Box::into_raw(Box::new(dcgguf_file {
             dc,
             names,
-            pool: None,
+            pool: OnceLock::new(),
         }));
         // SAFETY: `out` checked non-NULL above; valid for writes per the contract.
         unsafe { put(out, h) }
@@ -106,8 +114,8 @@ pub extern "C" fn dcgguf_free(f: *mut dcgguf_file) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(b)));
 }
 
-/// Decode with `n` threads for this handle (0: the process-wide default pool, one thread
-/// per core). Do not call while another thread uses the handle.
+/// Decode with `n` threads for this handle (0: one per core, the default). The threads are the
+/// handle's own and end with `dcgguf_free`. Do not call while another thread uses the handle.
 #[unsafe(no_mangle)]
 pub extern "C" fn dcgguf_set_threads(f: *mut dcgguf_file, n: u32) -> dcgguf_result {
     guard(|| {
@@ -121,17 +129,21 @@ pub extern "C" fn dcgguf_set_threads(f: *mut dcgguf_file, n: u32) -> dcgguf_resu
             ));
         }
         f.pool = if n == 0 {
-            None
+            OnceLock::new()
         } else {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n as usize)
-                .thread_name(|i| format!("dcgguf-{i}"))
-                .build()
-                .map_err(|e| Error::new(DCGGUF_ERR_THREADS, e.to_string()))?;
-            Some(Arc::new(pool))
+            OnceLock::from(Some(decode_pool(n as usize)?))
         };
         Ok(())
     })
+}
+
+/// A pool of `n` decode threads, which end when it is dropped.
+pub(super) fn decode_pool(n: usize) -> Result<rayon::ThreadPool, Error> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("dcgguf-{i}"))
+        .build()
+        .map_err(|e| Error::new(DCGGUF_ERR_THREADS, e.to_string()))
 }
 
 /// Size in bytes of the original GGUF file.
