@@ -76,7 +76,8 @@ dcgguf_result dcgguf_open(const char *path, dcgguf_file **out);
 void dcgguf_free(dcgguf_file *file);
 
 /* Decode with n threads for this handle (0: one per core, the default). The threads are the
- * handle's own: they end with dcgguf_free. */
+ * handle's own, started by its first read of several chunks (a read of one chunk decodes on
+ * the calling thread); they end with dcgguf_free. */
 dcgguf_result dcgguf_set_threads(dcgguf_file *file, uint32_t n);
 
 /* Size of the original GGUF file / of the DC-GGUF file, in bytes. */

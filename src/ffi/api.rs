@@ -13,16 +13,21 @@ use crate::dc::DcFile;
 pub struct dcgguf_file {
     pub(crate) dc: DcFile,
     names: Vec<CString>,
-    /// The threads that decode this handle's reads: `dcgguf_set_threads`'s, else one per CPU,
-    /// started by the first read. The handle's own, so they end with `dcgguf_free`: rayon's
-    /// global pool would leave idle threads in the host for the rest of its life. None
-    /// where the system gave no threads (the reads then run on the calling thread, and on
-    /// rayon's global pool where they decode several chunks).
+    /// The threads that decode this handle's reads of several chunks: `dcgguf_set_threads`'s,
+    /// else one per CPU, started by the first such read. The handle's own, so they end with
+    /// `dcgguf_free`: rayon's global pool would leave idle threads in the host for the rest
+    /// of its life. None where the system gave no threads (such reads then run on rayon's
+    /// global pool).
     pool: OnceLock<Option<rayon::ThreadPool>>,
 }
 
 impl dcgguf_file {
-    fn run<R: Send>(&self, f: impl FnOnce(&DcFile) -> R + Send) -> R {
+    /// Runs a read on this handle's pool where it may decode several chunks (in parallel),
+    /// else on the calling thread: a read of one chunk would only pay the hand-over.
+    fn run<R: Send>(&self, several_chunks: bool, f: impl FnOnce(&DcFile) -> R + Send) -> R {
+        if !several_chunks {
+            return f(&self.dc);
+        }
         let pool = self
             .pool
             .get_or_init(|| decode_pool(crate::io::cpus()).ok());
@@ -30,6 +35,13 @@ impl dcgguf_file {
             Some(p) => p.install(|| f(&self.dc)),
             None => f(&self.dc),
         }
+    }
+
+    /// Whether bytes `[offset, offset + len)` of tensor `i` lie in more than one chunk.
+    fn spans_chunks(&self, i: usize, offset: u64, len: usize) -> bool {
+        let chunk = u64::from(self.dc.index.tensors[i].chunk_raw).max(1);
+        let last = offset.saturating_add(len as u64).saturating_sub(1);
+        len > 0 && offset / chunk != last / chunk
     }
 
     fn tensor(&self, i: usize) -> Result<usize, Error> {
@@ -115,7 +127,9 @@ pub extern "C" fn dcgguf_free(f: *mut dcgguf_file) {
 }
 
 /// Decode with `n` threads for this handle (0: one per core, the default). The threads are the
-/// handle's own and end with `dcgguf_free`. Do not call while another thread uses the handle.
+/// handle's own, started by its first read of several chunks (a read of one chunk decodes on
+/// the calling thread), and end with `dcgguf_free`. Do not call while another thread uses
+/// the handle.
 #[unsafe(no_mangle)]
 pub extern "C" fn dcgguf_set_threads(f: *mut dcgguf_file, n: u32) -> dcgguf_result {
     guard(|| {
@@ -138,7 +152,7 @@ pub extern "C" fn dcgguf_set_threads(f: *mut dcgguf_file, n: u32) -> dcgguf_resu
 }
 
 /// A pool of `n` decode threads, which end when it is dropped.
-pub(super) fn decode_pool(n: usize) -> Result<rayon::ThreadPool, Error> {
+fn decode_pool(n: usize) -> Result<rayon::ThreadPool, Error> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("dcgguf-{i}"))
@@ -345,7 +359,9 @@ pub extern "C" fn dcgguf_read_tensor(
         }
         // SAFETY: `buf` follows the documented pointer contract.
         let dst = unsafe { out_buf(buf, n as usize)? };
-        f.run(|dc| dc.read_tensor(i, 0, dst))?;
+        f.run(f.spans_chunks(i, 0, dst.len()), |dc| {
+            dc.read_tensor(i, 0, dst)
+        })?;
         Ok(())
     })
 }
@@ -365,7 +381,8 @@ pub extern "C" fn dcgguf_read_tensor_range(
         let i = f.tensor(i)?;
         // SAFETY: `buf` follows the documented pointer contract.
         let dst = unsafe { out_buf(buf, len)? };
-        f.run(|dc| dc.read_tensor(i, offset, dst))?;
+        let several = f.spans_chunks(i, offset, dst.len());
+        f.run(several, |dc| dc.read_tensor(i, offset, dst))?;
         Ok(())
     })
 }
@@ -386,7 +403,11 @@ pub extern "C" fn dcgguf_read_at(
         check_out(out_n)?;
         // SAFETY: `buf` follows the documented pointer contract.
         let dst = unsafe { out_buf(buf, len)? };
-        let n = f.run(|dc| dc.read_at(offset, dst))?;
+        // One chunk's bytes, or none (the header, past the end): no hand-over.
+        let several =
+            f.dc.chunk_range_at(offset)
+                .is_none_or(|c| offset.saturating_add(dst.len() as u64) > c.end);
+        let n = f.run(several, |dc| dc.read_at(offset, dst))?;
         // SAFETY: checked non-NULL above.
         unsafe { put(out_n, n) }
     })

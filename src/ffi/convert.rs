@@ -358,15 +358,17 @@ impl ModelRequest {
     }
 }
 
-/// Runs `f` on a pool of `n` threads (0: one per core) that ends with the call: rayon's
-/// global pool would leave idle threads in the host for the rest of its life.
+/// Runs `f` on a pool of `n` threads (0: the process-wide pool, one thread per core).
 fn with_threads<R: Send>(n: u32, f: impl FnOnce() -> R + Send) -> Result<R, Error> {
-    let n = if n == 0 {
-        crate::io::cpus()
-    } else {
-        n as usize
-    };
-    Ok(super::api::decode_pool(n)?.install(f))
+    if n == 0 {
+        return Ok(f());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n as usize)
+        .thread_name(|i| format!("dcgguf-{i}"))
+        .build()
+        .map_err(|e| Error::new(DCGGUF_ERR_THREADS, e.to_string()))?;
+    Ok(pool.install(f))
 }
 
 /// Forwards the library's byte counts to the C callback as (done, total) and turns a
