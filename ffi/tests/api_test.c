@@ -8,6 +8,8 @@
  */
 #include <dcgguf.h>
 
+#include "proc_status.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,23 +62,6 @@ static int on_progress(uint64_t done, uint64_t total, void *user) {
 static int progress_ok(const struct progress *p, uint64_t expected) {
     return p->calls > 0 && !p->backwards && !p->over && p->done == expected &&
            p->total == expected;
-}
-
-/* The process's thread count ("Threads:" in /proc/self/status); -1 if unknown. */
-static long thread_count(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (f == NULL) {
-        return -1;
-    }
-    char line[256];
-    long n = -1;
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (sscanf(line, "Threads: %ld", &n) == 1) {
-            break;
-        }
-    }
-    fclose(f);
-    return n;
 }
 
 /* Waits up to 5 s for the thread count to come down to `want` (a freed pool's threads exit

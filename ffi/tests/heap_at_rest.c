@@ -11,6 +11,8 @@
 #include <llama.h>
 #include <dcgguf.h>
 
+#include "proc_status.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,23 +22,6 @@ static void quiet_log(enum ggml_log_level level, const char *text, void *user_da
     if (level == GGML_LOG_LEVEL_ERROR) {
         fputs(text, stderr);
     }
-}
-
-/* The process's thread count; -1 if /proc says none. */
-static long thread_count(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (f == NULL) {
-        return -1;
-    }
-    char line[256];
-    long n = -1;
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (sscanf(line, "Threads: %ld", &n) == 1) {
-            break;
-        }
-    }
-    fclose(f);
-    return n;
 }
 
 /* The Rss of the [heap] mapping, KiB; -1 if there is none. */
