@@ -152,12 +152,8 @@ pub extern "C" fn dcgguf_set_threads(f: *mut dcgguf_file, n: u32) -> dcgguf_resu
 }
 
 /// A pool of `n` decode threads, which end when it is dropped.
-fn decode_pool(n: usize) -> Result<rayon::ThreadPool, Error> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("dcgguf-{i}"))
-        .build()
-        .map_err(|e| Error::new(DCGGUF_ERR_THREADS, e.to_string()))
+pub(super) fn decode_pool(n: usize) -> Result<rayon::ThreadPool, Error> {
+    crate::io::thread_pool(n, "dcgguf").map_err(|e| Error::new(DCGGUF_ERR_THREADS, e.to_string()))
 }
 
 /// Size in bytes of the original GGUF file.

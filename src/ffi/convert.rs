@@ -363,12 +363,7 @@ fn with_threads<R: Send>(n: u32, f: impl FnOnce() -> R + Send) -> Result<R, Erro
     if n == 0 {
         return Ok(f());
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(n as usize)
-        .thread_name(|i| format!("dcgguf-{i}"))
-        .build()
-        .map_err(|e| Error::new(DCGGUF_ERR_THREADS, e.to_string()))?;
-    Ok(pool.install(f))
+    Ok(super::api::decode_pool(n as usize)?.install(f))
 }
 
 /// Forwards the library's byte counts to the C callback as (done, total) and turns a

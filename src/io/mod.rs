@@ -143,6 +143,18 @@ pub fn cpus() -> usize {
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// A pool of `n` threads named `{prefix}-{i}` that end when it is dropped: the library's
+/// decode threads, where rayon's global pool would stay idle in the host for its whole life.
+pub fn thread_pool(
+    n: usize,
+    prefix: &'static str,
+) -> std::result::Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(move |i| format!("{prefix}-{i}"))
+        .build()
+}
+
 /// Writes `line` and a newline to stderr in one `write(2)`. `eprintln!` issues one write
 /// per formatted piece, and inside a llama.cpp host its logging thread writes to stderr at
 /// the same time, so its lines landed in the middle of ours.

@@ -416,10 +416,7 @@ fn keep_layers_on_cpu(params: &mut sys::llama_model_params, why: &str) {
 /// ([`budget::team`]). None where the system gives no threads: the load then decodes on
 /// rayon's global pool, as before.
 fn load_pool() -> Option<Arc<rayon::ThreadPool>> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(budget::team::decode_threads())
-        .thread_name(|i| format!("dcgguf-load-{i}"))
-        .build()
+    crate::io::thread_pool(budget::team::decode_threads(), "dcgguf-load")
         .ok()
         .map(Arc::new)
 }
