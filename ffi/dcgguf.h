@@ -122,9 +122,11 @@ dcgguf_result dcgguf_read_at(const dcgguf_file *file, uint64_t offset, void *buf
 /* Progress of dcgguf_compress / dcgguf_decompress / dcgguf_verify: done of total bytes
  * (total is the input size for compress, the original size for decompress and verify; for
  * a lossy compress it is the size of the quantized model, 0 until it is known, and done
- * stays 0 while the model is quantized). done grows to total. Called from one thread at a
- * time, not necessarily the caller's, only during the call. Return non-zero to cancel: the
- * call then returns DCGGUF_ERR_CANCELLED and removes what it was writing (for a split model,
+ * stays 0 while the model is quantized). done grows to total. Called on the calling thread,
+ * only during the call, whatever opts->threads is: the work runs on threads of the library's
+ * own, which end with the call and wait while the callback runs (counts that came in the
+ * meantime are reported together by the next call). Return non-zero to cancel: the call
+ * then returns DCGGUF_ERR_CANCELLED and removes what it was writing (for a split model,
  * parts finished before stay). */
 typedef int (*dcgguf_progress_fn)(uint64_t done, uint64_t total, void *user);
 
@@ -156,7 +158,7 @@ typedef enum dcgguf_level {
  * ignored). Paths are file-system bytes, NUL-terminated. */
 typedef struct dcgguf_options {
     uint32_t size;         /* sizeof(dcgguf_options), set by dcgguf_options_init */
-    uint32_t threads;      /* worker threads; 0: one per core */
+    uint32_t threads;      /* worker threads, the call's own; 0: one per core */
     uint32_t force;        /* compress, decompress: non-zero replaces an existing output */
     int32_t level;         /* compress: a dcgguf_level or a Zstd level -7..22 (default
                               DCGGUF_LEVEL_DEFAULT) */

@@ -11,6 +11,7 @@
 #include "proc_status.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,16 +42,21 @@ static unsigned char *slurp(const char *path, size_t *len) {
     return buf;
 }
 
+/* The thread that makes the calls: progress callbacks must come on it, whatever threads the
+ * library works on. */
+static pthread_t caller;
+
 /* What a progress callback saw. cancel_at: return non-zero on that call (0: never). */
 struct progress {
     unsigned calls, cancel_at;
     uint64_t done, total;
-    int backwards, over;
+    int backwards, over, off_thread;
 };
 
 static int on_progress(uint64_t done, uint64_t total, void *user) {
     struct progress *p = user;
     p->calls++;
+    if (!pthread_equal(pthread_self(), caller)) p->off_thread = 1;
     if (done < p->done || (p->calls > 1 && total != p->total)) p->backwards = 1;
     if (done > total) p->over = 1;
     p->done = done;
@@ -58,9 +64,10 @@ static int on_progress(uint64_t done, uint64_t total, void *user) {
     return p->cancel_at != 0 && p->calls >= p->cancel_at;
 }
 
-/* A progress run that ended where it should: monotonic, done == total == expected. */
+/* A progress run that ended where it should: monotonic, done == total == expected, every
+ * call on the calling thread. */
 static int progress_ok(const struct progress *p, uint64_t expected) {
-    return p->calls > 0 && !p->backwards && !p->over && p->done == expected &&
+    return p->calls > 0 && !p->backwards && !p->over && !p->off_thread && p->done == expected &&
            p->total == expected;
 }
 
@@ -295,7 +302,7 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     struct progress c = {0};
     c.cancel_at = 2;
     CHECK(dcgguf_compress(original, cancelled, &o, on_progress, &c) == DCGGUF_ERR_CANCELLED);
-    CHECK(c.calls == 2 && !exists(cancelled));
+    CHECK(c.calls == 2 && !c.off_thread && !exists(cancelled));
     struct progress c2 = {0};
     c2.cancel_at = 1;
     CHECK(dcgguf_decompress(dc, cancelled, &o, on_progress, &c2) == DCGGUF_ERR_CANCELLED);
@@ -322,7 +329,7 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     o.quantize = DCGGUF_QUANTIZE_INT8;
     struct progress q = {0};
     CHECK(dcgguf_compress(original, lossy, &o, on_progress, &q) == DCGGUF_OK);
-    CHECK(q.calls > 0 && !q.backwards && q.done == q.total && q.total > 0);
+    CHECK(q.calls > 0 && !q.backwards && !q.off_thread && q.done == q.total && q.total > 0);
     rep = last_report();
     CHECK(rep && strstr(rep, "\"quantize\":{") && json_u64(rep, "quantized_tensors") > 0);
     CHECK(json_u64(rep, "output_bytes") == file_size(lossy));
@@ -364,6 +371,7 @@ int main(int argc, char **argv) {
     CHECK(orig != NULL);
     if (!orig) return 1;
 
+    caller = pthread_self();
     CHECK(strlen(dcgguf_version()) > 0);
     dcgguf_free(NULL);
 
@@ -490,7 +498,16 @@ int main(int argc, char **argv) {
     CHECK(pos == orig_len && memcmp(all, orig, orig_len) == 0);
     CHECK(dcgguf_read_at(f, orig_len, all, 10, &got) == DCGGUF_OK && got == 0);
     free(all);
+    /* A conversion's threads are its own (those with threads 0, one per core, too): after
+     * them the process has as many threads as before. */
+    long before_conversions = thread_count();
     conversions(f, argv[2], orig, orig_len, argv[3], argv[4]);
+    long after_conversions = threads_back_to(before_conversions);
+    if (after_conversions != before_conversions) {
+        fprintf(stderr, "api_test: %ld threads before the conversions, %ld after them\n",
+                before_conversions, after_conversions);
+    }
+    CHECK(before_conversions >= 1 && after_conversions == before_conversions);
     dcgguf_free(f);
 
     /* Corrupt data: the error names tensor and chunk. */

@@ -5,10 +5,11 @@ function's ``argtypes``/``restype`` set; other modules of the package (and the l
 hook module) call it rather than loading the library themselves, so that one copy of the
 library, with one memory budget and one set of hooks, serves them all.
 
-Where the library comes from, first found wins:
+Where the library comes from:
 
-1. ``$DCGGUF_LIB``: a path to libdcgguf.so;
-2. the copy bundled at install time next to this file (``pip install ./python`` builds it with
+1. ``$DCGGUF_LIB`` when set: a path to libdcgguf.so, the only place looked at (a path that
+   names no file is an error, not a reason to load another library);
+2. else, first found: the copy bundled at install time next to this file (``pip install ./python`` builds it with
    cargo, or copies ``$DCGGUF_LIB`` if set then);
 3. ``target/release/libdcgguf.so`` of the dcgguf repository this package sits in (a source
    checkout used with ``PYTHONPATH=python`` or ``pip install -e ./python``; build it with
@@ -141,7 +142,7 @@ def candidates():
     out = []
     env = os.environ.get("DCGGUF_LIB")
     if env:
-        out.append(Path(env))
+        return [Path(env)]
     out.append(here / LIB_NAME)
     repo = here.parent.parent
     if (repo / "Cargo.toml").is_file():

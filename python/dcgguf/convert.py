@@ -13,14 +13,14 @@ seconds; a 128 MiB temporary file next to the profile) and saved, as the CLI doe
 Progress: pass ``progress=callable(done, total)``; it is called with bytes done and the total
 (compress: input bytes; decompress and verify: original bytes; a lossy compress: bytes of the
 quantized model, 0 and no calls while it quantizes). ``done`` only grows and ends at
-``total``. Calls come from one thread at a time, the caller's when ``threads`` is 0.
+``total``. Calls come on the calling thread, whatever ``threads`` is (the work runs on
+threads of the library's own, which end with the call).
 
 Cancelling: return ``False`` from the callback (:class:`~dcgguf.errors.CancelledError` is
 raised) or raise any exception in it (that exception propagates). Either way the operation
 stops and removes what it was writing. Ctrl-C does the same and raises ``KeyboardInterrupt``
 (with or without a callback of yours: the package always passes one), promptly when the call
-was made from the main thread with ``threads=0`` (the default); otherwise only once the
-operation has completed.
+was made from the main thread; otherwise only once the operation has completed.
 """
 
 import contextlib
@@ -89,10 +89,10 @@ class _Progress:
         Python runs signal handlers between bytecodes of the main thread, here at the entry of
         the progress callback; the default handler would raise KeyboardInterrupt right there,
         before any ``try`` of the callback, and ctypes would drop the exception and return
-        garbage to the library. This handler only records it (callbacks on the library's own
-        threads, with ``threads`` > 0, do not run handlers: the interrupt is then seen once the
-        call has returned). A handler the program installed itself is left alone, as is SIGINT off
-        the main thread."""
+        garbage to the library. This handler only records it (the library makes its calls on
+        the calling thread, so a call from another thread sees the interrupt once it has
+        returned). A handler the program installed itself is left alone, as is SIGINT off the
+        main thread."""
         try:
             installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
             if installed:

@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import unittest
@@ -184,9 +185,10 @@ class Lossless(Base):
         self.roundtrip(minilm(self, "q8_0"))
 
     def test_minilm_bf16_on_two_threads(self):
-        # threads > 0: the work (and the progress calls) run on the library's own pool.
+        # threads > 0: the work runs on threads of the library's own, the progress calls on
+        # the caller's thread all the same.
         p = self.roundtrip(minilm(self, "bf16"), threads=2, level=1, chunk_size=256 << 10)
-        self.assertNotIn(threading.get_ident(), p.threads)
+        self.assertEqual(p.threads, {threading.get_ident()})
 
     def test_smollm2_q4_1(self):
         self.roundtrip(smollm2(self), level=3)
@@ -273,6 +275,18 @@ class Reports(Base):
             {"command": "decompress",
              "files": [{"input": str(dc), "output": str(back), "bytes": back.stat().st_size}]},
         )
+
+    def test_dcgguf_lib_that_names_no_file_is_an_error(self):
+        # Not a fall-back to another copy of the library: the user asked for this one.
+        missing = self.dir / "no-such-libdcgguf.so"
+        r = subprocess.run(
+            [sys.executable, "-c", "import dcgguf._lib as l; l.load()"],
+            env={**os.environ, "DCGGUF_LIB": str(missing)},
+            capture_output=True, text=True,
+        )
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("LibraryNotFoundError", r.stderr)
+        self.assertIn(str(missing), r.stderr)
 
     def test_compress_report_is_the_clis_json(self):
         src = minilm(self, "q8_0")
@@ -435,8 +449,9 @@ class Cancel(Base):
         # As in an interactive program (a test runner may have inherited SIGINT ignored).
         old = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            for progress in (True, False):
-                with self.subTest(own_callback=progress):
+            # threads=2: the work runs on the library's threads, the callback on this one.
+            for progress, threads in ((True, 0), (False, 0), (True, 2)):
+                with self.subTest(own_callback=progress, threads=threads):
                     # Ctrl-C from another thread once the library runs: Python handles it
                     # at its next bytecode on the main thread, the entry of a progress call.
                     started = threading.Event()
@@ -457,7 +472,9 @@ class Cancel(Base):
                         # the interrupt after a short while instead.
                         threading.Timer(0.05, started.set).start()
                     with self.assertRaises(KeyboardInterrupt):
-                        dcgguf.compress(src, out, level=19, progress=note if progress else None)
+                        dcgguf.compress(
+                            src, out, level=19, threads=threads, progress=note if progress else None
+                        )
                     k.join()
                     self.assertEqual(os.listdir(self.dir), [])
                     self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)

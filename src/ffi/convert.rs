@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::api::dcgguf_file;
 use super::dcgguf_result::{self, *};
@@ -358,26 +358,84 @@ impl ModelRequest {
     }
 }
 
-/// Runs `f` on a pool of `n` threads (0: the process-wide pool, one thread per core).
-fn with_threads<R: Send>(n: u32, f: impl FnOnce() -> R + Send) -> Result<R, Error> {
-    if n == 0 {
-        return Ok(f());
-    }
-    Ok(super::api::decode_pool(n as usize)?.install(f))
+/// Runs `f` on threads of its own, `n` of them (0: one per CPU), which end with it, while the
+/// calling thread makes `progress`'s calls ([`Reporter::relay`]). On rayon's global pool
+/// (what `f` on the calling thread would use) the threads would stay idle in the host for
+/// the rest of its life.
+fn with_threads<R: Send>(
+    n: u32,
+    progress: Option<&Reporter>,
+    f: impl FnOnce() -> R + Send,
+) -> Result<R, Error> {
+    let n = if n == 0 {
+        crate::io::cpus()
+    } else {
+        n as usize
+    };
+    let pool = super::api::decode_pool(n)?;
+    let Some(rep) = progress else {
+        return Ok(pool.install(f));
+    };
+    let mut out = None;
+    let relaying = rep.start_relay();
+    pool.in_place_scope(|s| {
+        s.spawn(|_| {
+            // Ends the relay even if `f` panics (the scope then re-raises the panic).
+            let _end = relaying;
+            out = Some(f());
+        });
+        rep.relay();
+    });
+    Ok(out.expect("the scope ran the conversion to its end"))
 }
 
 /// Forwards the library's byte counts to the C callback as (done, total) and turns a
 /// non-zero return into a cancel of the job.
+///
+/// The callback runs on the thread that called the conversion, whichever threads do the
+/// work: a host expects its callback there (Python runs a Ctrl-C handler only on its main
+/// thread, and only when Python code runs, as in the callback). While [`with_threads`]'s
+/// threads work, that thread waits in [`Reporter::relay`]; a tick hands its count over
+/// and waits until the callback has seen it, so that a cancel takes effect before the work
+/// goes on, as when the callback was called in place.
 struct Reporter {
     callback: dcgguf_progress_fn,
     user: *mut c_void,
     job: Job,
-    done: Mutex<u64>,
+    state: Mutex<Relay>,
+    changed: Condvar,
+}
+
+/// What the ticks and the relaying thread share.
+#[derive(Default)]
+struct Relay {
+    done: u64,
+    /// Ticks so far, and how many of them the callback has answered.
+    ticks: u64,
+    answered: u64,
+    /// The calling thread is in [`Reporter::relay`] (else a tick calls the callback itself).
+    relaying: bool,
+    /// The work has returned (or unwound): the relay ends once every tick is answered.
+    finished: bool,
+    /// The callback asked to cancel: it is not called again.
+    cancelled: bool,
 }
 
 // SAFETY: `user` is never dereferenced here, only handed back to the caller's callback, which
-// dcgguf.h says may run on any thread, one call at a time: calls are made under `done`'s lock.
+// is called on one thread at a time: the relaying thread, or a ticking thread under `state`'s
+// lock while nothing relays.
 unsafe impl Sync for Reporter {}
+
+/// Marks the work finished when dropped, panic or not: the relay would otherwise wait on.
+struct EndRelay<'a>(&'a Reporter);
+
+impl Drop for EndRelay<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.finished = true;
+        self.0.changed.notify_all();
+    }
+}
 
 impl Reporter {
     fn new(callback: dcgguf_progress_fn, user: *mut c_void, job: &Job) -> Reporter {
@@ -385,20 +443,79 @@ impl Reporter {
             callback,
             user,
             job: job.clone(),
-            done: Mutex::new(0),
+            state: Mutex::new(Relay::default()),
+            changed: Condvar::new(),
         }
     }
 
-    fn tick(&self, n: u64) {
-        // A u64 cannot be left half-updated by a panic.
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        *done += n;
-        let Some(cb) = self.callback else { return };
+    fn lock(&self) -> std::sync::MutexGuard<'_, Relay> {
+        // Plain counters and flags: a panic cannot leave them half-updated.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls the callback with `done`; true if it asked to cancel (the job is then cancelled).
+    fn call(&self, done: u64) -> bool {
+        let Some(cb) = self.callback else {
+            return false;
+        };
         let total = self.job.total().unwrap_or(0);
         // SAFETY: the caller's callback with the caller's user pointer (contract in dcgguf.h).
-        if unsafe { cb(*done, total, self.user) } != 0 {
+        let cancel = unsafe { cb(done, total, self.user) } != 0;
+        if cancel {
             self.job.cancel();
         }
+        cancel
+    }
+
+    fn tick(&self, n: u64) {
+        let mut s = self.lock();
+        s.done += n;
+        if self.callback.is_none() || s.cancelled {
+            return;
+        }
+        if !s.relaying {
+            let done = s.done;
+            s.cancelled = self.call(done);
+            return;
+        }
+        s.ticks += 1;
+        let me = s.ticks;
+        self.changed.notify_all();
+        while s.answered < me {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// From now on ticks wait for [`Reporter::relay`], until the returned guard is dropped.
+    fn start_relay(&self) -> EndRelay<'_> {
+        let mut s = self.lock();
+        s.relaying = true;
+        s.finished = false;
+        EndRelay(self)
+    }
+
+    /// Makes the callback's calls on this thread until the work has finished: one call for
+    /// the ticks that came while the last one ran, with the latest count.
+    fn relay(&self) {
+        let mut s = self.lock();
+        loop {
+            if s.answered < s.ticks {
+                let (done, upto) = (s.done, s.ticks);
+                if !s.cancelled {
+                    drop(s);
+                    let cancel = self.call(done);
+                    s = self.lock();
+                    s.cancelled |= cancel;
+                }
+                s.answered = upto;
+                self.changed.notify_all();
+            } else if s.finished {
+                break;
+            } else {
+                s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        s.relaying = false;
     }
 }
 
@@ -448,7 +565,7 @@ pub extern "C" fn dcgguf_compress(
             let tick = |n| rep.tick(n);
             // SAFETY: the caller's `profile` field follows the contract.
             let model = unsafe { o.model_request()? };
-            with_threads(o.threads, || {
+            with_threads(o.threads, Some(rep), || {
                 // As the CLI: the model is loaded (or measured, on this pool's threads) first.
                 let copts = CompressOptions {
                     load_model: model.load()?.map(|m| Arc::new(m) as Arc<dyn dc::LoadCost>),
@@ -494,7 +611,7 @@ pub extern "C" fn dcgguf_decompress(
         user,
         |(input, output), o, job, rep| {
             o.check_common()?;
-            let files = with_threads(o.threads, || {
+            let files = with_threads(o.threads, Some(rep), || {
                 dc::decompress_parts(&input, &output, o.force != 0, &|n| rep.tick(n), job)
             })??;
             Ok(report::decompress(&files))
@@ -527,7 +644,7 @@ pub extern "C" fn dcgguf_verify(
         user,
         |(input, against), o, job, rep| {
             o.check_common()?;
-            let original_bytes = with_threads(o.threads, || {
+            let original_bytes = with_threads(o.threads, Some(rep), || {
                 dc::verify_file(&input, against.as_deref(), &|n| rep.tick(n), job)
             })??;
             Ok(report::verify(&input, original_bytes, against.as_deref()))
@@ -688,7 +805,7 @@ pub extern "C" fn dcgguf_inspect_json_opts(
             target_size: None,
             ..request
         };
-        let model = with_threads(o.threads, || request.load())??;
+        let model = with_threads(o.threads, None, || request.load())??;
         let predicted = model
             .as_ref()
             .map(|m| (cost::predicted_load_seconds(&f.dc, m), m));
@@ -773,6 +890,70 @@ fn type_name_cstr(t: GgmlType) -> &'static CStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What [`record`] saw: each call's thread and count; it cancels at call `cancel_at`.
+    struct Calls {
+        seen: Mutex<Vec<(std::thread::ThreadId, u64)>>,
+        cancel_at: usize,
+    }
+
+    unsafe extern "C" fn record(done: u64, _total: u64, user: *mut c_void) -> c_int {
+        // SAFETY: the tests pass a live `Calls` as `user`.
+        let calls = unsafe { &*(user as *const Calls) };
+        let mut seen = calls.seen.lock().unwrap();
+        seen.push((std::thread::current().id(), done));
+        c_int::from(seen.len() == calls.cancel_at)
+    }
+
+    #[test]
+    fn progress_comes_on_the_calling_thread_and_a_cancel_stops_the_next_tick() {
+        let calls = Calls {
+            seen: Mutex::new(Vec::new()),
+            cancel_at: 3,
+        };
+        let job = Job::new();
+        let rep = Reporter::new(Some(record), &calls as *const Calls as *mut c_void, &job);
+        let worked = with_threads(2, Some(&rep), || {
+            let me = std::thread::current().id();
+            let mut ticks = 0;
+            while ticks < 50 && job.check().is_ok() {
+                rep.tick(10);
+                ticks += 1;
+            }
+            (me, ticks)
+        })
+        .unwrap();
+        let seen = calls.seen.into_inner().unwrap();
+        let here = std::thread::current().id();
+        assert_ne!(worked.0, here, "the work ran on the call's own threads");
+        assert!(seen.iter().all(|&(t, _)| t == here), "calls off the caller");
+        // Each tick waited for its call: the third call's cancel stopped the work there.
+        assert_eq!(seen.iter().map(|c| c.1).collect::<Vec<_>>(), [10, 20, 30]);
+        assert_eq!(worked.1, 3);
+        assert!(job.check().is_err());
+    }
+
+    #[test]
+    fn a_panic_in_the_work_ends_the_relay_and_reaches_the_caller() {
+        let calls = Calls {
+            seen: Mutex::new(Vec::new()),
+            cancel_at: 0,
+        };
+        let job = Job::new();
+        let rep = Reporter::new(Some(record), &calls as *const Calls as *mut c_void, &job);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_threads(1, Some(&rep), || {
+                rep.tick(1);
+                panic!("in the work");
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(calls.seen.lock().unwrap().len(), 1);
+        // A tick after the relay ended calls in place, on this thread.
+        rep.tick(1);
+        let seen = calls.seen.lock().unwrap();
+        assert_eq!(seen[1], (std::thread::current().id(), 2));
+    }
 
     /// The header's `dcgguf_level` constants are the library's.
     #[test]
