@@ -346,6 +346,11 @@ struct ModelRequest {
 }
 
 impl ModelRequest {
+    /// Whether [`ModelRequest::load`] has a model to load (or measure).
+    fn asks_for_model(&self) -> bool {
+        self.profile.is_some() || self.storage_bps.is_some() || self.target_size.is_some()
+    }
+
     /// The model asked for ([`cost::load_model_for`]; a `target_size` needs one, as
     /// `--target-size` implies `--profile auto`). May measure this machine (seconds).
     fn load(&self) -> Result<Option<LoadModel>, Error> {
@@ -805,7 +810,12 @@ pub extern "C" fn dcgguf_inspect_json_opts(
             target_size: None,
             ..request
         };
-        let model = with_threads(o.threads, None, || request.load())??;
+        // Threads only where a model is asked for (a profile may be measured on them).
+        let model = if request.asks_for_model() {
+            with_threads(o.threads, None, || request.load())??
+        } else {
+            None
+        };
         let predicted = model
             .as_ref()
             .map(|m| (cost::predicted_load_seconds(&f.dc, m), m));
@@ -897,6 +907,20 @@ mod tests {
         cancel_at: usize,
     }
 
+    impl Calls {
+        fn cancelling_at(cancel_at: usize) -> Calls {
+            Calls {
+                seen: Mutex::new(Vec::new()),
+                cancel_at,
+            }
+        }
+
+        /// A reporter whose callback is [`record`] into `self`.
+        fn reporter(&self, job: &Job) -> Reporter {
+            Reporter::new(Some(record), self as *const Calls as *mut c_void, job)
+        }
+    }
+
     unsafe extern "C" fn record(done: u64, _total: u64, user: *mut c_void) -> c_int {
         // SAFETY: the tests pass a live `Calls` as `user`.
         let calls = unsafe { &*(user as *const Calls) };
@@ -907,12 +931,9 @@ mod tests {
 
     #[test]
     fn progress_comes_on_the_calling_thread_and_a_cancel_stops_the_next_tick() {
-        let calls = Calls {
-            seen: Mutex::new(Vec::new()),
-            cancel_at: 3,
-        };
+        let calls = Calls::cancelling_at(3);
         let job = Job::new();
-        let rep = Reporter::new(Some(record), &calls as *const Calls as *mut c_void, &job);
+        let rep = calls.reporter(&job);
         let worked = with_threads(2, Some(&rep), || {
             let me = std::thread::current().id();
             let mut ticks = 0;
@@ -935,12 +956,9 @@ mod tests {
 
     #[test]
     fn a_panic_in_the_work_ends_the_relay_and_reaches_the_caller() {
-        let calls = Calls {
-            seen: Mutex::new(Vec::new()),
-            cancel_at: 0,
-        };
+        let calls = Calls::cancelling_at(0);
         let job = Job::new();
-        let rep = Reporter::new(Some(record), &calls as *const Calls as *mut c_void, &job);
+        let rep = calls.reporter(&job);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             with_threads(1, Some(&rep), || {
                 rep.tick(1);
