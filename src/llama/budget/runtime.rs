@@ -643,6 +643,10 @@ impl Residency {
         let tensor = st.slots[slot].tensor;
         let chunk = u64::from(self.dc.index.tensors[tensor].chunk_raw);
         let (addr, len) = (st.slots[slot].addr, st.slots[slot].len);
+        // Its own pages still in the pool (evicted whole, not moved on yet) must not move
+        // away under the rows written below.
+        let state = &mut *st;
+        state.pool.release_own(&state.slots[slot].layout);
         st.slots[slot].pin_epoch = st.epoch;
         let n_rows = (len as u64 / rows.row) as usize;
         if st.slots[slot].rows.len() != n_rows {
