@@ -112,7 +112,7 @@ impl Pool {
     ///
     /// # Safety
     /// `layout` describes memory that nothing reads or writes until it is decoded again
-    /// (which first takes its pieces back: [`Pool::fill`], [`Pool::reclaim`]), and that
+    /// (which first takes its pieces back: [`Pool::fill`], [`Pool::release_own`]), and that
     /// stays mapped while the pool holds its pieces.
     pub unsafe fn take(&mut self, layout: &mut Layout) -> bool {
         let Some((&start, &end)) = layout.0.first().zip(layout.0.last()) else {
@@ -145,35 +145,27 @@ impl Pool {
         true
     }
 
-    /// Takes back the pool's pieces inside `layout`'s range (its own pages, not yet moved
-    /// elsewhere), to be written in place. Returns their bytes.
-    pub fn reclaim(&mut self, layout: &Layout) -> u64 {
+    /// Removes and returns the pool's pieces inside `layout`'s range: its own pages, not
+    /// moved elsewhere yet, which the range is about to be written over.
+    fn take_back(&mut self, layout: &Layout) -> Vec<(usize, usize)> {
         let Some((&start, &end)) = layout.0.first().zip(layout.0.last()) else {
-            return 0;
+            return Vec::new();
         };
-        let before = self.bytes;
-        self.pieces.retain(|&(at, len)| {
-            let inside = at >= start && at + len <= end;
-            if inside {
-                self.bytes -= len as u64;
-            }
-            !inside
-        });
-        before - self.bytes
+        let (own, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pieces)
+            .into_iter()
+            .partition(|&(at, len)| at >= start && at + len <= end);
+        self.pieces = others;
+        self.bytes -= own.iter().map(|&(_, len)| len as u64).sum::<u64>();
+        own
     }
 
     /// Takes back the pool's pieces inside `layout`'s range and releases them: for a range
     /// about to be written only in part (a lookup's rows), whose untouched pages would
     /// otherwise be held and counted nowhere.
     pub fn release_own(&mut self, layout: &Layout) {
-        let Some((&start, &end)) = layout.0.first().zip(layout.0.last()) else {
-            return;
-        };
-        let inside = |&(at, len): &(usize, usize)| at >= start && at + len <= end;
-        for piece in self.pieces.iter().filter(|p| inside(p)) {
-            release(*piece);
+        for piece in self.take_back(layout) {
+            release(piece);
         }
-        self.reclaim(layout);
     }
 
     /// Moves pool pages into the front of `layout`'s range and returns the range's new
@@ -189,7 +181,8 @@ impl Pool {
         let Some((&start, &end)) = layout.0.first().zip(layout.0.last()) else {
             return layout.clone();
         };
-        if self.reclaim(layout) == (end - start) as u64 {
+        let own: usize = self.take_back(layout).iter().map(|&(_, len)| len).sum();
+        if own == end - start {
             return layout.clone();
         }
         let mut bounds = vec![start];
