@@ -19,8 +19,9 @@ threads of the library's own, which end with the call).
 Cancelling: return ``False`` from the callback (:class:`~dcgguf.errors.CancelledError` is
 raised) or raise any exception in it (that exception propagates). Either way the operation
 stops and removes what it was writing. Ctrl-C does the same and raises ``KeyboardInterrupt``
-(with or without a callback of yours: the package always passes one), promptly when the call
-was made from the main thread; otherwise only once the operation has completed.
+(with or without a callback of yours: the package always passes one), at the next progress
+call when the call was made from the main thread (none come while a lossy compress
+quantizes); otherwise only once the operation has completed.
 """
 
 import contextlib
