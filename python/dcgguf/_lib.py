@@ -138,12 +138,11 @@ _path = None
 
 def candidates():
     """The paths :func:`load` tries, in order (see the module docstring)."""
-    here = Path(__file__).resolve().parent
-    out = []
     env = os.environ.get("DCGGUF_LIB")
     if env:
         return [Path(env)]
-    out.append(here / LIB_NAME)
+    here = Path(__file__).resolve().parent
+    out = [here / LIB_NAME]
     repo = here.parent.parent
     if (repo / "Cargo.toml").is_file():
         target = Path(os.environ.get("CARGO_TARGET_DIR") or repo / "target")
