@@ -121,8 +121,9 @@ dcgguf_result dcgguf_read_at(const dcgguf_file *file, uint64_t offset, void *buf
 
 /* Progress of dcgguf_compress / dcgguf_decompress / dcgguf_verify: done of total bytes
  * (total is the input size for compress, the original size for decompress and verify; for
- * a lossy compress it is the size of the quantized model, 0 until it is known, and done
- * stays 0 while the model is quantized). done grows to total. Called on the calling thread,
+ * a lossy compress it is twice the size of the quantized model, 0 until the input's header
+ * is read: done counts the quantized model once as it is written, with a call after each
+ * tensor quantized, and once as it is compressed). done grows to total. Called on the calling thread,
  * only during the call, whatever opts->threads is: the work runs on threads of the library's
  * own, which end with the call and wait while the callback runs (counts that came in the
  * meantime are reported together by the next call). Return non-zero to cancel: the call

@@ -328,6 +328,94 @@ fn cancelled_jobs_leave_nothing() {
     assert!(matches!(r, Err(DcError::Cancelled)), "{r:?}");
 }
 
+/// A lossy compression reports its quantization too (the job's total is twice the quantized
+/// file: written, then compressed), and a cancel at any of its calls, the first ones made
+/// while it quantizes included, leaves only the input behind.
+#[test]
+fn lossy_jobs_report_the_quantization_and_cancel_anywhere() {
+    use dcgguf::dc::{CompressOptions, DcError, Job};
+    use dcgguf::gguf::Value;
+    use dcgguf::quant::{self, QuantError, QuantOptions};
+    let dir = TempDir::new("atomic-lossy-cancel");
+    let mut rng = Rng::new(7);
+    let mut model = GgufBuilder::new().kv("general.architecture", Value::string("llama"));
+    for i in 0..4 {
+        let name = format!("blk.{i}.ffn_up.weight");
+        model = model.tensor(Tensor::random(&name, &[64, 16], GgmlType::F16, &mut rng));
+    }
+    let model = model.tensor(Tensor::random(
+        "output_norm.weight",
+        &[64],
+        GgmlType::F32,
+        &mut rng,
+    ));
+    let input = dir.write("in.gguf", &model.build());
+    let dc_path = dir.join("in.dc.gguf");
+    let opts = |job: &Job| CompressOptions {
+        chunk_size: 1024,
+        job: job.clone(),
+        ..CompressOptions::default()
+    };
+    let only_the_input = |what: &str| {
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["in.gguf"], "{what}");
+    };
+
+    let job = Job::new();
+    let calls = std::sync::Mutex::new(Vec::new());
+    let (q, _) = quant::compress_lossy(
+        &input,
+        &dc_path,
+        &QuantOptions::default(),
+        &opts(&job),
+        &|n| calls.lock().unwrap().push(n),
+    )
+    .unwrap();
+    assert_eq!(q.quantized_tensors, 4);
+    let quantized = dir.join("quantized.gguf");
+    dcgguf::dc::decompress_file(&dc_path, &quantized, false, &|_| {}).unwrap();
+    let quantized_len = std::fs::metadata(&quantized).unwrap().len();
+    let calls = calls.into_inner().unwrap();
+    assert_eq!(job.total(), Some(2 * quantized_len));
+    assert_eq!(calls.iter().sum::<u64>(), 2 * quantized_len, "{calls:?}");
+    // The header and each of the five tensors while quantizing, then the compression's.
+    assert!(calls.len() > 6, "{calls:?}");
+    std::fs::remove_file(&dc_path).unwrap();
+    std::fs::remove_file(&quantized).unwrap();
+
+    for k in [1, 2, 6, calls.len() / 2, calls.len()] {
+        let job = Job::new();
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        let r = quant::compress_lossy(
+            &input,
+            &dc_path,
+            &QuantOptions::default(),
+            &opts(&job),
+            &|_| {
+                if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == k {
+                    job.cancel();
+                }
+            },
+        );
+        assert!(
+            matches!(r, Err(QuantError::Dc(DcError::Cancelled))),
+            "call {k}: {r:?}"
+        );
+        if k <= 6 {
+            // Quantizing runs on this thread: a cancel stops it at the call that asked.
+            assert_eq!(
+                seen.load(std::sync::atomic::Ordering::Relaxed),
+                k,
+                "call {k}"
+            );
+        }
+        only_the_input(&format!("cancel at call {k}"));
+    }
+}
+
 #[test]
 fn second_run_to_the_same_output_does_not_clobber_the_first() {
     let dir = TempDir::new("atomic-two-runs");

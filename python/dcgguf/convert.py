@@ -10,18 +10,19 @@ Cost model (``compress`` and ``inspect``): ``profile="auto"`` (the saved machine
 ``--storage-bps`` and ``--target-size``. A missing or stale profile is measured first (a few
 seconds; a 128 MiB temporary file next to the profile) and saved, as the CLI does.
 
-Progress: pass ``progress=callable(done, total)``; it is called with bytes done and the total
-(compress: input bytes; decompress and verify: original bytes; a lossy compress: bytes of the
-quantized model, 0 and no calls while it quantizes). ``done`` only grows and ends at
-``total``. Calls come on the calling thread, whatever ``threads`` is (the work runs on
-threads of the library's own, which end with the call).
+Progress: pass ``progress=callable(done, total)``; it is called with bytes done and the
+total (compress: input bytes; decompress and verify: original bytes; a lossy compress: twice
+the bytes of the quantized model, counted once as it is written, a call after each tensor
+quantized, and once as it is compressed; 0 until the input's header is read). ``done`` only
+grows and ends at ``total``. Calls come on the calling thread, whatever ``threads`` is (the
+work runs on threads of the library's own, which end with the call).
 
 Cancelling: return ``False`` from the callback (:class:`~dcgguf.errors.CancelledError` is
 raised) or raise any exception in it (that exception propagates). Either way the operation
 stops and removes what it was writing. Ctrl-C does the same and raises ``KeyboardInterrupt``
 (with or without a callback of yours: the package always passes one), at the next progress
-call when the call was made from the main thread (none come while a lossy compress
-quantizes); otherwise only once the operation has completed.
+call when the call was made from the main thread; otherwise only once the operation has
+completed.
 """
 
 import contextlib

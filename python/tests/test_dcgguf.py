@@ -212,13 +212,14 @@ class Lossy(Base):
         dc = self.dir / "int8.dc.gguf"
         p = Progress()
         dcgguf.compress(src, dc, quantize="int8", step=1.5, embd_step=2.0, level=3, progress=p)
-        # The total is the quantized model's size, which only the library knows.
+        # The total is twice the quantized model's size (written, then compressed), which
+        # only the library knows.
         p.check(self)
         self.assertEqual(leftovers(self.dir), [])
         dcgguf.verify(dc)
         back = self.dir / "int8.gguf"
         dcgguf.decompress(dc, back)
-        self.assertEqual(p.calls[-1][1], back.stat().st_size)
+        self.assertEqual(p.calls[-1][1], 2 * back.stat().st_size)
         self.assert_reader_matches_gguf_py(dc, back)
         with dcgguf.DcReader(dc) as r:
             types = {t.type_name for t in r.tensors}
@@ -450,15 +451,17 @@ class Cancel(Base):
         old = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             # threads=2: the work runs on the library's threads, the callback on this one.
-            for progress, threads in ((True, 0), (False, 0), (True, 2)):
-                with self.subTest(own_callback=progress, threads=threads):
+            # int8: the first calls come while the model is quantized.
+            runs = ((True, 0, None), (False, 0, None), (True, 2, None), (True, 2, "int8"))
+            for progress, threads, quantize in runs:
+                with self.subTest(own_callback=progress, threads=threads, quantize=quantize):
                     # Ctrl-C from another thread once the library runs: Python handles it
                     # at its next bytecode on the main thread, the entry of a progress call.
                     started = threading.Event()
                     calls = []
 
                     def note(done, total):
-                        calls.append(done)
+                        calls.append((done, total))
                         started.set()
 
                     def ctrl_c():
@@ -473,13 +476,20 @@ class Cancel(Base):
                         threading.Timer(0.05, started.set).start()
                     with self.assertRaises(KeyboardInterrupt):
                         dcgguf.compress(
-                            src, out, level=19, threads=threads, progress=note if progress else None
+                            src,
+                            out,
+                            level=19,
+                            threads=threads,
+                            quantize=quantize,
+                            progress=note if progress else None,
                         )
                     k.join()
                     self.assertEqual(os.listdir(self.dir), [])
                     self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
                     if progress:
-                        self.assertLess(calls[-1], src.stat().st_size)
+                        done, total = calls[-1]
+                        # Stopped early; a lossy one while quantizing (the first half).
+                        self.assertLess(done, total / 2 if quantize else total)
         finally:
             signal.signal(signal.SIGINT, old)
 

@@ -314,6 +314,20 @@ fn meta_u64(h: &GgufHeader, key: &str) -> Option<u64> {
 
 /// Writes the quantized (or only folded) GGUF for `input` to `output`.
 pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<QuantReport> {
+    quantize_reporting(input, output, o, &|_| {}, &|_| Ok(()))
+}
+
+/// [`quantize_file`], saying how far it got: `length` once, with the length of the file it
+/// will write, before writing any of it; then `written` after the header and after each
+/// tensor with the bytes written since its last call (they add up to that length). An error
+/// from `written` (a cancel) stops it there.
+fn quantize_reporting(
+    input: &Path,
+    output: &Path,
+    o: &QuantOptions,
+    length: &dyn Fn(u64),
+    written_since: &dyn Fn(u64) -> Result<()>,
+) -> Result<QuantReport> {
     let (_f, map) = map_readonly(input).map_err(DcError::io(input))?;
     let src: &[u8] = &map;
     let gerr = |source| DcError::Gguf {
@@ -424,6 +438,8 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
         w.tensor(&t.name, &t.dims, *ty, *off);
     }
     let head = w.finish(h.alignment);
+    let data_len = infos.last().map_or(0, |(_, _, off, nbytes)| off + nbytes);
+    length(head.len() as u64 + data_len);
 
     let file = std::fs::File::create(output).map_err(DcError::io(output))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -432,8 +448,11 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
     let mut err2 = 0f64;
     let mut sig2 = 0f64;
     let proxy_to = proxy::target();
+    // A cancel seen by `written_since` travels as an io::Error, unwrapped below.
+    let report_written = |n: u64| written_since(n).map_err(std::io::Error::other);
     let mut body = || -> std::io::Result<()> {
         out.write_all(&head)?;
+        report_written(head.len() as u64)?;
         for (t, _, off, nbytes) in &infos {
             let pad = *off - written;
             out.write_all(&vec![0u8; pad as usize])?;
@@ -560,8 +579,9 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
             };
             debug_assert_eq!(bytes.len() as u64, *nbytes);
             out.write_all(&bytes)?;
-            written = *off + nbytes;
             release_pages(&map, start..start + t.nbytes as usize);
+            report_written(pad + nbytes)?;
+            written = *off + nbytes;
         }
         out.flush()
     };
@@ -667,8 +687,10 @@ fn whole_byte_transform(ty: GgmlType) -> Transform {
 }
 
 /// Quantizes `input` into a temporary GGUF next to `output`, compresses that into `output`
-/// and removes the temporary file. `progress` and `copts.job` see the compression of the
-/// temporary file (its size is the job's total), not the quantization.
+/// and removes the temporary file. `progress` and `copts.job` see both steps: the job's total
+/// is twice the temporary file's length (known once the input's header is read), counted
+/// once as the quantization writes it (after each tensor) and once as it is compressed; a
+/// cancel stops either step at its next progress point.
 pub fn compress_lossy(
     input: &Path,
     output: &Path,
@@ -681,9 +703,18 @@ pub fn compress_lossy(
     }
     let tmp = temp_next_to(output, "q8_0.tmp.gguf");
     let _guard = TempPath::new(tmp.clone())?;
-    let qr = quantize_file(input, &tmp, o)?;
-    // Quantizing has no progress points; a cancel during it is seen here, before compressing.
-    copts.job.check()?;
+    let job = &copts.job;
+    let qr = quantize_reporting(
+        input,
+        &tmp,
+        o,
+        // The first total recorded stands: compressing the file would record its length.
+        &|len| job.set_total(2 * len),
+        &|n| {
+            progress(n);
+            Ok(job.check()?)
+        },
+    )?;
     let mut copts = copts.clone();
     if o.whole_byte_quants {
         copts.transform = Some(whole_byte_transform);
