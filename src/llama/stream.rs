@@ -60,8 +60,9 @@ const PREFETCH_CHUNKS: usize = 4;
 /// bench at the top, 20 rounds: 0.97x and 0.96x plain mmap's embeddings/s in two runs,
 /// against 0.93x without in the run before them (0.94-0.95x in session 49).
 const POPULATE_MIN: usize = 64 << 10;
-/// Drop the DC file's mapped pages from our RSS after this many bytes are served.
-const RELEASE_EVERY: u64 = 8 << 20;
+/// Drop the DC file's mapped pages from our RSS after this many bytes are served (or decoded
+/// early, [`super::early`]).
+pub(super) const RELEASE_EVERY: u64 = 8 << 20;
 
 /// Where the bytes come from.
 pub enum Source {
