@@ -325,7 +325,8 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     o.size = sizeof o;
     CHECK(!exists(cancelled));
 
-    /* Lossy: Q8_0 requantized; progress counts the quantized model. */
+    /* Lossy: Q8_0 requantized; progress counts the quantized model twice (as it is written,
+     * a call per tensor, then as it is compressed). */
     o.quantize = DCGGUF_QUANTIZE_INT8;
     struct progress q = {0};
     CHECK(dcgguf_compress(original, lossy, &o, on_progress, &q) == DCGGUF_OK);
@@ -333,6 +334,7 @@ static void conversions(dcgguf_file *f, const char *original, const unsigned cha
     rep = last_report();
     CHECK(rep && strstr(rep, "\"quantize\":{") && json_u64(rep, "quantized_tensors") > 0);
     CHECK(json_u64(rep, "output_bytes") == file_size(lossy));
+    CHECK(q.total == 2 * json_u64(rep, "original_bytes"));
     free(rep);
     CHECK(dcgguf_verify(lossy, NULL, NULL, NULL, NULL) == DCGGUF_OK);
 
