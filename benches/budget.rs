@@ -12,7 +12,8 @@
 //! from the page cache). MiniLM:
 //! embeddings/s (median of 3 runs) and peak RSS of llama-embedding over 100 sentences, outputs
 //! compared exactly.
-//! Peak RSS is the child's ru_maxrss (wait4).
+//! Peak RSS is the tool's own `VmHWM` at its exit (tests/llama_support/peak.rs: `wait4`'s
+//! ru_maxrss would count this bench's own RSS in it).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -116,24 +117,16 @@ fn tool(l: &Llama, name: &str, s: &Setup) -> Command {
     c
 }
 
-#[allow(clippy::zombie_processes)] // reaped by wait4 below
 fn run(mut c: Command) -> Output {
     let out = work_dir().join("stdout.txt");
     let started = Instant::now();
-    let child = c
-        .stdout(Stdio::from(File::create(&out).unwrap()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is valid for wait4 to overwrite.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child with valid out-pointers.
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    c.stdout(Stdio::from(File::create(&out).unwrap()))
+        .stderr(Stdio::null());
+    let exit = llama_support::peak::run(&mut c, |_| {});
     Output {
-        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        ok: exit.success(),
         stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-        peak_rss: ru.ru_maxrss as u64 * 1024,
+        peak_rss: exit.peak_rss,
         seconds: started.elapsed().as_secs_f64(),
     }
 }

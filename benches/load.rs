@@ -15,7 +15,7 @@
 //! under `LD_PRELOAD=libdcgguf_preload.so` as a llama.cpp tool would be) that dlopens the
 //! built llama.cpp ($DCGGUF_LLAMA_PREFIX/lib/libllama.so), loads the model once through the
 //! preload library's `dcgguf_llama_model_load` (so that its `fread` serves the reads, as in a
-//! tool) and reports wall time and ru_maxrss. The table shows the
+//! tool) and reports wall time and its peak RSS (VmHWM). The table shows the
 //! median over DCGGUF_BENCH_REPS runs (default 3) after one warm-up run per model.
 
 use std::ffi::{CString, c_char, c_void};
@@ -28,13 +28,17 @@ mod llama_support;
 #[path = "support/mod.rs"]
 mod support;
 
+/// This process's peak RSS in KiB: `VmHWM` of its own address space, not getrusage's
+/// ru_maxrss, into which Linux carries the bench process's RSS at the spawn.
 fn max_rss_kb() -> i64 {
-    // SAFETY: getrusage fills the zeroed struct we pass.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru.ru_maxrss
-    }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .expect("VmHWM in /proc/self/status")
 }
 
 unsafe extern "C" fn quiet(_level: i32, _text: *const c_char, _ud: *mut c_void) {}

@@ -1,10 +1,12 @@
 //! `dcgguf compress` keeps its memory bounded whatever the input's size: the input is
 //! streamed (its pages released behind the writer), chunks are encoded in a bounded window,
 //! nothing holds the whole file. Measured as the peak resident set of a child process
-//! (`wait4`'s `ru_maxrss`, which counts the input's mapped pages) compressing a synthetic
-//! model several times larger than the bound.
+//! (its own `VmHWM`, which counts the input's mapped pages) compressing a synthetic model
+//! several times larger than the bound.
 
 mod common;
+#[path = "llama_support/peak.rs"]
+mod peak;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -14,27 +16,16 @@ use dcgguf::gguf::{GgmlType, HeaderWriter};
 
 /// Peak resident set (bytes) of `cmd`, which must exit 0; its stderr goes to `log`.
 fn peak_rss(cmd: &mut Command, log: &std::path::Path) -> u64 {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("spawn dcgguf");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet waited for (std's `Child` only waits when
-    // asked, and is dropped unwaited); both out-pointers are live locals.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    drop(child);
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    let exit = peak::run(cmd, |_| {});
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "dcgguf failed (status {status:#x}): {}",
+        exit.success(),
+        "dcgguf failed (status {:#x}): {}",
+        exit.status,
         std::fs::read_to_string(log).unwrap_or_default()
     );
-    // Linux reports ru_maxrss in KiB.
-    usage.ru_maxrss as u64 * 1024
+    exit.peak_rss
 }
 
 #[test]
@@ -95,4 +86,34 @@ fn compress_memory_does_not_grow_with_the_input() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+/// The peak these tests (and the budget bench, tests/llama_budget.rs, tests/hostile.rs) read
+/// is the measured program's own: not this process's resident set, which `wait4`'s
+/// ru_maxrss would count in it, and not lost when the program execs another.
+#[test]
+fn the_peak_is_the_programs_own() {
+    let held: Vec<u8> = (0..200usize << 20).map(|i| i as u8).collect();
+    let small = peak::run(Command::new("true").stdout(Stdio::null()), |_| {});
+    assert!(small.success());
+    assert!(
+        small.peak_rss > 0 && small.peak_rss < 20 << 20,
+        "true: {} bytes",
+        small.peak_rss
+    );
+    // A 120 MiB buffer behind a shell's exec.
+    let big = peak::run(
+        Command::new("sh").args([
+            "-c",
+            "exec python3 -c 'b = bytearray(120 << 20); b[::4096] = b\"x\" * len(b[::4096])'",
+        ]),
+        |_| {},
+    );
+    assert!(big.success(), "status {:#x}", big.status);
+    assert!(
+        (120 << 20..200 << 20).contains(&big.peak_rss),
+        "python: {} bytes",
+        big.peak_rss
+    );
+    std::hint::black_box(&held);
 }

@@ -27,12 +27,8 @@ struct Outcome {
     peak_rss_mib: f64,
 }
 
-/// Runs `dcgguf ARGS`, optionally under an address-space limit, and reads its peak RSS.
-///
-/// The peak is `VmHWM` of the child's own address space, read while it is stopped at exit
-/// (ptrace `PTRACE_O_TRACEEXIT`). `wait4`'s `ru_maxrss` cannot serve: Linux carries the
-/// high-water mark across `fork` and `exec`, so a child of this (large) test process would
-/// report the test's own RSS.
+/// Runs `dcgguf ARGS`, optionally under an address-space limit, and reads its peak RSS
+/// (its own: [`llama_support::peak`]).
 fn run_cli(args: &[&std::ffi::OsStr], limit_as: Option<u64>) -> Outcome {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
@@ -43,11 +39,11 @@ fn run_cli(args: &[&std::ffi::OsStr], limit_as: Option<u64>) -> Outcome {
 fn run_measured(mut cmd: Command, limit_as: Option<u64>) -> Outcome {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    // SAFETY: setrlimit and ptrace(TRACEME) are async-signal-safe; the closure touches no
-    // other state of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(limit) = limit_as {
+    if let Some(limit) = limit_as {
+        // SAFETY: setrlimit is async-signal-safe; the closure touches no other state of the
+        // parent.
+        unsafe {
+            cmd.pre_exec(move || {
                 let r = libc::rlimit {
                     rlim_cur: limit,
                     rlim_max: limit,
@@ -55,69 +51,25 @@ fn run_measured(mut cmd: Command, limit_as: Option<u64>) -> Outcome {
                 if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            }
-            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
-    // Reaped below with waitpid (a traced child must be waited for by hand, not by `wait`).
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.spawn().expect("spawn dcgguf");
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.expect("stderr piped");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
+    let mut reader = None;
+    let exit = llama_support::peak::run(&mut cmd, |child| {
+        let mut stderr = child.stderr.take().expect("stderr piped");
+        reader = Some(std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        }));
     });
-    let wait = || {
-        let mut status = 0;
-        // SAFETY: pid is our own traced child; status is valid for writes.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
-        status
-    };
-    // SAFETY (ptrace calls below): pid is our stopped tracee.
-    let cont = |sig: i32| unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, sig) };
-    let first = wait();
-    assert!(libc::WIFSTOPPED(first), "child did not stop at exec");
-    // SAFETY: as above.
-    unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETOPTIONS,
-            pid,
-            0,
-            libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL,
-        )
-    };
-    cont(0);
-    let mut peak_kib = 0u64;
-    let status = loop {
-        let st = wait();
-        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            break st;
-        }
-        let sig = libc::WSTOPSIG(st);
-        if st >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            peak_kib = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            cont(0);
-        } else {
-            cont(sig);
-        }
-    };
-    let stderr = reader.join().unwrap();
+    let stderr = reader.unwrap().join().unwrap();
     Outcome {
-        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        code: exit.code(),
+        signal: exit.signal(),
         stderr,
-        peak_rss_mib: peak_kib as f64 / 1024.0,
+        peak_rss_mib: exit.peak_rss as f64 / (1024.0 * 1024.0),
     }
 }
 

@@ -21,7 +21,7 @@ const MIB: u64 = 1 << 20;
 /// 381 MiB alone, session 25), and caps derived from it moved by as much.
 static MEASURING: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// A finished child: its output and peak RSS (bytes, from wait4).
+/// A finished child: its output and peak RSS (bytes, its own: [`llama_support::peak`]).
 struct Run {
     ok: bool,
     stdout: String,
@@ -29,8 +29,6 @@ struct Run {
     peak_rss: u64,
 }
 
-// The child is reaped by wait4 (which also gives its rusage), not by Child::wait.
-#[allow(clippy::zombie_processes)]
 fn run_measured(mut cmd: Command, tag: &str) -> Run {
     let _beside_others = MEASURING.read().unwrap_or_else(|e| e.into_inner());
     let dir = tmp_dir();
@@ -38,27 +36,20 @@ fn run_measured(mut cmd: Command, tag: &str) -> Run {
         dir.join(format!("{tag}.out")),
         dir.join(format!("{tag}.err")),
     );
-    let child = cmd
-        .env_remove("LD_LIBRARY_PATH")
+    cmd.env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::from(File::create(&out_p).unwrap()))
-        .stderr(Stdio::from(File::create(&err_p).unwrap()))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; both out-pointers are valid for writes.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32, "wait4");
+        .stderr(Stdio::from(File::create(&err_p).unwrap()));
+    let exit = peak::run(&mut cmd, |_| {});
     assert!(
-        libc::WIFEXITED(status),
-        "{tag}: killed by a signal ({status:#x})"
+        exit.code().is_some(),
+        "{tag}: killed by a signal ({:#x})",
+        exit.status
     );
     Run {
-        ok: libc::WEXITSTATUS(status) == 0,
+        ok: exit.success(),
         stdout: std::fs::read_to_string(&out_p).unwrap_or_default(),
         stderr: std::fs::read_to_string(&err_p).unwrap_or_default(),
-        peak_rss: usage.ru_maxrss as u64 * 1024,
+        peak_rss: exit.peak_rss,
     }
 }
 
@@ -685,9 +676,8 @@ fn under_a_tight_memory_limit_the_default_load_moves_its_weights_to_a_file_inste
 fn smollm2_untied(q4_1: &Path) -> PathBuf {
     made_once("SmolLM2-135M-Instruct.Q4_1.untied.gguf", |part| {
         use std::io::{Read, Seek, SeekFrom, Write};
-        // Copied through a small buffer, not read whole: a child forked while this process
-        // held the model's bytes would start with their pages in its peak RSS (wait4's
-        // ru_maxrss), which other tests measure, and glibc keeps freed heap pages.
+        // Copied through a small buffer, not read whole: glibc would keep the freed heap
+        // pages of a whole copy in this process for the rest of its tests.
         let mut src = File::open(q4_1).unwrap();
         let h = {
             // SAFETY: a read-only mapping of a model file nothing writes while tests run;

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod cgroup;
+pub mod peak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
