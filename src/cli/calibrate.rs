@@ -18,7 +18,7 @@ pub fn run(cli: &Cli, a: &dcgguf::quant::CalibrateArgs) -> Result<(), CliError> 
         if let Some(c) = &r.covariance {
             println!(
                 "{}: covariances for {} tensors ({} distinct inputs, {} tokens); {} pass(es), \
-                 accumulators {:.0} MiB, llama-imatrix peak RSS {:.0} MiB, {:.1} s",
+                 accumulators {:.0} MiB, llama-imatrix peak RSS at most {:.0} MiB, {:.1} s",
                 c.display(),
                 r.covariance_tensors,
                 r.covariance_inputs,

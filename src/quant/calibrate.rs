@@ -103,7 +103,10 @@ pub struct CalibrateReport {
     pub tokens: u64,
     /// Largest accumulator memory of one pass.
     pub peak_accumulator_bytes: u64,
-    /// Largest resident set of a llama-imatrix run (getrusage of children).
+    /// Bounds the largest resident set of a llama-imatrix run from above: getrusage of
+    /// children, in which Linux also counts this process's own resident set at each spawn
+    /// (the child starts in, or from a copy of, this address space), so it is exact only
+    /// while llama-imatrix holds more than this process did.
     pub max_rss_bytes: u64,
     pub seconds: f64,
 }
