@@ -318,9 +318,9 @@ pub fn quantize_file(input: &Path, output: &Path, o: &QuantOptions) -> Result<Qu
 }
 
 /// [`quantize_file`], saying how far it got: `length` once, with the length of the file it
-/// will write, before writing any of it; then `written` after the header and after each
-/// tensor with the bytes written since its last call (they add up to that length). An error
-/// from `written` (a cancel) stops it there.
+/// will write, before writing any of it; then `written_since` after the header and after
+/// each tensor with the bytes written since its last call (they add up to that length). An
+/// error from `written_since` (a cancel) stops it there.
 fn quantize_reporting(
     input: &Path,
     output: &Path,
