@@ -30,15 +30,8 @@ mod support;
 
 /// This process's peak RSS in KiB: `VmHWM` of its own address space, not getrusage's
 /// ru_maxrss, into which Linux carries the bench process's RSS at the spawn.
-fn max_rss_kb() -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .expect("VmHWM in /proc/self/status")
+fn max_rss_kb() -> u64 {
+    llama_support::peak::vm_hwm_kib("/proc/self").expect("VmHWM in /proc/self/status")
 }
 
 unsafe extern "C" fn quiet(_level: i32, _text: *const c_char, _ud: *mut c_void) {}

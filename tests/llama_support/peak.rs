@@ -86,14 +86,7 @@ pub fn run(cmd: &mut Command, with_child: impl FnOnce(&mut Child)) -> Exit {
         }
         let sig = libc::WSTOPSIG(st);
         if st >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8) {
-            peak_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmHWM:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                })
-                .unwrap_or(0);
+            peak_kib = vm_hwm_kib(&format!("/proc/{pid}")).unwrap_or(0);
             cont(0);
         } else if st >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXEC << 8) {
             cont(0);
@@ -106,4 +99,14 @@ pub fn run(cmd: &mut Command, with_child: impl FnOnce(&mut Child)) -> Exit {
         status,
         peak_rss: peak_kib * 1024,
     }
+}
+
+/// `VmHWM` in KiB from `proc/status` under `proc` (`/proc/self`, `/proc/PID`): the address
+/// space's peak resident set, the program's own.
+pub fn vm_hwm_kib(proc: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("{proc}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
