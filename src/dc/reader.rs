@@ -799,6 +799,15 @@ impl DcFile {
         }
     }
 
+    /// Where the file is mapped in this process (tests read its resident pages in smaps).
+    #[cfg(test)]
+    pub(crate) fn mapped_at(&self) -> Option<usize> {
+        match &self.map {
+            Storage::Mapped(m, ..) => Some(m.as_ptr() as usize),
+            Storage::Owned(_) => None,
+        }
+    }
+
     /// Drops this process's page mappings of the DC file; the page cache keeps the data and
     /// later reads fault it back in. Keeps RSS flat while a long read streams the file.
     pub fn release_mapped_pages(&self) {

@@ -336,6 +336,52 @@ mod tests {
         }
     }
 
+    /// Resident bytes of this process's mapping that starts at `at` (its smaps `Rss:`).
+    fn mapping_rss(at: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        let start = format!("{at:x}-");
+        lines
+            .by_ref()
+            .find(|l| l.starts_with(&start))
+            .expect("the mapping in smaps");
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("its Rss line")
+            * 1024
+    }
+
+    #[test]
+    fn decoding_ahead_drops_the_compressed_pages_it_read() {
+        // 24 MiB that does not compress: as many compressed bytes, three times what the
+        // thread may leave mapped.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..24usize << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let tensors = [("w".into(), vec![6 << 20], GgmlType::F32, data)];
+        let (_, dir, _, dc) = small_dc("early-release", &tensors, 1 << 20);
+        let at = dc.mapped_at().expect("a mapped file");
+        let limits = Limits {
+            pending_bytes: u64::MAX,
+        };
+        let early = EarlyDecode::start(dc.clone(), None, limits, &[]);
+        wait_for(&early, |st| st.decoded >= 24 << 20);
+        let rss = mapping_rss(at);
+        assert!(
+            rss <= super::super::stream::RELEASE_EVERY + (2 << 20),
+            "{rss} bytes of the DC file still mapped after decoding it all ahead"
+        );
+        drop(early);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn pending_bytes_stay_within_the_limit() {
         let (_, dc) = sample_dc("limit");
