@@ -1318,15 +1318,7 @@ mod tests {
         use crate::dc::test_files::small_dc;
         use crate::gguf::GgmlType;
         // 24 MiB of bytes that do not compress: a file longer than the run's slack.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..24 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = crate::dc::test_files::incompressible(24 << 20);
         let tensors = vec![("w".to_string(), vec![(24 << 20) / 4], GgmlType::F32, data)];
         let (_, dir, _, dc) = small_dc("ask-ahead", &tensors, 1 << 20);
         let len = dc.map.len();

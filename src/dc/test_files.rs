@@ -29,3 +29,16 @@ pub fn small_dc(
     let dc = Arc::new(DcFile::open(&dst).unwrap());
     (original, dir, dst, dc)
 }
+
+/// `n` bytes that do not compress (xorshift64): a DC file of them stores as many bytes.
+pub fn incompressible(n: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -356,15 +356,7 @@ mod tests {
     fn decoding_ahead_drops_the_compressed_pages_it_read() {
         // 24 MiB that does not compress: as many compressed bytes, three times what the
         // thread may leave mapped.
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..24usize << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = crate::dc::test_files::incompressible(24 << 20);
         let tensors = [("w".into(), vec![6 << 20], GgmlType::F32, data)];
         let (_, dir, _, dc) = small_dc("early-release", &tensors, 1 << 20);
         let at = dc.mapped_at().expect("a mapped file");
