@@ -27,12 +27,13 @@
 //! **What happens while llama.cpp computes** ([`runtime`]): streamed tensors are not read at
 //! load (llama.cpp allocates their memory, whose pages are never touched). dcgguf's graph
 //! callback ([`graph_hook`], chained with the caller's) sees each node before it runs; when
-//! a node reads a streamed weight of a new layer, the runtime decodes that layer in place,
-//! on the host's OpenMP compute threads ([`team`]) and into pages moved over from evicted
-//! tensors ([`recycle`]), then cuts the graph range there so that computed layers can be
+//! a node reads a streamed weight of a new layer, the runtime decodes that layer, on the
+//! host's OpenMP compute threads ([`team`]), into an arena whose space evicted tensors hand
+//! on (the weight pointed there while it is decoded) or in place into pages moved over from
+//! them ([`recycle`]), then cuts the graph range there so that computed layers can be
 //! evicted. Eviction takes the layer needed furthest ahead in the layer order seen in
-//! earlier graphs ([`eviction`], pure and tested without llama.cpp). Pointers never change,
-//! so llama.cpp and every backend op work unchanged.
+//! earlier graphs ([`eviction`], pure and tested without llama.cpp). llama.cpp and every
+//! backend op work unchanged.
 //!
 //! Where it plugs in: `crate::llama` asks [`spec::settings`] at each DC load, builds a
 //! [`Residency`] from the plan, hands it to the load stream (which skips streamed tensors'

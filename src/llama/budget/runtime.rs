@@ -4,18 +4,21 @@
 //! allocates their memory but its pages are never touched, so they cost no RSS. While
 //! llama.cpp computes, its graph evaluation callback (`cb_eval`, chained with the caller's)
 //! sees every node before it runs. When a node reads a streamed weight of a layer that is not
-//! the current one, the whole layer is decoded into its own memory first, its chunks spread
-//! over the threads that compute the graph ([`super::team`]), into pages taken from evicted
-//! tensors ([`super::recycle`]). The range of nodes is cut there, so that layers already
-//! computed can be evicted: their pages go to the pool (or back to the system) and read as
-//! zeros until decoded again. Eviction picks the layer needed furthest ahead in the layer
-//! order seen in earlier graphs ([`super::eviction`]). A prefetch thread can decode the next
-//! layer while the current one computes. Pointers never change, so llama.cpp, views of
-//! weights and every backend op work unchanged.
+//! the current one, the whole layer is decoded first, its chunks spread over the threads
+//! that compute the graph ([`super::team`]): into an arena of memory, the weight (and the
+//! view of it the node reads) pointed there, or in place, into pages moved over from evicted
+//! tensors ([`super::recycle`] says which and why). The range of nodes is cut there, so that
+//! layers already computed can be evicted: their arena space goes to the next decodes (the
+//! weight pointed back at its own memory), or their pages to the pool (or back to the
+//! system), reading as zeros until decoded again. Eviction picks the layer needed furthest
+//! ahead in the layer order seen in earlier graphs ([`super::eviction`]). A prefetch thread
+//! can decode the next layer while the current one computes.
 //!
 //! Limits: CPU weights only (GPU offload and weight repacking are turned off for budgeted
 //! loads); the model's weights must only be read by graph computations (llama.cpp reads them
-//! nowhere else); contexts of one model should not compute concurrently.
+//! nowhere else), and every node reading one is asked about before it computes (ggml asks
+//! about every node when a graph callback is set), so its data pointer is right when it
+//! runs; contexts of one model should not compute concurrently.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -26,7 +29,7 @@ use std::time::Instant;
 
 use super::eviction::{Candidate, Protected, groups_ahead, victim};
 use super::plan::{ResidencyPlan, TensorCost, plan_for};
-use super::recycle::{Layout, Pool};
+use super::recycle::{Buffer, Buffers, Layout, Pool, arena_fits};
 use super::spec::{CompressedHome, Settings};
 use crate::dc::DcFile;
 use crate::gguf::GgmlType;
@@ -54,11 +57,17 @@ struct Slot {
     /// For `Partial`: which rows are decoded, and the bytes of the pages they touched.
     rows: Vec<bool>,
     partial: u64,
-    /// How the tensor's whole pages are mapped, for moving them ([`recycle`]); empty when
-    /// they are released instead.
+    /// How the tensor's whole pages are mapped, for moving them when it decodes in place
+    /// ([`recycle`]); empty when they are released instead.
     ///
     /// [`recycle`]: super::recycle
     layout: Layout,
+    /// The weight's `ggml_tensor`s that graph nodes have read (one, unless llama.cpp made
+    /// two of the same memory): known, it decodes into the arena, if the model has one, and
+    /// they are pointed there.
+    nodes: Vec<usize>,
+    /// The buffer its decoded bytes are in while it is Present (`None`: in its own memory).
+    buf: Option<Buffer>,
 }
 
 /// Counters for reports and benches.
@@ -76,7 +85,8 @@ pub struct Stats {
     /// Time graph evaluation spent in the ask callback (decoding, or waiting for the
     /// prefetcher).
     pub stall_seconds: f64,
-    /// Bytes of pages moved from evicted tensors into decoded ones instead of faulted in.
+    /// Bytes decoded into memory an earlier decode had written (arena pages, or pages moved
+    /// over from evicted tensors) instead of pages faulted in.
     pub recycled_bytes: u64,
     /// Bytes of the pages that row lookups copied rows into (the rest of a looked-up table
     /// stays untouched).
@@ -86,6 +96,11 @@ pub struct Stats {
 struct State {
     slots: Vec<Slot>,
     by_addr: HashMap<usize, usize>,
+    by_node: HashMap<usize, usize>,
+    /// The arena tensors decode into once their nodes are known (`None`: in place).
+    buffers: Option<Buffers>,
+    /// Pages of evicted tensors decoded in place, for the next in-place decodes.
+    pool: Pool,
     present: u64,
     clock: u64,
     /// Ranges of graph nodes computed so far.
@@ -98,8 +113,6 @@ struct State {
     next_group: HashMap<u32, u32>,
     /// The model is being freed: no more decoding.
     closed: bool,
-    /// Pages of evicted tensors, for the next decodes.
-    pool: Pool,
     /// Slots a row lookup decoded rows of since the last computed range.
     looked_up: Vec<usize>,
     stats: Stats,
@@ -272,11 +285,16 @@ impl Residency {
                     rows: Vec::new(),
                     partial: 0,
                     layout: Layout::default(),
+                    nodes: Vec::new(),
+                    buf: None,
                 });
             }
         }
+        let room = plan.streaming_room(s.home);
+        let buffers =
+            arena_fits(slots.iter().map(|s: &Slot| s.len as u64), room).then(|| Buffers::new(room));
         let res = Arc::new(Residency {
-            room: plan.streaming_room(s.home),
+            room,
             plan,
             home: s.home,
             dc,
@@ -284,6 +302,9 @@ impl Residency {
             state: Mutex::new(State {
                 slots,
                 by_addr: HashMap::new(),
+                by_node: HashMap::new(),
+                buffers,
+                pool: Pool::default(),
                 present: 0,
                 clock: 0,
                 epoch: 0,
@@ -291,7 +312,6 @@ impl Residency {
                 prefetching: None,
                 next_group: HashMap::new(),
                 closed: false,
-                pool: Pool::default(),
                 looked_up: Vec::new(),
                 stats: Stats::default(),
             }),
@@ -364,6 +384,10 @@ impl Residency {
             mib(p.resident_bytes),
             mib(self.room),
         );
+        s.push_str(match self.lock().buffers {
+            Some(_) => ", decoded into an arena",
+            None => ", decoded in place",
+        });
         let needed = p.needed_bytes(self.home);
         if p.budget_bytes < needed {
             s.push_str(&format!(
@@ -551,7 +575,15 @@ impl Residency {
         while st.slots.iter().any(|s| s.status == Status::Loading) {
             st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        for slot in 0..st.slots.len() {
+            if st.slots[slot].buf.is_some() {
+                self.evict(&mut st, slot);
+            }
+        }
         st.pool.trim(0);
+        if let Some(b) = &mut st.buffers {
+            b.unmap();
+        }
         drop(st);
         *self.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -588,11 +620,20 @@ impl Residency {
                 let v = (*src).view_src;
                 if v.is_null() { src } else { v }
             };
-            // SAFETY: as above.
-            let addr = unsafe { (*base).data } as usize;
             let mut st = self.lock();
-            let Some(&slot) = st.by_addr.get(&addr) else {
-                continue;
+            let slot = match st.by_node.get(&(base as usize)) {
+                Some(&slot) => slot,
+                None => {
+                    // SAFETY: as above. A tensor not in `by_node` has the data pointer
+                    // llama.cpp gave it: this runtime writes only those of `by_node`.
+                    let addr = unsafe { (*base).data } as usize;
+                    let Some(&slot) = st.by_addr.get(&addr) else {
+                        continue;
+                    };
+                    st.by_node.insert(base as usize, slot);
+                    st.slots[slot].nodes.push(base as usize);
+                    slot
+                }
             };
             let g = st.slots[slot].group;
             if st.current != Some(g) {
@@ -616,6 +657,8 @@ impl Residency {
                     .flatten();
                 if let Some(rows) = rows.filter(|r| rows_fit(r, st.slots[slot].len as u64)) {
                     self.ensure_rows(st, slot, rows);
+                    // SAFETY: `base` and `src` are live (caller); the slot is pinned.
+                    unsafe { self.point(slot, base, src) };
                     // A lookups-only plan gives rows back once their lookup is computed
                     // (`computed`), which ggml reports only for a range that ends here: with
                     // one table, no later group change would end one.
@@ -624,8 +667,31 @@ impl Residency {
                 }
             }
             self.ensure(st, slot);
+            // SAFETY: as above.
+            unsafe { self.point(slot, base, src) };
         }
         boundary
+    }
+
+    /// Points weight `base` (and `src`, a view of it, if not itself) at where `slot`'s
+    /// bytes are now: its decode buffer, or its own memory.
+    ///
+    /// # Safety
+    /// `base` and `src` are live tensors, `base` is `slot`'s weight, and no graph computes
+    /// (the ask phase).
+    unsafe fn point(&self, slot: usize, base: *mut sys::ggml_tensor, src: *mut sys::ggml_tensor) {
+        let st = self.lock();
+        let s = &st.slots[slot];
+        let data = s.buf.as_ref().map_or(s.addr, Buffer::addr);
+        // SAFETY: live tensors (caller); nothing reads their data pointers meanwhile: the
+        // compute threads are idle in the ask phase, and other threads of this runtime
+        // read and write them only under the lock held here.
+        unsafe {
+            (*base).data = data as *mut c_void;
+            if src != base {
+                (*src).data = (data + (*src).view_offs) as *mut c_void;
+            }
+        }
     }
 
     /// Decodes the rows of `slot`'s table that a row lookup reads (`rows`: one row's byte
@@ -669,8 +735,7 @@ impl Residency {
         st.slots[slot].status = Status::Loading;
         st.present += need;
         st.stats.peak_present = st.stats.peak_present.max(st.present);
-        let keep = self.room.saturating_sub(st.present);
-        st.pool.trim(keep);
+        trim_pool(&mut st, self.room);
         drop(st);
         let started = Instant::now();
         let release_each = self.releases_each_chunk(len);
@@ -962,9 +1027,24 @@ impl Residency {
             let s = &mut st.slots[slot];
             s.rows.clear();
             s.status = Status::Loading;
-            let (tensor, addr, len) = (s.tensor, s.addr, s.len);
+            let (tensor, mut addr, len) = (s.tensor, s.addr, s.len);
             st.present += len as u64;
-            if !st.slots[slot].layout.is_empty() {
+            // A tensor no node has read yet (in the model's first graph) decodes in place:
+            // nothing would point its tensor at a buffer.
+            if st.buffers.is_some()
+                && !st.slots[slot].nodes.is_empty()
+                && let Some((buf, written)) = self.buffer_for(&mut st, len)
+            {
+                if partial > 0 {
+                    // The rows a lookup wrote into its own memory.
+                    let state = &mut *st;
+                    state.pool.release_own(&state.slots[slot].layout);
+                    release_pages(addr, len);
+                }
+                st.stats.recycled_bytes += written;
+                addr = buf.addr();
+                st.slots[slot].buf = Some(buf);
+            } else if !st.slots[slot].layout.is_empty() {
                 let state = &mut *st;
                 let before = state.pool.bytes();
                 // SAFETY: the slot is Loading, so nothing reads or writes its memory until
@@ -987,8 +1067,7 @@ impl Residency {
             }
         }
         st.stats.peak_present = st.stats.peak_present.max(st.present);
-        let keep = self.room.saturating_sub(st.present);
-        st.pool.trim(keep);
+        trim_pool(&mut st, self.room);
         drop(st);
         // Largest first: threads hand out jobs in order, so the last ones, run while other
         // threads may already wait, are the shortest.
@@ -1061,6 +1140,41 @@ impl Residency {
         self.ready.notify_all();
     }
 
+    /// A buffer for a tensor of `len` bytes about to be decoded, and the bytes of it written
+    /// before: a free piece of the arena, else one that evicting tensors the pending range
+    /// does not need frees (neither the current layer nor the one being prefetched), else
+    /// a mapping of its own.
+    fn buffer_for(&self, st: &mut State, len: usize) -> Option<(Buffer, u64)> {
+        if let Some(b) = st.buffers.as_mut()?.take(len) {
+            return Some(b);
+        }
+        let epoch = st.epoch;
+        let (mut slots, mut held) = (Vec::new(), Vec::new());
+        for (i, s) in st.slots.iter().enumerate() {
+            if let Some(Buffer::Arena { addr, len }) = s.buf {
+                let evictable = s.status == Status::Present
+                    && s.pin_epoch != epoch
+                    && st.current != Some(s.group)
+                    && st.prefetching != Some(s.group);
+                slots.push(i);
+                held.push((addr, len, evictable));
+            }
+        }
+        let buffers = st.buffers.as_mut()?;
+        if let Some(evict) = buffers.window(len, &held) {
+            for k in evict {
+                self.evict(st, slots[k]);
+            }
+            let buffers = st.buffers.as_mut()?;
+            if let Some(b) = buffers.take(len) {
+                return Some(b);
+            }
+        }
+        let buffers = st.buffers.as_mut()?;
+        buffers.release_free(len);
+        Buffers::own(len).map(|b| (b, 0))
+    }
+
     /// Evicts streamed tensors until `need` more bytes fit: first those needed again the
     /// furthest ahead in the layer order seen in earlier graphs (for a model computed layer
     /// after layer, least recently used would evict exactly the layers needed soonest), then
@@ -1112,6 +1226,19 @@ impl Residency {
         let (addr, len) = (s.addr, s.len);
         st.present -= held;
         st.stats.evictions += 1;
+        if let Some(buf) = st.slots[slot].buf.take() {
+            for &node in &st.slots[slot].nodes {
+                // SAFETY: a weight tensor of the model, which lives while its residency is
+                // registered; this runtime writes its data pointer only under the lock held
+                // here, and no graph node reads it: the tensor is not pinned, so no node of
+                // the range being computed reads it, and a later node's ask points it again.
+                unsafe { (*(node as *mut sys::ggml_tensor)).data = addr as *mut c_void };
+            }
+            if let Some(b) = &mut st.buffers {
+                b.give(buf);
+            }
+            return;
+        }
         // SAFETY: the tensor is Absent and not pinned: nothing reads its memory until a
         // decode writes it again.
         if !(whole
@@ -1254,6 +1381,14 @@ unsafe fn row_ids(
     Some(RowRanges { starts, row })
 }
 
+/// Gives pooled pages back until the pool, the arena's written pages and the decoded
+/// streamed tensors together hold at most `room`.
+fn trim_pool(st: &mut State, room: u64) {
+    let arena = st.buffers.as_ref().map_or(0, Buffers::written_bytes);
+    let keep = room.saturating_sub(st.present.saturating_add(arena));
+    st.pool.trim(keep);
+}
+
 /// Returns the whole pages inside `[addr, addr + len)` to the system; they read as zeros
 /// until written again. Pages shared with neighbouring tensors are kept.
 fn release_pages(addr: usize, len: usize) {
@@ -1363,5 +1498,133 @@ mod tests {
             2 * page
         );
         assert_eq!(pages_touched(&[], row, 0), 0);
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+    use crate::dc::test_files::{incompressible, small_dc};
+    use crate::llama::budget::spec::Budget;
+
+    /// Elements (F32) of each test layer's one tensor: 640 KiB, above MIN_STREAMED.
+    const N: usize = 160 << 10;
+
+    fn zeroed_tensor() -> sys::ggml_tensor {
+        // SAFETY: ggml_tensor is plain data (integers, arrays and raw pointers), for which
+        // all zero bytes is a valid value: an F32 tensor with no sources, view or data.
+        unsafe { std::mem::zeroed() }
+    }
+
+    /// The `len` bytes at `addr`.
+    ///
+    /// # Safety
+    /// `[addr, addr + len)` is readable memory that nothing writes meanwhile.
+    unsafe fn bytes_at(addr: *mut c_void, len: usize) -> Vec<u8> {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec()
+    }
+
+    /// Three layers of one tensor each, all streamed under a budget that holds two of them
+    /// decoded: the graph callback's ask points each weight (and a view of one) at the
+    /// buffer its bytes were decoded into, an evicted weight's buffer goes to the next layer
+    /// and the weight points back at its own memory, which no decode ever touched.
+    #[test]
+    fn streamed_weights_decode_into_buffers_that_pass_from_layer_to_layer() {
+        let bytes = incompressible(3 * N * 4);
+        let layer = |i: usize| bytes[i * N * 4..(i + 1) * N * 4].to_vec();
+        let tensors: Vec<crate::gguf::TensorEntry> = (0..3)
+            .map(|i| {
+                let name = format!("blk.{i}.ffn_up.weight");
+                (name, vec![N as u64], GgmlType::F32, layer(i))
+            })
+            .collect();
+        let (_, dir, _, dc) = small_dc("runtime-buffers", &tensors, 1 << 20);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let settings = Settings {
+            budget: Budget::Bytes(1),
+            home: CompressedHome::File,
+            prefetch: Some(false),
+        };
+        let res = Residency::new(dc.clone(), settings).unwrap();
+        assert_eq!(res.plan.streamed_count(), 3);
+        assert_eq!(res.room, 2 * (N * 4) as u64, "the working set: two layers");
+
+        // llama.cpp's weight buffer, with the three tensors where the load left them.
+        let mut model = memmap2::MmapMut::map_anon(3 * N * 4).unwrap();
+        let homes: Vec<usize> = (0..3)
+            .map(|i| model.as_mut_ptr() as usize + i * N * 4)
+            .collect();
+        let mut weights: Vec<sys::ggml_tensor> = (0..3).map(|_| zeroed_tensor()).collect();
+        let h = &dc.original;
+        for (i, w) in weights.iter_mut().enumerate() {
+            let info = h
+                .tensors
+                .iter()
+                .find(|t| t.name == format!("blk.{i}.ffn_up.weight"))
+                .unwrap();
+            assert!(res.defer_load(h.tensor_range(info).start, homes[i], N * 4));
+            w.data = homes[i] as *mut c_void;
+        }
+        let w: Vec<*mut sys::ggml_tensor> = weights.iter_mut().map(|w| w as *mut _).collect();
+        // A node reads layer 0 through a view 4 KiB in (as ggml_view_* makes one).
+        let mut view = zeroed_tensor();
+        view.view_src = w[0];
+        view.view_offs = 4096;
+        view.data = (homes[0] + 4096) as *mut c_void;
+        let mut nodes: Vec<sys::ggml_tensor> = (0..3).map(|_| zeroed_tensor()).collect();
+        nodes[0].src[0] = &mut view;
+        nodes[1].src[0] = w[1];
+        nodes[2].src[0] = w[2];
+        nodes
+            .iter_mut()
+            .for_each(|n| n.op = sys::ggml_op_GGML_OP_MUL_MAT);
+        let data_of =
+            |w: &[sys::ggml_tensor]| w.iter().map(|t| t.data as usize).collect::<Vec<_>>();
+
+        // SAFETY (every ask and read below): live tensors of this test, whose data pointers
+        // point at N * 4 readable bytes; no other thread uses them (no prefetch thread).
+        assert!(unsafe { res.ask(&nodes[0]) });
+        assert_ne!(weights[0].data as usize, homes[0], "decoded into a buffer");
+        assert_eq!(unsafe { bytes_at(weights[0].data, N * 4) }, layer(0));
+        assert_eq!(view.data as usize, weights[0].data as usize + 4096);
+        res.computed();
+        assert!(unsafe { res.ask(&nodes[1]) });
+        assert_eq!(unsafe { bytes_at(weights[1].data, N * 4) }, layer(1));
+        res.computed();
+        let buffers = data_of(&weights[..2]);
+        assert!(!buffers.contains(&homes[0]) && !buffers.contains(&homes[1]));
+
+        // Layer 2 takes the buffer of the layer evicted for it, which points home again.
+        assert!(unsafe { res.ask(&nodes[2]) });
+        let now = data_of(&weights);
+        let evicted = (0..2)
+            .find(|&i| now[i] == homes[i])
+            .expect("one layer evicted");
+        assert_eq!(now[2], buffers[evicted]);
+        assert_ne!(now[1 - evicted], homes[1 - evicted]);
+        assert_eq!(unsafe { bytes_at(weights[2].data, N * 4) }, layer(2));
+        res.computed();
+        // Layer 0 again, through its view: its bytes, wherever they now are.
+        assert!(unsafe { res.ask(&nodes[0]) });
+        assert!(buffers.contains(&(weights[0].data as usize)));
+        assert_eq!(view.data as usize, weights[0].data as usize + 4096);
+        assert_eq!(unsafe { bytes_at(weights[0].data, N * 4) }, layer(0));
+
+        let stats = res.stats();
+        assert_eq!(
+            stats.decodes,
+            3 + u64::from(evicted == 0),
+            "layer 0 again if evicted"
+        );
+        assert_eq!(
+            stats.recycled_bytes,
+            (stats.decodes - 2) * (N * 4) as u64,
+            "two buffers in all"
+        );
+        // The model's own memory was never written: its pages read as zeros.
+        assert!(model.iter().all(|&b| b == 0));
+        res.shut_down();
+        assert_eq!(data_of(&weights), homes);
     }
 }

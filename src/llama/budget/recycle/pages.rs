@@ -1,5 +1,5 @@
-//! Hands the memory pages of evicted weights to the weights decoded next (`mremap`), under a
-//! memory budget.
+//! Decoding in place: the memory pages of evicted weights go to the weights decoded next
+//! (`mremap`).
 //!
 //! Releasing an evicted tensor's pages (`MADV_DONTNEED`) and decoding another one into fresh
 //! pages costs a page fault and a cleared page per 4 KiB: measured on SmolLM2's weights on 2
