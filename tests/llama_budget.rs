@@ -214,6 +214,10 @@ fn budgeted_generation_is_identical_and_stays_within_the_budget() {
             _ => "",
         };
         assert!(r.stderr.contains(way), "{tag}: not{way}:\n{}", r.stderr);
+        if budget == "60%" {
+            // Each decode found its place in the arena, whose size the budget counts.
+            assert_eq!(stat(&r.stderr, "outside_arena"), 0, "{tag}:\n{}", r.stderr);
+        }
         if prefetch.is_some() {
             assert!(
                 stat(&r.stderr, "prefetched") > 0,

@@ -320,6 +320,8 @@ pub fn load_dc(
         crate::log_line!("dcgguf: loaded; process {}", crate::io::rss_report());
     }
     if let Some(r) = res {
+        // SAFETY: the model just loaded; no context, so no graph, exists for it yet.
+        r.know_tensors(|name| unsafe { budget::refit::weight_tensor(model, name) });
         budget::register_model(model, r);
     } else if let Some(shared) = &spill {
         let mut spill = shared.lock().unwrap_or_else(|e| e.into_inner());

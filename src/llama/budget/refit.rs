@@ -834,8 +834,29 @@ unsafe fn switch(p: &Pending, settings: Settings) -> Result<Arc<Residency>, Refi
         count,
         bytes as f64 / (1u64 << 20) as f64
     );
+    // SAFETY: the live model whose pending switch this is; no graph computes (the caller's).
+    res.know_tensors(|name| unsafe { weight_tensor(p.model as *const sys::llama_model, name) });
     register_model(p.model as *mut sys::llama_model, res.clone());
     Ok(res)
+}
+
+/// The `ggml_tensor` of `model`'s weight `name` and its data pointer, where the host's
+/// llama.cpp can be asked for it ([`Residency::know_tensors`]).
+///
+/// # Safety
+/// `model` is a live model that no graph computes with yet.
+pub unsafe fn weight_tensor(model: *const sys::llama_model, name: &str) -> Option<(usize, usize)> {
+    let api = api().ok()?;
+    let name = CString::new(name).ok()?;
+    // SAFETY: a live model (the caller's) and a C string; get_tensor only looks the name
+    // up.
+    let t = unsafe { (api.get_tensor)(model, name.as_ptr()) };
+    if t.is_null() {
+        return None;
+    }
+    // SAFETY: a tensor of the live model; no graph computes yet, so nothing writes it.
+    let data = unsafe { (*t).data } as usize;
+    Some((t as usize, data))
 }
 
 /// `const ggml_tensor * llama_model::get_tensor(const char * name) const` of the pinned

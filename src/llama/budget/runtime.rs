@@ -91,6 +91,10 @@ pub struct Stats {
     /// Bytes of the pages that row lookups copied rows into (the rest of a looked-up table
     /// stays untouched).
     pub looked_up_bytes: u64,
+    /// Decodes into a mapping of their own: the arena had no room ([`super::recycle`]).
+    pub outside_arena: u64,
+    /// Tensors evicted to free a stretch of the arena for a decode.
+    pub evicted_for_space: u64,
 }
 
 struct State {
@@ -291,8 +295,16 @@ impl Residency {
             }
         }
         let room = plan.streaming_room(s.home);
+        // A lookup-only table decodes rows in place, never whole: its size does not count.
+        let lookup = dc.original.lookup_table().map(|t| t.name.as_str());
+        let sizes = || {
+            slots
+                .iter()
+                .filter(|s| lookup != Some(dc.tensor_view(s.tensor).name.as_str()))
+                .map(|s| s.len as u64)
+        };
         let buffers =
-            arena_fits(slots.iter().map(|s: &Slot| s.len as u64), room).then(|| Buffers::new(room));
+            arena_fits(sizes(), room).then(|| Buffers::new(room, sizes().min().unwrap_or(1)));
         let res = Arc::new(Residency {
             room,
             plan,
@@ -420,6 +432,27 @@ impl Residency {
         st.slots[slot].layout = Layout::of(addr, len);
         st.by_addr.insert(addr, slot);
         true
+    }
+
+    /// Learns the `ggml_tensor` of each tensor the load left to this residency from
+    /// `tensor_of` (its name -> the tensor and its data pointer), so that even its first
+    /// decode goes to the arena; one whose data pointer is not where the load left it is
+    /// learnt only when a graph node reads it.
+    pub fn know_tensors(&self, tensor_of: impl Fn(&str) -> Option<(usize, usize)>) {
+        let mut st = self.lock();
+        for slot in 0..st.slots.len() {
+            let (tensor, addr) = (st.slots[slot].tensor, st.slots[slot].addr);
+            if addr == 0 || !st.slots[slot].nodes.is_empty() {
+                continue;
+            }
+            let Some((node, data)) = tensor_of(&self.dc.tensor_view(tensor).name) else {
+                continue;
+            };
+            if data == addr && !st.by_node.contains_key(&node) {
+                st.by_node.insert(node, slot);
+                st.slots[slot].nodes.push(node);
+            }
+        }
     }
 
     /// Original-file byte ranges of the tensors this plan streams: what a load that defers
@@ -1164,6 +1197,7 @@ impl Residency {
         if let Some(evict) = buffers.window(len, &held) {
             for k in evict {
                 self.evict(st, slots[k]);
+                st.stats.evicted_for_space += 1;
             }
             let buffers = st.buffers.as_mut()?;
             if let Some(b) = buffers.take(len) {
@@ -1172,6 +1206,7 @@ impl Residency {
         }
         let buffers = st.buffers.as_mut()?;
         buffers.release_free(len);
+        st.stats.outside_arena += 1;
         Buffers::own(len).map(|b| (b, 0))
     }
 

@@ -9,8 +9,8 @@
 //! comes back here. The arena's pages, once written, stay: decoding a token maps, moves,
 //! clears or faults in no page at all.
 //!
-//! The arena is the budget's room for streamed tensors plus [`slack`] for whole pages and
-//! fragmentation (address space only until written). Free space coalesces, so a tensor of
+//! The arena is the budget's room for streamed tensors plus a page a tensor ([`slack`])
+//! (address space only until written). Free space coalesces, so a tensor of
 //! any size can take it. Small tensors are placed as high as they fit and big ones (over a
 //! quarter of the arena) as low, so that the layers decoded around a big tensor leave it one
 //! piece (placed by the best fit instead, SmolLM2's layers wandered over the arena). A tensor
@@ -55,16 +55,22 @@ pub fn buffer_size(len: usize) -> usize {
     len.next_multiple_of(crate::io::page_size())
 }
 
-/// What an arena for a room of `room` bytes holds beyond it: a page per tensor rounded up,
-/// and space that fragmentation leaves unusable. 1 MiB and a sixteenth of the room.
-pub fn slack(room: u64) -> u64 {
-    (1 << 20) + room / 16
+/// What an arena for a room of `room` bytes, for tensors of `smallest` bytes or more,
+/// holds beyond it: a page for each tensor it can hold, rounded up to whole pages. Nothing
+/// for fragmentation: the arena is memory the budget counts (a memory limit's default
+/// budget is what the limit leaves), so a tensor that finds no piece evicts others
+/// ([`Buffers::window`]) rather than the arena growing.
+pub fn slack(room: u64, smallest: u64) -> u64 {
+    let tensors = room / smallest.max(1) + 1;
+    tensors.saturating_mul(crate::io::page_size() as u64)
 }
 
 impl Buffers {
-    /// The arena for streamed tensors that may occupy `room` bytes decoded at once.
-    pub fn new(room: u64) -> Buffers {
-        let size = usize::try_from(room.saturating_add(slack(room))).unwrap_or(usize::MAX);
+    /// The arena for streamed tensors of `smallest` bytes or more that may occupy `room`
+    /// bytes decoded at once.
+    pub fn new(room: u64, smallest: u64) -> Buffers {
+        let size =
+            usize::try_from(room.saturating_add(slack(room, smallest))).unwrap_or(usize::MAX);
         Buffers {
             arena: None,
             size: buffer_size(size.min(isize::MAX as usize / 2)),
@@ -248,9 +254,9 @@ mod tests {
         let page = crate::io::page_size();
         // An arena of 64 pages (the room) plus its slack.
         let room = 64 * page as u64;
-        let mut b = Buffers::new(room);
+        let mut b = Buffers::new(room, page as u64);
         let size = b.arena_bytes() as usize;
-        assert_eq!(size, buffer_size((room + slack(room)) as usize));
+        assert_eq!(size, 64 * page + 65 * page);
         // Small tensors go to the top, the first fresh, the next reusing its pages.
         let (s1, w) = b.take(3 * page - 5).unwrap();
         assert_eq!(w, 0);
@@ -279,7 +285,7 @@ mod tests {
     #[test]
     fn a_big_tensor_that_finds_no_piece_evicts_the_cheapest_stretch_it_may() {
         let page = crate::io::page_size();
-        let mut b = Buffers::new(64 * page as u64);
+        let mut b = Buffers::new(256 * page as u64, 8 * page as u64);
         let size = b.arena_bytes() as usize;
         // Small tensors spread over the arena: 8 pages each, every 32 pages.
         let (probe, _) = b.take(page).unwrap();

@@ -20,7 +20,8 @@
 //! arena decoded the head every token against every other token in place (7.45 GB decoded
 //! per 96 tokens against 6.09), and a token where no stretch could be freed cost a mapping of
 //! the head's size on top of the arena. So a model whose streamed tensors each take at most
-//! half the room (layers) takes the arena, others decode in place.
+//! half the room (layers; a lookup-only token table aside, which row lookups fill in place)
+//! takes the arena, others decode in place.
 
 pub mod arena;
 pub mod pages;
