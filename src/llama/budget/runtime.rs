@@ -1062,8 +1062,8 @@ impl Residency {
             s.status = Status::Loading;
             let (tensor, mut addr, len) = (s.tensor, s.addr, s.len);
             st.present += len as u64;
-            // A tensor no node has read yet (in the model's first graph) decodes in place:
-            // nothing would point its tensor at a buffer.
+            // A tensor whose ggml_tensor is not known yet (not found at load, and no node
+            // has read it) decodes in place: nothing would point it at the arena.
             if st.buffers.is_some()
                 && !st.slots[slot].nodes.is_empty()
                 && let Some((buf, written)) = self.buffer_for(&mut st, len)

@@ -4,8 +4,9 @@
 //! - **Into an arena** ([`arena`]): each tensor decodes into a buffer of one arena per model
 //!   and its `ggml_tensor` points there while it is present; evicted, it points back at its
 //!   own (untouched) memory, and the next tensors decode into the space it leaves. Nothing
-//!   moves in the page tables. (A tensor no graph node has read yet, in the model's first
-//!   graph, decodes in place: nothing would point its tensor at a buffer.)
+//!   moves in the page tables. (The runtime learns each weight's `ggml_tensor` at load from
+//!   llama.cpp, else when a graph node first reads it; a weight it does not know yet decodes
+//!   in place, as nothing would point it at the arena.)
 //! - **In place** ([`pages`]): each tensor decodes into its own memory in llama.cpp's buffer,
 //!   whose pages are moved over (`mremap`) from evicted tensors. Pointers never change.
 //!
