@@ -231,11 +231,6 @@ impl Buffers {
         self.written.clear();
         self.size = 0;
     }
-
-    /// Bytes of the arena's address space (its pages in memory are those written).
-    pub fn arena_bytes(&self) -> u64 {
-        self.size as u64
-    }
 }
 
 #[cfg(test)]
@@ -255,7 +250,7 @@ mod tests {
         // An arena of 64 pages (the room) plus its slack.
         let room = 64 * page as u64;
         let mut b = Buffers::new(room, page as u64);
-        let size = b.arena_bytes() as usize;
+        let size = b.size;
         assert_eq!(size, 64 * page + 65 * page);
         // Small tensors go to the top, the first fresh, the next reusing its pages.
         let (s1, w) = b.take(3 * page - 5).unwrap();
@@ -286,7 +281,7 @@ mod tests {
     fn a_big_tensor_that_finds_no_piece_evicts_the_cheapest_stretch_it_may() {
         let page = crate::io::page_size();
         let mut b = Buffers::new(256 * page as u64, 8 * page as u64);
-        let size = b.arena_bytes() as usize;
+        let size = b.size;
         // Small tensors spread over the arena: 8 pages each, every 32 pages.
         let (probe, _) = b.take(page).unwrap();
         let base = arena_addr(&probe) + page - size;
