@@ -466,6 +466,23 @@ impl Residency {
             .collect()
     }
 
+    /// The DC file's indices of the tensors whose compressed bytes stay mapped once read
+    /// (`ram`): every tensor the plan streams but a lookup-only table, of which a lookup
+    /// reads the chunks of its rows (Qwen2.5-Coder-1.5B: 94 MiB more cached with its table);
+    /// none in `file`, which maps them anew on each use.
+    pub fn kept_mapped_tensors(&self) -> Vec<usize> {
+        if self.home == CompressedHome::File {
+            return Vec::new();
+        }
+        let lookup = self.dc.original.lookup_table().map(|t| t.name.as_str());
+        self.lock()
+            .slots
+            .iter()
+            .map(|s| s.tensor)
+            .filter(|&t| lookup != Some(self.dc.tensor_view(t).name.as_str()))
+            .collect()
+    }
+
     /// Whether this is the default's lookups-only plan ([`Residency::lookups_only`]).
     pub fn is_lookups_only(&self) -> bool {
         self.release_lookups
