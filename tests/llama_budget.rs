@@ -467,7 +467,7 @@ fn streamed_compressed_bytes(stderr: &str) -> u64 {
 /// (the tensors it keeps) is never read again, and a memory limit would charge it twice.
 /// Only the streamed tensors' compressed bytes, which `ram` keeps mapped, stay cached. Before,
 /// SmolLM2 `50%,ram` left the whole file cached: 182.8 MiB charged in a memory cgroup
-/// against plain mmap's 141.4, and 159.7 after (session 59).
+/// against plain mmap's 141.4, and 141.6 after (session 59's memcap bench).
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_smollm2)),
