@@ -296,11 +296,10 @@ impl Residency {
         }
         let room = plan.streaming_room(s.home);
         // A lookup-only table decodes rows in place, never whole: its size does not count.
-        let lookup = dc.original.lookup_table().map(|t| t.name.as_str());
         let sizes = || {
             slots
                 .iter()
-                .filter(|s| lookup != Some(dc.tensor_view(s.tensor).name.as_str()))
+                .filter(|s| !is_lookup_table(&dc, s.tensor))
                 .map(|s| s.len as u64)
         };
         let buffers =
@@ -474,12 +473,11 @@ impl Residency {
         if self.home == CompressedHome::File {
             return Vec::new();
         }
-        let lookup = self.dc.original.lookup_table().map(|t| t.name.as_str());
         self.lock()
             .slots
             .iter()
             .map(|s| s.tensor)
-            .filter(|&t| lookup != Some(self.dc.tensor_view(t).name.as_str()))
+            .filter(|&t| !is_lookup_table(&self.dc, t))
             .collect()
     }
 
@@ -1354,6 +1352,15 @@ struct RowRanges {
 }
 
 /// Whether every row of `rows` lies inside a table of `len` bytes (rows of a length > 0).
+/// Whether tensor `t` of `dc` is its lookup-only table (a token embedding beside an output
+/// head of its own, [`crate::gguf::GgufHeader::lookup_table`]), which a budget decodes a row
+/// lookup's chunks of, never whole.
+fn is_lookup_table(dc: &DcFile, t: usize) -> bool {
+    dc.original
+        .lookup_table()
+        .is_some_and(|l| l.name == dc.original.tensors[t].name)
+}
+
 fn rows_fit(rows: &RowRanges, len: u64) -> bool {
     rows.row > 0
         && rows
