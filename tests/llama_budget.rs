@@ -1345,6 +1345,91 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
 /// without a budget and the smallest budget's.
 const SWITCH_STEP_PERMILLE: usize = 15;
 
+/// What a budget logs when a batch's buffers would not fit next to it.
+const MOVING_THE_RESIDENT_WEIGHTS: &str = "moving the budget's resident weights to an unnamed file";
+
+/// A budget is sized at the load, before the context: MiniLM BF16 at `50%,file` keeps 12.4
+/// MiB of weights resident and a 9.3 MiB arena, and under a cap of 90% of plain mmap's peak
+/// its first batch's buffers (a 241 MiB output buffer, a compute buffer grown to 30 MiB) did
+/// not fit next to them: OOM-killed where plain mmap finished (session 59). A budgeted
+/// model's batches are checked as the default's are (src/llama/budget/refit.rs), and the
+/// resident weights move to a file as far as a batch needs. The cap walks down from 94% of
+/// plain mmap's peak to the first one where the budget moves them (where that lies moves
+/// with the machine); there it finishes with plain llama.cpp's embeddings, and at no cap
+/// above is it killed where plain mmap finishes. Needs a memory cgroup of its own (root).
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_minilm)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and the MiniLM models (scripts/fetch-models.sh)"
+)]
+fn a_budget_whose_batch_would_not_fit_moves_its_resident_weights_to_a_file() {
+    let t = "a_budget_whose_batch_would_not_fit_moves_its_resident_weights_to_a_file";
+    let l = require_llama(t);
+    let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
+    let parent = own_memory_cgroup(t);
+    let dc = dc_of(&m);
+    let (plain, plain_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "bmove-plain", &[]);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    assert!(
+        !plain.stdout.is_empty(),
+        "plain llama-embedding printed nothing"
+    );
+    let peak = plain_use.peak.expect("the cgroup reports its peak");
+    let mut tried = Vec::new();
+    for permille in (800..=940).rev().step_by(SWITCH_STEP_PERMILLE) {
+        let cap = peak / 1000 * permille as u64;
+        let (ours, ours_use) = embedding_in_cgroup(
+            &l,
+            &parent,
+            &dc,
+            Some(Some("50%,file")),
+            Some(cap),
+            &format!("bmove-{permille}"),
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&ours.stderr);
+        if ours.status.success() && ours_use.oom_kills == 0 {
+            assert!(
+                ours.stdout == plain.stdout,
+                "under {} MiB the budget's embeddings differ from plain llama.cpp's",
+                cap / MIB
+            );
+            if stderr.contains(MOVING_THE_RESIDENT_WEIGHTS) {
+                return;
+            }
+            tried.push(format!("{} MiB: fits", cap / MIB));
+            continue;
+        }
+        let (plain_capped, plain_capped_use) = embedding_in_cgroup(
+            &l,
+            &parent,
+            &m,
+            None,
+            Some(cap),
+            &format!("bmove-plain-{permille}"),
+            &[],
+        );
+        assert!(
+            !(plain_capped.status.success() && plain_capped_use.oom_kills == 0),
+            "under {} MiB the budget failed ({}, {} OOM kills) where plain mmap finished \
+             (caps tried before: {tried:?}):\n{stderr}",
+            cap / MIB,
+            ours.status,
+            ours_use.oom_kills
+        );
+        panic!(
+            "under {} MiB both failed before the budget had to move its weights (caps tried \
+             before: {tried:?}):\n{stderr}",
+            cap / MIB
+        );
+    }
+    panic!("no cap down to 80% of plain mmap's peak made the budget move its weights: {tried:?}");
+}
+
 /// A batch a little short of memory gives back the decoded pages of a token table that the
 /// load kept decoded, each lookup decoding only the rows it reads from then on, before it
 /// moves any weight to a file (`refit::Pending::compress_lookups`): the table's compressed

@@ -336,6 +336,11 @@ pub fn load_dc(
     if let Some(r) = res {
         // SAFETY: the model just loaded; no context, so no graph, exists for it yet.
         r.know_tensors(|name| unsafe { budget::refit::weight_tensor(model, name) });
+        // A budget is sized before any context exists: its batches are checked as they
+        // allocate, and the resident weights move to a file where one would not fit.
+        if !params.no_alloc {
+            budget::refit::register_budgeted(model, dc.clone(), &r, spill_dirs(path));
+        }
         budget::register_model(model, r);
     } else if let Some(shared) = &spill {
         let mut spill = shared.lock().unwrap_or_else(|e| e.into_inner());

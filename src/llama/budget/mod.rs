@@ -16,7 +16,9 @@
 //! weights (twice what the limit lacks, [`limit::spill_quota`]) moved to a file, evictable
 //! page cache as plain llama.cpp's mapped model is ([`spill`]);
 //! and again when a batch
-//! allocates a buffer ([`refit`]), once the context's needs show.
+//! allocates a buffer ([`refit`]), once the context's needs show. A budget (asked for or
+//! chosen) is checked there too: where a batch would not fit next to it, the weights it keeps
+//! resident move to a file as far as the batch needs.
 //!
 //! **What is decided at load** ([`plan`]): which tensors stay resident and which are
 //! streamed. Streaming a tensor saves its decoded bytes and costs a decode per use, so the

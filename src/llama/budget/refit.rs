@@ -1,4 +1,4 @@
-//! The default's second decision, once the batches' memory is known.
+//! The second decision, once the batches' memory is known: the default's, and a budget's.
 //!
 //! With no budget asked for, a DC load decides from the memory limit ([`super::limit`])
 //! before any context exists, so it can only guess what the context will take. Where the
@@ -40,6 +40,12 @@
 //! moves more of its weights to the file where a batch's buffers would not fit
 //! ([`register_spilled`]): twice what is lacking, counting the moved pages still in memory
 //! as room (the limit reclaims them first), as the load did for what it lacked.
+//!
+//! A model loaded with a budget (asked for, or the default's at load) is checked the same
+//! way ([`register_budgeted`]): a budget is sized at the load too, and a batch's buffers may
+//! not fit next to it. Where one would not, the decoded bytes of the tensors the budget keeps
+//! resident move to a file as far as the batch needs ([`Pending::spill_resident`]), and later
+//! batches move more as above; the tensors it streams stay where the budget decodes them.
 //!
 //! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
 //! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the
@@ -91,6 +97,10 @@ pub struct Pending {
     spilled: OnceLock<Spilled>,
     /// Where its decoded weights may move ([`super::spill::Spiller::open`]).
     spill_dirs: Vec<PathBuf>,
+    /// Loaded with a budget ([`register_budgeted`]): the tensors it streams, by index in
+    /// `dc`, which stay where the budget decodes them. A batch that would not fit moves the
+    /// other tensors' decoded bytes to a file instead of switching anything.
+    budget_streams: Option<Vec<bool>>,
     /// No more checks: a switch or a move failed (said once), or every weight has moved.
     settled: AtomicBool,
 }
@@ -203,6 +213,25 @@ pub fn register_spilled(
     pending().push(Arc::new(p));
 }
 
+/// `model` was loaded from `dc` with the budget `res` (asked for, or the default's): its
+/// batches are checked as a pending model's are, and one whose buffers would not fit next to
+/// the budget's memory moves the decoded bytes of the tensors the budget keeps resident to a
+/// file, as far as the batch needs ([`Pending::spill_resident`]). A budget is sized at the
+/// load, before any context: MiniLM BF16 at `50%,file` (12.4 MiB resident, a 9.3 MiB arena)
+/// under llama-embedding was OOM-killed under a cap of 90% of plain mmap's peak (343.7 MiB),
+/// where plain mmap ran, when its first batch allocated a 241 MiB output buffer (session 59).
+/// The tensors it streams stay as they are: the budget decodes them into its own memory.
+pub fn register_budgeted(
+    model: *mut sys::llama_model,
+    dc: Arc<DcFile>,
+    res: &Residency,
+    spill_dirs: Vec<PathBuf>,
+) {
+    let mut p = Pending::new(model, dc, res.plan.decoded_weight_bytes, spill_dirs);
+    p.budget_streams = Some(res.plan.streamed.clone());
+    pending().push(Arc::new(p));
+}
+
 impl Pending {
     /// `model`, loaded from `dc` without a budget: nothing switched, moved or settled yet.
     fn new(
@@ -221,6 +250,7 @@ impl Pending {
             threads: Mutex::new(1),
             spilled: OnceLock::new(),
             spill_dirs,
+            budget_streams: None,
             settled: AtomicBool::new(false),
         }
     }
@@ -540,6 +570,10 @@ impl Pending {
             self.move_more(spilled, size, work, h);
             return;
         }
+        if let Some(streams) = &self.budget_streams {
+            self.spill_resident(streams, size, work, h);
+            return;
+        }
         let choice = limit::choose_at_context(self.decoded, size, work, h.clone());
         let ContextChoice::Short { budget, .. } = choice else {
             if crate::llama::verbose() {
@@ -671,13 +705,66 @@ impl Pending {
     ) -> Result<(), RefitError> {
         let lookups = self.lookups.get().map(|r| r.plan.streamed.clone());
         let kept_compressed = |i: usize| lookups.as_ref().is_some_and(|s| s.get(i) == Some(&true));
+        self.spill_all_but(kept_compressed, "decoded weights", buffer, work, headroom)
+    }
+
+    /// A batch of a budgeted model ([`register_budgeted`]) allocates `buffer` bytes (and
+    /// `work`): where they would not fit, the decoded bytes of the tensors the budget keeps
+    /// resident (not those in `streams`) move to a file as far as the batch needs, once and
+    /// then by [`Pending::move_more`]. Where no file can be made, nothing more is checked.
+    fn spill_resident(&self, streams: &[bool], buffer: u64, work: u64, headroom: limit::Headroom) {
+        if self.lack(buffer, work, &headroom, 0) == 0 {
+            if crate::llama::verbose() {
+                crate::log_line!(
+                    "dcgguf: memory: a batch of the budgeted model needs a {:.0} MiB buffer: \
+                     it fits",
+                    buffer as f64 / (1u64 << 20) as f64
+                );
+            }
+            return;
+        }
+        // One move per model, whichever thread gets here first; later batches move more.
+        static OPENING: Mutex<()> = Mutex::new(());
+        let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(spilled) = self.spilled.get() {
+            self.move_more(spilled, buffer, work, headroom);
+            return;
+        }
+        let streamed = |i: usize| streams.get(i) == Some(&true);
+        if let Err(e) = self.spill_all_but(
+            streamed,
+            "budget's resident weights",
+            buffer,
+            work,
+            headroom,
+        ) {
+            crate::log_line!(
+                "dcgguf: warning: a batch does not fit next to the memory budget and its \
+                 resident weights cannot move to a file ({e}); they stay in memory"
+            );
+            self.settled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Opens a file for the decoded weights of every tensor `skip` does not name (by index
+    /// in `dc`), `what` in the log, and moves them there as far as the batch needs
+    /// ([`Pending::move_more`]). An error: no file could be made, or the tensors could not be
+    /// found in llama.cpp's memory.
+    fn spill_all_but(
+        &self,
+        skip: impl Fn(usize) -> bool + Copy,
+        what: &str,
+        buffer: u64,
+        work: u64,
+        headroom: limit::Headroom,
+    ) -> Result<(), RefitError> {
         let model = self.model as *const sys::llama_model;
-        let ranges = movable_ranges(model, &self.dc, kept_compressed)?;
-        let first = lookup_ranges(model, &self.dc, kept_compressed);
+        let ranges = movable_ranges(model, &self.dc, skip)?;
+        let first = lookup_ranges(model, &self.dc, skip);
         let spiller = Spiller::open(0, &self.spill_dirs).map_err(RefitError::Spill)?;
         crate::log_line!(
-            "dcgguf: memory: moving the decoded weights to an unnamed file in {}, as far as \
-             the batch needs",
+            "dcgguf: memory: moving the {what} to an unnamed file in {}, as far as the batch \
+             needs",
             spiller.dir().display()
         );
         let spilled = self.spilled.get_or_init(|| Spilled {
@@ -692,6 +779,21 @@ impl Pending {
 }
 
 impl Pending {
+    /// What a batch allocating `buffer` bytes (and `work`) needs free under the limit: both,
+    /// and room for computing ([`limit::other_memory`]).
+    fn need(&self, buffer: u64, work: u64) -> u64 {
+        buffer
+            .saturating_add(work)
+            .saturating_add(limit::other_memory(self.decoded))
+    }
+
+    /// What that batch lacks in `headroom` and `reclaimable` bytes of moved weights still in
+    /// memory (which the limit reclaims first): 0 where it fits.
+    fn lack(&self, buffer: u64, work: u64, headroom: &limit::Headroom, reclaimable: u64) -> u64 {
+        self.need(buffer, work)
+            .saturating_sub(headroom.bytes.saturating_add(reclaimable))
+    }
+
     /// Moves more of a spilled model's weights to its file if `buffer` bytes, with `work`
     /// and room for computing, do not fit in `headroom` and the moved pages in memory (which
     /// the limit may reclaim: `headroom` counts them as used): twice what is lacking, what
@@ -699,12 +801,10 @@ impl Pending {
     /// ([`limit::to_move_for`]).
     fn move_more(&self, spilled: &Spilled, buffer: u64, work: u64, headroom: limit::Headroom) {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-        let need = buffer
-            .saturating_add(work)
-            .saturating_add(limit::other_memory(self.decoded));
+        let need = self.need(buffer, work);
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
         let reclaimable = spiller.resident();
-        let lack = need.saturating_sub(headroom.bytes.saturating_add(reclaimable));
+        let lack = self.lack(buffer, work, &headroom, reclaimable);
         let head = format!(
             "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
              computing; {:.0} MiB free under the limit ({}), and {:.0} MiB of the weights \
