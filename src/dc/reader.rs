@@ -44,6 +44,9 @@ pub struct DcFile {
     release_after_decode: std::sync::atomic::AtomicBool,
     /// See [`DcFile::set_uncache_after_decode`].
     uncache: std::sync::atomic::AtomicBool,
+    /// The last load turned uncaching on (the file was cold): what it dropped stays dropped
+    /// ([`DcFile::uncache_around`]).
+    loaded_cold: std::sync::atomic::AtomicBool,
     /// The mapping reads only the pages a fault asks for (`MADV_RANDOM`, set for uncaching
     /// and kept after it): each decode first asks for its whole chunk in one request.
     chunk_reads: std::sync::atomic::AtomicBool,
@@ -361,6 +364,7 @@ impl DcFile {
             original_xxh3,
             release_after_decode: std::sync::atomic::AtomicBool::new(false),
             uncache: std::sync::atomic::AtomicBool::new(false),
+            loaded_cold: std::sync::atomic::AtomicBool::new(false),
             chunk_reads: std::sync::atomic::AtomicBool::new(false),
             asked_until: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -460,6 +464,80 @@ impl DcFile {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.uncache.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.loaded_cold
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the last load found the file cold and dropped what it decoded from the page
+    /// cache ([`DcFile::set_uncache_after_decode`]).
+    pub fn loaded_cold(&self) -> bool {
+        self.loaded_cold.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The map spans of the stored bytes of `tensors` (from each one's first chunk to the end
+    /// of its last), sorted, contiguous ones merged: what [`DcFile::uncache_around`] keeps.
+    pub fn stored_spans(&self, tensors: &[usize]) -> Vec<(usize, usize)> {
+        let mut spans: Vec<(usize, usize)> = tensors
+            .iter()
+            .filter_map(|&i| {
+                let c = &self.tensors.get(i)?.chunk_starts;
+                Some((*c.first()?, *c.last()?))
+            })
+            .filter(|(a, b)| b > a)
+            .collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (a, b) in spans {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        merged
+    }
+
+    /// After a cold load ([`DcFile::set_uncache_after_decode`] acted): drops from the page
+    /// cache the pages of stored chunks within `window` bytes of the chunks `(tensor, chunk)`
+    /// just read that lie outside every span of `kept` ([`DcFile::stored_spans`]) and were
+    /// not cached when the file was opened. A page fault on a chunk not in the cache reads
+    /// around it (the disk's readahead maximum, centred on the fault: 8 MiB on this VM's
+    /// disk), bringing back the compressed bytes of the tensors around it that the load
+    /// decoded and dropped, and the metadata the load read, which nothing reads again; a
+    /// limit charges them until it reclaims them. Pages `kept` spans share stay.
+    pub fn uncache_around(
+        &self,
+        chunks: &[(usize, usize)],
+        kept: &[(usize, usize)],
+        window: usize,
+    ) {
+        if !self.loaded_cold() {
+            return;
+        }
+        let starts = chunks.iter().map(|&(i, c)| self.tensors[i].chunk_starts[c]);
+        let ends = chunks
+            .iter()
+            .map(|&(i, c)| self.tensors[i].chunk_starts[c + 1]);
+        let (Some(from), Some(to)) = (starts.min(), ends.max()) else {
+            return;
+        };
+        let lo = from.saturating_sub(window);
+        let hi = to.saturating_add(window).min(self.map.len());
+        let mut at = lo;
+        for &(a, b) in kept {
+            if b <= at {
+                continue;
+            }
+            if a >= hi {
+                break;
+            }
+            if a > at {
+                self.uncache_inside(at, a);
+            }
+            at = at.max(b);
+        }
+        if at < hi {
+            self.uncache_inside(at, hi);
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -110,6 +110,18 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) {
     fadvise(file, offset, len, libc::POSIX_FADV_DONTNEED);
 }
 
+/// Page faults of this process so far that had to wait for a read from the disk
+/// (`getrusage`'s `ru_majflt`, every thread's); 0 where it cannot be read.
+pub fn major_faults() -> u64 {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage struct, which we own.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    u64::try_from(ru.ru_majflt).unwrap_or(0)
+}
+
 /// This process's current and peak resident set (VmRSS, VmHWM from /proc/self/status).
 pub fn rss_report() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
