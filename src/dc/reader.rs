@@ -1452,4 +1452,67 @@ mod tests {
         assert_eq!(dc.ask_ahead(len - mib / 2, len - mib / 4), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// After a cold load, what read-around brought back outside the kept tensors' spans goes
+    /// again: the pages wholly inside the other tensors within the window, none of the kept
+    /// ones', nothing outside the window; a warm load's file is left alone.
+    #[test]
+    fn uncache_around_drops_only_the_tensors_not_kept_within_the_window() {
+        use crate::dc::test_files::{incompressible, small_dc};
+        use crate::gguf::GgmlType;
+        let mib = 1usize << 20;
+        let tensors: Vec<_> = (0..6)
+            .map(|i| {
+                let mut data = incompressible(mib);
+                data.rotate_left(i * 4099);
+                (format!("t{i}"), vec![(mib / 4) as u64], GgmlType::F32, data)
+            })
+            .collect();
+        let (_, dir, path, _) = small_dc("uncache-around", &tensors, 256 << 10);
+        // Pages of a span cached, and its pages.
+        let cached_in = |dc: &super::DcFile, (a, b): (usize, usize)| {
+            let page = crate::io::page_size();
+            let super::Storage::Mapped(m, ..) = &dc.map else {
+                unreachable!()
+            };
+            let pages = &crate::io::resident_pages(m)[a.div_ceil(page)..b / page];
+            (pages.iter().filter(|&&r| r).count(), pages.len())
+        };
+        let open_cold = || {
+            let f = std::fs::File::open(&path).unwrap();
+            f.sync_all().unwrap();
+            crate::io::drop_cached(&f, 0, f.metadata().unwrap().len());
+            let dc = super::DcFile::open(&path).unwrap();
+            dc.set_uncache_after_decode(true);
+            assert!(dc.loaded_cold(), "the file is still cached: cannot test");
+            // The load is over; read-around brings the whole file back.
+            std::fs::read(&path).unwrap();
+            dc
+        };
+        let dc = open_cold();
+        let spans: Vec<(usize, usize)> = (0..6).map(|i| dc.stored_spans(&[i])[0]).collect();
+        let span = |i: usize| spans[i];
+        assert_eq!(dc.stored_spans(&[3, 1]), vec![span(1), span(3)]);
+        let kept = dc.stored_spans(&[1, 3]);
+        // Chunks of t2 just read; the window reaches t0 and t4 but not t5.
+        let window = span(2).0 - span(0).0;
+        let chunks: Vec<(usize, usize)> = (0..4).map(|c| (2, c)).collect();
+        dc.uncache_around(&chunks, &kept, window);
+        // A large folio of the page cache that a kept span shares stays whole: a few pages at
+        // a dropped span's ends may stay.
+        for (i, dropped) in [(0, true), (1, false), (2, true), (3, false), (4, true), (5, false)] {
+            let (n, all) = cached_in(&dc, span(i));
+            let as_expected = if dropped { n * 4 < all } else { n == all };
+            assert!(as_expected, "t{i}: {n} of {all} pages cached");
+        }
+        drop(dc);
+        // Warm at open: nothing is dropped.
+        std::fs::read(&path).unwrap();
+        let dc = super::DcFile::open(&path).unwrap();
+        dc.set_uncache_after_decode(true);
+        assert!(!dc.loaded_cold());
+        dc.uncache_around(&[(2, 0)], &dc.stored_spans(&[1]), 8 * mib);
+        assert!(cached_in(&dc, span(0)).0 > 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
