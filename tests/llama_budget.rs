@@ -903,13 +903,7 @@ fn where_memory_is_tight_a_lookup_drops_the_compressed_bytes_it_read() {
     // A copy of its own, for the page cache it leaves.
     let dc = tmp_dir().join("tight-lookups.dc.gguf");
     std::fs::copy(dc_of(&m), &dc).unwrap();
-    let (plain, plain_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "tight-plain", &[]);
-    assert!(
-        plain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plain.stderr)
-    );
-    let peak = plain_use.peak.expect("the cgroup reports its peak");
+    let (plain, peak) = plain_embedding_uncapped(&l, &parent, &m, "tight-plain");
     let (ours, ours_use) = embedding_in_cgroup(
         &l,
         &parent,
@@ -1173,6 +1167,24 @@ fn embedding_in_cgroup(
     run_in_cgroup(c, parent, cap, tag)
 }
 
+/// Plain llama.cpp's (mmap) llama-embedding of `model` in a memory cgroup with no cap, which
+/// must finish and print embeddings: its output and peak charge, which the caps of a test
+/// are shares of.
+fn plain_embedding_uncapped(
+    l: &Llama,
+    parent: &cgroup::Parent,
+    model: &Path,
+    tag: &str,
+) -> (std::process::Output, u64) {
+    let (out, usage) = embedding_in_cgroup(l, parent, model, None, None, tag, &[]);
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "plain llama-embedding failed or printed nothing:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, usage.peak.expect("the cgroup reports its peak"))
+}
+
 /// The default decides at load, before the context exists; MiniLM BF16's first batch then
 /// takes llama.cpp about 270 MiB of buffers (logits for 2046 tokens, compute buffers) next
 /// to 44 MiB of weights. Under a cap a little below what the default needs without a budget,
@@ -1202,17 +1214,7 @@ fn a_batch_that_outgrows_the_limit_moves_weights_or_takes_a_budget_where_plain_m
     let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
-    let (free, free_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "emb-plain", &[]);
-    assert!(
-        free.status.success(),
-        "{}",
-        String::from_utf8_lossy(&free.stderr)
-    );
-    assert!(
-        !free.stdout.is_empty(),
-        "plain llama-embedding printed nothing"
-    );
-    let peak = free_use.peak.expect("the cgroup reports its peak");
+    let (free, peak) = plain_embedding_uncapped(&l, &parent, &m, "emb-plain");
     const SHORT: &str = "which would not fit";
     let mut tried = Vec::new();
     for permille in (800..=940).rev().step_by(SWITCH_STEP_PERMILLE) {
@@ -1374,17 +1376,7 @@ fn a_budget_whose_batch_would_not_fit_moves_its_resident_weights_to_a_file() {
     let m = require_shared_model(t, "all-MiniLM-L6-v2-bf16.gguf");
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
-    let (plain, plain_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "bmove-plain", &[]);
-    assert!(
-        plain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plain.stderr)
-    );
-    assert!(
-        !plain.stdout.is_empty(),
-        "plain llama-embedding printed nothing"
-    );
-    let peak = plain_use.peak.expect("the cgroup reports its peak");
+    let (plain, peak) = plain_embedding_uncapped(&l, &parent, &m, "bmove-plain");
     let mut tried = Vec::new();
     for permille in (800..=940).rev().step_by(SWITCH_STEP_PERMILLE) {
         let cap = peak / 1000 * permille as u64;
@@ -1461,13 +1453,7 @@ fn a_batch_a_little_short_gives_back_the_decoded_token_table_before_moving_weigh
     let dc = dc_of(&m);
     // 30522 rows of 384 Q8_0 values: 12 blocks of 34 bytes.
     let table_mib = (30522 * 12 * 34) as f64 / MIB as f64;
-    let (free, free_use) = embedding_in_cgroup(&l, &parent, &m, None, None, "q8-plain", &[]);
-    assert!(
-        free.status.success() && !free.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&free.stderr)
-    );
-    let peak = free_use.peak.expect("the cgroup reports its peak");
+    let (free, peak) = plain_embedding_uncapped(&l, &parent, &m, "q8-plain");
     let mut tried = Vec::new();
     for permille in (900..=970).rev().step_by(10) {
         let cap = peak / 1000 * permille;

@@ -1500,7 +1500,14 @@ mod tests {
         dc.uncache_around(&chunks, &kept, window);
         // A large folio of the page cache that a kept span shares stays whole: a few pages at
         // a dropped span's ends may stay.
-        for (i, dropped) in [(0, true), (1, false), (2, true), (3, false), (4, true), (5, false)] {
+        for (i, dropped) in [
+            (0, true),
+            (1, false),
+            (2, true),
+            (3, false),
+            (4, true),
+            (5, false),
+        ] {
             let (n, all) = cached_in(&dc, span(i));
             let as_expected = if dropped { n * 4 < all } else { n == all };
             assert!(as_expected, "t{i}: {n} of {all} pages cached");
