@@ -1242,7 +1242,12 @@ impl Residency {
             true
         };
         let secs = started.elapsed().as_secs_f64();
-        let chunks: Vec<(usize, usize)> = jobs.iter().map(|j| (j.tensor, j.chunk)).collect();
+        // Only where something uses them: `ram` after a warm load allocates nothing here.
+        let chunks: Vec<(usize, usize)> = if self.home == CompressedHome::File || faults.is_some() {
+            jobs.iter().map(|j| (j.tensor, j.chunk)).collect()
+        } else {
+            Vec::new()
+        };
         if self.home == CompressedHome::File {
             // The compressed bytes just decoded leave the process in one call (with the
             // neighbouring pages the kernel's fault-around mapped along), rather than one per
