@@ -540,6 +540,18 @@ impl DcFile {
         }
     }
 
+    /// Gives back the stored bytes of `tensors`, decoded for good and never read again: this
+    /// process's mappings of them, and their page cache where the load found it cold (pages
+    /// cached when the file was opened stay, as another reader's).
+    pub fn release_stored(&self, tensors: &[usize]) {
+        for (from, to) in self.stored_spans(tensors) {
+            self.unmap_range(from, to);
+            if self.loaded_cold() {
+                self.uncache_inside(from, to);
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -153,6 +153,9 @@ pub struct Residency {
     streamed_spans: Vec<(usize, usize)>,
     /// Decodes left that [`Residency::drop_read_around`] drops after without counting faults.
     early_drops_left: AtomicU64,
+    /// Every streamed tensor was decoded into its own memory for good
+    /// ([`Residency::decode_for_good`]): nothing decodes, evicts or cuts a graph any more.
+    for_good: AtomicBool,
 }
 
 /// How far around the chunks a decode read from the disk [`Residency::drop_read_around`]
@@ -380,6 +383,7 @@ impl Residency {
             lookup_tight: Mutex::new(None),
             streamed_spans,
             early_drops_left,
+            for_good: AtomicBool::new(false),
         });
         if s.prefetch != Some(false) {
             let (tx, rx) = channel::<u32>();
@@ -640,6 +644,94 @@ impl Residency {
         (count, bytes)
     }
 
+    /// Stops streaming: every streamed tensor is decoded once more into its own memory in
+    /// llama.cpp's buffer and stays there, and what streaming held goes back to the system
+    /// (the arena, pooled pages, the compressed bytes this process maps of the DC file and
+    /// their page cache where the load found it cold). From then on the graph callback only
+    /// points each weight at its own memory. `keep` gets each piece of memory as soon as it
+    /// holds its decoded bytes, `(address, length)`, a chunk of a tensor at most, so that
+    /// the caller can move it to a file before the next is written (a batch that does not
+    /// fit next to the budget: [`super::refit`]); tensors decoded in place and present are
+    /// handed over whole, as they are. Returns the decoded bytes of the tensors it holds
+    /// now, or the first decode error (the residency has failed then: its model must not
+    /// compute).
+    ///
+    /// # Safety
+    /// No graph of the model computes (this runs on the thread inside its compute call,
+    /// between graph computations), and none will without this residency's graph callback;
+    /// `keep` must not call into this residency.
+    pub unsafe fn decode_for_good(
+        &self,
+        mut keep: impl FnMut(usize, usize),
+    ) -> Result<u64, crate::dc::DcError> {
+        let mut st = self.lock();
+        // No prefetch starts from now on, and one in flight finishes first.
+        self.prefetch_on.store(false, Ordering::Relaxed);
+        st.prefetching = None;
+        while st.slots.iter().any(|s| s.status == Status::Loading) {
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        self.for_good.store(true, Ordering::Relaxed);
+        // Tensors in the arena (their weights pointed back at their own memory) and tables
+        // with some rows decoded are evicted and decoded again below, in place.
+        for slot in 0..st.slots.len() {
+            let s = &st.slots[slot];
+            if s.buf.is_some() || s.status == Status::Partial {
+                self.evict(&mut st, slot);
+            }
+        }
+        st.pool.trim(0);
+        if let Some(mut arena) = st.buffers.take() {
+            arena.unmap();
+        }
+        let mut held = 0u64;
+        let mut streamed = Vec::with_capacity(st.slots.len());
+        for slot in 0..st.slots.len() {
+            let (tensor, addr, len, status) = {
+                let s = &st.slots[slot];
+                (s.tensor, s.addr, s.len, s.status)
+            };
+            streamed.push(tensor);
+            if addr == 0 {
+                // Never found in llama.cpp's memory: not streamed, nothing to keep.
+                continue;
+            }
+            if status == Status::Absent {
+                let chunk = (self.dc.index.tensors[tensor].chunk_raw as usize).max(1);
+                for at in (0..len).step_by(chunk) {
+                    let n = chunk.min(len - at);
+                    // SAFETY: `addr..addr + len` is this tensor's memory in llama.cpp's
+                    // weight buffer (recorded at load), Absent: no graph reads it (none
+                    // computes, the caller's contract) and no decode writes it (none is in
+                    // flight, and none starts: `for_good`, the lock held).
+                    let dst = unsafe { std::slice::from_raw_parts_mut((addr + at) as *mut u8, n) };
+                    if let Err(e) = self.dc.read_tensor(tensor, at as u64, dst) {
+                        drop(st);
+                        self.fail(e.to_string());
+                        return Err(e);
+                    }
+                    keep(addr + at, n);
+                }
+                let s = &mut st.slots[slot];
+                s.status = Status::Present;
+                st.present += len as u64;
+                st.stats.decodes += 1;
+                st.stats.decoded_bytes += len as u64;
+            } else {
+                keep(addr, len);
+            }
+            held += len as u64;
+        }
+        drop(st);
+        self.dc.release_stored(&streamed);
+        Ok(held)
+    }
+
+    /// Whether every streamed tensor was decoded for good ([`Residency::decode_for_good`]).
+    pub fn decoded_for_good(&self) -> bool {
+        self.for_good.load(Ordering::Relaxed)
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = self.lock().stats;
         s.stall_seconds = self.stall_nanos.load(Ordering::Relaxed) as f64 * 1e-9;
@@ -802,7 +894,9 @@ impl Residency {
             // SAFETY: as above.
             unsafe { self.point(slot, base, src) };
         }
-        boundary
+        // Decoded for good, a layer frees nothing once computed: cutting the graph there
+        // would only make the compute threads wait for each other once more a layer.
+        boundary && !self.for_good.load(Ordering::Relaxed)
     }
 
     /// Points weight `base` (and `src`, a view of it, if not itself) at where `slot`'s
@@ -1402,7 +1496,11 @@ impl Residency {
         };
         for slot in slots {
             let mut st = self.lock();
-            if st.prefetching != Some(g) || st.closed || self.failed() {
+            if st.prefetching != Some(g)
+                || st.closed
+                || self.failed()
+                || self.for_good.load(Ordering::Relaxed)
+            {
                 return;
             }
             if st.slots[slot].status != Status::Absent || st.slots[slot].addr == 0 {
@@ -1677,21 +1775,33 @@ mod buffer_tests {
         unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec()
     }
 
-    /// Three layers of one tensor each, all streamed under a budget that holds two of them
-    /// decoded: the graph callback's ask points each weight (and a view of one) at the
-    /// buffer its bytes were decoded into, an evicted weight's buffer goes to the next layer
-    /// and the weight points back at its own memory, which no decode ever touched.
-    #[test]
-    fn streamed_weights_decode_into_buffers_that_pass_from_layer_to_layer() {
+    /// A model of three layers of one tensor each, all streamed under a budget that holds two
+    /// of them decoded (no prefetch thread), in an anonymous "weight buffer" where the load
+    /// left them, and a graph of one node a layer; layer 0's node reads it through a view
+    /// 4 KiB in (as ggml_view_* makes one). Heap-allocated throughout: the nodes point at the
+    /// weights and the view.
+    struct ThreeLayers {
+        res: Arc<Residency>,
+        layer: Vec<Vec<u8>>,
+        model: memmap2::MmapMut,
+        homes: Vec<usize>,
+        weights: Vec<sys::ggml_tensor>,
+        view: Box<sys::ggml_tensor>,
+        nodes: Vec<sys::ggml_tensor>,
+    }
+
+    fn three_streamed_layers(name: &str) -> ThreeLayers {
         let bytes = incompressible(3 * N * 4);
-        let layer = |i: usize| bytes[i * N * 4..(i + 1) * N * 4].to_vec();
+        let layer: Vec<Vec<u8>> = (0..3)
+            .map(|i| bytes[i * N * 4..(i + 1) * N * 4].to_vec())
+            .collect();
         let tensors: Vec<crate::gguf::TensorEntry> = (0..3)
             .map(|i| {
                 let name = format!("blk.{i}.ffn_up.weight");
-                (name, vec![N as u64], GgmlType::F32, layer(i))
+                (name, vec![N as u64], GgmlType::F32, layer[i].clone())
             })
             .collect();
-        let (_, dir, _, dc) = small_dc("runtime-buffers", &tensors, 1 << 20);
+        let (_, dir, _, dc) = small_dc(name, &tensors, 1 << 20);
         std::fs::remove_dir_all(&dir).unwrap();
         let settings = Settings {
             budget: Budget::Bytes(1),
@@ -1702,7 +1812,6 @@ mod buffer_tests {
         assert_eq!(res.plan.streamed_count(), 3);
         assert_eq!(res.room, 2 * (N * 4) as u64, "the working set: two layers");
 
-        // llama.cpp's weight buffer, with the three tensors where the load left them.
         let mut model = memmap2::MmapMut::map_anon(3 * N * 4).unwrap();
         let homes: Vec<usize> = (0..3)
             .map(|i| model.as_mut_ptr() as usize + i * N * 4)
@@ -1719,18 +1828,44 @@ mod buffer_tests {
             w.data = homes[i] as *mut c_void;
         }
         let w: Vec<*mut sys::ggml_tensor> = weights.iter_mut().map(|w| w as *mut _).collect();
-        // A node reads layer 0 through a view 4 KiB in (as ggml_view_* makes one).
-        let mut view = zeroed_tensor();
+        let mut view = Box::new(zeroed_tensor());
         view.view_src = w[0];
         view.view_offs = 4096;
         view.data = (homes[0] + 4096) as *mut c_void;
         let mut nodes: Vec<sys::ggml_tensor> = (0..3).map(|_| zeroed_tensor()).collect();
-        nodes[0].src[0] = &mut view;
+        nodes[0].src[0] = &mut *view;
         nodes[1].src[0] = w[1];
         nodes[2].src[0] = w[2];
         nodes
             .iter_mut()
             .for_each(|n| n.op = sys::ggml_op_GGML_OP_MUL_MAT);
+        ThreeLayers {
+            res,
+            layer,
+            model,
+            homes,
+            weights,
+            view,
+            nodes,
+        }
+    }
+
+    /// Three layers of one tensor each, all streamed under a budget that holds two of them
+    /// decoded: the graph callback's ask points each weight (and a view of one) at the
+    /// buffer its bytes were decoded into, an evicted weight's buffer goes to the next layer
+    /// and the weight points back at its own memory, which no decode ever touched.
+    #[test]
+    fn streamed_weights_decode_into_buffers_that_pass_from_layer_to_layer() {
+        let ThreeLayers {
+            res,
+            layer,
+            model,
+            homes,
+            weights,
+            view,
+            nodes,
+        } = three_streamed_layers("runtime-buffers");
+        let layer = |i: usize| layer[i].clone();
         let data_of =
             |w: &[sys::ggml_tensor]| w.iter().map(|t| t.data as usize).collect::<Vec<_>>();
 
@@ -1778,6 +1913,73 @@ mod buffer_tests {
         assert!(model.iter().all(|&b| b == 0));
         res.shut_down();
         assert_eq!(data_of(&weights), homes);
+    }
+
+    /// Decoded for good (a batch that does not fit next to the budget: refit's
+    /// `stop_streaming`), every streamed weight holds its bytes in its own memory and points
+    /// there, each piece handed to the caller as soon as it is written, the arena given back;
+    /// later asks decode nothing and cut no graph, and point a view at the weight's own
+    /// memory again.
+    #[test]
+    fn decoded_for_good_every_weight_lies_in_its_own_memory_and_nothing_decodes_again() {
+        let ThreeLayers {
+            res,
+            layer,
+            model,
+            homes,
+            weights,
+            view,
+            nodes,
+        } = three_streamed_layers("runtime-for-good");
+        // SAFETY (every ask and read below): as in the test above.
+        assert!(unsafe { res.ask(&nodes[0]) });
+        assert_ne!(view.data as usize, homes[0] + 4096, "read from the arena");
+        res.computed();
+        assert!(unsafe { res.ask(&nodes[1]) });
+        res.computed();
+        let decodes = res.stats().decodes;
+
+        let mut pieces: Vec<(usize, usize)> = Vec::new();
+        // SAFETY: no graph computes; the closure does not call into the residency.
+        let held = unsafe { res.decode_for_good(|at, len| pieces.push((at, len))) }.unwrap();
+        assert_eq!(held, 3 * (N * 4) as u64);
+        assert!(res.decoded_for_good());
+        for i in 0..3 {
+            assert_eq!(weights[i].data as usize, homes[i], "layer {i} points home");
+            assert_eq!(
+                &model[i * N * 4..(i + 1) * N * 4],
+                &layer[i][..],
+                "layer {i}'s bytes"
+            );
+        }
+        // The pieces cover the three tensors' memory exactly, none larger than a chunk.
+        pieces.sort_unstable();
+        let mut at = homes[0];
+        for &(start, len) in &pieces {
+            assert_eq!(start, at, "pieces {pieces:?}");
+            assert!(len <= 1 << 20);
+            at += len;
+        }
+        assert_eq!(at, homes[2] + N * 4);
+        assert!(res.lock().buffers.is_none(), "the arena was given back");
+
+        for node in &nodes {
+            assert!(!unsafe { res.ask(node) }, "no graph is cut any more");
+            res.computed();
+        }
+        assert_eq!(view.data as usize, homes[0] + 4096);
+        let stats = res.stats();
+        assert_eq!(
+            stats.decodes,
+            decodes + 3,
+            "each layer decoded once more, then never"
+        );
+        res.shut_down();
+        assert_eq!(
+            &model[..],
+            &layer.concat()[..],
+            "shutting down leaves the bytes"
+        );
     }
 
     #[test]
