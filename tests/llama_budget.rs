@@ -1114,6 +1114,47 @@ fn a_budget_still_short_with_its_resident_weights_moved_stops_streaming() {
     );
 }
 
+/// A budget whose decodes keep reading back from the disk the compressed bytes the limit
+/// reclaimed between tokens (`runtime::Residency::note_pressure`): SmolLM2 at `50%,file`
+/// under llama-completion and plain mmap's peak (141.4 MiB, 84% of the budget's own uncapped
+/// peak) generated 10.9 t/s against plain mmap's 96.7, reading 84-138 MiB of its 68.6 MiB of
+/// compressed bytes every two tokens (session 61). Such a budget stops streaming
+/// (`refit::budget_thrashes`): its weights move to a file, as plain mmap's are a file. 128
+/// tokens under 142 MiB: 80.4 t/s (plain mmap 110.4). Without a cap it reads nothing and
+/// streams on. Under 80% of its uncapped peak it says so and generates the same text. Needs
+/// a memory cgroup of its own (root).
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp (scripts/build-llama.sh) and SmolLM2 (scripts/fetch-models.sh)"
+)]
+fn a_budget_whose_decodes_keep_reading_from_the_disk_stops_streaming() {
+    let t = "a_budget_whose_decodes_keep_reading_from_the_disk_stops_streaming";
+    let (l, m) = (require_llama(t), require_smollm2(t));
+    let parent = own_memory_cgroup(t);
+    let dc = dc_of(&m);
+    let thrashing = "decodes keep reading from the disk";
+    let (free, free_use) =
+        completion_in_cgroup(&l, &parent, &dc, Some("50%,file"), None, "thrash-free");
+    let free_log = String::from_utf8_lossy(&free.stderr);
+    assert!(free.status.success(), "{free_log}");
+    assert!(
+        !free_log.contains(thrashing),
+        "without a limit the budget stopped streaming:\n{free_log}"
+    );
+    let cap = free_use.peak.expect("the cgroup reports its peak") / 100 * 80;
+    let (ours, ours_use) =
+        completion_in_cgroup(&l, &parent, &dc, Some("50%,file"), Some(cap), "thrash-cap");
+    finished_saying(&ours, &ours_use, cap, thrashing);
+    let log = String::from_utf8_lossy(&ours.stderr);
+    assert!(log.contains("the budget stops streaming"), "{log}");
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&free.stdout),
+        "the budget that stopped streaming generated other text"
+    );
+}
+
 /// llama-perplexity on SmolLM2 ([`perplexity_in_cgroup`]) under `percent`% of plain mmap's
 /// uncapped peak: plain finishes there (the premise), and so does the DC file under the
 /// default or `budget`, its log saying `decision`, with plain's score.

@@ -147,6 +147,11 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, data: *m
         } else {
             if let Some(r) = hook.residency() {
                 r.computed();
+                // Between two ranges of nodes: no graph computes, none is pointed at
+                // memory it has not yet read.
+                if r.thrashing() {
+                    super::refit::budget_thrashes(r);
+                }
             }
             if hook.record_asked.load(Ordering::Relaxed) {
                 if hook.record_max {

@@ -49,7 +49,11 @@
 //! unless the batch is still short with every resident weight moved: then the budget's own
 //! memory is what does not fit, and it stops streaming ([`Pending::stop_streaming`]): the
 //! streamed tensors are decoded for good and move to the file too, and the model holds its
-//! weights as plain llama.cpp's mmap does.
+//! weights as plain llama.cpp's mmap does. A budget under a limit that no batch's buffer
+//! tells about (llama-completion's tokens allocate none) is found out by its decodes instead:
+//! where they keep reading back from the disk the compressed bytes the limit reclaimed
+//! between passes ([`Residency::thrashing`]), the graph callback has it give up streaming
+//! the same way, its resident weights moved first ([`budget_thrashes`]).
 //!
 //! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
 //! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the
@@ -278,6 +282,30 @@ pub fn notes_contexts_of(model: *const sys::llama_model) -> bool {
     pending().iter().any(|p| {
         p.model == model as usize && p.res.get().is_none() && !p.settled.load(Ordering::Relaxed)
     })
+}
+
+/// The graph callback found the budget `res` [`Residency::thrashing`] (once a range of nodes
+/// has been computed, before the next is asked about): where a budgeted model loaded with
+/// it, that model gives up streaming ([`Pending::give_up_streaming`]); else the pressure is
+/// no longer counted.
+pub fn budget_thrashes(res: &Arc<Residency>) {
+    let _one = deciding();
+    if !res.thrashing() {
+        // Dealt with by another context's callback meanwhile.
+        return;
+    }
+    let owner = pending()
+        .iter()
+        .find(|p| {
+            p.budgeted
+                && super::model_residency(p.model as *const sys::llama_model)
+                    .is_some_and(|r| Arc::ptr_eq(&r, res))
+        })
+        .cloned();
+    match owner {
+        Some(p) => p.give_up_streaming(res),
+        None => res.stop_counting_pressure(),
+    }
 }
 
 /// Values in the widest row of `dc`'s weights (the inner dimension of its matrix products).
@@ -777,20 +805,84 @@ impl Pending {
         if short > 0
             && let Some(spilled) = self.spilled.get()
         {
-            self.stop_streaming(&res, spilled, short);
+            let why = format!(
+                "a batch is {:.1} MiB short with the budget's resident weights in the file",
+                short as f64 / (1u64 << 20) as f64
+            );
+            self.stop_streaming(&res, spilled, &why);
         }
     }
 
-    /// A batch of a budgeted model is still `short` bytes with every resident weight moved
-    /// to the file: the budget's own memory (the streamed tensors' working set) and the
-    /// compressed bytes it decodes from are what no longer fit. Its streamed tensors are
-    /// decoded for good ([`Residency::decode_for_good`]) and move to the file chunk by chunk
-    /// as they are written: the model then holds its weights as plain llama.cpp's mmap does,
-    /// as pages the limit reclaims and the disk gives back, and decodes nothing more.
+    /// The budget's decodes keep reading from the disk what the limit reclaimed between
+    /// passes ([`Residency::thrashing`]): every weight it keeps resident moves to a file
+    /// (opened here where no batch opened one), then it stops streaming
+    /// ([`Pending::stop_streaming`]). Where no file can be made, it goes on as it is.
+    fn give_up_streaming(&self, res: &Residency) {
+        let streams = &res.plan.streamed;
+        let streamed = |i: usize| streams.get(i) == Some(&true);
+        let model = self.model as *const sys::llama_model;
+        let spilled = match self.spilled.get() {
+            Some(s) => s,
+            None => {
+                let opened = movable_ranges(model, &self.dc, streamed).and_then(|ranges| {
+                    let spiller = Spiller::open(0, &self.spill_dirs).map_err(RefitError::Spill)?;
+                    Ok((ranges, spiller))
+                });
+                let (ranges, spiller) = match opened {
+                    Ok(o) => o,
+                    Err(e) => {
+                        crate::log_line!(
+                            "dcgguf: warning: the memory budget's decodes keep reading from the \
+                             disk, and its weights cannot move to a file ({e}); it goes on \
+                             streaming"
+                        );
+                        res.stop_counting_pressure();
+                        return;
+                    }
+                };
+                self.spilled.get_or_init(|| Spilled {
+                    movable: super::spill::movable_bytes(&ranges),
+                    first: lookup_ranges(model, &self.dc, streamed),
+                    spiller: Arc::new(Mutex::new(spiller)),
+                    ranges,
+                })
+            }
+        };
+        {
+            let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
+            let rest = spilled.movable.saturating_sub(spiller.moved());
+            if spiller.allow(rest).is_ok() {
+                // SAFETY: the model's resident tensors in llama.cpp's CPU weight buffer, alive
+                // until the model is freed (which forgets it first); no graph of the model
+                // computes: this runs in the graph callback once a range of nodes has been
+                // computed and before the next is asked about, and contexts of one model do
+                // not compute concurrently (a budget's documented limit).
+                unsafe {
+                    spiller.take_rest_of_lookup(&spilled.first);
+                    spiller.take_rest(&spilled.ranges);
+                }
+            }
+        }
+        self.stop_streaming(
+            res,
+            spilled,
+            "the memory budget's decodes keep reading from the disk the compressed bytes the \
+             limit reclaimed between passes",
+        );
+        res.stop_counting_pressure();
+    }
+
+    /// The budget's own memory (the streamed tensors' working set) and the compressed bytes
+    /// it decodes from no longer fit, `why` (a batch of a budgeted model is still short with
+    /// every resident weight moved to the file, or its decodes keep reading from the disk):
+    /// its streamed tensors are decoded for good ([`Residency::decode_for_good`]) and move
+    /// to the file chunk by chunk as they are written. The model then holds its weights as
+    /// plain llama.cpp's mmap does, as pages the limit reclaims and the disk gives back, and
+    /// decodes nothing more.
     /// Measured before (session 60): SmolLM2 `50%,file` under llama-perplexity and a 112 MiB
     /// cap thrashed past 120 s or was OOM-killed, with 15.8 MiB resident moved and the batch
     /// still 13.2 MiB short, where plain mmap ran in 10.6 s.
-    fn stop_streaming(&self, res: &Residency, spilled: &Spilled, short: u64) {
+    fn stop_streaming(&self, res: &Residency, spilled: &Spilled, why: &str) {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let streamed = res.plan.decoded_weight_bytes - res.plan.resident_bytes;
         let page = crate::io::page_size() as u64;
@@ -800,10 +892,8 @@ impl Pending {
         let pages = 2 * page * res.plan.streamed_count() as u64;
         if let Err(e) = spiller.allow(streamed.saturating_add(pages)) {
             crate::log_line!(
-                "dcgguf: memory: a batch is {:.1} MiB short with the budget's resident weights \
-                 in the file, and its streamed weights cannot move there ({e}); they stay \
-                 streamed",
-                mib(short)
+                "dcgguf: memory: {why}, and its streamed weights cannot move to the file ({e}); \
+                 they stay streamed"
             );
             self.settled.store(true, Ordering::Relaxed);
             return;
@@ -828,19 +918,15 @@ impl Pending {
         self.settled.store(true, Ordering::Relaxed);
         match (decoded, spiller.failure()) {
             (Ok(bytes), None) => crate::log_line!(
-                "dcgguf: memory: a batch is {:.1} MiB short with the budget's resident weights \
-                 in the file: the budget stops streaming; its {:.1} MiB of streamed weights \
-                 are decoded for good and moved to the file ({:.1} MiB), which the limit may \
-                 reclaim as plain llama.cpp's mapped model",
-                mib(short),
+                "dcgguf: memory: {why}: the budget stops streaming; its {:.1} MiB of streamed \
+                 weights are decoded for good and moved to the file ({:.1} MiB), which the \
+                 limit may reclaim as plain llama.cpp's mapped model",
                 mib(bytes),
                 mib(spiller.moved() - before)
             ),
             (Ok(_), Some(e)) => crate::log_line!(
-                "dcgguf: memory: a batch is {:.1} MiB short: the budget stopped streaming, \
-                 but moving its weights to the file stopped after {:.1} MiB ({e}); the rest \
-                 stay in memory",
-                mib(short),
+                "dcgguf: memory: {why}: the budget stopped streaming, but moving its weights \
+                 to the file stopped after {:.1} MiB ({e}); the rest stay in memory",
                 mib(spiller.moved() - before)
             ),
             // Said by the residency's failure, which stops the model's computes.

@@ -156,7 +156,33 @@ pub struct Residency {
     /// Every streamed tensor was decoded into its own memory for good
     /// ([`Residency::decode_for_good`]): nothing decodes, evicts or cuts a graph any more.
     for_good: AtomicBool,
+    /// Layer decodes that read from the disk, over a window: [`Residency::note_pressure`].
+    pressure: Mutex<PressureWindow>,
+    /// Set where the limit reclaimed what the budget decodes from between passes
+    /// ([`Residency::thrashing`]).
+    thrashing: AtomicBool,
 }
+
+/// Layer decodes counted by [`Residency::note_pressure`].
+#[derive(Default)]
+struct PressureWindow {
+    /// Decodes still to pass before counting: the first two passes after a cold load read
+    /// their compressed bytes from the disk whatever the limit. `u64::MAX`: counting stopped.
+    warmup_left: u64,
+    /// In the window so far: decodes, and the bytes the process had read from the disk
+    /// during them.
+    decodes: u64,
+    read: u64,
+    /// Decodes a window counts: two passes.
+    window: u64,
+}
+
+/// The share of the compressed bytes a window's passes decode from that, read from the disk
+/// during them, makes the budget [`Residency::thrashing`]: a quarter. Measured (session 61,
+/// SmolLM2, llama-completion, two passes a window): under a limit that reclaims them 84-138
+/// MiB a window at `50%,file` (68.6 MiB compressed a pass), 98-140 at `50%,ram` (41.9: the
+/// kernel reads around them); with room, none at all.
+const THRASHING_SHARE: u64 = 4;
 
 /// How far around the chunks a decode read from the disk [`Residency::drop_read_around`]
 /// looks: twice the largest readahead seen (8 MiB, this VM's disk), which a page fault
@@ -376,7 +402,8 @@ impl Residency {
         groups.sort_unstable();
         groups.dedup();
         // Two passes: a pass decodes each group once at least.
-        let early_drops_left = AtomicU64::new(2 * groups.len() as u64);
+        let two_passes = 2 * groups.len() as u64;
+        let early_drops_left = AtomicU64::new(two_passes);
         let res = Arc::new(Residency {
             room,
             plan,
@@ -411,6 +438,12 @@ impl Residency {
             streamed_spans,
             early_drops_left,
             for_good: AtomicBool::new(false),
+            pressure: Mutex::new(PressureWindow {
+                warmup_left: two_passes,
+                window: two_passes.max(1),
+                ..PressureWindow::default()
+            }),
+            thrashing: AtomicBool::new(false),
         });
         if s.prefetch != Some(false) {
             let (tx, rx) = channel::<u32>();
@@ -763,6 +796,52 @@ impl Residency {
         let mut s = self.lock().stats;
         s.stall_seconds = self.stall_nanos.load(Ordering::Relaxed) as f64 * 1e-9;
         s
+    }
+
+    /// After a layer decode of a pass (not a row lookup's), during which the process had
+    /// `blocks` (of 512 bytes) read from the disk ([`crate::io::blocks_read`]: the decodes
+    /// ask for their chunks ahead, so a major fault rarely counts what they wait for). Where
+    /// the limit cannot hold the budget's memory next to the compressed bytes it decodes from,
+    /// the kernel reclaims those pages between passes and the decodes read them back: SmolLM2
+    /// at `50%,file` under llama-completion and plain mmap's peak (141.4 MiB) generated 10.9
+    /// t/s against plain mmap's 96.7, at `50%,ram` under 90% of it 20.6 against 26.9 (session
+    /// 61). Once a window of two passes (after the two passes of a cold start) has read a
+    /// quarter of the compressed bytes they decode from ([`THRASHING_SHARE`]), the budget is
+    /// [`Residency::thrashing`]: the graph callback then has it stop streaming
+    /// ([`super::refit::budget_thrashes`]). Without a limit pressing, a warm pass reads
+    /// nothing from the disk. Costs a `getrusage` a decode where nothing counted faults.
+    fn note_pressure(&self, blocks: u64) {
+        let mut w = self.pressure.lock().unwrap_or_else(|e| e.into_inner());
+        if w.warmup_left > 0 {
+            w.warmup_left = w.warmup_left.saturating_sub(1);
+            return;
+        }
+        w.decodes += 1;
+        w.read = w.read.saturating_add(blocks.saturating_mul(512));
+        if w.decodes >= w.window {
+            // A window decodes each group twice: the streamed bytes twice.
+            let decoded_from = 2 * self.plan.streamed_stored_bytes;
+            if w.read.saturating_mul(THRASHING_SHARE) >= decoded_from {
+                self.thrashing.store(true, Ordering::Relaxed);
+            }
+            w.decodes = 0;
+            w.read = 0;
+        }
+    }
+
+    /// Whether the budget's decodes keep reading from the disk ([`Residency::note_pressure`])
+    /// and it still streams.
+    pub fn thrashing(&self) -> bool {
+        self.thrashing.load(Ordering::Relaxed) && !self.decoded_for_good()
+    }
+
+    /// The thrashing was dealt with, or cannot be: no more counting.
+    pub fn stop_counting_pressure(&self) {
+        self.pressure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .warmup_left = u64::MAX;
+        self.thrashing.store(false, Ordering::Relaxed);
     }
 
     /// Before a decode: the process's major page faults so far where the DC file's load was
@@ -1328,6 +1407,7 @@ impl Residency {
         // threads may already wait, are the shortest.
         jobs.sort_by_key(|j| std::cmp::Reverse(j.len));
         let faults = self.faults_before_decode();
+        let reads_at = crate::io::blocks_read();
         let started = Instant::now();
         let errors: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
         let decode = |j: usize| {
@@ -1375,6 +1455,7 @@ impl Residency {
             // chunk: each call interrupts every other CPU running the process.
             self.dc.release_chunks(&chunks);
         }
+        self.note_pressure(crate::io::blocks_read().saturating_sub(reads_at));
         self.drop_read_around(faults, &chunks);
         let mut errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
         if !completed {
@@ -2007,6 +2088,37 @@ mod buffer_tests {
             &layer.concat()[..],
             "shutting down leaves the bytes"
         );
+    }
+
+    /// The budget thrashes once a window of two passes, after the two of a cold start, has
+    /// read from the disk a quarter of the compressed bytes it decodes from; less, or only
+    /// in the cold start, it does not.
+    #[test]
+    fn a_budget_thrashes_when_its_passes_read_back_a_quarter_of_what_they_decode() {
+        let ThreeLayers { res, .. } = three_streamed_layers("runtime-pressure");
+        let stored = res.plan.streamed_stored_bytes;
+        let blocks = |bytes: u64| bytes.div_ceil(512);
+        // Two passes of three layers each: the cold start, which reads everything.
+        for _ in 0..6 {
+            res.note_pressure(blocks(stored));
+        }
+        assert!(!res.thrashing(), "the cold start counts for nothing");
+        // A window reading under a quarter of two passes' compressed bytes.
+        for _ in 0..6 {
+            res.note_pressure(blocks(stored / 16));
+        }
+        assert!(!res.thrashing());
+        // One reading over it.
+        for _ in 0..6 {
+            res.note_pressure(blocks(stored / 8));
+        }
+        assert!(res.thrashing());
+        res.stop_counting_pressure();
+        assert!(!res.thrashing());
+        for _ in 0..12 {
+            res.note_pressure(blocks(stored));
+        }
+        assert!(!res.thrashing(), "counting stopped");
     }
 
     #[test]
