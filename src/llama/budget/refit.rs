@@ -899,7 +899,9 @@ impl Pending {
             return;
         }
         // SAFETY: no graph of the model computes: this runs on the thread inside
-        // llama_decode/encode/process while ggml allocates (between graph computations), and
+        // llama_decode/encode/process, either while ggml allocates (between graph
+        // computations: `spill_resident`) or in the graph callback once a range of nodes has
+        // been computed and before the next is asked about (`give_up_streaming`), and
         // contexts of one model do not compute concurrently (a budget's documented limit);
         // every context of the model runs the residency's graph callback. Each piece `keep`
         // gets is decoded memory of a streamed tensor in llama.cpp's CPU weight buffer,

@@ -2030,18 +2030,11 @@ mod buffer_tests {
     /// memory again.
     #[test]
     fn decoded_for_good_every_weight_lies_in_its_own_memory_and_nothing_decodes_again() {
-        let ThreeLayers {
-            res,
-            layer,
-            model,
-            homes,
-            weights,
-            view,
-            nodes,
-        } = three_streamed_layers("runtime-for-good");
+        let t = three_streamed_layers("runtime-for-good");
+        let (res, homes, nodes) = (&t.res, &t.homes, &t.nodes);
         // SAFETY (every ask and read below): as in the test above.
         assert!(unsafe { res.ask(&nodes[0]) });
-        assert_ne!(view.data as usize, homes[0] + 4096, "read from the arena");
+        assert_ne!(t.view.data as usize, homes[0] + 4096, "read from the arena");
         res.computed();
         assert!(unsafe { res.ask(&nodes[1]) });
         res.computed();
@@ -2052,11 +2045,11 @@ mod buffer_tests {
         let held = unsafe { res.decode_for_good(|at, len| pieces.push((at, len))) }.unwrap();
         assert_eq!(held, 3 * (N * 4) as u64);
         assert!(res.decoded_for_good());
-        for i in 0..3 {
-            assert_eq!(weights[i].data as usize, homes[i], "layer {i} points home");
+        for (i, &home) in homes.iter().enumerate() {
+            assert_eq!(t.weights[i].data as usize, home, "layer {i} points home");
             assert_eq!(
-                &model[i * N * 4..(i + 1) * N * 4],
-                &layer[i][..],
+                &t.model[i * N * 4..(i + 1) * N * 4],
+                &t.layer[i][..],
                 "layer {i}'s bytes"
             );
         }
@@ -2071,11 +2064,11 @@ mod buffer_tests {
         assert_eq!(at, homes[2] + N * 4);
         assert!(res.lock().buffers.is_none(), "the arena was given back");
 
-        for node in &nodes {
+        for node in nodes {
             assert!(!unsafe { res.ask(node) }, "no graph is cut any more");
             res.computed();
         }
-        assert_eq!(view.data as usize, homes[0] + 4096);
+        assert_eq!(t.view.data as usize, homes[0] + 4096);
         let stats = res.stats();
         assert_eq!(
             stats.decodes,
@@ -2084,8 +2077,8 @@ mod buffer_tests {
         );
         res.shut_down();
         assert_eq!(
-            &model[..],
-            &layer.concat()[..],
+            &t.model[..],
+            &t.layer.concat()[..],
             "shutting down leaves the bytes"
         );
     }
