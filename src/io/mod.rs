@@ -113,15 +113,26 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) {
 /// Page faults of this process so far that had to wait for a read from the disk
 /// (`getrusage`'s `ru_majflt`, every thread's); 0 where it cannot be read.
 pub fn major_faults() -> u64 {
-    usage().map_or(0, |ru| u64::try_from(ru.ru_majflt).unwrap_or(0))
+    disk_reads().major_faults
 }
 
-/// 512-byte blocks this process has had read from the disk so far (`getrusage`'s
-/// `ru_inblock`, every thread's: the reads it submitted, readahead that a fault or
-/// `madvise(MADV_WILLNEED)` started included, which no major fault counts where the page is
-/// in the page cache, under I/O, by the time it is touched); 0 where it cannot be read.
-pub fn blocks_read() -> u64 {
-    usage().map_or(0, |ru| u64::try_from(ru.ru_inblock).unwrap_or(0))
+/// What this process has had read from the disk so far, every thread's, from one
+/// `getrusage` (zeros where it cannot be read).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskReads {
+    /// Page faults that had to wait for a read (`ru_majflt`).
+    pub major_faults: u64,
+    /// 512-byte blocks read (`ru_inblock`): the reads it submitted, readahead that a fault
+    /// or `madvise(MADV_WILLNEED)` started included, which no major fault counts where the
+    /// page is in the page cache, under I/O, by the time it is touched.
+    pub blocks: u64,
+}
+
+pub fn disk_reads() -> DiskReads {
+    usage().map_or(DiskReads::default(), |ru| DiskReads {
+        major_faults: u64::try_from(ru.ru_majflt).unwrap_or(0),
+        blocks: u64::try_from(ru.ru_inblock).unwrap_or(0),
+    })
 }
 
 fn usage() -> Option<libc::rusage> {

@@ -799,7 +799,7 @@ impl Residency {
     }
 
     /// After a layer decode of a pass (not a row lookup's), during which the process had
-    /// `blocks` (of 512 bytes) read from the disk ([`crate::io::blocks_read`]: the decodes
+    /// `blocks` (of 512 bytes) read from the disk ([`crate::io::DiskReads::blocks`]: the decodes
     /// ask for their chunks ahead, so a major fault rarely counts what they wait for). Where
     /// the limit cannot hold the budget's memory next to the compressed bytes it decodes from,
     /// the kernel reclaims those pages between passes and the decodes read them back: SmolLM2
@@ -863,7 +863,13 @@ impl Residency {
     /// a fault on the mark the kernel leaves in what it read around starts a read ahead of it
     /// that no fault waits for, so no count sees it (SmolLM2 `50%,file` in a CI run with
     /// other tests: 78 MiB of the file cached after the run, 70.1 alone).
-    fn drop_read_around(&self, before: Option<u64>, chunks: &[(usize, usize)]) {
+    /// `after`: the count once the decode is done, read only where it is needed.
+    fn drop_read_around(
+        &self,
+        before: Option<u64>,
+        after: impl FnOnce() -> u64,
+        chunks: &[(usize, usize)],
+    ) {
         let Some(before) = before else {
             return;
         };
@@ -871,7 +877,7 @@ impl Residency {
             .early_drops_left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok();
-        if early || crate::io::major_faults() > before {
+        if early || after() > before {
             self.dc
                 .uncache_around(chunks, &self.streamed_spans, READ_AROUND_WINDOW);
         }
@@ -1149,7 +1155,7 @@ impl Residency {
         };
         let completed =
             super::team::for_each(copies.len(), super::team::decode_threads(), &decode_chunk);
-        self.drop_read_around(faults, &chunks);
+        self.drop_read_around(faults, crate::io::major_faults, &chunks);
         let r = match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(e.to_string()),
             None if !completed => Err("decoding panicked".to_string()),
@@ -1406,8 +1412,9 @@ impl Residency {
         // Largest first: threads hand out jobs in order, so the last ones, run while other
         // threads may already wait, are the shortest.
         jobs.sort_by_key(|j| std::cmp::Reverse(j.len));
-        let faults = self.faults_before_decode();
-        let reads_at = crate::io::blocks_read();
+        // One `getrusage` on each side serves both the pressure count and the read-around
+        // drop.
+        let reads_before = crate::io::disk_reads();
         let started = Instant::now();
         let errors: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
         let decode = |j: usize| {
@@ -1444,7 +1451,8 @@ impl Residency {
         };
         let secs = started.elapsed().as_secs_f64();
         // Only where something uses them: `ram` after a warm load allocates nothing here.
-        let chunks: Vec<(usize, usize)> = if self.home == CompressedHome::File || faults.is_some() {
+        let cold = self.dc.loaded_cold();
+        let chunks: Vec<(usize, usize)> = if self.home == CompressedHome::File || cold {
             jobs.iter().map(|j| (j.tensor, j.chunk)).collect()
         } else {
             Vec::new()
@@ -1455,8 +1463,13 @@ impl Residency {
             // chunk: each call interrupts every other CPU running the process.
             self.dc.release_chunks(&chunks);
         }
-        self.note_pressure(crate::io::blocks_read().saturating_sub(reads_at));
-        self.drop_read_around(faults, &chunks);
+        let reads_after = crate::io::disk_reads();
+        self.note_pressure(reads_after.blocks.saturating_sub(reads_before.blocks));
+        self.drop_read_around(
+            cold.then_some(reads_before.major_faults),
+            || reads_after.major_faults,
+            &chunks,
+        );
         let mut errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
         if !completed {
             errors.extend(slots.iter().map(|&s| (s, "decoding panicked".to_string())));
