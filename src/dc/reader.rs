@@ -751,9 +751,15 @@ impl DcFile {
     /// runs of [`DcFile::ask_ahead`]): 25-36 ms (median 32) -> 22-36 (25); in five runs
     /// before those, 27-42 (32) -> 22-28 (23.5).
     pub fn prefetch_chunks(&self, chunks: &[(usize, usize)]) {
-        if !self.chunk_reads.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
+        if self.chunk_reads.load(std::sync::atomic::Ordering::Relaxed) {
+            self.ask_for_chunks(chunks);
         }
+    }
+
+    /// Asks the kernel for the stored bytes of `chunks` (tensor, chunk) in the background,
+    /// one request a chunk (the kernel reads at most its readahead maximum of one request),
+    /// whatever the mapping's advice: for decodes that know their chunks ahead.
+    pub fn ask_for_chunks(&self, chunks: &[(usize, usize)]) {
         let Storage::Mapped(_, file, _) = &self.map else {
             return;
         };

@@ -888,6 +888,7 @@ impl Pending {
         let page = crate::io::page_size() as u64;
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
         let before = spiller.moved();
+        let began = std::time::Instant::now();
         // Whole pages: a tensor's range may begin and end inside a page each.
         let pages = 2 * page * res.plan.streamed_count() as u64;
         if let Err(e) = spiller.allow(streamed.saturating_add(pages)) {
@@ -921,10 +922,11 @@ impl Pending {
         match (decoded, spiller.failure()) {
             (Ok(bytes), None) => crate::log_line!(
                 "dcgguf: memory: {why}: the budget stops streaming; its {:.1} MiB of streamed \
-                 weights are decoded for good and moved to the file ({:.1} MiB), which the \
-                 limit may reclaim as plain llama.cpp's mapped model",
+                 weights are decoded for good and moved to the file ({:.1} MiB) in {:.0} ms, \
+                 which the limit may reclaim as plain llama.cpp's mapped model",
                 mib(bytes),
-                mib(spiller.moved() - before)
+                mib(spiller.moved() - before),
+                began.elapsed().as_secs_f64() * 1e3
             ),
             (Ok(_), Some(e)) => crate::log_line!(
                 "dcgguf: memory: {why}: the budget stopped streaming, but moving its weights \

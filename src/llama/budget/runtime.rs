@@ -166,19 +166,19 @@ pub struct Residency {
 /// Layer decodes counted by [`Residency::note_pressure`].
 #[derive(Default)]
 struct PressureWindow {
-    /// Decodes still to pass before counting: the first two passes after a cold load read
-    /// their compressed bytes from the disk whatever the limit. `u64::MAX`: counting stopped.
+    /// Decodes still to pass before counting: the first pass after a cold load reads its
+    /// compressed bytes from the disk whatever the limit. `u64::MAX`: counting stopped.
     warmup_left: u64,
     /// In the window so far: decodes, and the bytes the process had read from the disk
     /// during them.
     decodes: u64,
     read: u64,
-    /// Decodes a window counts: two passes.
+    /// Decodes a window counts: a pass.
     window: u64,
 }
 
-/// The share of the compressed bytes a window's passes decode from that, read from the disk
-/// during them, makes the budget [`Residency::thrashing`]: a quarter. Measured (session 61,
+/// The share of the compressed bytes a window's pass decodes from that, read from the disk
+/// during it, makes the budget [`Residency::thrashing`]: a quarter. Measured (session 61,
 /// SmolLM2, llama-completion, two passes a window): under a limit that reclaims them 84-138
 /// MiB a window at `50%,file` (68.6 MiB compressed a pass), 98-140 at `50%,ram` (41.9: the
 /// kernel reads around them); with room, none at all.
@@ -401,9 +401,9 @@ impl Residency {
         let mut groups: Vec<u32> = slots.iter().map(|s| s.group).collect();
         groups.sort_unstable();
         groups.dedup();
-        // Two passes: a pass decodes each group once at least.
-        let two_passes = 2 * groups.len() as u64;
-        let early_drops_left = AtomicU64::new(two_passes);
+        // A pass decodes each group once at least.
+        let one_pass = groups.len() as u64;
+        let early_drops_left = AtomicU64::new(2 * one_pass);
         let res = Arc::new(Residency {
             room,
             plan,
@@ -439,8 +439,8 @@ impl Residency {
             early_drops_left,
             for_good: AtomicBool::new(false),
             pressure: Mutex::new(PressureWindow {
-                warmup_left: two_passes,
-                window: two_passes.max(1),
+                warmup_left: one_pass,
+                window: one_pass.max(1),
                 ..PressureWindow::default()
             }),
             thrashing: AtomicBool::new(false),
@@ -708,13 +708,17 @@ impl Residency {
     /// llama.cpp's buffer and stays there, and what streaming held goes back to the system
     /// (the arena, pooled pages, the compressed bytes this process maps of the DC file and
     /// their page cache where the load found it cold). From then on the graph callback only
-    /// points each weight at its own memory. `keep` gets each piece of memory as soon as it
-    /// holds its decoded bytes, `(address, length)`, a chunk of a tensor at most, so that
-    /// the caller can move it to a file before the next is written (a batch that does not
-    /// fit next to the budget: [`super::refit`]); tensors decoded in place and present are
-    /// handed over whole, as they are. Returns the decoded bytes of the tensors it holds
-    /// now, or the first decode error (the residency has failed then: its model must not
-    /// compute).
+    /// points each weight at its own memory. `keep` gets each piece of memory once it
+    /// holds its decoded bytes, `(address, length)`, a chunk of a tensor at most, a batch
+    /// of about [`FOR_GOOD_BATCH`] bytes at a time, so that the caller can move them to a
+    /// file before the next batch is written (a batch that does not fit next to the budget:
+    /// [`super::refit`]); tensors decoded in place and present are handed over whole, as
+    /// they are. A batch decodes on the compute threads ([`super::team`]) while the kernel
+    /// reads the next one's compressed bytes, asked for ahead: SmolLM2 `50%,file` stopping
+    /// under a 141 MiB cap (76.1 MiB decoded and moved) took 202-355 ms, where one chunk
+    /// after another on this thread took 275-386 (session 62, six runs each). Returns the
+    /// decoded bytes of the tensors it holds now, or the first decode error (the residency
+    /// has failed then: its model must not compute).
     ///
     /// # Safety
     /// No graph of the model computes (this runs on the thread inside its compute call,
@@ -746,41 +750,102 @@ impl Residency {
         }
         let mut held = 0u64;
         let mut streamed = Vec::with_capacity(st.slots.len());
+        let mut jobs: Vec<ChunkJob> = Vec::new();
+        let mut decoded_slots = Vec::new();
         for slot in 0..st.slots.len() {
-            let (tensor, addr, len, status) = {
-                let s = &st.slots[slot];
-                (s.tensor, s.addr, s.len, s.status)
-            };
-            streamed.push(tensor);
-            if addr == 0 {
+            let s = &st.slots[slot];
+            streamed.push(s.tensor);
+            if s.addr == 0 {
                 // Never found in llama.cpp's memory: not streamed, nothing to keep.
                 continue;
             }
-            if status == Status::Absent {
-                let chunk = (self.dc.index.tensors[tensor].chunk_raw as usize).max(1);
-                for at in (0..len).step_by(chunk) {
-                    let n = chunk.min(len - at);
-                    // SAFETY: `addr..addr + len` is this tensor's memory in llama.cpp's
-                    // weight buffer (recorded at load), Absent: no graph reads it (none
-                    // computes, the caller's contract) and no decode writes it (none is in
-                    // flight, and none starts: `for_good`, the lock held).
-                    let dst = unsafe { std::slice::from_raw_parts_mut((addr + at) as *mut u8, n) };
-                    if let Err(e) = self.dc.read_tensor(tensor, at as u64, dst) {
-                        drop(st);
-                        self.fail(e.to_string());
-                        return Err(e);
-                    }
-                    keep(addr + at, n);
-                }
-                let s = &mut st.slots[slot];
-                s.status = Status::Present;
-                st.present += len as u64;
-                st.stats.decodes += 1;
-                st.stats.decoded_bytes += len as u64;
-            } else {
-                keep(addr, len);
+            held += s.len as u64;
+            if s.status != Status::Absent {
+                keep(s.addr, s.len);
+                continue;
             }
-            held += len as u64;
+            decoded_slots.push(slot);
+            let chunk = (self.dc.index.tensors[s.tensor].chunk_raw as usize).max(1);
+            for (c, at) in (0..s.len).step_by(chunk).enumerate() {
+                jobs.push(ChunkJob {
+                    slot,
+                    tensor: s.tensor,
+                    chunk: c,
+                    offset: at,
+                    addr: s.addr + at,
+                    len: chunk.min(s.len - at),
+                    // Released a batch at a time, below.
+                    release_each: false,
+                });
+            }
+        }
+        // Batches of about FOR_GOOD_BATCH decoded bytes: each decodes on the compute threads,
+        // its compressed bytes asked for while the batch before it decodes, and goes to
+        // `keep` before the next is written, so that what this holds at once stays bounded.
+        let mut batches: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut from, mut bytes) = (0, 0);
+        for (j, job) in jobs.iter().enumerate() {
+            if bytes > 0 && bytes + job.len > FOR_GOOD_BATCH {
+                batches.push(from..j);
+                (from, bytes) = (j, 0);
+            }
+            bytes += job.len;
+        }
+        if from < jobs.len() {
+            batches.push(from..jobs.len());
+        }
+        let chunks_of = |r: &std::ops::Range<usize>| -> Vec<(usize, usize)> {
+            jobs[r.clone()]
+                .iter()
+                .map(|j| (j.tensor, j.chunk))
+                .collect()
+        };
+        if let Some(first) = batches.first() {
+            self.dc.ask_for_chunks(&chunks_of(first));
+        }
+        for (b, batch) in batches.iter().enumerate() {
+            if let Some(next) = batches.get(b + 1) {
+                self.dc.ask_for_chunks(&chunks_of(next));
+            }
+            let first_error: Mutex<Option<crate::dc::DcError>> = Mutex::new(None);
+            let decode = |k: usize| {
+                let j = &jobs[batch.start + k];
+                // SAFETY: `addr..addr + len` is one chunk of a streamed tensor's memory in
+                // llama.cpp's weight buffer (recorded at load); jobs cover disjoint chunks.
+                // The tensor is Absent: no graph reads it (none computes, the caller's
+                // contract) and no other decode writes it (none is in flight, and none
+                // starts: `for_good`, the lock held).
+                let dst = unsafe { std::slice::from_raw_parts_mut(j.addr as *mut u8, j.len) };
+                if let Err(e) = self.dc.read_tensor(j.tensor, j.offset as u64, dst) {
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                }
+            };
+            let completed =
+                super::team::for_each(batch.len(), super::team::decode_threads(), &decode);
+            if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                drop(st);
+                self.fail(e.to_string());
+                return Err(e);
+            }
+            // A decode that panicked was caught on its thread; it goes on here, as it would
+            // have on this thread alone, to the callers' panic boundary (which fails the
+            // residency).
+            assert!(completed, "decoding a streamed tensor for good panicked");
+            // Read once and decoded: the compressed bytes leave the process now.
+            self.dc.release_chunks(&chunks_of(batch));
+            for j in &jobs[batch.clone()] {
+                keep(j.addr, j.len);
+            }
+        }
+        for slot in decoded_slots {
+            let len = st.slots[slot].len as u64;
+            st.slots[slot].status = Status::Present;
+            st.present += len;
+            st.stats.decodes += 1;
+            st.stats.decoded_bytes += len;
         }
         drop(st);
         self.dc.release_stored(&streamed);
@@ -805,11 +870,15 @@ impl Residency {
     /// the kernel reclaims those pages between passes and the decodes read them back: SmolLM2
     /// at `50%,file` under llama-completion and plain mmap's peak (141.4 MiB) generated 10.9
     /// t/s against plain mmap's 96.7, at `50%,ram` under 90% of it 20.6 against 26.9 (session
-    /// 61). Once a window of two passes (after the two passes of a cold start) has read a
-    /// quarter of the compressed bytes they decode from ([`THRASHING_SHARE`]), the budget is
+    /// 61). Once a pass (after the pass of a cold start, which reads everything) has read a
+    /// quarter of the compressed bytes it decodes from ([`THRASHING_SHARE`]), the budget is
     /// [`Residency::thrashing`]: the graph callback then has it stop streaming
     /// ([`super::refit::budget_thrashes`]). Without a limit pressing, a warm pass reads
     /// nothing from the disk. Costs a `getrusage` a decode where nothing counted faults.
+    /// A window of one pass rather than two, after one pass rather than two (session 62,
+    /// SmolLM2 `50%,file`, 32 tokens under 141 MiB, four runs each): 51.0-59.9 t/s against
+    /// 30.0-37.2 (plain mmap 124.2-136.5); no stop in 13 runs with room (no cap, or 175 MiB,
+    /// `file` and `ram`).
     fn note_pressure(&self, blocks: u64) {
         let mut w = self.pressure.lock().unwrap_or_else(|e| e.into_inner());
         if w.warmup_left > 0 {
@@ -819,8 +888,8 @@ impl Residency {
         w.decodes += 1;
         w.read = w.read.saturating_add(blocks.saturating_mul(512));
         if w.decodes >= w.window {
-            // A window decodes each group twice: the streamed bytes twice.
-            let decoded_from = 2 * self.plan.streamed_stored_bytes;
+            // A window decodes each group once: the streamed bytes once.
+            let decoded_from = self.plan.streamed_stored_bytes;
             if w.read.saturating_mul(THRASHING_SHARE) >= decoded_from {
                 self.thrashing.store(true, Ordering::Relaxed);
             }
@@ -1651,6 +1720,10 @@ struct ChunkJob {
     release_each: bool,
 }
 
+/// Decoded bytes [`Residency::decode_for_good`] writes before handing them to its caller
+/// (who moves them to a file): the spill file's piece, one write and write-back.
+const FOR_GOOD_BATCH: usize = 8 << 20;
+
 /// In `file` mode, tensors bigger than this release their compressed bytes chunk by chunk
 /// while they decode, so that a big one (an output head) is never mapped whole; smaller
 /// ones release a layer's worth at once.
@@ -2096,32 +2169,32 @@ mod buffer_tests {
         );
     }
 
-    /// The budget thrashes once a window of two passes, after the two of a cold start, has
-    /// read from the disk a quarter of the compressed bytes it decodes from; less, or only
-    /// in the cold start, it does not.
+    /// The budget thrashes once a pass, after the one of a cold start, has read from the
+    /// disk a quarter of the compressed bytes it decodes from; less, or only in the cold
+    /// start, it does not.
     #[test]
     fn a_budget_thrashes_when_its_passes_read_back_a_quarter_of_what_they_decode() {
         let ThreeLayers { res, .. } = three_streamed_layers("runtime-pressure");
         let stored = res.plan.streamed_stored_bytes;
         let blocks = |bytes: u64| bytes.div_ceil(512);
-        // Two passes of three layers each: the cold start, which reads everything.
-        for _ in 0..6 {
+        // A pass of three layers: the cold start, which reads everything.
+        for _ in 0..3 {
             res.note_pressure(blocks(stored));
         }
         assert!(!res.thrashing(), "the cold start counts for nothing");
-        // A window reading under a quarter of two passes' compressed bytes.
-        for _ in 0..6 {
+        // A window (a pass) reading under a quarter of its compressed bytes.
+        for _ in 0..3 {
             res.note_pressure(blocks(stored / 16));
         }
         assert!(!res.thrashing());
         // One reading over it.
-        for _ in 0..6 {
+        for _ in 0..3 {
             res.note_pressure(blocks(stored / 8));
         }
         assert!(res.thrashing());
         res.stop_counting_pressure();
         assert!(!res.thrashing());
-        for _ in 0..12 {
+        for _ in 0..6 {
             res.note_pressure(blocks(stored));
         }
         assert!(!res.thrashing(), "counting stopped");
