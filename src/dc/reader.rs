@@ -540,6 +540,15 @@ impl DcFile {
         }
     }
 
+    /// Drops this process's mappings of the stored bytes of `tensors`, keeping their page
+    /// cache: mapped, a memory limit's headroom counts them as used; unmapped, as page cache
+    /// it may reclaim. A later decode maps them again (from the disk if they went).
+    pub fn unmap_stored(&self, tensors: &[usize]) {
+        for (from, to) in self.stored_spans(tensors) {
+            self.unmap_range(from, to);
+        }
+    }
+
     /// Gives back the stored bytes of `tensors`, decoded for good and never read again: this
     /// process's mappings of them, and their page cache where the load found it cold (pages
     /// cached when the file was opened stay, as another reader's).

@@ -473,6 +473,41 @@ pub fn to_move_for(short: u64, lookup_table: u64) -> u64 {
 /// What [`spill_quota`] moves beyond twice the shortfall: 4 MiB.
 pub const SPILL_SLACK: u64 = 4 << 20;
 
+/// Bytes of a budgeted model's weights that move to a file as it stops streaming
+/// (`super::refit`): what the limit lacks for the `to_decode` bytes about to be
+/// decoded and room for computing ([`other_memory`] of the `decoded` weights), moved
+/// by the load's rule ([`to_move_for`]: twice the shortfall, a lookup table's part of
+/// it once, and [`SPILL_SLACK`]); `most` (every weight) where the headroom cannot be
+/// read, or where that leaves less than a quarter of the weights in memory
+/// ([`spill_quota`] says why); nothing where it fits. Qwen2.5-Coder-1.5B under
+/// llama-completion (48 tokens, `-c 512`) and a 1050 MiB cap, where its budgets thrash
+/// (session 62, one run each): `40%,file` 8.6 t/s moving 124 MiB, against 4.6 moving every
+/// weight; `50%,ram` 9.5 against 4.5 (plain mmap 1.0, the default 18.6). SmolLM2 `50%,file`
+/// under 141 MiB moves nothing (49 MiB free once streaming let go), under 113 MiB 44 MiB.
+pub fn stop_quota(
+    decoded: u64,
+    to_decode: u64,
+    lookup_unmoved: u64,
+    headroom: Option<&Headroom>,
+    most: u64,
+) -> u64 {
+    let Some(h) = headroom else {
+        return most;
+    };
+    let short = to_decode
+        .saturating_add(other_memory(decoded))
+        .saturating_sub(h.bytes);
+    if short == 0 {
+        return 0;
+    }
+    let quota = to_move_for(short, lookup_unmoved);
+    if quota >= decoded - decoded / 4 {
+        most
+    } else {
+        quota.min(most)
+    }
+}
+
 /// The log line for a load that moves `moved` bytes of its decoded weights to a file in
 /// `dir` instead of taking a budget, for `reason`.
 pub fn describe_spill(
@@ -661,6 +696,41 @@ pub fn source_name(h: &Headroom) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_that_stops_streaming_moves_what_the_limit_lacks_twice() {
+        const MIB: u64 = 1 << 20;
+        let h = |bytes: u64| Headroom {
+            bytes,
+            source: LimitSource::MemAvailable,
+        };
+        // SmolLM2: 92 MiB decoded, 39 MiB to decode, room for computing 4 MiB.
+        let (decoded, most) = (92 * MIB, 80 * MIB);
+        assert_eq!(
+            stop_quota(decoded, 39 * MIB, 0, None, most),
+            most,
+            "no headroom known"
+        );
+        assert_eq!(
+            stop_quota(decoded, 39 * MIB, 0, Some(&h(49 * MIB)), most),
+            0,
+            "it fits"
+        );
+        // 20 MiB short: twice that and the slack; a lookup table's part once.
+        assert_eq!(
+            stop_quota(decoded, 39 * MIB, 0, Some(&h(23 * MIB)), most),
+            44 * MIB
+        );
+        assert_eq!(
+            stop_quota(decoded, 39 * MIB, 8 * MIB, Some(&h(23 * MIB)), most),
+            36 * MIB
+        );
+        // Less than a quarter would stay: all of it.
+        assert_eq!(
+            stop_quota(decoded, 80 * MIB, 0, Some(&h(44 * MIB)), most),
+            most
+        );
+    }
     use std::collections::HashMap;
 
     const MEMINFO: &str = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n";

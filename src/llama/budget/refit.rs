@@ -803,6 +803,7 @@ impl Pending {
             }
         };
         if short > 0
+            && !res.decoded_for_good()
             && let Some(spilled) = self.spilled.get()
         {
             let why = format!(
@@ -814,9 +815,9 @@ impl Pending {
     }
 
     /// The budget's decodes keep reading from the disk what the limit reclaimed between
-    /// passes ([`Residency::thrashing`]): every weight it keeps resident moves to a file
-    /// (opened here where no batch opened one), then it stops streaming
-    /// ([`Pending::stop_streaming`]). Where no file can be made, it goes on as it is.
+    /// passes ([`Residency::thrashing`]): it stops streaming ([`Pending::stop_streaming`]),
+    /// with a file for its weights opened here where no batch opened one. Where no file can
+    /// be made, it goes on as it is.
     fn give_up_streaming(&self, res: &Residency) {
         let streams = &res.plan.streamed;
         let streamed = |i: usize| streams.get(i) == Some(&true);
@@ -848,21 +849,6 @@ impl Pending {
                 })
             }
         };
-        {
-            let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
-            let rest = spilled.movable.saturating_sub(spiller.moved());
-            if spiller.allow(rest).is_ok() {
-                // SAFETY: the model's resident tensors in llama.cpp's CPU weight buffer, alive
-                // until the model is freed (which forgets it first); no graph of the model
-                // computes: this runs in the graph callback once a range of nodes has been
-                // computed and before the next is asked about, and contexts of one model do
-                // not compute concurrently (a budget's documented limit).
-                unsafe {
-                    spiller.take_rest_of_lookup(&spilled.first);
-                    spiller.take_rest(&spilled.ranges);
-                }
-            }
-        }
         self.stop_streaming(
             res,
             spilled,
@@ -875,26 +861,34 @@ impl Pending {
     /// The budget's own memory (the streamed tensors' working set) and the compressed bytes
     /// it decodes from no longer fit, `why` (a batch of a budgeted model is still short with
     /// every resident weight moved to the file, or its decodes keep reading from the disk):
-    /// its streamed tensors are decoded for good ([`Residency::decode_for_good`]) and move
-    /// to the file chunk by chunk as they are written. The model then holds its weights as
-    /// plain llama.cpp's mmap does, as pages the limit reclaims and the disk gives back, and
-    /// decodes nothing more.
+    /// what streaming held goes back ([`Residency::release_streaming`]), and its streamed
+    /// tensors are decoded for good ([`Residency::decode_for_good`]). As much of the weights
+    /// moves to the file, a batch of chunks at a time as they are written, as the limit then
+    /// lacks for them ([`limit::stop_quota`]: the load's rule, the lookup table first); the
+    /// model holds those as plain llama.cpp's mmap does, as pages the limit reclaims and the
+    /// disk gives back, the rest as a load without a budget does, and decodes nothing more.
+    /// Where part stays in memory, a later batch that does not fit moves more of the
+    /// resident ones ([`Pending::move_more`]).
     /// Measured before (session 60): SmolLM2 `50%,file` under llama-perplexity and a 112 MiB
     /// cap thrashed past 120 s or was OOM-killed, with 15.8 MiB resident moved and the batch
     /// still 13.2 MiB short, where plain mmap ran in 10.6 s.
     fn stop_streaming(&self, res: &Residency, spilled: &Spilled, why: &str) {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let model = self.model as *const sys::llama_model;
         let streamed = res.plan.decoded_weight_bytes - res.plan.resident_bytes;
         let page = crate::io::page_size() as u64;
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
         let before = spiller.moved();
         let began = std::time::Instant::now();
-        // Whole pages: a tensor's range may begin and end inside a page each.
+        // At most every weight not moved yet: whole pages, a tensor's range may begin and end
+        // inside a page each.
         let pages = 2 * page * res.plan.streamed_count() as u64;
-        if let Err(e) = spiller.allow(streamed.saturating_add(pages)) {
+        let most = streamed
+            .saturating_add(pages)
+            .saturating_add(spiller.unmoved_bytes(&spilled.ranges));
+        if let Err(e) = spiller.allow(most) {
             crate::log_line!(
-                "dcgguf: memory: {why}, and its streamed weights cannot move to the file ({e}); \
-                 they stay streamed"
+                "dcgguf: memory: {why}, and its streamed weights cannot move to the file ({e});                  they stay streamed"
             );
             self.settled.store(true, Ordering::Relaxed);
             return;
@@ -904,34 +898,74 @@ impl Pending {
         // computations: `spill_resident`) or in the graph callback once a range of nodes has
         // been computed and before the next is asked about (`give_up_streaming`), and
         // contexts of one model do not compute concurrently (a budget's documented limit);
-        // every context of the model runs the residency's graph callback. Each piece `keep`
-        // gets is decoded memory of a streamed tensor in llama.cpp's CPU weight buffer,
-        // alive until the model is freed, which nothing else touches meanwhile.
+        // every context of the model runs the residency's graph callback.
+        let to_decode = unsafe { res.release_streaming() };
+        // What streaming held is back: as much of the weights moves as the limit needs for
+        // the decoded bytes about to be written, as at a load without a budget.
+        let headroom = limit::headroom();
+        let lookup_unmoved = spiller.unmoved_bytes(&lookup_ranges(model, &self.dc, |_| false));
+        let quota = limit::stop_quota(
+            self.decoded,
+            to_decode,
+            lookup_unmoved,
+            headroom.as_ref(),
+            most,
+        );
+        spiller.cap(quota);
+        // SAFETY: as above; the resident lookup table's and each piece `keep` gets are memory
+        // of the model's weights in llama.cpp's CPU weight buffer (for `keep`, decoded), alive
+        // until the model is freed, which nothing else touches meanwhile.
+        unsafe { spiller.take_rest_of_lookup(&spilled.first) };
         let decoded = unsafe { res.decode_for_good(|addr, len| spiller.take(addr, len)) };
         // The pages tensors share with their neighbours, and those of tensors decoded in
         // place that were handed over whole: found where llama.cpp holds them, the weights
-        // pointed back at their own memory by the decode.
+        // pointed back at their own memory by the decode. Then the resident ones, as far as
+        // the quota goes.
         let streams = &res.plan.streamed;
-        if let Ok(ranges) = movable_ranges(self.model as *const sys::llama_model, &self.dc, |i| {
-            streams.get(i) != Some(&true)
-        }) {
+        if let Ok(ranges) = movable_ranges(model, &self.dc, |i| streams.get(i) != Some(&true)) {
             // SAFETY: as above, for the streamed tensors' memory, all of it decoded now.
             unsafe { spiller.take_rest(&ranges) };
         }
-        self.settled.store(true, Ordering::Relaxed);
+        // SAFETY: as above, for the resident tensors' memory.
+        unsafe { spiller.take_rest(&spilled.ranges) };
+        let moved = spiller.moved() - before;
+        let all_moved = moved >= most.saturating_sub(pages);
+        // Where part of the weights stays in memory, a later batch that does not fit moves
+        // more of the resident ones ([`Pending::move_more`]).
+        self.settled
+            .store(all_moved || spiller.failure().is_some(), Ordering::Relaxed);
+        let free = headroom.map_or_else(String::new, |h| {
+            format!(
+                " ({:.0} MiB free under the limit once streaming let go)",
+                mib(h.bytes)
+            )
+        });
+        let moves = if all_moved {
+            format!(
+                "all of the weights moved to the file ({:.1} MiB), which the limit may reclaim \
+                 as plain llama.cpp's mapped model",
+                mib(moved)
+            )
+        } else if moved == 0 {
+            format!("none of the weights had to move to the file{free}")
+        } else {
+            format!(
+                "{:.1} MiB of the weights moved to the file, as far as the limit needs{free}, \
+                 which it may reclaim as plain llama.cpp's mapped model",
+                mib(moved)
+            )
+        };
         match (decoded, spiller.failure()) {
             (Ok(bytes), None) => crate::log_line!(
                 "dcgguf: memory: {why}: the budget stops streaming; its {:.1} MiB of streamed \
-                 weights are decoded for good and moved to the file ({:.1} MiB) in {:.0} ms, \
-                 which the limit may reclaim as plain llama.cpp's mapped model",
+                 weights are decoded for good, and {moves}; {:.0} ms",
                 mib(bytes),
-                mib(spiller.moved() - before),
                 began.elapsed().as_secs_f64() * 1e3
             ),
             (Ok(_), Some(e)) => crate::log_line!(
                 "dcgguf: memory: {why}: the budget stopped streaming, but moving its weights \
                  to the file stopped after {:.1} MiB ({e}); the rest stay in memory",
-                mib(spiller.moved() - before)
+                mib(moved)
             ),
             // Said by the residency's failure, which stops the model's computes.
             (Err(_), _) => {}

@@ -704,16 +704,65 @@ impl Residency {
         (count, bytes)
     }
 
+    /// Stops streaming, first step: no decode starts from now on (one in flight finishes
+    /// first), and what streaming held goes back to the system (the arena, pooled pages,
+    /// this process's mappings of the compressed bytes); the tensors that were in the arena,
+    /// and tables with some rows decoded, are evicted, to be decoded in place by
+    /// [`Residency::decode_for_good`]. Returns the bytes that decode will write: what the
+    /// caller must find room for. Calling it again does nothing more.
+    ///
+    /// # Safety
+    /// As for [`Residency::decode_for_good`].
+    pub unsafe fn release_streaming(&self) -> u64 {
+        self.release_streaming_locked(self.lock()).1
+    }
+
+    /// [`Residency::release_streaming`] under the lock, which it gives back.
+    fn release_streaming_locked<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+    ) -> (MutexGuard<'a, State>, u64) {
+        // No prefetch starts from now on, and one in flight finishes first.
+        self.prefetch_on.store(false, Ordering::Relaxed);
+        st.prefetching = None;
+        while st.slots.iter().any(|s| s.status == Status::Loading) {
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        self.for_good.store(true, Ordering::Relaxed);
+        // Tensors in the arena (their weights pointed back at their own memory) and tables
+        // with some rows decoded are evicted, to be decoded again in place.
+        for slot in 0..st.slots.len() {
+            let s = &st.slots[slot];
+            if s.buf.is_some() || s.status == Status::Partial {
+                self.evict(&mut st, slot);
+            }
+        }
+        st.pool.trim(0);
+        if let Some(mut arena) = st.buffers.take() {
+            arena.unmap();
+        }
+        // In `ram` mode the compressed bytes are mapped, which a limit's headroom counts as
+        // used: unmapped, their page cache counts as the room it is once they are decoded.
+        let streamed: Vec<usize> = st.slots.iter().map(|s| s.tensor).collect();
+        self.dc.unmap_stored(&streamed);
+        let to_decode = st
+            .slots
+            .iter()
+            .filter(|s| s.addr != 0 && s.status == Status::Absent)
+            .map(|s| s.len as u64)
+            .sum();
+        (st, to_decode)
+    }
+
     /// Stops streaming: every streamed tensor is decoded once more into its own memory in
     /// llama.cpp's buffer and stays there, and what streaming held goes back to the system
-    /// (the arena, pooled pages, the compressed bytes this process maps of the DC file and
-    /// their page cache where the load found it cold). From then on the graph callback only
+    /// ([`Residency::release_streaming`], unless called before; then the compressed bytes
+    /// this process maps of the DC file and their page cache where the load found it cold). From then on the graph callback only
     /// points each weight at its own memory. `keep` gets each piece of memory once it
     /// holds its decoded bytes, `(address, length)`, a chunk of a tensor at most, a batch
     /// of about [`FOR_GOOD_BATCH`] bytes at a time, so that the caller can move them to a
-    /// file before the next batch is written (a batch that does not fit next to the budget:
-    /// [`super::refit`]); tensors decoded in place and present are handed over whole, as
-    /// they are. A batch decodes on the compute threads ([`super::team`]) while the kernel
+    /// file before the next batch is written ([`super::refit`]), the lookup table's first;
+    /// then the tensors decoded in place and present, whole, as they are. A batch decodes on the compute threads ([`super::team`]) while the kernel
     /// reads the next one's compressed bytes, asked for ahead: SmolLM2 `50%,file` stopping
     /// under a 141 MiB cap (76.1 MiB decoded and moved) took 202-355 ms, where one chunk
     /// after another on this thread took 275-386 (session 62, six runs each). Returns the
@@ -728,30 +777,12 @@ impl Residency {
         &self,
         mut keep: impl FnMut(usize, usize),
     ) -> Result<u64, crate::dc::DcError> {
-        let mut st = self.lock();
-        // No prefetch starts from now on, and one in flight finishes first.
-        self.prefetch_on.store(false, Ordering::Relaxed);
-        st.prefetching = None;
-        while st.slots.iter().any(|s| s.status == Status::Loading) {
-            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        self.for_good.store(true, Ordering::Relaxed);
-        // Tensors in the arena (their weights pointed back at their own memory) and tables
-        // with some rows decoded are evicted and decoded again below, in place.
-        for slot in 0..st.slots.len() {
-            let s = &st.slots[slot];
-            if s.buf.is_some() || s.status == Status::Partial {
-                self.evict(&mut st, slot);
-            }
-        }
-        st.pool.trim(0);
-        if let Some(mut arena) = st.buffers.take() {
-            arena.unmap();
-        }
+        let (mut st, _) = self.release_streaming_locked(self.lock());
         let mut held = 0u64;
         let mut streamed = Vec::with_capacity(st.slots.len());
         let mut jobs: Vec<ChunkJob> = Vec::new();
         let mut decoded_slots = Vec::new();
+        let mut present = Vec::new();
         for slot in 0..st.slots.len() {
             let s = &st.slots[slot];
             streamed.push(s.tensor);
@@ -761,10 +792,19 @@ impl Residency {
             }
             held += s.len as u64;
             if s.status != Status::Absent {
-                keep(s.addr, s.len);
-                continue;
+                present.push((s.addr, s.len));
+            } else {
+                decoded_slots.push(slot);
             }
-            decoded_slots.push(slot);
+        }
+        // The lookup table first: where the caller moves only part of what it gets to a file,
+        // the table's pages are the ones a pass reads least (a row a token).
+        let lookup = self.dc.original.lookup_table().map(|t| t.name.as_str());
+        decoded_slots.sort_by_key(|&slot| {
+            Some(self.dc.tensor_view(st.slots[slot].tensor).name.as_str()) != lookup
+        });
+        for &slot in &decoded_slots {
+            let s = &st.slots[slot];
             let chunk = (self.dc.index.tensors[s.tensor].chunk_raw as usize).max(1);
             for (c, at) in (0..s.len).step_by(chunk).enumerate() {
                 jobs.push(ChunkJob {
@@ -839,6 +879,10 @@ impl Residency {
             for j in &jobs[batch.clone()] {
                 keep(j.addr, j.len);
             }
+        }
+        // Present already, counted by the limit as they are: after what the decodes added.
+        for (addr, len) in present {
+            keep(addr, len);
         }
         for slot in decoded_slots {
             let len = st.slots[slot].len as u64;

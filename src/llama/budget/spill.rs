@@ -284,6 +284,11 @@ impl Spiller {
         }
     }
 
+    /// Moves at most `more` bytes from now on (where it could move more).
+    pub fn cap(&mut self, more: u64) {
+        self.quota = self.quota.min(self.offset.saturating_add(more));
+    }
+
     /// Keeps up to `bytes` of the quota for the read of the model's lookup table
     /// ([`Spiller::take_lookup`]): other reads before it move only the rest. A lookup
     /// table's pages in the file cost a token one page read back; any other tensor's cost
