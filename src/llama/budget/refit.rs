@@ -810,7 +810,7 @@ impl Pending {
                 "a batch is {:.1} MiB short with the budget's resident weights in the file",
                 short as f64 / (1u64 << 20) as f64
             );
-            self.stop_streaming(&res, spilled, &why);
+            self.stop_streaming(&res, spilled, self.need(buffer, work), &why);
         }
     }
 
@@ -852,6 +852,7 @@ impl Pending {
         self.stop_streaming(
             res,
             spilled,
+            limit::other_memory(self.decoded),
             "the memory budget's decodes keep reading from the disk the compressed bytes the \
              limit reclaimed between passes",
         );
@@ -864,7 +865,8 @@ impl Pending {
     /// what streaming held goes back ([`Residency::release_streaming`]), and its streamed
     /// tensors are decoded for good ([`Residency::decode_for_good`]). As much of the weights
     /// moves to the file, a batch of chunks at a time as they are written, as the limit then
-    /// lacks for them ([`limit::stop_quota`]: the load's rule, the lookup table first); the
+    /// lacks for them and `also` (room for computing, and the buffers of the batch that
+    /// asked; [`limit::stop_quota`]: the load's rule, the lookup table first); the
     /// model holds those as plain llama.cpp's mmap does, as pages the limit reclaims and the
     /// disk gives back, the rest as a load without a budget does, and decodes nothing more.
     /// Where part stays in memory, a later batch that does not fit moves more of the
@@ -872,7 +874,7 @@ impl Pending {
     /// Measured before (session 60): SmolLM2 `50%,file` under llama-perplexity and a 112 MiB
     /// cap thrashed past 120 s or was OOM-killed, with 15.8 MiB resident moved and the batch
     /// still 13.2 MiB short, where plain mmap ran in 10.6 s.
-    fn stop_streaming(&self, res: &Residency, spilled: &Spilled, why: &str) {
+    fn stop_streaming(&self, res: &Residency, spilled: &Spilled, also: u64, why: &str) {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let model = self.model as *const sys::llama_model;
         let streamed = res.plan.decoded_weight_bytes - res.plan.resident_bytes;
@@ -888,7 +890,8 @@ impl Pending {
             .saturating_add(spiller.unmoved_bytes(&spilled.ranges));
         if let Err(e) = spiller.allow(most) {
             crate::log_line!(
-                "dcgguf: memory: {why}, and its streamed weights cannot move to the file ({e});                  they stay streamed"
+                "dcgguf: memory: {why}, and its streamed weights cannot move to the file ({e}); \
+                 they stay streamed"
             );
             self.settled.store(true, Ordering::Relaxed);
             return;
@@ -907,6 +910,7 @@ impl Pending {
         let quota = limit::stop_quota(
             self.decoded,
             to_decode,
+            also,
             lookup_unmoved,
             headroom.as_ref(),
             most,
@@ -929,7 +933,7 @@ impl Pending {
         // SAFETY: as above, for the resident tensors' memory.
         unsafe { spiller.take_rest(&spilled.ranges) };
         let moved = spiller.moved() - before;
-        let all_moved = moved >= most.saturating_sub(pages);
+        let all_moved = quota >= most;
         // Where part of the weights stays in memory, a later batch that does not fit moves
         // more of the resident ones ([`Pending::move_more`]).
         self.settled
