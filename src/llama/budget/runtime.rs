@@ -755,19 +755,20 @@ impl Residency {
     }
 
     /// Stops streaming: every streamed tensor is decoded once more into its own memory in
-    /// llama.cpp's buffer and stays there, and what streaming held goes back to the system
-    /// ([`Residency::release_streaming`], unless called before; then the compressed bytes
-    /// this process maps of the DC file and their page cache where the load found it cold). From then on the graph callback only
-    /// points each weight at its own memory. `keep` gets each piece of memory once it
-    /// holds its decoded bytes, `(address, length)`, a chunk of a tensor at most, a batch
-    /// of about [`FOR_GOOD_BATCH`] bytes at a time, so that the caller can move them to a
-    /// file before the next batch is written ([`super::refit`]), the lookup table's first;
-    /// then the tensors decoded in place and present, whole, as they are. A batch decodes on the compute threads ([`super::team`]) while the kernel
-    /// reads the next one's compressed bytes, asked for ahead: SmolLM2 `50%,file` stopping
-    /// under a 141 MiB cap (76.1 MiB decoded and moved) took 202-355 ms, where one chunk
-    /// after another on this thread took 275-386 (session 62, six runs each). Returns the
-    /// decoded bytes of the tensors it holds now, or the first decode error (the residency
-    /// has failed then: its model must not compute).
+    /// llama.cpp's buffer and stays there; what streaming held goes back to the system
+    /// ([`Residency::release_streaming`], where the caller did not call it first), then the
+    /// compressed bytes' mappings and their page cache where the load found it cold. From
+    /// then on the graph callback only points each weight at its own memory. `keep` gets
+    /// each piece of memory once it holds its decoded bytes, `(address, length)`, a chunk
+    /// of a tensor at most and a batch of about [`FOR_GOOD_BATCH`] bytes at a time, the
+    /// lookup table's first, so that the caller can move them to a file before the next
+    /// batch is written ([`super::refit`]); then the tensors decoded in place and present,
+    /// whole, as they are. A batch decodes on the compute threads ([`super::team`]) while
+    /// the kernel reads the next one's compressed bytes, asked for ahead: SmolLM2
+    /// `50%,file` stopping under a 141 MiB cap (76.1 MiB decoded, all of it moved) took
+    /// 202-355 ms, one chunk after another on this thread 275-386 (session 62, six runs
+    /// each). Returns the decoded bytes of the tensors it holds now, or the first decode
+    /// error (the residency has failed then: its model must not compute).
     ///
     /// # Safety
     /// No graph of the model computes (this runs on the thread inside its compute call,
