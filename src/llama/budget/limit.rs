@@ -452,10 +452,16 @@ pub fn spill_instead(
 /// generated 1.97 t/s against 1.66 moving all.
 pub fn spill_quota(decoded_weights: u64, lookup_table: u64, headroom: &Headroom) -> u64 {
     let quota = to_move_for(shortfall(decoded_weights, headroom), lookup_table);
-    if quota >= decoded_weights - decoded_weights / 4 {
-        decoded_weights
+    all_where_little_stays(quota, decoded_weights, decoded_weights)
+}
+
+/// `quota` bytes of `decoded` weights to move, or `all` (at most, what moving every one
+/// takes) where that leaves less than a quarter of them in memory ([`spill_quota`] says why).
+fn all_where_little_stays(quota: u64, decoded: u64, all: u64) -> u64 {
+    if quota >= decoded - decoded / 4 {
+        all
     } else {
-        quota
+        quota.min(all)
     }
 }
 
@@ -502,12 +508,7 @@ pub fn stop_quota(
     if short == 0 {
         return 0;
     }
-    let quota = to_move_for(short, lookup_unmoved);
-    if quota >= decoded - decoded / 4 {
-        most
-    } else {
-        quota.min(most)
-    }
+    all_where_little_stays(to_move_for(short, lookup_unmoved), decoded, most)
 }
 
 /// The log line for a load that moves `moved` bytes of its decoded weights to a file in

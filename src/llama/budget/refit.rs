@@ -123,6 +123,31 @@ struct Spilled {
     first: Vec<(usize, usize)>,
     /// Their whole pages' bytes: what moves at most.
     movable: u64,
+    /// Once the budget stopped streaming, the memory of its tensors decoded for good, which
+    /// a later batch may move too ([`Pending::move_more`]), and its whole pages' bytes.
+    decoded_at_stop: OnceLock<(Vec<(usize, usize)>, u64)>,
+}
+
+impl Spilled {
+    fn new(
+        spiller: Arc<Mutex<Spiller>>,
+        ranges: Vec<(usize, usize)>,
+        first: Vec<(usize, usize)>,
+    ) -> Spilled {
+        Spilled {
+            movable: super::spill::movable_bytes(&ranges),
+            spiller,
+            ranges,
+            first,
+            decoded_at_stop: OnceLock::new(),
+        }
+    }
+
+    /// Bytes that move at most: the whole pages of every range.
+    fn movable(&self) -> u64 {
+        self.movable
+            .saturating_add(self.decoded_at_stop.get().map_or(0, |(_, bytes)| *bytes))
+    }
 }
 
 /// What the graph callback of a pending model's context holds.
@@ -216,18 +241,18 @@ pub fn register_spilled(
     ranges: Vec<(usize, usize)>,
     spill_dirs: Vec<PathBuf>,
 ) {
-    let movable = super::spill::movable_bytes(&ranges);
     let p = Pending::new(model, dc, decoded, spill_dirs);
-    // Everything moved at the load already: nothing more to check.
-    let all_moved = spiller.lock().unwrap_or_else(|e| e.into_inner()).moved() >= movable;
-    p.settled.store(all_moved, Ordering::Relaxed);
     let first = lookup_ranges(model, &p.dc, |_| false);
-    let _ = p.spilled.set(Spilled {
-        spiller,
-        ranges,
-        first,
-        movable,
-    });
+    let spilled = Spilled::new(spiller, ranges, first);
+    // Everything moved at the load already: nothing more to check.
+    let moved = spilled
+        .spiller
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .moved();
+    p.settled
+        .store(moved >= spilled.movable(), Ordering::Relaxed);
+    let _ = p.spilled.set(spilled);
     pending().push(Arc::new(p));
 }
 
@@ -841,11 +866,9 @@ impl Pending {
                         return;
                     }
                 };
-                self.spilled.get_or_init(|| Spilled {
-                    movable: super::spill::movable_bytes(&ranges),
-                    first: lookup_ranges(model, &self.dc, streamed),
-                    spiller: Arc::new(Mutex::new(spiller)),
-                    ranges,
+                self.spilled.get_or_init(|| {
+                    let first = lookup_ranges(model, &self.dc, streamed);
+                    Spilled::new(Arc::new(Mutex::new(spiller)), ranges, first)
                 })
             }
         };
@@ -868,16 +891,25 @@ impl Pending {
     /// lacks for them and `also` (room for computing, and the buffers of the batch that
     /// asked; [`limit::stop_quota`]: the load's rule, the lookup table first); the
     /// model holds those as plain llama.cpp's mmap does, as pages the limit reclaims and the
-    /// disk gives back, the rest as a load without a budget does, and decodes nothing more.
-    /// Where part stays in memory, a later batch that does not fit moves more of the
-    /// resident ones ([`Pending::move_more`]).
+    /// disk gives back, the rest as a load without a budget does, and decodes nothing more
+    /// but a lookup-only table's rows ([`Residency::stays_compressed`]: Qwen2.5-Coder-1.5B
+    /// `40%,file` under 1050 MiB, 48 tokens, session 63: 14.4-14.8 t/s moving nothing,
+    /// against 11.9-12.9 decoding its 125 MiB table too and moving 124 MiB). Where part
+    /// stays in memory, a later batch that does not fit moves more of the weights, those
+    /// decoded for good too ([`Pending::move_more`]).
     /// Measured before (session 60): SmolLM2 `50%,file` under llama-perplexity and a 112 MiB
     /// cap thrashed past 120 s or was OOM-killed, with 15.8 MiB resident moved and the batch
     /// still 13.2 MiB short, where plain mmap ran in 10.6 s.
     fn stop_streaming(&self, res: &Residency, spilled: &Spilled, also: u64, why: &str) {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let model = self.model as *const sys::llama_model;
-        let streamed = res.plan.decoded_weight_bytes - res.plan.resident_bytes;
+        // A lookup-only table stays compressed ([`Residency::stays_compressed`]).
+        let by_rows = res.stays_compressed_bytes();
+        let streamed = res
+            .plan
+            .decoded_weight_bytes
+            .saturating_sub(res.plan.resident_bytes)
+            .saturating_sub(by_rows);
         let page = crate::io::page_size() as u64;
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
         let before = spiller.moved();
@@ -906,7 +938,8 @@ impl Pending {
         // What streaming held is back: as much of the weights moves as the limit needs for
         // the decoded bytes about to be written, as at a load without a budget.
         let headroom = limit::headroom();
-        let lookup_unmoved = spiller.unmoved_bytes(&lookup_ranges(model, &self.dc, |_| false));
+        // A resident lookup table not moved yet (a streamed one stays compressed).
+        let lookup_unmoved = spiller.unmoved_bytes(&spilled.first);
         let quota = limit::stop_quota(
             self.decoded,
             to_decode,
@@ -926,9 +959,14 @@ impl Pending {
         // pointed back at their own memory by the decode. Then the resident ones, as far as
         // the quota goes.
         let streams = &res.plan.streamed;
-        if let Ok(ranges) = movable_ranges(model, &self.dc, |i| streams.get(i) != Some(&true)) {
+        let decoded_ranges = movable_ranges(model, &self.dc, |i| {
+            streams.get(i) != Some(&true) || res.stays_compressed(i)
+        });
+        if let Ok(ranges) = decoded_ranges {
             // SAFETY: as above, for the streamed tensors' memory, all of it decoded now.
             unsafe { spiller.take_rest(&ranges) };
+            let bytes = super::spill::movable_bytes(&ranges);
+            let _ = spilled.decoded_at_stop.set((ranges, bytes));
         }
         // SAFETY: as above, for the resident tensors' memory.
         unsafe { spiller.take_rest(&spilled.ranges) };
@@ -959,10 +997,18 @@ impl Pending {
                 mib(moved)
             )
         };
+        let table = if by_rows > 0 {
+            format!(
+                " (but for the lookup table, {:.1} MiB, whose rows decode for each lookup)",
+                mib(by_rows)
+            )
+        } else {
+            String::new()
+        };
         match (decoded, spiller.failure()) {
             (Ok(bytes), None) => crate::log_line!(
                 "dcgguf: memory: {why}: the budget stops streaming; its {:.1} MiB of streamed \
-                 weights are decoded for good, and {moves}; {:.0} ms",
+                 weights are decoded for good{table}, and {moves}; {:.0} ms",
                 mib(bytes),
                 began.elapsed().as_secs_f64() * 1e3
             ),
@@ -997,12 +1043,9 @@ impl Pending {
              needs",
             spiller.dir().display()
         );
-        let spilled = self.spilled.get_or_init(|| Spilled {
-            movable: super::spill::movable_bytes(&ranges),
-            spiller: Arc::new(Mutex::new(spiller)),
-            ranges,
-            first,
-        });
+        let spilled = self
+            .spilled
+            .get_or_init(|| Spilled::new(Arc::new(Mutex::new(spiller)), ranges, first));
         Ok(self.move_more(spilled, buffer, work, headroom))
     }
 }
@@ -1065,7 +1108,7 @@ impl Pending {
         // 1.021 moving 18.1 MiB of the table alone (plain mmap 0.999; medians of eight
         // alternating cold runs, 2026-12-03).
         let more = limit::to_move_for(lack, spiller.unmoved_bytes(&spilled.first))
-            .min(spilled.movable.saturating_sub(before));
+            .min(spilled.movable().saturating_sub(before));
         if let Err(e) = spiller.allow(more) {
             crate::log_line!("{head}: cannot move more of them ({e}); the rest stay in memory");
             self.settled.store(true, Ordering::Relaxed);
@@ -1079,6 +1122,10 @@ impl Pending {
         unsafe {
             spiller.take_rest_of_lookup(&spilled.first);
             spiller.take_rest(&spilled.ranges);
+            if let Some((decoded, _)) = spilled.decoded_at_stop.get() {
+                // Decoded for good ([`Pending::stop_streaming`]): weights as the resident.
+                spiller.take_rest(decoded);
+            }
         }
         let moved = spiller.moved();
         match spiller.failure() {
@@ -1088,7 +1135,7 @@ impl Pending {
                 mib(lack),
                 mib(moved - before),
                 mib(moved),
-                mib(spilled.movable)
+                mib(spilled.movable())
             ),
             Some(e) => crate::log_line!(
                 "{head}: {:.1} MiB short; moving more of the decoded weights stopped \
@@ -1101,7 +1148,7 @@ impl Pending {
             self.settled.store(true, Ordering::Relaxed);
             return 0;
         }
-        if moved >= spilled.movable {
+        if moved >= spilled.movable() {
             self.settled.store(true, Ordering::Relaxed);
         }
         lack.saturating_sub(moved - before)

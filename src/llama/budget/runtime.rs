@@ -601,6 +601,30 @@ impl Residency {
         self.release_lookups
     }
 
+    /// Whether a lookup table's rows go back once their lookup is computed (beyond
+    /// [`LOOKUP_KEEP`]): in the default's lookups-only plan, and once a budget stopped
+    /// streaming, whose lookup-only table stays compressed ([`Residency::stays_compressed`]).
+    fn releases_lookups(&self) -> bool {
+        self.release_lookups || self.for_good.load(Ordering::Relaxed)
+    }
+
+    /// Whether tensor `t` (the DC file's index) stays compressed when the budget stops
+    /// streaming ([`Residency::decode_for_good`]): a streamed lookup-only table, whose rows
+    /// are decoded for each lookup then as in the default's lookups-only plan, never the
+    /// whole table (Qwen2.5-Coder-1.5B: 125 MiB a stop decoded and moved to a file before).
+    pub fn stays_compressed(&self, t: usize) -> bool {
+        self.plan.streamed.get(t) == Some(&true) && is_lookup_table(&self.dc, t)
+    }
+
+    /// Decoded bytes of the tensors that stay compressed when the budget stops streaming
+    /// ([`Residency::stays_compressed`]).
+    pub fn stays_compressed_bytes(&self) -> u64 {
+        (0..self.plan.streamed.len())
+            .filter(|&t| self.stays_compressed(t))
+            .map(|t| self.dc.tensor_view(t).raw_bytes)
+            .sum()
+    }
+
     /// After a load that deferred tensors: keeps each one that `memory_of` (as for
     /// [`Residency::adopt_loaded`]) finds exactly where llama.cpp read it, with its pages
     /// given back (the reads ahead of a load may have populated some), and forgets the
@@ -749,6 +773,7 @@ impl Residency {
             .slots
             .iter()
             .filter(|s| s.addr != 0 && s.status == Status::Absent)
+            .filter(|s| !self.stays_compressed(s.tensor))
             .map(|s| s.len as u64)
             .sum();
         (st, to_decode)
@@ -758,12 +783,14 @@ impl Residency {
     /// llama.cpp's buffer and stays there; what streaming held goes back to the system
     /// ([`Residency::release_streaming`], where the caller did not call it first), then the
     /// compressed bytes' mappings and their page cache where the load found it cold. From
-    /// then on the graph callback only points each weight at its own memory. `keep` gets
-    /// each piece of memory once it holds its decoded bytes, `(address, length)`, a chunk
-    /// of a tensor at most and a batch of about [`FOR_GOOD_BATCH`] bytes at a time, the
-    /// lookup table's first, so that the caller can move them to a file before the next
-    /// batch is written ([`super::refit`]); then the tensors decoded in place and present,
-    /// whole, as they are. A batch decodes on the compute threads ([`super::team`]) while
+    /// then on the graph callback only points each weight at its own memory, but for a
+    /// lookup-only table ([`Residency::stays_compressed`]), which it goes on decoding the
+    /// rows of for each lookup and giving back after, as the default's lookups-only plan
+    /// does. `keep` gets each piece of memory once it holds its decoded bytes, `(address,
+    /// length)`, a chunk of a tensor at most and a batch of about [`FOR_GOOD_BATCH`] bytes
+    /// at a time, so that the caller can move them to a file before the next batch is
+    /// written ([`super::refit`]); then the tensors decoded in place and present, whole, as
+    /// they are. A batch decodes on the compute threads ([`super::team`]) while
     /// the kernel reads the next one's compressed bytes, asked for ahead: SmolLM2
     /// `50%,file` stopping under a 141 MiB cap (76.1 MiB decoded, all of it moved) took
     /// 202-355 ms, one chunk after another on this thread 275-386 (session 62, six runs
@@ -786,6 +813,10 @@ impl Residency {
         let mut present = Vec::new();
         for slot in 0..st.slots.len() {
             let s = &st.slots[slot];
+            if s.status == Status::Absent && self.stays_compressed(s.tensor) {
+                // Its rows decode for each lookup from now on: its compressed bytes stay.
+                continue;
+            }
             streamed.push(s.tensor);
             if s.addr == 0 {
                 // Never found in llama.cpp's memory: not streamed, nothing to keep.
@@ -798,12 +829,6 @@ impl Residency {
                 decoded_slots.push(slot);
             }
         }
-        // The lookup table first: where the caller moves only part of what it gets to a file,
-        // the table's pages are the ones a pass reads least (a row a token).
-        let lookup = self.dc.original.lookup_table().map(|t| t.name.as_str());
-        decoded_slots.sort_by_key(|&slot| {
-            Some(self.dc.tensor_view(st.slots[slot].tensor).name.as_str()) != lookup
-        });
         for &slot in &decoded_slots {
             let s = &st.slots[slot];
             let chunk = (self.dc.index.tensors[s.tensor].chunk_raw as usize).max(1);
@@ -841,12 +866,13 @@ impl Residency {
                 .map(|j| (j.tensor, j.chunk))
                 .collect()
         };
-        if let Some(first) = batches.first() {
-            self.dc.ask_for_chunks(&chunks_of(first));
+        let batch_chunks: Vec<Vec<(usize, usize)>> = batches.iter().map(chunks_of).collect();
+        if let Some(first) = batch_chunks.first() {
+            self.dc.ask_for_chunks(first);
         }
         for (b, batch) in batches.iter().enumerate() {
-            if let Some(next) = batches.get(b + 1) {
-                self.dc.ask_for_chunks(&chunks_of(next));
+            if let Some(next) = batch_chunks.get(b + 1) {
+                self.dc.ask_for_chunks(next);
             }
             let first_error: Mutex<Option<crate::dc::DcError>> = Mutex::new(None);
             let decode = |k: usize| {
@@ -876,7 +902,7 @@ impl Residency {
             // residency).
             assert!(completed, "decoding a streamed tensor for good panicked");
             // Read once and decoded: the compressed bytes leave the process now.
-            self.dc.release_chunks(&chunks_of(batch));
+            self.dc.release_chunks(&batch_chunks[b]);
             for j in &jobs[batch.clone()] {
                 keep(j.addr, j.len);
             }
@@ -1059,6 +1085,7 @@ impl Residency {
     /// As for `ask`.
     unsafe fn ask_inner(&self, t: *const sys::ggml_tensor) -> bool {
         let mut boundary = false;
+        let mut lookup_ends = false;
         // SAFETY: the caller guarantees `t` is live.
         let (srcs, op) = unsafe { ((*t).src, (*t).op) };
         for (k, src) in srcs.into_iter().enumerate() {
@@ -1112,7 +1139,7 @@ impl Residency {
                     // A lookups-only plan gives rows back once their lookup is computed
                     // (`computed`), which ggml reports only for a range that ends here: with
                     // one table, no later group change would end one.
-                    boundary |= self.release_lookups;
+                    lookup_ends |= self.releases_lookups();
                     continue;
                 }
             }
@@ -1121,8 +1148,9 @@ impl Residency {
             unsafe { self.point(slot, base, src) };
         }
         // Decoded for good, a layer frees nothing once computed: cutting the graph there
-        // would only make the compute threads wait for each other once more a layer.
-        boundary && !self.for_good.load(Ordering::Relaxed)
+        // would only make the compute threads wait for each other once more a layer. A
+        // lookup's rows still go back (once a graph).
+        (boundary && !self.for_good.load(Ordering::Relaxed)) || lookup_ends
     }
 
     /// Points weight `base` (and `src`, a view of it, if not itself) at where `slot`'s
@@ -1276,7 +1304,11 @@ impl Residency {
             None => Ok(()),
         };
         let decoded = decoded.into_inner();
-        if self.home == CompressedHome::File && !release_each {
+        // Once the budget stopped streaming, a lookup's compressed bytes are not kept mapped
+        // in `ram` mode either: the table is all that still decodes, a token's chunk at a time.
+        if (self.home == CompressedHome::File || self.for_good.load(Ordering::Relaxed))
+            && !release_each
+        {
             self.dc.release_chunks(&chunks);
         }
         let mut st = self.lock();
@@ -1329,7 +1361,7 @@ impl Residency {
     pub fn computed(&self) {
         let mut st = self.lock();
         st.epoch += 1;
-        if self.release_lookups && !st.looked_up.is_empty() {
+        if self.releases_lookups() && !st.looked_up.is_empty() {
             for slot in std::mem::take(&mut st.looked_up) {
                 if st.slots[slot].status == Status::Partial && st.slots[slot].partial > LOOKUP_KEEP
                 {
@@ -1654,7 +1686,9 @@ impl Residency {
     /// also spares the current and the prefetched layer. Returns false if not enough could be
     /// freed.
     fn make_room(&self, st: &mut State, need: u64, for_prefetch: bool) -> bool {
-        if st.present + need <= self.room {
+        // Decoded for good, nothing leaves: a lookup's rows are held beside the weights
+        // until the lookup is computed (`computed`).
+        if st.present + need <= self.room || self.for_good.load(Ordering::Relaxed) {
             return true;
         }
         let ahead = groups_ahead(st.current, &st.next_group);
@@ -1781,7 +1815,6 @@ struct RowRanges {
     row: u64,
 }
 
-/// Whether every row of `rows` lies inside a table of `len` bytes (rows of a length > 0).
 /// Whether tensor `t` of `dc` is its lookup-only table (a token embedding beside an output
 /// head of its own, [`crate::gguf::GgufHeader::lookup_table`]), which a budget decodes a row
 /// lookup's chunks of, never whole.
@@ -1791,6 +1824,7 @@ fn is_lookup_table(dc: &DcFile, t: usize) -> bool {
         .is_some_and(|l| l.name == dc.original.tensors[t].name)
 }
 
+/// Whether every row of `rows` lies inside a table of `len` bytes (rows of a length > 0).
 fn rows_fit(rows: &RowRanges, len: u64) -> bool {
     rows.row > 0
         && rows
@@ -2212,6 +2246,162 @@ mod buffer_tests {
             &t.layer.concat()[..],
             "shutting down leaves the bytes"
         );
+    }
+
+    /// A budget that stops streaming keeps a lookup-only table compressed: the stop decodes
+    /// and hands over the layers only, and a lookup after it decodes the rows asked for
+    /// into the table's own memory, ends the range there (a layer no longer does) and
+    /// gives them back once computed, as the default's lookups-only plan does.
+    #[test]
+    fn a_budget_stopped_streaming_decodes_its_lookup_tables_rows_for_each_lookup() {
+        const COLS: usize = 1024;
+        const ROWS: usize = 1024;
+        let row = COLS * 4;
+        // Three layers (a budget with two groups or fewer keeps them resident), each on
+        // pages of its own.
+        let layers = 3 * N * 4;
+        let bytes = incompressible(ROWS * row + layers + COLS * 4 * 8);
+        let (table, rest) = bytes.split_at(ROWS * row);
+        let (layer, output) = rest.split_at(layers);
+        let mut tensors: Vec<crate::gguf::TensorEntry> = vec![
+            (
+                "token_embd.weight".into(),
+                vec![COLS as u64, ROWS as u64],
+                GgmlType::F32,
+                table.to_vec(),
+            ),
+            // An output head of its own: the token embedding is read only by lookups.
+            (
+                "output.weight".into(),
+                vec![COLS as u64, 8],
+                GgmlType::F32,
+                output.to_vec(),
+            ),
+        ];
+        for i in 0..3 {
+            let bytes = layer[i * N * 4..(i + 1) * N * 4].to_vec();
+            tensors.push((
+                format!("blk.{i}.ffn_up.weight"),
+                vec![N as u64],
+                GgmlType::F32,
+                bytes,
+            ));
+        }
+        let (_, dir, _, dc) = small_dc("runtime-for-good-lookups", &tensors, 1 << 20);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let settings = Settings {
+            budget: Budget::Bytes(1),
+            home: CompressedHome::File,
+            prefetch: Some(false),
+        };
+        let res = Residency::new(dc.clone(), settings).unwrap();
+        let h = &dc.original;
+        let index = |name: &str| h.tensors.iter().position(|t| t.name == name).unwrap();
+        let t_table = index("token_embd.weight");
+        let t_layers: Vec<usize> = (0..3)
+            .map(|i| index(&format!("blk.{i}.ffn_up.weight")))
+            .collect();
+        assert_eq!(
+            res.plan.streamed_count(),
+            4,
+            "the table and the layers stream"
+        );
+        assert!(res.stays_compressed(t_table));
+        assert!(t_layers.iter().all(|&t| !res.stays_compressed(t)));
+        assert_eq!(res.stays_compressed_bytes(), table.len() as u64);
+
+        // The model's memory: the table, then the layers.
+        let mut model = memmap2::MmapMut::map_anon(table.len() + layers).unwrap();
+        let (table_home, layer_home) = (
+            model.as_mut_ptr() as usize,
+            model.as_mut_ptr() as usize + table.len(),
+        );
+        let range = |t: usize| h.tensor_range(&h.tensors[t]).start;
+        assert!(res.defer_load(range(t_table), table_home, table.len()));
+        for (i, &t) in t_layers.iter().enumerate() {
+            assert!(res.defer_load(range(t), layer_home + i * N * 4, N * 4));
+        }
+        let mut weights: Vec<sys::ggml_tensor> = (0..2).map(|_| zeroed_tensor()).collect();
+        weights[0].data = table_home as *mut c_void;
+        weights[0].ne = [COLS as i64, ROWS as i64, 1, 1];
+        weights[0].nb = [4, row, row * ROWS, row * ROWS];
+        weights[1].data = layer_home as *mut c_void;
+        let w: Vec<*mut sys::ggml_tensor> = weights.iter_mut().map(|w| w as *mut _).collect();
+        // A lookup of `rows` (their ids in an I32 tensor) and a node reading the layer.
+        let lookup_of = |rows: &mut Vec<i32>| {
+            let mut ids = Box::new(zeroed_tensor());
+            ids.type_ = sys::ggml_type_GGML_TYPE_I32;
+            ids.data = rows.as_mut_ptr() as *mut c_void;
+            ids.ne = [rows.len() as i64, 1, 1, 1];
+            let n = 4 * rows.len();
+            ids.nb = [4, n, n, n];
+            let mut node = Box::new(zeroed_tensor());
+            node.op = sys::ggml_op_GGML_OP_GET_ROWS;
+            node.src[0] = w[0];
+            node.src[1] = &mut *ids;
+            (ids, node)
+        };
+        let mut layer_node = zeroed_tensor();
+        layer_node.op = sys::ggml_op_GGML_OP_MUL_MAT;
+        layer_node.src[0] = w[1];
+        let row_at = |r: usize| {
+            // SAFETY: a row of the table's memory, which nothing writes meanwhile (no graph
+            // computes and no other thread decodes: no prefetch thread).
+            unsafe { bytes_at((table_home + r * row) as *mut c_void, row) }
+        };
+
+        // Streaming: a lookup, then the layer.
+        let mut first = vec![0, 5];
+        let (_ids, node) = lookup_of(&mut first);
+        // SAFETY (every ask below): live tensors of this test; the ids point at their rows.
+        assert!(unsafe { res.ask(&*node) });
+        assert_eq!(row_at(5), &table[5 * row..6 * row]);
+        res.computed();
+        assert!(unsafe { res.ask(&layer_node) });
+        res.computed();
+
+        let mut pieces: Vec<(usize, usize)> = Vec::new();
+        // SAFETY: no graph computes; the closure does not call into the residency.
+        let held = unsafe { res.decode_for_good(|at, len| pieces.push((at, len))) }.unwrap();
+        assert_eq!(held, layers as u64, "the layers only");
+        assert!(
+            pieces
+                .iter()
+                .all(|&(at, len)| at >= layer_home && at + len <= layer_home + layers),
+            "only the layers' memory is handed over: {pieces:?}"
+        );
+        assert_eq!(&model[table.len()..], layer, "the layers decoded in place");
+        assert!(
+            row_at(5).iter().all(|&b| b == 0),
+            "the table's rows given back"
+        );
+        let decodes = res.stats().decodes;
+
+        // After the stop: a lookup decodes its rows (one a page, 300 pages: more than
+        // LOOKUP_KEEP) and ends its range; computed, they go back. The layer decodes nothing.
+        let mut many: Vec<i32> = (0..300).map(|r| 3 * r + 1).collect();
+        let (_ids, node) = lookup_of(&mut many);
+        assert!(unsafe { res.ask(&*node) }, "a lookup ends its range");
+        for r in [1, 100, 898] {
+            assert_eq!(row_at(r), &table[r * row..(r + 1) * row], "row {r}");
+        }
+        assert!(row_at(2).iter().all(|&b| b == 0), "a row not asked for");
+        assert!(res.stats().decodes > decodes);
+        res.computed();
+        assert!(row_at(100).iter().all(|&b| b == 0), "rows given back");
+        let decodes = res.stats().decodes;
+        assert!(
+            !unsafe { res.ask(&layer_node) },
+            "no graph is cut at a layer"
+        );
+        res.computed();
+        assert_eq!(
+            res.stats().decodes,
+            decodes,
+            "the layer never decodes again"
+        );
+        assert_eq!(weights[1].data as usize, layer_home);
+        res.shut_down();
     }
 
     /// The budget thrashes once a pass, after the one of a cold start, has read from the
