@@ -893,8 +893,8 @@ impl Pending {
     /// model holds those as plain llama.cpp's mmap does, as pages the limit reclaims and the
     /// disk gives back, the rest as a load without a budget does, and decodes nothing more
     /// but a lookup-only table's rows ([`Residency::stays_compressed`]: Qwen2.5-Coder-1.5B
-    /// `40%,file` under 1050 MiB, 48 tokens, session 63: 14.4-14.8 t/s moving nothing,
-    /// against 11.9-12.9 decoding its 125 MiB table too and moving 124 MiB). Where part
+    /// `40%,file` under 1050 MiB, 48 tokens, session 63, four runs each: 14.2-15.2 t/s moving
+    /// nothing, against 11.5-12.9 decoding its 125 MiB table too and moving 124 MiB). Where part
     /// stays in memory, a later batch that does not fit moves more of the weights, those
     /// decoded for good too ([`Pending::move_more`]).
     /// Measured before (session 60): SmolLM2 `50%,file` under llama-perplexity and a 112 MiB
