@@ -48,12 +48,13 @@
 //! batches move more as above; the tensors it streams stay where the budget decodes them,
 //! unless the batch is still short with every resident weight moved: then the budget's own
 //! memory is what does not fit, and it stops streaming ([`Pending::stop_streaming`]): the
-//! streamed tensors are decoded for good and move to the file too, and the model holds its
-//! weights as plain llama.cpp's mmap does. A budget under a limit that no batch's buffer
+//! streamed tensors but a lookup-only table are decoded for good, and as much of the weights
+//! moves to the file as the limit then lacks; the model holds those as plain llama.cpp's mmap
+//! does, the rest as a load without a budget. A budget under a limit that no batch's buffer
 //! tells about (llama-completion's tokens allocate none) is found out by its decodes instead:
 //! where they keep reading back from the disk the compressed bytes the limit reclaimed
 //! between passes ([`Residency::thrashing`]), the graph callback has it give up streaming
-//! the same way, its resident weights moved first ([`budget_thrashes`]).
+//! the same way ([`budget_thrashes`]).
 //!
 //! Until it switches, its lookup tables (untied token embeddings) stay compressed, rows
 //! decoded per lookup ([`keep_lookups_compressed`]): the residency that serves them is the

@@ -2063,6 +2063,23 @@ mod buffer_tests {
         nodes: Vec<sys::ggml_tensor>,
     }
 
+    /// A DC file of `tensors` (test `name`'s, in 1 MiB chunks) and a residency streaming all
+    /// it can (a budget of one byte, `file` mode, no prefetch thread).
+    fn streaming_everything(
+        name: &str,
+        tensors: &[crate::gguf::TensorEntry],
+    ) -> (Arc<DcFile>, Arc<Residency>) {
+        let (_, dir, _, dc) = small_dc(name, tensors, 1 << 20);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let settings = Settings {
+            budget: Budget::Bytes(1),
+            home: CompressedHome::File,
+            prefetch: Some(false),
+        };
+        let res = Residency::new(dc.clone(), settings).unwrap();
+        (dc, res)
+    }
+
     fn three_streamed_layers(name: &str) -> ThreeLayers {
         let bytes = incompressible(3 * N * 4);
         let layer: Vec<Vec<u8>> = (0..3)
@@ -2074,14 +2091,7 @@ mod buffer_tests {
                 (name, vec![N as u64], GgmlType::F32, layer[i].clone())
             })
             .collect();
-        let (_, dir, _, dc) = small_dc(name, &tensors, 1 << 20);
-        std::fs::remove_dir_all(&dir).unwrap();
-        let settings = Settings {
-            budget: Budget::Bytes(1),
-            home: CompressedHome::File,
-            prefetch: Some(false),
-        };
-        let res = Residency::new(dc.clone(), settings).unwrap();
+        let (dc, res) = streaming_everything(name, &tensors);
         assert_eq!(res.plan.streamed_count(), 3);
         assert_eq!(res.room, 2 * (N * 4) as u64, "the working set: two layers");
 
@@ -2287,14 +2297,7 @@ mod buffer_tests {
                 bytes,
             ));
         }
-        let (_, dir, _, dc) = small_dc("runtime-for-good-lookups", &tensors, 1 << 20);
-        std::fs::remove_dir_all(&dir).unwrap();
-        let settings = Settings {
-            budget: Budget::Bytes(1),
-            home: CompressedHome::File,
-            prefetch: Some(false),
-        };
-        let res = Residency::new(dc.clone(), settings).unwrap();
+        let (dc, res) = streaming_everything("runtime-for-good-lookups", &tensors);
         let h = &dc.original;
         let index = |name: &str| h.tensors.iter().position(|t| t.name == name).unwrap();
         let t_table = index("token_embd.weight");
