@@ -746,29 +746,32 @@ impl Residency {
         &'a self,
         mut st: MutexGuard<'a, State>,
     ) -> (MutexGuard<'a, State>, u64) {
-        // No prefetch starts from now on, and one in flight finishes first.
-        self.prefetch_on.store(false, Ordering::Relaxed);
-        st.prefetching = None;
-        while st.slots.iter().any(|s| s.status == Status::Loading) {
-            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        self.for_good.store(true, Ordering::Relaxed);
-        // Tensors in the arena (their weights pointed back at their own memory) and tables
-        // with some rows decoded are evicted, to be decoded again in place.
-        for slot in 0..st.slots.len() {
-            let s = &st.slots[slot];
-            if s.buf.is_some() || s.status == Status::Partial {
-                self.evict(&mut st, slot);
+        // Released once: refit's stop releases first and decodes after, which calls this again.
+        if !self.for_good.load(Ordering::Relaxed) {
+            // No prefetch starts from now on, and one in flight finishes first.
+            self.prefetch_on.store(false, Ordering::Relaxed);
+            st.prefetching = None;
+            while st.slots.iter().any(|s| s.status == Status::Loading) {
+                st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
             }
+            self.for_good.store(true, Ordering::Relaxed);
+            // Tensors in the arena (their weights pointed back at their own memory) and tables
+            // with some rows decoded are evicted, to be decoded again in place.
+            for slot in 0..st.slots.len() {
+                let s = &st.slots[slot];
+                if s.buf.is_some() || s.status == Status::Partial {
+                    self.evict(&mut st, slot);
+                }
+            }
+            st.pool.trim(0);
+            if let Some(mut arena) = st.buffers.take() {
+                arena.unmap();
+            }
+            // In `ram` mode the compressed bytes are mapped, which a limit's headroom counts as
+            // used: unmapped, their page cache counts as the room it is once they are decoded.
+            let streamed: Vec<usize> = st.slots.iter().map(|s| s.tensor).collect();
+            self.dc.unmap_stored(&streamed);
         }
-        st.pool.trim(0);
-        if let Some(mut arena) = st.buffers.take() {
-            arena.unmap();
-        }
-        // In `ram` mode the compressed bytes are mapped, which a limit's headroom counts as
-        // used: unmapped, their page cache counts as the room it is once they are decoded.
-        let streamed: Vec<usize> = st.slots.iter().map(|s| s.tensor).collect();
-        self.dc.unmap_stored(&streamed);
         let to_decode = st
             .slots
             .iter()
