@@ -22,8 +22,10 @@
 //! (memory.limit_in_bytes, memory.memsw.limit_in_bytes, memory.max_usage_in_bytes,
 //! memory.oom_control oom_kill, memory.failcnt).
 //!
-//! Workloads: SmolLM2 Q4_1 (llama-completion, 2 threads, 32 greedy tokens of a fixed prompt;
-//! llama.cpp's own prompt and generation tokens/s), MiniLM BF16 and F16 (llama-embedding of
+//! Workloads: SmolLM2 Q4_1 (llama-completion, 2 threads, a context of DCGGUF_MEMCAP_CTX
+//! tokens, default 256, 32 greedy tokens of a fixed prompt; llama.cpp's own prompt and
+//! generation tokens/s; llama.cpp writes a context's whole KV cache as it creates it, so a
+//! bigger context adds its cache to every setup's memory from the start), MiniLM BF16 and F16 (llama-embedding of
 //! the evaluation sentences of scripts/eval-sentences.py; embeddings/s = sentences / wall
 //! time, load from a cold page cache included), SmolLM2 Q4_1 again under llama-perplexity of
 //! those sentences (`-c 256 -b 256`: each batch writes logits for half its tokens; tokens
@@ -479,7 +481,8 @@ fn command(l: &Llama, m: &Model, s: &Setup) -> Command {
     }
     match &m.workload {
         Workload::Completion => {
-            c.args(["--temp", "0", "-no-cnv", "-t", "2", "-c", "256", "-n", "32"])
+            c.args(["--temp", "0", "-no-cnv", "-t", "2", "-n", "32"])
+                .args(["-c", &completion_context().to_string()])
                 .args(["-p", PROMPT]);
         }
         Workload::Embedding { file, .. } => {
@@ -494,6 +497,11 @@ fn command(l: &Llama, m: &Model, s: &Setup) -> Command {
         }
     }
     c
+}
+
+/// The context llama-completion runs with (DCGGUF_MEMCAP_CTX, default 256 tokens).
+fn completion_context() -> u32 {
+    support::env_or("DCGGUF_MEMCAP_CTX", 256u32)
 }
 
 /// llama-perplexity's evaluated tokens: `calculating perplexity over 8 chunks, n_ctx=256`.
@@ -1434,9 +1442,10 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut md = String::new();
     let head = format!(
-        "memcap bench: cgroup {:?} under {}, stock llama.cpp tools, 2 threads, page cache dropped before each run and freed memory left to settle, {runs} run(s) per point, load average {}\n",
+        "memcap bench: cgroup {:?} under {}, stock llama.cpp tools, 2 threads, llama-completion's context {} tokens, page cache dropped before each run and freed memory left to settle, {runs} run(s) per point, load average {}\n",
         cx.parent.version,
         cx.parent.dir.display(),
+        completion_context(),
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The thirteen symbols libdcgguf_preload.so interposes.
-const INTERPOSERS: [&str; 13] = [
+const INTERPOSERS: [&str; 14] = [
     "fread",
     "fseek",
     "fseeko",
@@ -23,6 +23,7 @@ const INTERPOSERS: [&str; 13] = [
     "llama_free",
     "llama_model_free",
     "ggml_backend_tensor_set",
+    "ggml_backend_buffer_clear",
 ];
 
 /// (type letter, name) of each defined symbol `nm args lib` lists. nm comes with binutils,

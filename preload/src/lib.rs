@@ -2,7 +2,7 @@
 //!
 //!     LD_PRELOAD=libdcgguf_preload.so llama-completion -m model.dc.gguf ...
 //!
-//! It exports thirteen symbols that shadow the C library's and llama.cpp's own, which is why they
+//! It exports fourteen symbols that shadow the C library's and llama.cpp's own, which is why they
 //! live here and not in libdcgguf.so (a program that links libdcgguf to read DC files keeps
 //! its own `fread`):
 //!
@@ -16,6 +16,8 @@
 //!   computed, a buffer of 1 MiB or more that ggml allocates for it is first checked to fit
 //!   next to the weights of a model the default loaded without a budget, which switches to
 //!   a budget if not (an output buffer of 241 MiB is cleared as soon as it is allocated);
+//! - `ggml_backend_buffer_clear`: the same check for a buffer that llama.cpp writes whole as
+//!   it creates a context (the KV cache, cleared at once), before it is written;
 //! - `ggml_backend_tensor_set`: a load that moves its decoded weights to a file (too little
 //!   memory for them) moves a repacked tensor's memory once ggml has converted it;
 //! - `fread`: reads on dcgguf's own streams go straight into the caller's memory (and tell a
@@ -59,6 +61,7 @@ extern "C" fn register() {
         process: llama_process as *const () as usize,
         posix_memalign: posix_memalign as *const () as usize,
         tensor_set: ggml_backend_tensor_set as *const () as usize,
+        buffer_clear: ggml_backend_buffer_clear as *const () as usize,
     });
 }
 
@@ -198,6 +201,18 @@ pub unsafe extern "C" fn ggml_backend_tensor_set(
     let ours = ggml_backend_tensor_set as *const () as usize;
     // SAFETY: the caller's arguments, passed through under the function's own contract.
     unsafe { hooks::tensor_set_or_real(tensor, data, offset, size, ours) }
+}
+
+/// Interposes ggml's `ggml_backend_buffer_clear` (llama.cpp clears a context's KV cache as
+/// it creates it).
+///
+/// # Safety
+/// The contract of `ggml_backend_buffer_clear`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ggml_backend_buffer_clear(buffer: *mut c_void, value: u8) {
+    let ours = ggml_backend_buffer_clear as *const () as usize;
+    // SAFETY: the caller's arguments, passed through under the function's own contract.
+    unsafe { hooks::buffer_clear_or_real(buffer, value, ours) }
 }
 
 /// Interposes the C library's `fread`.

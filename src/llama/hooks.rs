@@ -52,6 +52,7 @@ pub struct Interposers {
     pub process: usize,
     pub posix_memalign: usize,
     pub tensor_set: usize,
+    pub buffer_clear: usize,
 }
 
 static INTERPOSERS: OnceLock<Interposers> = OnceLock::new();
@@ -152,6 +153,9 @@ static REAL_POSIX_MEMALIGN: Real = Real::new();
 static REAL_FSEEKO: Real = Real::new();
 static REAL_FSEEK: Real = Real::new();
 static REAL_TENSOR_SET: Real = Real::new();
+static REAL_BUFFER_CLEAR: Real = Real::new();
+static BUFFER_SIZE: Real = Real::new();
+static BUFFER_IS_HOST: Real = Real::new();
 
 /// The host's `llama_init_from_model` (or, with `deprecated`, `llama_new_context_with_model`),
 /// skipping `ours` (the caller's own export of that name, 0 if none); `Err(name)` when this
@@ -410,6 +414,60 @@ pub unsafe fn fseek_or_real(
             unsafe { *libc::__errno_location() = libc::ENOSYS };
             -1
         }
+    }
+}
+
+/// `ggml_backend_buffer_clear(ggml_backend_buffer_t, uint8_t)` (ggml-backend.h).
+pub type BufferClearFn = unsafe extern "C" fn(*mut c_void, u8);
+/// `ggml_backend_buffer_get_size(ggml_backend_buffer_t)` (ggml-backend.h).
+type BufferSizeFn = unsafe extern "C" fn(*mut c_void) -> usize;
+/// `ggml_backend_buffer_is_host(ggml_backend_buffer_t)` (ggml-backend.h).
+type BufferIsHostFn = unsafe extern "C" fn(*mut c_void) -> bool;
+
+/// The body of the `ggml_backend_buffer_clear` interposer: while a context whose buffers are
+/// noted is created ([`noting_buffers`]: a model the default loaded may still move weights
+/// or switch), a host buffer of [`crate::llama::budget::refit::CHECKED_ALLOCATION`] bytes or
+/// more about to be cleared is first checked to fit next to the weights
+/// ([`crate::llama::budget::refit::before_allocation`]); then ggml's function (found skipping
+/// `ours`). llama.cpp clears its KV cache as it creates it: every page is written, and
+/// charged to the limit, there, not at a batch. SmolLM2 under llama-completion `-c 1024` and
+/// a 133 MiB cap: the default, with 2 MiB to spare at the load, was killed by its 24 MiB KV
+/// cache where plain mmap ran (session 64). Elsewhere (a batch growing its output buffer,
+/// already checked as it was allocated; a cache cleared again, whose pages were charged
+/// already) nothing is checked.
+///
+/// # Safety
+/// The contract of `ggml_backend_buffer_clear`: a live buffer.
+pub unsafe fn buffer_clear_or_real(buffer: *mut c_void, value: u8, ours: usize) {
+    if NOTING.with(|c| c.get())
+        && !IN_COMPUTE.with(|c| c.get())
+        && !IN_ALLOCATION_CHECK.with(|c| c.replace(true))
+    {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let (Some(size), Some(is_host)) = (
+                BUFFER_SIZE.get(c"ggml_backend_buffer_get_size", 0),
+                BUFFER_IS_HOST.get(c"ggml_backend_buffer_is_host", 0),
+            ) else {
+                return;
+            };
+            // SAFETY: ggml's functions of these names (signatures BufferSizeFn and
+            // BufferIsHostFn, ggml-backend.h) on the caller's live buffer.
+            let (size, host) = unsafe {
+                (
+                    std::mem::transmute::<usize, BufferSizeFn>(size)(buffer),
+                    std::mem::transmute::<usize, BufferIsHostFn>(is_host)(buffer),
+                )
+            };
+            if host {
+                crate::llama::budget::refit::before_allocation(size);
+            }
+        }));
+        IN_ALLOCATION_CHECK.with(|c| c.set(false));
+    }
+    if let Some(real) = REAL_BUFFER_CLEAR.get(c"ggml_backend_buffer_clear", ours) {
+        // SAFETY: ggml's ggml_backend_buffer_clear (signature BufferClearFn) with the caller's
+        // arguments.
+        unsafe { std::mem::transmute::<usize, BufferClearFn>(real)(buffer, value) };
     }
 }
 

@@ -645,9 +645,9 @@ pub fn choose_at_context(
 
 impl ContextChoice {
     /// The log line that says what was chosen and why, for a model of `decoded_weights`
-    /// bytes and a buffer of `buffer` bytes.
-    pub fn describe(&self, decoded_weights: u64, buffer: u64) -> String {
-        let head = self.situation(decoded_weights, buffer);
+    /// bytes and a buffer of `buffer` bytes that `who` needs ("a batch").
+    pub fn describe(&self, who: &str, decoded_weights: u64, buffer: u64) -> String {
+        let head = self.situation(who, decoded_weights, buffer);
         match self {
             ContextChoice::Fits { .. } => format!("{head}: it fits, no budget"),
             ContextChoice::Short { .. } => format!("{head}, which would not fit"),
@@ -657,11 +657,12 @@ impl ContextChoice {
     /// The log line for a model short here whose weights cannot move to a file (`why`).
     pub fn describe_budget_instead(
         &self,
+        who: &str,
         decoded_weights: u64,
         buffer: u64,
         why: &dyn std::fmt::Display,
     ) -> String {
-        let head = self.situation(decoded_weights, buffer);
+        let head = self.situation(who, decoded_weights, buffer);
         format!(
             "{head}, which would not fit, and the weights cannot move to a file ({why}): \
              switching to the smallest budget, streamed tensors decoded before each use (set \
@@ -669,8 +670,8 @@ impl ContextChoice {
         )
     }
 
-    /// What a batch needs and what is free: the start of both log lines.
-    fn situation(&self, decoded_weights: u64, buffer: u64) -> String {
+    /// What `who` needs and what is free: the start of both log lines.
+    fn situation(&self, who: &str, decoded_weights: u64, buffer: u64) -> String {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let (need, headroom) = match self {
             ContextChoice::Fits { need, headroom }
@@ -680,7 +681,7 @@ impl ContextChoice {
         // table's compressed chunks and rows): the model's size is said only as what the
         // room for computing was scaled by ([`other_memory`]).
         format!(
-            "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
+            "dcgguf: memory: {who} needs a {:.0} MiB buffer, {:.0} MiB with room for \
              computing (for a model of {:.0} MiB of decoded weights); {:.0} MiB free under \
              the limit ({})",
             mib(buffer),
@@ -1068,9 +1069,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let short = c.describe(weights, 241 << 20);
+        let short = c.describe("a batch", weights, 241 << 20);
+        assert!(
+            short.starts_with("dcgguf: memory: a batch needs a 241 MiB buffer"),
+            "{short}"
+        );
         assert!(short.ends_with("which would not fit"), "{short}");
-        let budget = c.describe_budget_instead(weights, 241 << 20, &"/dev/shm: memory");
+        let budget = c.describe_budget_instead("a batch", weights, 241 << 20, &"/dev/shm: memory");
         assert!(
             budget.contains(
                 "cannot move to a file (/dev/shm: memory): switching to the smallest budget"

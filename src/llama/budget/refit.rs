@@ -33,7 +33,12 @@
 //! reserves its compute buffer there for the largest batch, which most programs never send
 //! (llama-completion's SmolLM2 context reserves 49 MiB and writes part of it). They are noted,
 //! and the first check in the context counts what of them no batch has written yet, up to the
-//! size of the buffer checked ([`unwritten_reserved`]).
+//! size of the buffer checked ([`unwritten_reserved`]). But for the one it writes whole right
+//! there: llama.cpp clears the KV cache as it creates it, so that clear is checked first
+//! (`ggml_backend_buffer_clear`, interposed: [`hooks::buffer_clear_or_real`]); unchecked,
+//! SmolLM2 under llama-completion or llama-server with `-c 1024` (a 24 MiB cache) was killed
+//! under a 133 MiB cap that plain mmap ran in, the load having found 2 MiB to spare (session
+//! 64).
 //!
 //! A model the default loaded with part of its decoded weights moved to a file
 //! ([`super::spill`]: neither the model nor a budget fit) is checked the same way, but
@@ -68,7 +73,8 @@
 //! and the check reads the limit only for buffers allocated inside a compute call (none per
 //! generated token: SmolLM2 under llama-completion read it once, at the load, by strace).
 //!
-//! Limits: contexts of one model must not compute concurrently (as for any budget);
+//! Limits: contexts of one model must not compute concurrently (as for any budget), nor one
+//! be created while another computes;
 //! allocations of the compute threads are not checked: the CPU backend's work buffer is
 //! estimated from the micro-batch's tokens ([`super::limit::work_buffer`]; `llama_process`,
 //! whose batch is opaque, counts the context's `n_ubatch`) and room for computing covers
@@ -144,10 +150,37 @@ impl Spilled {
         }
     }
 
-    /// Bytes that move at most: the whole pages of every range.
+    /// Bytes that move at most: the whole pages of every range, those decoded for good at a
+    /// stop too.
     fn movable(&self) -> u64 {
         self.movable
             .saturating_add(self.decoded_at_stop.get().map_or(0, |(_, bytes)| *bytes))
+    }
+
+    /// The budget stopped streaming ([`Pending::stop_streaming`]): `ranges` hold its weights
+    /// decoded for good, which a later batch may move too. Said once.
+    fn decoded_for_good(&self, ranges: Vec<(usize, usize)>) {
+        let bytes = super::spill::movable_bytes(&ranges);
+        let _ = self.decoded_at_stop.set((ranges, bytes));
+    }
+
+    /// Moves what is left of the weights into `spiller`'s file, as far as its quota goes:
+    /// the lookup table's last pages first, then the other resident weights, then those
+    /// decoded for good at a stop.
+    ///
+    /// # Safety
+    /// As for [`Spiller::take_rest`], for every range of `self`: the model's tensors in
+    /// llama.cpp's CPU weight buffer, alive until the model is freed (which forgets them
+    /// first), which no graph of the model computes with during the call.
+    unsafe fn take_more(&self, spiller: &mut Spiller) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            spiller.take_rest_of_lookup(&self.first);
+            spiller.take_rest(&self.ranges);
+            if let Some((decoded, _)) = self.decoded_at_stop.get() {
+                spiller.take_rest(decoded);
+            }
+        }
     }
 }
 
@@ -606,8 +639,23 @@ fn unwritten_reserved(ctx: usize) -> u64 {
         .sum()
 }
 
-/// Inside a `llama_decode` / `llama_encode` / `llama_process` on this thread, ggml is about
-/// to allocate `size` bytes: every pending model checks that they fit next to its weights.
+/// Who needs the buffer a check is about, for its log lines: a batch (inside a compute
+/// call), else a context being created, whose KV cache llama.cpp clears
+/// ([`before_allocation`]).
+fn who() -> &'static str {
+    if hooks::in_compute() {
+        "a batch"
+    } else {
+        "a new context's KV cache"
+    }
+}
+
+/// `size` bytes are about to be charged to the limit: inside a `llama_decode` /
+/// `llama_encode` / `llama_process` on this thread ggml allocates them (between graph
+/// computations: ggml's CPU ops never call `posix_memalign`), or inside
+/// `llama_init_from_model` llama.cpp is about to clear a buffer of that size, writing it
+/// whole (its KV cache; [`hooks::buffer_clear_or_real`]), before any graph of the context
+/// computes. Every pending model checks that they fit next to its weights.
 pub fn before_allocation(size: usize) {
     if size < CHECKED_ALLOCATION {
         return;
@@ -647,7 +695,7 @@ impl Pending {
         let choice = limit::choose_at_context(self.decoded, size, work, h.clone());
         let ContextChoice::Short { budget, .. } = choice else {
             if crate::llama::verbose() {
-                crate::log_line!("{}", choice.describe(self.decoded, size));
+                crate::log_line!("{}", choice.describe(who(), self.decoded, size));
             }
             return;
         };
@@ -666,7 +714,7 @@ impl Pending {
         // MiB 8.9-9.3 against 9.8-10.7 (plain 9.0-9.4); llama-embedding on MiniLM BF16 under
         // 343.7 MiB, 1.35-1.40 s against 1.42-1.64 (plain 1.79-2.48). And a budget finds
         // nothing to stream where llama.cpp repacked the weights (SmolLM2 in Q4_0 on AVX2).
-        crate::log_line!("{}", choice.describe(self.decoded, size));
+        crate::log_line!("{}", choice.describe(who(), self.decoded, size));
         // SAFETY: as for `switch` below.
         let Some(h) = (unsafe { self.short_after_compressing_lookups(size, work, h) }) else {
             return;
@@ -675,16 +723,16 @@ impl Pending {
             Ok(()) => return,
             Err(why) => why,
         };
-        // SAFETY: no graph node of the model computes: this runs on the thread that called
-        // llama_decode/encode/process while ggml allocates a buffer (between graph
-        // computations: ggml's CPU ops never call posix_memalign), contexts of one model do
-        // not compute concurrently (the budget's documented limit), and every context of
-        // the model was created with a graph callback that uses `self.res` once set.
+        // SAFETY: no graph node of the model computes ([`before_allocation`]: between
+        // graph computations of a compute call, or while a context is created), contexts of
+        // one model do not compute concurrently nor while one is created (the budget's
+        // documented limit), and every context of the model was created (or is being
+        // created) with a graph callback that uses `self.res` once set.
         match unsafe { switch(self, budget) } {
             Ok(res) => {
                 crate::log_line!(
                     "{}",
-                    choice.describe_budget_instead(self.decoded, size, &why)
+                    choice.describe_budget_instead(who(), self.decoded, size, &why)
                 );
                 let _ = self.res.set(res);
             }
@@ -755,8 +803,9 @@ impl Pending {
             ContextChoice::Fits { .. }
         );
         crate::log_line!(
-            "dcgguf: memory: a batch is short: {kept} from now on; {:.0} MiB free under the \
+            "dcgguf: memory: {} is short: {kept} from now on; {:.0} MiB free under the \
              limit{}",
+            who(),
             h.bytes as f64 / (1u64 << 20) as f64,
             if fits { ", the batch fits" } else { "" }
         );
@@ -833,7 +882,8 @@ impl Pending {
             && let Some(spilled) = self.spilled.get()
         {
             let why = format!(
-                "a batch is {:.1} MiB short with the budget's resident weights in the file",
+                "{} is {:.1} MiB short with the budget's resident weights in the file",
+                who(),
                 short as f64 / (1u64 << 20) as f64
             );
             self.stop_streaming(&res, spilled, self.need(buffer, work), &why);
@@ -930,11 +980,12 @@ impl Pending {
             return;
         }
         // SAFETY: no graph of the model computes: this runs on the thread inside
-        // llama_decode/encode/process, either while ggml allocates (between graph
-        // computations: `spill_resident`) or in the graph callback once a range of nodes has
-        // been computed and before the next is asked about (`give_up_streaming`), and
-        // contexts of one model do not compute concurrently (a budget's documented limit);
-        // every context of the model runs the residency's graph callback.
+        // llama_decode/encode/process or llama_init_from_model, either in a check
+        // ([`before_allocation`]: `spill_resident`) or in the graph callback once a range of
+        // nodes has been computed and before the next is asked about (`give_up_streaming`),
+        // and contexts of one model do not compute concurrently, nor while one is created (a
+        // budget's documented limit); every context of the model runs the residency's graph
+        // callback.
         let to_decode = unsafe { res.release_streaming() };
         // What streaming held is back: as much of the weights moves as the limit needs for
         // the decoded bytes about to be written, as at a load without a budget.
@@ -966,8 +1017,7 @@ impl Pending {
         if let Ok(ranges) = decoded_ranges {
             // SAFETY: as above, for the streamed tensors' memory, all of it decoded now.
             unsafe { spiller.take_rest(&ranges) };
-            let bytes = super::spill::movable_bytes(&ranges);
-            let _ = spilled.decoded_at_stop.set((ranges, bytes));
+            spilled.decoded_for_good(ranges);
         }
         // SAFETY: as above, for the resident tensors' memory.
         unsafe { spiller.take_rest(&spilled.ranges) };
@@ -1040,9 +1090,9 @@ impl Pending {
         let first = lookup_ranges(model, &self.dc, skip);
         let spiller = Spiller::open(0, &self.spill_dirs).map_err(RefitError::Spill)?;
         crate::log_line!(
-            "dcgguf: memory: moving the {what} to an unnamed file in {}, as far as the batch \
-             needs",
-            spiller.dir().display()
+            "dcgguf: memory: moving the {what} to an unnamed file in {}, as far as {} needs",
+            spiller.dir().display(),
+            who()
         );
         let spilled = self
             .spilled
@@ -1086,9 +1136,10 @@ impl Pending {
         let reclaimable = spiller.resident();
         let lack = self.lack(buffer, work, &headroom, reclaimable);
         let head = format!(
-            "dcgguf: memory: a batch needs a {:.0} MiB buffer, {:.0} MiB with room for \
+            "dcgguf: memory: {} needs a {:.0} MiB buffer, {:.0} MiB with room for \
              computing; {:.0} MiB free under the limit ({}), and {:.0} MiB of the weights \
              moved to a file in memory, which the limit may reclaim",
+            who(),
             mib(buffer),
             mib(need),
             mib(headroom.bytes),
@@ -1116,18 +1167,10 @@ impl Pending {
             return 0;
         }
         // SAFETY: the model's tensors in llama.cpp's CPU weight buffer, alive until the model
-        // is freed (which forgets it first); no graph of the model computes: this runs on the
-        // thread inside llama_decode/encode/process while ggml allocates (between graph
-        // computations), and contexts of one model do not compute concurrently (the
-        // documented limit of a budget, and of this check).
-        unsafe {
-            spiller.take_rest_of_lookup(&spilled.first);
-            spiller.take_rest(&spilled.ranges);
-            if let Some((decoded, _)) = spilled.decoded_at_stop.get() {
-                // Decoded for good ([`Pending::stop_streaming`]): weights as the resident.
-                spiller.take_rest(decoded);
-            }
-        }
+        // is freed (which forgets it first); no graph of the model computes
+        // ([`before_allocation`]), and contexts of one model do not compute concurrently,
+        // nor while one is created (the documented limit of a budget, and of this check).
+        unsafe { spilled.take_more(&mut spiller) };
         let moved = spiller.moved();
         match spiller.failure() {
             None => crate::log_line!(
@@ -1413,5 +1456,73 @@ impl Api {
         // SAFETY: a live tensor.
         let len = unsafe { (self.nbytes)(t) };
         in_place.then_some((data as usize, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A later batch that does not fit moves the weights a stop decoded for good too, once
+    /// the lookup table and the resident weights have moved: [`Spilled::movable`] counts them
+    /// from the stop on, and [`Spilled::take_more`] reaches them last.
+    #[test]
+    fn a_later_move_takes_the_weights_decoded_at_a_stop_after_the_resident_ones() {
+        let page = crate::io::page_size();
+        let len = 48 * page;
+        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i.wrapping_mul(2_654_435_761) >> 9) as u8;
+        }
+        let want = crate::io::hash::xxh3_64(&buf);
+        let base = buf.as_ptr() as usize;
+        let at = |p: usize| base + p * page;
+        // Resident weights in pages 0-15, the first four a lookup table; pages 16-31 the
+        // streamed weights a stop decodes; pages 32-47 not the model's.
+        let lookup = vec![(at(0), 4 * page)];
+        let resident = vec![(at(0), 4 * page), (at(4), 12 * page)];
+        let decoded = vec![(at(16), 10 * page), (at(26), 6 * page)];
+        let here = std::env::current_dir().unwrap();
+        let spiller = Spiller::open(6 * page as u64, &[std::env::temp_dir(), here]).unwrap();
+        let spilled = Spilled::new(
+            Arc::new(Mutex::new(spiller)),
+            resident.clone(),
+            lookup.clone(),
+        );
+        assert_eq!(spilled.movable() as usize, 16 * page);
+        let mut s = spilled.spiller.lock().unwrap();
+        // SAFETY: the buffer is ours and untouched during the calls.
+        unsafe { spilled.take_more(&mut s) };
+        assert!(s.failure().is_none());
+        assert_eq!(s.moved() as usize, 6 * page);
+        assert_eq!(s.unmoved_bytes(&lookup), 0, "the lookup table first");
+        assert_eq!(s.unmoved_bytes(&resident) as usize, 10 * page);
+        // The stop: its weights decoded for good count from now on, and move after the
+        // resident ones.
+        spilled.decoded_for_good(decoded.clone());
+        assert_eq!(spilled.movable() as usize, 32 * page);
+        s.allow(14 * page as u64).unwrap();
+        // SAFETY: as above.
+        unsafe { spilled.take_more(&mut s) };
+        assert!(s.failure().is_none());
+        assert_eq!(s.moved() as usize, 20 * page);
+        assert_eq!(s.unmoved_bytes(&resident), 0, "every resident weight moved");
+        assert_eq!(
+            s.unmoved_bytes(&decoded) as usize,
+            12 * page,
+            "four pages of the decoded weights moved, from their first on"
+        );
+        assert_eq!(s.unmoved_bytes(&[(at(16), 4 * page)]), 0);
+        // All of them, then nothing more: the rest of the buffer is not the model's.
+        s.allow(u64::try_from(len).unwrap()).unwrap();
+        // SAFETY: as above.
+        unsafe { spilled.take_more(&mut s) };
+        assert_eq!(s.moved(), spilled.movable());
+        assert_eq!(s.unmoved_bytes(&[(at(32), 16 * page)]) as usize, 16 * page);
+        assert_eq!(crate::io::hash::xxh3_64(&buf), want, "same bytes");
+        drop(s);
+        drop(spilled);
+        buf[len - 1] ^= 1;
+        drop(buf);
     }
 }
