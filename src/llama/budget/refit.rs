@@ -1470,12 +1470,7 @@ mod tests {
     fn a_later_move_takes_the_weights_decoded_at_a_stop_after_the_resident_ones() {
         let page = crate::io::page_size();
         let len = 48 * page;
-        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (i.wrapping_mul(2_654_435_761) >> 9) as u8;
-        }
-        let want = crate::io::hash::xxh3_64(&buf);
-        let base = buf.as_ptr() as usize;
+        let (mut buf, want, base) = super::super::spill::patterned_memory(len, 9);
         let at = |p: usize| base + p * page;
         // Resident weights in pages 0-15, the first four a lookup table; pages 16-31 the
         // streamed weights a stop decodes; pages 32-47 not the model's.

@@ -655,6 +655,19 @@ pub unsafe fn spill(ranges: &[(usize, usize)], dir: &Path) -> Result<Spilled, Sp
     }
 }
 
+/// Anonymous memory of `len` bytes filled with a pattern (`shift` varies it), the hash of
+/// its bytes and its address: weights for the tests to move.
+#[cfg(test)]
+pub(super) fn patterned_memory(len: usize, shift: u32) -> (memmap2::MmapMut, u64, usize) {
+    let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761) >> shift) as u8;
+    }
+    let hash = crate::io::hash::xxh3_64(&buf);
+    let base = buf.as_ptr() as usize;
+    (buf, hash, base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,12 +787,7 @@ mod tests {
     #[test]
     fn spilled_bytes_read_the_same_from_file_pages() {
         let len = 20 << 20;
-        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
-        }
-        let want = crate::io::hash::xxh3_64(&buf);
-        let base = buf.as_ptr() as usize;
+        let (mut buf, want, base) = patterned_memory(len, 13);
         // A tensor starting mid-page: its first partial page stays anonymous.
         let dir = std::env::temp_dir();
         // SAFETY: the buffer is ours and untouched during the call.
@@ -832,12 +840,7 @@ mod tests {
     fn a_limited_spiller_moves_whole_pages_up_to_its_quota_and_more_only_when_allowed() {
         let page = crate::io::page_size();
         let len = 64 * page;
-        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (i.wrapping_mul(2_654_435_761) >> 11) as u8;
-        }
-        let want = crate::io::hash::xxh3_64(&buf);
-        let base = buf.as_ptr() as usize;
+        let (buf, want, base) = patterned_memory(len, 11);
         let here = std::env::current_dir().unwrap();
         // Opened for ten and a half pages: ten move.
         let quota = (10 * page + page / 2) as u64;
@@ -890,12 +893,7 @@ mod tests {
     fn the_quota_kept_for_a_lookup_table_waits_for_its_read() {
         let page = crate::io::page_size();
         let len = 32 * page;
-        let mut buf = memmap2::MmapMut::map_anon(len).unwrap();
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (i.wrapping_mul(2_654_435_761) >> 7) as u8;
-        }
-        let want = crate::io::hash::xxh3_64(&buf);
-        let base = buf.as_ptr() as usize;
+        let (buf, want, base) = patterned_memory(len, 7);
         let here = std::env::current_dir().unwrap();
         // Ten pages, six of them kept for the lookup table (pages 16-23) read after eight
         // pages of other weights: four of those move, then six of the table.
