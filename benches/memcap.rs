@@ -25,12 +25,12 @@
 //! Workloads: SmolLM2 Q4_1 (llama-completion, 2 threads, a context of DCGGUF_MEMCAP_CTX
 //! tokens, default 256, 32 greedy tokens of a fixed prompt; llama.cpp's own prompt and
 //! generation tokens/s; llama.cpp writes a context's whole KV cache as it creates it, so a
-//! bigger context adds its cache to every setup's memory from the start), MiniLM BF16 and F16 (llama-embedding of
-//! the evaluation sentences of scripts/eval-sentences.py; embeddings/s = sentences / wall
-//! time, load from a cold page cache included), SmolLM2 Q4_1 again under llama-perplexity of
-//! those sentences (`-c 256 -b 256`: each batch writes logits for half its tokens; tokens
-//! evaluated / wall time, load included; the outputs compared are its per-chunk values and
-//! final estimate), and with DCGGUF_MEMCAP_LARGE=1 the 1.1 GB
+//! bigger context adds its cache to every setup's memory from the start), MiniLM BF16 and
+//! F16 (llama-embedding of the evaluation sentences of scripts/eval-sentences.py;
+//! embeddings/s = sentences / wall time, load from a cold page cache included), SmolLM2 Q4_1
+//! again under llama-perplexity of those sentences (`-c 256 -b 256`: each batch writes logits
+//! for half its tokens; tokens evaluated / wall time, load included; the outputs compared are
+//! its per-chunk values and final estimate), and with DCGGUF_MEMCAP_LARGE=1 the 1.1 GB
 //! Qwen2.5-Coder-1.5B Q4_K_M that `DCGGUF_FETCH_LARGE=1 scripts/fetch-models.sh` fetches
 //! (as SmolLM2). Outputs are compared with the plain mmap run without a cap.
 //!
