@@ -232,7 +232,8 @@ thread_local! {
     /// (`llama_decode` / `llama_encode`; `llama_process`'s batch is opaque).
     static BATCH: std::cell::Cell<Option<(usize, Option<u64>)>> =
         const { std::cell::Cell::new(None) };
-    /// This thread is inside the `posix_memalign` check (which may allocate).
+    /// This thread is inside a memory check or notes a buffer ([`allocation_check`]), which
+    /// may allocate.
     static IN_ALLOCATION_CHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// This thread creates a context whose big buffers are noted ([`noting_buffers`]).
     static NOTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -256,8 +257,16 @@ pub fn noting_buffers<T>(f: impl FnOnce() -> T) -> (T, Vec<(usize, usize)>) {
 /// Notes a buffer for [`noting_buffers`]; cold: only while a context is created.
 #[cold]
 fn note_buffer(at: usize, size: usize) {
+    allocation_check(|| NOTED.with(|n| n.borrow_mut().push((at, size))));
+}
+
+/// Runs `f` (a memory check, or noting a buffer) unless this thread is inside one already:
+/// what `f` allocates comes back through the interposed `posix_memalign`. A panic in it
+/// stops there.
+#[cold]
+fn allocation_check(f: impl FnOnce()) {
     if !IN_ALLOCATION_CHECK.with(|c| c.replace(true)) {
-        NOTED.with(|n| n.borrow_mut().push((at, size)));
+        let _ = catch_unwind(AssertUnwindSafe(f));
         IN_ALLOCATION_CHECK.with(|c| c.set(false));
     }
 }
@@ -330,14 +339,8 @@ pub unsafe fn posix_memalign_or_real(
     size: usize,
     ours: usize,
 ) -> libc::c_int {
-    if size >= crate::llama::budget::refit::CHECKED_ALLOCATION
-        && IN_COMPUTE.with(|c| c.get())
-        && !IN_ALLOCATION_CHECK.with(|c| c.replace(true))
-    {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            crate::llama::budget::refit::before_allocation(size)
-        }));
-        IN_ALLOCATION_CHECK.with(|c| c.set(false));
+    if size >= crate::llama::budget::refit::CHECKED_ALLOCATION && IN_COMPUTE.with(|c| c.get()) {
+        allocation_check(|| crate::llama::budget::refit::before_allocation(size));
     }
     let r = match REAL_POSIX_MEMALIGN.get(c"posix_memalign", ours) {
         // SAFETY: the C library's posix_memalign (signature PosixMemalignFn, stdlib.h) with
@@ -439,11 +442,8 @@ type BufferIsHostFn = unsafe extern "C" fn(*mut c_void) -> bool;
 /// # Safety
 /// The contract of `ggml_backend_buffer_clear`: a live buffer.
 pub unsafe fn buffer_clear_or_real(buffer: *mut c_void, value: u8, ours: usize) {
-    if NOTING.with(|c| c.get())
-        && !IN_COMPUTE.with(|c| c.get())
-        && !IN_ALLOCATION_CHECK.with(|c| c.replace(true))
-    {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
+    if NOTING.with(|c| c.get()) && !IN_COMPUTE.with(|c| c.get()) {
+        allocation_check(|| {
             let (Some(size), Some(is_host)) = (
                 BUFFER_SIZE.get(c"ggml_backend_buffer_get_size", 0),
                 BUFFER_IS_HOST.get(c"ggml_backend_buffer_is_host", 0),
@@ -461,8 +461,7 @@ pub unsafe fn buffer_clear_or_real(buffer: *mut c_void, value: u8, ours: usize) 
             if host {
                 crate::llama::budget::refit::before_allocation(size);
             }
-        }));
-        IN_ALLOCATION_CHECK.with(|c| c.set(false));
+        });
     }
     if let Some(real) = REAL_BUFFER_CLEAR.get(c"ggml_backend_buffer_clear", ours) {
         // SAFETY: ggml's ggml_backend_buffer_clear (signature BufferClearFn) with the caller's
