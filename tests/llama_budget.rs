@@ -746,6 +746,63 @@ fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() 
     );
 }
 
+/// A KV cache checked after a load that already moved weights to a file
+/// ([`dcgguf::llama::budget::limit::spare_of_moved`]): llama-completion with `-c 1024` (a 22
+/// MiB cache) under 72% of plain mmap's uncapped peak (as llama-server's 116 MiB, session
+/// 64's case). The load lacks room and moves twice what it lacks, leaving the moved pages
+/// room for about half of them; the cache must not take that room too (it did until session
+/// 65: "it fits", counting every moved page in memory, and each pass then read back all of
+/// them with the program's own pages: the prompt 114-141 t/s against plain mmap's 168-197),
+/// so the check moves more weights. The text is plain mmap's.
+#[test]
+#[cfg_attr(
+    not(all(dcgguf_llama, dcgguf_smollm2)),
+    ignore = "needs llama.cpp and SmolLM2: run scripts/build-llama.sh and scripts/fetch-models.sh"
+)]
+fn a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room() {
+    let t = "a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room";
+    let (l, m) = (require_llama(t), require_smollm2(t));
+    let parent = own_memory_cgroup(t);
+    let dc = dc_of(&m);
+    let ctx = 1024;
+    let (free, free_use) =
+        completion_of_context_in_cgroup(&l, &parent, &m, None, None, "room-plain-free", ctx);
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(free.status.success(), "{}", stderr(&free));
+    let cap = free_use.peak.expect("the cgroup reports its peak") / 100 * 72;
+    let (plain, plain_use) =
+        completion_of_context_in_cgroup(&l, &parent, &m, None, Some(cap), "room-plain-cap", ctx);
+    assert!(
+        plain.status.success() && plain_use.oom_kills == 0,
+        "the premise: plain mmap runs under {} MiB\n{}",
+        cap / MIB,
+        stderr(&plain)
+    );
+    let (ours, ours_use) =
+        completion_of_context_in_cgroup(&l, &parent, &dc, None, Some(cap), "room-dc-cap", ctx);
+    finished_saying(&ours, &ours_use, cap, "of decoded weights moved to a file");
+    let log = stderr(&ours);
+    let kv_check = log
+        .lines()
+        .find(|l| l.contains("a new context's KV cache needs"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the KV cache was not checked under {} MiB:\n{log}",
+                cap / MIB
+            )
+        });
+    assert!(
+        kv_check.contains("that every pass reads back")
+            && kv_check.contains("more of the decoded weights to the file"),
+        "the KV cache took the moved pages' room instead of moving more weights:\n{log}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&plain.stdout),
+        "the DC file generated other text than plain mmap"
+    );
+}
+
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not
 /// fit in, where no budget fits either (SmolLM2 Q4_1: compression saves 10% of its weights,
 /// so the smallest budget needs about as much), loads without a budget and moves part of the

@@ -43,8 +43,10 @@
 //! A model the default loaded with part of its decoded weights moved to a file
 //! ([`super::spill`]: neither the model nor a budget fit) is checked the same way, but
 //! moves more of its weights to the file where a batch's buffers would not fit
-//! ([`register_spilled`]): twice what is lacking, counting the moved pages still in memory
-//! as room (the limit reclaims them first), as the load did for what it lacked.
+//! ([`register_spilled`]): twice what is lacking, as the load did for what it lacked,
+//! counting as room the moved pages still in memory (the limit reclaims them first) beyond
+//! the half of them that the load's rule leaves them ([`limit::spare_of_moved`]: a KV cache
+//! that took that room too left every pass reading back all of them).
 //!
 //! A model loaded with a budget (asked for, or the default's at load) is checked the same
 //! way ([`register_budgeted`]): a budget is sized at the load too, and a batch's buffers may
@@ -128,6 +130,8 @@ struct Spilled {
     ranges: Vec<(usize, usize)>,
     /// Those of them that move first: the lookup table ([`lookup_ranges`]).
     first: Vec<(usize, usize)>,
+    /// Their whole pages' bytes.
+    lookup: u64,
     /// Their whole pages' bytes: what moves at most.
     movable: u64,
     /// Once the budget stopped streaming, the memory of its tensors decoded for good, which
@@ -143,6 +147,7 @@ impl Spilled {
     ) -> Spilled {
         Spilled {
             movable: super::spill::movable_bytes(&ranges),
+            lookup: super::spill::movable_bytes(&first),
             spiller,
             ranges,
             first,
@@ -1118,8 +1123,9 @@ impl Pending {
     }
 
     /// Moves more of a spilled model's weights to its file if `buffer` bytes, with `work`
-    /// and room for computing, do not fit in `headroom` and the moved pages in memory (which
-    /// the limit may reclaim: `headroom` counts them as used): twice what is lacking, what
+    /// and room for computing, do not fit in `headroom` and the moved pages in memory beyond
+    /// the room the moved weights keep (which the limit may reclaim: `headroom` counts them
+    /// as used; [`limit::spare_of_moved`]): twice what is lacking, what
     /// is left of the lookup table to move once, and [`limit::SPILL_SLACK`], as at the load
     /// ([`limit::to_move_for`]). Returns what the batch still lacks after: 0 where it fits
     /// (or nothing more can move), else what moving every weight it may move left short.
@@ -1133,18 +1139,25 @@ impl Pending {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let need = self.need(buffer, work);
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
-        let reclaimable = spiller.resident();
-        let lack = self.lack(buffer, work, &headroom, reclaimable);
+        let in_memory = spiller.resident();
+        let lookup_moved = spilled
+            .lookup
+            .saturating_sub(spiller.unmoved_bytes(&spilled.first));
+        let read_per_pass = spiller.moved().saturating_sub(lookup_moved);
+        let spare = limit::spare_of_moved(in_memory, read_per_pass);
+        let lack = self.lack(buffer, work, &headroom, spare);
         let head = format!(
             "dcgguf: memory: {} needs a {:.0} MiB buffer, {:.0} MiB with room for \
              computing; {:.0} MiB free under the limit ({}), and {:.0} MiB of the weights \
-             moved to a file in memory, which the limit may reclaim",
+             moved to a file in memory, which the limit may reclaim but for half of the \
+             {:.0} MiB that every pass reads back",
             who(),
             mib(buffer),
             mib(need),
             mib(headroom.bytes),
             limit::source_name(&headroom),
-            mib(reclaimable)
+            mib(in_memory),
+            mib(read_per_pass)
         );
         if lack == 0 {
             if crate::llama::verbose() {
