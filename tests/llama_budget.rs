@@ -752,7 +752,7 @@ fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() 
 /// 64's case). The load lacks room and moves twice what it lacks, leaving the moved pages
 /// room for about half of them; the cache must not take that room too (it did until session
 /// 65: "it fits", counting every moved page in memory, and each pass then read back all of
-/// them with the program's own pages: the prompt 114-141 t/s against plain mmap's 168-197),
+/// them with the program's own pages: the prompt 114-171 t/s against plain mmap's 158-197),
 /// so the check moves more weights. The text is plain mmap's.
 #[test]
 #[cfg_attr(

@@ -483,11 +483,11 @@ pub fn to_move_for(short: u64, lookup_table: u64) -> u64 {
 /// ([`to_move_for`]), which leaves the moved pages room for about half of them; a context or
 /// a batch that took that room too left every page of them to be read back at every pass,
 /// and with them the program's own. SmolLM2 Q4_1 under llama-completion `-c 1024` and a
-/// 116 MiB cap (session 65, AMD EPYC VM, 2 vCPUs, cgroup v1, five runs each, prompt / gen
+/// 116 MiB cap (session 65, AMD EPYC VM, 2 vCPUs, cgroup v1, nine runs each, prompt / gen
 /// t/s): its 22 MiB KV cache counted the 22 MiB of moved pages in memory as room, left them
 /// none, and the prompt read 170-189 MiB from the disk for 35.8 MiB moved (plain mmap
-/// 112-156 for its 93.8): 114-141 / 6.9-13.7, against plain mmap's 168-197 / 5.8-8.1;
-/// keeping their half, it moved 31.1 MiB more: 177-189 / 9.9-13.6.
+/// 112-156 for its 93.8): 114-171 / 6.9-13.7, against plain mmap's 158-197 / 5.8-8.1;
+/// keeping their half, it moved 31.1 MiB more: 172-201 / 9.9-13.6.
 pub fn spare_of_moved(resident: u64, read_per_pass: u64) -> u64 {
     resident.saturating_sub(read_per_pass / 2)
 }
