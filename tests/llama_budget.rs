@@ -699,6 +699,36 @@ fn a_hair_short_of_memory_the_default_moves_the_weights_rather_than_decode_every
     );
 }
 
+/// SmolLM2 under llama-completion with a `ctx`-token context: plain mmap uncapped, then plain
+/// mmap and its DC file under `percent`% of plain mmap's uncapped peak (the premise: plain
+/// mmap runs there). The DC run's output and usage, the cap, and plain mmap's capped text.
+fn completion_of_context_under_a_share_of_plain(
+    t: &str,
+    ctx: u32,
+    percent: u64,
+) -> (std::process::Output, cgroup::Usage, u64, String) {
+    let (l, m) = (require_llama(t), require_smollm2(t));
+    let parent = own_memory_cgroup(t);
+    let dc = dc_of(&m);
+    let run = |model: &Path, cap: Option<u64>, tag: &str| {
+        completion_of_context_in_cgroup(&l, &parent, model, None, cap, tag, ctx)
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let (free, free_use) = run(&m, None, "plain-free");
+    assert!(free.status.success(), "{}", stderr(&free));
+    let cap = free_use.peak.expect("the cgroup reports its peak") / 100 * percent;
+    let (plain, plain_use) = run(&m, Some(cap), "plain-cap");
+    assert!(
+        plain.status.success() && plain_use.oom_kills == 0,
+        "the premise: plain mmap runs under {} MiB\n{}",
+        cap / MIB,
+        stderr(&plain)
+    );
+    let (ours, ours_use) = run(&dc, Some(cap), "dc-cap");
+    let plain_text = String::from_utf8_lossy(&plain.stdout).into_owned();
+    (ours, ours_use, cap, plain_text)
+}
+
 /// A context bigger than the load's guess ([`dcgguf::llama::budget::limit::context_room`]):
 /// llama.cpp clears a KV cache of 4096 tokens (90 MiB for SmolLM2) as it creates the context,
 /// writing every page before any batch. Under 85% of plain mmap's uncapped peak the load
@@ -713,27 +743,10 @@ fn a_hair_short_of_memory_the_default_moves_the_weights_rather_than_decode_every
 )]
 fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() {
     let t = "a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written";
-    let (l, m) = (require_llama(t), require_smollm2(t));
-    let parent = own_memory_cgroup(t);
-    let dc = dc_of(&m);
-    let ctx = 4096;
-    let (free, free_use) =
-        completion_of_context_in_cgroup(&l, &parent, &m, None, None, "kv-plain-free", ctx);
-    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(free.status.success(), "{}", stderr(&free));
-    let cap = free_use.peak.expect("the cgroup reports its peak") / 100 * 85;
-    let (plain, plain_use) =
-        completion_of_context_in_cgroup(&l, &parent, &m, None, Some(cap), "kv-plain-cap", ctx);
-    assert!(
-        plain.status.success() && plain_use.oom_kills == 0,
-        "the premise: plain mmap runs under {} MiB\n{}",
-        cap / MIB,
-        stderr(&plain)
-    );
-    let (ours, ours_use) =
-        completion_of_context_in_cgroup(&l, &parent, &dc, None, Some(cap), "kv-dc-cap", ctx);
+    let (ours, ours_use, cap, plain_text) =
+        completion_of_context_under_a_share_of_plain(t, 4096, 85);
     finished_saying(&ours, &ours_use, cap, "a new context's KV cache needs");
-    let log = stderr(&ours);
+    let log = String::from_utf8_lossy(&ours.stderr);
     assert!(
         log.contains("loading without a budget")
             && log.contains("of the decoded weights to the file"),
@@ -741,7 +754,7 @@ fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() 
     );
     assert_eq!(
         String::from_utf8_lossy(&ours.stdout),
-        String::from_utf8_lossy(&plain.stdout),
+        plain_text,
         "the DC file generated other text than plain mmap"
     );
 }
@@ -761,27 +774,10 @@ fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() 
 )]
 fn a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room() {
     let t = "a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room";
-    let (l, m) = (require_llama(t), require_smollm2(t));
-    let parent = own_memory_cgroup(t);
-    let dc = dc_of(&m);
-    let ctx = 1024;
-    let (free, free_use) =
-        completion_of_context_in_cgroup(&l, &parent, &m, None, None, "room-plain-free", ctx);
-    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(free.status.success(), "{}", stderr(&free));
-    let cap = free_use.peak.expect("the cgroup reports its peak") / 100 * 72;
-    let (plain, plain_use) =
-        completion_of_context_in_cgroup(&l, &parent, &m, None, Some(cap), "room-plain-cap", ctx);
-    assert!(
-        plain.status.success() && plain_use.oom_kills == 0,
-        "the premise: plain mmap runs under {} MiB\n{}",
-        cap / MIB,
-        stderr(&plain)
-    );
-    let (ours, ours_use) =
-        completion_of_context_in_cgroup(&l, &parent, &dc, None, Some(cap), "room-dc-cap", ctx);
+    let (ours, ours_use, cap, plain_text) =
+        completion_of_context_under_a_share_of_plain(t, 1024, 72);
     finished_saying(&ours, &ours_use, cap, "of decoded weights moved to a file");
-    let log = stderr(&ours);
+    let log = String::from_utf8_lossy(&ours.stderr);
     let kv_check = log
         .lines()
         .find(|l| l.contains("a new context's KV cache needs"))
@@ -798,7 +794,7 @@ fn a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room(
     );
     assert_eq!(
         String::from_utf8_lossy(&ours.stdout),
-        String::from_utf8_lossy(&plain.stdout),
+        plain_text,
         "the DC file generated other text than plain mmap"
     );
 }
