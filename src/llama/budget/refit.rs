@@ -130,8 +130,8 @@ struct Spilled {
     ranges: Vec<(usize, usize)>,
     /// Those of them that move first: the lookup table ([`lookup_ranges`]).
     first: Vec<(usize, usize)>,
-    /// Their whole pages' bytes.
-    lookup: u64,
+    /// The whole pages' bytes of `first`.
+    lookup_bytes: u64,
     /// Their whole pages' bytes: what moves at most.
     movable: u64,
     /// Once the budget stopped streaming, the memory of its tensors decoded for good, which
@@ -147,7 +147,7 @@ impl Spilled {
     ) -> Spilled {
         Spilled {
             movable: super::spill::movable_bytes(&ranges),
-            lookup: super::spill::movable_bytes(&first),
+            lookup_bytes: super::spill::movable_bytes(&first),
             spiller,
             ranges,
             first,
@@ -1115,11 +1115,12 @@ impl Pending {
             .saturating_add(limit::other_memory(self.decoded))
     }
 
-    /// What that batch lacks in `headroom` and `reclaimable` bytes of moved weights still in
-    /// memory (which the limit reclaims first): 0 where it fits.
-    fn lack(&self, buffer: u64, work: u64, headroom: &limit::Headroom, reclaimable: u64) -> u64 {
+    /// What that batch lacks in `headroom` and `spare` bytes of moved weights still in memory
+    /// that it may take (the limit reclaims them first; [`limit::spare_of_moved`]): 0 where
+    /// it fits.
+    fn lack(&self, buffer: u64, work: u64, headroom: &limit::Headroom, spare: u64) -> u64 {
         self.need(buffer, work)
-            .saturating_sub(headroom.bytes.saturating_add(reclaimable))
+            .saturating_sub(headroom.bytes.saturating_add(spare))
     }
 
     /// Moves more of a spilled model's weights to its file if `buffer` bytes, with `work`
@@ -1141,7 +1142,7 @@ impl Pending {
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
         let in_memory = spiller.resident();
         let lookup_moved = spilled
-            .lookup
+            .lookup_bytes
             .saturating_sub(spiller.unmoved_bytes(&spilled.first));
         let read_per_pass = spiller.moved().saturating_sub(lookup_moved);
         let spare = limit::spare_of_moved(in_memory, read_per_pass);
