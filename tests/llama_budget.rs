@@ -702,16 +702,19 @@ fn a_hair_short_of_memory_the_default_moves_the_weights_rather_than_decode_every
 /// SmolLM2 under llama-completion with a `ctx`-token context: plain mmap uncapped, then plain
 /// mmap and its DC file under `percent`% of plain mmap's uncapped peak (the premise: plain
 /// mmap runs there). The DC run's output and usage, the cap, and plain mmap's capped text.
+/// `tag` names the runs' cgroups: one a test (tests run in parallel in one process).
 fn completion_of_context_under_a_share_of_plain(
     t: &str,
+    tag: &str,
     ctx: u32,
     percent: u64,
 ) -> (std::process::Output, cgroup::Usage, u64, String) {
     let (l, m) = (require_llama(t), require_smollm2(t));
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
-    let run = |model: &Path, cap: Option<u64>, tag: &str| {
-        completion_of_context_in_cgroup(&l, &parent, model, None, cap, tag, ctx)
+    let run = |model: &Path, cap: Option<u64>, run: &str| {
+        let tag = format!("{tag}-{run}");
+        completion_of_context_in_cgroup(&l, &parent, model, None, cap, &tag, ctx)
     };
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
     let (free, free_use) = run(&m, None, "plain-free");
@@ -744,7 +747,7 @@ fn completion_of_context_under_a_share_of_plain(
 fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() {
     let t = "a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written";
     let (ours, ours_use, cap, plain_text) =
-        completion_of_context_under_a_share_of_plain(t, 4096, 85);
+        completion_of_context_under_a_share_of_plain(t, "kv", 4096, 85);
     finished_saying(&ours, &ours_use, cap, "a new context's KV cache needs");
     let log = String::from_utf8_lossy(&ours.stderr);
     assert!(
@@ -775,7 +778,7 @@ fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() 
 fn a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room() {
     let t = "a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room";
     let (ours, ours_use, cap, plain_text) =
-        completion_of_context_under_a_share_of_plain(t, 1024, 72);
+        completion_of_context_under_a_share_of_plain(t, "room", 1024, 72);
     finished_saying(&ours, &ours_use, cap, "of decoded weights moved to a file");
     let log = String::from_utf8_lossy(&ours.stderr);
     let kv_check = log
