@@ -468,7 +468,12 @@ fn all_where_little_stays(quota: u64, decoded: u64, all: u64) -> u64 {
 /// Bytes to move to a file for `short` bytes the limit lacks, where `lookup_table` bytes of
 /// a lookup table not moved yet move first: twice the shortfall, the table's part of it
 /// once ([`spill_quota`] says why), and [`SPILL_SLACK`]. The load's rule and a batch's
-/// (`super::refit`) alike.
+/// (`super::refit`) alike. Where a later check lacks much, less room for the moved pages
+/// traded prompt for generation: Qwen2.5-Coder-1.5B `-c 4096` under 1000 MiB, its KV
+/// cache's check 103 MiB short, moving that and at most 32 MiB more (139 MiB, not 210)
+/// generated 3.30-3.65 t/s (median 3.55) against 2.77-3.06 (2.87), prompt 33.8-45.3 (38.8)
+/// against 43.3-47.1 (45.6), five runs each interleaved (session 66); not taken. The same
+/// room at the load (47.7 MiB moved, not 151) was killed.
 pub fn to_move_for(short: u64, lookup_table: u64) -> u64 {
     short
         .saturating_mul(2)
@@ -491,6 +496,12 @@ pub fn to_move_for(short: u64, lookup_table: u64) -> u64 {
 /// outgrow their room either way, the share costs reads: Qwen2.5-Coder-1.5B `-c 4096` under
 /// 1000 MiB (112 MiB KV cache; nine runs each) moved 362.7 MiB where it moved 337.4 and
 /// generated 2.97-3.65 t/s (median 3.22) against 3.07-3.72 (3.45); plain mmap 1.22.
+/// One room shared by the pages moved before and those the check moves (spare enough that
+/// what the move frees beyond the buffer's need, with the moved pages left in memory, is
+/// half of those moved before: Qwen's move there would be session 64's, 2 x 90 MiB) cost
+/// SmolLM2 its prompt: it moved 18.4 MiB where this moves 33.0, prompt 126-199 t/s
+/// (median 161) against 168-199 (186), plain mmap 76-208 (183); generation alike (nine
+/// runs each, session 66).
 pub fn spare_of_moved(resident: u64, read_per_pass: u64) -> u64 {
     resident.saturating_sub(read_per_pass / 2)
 }

@@ -498,7 +498,14 @@ impl Spiller {
         // 10.5-12.4; under 124.4 MiB 21.7-72.5 (37.3) against 19.9-90.7 (42.4), the noise.
         // llama-perplexity under 93.8 MiB (all moved) 13.8 / 14.0 s against 15.5 / 15.0; Qwen
         // under 962.5 MiB 6.04 / 5.62 t/s against 4.76 / 5.37. `MADV_RANDOM` (no read-ahead)
-        // took 3.5-4.6 t/s under 120.2 MiB.
+        // took 3.5-4.6 t/s under 120.2 MiB. Nor does a read-ahead of our own beat the
+        // kernel's, though its 8 MiB windows are too large for a small room (session 65):
+        // session 66 mapped the moved pages `MADV_RANDOM` and had the graph callback ask
+        // (`MADV_WILLNEED`) for the next nodes' moved weights, half the room ahead, in the
+        // graph's order, cutting the graph's range there, a weight larger than that left
+        // to the kernel. SmolLM2 llama-completion `-c 1024`, three runs each against
+        // this: under 135 MiB prompt 156-178 t/s against 193-200, generation alike;
+        // under 116 MiB 65-113 / 4.6-6.4 against 186-208 / 11.1-12.7.
         // SAFETY: advice on the range we just mapped; changes no byte.
         let _ = unsafe { libc::madvise(at as *mut libc::c_void, n, libc::MADV_SEQUENTIAL) };
         self.offset += n as u64;
