@@ -701,14 +701,16 @@ fn a_hair_short_of_memory_the_default_moves_the_weights_rather_than_decode_every
 
 /// SmolLM2 under llama-completion with a `ctx`-token context: plain mmap uncapped, then plain
 /// mmap and its DC file under `percent`% of plain mmap's uncapped peak (the premise: plain
-/// mmap runs there). The DC run's output and usage, the cap, and plain mmap's capped text.
-/// `tag` names the runs' cgroups: one a test (tests run in parallel in one process).
+/// mmap runs there). Asserts that the DC run finished saying `decision` ([`finished_saying`])
+/// and generated plain mmap's capped text; returns its log and the cap. `tag` names the
+/// runs' cgroups: one a test (tests run in parallel in one process).
 fn completion_of_context_under_a_share_of_plain(
     t: &str,
     tag: &str,
     ctx: u32,
     percent: u64,
-) -> (std::process::Output, cgroup::Usage, u64, String) {
+    decision: &str,
+) -> (String, u64) {
     let (l, m) = (require_llama(t), require_smollm2(t));
     let parent = own_memory_cgroup(t);
     let dc = dc_of(&m);
@@ -728,8 +730,13 @@ fn completion_of_context_under_a_share_of_plain(
         stderr(&plain)
     );
     let (ours, ours_use) = run(&dc, Some(cap), "dc-cap");
-    let plain_text = String::from_utf8_lossy(&plain.stdout).into_owned();
-    (ours, ours_use, cap, plain_text)
+    finished_saying(&ours, &ours_use, cap, decision);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&plain.stdout),
+        "the DC file generated other text than plain mmap"
+    );
+    (stderr(&ours), cap)
 }
 
 /// A context bigger than the load's guess ([`dcgguf::llama::budget::limit::context_room`]):
@@ -746,19 +753,17 @@ fn completion_of_context_under_a_share_of_plain(
 )]
 fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() {
     let t = "a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written";
-    let (ours, ours_use, cap, plain_text) =
-        completion_of_context_under_a_share_of_plain(t, "kv", 4096, 85);
-    finished_saying(&ours, &ours_use, cap, "a new context's KV cache needs");
-    let log = String::from_utf8_lossy(&ours.stderr);
+    let (log, _) = completion_of_context_under_a_share_of_plain(
+        t,
+        "kv",
+        4096,
+        85,
+        "a new context's KV cache needs",
+    );
     assert!(
         log.contains("loading without a budget")
             && log.contains("of the decoded weights to the file"),
         "the load did not find room for the decoded weights, or the clear moved none:\n{log}"
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&ours.stdout),
-        plain_text,
-        "the DC file generated other text than plain mmap"
     );
 }
 
@@ -777,10 +782,13 @@ fn a_kv_cache_bigger_than_the_load_foresaw_moves_weights_before_it_is_written() 
 )]
 fn a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room() {
     let t = "a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room";
-    let (ours, ours_use, cap, plain_text) =
-        completion_of_context_under_a_share_of_plain(t, "room", 1024, 72);
-    finished_saying(&ours, &ours_use, cap, "of decoded weights moved to a file");
-    let log = String::from_utf8_lossy(&ours.stderr);
+    let (log, cap) = completion_of_context_under_a_share_of_plain(
+        t,
+        "room",
+        1024,
+        72,
+        "of decoded weights moved to a file",
+    );
     let kv_check = log
         .lines()
         .find(|l| l.contains("a new context's KV cache needs"))
@@ -794,11 +802,6 @@ fn a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room(
         kv_check.contains("that every pass reads back")
             && kv_check.contains("more of the decoded weights to the file"),
         "the KV cache took the moved pages' room instead of moving more weights:\n{log}"
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&ours.stdout),
-        plain_text,
-        "the DC file generated other text than plain mmap"
     );
 }
 
