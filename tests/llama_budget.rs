@@ -803,6 +803,33 @@ fn a_kv_cache_after_a_load_that_moved_weights_leaves_the_moved_pages_their_room(
             && kv_check.contains("more of the decoded weights to the file"),
         "the KV cache took the moved pages' room instead of moving more weights:\n{log}"
     );
+    // After a batch, the moved pages the limit leaves in memory, less two read-ahead windows
+    // and a margin, are kept there ([`dcgguf::llama::budget::limit::moved_kept_in_memory`]);
+    // the rest are read in order.
+    let kept: Vec<[f64; 4]> = log
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("dcgguf: memory: after a batch, ")?;
+            let n: Vec<f64> = l
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            // in memory, kept, read-ahead (after "two"), margin
+            Some([n[0], n[1], n[2], n[3]])
+        })
+        .collect();
+    assert!(
+        kept.iter().any(|k| k[1] > 0.0),
+        "no batch kept any moved page in memory under {} MiB:\n{log}",
+        cap / MIB
+    );
+    for [in_memory, kept, read_ahead, margin] in kept {
+        assert!(
+            kept <= (in_memory - margin - 2.0 * read_ahead).max(0.0) + 0.1,
+            "{kept} MiB kept of {in_memory} in memory ({read_ahead} MiB read-ahead, {margin} \
+             margin):\n{log}"
+        );
+    }
 }
 
 /// With no budget asked for, a DC load under a memory limit that the decoded model does not

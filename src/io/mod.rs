@@ -110,6 +110,40 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) {
     fadvise(file, offset, len, libc::POSIX_FADV_DONTNEED);
 }
 
+/// The kernel's read-ahead window, in bytes, for reads of `file`: its disk's
+/// `read_ahead_kb` (`/sys/class/bdi/MAJ:MIN`, the backing device of its file system; a
+/// partition's is its disk's), which a fault in a `MADV_SEQUENTIAL` mapping reads at once,
+/// and the next window as that one is used. The kernel's default (128 KiB) where sysfs does
+/// not say.
+pub fn read_ahead_bytes(file: &File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    const KERNEL_DEFAULT: u64 = 128 << 10;
+    let Ok(meta) = file.metadata() else {
+        return KERNEL_DEFAULT;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let kib = |path: String| -> Option<u64> {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    kib(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"))
+        .or_else(|| {
+            kib(format!(
+                "/sys/dev/block/{major}:{minor}/queue/read_ahead_kb"
+            ))
+        })
+        .or_else(|| {
+            kib(format!(
+                "/sys/dev/block/{major}:{minor}/../queue/read_ahead_kb"
+            ))
+        })
+        .map_or(KERNEL_DEFAULT, |k| k << 10)
+}
+
 /// Page faults of this process so far that had to wait for a read from the disk
 /// (`getrusage`'s `ru_majflt`, every thread's); 0 where it cannot be read.
 pub fn major_faults() -> u64 {
@@ -292,6 +326,25 @@ pub fn anonymous_mapping_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_read_ahead_of_a_file_is_its_disks() {
+        use std::os::unix::fs::MetadataExt;
+        let file = File::open("Cargo.toml").unwrap();
+        let dev = file.metadata().unwrap().dev();
+        let bdi = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        let got = read_ahead_bytes(&file);
+        match std::fs::read_to_string(&bdi) {
+            Ok(kb) => assert_eq!(got, kb.trim().parse::<u64>().unwrap() << 10),
+            // A file system without a backing device of its own (overlay, tmpfs): a block
+            // device's window, whole KiB, or the kernel's default.
+            Err(_) => assert!(got >= 4 << 10 && got.is_multiple_of(1024), "{got} bytes"),
+        }
+    }
 
     #[test]
     fn finds_anonymous_memory_and_rejects_file_mappings() {

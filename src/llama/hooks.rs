@@ -304,6 +304,7 @@ pub fn compute(ctx: *mut sys::llama_context, call: Compute, ours: usize) -> i32 
     };
     IN_COMPUTE.with(|c| c.set(outer));
     BATCH.with(|c| c.set(outer_batch));
+    crate::llama::budget::refit::after_compute();
     r
 }
 

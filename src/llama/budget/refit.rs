@@ -84,7 +84,7 @@
 
 use std::ffi::{CString, c_char, c_void};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::limit::{self, ContextChoice};
@@ -291,6 +291,7 @@ pub fn register_spilled(
         .moved();
     p.settled
         .store(moved >= spilled.movable(), Ordering::Relaxed);
+    ANY_SPILLED.store(true, Ordering::Relaxed);
     let _ = p.spilled.set(spilled);
     pending().push(Arc::new(p));
 }
@@ -454,7 +455,6 @@ struct KeptCompressed {
 
 impl std::fmt::Display for KeptCompressed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         write!(
             f,
             "{} lookup table(s) kept compressed ({:.1} MiB decoded, {:.1} MiB stored): each \
@@ -611,6 +611,89 @@ pub fn context_reserved(ctx: *mut sys::llama_context, buffers: Vec<(usize, usize
         all.retain(|(c, _)| *c != ctx as usize);
         all.push((ctx as usize, buffers));
     }
+}
+
+/// Set where a model's weights moved to a file ([`register_spilled`]): batches then
+/// measure the room the moved pages have ([`after_compute`]).
+static ANY_SPILLED: AtomicBool = AtomicBool::new(false);
+/// Set by a check (which moved pages or let a buffer take room): the next batch's end
+/// measures the room again.
+static ROOM_CHANGED: AtomicBool = AtomicBool::new(false);
+/// When the room was last measured: milliseconds from the first measure's time base.
+static LAST_MEASURE_MS: AtomicU64 = AtomicU64::new(0);
+/// Measures of the room at most this often, but after a check: a measure reads the limit's
+/// files and asks the kernel which moved pages are in memory, about a tenth of a
+/// millisecond (SmolLM2 uncapped generates a token in 8).
+const MEASURE_EVERY_MS: u64 = 200;
+
+/// A batch has been computed: where weights moved to a file, sets the part of the moved
+/// pages kept in memory ([`keep_moved_in_memory`]) from the room they have now, measured
+/// (the headroom under the limit and the moved pages in memory, less
+/// [`limit::other_memory`]), after a check changed it and at most every
+/// [`MEASURE_EVERY_MS`]. Measured after batches, because what a context writes of its
+/// compute buffer is known only once it wrote it: llama-completion's prompt allocates
+/// nothing that a check would see, nor says its tokens (`llama_process`). Until the first
+/// measure every moved page is read in order.
+#[unsafe(link_section = ".text.hot.dcgguf")]
+pub fn after_compute() {
+    if !ANY_SPILLED.load(Ordering::Relaxed) {
+        return;
+    }
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    let now = u64::try_from(
+        BASE.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+    .max(1);
+    let last = LAST_MEASURE_MS.load(Ordering::Relaxed);
+    if ROOM_CHANGED.swap(false, Ordering::Relaxed)
+        || last == 0
+        || now.saturating_sub(last) >= MEASURE_EVERY_MS
+    {
+        LAST_MEASURE_MS.store(now, Ordering::Relaxed);
+        measure_room_of_moved();
+    }
+}
+
+#[cold]
+fn measure_room_of_moved() {
+    let spilled: Vec<Arc<Pending>> = pending()
+        .iter()
+        .filter(|p| p.spilled.get().is_some())
+        .cloned()
+        .collect();
+    for p in spilled {
+        let Some(spilled) = p.spilled.get() else {
+            continue;
+        };
+        let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
+        let in_memory = spiller.resident();
+        let keep = limit::moved_kept_in_memory(
+            in_memory.saturating_sub(limit::other_memory(p.decoded)),
+            spiller.read_ahead(),
+        );
+        // Pages in flight make the room vary by a read-ahead window or so from one measure
+        // to the next: less than that changes nothing.
+        if keep.abs_diff(spiller.kept_in_memory()) < spiller.read_ahead() {
+            continue;
+        }
+        let kept = spiller.keep_in_memory(keep);
+        crate::log_line!(
+            "dcgguf: memory: after a batch, {:.1} MiB of the moved pages in memory: {:.1} MiB \
+             of them kept there (less two {:.1} MiB read-ahead windows for the rest and {:.0} \
+             MiB of margin)",
+            mib(in_memory),
+            mib(kept),
+            mib(spiller.read_ahead()),
+            mib(limit::other_memory(p.decoded))
+        );
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
 }
 
 /// Forgets a context about to be freed (or freed).
@@ -957,7 +1040,6 @@ impl Pending {
     /// cap thrashed past 120 s or was OOM-killed, with 15.8 MiB resident moved and the batch
     /// still 13.2 MiB short, where plain mmap ran in 10.6 s.
     fn stop_streaming(&self, res: &Residency, spilled: &Spilled, also: u64, why: &str) {
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let model = self.model as *const sys::llama_model;
         // A lookup-only table stays compressed ([`Residency::stays_compressed`]).
         let by_rows = res.stays_compressed_bytes();
@@ -1137,7 +1219,6 @@ impl Pending {
         work: u64,
         headroom: limit::Headroom,
     ) -> u64 {
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let need = self.need(buffer, work);
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
         let in_memory = spiller.resident();
@@ -1160,6 +1241,12 @@ impl Pending {
             mib(in_memory),
             mib(read_per_pass)
         );
+        // The room the moved pages keep once the batch took its need, all of them counted
+        // (those this check moves are in memory as it ends), and what of it the kernel is
+        // asked to keep.
+        // The buffer takes room from the moved pages, or this moves more: the next batch's
+        // end measures their room again ([`after_compute`]).
+        ROOM_CHANGED.store(true, Ordering::Relaxed);
         if lack == 0 {
             if crate::llama::verbose() {
                 crate::log_line!("{head}: it fits");
@@ -1185,6 +1272,8 @@ impl Pending {
         // ([`before_allocation`]), and contexts of one model do not compute concurrently,
         // nor while one is created (the documented limit of a budget, and of this check).
         unsafe { spilled.take_more(&mut spiller) };
+        // Every moved page read in order until then.
+        spiller.keep_in_memory(0);
         let moved = spiller.moved();
         match spiller.failure() {
             None => crate::log_line!(

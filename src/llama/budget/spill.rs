@@ -210,6 +210,13 @@ pub struct Spiller {
     kept_for_lookups: u64,
     /// Bytes of the lookup table moved ([`Spiller::take_lookup`]).
     lookup_moved: u64,
+    /// The page ranges of the lookup table among `moved`: a token reads a row of it, not
+    /// all of it, so none of it is kept in memory ([`Spiller::keep_in_memory`]).
+    lookup_pieces: Vec<(usize, usize)>,
+    /// The kernel's read-ahead window for the file ([`crate::io::read_ahead_bytes`]).
+    read_ahead: u64,
+    /// Bytes of the moved pages last kept in memory ([`Spiller::keep_in_memory`]).
+    kept: u64,
 }
 
 impl Spiller {
@@ -221,6 +228,9 @@ impl Spiller {
             match open_unnamed(dir, need) {
                 Ok(file) => {
                     return Ok(Spiller {
+                        read_ahead: crate::io::read_ahead_bytes(&file),
+                        lookup_pieces: Vec::new(),
+                        kept: 0,
                         file,
                         dir: dir.clone(),
                         offset: 0,
@@ -266,6 +276,57 @@ impl Spiller {
             .iter()
             .map(|&(s, e)| ((e - s) as u64).saturating_sub(crate::io::unwritten_bytes(s, e - s)))
             .sum()
+    }
+
+    /// The kernel's read-ahead window for the moved pages: what a fault among those mapped
+    /// `MADV_SEQUENTIAL` reads at once.
+    pub fn read_ahead(&self) -> u64 {
+        self.read_ahead
+    }
+
+    /// Keeps about `bytes` of the moved pages (the lookup table's not counted, whole pages,
+    /// in the order they moved) mapped with the kernel's usual advice, the rest
+    /// `MADV_SEQUENTIAL`, and returns what it keeps so. A pass reads the moved pages in a
+    /// cycle, and the kernel ignores a `MADV_SEQUENTIAL` mapping's references, so that under
+    /// a limit that holds only part of them it evicts them first in, first out: each pass
+    /// then reads all of them back. Pages it sees referenced it keeps (they go to the active
+    /// list) while others are there to take: the pages kept so stay in memory, and the
+    /// rest cycle through what is left ([`super::limit::moved_kept_in_memory`] sizes it).
+    /// A later call moves the line between the two; advice changes no byte.
+    pub fn keep_in_memory(&mut self, bytes: u64) -> u64 {
+        let page = crate::io::page_size();
+        let mut left = usize::try_from(bytes).unwrap_or(usize::MAX) / page * page;
+        let mut kept = 0u64;
+        for &(s, e) in &self.moved {
+            if self.lookup_pieces.contains(&(s, e)) {
+                continue;
+            }
+            let keep = (e - s).min(left);
+            left -= keep;
+            kept += keep as u64;
+            if keep > 0 {
+                // SAFETY: advice on pages we moved (our shared mapping of our own file, which
+                // stays mapped while the spiller is alive); it changes no byte.
+                let _ = unsafe { libc::madvise(s as *mut libc::c_void, keep, libc::MADV_NORMAL) };
+            }
+            if keep < e - s {
+                // SAFETY: as above.
+                let _ = unsafe {
+                    libc::madvise(
+                        (s + keep) as *mut libc::c_void,
+                        e - s - keep,
+                        libc::MADV_SEQUENTIAL,
+                    )
+                };
+            }
+        }
+        self.kept = kept;
+        kept
+    }
+
+    /// Bytes of the moved pages the last [`Spiller::keep_in_memory`] kept (0 before any).
+    pub fn kept_in_memory(&self) -> u64 {
+        self.kept
     }
 
     /// Lets it move `more` bytes from now on (where it could move fewer), if the disk has
@@ -362,7 +423,7 @@ impl Spiller {
             while done < len {
                 let n = PIECE.min(len - done);
                 // SAFETY: forwarded from the caller, for a page-aligned part of its range.
-                if let Err(e) = unsafe { self.move_piece(start + done, n) } {
+                if let Err(e) = unsafe { self.move_piece(start + done, n, last_first) } {
                     self.failed = Some(SpillError::Io {
                         dir: self.dir.clone(),
                         source: e,
@@ -414,9 +475,11 @@ impl Spiller {
         }
     }
 
+    /// Moves one piece, of the lookup table if `lookup`.
+    ///
     /// # Safety
     /// As for [`Spiller::take`]; `at` and `n` are page-aligned.
-    unsafe fn move_piece(&mut self, at: usize, n: usize) -> std::io::Result<()> {
+    unsafe fn move_piece(&mut self, at: usize, n: usize, lookup: bool) -> std::io::Result<()> {
         let offset = self.offset;
         // SAFETY: [at, at + n) lies in the caller's range, which nothing accesses now.
         let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, n) };
@@ -510,6 +573,9 @@ impl Spiller {
         let _ = unsafe { libc::madvise(at as *mut libc::c_void, n, libc::MADV_SEQUENTIAL) };
         self.offset += n as u64;
         self.moved.push((at, at + n));
+        if lookup {
+            self.lookup_pieces.push((at, at + n));
+        }
         Ok(())
     }
 }
@@ -892,6 +958,49 @@ mod tests {
         unsafe { s.take_rest(&[(base, len)]) };
         assert_eq!(s.moved() as usize, 13 * page);
         assert_eq!(crate::io::hash::xxh3_64(&buf), want, "same bytes");
+        drop(s);
+        drop(buf);
+    }
+
+    #[test]
+    fn the_moved_pages_kept_in_memory_lose_the_sequential_advice_a_lookup_tables_never() {
+        let page = crate::io::page_size();
+        let len = 32 * page;
+        let (buf, want, base) = patterned_memory(len, 5);
+        let here = std::env::current_dir().unwrap();
+        let mut s = Spiller::open(16 * page as u64, &[std::env::temp_dir(), here]).unwrap();
+        // A lookup table's four pages (0-3), then twelve of other weights (8-19).
+        // SAFETY: the buffer is ours and untouched during the calls.
+        unsafe {
+            s.take_lookup(base, 4 * page);
+            s.take(base + 8 * page, 12 * page);
+        }
+        assert_eq!(s.moved() as usize, 16 * page);
+        let sequential = |at: usize| {
+            vm_flags(base + at * page)
+                .expect("smaps lists VmFlags (Linux 3.8+)")
+                .iter()
+                .any(|f| f == "sr")
+        };
+        assert!((0..4).chain(8..20).all(sequential), "moved: all sequential");
+        // Five and a half pages' worth: the first five moved of the others, whole pages.
+        assert_eq!(
+            s.keep_in_memory((5 * page + page / 2) as u64) as usize,
+            5 * page
+        );
+        assert!((8..13).all(|p| !sequential(p)), "pages 8-12 kept");
+        assert!((13..20).all(sequential), "pages 13-19 read in order");
+        assert!((0..4).all(sequential), "the table's pages are never kept");
+        // A later check moves the line, either way.
+        assert_eq!(s.keep_in_memory(u64::MAX) as usize, 12 * page);
+        assert!((8..20).all(|p| !sequential(p)) && (0..4).all(sequential));
+        assert_eq!(s.keep_in_memory(0), 0);
+        assert!((0..4).chain(8..20).all(sequential));
+        assert_eq!(
+            crate::io::hash::xxh3_64(&buf),
+            want,
+            "advice changes no byte"
+        );
         drop(s);
         drop(buf);
     }
