@@ -1098,7 +1098,8 @@ struct NeverSlower {
 /// Judges `pts` against `plain`: at each point, the median over the rounds of the speed
 /// ratio (of the medians where the rounds do not pair) must reach 1 - noise; a point below
 /// counts as slower only where the median's 90% interval ([`support::median_interval`]) lies
-/// below it as well, else it is open (the verdict is then unresolved).
+/// below it as well (below five rounds, their range: [`support::side`], the rule that
+/// stopped the rounds), else it is open (the verdict is then unresolved).
 fn never_slower(
     m: &Model,
     caps: &[Cap],
@@ -1111,14 +1112,10 @@ fn never_slower(
     for (c, (d, p)) in caps.iter().zip(pts.iter().zip(plain)) {
         for (mi, metric) in m.metrics().iter().enumerate() {
             let at = format!("{} at {}", metric.name(), c.label());
-            let (median_ratio, interval, rounds) = match (d.speeds[mi], p.speeds[mi]) {
+            let (median_ratio, ratios) = match (d.speeds[mi], p.speeds[mi]) {
                 (Some(dv), Some(pv)) => match paired_ratios(d, p, mi) {
-                    Some(r) => (
-                        support::median(r.clone()).unwrap_or(dv / pv),
-                        support::median_interval(&r),
-                        r.len(),
-                    ),
-                    None => (dv / pv, None, 0),
+                    Some(r) => (support::median(r.clone()).unwrap_or(dv / pv), r),
+                    None => (dv / pv, Vec::new()),
                 },
                 (None, Some(_)) => {
                     slower.push(format!("{at}: {}", d.status.text()));
@@ -1133,17 +1130,25 @@ fn never_slower(
             if median_ratio >= allowance {
                 continue;
             }
+            // Settled as the rounds were stopped ([`open_question`]): by the median's
+            // interval, or below five rounds by their range.
+            let rounds = ratios.len();
             let how = format!(
                 "{at}: {median_ratio:.2}x, {}",
-                match interval {
+                match support::median_interval(&ratios) {
                     Some((lo, hi)) => format!("90% interval {lo:.2}-{hi:.2}x of {rounds} rounds"),
-                    None if rounds > 0 => format!("{rounds} rounds, too few for an interval"),
+                    None if rounds > 0 => format!(
+                        "{rounds} rounds, {}x (too few for an interval: their range stands \
+                         in)",
+                        list(&ratios)
+                    ),
                     None => "runs not paired by round".into(),
                 }
             );
-            match interval {
-                Some((_, hi)) if hi < allowance => slower.push(how),
-                _ => open.push(how),
+            if rounds > 0 && side(&ratios, allowance) == Side::Below {
+                slower.push(how);
+            } else {
+                open.push(how);
             }
         }
     }

@@ -506,17 +506,24 @@ pub fn spare_of_moved(resident: u64, read_per_pass: u64) -> u64 {
     resident.saturating_sub(read_per_pass / 2)
 }
 
-/// Of `room` bytes that the moved weights' pages may hold in memory after a check (the
-/// headroom, with the moved pages in memory, less the batch's need), how many the kernel
-/// is asked to keep ([`super::spill::Spiller::keep_in_memory`]): all but two of the disk's
-/// `read_ahead` windows, which the rest, read back in order every pass, take (the one read
-/// and the next). Without it every moved page went first in, first out, and a pass read all
-/// of them back wherever the room held fewer. SmolLM2 Q4_1 under llama-completion `-c 1024`
-/// (8 MiB read-ahead, session 66, three runs each interleaved, prompt / gen t/s): under 119
-/// MiB (16.9 MiB kept of a 32.9 MiB room) 176-220 / 13.9-15.2 against 146-189 / 11.1-13.4;
-/// under 116 MiB 137-175 / 10.5-11.8 against 132-188 / 9.3-10.2; Qwen2.5-Coder-1.5B
-/// `-c 4096` under 1000 MiB (105 of 121 MiB kept, four runs) generation median 3.25 against
-/// 3.10.
+/// Of `room` bytes that the moved weights' pages have in memory (measured after a batch:
+/// those in memory, less a margin; `super::refit::after_compute`), how many the kernel is
+/// asked to keep there ([`super::spill::Spiller::keep_in_memory`]): all but two of the
+/// disk's `read_ahead` windows, which the rest, read in order every pass, take (the one
+/// read and the next). Without it every moved page went first in, first out, and a pass
+/// read back all of them wherever the room held fewer. SmolLM2 Q4_1 under llama-completion
+/// `-c 1024` and a 116 MiB cap (8 MiB read-ahead; 68 MiB moved, 23 kept; session 67, AMD
+/// EPYC VM, 2 vCPUs, cgroup v1, three runs each): the prompt and 32 tokens read 1674-1988
+/// MiB from the disk in 2.6-3.1 s, against 1998-2451 MiB in 3.1-4.0 s. Generation t/s,
+/// medians of six runs each interleaved against every moved page read in order: 13.3
+/// against 12.8 under 119 MiB, 12.0 against 11.2 under 116, 10.1 against 9.8 under 110
+/// (prompt 195 / 185, 192 / 186, 174 / 184), `-c 256` under 103 MiB 14.5 against 14.0;
+/// Qwen2.5-Coder-1.5B Q4_K_M `-c 4096` under 1000 MiB (362 MiB moved, 88.5 kept; five
+/// runs each) 3.40 against 3.02 (prompt 44.2 / 45.5). Kept from the room a check computes
+/// instead (before the context's compute buffer is written, which it does not count), it
+/// kept 27 of 81 MiB under 110 MiB where the batches then left the moved pages 38-49 and
+/// generated 9.1 against 11.4 (medians of five). (Those runs kept it all at the first
+/// measure; it now grows to at most twice a measure, `super::refit`'s precaution.)
 pub fn moved_kept_in_memory(room: u64, read_ahead: u64) -> u64 {
     room.saturating_sub(read_ahead.saturating_mul(2))
 }

@@ -47,6 +47,11 @@
 //! counting as room the moved pages still in memory (the limit reclaims them first) beyond
 //! the half of them that the load's rule leaves them ([`limit::spare_of_moved`]: a KV cache
 //! that took that room too left every pass reading back all of them).
+//! After batches (at most every [`MEASURE_EVERY_MS`], and after each check), the moved
+//! pages the limit leaves in memory, less two of the disk's read-ahead windows and a
+//! margin, are kept there, the rest read in order ([`after_compute`],
+//! [`limit::moved_kept_in_memory`]): the kernel ignores the references of pages mapped
+//! `MADV_SEQUENTIAL`, so that otherwise each pass read back every moved page.
 //!
 //! A model loaded with a budget (asked for, or the default's at load) is checked the same
 //! way ([`register_budgeted`]): a budget is sized at the load too, and a batch's buffers may
@@ -621,16 +626,17 @@ static ANY_SPILLED: AtomicBool = AtomicBool::new(false);
 static ROOM_CHANGED: AtomicBool = AtomicBool::new(false);
 /// When the room was last measured: milliseconds from the first measure's time base.
 static LAST_MEASURE_MS: AtomicU64 = AtomicU64::new(0);
-/// Measures of the room at most this often, but after a check: a measure reads the limit's
-/// files and asks the kernel which moved pages are in memory, about a tenth of a
-/// millisecond (SmolLM2 uncapped generates a token in 8).
+/// Measures of the room at most this often, but after a check: a measure asks the kernel
+/// which of the moved pages are in memory (`mincore` over all of them).
 const MEASURE_EVERY_MS: u64 = 200;
 
 /// A batch has been computed: where weights moved to a file, sets the part of the moved
-/// pages kept in memory ([`keep_moved_in_memory`]) from the room they have now, measured
-/// (the headroom under the limit and the moved pages in memory, less
-/// [`limit::other_memory`]), after a check changed it and at most every
-/// [`MEASURE_EVERY_MS`]. Measured after batches, because what a context writes of its
+/// pages kept in memory ([`Spiller::keep_in_memory`]) from the room they have now,
+/// measured: the moved pages in memory, less [`limit::other_memory`] as a margin
+/// ([`limit::moved_kept_in_memory`]); after a check changed it, and at most every
+/// [`MEASURE_EVERY_MS`]. The headroom under the limit is not counted: it swings by 20 MiB
+/// between batches as the kernel reclaims in bursts (SmolLM2 under 110 MiB: 0-24 MiB free
+/// after batches), and the moved pages in memory by a few. Measured after batches, because what a context writes of its
 /// compute buffer is known only once it wrote it: llama-completion's prompt allocates
 /// nothing that a check would see, nor says its tokens (`llama_process`). Until the first
 /// measure every moved page is read in order.
@@ -670,9 +676,22 @@ fn measure_room_of_moved() {
         };
         let mut spiller = spilled.spiller.lock().unwrap_or_else(|e| e.into_inner());
         let in_memory = spiller.resident();
+        // Growing to at most twice what it kept (one read-ahead window from none) a
+        // measure: a measure right after a
+        // check (llama-completion's warmup) comes before the prompt writes its compute
+        // buffer, which then takes room the pages kept would hold. A precaution: SmolLM2
+        // `-c 1024` under 127 MiB (five runs each, session 67) read 70.8-115.1 MiB in its
+        // prompt's pass keeping at once, 80.4-87.9 growing so, 77.1-87.3 keeping none, in
+        // 311-586 ms whichever (plain mmap 67.6-130.8 MiB, 303-392 ms).
         let keep = limit::moved_kept_in_memory(
             in_memory.saturating_sub(limit::other_memory(p.decoded)),
             spiller.read_ahead(),
+        )
+        .min(
+            spiller
+                .kept_in_memory()
+                .saturating_mul(2)
+                .max(spiller.read_ahead()),
         );
         // Pages in flight make the room vary by a read-ahead window or so from one measure
         // to the next: less than that changes nothing.
@@ -1241,9 +1260,6 @@ impl Pending {
             mib(in_memory),
             mib(read_per_pass)
         );
-        // The room the moved pages keep once the batch took its need, all of them counted
-        // (those this check moves are in memory as it ends), and what of it the kernel is
-        // asked to keep.
         // The buffer takes room from the moved pages, or this moves more: the next batch's
         // end measures their room again ([`after_compute`]).
         ROOM_CHANGED.store(true, Ordering::Relaxed);

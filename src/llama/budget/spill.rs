@@ -305,8 +305,9 @@ impl Spiller {
             left -= keep;
             kept += keep as u64;
             if keep > 0 {
-                // SAFETY: advice on pages we moved (our shared mapping of our own file, which
-                // stays mapped while the spiller is alive); it changes no byte.
+                // SAFETY: advice on a range we moved (llama.cpp's weight buffer, which outlives
+                // the model's spiller); MADV_NORMAL and MADV_SEQUENTIAL change only the
+                // kernel's read-ahead and reclaim of the range, never a byte of it.
                 let _ = unsafe { libc::madvise(s as *mut libc::c_void, keep, libc::MADV_NORMAL) };
             }
             if keep < e - s {
@@ -568,7 +569,9 @@ impl Spiller {
         // graph's order, cutting the graph's range there, a weight larger than that left
         // to the kernel. SmolLM2 llama-completion `-c 1024`, three runs each against
         // this: under 135 MiB prompt 156-178 t/s against 193-200, generation alike;
-        // under 116 MiB 65-113 / 4.6-6.4 against 186-208 / 11.1-12.7.
+        // under 116 MiB 65-113 / 4.6-6.4 against 186-208 / 11.1-12.7. Once batches show
+        // how many of them the limit leaves in memory, part of them lose this advice again
+        // and stay ([`Spiller::keep_in_memory`]).
         // SAFETY: advice on the range we just mapped; changes no byte.
         let _ = unsafe { libc::madvise(at as *mut libc::c_void, n, libc::MADV_SEQUENTIAL) };
         self.offset += n as u64;
