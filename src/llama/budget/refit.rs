@@ -79,6 +79,8 @@
 //! Cost while nothing switches: the graph callback runs at every node (an atomic read),
 //! and the check reads the limit only for buffers allocated inside a compute call (none per
 //! generated token: SmolLM2 under llama-completion read it once, at the load, by strace).
+//! Once weights moved to a file, each batch's end reads a clock, and at most every
+//! [`MEASURE_EVERY_MS`] asks the kernel which moved pages are in memory.
 //!
 //! Limits: contexts of one model must not compute concurrently (as for any budget), nor one
 //! be created while another computes;
