@@ -21,6 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::mib;
 use super::runtime::BudgetCost;
 use super::spec::{Budget, CompressedHome, Settings};
 
@@ -283,7 +284,6 @@ pub fn choose(
 impl DefaultChoice {
     /// The log line that says what was chosen and why.
     pub fn describe(&self) -> String {
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let source = source_name;
         match self {
             DefaultChoice::NoBudget {
@@ -573,7 +573,6 @@ pub fn describe_spill(
     headroom: &Headroom,
     dir: &Path,
 ) -> String {
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let room = context_room(decoded_weights);
     let head = format!(
         "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs about \
@@ -724,7 +723,6 @@ impl ContextChoice {
 
     /// What `who` needs and what is free: the start of both log lines.
     fn situation(&self, who: &str, decoded_weights: u64, buffer: u64) -> String {
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let (need, headroom) = match self {
             ContextChoice::Fits { need, headroom }
             | ContextChoice::Short { need, headroom, .. } => (*need, headroom),

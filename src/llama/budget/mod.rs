@@ -58,3 +58,8 @@ pub use plan::{MIN_STREAMED, ResidencyPlan, TensorCost};
 pub use refit::{ComputeDecoding, compute_decoding};
 pub use runtime::{Residency, Stats, model_residency, register_model, unregister_model};
 pub use spec::{Budget, CompressedHome, Settings};
+
+/// `bytes` in MiB, for the log lines of the budget's decisions.
+pub(crate) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}

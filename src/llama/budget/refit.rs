@@ -95,6 +95,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::limit::{self, ContextChoice};
+use super::mib;
 use super::runtime::{Residency, register_model};
 use super::spec::Settings;
 use super::spill::Spiller;
@@ -711,10 +712,6 @@ fn measure_room_of_moved() {
             mib(limit::other_memory(p.decoded))
         );
     }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 20) as f64
 }
 
 /// Forgets a context about to be freed (or freed).

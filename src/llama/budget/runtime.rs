@@ -28,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use super::eviction::{Candidate, Protected, groups_ahead, victim};
+use super::mib;
 use super::plan::{ResidencyPlan, TensorCost, plan_for};
 use super::recycle::{Buffer, Buffers, Layout, Pool, arena_fits};
 use super::spec::{CompressedHome, Settings};
@@ -200,7 +201,6 @@ const READ_AROUND_WINDOW: usize = 16 << 20;
 /// `streamed` bytes decoded on every pass: a user then learns from the log that the budget
 /// costs speed for little memory, or for none.
 fn saving_words(decoded: u64, holds: u64, streamed: u64, paged: Option<u64>) -> String {
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let saves = decoded.saturating_sub(holds);
     let mut s = format!(
         "; it holds {:.1} MiB less than the decoded weights",
@@ -487,7 +487,6 @@ impl Residency {
     /// One line for stderr: what the plan does.
     pub fn summary(&self) -> String {
         let p = &self.plan;
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         let mut s = format!(
             "dcgguf: memory budget {:.1} MiB of {:.1} MiB decoded weights: {} tensors decoded on \
              demand ({:.1} MiB, {:.1} MiB compressed, held in {}), {:.1} MiB resident, \
