@@ -306,8 +306,11 @@ struct llama_model *dcgguf_llama_model_load(const char *path, struct llama_model
 
 /* llama_init_from_model, with dcgguf's graph callback (chained with params.cb_eval) for a
  * model loaded under a memory budget or while DCGGUF_ACT_MAX_OUT records activations; other
- * contexts are created by llama_init_from_model unchanged. Free the context with
- * dcgguf_llama_free. NULL on failure. */
+ * contexts are created by llama_init_from_model unchanged. In a program without the preload
+ * library, a DC model loaded under a memory limit is checked once the context is created:
+ * where what the context wrote and reserved would not fit under the limit, part of the
+ * model's decoded weights moves to a file (evictable pages, as a mapped GGUF's). Free the
+ * context with dcgguf_llama_free. NULL on failure. */
 struct llama_context *dcgguf_llama_init_from_model(struct llama_model *model,
                                                    struct llama_context_params params);
 

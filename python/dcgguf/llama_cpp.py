@@ -14,6 +14,14 @@ libdcgguf finds the libllama llama-cpp-python already loaded (it is opened RTLD_
 loads the model into it; everything after the load is plain llama-cpp-python. Plain GGUF files
 go to llama.cpp's own function, untouched.
 
+Contexts are created and freed, and models freed, through libdcgguf's wrappers too
+(``dcgguf_llama_init_from_model``, ``dcgguf_llama_free``, ``dcgguf_llama_model_free``): under a
+memory limit (a cgroup's, else ``MemAvailable``) a DC model's context is checked once created,
+and where the limit lacks room for what it wrote and reserved, part of the decoded weights moves
+to a file whose pages the limit may reclaim, as plain llama.cpp's mapped model's. Without that,
+llama-cpp-python on SmolLM2 with a 1024-token context was killed under a 165 MiB cap that plain
+llama.cpp ran in. Other models' contexts are created exactly as before.
+
 ``DCGGUF_LOAD_ROUTE`` chooses how a DC-GGUF reaches llama.cpp, as for every host (README,
 "Load routes"); the default FILE* stream works here without the preload library. A memory budget
 (``DCGGUF_MEM_BUDGET``) needs the preload library and is not available in this host; the
@@ -33,6 +41,8 @@ __all__ = ["install", "uninstall", "installed", "LoadError"]
 
 
 _original = None
+# llama-cpp-python's own context and free functions, while installed.
+_originals = {}
 
 
 class LoadError(errors.DcggufError, ValueError):
@@ -44,13 +54,24 @@ class LoadError(errors.DcggufError, ValueError):
 
 
 def _dc_lib() -> ctypes.CDLL:
-    """The package's libdcgguf, plus the one prototype that needs llama-cpp-python's own
-    ``llama_model_params`` structure (passed by value, so its layout must be theirs)."""
+    """The package's libdcgguf, plus the prototypes that need llama-cpp-python's own
+    ``llama_model_params`` and ``llama_context_params`` structures (passed by value, so their
+    layout must be theirs)."""
     lib = _lib.load()
-    fn = lib.dcgguf_llama_model_load
-    if fn.argtypes is None:
-        fn.argtypes = [ctypes.c_char_p, _llama.llama_model_params]
-        fn.restype = ctypes.c_void_p
+    prototypes = {
+        "dcgguf_llama_model_load": (ctypes.c_void_p, [ctypes.c_char_p, _llama.llama_model_params]),
+        "dcgguf_llama_init_from_model": (
+            ctypes.c_void_p,
+            [ctypes.c_void_p, _llama.llama_context_params],
+        ),
+        "dcgguf_llama_free": (None, [ctypes.c_void_p]),
+        "dcgguf_llama_model_free": (None, [ctypes.c_void_p]),
+    }
+    for name, (restype, argtypes) in prototypes.items():
+        fn = getattr(lib, name)
+        if fn.argtypes is None:
+            fn.argtypes = argtypes
+            fn.restype = restype
     return lib
 
 
@@ -79,29 +100,59 @@ def llama_model_load_from_file(path_model: bytes, params):
     return model
 
 
+def llama_init_from_model(model, params):
+    """Drop-in for llama_cpp.llama_cpp.llama_init_from_model: libdcgguf's wrapper, which
+    creates plain models' contexts unchanged."""
+    return _dc_lib().dcgguf_llama_init_from_model(model, params)
+
+
+def llama_free(ctx):
+    """Drop-in for llama_cpp.llama_cpp.llama_free (frees dcgguf's state for the context)."""
+    _dc_lib().dcgguf_llama_free(ctx)
+
+
+def llama_model_free(model):
+    """Drop-in for llama_cpp.llama_cpp.llama_model_free (frees dcgguf's state for the model:
+    its moved weights' file, the thread that measures their room)."""
+    _dc_lib().dcgguf_llama_model_free(model)
+
+
+_WRAPPED = {
+    "llama_model_load_from_file": llama_model_load_from_file,
+    "llama_init_from_model": llama_init_from_model,
+    "llama_free": llama_free,
+    "llama_model_free": llama_model_free,
+}
+
+
 def install() -> None:
-    """Routes llama-cpp-python's model loading through dcgguf (idempotent)."""
+    """Routes llama-cpp-python's model loading, its contexts and its frees through dcgguf
+    (idempotent)."""
     global _original
     if _original is not None:
         return
     _dc_lib()  # fail here, not at the first load, if libdcgguf is missing
-    _original = _llama.llama_model_load_from_file
-    _llama.llama_model_load_from_file = llama_model_load_from_file
     import llama_cpp
 
-    # `from llama_cpp import llama_model_load_from_file` users get the same function.
-    llama_cpp.llama_model_load_from_file = llama_model_load_from_file
+    _original = _llama.llama_model_load_from_file
+    for name, ours in _WRAPPED.items():
+        _originals[name] = getattr(_llama, name)
+        setattr(_llama, name, ours)
+        # `from llama_cpp import llama_model_load_from_file` users get the same function.
+        setattr(llama_cpp, name, ours)
 
 
 def uninstall() -> None:
-    """Restores llama-cpp-python's own loader."""
+    """Restores llama-cpp-python's own functions."""
     global _original
     if _original is None:
         return
     import llama_cpp
 
-    _llama.llama_model_load_from_file = _original
-    llama_cpp.llama_model_load_from_file = _original
+    for name, theirs in _originals.items():
+        setattr(_llama, name, theirs)
+        setattr(llama_cpp, name, theirs)
+    _originals.clear()
     _original = None
 
 

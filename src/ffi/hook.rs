@@ -146,7 +146,25 @@ pub fn init_context(
     let noted = watch.is_some()
         || catch_unwind(AssertUnwindSafe(|| budget::refit::notes_contexts_of(model)))
             .unwrap_or(false);
-    let ctx = if noted {
+    // Without the budget hooks no batch is checked: the context's creation is, once done.
+    let unhooked = !noted
+        && catch_unwind(AssertUnwindSafe(|| {
+            hooks::budget_hooks_active().is_err()
+                && budget::refit::checks_contexts_without_hooks(model)
+        }))
+        .unwrap_or(false);
+    let ctx = if unhooked {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            budget::refit::creating_context_without_hooks(model, &params)
+        }));
+        let (ctx, written, unwritten) = budget::unhooked::creating_context(create);
+        if !ctx.is_null() {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                budget::refit::context_created_without_hooks(model, ctx, written, unwritten)
+            }));
+        }
+        ctx
+    } else if noted {
         let (ctx, buffers) = hooks::noting_buffers(create);
         if !ctx.is_null() {
             let _ = catch_unwind(AssertUnwindSafe(|| {

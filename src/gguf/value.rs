@@ -120,6 +120,10 @@ impl Value {
         Self::scalar(ValueType::F32, &v.to_le_bytes())
     }
 
+    pub fn bool(v: bool) -> Value {
+        Self::scalar(ValueType::Bool, &[u8::from(v)])
+    }
+
     pub fn string(s: &str) -> Value {
         Value::String(s.as_bytes().to_vec())
     }
@@ -153,6 +157,17 @@ impl Value {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => std::str::from_utf8(s).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value when it is a bool scalar.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Scalar {
+                ty: ValueType::Bool,
+                le,
+            } => Some(le[0] != 0),
             _ => None,
         }
     }

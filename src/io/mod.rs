@@ -194,6 +194,32 @@ pub fn rss_report() -> String {
     )
 }
 
+/// This process's private anonymous memory: what of it is in memory, and how much address
+/// space it holds, written or not (`RssAnon` and `VmData` of /proc/self/status, in bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnonymousMemory {
+    pub resident: u64,
+    pub reserved: u64,
+}
+
+/// [`AnonymousMemory`] now; `None` where /proc/self/status cannot be read or lacks a field.
+pub fn anonymous_memory() -> Option<AnonymousMemory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    anonymous_memory_of(&status)
+}
+
+fn anonymous_memory_of(status: &str) -> Option<AnonymousMemory> {
+    let kib = |key: &str| -> Option<u64> {
+        let rest = status.lines().find_map(|l| l.strip_prefix(key))?;
+        let n: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        n.checked_mul(1024)
+    };
+    Some(AnonymousMemory {
+        resident: kib("RssAnon:")?,
+        reserved: kib("VmData:")?,
+    })
+}
+
 /// Most worker threads a caller may ask for: 4 per CPU (at least 4, at most 1024). Asking
 /// for 100,000 threads is a mistake; starting them would take minutes and gigabytes.
 pub fn max_threads() -> usize {
@@ -344,6 +370,36 @@ mod tests {
             // device's window, whole KiB, or the kernel's default.
             Err(_) => assert!(got >= 4 << 10 && got.is_multiple_of(1024), "{got} bytes"),
         }
+    }
+
+    #[test]
+    fn anonymous_memory_counts_reserved_space_and_the_pages_written() {
+        // Other test threads allocate meanwhile: a margin of 4 MiB either way.
+        const SLACK: i64 = 4 << 20;
+        let delta = |a: u64, b: u64| b as i64 - a as i64;
+        let before = anonymous_memory().expect("/proc/self/status");
+        let mut anon = memmap2::MmapMut::map_anon(64 << 20).unwrap();
+        let reserved = anonymous_memory().unwrap();
+        anon[..16 << 20].fill(1);
+        let written = anonymous_memory().unwrap();
+        let reserved_grew = delta(before.reserved, reserved.reserved);
+        assert!(
+            (reserved_grew - (64 << 20)).abs() < SLACK,
+            "{reserved_grew}"
+        );
+        let resident_grew = delta(reserved.resident, written.resident);
+        assert!(
+            (resident_grew - (16 << 20)).abs() < SLACK,
+            "{resident_grew}"
+        );
+        assert_eq!(
+            anonymous_memory_of("VmData:\t  2048 kB\nRssAnon:\t 512 kB\n"),
+            Some(AnonymousMemory {
+                resident: 512 << 10,
+                reserved: 2 << 20
+            })
+        );
+        assert_eq!(anonymous_memory_of("VmData:\t2048 kB\n"), None);
     }
 
     #[test]

@@ -379,10 +379,9 @@ pub fn load_dc(
         let failed = spill.failure().is_some();
         drop(spill);
         // Its batches move more where they would not fit (the load guessed the context's
-        // needs), through the allocation check of the budget hooks.
-        if let (Some(ranges), Some(decoded), false) = (ranges, spill_decoded, failed)
-            && hooks::budget_hooks_active().is_ok()
-        {
+        // needs), through the allocation check of the budget hooks; without them, its
+        // contexts' creation does (budget::unhooked).
+        if let (Some(ranges), Some(decoded), false) = (ranges, spill_decoded, failed) {
             budget::refit::register_spilled(
                 model,
                 dc.clone(),
@@ -394,7 +393,6 @@ pub fn load_dc(
         }
     } else if let Some(decoded) = default_none
         && route == user_load::Route::Stream
-        && hooks::budget_hooks_active().is_ok()
         && let Err(e) =
             budget::refit::register_pending(model, dc, decoded, deferred_lookups, spill_dirs(path))
     {
@@ -522,9 +520,15 @@ fn default_budget(
         }
         budget::limit::DefaultChoice::Budget { settings, .. } => {
             let storage_bps = crate::cost::machine_profile().map(|p| p.storage_bps());
-            if let Some(reason) = budget::runtime::budget_cost(dc, &settings).and_then(|cost| {
-                budget::limit::spill_instead(decoded, &cost, &headroom, storage_bps)
-            }) {
+            let reason = if hooks::budget_hooks_active().is_err() {
+                // It would load without one (`load_dc`), with no room for its context.
+                Some(budget::limit::SpillReason::NoHooks)
+            } else {
+                budget::runtime::budget_cost(dc, &settings).and_then(|cost| {
+                    budget::limit::spill_instead(decoded, &cost, &headroom, storage_bps)
+                })
+            };
+            if let Some(reason) = reason {
                 let lookup = dc.original.lookup_table().map_or(0, |t| t.nbytes);
                 let quota = budget::limit::spill_quota(decoded, lookup, &headroom);
                 match budget::spill::Spiller::open(quota, &spill_dirs(path)) {

@@ -16,7 +16,8 @@
 //! weights (twice what the limit lacks, [`limit::spill_quota`]) moved to a file, evictable
 //! page cache as plain llama.cpp's mapped model is ([`spill`]);
 //! and again when a batch
-//! allocates a buffer ([`refit`]), once the context's needs show. A budget (asked for or
+//! allocates a buffer ([`refit`]), once the context's needs show (without the preload's
+//! hooks, when a context is created: [`unhooked`]). A budget (asked for or
 //! chosen) is checked there too: where a batch would not fit next to it, the weights it keeps
 //! resident move to a file as far as the batch needs.
 //!
@@ -53,6 +54,7 @@ pub mod runtime;
 pub mod spec;
 pub mod spill;
 pub mod team;
+pub mod unhooked;
 
 pub use plan::{MIN_STREAMED, ResidencyPlan, TensorCost};
 pub use refit::{ComputeDecoding, compute_decoding};

@@ -53,6 +53,15 @@
 //! [`limit::moved_kept_in_memory`]): the kernel ignores the references of pages mapped
 //! `MADV_SEQUENTIAL`, so that otherwise each pass read back every moved page.
 //!
+//! In a process without the budget hooks (a program linking libdcgguf, llama-cpp-python
+//! through `import dcgguf.llama_cpp`) no allocation is interposed: a context's creation
+//! through `dcgguf_llama_init_from_model` is checked instead, before (its KV cache,
+//! estimated) and after (what it wrote and reserved), weights moving to a file where these
+//! would not fit ([`creating_context_without_hooks`], [`context_created_without_hooks`]); such
+//! a model never switches to a budget (a context created by llama.cpp's own function would
+//! get no graph callback), and a thread measures the moved pages' room
+//! ([`super::unhooked`]).
+//!
 //! A model loaded with a budget (asked for, or the default's at load) is checked the same
 //! way ([`register_budgeted`]): a budget is sized at the load too, and a batch's buffers may
 //! not fit next to it. Where one would not, the decoded bytes of the tensors the budget keeps
@@ -129,6 +138,13 @@ pub struct Pending {
     budgeted: bool,
     /// No more checks: a switch or a move failed (said once), or every weight has moved.
     settled: AtomicBool,
+    /// Whether this process runs the budget hooks (the preload library). Without them
+    /// (a program linking libdcgguf, llama-cpp-python through `import dcgguf.llama_cpp`)
+    /// no batch is checked and a context gets no graph callback it would need after a
+    /// switch: the model never switches to a budget and keeps its lookup tables decoded;
+    /// each context's creation is checked instead ([`context_created_without_hooks`]), and
+    /// a thread measures the moved pages' room ([`super::unhooked`]).
+    hooked: bool,
 }
 
 /// A model loaded with part of its decoded weights moved to a file.
@@ -217,6 +233,15 @@ fn pending() -> std::sync::MutexGuard<'static, Vec<Arc<Pending>>> {
     PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Adds `p`, a model just loaded, to the pending ones. A model at the same address is gone:
+/// freed by llama.cpp's own `llama_model_free` (a host linking libdcgguf that does not call
+/// `dcgguf_llama_model_free`), so its state is forgotten rather than taken for this one's.
+fn register(p: Arc<Pending>) {
+    let mut all = pending();
+    all.retain(|old| old.model != p.model);
+    all.push(p);
+}
+
 /// Before a load that the default makes without a budget: the lookups-only plan
 /// ([`Residency::lookups_only`]) whose tables the stream skips ([`Residency::defer_load`])
 /// rather than decoding them only to give their pages back after the load. `None` when the
@@ -257,6 +282,12 @@ pub fn register_pending(
     spill_dirs: Vec<PathBuf>,
 ) -> Result<(), RefitError> {
     let p = Arc::new(Pending::new(model, dc, decoded, spill_dirs));
+    if !p.hooked {
+        // A table kept compressed is served by a graph callback, which a context gets only
+        // where the hooks create it.
+        register(p);
+        return Ok(());
+    }
     let skipped = deferred.is_some();
     // SAFETY: the model has just been loaded: no context of it exists, so no graph of it
     // computes, and every context created from now on runs the residency's callback
@@ -269,7 +300,7 @@ pub fn register_pending(
         Err(e) if skipped => return Err(e),
         Err(e) => crate::log_line!("dcgguf: warning: {e}; lookup tables stay decoded"),
     }
-    pending().push(p);
+    register(p);
     Ok(())
 }
 
@@ -299,9 +330,10 @@ pub fn register_spilled(
         .moved();
     p.settled
         .store(moved >= spilled.movable(), Ordering::Relaxed);
-    ANY_SPILLED.store(true, Ordering::Relaxed);
     let _ = p.spilled.set(spilled);
-    pending().push(Arc::new(p));
+    let p = Arc::new(p);
+    register(p.clone());
+    p.measure_moved_pages();
 }
 
 /// `model` was loaded from `dc` with the budget `res` (asked for, or the default's): its
@@ -322,7 +354,7 @@ pub fn register_budgeted(
 ) {
     let mut p = Pending::new(model, dc, res.plan.decoded_weight_bytes, spill_dirs);
     p.budgeted = true;
-    pending().push(Arc::new(p));
+    register(Arc::new(p));
 }
 
 impl Pending {
@@ -345,6 +377,17 @@ impl Pending {
             spill_dirs,
             budgeted: false,
             settled: AtomicBool::new(false),
+            hooked: hooks::budget_hooks_active().is_ok(),
+        }
+    }
+
+    /// Its weights moved to a file: from now on their room is measured, after batches
+    /// ([`after_compute`]) or, without the budget hooks, by a thread
+    /// ([`super::unhooked::measure_moved_pages`]).
+    fn measure_moved_pages(&self) {
+        ANY_SPILLED.store(true, Ordering::Relaxed);
+        if !self.hooked {
+            super::unhooked::measure_moved_pages();
         }
     }
 }
@@ -353,7 +396,10 @@ impl Pending {
 /// batches' checks ([`context_reserved`]): a pending model that may still switch or move.
 pub fn notes_contexts_of(model: *const sys::llama_model) -> bool {
     pending().iter().any(|p| {
-        p.model == model as usize && p.res.get().is_none() && !p.settled.load(Ordering::Relaxed)
+        p.model == model as usize
+            && p.hooked
+            && p.res.get().is_none()
+            && !p.settled.load(Ordering::Relaxed)
     })
 }
 
@@ -579,6 +625,7 @@ pub fn watch_for(model: *const sys::llama_model, threads: usize) -> Option<Arc<W
         // A model whose weights moved to a file needs no callback, but for its lookup tables.
         .find(|p| {
             p.model == model as usize
+                && p.hooked
                 && p.res.get().is_none()
                 && (p.spilled.get().is_none() || p.lookups.get().is_some())
         })
@@ -621,6 +668,78 @@ pub fn context_reserved(ctx: *mut sys::llama_context, buffers: Vec<(usize, usize
     }
 }
 
+/// A model the default loaded without a budget in a process without the budget hooks, whose
+/// weights may still move: its contexts' creation is checked
+/// ([`creating_context_without_hooks`], [`context_created_without_hooks`]).
+fn unhooked(model: *const sys::llama_model) -> Option<Arc<Pending>> {
+    pending()
+        .iter()
+        .find(|p| {
+            p.model == model as usize
+                && !p.hooked
+                && !p.budgeted
+                && !p.settled.load(Ordering::Relaxed)
+        })
+        .cloned()
+}
+
+/// Whether a context of `model` about to be created is checked, in a process without the
+/// budget hooks ([`creating_context_without_hooks`]).
+pub fn checks_contexts_without_hooks(model: *const sys::llama_model) -> bool {
+    unhooked(model).is_some()
+}
+
+/// A context of `model` is about to be created with `params` in a process without the
+/// budget hooks, where no batch will be checked (no interposed allocation) nor the clear of
+/// its KV cache: the KV cache it will write, estimated from the model's metadata
+/// ([`super::unhooked::kv_cache_bytes`]), with room for its largest micro-batch's work
+/// buffer and for computing ([`limit::other_memory`]), must fit, or weights move to a file.
+/// llama-cpp-python on SmolLM2 with a 1024-token context under a 150 MiB cap was killed
+/// clearing its 22.5 MiB cache (session 68).
+pub fn creating_context_without_hooks(
+    model: *const sys::llama_model,
+    params: &sys::llama_context_params,
+) {
+    let Some(p) = unhooked(model) else {
+        return;
+    };
+    let Some(h) = limit::headroom() else {
+        return;
+    };
+    let kv = super::unhooked::kv_cache_bytes(&p.dc.original, params);
+    let work = limit::work_buffer(super::unhooked::micro_batch(params), p.widest_row);
+    p.fit(kv, work, h);
+}
+
+/// The context of [`creating_context_without_hooks`] was created, writing `written` bytes of
+/// anonymous memory (its KV cache) and reserving `unwritten` more (its compute buffer, for
+/// the largest batch), measured ([`super::unhooked::creating_context`]). As much of the
+/// reserve as it wrote must fit besides, standing in for the batches' checks a hooked process
+/// makes (the reserve is mostly logits for a batch of outputs that few programs send:
+/// Qwen2.5's at 512 tokens, 297 MiB), or more weights move.
+pub fn context_created_without_hooks(
+    model: *const sys::llama_model,
+    ctx: *mut sys::llama_context,
+    written: u64,
+    unwritten: u64,
+) {
+    let Some(p) = unhooked(model) else {
+        return;
+    };
+    let Some(h) = limit::headroom() else {
+        return;
+    };
+    let work = limit::work_buffer(n_ubatch(ctx).unwrap_or(0), p.widest_row);
+    if crate::llama::verbose() {
+        crate::log_line!(
+            "dcgguf: memory: a new context wrote {:.1} MiB and reserved {:.1} MiB more",
+            mib(written),
+            mib(unwritten)
+        );
+    }
+    p.fit(unwritten.min(written), work, h);
+}
+
 /// Set where a model's weights moved to a file ([`register_spilled`]): batches then
 /// measure the room the moved pages have ([`after_compute`]).
 static ANY_SPILLED: AtomicBool = AtomicBool::new(false);
@@ -631,7 +750,7 @@ static ROOM_CHANGED: AtomicBool = AtomicBool::new(false);
 static LAST_MEASURE_MS: AtomicU64 = AtomicU64::new(0);
 /// Measures of the room at most this often, but after a check: a measure asks the kernel
 /// which of the moved pages are in memory (`mincore` over all of them).
-const MEASURE_EVERY_MS: u64 = 200;
+pub(super) const MEASURE_EVERY_MS: u64 = 200;
 
 /// A batch has been computed: where weights moved to a file, sets the part of the moved
 /// pages kept in memory ([`Spiller::keep_in_memory`]) from the room they have now,
@@ -662,12 +781,20 @@ pub fn after_compute() {
         || now.saturating_sub(last) >= MEASURE_EVERY_MS
     {
         LAST_MEASURE_MS.store(now, Ordering::Relaxed);
-        measure_room_of_moved();
+        measure_room_of_moved("after a batch");
     }
 }
 
+/// Whether some model's weights moved to a file (and it is not freed): their room is
+/// measured.
+pub(super) fn moved_pages_to_measure() -> bool {
+    pending().iter().any(|p| p.spilled.get().is_some())
+}
+
+/// Sets the part of the moved pages kept in memory from their room now (`when`, for the log
+/// line: "after a batch").
 #[cold]
-fn measure_room_of_moved() {
+pub(super) fn measure_room_of_moved(when: &str) {
     let spilled: Vec<Arc<Pending>> = pending()
         .iter()
         .filter(|p| p.spilled.get().is_some())
@@ -703,7 +830,7 @@ fn measure_room_of_moved() {
         }
         let kept = spiller.keep_in_memory(keep);
         crate::log_line!(
-            "dcgguf: memory: after a batch, {:.1} MiB of the moved pages in memory: {:.1} MiB \
+            "dcgguf: memory: {when}, {:.1} MiB of the moved pages in memory: {:.1} MiB \
              of them kept there (less two {:.1} MiB read-ahead windows for the rest and {:.0} \
              MiB of margin)",
             mib(in_memory),
@@ -790,6 +917,13 @@ impl Pending {
         let unwritten =
             hooks::current_batch().map_or(0, |(ctx, _)| unwritten_reserved(ctx as usize).min(size));
         let work = limit::work_buffer(batch_tokens(), self.widest_row).saturating_add(unwritten);
+        self.fit(size, work, h);
+    }
+
+    /// Makes room for `size` bytes about to be charged and `work` (the rest of the batch's
+    /// needs) in `h`: moves weights to a file, or, where it cannot, switches the model to a
+    /// budget (with the budget hooks only).
+    fn fit(&self, size: u64, work: u64, h: limit::Headroom) {
         if self.budgeted {
             self.spill_resident(size, work, h);
             return;
@@ -821,6 +955,16 @@ impl Pending {
         // 343.7 MiB, 1.35-1.40 s against 1.42-1.64 (plain 1.79-2.48). And a budget finds
         // nothing to stream where llama.cpp repacked the weights (SmolLM2 in Q4_0 on AVX2).
         crate::log_line!("{}", choice.describe(who(), self.decoded, size));
+        if !self.hooked {
+            if let Err(why) = self.spill_instead(size, work, h) {
+                crate::log_line!(
+                    "dcgguf: warning: the weights cannot move to a file ({why}), and a budget \
+                     needs the preload library; the model stays as it is"
+                );
+                self.settled.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
         // SAFETY: as for `switch` below.
         let Some(h) = (unsafe { self.short_after_compressing_lookups(size, work, h) }) else {
             return;
@@ -1202,7 +1346,9 @@ impl Pending {
         let spilled = self
             .spilled
             .get_or_init(|| Spilled::new(Arc::new(Mutex::new(spiller)), ranges, first));
-        Ok(self.move_more(spilled, buffer, work, headroom))
+        let short = self.move_more(spilled, buffer, work, headroom);
+        self.measure_moved_pages();
+        Ok(short)
     }
 }
 
@@ -1322,24 +1468,28 @@ impl Pending {
 /// llama-embedding: 2048, one sentence array a micro-batch), and the batch's own count where
 /// the call gives it. 0 outside a compute call or where neither is known.
 fn batch_tokens() -> u64 {
-    type NUbatchFn = unsafe extern "C" fn(*const sys::llama_context) -> u32;
-    static N_UBATCH: OnceLock<Option<usize>> = OnceLock::new();
     let Some((ctx, tokens)) = hooks::current_batch() else {
         return 0;
     };
-    let n_ubatch = N_UBATCH
-        .get_or_init(|| host::real_function(c"llama_n_ubatch", 0))
-        .map(|f| {
-            // SAFETY: the host's llama_n_ubatch (signature NUbatchFn, llama.h at the pinned
-            // commit), called with the context this thread is computing in, which is live
-            // for the whole compute call.
-            u64::from(unsafe { std::mem::transmute::<usize, NUbatchFn>(f)(ctx) })
-        });
-    match (tokens, n_ubatch) {
+    match (tokens, n_ubatch(ctx)) {
         (Some(t), Some(u)) => t.min(u),
         (Some(n), None) | (None, Some(n)) => n,
         (None, None) => 0,
     }
+}
+
+/// The micro-batch size of `ctx` (a live context: the one this thread computes in, or one
+/// just created), where the host has `llama_n_ubatch`.
+fn n_ubatch(ctx: *mut sys::llama_context) -> Option<u64> {
+    type NUbatchFn = unsafe extern "C" fn(*const sys::llama_context) -> u32;
+    static N_UBATCH: OnceLock<Option<usize>> = OnceLock::new();
+    N_UBATCH
+        .get_or_init(|| host::real_function(c"llama_n_ubatch", 0))
+        .map(|f| {
+            // SAFETY: the host's llama_n_ubatch (signature NUbatchFn, llama.h at the pinned
+            // commit), called with a live context (the caller's contract).
+            u64::from(unsafe { std::mem::transmute::<usize, NUbatchFn>(f)(ctx) })
+        })
 }
 
 /// Why a loaded model could not switch to a budget.

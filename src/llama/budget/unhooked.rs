@@ -1,0 +1,238 @@
+//! The memory budget in a process without the budget hooks: a program linking libdcgguf
+//! (`dcgguf_llama_model_load`, `dcgguf_llama_init_from_model`) or llama-cpp-python through
+//! `import dcgguf.llama_cpp`, where no `posix_memalign`, `llama_decode` or buffer clear is
+//! interposed (that takes the preload library, `LD_PRELOAD`).
+//!
+//! There the default's decision at the load ([`super::limit`]) guessed the context's needs,
+//! and no batch could be checked. llama-cpp-python on SmolLM2 Q4_1 with a 1024-token context
+//! under a 165 MiB cap (its plain mmap run's peak uncapped: 240 MiB) was killed after minutes
+//! in reclaim, where plain mmap generated 5-7 tokens/s: the load found room for the decoded
+//! weights, then the context wrote a 22.5 MiB KV cache and its first batch part of a 98 MiB
+//! compute buffer, all anonymous memory the limit cannot reclaim.
+//!
+//! So a context's creation is checked instead: dcgguf's context wrapper (which the Python
+//! module installs) reads this process's anonymous memory before and after the real
+//! creation ([`creating_context`]): what it wrote and what it reserved, which
+//! [`super::refit::context_created_without_hooks`] counts against the limit, moving weights
+//! to a file where they would not fit. And the moved pages' room, measured after batches in
+//! a hooked process ([`super::refit::after_compute`]), is measured by a thread here, every
+//! [`super::refit::MEASURE_EVERY_MS`] while some model's weights are moved
+//! ([`measure_moved_pages`]).
+//!
+//! Not checked here: a batch that grows a buffer beyond what its context reserved
+//! (llama-embedding's output buffer for a batch of outputs), which the preload's checks see.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::refit;
+use crate::gguf::{GgmlType, GgufHeader};
+use crate::io::{AnonymousMemory, anonymous_memory};
+use crate::llama::sys;
+
+/// Runs `f` (a context's creation) and returns it with the anonymous memory this process
+/// wrote meanwhile and what more it reserved without writing it (both 0 where
+/// /proc/self/status cannot be read). Another thread allocating meanwhile counts too: a
+/// host creating a context while it allocates elsewhere is told a little less room.
+pub fn creating_context<T>(f: impl FnOnce() -> T) -> (T, u64, u64) {
+    let before = anonymous_memory();
+    let r = f();
+    let after = anonymous_memory();
+    let (written, unwritten) = match (before, after) {
+        (Some(b), Some(a)) => grown(b, a),
+        _ => (0, 0),
+    };
+    (r, written, unwritten)
+}
+
+/// What grew from `before` to `after`: pages written, and address space reserved beyond
+/// them.
+fn grown(before: AnonymousMemory, after: AnonymousMemory) -> (u64, u64) {
+    let written = after.resident.saturating_sub(before.resident);
+    let reserved = after.reserved.saturating_sub(before.reserved);
+    (written, reserved.saturating_sub(written))
+}
+
+/// The KV cache a context of the model whose GGUF header is `h`, created with `params`, writes at its
+/// creation (llama.cpp clears it): for each layer, a key and a value of `type_k` and
+/// `type_v` per cell, `n_ctx` cells (the model's training context where 0), from the
+/// model's metadata (heads of the keys and values, their width where given, else the
+/// embedding's share of a head). 0 for a model without one (`attention.causal` false: an
+/// encoder such as BERT) or where the metadata lacks a field. An upper bound where layers
+/// attend to a sliding window or share caches.
+pub fn kv_cache_bytes(h: &GgufHeader, params: &sys::llama_context_params) -> u64 {
+    let Some(arch) = h.get("general.architecture").and_then(|v| v.as_str()) else {
+        return 0;
+    };
+    let field = |key: &str| h.get(&format!("{arch}.{key}"));
+    let number = |key: &str| field(key).and_then(|v| v.as_u64());
+    if field("attention.causal").and_then(|v| v.as_bool()) == Some(false) {
+        return 0;
+    }
+    let (Some(layers), Some(embd), Some(heads)) = (
+        number("block_count"),
+        number("embedding_length"),
+        number("attention.head_count").filter(|&n| n > 0),
+    ) else {
+        return 0;
+    };
+    let heads_kv = number("attention.head_count_kv").unwrap_or(heads);
+    let key = number("attention.key_length").unwrap_or(embd / heads) * heads_kv;
+    let value = number("attention.value_length").unwrap_or(embd / heads) * heads_kv;
+    let cells = match params.n_ctx {
+        0 => number("context_length").unwrap_or(0),
+        n => u64::from(n),
+    };
+    // Bytes of `values` values of a ggml type: F16 where the type is unknown.
+    let bytes = |ty: sys::ggml_type, values: u64| {
+        GgmlType::from_id(ty)
+            .and_then(|t| t.nbytes(values))
+            .unwrap_or(values.saturating_mul(2))
+    };
+    layers.saturating_mul(
+        bytes(params.type_k, key.saturating_mul(cells))
+            .saturating_add(bytes(params.type_v, value.saturating_mul(cells))),
+    )
+}
+
+/// Tokens of the largest micro-batch a context created with `params` computes: llama.cpp's
+/// `n_ubatch`, at most `n_batch` (512 where both are 0).
+pub fn micro_batch(params: &sys::llama_context_params) -> u64 {
+    let batch = match params.n_batch {
+        0 => 512,
+        n => n,
+    };
+    u64::from(match params.n_ubatch {
+        0 => batch,
+        n => n.min(batch),
+    })
+}
+
+/// Whether the thread of [`measure_moved_pages`] runs.
+static MEASURING: Mutex<bool> = Mutex::new(false);
+
+/// Some model's weights moved to a file: unless it runs already, starts a thread that
+/// measures the moved pages' room every [`refit::MEASURE_EVERY_MS`] and sets the part of them
+/// kept in memory ([`refit::measure_room_of_moved`]), until no model with moved weights is
+/// left (freed through `dcgguf_llama_model_free`). Measured during batches, not after them:
+/// nothing here knows where one ends.
+pub fn measure_moved_pages() {
+    let mut measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    if *measuring {
+        return;
+    }
+    let started = std::thread::Builder::new()
+        .name("dcgguf-moved".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_millis(refit::MEASURE_EVERY_MS));
+                {
+                    // Under the lock: a model whose weights move after this finds the
+                    // flag down and starts the thread again.
+                    let mut measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+                    if !refit::moved_pages_to_measure() {
+                        *measuring = false;
+                        return;
+                    }
+                }
+                let _ = std::panic::catch_unwind(|| {
+                    refit::measure_room_of_moved("measured while the program runs")
+                });
+            }
+        });
+    match started {
+        Ok(_) => *measuring = true,
+        Err(e) => crate::log_line!(
+            "dcgguf: warning: no thread to measure the room of the weights moved to a file \
+             ({e}); every moved page is read in order"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{KeyValue, Value};
+
+    fn header(kvs: Vec<KeyValue>) -> GgufHeader {
+        GgufHeader {
+            version: 3,
+            kvs,
+            tensors: Vec::new(),
+            alignment: 32,
+            kv_end: 0,
+            infos_end: 0,
+            data_offset: 0,
+        }
+    }
+
+    fn params(n_ctx: u32, type_k: u32, type_v: u32) -> sys::llama_context_params {
+        // SAFETY: llama_context_params is a plain C struct of numbers, bools and nullable
+        // pointers, for which all-zero is a valid value.
+        let mut p: sys::llama_context_params = unsafe { std::mem::zeroed() };
+        p.n_ctx = n_ctx;
+        p.type_k = type_k;
+        p.type_v = type_v;
+        p
+    }
+
+    #[test]
+    fn the_kv_cache_is_estimated_from_the_models_attention_and_the_context() {
+        const F16: u32 = 1;
+        const Q8_0: u32 = 8;
+        // SmolLM2-135M: 30 layers, 576 wide, 9 heads, 3 of them for keys and values.
+        let smollm2 = header(vec![
+            KeyValue::new("general.architecture", Value::string("llama")),
+            KeyValue::new("llama.block_count", Value::u32(30)),
+            KeyValue::new("llama.embedding_length", Value::u32(576)),
+            KeyValue::new("llama.attention.head_count", Value::u32(9)),
+            KeyValue::new("llama.attention.head_count_kv", Value::u32(3)),
+            KeyValue::new("llama.context_length", Value::u32(8192)),
+        ]);
+        // llama.cpp said "CPU KV buffer size = 22.50 MiB" for -c 1024.
+        assert_eq!(kv_cache_bytes(&smollm2, &params(1024, F16, F16)), 45 << 19);
+        // n_ctx 0: the training context.
+        assert_eq!(kv_cache_bytes(&smollm2, &params(0, F16, F16)), 180 << 20);
+        // Q8_0 keys: 34 bytes a block of 32 values.
+        let q8_keys = 30 * (1024 * 192 / 32 * 34 + 1024 * 192 * 2);
+        assert_eq!(kv_cache_bytes(&smollm2, &params(1024, Q8_0, F16)), q8_keys);
+        // An encoder keeps no cache; a header without the attention's shape tells nothing.
+        let bert = header(vec![
+            KeyValue::new("general.architecture", Value::string("bert")),
+            KeyValue::new("bert.block_count", Value::u32(6)),
+            KeyValue::new("bert.embedding_length", Value::u32(384)),
+            KeyValue::new("bert.attention.head_count", Value::u32(12)),
+            KeyValue::new("bert.attention.causal", Value::bool(false)),
+        ]);
+        assert_eq!(kv_cache_bytes(&bert, &params(512, F16, F16)), 0);
+        assert_eq!(
+            kv_cache_bytes(&header(Vec::new()), &params(512, F16, F16)),
+            0
+        );
+    }
+
+    #[test]
+    fn a_context_writes_what_its_resident_memory_grew_and_reserves_the_rest() {
+        let m = |resident: u64, reserved: u64| AnonymousMemory { resident, reserved };
+        // A 22 MiB KV cache cleared and a 98 MiB compute buffer reserved.
+        assert_eq!(
+            grown(m(10 << 20, 50 << 20), m(32 << 20, 170 << 20)),
+            (22 << 20, 98 << 20)
+        );
+        // Memory given back meanwhile counts as nothing grown, never as a negative.
+        assert_eq!(
+            grown(m(40 << 20, 200 << 20), m(30 << 20, 150 << 20)),
+            (0, 0)
+        );
+        let (v, written, unwritten) = creating_context(|| {
+            let mut anon = memmap2::MmapMut::map_anon(48 << 20).unwrap();
+            anon[..8 << 20].fill(1);
+            anon
+        });
+        assert_eq!(v.len(), 48 << 20);
+        // Other test threads allocate meanwhile.
+        let near = |got: u64, want: u64| got.abs_diff(want) < 4 << 20;
+        assert!(near(written, 8 << 20), "{written}");
+        assert!(near(unwritten, 40 << 20), "{unwritten}");
+    }
+}
