@@ -297,8 +297,12 @@ dcgguf_result dcgguf_set_memory_budget(const char *spec);
  * Loads a GGUF or DC-GGUF model with the llama.cpp in this process (which libdcgguf finds at
  * run time; it contains no copy of llama.cpp). A DC-GGUF is decompressed as llama.cpp reads
  * it (non-mmap load; a few chunks of extra memory); a plain GGUF goes to
- * llama_model_load_from_file unchanged. Returns NULL on failure, with the reason on stderr
- * and in dcgguf_last_error. Free the model with llama_model_free. Split DC-GGUF models are
+ * llama_model_load_from_file unchanged. Under a memory limit (a cgroup's, else MemAvailable)
+ * that the decoded model does not fit in, a program without the preload library gets the
+ * decoded GGUF written to an unnamed file first, which llama.cpp maps as a plain GGUF.
+ * Returns NULL on failure, with the reason on stderr and in dcgguf_last_error. Free the model
+ * with dcgguf_llama_model_free (llama_model_free leaves dcgguf's state for it, a moved-weights
+ * file included, until another model loads at its address). Split DC-GGUF models are
  * refused with instructions to merge them. With the environment variable
  * DCGGUF_LOAD_ROUTE=user a DC-GGUF goes through llama.cpp's llama_model_init_from_user
  * instead of a FILE* stream (same outputs; see README "Load routes"). */

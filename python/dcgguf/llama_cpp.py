@@ -18,9 +18,11 @@ Contexts are created and freed, and models freed, through libdcgguf's wrappers t
 (``dcgguf_llama_init_from_model``, ``dcgguf_llama_free``, ``dcgguf_llama_model_free``): under a
 memory limit (a cgroup's, else ``MemAvailable``) a DC model's context is checked once created,
 and where the limit lacks room for what it wrote and reserved, part of the decoded weights moves
-to a file whose pages the limit may reclaim, as plain llama.cpp's mapped model's. Without that,
-llama-cpp-python on SmolLM2 with a 1024-token context was killed under a 165 MiB cap that plain
-llama.cpp ran in. Other models' contexts are created exactly as before.
+to a file whose pages the limit may reclaim, as plain llama.cpp's mapped model's; where the
+decoded model does not fit at all, it goes to an unnamed file first, which llama.cpp maps as a
+plain GGUF. Without that, llama-cpp-python on SmolLM2 with a 1024-token context was killed under
+caps of 140-165 MiB that plain llama.cpp ran in. Other models' contexts are created exactly as
+before.
 
 ``DCGGUF_LOAD_ROUTE`` chooses how a DC-GGUF reaches llama.cpp, as for every host (README,
 "Load routes"); the default FILE* stream works here without the preload library. A memory budget

@@ -344,18 +344,8 @@ mod tests {
     /// `--exact`), where no other test allocates meanwhile.
     #[test]
     fn no_block_of_any_size_reaches_the_c_librarys_malloc() {
-        const CHILD: &str = "DCGGUF_OWN_MAPPINGS_CHILD";
         let name = "io::own_mappings::tests::no_block_of_any_size_reaches_the_c_librarys_malloc";
-        if std::env::var_os(CHILD).is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([name, "--exact", "--test-threads=1", "--nocapture"])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "the child failed:\n{text}");
-            assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+        if !crate::io::alone_in_a_child(name) {
             return;
         }
         let a = OwnMappings;

@@ -184,6 +184,12 @@ pub fn load_dc(
     let mut spill = None;
     let mut spill_decoded = None;
     if budget.is_none() && !budget::spec::asked() && !reads_only_metadata(&params) {
+        if let Some(headroom) = short_without_hooks(&dc)
+            && let Some(loaded) =
+                load_decoded_file(host, &dc, path, params, &headroom, pool.as_deref())
+        {
+            return loaded;
+        }
         let decoded;
         (budget, decoded, spill) = default_budget(&dc, path);
         default_none = decoded.filter(|_| budget.is_none() && spill.is_none());
@@ -503,9 +509,7 @@ fn default_budget(
     let Some(headroom) = budget::limit::headroom() else {
         return (None, None, None);
     };
-    let decoded: u64 = (0..dc.tensor_count())
-        .map(|i| dc.tensor_view(i).raw_bytes)
-        .sum();
+    let decoded = decoded_weight_bytes(dc);
     // The tables a load without a budget keeps compressed (`load_dc`'s `deferred_lookups`).
     let lookups = can_defer_lookups(user_load::route_from_env())
         .then(|| budget::refit::lookups_kept_compressed(dc))
@@ -520,15 +524,9 @@ fn default_budget(
         }
         budget::limit::DefaultChoice::Budget { settings, .. } => {
             let storage_bps = crate::cost::machine_profile().map(|p| p.storage_bps());
-            let reason = if hooks::budget_hooks_active().is_err() {
-                // It would load without one (`load_dc`), with no room for its context.
-                Some(budget::limit::SpillReason::NoHooks)
-            } else {
-                budget::runtime::budget_cost(dc, &settings).and_then(|cost| {
-                    budget::limit::spill_instead(decoded, &cost, &headroom, storage_bps)
-                })
-            };
-            if let Some(reason) = reason {
+            if let Some(reason) = budget::runtime::budget_cost(dc, &settings).and_then(|cost| {
+                budget::limit::spill_instead(decoded, &cost, &headroom, storage_bps)
+            }) {
                 let lookup = dc.original.lookup_table().map_or(0, |t| t.nbytes);
                 let quota = budget::limit::spill_quota(decoded, lookup, &headroom);
                 match budget::spill::Spiller::open(quota, &spill_dirs(path)) {
@@ -563,6 +561,100 @@ fn default_budget(
             (Some(settings), Some(decoded), None)
         }
     }
+}
+
+/// The headroom under the limit where this process lacks the budget hooks (the preload
+/// library) and the decoded model of `dc` does not fit in it with room for a context
+/// ([`budget::limit::choose`] would take a budget or move weights, neither of which a load
+/// without the hooks can do as it goes); `None` otherwise.
+fn short_without_hooks(dc: &DcFile) -> Option<budget::limit::Headroom> {
+    hooks::budget_hooks_active().is_err().then_some(())?;
+    let headroom = budget::limit::headroom()?;
+    let decoded = decoded_weight_bytes(dc);
+    match budget::limit::choose(decoded, None, headroom.clone()) {
+        budget::limit::DefaultChoice::NoBudget { .. } => None,
+        budget::limit::DefaultChoice::Budget { .. } => Some(headroom),
+    }
+}
+
+/// Decoded bytes of all the tensors of `dc`.
+fn decoded_weight_bytes(dc: &DcFile) -> u64 {
+    (0..dc.tensor_count())
+        .map(|i| dc.tensor_view(i).raw_bytes)
+        .sum()
+}
+
+/// Loads `dc`, which does not fit under the limit in a process without the budget hooks
+/// ([`short_without_hooks`]), by writing its original GGUF to an unnamed file
+/// ([`budget::unhooked::write_decoded`]) that the host's llama.cpp loads as a plain GGUF, by
+/// its descriptor's name (`/proc/self/fd/N`): mapped with the default parameters, so the
+/// limit reclaims its pages as plain llama.cpp's. The file goes when llama.cpp unmaps it
+/// (the model is freed) and closes it. `None` where no file could be made (said): the model
+/// loads as it would have.
+fn load_decoded_file(
+    host: &host::Host,
+    dc: &Arc<DcFile>,
+    path: &Path,
+    params: sys::llama_model_params,
+    headroom: &budget::limit::Headroom,
+    pool: Option<&rayon::ThreadPool>,
+) -> Option<Result<*mut sys::llama_model, LlamaError>> {
+    let decoded = decoded_weight_bytes(dc);
+    let head = format!(
+        "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs about \
+         {:.0} MiB, and this process lacks the preload library's hooks, which move weights to \
+         a file as the load goes",
+        budget::mib(headroom.bytes),
+        budget::limit::source_name(headroom),
+        budget::mib(decoded.saturating_add(budget::limit::context_room(decoded)))
+    );
+    let began = std::time::Instant::now();
+    dc.set_uncache_after_decode(true);
+    let dirs = spill_dirs(path);
+    // On the load's threads, which end with it (rayon's global pool would keep two threads
+    // and their decoders' buffers for the process's life: 4.8 MiB more anonymous memory
+    // than plain llama-cpp-python's under 140 MiB, where 5 MiB less page cache for the
+    // weights costs a fifth of the tokens a second).
+    let written = match pool {
+        Some(p) => p.install(|| budget::unhooked::write_decoded(dc, &dirs)),
+        None => budget::unhooked::write_decoded(dc, &dirs),
+    };
+    dc.finish_uncache();
+    // As after any DC load: the decoders' buffers and the heap glibc keeps go back.
+    release_decode_buffers(pool);
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe { libc::malloc_trim(0) };
+    let (file, dir) = match written {
+        Ok(written) => written,
+        Err(budget::unhooked::DecodedFileError::Decode(e)) => return Some(Err(e.into())),
+        Err(e) => {
+            crate::log_line!("{head}; it cannot go to a file ({e})");
+            return None;
+        }
+    };
+    crate::log_line!(
+        "{head}: the decoded model ({:.1} MiB) went to an unnamed file in {} in {:.2} s, \
+         which llama.cpp maps as a plain GGUF (the limit reclaims its pages, the disk gives \
+         them back)",
+        budget::mib(dc.original_size()),
+        dir.display(),
+        began.elapsed().as_secs_f64()
+    );
+    // A number has no NUL byte.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let name = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    // SAFETY: the real llama_model_load_from_file with a NUL-terminated path and the
+    // caller's parameters; `file` stays open until it returns.
+    let model = unsafe { (host.load_from_file)(name.as_ptr(), params) };
+    drop(file);
+    Some(if model.is_null() {
+        Err(LlamaError::LoadFailed {
+            path: path.display().to_string(),
+            cause: None,
+        })
+    } else {
+        Ok(model)
+    })
 }
 
 /// The one directory decoded weights may move to, if set ([`spill_dirs`]).

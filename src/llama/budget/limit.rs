@@ -370,9 +370,6 @@ pub enum SpillReason {
         /// profile measured both speeds (then these decided, else the bytes did).
         seconds: Option<(f64, f64)>,
     },
-    /// A budget would fit, but this process lacks the hooks it decodes through (the preload
-    /// library: a program linking libdcgguf, llama-cpp-python).
-    NoHooks,
 }
 
 impl SpillReason {
@@ -383,7 +380,6 @@ impl SpillReason {
             SpillReason::BudgetSlower { .. } => {
                 "the budget below would decode more on every pass than the disk would read back"
             }
-            SpillReason::NoHooks => "a budget needs the preload library",
         }
     }
 }
@@ -613,9 +609,6 @@ pub fn describe_spill(
                 reread_bytes / (1u64 << 20) as f64,
             )
         }
-        SpillReason::NoHooks => ". A budget would fit, but it needs the preload library \
-                                  (LD_PRELOAD=libdcgguf_preload.so), which this process lacks"
-            .to_string(),
     };
     let what = if moved >= decoded_weights {
         "the decoded weights".to_string()

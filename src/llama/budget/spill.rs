@@ -219,32 +219,64 @@ pub struct Spiller {
     kept: u64,
 }
 
+/// Writes `len` bytes of `file` from `offset` back to the disk and waits for them: their pages
+/// are then clean, which a memory limit can reclaim (dirty ones it must wait for).
+pub fn write_back(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: sync_file_range on a descriptor the caller owns; it only writes back.
+    let synced = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset,
+            len,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    if synced != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An unnamed file (it goes with its last descriptor or mapping) in the first of `dirs` that
+/// is on a disk with room for `need` bytes, and that directory; else the last directory's
+/// reason.
+pub fn unnamed_file(need: u64, dirs: &[PathBuf]) -> Result<(File, PathBuf), SpillError> {
+    let mut last = SpillError::MemoryFileSystem(PathBuf::new());
+    for dir in dirs {
+        match open_unnamed(dir, need) {
+            Ok(file) => return Ok((file, dir.clone())),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 impl Spiller {
     /// An unnamed file in the first of `dirs` that is on a disk with room for `need` bytes,
     /// which is the most it moves (whole pages); else the last directory's reason.
     pub fn open(need: u64, dirs: &[PathBuf]) -> Result<Spiller, SpillError> {
-        let mut last = SpillError::MemoryFileSystem(PathBuf::new());
-        for dir in dirs {
-            match open_unnamed(dir, need) {
-                Ok(file) => {
-                    return Ok(Spiller {
-                        read_ahead: crate::io::read_ahead_bytes(&file),
-                        lookup_pieces: Vec::new(),
-                        kept: 0,
-                        file,
-                        dir: dir.clone(),
-                        offset: 0,
-                        moved: Vec::new(),
-                        failed: None,
-                        quota: need,
-                        kept_for_lookups: 0,
-                        lookup_moved: 0,
-                    });
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let (file, dir) = unnamed_file(need, dirs)?;
+        Ok(Spiller {
+            read_ahead: crate::io::read_ahead_bytes(&file),
+            lookup_pieces: Vec::new(),
+            kept: 0,
+            file,
+            dir,
+            offset: 0,
+            moved: Vec::new(),
+            failed: None,
+            quota: need,
+            kept_for_lookups: 0,
+            lookup_moved: 0,
+        })
     }
 
     /// The directory the file is in.
@@ -486,20 +518,7 @@ impl Spiller {
         let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, n) };
         self.file.write_all_at(bytes, offset)?;
         // Written back before it is mapped: clean pages are what a limit can reclaim.
-        // SAFETY: sync_file_range on our own descriptor; it only writes back.
-        let synced = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset as libc::off64_t,
-                n as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            )
-        };
-        if synced != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        write_back(&self.file, offset, n as u64)?;
         // SAFETY: MAP_FIXED replaces the caller's pages at [at, at + n) (page-aligned, inside
         // its range, accessed by no one now) with the file's, which hold the same bytes.
         let mapped = unsafe {

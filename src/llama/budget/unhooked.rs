@@ -19,13 +19,23 @@
 //! [`super::refit::MEASURE_EVERY_MS`] while some model's weights are moved
 //! ([`measure_moved_pages`]).
 //!
+//! Where the decoded model does not fit at all, the load could not move weights to a file as
+//! it goes (the stream does not learn where a tensor lands without the preload's `fread`), so
+//! the decoded model goes to an unnamed file first, which llama.cpp maps as a plain GGUF
+//! ([`write_decoded`]).
+//!
 //! Not checked here: a batch that grows a buffer beyond what its context reserved
 //! (llama-embedding's output buffer for a batch of outputs), which the preload's checks see.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::refit;
+use super::spill::{self, SpillError};
+use crate::dc::{DcError, DcFile};
 use crate::gguf::{GgmlType, GgufHeader};
 use crate::io::{AnonymousMemory, anonymous_memory};
 use crate::llama::sys;
@@ -106,6 +116,43 @@ pub fn micro_batch(params: &sys::llama_context_params) -> u64 {
         0 => batch,
         n => n.min(batch),
     })
+}
+
+/// Why the decoded model could not be written to a file ([`write_decoded`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodedFileError {
+    #[error(transparent)]
+    NoFile(#[from] SpillError),
+    #[error(transparent)]
+    Decode(#[from] DcError),
+}
+
+/// Bytes decoded, written and written back at a time by [`write_decoded`]: what the limit
+/// is charged for at once beyond the clean pages it may reclaim.
+const WRITTEN_AT_ONCE: usize = 8 << 20;
+
+/// Writes the original GGUF that `dc` holds (every chunk and the whole file checked as it
+/// is decoded) to an unnamed file in the first of `dirs` on a disk with room, each
+/// [`WRITTEN_AT_ONCE`] written back to the disk before the next is decoded; returns the
+/// file and its directory. For a load that does not fit under the limit in a process
+/// without the budget hooks: there, the stream cannot learn where llama.cpp puts each
+/// tensor (glibc's cookie streams read through their own buffer, and only the preload's
+/// `fread` sees the caller's), so no weight could move to a file as the load goes, and the
+/// decoded weights would all be anonymous memory at its end. llama.cpp maps this file as it
+/// maps a plain GGUF: pages the limit reclaims and the disk gives back. llama-cpp-python on
+/// SmolLM2 with a 1024-token context was killed in the load under a 140 MiB cap that plain
+/// mmap ran in (session 68).
+pub fn write_decoded(dc: &DcFile, dirs: &[PathBuf]) -> Result<(File, PathBuf), DecodedFileError> {
+    let (file, dir) = spill::unnamed_file(dc.original_size(), dirs)?;
+    let io = |source| DcError::Io {
+        path: dir.clone(),
+        source,
+    };
+    dc.for_each_block(WRITTEN_AT_ONCE, &|_| {}, |at, bytes| {
+        file.write_all_at(bytes, at).map_err(io)?;
+        spill::write_back(&file, at, bytes.len() as u64).map_err(io)
+    })?;
+    Ok((file, dir))
 }
 
 /// Whether the thread of [`measure_moved_pages`] runs.
@@ -212,7 +259,37 @@ mod tests {
     }
 
     #[test]
+    fn the_decoded_model_written_to_a_file_is_the_original_gguf() {
+        use crate::dc::test_files::{incompressible, small_dc};
+        use std::io::Read;
+        let tensors = [
+            ("a".into(), vec![6000], GgmlType::F32, incompressible(24000)),
+            ("b".into(), vec![3000], GgmlType::F32, vec![3u8; 12000]),
+        ];
+        let (original, dir, _, dc) = small_dc("decoded-file", &tensors, 4096);
+        let (mut file, at) = write_decoded(&dc, std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(at, dir);
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert!(
+            back == original,
+            "{} bytes against {}",
+            back.len(),
+            original.len()
+        );
+        // The file has no name: the directory holds only what small_dc wrote.
+        let names = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(names, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_context_writes_what_its_resident_memory_grew_and_reserves_the_rest() {
+        let name = "llama::budget::unhooked::tests::\
+                    a_context_writes_what_its_resident_memory_grew_and_reserves_the_rest";
+        if !crate::io::alone_in_a_child(name) {
+            return;
+        }
         let m = |resident: u64, reserved: u64| AnonymousMemory { resident, reserved };
         // A 22 MiB KV cache cleared and a 98 MiB compute buffer reserved.
         assert_eq!(
@@ -230,7 +307,7 @@ mod tests {
             anon
         });
         assert_eq!(v.len(), 48 << 20);
-        // Other test threads allocate meanwhile.
+        // The test harness's own allocations.
         let near = |got: u64, want: u64| got.abs_diff(want) < 4 << 20;
         assert!(near(written, 8 << 20), "{written}");
         assert!(near(unwritten, 40 << 20), "{unwritten}");
