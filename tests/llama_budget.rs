@@ -561,23 +561,15 @@ fn cached_bytes(path: &Path) -> usize {
 
 /// Runs `c` in a new memory cgroup under `parent` capped at `cap` (page cache dropped first):
 /// its output and what the cgroup saw.
+/// No other test of this file measures meanwhile.
 fn run_in_cgroup(
-    mut c: Command,
+    c: Command,
     parent: &cgroup::Parent,
     cap: Option<u64>,
     tag: &str,
 ) -> (std::process::Output, cgroup::Usage) {
-    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
-    let cg = parent
-        .create(&name, cap)
-        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
-    cg.enter_on_exec(&mut c);
     let _alone = MEASURING.write().unwrap_or_else(|e| e.into_inner());
-    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
-    let out = output_within(&mut c, CHILD_TIME_LIMIT);
-    let usage = cg.usage();
-    cg.remove();
-    (out, usage)
+    run_capped(c, parent, cap, tag)
 }
 
 /// One llama-completion of `model` in a new memory cgroup capped at `cap` (page cache dropped

@@ -100,16 +100,7 @@ fn completion_in_cgroup(
         .env_remove("DCGGUF_LOAD_ROUTE")
         .env_remove("DCGGUF_MEM_BUDGET")
         .env_remove("LD_LIBRARY_PATH");
-    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
-    let cg = parent
-        .create(&name, cap)
-        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
-    cg.enter_on_exec(&mut c);
-    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
-    let out = output_within(&mut c, CHILD_TIME_LIMIT);
-    let usage = cg.usage();
-    cg.remove();
-    (out, usage)
+    run_capped(c, parent, cap, tag)
 }
 
 /// llama-cpp-python runs no preload library, so no batch of a DC model is checked. Before

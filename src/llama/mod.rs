@@ -184,7 +184,7 @@ pub fn load_dc(
     let mut spill = None;
     let mut spill_decoded = None;
     if budget.is_none() && !budget::spec::asked() && !reads_only_metadata(&params) {
-        if let Some(headroom) = short_without_hooks(&dc)
+        if let Some(headroom) = short_without_hooks(&dc, &params)
             && let Some(loaded) =
                 load_decoded_file(host, &dc, path, params, &headroom, pool.as_deref())
         {
@@ -566,9 +566,17 @@ fn default_budget(
 /// The headroom under the limit where this process lacks the budget hooks (the preload
 /// library) and the decoded model of `dc` does not fit in it with room for a context
 /// ([`budget::limit::choose`] would take a budget or move weights, neither of which a load
-/// without the hooks can do as it goes); `None` otherwise.
-fn short_without_hooks(dc: &DcFile) -> Option<budget::limit::Headroom> {
-    hooks::budget_hooks_active().is_err().then_some(())?;
+/// without the hooks can do as it goes), and `params` let llama.cpp map a file (else it would
+/// read the decoded file into memory all the same); `None` otherwise.
+fn short_without_hooks(
+    dc: &DcFile,
+    params: &sys::llama_model_params,
+) -> Option<budget::limit::Headroom> {
+    let maps = matches!(
+        params.load_mode,
+        sys::llama_load_mode_LLAMA_LOAD_MODE_AUTO | sys::llama_load_mode_LLAMA_LOAD_MODE_MMAP
+    );
+    (maps && hooks::budget_hooks_active().is_err()).then_some(())?;
     let headroom = budget::limit::headroom()?;
     let decoded = decoded_weight_bytes(dc);
     match budget::limit::choose(decoded, None, headroom.clone()) {

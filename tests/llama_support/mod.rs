@@ -401,6 +401,26 @@ pub fn corrupted_copy(dc: &Path, name: &str) -> PathBuf {
     out
 }
 
+/// Runs `c` in a new memory cgroup under `parent` capped at `cap` (page cache dropped first),
+/// within [`CHILD_TIME_LIMIT`]: its output and what the cgroup saw.
+pub fn run_capped(
+    mut c: Command,
+    parent: &cgroup::Parent,
+    cap: Option<u64>,
+    tag: &str,
+) -> (Output, cgroup::Usage) {
+    let name = format!("dcgguf-test-{}-{tag}", std::process::id());
+    let cg = parent
+        .create(&name, cap)
+        .unwrap_or_else(|e| panic!("cannot create a memory cgroup: {e}"));
+    cg.enter_on_exec(&mut c);
+    cgroup::drop_caches().unwrap_or_else(|e| panic!("{e}"));
+    let out = output_within(&mut c, CHILD_TIME_LIMIT);
+    let usage = cg.usage();
+    cg.remove();
+    (out, usage)
+}
+
 /// Runs a command, returning its output. Drops cargo's LD_LIBRARY_PATH (which would beat
 /// the rpath and may name a stale libdcgguf.so).
 pub fn run(cmd: &mut Command) -> Output {
