@@ -758,8 +758,9 @@ pub(super) const MEASURE_EVERY_MS: u64 = 200;
 /// ([`limit::moved_kept_in_memory`]); after a check changed it, and at most every
 /// [`MEASURE_EVERY_MS`]. The headroom under the limit is not counted: it swings by 20 MiB
 /// between batches as the kernel reclaims in bursts (SmolLM2 under 110 MiB: 0-24 MiB free
-/// after batches), and the moved pages in memory by a few. Measured after batches, because what a context writes of its
-/// compute buffer is known only once it wrote it: llama-completion's prompt allocates
+/// after batches), and the moved pages in memory by a few. Measured after batches, because
+/// what a context writes of its compute buffer is known only once it wrote it:
+/// llama-completion's prompt allocates
 /// nothing that a check would see, nor says its tokens (`llama_process`). Until the first
 /// measure every moved page is read in order.
 #[unsafe(link_section = ".text.hot.dcgguf")]

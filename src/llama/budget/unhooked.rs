@@ -10,12 +10,14 @@
 //! weights, then the context wrote a 22.5 MiB KV cache and its first batch part of a 98 MiB
 //! compute buffer, all anonymous memory the limit cannot reclaim.
 //!
-//! So a context's creation is checked instead: dcgguf's context wrapper (which the Python
-//! module installs) reads this process's anonymous memory before and after the real
-//! creation ([`creating_context`]): what it wrote and what it reserved, which
-//! [`super::refit::context_created_without_hooks`] counts against the limit, moving weights
-//! to a file where they would not fit. And the moved pages' room, measured after batches in
-//! a hooked process ([`super::refit::after_compute`]), is measured by a thread here, every
+//! So a context's creation is checked instead, in dcgguf's context wrapper (which the Python
+//! module installs): before it, the KV cache it will clear, estimated from the model's
+//! metadata ([`kv_cache_bytes`], [`super::refit::creating_context_without_hooks`]); after
+//! it, what it wrote and reserved, read from this process's anonymous memory before and
+//! after ([`creating_context`], [`super::refit::context_created_without_hooks`]); weights
+//! move to a file where these would not fit. And the moved pages' room, measured after
+//! batches in a hooked process ([`super::refit::after_compute`]), is measured by a thread
+//! here, every
 //! [`super::refit::MEASURE_EVERY_MS`] while some model's weights are moved
 //! ([`measure_moved_pages`]).
 //!
@@ -63,11 +65,11 @@ fn grown(before: AnonymousMemory, after: AnonymousMemory) -> (u64, u64) {
     (written, reserved.saturating_sub(written))
 }
 
-/// The KV cache a context of the model whose GGUF header is `h`, created with `params`, writes at its
-/// creation (llama.cpp clears it): for each layer, a key and a value of `type_k` and
-/// `type_v` per cell, `n_ctx` cells (the model's training context where 0), from the
-/// model's metadata (heads of the keys and values, their width where given, else the
-/// embedding's share of a head). 0 for a model without one (`attention.causal` false: an
+/// The KV cache that a context of the model whose GGUF header is `h`, created with
+/// `params`, writes at its creation (llama.cpp clears it): for each layer, a key and a value
+/// of `type_k` and `type_v` per cell, `n_ctx` cells (the model's training context where 0),
+/// from the model's metadata (heads of the keys and values, their width where given, else
+/// the embedding's share of a head). 0 for a model without one (`attention.causal` false: an
 /// encoder such as BERT) or where the metadata lacks a field. An upper bound where layers
 /// attend to a sliding window or share caches.
 pub fn kv_cache_bytes(h: &GgufHeader, params: &sys::llama_context_params) -> u64 {
