@@ -401,6 +401,39 @@ fn bad_alignment() {
 }
 
 #[test]
+fn the_parse_that_skips_arrays_keeps_their_lengths() {
+    let bytes = with_kvs(3, |r| {
+        r.str(b"tokenizer.ggml.tokens")
+            .u32(ValueType::Array as u32)
+            .u32(ValueType::String as u32)
+            .u64(3)
+            .str(b"a")
+            .str(b"bc")
+            .str(b"")
+            .str(b"scores")
+            .u32(ValueType::Array as u32)
+            .u32(ValueType::F32 as u32)
+            .u64(2)
+            .u32(0)
+            .u32(0);
+        r.kv_u32("general.count", 7);
+    });
+    let full = GgufHeader::parse(&bytes).unwrap();
+    let lean = GgufHeader::parse_without_arrays(&bytes).unwrap();
+    // The lean parse keeps the scalars, not the arrays' values, but their lengths.
+    assert!(lean.get("tokenizer.ggml.tokens").is_none());
+    assert!(full.skipped_arrays.is_empty());
+    assert_eq!(lean.skipped_arrays.len(), 2);
+    for h in [&full, &lean] {
+        assert_eq!(h.array_len("tokenizer.ggml.tokens"), Some(3));
+        assert_eq!(h.array_len("scores"), Some(2));
+        assert_eq!(h.array_len("general.count"), None);
+        assert_eq!(h.array_len("absent"), None);
+        assert_eq!(h.get("general.count").and_then(|v| v.as_u64()), Some(7));
+    }
+}
+
+#[test]
 fn duplicate_keys_and_tensor_names() {
     let bytes = with_kvs(2, |r| {
         r.kv_u32("dup", 1).kv_str("dup", "again");

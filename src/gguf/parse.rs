@@ -41,6 +41,10 @@ pub struct GgufHeader {
     pub infos_end: u64,
     /// Start of the data section: `infos_end` rounded up to `alignment`.
     pub data_offset: u64,
+    /// Key and element count of each array value that
+    /// [`GgufHeader::parse_without_arrays`] left out of `kvs` (empty after a full parse):
+    /// how large a vocabulary is, without its strings ([`GgufHeader::array_len`]).
+    pub skipped_arrays: Vec<(Vec<u8>, u64)>,
 }
 
 impl GgufHeader {
@@ -82,6 +86,7 @@ impl GgufHeader {
         r.check_count("metadata count", n_kv, 13)?;
         let mut kvs = Vec::with_capacity(n_kv as usize);
         let mut keys = HashSet::new();
+        let mut skipped_arrays = Vec::new();
         for _ in 0..n_kv {
             let key = r.string("metadata key")?;
             let key_name = String::from_utf8_lossy(&key).into_owned();
@@ -95,12 +100,21 @@ impl GgufHeader {
             // An array `general.alignment` is kept, and rejected below, by both parses.
             let keep = keep_arrays || key == b"general.alignment";
             r.keep_arrays = keep;
+            let value_at = r.pos;
             let value = r.value(ty, &key_name, 0)?;
             if !keys.insert(key.clone()) {
                 return Err(GgufError::DuplicateKey(key_name));
             }
             if keep || !matches!(value, Value::Array(_)) {
                 kvs.push(KeyValue { key, value });
+            } else {
+                // The count that `value` just read and checked, after the element type.
+                let mut count = Reader {
+                    buf: bytes,
+                    pos: value_at + 4,
+                    keep_arrays,
+                };
+                skipped_arrays.push((key, count.u64("array length")?));
             }
         }
         let alignment = match kvs.iter().find(|kv| kv.key == b"general.alignment") {
@@ -196,6 +210,7 @@ impl GgufHeader {
             kv_end,
             infos_end,
             data_offset,
+            skipped_arrays,
         })
     }
 
@@ -225,6 +240,19 @@ impl GgufHeader {
             .iter()
             .find(|kv| kv.key == key.as_bytes())
             .map(|kv| &kv.value)
+    }
+
+    /// Elements of the array value at `key`, whether the parse kept its values or not.
+    pub fn array_len(&self, key: &str) -> Option<u64> {
+        match self.get(key) {
+            Some(Value::Array(a)) => Some(a.len() as u64),
+            Some(_) => None,
+            None => self
+                .skipped_arrays
+                .iter()
+                .find(|(k, _)| k == key.as_bytes())
+                .map(|&(_, len)| len),
+        }
     }
 
     /// Whether the token embedding (`token_embd.weight`) is read only by row lookups: it is

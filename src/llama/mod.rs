@@ -184,9 +184,9 @@ pub fn load_dc(
     let mut spill = None;
     let mut spill_decoded = None;
     if budget.is_none() && !budget::spec::asked() && !reads_only_metadata(&params) {
-        if let Some(headroom) = short_without_hooks(&dc, &params)
+        if let Some(short) = short_without_hooks(&dc, &params)
             && let Some(loaded) =
-                load_decoded_file(host, &dc, path, params, &headroom, pool.as_deref())
+                load_decoded_file(host, &dc, path, params, &short, pool.as_deref())
         {
             return loaded;
         }
@@ -563,15 +563,17 @@ fn default_budget(
     }
 }
 
-/// The headroom under the limit where this process lacks the budget hooks (the preload
-/// library) and the decoded model of `dc` does not fit in it with room for a context
-/// ([`budget::limit::choose`] would take a budget or move weights, neither of which a load
-/// without the hooks can do as it goes), and `params` let llama.cpp map a file (else it would
-/// read the decoded file into memory all the same); `None` otherwise.
-fn short_without_hooks(
-    dc: &DcFile,
-    params: &sys::llama_model_params,
-) -> Option<budget::limit::Headroom> {
+/// Where this process lacks the budget hooks (the preload library) and the model of `dc`
+/// decoded does not fit under the limit with llama.cpp's own load memory, and `params` let
+/// llama.cpp map a file (else it would read the decoded file into memory all the same): what
+/// the limit offers and what the load needs. Without the hooks a load cannot move weights to
+/// a file as it goes and nothing is checked until the first context is created (that check
+/// moves weights, so no room is kept for a context here), so the need counts what llama.cpp
+/// writes besides the weights (its vocabulary, [`budget::unhooked::load_memory_bytes`]) and
+/// [`DECODING_ROOM`]: with 8 MiB of context room instead, a C program linking libdcgguf
+/// (SmolLM2, 17 MiB of vocabulary) was killed in the load under a 115 MiB cap where plain
+/// mmap ran.
+fn short_without_hooks(dc: &DcFile, params: &sys::llama_model_params) -> Option<ShortAtLoad> {
     let maps = matches!(
         params.load_mode,
         sys::llama_load_mode_LLAMA_LOAD_MODE_AUTO | sys::llama_load_mode_LLAMA_LOAD_MODE_MMAP
@@ -579,10 +581,30 @@ fn short_without_hooks(
     (maps && hooks::budget_hooks_active().is_err()).then_some(())?;
     let headroom = budget::limit::headroom()?;
     let decoded = decoded_weight_bytes(dc);
-    match budget::limit::choose(decoded, None, headroom.clone()) {
-        budget::limit::DefaultChoice::NoBudget { .. } => None,
-        budget::limit::DefaultChoice::Budget { .. } => Some(headroom),
-    }
+    let need = decoded
+        .saturating_add(budget::unhooked::load_memory_bytes(&dc.original))
+        .saturating_add(DECODING_ROOM);
+    (need > headroom.bytes).then_some(ShortAtLoad {
+        headroom,
+        decoded,
+        need,
+    })
+}
+
+/// Room for the load's decoders and the stream's buffers beside the weights and llama.cpp's
+/// load memory, where no hook checks the load: 4 MiB. SmolLM2 Q4_1 (92.1 MiB decoded, 17.0
+/// of vocabulary estimated) in a C program linking libdcgguf (ffi/examples/generate.c,
+/// 2026-12-07): ran under a 120 MiB cap (110 MiB free at the load; three runs over two
+/// sessions), was killed in the load under 115 (105 free; three runs).
+const DECODING_ROOM: u64 = 4 << 20;
+
+/// A load that does not fit under the limit ([`short_without_hooks`]).
+struct ShortAtLoad {
+    headroom: budget::limit::Headroom,
+    /// Decoded bytes of the model's tensors.
+    decoded: u64,
+    /// Those with llama.cpp's load memory and [`DECODING_ROOM`].
+    need: u64,
 }
 
 /// Decoded bytes of all the tensors of `dc`.
@@ -604,17 +626,18 @@ fn load_decoded_file(
     dc: &Arc<DcFile>,
     path: &Path,
     params: sys::llama_model_params,
-    headroom: &budget::limit::Headroom,
+    short: &ShortAtLoad,
     pool: Option<&rayon::ThreadPool>,
 ) -> Option<Result<*mut sys::llama_model, LlamaError>> {
-    let decoded = decoded_weight_bytes(dc);
     let head = format!(
         "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs about \
-         {:.0} MiB, and this process lacks the preload library's hooks, which move weights to \
-         a file as the load goes",
-        budget::mib(headroom.bytes),
-        budget::limit::source_name(headroom),
-        budget::mib(decoded.saturating_add(budget::limit::context_room(decoded)))
+         {:.0} MiB ({:.0} MiB of weights, llama.cpp's vocabulary and the decoders' room), and \
+         this process lacks the preload library's hooks, which move weights to a file as the \
+         load goes",
+        budget::mib(short.headroom.bytes),
+        budget::limit::source_name(&short.headroom),
+        budget::mib(short.need),
+        budget::mib(short.decoded)
     );
     let began = std::time::Instant::now();
     dc.set_uncache_after_decode(true);

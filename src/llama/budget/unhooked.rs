@@ -107,6 +107,24 @@ pub fn kv_cache_bytes(h: &GgufHeader, params: &sys::llama_context_params) -> u64
     )
 }
 
+/// The anonymous memory llama.cpp's load writes besides the weights, for the model whose
+/// GGUF header is `h`: mostly its vocabulary (a string and map entries per token, a map
+/// entry per merge), which a process without the budget hooks holds before any check of
+/// ours can move weights ([`super::super::short_without_hooks`]). Fitted to what
+/// llama-cpp-python 0.3.36's `llama_model_load_from_file` wrote on plain files (RssAnon
+/// before and after, repacking off, 2026-12-07): all-MiniLM-L6-v2 (30522 tokens, no merges)
+/// 4.5 MiB, SmolLM2-135M (49152 tokens, 48900 merges) 16.5 MiB, Qwen2.5-Coder-1.5B (151936
+/// tokens, 151387 merges) 46.6 MiB; this gives 4.7, 17.0 and 47.9.
+pub fn load_memory_bytes(h: &GgufHeader) -> u64 {
+    const FIXED: u64 = 9 << 18;
+    const PER_TOKEN: u64 = 84;
+    const PER_MERGE: u64 = 232;
+    let count = |key: &str| h.array_len(key).unwrap_or(0);
+    FIXED
+        .saturating_add(count("tokenizer.ggml.tokens").saturating_mul(PER_TOKEN))
+        .saturating_add(count("tokenizer.ggml.merges").saturating_mul(PER_MERGE))
+}
+
 /// Tokens of the largest micro-batch a context created with `params` computes: llama.cpp's
 /// `n_ubatch`, at most `n_batch` (512 where both are 0).
 pub fn micro_batch(params: &sys::llama_context_params) -> u64 {
@@ -212,6 +230,7 @@ mod tests {
             kv_end: 0,
             infos_end: 0,
             data_offset: 0,
+            skipped_arrays: Vec::new(),
         }
     }
 
@@ -258,6 +277,34 @@ mod tests {
             kv_cache_bytes(&header(Vec::new()), &params(512, F16, F16)),
             0
         );
+    }
+
+    #[test]
+    fn llama_cpps_load_memory_is_estimated_from_the_vocabulary() {
+        let with = |tokens: u64, merges: u64| {
+            let mut h = header(Vec::new());
+            h.skipped_arrays = vec![
+                (b"tokenizer.ggml.tokens".to_vec(), tokens),
+                (b"tokenizer.ggml.token_type".to_vec(), tokens),
+                (b"tokenizer.ggml.merges".to_vec(), merges),
+            ];
+            load_memory_bytes(&h) as f64 / f64::from(1 << 20)
+        };
+        // What llama.cpp wrote in those loads, in MiB; the estimate covers it, by at most
+        // 1.5 MiB.
+        for (tokens, merges, measured) in [
+            (30522, 0, 4.5),
+            (49152, 48900, 16.5),
+            (151936, 151387, 46.6),
+        ] {
+            let estimate = with(tokens, merges);
+            assert!(
+                (measured..measured + 1.5).contains(&estimate),
+                "{tokens} tokens, {merges} merges: {estimate:.1} MiB against {measured}"
+            );
+        }
+        // Without a vocabulary, what a load writes anyway.
+        assert_eq!(load_memory_bytes(&header(Vec::new())), 9 << 18);
     }
 
     #[test]
