@@ -567,12 +567,13 @@ fn default_budget(
 /// decoded does not fit under the limit with llama.cpp's own load memory, and `params` let
 /// llama.cpp map a file (else it would read the decoded file into memory all the same): what
 /// the limit offers and what the load needs. Without the hooks a load cannot move weights to
-/// a file as it goes and nothing is checked until the first context is created (that check
-/// moves weights, so no room is kept for a context here), so the need counts what llama.cpp
-/// writes besides the weights (its vocabulary, [`budget::unhooked::load_memory_bytes`]) and
-/// [`DECODING_ROOM`]: with 8 MiB of context room instead, a C program linking libdcgguf
-/// (SmolLM2, 17 MiB of vocabulary) was killed in the load under a 115 MiB cap where plain
-/// mmap ran.
+/// a file as it goes and nothing is checked until the first context is created, so the need
+/// counts what llama.cpp writes besides the weights (its vocabulary,
+/// [`budget::unhooked::load_memory_bytes`]) and [`DECODING_ROOM`]; no room for the context
+/// beyond what the default's choice keeps ([`budget::limit::context_room`]), as its
+/// creation is checked and moves weights. With the context room alone (8 MiB), a C program
+/// linking libdcgguf (SmolLM2, 17 MiB of vocabulary) was killed in the load under a 115 MiB
+/// cap where plain mmap ran.
 fn short_without_hooks(dc: &DcFile, params: &sys::llama_model_params) -> Option<ShortAtLoad> {
     let maps = matches!(
         params.load_mode,
@@ -581,9 +582,12 @@ fn short_without_hooks(dc: &DcFile, params: &sys::llama_model_params) -> Option<
     (maps && hooks::budget_hooks_active().is_err()).then_some(())?;
     let headroom = budget::limit::headroom()?;
     let decoded = decoded_weight_bytes(dc);
-    let need = decoded
-        .saturating_add(budget::unhooked::load_memory_bytes(&dc.original))
-        .saturating_add(DECODING_ROOM);
+    // At least what the default's choice counts (a large model's context room, 1/64 of its
+    // weights, can pass llama.cpp's load memory), where it would take a budget that needs
+    // the hooks.
+    let load_memory =
+        budget::unhooked::load_memory_bytes(&dc.original).saturating_add(DECODING_ROOM);
+    let need = decoded.saturating_add(load_memory.max(budget::limit::context_room(decoded)));
     (need > headroom.bytes).then_some(ShortAtLoad {
         headroom,
         decoded,
@@ -603,7 +607,8 @@ struct ShortAtLoad {
     headroom: budget::limit::Headroom,
     /// Decoded bytes of the model's tensors.
     decoded: u64,
-    /// Those with llama.cpp's load memory and [`DECODING_ROOM`].
+    /// Those with llama.cpp's load memory and [`DECODING_ROOM`], or a context's room where
+    /// larger.
     need: u64,
 }
 

@@ -24,7 +24,8 @@
 //! Where the decoded model does not fit at all, the load could not move weights to a file as
 //! it goes (the stream does not learn where a tensor lands without the preload's `fread`), so
 //! the decoded model goes to an unnamed file first, which llama.cpp maps as a plain GGUF
-//! ([`write_decoded`]).
+//! ([`write_decoded`]). "At all" counts what llama.cpp writes during the load besides the
+//! weights, its vocabulary above all ([`load_memory_bytes`]), which nothing checks here.
 //!
 //! Not checked here: a batch that grows a buffer beyond what its context reserved
 //! (llama-embedding's output buffer for a batch of outputs), which the preload's checks see.
