@@ -708,7 +708,11 @@ pub fn creating_context_without_hooks(
     };
     let kv = super::unhooked::kv_cache_bytes(&p.dc.original, params);
     let work = limit::work_buffer(super::unhooked::micro_batch(params), p.widest_row);
-    p.fit(kv, work, h);
+    let who = match kv {
+        0 => "a new context without a KV cache",
+        _ => "a new context's KV cache",
+    };
+    checking_without_hooks(&p, who, kv, work, h);
 }
 
 /// The context of [`creating_context_without_hooks`] was created, writing `written` bytes of
@@ -737,7 +741,9 @@ pub fn context_created_without_hooks(
             mib(unwritten)
         );
     }
-    p.fit(unwritten.min(written), work, h);
+    // The size is a stand-in for what batches will write, not a KV cache.
+    let who = "a new context's batch reserve (as much of it as the context wrote)";
+    checking_without_hooks(&p, who, unwritten.min(written), work, h);
 }
 
 /// Set where a model's weights moved to a file ([`register_spilled`]): batches then
@@ -873,14 +879,45 @@ fn unwritten_reserved(ctx: usize) -> u64 {
         .sum()
 }
 
-/// Who needs the buffer a check is about, for its log lines: a batch (inside a compute
-/// call), else a context being created, whose KV cache llama.cpp clears
-/// ([`before_allocation`]).
+/// Who needs the buffer a check is about, for its log lines: what a check without the
+/// hooks says ([`checking_without_hooks`]), else a batch (inside a compute call), else a
+/// context being created, whose KV cache llama.cpp clears ([`before_allocation`]).
 fn who() -> &'static str {
-    if hooks::in_compute() {
+    if let Some(who) = UNHOOKED_WHO.get() {
+        who
+    } else if hooks::in_compute() {
         "a batch"
     } else {
         "a new context's KV cache"
+    }
+}
+
+thread_local! {
+    /// Who a check without the hooks on this thread is about ([`who`]).
+    static UNHOOKED_WHO: std::cell::Cell<Option<&'static str>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// `p.fit(size, work, h)` with `who` in its log lines: a context's creation checked without
+/// the hooks, whose buffer is not always a KV cache (an encoder's context keeps none).
+fn checking_without_hooks(
+    p: &Pending,
+    who: &'static str,
+    size: u64,
+    work: u64,
+    h: limit::Headroom,
+) {
+    UNHOOKED_WHO.set(Some(who));
+    let _reset = ResetWho;
+    p.fit(size, work, h);
+}
+
+/// Clears [`UNHOOKED_WHO`] when a check ends, panicking or not.
+struct ResetWho;
+
+impl Drop for ResetWho {
+    fn drop(&mut self) {
+        UNHOOKED_WHO.set(None);
     }
 }
 
