@@ -157,7 +157,8 @@ fn a_dc_load_through_the_c_api_leaves_the_hosts_heap_and_threads_as_a_plain_load
 /// weights and was killed in the load under 115 MiB (84% of plain mmap's uncapped peak,
 /// 136.6 MiB), where plain ran: llama.cpp writes its vocabulary (17 MiB for SmolLM2) before
 /// anything is checked. Now that counts, and under 84% of plain's peak both finish with the
-/// same text, the DC model through the decoded file that llama.cpp maps as a plain GGUF.
+/// same text, the DC model through the decoded file that llama.cpp maps as a plain GGUF
+/// (this VM) or with weights moved at the context.
 #[test]
 #[cfg_attr(
     not(all(dcgguf_llama, dcgguf_smollm2)),
@@ -216,8 +217,11 @@ fn c_example_runs_a_dc_model_under_a_cap_that_plain_runs_in() {
         ours.stdout, plain.stdout,
         "the DC model generated otherwise"
     );
+    // The decoded file here (104 MiB free at the load, 113 needed); where a host's plain
+    // peak is higher, weights moved at the context instead.
     assert!(
-        log.contains("went to an unnamed file in"),
-        "the decoded model did not go to a file:\n{log}"
+        log.contains("went to an unnamed file in")
+            || log.contains("of the decoded weights to the file"),
+        "neither did the decoded model go to a file nor weights move:\n{log}"
     );
 }

@@ -268,15 +268,20 @@ fn build_member(package: &str, file: &str) -> PathBuf {
 /// A directory holding only this build's libdcgguf.so (to link with -L without picking up
 /// anything else).
 pub fn libdcgguf_dir() -> PathBuf {
-    // One directory per call: tests of one binary run in parallel and would race on a
-    // shared link.
+    // Tests run at once, in one binary and in several: each call makes its own link and
+    // renames it over the shared one (to the same library), so no linker sees the name
+    // missing and none is left behind per call.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = tmp_dir().join(format!("lib-{}-{n}", std::process::id()));
+    // One per build profile: debug and release tests share CARGO_TARGET_TMPDIR.
+    let lib = libdcgguf();
+    let profile = lib.parent().and_then(Path::file_name).unwrap_or_default();
+    let d = tmp_dir().join("lib").join(profile);
     std::fs::create_dir_all(&d).unwrap();
-    let link = d.join("libdcgguf.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(libdcgguf(), &link).unwrap();
+    let made = d.join(format!(".libdcgguf-{}-{n}.so", std::process::id()));
+    let _ = std::fs::remove_file(&made);
+    std::os::unix::fs::symlink(&lib, &made).unwrap();
+    std::fs::rename(&made, d.join("libdcgguf.so")).unwrap();
     d
 }
 
@@ -285,10 +290,13 @@ pub fn libdcgguf_dir() -> PathBuf {
 pub fn drain_log_shim(l: &Llama) -> PathBuf {
     static SHIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     SHIM.get_or_init(|| {
-        let out = tmp_dir().join(format!("drain-log-{}.so", std::process::id()));
+        // Built under this process's name, then renamed over the one shared name: test
+        // binaries run at once, and a process that preloaded the older file keeps it.
+        let out = tmp_dir().join("drain-log.so");
+        let built = tmp_dir().join(format!("drain-log-{}.so", std::process::id()));
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llama_support/drain_log.c");
         cc(
-            &out,
+            &built,
             &[&src],
             &[
                 "-shared".into(),
@@ -298,6 +306,7 @@ pub fn drain_log_shim(l: &Llama) -> PathBuf {
                 format!("-Wl,-rpath,{}", l.lib_dir().display()),
             ],
         );
+        std::fs::rename(&built, &out).unwrap();
         out
     })
     .clone()
@@ -585,11 +594,15 @@ pub fn eval_sentences_file() -> PathBuf {
         .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
         .collect();
     assert!(lines.len() > 150, "{}", lines.len());
-    // One file per call: tests of one binary run in parallel.
+    // Tests run at once, in one binary and in several: each call writes its own file and
+    // renames it over the one shared name (the same text), so no reader sees half a file
+    // and none is left behind per call.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let p = tmp_dir().join(format!("eval-sentences-{}-{n}.txt", std::process::id()));
-    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let written = tmp_dir().join(format!("eval-sentences-{}-{n}.txt", std::process::id()));
+    std::fs::write(&written, lines.join("\n") + "\n").unwrap();
+    let p = tmp_dir().join("eval-sentences.txt");
+    std::fs::rename(&written, &p).unwrap();
     p
 }
 
