@@ -49,8 +49,9 @@ _originals = {}
 
 
 class LoadError(errors.DcggufError, ValueError):
-    """A DC-GGUF that could not be loaded; the message is libdcgguf's reason (for damaged data
-    it names the region, tensor and chunk).
+    """A model file that could not be loaded; the message is libdcgguf's reason (for a damaged
+    DC-GGUF it names the region, tensor and chunk; a plain GGUF that llama.cpp refused, llama.cpp
+    says why in its log).
 
     Also a ValueError, like llama-cpp-python's own "Failed to load model from file", so callers
     that catch that keep working."""
