@@ -43,8 +43,7 @@ from . import _lib, errors
 __all__ = ["install", "uninstall", "installed", "LoadError"]
 
 
-_original = None
-# llama-cpp-python's own context and free functions, while installed.
+# llama-cpp-python's own functions that this module replaced, while installed.
 _originals = {}
 
 
@@ -124,13 +123,11 @@ _WRAPPED = {
 def install() -> None:
     """Routes llama-cpp-python's model loading, its contexts and its frees through dcgguf
     (idempotent)."""
-    global _original
-    if _original is not None:
+    if _originals:
         return
     _dc_lib()  # fail here, not at the first load, if libdcgguf is missing
     import llama_cpp
 
-    _original = _llama.llama_model_load_from_file
     for name, ours in _WRAPPED.items():
         _originals[name] = getattr(_llama, name)
         setattr(_llama, name, ours)
@@ -140,8 +137,7 @@ def install() -> None:
 
 def uninstall() -> None:
     """Restores llama-cpp-python's own functions."""
-    global _original
-    if _original is None:
+    if not _originals:
         return
     import llama_cpp
 
@@ -149,11 +145,10 @@ def uninstall() -> None:
         setattr(_llama, name, theirs)
         setattr(llama_cpp, name, theirs)
     _originals.clear()
-    _original = None
 
 
 def installed() -> bool:
-    return _original is not None
+    return bool(_originals)
 
 
 install()

@@ -636,7 +636,7 @@ fn load_decoded_file(
 ) -> Option<Result<*mut sys::llama_model, LlamaError>> {
     let head = format!(
         "dcgguf: memory: {:.0} MiB free under the limit ({}); the decoded model needs about \
-         {:.0} MiB ({:.0} MiB of weights, llama.cpp's vocabulary and the decoders' room), and \
+         {:.0} MiB ({:.0} MiB of weights, the rest for llama.cpp's load and the decoders), and \
          this process lacks the preload library's hooks, which move weights to a file as the \
          load goes",
         budget::mib(short.headroom.bytes),
