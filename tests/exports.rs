@@ -135,7 +135,7 @@ fn libdcgguf_preload_so_exports_the_interposers() {
 
 /// The interposers a compute runs (and the callbacks they reach) sit together in the preload
 /// library's `.text.hot` section, a few pages that its shedding keeps cached while the rest
-/// of the library leaves the page cache after a load (preload/src/shed.rs).
+/// of the library leaves the page cache after a load (src/ffi/shed.rs).
 #[test]
 fn libdcgguf_preload_so_keeps_the_per_compute_code_in_a_few_pages() {
     let lib = llama_support::libdcgguf_preload();

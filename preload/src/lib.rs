@@ -36,7 +36,7 @@ use std::ffi::{c_char, c_void};
 use dcgguf::llama::hooks::{self, Interposers};
 use dcgguf::llama::sys;
 
-mod shed;
+use dcgguf::ffi::shed;
 
 /// This library's allocations stay out of the host's heap (big buffers mapped apart, small
 /// ones in a dlmalloc of our own), so that a load leaves no holes in it for the host's later
@@ -47,8 +47,7 @@ static OWN_MAPPINGS: dcgguf::io::OwnMappings = dcgguf::io::OwnMappings;
 /// Tells the dcgguf crate where our interposers are, before anything else runs
 /// (a constructor of this shared object, run by the dynamic loader).
 extern "C" fn register() {
-    shed::limit_readahead();
-    hooks::on_tensor_reads_begin(shed::at_tensor_reads);
+    shed::prepare();
     hooks::register_interposers(Interposers {
         load_from_file: llama_model_load_from_file as *const () as usize,
         init_from_model: llama_init_from_model as *const () as usize,

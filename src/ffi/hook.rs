@@ -9,7 +9,7 @@ use std::ffi::{CStr, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::dcgguf_result;
-use super::{Error, guard};
+use super::{Error, guard, shed};
 use crate::llama::budget;
 use crate::llama::{self, LlamaError, hooks, sys};
 
@@ -20,7 +20,19 @@ pub extern "C" fn dcgguf_llama_model_load(
     path: *const c_char,
     params: sys::llama_model_params,
 ) -> *mut sys::llama_model {
-    load_model_hooked(path, params, hooks::interposer_address())
+    quietly(|| {
+        shed::prepare();
+        shed::before_load();
+    });
+    let model = load_model_hooked(path, params, hooks::interposer_address());
+    quietly(|| shed::after_load(budget::compute_decoding(model)));
+    model
+}
+
+/// Runs `f`, which only gives pages back or logs, and drops a panic of it: no panic crosses
+/// the C ABI, and a shed that failed leaves the result as it is.
+fn quietly(f: impl FnOnce()) {
+    let _ = catch_unwind(AssertUnwindSafe(f));
 }
 
 /// Checks that this process has a llama.cpp with the ABI dcgguf was built for.
@@ -57,7 +69,9 @@ pub extern "C" fn dcgguf_llama_init_from_model(
     model: *mut sys::llama_model,
     params: sys::llama_context_params,
 ) -> *mut sys::llama_context {
-    init_context(model, params, false, hooks::interposers().init_from_model)
+    let ctx = init_context(model, params, false, hooks::interposers().init_from_model);
+    quietly(|| shed::after_context(budget::compute_decoding(model)));
+    ctx
 }
 
 /// `llama_free`, then frees dcgguf's state for that context (see ffi/dcgguf.h).

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod convert;
 pub mod hook;
+pub mod shed;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int};

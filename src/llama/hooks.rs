@@ -14,7 +14,7 @@
 //! `budget::graph_hook`, `refit::Watch::residency`, `fread::fread_ours`) run on every
 //! compute, or on every host `fread` and `fseek`: the preload library links them into one
 //! section of a few pages, which it keeps cached while it gives the rest of its code back
-//! to the page cache (preload/src/shed.rs). What they call on that path must be inlined or
+//! to the page cache (src/ffi/shed.rs). What they call on that path must be inlined or
 //! in that section too.
 
 // These are the bodies of C entry points (as in the ffi layer): the pointers come from the C
@@ -70,12 +70,12 @@ pub fn interposers() -> Interposers {
 
 /// Runs when a DC load's tensor reads begin (llama.cpp has parsed the metadata: the stream's
 /// first tensor read, or the `llama_model_init_from_user` route's first tensor callback), if
-/// the preload library registered it ([`on_tensor_reads_begin`]): it drops the code it read
-/// ahead for the load that the load has not run by then.
+/// the shared object we are linked into registered it ([`on_tensor_reads_begin`]): it drops the
+/// code it read ahead for the load that the load has not run by then.
 static TENSOR_READS_BEGIN: OnceLock<fn()> = OnceLock::new();
 
-/// Registers `f` to run when each DC load's tensor reads begin (first call wins). Called by
-/// libdcgguf_preload.so when it is loaded; libdcgguf never calls it.
+/// Registers `f` to run when each DC load's tensor reads begin (first call wins): the shared
+/// object's own page shedding (`crate::ffi::shed::prepare`).
 pub fn on_tensor_reads_begin(f: fn()) {
     let _ = TENSOR_READS_BEGIN.set(f);
 }

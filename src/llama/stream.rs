@@ -286,16 +286,7 @@ impl Stream {
     /// tensor is skipped: its bytes are decoded later, when llama.cpp computes with them.
     pub fn read_into_caller(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
         if self.timeline.first.is_none() {
-            self.timeline.first = Some(Instant::now());
-            // The first tensor read: llama.cpp has parsed the metadata. Its decoded bytes
-            // (1.8 MB on SmolLM2) would otherwise stay allocated to the end of the load, where
-            // the decoded weights are complete and an uncapped run's charge peaks: dropped
-            // here, that peak fell 0.3-0.7 MiB (SmolLM2, three cold runs each, 2026-11-30).
-            if let Source::Dc(dc) = &self.src {
-                dc.uncache_metadata();
-                dc.release_original_header();
-                super::hooks::tensor_reads_begin();
-            }
+            self.tensor_reads_begin();
         }
         self.direct = true;
         let lookup = self.spill_lookup == Some(self.pos);
@@ -345,8 +336,31 @@ impl Stream {
         self.error.clone()
     }
 
+    /// The first tensor read (direct, or through glibc's buffer at the tensor data): llama.cpp
+    /// has parsed the metadata. Its decoded bytes (1.8 MB on SmolLM2) would otherwise stay
+    /// allocated to the end of the load, where the decoded weights are complete and an
+    /// uncapped run's charge peaks: dropped here, that peak fell 0.3-0.7 MiB (SmolLM2, three
+    /// cold runs each, 2026-11-30). The shared object's code that the load has not run goes
+    /// from the page cache too (`crate::ffi::shed::at_tensor_reads`).
+    fn tensor_reads_begin(&mut self) {
+        self.timeline.first = Some(Instant::now());
+        if let Source::Dc(dc) = &self.src {
+            dc.uncache_metadata();
+            dc.release_original_header();
+            super::hooks::tensor_reads_begin();
+        }
+    }
+
     /// Reads at the current position; returns 0 only at the end of the file.
     pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, StreamError> {
+        // Through glibc's buffer (no preload's `fread`), the tensor reads begin with the first
+        // read at the original file's tensor data.
+        if self.timeline.first.is_none()
+            && let Source::Dc(dc) = &self.src
+            && self.pos >= dc.original.data_offset
+        {
+            self.tensor_reads_begin();
+        }
         let began = Instant::now();
         let result = self.read_inner(dst);
         let t = &mut self.timeline;

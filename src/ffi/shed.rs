@@ -1,4 +1,9 @@
-//! Gives this library's own file pages back after a model load, and keeps them out.
+//! Gives this library's own file pages back after a model load, and keeps them out. "This
+//! library" is whichever shared object the code is linked into: libdcgguf_preload.so (its
+//! interposers call [`before_load`], [`after_load`], [`after_compute`] and
+//! [`after_allocation`]) or libdcgguf.so (the C API's `dcgguf_llama_model_load` and
+//! `dcgguf_llama_init_from_model` call [`before_load`], [`after_load`] and
+//! [`after_context`]); each finds its own segments and file.
 //!
 //! A memory cgroup charges the page cache of every file a process maps, and the dynamic loader
 //! brings this whole library in (3.1 MB; this VM's disk has an 8 MiB readahead window), of
@@ -10,6 +15,13 @@
 //! the computes of a model whose computes decode (a budget, lookup tables kept compressed):
 //! each next compute read the decoder back from the disk, a 64 KiB fault at a time
 //! ([`after_load`]).
+//!
+//! In a host that links libdcgguf.so (llama-cpp-python through the `dcgguf.llama_cpp`
+//! module, a C program) no code of ours runs in a compute, so the pages also go once a
+//! context is made ([`after_context`]). Kept, they set the run's peak: SmolLM2 through
+//! llama-cpp-python (n_ctx 1024, 32 tokens, no limit, 2026-12-08) held 2.3 MiB of
+//! libdcgguf.so mapped and 3.8 MiB of it cached while it generated, and peaked 240.4 MiB
+//! against plain mmap's 237.
 //!
 //! Two things keep what comes back small:
 //!
@@ -53,7 +65,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use dcgguf::llama::budget::ComputeDecoding;
+use crate::llama::budget::ComputeDecoding;
 
 const PAGE: usize = 4096;
 
@@ -152,10 +164,22 @@ fn anchor() -> usize {
     own_segments as *const () as usize
 }
 
-/// At load: ask for no readahead on faults in all of this library's segments (a hint; see the
-/// module doc for what this kernel does with it), and split the read-only ones into
+/// Once per process, before the first load: limits what a fault in this library reads
+/// ([`limit_readahead`]) and has each DC load's tensor reads drop what the load has not
+/// mapped ([`at_tensor_reads`]). The preload library calls it from its constructor,
+/// libdcgguf.so's `dcgguf_llama_model_load` before each load.
+pub fn prepare() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        limit_readahead();
+        crate::llama::hooks::on_tensor_reads_begin(at_tensor_reads);
+    });
+}
+
+/// Asks for no readahead on faults in all of this library's segments (a hint; see the
+/// module doc for what this kernel does with it), and splits the read-only ones into
 /// mappings of [`PIECE`] bytes, which bound what one fault reads.
-pub fn limit_readahead() {
+fn limit_readahead() {
     let s = own_segments(anchor());
     for &(start, end) in s.read_only.iter().chain(&s.writable) {
         // SAFETY: MADV_RANDOM only changes the kernel's readahead policy for these pages of
@@ -192,7 +216,7 @@ const DROPS_AFTER_LOAD: u32 = 4;
 /// pages (never unmapped: the code that unmaps runs there).
 struct Own {
     /// Whether it gives its pages back: not where a memory cgroup limit binds the process
-    /// (`dcgguf::llama::budget::limit::binding_cgroup`, read once, at the first load). See
+    /// (`crate::llama::budget::limit::binding_cgroup`, read once, at the first load). See
     /// the module doc.
     gives_back: bool,
     file: std::fs::File,
@@ -225,11 +249,11 @@ fn own() -> Option<&'static Own> {
                 .filter(|(s, e)| s < e)
                 .collect();
         }
-        let binding = dcgguf::llama::budget::limit::binding_cgroup();
+        let binding = crate::llama::budget::limit::binding_cgroup();
         if let Some(limit) = &binding
-            && dcgguf::llama::verbose()
+            && crate::llama::verbose()
         {
-            dcgguf::log_line!(
+            crate::log_line!(
                 "dcgguf: {}: a memory limit binds ({}): the library keeps its pages, which \
                  the limit reclaims when it is reached",
                 path.display(),
@@ -278,7 +302,7 @@ pub fn before_load() {
 /// dropped here, 138.6 against 138.4 (eight alternating rounds each).
 pub fn at_tensor_reads() {
     let Some(own) = own() else { return };
-    let before = dcgguf::llama::verbose().then(|| own.cached_kib());
+    let before = crate::llama::verbose().then(|| own.cached_kib());
     own.drop_unmapped(Keep::Nothing);
     if let Some(before) = before {
         let read_only: usize = own.all_read_only.iter().map(|(s, e)| e - s).sum();
@@ -290,7 +314,7 @@ pub fn at_tensor_reads() {
         } else {
             "kept under the memory limit".to_owned()
         };
-        dcgguf::log_line!(
+        crate::log_line!(
             "dcgguf: {}: {before} of {} KiB in the page cache as the tensor reads begin, {after}",
             own.path.display(),
             read_only / 1024,
@@ -313,7 +337,7 @@ pub fn at_tensor_reads() {
 /// (streamed weights) it is given back once: there the limit is near, and the kernel would
 /// reclaim the pages anyway.
 pub fn after_load(decoding: ComputeDecoding) {
-    let verbose = dcgguf::llama::verbose();
+    let verbose = crate::llama::verbose();
     let path = own_path();
     let before = verbose
         .then(|| path.as_deref().and_then(cached_kib))
@@ -337,7 +361,7 @@ pub fn after_load(decoding: ComputeDecoding) {
                 cached_kib(path).unwrap_or(0)
             )
         };
-        dcgguf::log_line!(
+        crate::log_line!(
             "dcgguf: {}: {before} KiB in the page cache after the load, {after}",
             path.display()
         );
@@ -353,6 +377,34 @@ pub fn after_load(decoding: ComputeDecoding) {
     if verbose && !keep_all {
         REPORT_LEFT.store(REPORT_AT, Ordering::Relaxed);
     }
+}
+
+/// After a context is made through libdcgguf.so's `dcgguf_llama_init_from_model`: in a host
+/// without the preload's interposers no code of ours runs in a compute, so what the context's
+/// creation ran (its memory check, the graph callback's setup) and what the load left go,
+/// unless the model's computes decode (its graph callback runs the decoder in each; see
+/// [`after_load`]). Under `DCGGUF_VERBOSE=1` the log says how much of the file was cached
+/// before and after.
+pub fn after_context(decoding: ComputeDecoding) {
+    let Some(own) = own() else { return };
+    if !own.gives_back || decoding != ComputeDecoding::Nothing {
+        return;
+    }
+    let before = crate::llama::verbose().then(|| own.cached_kib());
+    own.shed(Keep::Nothing);
+    if let Some(before) = before {
+        log_context(&own.path, before, own.cached_kib());
+    }
+}
+
+/// The log line of [`after_context`] (`DCGGUF_VERBOSE=1`).
+#[cold]
+fn log_context(path: &Path, before: u64, after: u64) {
+    crate::log_line!(
+        "dcgguf: {}: {before} KiB in the page cache after the context was made, {after} KiB \
+         after giving back what no process maps",
+        path.display()
+    );
 }
 
 /// After a compute (decode, encode): the first few after a load unmap what ran once
@@ -393,7 +445,7 @@ static REPORT_LEFT: AtomicU32 = AtomicU32::new(0);
 /// The log line of the first compute after a load ([`REPORT_LEFT`]).
 #[cold]
 fn log_first(path: &Path, kib: u64) {
-    dcgguf::log_line!(
+    crate::log_line!(
         "dcgguf: {}: {kib} KiB in the page cache at the end of the first compute after the load",
         path.display()
     );
@@ -406,7 +458,7 @@ const REPORT_AT: u32 = DROPS_AFTER_LOAD + 8;
 /// The log line of [`REPORT_AT`] (`DCGGUF_VERBOSE=1`).
 #[cold]
 fn log_steady(path: &Path, kib: u64) {
-    dcgguf::log_line!(
+    crate::log_line!(
         "dcgguf: {}: {kib} KiB in the page cache after {REPORT_AT} computes",
         path.display()
     );
@@ -424,7 +476,7 @@ fn log_steady(path: &Path, kib: u64) {
 pub fn after_allocation(size: usize) {
     if size >= 1 << 20
         && DROPS_LEFT.load(Ordering::Relaxed) > 0
-        && dcgguf::llama::hooks::in_compute()
+        && crate::llama::hooks::in_compute()
         && let Some(own) = own()
     {
         own.shed(Keep::Hot);
@@ -503,7 +555,7 @@ impl Own {
                 continue;
             };
             if len > 0 {
-                // posix_fadvise itself, not dcgguf::io::drop_cached: that one lies outside
+                // posix_fadvise itself, not crate::io::drop_cached: that one lies outside
                 // `.text.hot`, and calling it after an unmapping would fault a piece back in.
                 // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is
                 // open (owned by `self`, which lives for the process).
@@ -591,12 +643,12 @@ fn elf_section(
 }
 /// KiB of `path` in the page cache.
 fn cached_kib(path: &Path) -> Option<u64> {
-    let (_file, map) = dcgguf::io::map_readonly(path).ok()?;
-    let pages = dcgguf::io::resident_pages(&map)
+    let (_file, map) = crate::io::map_readonly(path).ok()?;
+    let pages = crate::io::resident_pages(&map)
         .iter()
         .filter(|&&r| r)
         .count();
-    Some((pages * dcgguf::io::page_size() / 1024) as u64)
+    Some((pages * crate::io::page_size() / 1024) as u64)
 }
 
 /// This library's file, as the dynamic loader opened it.
