@@ -43,10 +43,14 @@
 //!
 //! Your own model: DCGGUF_MEMCAP_MODEL=PATH (a plain GGUF; it runs alone unless
 //! DCGGUF_MEMCAP_MODELS names others; llama-embedding for a model that pools, else
-//! llama-completion; DCGGUF_MEMCAP_WORKLOAD=completion|embedding|perplexity overrides).
+//! llama-completion; DCGGUF_MEMCAP_WORKLOAD=completion|embedding|perplexity|python-completion|
+//! python-embedding overrides).
 //!
 //! Other knobs: DCGGUF_MEMCAP_MODELS (comma list of smollm2, smollm2-ppl, minilm-bf16,
-//! minilm-f16, large; default all but large), DCGGUF_MEMCAP_RUNS (runs per point, default 1:
+//! minilm-f16, large, smollm2-py, minilm-bf16-py; default all but large and the two `-py`:
+//! those run llama-cpp-python instead of a llama.cpp tool, SmolLM2's completion and MiniLM's
+//! embeddings one sentence a call, DC files through `import dcgguf.llama_cpp`, where only
+//! plain mmap and the default apply; they need scripts/build-llama-cpp-python.sh), DCGGUF_MEMCAP_RUNS (runs per point, default 1:
 //! the median speed, the highest peak, any failure wins), DCGGUF_MEMCAP_MAX_RUNS (runs per
 //! point at most, default 8 or DCGGUF_MEMCAP_RUNS if more: see below), DCGGUF_MEMCAP_NOISE
 //! (allowance of the "never slower" check, default 0.05), DCGGUF_MEMCAP_SETUPS (comma list of
@@ -379,11 +383,15 @@ const SETUPS: [Setup; 7] = [
 ];
 
 /// Whether DCGGUF_MEMCAP_SETUPS (a comma list of [`Setup::key`]s; all when unset) asks
-/// for `s`. Plain mmap, the reference of every target, always runs.
-fn selected(s: &Setup) -> bool {
+/// for `s`, and it applies to `m`'s workload ([`Workload::in_python`]: plain mmap, the
+/// default and plain mmap again). Plain mmap, the reference of every target, always runs.
+fn selected(m: &Model, s: &Setup) -> bool {
+    let applies = !m.workload.in_python()
+        || (s.budget.is_none() && s.load_mode != Some("none") && !s.no_repack);
     s.key == SETUPS[PLAIN_MMAP].key
-        || std::env::var("DCGGUF_MEMCAP_SETUPS")
-            .map_or(true, |v| v.split(',').any(|k| k.trim() == s.key))
+        || (applies
+            && std::env::var("DCGGUF_MEMCAP_SETUPS")
+                .map_or(true, |v| v.split(',').any(|k| k.trim() == s.key)))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -415,6 +423,14 @@ enum Workload {
     /// writes logits for the half it scores, unlike llama-completion's one output a batch
     /// (sessions 28 and 29 found the default killed here, by hand, where plain mmap ran).
     Perplexity { file: PathBuf },
+    /// The completion of [`Workload::Completion`] through llama-cpp-python (`Llama`,
+    /// `create_completion`, the same context and prompt), DC files through
+    /// `import dcgguf.llama_cpp`: a host without the preload library, whose memory is checked
+    /// by libdcgguf's own wrappers (src/llama/budget/unhooked.rs).
+    PythonCompletion,
+    /// llama-cpp-python's embeddings of the `n` sentences in `file`, one `embed` call a
+    /// sentence (`embedding=True`, a 512-token context), as the Python host above.
+    PythonEmbedding { file: PathBuf, n: usize },
 }
 
 impl Workload {
@@ -424,7 +440,50 @@ impl Workload {
         let n = std::fs::read_to_string(&file).unwrap().lines().count();
         Workload::Embedding { file, n }
     }
+
+    /// llama-cpp-python's embeddings of the evaluation sentences.
+    fn python_embedding_of_sentences() -> Workload {
+        let Workload::Embedding { file, n } = Workload::embedding_of_sentences() else {
+            unreachable!()
+        };
+        Workload::PythonEmbedding { file, n }
+    }
+
+    /// Whether it runs in llama-cpp-python, where only plain mmap and the default apply (a
+    /// budget needs the preload library; llama-cpp-python has no `-lm none`).
+    fn in_python(&self) -> bool {
+        matches!(
+            self,
+            Workload::PythonCompletion | Workload::PythonEmbedding { .. }
+        )
+    }
 }
+
+/// The program the Python workloads run: argv model, context, then the prompt
+/// (completion: the text on stdout, llama.cpp's timings on stderr) or the sentences' file
+/// (embeddings: a SHA-256 of every embedding's float32 bytes on stdout, which must be plain
+/// mmap's, bit for bit).
+const PYTHON_HOST: &str = r#"
+import hashlib, os, struct, sys
+if os.environ.get("DCGGUF_MEMCAP_DC") == "1":
+    import dcgguf.llama_cpp
+from llama_cpp import Llama
+model, ctx, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if sys.argv[4] == "completion":
+    llm = Llama(model_path=model, n_ctx=ctx, n_threads=2, seed=1, verbose=True)
+    out = llm.create_completion(what, max_tokens=32, temperature=0.0)
+    print(out["choices"][0]["text"])
+else:
+    llm = Llama(model_path=model, embedding=True, n_ctx=ctx, n_batch=ctx, n_threads=2,
+                verbose=False)
+    h = hashlib.sha256()
+    for line in open(what):
+        if line.strip():
+            v = llm.embed(line.strip())
+            h.update(struct.pack("%df" % len(v), *v))
+    print(h.hexdigest())
+llm.close()
+"#;
 
 struct Model {
     name: String,
@@ -438,8 +497,8 @@ struct Model {
 impl Model {
     fn metrics(&self) -> &'static [Metric] {
         match self.workload {
-            Workload::Completion => &[Metric::Prompt, Metric::Gen],
-            Workload::Embedding { .. } => &[Metric::Emb],
+            Workload::Completion | Workload::PythonCompletion => &[Metric::Prompt, Metric::Gen],
+            Workload::Embedding { .. } | Workload::PythonEmbedding { .. } => &[Metric::Emb],
             Workload::Perplexity { .. } => &[Metric::Ppl],
         }
     }
@@ -455,6 +514,9 @@ fn command(l: &Llama, m: &Model, s: &Setup) -> Command {
         Workload::Completion => "llama-completion",
         Workload::Embedding { .. } => "llama-embedding",
         Workload::Perplexity { .. } => "llama-perplexity",
+        Workload::PythonCompletion | Workload::PythonEmbedding { .. } => {
+            return python_command(m, s);
+        }
     };
     let mut c = Command::new(l.bin(tool));
     // The tests' log-draining shim always (llama.cpp's asynchronous logger can lose the end
@@ -495,6 +557,44 @@ fn command(l: &Llama, m: &Model, s: &Setup) -> Command {
                 .arg(file)
                 .args(["-c", "256", "-b", "256", "-t", "2"]);
         }
+        Workload::PythonCompletion | Workload::PythonEmbedding { .. } => {
+            unreachable!("python_command")
+        }
+    }
+    c
+}
+
+/// The command of a Python workload ([`PYTHON_HOST`]) with setup `s` (plain mmap, or the
+/// default: the DC file through `import dcgguf.llama_cpp`).
+fn python_command(m: &Model, s: &Setup) -> Command {
+    let py = llama_support::llama_cpp_python().unwrap_or_else(|e| panic!("memcap: {e}"));
+    let mut c = Command::new(py);
+    for v in [
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "DCGGUF_MEM_SOURCE",
+        "DCGGUF_MEM_BUDGET",
+        "DCGGUF_LOAD_ROUTE",
+    ] {
+        c.env_remove(v);
+    }
+    c.env(
+        "PYTHONPATH",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
+    )
+    .env("DCGGUF_LIB", llama_support::libdcgguf())
+    .env("DCGGUF_MEMCAP_DC", if s.dc { "1" } else { "0" })
+    .args(["-c", PYTHON_HOST])
+    .arg(if s.dc { &m.dc } else { &m.plain });
+    match &m.workload {
+        Workload::PythonEmbedding { file, .. } => {
+            c.arg("512").arg(file).arg("embedding");
+        }
+        _ => {
+            c.arg(completion_context().to_string())
+                .arg(PROMPT)
+                .arg("completion");
+        }
     }
     c
 }
@@ -520,7 +620,10 @@ fn perplexity_tokens(stderr: &str) -> Option<f64> {
 /// final estimate (stderr).
 fn output_of(m: &Model, r: &Run) -> String {
     match m.workload {
-        Workload::Completion | Workload::Embedding { .. } => r.stdout.clone(),
+        Workload::Completion
+        | Workload::Embedding { .. }
+        | Workload::PythonCompletion
+        | Workload::PythonEmbedding { .. } => r.stdout.clone(),
         Workload::Perplexity { .. } => {
             let chunks = r.stdout.lines().filter(|l| l.starts_with('['));
             let last = r
@@ -551,11 +654,13 @@ fn speeds(m: &Model, r: &Run) -> Vec<Option<f64>> {
         return vec![None; m.metrics().len()];
     }
     match m.workload {
-        Workload::Completion => vec![
+        Workload::Completion | Workload::PythonCompletion => vec![
             tokens_per_second(&r.stderr, "prompt eval time"),
             tokens_per_second(&r.stderr, "eval time"),
         ],
-        Workload::Embedding { n, .. } => vec![Some(n as f64 / r.wall)],
+        Workload::Embedding { n, .. } | Workload::PythonEmbedding { n, .. } => {
+            vec![Some(n as f64 / r.wall)]
+        }
         Workload::Perplexity { .. } => vec![perplexity_tokens(&r.stderr).map(|t| t / r.wall)],
     }
 }
@@ -878,6 +983,30 @@ fn models(wanted: &[String]) -> Vec<Model> {
             knee_metric: Metric::Ppl,
         });
     }
+    if want("smollm2-py")
+        && let Some(p) = llama_support::smollm2("memcap bench, llama-cpp-python")
+        && python_available("SmolLM2 through llama-cpp-python")
+    {
+        v.push(Model {
+            name: "SmolLM2-135M Q4_1, llama-cpp-python".into(),
+            dc: dc_file(&p, "smollm2.dc.gguf"),
+            plain: p,
+            workload: Workload::PythonCompletion,
+            knee_metric: Metric::Gen,
+        });
+    }
+    if want("minilm-bf16-py")
+        && let Some(p) = llama_support::shared_model("memcap bench", "all-MiniLM-L6-v2-bf16.gguf")
+        && python_available("MiniLM through llama-cpp-python")
+    {
+        v.push(Model {
+            name: "MiniLM-L6 BF16, llama-cpp-python".into(),
+            dc: dc_file(&p, "minilm-bf16.dc.gguf"),
+            plain: p,
+            workload: Workload::python_embedding_of_sentences(),
+            knee_metric: Metric::Emb,
+        });
+    }
     for t in ["bf16", "f16"] {
         let key = if t == "bf16" {
             "minilm-bf16"
@@ -915,10 +1044,23 @@ fn models(wanted: &[String]) -> Vec<Model> {
     v
 }
 
+/// Whether llama-cpp-python's venv is there (scripts/build-llama-cpp-python.sh); where not,
+/// says that `what` is skipped and why.
+fn python_available(what: &str) -> bool {
+    match llama_support::llama_cpp_python() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("memcap: {what} skipped: {e}");
+            false
+        }
+    }
+}
+
 /// `DCGGUF_MEMCAP_MODEL=PATH`: a plain GGUF of the user's own, under the same ladder, to
 /// answer "does my model run under this limit, and how fast?" from runs under the limit. It
 /// is compressed beside the bench's own (`target/bench-memcap/<name>.dc.gguf`). The tool:
-/// `DCGGUF_MEMCAP_WORKLOAD` (completion, embedding, perplexity), else llama-embedding for a
+/// `DCGGUF_MEMCAP_WORKLOAD` (completion, embedding, perplexity, python-completion,
+/// python-embedding), else llama-embedding for a
 /// model that pools its outputs (`<arch>.pooling_type`: an embedding model), else
 /// llama-completion. Embedding and perplexity read the evaluation sentences.
 fn own_model() -> Option<Model> {
@@ -953,8 +1095,13 @@ fn own_model() -> Option<Model> {
             },
             Metric::Ppl,
         ),
+        "python-completion" => (Workload::PythonCompletion, Metric::Gen),
+        "python-embedding" => (Workload::python_embedding_of_sentences(), Metric::Emb),
         other => {
-            panic!("DCGGUF_MEMCAP_WORKLOAD: {other:?} is none of completion, embedding, perplexity")
+            panic!(
+                "DCGGUF_MEMCAP_WORKLOAD: {other:?} is none of completion, embedding, \
+                 perplexity, python-completion, python-embedding"
+            )
         }
     };
     Some(Model {
@@ -1447,7 +1594,7 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut md = String::new();
     let head = format!(
-        "memcap bench: cgroup {:?} under {}, stock llama.cpp tools, 2 threads, llama-completion's context {} tokens, page cache dropped before each run and freed memory left to settle, {runs} run(s) per point, load average {}\n",
+        "memcap bench: cgroup {:?} under {}, stock llama.cpp tools (llama-cpp-python for the `-py` models), 2 threads, llama-completion's context {} tokens, page cache dropped before each run and freed memory left to settle, {runs} run(s) per point, load average {}\n",
         cx.parent.version,
         cx.parent.dir.display(),
         completion_context(),
@@ -1472,7 +1619,7 @@ fn main() {
         // peak sets the ladder, its output is what every other run must print.
         let uncapped: Vec<(&Setup, Duration)> = SETUPS
             .iter()
-            .filter(|s| selected(s))
+            .filter(|s| selected(&m, s))
             .map(|s| (s, Duration::from_secs_f64(timeout_max)))
             .collect();
         let (mut uncapped_runs, _) = run_in_turn(&cx, &m, &uncapped, None, &[]);
@@ -1534,7 +1681,7 @@ fn main() {
                 let to_run: Vec<(&Setup, Duration)> = SETUPS
                     .iter()
                     .enumerate()
-                    .filter(|&(si, s)| selected(s) && stop[si].is_none())
+                    .filter(|&(si, s)| selected(&m, s) && stop[si].is_none())
                     .map(|(si, s)| (s, timeout[si]))
                     .collect();
                 // The uncapped speed each knee is measured from: plain mmap's and DC's (not
@@ -1573,7 +1720,7 @@ fn main() {
                 },
             );
             for (si, s) in SETUPS.iter().enumerate() {
-                if !selected(s) {
+                if !selected(&m, s) {
                     continue;
                 }
                 let (timeout, stop) = (&mut timeout[si], &mut stop[si]);

@@ -15,18 +15,7 @@ use llama_support::*;
 
 /// The venv python scripts/build-llama-cpp-python.sh made (it prints the path; cached).
 fn venv_python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/build-llama-cpp-python.sh"))
-        .output()
-        .expect("run scripts/build-llama-cpp-python.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-llama-cpp-python.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let py = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(py.is_file(), "no venv python at {}", py.display());
-    py
+    llama_cpp_python().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The tests of this file one at a time: one measures memory under a cap.

@@ -496,6 +496,26 @@ pub fn assert_exit(o: &Output, success: bool, what: &str) {
     );
 }
 
+/// The venv python that scripts/build-llama-cpp-python.sh made, with llama-cpp-python built at
+/// the pinned llama.cpp (the script prints its path; cached); why not, where it fails.
+pub fn llama_cpp_python() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("scripts/build-llama-cpp-python.sh"))
+        .output()
+        .map_err(|e| format!("run scripts/build-llama-cpp-python.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/build-llama-cpp-python.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let py = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !py.is_file() {
+        return Err(format!("no venv python at {}", py.display()));
+    }
+    Ok(py)
+}
+
 /// Compiles a C program with -Wall -Wextra -Werror.
 pub fn cc(out: &Path, sources: &[&Path], args: &[String]) {
     let o = run(
