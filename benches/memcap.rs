@@ -959,40 +959,43 @@ fn weight_bytes_saved(dc: &Path) -> (u64, u64) {
 fn models(wanted: &[String]) -> Vec<Model> {
     let want = |k: &str| wanted.iter().any(|w| w == k);
     let mut v = Vec::new();
-    if want("smollm2")
-        && let Some(p) = llama_support::smollm2("memcap bench")
-    {
-        v.push(Model {
-            name: "SmolLM2-135M Q4_1".into(),
-            dc: dc_file(&p, "smollm2.dc.gguf"),
-            plain: p,
-            workload: Workload::Completion,
-            knee_metric: Metric::Gen,
-        });
-    }
-    if want("smollm2-ppl")
-        && let Some(p) = llama_support::smollm2("memcap bench, llama-perplexity")
-    {
-        v.push(Model {
-            name: "SmolLM2-135M Q4_1, llama-perplexity".into(),
-            dc: dc_file(&p, "smollm2.dc.gguf"),
-            plain: p,
-            workload: Workload::Perplexity {
+    // SmolLM2 under each host: llama-completion, llama-perplexity, llama-cpp-python (its
+    // DCGGUF_MEMCAP_MODELS key, what its name adds, its workload and knee metric).
+    type Host = (&'static str, &'static str, fn() -> Workload, Metric);
+    let smollm2_hosts: [Host; 3] = [
+        ("smollm2", "", || Workload::Completion, Metric::Gen),
+        (
+            "smollm2-ppl",
+            ", llama-perplexity",
+            || Workload::Perplexity {
                 file: llama_support::eval_sentences_file(),
             },
-            knee_metric: Metric::Ppl,
-        });
-    }
-    if want("smollm2-py")
-        && let Some(p) = llama_support::smollm2("memcap bench, llama-cpp-python")
-        && python_available("SmolLM2 through llama-cpp-python")
-    {
+            Metric::Ppl,
+        ),
+        (
+            "smollm2-py",
+            ", llama-cpp-python",
+            || Workload::PythonCompletion,
+            Metric::Gen,
+        ),
+    ];
+    for (key, host, workload, knee_metric) in smollm2_hosts {
+        let workload = workload();
+        if !want(key) {
+            continue;
+        }
+        let Some(p) = llama_support::smollm2(&format!("memcap bench{host}")) else {
+            continue;
+        };
+        if workload.in_python() && !python_available("SmolLM2 through llama-cpp-python") {
+            continue;
+        }
         v.push(Model {
-            name: "SmolLM2-135M Q4_1, llama-cpp-python".into(),
+            name: format!("SmolLM2-135M Q4_1{host}"),
             dc: dc_file(&p, "smollm2.dc.gguf"),
             plain: p,
-            workload: Workload::PythonCompletion,
-            knee_metric: Metric::Gen,
+            workload,
+            knee_metric,
         });
     }
     if want("minilm-bf16-py")

@@ -75,7 +75,7 @@ pub fn interposers() -> Interposers {
 static TENSOR_READS_BEGIN: OnceLock<fn()> = OnceLock::new();
 
 /// Registers `f` to run when each DC load's tensor reads begin (first call wins): the shared
-/// object's own page shedding (`crate::ffi::shed::prepare`).
+/// object's own page shedding (src/ffi/shed.rs, `prepare`).
 pub fn on_tensor_reads_begin(f: fn()) {
     let _ = TENSOR_READS_BEGIN.set(f);
 }

@@ -341,7 +341,7 @@ impl Stream {
     /// allocated to the end of the load, where the decoded weights are complete and an
     /// uncapped run's charge peaks: dropped here, that peak fell 0.3-0.7 MiB (SmolLM2, three
     /// cold runs each, 2026-11-30). The shared object's code that the load has not run goes
-    /// from the page cache too (`crate::ffi::shed::at_tensor_reads`).
+    /// from the page cache too (src/ffi/shed.rs, `at_tensor_reads`).
     fn tensor_reads_begin(&mut self) {
         self.timeline.first = Some(Instant::now());
         if let Source::Dc(dc) = &self.src {
