@@ -175,6 +175,19 @@ fn main() {
         &[GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_K],
         &[GgmlType::Q6_K, GgmlType::IQ2_XS, GgmlType::I8],
     ];
+    // Found by fuzzing (2026-12-08): `general.alignment` 2^31, to which writing the header
+    // back once padded it (a 2 GiB allocation); now refused (gguf::MAX_ALIGNMENT).
+    let mut aligned = tiny_gguf(sets[0]);
+    let key = b"general.alignment";
+    let at = aligned
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the seed declares its alignment")
+        + key.len()
+        + 4;
+    aligned[at..at + 4].copy_from_slice(&(1u32 << 31).to_le_bytes());
+    std::fs::write(dir.join("gguf_parse").join("alignment-2-31.gguf"), aligned)
+        .expect("write seed");
     for (k, types) in sets.iter().enumerate() {
         let gguf = dir.join("gguf_parse").join(format!("seed{k}.gguf"));
         std::fs::write(&gguf, tiny_gguf(types)).expect("write seed");
