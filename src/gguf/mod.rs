@@ -22,10 +22,6 @@ pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 pub const PREAMBLE_LEN: u64 = 24;
 /// Alignment when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
-/// The largest `general.alignment` accepted (1 MiB; real files use 32 to 4096). The header is
-/// padded to it wherever it is written: a 259-byte file declaring 2^31 had `to_bytes` ask for
-/// 2 GiB (found by fuzzing, 2026-12-08).
-pub const MAX_ALIGNMENT: u64 = 1 << 20;
 /// llama.cpp's `GGML_MAX_DIMS`.
 pub const MAX_DIMS: usize = 4;
 /// llama.cpp's `GGML_MAX_NAME`: a tensor name must be shorter than this.
@@ -70,7 +66,7 @@ pub enum GgufError {
     NestingTooDeep { key: String },
     #[error("duplicate metadata key {0:?}")]
     DuplicateKey(String),
-    #[error("general.alignment must be a u32 power of two up to {MAX_ALIGNMENT}, found {0}")]
+    #[error("general.alignment must be a u32 power of two, found {0}")]
     BadAlignment(String),
     #[error("tensor #{index} name at offset {offset} is not valid UTF-8")]
     BadTensorName { index: u64, offset: u64 },

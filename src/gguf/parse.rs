@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use super::value::{ArrayValue, KeyValue, Value, ValueType};
 use super::write::align_up;
 use super::{
-    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgmlType, GgufError, MAX_ALIGNMENT, MAX_ARRAY_NESTING, MAX_DIMS,
-    MAX_NAME_LEN, MAX_STRING_OR_ARRAY_BYTES, Result,
+    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgmlType, GgufError, MAX_ARRAY_NESTING, MAX_DIMS, MAX_NAME_LEN,
+    MAX_STRING_OR_ARRAY_BYTES, Result,
 };
 
 /// One tensor's entry in the GGUF tensor table.
@@ -124,7 +124,7 @@ impl GgufHeader {
                     ty: ValueType::U32, ..
                 } => {
                     let a = kv.value.as_u64().unwrap_or(0);
-                    if a == 0 || !a.is_power_of_two() || a > MAX_ALIGNMENT {
+                    if a == 0 || !a.is_power_of_two() {
                         return Err(GgufError::BadAlignment(a.to_string()));
                     }
                     a

@@ -725,6 +725,17 @@ fn without_add_eos(model: &Path, out: &Path) -> Result<bool> {
         ty: ValueType::Bool,
         le: [0; 8],
     };
+    // The header written back is padded to the data section's start: within the file, not
+    // wherever a damaged `general.alignment` (up to 2^31) puts it.
+    h.check_data_fits(map.len() as u64)
+        .map_err(|source| DcError::Gguf {
+            path: model.to_path_buf(),
+            source,
+        })?;
+    if h.data_offset > map.len() as u64 {
+        // No tensor to check, and nothing to copy: llama.cpp reads it as it is.
+        return Ok(false);
+    }
     let head = h.to_bytes();
     debug_assert_eq!(head.len() as u64, h.data_offset);
     let mut bytes = head;
